@@ -1,0 +1,587 @@
+import Crdkafka
+import Logging
+
+/// The state and work of a ``KafkaConsumer``'s owner thread.
+///
+/// `@unchecked Sendable`: it is created on the caller's thread and from then on touched only by the
+/// owner thread that ``run()`` runs on; what others need is in ``ConsumerShared``.
+final class ConsumerLoop: @unchecked Sendable {
+    private final class PartitionState {
+        let topicPartition: TopicPartition
+        let queue: OpaquePointer
+        let channel: PartitionChannel
+        var reasons: Set<KafkaPauseReason> = []
+        /// Whether librdkafka was told to pause it: the only source of truth for resume decisions.
+        var pausedInLibrdkafka = false
+        /// Set at revocation: no more messages are taken from its queue.
+        var revoking = false
+
+        init(topicPartition: TopicPartition, queue: OpaquePointer, channel: PartitionChannel) {
+            self.topicPartition = topicPartition
+            self.queue = queue
+            self.channel = channel
+        }
+    }
+
+    private struct Revocation {
+        var partitions: [TopicPartition]
+        var deadline: ContinuousClock.Instant
+        var commitID: UInt64?
+    }
+
+    private enum CommitWaiter {
+        case caller(CheckedContinuation<Void, any Error>)
+        case revocation(UInt64)
+        case close
+        case periodic
+    }
+
+    private enum Phase {
+        case running
+        /// Close was asked for; waiting for the first join (hazard) and the final commit.
+        case closeRequested(deadline: ContinuousClock.Instant, commitID: UInt64?)
+        /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed.
+        case closing
+        case finished
+    }
+
+    private let shared: ConsumerShared
+    private let logger: Logger
+    private let rk: OpaquePointer
+    private let consumerQueue: OpaquePointer
+    private var partitions: [TopicPartition: PartitionState] = [:]
+    private var revocations: [UInt64: Revocation] = [:]
+    private var commitWaiters: [UInt64: CommitWaiter] = [:]
+    private var commitDeadlines: [UInt64: ContinuousClock.Instant] = [:]
+    private var nextIdentifier: UInt64 = 1
+    private var subscribed = false
+    private var firstAssignmentSeen = false
+    private var phase = Phase.running
+    private var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    private var nextPeriodicCommit: ContinuousClock.Instant
+    private let batchBuffer: UnsafeMutablePointer<UnsafeMutablePointer<rd_kafka_message_t>?>
+    private let maxBatch: Int
+
+    init(shared: ConsumerShared) {
+        self.shared = shared
+        self.logger = shared.logger
+        self.rk = shared.handle.pointer
+        // Route the main queue (errors, logs, commit results) into the consumer queue; from here on
+        // rd_kafka_poll must never be called on this handle (hazard), and this type never does.
+        rd_kafka_poll_set_consumer(rk)
+        self.consumerQueue = rd_kafka_queue_get_consumer(rk)
+        self.maxBatch = shared.configuration.maxBatchSize
+        self.batchBuffer = .allocate(capacity: maxBatch)
+        self.nextPeriodicCommit = .now + shared.configuration.commitInterval
+        shared.waker.payload.withUnsafeBytes { payload in
+            rd_kafka_queue_io_event_enable(consumerQueue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
+        }
+    }
+
+    deinit { batchBuffer.deallocate() }
+
+    /// The owner thread's loop; returns once the consumer is closed and destroyed.
+    func run() {
+        while true {
+            var busy = false
+            let inbox = shared.takeInbox()
+            for command in inbox.commands { handle(command) }
+            for topicPartition in inbox.resumeRequests { removeReason(.flowControl, from: topicPartition) }
+            busy = serveConsumerQueue() || busy
+            if case .finished = phase { break }
+            busy = servePartitions() || busy
+            let now = ContinuousClock.now
+            serveTimers(now: now)
+            if case .finished = phase { break }
+            if !busy { shared.waker.wait(milliseconds: waitBudget(now: now)) }
+        }
+        shared.eventsContinuation.finish()
+        for waiter in closeWaiters { waiter.resume() }
+    }
+
+    // MARK: Commands
+
+    private func handle(_ command: ConsumerShared.Command) {
+        if case .finished = phase {
+            failAfterClose(command)
+            return
+        }
+        switch command {
+        case .subscribe(let topics, let continuation):
+            let list = TopicPartitionList.make(topics.map { TopicPartition($0, RD_KAFKA_PARTITION_UA) })
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            let error = rd_kafka_subscribe(rk, list)
+            if error == RD_KAFKA_RESP_ERR_NO_ERROR {
+                subscribed = true
+                logger.info("subscribed", metadata: ["kafka.topics": "\(topics.joined(separator: ","))"])
+                continuation.resume()
+            } else {
+                continuation.resume(throwing: KafkaError.rdkafka(error, context: "subscribing to \(topics)"))
+            }
+        case .pause(let topicPartition, let reason, let continuation):
+            addReason(reason, to: topicPartition)
+            continuation.resume()
+        case .resume(let topicPartition, let reason, let continuation):
+            removeReason(reason, from: topicPartition)
+            continuation.resume()
+        case .seek(let position, let continuation):
+            continuation.resume(with: Result { try seek(position) })
+        case .commit(let continuation):
+            startCommit(.caller(continuation), timeout: .seconds(30))
+        case .releaseRevocation(let identifier):
+            if var revocation = revocations[identifier], revocation.commitID == nil {
+                revocation.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
+                revocations[identifier] = revocation
+            }
+        case .close(let continuation):
+            if let continuation { closeWaiters.append(continuation) }
+            if case .running = phase {
+                phase = .closeRequested(deadline: .now + shared.configuration.firstJoinTimeout, commitID: nil)
+                logger.debug("consumer close requested")
+            }
+        }
+    }
+
+    private func failAfterClose(_ command: ConsumerShared.Command) {
+        switch command {
+        case .subscribe(_, let continuation), .seek(_, let continuation), .commit(let continuation):
+            continuation.resume(throwing: KafkaError.closedError)
+        case .pause(_, _, let continuation), .resume(_, _, let continuation):
+            continuation.resume()
+        case .close(let continuation):
+            continuation?.resume()
+        case .releaseRevocation:
+            break
+        }
+    }
+
+    // MARK: Pause reasons
+
+    private func addReason(_ reason: KafkaPauseReason, to topicPartition: TopicPartition) {
+        guard let state = partitions[topicPartition] else { return }
+        state.reasons.insert(reason)
+        applyPause(state)
+    }
+
+    private func removeReason(_ reason: KafkaPauseReason, from topicPartition: TopicPartition) {
+        guard let state = partitions[topicPartition], state.reasons.contains(reason) else { return }
+        state.reasons.remove(reason)
+        applyPause(state)
+    }
+
+    /// Tells librdkafka the partition's pause state, and only when it changes: a resume of a partition
+    /// that is not paused rewinds it in librdkafka 2.0.2.
+    private func applyPause(_ state: PartitionState) {
+        let shouldPause = !state.reasons.isEmpty
+        shared.pauseSnapshot.withLock { $0[state.topicPartition] = state.reasons }
+        guard shouldPause != state.pausedInLibrdkafka else { return }
+        let list = TopicPartitionList.make([state.topicPartition])
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = shouldPause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
+        if error == RD_KAFKA_RESP_ERR_NO_ERROR, TopicPartitionList.firstError(list) == nil {
+            state.pausedInLibrdkafka = shouldPause
+            logger.trace(
+                shouldPause ? "partition paused" : "partition resumed",
+                metadata: metadata(state.topicPartition, ["sluice.pauseReasons": "\(state.reasons)"])
+            )
+        } else {
+            let partitionError = TopicPartitionList.firstError(list)?.1 ?? error
+            logger.error(
+                shouldPause ? "pausing a partition failed" : "resuming a partition failed",
+                metadata: metadata(state.topicPartition, ["kafka.error": "\(String(cString: rd_kafka_err2str(partitionError)))"])
+            )
+        }
+    }
+
+    private func seek(_ position: TopicPartitionOffset) throws(KafkaError) {
+        guard let state = partitions[position.topicPartition], !state.revoking else {
+            throw KafkaError.state("cannot seek \(position.topicPartition): it is not assigned to this consumer")
+        }
+        let list = TopicPartitionList.make([position])
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        // Asynchronous seek: librdkafka bumps the partition's version at once, so messages fetched for
+        // the old position are dropped by the next batch consume.
+        if let error = rd_kafka_seek_partitions(rk, list, 0) {
+            throw KafkaError.consuming(error, context: "seeking \(position)")
+        }
+        state.channel.discardBuffered()
+        logger.debug("partition seek", metadata: metadata(position.topicPartition, ["kafka.offset": "\(position.offset)"]))
+    }
+
+    // MARK: Consumer queue
+
+    private func serveConsumerQueue() -> Bool {
+        var served = 0
+        while served < 256, let event = rd_kafka_queue_poll(consumerQueue, 0) {
+            served += 1
+            defer { rd_kafka_event_destroy(event) }
+            switch rd_kafka_event_type(event) {
+            case RD_KAFKA_EVENT_REBALANCE:
+                handleRebalance(event)
+            case RD_KAFKA_EVENT_OFFSET_COMMIT:
+                handleCommitResult(event)
+            case RD_KAFKA_EVENT_ERROR:
+                let code = rd_kafka_event_error(event)
+                let error = KafkaError(
+                    code: .librdkafka,
+                    message: String(cString: rd_kafka_event_error_string(event)),
+                    librdkafkaCode: code.rawValue,
+                    isFatal: rd_kafka_event_error_is_fatal(event) != 0
+                )
+                logger.warning("librdkafka error", metadata: ["kafka.error": "\(error.message)"])
+                shared.eventsContinuation.yield(.error(error))
+            case RD_KAFKA_EVENT_LOG:
+                LibrdkafkaLog.forward(event, to: logger)
+            case RD_KAFKA_EVENT_FETCH:
+                // Not expected: every partition queue is forwarded away before assignment. Deliver it
+                // rather than lose it.
+                if let message = rd_kafka_event_message_next(event) {
+                    let topicPartition = TopicPartition(
+                        String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition)
+                    if let state = partitions[topicPartition], let converted = convert(message, topic: topicPartition.topic) {
+                        _ = state.channel.push([converted])
+                    }
+                }
+            default:
+                break
+            }
+        }
+        return served == 256
+    }
+
+    private func handleRebalance(_ event: OpaquePointer) {
+        let code = rd_kafka_event_error(event)
+        guard let list = rd_kafka_event_topic_partition_list(event) else { return }
+        let changed = TopicPartitionList.read(list).map(\.topicPartition)
+        switch code {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            assign(changed)
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            revoke(changed)
+        default:
+            logger.error("rebalance failed", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(code)))"])
+            // librdkafka expects the application to drop its assignment on a rebalance error.
+            release(Array(partitions.keys))
+        }
+    }
+
+    private func assign(_ added: [TopicPartition]) {
+        firstAssignmentSeen = true
+        var newStates: [PartitionState] = []
+        for topicPartition in added where partitions[topicPartition] == nil {
+            guard let queue = rd_kafka_queue_get_partition(rk, topicPartition.topic, topicPartition.partition) else {
+                logger.error("no queue for assigned partition", metadata: metadata(topicPartition))
+                continue
+            }
+            // Keep the partition's messages in its own queue, and wake the owner when it fills.
+            rd_kafka_queue_forward(queue, nil)
+            shared.waker.payload.withUnsafeBytes { payload in
+                rd_kafka_queue_io_event_enable(queue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
+            }
+            let channel = PartitionChannel(
+                topicPartition: topicPartition,
+                capacity: shared.configuration.partitionBufferMessages,
+                requestResume: { [shared] in shared.requestResume($0) }
+            )
+            let state = PartitionState(topicPartition: topicPartition, queue: queue, channel: channel)
+            state.reasons = shared.initialPauseReasons(topicPartition)
+            partitions[topicPartition] = state
+            newStates.append(state)
+        }
+        let list = TopicPartitionList.make(added)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        if let error = rd_kafka_incremental_assign(rk, list) {
+            let failure = KafkaError.consuming(error, context: "incremental assign")
+            logger.error("incremental assign failed", metadata: ["kafka.error": "\(failure.message)"])
+        }
+        // Apply pause reasons before any message is taken from the new queues. librdkafka resets pause
+        // state on assignment, so nothing is paused in librdkafka yet.
+        for state in newStates { applyPause(state) }
+        shared.channels.withLock { channels in
+            for state in newStates { channels[state.topicPartition] = state.channel }
+        }
+        logger.info("partitions assigned", metadata: ["kafka.partitions": "\(describe(added))"])
+        shared.eventsContinuation.yield(.assigned(added))
+    }
+
+    private func revoke(_ revoked: [TopicPartition]) {
+        let owned = revoked.filter { partitions[$0] != nil }
+        for topicPartition in owned {
+            partitions[topicPartition]!.revoking = true
+            partitions[topicPartition]!.channel.finish()
+        }
+        if rd_kafka_assignment_lost(rk) != 0 {
+            logger.warning("partitions lost", metadata: ["kafka.partitions": "\(describe(revoked))"])
+            release(revoked)
+            shared.eventsContinuation.yield(.lost(owned))
+            return
+        }
+        if case .running = phase {
+            let identifier = nextIdentifier
+            nextIdentifier += 1
+            revocations[identifier] = Revocation(
+                partitions: revoked, deadline: .now + shared.configuration.revokeTimeout, commitID: nil)
+            logger.info("partitions revoked", metadata: ["kafka.partitions": "\(describe(revoked))"])
+            let revocation = KafkaRevocation(partitions: owned, identifier: identifier) { [shared] identifier in
+                shared.send(.releaseRevocation(identifier))
+            }
+            shared.eventsContinuation.yield(.revoked(revocation))
+        } else {
+            // Closing: the final commit already ran.
+            release(revoked)
+        }
+    }
+
+    /// Unassigns partitions and drops their queues and buffers.
+    private func release(_ released: [TopicPartition]) {
+        let list = TopicPartitionList.make(released)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        if let error = rd_kafka_incremental_unassign(rk, list) {
+            let failure = KafkaError.consuming(error, context: "incremental unassign")
+            logger.error("incremental unassign failed", metadata: ["kafka.error": "\(failure.message)"])
+        }
+        for topicPartition in released {
+            guard let state = partitions.removeValue(forKey: topicPartition) else { continue }
+            state.channel.finish()
+            rd_kafka_queue_io_event_enable(state.queue, -1, nil, 0)
+            rd_kafka_queue_destroy(state.queue)
+        }
+        shared.channels.withLock { channels in
+            for topicPartition in released { channels[topicPartition] = nil }
+        }
+        shared.pauseSnapshot.withLock { snapshot in
+            for topicPartition in released { snapshot[topicPartition] = nil }
+        }
+        logger.debug("partitions released", metadata: ["kafka.partitions": "\(describe(released))"])
+    }
+
+    // MARK: Commits
+
+    @discardableResult
+    private func startCommit(_ waiter: CommitWaiter, timeout: Duration) -> UInt64 {
+        let identifier = nextIdentifier
+        nextIdentifier += 1
+        let result = rd_kafka_commit_queue(rk, nil, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
+        commitWaiters[identifier] = waiter
+        commitDeadlines[identifier] = .now + timeout
+        if result != RD_KAFKA_RESP_ERR_NO_ERROR {
+            completeCommit(identifier, error: result)
+        }
+        return identifier
+    }
+
+    private func handleCommitResult(_ event: OpaquePointer) {
+        let identifier = UInt64(UInt(bitPattern: rd_kafka_event_opaque(event)))
+        var error = rd_kafka_event_error(event)
+        if error == RD_KAFKA_RESP_ERR_NO_ERROR, let list = rd_kafka_event_topic_partition_list(event),
+            let (_, partitionError) = TopicPartitionList.firstError(list)
+        {
+            error = partitionError
+        }
+        completeCommit(identifier, error: error)
+    }
+
+    private func completeCommit(_ identifier: UInt64, error: rd_kafka_resp_err_t) {
+        guard let waiter = commitWaiters.removeValue(forKey: identifier) else { return }
+        commitDeadlines[identifier] = nil
+        // Nothing stored to commit is success.
+        let failure: KafkaError? =
+            (error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR__NO_OFFSET)
+            ? nil : KafkaError.rdkafka(error, context: "committing offsets")
+        switch waiter {
+        case .caller(let continuation):
+            if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+        case .periodic:
+            if let failure {
+                logger.debug("periodic commit failed; retried next interval", metadata: ["kafka.error": "\(failure.message)"])
+            }
+        case .revocation(let revocationID):
+            if let failure {
+                logger.warning("commit before releasing revoked partitions failed", metadata: ["kafka.error": "\(failure.message)"])
+            }
+            if let revocation = revocations.removeValue(forKey: revocationID) {
+                release(revocation.partitions)
+            }
+        case .close:
+            if let failure {
+                logger.warning("final commit failed", metadata: ["kafka.error": "\(failure.message)"])
+            }
+            beginClose()
+        }
+    }
+
+    // MARK: Partitions
+
+    /// Moves messages from partition queues into their buffers. Returns whether a queue may have more.
+    private func servePartitions() -> Bool {
+        var more = false
+        for state in partitions.values where !state.pausedInLibrdkafka && !state.revoking {
+            let room = state.channel.room
+            if room == 0 {
+                pauseForFlowControl(state)
+                continue
+            }
+            let limit = min(room, maxBatch)
+            let count = rd_kafka_consume_batch_queue(state.queue, 0, batchBuffer, limit)
+            guard count > 0 else { continue }
+            var batch: [ConsumedMessage] = []
+            batch.reserveCapacity(count)
+            for index in 0..<count {
+                let message = batchBuffer[index]!
+                if message.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    reportMessageError(message, state.topicPartition)
+                } else if let converted = convert(UnsafePointer(message), topic: state.topicPartition.topic) {
+                    batch.append(converted)
+                }
+                rd_kafka_message_destroy(message)
+            }
+            if count == limit { more = true }
+            if !batch.isEmpty, state.channel.push(batch) {
+                pauseForFlowControl(state)
+            }
+        }
+        return more
+    }
+
+    private func pauseForFlowControl(_ state: PartitionState) {
+        guard state.channel.markFlowPaused() else { return }
+        state.reasons.insert(.flowControl)
+        applyPause(state)
+    }
+
+    private func convert(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) -> ConsumedMessage? {
+        let raw = message.pointee
+        let value: [UInt8] =
+            raw.payload.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: raw.len)) } ?? []
+        let key: [UInt8]? = raw.key.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: raw.key_len)) }
+        var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let timestamp = rd_kafka_message_timestamp(message, &timestampType)
+        var headers: [KafkaHeader] = []
+        var headerList: OpaquePointer?
+        if rd_kafka_message_headers(message, &headerList) == RD_KAFKA_RESP_ERR_NO_ERROR, let headerList {
+            var index = 0
+            var name: UnsafePointer<CChar>?
+            var headerValue: UnsafeRawPointer?
+            var size = 0
+            while rd_kafka_header_get_all(headerList, index, &name, &headerValue, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                headers.append(
+                    KafkaHeader(
+                        key: name.map { String(cString: $0) } ?? "",
+                        value: headerValue.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) }
+                    )
+                )
+                index += 1
+            }
+        }
+        return ConsumedMessage(
+            topic: topic,
+            partition: raw.partition,
+            offset: raw.offset,
+            key: key,
+            value: value,
+            headers: headers,
+            timestampMilliseconds: timestampType == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? nil : timestamp
+        )
+    }
+
+    private func reportMessageError(_ message: UnsafeMutablePointer<rd_kafka_message_t>, _ topicPartition: TopicPartition) {
+        let error = KafkaError.rdkafka(message.pointee.err, context: "consuming \(topicPartition)")
+        logger.warning("consume error", metadata: metadata(topicPartition, ["kafka.error": "\(error.message)"]))
+        shared.eventsContinuation.yield(.error(error))
+    }
+
+    // MARK: Timers and close
+
+    private func serveTimers(now: ContinuousClock.Instant) {
+        if case .running = phase, now >= nextPeriodicCommit {
+            nextPeriodicCommit = now + shared.configuration.commitInterval
+            if !partitions.isEmpty { startCommit(.periodic, timeout: .seconds(30)) }
+        }
+        for (identifier, deadline) in commitDeadlines where now >= deadline {
+            completeCommit(identifier, error: RD_KAFKA_RESP_ERR__TIMED_OUT)
+        }
+        for (identifier, revocation) in revocations where revocation.commitID == nil && now >= revocation.deadline {
+            logger.warning(
+                "revoked partitions not released by their owner in time; committing and releasing them",
+                metadata: ["kafka.partitions": "\(describe(revocation.partitions))"])
+            revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
+        }
+        if case .closeRequested(let deadline, let commitID) = phase, commitID == nil {
+            // Release revocations in progress: their owners are shutting down too.
+            for (identifier, revocation) in revocations where revocation.commitID == nil {
+                revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
+            }
+            if !subscribed || firstAssignmentSeen {
+                phase = .closeRequested(deadline: deadline, commitID: nil)
+                let identifier = startCommit(.close, timeout: .seconds(10))
+                if case .closeRequested = phase {
+                    phase = .closeRequested(deadline: deadline, commitID: identifier)
+                }
+            } else if now >= deadline {
+                // Never joined: closing now could hit the first-rebalance abort of librdkafka < 2.3.0.
+                logger.warning("consumer never joined its group; leaving without the leave handshake")
+                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            }
+        }
+        if case .closing = phase, rd_kafka_consumer_closed(rk) != 0 {
+            destroy(flags: 0)
+        }
+    }
+
+    private func beginClose() {
+        guard case .closeRequested = phase else { return }
+        if let error = rd_kafka_consumer_close_queue(rk, consumerQueue) {
+            let failure = KafkaError.consuming(error, context: "closing the consumer")
+            logger.error("consumer close failed", metadata: ["kafka.error": "\(failure.message)"])
+            destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            return
+        }
+        phase = .closing
+    }
+
+    private func destroy(flags: Int32) {
+        for state in partitions.values {
+            state.channel.finish()
+            rd_kafka_queue_io_event_enable(state.queue, -1, nil, 0)
+            rd_kafka_queue_destroy(state.queue)
+        }
+        partitions.removeAll()
+        shared.channels.withLock { $0.removeAll() }
+        shared.pauseSnapshot.withLock { $0.removeAll() }
+        for (_, waiter) in commitWaiters {
+            if case .caller(let continuation) = waiter { continuation.resume(throwing: KafkaError.closedError) }
+        }
+        commitWaiters.removeAll()
+        rd_kafka_queue_io_event_enable(consumerQueue, -1, nil, 0)
+        rd_kafka_queue_destroy(consumerQueue)
+        shared.retireHandle()
+        shared.handle.destroy(flags: flags)
+        phase = .finished
+        logger.info("consumer closed")
+        // Commands that arrived meanwhile.
+        for command in shared.takeInbox().commands { failAfterClose(command) }
+    }
+
+    private func waitBudget(now: ContinuousClock.Instant) -> Int32 {
+        var next = nextPeriodicCommit
+        for deadline in commitDeadlines.values { next = min(next, deadline) }
+        for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
+        if case .closeRequested(let deadline, _) = phase { next = min(next, deadline) }
+        if case .closing = phase { next = min(next, now + .milliseconds(10)) }
+        let milliseconds = (next - now).milliseconds
+        return Int32(clamping: max(0, min(milliseconds, 200)))
+    }
+
+    // MARK: Logging
+
+    private func metadata(_ topicPartition: TopicPartition, _ extra: Logger.Metadata = [:]) -> Logger.Metadata {
+        var result = extra
+        result["kafka.topic"] = "\(topicPartition.topic)"
+        result["kafka.partition"] = "\(topicPartition.partition)"
+        return result
+    }
+
+    private func describe(_ list: [TopicPartition]) -> String {
+        list.sorted().map(\.description).joined(separator: ",")
+    }
+}

@@ -1,0 +1,101 @@
+import Crdkafka
+import DequeModule
+import Logging
+import Synchronization
+
+/// What a ``KafkaConsumer`` and its owner thread share. Everything mutable is behind a `Mutex`.
+final class ConsumerShared: Sendable {
+    enum Command {
+        case subscribe([String], CheckedContinuation<Void, any Error>)
+        case pause(TopicPartition, KafkaPauseReason, CheckedContinuation<Void, Never>)
+        case resume(TopicPartition, KafkaPauseReason, CheckedContinuation<Void, Never>)
+        case seek(TopicPartitionOffset, CheckedContinuation<Void, any Error>)
+        case commit(CheckedContinuation<Void, any Error>)
+        case releaseRevocation(UInt64)
+        case close(CheckedContinuation<Void, Never>?)
+    }
+
+    struct Inbox {
+        var commands: Deque<Command> = []
+        var resumeRequests: Set<TopicPartition> = []
+    }
+
+    private struct HandleUse {
+        var active = 0
+        var closed = false
+    }
+
+    let handle: RDKafkaHandle
+    let configuration: KafkaConsumerConfiguration
+    let initialPauseReasons: KafkaConsumer.InitialPauseReasons
+    let eventsContinuation: AsyncStream<KafkaConsumerEvent>.Continuation
+    let logger: Logger
+    let waker = Waker()
+    private let inbox = Mutex(Inbox())
+    private let handleUse = Mutex(HandleUse())
+    /// The message buffers of assigned partitions; written by the owner thread only.
+    let channels = Mutex<[TopicPartition: PartitionChannel]>([:])
+    /// Pause reasons per assigned partition, as the owner last applied them.
+    let pauseSnapshot = Mutex<[TopicPartition: Set<KafkaPauseReason>]>([:])
+
+    init(
+        handle: RDKafkaHandle,
+        configuration: KafkaConsumerConfiguration,
+        initialPauseReasons: @escaping KafkaConsumer.InitialPauseReasons,
+        events: AsyncStream<KafkaConsumerEvent>.Continuation,
+        logger: Logger
+    ) {
+        self.handle = handle
+        self.configuration = configuration
+        self.initialPauseReasons = initialPauseReasons
+        self.eventsContinuation = events
+        self.logger = logger
+    }
+
+    /// Hands a command to the owner thread.
+    func send(_ command: Command) {
+        inbox.withLock { $0.commands.append(command) }
+        waker.wake()
+    }
+
+    /// Asks the owner to resume a partition paused for flow control.
+    func requestResume(_ topicPartition: TopicPartition) {
+        inbox.withLock { _ = $0.resumeRequests.insert(topicPartition) }
+        waker.wake()
+    }
+
+    /// Takes everything sent to the owner so far (owner thread).
+    func takeInbox() -> Inbox {
+        inbox.withLock { inbox in
+            defer { inbox = Inbox() }
+            return inbox
+        }
+    }
+
+    /// Runs a non-blocking, thread-safe librdkafka call, unless the handle is being destroyed.
+    func withHandle<T>(_ body: (RDKafkaHandle) throws(KafkaError) -> T) throws(KafkaError) -> T {
+        let admitted = handleUse.withLock { use -> Bool in
+            if use.closed { return false }
+            use.active += 1
+            return true
+        }
+        guard admitted else { throw KafkaError.closedError }
+        defer { handleUse.withLock { $0.active -= 1 } }
+        return try body(handle)
+    }
+
+    /// Runs a blocking librdkafka call on a Dispatch worker thread.
+    func blocking<T: Sendable>(_ body: @escaping @Sendable (RDKafkaHandle) throws(KafkaError) -> T) async throws -> T {
+        try await OwnerThread.blocking { [self] in
+            try self.withHandle { handle throws(KafkaError) in try body(handle) }
+        }
+    }
+
+    /// Refuses further handle use and waits for calls in progress to return (owner thread, at close).
+    func retireHandle() {
+        handleUse.withLock { $0.closed = true }
+        while handleUse.withLock({ $0.active }) > 0 {
+            Waker.sleep(milliseconds: 1)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+import Crdkafka
+import Logging
+import Synchronization
+
+/// A Kafka group consumer built for per-partition pipelines.
+///
+/// ## Threading model
+///
+/// Each consumer has one dedicated OS thread, its *owner*. The owner is the only thread that calls the
+/// librdkafka functions whose order matters: subscribe, (incremental) assign and unassign, pause, resume,
+/// seek, batch consume, commit and close. That makes librdkafka 2.0.2's race between batch consume and
+/// pause/resume/seek/rebalance impossible (see ``Librdkafka/knownHazards``). The owner never blocks in
+/// librdkafka: it sleeps in `poll(2)` on an `eventfd` that librdkafka writes when any of the consumer's
+/// queues becomes non-empty (`rd_kafka_queue_io_event_enable`) and that Swift code writes when it sends
+/// the owner a command. No librdkafka call ever runs on Swift's cooperative thread pool; the few
+/// blocking queries (committed offsets, watermarks, metadata) run on Dispatch worker threads.
+///
+/// Each assigned partition has its own librdkafka queue (`rd_kafka_queue_get_partition`, forwarded away
+/// from the consumer queue), so a paused or slow partition never holds up another. The owner drains each
+/// queue in batches into that partition's ``KafkaPartitionMessages`` buffer and pauses a partition whose
+/// buffer is full (reason ``KafkaPauseReason/flowControl``) until its reader has taken half of it. The
+/// consumer queue carries only rebalance, commit, error and log events.
+///
+/// ## Offsets
+///
+/// `enable.auto.offset.store` is off: only offsets passed to ``storeOffsets(_:)`` are committed, every
+/// ``KafkaConsumerConfiguration/commitInterval``, on ``commit()``, before revoked partitions are
+/// released and on ``close()``.
+///
+/// ## Hazards of librdkafka 2.0.2 this type makes impossible
+///
+/// - Resuming a partition that is not paused rewinds it: pause state is a set of reasons per partition
+///   and librdkafka is told to resume only when the set becomes empty and the partition is paused.
+/// - Closing a cooperative-sticky consumer during its first rebalance aborts the process: ``close()``
+///   waits for the first assignment (up to ``KafkaConsumerConfiguration/firstJoinTimeout``); a consumer
+///   that never joined is destroyed without the leave handshake.
+/// - `rd_kafka_poll` after `rd_kafka_poll_set_consumer` asserts: it is never called.
+/// - Any queue poll resets `max.poll.interval.ms`, so librdkafka cannot detect a stuck handler: callers
+///   need their own watchdog.
+///
+/// ## The embedded cluster (librdkafka's mock, 2.0.2)
+///
+/// Its group coordinator waits 3 s before the first join completes, needs `session.timeout.ms` above
+/// 3000 (use 6000 in tests), makes later rebalances wait `session.timeout.ms` − 1 s unless every member
+/// rejoins, and rejects commits while the group is joining (real Kafka accepts them); ``commit()``
+/// retries those for a while.
+public final class KafkaConsumer: Sendable {
+    /// Decides, at assignment and before the first fetch, the pause reasons a new partition starts with.
+    public typealias InitialPauseReasons = @Sendable (TopicPartition) -> Set<KafkaPauseReason>
+
+    let shared: ConsumerShared
+
+    /// Group membership changes. Iterate it from one task; it ends when the consumer is closed.
+    public let events: AsyncStream<KafkaConsumerEvent>
+
+    /// Creates a consumer and starts its owner thread. It joins the group on ``subscribe(topics:)``.
+    ///
+    /// - Throws: ``KafkaError`` with code ``KafkaError/Code/configuration`` naming the property that
+    ///   librdkafka rejected.
+    public init(
+        configuration: KafkaConsumerConfiguration,
+        initialPauseReasons: @escaping InitialPauseReasons = { _ in [] },
+        logger: Logger
+    ) throws(KafkaError) {
+        Librdkafka.logVersionOnce(logger)
+        let properties = try configuration.librdkafkaProperties()
+        let handle = try RDKafkaHandle(
+            type: RD_KAFKA_CONSUMER,
+            properties: properties,
+            events: RD_KAFKA_EVENT_REBALANCE | RD_KAFKA_EVENT_OFFSET_COMMIT | RD_KAFKA_EVENT_ERROR
+                | RD_KAFKA_EVENT_LOG,
+            logger: "consumer"
+        )
+        let (stream, continuation) = AsyncStream.makeStream(of: KafkaConsumerEvent.self)
+        self.events = stream
+        self.shared = ConsumerShared(
+            handle: handle,
+            configuration: configuration,
+            initialPauseReasons: initialPauseReasons,
+            events: continuation,
+            logger: logger
+        )
+        let loop = ConsumerLoop(shared: shared)
+        OwnerThread.start(name: "sluice-consumer") { loop.run() }
+    }
+
+    deinit {
+        shared.send(.close(nil))
+    }
+
+    /// Joins the group, subscribed to `topics`.
+    public func subscribe(topics: [String]) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            shared.send(.subscribe(topics, continuation))
+        }
+    }
+
+    /// The messages of an assigned partition, or `nil` when it is not assigned to this consumer.
+    public func messages(for topicPartition: TopicPartition) -> KafkaPartitionMessages? {
+        shared.channels.withLock { $0[topicPartition] }.map { KafkaPartitionMessages(channel: $0) }
+    }
+
+    /// The partitions currently assigned to this consumer.
+    public var assignment: Set<TopicPartition> {
+        Set(shared.channels.withLock { $0.keys })
+    }
+
+    /// Adds `reason` to the partition's pause reasons; the partition stops fetching if it was running.
+    /// Messages already handed to its ``KafkaPartitionMessages`` buffer still arrive. No effect on a
+    /// partition that is not assigned.
+    public func pause(_ topicPartition: TopicPartition, reason: KafkaPauseReason) async {
+        await withCheckedContinuation { continuation in
+            shared.send(.pause(topicPartition, reason, continuation))
+        }
+    }
+
+    /// Removes `reason`; the partition fetches again, from the message after the last one it handed
+    /// out, once it has no reason left.
+    public func resume(_ topicPartition: TopicPartition, reason: KafkaPauseReason) async {
+        await withCheckedContinuation { continuation in
+            shared.send(.resume(topicPartition, reason, continuation))
+        }
+    }
+
+    /// The reasons the partition is paused for (empty when it is fetching or not assigned).
+    public func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason> {
+        shared.pauseSnapshot.withLock { $0[topicPartition] ?? [] }
+    }
+
+    /// Moves the partition's fetch position to `offset` and drops the messages buffered for it.
+    public func seek(_ topicPartition: TopicPartition, to offset: Int64) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            shared.send(.seek(TopicPartitionOffset(topicPartition, offset: offset), continuation))
+        }
+    }
+
+    /// Stores offsets of completed work, to be committed. Each offset is the *next* offset to consume
+    /// (the last completed one + 1).
+    public func storeOffsets(_ offsets: [TopicPartitionOffset]) throws(KafkaError) {
+        guard !offsets.isEmpty else { return }
+        try shared.withHandle { handle throws(KafkaError) in
+            let list = TopicPartitionList.make(offsets)
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            let error = rd_kafka_offsets_store(handle.pointer, list)
+            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+                if let (tp, partitionError) = TopicPartitionList.firstError(list) {
+                    throw KafkaError.rdkafka(partitionError, context: "storing the offset of \(tp)")
+                }
+                throw KafkaError.rdkafka(error, context: "storing offsets")
+            }
+        }
+    }
+
+    /// Commits the stored offsets and waits for the broker's answer. Errors the group coordinator
+    /// returns while the group rebalances are retried for up to `timeout`.
+    public func commit(timeout: Duration = .seconds(10)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            do {
+                try await withCheckedThrowingContinuation { continuation in
+                    shared.send(.commit(continuation))
+                }
+                return
+            } catch let error as KafkaError where error.isRetriableCommitError && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    /// The committed offsets of `partitions` (the next offset to consume; missing when none committed).
+    public func committedOffsets(
+        for partitions: [TopicPartition],
+        timeout: Duration = .seconds(10)
+    ) async throws -> [TopicPartition: Int64] {
+        try await shared.blocking { handle throws(KafkaError) in
+            let list = TopicPartitionList.make(partitions)
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            let error = rd_kafka_committed(handle.pointer, list, Int32(clamping: timeout.milliseconds))
+            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError.rdkafka(error, context: "reading committed offsets")
+            }
+            var result: [TopicPartition: Int64] = [:]
+            for item in TopicPartitionList.read(list) where item.offset >= 0 {
+                result[item.topicPartition] = item.offset
+            }
+            return result
+        }
+    }
+
+    /// The partition's watermarks as of its last fetch (no request), or `nil` before the first fetch.
+    public func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks? {
+        try? shared.withHandle { handle throws(KafkaError) in
+            var low: Int64 = -1
+            var high: Int64 = -1
+            let error = rd_kafka_get_watermark_offsets(
+                handle.pointer, topicPartition.topic, topicPartition.partition, &low, &high)
+            guard error == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { return nil }
+            return Watermarks(low: max(low, 0), high: high)
+        }
+    }
+
+    /// Asks the partition leader for the partition's watermarks.
+    public func queryWatermarks(for topicPartition: TopicPartition, timeout: Duration = .seconds(10)) async throws
+        -> Watermarks
+    {
+        try await shared.blocking { handle throws(KafkaError) in
+            try handle.queryWatermarks(topicPartition, timeout: timeout)
+        }
+    }
+
+    /// The number of partitions of `topic`, from the cluster's metadata.
+    public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
+        try await shared.blocking { handle throws(KafkaError) in
+            try handle.partitionCount(topic: topic, timeout: timeout)
+        }
+    }
+
+    /// Commits stored offsets, leaves the group (releasing every partition) and destroys the client.
+    /// Every message sequence and ``events`` end. Safe to call more than once.
+    public func close() async {
+        await withCheckedContinuation { continuation in
+            shared.send(.close(continuation))
+        }
+    }
+}
+
+extension KafkaError {
+    /// Commit errors a group coordinator returns while the group is rebalancing or moving.
+    var isRetriableCommitError: Bool {
+        guard let librdkafkaCode else { return false }
+        switch rd_kafka_resp_err_t(librdkafkaCode) {
+        case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            RD_KAFKA_RESP_ERR__WAIT_COORD, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR__TIMED_OUT:
+            return true
+        default:
+            return false
+        }
+    }
+}

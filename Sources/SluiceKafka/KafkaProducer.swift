@@ -1,0 +1,334 @@
+import Crdkafka
+import Logging
+import Synchronization
+
+/// A record to produce.
+public struct ProducerRecord: Sendable, Hashable {
+    /// The topic.
+    public var topic: String
+    /// The partition, or `nil` to let the partitioner choose from the key.
+    public var partition: Int32?
+    /// The key.
+    public var key: [UInt8]?
+    /// The payload.
+    public var value: [UInt8]
+    /// Headers, in order.
+    public var headers: [KafkaHeader]
+
+    /// Creates a record.
+    public init(topic: String, partition: Int32? = nil, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = []) {
+        self.topic = topic
+        self.partition = partition
+        self.key = key
+        self.value = value
+        self.headers = headers
+    }
+}
+
+/// Where a produced record landed.
+public struct DeliveryReport: Sendable, Hashable {
+    /// The partition.
+    public var topicPartition: TopicPartition
+    /// The record's offset.
+    public var offset: Int64
+}
+
+/// A Kafka producer whose sends complete with the broker's delivery report.
+///
+/// `rd_kafka_produceva` never blocks (a full local queue is reported as ``KafkaError/Code/queueFull``),
+/// so sends are made from the caller's task. Delivery reports arrive on the main queue, which a
+/// dedicated owner thread serves, woken through a pipe by `rd_kafka_queue_io_event_enable`.
+public final class KafkaProducer: Sendable {
+    typealias Completion = @Sendable (Result<DeliveryReport, KafkaError>) -> Void
+
+    private let handle: RDKafkaHandle
+    private let loop: ProducerLoop
+
+    /// Creates a producer.
+    ///
+    /// - Throws: ``KafkaError`` with code ``KafkaError/Code/configuration`` naming a property that
+    ///   librdkafka rejected.
+    public init(configuration: KafkaProducerConfiguration, logger: Logger) throws(KafkaError) {
+        Librdkafka.logVersionOnce(logger)
+        handle = try RDKafkaHandle(
+            type: RD_KAFKA_PRODUCER,
+            properties: configuration.librdkafkaProperties(),
+            events: RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_LOG,
+            logger: "producer"
+        )
+        loop = ProducerLoop(handle: handle, flushTimeout: configuration.flushTimeout, logger: logger)
+        OwnerThread.start(name: "sluice-producer") { [loop] in loop.run() }
+    }
+
+    deinit { loop.requestClose(nil) }
+
+    /// Sends a record and returns once the broker acknowledged it. Waits while librdkafka's local queue
+    /// is full.
+    public func send(_ record: ProducerRecord) async throws -> DeliveryReport {
+        while true {
+            do {
+                return try await withCheckedThrowingContinuation { continuation in
+                    do {
+                        try enqueue(record) { continuation.resume(with: $0) }
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }
+            } catch let error as KafkaError where error.code == .queueFull {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
+    }
+
+    /// Enqueues a record without waiting; `onDelivery` runs on the producer's thread with the outcome.
+    ///
+    /// - Throws: ``KafkaError/Code/queueFull`` when librdkafka's queue is full (try again later), or
+    ///   ``KafkaError/Code/closed``.
+    public func enqueue(
+        _ record: ProducerRecord,
+        onDelivery: @escaping @Sendable (Result<DeliveryReport, KafkaError>) -> Void
+    ) throws(KafkaError) {
+        let identifier = try loop.register(onDelivery)
+        let error = produce(record, opaque: identifier)
+        if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+            loop.unregister(identifier)
+            throw KafkaError.rdkafka(error, context: "producing to topic '\(record.topic)'")
+        }
+        loop.noteEnqueued()
+    }
+
+    private func produce(_ record: ProducerRecord, opaque: UInt) -> rd_kafka_resp_err_t {
+        record.topic.withCString { topic in
+            record.value.withUnsafeBytes { value in
+                withOptionalBytes(record.key) { key in
+                    var values: [rd_kafka_vu_t] = []
+                    values.reserveCapacity(6 + record.headers.count)
+                    var item = rd_kafka_vu_t()
+                    item.vtype = RD_KAFKA_VTYPE_TOPIC
+                    item.u.cstr = topic
+                    values.append(item)
+                    item = rd_kafka_vu_t()
+                    item.vtype = RD_KAFKA_VTYPE_VALUE
+                    item.u.mem.ptr = UnsafeMutableRawPointer(mutating: value.baseAddress)
+                    item.u.mem.size = value.count
+                    values.append(item)
+                    if let key {
+                        item = rd_kafka_vu_t()
+                        item.vtype = RD_KAFKA_VTYPE_KEY
+                        item.u.mem.ptr = UnsafeMutableRawPointer(mutating: key.baseAddress)
+                        item.u.mem.size = key.count
+                        values.append(item)
+                    }
+                    if let partition = record.partition {
+                        item = rd_kafka_vu_t()
+                        item.vtype = RD_KAFKA_VTYPE_PARTITION
+                        item.u.i32 = partition
+                        values.append(item)
+                    }
+                    item = rd_kafka_vu_t()
+                    item.vtype = RD_KAFKA_VTYPE_MSGFLAGS
+                    item.u.i = RD_KAFKA_MSG_F_COPY
+                    values.append(item)
+                    item = rd_kafka_vu_t()
+                    item.vtype = RD_KAFKA_VTYPE_OPAQUE
+                    item.u.ptr = UnsafeMutableRawPointer(bitPattern: opaque)
+                    values.append(item)
+                    guard !record.headers.isEmpty else {
+                        return producevaError(values)
+                    }
+                    // Headers are copied by librdkafka into its own header list.
+                    let headerList = rd_kafka_headers_new(record.headers.count)!
+                    for header in record.headers {
+                        if let headerValue = header.value {
+                            headerValue.withUnsafeBytes { bytes in
+                                _ = rd_kafka_header_add(headerList, header.key, -1, bytes.baseAddress, bytes.count)
+                            }
+                        } else {
+                            _ = rd_kafka_header_add(headerList, header.key, -1, nil, 0)
+                        }
+                    }
+                    item = rd_kafka_vu_t()
+                    item.vtype = RD_KAFKA_VTYPE_HEADERS
+                    item.u.headers = headerList
+                    values.append(item)
+                    let error = producevaError(values)
+                    // On success librdkafka owns the header list; on failure it is ours to free.
+                    if error != RD_KAFKA_RESP_ERR_NO_ERROR { rd_kafka_headers_destroy(headerList) }
+                    return error
+                }
+            }
+        }
+    }
+
+    private func producevaError(_ values: [rd_kafka_vu_t]) -> rd_kafka_resp_err_t {
+        values.withUnsafeBufferPointer { buffer in
+            guard let error = rd_kafka_produceva(handle.pointer, buffer.baseAddress, buffer.count) else {
+                return RD_KAFKA_RESP_ERR_NO_ERROR
+            }
+            defer { rd_kafka_error_destroy(error) }
+            return rd_kafka_error_code(error)
+        }
+    }
+
+    /// The number of partitions of `topic`, from the cluster's metadata.
+    public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
+        let handle = self.handle
+        return try await loop.blocking { () throws(KafkaError) in
+            try handle.partitionCount(topic: topic, timeout: timeout)
+        }
+    }
+
+    /// Waits for outstanding deliveries (up to ``KafkaProducerConfiguration/flushTimeout``), fails the
+    /// rest with ``KafkaError/Code/closed`` and destroys the client. Safe to call more than once.
+    public func close() async {
+        await withCheckedContinuation { continuation in
+            loop.requestClose(continuation)
+        }
+    }
+}
+
+private func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawBufferPointer?) -> R) -> R {
+    guard let bytes else { return body(nil) }
+    return bytes.withUnsafeBytes { body($0) }
+}
+
+/// The producer's owner thread: serves delivery reports until closed.
+///
+/// `@unchecked Sendable`: mutable state is behind `Mutex`es; the main queue pointer is used by the
+/// owner thread only.
+final class ProducerLoop: @unchecked Sendable {
+    private struct State {
+        var pending: [UInt: KafkaProducer.Completion] = [:]
+        var nextIdentifier: UInt = 1
+        var closeWaiters: [CheckedContinuation<Void, Never>] = []
+        var closeRequested = false
+        var closed = false
+        var activeBlocking = 0
+    }
+
+    private let handle: RDKafkaHandle
+    private let flushTimeout: Duration
+    private let logger: Logger
+    private let waker = Waker()
+    private let mainQueue: OpaquePointer
+    private let state = Mutex(State())
+
+    init(handle: RDKafkaHandle, flushTimeout: Duration, logger: Logger) {
+        self.handle = handle
+        self.flushTimeout = flushTimeout
+        self.logger = logger
+        mainQueue = rd_kafka_queue_get_main(handle.pointer)
+        waker.payload.withUnsafeBytes { payload in
+            rd_kafka_queue_io_event_enable(mainQueue, waker.fileDescriptor, payload.baseAddress, payload.count)
+        }
+    }
+
+    func register(_ completion: @escaping KafkaProducer.Completion) throws(KafkaError) -> UInt {
+        let identifier: UInt? = state.withLock { state in
+            guard !state.closeRequested else { return nil }
+            let identifier = state.nextIdentifier
+            state.nextIdentifier += 1
+            state.pending[identifier] = completion
+            return identifier
+        }
+        guard let identifier else { throw KafkaError.closedError }
+        return identifier
+    }
+
+    func unregister(_ identifier: UInt) {
+        _ = state.withLock { $0.pending.removeValue(forKey: identifier) }
+    }
+
+    /// A message was handed to librdkafka; nothing to do (its delivery report wakes the owner), kept
+    /// as the hook where produce-side metrics will go.
+    func noteEnqueued() {}
+
+    func requestClose(_ continuation: CheckedContinuation<Void, Never>?) {
+        let alreadyClosed = state.withLock { state -> Bool in
+            if state.closed { return true }
+            state.closeRequested = true
+            if let continuation { state.closeWaiters.append(continuation) }
+            return false
+        }
+        if alreadyClosed { continuation?.resume() }
+        waker.wake()
+    }
+
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(KafkaError) -> T) async throws -> T {
+        let admitted = state.withLock { state -> Bool in
+            guard !state.closed else { return false }
+            state.activeBlocking += 1
+            return true
+        }
+        guard admitted else { throw KafkaError.closedError }
+        defer { state.withLock { $0.activeBlocking -= 1 } }
+        return try await OwnerThread.blocking { try body() }
+    }
+
+    func run() {
+        var closeDeadline: ContinuousClock.Instant?
+        while true {
+            serveMainQueue()
+            let (closeRequested, pendingCount) = state.withLock { ($0.closeRequested, $0.pending.count) }
+            if closeRequested {
+                let deadline = closeDeadline ?? .now + flushTimeout
+                closeDeadline = deadline
+                if (pendingCount == 0 && rd_kafka_outq_len(handle.pointer) == 0) || ContinuousClock.now >= deadline {
+                    break
+                }
+                waker.wait(milliseconds: 10)
+            } else {
+                waker.wait(milliseconds: 500)
+            }
+        }
+        let (leftovers, waiters) = state.withLock { state in
+            state.closed = true
+            defer {
+                state.pending.removeAll()
+                state.closeWaiters.removeAll()
+            }
+            return (Array(state.pending.values), state.closeWaiters)
+        }
+        for completion in leftovers { completion(.failure(KafkaError.closedError)) }
+        while state.withLock({ $0.activeBlocking }) > 0 { Waker.sleep(milliseconds: 1) }
+        rd_kafka_queue_io_event_enable(mainQueue, -1, nil, 0)
+        rd_kafka_queue_destroy(mainQueue)
+        handle.destroy()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func serveMainQueue() {
+        while let event = rd_kafka_queue_poll(mainQueue, 0) {
+            defer { rd_kafka_event_destroy(event) }
+            switch rd_kafka_event_type(event) {
+            case RD_KAFKA_EVENT_DR:
+                while let message = rd_kafka_event_message_next(event) {
+                    let identifier = UInt(bitPattern: message.pointee._private)
+                    guard let completion = state.withLock({ $0.pending.removeValue(forKey: identifier) }) else { continue }
+                    let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
+                    if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                        completion(
+                            .success(
+                                DeliveryReport(
+                                    topicPartition: TopicPartition(topic, message.pointee.partition),
+                                    offset: message.pointee.offset
+                                )
+                            )
+                        )
+                    } else {
+                        completion(.failure(KafkaError.rdkafka(message.pointee.err, context: "delivering to topic '\(topic)'")))
+                    }
+                }
+            case RD_KAFKA_EVENT_ERROR:
+                logger.warning(
+                    "librdkafka producer error",
+                    metadata: ["kafka.error": "\(String(cString: rd_kafka_event_error_string(event)))"]
+                )
+            case RD_KAFKA_EVENT_LOG:
+                LibrdkafkaLog.forward(event, to: logger)
+            default:
+                break
+            }
+        }
+    }
+}
