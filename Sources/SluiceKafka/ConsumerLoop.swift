@@ -38,8 +38,9 @@ final class ConsumerLoop: @unchecked Sendable {
 
     private enum Phase {
         case running
-        /// Close was asked for; waiting for the first join (hazard) and the final commit.
-        case closeRequested(deadline: ContinuousClock.Instant, commitID: UInt64?)
+        /// Close was asked for; waiting for the first join (hazard) and the final commit. `detached`: the
+        /// callers of `close()` were released at the deadline while the first join was still in progress.
+        case closeRequested(deadline: ContinuousClock.Instant, commitID: UInt64?, detached: Bool)
         /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed.
         case closing
         case finished
@@ -96,7 +97,13 @@ final class ConsumerLoop: @unchecked Sendable {
             if !busy { shared.waker.wait(milliseconds: waitBudget(now: now)) }
         }
         shared.eventsContinuation.finish()
-        for waiter in closeWaiters { waiter.resume() }
+        releaseCloseWaiters()
+    }
+
+    private func releaseCloseWaiters() {
+        let waiters = closeWaiters
+        closeWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     // MARK: Commands
@@ -134,9 +141,14 @@ final class ConsumerLoop: @unchecked Sendable {
                 revocations[identifier] = revocation
             }
         case .close(let continuation):
+            if case .closeRequested(_, _, detached: true) = phase {
+                continuation?.resume()
+                return
+            }
             if let continuation { closeWaiters.append(continuation) }
             if case .running = phase {
-                phase = .closeRequested(deadline: .now + shared.configuration.firstJoinTimeout, commitID: nil)
+                phase = .closeRequested(
+                    deadline: .now + shared.configuration.firstJoinTimeout, commitID: nil, detached: false)
                 logger.debug("consumer close requested")
             }
         }
@@ -495,7 +507,9 @@ final class ConsumerLoop: @unchecked Sendable {
     private func serveTimers(now: ContinuousClock.Instant) {
         if case .running = phase, now >= nextPeriodicCommit {
             nextPeriodicCommit = now + shared.configuration.commitInterval
-            if !partitions.isEmpty { startCommit(.periodic, timeout: .seconds(30)) }
+            if !partitions.isEmpty, shared.offsetsStored.exchange(false, ordering: .relaxed) {
+                startCommit(.periodic, timeout: .seconds(30))
+            }
         }
         for (identifier, deadline) in commitDeadlines where now >= deadline {
             completeCommit(identifier, error: RD_KAFKA_RESP_ERR__TIMED_OUT)
@@ -506,21 +520,30 @@ final class ConsumerLoop: @unchecked Sendable {
                 metadata: ["kafka.partitions": "\(describe(revocation.partitions))"])
             revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
         }
-        if case .closeRequested(let deadline, let commitID) = phase, commitID == nil {
+        if case .closeRequested(let deadline, let commitID, let detached) = phase, commitID == nil {
             // Release revocations in progress: their owners are shutting down too.
             for (identifier, revocation) in revocations where revocation.commitID == nil {
                 revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
             }
             if !subscribed || firstAssignmentSeen {
-                phase = .closeRequested(deadline: deadline, commitID: nil)
                 let identifier = startCommit(.close, timeout: .seconds(10))
                 if case .closeRequested = phase {
-                    phase = .closeRequested(deadline: deadline, commitID: identifier)
+                    phase = .closeRequested(deadline: deadline, commitID: identifier, detached: detached)
                 }
-            } else if now >= deadline {
-                // Never joined: closing now could hit the first-rebalance abort of librdkafka < 2.3.0.
-                logger.warning("consumer never joined its group; leaving without the leave handshake")
-                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            } else if now >= deadline, !detached {
+                if String(cString: rd_kafka_rebalance_protocol(rk)) == "NONE" {
+                    // The group never answered our JoinGroup: no assignor state exists, so destroying is
+                    // safe; skip the leave handshake, there is nothing to leave.
+                    logger.warning("consumer never joined its group; closing without the leave handshake")
+                    destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+                } else {
+                    // JoinGroup answered, SyncGroup not yet: closing or destroying now aborts the process in
+                    // librdkafka < 2.3.0. Release the callers; the owner closes once the assignment arrives.
+                    logger.warning("consumer is in its first rebalance; it will leave the group once that completes")
+                    phase = .closeRequested(deadline: deadline, commitID: nil, detached: true)
+                    shared.eventsContinuation.finish()
+                    releaseCloseWaiters()
+                }
             }
         }
         if case .closing = phase, rd_kafka_consumer_closed(rk) != 0 {
@@ -566,7 +589,7 @@ final class ConsumerLoop: @unchecked Sendable {
         var next = nextPeriodicCommit
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
-        if case .closeRequested(let deadline, _) = phase { next = min(next, deadline) }
+        if case .closeRequested(let deadline, _, _) = phase { next = min(next, deadline) }
         if case .closing = phase { next = min(next, now + .milliseconds(10)) }
         let milliseconds = (next - now).milliseconds
         return Int32(clamping: max(0, min(milliseconds, 200)))

@@ -35,6 +35,8 @@ final class ConsumerShared: Sendable {
     private let handleUse = Mutex(HandleUse())
     /// The message buffers of assigned partitions; written by the owner thread only.
     let channels = Mutex<[TopicPartition: PartitionChannel]>([:])
+    /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.
+    let offsetsStored = Atomic<Bool>(false)
     /// Pause reasons per assigned partition, as the owner last applied them.
     let pauseSnapshot = Mutex<[TopicPartition: Set<KafkaPauseReason>]>([:])
 

@@ -11,12 +11,14 @@ import Synchronization
 ///   is 10 ms).
 /// - Its group coordinator waits 3 s before the first join completes, needs `session.timeout.ms` above
 ///   3000 (use 6000 in tests), makes later rebalances wait `session.timeout.ms` − 1 s unless every member
-///   rejoins, and rejects commits while the group is joining (real Kafka accepts them).
+///   rejoins, and rejects commits while the group is joining (real Kafka accepts them) with
+///   `ILLEGAL_GENERATION`, after which librdkafka treats the member's assignment as lost.
 /// - It has no CreateTopics: topics are created here with ``createTopic(_:partitions:replicationFactor:)``.
 /// - Its brokers listen on ephemeral ports chosen at start.
 public final class EmbeddedKafkaCluster: Sendable {
     private let handle: RDKafkaHandle
-    /// `rd_kafka_mock_cluster_t *`; only passed to librdkafka's thread-safe mock API.
+    /// `rd_kafka_mock_cluster_t *`. `nonisolated(unsafe)`: the pointer never changes, and librdkafka's
+    /// mock API is thread-safe (each call hands an operation to the mock cluster's own thread).
     private nonisolated(unsafe) let cluster: OpaquePointer
     private let destroyed = Mutex(false)
 

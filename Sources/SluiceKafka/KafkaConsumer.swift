@@ -31,9 +31,11 @@ import Synchronization
 ///
 /// - Resuming a partition that is not paused rewinds it: pause state is a set of reasons per partition
 ///   and librdkafka is told to resume only when the set becomes empty and the partition is paused.
-/// - Closing a cooperative-sticky consumer during its first rebalance aborts the process: ``close()``
-///   waits for the first assignment (up to ``KafkaConsumerConfiguration/firstJoinTimeout``); a consumer
-///   that never joined is destroyed without the leave handshake.
+/// - Closing a cooperative-sticky consumer during its first rebalance (after the group answered its
+///   JoinGroup, before its SyncGroup) aborts the process: ``close()`` waits for the first assignment, up to
+///   ``KafkaConsumerConfiguration/firstJoinTimeout``; then a consumer the group never answered is destroyed
+///   without the leave handshake, and one still in its first rebalance is closed in the background once
+///   the rebalance completes.
 /// - `rd_kafka_poll` after `rd_kafka_poll_set_consumer` asserts: it is never called.
 /// - Any queue poll resets `max.poll.interval.ms`, so librdkafka cannot detect a stuck handler: callers
 ///   need their own watchdog.
@@ -42,8 +44,11 @@ import Synchronization
 ///
 /// Its group coordinator waits 3 s before the first join completes, needs `session.timeout.ms` above
 /// 3000 (use 6000 in tests), makes later rebalances wait `session.timeout.ms` − 1 s unless every member
-/// rejoins, and rejects commits while the group is joining (real Kafka accepts them); ``commit()``
-/// retries those for a while.
+/// rejoins, and rejects commits while the group is joining (real Kafka accepts them) with
+/// `ILLEGAL_GENERATION`, which makes librdkafka declare the member's whole assignment lost
+/// (``KafkaConsumerEvent/lost(_:)`` instead of ``KafkaConsumerEvent/revoked(_:)``). Periodic commits run
+/// only when offsets were stored since the last one, which narrows that window; ``commit()`` retries
+/// rejected commits for a while.
 public final class KafkaConsumer: Sendable {
     /// Decides, at assignment and before the first fetch, the pause reasons a new partition starts with.
     public typealias InitialPauseReasons = @Sendable (TopicPartition) -> Set<KafkaPauseReason>
@@ -149,6 +154,7 @@ public final class KafkaConsumer: Sendable {
                 throw KafkaError.rdkafka(error, context: "storing offsets")
             }
         }
+        shared.offsetsStored.store(true, ordering: .relaxed)
     }
 
     /// Commits the stored offsets and waits for the broker's answer. Errors the group coordinator

@@ -25,9 +25,11 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// How long a revoked partition may take to be released after the revocation event was delivered,
     /// if its owner does not call ``KafkaRevocation/done()`` first. Default 10 s.
     public var revokeTimeout: Duration = .seconds(10)
-    /// How long ``KafkaConsumer/close()`` waits for the first group join to complete before it
-    /// abandons the group without the leave handshake. See the hazards in ``KafkaConsumer``. Default 12 s.
-    public var firstJoinTimeout: Duration = .seconds(12)
+    /// How long ``KafkaConsumer/close()`` waits for the consumer's first group join to complete. After it,
+    /// a consumer the group never answered is destroyed without the leave handshake, and one in the middle
+    /// of its first rebalance is closed in the background once the rebalance completes (closing it earlier
+    /// aborts the process with librdkafka < 2.3.0). Default 8 s.
+    public var firstJoinTimeout: Duration = .seconds(8)
     /// Most messages taken from a partition's librdkafka queue in one batch. Default 1,000.
     public var maxBatchSize: Int = 1000
     /// Messages a partition may hold in Sluice's buffer before the consumer pauses its fetching

@@ -1,5 +1,6 @@
 import Crdkafka
 import Logging
+import Synchronization
 
 /// Facts about the librdkafka library Sluice is linked against.
 public enum Librdkafka {
@@ -62,13 +63,11 @@ public enum Librdkafka {
     /// The hazards that apply to the linked version.
     public static var activeHazards: [Hazard] { knownHazards.filter { versionNumber < $0.fixedIn } }
 
-    nonisolated(unsafe) private static var logged = false
+    private static let logged = Atomic<Bool>(false)
 
     /// Logs the linked version once per process, with a warning naming the hazards it has.
     static func logVersionOnce(_ logger: Logger) {
-        // Benign race: at worst the line is logged twice.
-        if logged { return }
-        logged = true
+        guard !logged.exchange(true, ordering: .relaxed) else { return }
         let hazards = activeHazards
         if hazards.isEmpty {
             logger.info("librdkafka version", metadata: ["librdkafka.version": "\(version)"])

@@ -37,3 +37,177 @@ struct KafkaConsumerTests {
         cluster.shutdown()
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("pausing one partition stops only it; stray resumes never rewind (librdkafka 2.0.2 hazard)")
+    func pauseStopsOnlyThatPartition() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["payments": 2])
+        try await TestSupport.produce(cluster, topic: "payments", partitions: 2, count: 2_000)
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger
+        )
+        try await consumer.subscribe(topics: ["payments"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        let paused = TopicPartition("payments", 0)
+        let running = TopicPartition("payments", 1)
+        try await TestSupport.eventually("first 2,000") { received.total == 2_000 }
+
+        await consumer.pause(paused, reason: .operator)
+        #expect(consumer.pauseReasons(for: paused) == [.operator])
+        // Resuming for a reason the partition is not paused for, or a partition that is not paused,
+        // must change nothing; in librdkafka 2.0.2 a bare resume would rewind and redeliver.
+        for _ in 0..<10 {
+            await consumer.resume(paused, reason: .breaker)
+            await consumer.resume(running, reason: .operator)
+        }
+        try await TestSupport.produce(cluster, topic: "payments", partitions: 2, count: 20_000)
+        try await TestSupport.eventually("the running partition reaches 11,000") { received.count(running) == 11_000 }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(received.count(paused) == 1_000, "the paused partition received nothing more")
+
+        await consumer.resume(paused, reason: .operator)
+        #expect(consumer.pauseReasons(for: paused).isEmpty)
+        try await TestSupport.eventually("the paused partition catches up") { received.count(paused) == 11_000 }
+        try await Task.sleep(for: .milliseconds(300))
+        for (topicPartition, messages) in received.byPartition {
+            let contiguous = messages.map(\.offset) == Array(0..<Int64(messages.count))
+            #expect(contiguous, "\(topicPartition): every offset once, in order, no duplicates")
+        }
+        await consumer.close()
+        await driver.value
+    }
+
+    @Test("pause reasons are a set: the partition resumes only when the last reason is removed")
+    func pauseReasonsAreASet() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["flags": 1])
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            initialPauseReasons: { _ in [.flag] },
+            logger: TestSupport.logger
+        )
+        try await consumer.subscribe(topics: ["flags"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        let partition = TopicPartition("flags", 0)
+        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        #expect(consumer.pauseReasons(for: partition) == [.flag], "paused from assignment, before any fetch")
+        try await TestSupport.produce(cluster, topic: "flags", partitions: 1, count: 100)
+        await consumer.pause(partition, reason: .breaker)
+        await consumer.resume(partition, reason: .flag)
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(received.total == 0, "still paused by the breaker")
+        await consumer.resume(partition, reason: .breaker)
+        try await TestSupport.eventually("all 100 after the last reason went") { received.total == 100 }
+        await consumer.close()
+        await driver.value
+    }
+
+    @Test("only stored offsets are committed: the next member of the group resumes exactly there")
+    func onlyStoredOffsetsAreCommitted() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["ledger": 1])
+        try await TestSupport.produce(cluster, topic: "ledger", partitions: 1, count: 100)
+        let group = TestSupport.uniqueName("g")
+        let partition = TopicPartition("ledger", 0)
+
+        let first = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: group), logger: TestSupport.logger)
+        try await first.subscribe(topics: ["ledger"])
+        let firstReceived = ReceivedMessages()
+        let firstDriver = Task { await drive(first, into: firstReceived, storeOffsets: false) }
+        try await TestSupport.eventually("all 100 read") { firstReceived.total == 100 }
+        // Only the first 40 messages are "done".
+        try first.storeOffsets([TopicPartitionOffset(partition, offset: 40)])
+        try await first.commit()
+        await first.close()
+        await firstDriver.value
+
+        let second = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: group), logger: TestSupport.logger)
+        try await second.subscribe(topics: ["ledger"])
+        let secondReceived = ReceivedMessages()
+        let secondDriver = Task { await drive(second, into: secondReceived) }
+        try await TestSupport.eventually("the remaining 60") { secondReceived.total == 60 }
+        #expect(secondReceived.byPartition[partition]?.first?.offset == 40)
+        let committed = try await second.committedOffsets(for: [partition])
+        #expect(committed[partition].map { $0 >= 40 } == true)
+        await second.close()
+        await secondDriver.value
+    }
+
+    @Test("a rebalance releases revoked partitions only after their owner says done")
+    func revokedPartitionsWaitForTheirOwner() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["jobs": 4])
+        try await TestSupport.produce(cluster, topic: "jobs", partitions: 4, count: 400)
+        let group = TestSupport.uniqueName("g")
+        let clock = ContinuousClock()
+        // The embedded cluster rejects commits made while the group joins, and librdkafka then calls the
+        // assignment lost; keep periodic commits out of the join window (real Kafka accepts them).
+        var configuration = TestSupport.consumerConfiguration(cluster, group: group)
+        configuration.commitInterval = .seconds(60)
+        let doneAt = Locked<ContinuousClock.Instant?>(nil)
+        let revokedPartitions = Locked<[TopicPartition]>([])
+
+        let first = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await first.subscribe(topics: ["jobs"])
+        let firstReceived = ReceivedMessages()
+        let firstDriver = Task {
+            for await event in first.events {
+                switch event {
+                case .assigned(let partitions):
+                    for topicPartition in partitions {
+                        guard let messages = first.messages(for: topicPartition) else { continue }
+                        Task {
+                            for await batch in messages {
+                                firstReceived.append(batch)
+                                try? first.storeOffsets([TopicPartitionOffset(topicPartition, offset: batch.last!.offset + 1)])
+                            }
+                        }
+                    }
+                case .revoked(let revocation):
+                    revokedPartitions.withLock { $0 = revocation.partitions }
+                    // The owner takes 2 s to finish its in-flight work.
+                    Task {
+                        try await Task.sleep(for: .seconds(2))
+                        doneAt.withLock { $0 = clock.now }
+                        revocation.done()
+                    }
+                default:
+                    break
+                }
+            }
+        }
+        try await TestSupport.eventually("the first member reads everything") { firstReceived.total == 400 }
+
+        let assignedAt = Locked<[TopicPartition: ContinuousClock.Instant]>([:])
+        let second = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await second.subscribe(topics: ["jobs"])
+        let secondReceived = ReceivedMessages()
+        let secondDriver = Task {
+            await drive(second, into: secondReceived) { event in
+                if case .assigned(let partitions) = event {
+                    assignedAt.withLock { for partition in partitions { $0[partition] = clock.now } }
+                }
+            }
+        }
+        try await TestSupport.eventually("the second member gets partitions", timeout: .seconds(40)) {
+            !assignedAt.withLock { $0.isEmpty }
+        }
+        let revoked = revokedPartitions.withLock { $0 }
+        let moved = assignedAt.withLock { $0 }
+        #expect(!revoked.isEmpty)
+        #expect(Set(moved.keys).isSubset(of: Set(revoked)))
+        let released = try #require(doneAt.withLock { $0 })
+        for (partition, instant) in moved {
+            #expect(instant >= released, "\(partition) was assigned to the new member only after done()")
+        }
+        // The first member committed before releasing: the second one starts at the end, reading nothing again.
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(secondReceived.total == 0)
+        await second.close()
+        await first.close()
+        await firstDriver.value
+        await secondDriver.value
+    }
+}

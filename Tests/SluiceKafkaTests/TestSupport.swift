@@ -7,7 +7,7 @@ import Testing
 enum TestSupport {
     static let logger: Logger = {
         var logger = Logger(label: "sluice.test")
-        logger.logLevel = .warning
+        logger.logLevel = ProcessInfoDebug.value == nil ? .warning : .trace
         return logger
     }()
 
@@ -21,6 +21,7 @@ enum TestSupport {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         configuration.commitInterval = .milliseconds(200)
+        if let debug = ProcessInfoDebug.value { configuration.properties["debug"] = debug }
         return configuration
     }
 
@@ -147,3 +148,13 @@ func drive(
 final class DeliveryTally: Sendable {
     let state = Mutex<(delivered: Int, failure: KafkaError?)>((0, nil))
 }
+
+/// A value behind a lock that closures can share.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout sending Value) -> sending R) -> R { mutex.withLock(body) }
+}
+
+import Foundation
+enum ProcessInfoDebug { static let value = ProcessInfo.processInfo.environment["SLUICE_TEST_RDKAFKA_DEBUG"] }
