@@ -74,7 +74,7 @@ enum TestSupport {
                 }
             }
             return true
-        } catch let error as KafkaError {
+        } catch {
             if error.code == .queueFull { return false }
             throw error
         }

@@ -1,0 +1,120 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SluiceKafka
+import Synchronization
+
+struct ConsumeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "consume",
+        abstract: "Consume topics in a group with the plain Kafka layer, printing the rate each second.",
+        discussion: """
+            Reads every assigned partition, stores and commits offsets, and checks that the per-key sequence \
+            numbers written by `sluice produce` arrive in order. Runs until SIGINT/SIGTERM or --count messages.
+            """
+    )
+
+    @Option(name: .long, help: "bootstrap.servers, e.g. the line `sluice dev-broker` prints.")
+    var bootstrap: String
+
+    @Option(name: .long, help: "Consumer group.")
+    var group: String = "sluice-consume"
+
+    @Option(name: .long, help: "A topic to consume. Repeat for more topics.")
+    var topic: [String]
+
+    @Option(name: .long, help: "Stop after this many messages (default: run until a signal).")
+    var count: Int?
+
+    func run() async throws {
+        var logger = Logger(label: "sluice.consume")
+        logger.logLevel = .warning
+        let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: servers, groupID: group)
+        configuration.sessionTimeout = .seconds(6)
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        try await consumer.subscribe(topics: topic)
+        let stats = ConsumeStats()
+        let target = count
+
+        let reader = Task {
+            await withTaskGroup(of: Void.self) { partitions in
+                for await event in consumer.events {
+                    switch event {
+                    case .assigned(let assigned):
+                        stats.note("assigned \(assigned.sorted().map(\.description).joined(separator: " "))")
+                        for topicPartition in assigned {
+                            guard let messages = consumer.messages(for: topicPartition) else { continue }
+                            partitions.addTask {
+                                for await batch in messages {
+                                    stats.check(batch)
+                                    if let last = batch.last {
+                                        try? consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: last.offset + 1)])
+                                    }
+                                }
+                            }
+                        }
+                    case .revoked(let revocation):
+                        stats.note("revoked \(revocation.partitions.sorted().map(\.description).joined(separator: " "))")
+                        revocation.done()
+                    case .lost(let lost):
+                        stats.note("lost \(lost.sorted().map(\.description).joined(separator: " "))")
+                    case .error(let error):
+                        stats.note("kafka: \(error.message)")
+                    }
+                }
+            }
+        }
+        let reporter = Task {
+            var previous = 0
+            while !Task.isCancelled {
+                try await Task.sleep(for: .seconds(1))
+                let (total, violations) = stats.snapshot
+                stats.note("consumed \(total) (\(total - previous) msg/s), per-key order violations \(violations)")
+                previous = total
+            }
+        }
+        let stop = Task {
+            if let target {
+                while stats.snapshot.total < target { try await Task.sleep(for: .milliseconds(20)) }
+                return "count reached"
+            }
+            return await ShutdownSignal.wait()
+        }
+        let reason = try await stop.value
+        reporter.cancel()
+        await consumer.close()
+        await reader.value
+        let (total, violations) = stats.snapshot
+        stats.note("stopped (\(reason)): consumed \(total), per-key order violations \(violations)")
+        if violations > 0 { throw ExitCode(1) }
+    }
+}
+
+/// Counts messages and per-key order violations across partitions.
+final class ConsumeStats: Sendable {
+    private struct State {
+        var total = 0
+        var violations = 0
+        var lastSequence: [String: Int] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    func check(_ batch: [ConsumedMessage]) {
+        let payloads = batch.map { LoadPayload(decoding: $0.value) }
+        state.withLock { state in
+            state.total += batch.count
+            for case let payload? in payloads {
+                if let last = state.lastSequence[payload.key], payload.sequence <= last { state.violations += 1 }
+                state.lastSequence[payload.key] = payload.sequence
+            }
+        }
+    }
+
+    var snapshot: (total: Int, violations: Int) { state.withLock { ($0.total, $0.violations) } }
+
+    func note(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct SluiceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "Sluice: a Kafka worker host for Swift services. Operator and development tools.",
+        subcommands: [DevBrokerCommand.self, ProduceCommand.self, ConsumeCommand.self]
+    )
+}
