@@ -36,6 +36,14 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "SluiceCLITests",
+            dependencies: [
+                "sluice",
+                "SluiceKafka",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "SluiceKafkaTests",
             dependencies: [
                 "SluiceKafka",

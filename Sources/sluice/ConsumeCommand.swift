@@ -26,15 +26,31 @@ struct ConsumeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Stop after this many messages (default: run until a signal).")
     var count: Int?
 
+    @Flag(name: .long, help: "Do not decode payloads to check per-key order (measures the Kafka layer alone).")
+    var noOrderCheck = false
+
+    @Option(name: .long, help: "A librdkafka property as KEY=VALUE, over Sluice's defaults. Repeatable.")
+    var property: [String] = []
+
+    func validate() throws {
+        for entry in property where !entry.contains("=") {
+            throw ValidationError("--property '\(entry)': expected KEY=VALUE")
+        }
+    }
+
     func run() async throws {
         var logger = Logger(label: "sluice.consume")
         logger.logLevel = .warning
         let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
         var configuration = KafkaConsumerConfiguration(bootstrapServers: servers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
+        for entry in property {
+            let parts = entry.split(separator: "=", maxSplits: 1)
+            configuration.properties[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         try await consumer.subscribe(topics: topic)
-        let stats = ConsumeStats()
+        let stats = ConsumeStats(checkOrder: !noOrderCheck)
         let target = count
 
         let reader = Task {
@@ -87,6 +103,9 @@ struct ConsumeCommand: AsyncParsableCommand {
         await reader.value
         let (total, violations) = stats.snapshot
         stats.note("stopped (\(reason)): consumed \(total), per-key order violations \(violations)")
+        if let rate = stats.rate {
+            stats.note("rate: \(Int(rate)) msg/s from the first message to the last")
+        }
         if violations > 0 { throw ExitCode(1) }
     }
 }
@@ -94,16 +113,24 @@ struct ConsumeCommand: AsyncParsableCommand {
 /// Counts messages and per-key order violations across partitions.
 final class ConsumeStats: Sendable {
     private struct State {
+        var first: ContinuousClock.Instant?
+        var last: ContinuousClock.Instant?
         var total = 0
         var violations = 0
         var lastSequence: [String: Int] = [:]
     }
 
     private let state = Mutex(State())
+    private let checkOrder: Bool
+
+    init(checkOrder: Bool) { self.checkOrder = checkOrder }
 
     func check(_ batch: [ConsumedMessage]) {
-        let payloads = batch.map { LoadPayload(decoding: $0.value) }
+        let payloads = checkOrder ? batch.map { LoadPayload(decoding: $0.value) } : []
+        let now = ContinuousClock.now
         state.withLock { state in
+            if state.first == nil { state.first = now }
+            state.last = now
             state.total += batch.count
             for case let payload? in payloads {
                 if let last = state.lastSequence[payload.key], payload.sequence <= last { state.violations += 1 }
@@ -113,6 +140,16 @@ final class ConsumeStats: Sendable {
     }
 
     var snapshot: (total: Int, violations: Int) { state.withLock { ($0.total, $0.violations) } }
+
+    /// Messages per second between the first and the last batch.
+    var rate: Double? {
+        state.withLock { state in
+            guard let first = state.first, let last = state.last, last > first else { return nil }
+            let elapsed = last - first
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            return Double(state.total) / seconds
+        }
+    }
 
     func note(_ line: String) {
         FileHandle.standardError.write(Data((line + "\n").utf8))

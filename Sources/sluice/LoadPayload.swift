@@ -34,10 +34,15 @@ struct LoadPayload: Equatable {
     private static func find(_ bytes: [UInt8], _ field: String) -> Int? {
         let needle = Array("\"\(field)\":".utf8)
         guard bytes.count >= needle.count else { return nil }
-        for start in 0...(bytes.count - needle.count) where bytes[start] == needle[0] {
-            if Array(bytes[start..<start + needle.count]) == needle { return start + needle.count }
+        return bytes.withUnsafeBufferPointer { haystack in
+            needle.withUnsafeBufferPointer { needle in
+                outer: for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+                    for offset in 1..<needle.count where haystack[start + offset] != needle[offset] { continue outer }
+                    return start + needle.count
+                }
+                return nil
+            }
         }
-        return nil
     }
 
     private static func number(_ bytes: [UInt8], field: String) -> Int? {

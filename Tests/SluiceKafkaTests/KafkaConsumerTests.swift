@@ -211,3 +211,47 @@ extension KafkaConsumerTests {
         await secondDriver.value
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("a slow reader pauses its partition through flow control and still gets every message once, in order")
+    func flowControlLosesNothing() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["slow": 2])
+        try await TestSupport.produce(cluster, topic: "slow", partitions: 2, count: 6_000)
+        var configuration = TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g"))
+        configuration.partitionBufferMessages = 200
+        configuration.maxBatchSize = 50
+        let consumer = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["slow"])
+        let received = ReceivedMessages()
+        let sawFlowPause = Locked(false)
+        let driver = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for await event in consumer.events {
+                    guard case .assigned(let partitions) = event else { continue }
+                    for topicPartition in partitions {
+                        guard let messages = consumer.messages(for: topicPartition) else { continue }
+                        group.addTask {
+                            for await batch in messages {
+                                if consumer.pauseReasons(for: topicPartition).contains(.flowControl) {
+                                    sawFlowPause.withLock { $0 = true }
+                                }
+                                received.append(batch)
+                                try? await Task.sleep(for: .milliseconds(2))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        try await TestSupport.eventually("all 6,000 through a 200-message buffer") { received.total >= 6_000 }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(received.total == 6_000)
+        #expect(sawFlowPause.withLock { $0 }, "the buffer filled and the partition was paused")
+        for (topicPartition, messages) in received.byPartition {
+            let contiguous = messages.map(\.offset) == Array(0..<Int64(messages.count))
+            #expect(contiguous, "\(topicPartition): every offset once, in order")
+        }
+        await consumer.close()
+        await driver.value
+    }
+}
