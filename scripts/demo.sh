@@ -7,17 +7,24 @@ cd "$(dirname "$0")/.."
 swift build -c release --product sluice >&2
 SLUICE=.build/release/sluice
 WORK=$(mktemp -d)
-PIDS=()
+BROKER_PID=""
+PRODUCER_PIDS=()
 cleanup() {
     trap - INT TERM EXIT
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PRODUCER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    [ -n "$BROKER_PID" ] && kill -TERM "$BROKER_PID" 2>/dev/null
     wait 2>/dev/null || true
     rm -rf "$WORK"
+    echo "demo: stopped" >&2
+    exit 0
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap ':' INT
 
-"$SLUICE" dev-broker --topic orders:8 --topic payments:4 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
-PIDS+=($!)
+# The broker and producers run in their own session, so Ctrl-C reaches only the consumer; the trap stops
+# them after the consumer has committed and left the group.
+setsid "$SLUICE" dev-broker --topic orders:8 --topic payments:4 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
+BROKER_PID=$!
 for _ in $(seq 1 100); do
     [ -s "$WORK/bootstrap" ] && break
     sleep 0.1
@@ -26,14 +33,14 @@ BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$WORK/bootstrap")
 [ -n "$BOOTSTRAP" ] || { echo "demo: the dev broker did not start; see $WORK/broker.log" >&2; exit 1; }
 echo "demo: embedded cluster at $BOOTSTRAP (orders:8, payments:4)" >&2
 
-"$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic orders --count 100000000 --rate "${ORDERS_RATE:-2000}" --keys 200 \
+setsid "$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic orders --count 100000000 --rate "${ORDERS_RATE:-2000}" --keys 200 \
     2>"$WORK/produce-orders.log" &
-PIDS+=($!)
-"$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic payments --count 100000000 --rate "${PAYMENTS_RATE:-500}" --keys 50 \
+PRODUCER_PIDS+=($!)
+setsid "$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic payments --count 100000000 --rate "${PAYMENTS_RATE:-500}" --keys 50 \
     2>"$WORK/produce-payments.log" &
-PIDS+=($!)
+PRODUCER_PIDS+=($!)
 echo "demo: producing ${ORDERS_RATE:-2000} orders/s and ${PAYMENTS_RATE:-500} payments/s; Ctrl-C stops" >&2
 
-"$SLUICE" consume --bootstrap "$BOOTSTRAP" --group demo --topic orders --topic payments &
-PIDS+=($!)
-wait "${PIDS[-1]}"
+# In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it commits
+# and leaves the group, then the EXIT trap stops the producers and the broker.
+"$SLUICE" consume --bootstrap "$BOOTSTRAP" --group demo --topic orders --topic payments || true

@@ -41,8 +41,9 @@ final class ConsumerLoop: @unchecked Sendable {
         /// Close was asked for; waiting for the first join (hazard) and the final commit. `detached`: the
         /// callers of `close()` were released at the deadline while the first join was still in progress.
         case closeRequested(deadline: ContinuousClock.Instant, commitID: UInt64?, detached: Bool)
-        /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed.
-        case closing
+        /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed or the
+        /// deadline passes.
+        case closing(deadline: ContinuousClock.Instant)
         case finished
     }
 
@@ -59,6 +60,8 @@ final class ConsumerLoop: @unchecked Sendable {
     private var firstAssignmentSeen = false
     private var phase = Phase.running
     private var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    /// When the final commit and leave handshake must be done by.
+    private var closeDeadline: ContinuousClock.Instant?
     private var nextPeriodicCommit: ContinuousClock.Instant
     private let batchBuffer: UnsafeMutablePointer<UnsafeMutablePointer<rd_kafka_message_t>?>
     private let maxBatch: Int
@@ -526,7 +529,8 @@ final class ConsumerLoop: @unchecked Sendable {
                 revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
             }
             if !subscribed || firstAssignmentSeen {
-                let identifier = startCommit(.close, timeout: .seconds(10))
+                closeDeadline = now + shared.configuration.closeTimeout
+                let identifier = startCommit(.close, timeout: shared.configuration.closeTimeout / 2)
                 if case .closeRequested = phase {
                     phase = .closeRequested(deadline: deadline, commitID: identifier, detached: detached)
                 }
@@ -546,8 +550,13 @@ final class ConsumerLoop: @unchecked Sendable {
                 }
             }
         }
-        if case .closing = phase, rd_kafka_consumer_closed(rk) != 0 {
-            destroy(flags: 0)
+        if case .closing(let deadline) = phase {
+            if rd_kafka_consumer_closed(rk) != 0 {
+                destroy(flags: 0)
+            } else if now >= deadline {
+                logger.warning("consumer did not finish leaving its group in time; closing without the handshake")
+                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            }
         }
     }
 
@@ -559,7 +568,7 @@ final class ConsumerLoop: @unchecked Sendable {
             destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
             return
         }
-        phase = .closing
+        phase = .closing(deadline: closeDeadline ?? .now + shared.configuration.closeTimeout)
     }
 
     private func destroy(flags: Int32) {
@@ -578,9 +587,15 @@ final class ConsumerLoop: @unchecked Sendable {
         rd_kafka_queue_io_event_enable(consumerQueue, -1, nil, 0)
         rd_kafka_queue_destroy(consumerQueue)
         shared.retireHandle()
-        shared.handle.destroy(flags: flags)
         phase = .finished
         logger.info("consumer closed")
+        // Nothing can reach the handle any more. librdkafka's teardown can take seconds when brokers are
+        // unreachable; the callers of close() need not wait for it, the owner thread does.
+        shared.eventsContinuation.finish()
+        releaseCloseWaiters()
+        let destroyStarted = ContinuousClock.now
+        shared.handle.destroy(flags: flags)
+        logger.debug("librdkafka handle destroyed", metadata: ["sluice.destroyTook": "\(ContinuousClock.now - destroyStarted)"])
         // Commands that arrived meanwhile.
         for command in shared.takeInbox().commands { failAfterClose(command) }
     }
@@ -590,7 +605,7 @@ final class ConsumerLoop: @unchecked Sendable {
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         if case .closeRequested(let deadline, _, _) = phase { next = min(next, deadline) }
-        if case .closing = phase { next = min(next, now + .milliseconds(10)) }
+        if case .closing(let deadline) = phase { next = min(next, deadline, now + .milliseconds(10)) }
         let milliseconds = (next - now).milliseconds
         return Int32(clamping: max(0, min(milliseconds, 200)))
     }

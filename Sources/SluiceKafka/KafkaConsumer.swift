@@ -223,6 +223,11 @@ public final class KafkaConsumer: Sendable {
 
     /// Commits stored offsets, leaves the group (releasing every partition) and destroys the client.
     /// Every message sequence and ``events`` end. Safe to call more than once.
+    ///
+    /// Bounded by ``KafkaConsumerConfiguration/firstJoinTimeout`` plus
+    /// ``KafkaConsumerConfiguration/closeTimeout``. It returns once nothing can use the client any more;
+    /// librdkafka's own teardown, which can take seconds when brokers are unreachable, finishes on the
+    /// consumer's thread afterwards.
     public func close() async {
         await withCheckedContinuation { continuation in
             shared.send(.close(continuation))

@@ -30,6 +30,10 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// of its first rebalance is closed in the background once the rebalance completes (closing it earlier
     /// aborts the process with librdkafka < 2.3.0). Default 8 s.
     public var firstJoinTimeout: Duration = .seconds(8)
+    /// How long ``KafkaConsumer/close()`` may take for the final commit and the leave handshake, after the
+    /// first join (see ``firstJoinTimeout``). If the group coordinator is unreachable the consumer is then
+    /// destroyed without the handshake; the group notices after `session.timeout.ms`. Default 10 s.
+    public var closeTimeout: Duration = .seconds(10)
     /// Most messages taken from a partition's librdkafka queue in one batch. Default 1,000.
     public var maxBatchSize: Int = 1000
     /// Messages a partition may hold in Sluice's buffer before the consumer pauses its fetching

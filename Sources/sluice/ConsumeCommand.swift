@@ -40,7 +40,8 @@ struct ConsumeCommand: AsyncParsableCommand {
 
     func run() async throws {
         var logger = Logger(label: "sluice.consume")
-        logger.logLevel = .warning
+        // librdkafka's errors arrive as events too and are printed below; keep the log for failures.
+        logger.logLevel = .error
         let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
         var configuration = KafkaConsumerConfiguration(bootstrapServers: servers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
@@ -117,6 +118,7 @@ final class ConsumeStats: Sendable {
         var last: ContinuousClock.Instant?
         var total = 0
         var violations = 0
+        /// Last sequence number seen per topic and key.
         var lastSequence: [String: Int] = [:]
     }
 
@@ -126,6 +128,7 @@ final class ConsumeStats: Sendable {
     init(checkOrder: Bool) { self.checkOrder = checkOrder }
 
     func check(_ batch: [ConsumedMessage]) {
+        let topic = batch.first?.topic ?? ""
         let payloads = checkOrder ? batch.map { LoadPayload(decoding: $0.value) } : []
         let now = ContinuousClock.now
         state.withLock { state in
@@ -133,8 +136,9 @@ final class ConsumeStats: Sendable {
             state.last = now
             state.total += batch.count
             for case let payload? in payloads {
-                if let last = state.lastSequence[payload.key], payload.sequence <= last { state.violations += 1 }
-                state.lastSequence[payload.key] = payload.sequence
+                let key = topic + "/" + payload.key
+                if let last = state.lastSequence[key], payload.sequence <= last { state.violations += 1 }
+                state.lastSequence[key] = payload.sequence
             }
         }
     }

@@ -255,3 +255,24 @@ extension KafkaConsumerTests {
         await driver.value
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("close is bounded when the cluster has gone away")
+    func closeWithoutACluster() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["gone": 2])
+        try await TestSupport.produce(cluster, topic: "gone", partitions: 2, count: 100)
+        var configuration = TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g"))
+        configuration.closeTimeout = .seconds(3)
+        let consumer = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["gone"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        try await TestSupport.eventually("all 100") { received.total == 100 }
+        cluster.shutdown()
+        let started = ContinuousClock.now
+        await consumer.close()
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(5), "close took \(took) with closeTimeout 3 s")
+        await driver.value
+    }
+}
