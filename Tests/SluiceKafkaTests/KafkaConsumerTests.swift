@@ -71,10 +71,7 @@ extension KafkaConsumerTests {
         #expect(consumer.pauseReasons(for: paused).isEmpty)
         try await TestSupport.eventually("the paused partition catches up") { received.count(paused) == 11_000 }
         try await Task.sleep(for: .milliseconds(300))
-        for (topicPartition, messages) in received.byPartition {
-            let contiguous = messages.map(\.offset) == Array(0..<Int64(messages.count))
-            #expect(contiguous, "\(topicPartition): every offset once, in order, no duplicates")
-        }
+        received.expectEveryOffsetOnceInOrder()
         await consumer.close()
         await driver.value
     }
@@ -247,10 +244,7 @@ extension KafkaConsumerTests {
         try await Task.sleep(for: .milliseconds(300))
         #expect(received.total == 6_000)
         #expect(sawFlowPause.withLock { $0 }, "the buffer filled and the partition was paused")
-        for (topicPartition, messages) in received.byPartition {
-            let contiguous = messages.map(\.offset) == Array(0..<Int64(messages.count))
-            #expect(contiguous, "\(topicPartition): every offset once, in order")
-        }
+        received.expectEveryOffsetOnceInOrder()
         await consumer.close()
         await driver.value
     }

@@ -109,6 +109,14 @@ final class ReceivedMessages: Sendable {
     var byPartition: [TopicPartition: [ConsumedMessage]] { state.withLock { $0 } }
     var total: Int { state.withLock { $0.values.reduce(0) { $0 + $1.count } } }
     func count(_ topicPartition: TopicPartition) -> Int { state.withLock { $0[topicPartition]?.count ?? 0 } }
+
+    /// Records an issue for each partition whose offsets are not 0, 1, 2, ... with no gap or duplicate.
+    func expectEveryOffsetOnceInOrder(sourceLocation: SourceLocation = #_sourceLocation) {
+        for (topicPartition, messages) in byPartition {
+            let contiguous = messages.map(\.offset) == Array(0..<Int64(messages.count))
+            #expect(contiguous, "\(topicPartition): every offset once, in order", sourceLocation: sourceLocation)
+        }
+    }
 }
 
 /// Runs a consumer's event loop: reads every assigned partition into `received`, optionally storing
