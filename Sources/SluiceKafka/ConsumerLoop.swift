@@ -332,6 +332,11 @@ final class ConsumerLoop: @unchecked Sendable {
             return
         }
         if case .running = phase {
+            // Commit what is already stored now, while the group has just synced: by the time the owner is
+            // done, a coordinator may be in its next join and reject commits (the embedded cluster does,
+            // real Kafka does not). Stored offsets are completed work, so committing early is safe; the
+            // commit after done() adds what the owner finished meanwhile.
+            startCommit(.periodic, timeout: .seconds(5))
             let identifier = nextIdentifier
             nextIdentifier += 1
             revocations[identifier] = Revocation(
