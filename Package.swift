@@ -5,6 +5,7 @@ let package = Package(
     name: "Sluice",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "Sluice", targets: ["Sluice"]),
         .library(name: "SluiceKafka", targets: ["SluiceKafka"]),
         .executable(name: "sluice", targets: ["sluice"]),
     ],
@@ -27,11 +28,27 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        .target(
+            name: "Sluice",
+            dependencies: [
+                "SluiceKafka",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "SluiceKafka",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "SluiceTests",
+            dependencies: [
+                "Sluice",
+                "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,0 +1,103 @@
+/// How a topic's shards process messages. Every field has a documented default.
+public struct TopicConfiguration: Sendable, Hashable {
+    /// The order in which a partition's messages are handled.
+    public enum Ordering: String, Sendable, Hashable, CaseIterable {
+        /// Strictly in offset order, one message (or batch) at a time. `processors` is ignored.
+        case partition
+        /// In order per key, keys in parallel over `processors` lanes (a message without a key goes to
+        /// the first lane).
+        case key
+        /// No order: `processors` take the next message as they free up.
+        case none
+    }
+
+    /// What happens to a message whose handler still fails after the retries.
+    public enum FailureAction: String, Sendable, Hashable, CaseIterable {
+        /// The shard stops at that message (nothing past it is committed) and crashes.
+        case stop
+        /// The message is written to the dead-letter topic, then committed.
+        case deadLetter
+        /// The message is logged, counted and committed.
+        case skip
+    }
+
+    /// Batching into a ``BatchHandler``.
+    public struct Batching: Sendable, Hashable {
+        /// Most messages per batch.
+        public var size: Int
+        /// How long a partly filled batch waits for more messages.
+        public var timeout: Duration
+
+        /// Creates a batching setting.
+        public init(size: Int, timeout: Duration) {
+            self.size = size
+            self.timeout = timeout
+        }
+    }
+
+    /// Exponential backoff between `initial` and `maximum`.
+    public struct Backoff: Sendable, Hashable {
+        /// The first delay.
+        public var initial: Duration
+        /// The largest delay.
+        public var maximum: Duration
+        /// Factor between consecutive delays.
+        public var multiplier: Double
+
+        /// Creates a backoff.
+        public init(initial: Duration, maximum: Duration, multiplier: Double = 2) {
+            self.initial = initial
+            self.maximum = maximum
+            self.multiplier = multiplier
+        }
+
+        /// The delay before retry `attempt` (1 for the first retry).
+        public func delay(attempt: Int) -> Duration {
+            var delay = initial
+            for _ in 1..<max(attempt, 1) {
+                delay = delay * multiplier
+                if delay >= maximum { return maximum }
+            }
+            return min(delay, maximum)
+        }
+    }
+
+    /// The failure policy: retry in place, then ``then``.
+    public struct FailurePolicy: Sendable, Hashable {
+        /// Retries after the first failure (0: none).
+        public var retries: Int
+        /// Delay between retries.
+        public var backoff: Backoff
+        /// What to do when the retries are used up.
+        public var then: FailureAction
+
+        /// Creates a policy.
+        public init(retries: Int = 0, backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5)), then: FailureAction = .stop) {
+            self.retries = retries
+            self.backoff = backoff
+            self.then = then
+        }
+    }
+
+    /// Message order. Default ``Ordering/partition``.
+    public var ordering: Ordering = .partition
+    /// Parallel lanes per shard for `key` and `none` ordering. Default 1.
+    public var processors: Int = 1
+    /// Batching into a ``BatchHandler``; `nil` hands messages one at a time. Default `nil`.
+    public var batch: Batching?
+    /// Messages a shard may hold between fetch and completion; above it the partition is paused (reason
+    /// `backpressure`) until half of them completed. Default 1,000.
+    public var maxInFlight: Int = 1000
+    /// The failure policy. Default: no retries, then ``FailureAction/stop``.
+    public var onFailure = FailurePolicy()
+    /// The dead-letter topic, required when `onFailure.then` is `deadLetter`.
+    public var deadLetterTopic: String?
+    /// A handler call running longer than this crashes its shard. Default 30 s.
+    public var handlerTimeout: Duration = .seconds(30)
+
+    /// Creates the default configuration.
+    public init() {}
+
+    /// The number of lanes the pipeline runs.
+    var laneCount: Int { ordering == .partition ? 1 : max(processors, 1) }
+}

@@ -1,0 +1,40 @@
+import DequeModule
+
+/// The contiguous watermark of a shard: the lowest offset not yet done.
+///
+/// Offsets are begun in increasing order (with gaps: compaction and transaction markers leave them) and
+/// completed in any order. ``watermark`` is the offset to commit: everything before it is done.
+struct OffsetTracker: Sendable {
+    private var pending: Deque<Int64> = []
+    private var completedOutOfOrder: Set<Int64> = []
+    /// The next offset to commit, or nil before anything was begun.
+    private(set) var watermark: Int64?
+
+    /// Messages begun and not completed.
+    var inFlight: Int { pending.count - completedOutOfOrder.count }
+
+    /// Records that `offset` entered the pipeline. Offsets must increase.
+    mutating func begin(_ offset: Int64) {
+        precondition(pending.last.map { offset > $0 } ?? true, "offsets must increase: \(offset) after \(pending.last!)")
+        if pending.isEmpty { watermark = offset }
+        pending.append(offset)
+    }
+
+    /// Records that `offset` is done. Returns the new watermark if it advanced.
+    @discardableResult
+    mutating func complete(_ offset: Int64) -> Int64? {
+        guard let first = pending.first else { return nil }
+        if offset != first {
+            completedOutOfOrder.insert(offset)
+            return nil
+        }
+        pending.removeFirst()
+        var next = offset + 1
+        while let head = pending.first, completedOutOfOrder.remove(head) != nil {
+            pending.removeFirst()
+            next = head + 1
+        }
+        watermark = pending.first ?? next
+        return watermark
+    }
+}

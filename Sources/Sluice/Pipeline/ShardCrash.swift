@@ -1,0 +1,38 @@
+/// Why a shard's pipeline crashed: the shard stops at ``offset`` and commits nothing past it.
+public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of crash.
+    public enum Reason: Sendable, Hashable {
+        /// The handler kept failing and the policy is `stop`.
+        case handlerFailed(String)
+        /// A handler call ran longer than `handlerTimeout`.
+        case handlerTimeout(Duration)
+        /// Writing to the dead-letter topic failed.
+        case deadLetterFailed(String)
+    }
+
+    /// What happened.
+    public let reason: Reason
+    /// The first offset that was not done.
+    public let offset: Int64
+
+    public var description: String {
+        switch reason {
+        case .handlerFailed(let error): "handler failed at offset \(offset): \(error)"
+        case .handlerTimeout(let limit): "handler ran longer than \(limit) at offset \(offset)"
+        case .deadLetterFailed(let error): "dead-letter write failed at offset \(offset): \(error)"
+        }
+    }
+}
+
+/// Where a shard writes messages that failed for good, when its policy is `deadLetter`.
+public protocol DeadLetterSink: Sendable {
+    /// Writes `message` to `topic` with headers naming the error, the source partition and offset and the
+    /// number of attempts; returns once the broker acknowledged it.
+    func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws
+}
+
+/// How a pipeline pauses and resumes its partition for back-pressure.
+protocol ShardFlowControl: Sendable {
+    func pauseForBackpressure() async
+    func resumeAfterBackpressure() async
+}

@@ -1,0 +1,317 @@
+import Logging
+import SluiceKafka
+import Synchronization
+
+/// One shard's Broadway-style pipeline: a dispatcher takes message batches from the partition and hands
+/// each message to a lane (one lane for `partition` ordering, one per key hash for `key`, a shared queue
+/// for `none`); lanes call the handler, one message or one batch at a time, apply the failure policy and
+/// record completions in the contiguous offset watermark.
+///
+/// Lanes are tasks the pipeline owns rather than children of a task group: Swift cannot stop a handler
+/// that ignores cancellation, and a task group would wait for it forever. A handler that exceeds
+/// `handlerTimeout` crashes the shard; its task is cancelled and abandoned, and its message is never
+/// committed.
+final class ShardPipeline: Sendable {
+    /// How a pipeline run ended.
+    enum Outcome: Sendable, Equatable {
+        /// The source ended (the partition was revoked or the consumer closed) and in-flight work finished.
+        case sourceEnded
+        /// ``requestStop()`` was called and in-flight work finished (or `drainTimeout` passed).
+        case stopped(drainTimedOut: Bool)
+        /// The pipeline crashed.
+        case crashed(ShardCrash)
+    }
+
+    /// Counters a shard reports.
+    struct Counters: Sendable, Equatable {
+        var processed = 0
+        var failed = 0
+        var skipped = 0
+        var deadLettered = 0
+    }
+
+    private struct State {
+        var tracker = OffsetTracker()
+        var crash: ShardCrash?
+        var stopRequested = false
+        var lanesRunning = 0
+        /// When each lane's current handler call started.
+        var busySince: [ContinuousClock.Instant?]
+        var busyOffset: [Int64?]
+        var counters = Counters()
+    }
+
+    let topicPartition: TopicPartition
+    let generation: UInt64
+    private let configuration: TopicConfiguration
+    private let handler: AnyHandler
+    private let deadLetters: (any DeadLetterSink)?
+    private let flowControl: any ShardFlowControl
+    private let drainTimeout: Duration
+    private let logger: Logger
+    private let state: Mutex<State>
+    private let beacon = Beacon()
+    private let queues: [WorkQueue<Message>]
+
+    init(
+        topicPartition: TopicPartition,
+        generation: UInt64,
+        configuration: TopicConfiguration,
+        handler: AnyHandler,
+        deadLetters: (any DeadLetterSink)?,
+        flowControl: any ShardFlowControl,
+        drainTimeout: Duration,
+        logger: Logger
+    ) {
+        self.topicPartition = topicPartition
+        self.generation = generation
+        self.configuration = configuration
+        self.handler = handler
+        self.deadLetters = deadLetters
+        self.flowControl = flowControl
+        self.drainTimeout = drainTimeout
+        var logger = logger
+        logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
+        logger[metadataKey: "kafka.partition"] = "\(topicPartition.partition)"
+        logger[metadataKey: "sluice.generation"] = "\(generation)"
+        self.logger = logger
+        let lanes = configuration.laneCount
+        self.state = Mutex(State(busySince: Array(repeating: nil, count: lanes), busyOffset: Array(repeating: nil, count: lanes)))
+        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
+    }
+
+    /// The offset to commit: everything before it is done. Nil before the first message.
+    var watermark: Int64? { state.withLock { $0.tracker.watermark } }
+
+    /// Messages taken from the partition and not yet done.
+    var inFlight: Int { state.withLock { $0.tracker.inFlight } }
+
+    /// Processed, failed, skipped and dead-lettered counts so far.
+    var counters: Counters { state.withLock { $0.counters } }
+
+    /// Stops taking messages; in-flight work finishes (up to the drain timeout), then ``run(source:)`` returns.
+    func requestStop() {
+        state.withLock { $0.stopRequested = true }
+        beacon.notify()
+    }
+
+    /// Runs until the source ends, ``requestStop()`` is called, or the pipeline crashes.
+    func run<Source: AsyncSequence & Sendable>(source: Source) async -> Outcome
+    where Source.Element == [Message], Source.Failure == Never {
+        let lanes = startLanes()
+        // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
+        // beside the dispatcher, so a stuck handler is noticed even while the dispatcher waits for input.
+        let leftPaused = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.dispatch(source) }
+            group.addTask {
+                _ = await self.beacon.waitUntil(recheck: self.watchdogInterval) { self.stopOrCrash() }
+                return false
+            }
+            var paused = false
+            for await result in group {
+                paused = paused || result
+                group.cancelAll()
+            }
+            return paused
+        }
+        if leftPaused { await flowControl.resumeAfterBackpressure() }
+        for queue in queues { queue.finish() }
+        // Phase 2: let in-flight work finish, bounded by the drain timeout (and the watchdog).
+        let deadline = ContinuousClock.now + drainTimeout
+        let finished = await beacon.waitUntil(deadline: deadline, recheck: watchdogInterval) {
+            _ = self.stopOrCrash()
+            let now = ContinuousClock.now
+            return self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
+        }
+        let (crash, stopRequested) = state.withLock { ($0.crash, $0.stopRequested) }
+        if !finished || crash != nil {
+            for lane in lanes { lane.cancel() }
+        }
+        if let crash { return .crashed(crash) }
+        if stopRequested { return .stopped(drainTimedOut: !finished) }
+        return .sourceEnded
+    }
+
+    private var watchdogInterval: Duration { min(configuration.handlerTimeout / 4, .milliseconds(250)) }
+
+    /// True once a stop was requested or the pipeline crashed; crashes a shard whose handler is stuck.
+    private func stopOrCrash() -> Bool {
+        let now = ContinuousClock.now
+        let limit = configuration.handlerTimeout
+        let (stopped, timedOutOffset) = state.withLock { state -> (Bool, Int64?) in
+            if state.crash == nil {
+                for (lane, since) in state.busySince.enumerated() {
+                    if let since, now - since > limit, let offset = state.busyOffset[lane] {
+                        state.crash = ShardCrash(reason: .handlerTimeout(limit), offset: offset)
+                        return (true, offset)
+                    }
+                }
+            }
+            return (state.stopRequested || state.crash != nil, nil)
+        }
+        if let timedOutOffset {
+            logger.error("handler timed out; crashing the shard", metadata: ["kafka.offset": "\(timedOutOffset)", "sluice.handlerTimeout": "\(limit)"])
+        }
+        return stopped
+    }
+
+    /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
+    /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
+    private func noLaneMakingProgress(_ state: State, now: ContinuousClock.Instant) -> Bool {
+        state.busySince.allSatisfy { since in since.map { now - $0 > configuration.handlerTimeout } ?? true }
+    }
+
+    // MARK: Dispatch
+
+    /// Returns whether it left the partition paused for back-pressure.
+    private func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async -> Bool
+    where Source.Element == [Message], Source.Failure == Never {
+        let limit = max(configuration.maxInFlight, 1)
+        var pausedForBackpressure = false
+        for await batch in source {
+            for message in batch {
+                if state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
+                if state.withLock({ $0.tracker.inFlight >= limit }) {
+                    if !pausedForBackpressure {
+                        pausedForBackpressure = true
+                        await flowControl.pauseForBackpressure()
+                    }
+                    let room = await beacon.waitUntil {
+                        self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil }
+                    }
+                    if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
+                }
+                if pausedForBackpressure, state.withLock({ $0.tracker.inFlight <= limit / 2 }) {
+                    pausedForBackpressure = false
+                    await flowControl.resumeAfterBackpressure()
+                }
+                state.withLock { $0.tracker.begin(message.offset) }
+                queues[lane(for: message)].push(message)
+            }
+        }
+        return pausedForBackpressure
+    }
+
+    private func lane(for message: Message) -> Int {
+        guard configuration.ordering == .key, queues.count > 1, let key = message.key else { return 0 }
+        // FNV-1a: stable across processes, unlike Hasher.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01B3
+        }
+        return Int(hash % UInt64(queues.count))
+    }
+
+    // MARK: Lanes
+
+    private func startLanes() -> [Task<Void, Never>] {
+        let count = configuration.laneCount
+        state.withLock { $0.lanesRunning = count }
+        return (0..<count).map { index in
+            let queue = queues[configuration.ordering == .none ? 0 : index]
+            // An owned task, not a group child: see the type's documentation.
+            return Task {
+                await self.runLane(index, queue: queue)
+                self.state.withLock { $0.lanesRunning -= 1 }
+                self.beacon.notify()
+            }
+        }
+    }
+
+    private func runLane(_ index: Int, queue: WorkQueue<Message>) async {
+        while let first = await queue.next() {
+            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            var unit = [first]
+            if let batching = configuration.batch, batching.size > 1 {
+                let deadline = ContinuousClock.now + batching.timeout
+                while unit.count < batching.size, let next = await queue.next(before: deadline, clock: ContinuousClock()) {
+                    unit.append(next)
+                }
+            }
+            await process(unit, lane: index)
+        }
+    }
+
+    private func process(_ unit: [Message], lane: Int) async {
+        let policy = configuration.onFailure
+        var attempt = 1
+        while true {
+            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
+            state.withLock { state in
+                state.busySince[lane] = .now
+                state.busyOffset[lane] = unit[0].offset
+            }
+            let failure: (any Error)?
+            do {
+                try await handler.handle(unit, context: context)
+                failure = nil
+            } catch {
+                failure = error
+            }
+            state.withLock { state in
+                state.busySince[lane] = nil
+                state.busyOffset[lane] = nil
+            }
+            // A handler that timed out was cancelled and its shard crashed: its outcome does not count.
+            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            guard let failure else {
+                complete(unit) { $0.processed += unit.count }
+                return
+            }
+            state.withLock { $0.counters.failed += 1 }
+            logger.warning(
+                "handler failed",
+                metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
+            if attempt <= policy.retries {
+                try? await Task.sleep(for: policy.backoff.delay(attempt: attempt))
+                attempt += 1
+                continue
+            }
+            switch policy.then {
+            case .stop:
+                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: unit[0].offset))
+            case .skip:
+                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempts": "\(attempt)"])
+                complete(unit) { $0.skipped += unit.count }
+            case .deadLetter:
+                do {
+                    guard let deadLetters, let topic = configuration.deadLetterTopic else {
+                        throw DeadLetterUnavailable()
+                    }
+                    for message in unit {
+                        try await deadLetters.deadLetter(message, error: failure, attempts: attempt, topic: topic)
+                    }
+                    complete(unit) { $0.deadLettered += unit.count }
+                } catch {
+                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error)), offset: unit[0].offset))
+                }
+            }
+            return
+        }
+    }
+
+    private struct DeadLetterUnavailable: Error, CustomStringConvertible {
+        var description: String { "no dead-letter topic configured" }
+    }
+
+    private func complete(_ unit: [Message], count: (inout Counters) -> Void) {
+        state.withLock { state in
+            for message in unit { state.tracker.complete(message.offset) }
+            count(&state.counters)
+        }
+        beacon.notify()
+    }
+
+    private func crash(_ crash: ShardCrash) {
+        let first = state.withLock { state -> Bool in
+            guard state.crash == nil else { return false }
+            state.crash = crash
+            return true
+        }
+        if first { logger.error("shard crashed", metadata: ["sluice.crash": "\(crash)"]) }
+        for queue in queues { _ = queue.drain() }
+        beacon.notify()
+    }
+}

@@ -1,0 +1,80 @@
+import Logging
+import SluiceKafka
+import Synchronization
+import Testing
+
+@testable import Sluice
+
+/// A value behind a lock that closures can share.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout sending Value) -> sending R) -> R { mutex.withLock(body) }
+    var value: Value { mutex.withLock { $0 } }
+}
+
+/// Records the pipeline's back-pressure calls.
+final class RecordingFlowControl: ShardFlowControl {
+    let calls = Locked<[String]>([])
+    func pauseForBackpressure() async { calls.withLock { $0.append("pause") } }
+    func resumeAfterBackpressure() async { calls.withLock { $0.append("resume") } }
+}
+
+/// A handler built from a closure.
+struct ClosureHandler: MessageHandler {
+    let body: @Sendable (Message, ShardContext) async throws -> Void
+    func handle(_ message: Message, context: ShardContext) async throws { try await body(message, context) }
+}
+
+struct ClosureBatchHandler: BatchHandler {
+    let body: @Sendable ([Message], ShardContext) async throws -> Void
+    func handle(_ batch: [Message], context: ShardContext) async throws { try await body(batch, context) }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Records dead-lettered messages.
+final class RecordingDeadLetters: DeadLetterSink {
+    let written = Locked<[(Int64, String, Int)]>([])
+    func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
+        written.withLock { $0.append((message.offset, topic, attempts)) }
+    }
+}
+
+enum PipelineFixture {
+    static let logger: Logger = {
+        var logger = Logger(label: "sluice.pipeline-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    static func messages(_ offsets: Range<Int64>, keys: Int = 1) -> [Message] {
+        offsets.map { offset in
+            Message(
+                topic: "t", partition: 0, offset: offset, key: Array("k\(offset % Int64(keys))".utf8),
+                value: Array("\(offset)".utf8))
+        }
+    }
+
+    static func pipeline(
+        _ configuration: TopicConfiguration,
+        handler: AnyHandler,
+        flowControl: RecordingFlowControl = RecordingFlowControl(),
+        deadLetters: (any DeadLetterSink)? = nil,
+        drainTimeout: Duration = .seconds(5)
+    ) -> ShardPipeline {
+        ShardPipeline(
+            topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
+            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, logger: logger)
+    }
+
+    /// A source that yields `batches` and ends.
+    static func source(_ batches: [[Message]]) -> AsyncStream<[Message]> {
+        AsyncStream { continuation in
+            for batch in batches { continuation.yield(batch) }
+            continuation.finish()
+        }
+    }
+}

@@ -1,0 +1,175 @@
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+@Suite("ShardPipeline", .timeLimit(.minutes(1)))
+struct ShardPipelineTests {
+    @Test("partition ordering handles every message once, in offset order, and the watermark reaches the end")
+    func partitionOrder() async {
+        let seen = Locked<[Int64]>([])
+        let pipeline = PipelineFixture.pipeline(
+            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<50), PipelineFixture.messages(50..<100)]))
+        #expect(outcome == .sourceEnded)
+        #expect(seen.value == Array(0..<100))
+        #expect(pipeline.watermark == 100)
+        #expect(pipeline.counters.processed == 100)
+    }
+
+    @Test("key ordering runs keys in parallel and keeps each key's order")
+    func keyOrder() async {
+        var configuration = TopicConfiguration()
+        configuration.ordering = .key
+        configuration.processors = 8
+        let perKey = Locked<[String: [Int64]]>([:])
+        let concurrent = Locked((now: 0, peak: 0))
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                concurrent.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
+                try await Task.sleep(for: .microseconds(Int.random(in: 0...300)))
+                perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
+                concurrent.withLock { $0.now -= 1 }
+            }))
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<2_000, keys: 40)]))
+        #expect(outcome == .sourceEnded)
+        #expect(pipeline.watermark == 2_000)
+        #expect(perKey.value.count == 40)
+        for (key, offsets) in perKey.value { #expect(offsets == offsets.sorted(), "\(key) in order") }
+        #expect(concurrent.value.peak > 1, "keys ran in parallel")
+    }
+
+    @Test("stop: the shard crashes at the failing offset and the watermark never passes it")
+    func stopPolicy() async {
+        var configuration = TopicConfiguration()
+        configuration.onFailure = .init(retries: 2, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(5)), then: .stop)
+        let attempts = Locked(0)
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, context in
+                if message.offset == 5 {
+                    attempts.withLock { $0 = context.attempt }
+                    throw TestFailure(description: "bad order 5")
+                }
+            }))
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<20)]))
+        guard case .crashed(let crash) = outcome else {
+            Issue.record("expected a crash, got \(outcome)")
+            return
+        }
+        #expect(crash.offset == 5)
+        #expect(crash.description.contains("bad order 5"))
+        #expect(attempts.value == 3, "first try plus two retries")
+        #expect(pipeline.watermark == 5)
+    }
+
+    @Test("retries: a handler that fails twice then succeeds is processed, nothing skipped")
+    func retriesSucceed() async {
+        var configuration = TopicConfiguration()
+        configuration.onFailure = .init(retries: 3, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(2)), then: .stop)
+        let failures = Locked(0)
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                if message.offset == 2, failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "flaky") }
+            }))
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) == .sourceEnded)
+        #expect(pipeline.watermark == 5)
+        #expect(pipeline.counters == .init(processed: 5, failed: 2, skipped: 0, deadLettered: 0))
+    }
+
+    @Test("skip and deadLetter commit past the failing message")
+    func skipAndDeadLetter() async {
+        for action in [TopicConfiguration.FailureAction.skip, .deadLetter] {
+            var configuration = TopicConfiguration()
+            configuration.onFailure = .init(retries: 1, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(1)), then: action)
+            configuration.deadLetterTopic = "t.dlq"
+            let deadLetters = RecordingDeadLetters()
+            let pipeline = PipelineFixture.pipeline(
+                configuration,
+                handler: .message(ClosureHandler { message, _ in if message.offset % 4 == 1 { throw TestFailure(description: "no") } }),
+                deadLetters: deadLetters)
+            #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8)])) == .sourceEnded)
+            #expect(pipeline.watermark == 8, "\(action)")
+            if action == .deadLetter {
+                #expect(deadLetters.written.value.map(\.0) == [1, 5])
+                #expect(deadLetters.written.value.allSatisfy { $0.1 == "t.dlq" && $0.2 == 2 })
+                #expect(pipeline.counters.deadLettered == 2)
+            } else {
+                #expect(pipeline.counters.skipped == 2)
+            }
+        }
+    }
+
+    @Test("more than maxInFlight pauses the partition for back-pressure and resumes below half")
+    func backpressure() async {
+        var configuration = TopicConfiguration()
+        configuration.maxInFlight = 10
+        configuration.ordering = .none
+        configuration.processors = 2
+        let flowControl = RecordingFlowControl()
+        let pipeline = PipelineFixture.pipeline(
+            configuration, handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(1)) }),
+            flowControl: flowControl)
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)])) == .sourceEnded)
+        let calls = flowControl.calls.value
+        #expect(calls.first == "pause")
+        #expect(calls.count >= 2 && calls.count % 2 == 0, "every pause has its resume: \(calls)")
+        #expect(pipeline.watermark == 100)
+    }
+
+    @Test("batching hands full batches, and a partial one after the timeout")
+    func batching() async {
+        var configuration = TopicConfiguration()
+        configuration.batch = .init(size: 5, timeout: .milliseconds(50))
+        let sizes = Locked<[Int]>([])
+        let pipeline = PipelineFixture.pipeline(
+            configuration, handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }))
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded)
+        #expect(sizes.value == [5, 5, 2])
+        #expect(pipeline.watermark == 12)
+    }
+
+    @Test("a handler stuck past handlerTimeout crashes the shard at its offset, even if it ignores cancellation")
+    func handlerTimeout() async {
+        var configuration = TopicConfiguration()
+        configuration.handlerTimeout = .milliseconds(200)
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                if message.offset == 3 {
+                    // Ignores cancellation: blocks this task far longer than the test.
+                    let until = ContinuousClock.now + .seconds(3)
+                    while ContinuousClock.now < until { await Task.yield() }
+                }
+            }))
+        let started = ContinuousClock.now
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<10)]))
+        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(outcome == .crashed(ShardCrash(reason: .handlerTimeout(.milliseconds(200)), offset: 3)))
+        #expect(pipeline.watermark == 3)
+    }
+
+    @Test("requestStop stops taking messages and lets in-flight work finish")
+    func stopDrains() async {
+        let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
+        continuation.yield(PipelineFixture.messages(0..<5))
+        let started = Locked(0)
+        let pipeline = PipelineFixture.pipeline(
+            TopicConfiguration(),
+            handler: .message(ClosureHandler { _, _ in
+                started.withLock { $0 += 1 }
+                try? await Task.sleep(for: .milliseconds(20))
+            }))
+        async let outcome = pipeline.run(source: source)
+        while started.value == 0 { try? await Task.sleep(for: .milliseconds(1)) }
+        pipeline.requestStop()
+        continuation.yield(PipelineFixture.messages(5..<10))
+        #expect(await outcome == .stopped(drainTimedOut: false))
+        let watermark = pipeline.watermark ?? 0
+        #expect(watermark >= 1 && watermark <= 5, "only what was dispatched before the stop: \(watermark)")
+        #expect(pipeline.inFlight == 0)
+        continuation.finish()
+    }
+}
