@@ -18,7 +18,7 @@ public struct KafkaPartitionMessages: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> Iterator { Iterator(channel: channel) }
 
     /// Iterates the batches.
-    public struct Iterator: AsyncIteratorProtocol {
+    public struct Iterator: AsyncIteratorProtocol, Sendable {
         let channel: PartitionChannel
 
         public mutating func next() async -> [ConsumedMessage]? { await channel.next() }

@@ -101,3 +101,26 @@ public struct TopicConfiguration: Sendable, Hashable {
     /// The number of lanes the pipeline runs.
     var laneCount: Int { ordering == .partition ? 1 : max(processors, 1) }
 }
+
+extension TopicConfiguration {
+    /// Checks the values; the error names the topic and the key.
+    func validate(topic: String) throws {
+        func fail(_ key: String, _ reason: String) -> SluiceError {
+            SluiceError(code: .configuration, message: "topics.\(topic).\(key): \(reason)")
+        }
+        if processors < 1 { throw fail("processors", "must be at least 1, got \(processors)") }
+        if maxInFlight < 1 { throw fail("maxInFlight", "must be at least 1, got \(maxInFlight)") }
+        if let batch {
+            if batch.size < 1 { throw fail("batch.size", "must be at least 1, got \(batch.size)") }
+            if batch.timeout <= .zero { throw fail("batch.timeout", "must be positive, got \(batch.timeout)") }
+        }
+        if onFailure.retries < 0 { throw fail("onFailure.retries", "must be 0 or more, got \(onFailure.retries)") }
+        if onFailure.backoff.initial <= .zero || onFailure.backoff.maximum < onFailure.backoff.initial {
+            throw fail("onFailure.backoff", "needs 0 < initial <= maximum, got \(onFailure.backoff.initial)..\(onFailure.backoff.maximum)")
+        }
+        if onFailure.then == .deadLetter, (deadLetterTopic ?? "").isEmpty {
+            throw fail("deadLetterTopic", "is required when onFailure.then is deadLetter")
+        }
+        if handlerTimeout <= .zero { throw fail("handlerTimeout", "must be positive, got \(handlerTimeout)") }
+    }
+}

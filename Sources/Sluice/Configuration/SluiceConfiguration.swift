@@ -1,0 +1,66 @@
+import SluiceKafka
+
+/// Everything a ``SluiceHost`` needs: the Kafka connection, the topics and their pipelines, timeouts.
+///
+/// Build it in code, or load it from YAML with ``load(file:environment:)``.
+public struct SluiceConfiguration: Sendable {
+    /// The Kafka connection and group.
+    public struct Kafka: Sendable, Hashable {
+        /// `bootstrap.servers`.
+        public var bootstrap: String
+        /// The consumer group: every host of one service uses the same group.
+        public var group: String
+        /// `session.timeout.ms`. Default 10 s (the embedded cluster needs more than 3 s).
+        public var sessionTimeout: Duration = .seconds(10)
+        /// How often stored offsets are committed. Default 1 s.
+        public var commitInterval: Duration = .seconds(1)
+        /// Raw librdkafka properties for the consumer and producer, validated by librdkafka at start.
+        public var properties: [String: String] = [:]
+
+        /// Creates the Kafka settings.
+        public init(bootstrap: String, group: String) {
+            self.bootstrap = bootstrap
+            self.group = group
+        }
+    }
+
+    /// The Kafka connection and group.
+    public var kafka: Kafka
+    /// Per-topic pipeline settings; every topic needs a registered handler.
+    public var topics: [String: TopicConfiguration]
+    /// How long revoked shards may take to finish in-flight work before their partitions are released.
+    /// Default 10 s.
+    public var revokeTimeout: Duration = .seconds(10)
+    /// How long a graceful shutdown may take to finish in-flight work before it commits and leaves. Default 30 s.
+    public var shutdownTimeout: Duration = .seconds(30)
+    /// How long a stopping shard waits for its in-flight messages. Default 10 s.
+    public var drainTimeout: Duration = .seconds(10)
+
+    /// Creates a configuration.
+    public init(kafka: Kafka, topics: [String: TopicConfiguration]) {
+        self.kafka = kafka
+        self.topics = topics
+    }
+
+    func consumerConfiguration() -> KafkaConsumerConfiguration {
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: kafka.bootstrap, groupID: kafka.group)
+        configuration.sessionTimeout = kafka.sessionTimeout
+        configuration.commitInterval = kafka.commitInterval
+        // The host releases revoked partitions itself once its shards drained; this is the backstop.
+        configuration.revokeTimeout = revokeTimeout + .seconds(2)
+        configuration.properties = kafka.properties
+        return configuration
+    }
+
+    func producerConfiguration() -> KafkaProducerConfiguration {
+        var configuration = KafkaProducerConfiguration(bootstrapServers: kafka.bootstrap)
+        configuration.clientID = "sluice-dead-letters"
+        // Consumer-only properties would be rejected by a producer; pass through what both understand.
+        configuration.properties = kafka.properties.filter { entry in
+            Self.sharedPropertyPrefixes.contains { entry.key.hasPrefix($0) }
+        }
+        return configuration
+    }
+
+    private static let sharedPropertyPrefixes = ["security.", "sasl.", "ssl.", "client.", "socket.", "broker.", "debug"]
+}

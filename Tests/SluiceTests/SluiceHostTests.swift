@@ -1,0 +1,207 @@
+import Logging
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+@Suite("SluiceHost against the embedded cluster", .timeLimit(.minutes(2)))
+struct SluiceHostTests {
+    @Test("every message over every partition is handled and committed to the end offsets")
+    func handlesAndCommitsEverything() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        try await HostFixture.produce(cluster, topic: "orders", count: 2_000, keys: 50)
+        let group = HostFixture.uniqueGroup()
+        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("2,000 handled") { handled.count == 2_000 }
+        host.shutdown()
+        try await running.value
+        #expect(handled.distinct == 2_000)
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+        let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
+        #expect(committed == ends)
+    }
+
+    @Test("ordering: key keeps each key's order with 8 processors")
+    func keyOrdering() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        try await HostFixture.produce(cluster, topic: "orders", count: 3_000, keys: 60)
+        var settings = TopicConfiguration()
+        settings.ordering = .key
+        settings.processors = 8
+        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let perKey = Locked<[String: [Int]]>([:])
+        let active = Locked((now: 0, peak: 0))
+        host.register("orders", ClosureHandler { message, _ in
+            active.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
+            try await Task.sleep(for: .microseconds(Int.random(in: 0...200)))
+            let text = String(decoding: message.value, as: UTF8.self).split(separator: ":")
+            perKey.withLock { $0[String(text[0]), default: []].append(Int(text[1])!) }
+            active.withLock { $0.now -= 1 }
+        })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("3,000 handled") { perKey.value.values.reduce(0) { $0 + $1.count } == 3_000 }
+        host.shutdown()
+        try await running.value
+        for (key, sequence) in perKey.value { #expect(sequence == Array(0..<sequence.count), "\(key) in order") }
+        #expect(active.value.peak > 2, "keys ran in parallel")
+    }
+
+    @Test("stop: a failing message stops its shard there while other partitions commit to the end")
+    func stopPolicyCommitsNothingPast() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 3])
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for index in 0..<300 {
+            let value = index == 120 ? "poison" : "ok \(index)"
+            _ = try await producer.send(ProducerRecord(topic: "orders", partition: Int32(index % 3), value: Array(value.utf8)))
+        }
+        await producer.close()
+        let group = HostFixture.uniqueGroup()
+        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == Array("poison".utf8) { throw TestFailure(description: "cannot parse order") }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        // Message 120 is partition 0, offset 40.
+        try await HostFixture.eventually("the poison shard crashed and the others finished") {
+            let shards = host.shards
+            let crashed = shards.first { $0.topicPartition == TopicPartition("orders", 0) }
+            guard case .crashed(let crash) = crashed?.state else { return false }
+            #expect(crash.offset == 40)
+            return handled.count == 40 + 100 + 100
+        }
+        host.shutdown()
+        try await running.value
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 3)
+        #expect(committed == [0: 40, 1: 100, 2: 100])
+    }
+
+    @Test("deadLetter: the failed message lands in the dead-letter topic with its headers, and the offset moves on")
+    func deadLetter() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for index in 0..<10 {
+            _ = try await producer.send(ProducerRecord(topic: "orders", key: Array("k\(index)".utf8), value: Array((index == 4 ? "poison" : "ok").utf8)))
+        }
+        await producer.close()
+        var settings = TopicConfiguration()
+        settings.onFailure = .init(retries: 2, backoff: .init(initial: .milliseconds(5), maximum: .milliseconds(10)), then: .deadLetter)
+        settings.deadLetterTopic = "orders.dlq"
+        let group = HostFixture.uniqueGroup()
+        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == Array("poison".utf8) { throw TestFailure(description: "cannot parse order") }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("9 handled and 1 dead-lettered") {
+            handled.count == 9 && host.shards.first?.deadLettered == 1
+        }
+        host.shutdown()
+        try await running.value
+        #expect(try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1) == [0: 10])
+
+        var reader = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup())
+        reader.sessionTimeout = .seconds(6)
+        let consumer = try KafkaConsumer(configuration: reader, logger: HostFixture.logger)
+        try await consumer.subscribe(topics: ["orders.dlq"])
+        var letter: ConsumedMessage?
+        for await event in consumer.events {
+            guard case .assigned(let partitions) = event, let partition = partitions.first,
+                let messages = consumer.messages(for: partition)
+            else { continue }
+            for await batch in messages {
+                letter = batch.first
+                break
+            }
+            break
+        }
+        await consumer.close()
+        let message = try #require(letter)
+        #expect(message.value == Array("poison".utf8))
+        #expect(message.key == Array("k4".utf8))
+        let headers = Dictionary(uniqueKeysWithValues: message.headers.map { ($0.key, String(decoding: $0.value ?? [], as: UTF8.self)) })
+        #expect(headers["sluice.source.topic"] == "orders")
+        #expect(headers["sluice.source.partition"] == "0")
+        #expect(headers["sluice.source.offset"] == "4")
+        #expect(headers["sluice.attempts"] == "3")
+        #expect(headers["sluice.error"] == "cannot parse order")
+    }
+
+    @Test("a host stopped mid-run and a new one started lose nothing")
+    func restartLosesNothing() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        try await HostFixture.produce(cluster, topic: "orders", count: 4_000, keys: 40)
+        let group = HostFixture.uniqueGroup()
+        let handled = HandledMessages()
+        let slow = ClosureHandler { message, _ in
+            try await Task.sleep(for: .microseconds(300))
+            handled.append(message)
+        }
+        let first = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        first.register("orders", slow)
+        let firstRun = Task { try await first.run() }
+        try await HostFixture.eventually("some progress") { handled.count >= 500 }
+        first.shutdown()
+        try await firstRun.value
+        let handledByFirst = handled.count
+        #expect(handledByFirst < 4_000, "stopped mid-run")
+
+        let second = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        second.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let secondRun = Task { try await second.run() }
+        try await HostFixture.eventually("everything handled") { handled.distinct == 4_000 }
+        second.shutdown()
+        try await secondRun.value
+        #expect(handled.count - handled.distinct < 100, "at-least-once: few redeliveries, got \(handled.count - handled.distinct)")
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+        #expect(committed == (try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)))
+    }
+
+    @Test("two hosts in one group split the partitions; after one stops the other finishes everything")
+    func twoHostsShareTheGroup() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let group = HostFixture.uniqueGroup()
+        let handledA = HandledMessages()
+        let handledB = HandledMessages()
+        var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()])
+        configuration.kafka.commitInterval = .seconds(30)
+        let hostA = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        hostA.register("orders", ClosureHandler { message, _ in handledA.append(message) })
+        let hostB = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        hostB.register("orders", ClosureHandler { message, _ in handledB.append(message) })
+        let runA = Task { try await hostA.run() }
+        let runB = Task { try await hostB.run() }
+        try await HostFixture.eventually("both hosts own partitions") {
+            hostA.shards.filter { $0.state == .running }.count == 2 && hostB.shards.filter { $0.state == .running }.count == 2
+        }
+        try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
+        try await HostFixture.eventually("both handled their half") { handledA.count + handledB.count == 800 }
+        #expect(handledA.count > 0 && handledB.count > 0)
+        hostA.shutdown()
+        try await runA.value
+        try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
+        try await HostFixture.eventually("B took over A's partitions and handled the rest") {
+            Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == 1_600
+        }
+        hostB.shutdown()
+        try await runB.value
+        #expect(Set(hostB.shards.map(\.topicPartition.partition)).count <= 4)
+    }
+
+    @Test("a topic configured without a handler refuses to start, naming the topic")
+    func missingHandler() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: "g", topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()]),
+            logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.contains("topic 'payments' is configured but no handler is registered") == true)
+    }
+}
