@@ -29,12 +29,25 @@ enum HostFixture {
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: logger)
         var sequences = [Int](repeating: 0, count: keys)
+        let acknowledged = Locked(0)
         for index in 0..<count {
             let key = index % keys
             let record = ProducerRecord(topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
             sequences[key] += 1
-            _ = try await producer.send(record)
+            // Enqueued in order; the idempotent producer keeps that order per partition.
+            while true {
+                do {
+                    try producer.enqueue(record) { result in
+                        if case .success = result { acknowledged.withLock { $0 += 1 } }
+                    }
+                    break
+                } catch {
+                    guard error.code == .queueFull else { throw error }
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+            }
         }
+        try await eventually("\(count) acknowledged") { acknowledged.value == count }
         await producer.close()
     }
 
