@@ -1,0 +1,242 @@
+import Configuration
+import SluiceKafka
+import SystemPackage
+import Yams
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+extension SluiceConfiguration {
+    /// Loads the configuration from a YAML file, with every key overridable from the environment:
+    /// `kafka.bootstrap` ← `SLUICE_KAFKA_BOOTSTRAP`, `topics.orders.maxInFlight` ←
+    /// `SLUICE_TOPICS_ORDERS_MAX_IN_FLIGHT` (camelCase words and anything but letters and digits become
+    /// `_`). The environment wins over the file, the file over the defaults.
+    ///
+    /// Validated here: an unknown key, a value of the wrong type, a bad duration or enum value, or a
+    /// missing required key throws a ``SluiceError`` naming the file, line and column (or the environment
+    /// variable), the key path and the reason. That every topic has a handler is checked at ``SluiceHost/run()``.
+    ///
+    /// The keys are listed in `docs/configuration.md`.
+    public static func load(
+        file path: String,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> SluiceConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw SluiceError(code: .configuration, message: "\(path): cannot read the configuration file: \(error.localizedDescription)")
+        }
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                throw SluiceError(code: .configuration, message: "\(path): the configuration file is empty")
+            }
+            root = node
+        } catch let error as SluiceError {
+            throw error
+        } catch {
+            throw SluiceError(code: .configuration, message: "\(path): not valid YAML: \(error)")
+        }
+        let layout = try ConfigurationLayout(root: root, file: path)
+        let reader = ConfigReader(providers: [
+            EnvironmentVariablesProvider(environmentVariables: environment).prefixKeys(with: ["sluice"]),
+            try await FileProvider<YAMLSnapshot>(filePath: FilePath(path)),
+        ])
+        return try ConfigurationValues(reader: reader, layout: layout, environment: environment).configuration()
+    }
+}
+
+/// The keys a configuration file may hold, and where each one is in the file.
+struct ConfigurationLayout {
+    /// `*` stands for any name (a topic, a librdkafka property).
+    static let schema: [String: Set<String>] = [
+        "": ["kafka", "topics", "host"],
+        "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties"],
+        "kafka.properties": ["*"],
+        "topics": ["*"],
+        "topics.*": ["ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout"],
+        "topics.*.batch": ["size", "timeout"],
+        "topics.*.onFailure": ["retries", "backoff", "then"],
+        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout"],
+    ]
+
+    let file: String
+    /// Where each key path is, as `line:column`.
+    private(set) var positions: [[String]: Mark] = [:]
+    /// The topic names in the file, in file order.
+    private(set) var topics: [String] = []
+
+    init(root: Node, file: String) throws {
+        self.file = file
+        try walk(root, path: [], schemaPath: "")
+    }
+
+    private mutating func walk(_ node: Node, path: [String], schemaPath: String) throws {
+        guard let allowed = Self.schema[schemaPath] else { return }
+        guard let mapping = node.mapping else {
+            throw error(at: node.mark, path: path, "expected a mapping of keys")
+        }
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.string else {
+                throw error(at: keyNode.mark, path: path, "keys must be text")
+            }
+            let childPath = path + [key]
+            let isWildcard = allowed.contains("*")
+            guard isWildcard || allowed.contains(key) else {
+                let known = allowed.sorted().joined(separator: ", ")
+                throw error(at: keyNode.mark, path: childPath, "unknown key (known keys here: \(known))")
+            }
+            positions[childPath] = value.mark ?? keyNode.mark
+            if schemaPath == "topics" { topics.append(key) }
+            let childSchema = schemaPath.isEmpty ? key : schemaPath + "." + (isWildcard ? "*" : key)
+            if Self.schema[childSchema] != nil {
+                try walk(value, path: childPath, schemaPath: childSchema)
+            } else if value.scalar == nil {
+                throw error(at: value.mark, path: childPath, "expected a single value, not a list or mapping")
+            }
+        }
+    }
+
+    func location(_ path: [String]) -> String {
+        guard let mark = positions[path] else { return file }
+        return "\(file):\(mark.line):\(mark.column)"
+    }
+
+    private func error(at mark: Mark?, path: [String], _ reason: String) -> SluiceError {
+        let location = mark.map { "\(file):\($0.line):\($0.column)" } ?? file
+        let key = path.isEmpty ? "(top level)" : path.joined(separator: ".")
+        return SluiceError(code: .configuration, message: "\(location): \(key): \(reason)")
+    }
+}
+
+/// Reads typed values through swift-configuration and names the source of a bad one.
+private struct ConfigurationValues {
+    let reader: ConfigReader
+    let layout: ConfigurationLayout
+    let environment: [String: String]
+
+    func configuration() throws -> SluiceConfiguration {
+        var kafka = SluiceConfiguration.Kafka(
+            bootstrap: try required(["kafka", "bootstrap"]),
+            group: try required(["kafka", "group"]))
+        kafka.sessionTimeout = try duration(["kafka", "sessionTimeout"]) ?? kafka.sessionTimeout
+        kafka.commitInterval = try duration(["kafka", "commitInterval"]) ?? kafka.commitInterval
+        for property in layout.positionsOfProperties() {
+            kafka.properties[property] = try string(["kafka", "properties", property])
+        }
+        var topics: [String: TopicConfiguration] = [:]
+        for topic in layout.topics {
+            topics[topic] = try topicConfiguration(topic)
+        }
+        var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
+        configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
+        configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
+        configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout
+        for topic in layout.topics {
+            do {
+                try topics[topic]!.validate(topic: topic)
+            } catch let error as SluiceError {
+                throw SluiceError(code: .configuration, message: "\(layout.file): \(error.message)")
+            }
+        }
+        return configuration
+    }
+
+    private func topicConfiguration(_ topic: String) throws -> TopicConfiguration {
+        let base = ["topics", topic]
+        var settings = TopicConfiguration()
+        settings.ordering = try choice(base + ["ordering"]) ?? settings.ordering
+        settings.processors = try integer(base + ["processors"]) ?? settings.processors
+        settings.maxInFlight = try integer(base + ["maxInFlight"]) ?? settings.maxInFlight
+        settings.handlerTimeout = try duration(base + ["handlerTimeout"]) ?? settings.handlerTimeout
+        settings.deadLetterTopic = try string(base + ["deadLetterTopic"])
+        let batchSize = try integer(base + ["batch", "size"])
+        let batchTimeout = try duration(base + ["batch", "timeout"])
+        if batchSize != nil || batchTimeout != nil {
+            guard let batchSize, let batchTimeout else {
+                throw problem(base + ["batch"], "needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
+            }
+            settings.batch = .init(size: batchSize, timeout: batchTimeout)
+        }
+        settings.onFailure.retries = try integer(base + ["onFailure", "retries"]) ?? settings.onFailure.retries
+        settings.onFailure.then = try choice(base + ["onFailure", "then"]) ?? settings.onFailure.then
+        if let text = try string(base + ["onFailure", "backoff"]) {
+            let parts = text.components(separatedBy: "..")
+            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1]) else {
+                throw problem(base + ["onFailure", "backoff"], "expected a range like 100ms..5s, got '\(text)'")
+            }
+            settings.onFailure.backoff = .init(initial: initial, maximum: maximum)
+        }
+        return settings
+    }
+
+    // MARK: Typed reads
+
+    private func string(_ path: [String]) throws -> String? {
+        reader.string(forKey: ConfigKey(path))
+    }
+
+    private func required(_ path: [String]) throws -> String {
+        guard let value = try string(path), !value.isEmpty else {
+            throw SluiceError(
+                code: .configuration,
+                message: "\(layout.file): \(path.joined(separator: ".")): required (or set \(environmentName(path)))")
+        }
+        return value
+    }
+
+    private func integer(_ path: [String]) throws -> Int? {
+        guard let text = try string(path) else { return nil }
+        guard let value = Int(text.trimmingWhitespace()) else { throw problem(path, "expected a whole number, got '\(text)'") }
+        return value
+    }
+
+    private func duration(_ path: [String]) throws -> Duration? {
+        guard let text = try string(path) else { return nil }
+        guard let value = Duration.parse(text) else {
+            throw problem(path, "expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '\(text)'")
+        }
+        return value
+    }
+
+    private func choice<Value: RawRepresentable & CaseIterable>(_ path: [String]) throws -> Value?
+    where Value.RawValue == String {
+        guard let text = try string(path) else { return nil }
+        guard let value = Value(rawValue: text.trimmingWhitespace()) else {
+            let options = Value.allCases.map(\.rawValue).joined(separator: ", ")
+            throw problem(path, "expected one of \(options), got '\(text)'")
+        }
+        return value
+    }
+
+    /// An error naming where the value came from: the environment variable, or the file position.
+    private func problem(_ path: [String], _ reason: String) -> SluiceError {
+        let variable = environmentName(path)
+        let source = environment[variable] != nil ? "environment variable \(variable)" : layout.location(path)
+        return SluiceError(code: .configuration, message: "\(source): \(path.joined(separator: ".")): \(reason)")
+    }
+
+    private func environmentName(_ path: [String]) -> String {
+        (["sluice"] + path).map { component -> String in
+            var words = ""
+            var previous: Character?
+            for character in component {
+                if let previous, previous.isLowercase, character.isUppercase { words.append("_") }
+                words.append(character)
+                previous = character
+            }
+            return String(words.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+        }.joined(separator: "_")
+    }
+}
+
+extension ConfigurationLayout {
+    /// The librdkafka property names under `kafka.properties`.
+    func positionsOfProperties() -> [String] {
+        positions.keys.filter { $0.count == 3 && $0[0] == "kafka" && $0[1] == "properties" }.map { $0[2] }.sorted()
+    }
+}

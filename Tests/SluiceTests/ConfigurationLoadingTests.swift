@@ -1,0 +1,129 @@
+import Foundation
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+@Suite("Loading sluice.yaml")
+struct ConfigurationLoadingTests {
+    static let example = """
+        kafka:
+          bootstrap: localhost:9092
+          group: orders-service
+          sessionTimeout: 6s
+          properties: { fetch.wait.max.ms: "10", client.rack: eu-1 }
+        topics:
+          orders:
+            ordering: key
+            processors: 8
+            maxInFlight: 2000
+            onFailure: { retries: 3, backoff: 100ms..5s, then: deadLetter }
+            deadLetterTopic: orders.dlq
+            handlerTimeout: 2s
+          payments:
+            batch: { size: 100, timeout: 200ms }
+        host:
+          shutdownTimeout: 20s
+        """
+
+    func write(_ text: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func loadError(_ text: String, environment: [String: String] = [:]) async throws -> String {
+        let path = try write(text)
+        do {
+            _ = try await SluiceConfiguration.load(file: path, environment: environment)
+            Issue.record("expected the load to fail")
+            return ""
+        } catch let error as SluiceError {
+            #expect(error.code == .configuration)
+            return error.message.replacingOccurrences(of: path, with: "FILE")
+        }
+    }
+
+    @Test("every key of the example is read")
+    func readsEverything() async throws {
+        let configuration = try await SluiceConfiguration.load(file: try write(Self.example), environment: [:])
+        #expect(configuration.kafka.bootstrap == "localhost:9092")
+        #expect(configuration.kafka.group == "orders-service")
+        #expect(configuration.kafka.sessionTimeout == .seconds(6))
+        #expect(configuration.kafka.properties == ["fetch.wait.max.ms": "10", "client.rack": "eu-1"])
+        let orders = try #require(configuration.topics["orders"])
+        #expect(orders.ordering == .key)
+        #expect(orders.processors == 8)
+        #expect(orders.maxInFlight == 2000)
+        #expect(orders.onFailure == .init(retries: 3, backoff: .init(initial: .milliseconds(100), maximum: .seconds(5)), then: .deadLetter))
+        #expect(orders.deadLetterTopic == "orders.dlq")
+        #expect(orders.handlerTimeout == .seconds(2))
+        #expect(configuration.topics["payments"]?.batch == .init(size: 100, timeout: .milliseconds(200)))
+        #expect(configuration.topics["payments"]?.ordering == .partition)
+        #expect(configuration.shutdownTimeout == .seconds(20))
+        #expect(configuration.revokeTimeout == .seconds(10))
+    }
+
+    @Test("the environment overrides the file, key by key")
+    func environmentOverrides() async throws {
+        let configuration = try await SluiceConfiguration.load(
+            file: try write(Self.example),
+            environment: [
+                "SLUICE_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
+                "SLUICE_TOPICS_ORDERS_MAX_IN_FLIGHT": "500",
+                "SLUICE_TOPICS_PAYMENTS_BATCH_TIMEOUT": "1s",
+                "SLUICE_HOST_DRAIN_TIMEOUT": "3s",
+            ])
+        #expect(configuration.kafka.bootstrap == "kafka-1:9092,kafka-2:9092")
+        #expect(configuration.topics["orders"]?.maxInFlight == 500)
+        #expect(configuration.topics["payments"]?.batch?.timeout == .seconds(1))
+        #expect(configuration.drainTimeout == .seconds(3))
+    }
+
+    @Test("an unknown key names the file, line, column and key path")
+    func unknownKey() async throws {
+        let message = try await loadError(Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
+        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: batch, deadLetterTopic"))
+    }
+
+    @Test("a wrong type, a bad duration, a bad choice each name where and why")
+    func badValues() async throws {
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "processors: 8", with: "processors: many"))
+                == "FILE:9:17: topics.orders.processors: expected a whole number, got 'many'")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "handlerTimeout: 2s", with: "handlerTimeout: 2"))
+                == "FILE:13:21: topics.orders.handlerTimeout: expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '2'")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "ordering: key", with: "ordering: random"))
+                == "FILE:8:15: topics.orders.ordering: expected one of partition, key, none, got 'random'")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "backoff: 100ms..5s", with: "backoff: 100ms"))
+                == "FILE:11:39: topics.orders.onFailure.backoff: expected a range like 100ms..5s, got '100ms'")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "  orders:\n", with: "  orders: [1, 2]\n  x:\n"))
+                .contains("topics.orders: expected a mapping of keys"))
+    }
+
+    @Test("a bad value from the environment names the variable")
+    func badEnvironmentValue() async throws {
+        #expect(
+            try await loadError(Self.example, environment: ["SLUICE_TOPICS_ORDERS_PROCESSORS": "eight"])
+                == "environment variable SLUICE_TOPICS_ORDERS_PROCESSORS: topics.orders.processors: expected a whole number, got 'eight'")
+    }
+
+    @Test("missing required keys and inconsistent settings are refused")
+    func missingAndInconsistent() async throws {
+        #expect(
+            try await loadError("kafka:\n  group: g\n")
+                == "FILE: kafka.bootstrap: required (or set SLUICE_KAFKA_BOOTSTRAP)")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: ""))
+                == "FILE: topics.orders.deadLetterTopic: is required when onFailure.then is deadLetter")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
+                == "FILE:15:12: topics.payments.batch: needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
+        #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
+        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nflags:\n  file: f.yaml\n").hasPrefix("FILE:4:1: flags: unknown key"))
+    }
+}
