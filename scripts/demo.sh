@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The demo: an embedded Kafka cluster with orders:8 and payments:4, steady traffic from `sluice produce`,
-# and a group consumer printing its rate each second, until Ctrl-C.
+# and Examples/OrderService consuming both through Sluice, printing a summary each second, until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 swift build -c release --product sluice >&2
+swift build -c release --product OrderService >&2
 SLUICE=.build/release/sluice
 WORK=$(mktemp -d)
 BROKER_PID=""
@@ -23,7 +24,7 @@ trap ':' INT
 
 # The broker and producers run in their own session, so Ctrl-C reaches only the consumer; the trap stops
 # them after the consumer has committed and left the group.
-setsid "$SLUICE" dev-broker --topic orders:8 --topic payments:4 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
+setsid "$SLUICE" dev-broker --topic orders:8 --topic payments:4 --topic orders.dlq:1 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
 BROKER_PID=$!
 for _ in $(seq 1 100); do
     [ -s "$WORK/bootstrap" ] && break
@@ -41,6 +42,7 @@ setsid "$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic payments --count 10000
 PRODUCER_PIDS+=($!)
 echo "demo: producing ${ORDERS_RATE:-2000} orders/s and ${PAYMENTS_RATE:-500} payments/s; Ctrl-C stops" >&2
 
-# In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it commits
-# and leaves the group, then the EXIT trap stops the producers and the broker.
-"$SLUICE" consume --bootstrap "$BOOTSTRAP" --group demo --topic orders --topic payments || true
+# In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it drains,
+# commits and leaves the group, then the EXIT trap stops the producers and the broker.
+SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" .build/release/OrderService \
+    --config Examples/OrderService/sluice.yaml --database "$WORK/payments.sqlite" || true

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import Sluice
+import Synchronization
+
+/// A realistic consumer service built on Sluice: orders handled in order per customer, payments written
+/// to SQLite in batches, a one-line summary per second per topic, and a graceful shutdown on SIGTERM or
+/// SIGINT (a second signal exits at once).
+@main
+struct OrderService: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Consume orders and payments with Sluice.")
+
+    @Option(name: .long, help: "The Sluice configuration file.")
+    var config: String = "Examples/OrderService/sluice.yaml"
+
+    @Option(name: .long, help: "The SQLite database the payments are written to.")
+    var database: String = "order-service.sqlite"
+
+    func run() async throws {
+        var logger = Logger(label: "order-service")
+        logger.logLevel = .info
+        let configuration = try await SluiceConfiguration.load(file: config)
+        let store = try PaymentStore(path: database)
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        let orders = OrderHandler()
+        host.register("orders", orders)
+        host.register("payments", batchHandler: PaymentsSink(store: store))
+
+        let summary = SummaryPrinter(host: host, orders: orders, store: store)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: host),
+                    .init(service: summary, successTerminationBehavior: .ignore),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        SecondSignal.exitOnRepeat()
+        try await group.run()
+        let (handled, violations) = orders.totals
+        FileHandle.standardError.write(Data(
+            "order-service stopped: \(handled) orders, per-customer order violations \(violations), \(store.count) payments stored\n".utf8))
+    }
+}
+
+/// A customer order, as `sluice produce` writes it.
+struct Order: Decodable {
+    let key: String
+    let seq: Int
+    let n: Int
+}
+
+/// Handles orders one at a time per customer; checks that each customer's orders arrive in sequence.
+final class OrderHandler: MessageHandler {
+    private let state = Mutex<(handled: Int, violations: Int, last: [String: Int])>((0, 0, [:]))
+
+    func handle(_ message: Message, context: ShardContext) async throws {
+        let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
+        state.withLock { state in
+            state.handled += 1
+            // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation.
+            if let last = state.last[order.key], order.seq < last { state.violations += 1 }
+            state.last[order.key] = max(order.seq, state.last[order.key] ?? 0)
+        }
+    }
+
+    var totals: (Int, Int) { state.withLock { ($0.handled, $0.violations) } }
+}
+
+/// Writes payments to SQLite, one transaction per batch.
+struct PaymentsSink: BatchHandler {
+    let store: PaymentStore
+
+    func handle(_ batch: [Message], context: ShardContext) async throws {
+        try await store.insert(batch)
+    }
+}
+
+/// Prints, each second, per topic: messages handled per second, in flight, and the committed lag.
+struct SummaryPrinter: Service {
+    let host: SluiceHost
+    let orders: OrderHandler
+    let store: PaymentStore
+
+    func run() async throws {
+        var previous: [String: Int] = [:]
+        while !Task.isShuttingDownGracefully {
+            try? await Task.sleep(for: .seconds(1))
+            let shards = host.shards
+            var line: [String] = []
+            for topic in Set(shards.map(\.topicPartition.topic)).sorted() {
+                let own = shards.filter { $0.topicPartition.topic == topic }
+                let processed = own.reduce(0) { $0 + $1.processed }
+                let inFlight = own.reduce(0) { $0 + $1.inFlight }
+                let lag = own.reduce(Int64(0)) { $0 + ($1.lag ?? 0) }
+                line.append("\(topic): \(processed - previous[topic, default: 0]) msg/s, in-flight \(inFlight), lag \(lag)")
+                previous[topic] = processed
+            }
+            if !line.isEmpty { print(line.joined(separator: " | ")) }
+        }
+    }
+}
+
+/// Exits at once on a second SIGTERM or SIGINT, while a graceful shutdown is running.
+enum SecondSignal {
+    static func exitOnRepeat() {
+        let seen = Mutex(0)
+        for number in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                _ = source
+                if seen.withLock({ $0 += 1; return $0 }) >= 2 {
+                    FileHandle.standardError.write(Data("order-service: second signal, exiting now\n".utf8))
+                    exit(1)
+                }
+            }
+            source.resume()
+        }
+    }
+}
