@@ -82,6 +82,7 @@ let package = Package(
             name: "SluiceCLITests",
             dependencies: [
                 "sluice",
+                "OrderService",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -10,19 +10,22 @@ struct SluiceProcess {
     let stdout = Pipe()
     let stderr = Pipe()
 
-    static var executable: URL {
+    static func executable(_ name: String) -> URL {
         // The test bundle sits next to the products of the same build.
         var directory = Bundle.main.bundleURL
-        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent("sluice").path),
+        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path),
             directory.pathComponents.count > 1
         {
             directory.deleteLastPathComponent()
         }
-        return directory.appendingPathComponent("sluice")
+        return directory.appendingPathComponent(name)
     }
 
-    init(_ arguments: [String]) throws {
-        process.executableURL = Self.executable
+    init(_ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil) throws {
+        process.executableURL = Self.executable(executable)
+        if let environment {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.arguments = arguments
         process.standardInput = stdin
         process.standardOutput = stdout
