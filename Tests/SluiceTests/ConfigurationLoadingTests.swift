@@ -80,6 +80,15 @@ struct ConfigurationLoadingTests {
         #expect(configuration.drainTimeout == .seconds(3))
     }
 
+    @Test("a topic name with a dot works from the file and from the environment")
+    func dottedTopicName() async throws {
+        let yaml = "kafka: {bootstrap: b, group: g}\ntopics:\n  orders.v2:\n    processors: 3\n    maxInFlight: 10\n"
+        let configuration = try await SluiceConfiguration.load(
+            file: try write(yaml), environment: ["SLUICE_TOPICS_ORDERS_V2_MAX_IN_FLIGHT": "20"])
+        #expect(configuration.topics["orders.v2"]?.processors == 3)
+        #expect(configuration.topics["orders.v2"]?.maxInFlight == 20)
+    }
+
     @Test("an unknown key names the file, line, column and key path")
     func unknownKey() async throws {
         let message = try await loadError(Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
