@@ -151,6 +151,18 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == 3)
     }
 
+    @Test("a partition rewound under the pipeline does not hand the same offsets out twice")
+    func rewoundSource() async {
+        let seen = Locked<[Int64]>([])
+        let pipeline = PipelineFixture.pipeline(
+            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
+        let outcome = await pipeline.run(
+            source: PipelineFixture.source([PipelineFixture.messages(0..<10), PipelineFixture.messages(5..<15)]))
+        #expect(outcome == .sourceEnded)
+        #expect(seen.value == Array(0..<15))
+        #expect(pipeline.watermark == 15)
+    }
+
     @Test("requestStop stops taking messages and lets in-flight work finish")
     func stopDrains() async {
         let (source, continuation) = AsyncStream.makeStream(of: [Message].self)

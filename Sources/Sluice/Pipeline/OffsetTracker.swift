@@ -13,12 +13,18 @@ struct OffsetTracker: Sendable {
     /// Messages begun and not completed.
     var inFlight: Int { pending.count - completedOutOfOrder.count }
 
-    /// Records that `offset` entered the pipeline. Offsets must increase.
-    mutating func begin(_ offset: Int64) {
-        precondition(pending.last.map { offset > $0 } ?? true, "offsets must increase: \(offset) after \(pending.last!)")
+    /// Records that `offset` entered the pipeline. Returns false, recording nothing, for an offset at or
+    /// below one already begun: the partition was rewound under the pipeline and that message was taken.
+    mutating func begin(_ offset: Int64) -> Bool {
+        if let highest, offset <= highest { return false }
         if pending.isEmpty { watermark = offset }
         pending.append(offset)
+        highest = offset
+        return true
     }
+
+    /// The highest offset begun so far.
+    private(set) var highest: Int64?
 
     /// Records that `offset` is done. Returns the new watermark if it advanced.
     @discardableResult

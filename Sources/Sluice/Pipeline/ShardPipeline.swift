@@ -185,7 +185,12 @@ final class ShardPipeline: Sendable {
                     pausedForBackpressure = false
                     await flowControl.resumeAfterBackpressure()
                 }
-                state.withLock { $0.tracker.begin(message.offset) }
+                guard state.withLock({ $0.tracker.begin(message.offset) }) else {
+                    logger.warning(
+                        "partition rewound under the shard; skipping an offset it already took",
+                        metadata: ["kafka.offset": "\(message.offset)"])
+                    continue
+                }
                 queues[lane(for: message)].push(message)
             }
         }
