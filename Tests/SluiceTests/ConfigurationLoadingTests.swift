@@ -121,6 +121,15 @@ struct ConfigurationLoadingTests {
                 == "environment variable SLUICE_TOPICS_ORDERS_PROCESSORS: topics.orders.processors: expected a whole number, got 'eight'")
     }
 
+    @Test("a topic in the file without a registered handler stops the host, naming the file and key")
+    func topicWithoutHandler() async throws {
+        let path = try write(Self.example)
+        let host = SluiceHost(configuration: try await SluiceConfiguration.load(file: path, environment: [:]))
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message == "\(path): topics.payments: topic 'payments' is configured but no handler is registered for it (host.register(\"payments\", ...))")
+    }
+
     @Test("missing required keys and inconsistent settings are refused")
     func missingAndInconsistent() async throws {
         #expect(

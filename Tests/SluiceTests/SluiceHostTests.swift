@@ -176,9 +176,14 @@ struct SluiceHostTests {
         let hostB = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         hostB.register("orders", ClosureHandler { message, _ in handledB.append(message) })
         let runA = Task { try await hostA.run() }
+        try await HostFixture.eventually("A runs all four partitions") { hostA.shards.filter { $0.state == .running }.count == 4 }
+        let firstGenerations = Dictionary(uniqueKeysWithValues: hostA.shards.map { ($0.topicPartition, $0.generation) })
         let runB = Task { try await hostB.run() }
         try await HostFixture.eventually("both hosts own partitions") {
             hostA.shards.filter { $0.state == .running }.count == 2 && hostB.shards.filter { $0.state == .running }.count == 2
+        }
+        for shard in hostA.shards where shard.state == .running {
+            #expect(shard.generation == firstGenerations[shard.topicPartition], "\(shard.topicPartition) kept running through the rebalance")
         }
         try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
         try await HostFixture.eventually("both handled their half") { handledA.count + handledB.count == 800 }
@@ -202,6 +207,6 @@ struct SluiceHostTests {
             logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message.contains("topic 'payments' is configured but no handler is registered") == true)
+        #expect(error?.message.contains("topics.payments: topic 'payments' is configured but no handler is registered") == true)
     }
 }

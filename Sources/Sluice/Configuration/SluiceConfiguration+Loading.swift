@@ -133,6 +133,7 @@ private struct ConfigurationValues {
             topics[topic] = try topicConfiguration(topic)
         }
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
+        configuration.sourceFile = layout.file
         configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
         configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
         configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout

@@ -35,6 +35,8 @@ public struct SluiceConfiguration: Sendable {
     public var shutdownTimeout: Duration = .seconds(30)
     /// How long a stopping shard waits for its in-flight messages. Default 10 s.
     public var drainTimeout: Duration = .seconds(10)
+    /// The file the configuration was loaded from, for error messages; nil when built in code.
+    public var sourceFile: String?
 
     /// Creates a configuration.
     public init(kafka: Kafka, topics: [String: TopicConfiguration]) {

@@ -132,10 +132,11 @@ public final class SluiceHost: Service, Sendable {
 
     /// Checks that handlers and topic settings fit together.
     func validate(_ handlers: [String: AnyHandler]) throws {
+        let file = configuration.sourceFile.map { "\($0): " } ?? ""
         for topic in configuration.topics.keys.sorted() where handlers[topic] == nil {
             throw SluiceError(
                 code: .registration,
-                message: "topic '\(topic)' is configured but no handler is registered for it (host.register(\"\(topic)\", ...))")
+                message: "\(file)topics.\(topic): topic '\(topic)' is configured but no handler is registered for it (host.register(\"\(topic)\", ...))")
         }
         guard !handlers.isEmpty else {
             throw SluiceError(code: .registration, message: "no handler is registered; register one per topic before run()")
