@@ -1,0 +1,71 @@
+import Yams
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Flags from a YAML or JSON file: a top-level map from key to `on` / `off` (or `true` / `false`), e.g.
+///
+/// ```yaml
+/// orders: off
+/// "orders/3": off
+/// "*": on
+/// ```
+///
+/// Polled by the resolver every poll interval. A missing or malformed file throws an error with the line
+/// and column, and the resolver keeps the last good flags.
+public struct FileFlagSource: FlagSource {
+    /// The file.
+    public let path: String
+    public var name: String { "file" }
+    public var changes: AsyncStream<Void>? { nil }
+
+    /// Creates a source reading `path`.
+    public init(path: String) { self.path = path }
+
+    public func load() async throws -> [FlagKey: FlagSetting] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw SluiceError(code: .configuration, message: "\(path): cannot read the flag file: \(error.localizedDescription)")
+        }
+        return try Self.parse(text, file: path)
+    }
+
+    static func parse(_ text: String, file: String) throws -> [FlagKey: FlagSetting] {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw SluiceError(code: .configuration, message: "\(file): not valid YAML or JSON: \(error)")
+        }
+        guard let root else { return [:] }
+        guard let mapping = root.mapping else {
+            throw SluiceError(code: .configuration, message: "\(location(file, root.mark)): expected a map from flag key to on or off")
+        }
+        var flags: [FlagKey: FlagSetting] = [:]
+        for (keyNode, valueNode) in mapping {
+            let keyText = keyNode.string ?? ""
+            let key: FlagKey
+            do {
+                key = try FlagKey(parsing: keyText)
+            } catch let error as SluiceError {
+                throw SluiceError(code: .configuration, message: "\(location(file, keyNode.mark)): \(error.message)")
+            }
+            guard let value = valueNode.scalar?.string.lowercased(), let enabled = ["on": true, "true": true, "off": false, "false": false][value] else {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "\(location(file, valueNode.mark)): flag '\(keyText)': expected on or off, got '\(valueNode.scalar?.string ?? "a list or map")'")
+            }
+            flags[key] = FlagSetting(enabled: enabled, source: "file")
+        }
+        return flags
+    }
+
+    private static func location(_ file: String, _ mark: Mark?) -> String {
+        mark.map { "\(file):\($0.line):\($0.column)" } ?? file
+    }
+}

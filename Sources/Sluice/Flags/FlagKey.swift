@@ -1,0 +1,75 @@
+import SluiceKafka
+
+/// What a flag applies to: every shard (`*`), a topic (`orders`), or one partition (`orders/3`).
+public struct FlagKey: Hashable, Sendable, CustomStringConvertible, Comparable {
+    enum Scope: Hashable, Sendable {
+        case all
+        case topic(String)
+        case partition(TopicPartition)
+    }
+
+    let scope: Scope
+
+    /// Every shard.
+    public static let all = FlagKey(scope: .all)
+    /// One topic.
+    public static func topic(_ name: String) -> FlagKey { FlagKey(scope: .topic(name)) }
+    /// One partition.
+    public static func partition(_ topicPartition: TopicPartition) -> FlagKey { FlagKey(scope: .partition(topicPartition)) }
+
+    /// Parses `*`, `TOPIC` or `TOPIC/PARTITION`.
+    public init(parsing text: String) throws {
+        let trimmed = text.trimmingWhitespace()
+        if trimmed == "*" {
+            scope = .all
+            return
+        }
+        guard !trimmed.isEmpty else { throw SluiceError(code: .configuration, message: "a flag key cannot be empty") }
+        if let slash = trimmed.lastIndex(of: "/") {
+            let topic = String(trimmed[..<slash])
+            let partitionText = String(trimmed[trimmed.index(after: slash)...])
+            guard !topic.isEmpty, let partition = Int32(partitionText), partition >= 0 else {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "flag key '\(text)': expected *, TOPIC or TOPIC/PARTITION with a partition number")
+            }
+            scope = .partition(TopicPartition(topic, partition))
+        } else {
+            scope = .topic(trimmed)
+        }
+    }
+
+    private init(scope: Scope) { self.scope = scope }
+
+    /// The keys that apply to a partition, most specific first.
+    static func keys(for topicPartition: TopicPartition) -> [FlagKey] {
+        [.partition(topicPartition), .topic(topicPartition.topic), .all]
+    }
+
+    public var description: String {
+        switch scope {
+        case .all: "*"
+        case .topic(let topic): topic
+        case .partition(let topicPartition): topicPartition.description
+        }
+    }
+
+    public static func < (lhs: FlagKey, rhs: FlagKey) -> Bool { lhs.description < rhs.description }
+}
+
+/// A flag's value with where it came from.
+public struct FlagSetting: Sendable, Hashable {
+    /// Whether the shards it covers run.
+    public var enabled: Bool
+    /// The source that set it (`file`, `admin`, `default`).
+    public var source: String
+    /// Why, when the source says (an admin reason).
+    public var reason: String?
+
+    /// Creates a setting.
+    public init(enabled: Bool, source: String, reason: String? = nil) {
+        self.enabled = enabled
+        self.source = source
+        self.reason = reason
+    }
+}

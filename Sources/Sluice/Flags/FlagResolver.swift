@@ -1,0 +1,111 @@
+import Logging
+import SluiceKafka
+import Synchronization
+
+/// Combines flag sources in layers (earlier sources win over later ones, the configured default below
+/// all) and decides each shard's flag: the most specific key that is set wins (`orders/3` over `orders`
+/// over `*`); with none set, the default.
+///
+/// It keeps each source's last good values: a source that fails is logged and counted, and its previous
+/// flags stay in force.
+public final class FlagResolver: Sendable {
+    private struct State {
+        var lastGood: [[FlagKey: FlagSetting]]
+        var merged: [FlagKey: FlagSetting] = [:]
+        var failures: [String: Int] = [:]
+        var lastErrors: [String: String] = [:]
+    }
+
+    /// The sources, highest precedence first.
+    public let sources: [any FlagSource]
+    /// Whether shards run when no flag covers them.
+    public let defaultEnabled: Bool
+    /// How often polled sources are read.
+    public let pollInterval: Duration
+    private let logger: Logger
+    private let state: Mutex<State>
+
+    /// Creates a resolver over `sources`, highest precedence first.
+    public init(sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1), logger: Logger) {
+        self.sources = sources
+        self.defaultEnabled = defaultEnabled
+        self.pollInterval = pollInterval
+        self.logger = logger
+        self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count)))
+    }
+
+    /// The flag of a partition and where it came from.
+    public func setting(for topicPartition: TopicPartition) -> FlagSetting {
+        let merged = state.withLock { $0.merged }
+        for key in FlagKey.keys(for: topicPartition) {
+            if let setting = merged[key] { return setting }
+        }
+        return FlagSetting(enabled: defaultEnabled, source: "default")
+    }
+
+    /// Every flag in force, after layering.
+    public var flags: [FlagKey: FlagSetting] { state.withLock { $0.merged } }
+
+    /// How many times each source failed to load.
+    public var failureCounts: [String: Int] { state.withLock { $0.failures } }
+
+    /// The last load error of each source that failed, until it loads again.
+    public var lastErrors: [String: String] { state.withLock { $0.lastErrors } }
+
+    /// Reads every source once. Returns true when the layered flags changed.
+    @discardableResult
+    public func refresh() async -> Bool {
+        var loaded: [[FlagKey: FlagSetting]?] = []
+        for source in sources {
+            do {
+                loaded.append(try await source.load())
+            } catch {
+                loaded.append(nil)
+                let message = (error as? SluiceError)?.message ?? String(describing: error)
+                let firstTime = state.withLock { state -> Bool in
+                    state.failures[source.name, default: 0] += 1
+                    defer { state.lastErrors[source.name] = message }
+                    return state.lastErrors[source.name] != message
+                }
+                if firstTime {
+                    logger.error("flag source failed; keeping its last good flags", metadata: ["sluice.flagSource": "\(source.name)", "error": "\(message)"])
+                }
+            }
+        }
+        return state.withLock { state in
+            for (index, values) in loaded.enumerated() {
+                if let values {
+                    state.lastGood[index] = values
+                    state.lastErrors[sources[index].name] = nil
+                }
+            }
+            var merged: [FlagKey: FlagSetting] = [:]
+            for layer in state.lastGood.reversed() { merged.merge(layer) { _, higher in higher } }
+            defer { state.merged = merged }
+            return merged != state.merged
+        }
+    }
+
+    /// Refreshes every `pollInterval`, and at once when a pushing source signals; calls `onChange` after
+    /// each refresh that changed something. Returns when the task is cancelled.
+    public func run(onChange: @escaping @Sendable () async -> Void) async {
+        await withTaskGroup(of: Void.self) { group in
+            for source in sources {
+                guard let changes = source.changes else { continue }
+                group.addTask {
+                    for await _ in changes {
+                        if await self.refresh() { await onChange() }
+                    }
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.pollInterval)
+                    if Task.isCancelled { break }
+                    if await self.refresh() { await onChange() }
+                }
+            }
+            await group.waitForAll()
+        }
+    }
+}

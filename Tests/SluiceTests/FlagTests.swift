@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+@Suite("Flags")
+struct FlagTests {
+    let logger: Logger = {
+        var logger = Logger(label: "sluice.flag-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    func write(_ text: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test("keys parse as *, TOPIC and TOPIC/PARTITION; bad ones are named")
+    func keys() throws {
+        #expect(try FlagKey(parsing: "*") == .all)
+        #expect(try FlagKey(parsing: "orders") == .topic("orders"))
+        #expect(try FlagKey(parsing: "orders.v2/3") == .partition(TopicPartition("orders.v2", 3)))
+        #expect(throws: SluiceError.self) { try FlagKey(parsing: "orders/x") }
+        #expect(throws: SluiceError.self) { try FlagKey(parsing: "") }
+    }
+
+    @Test("the most specific key wins; with none set, the default")
+    func specificity() async throws {
+        let admin = InMemoryFlagSource()
+        let resolver = FlagResolver(sources: [admin], defaultEnabled: true, logger: logger)
+        admin.set(.all, enabled: false)
+        admin.set(.topic("orders"), enabled: true)
+        admin.set(.partition(TopicPartition("orders", 3)), enabled: false, reason: "incident 42")
+        await resolver.refresh()
+        #expect(resolver.setting(for: TopicPartition("orders", 3)) == FlagSetting(enabled: false, source: "admin", reason: "incident 42"))
+        #expect(resolver.setting(for: TopicPartition("orders", 1)).enabled)
+        #expect(!resolver.setting(for: TopicPartition("payments", 0)).enabled)
+        admin.unset(.all)
+        await resolver.refresh()
+        #expect(resolver.setting(for: TopicPartition("payments", 0)) == FlagSetting(enabled: true, source: "default"))
+    }
+
+    @Test("layers: an admin override beats the file for the same key")
+    func layers() async throws {
+        let admin = InMemoryFlagSource()
+        let file = FileFlagSource(path: try write("orders: off\npayments: off\n"))
+        let resolver = FlagResolver(sources: [admin, file], logger: logger)
+        admin.set(.topic("orders"), enabled: true, reason: "hotfix deployed")
+        await resolver.refresh()
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).source == "admin")
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
+        #expect(resolver.setting(for: TopicPartition("payments", 0)) == FlagSetting(enabled: false, source: "file"))
+    }
+
+    @Test("the file accepts YAML booleans, quoted partition keys and JSON")
+    func fileFormats() async throws {
+        let yaml = try await FileFlagSource(path: try write("orders: off\n\"orders/3\": on\npayments: false\n'*': true\n")).load()
+        #expect(yaml[.topic("orders")]?.enabled == false)
+        #expect(yaml[.partition(TopicPartition("orders", 3))]?.enabled == true)
+        #expect(yaml[.topic("payments")]?.enabled == false)
+        #expect(yaml[.all]?.enabled == true)
+        let json = try await FileFlagSource(path: try write("{\"orders\": \"off\", \"orders/1\": true}")).load()
+        #expect(json.count == 2)
+    }
+
+    @Test("a malformed file names line and column, and the last good flags stay in force")
+    func malformedKeepsLastGood() async throws {
+        let path = try write("orders: off\n")
+        let resolver = FlagResolver(sources: [FileFlagSource(path: path)], logger: logger)
+        #expect(await resolver.refresh())
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled)
+
+        try "orders: on\npayments: maybe\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(await resolver.refresh() == false)
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "last good flags kept")
+        #expect(resolver.failureCounts["file"] == 1)
+        #expect(resolver.lastErrors["file"] == "\(path):2:11: flag 'payments': expected on or off, got 'maybe'")
+
+        try "orders: [on\n".write(toFile: path, atomically: true, encoding: .utf8)
+        await resolver.refresh()
+        #expect(resolver.lastErrors["file"]?.hasPrefix("\(path): not valid YAML or JSON") == true)
+        #expect(resolver.failureCounts["file"] == 2)
+
+        try "\"orders/x\": off\n".write(toFile: path, atomically: true, encoding: .utf8)
+        await resolver.refresh()
+        #expect(resolver.lastErrors["file"]?.hasPrefix("\(path):1:1: flag key 'orders/x'") == true)
+
+        try FileManager.default.removeItem(atPath: path)
+        await resolver.refresh()
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "a missing file keeps the last good flags too")
+        #expect(resolver.failureCounts["file"] == 4)
+
+        try "orders: on\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(await resolver.refresh())
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
+        #expect(resolver.lastErrors["file"] == nil)
+    }
+}
