@@ -132,6 +132,10 @@ public final class KafkaConsumer: Sendable {
         shared.pauseSnapshot.withLock { $0[topicPartition] ?? [] }
     }
 
+    /// The logical offset ``seek(_:to:)`` understands as "the group's committed offset" (librdkafka's
+    /// `RD_KAFKA_OFFSET_STORED`; `auto.offset.reset` applies when nothing is committed).
+    public static let committedOffset = Int64(RD_KAFKA_OFFSET_STORED)
+
     /// Moves the partition's fetch position to `offset` and drops the messages buffered for it.
     public func seek(_ topicPartition: TopicPartition, to offset: Int64) async throws {
         try await withCheckedThrowingContinuation { continuation in

@@ -59,7 +59,9 @@ struct SluiceHostTests {
         }
         await producer.close()
         let group = HostFixture.uniqueGroup()
-        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        var settings = TopicConfiguration()
+        settings.breaker = .latched
+        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in
             if message.value == Array("poison".utf8) { throw TestFailure(description: "cannot parse order") }
@@ -67,11 +69,12 @@ struct SluiceHostTests {
         })
         let running = Task { try await host.run() }
         // Message 120 is partition 0, offset 40.
-        try await HostFixture.eventually("the poison shard crashed and the others finished") {
+        try await HostFixture.eventually("the poison shard tripped and the others finished") {
             let shards = host.shards
-            let crashed = shards.first { $0.topicPartition == TopicPartition("orders", 0) }
-            guard case .crashed(let crash) = crashed?.state else { return false }
-            #expect(crash.offset == 40)
+            let poisoned = shards.first { $0.topicPartition == TopicPartition("orders", 0) }
+            guard case .tripped = poisoned?.state else { return false }
+            #expect(poisoned?.lastError == "handler failed at offset 40: cannot parse order")
+            #expect(poisoned?.pauseReasons.contains(.breaker) == true)
             return handled.count == 40 + 100 + 100
         }
         host.shutdown()

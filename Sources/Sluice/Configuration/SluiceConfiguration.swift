@@ -24,8 +24,23 @@ public struct SluiceConfiguration: Sendable {
         }
     }
 
+    /// Runtime flags (SLUICE.md §8).
+    public struct Flags: Sendable, Hashable {
+        /// How often polled sources (the flag file) are read. Default 1 s.
+        public var pollInterval: Duration = .seconds(1)
+        /// Whether shards run when no flag covers them. Default on.
+        public var defaultEnabled = true
+        /// A flag file (YAML or JSON map from key to on/off), reloaded every poll interval.
+        public var file: String?
+
+        /// Creates the default flag settings.
+        public init() {}
+    }
+
     /// The Kafka connection and group.
     public var kafka: Kafka
+    /// Runtime flags.
+    public var flags = Flags()
     /// Per-topic pipeline settings; every topic needs a registered handler.
     public var topics: [String: TopicConfiguration]
     /// How long revoked shards may take to finish in-flight work before their partitions are released.

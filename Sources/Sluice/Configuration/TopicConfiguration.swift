@@ -94,6 +94,9 @@ public struct TopicConfiguration: Sendable, Hashable {
     public var deadLetterTopic: String?
     /// A handler call running longer than this crashes its shard. Default 30 s.
     public var handlerTimeout: Duration = .seconds(30)
+    /// How crashed shards restart and when they trip. Default ``BreakerPolicy/standard``: restart with
+    /// backoff 1 s..5 min, trip after 5 crashes within 10 min, no automatic probe, healthy after 60 s.
+    public var breaker: BreakerPolicy = .standard
 
     /// Creates the default configuration.
     public init() {}

@@ -1,24 +1,36 @@
 import SluiceKafka
 
-/// A shard's lifecycle state (SLUICE.md §4; the breaker's states come with the supervisor).
+/// A shard's lifecycle state (SLUICE.md §4).
 public enum ShardState: Sendable, Hashable, CustomStringConvertible {
+    /// Its pipeline is being started.
+    case starting
     /// Processing.
     case running
-    /// Finishing in-flight work before it stops (revoked, or the host is shutting down).
+    /// Finishing in-flight work before it stops (flag off, revoked, or the host is shutting down).
     case draining
+    /// Its flag is off; the partition is paused.
+    case off
+    /// It crashed and restarts at `until`.
+    case backingOff(attempt: Int, until: ContinuousClock.Instant)
+    /// The breaker tripped at `since`; it stays down until a flag cycle, an operator reset or a probe.
+    case tripped(since: ContinuousClock.Instant, reason: String)
     /// Done: revoked, lost or shut down.
     case stopped
-    /// The pipeline crashed; the partition is paused and nothing past ``ShardCrash/offset`` is committed.
-    case crashed(ShardCrash)
 
     public var description: String {
         switch self {
+        case .starting: "starting"
         case .running: "running"
         case .draining: "draining"
+        case .off: "off"
+        case .backingOff: "backingOff"
+        case .tripped: "tripped"
         case .stopped: "stopped"
-        case .crashed: "crashed"
         }
     }
+
+    /// The state's name without its data, as metrics and the admin API show it.
+    public var name: String { description }
 }
 
 /// A snapshot of one shard, for status pages, summaries and tests.
@@ -29,6 +41,14 @@ public struct ShardStatus: Sendable, Hashable {
     public var generation: UInt64
     /// The state.
     public var state: ShardState
+    /// Crashes since the shard was last healthy.
+    public var attempt: Int
+    /// The last crash, if any.
+    public var lastError: String?
+    /// The pause reasons of its partition.
+    public var pauseReasons: Set<KafkaPauseReason>
+    /// Its flag and where that came from.
+    public var flag: FlagSetting
     /// Messages taken from the partition and not yet done.
     public var inFlight: Int
     /// Messages handled successfully.

@@ -1,46 +1,78 @@
 import Logging
+import Metrics
 import ServiceLifecycle
 import SluiceKafka
 import Synchronization
 
-/// Runs a service's Kafka consumers: one Broadway-style pipeline per assigned partition (a *shard*), with
-/// at-least-once offsets, rebalancing that drains revoked shards before releasing them, and a graceful
-/// shutdown that finishes in-flight work, commits and leaves the group.
+/// Runs a service's Kafka consumers: one Broadway-style pipeline per assigned partition (a *shard*), each
+/// under a circuit breaker and behind a runtime flag, with at-least-once offsets, rebalancing that drains
+/// revoked shards before releasing them, and a graceful shutdown that finishes in-flight work, commits and
+/// leaves the group.
 ///
 /// ```swift
-/// let host = try SluiceHost(configuration: .load(file: "sluice.yaml"), logger: logger)
+/// let host = SluiceHost(configuration: try await .load(file: "sluice.yaml"), logger: logger)
 /// host.register("orders", OrderHandler())
 /// host.register("payments", batchHandler: PaymentsSink())
 /// try await host.run()   // a Service: drains and commits on graceful shutdown
 /// ```
+///
+/// ## Supervision
+///
+/// One loop owns every shard's state machine (``ShardState``). Pipelines, timers, the flag poller and the
+/// Kafka event stream are child tasks that report into that loop, which decides and acts: pause and
+/// resume reasons, commits, starting a pipeline from the committed offset after a crash, draining on a
+/// flag change or a revocation. A crashed shard is contained: its partition is paused (`breaker`) while
+/// every other shard keeps processing.
 public final class SluiceHost: Service, Sendable {
-    private struct ShardEntry {
-        let generation: UInt64
-        let pipeline: ShardPipeline
-        var state: ShardState = .running
-        var storedOffset: Int64?
-        var finished = false
+    /// What the supervisor loop reacts to.
+    enum Input: Sendable {
+        case kafka(KafkaConsumerEvent)
+        case consumerClosed
+        case pipelineEnded(TopicPartition, pipeline: UInt64, ShardPipeline.Outcome)
+        case timer(TopicPartition, token: UInt64)
+        case flagsChanged
+        case reset(TopicPartition, CheckedContinuation<Bool, Never>)
+        case revocationDeadline(UInt64)
+        case shutdownRequested
+        case shutdownDeadline
+    }
+
+    /// What the outside may read about a shard; written by the supervisor loop.
+    private struct ShardView {
+        var status: ShardStatus
+        var pipeline: ShardPipeline?
     }
 
     private struct State {
         var handlers: [String: AnyHandler] = [:]
-        var shards: [TopicPartition: ShardEntry] = [:]
-        var nextGeneration: UInt64 = 0
         var started = false
-        var shuttingDown = false
+        var shutdownRequested = false
+        var inputs: AsyncStream<Input>.Continuation?
         var consumer: KafkaConsumer?
+        var views: [TopicPartition: ShardView] = [:]
+        var subscribers: [UInt64: AsyncStream<ShardEvent>.Continuation] = [:]
+        var nextSubscriber: UInt64 = 0
     }
 
     /// The configuration the host runs with.
     public let configuration: SluiceConfiguration
+    /// The highest flag layer, for operators (the admin API writes here).
+    public let operatorFlags = InMemoryFlagSource(name: "admin")
+    /// The layered flags: operator flags, then the flag file, then the default.
+    public let flags: FlagResolver
     private let logger: Logger
     private let state = Mutex(State())
-    private let beacon = Beacon()
+    private let pipelineIDs = Atomic<UInt64>(0)
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
     public init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
         self.configuration = configuration
         self.logger = logger
+        var sources: [any FlagSource] = [operatorFlags]
+        if let file = configuration.flags.file { sources.append(FileFlagSource(path: file)) }
+        self.flags = FlagResolver(
+            sources: sources, defaultEnabled: configuration.flags.defaultEnabled,
+            pollInterval: configuration.flags.pollInterval, logger: logger)
     }
 
     /// Registers the handler of a topic's messages, one message at a time.
@@ -55,22 +87,55 @@ public final class SluiceHost: Service, Sendable {
 
     /// A snapshot of every shard this host has now.
     public var shards: [ShardStatus] {
-        let (entries, consumer) = state.withLock { (Array($0.shards), $0.consumer) }
-        return entries.map { topicPartition, entry in
-            let counters = entry.pipeline.counters
-            return ShardStatus(
-                topicPartition: topicPartition, generation: entry.generation, state: entry.state,
-                inFlight: entry.pipeline.inFlight, processed: counters.processed, failed: counters.failed,
-                skipped: counters.skipped, deadLettered: counters.deadLettered, storedOffset: entry.storedOffset,
-                highWatermark: consumer?.cachedWatermarks(for: topicPartition)?.high)
+        let (views, consumer) = state.withLock { (Array($0.views.values), $0.consumer) }
+        return views.map { view in
+            var status = view.status
+            if let pipeline = view.pipeline {
+                let counters = pipeline.counters
+                status.inFlight = pipeline.inFlight
+                status.processed += counters.processed
+                status.failed += counters.failed
+                status.skipped += counters.skipped
+                status.deadLettered += counters.deadLettered
+            }
+            status.highWatermark = consumer?.cachedWatermarks(for: status.topicPartition)?.high
+            status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
+            return status
         }.sorted { $0.topicPartition < $1.topicPartition }
+    }
+
+    /// Shard events (started, stopped, crashed, backing off, tripped, reset, flag changed), from now on.
+    /// Each call returns a new sequence; it ends when the host stops.
+    public func events() -> AsyncStream<ShardEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: ShardEvent.self, bufferingPolicy: .bufferingNewest(10_000))
+        let identifier = state.withLock { state -> UInt64 in
+            state.nextSubscriber += 1
+            state.subscribers[state.nextSubscriber] = continuation
+            return state.nextSubscriber
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: identifier) }
+        }
+        return stream
     }
 
     /// Starts a graceful shutdown: stop fetching, finish in-flight work (up to `shutdownTimeout`), commit,
     /// leave the group; ``run()`` then returns. Graceful shutdown of a service group does the same.
     public func shutdown() {
-        state.withLock { $0.shuttingDown = true }
-        beacon.notify()
+        let inputs = state.withLock { state -> AsyncStream<Input>.Continuation? in
+            state.shutdownRequested = true
+            return state.inputs
+        }
+        inputs?.yield(.shutdownRequested)
+    }
+
+    /// An operator reset of a shard: a tripped or backing-off shard starts now with a clean history.
+    /// Returns false when this host does not have the shard.
+    public func reset(_ topicPartition: TopicPartition) async -> Bool {
+        guard let inputs = state.withLock({ $0.inputs }) else { return false }
+        return await withCheckedContinuation { continuation in
+            inputs.yield(.reset(topicPartition, continuation))
+        }
     }
 
     /// Joins the group and runs shards until shutdown.
@@ -79,44 +144,51 @@ public final class SluiceHost: Service, Sendable {
     ///   Kafka client cannot be created (a bad librdkafka property is named).
     public func run() async throws {
         let handlers = try startOnce()
-        let consumer = try KafkaConsumer(configuration: configuration.consumerConfiguration(), logger: logger)
+        await flags.refresh()
+        let flags = self.flags
+        let consumer = try KafkaConsumer(
+            configuration: configuration.consumerConfiguration(),
+            initialPauseReasons: { flags.setting(for: $0).enabled ? [] : [.flag] },
+            logger: logger)
         let needsDeadLetters = configuration.topics.values.contains { $0.onFailure.then == .deadLetter }
         let producer = needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
-        let deadLetters = producer.map { KafkaDeadLetterSink(producer: $0) }
-        state.withLock { $0.consumer = consumer }
+        let (inputs, input) = AsyncStream.makeStream(of: Input.self)
+        let alreadyShuttingDown = state.withLock { state -> Bool in
+            state.consumer = consumer
+            state.inputs = input
+            return state.shutdownRequested
+        }
+        if alreadyShuttingDown { input.yield(.shutdownRequested) }
         try await consumer.subscribe(topics: handlers.keys.sorted())
         logger.info("host started", metadata: ["kafka.group": "\(configuration.kafka.group)", "kafka.topics": "\(handlers.keys.sorted())"])
 
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.shutdownWhenRequested(consumer: consumer, producer: producer) }
-                for await event in consumer.events {
-                    switch event {
-                    case .assigned(let partitions):
-                        for topicPartition in partitions {
-                            guard let handler = handlers[topicPartition.topic],
-                                let messages = consumer.messages(for: topicPartition)
-                            else { continue }
-                            let pipeline = makePipeline(topicPartition, handler: handler, consumer: consumer, deadLetters: deadLetters)
-                            group.addTask {
-                                await self.runShard(pipeline, messages: messages, consumer: consumer)
-                            }
-                        }
-                    case .revoked(let revocation):
-                        group.addTask { await self.drainRevoked(revocation) }
-                    case .lost(let partitions):
-                        release(partitions)
-                    case .error(let error):
-                        logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)"])
-                    }
+                group.addTask {
+                    for await event in consumer.events { input.yield(.kafka(event)) }
+                    input.yield(.consumerClosed)
                 }
-                // The consumer closed: shutdown is complete or the task was cancelled.
-                shutdown()
+                group.addTask { await flags.run { input.yield(.flagsChanged) } }
+                var loop = SupervisorLoop(
+                    host: self, handlers: handlers, consumer: consumer, producer: producer,
+                    deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) }, input: input, logger: logger)
+                for await item in inputs {
+                    await loop.handle(item, group: &group)
+                    if loop.finished { break }
+                }
+                group.cancelAll()
             }
         } onGracefulShutdown: {
             self.shutdown()
         }
+        input.finish()
+        let subscribers = state.withLock { state in
+            state.inputs = nil
+            defer { state.subscribers.removeAll() }
+            return Array(state.subscribers.values)
+        }
+        for subscriber in subscribers { subscriber.finish() }
         logger.info("host stopped")
     }
 
@@ -159,74 +231,58 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    private func makePipeline(
-        _ topicPartition: TopicPartition,
-        handler: AnyHandler,
-        consumer: KafkaConsumer,
-        deadLetters: (any DeadLetterSink)?
-    ) -> ShardPipeline {
+    // MARK: Used by the supervisor loop
+
+    /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
+    func nextPipelineID() -> UInt64 { pipelineIDs.add(1, ordering: .relaxed).newValue }
+
+    func publish(_ event: ShardEvent) {
+        let subscribers = state.withLock { Array($0.subscribers.values) }
+        for subscriber in subscribers { subscriber.yield(event) }
+    }
+
+    func updateView(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
         state.withLock { state in
-            state.nextGeneration += 1
-            let pipeline = ShardPipeline(
-                topicPartition: topicPartition, generation: state.nextGeneration,
-                configuration: configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
-                handler: handler, deadLetters: deadLetters,
-                flowControl: ConsumerFlowControl(consumer: consumer, topicPartition: topicPartition),
-                drainTimeout: configuration.drainTimeout, logger: logger)
-            state.shards[topicPartition] = ShardEntry(generation: state.nextGeneration, pipeline: pipeline)
-            if state.shuttingDown { pipeline.requestStop() }
-            return pipeline
+            var view = state.views[supervisor.topicPartition] ?? ShardView(
+                status: ShardStatus(
+                    topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
+                    lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
+                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil),
+                pipeline: nil)
+            // Fold the counters of a pipeline that is being replaced into the shard's totals.
+            if let old = view.pipeline, old !== supervisor.pipeline {
+                let counters = old.counters
+                view.status.processed += counters.processed
+                view.status.failed += counters.failed
+                view.status.skipped += counters.skipped
+                view.status.deadLettered += counters.deadLettered
+                view.status.inFlight = 0
+            }
+            view.pipeline = supervisor.pipeline
+            view.status.generation = supervisor.pipeline?.generation ?? view.status.generation
+            view.status.state = supervisor.state
+            view.status.attempt = supervisor.machine.attempt
+            view.status.lastError = supervisor.lastError
+            view.status.flag = supervisor.flag
+            if let storedOffset { view.status.storedOffset = storedOffset }
+            state.views[supervisor.topicPartition] = view
         }
     }
 
-    // MARK: Shards
-
-    private func runShard(_ pipeline: ShardPipeline, messages: KafkaPartitionMessages, consumer: KafkaConsumer) async {
-        let topicPartition = pipeline.topicPartition
-        let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { group in
-            // Stores the watermark as it advances, so periodic commits carry progress.
-            group.addTask {
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(100))
-                    self.storeWatermark(pipeline, consumer: consumer)
-                }
-                return nil
-            }
-            group.addTask { await pipeline.run(source: ShardSource(messages: messages)) }
-            var outcome: ShardPipeline.Outcome?
-            for await result in group where result != nil {
-                outcome = result
-                group.cancelAll()
-            }
-            return outcome ?? .sourceEnded
-        }
-        storeWatermark(pipeline, consumer: consumer)
-        if case .crashed(let crash) = outcome {
-            // Until the supervisor restarts it, a crashed shard stays stopped at the failing offset.
-            await consumer.pause(topicPartition, reason: .breaker)
-            logger.error(
-                "shard crashed and stays stopped",
-                metadata: ["kafka.topic": "\(topicPartition.topic)", "kafka.partition": "\(topicPartition.partition)", "sluice.crash": "\(crash)"])
-        }
-        state.withLock { state in
-            guard var entry = state.shards[topicPartition], entry.generation == pipeline.generation else { return }
-            entry.finished = true
-            if case .crashed(let crash) = outcome { entry.state = .crashed(crash) } else { entry.state = .stopped }
-            state.shards[topicPartition] = entry
-        }
-        beacon.notify()
+    func removeView(_ topicPartition: TopicPartition) {
+        _ = state.withLock { $0.views.removeValue(forKey: topicPartition) }
     }
 
-    /// Stores the pipeline's watermark if it advanced and the shard is still the partition's current one.
-    private func storeWatermark(_ pipeline: ShardPipeline, consumer: KafkaConsumer) {
+    /// Stores the pipeline's watermark if it advanced and the pipeline is still its shard's current one.
+    func storeWatermark(_ pipeline: ShardPipeline, consumer: KafkaConsumer) {
         guard let watermark = pipeline.watermark else { return }
         let topicPartition = pipeline.topicPartition
         let store = state.withLock { state -> Bool in
-            guard var entry = state.shards[topicPartition], entry.generation == pipeline.generation,
-                entry.storedOffset != watermark
+            guard var view = state.views[topicPartition], view.pipeline === pipeline,
+                view.status.storedOffset != watermark
             else { return false }
-            entry.storedOffset = watermark
-            state.shards[topicPartition] = entry
+            view.status.storedOffset = watermark
+            state.views[topicPartition] = view
             return true
         }
         guard store else { return }
@@ -235,103 +291,5 @@ public final class SluiceHost: Service, Sendable {
         } catch {
             logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
         }
-    }
-
-    private func drainRevoked(_ revocation: KafkaRevocation) async {
-        let partitions = revocation.partitions
-        let pipelines = state.withLock { state in
-            partitions.compactMap { topicPartition -> ShardPipeline? in
-                guard var entry = state.shards[topicPartition] else { return nil }
-                if case .running = entry.state { entry.state = .draining }
-                state.shards[topicPartition] = entry
-                return entry.pipeline
-            }
-        }
-        // Their message sequences have ended; the pipelines finish what is in flight.
-        let deadline = ContinuousClock.now + configuration.revokeTimeout
-        let drained = await beacon.waitUntil(deadline: deadline) {
-            self.state.withLock { state in partitions.allSatisfy { state.shards[$0]?.finished ?? true } }
-        }
-        if !drained {
-            logger.warning("revoked shards did not drain in time; releasing them", metadata: ["kafka.partitions": "\(partitions)"])
-            for pipeline in pipelines { pipeline.requestStop() }
-        }
-        release(partitions)
-        revocation.done()
-    }
-
-    /// Forgets shards: their late completions are never stored.
-    private func release(_ partitions: [TopicPartition]) {
-        state.withLock { state in
-            for topicPartition in partitions { state.shards[topicPartition] = nil }
-        }
-        beacon.notify()
-    }
-
-    // MARK: Shutdown
-
-    private func shutdownWhenRequested(consumer: KafkaConsumer, producer: KafkaProducer?) async {
-        _ = await beacon.waitUntil { self.state.withLock { $0.shuttingDown } }
-        logger.info("host shutting down: draining shards")
-        let entries = state.withLock { state in
-            for (topicPartition, var entry) in state.shards where entry.state == .running {
-                entry.state = .draining
-                state.shards[topicPartition] = entry
-            }
-            return state.shards
-        }
-        for (topicPartition, entry) in entries {
-            entry.pipeline.requestStop()
-            await consumer.pause(topicPartition, reason: .draining)
-        }
-        let drained = await beacon.waitUntil(deadline: .now + configuration.shutdownTimeout) {
-            self.state.withLock { $0.shards.values.allSatisfy(\.finished) }
-        }
-        if !drained { logger.warning("shards did not drain within shutdownTimeout; committing what completed") }
-        for entry in entries.values { storeWatermark(entry.pipeline, consumer: consumer) }
-        do {
-            try await consumer.commit()
-        } catch {
-            logger.warning("final commit failed", metadata: ["kafka.error": "\(error)"])
-        }
-        await consumer.close()
-        await producer?.close()
-    }
-}
-
-extension ShardState {
-    fileprivate static func == (lhs: ShardState, rhs: ShardState) -> Bool {
-        switch (lhs, rhs) {
-        case (.running, .running), (.draining, .draining), (.stopped, .stopped): true
-        case (.crashed(let left), .crashed(let right)): left == right
-        default: false
-        }
-    }
-}
-
-/// Pauses and resumes a shard's partition for back-pressure.
-struct ConsumerFlowControl: ShardFlowControl {
-    let consumer: KafkaConsumer
-    let topicPartition: TopicPartition
-
-    func pauseForBackpressure() async { await consumer.pause(topicPartition, reason: .backpressure) }
-    func resumeAfterBackpressure() async { await consumer.resume(topicPartition, reason: .backpressure) }
-}
-
-/// A partition's batches as ``Message`` batches.
-struct ShardSource: AsyncSequence, Sendable {
-    typealias Element = [Message]
-    typealias Failure = Never
-    let messages: KafkaPartitionMessages
-
-    func makeAsyncIterator() -> Iterator { Iterator(base: messages.makeAsyncIterator()) }
-
-    struct Iterator: AsyncIteratorProtocol {
-        let base: KafkaPartitionMessages.Iterator
-        func next() async -> [Message]? {
-            var base = base
-            return await base.next().map { batch in batch.map(Message.init) }
-        }
-        mutating func next(isolation actor: isolated (any Actor)?) async -> [Message]? { await next() }
     }
 }

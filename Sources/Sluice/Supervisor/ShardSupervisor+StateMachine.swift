@@ -279,6 +279,3 @@ extension ShardSupervisor {
         }
     }
 }
-
-/// Owns the supervision of the host's shards (placeholder namespace until the supervisor type lands).
-public enum ShardSupervisor {}

@@ -1,0 +1,374 @@
+import Logging
+import Metrics
+import SluiceKafka
+
+/// The host's supervisor: one loop that owns every shard's state machine. Each input (a Kafka event, a
+/// pipeline that ended, a timer, a flag change, a reset, a shutdown) is handled to completion before the
+/// next, so shard state needs no locks; long work runs in child tasks of the host's task group, which
+/// report back as inputs.
+struct SupervisorLoop {
+    let host: SluiceHost
+    let handlers: [String: AnyHandler]
+    let consumer: KafkaConsumer
+    let producer: KafkaProducer?
+    let deadLetters: (any DeadLetterSink)?
+    let input: AsyncStream<SluiceHost.Input>.Continuation
+    let logger: Logger
+    private var shards: [TopicPartition: ShardSupervisor] = [:]
+    private var revocations: [UInt64: (revocation: KafkaRevocation, partitions: [TopicPartition])] = [:]
+    private var nextIdentifier: UInt64 = 0
+    private var shuttingDown = false
+    private var closing = false
+    private(set) var finished = false
+    private let stateGauges: [String: Gauge]
+
+    private static let stateNames = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
+
+    init(
+        host: SluiceHost, handlers: [String: AnyHandler], consumer: KafkaConsumer, producer: KafkaProducer?,
+        deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation, logger: Logger
+    ) {
+        self.host = host
+        self.handlers = handlers
+        self.consumer = consumer
+        self.producer = producer
+        self.deadLetters = deadLetters
+        self.input = input
+        self.logger = logger
+        var gauges: [String: Gauge] = [:]
+        for name in Self.stateNames { gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)]) }
+        self.stateGauges = gauges
+    }
+
+    mutating func handle(_ item: SluiceHost.Input, group: inout TaskGroup<Void>) async {
+        switch item {
+        case .kafka(.assigned(let partitions)):
+            for topicPartition in partitions { await assign(topicPartition, group: &group) }
+        case .kafka(.revoked(let revocation)):
+            await revoke(revocation, group: &group)
+        case .kafka(.lost(let partitions)):
+            for topicPartition in partitions { lose(topicPartition) }
+        case .kafka(.error(let error)):
+            logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)"])
+        case .consumerClosed:
+            finished = true
+        case .pipelineEnded(let topicPartition, let pipelineID, let outcome):
+            await pipelineEnded(topicPartition, pipelineID: pipelineID, outcome: outcome, group: &group)
+        case .timer(let topicPartition, let token):
+            guard shards[topicPartition]?.timerToken == token else { break }
+            await transition(topicPartition, group: &group) { $0.timerFired(now: .now) }
+        case .flagsChanged:
+            await flagsChanged(group: &group)
+        case .reset(let topicPartition, let reply):
+            guard shards[topicPartition] != nil else {
+                reply.resume(returning: false)
+                break
+            }
+            logger.info("operator reset", metadata: metadata(topicPartition))
+            await transition(topicPartition, group: &group) { $0.reset(now: .now) }
+            reply.resume(returning: true)
+        case .revocationDeadline(let identifier):
+            forceRevocation(identifier)
+        case .shutdownRequested:
+            await beginShutdown(group: &group)
+        case .shutdownDeadline:
+            if !closing {
+                logger.warning("shards did not drain within shutdownTimeout; committing what completed")
+                for shard in shards.values { shard.pipeline?.requestStop() }
+                startClose(group: &group)
+            }
+        }
+        finishRevocations()
+        if shuttingDown, !closing, shards.values.allSatisfy({ $0.machine.state == .stopped }) {
+            startClose(group: &group)
+        }
+        recordStateGauges()
+    }
+
+    // MARK: Assignment and revocation
+
+    private mutating func assign(_ topicPartition: TopicPartition, group: inout TaskGroup<Void>) async {
+        // During shutdown the consumer's close revokes what it is given.
+        guard !shuttingDown, handlers[topicPartition.topic] != nil,
+            let messages = consumer.messages(for: topicPartition)
+        else { return }
+        let flag = host.flags.setting(for: topicPartition)
+        let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
+        shards[topicPartition] = ShardSupervisor(topicPartition: topicPartition, policy: policy, flag: flag, messages: messages)
+        await transition(topicPartition, group: &group) { $0.assigned() }
+    }
+
+    private mutating func revoke(_ revocation: KafkaRevocation, group: inout TaskGroup<Void>) async {
+        nextIdentifier += 1
+        let identifier = nextIdentifier
+        revocations[identifier] = (revocation, revocation.partitions)
+        for topicPartition in revocation.partitions where shards[topicPartition] != nil {
+            await transition(topicPartition, group: &group) { $0.stop() }
+        }
+        let deadline = ContinuousClock.now + host.configuration.revokeTimeout
+        group.addTask { [input] in
+            try? await Task.sleep(until: deadline)
+            if !Task.isCancelled { input.yield(.revocationDeadline(identifier)) }
+        }
+    }
+
+    /// Releases revocations whose shards have all stopped: their offsets are stored, the consumer commits
+    /// and releases the partitions.
+    private mutating func finishRevocations() {
+        for (identifier, entry) in revocations {
+            let drained = entry.partitions.allSatisfy { shards[$0].map { $0.machine.state == .stopped } ?? true }
+            if drained { release(identifier) }
+        }
+    }
+
+    private mutating func forceRevocation(_ identifier: UInt64) {
+        guard let entry = revocations[identifier] else { return }
+        logger.warning("revoked shards did not drain in time; releasing them", metadata: ["kafka.partitions": "\(entry.partitions)"])
+        for topicPartition in entry.partitions { shards[topicPartition]?.pipeline?.requestStop() }
+        release(identifier)
+    }
+
+    private mutating func release(_ identifier: UInt64) {
+        guard let entry = revocations.removeValue(forKey: identifier) else { return }
+        for topicPartition in entry.partitions {
+            guard shards.removeValue(forKey: topicPartition) != nil else { continue }
+            host.removeView(topicPartition)
+        }
+        entry.revocation.done()
+    }
+
+    private mutating func lose(_ topicPartition: TopicPartition) {
+        guard let shard = shards.removeValue(forKey: topicPartition) else { return }
+        // Another member may own it already: nothing of it is stored or committed from here on.
+        host.removeView(topicPartition)
+        shard.pipeline?.requestStop()
+        publish(topicPartition, ShardEvent.Kind.stopped(.released))
+    }
+
+    // MARK: Pipelines
+
+    private mutating func pipelineEnded(
+        _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome, group: inout TaskGroup<Void>
+    ) async {
+        guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
+        shard.restartOffset = pipeline.watermark ?? shard.restartOffset
+        shard.pipeline = nil
+        if case .crashed(let crash) = outcome { shard.lastError = crash.description }
+        shards[topicPartition] = shard
+        host.updateView(shard)
+        switch outcome {
+        case .crashed(let crash):
+            shard.crashes.increment()
+            await transition(topicPartition, group: &group) {
+                $0.crashed(now: .now, reason: crash.description, jitter: Double.random(in: 0...1))
+            }
+        case .stopped, .sourceEnded:
+            await transition(topicPartition, group: &group) { $0.drained() }
+        }
+    }
+
+    private func startPipeline(_ shard: ShardSupervisor, group: inout TaskGroup<Void>) -> ShardPipeline {
+        let topicPartition = shard.topicPartition
+        let pipeline = ShardPipeline(
+            topicPartition: topicPartition, generation: host.nextPipelineID(),
+            configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
+            handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
+            flowControl: ConsumerFlowControl(consumer: consumer, topicPartition: topicPartition),
+            drainTimeout: host.configuration.drainTimeout, logger: logger)
+        let messages = shard.messages
+        group.addTask { [host, consumer, input] in
+            let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in
+                // Stores the watermark as it advances, so periodic commits carry progress.
+                inner.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(100))
+                        host.storeWatermark(pipeline, consumer: consumer)
+                    }
+                    return nil
+                }
+                inner.addTask { await pipeline.run(source: ShardSource(messages: messages)) }
+                var outcome: ShardPipeline.Outcome?
+                for await result in inner where result != nil {
+                    outcome = result
+                    inner.cancelAll()
+                }
+                return outcome ?? .sourceEnded
+            }
+            host.storeWatermark(pipeline, consumer: consumer)
+            input.yield(.pipelineEnded(topicPartition, pipeline: pipeline.generation, outcome))
+        }
+        return pipeline
+    }
+
+    // MARK: Flags
+
+    private mutating func flagsChanged(group: inout TaskGroup<Void>) async {
+        for topicPartition in shards.keys.sorted() {
+            guard var shard = shards[topicPartition] else { continue }
+            let setting = host.flags.setting(for: topicPartition)
+            guard setting != shard.flag else { continue }
+            let changed = setting.enabled != shard.flag.enabled
+            shard.flag = setting
+            shards[topicPartition] = shard
+            host.updateView(shard)
+            guard changed else { continue }
+            logger.info(
+                "flag changed",
+                metadata: metadata(topicPartition, [
+                    "sluice.flag": "\(setting.enabled ? "on" : "off")", "sluice.flagSource": "\(setting.source)",
+                    "sluice.flagReason": "\(setting.reason ?? "")",
+                ]))
+            publish(topicPartition, .flagChanged(enabled: setting.enabled, source: setting.source, reason: setting.reason))
+            await transition(topicPartition, group: &group) { $0.flagChanged(on: setting.enabled) }
+        }
+    }
+
+    // MARK: Shutdown
+
+    private mutating func beginShutdown(group: inout TaskGroup<Void>) async {
+        guard !shuttingDown else { return }
+        shuttingDown = true
+        logger.info("host shutting down: draining shards")
+        for topicPartition in shards.keys.sorted() {
+            await consumer.pause(topicPartition, reason: .draining)
+            await transition(topicPartition, group: &group) { $0.stop() }
+        }
+        let deadline = ContinuousClock.now + host.configuration.shutdownTimeout
+        group.addTask { [input] in
+            try? await Task.sleep(until: deadline)
+            if !Task.isCancelled { input.yield(.shutdownDeadline) }
+        }
+    }
+
+    private mutating func startClose(group: inout TaskGroup<Void>) {
+        closing = true
+        group.addTask { [consumer, producer, logger] in
+            do {
+                try await consumer.commit()
+            } catch {
+                logger.warning("final commit failed", metadata: ["kafka.error": "\(error)"])
+            }
+            await consumer.close()
+            await producer?.close()
+        }
+    }
+
+    // MARK: Acting on the state machine
+
+    /// Runs one event through a shard's state machine and carries out the actions it returns.
+    private mutating func transition(
+        _ topicPartition: TopicPartition,
+        group: inout TaskGroup<Void>,
+        _ event: (inout ShardSupervisor.StateMachine<ContinuousClock.Instant>) -> ShardSupervisor.StateMachine<ContinuousClock.Instant>.Actions
+    ) async {
+        guard shards[topicPartition] != nil else { return }
+        var pending = [event(&shards[topicPartition]!.machine)]
+        while let actions = pending.popLast() {
+            guard var shard = shards[topicPartition] else { return }
+            for reason in actions.pause { await consumer.pause(topicPartition, reason: reason) }
+            for reason in actions.resume { await consumer.resume(topicPartition, reason: reason) }
+            if actions.commit {
+                if let pipeline = shard.pipeline { host.storeWatermark(pipeline, consumer: consumer) }
+                group.addTask { [consumer] in try? await consumer.commit() }
+            }
+            if actions.stopPipeline { shard.pipeline?.requestStop() }
+            if let start = actions.startPipeline {
+                if start.seekToCommitted {
+                    // From where the last pipeline got to; with no progress at all, from the committed offset.
+                    let offset = shard.restartOffset ?? KafkaConsumer.committedOffset
+                    do {
+                        try await consumer.seek(topicPartition, to: offset)
+                    } catch {
+                        logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(error)"]))
+                    }
+                    shard.restarts.increment()
+                }
+                shard.pipeline = startPipeline(shard, group: &group)
+                pending.append(shard.machine.started(now: .now))
+            }
+            if let wakeAt = actions.wakeAt {
+                shard.timerToken += 1
+                let token = shard.timerToken
+                group.addTask { [input] in
+                    try? await Task.sleep(until: wakeAt)
+                    if !Task.isCancelled { input.yield(.timer(topicPartition, token: token)) }
+                }
+            }
+            shard.attemptGauge.record(shard.machine.attempt)
+            shards[topicPartition] = shard
+            host.updateView(shard)
+            for event in actions.events { publish(topicPartition, event) }
+        }
+    }
+
+    private func publish(_ topicPartition: TopicPartition, _ event: ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event) {
+        let kind: ShardEvent.Kind
+        switch event {
+        case .started(let attempt, let probe):
+            kind = .started(attempt: attempt, probe: probe)
+            logger.info(probe ? "shard started (half-open probe)" : "shard started", metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)"]))
+        case .stopped(let reason):
+            kind = .stopped(reason)
+            logger.info("shard stopped", metadata: metadata(topicPartition, ["sluice.reason": "\(reason.rawValue)"]))
+        case .crashed(let reason, let attempt):
+            kind = .crashed(reason: reason, attempt: attempt)
+            logger.error("shard crashed", metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)", "error": "\(reason)"]))
+        case .backingOff(let until):
+            kind = .backingOff(until: until)
+            logger.warning("shard backing off", metadata: metadata(topicPartition, ["sluice.restartIn": "\(until - .now)"]))
+        case .tripped(let reason):
+            kind = .tripped(reason: reason)
+            logger.error("shard tripped: stays down until a flag cycle, a reset or a probe", metadata: metadata(topicPartition, ["error": "\(reason)"]))
+        case .reset:
+            kind = .reset
+        case .healthy:
+            kind = .healthy
+            logger.info("shard healthy again", metadata: metadata(topicPartition))
+        }
+        host.publish(ShardEvent(topicPartition: topicPartition, kind: kind))
+    }
+
+    private func publish(_ topicPartition: TopicPartition, _ kind: ShardEvent.Kind) {
+        host.publish(ShardEvent(topicPartition: topicPartition, kind: kind))
+    }
+
+    private func recordStateGauges() {
+        var counts: [String: Int] = [:]
+        for shard in shards.values { counts[shard.state.name, default: 0] += 1 }
+        for (name, gauge) in stateGauges { gauge.record(counts[name, default: 0]) }
+    }
+
+    private func metadata(_ topicPartition: TopicPartition, _ extra: Logger.Metadata = [:]) -> Logger.Metadata {
+        var result = extra
+        result["kafka.topic"] = "\(topicPartition.topic)"
+        result["kafka.partition"] = "\(topicPartition.partition)"
+        return result
+    }
+}
+
+/// Pauses and resumes a shard's partition for back-pressure.
+struct ConsumerFlowControl: ShardFlowControl {
+    let consumer: KafkaConsumer
+    let topicPartition: TopicPartition
+
+    func pauseForBackpressure() async { await consumer.pause(topicPartition, reason: .backpressure) }
+    func resumeAfterBackpressure() async { await consumer.resume(topicPartition, reason: .backpressure) }
+}
+
+/// A partition's batches as ``Message`` batches.
+struct ShardSource: AsyncSequence, Sendable {
+    typealias Element = [Message]
+    typealias Failure = Never
+    let messages: KafkaPartitionMessages
+
+    func makeAsyncIterator() -> Iterator { Iterator(base: messages.makeAsyncIterator()) }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let base: KafkaPartitionMessages.Iterator
+        func next() async -> [Message]? {
+            var base = base
+            return await base.next().map { batch in batch.map(Message.init) }
+        }
+        mutating func next(isolation actor: isolated (any Actor)?) async -> [Message]? { await next() }
+    }
+}

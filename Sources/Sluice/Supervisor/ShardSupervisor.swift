@@ -1,0 +1,45 @@
+import Metrics
+import SluiceKafka
+
+/// One shard under supervision: its state machine, its current pipeline, and its metric handles. Owned
+/// by the host's supervisor loop and touched only there.
+struct ShardSupervisor {
+    let topicPartition: TopicPartition
+    var machine: StateMachine<ContinuousClock.Instant>
+    let messages: KafkaPartitionMessages
+    var pipeline: ShardPipeline?
+    /// The offset the last pipeline got to (everything before it done): where a restart seeks to.
+    var restartOffset: Int64?
+    var flag: FlagSetting
+    var lastError: String?
+    /// Identifies the armed timer; a firing with an older token is ignored.
+    var timerToken: UInt64 = 0
+    let crashes: Counter
+    let restarts: Counter
+    let attemptGauge: Gauge
+
+    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: KafkaPartitionMessages) {
+        self.topicPartition = topicPartition
+        self.machine = StateMachine(policy: policy, flagOn: flag.enabled)
+        self.messages = messages
+        self.flag = flag
+        let topic = [("topic", topicPartition.topic)]
+        crashes = Counter(label: "sluice_shard_crashes_total", dimensions: topic)
+        restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic)
+        attemptGauge = Gauge(
+            label: "sluice_shard_attempt", dimensions: topic + [("partition", String(topicPartition.partition))])
+    }
+
+    /// The public view of the machine's state.
+    var state: ShardState {
+        switch machine.state {
+        case .created, .starting: .starting
+        case .running: .running
+        case .draining: .draining
+        case .off: .off
+        case .backingOff(let attempt, let until): .backingOff(attempt: attempt, until: until)
+        case .tripped(let since, let reason, _): .tripped(since: since, reason: reason)
+        case .stopped: .stopped
+        }
+    }
+}
