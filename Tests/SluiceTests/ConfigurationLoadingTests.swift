@@ -80,6 +80,36 @@ struct ConfigurationLoadingTests {
         #expect(configuration.drainTimeout == .seconds(3))
     }
 
+    @Test("breaker presets and fields, and the flags section")
+    func breakerAndFlags() async throws {
+        let yaml = """
+            kafka: {bootstrap: b, group: g}
+            flags: {pollInterval: 500ms, default: on, file: flags.yaml}
+            topics:
+              latched: {breaker: latched}
+              tuned:
+                breaker: {preset: fuse, restartBackoff: 2s..1m, trip: {crashes: 3, within: 5m}, cooldown: 15m, healthyAfter: 2m}
+              forever: {breaker: {trip: never}}
+              plain: {}
+            """
+        let configuration = try await SluiceConfiguration.load(file: try write(yaml), environment: ["SLUICE_FLAGS_FILE": "/etc/sluice/flags.yaml"])
+        #expect(configuration.flags.pollInterval == .milliseconds(500))
+        #expect(configuration.flags.defaultEnabled)
+        #expect(configuration.flags.file == "/etc/sluice/flags.yaml")
+        #expect(configuration.topics["latched"]?.breaker == .latched)
+        #expect(configuration.topics["tuned"]?.breaker == BreakerPolicy(
+            restartBackoff: .init(initial: .seconds(2), maximum: .seconds(60)), trip: .init(crashes: 3, within: .seconds(300)),
+            cooldown: .seconds(900), healthyAfter: .seconds(120)))
+        #expect(configuration.topics["forever"]?.breaker.trip == nil)
+        #expect(configuration.topics["plain"]?.breaker == .standard)
+        #expect(
+            try await loadError("kafka: {bootstrap: b, group: g}\ntopics:\n  t: {breaker: fast}\n")
+                == "FILE:3:16: topics.t.breaker: unknown breaker preset 'fast'; known: backoff, fuse, latched, standard")
+        #expect(
+            try await loadError("kafka: {bootstrap: b, group: g}\nflags: {default: maybe}\n")
+                == "FILE:2:18: flags.default: expected on or off, got 'maybe'")
+    }
+
     @Test("a topic name with a dot works from the file and from the environment")
     func dottedTopicName() async throws {
         let yaml = "kafka: {bootstrap: b, group: g}\ntopics:\n  orders.v2:\n    processors: 3\n    maxInFlight: 10\n"
@@ -92,7 +122,7 @@ struct ConfigurationLoadingTests {
     @Test("an unknown key names the file, line, column and key path")
     func unknownKey() async throws {
         let message = try await loadError(Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
-        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: batch, deadLetterTopic"))
+        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: batch, breaker, deadLetterTopic"))
     }
 
     @Test("a wrong type, a bad duration, a bad choice each name where and why")
@@ -142,6 +172,6 @@ struct ConfigurationLoadingTests {
             try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
                 == "FILE:15:12: topics.payments.batch: needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
         #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
-        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nflags:\n  file: f.yaml\n").hasPrefix("FILE:4:1: flags: unknown key"))
+        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nadmin:\n  listen: x\n").hasPrefix("FILE:4:1: admin: unknown key"))
     }
 }

@@ -54,15 +54,23 @@ extension SluiceConfiguration {
 struct ConfigurationLayout {
     /// `*` stands for any name (a topic, a librdkafka property).
     static let schema: [String: Set<String>] = [
-        "": ["kafka", "topics", "host"],
+        "": ["kafka", "topics", "host", "flags"],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties"],
         "kafka.properties": ["*"],
         "topics": ["*"],
-        "topics.*": ["ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout"],
+        "topics.*": [
+            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "breaker",
+        ],
+        "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
+        "topics.*.breaker.trip": ["crashes", "within"],
+        "flags": ["pollInterval", "default", "file"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
         "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout"],
     ]
+
+    /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
+    static let scalarOrMapping: Set<String> = ["topics.*.breaker", "topics.*.breaker.trip"]
 
     let file: String
     /// Where each key path is, as `line:column`.
@@ -94,6 +102,7 @@ struct ConfigurationLayout {
             if schemaPath == "topics" { topics.append(key) }
             let childSchema = schemaPath.isEmpty ? key : schemaPath + "." + (isWildcard ? "*" : key)
             if Self.schema[childSchema] != nil {
+                if value.scalar != nil, Self.scalarOrMapping.contains(childSchema) { continue }
                 try walk(value, path: childPath, schemaPath: childSchema)
             } else if value.scalar == nil {
                 throw error(at: value.mark, path: childPath, "expected a single value, not a list or mapping")
@@ -137,6 +146,9 @@ private struct ConfigurationValues {
         configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
         configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
         configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout
+        configuration.flags.pollInterval = try duration(["flags", "pollInterval"]) ?? configuration.flags.pollInterval
+        configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
+        configuration.flags.file = try string(["flags", "file"])
         for topic in layout.topics {
             do {
                 try topics[topic]!.validate(topic: topic)
@@ -165,6 +177,7 @@ private struct ConfigurationValues {
         }
         settings.onFailure.retries = try integer(base + ["onFailure", "retries"]) ?? settings.onFailure.retries
         settings.onFailure.then = try choice(base + ["onFailure", "then"]) ?? settings.onFailure.then
+        settings.breaker = try breaker(base + ["breaker"])
         if let text = try string(base + ["onFailure", "backoff"]) {
             let parts = text.components(separatedBy: "..")
             guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1]) else {
@@ -173,6 +186,46 @@ private struct ConfigurationValues {
             settings.onFailure.backoff = .init(initial: initial, maximum: maximum)
         }
         return settings
+    }
+
+    private func breaker(_ path: [String]) throws -> BreakerPolicy {
+        // `breaker: fuse`, or fields over a preset (default `standard`).
+        let presetName = try string(path) ?? string(path + ["preset"]) ?? "standard"
+        guard var policy = BreakerPolicy.presets[presetName] else {
+            throw problem(path, "unknown breaker preset '\(presetName)'; known: \(BreakerPolicy.presets.keys.sorted().joined(separator: ", "))")
+        }
+        if let text = try string(path + ["restartBackoff"]) {
+            let parts = text.components(separatedBy: "..")
+            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1]) else {
+                throw problem(path + ["restartBackoff"], "expected a range like 1s..5m, got '\(text)'")
+            }
+            policy.restartBackoff = .init(initial: initial, maximum: maximum)
+        }
+        if try string(path + ["trip"]) == "never" {
+            policy.trip = nil
+        } else if let crashes = try integer(path + ["trip", "crashes"]) {
+            policy.trip = .init(crashes: crashes, within: try duration(path + ["trip", "within"]))
+        } else if try string(path + ["trip", "within"]) != nil {
+            throw problem(path + ["trip"], "needs crashes (and optionally within), e.g. {crashes: 5, within: 10m}, or never")
+        }
+        if let text = try string(path + ["cooldown"]) {
+            if text.trimmingWhitespace() == "never" {
+                policy.cooldown = nil
+            } else {
+                policy.cooldown = try duration(path + ["cooldown"])
+            }
+        }
+        policy.healthyAfter = try duration(path + ["healthyAfter"]) ?? policy.healthyAfter
+        return policy
+    }
+
+    private func onOff(_ path: [String]) throws -> Bool? {
+        guard let text = try string(path) else { return nil }
+        switch text.trimmingWhitespace().lowercased() {
+        case "on", "true": return true
+        case "off", "false": return false
+        default: throw problem(path, "expected on or off, got '\(text)'")
+        }
     }
 
     // MARK: Typed reads

@@ -125,5 +125,13 @@ extension TopicConfiguration {
             throw fail("deadLetterTopic", "is required when onFailure.then is deadLetter")
         }
         if handlerTimeout <= .zero { throw fail("handlerTimeout", "must be positive, got \(handlerTimeout)") }
+        let backoff = breaker.restartBackoff
+        if backoff.initial <= .zero || backoff.maximum < backoff.initial {
+            throw fail("breaker.restartBackoff", "needs 0 < initial <= maximum, got \(backoff.initial)..\(backoff.maximum)")
+        }
+        if let trip = breaker.trip, trip.crashes < 1 {
+            throw fail("breaker.trip.crashes", "must be at least 1, got \(trip.crashes)")
+        }
+        if breaker.healthyAfter <= .zero { throw fail("breaker.healthyAfter", "must be positive, got \(breaker.healthyAfter)") }
     }
 }
