@@ -132,14 +132,26 @@ public final class KafkaConsumer: Sendable {
         shared.pauseSnapshot.withLock { $0[topicPartition] ?? [] }
     }
 
-    /// The logical offset ``seek(_:to:)`` understands as "the group's committed offset" (librdkafka's
-    /// `RD_KAFKA_OFFSET_STORED`; `auto.offset.reset` applies when nothing is committed).
+    /// The offset ``seek(_:to:)`` understands as "the group's committed offset"; with nothing committed,
+    /// where `auto.offset.reset` points. (librdkafka 2.0.2 does not resolve its own logical
+    /// `RD_KAFKA_OFFSET_STORED` in a seek of a paused partition, so the consumer resolves it first.)
     public static let committedOffset = Int64(RD_KAFKA_OFFSET_STORED)
 
-    /// Moves the partition's fetch position to `offset` and drops the messages buffered for it.
+    /// Moves the partition's fetch position to `offset` (or ``committedOffset``) and drops the messages
+    /// buffered for it.
     public func seek(_ topicPartition: TopicPartition, to offset: Int64) async throws {
+        var target = offset
+        if offset == Self.committedOffset {
+            if let committed = try await committedOffsets(for: [topicPartition])[topicPartition] {
+                target = committed
+            } else {
+                let watermarks = try await queryWatermarks(for: topicPartition)
+                target = shared.configuration.autoOffsetReset == .earliest ? watermarks.low : watermarks.high
+            }
+        }
+        let position = TopicPartitionOffset(topicPartition, offset: target)
         try await withCheckedThrowingContinuation { continuation in
-            shared.send(.seek(TopicPartitionOffset(topicPartition, offset: offset), continuation))
+            shared.send(.seek(position, continuation))
         }
     }
 

@@ -270,3 +270,27 @@ extension KafkaConsumerTests {
         await driver.value
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("seek to the committed offset rewinds a paused partition to it; resume reads from there")
+    func seekToCommitted() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["replay": 1])
+        try await TestSupport.produce(cluster, topic: "replay", partitions: 1, count: 100)
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["replay"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received, storeOffsets: false) }
+        let partition = TopicPartition("replay", 0)
+        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try consumer.storeOffsets([TopicPartitionOffset(partition, offset: 60)])
+        try await consumer.commit()
+        await consumer.pause(partition, reason: .breaker)
+        try await consumer.seek(partition, to: KafkaConsumer.committedOffset)
+        await consumer.resume(partition, reason: .breaker)
+        try await TestSupport.eventually("the 40 after the committed offset again") { received.total == 140 }
+        #expect(received.byPartition[partition]?.suffix(40).map(\.offset) == Array(60..<100))
+        await consumer.close()
+        await driver.value
+    }
+}

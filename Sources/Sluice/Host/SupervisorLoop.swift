@@ -273,7 +273,7 @@ struct SupervisorLoop {
             }
             if actions.stopPipeline { shard.pipeline?.requestStop() }
             if let start = actions.startPipeline {
-                if start.seekToCommitted {
+                if start.seekToCommitted, shard.hasRun {
                     // From where the last pipeline got to; with no progress at all, from the committed offset.
                     let offset = shard.restartOffset ?? KafkaConsumer.committedOffset
                     do {
@@ -284,6 +284,7 @@ struct SupervisorLoop {
                     shard.restarts.increment()
                 }
                 shard.pipeline = startPipeline(shard, group: &group)
+                shard.hasRun = true
                 pending.append(shard.machine.started(now: .now))
             }
             if let wakeAt = actions.wakeAt {

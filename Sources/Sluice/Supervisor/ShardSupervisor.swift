@@ -10,6 +10,9 @@ struct ShardSupervisor {
     var pipeline: ShardPipeline?
     /// The offset the last pipeline got to (everything before it done): where a restart seeks to.
     var restartOffset: Int64?
+    /// Whether a pipeline has run in this assignment; before that the partition's messages are untouched
+    /// and a start needs no seek.
+    var hasRun = false
     var flag: FlagSetting
     var lastError: String?
     /// Identifies the armed timer; a firing with an older token is ignored.

@@ -1,0 +1,286 @@
+import Foundation
+import Logging
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+/// Collects a host's shard events.
+final class EventLog: Sendable {
+    let events = Locked<[ShardEvent]>([])
+    private let task: Locked<Task<Void, Never>?> = Locked(nil)
+
+    init(_ host: SluiceHost) {
+        let stream = host.events()
+        let events = self.events
+        task.withLock { $0 = Task { for await event in stream { events.withLock { $0.append(event) } } } }
+    }
+
+    func of(_ topicPartition: TopicPartition) -> [ShardEvent.Kind] {
+        events.value.filter { $0.topicPartition == topicPartition }.map(\.kind)
+    }
+}
+
+extension ShardEvent.Kind {
+    var name: String {
+        switch self {
+        case .started(_, let probe): probe ? "probe" : "started"
+        case .stopped(let reason): "stopped(\(reason.rawValue))"
+        case .crashed: "crashed"
+        case .backingOff: "backingOff"
+        case .tripped: "tripped"
+        case .reset: "reset"
+        case .healthy: "healthy"
+        case .flagChanged(let enabled, _, _): enabled ? "flag(on)" : "flag(off)"
+        }
+    }
+}
+
+@Suite("Supervisor: breaker and flags against the embedded cluster", .timeLimit(.minutes(2)))
+struct SupervisorTests {
+    func flagFile(_ text: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func configuration(
+        _ cluster: EmbeddedKafkaCluster, group: String, topics: [String: TopicConfiguration], flagFile: String? = nil,
+        pollInterval: Duration = .milliseconds(200)
+    ) -> SluiceConfiguration {
+        var configuration = HostFixture.configuration(cluster, group: group, topics: topics)
+        configuration.flags.file = flagFile
+        configuration.flags.pollInterval = pollInterval
+        return configuration
+    }
+
+    @Test("orders: off stops every orders shard within 2 poll intervals and commits; payments keeps going; on resumes, nothing lost")
+    func topicFlagOffAndOn() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4, "payments": 2])
+        let flags = try flagFile("{}")
+        let group = HostFixture.uniqueGroup()
+        let host = SluiceHost(
+            configuration: configuration(
+                cluster, group: group, topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()],
+                flagFile: flags, pollInterval: .seconds(1)),
+            logger: HostFixture.logger)
+        let orders = HandledMessages()
+        let payments = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in orders.append(message) })
+        host.register("payments", ClosureHandler { message, _ in payments.append(message) })
+        let running = Task { try await host.run() }
+        try await HostFixture.produce(cluster, topic: "orders", count: 400, keys: 40)
+        try await HostFixture.eventually("orders handled") { orders.count == 400 }
+
+        try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        let flipped = ContinuousClock.now
+        try await HostFixture.eventually("every orders shard off", timeout: .seconds(5)) {
+            host.shards.filter { $0.topicPartition.topic == "orders" }.allSatisfy { $0.state == .off }
+        }
+        let reaction = ContinuousClock.now - flipped
+        #expect(reaction <= .seconds(2), "flag-off reaction \(reaction) within 2 poll intervals")
+        print("flag-off reaction (poll interval 1 s): \(reaction)")
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+        #expect(committed.values.reduce(0, +) == 400, "drained shards committed everything they handled")
+
+        try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 40)
+        try await HostFixture.produce(cluster, topic: "payments", count: 200, keys: 20)
+        try await HostFixture.eventually("payments keep consuming") { payments.count == 200 }
+        #expect(orders.count == 400, "orders stay stopped")
+        for shard in host.shards where shard.topicPartition.topic == "orders" {
+            #expect(shard.pauseReasons == [.flag])
+        }
+
+        try "orders: on\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        try await HostFixture.eventually("orders resume where they left off") { orders.distinct == 600 }
+        #expect(orders.count == 600, "nothing handled twice, nothing lost")
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("orders/3: off stops only that partition; back on resumes with nothing lost")
+    func partitionFlag() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let flags = try flagFile("\"orders/3\": off\n")
+        let host = SluiceHost(
+            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
+            logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("four shards") { host.shards.count == 4 }
+        #expect(host.shards.first { $0.topicPartition.partition == 3 }?.state == .off, "off from assignment")
+        try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
+        let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
+        let others = Int(ends[0]! + ends[1]! + ends[2]!)
+        try await HostFixture.eventually("partitions 0-2 handled") { handled.count == others }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(handled.all.value.allSatisfy { $0.partition != 3 })
+
+        try "\"orders/3\": on\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        try await HostFixture.eventually("partition 3 caught up") { handled.distinct == 800 }
+        #expect(handled.count == 800)
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("a handler failing on one key crash-loops only its shard, backs off, then trips; the others finish")
+    func crashLoopThenTrip() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        try await HostFixture.produce(cluster, topic: "orders", count: 400, keys: 40)
+        var settings = TopicConfiguration()
+        settings.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(100), maximum: .milliseconds(200), jitter: 0),
+            trip: .init(crashes: 3, within: .seconds(60)), cooldown: nil, healthyAfter: .seconds(60))
+        let group = HostFixture.uniqueGroup()
+        let host = SluiceHost(configuration: configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
+        let log = EventLog(host)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.keyString == "k7" { throw TestFailure(description: "cannot price k7") }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("the k7 shard tripped") {
+            host.shards.contains { if case .tripped = $0.state { true } else { false } }
+        }
+        let poisoned = try #require(host.shards.first { if case .tripped = $0.state { true } else { false } }?.topicPartition)
+        #expect(log.of(poisoned).map(\.name) == [
+            "started", "crashed", "backingOff", "started", "crashed", "backingOff", "started", "crashed", "tripped",
+        ])
+        let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
+        try await HostFixture.eventually("every other shard reached its end offset") {
+            let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+            return (0..<4).filter { $0 != poisoned.partition }.allSatisfy { committed[$0] == ends[$0] }
+        }
+        for partition in Int32(0)..<4 where partition != poisoned.partition {
+            #expect(log.of(TopicPartition("orders", partition)).map(\.name) == ["started"], "partition \(partition) untouched")
+        }
+        let firstPoison = handled.all.value.filter { $0.partition == poisoned.partition }.count
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+        #expect(committed[poisoned.partition] == Int64(firstPoison), "nothing past the failing message committed")
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("latched: a tripped shard returns only after a flag cycle or an operator reset, from the failed message")
+    func latchedNeedsCycleOrReset() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var settings = TopicConfiguration()
+        settings.breaker = .latched
+        let host = SluiceHost(configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let broken = Locked(true)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == Array("poison".utf8), broken.value { throw TestFailure(description: "poison") }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        let partition = TopicPartition("orders", 0)
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for value in ["a", "poison", "b"] { _ = try await producer.send(ProducerRecord(topic: "orders", value: Array(value.utf8))) }
+        let isTripped = { host.shards.first.map { if case .tripped = $0.state { true } else { false } } ?? false }
+        try await HostFixture.eventually("tripped") { isTripped() }
+        broken.withLock { $0 = false }
+        try await Task.sleep(for: .seconds(2))
+        #expect(isTripped(), "no automatic recovery")
+        #expect(handled.count == 1)
+
+        // A flag cycle: off, then on.
+        host.operatorFlags.set(.partition(partition), enabled: false, reason: "incident")
+        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        host.operatorFlags.unset(.partition(partition))
+        try await HostFixture.eventually("the failed message is delivered again") { handled.count == 3 }
+        #expect(handled.all.value.map(\.offset) == [0, 1, 2])
+
+        broken.withLock { $0 = true }
+        _ = try await producer.send(ProducerRecord(topic: "orders", value: Array("poison".utf8)))
+        try await HostFixture.eventually("tripped again") { isTripped() }
+        broken.withLock { $0 = false }
+        #expect(await host.reset(partition))
+        try await HostFixture.eventually("running after the reset") { handled.count == 4 }
+        #expect(await host.reset(TopicPartition("orders", 9)) == false, "no such shard")
+        await producer.close()
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("cooldown: a half-open probe after the cooldown; a crash in it trips again with the cooldown doubled")
+    func cooldownProbe() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var settings = TopicConfiguration()
+        settings.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(50), jitter: 0),
+            trip: .init(crashes: 1, within: nil), cooldown: .milliseconds(600), healthyAfter: .seconds(60))
+        let host = SluiceHost(configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let log = EventLog(host)
+        let failures = Locked(0)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "downstream unavailable") }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        _ = try await producer.send(ProducerRecord(topic: "orders", value: Array("order".utf8)))
+        await producer.close()
+        try await HostFixture.eventually("handled after two probes") { handled.count == 1 }
+        let partition = TopicPartition("orders", 0)
+        #expect(log.of(partition).map(\.name) == ["started", "crashed", "tripped", "probe", "crashed", "tripped", "probe"])
+        let trips = log.events.value.filter { if case .tripped = $0.kind { true } else { false } }
+        #expect(trips.count == 2)
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("a malformed flag file changes nothing and is counted")
+    func malformedFlagFile() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let flags = try flagFile("orders: on\n")
+        let host = SluiceHost(
+            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
+            logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("two shards running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try "orders: [off\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        try await HostFixture.eventually("the bad file was read") { (host.flags.failureCounts["file"] ?? 0) >= 1 }
+        try await HostFixture.produce(cluster, topic: "orders", count: 100, keys: 10)
+        try await HostFixture.eventually("still consuming") { handled.count == 100 }
+        #expect(host.shards.allSatisfy { $0.state == .running && $0.flag.enabled })
+        #expect(host.flags.lastErrors["file"]?.contains("not valid YAML or JSON") == true)
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("a partition flagged off stays paused when a rebalance moves it to another host")
+    func flagSurvivesRebalance() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let flags = try flagFile("\"orders/1\": off\n")
+        let group = HostFixture.uniqueGroup()
+        var settings = configuration(cluster, group: group, topics: ["orders": TopicConfiguration()], flagFile: flags)
+        settings.kafka.commitInterval = .seconds(30)
+        let handled = HandledMessages()
+        let hostA = SluiceHost(configuration: settings, logger: HostFixture.logger)
+        hostA.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let runA = Task { try await hostA.run() }
+        try await HostFixture.eventually("A has both partitions") { hostA.shards.count == 2 }
+        let hostB = SluiceHost(configuration: settings, logger: HostFixture.logger)
+        hostB.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let runB = Task { try await hostB.run() }
+        try await HostFixture.eventually("one partition each", timeout: .seconds(40)) { hostA.shards.count == 1 && hostB.shards.count == 1 }
+        let owner = [hostA, hostB].first { $0.shards.first?.topicPartition.partition == 1 }!
+        #expect(owner.shards.first?.state == .off)
+        #expect(owner.shards.first?.pauseReasons == [.flag])
+        try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 20)
+        let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 2)
+        try await HostFixture.eventually("partition 0 handled") { handled.count == Int(ends[0]!) }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(handled.all.value.allSatisfy { $0.partition == 0 }, "nothing of the flagged partition was handled")
+        hostA.shutdown()
+        hostB.shutdown()
+        try await runA.value
+        try await runB.value
+    }
+}
