@@ -42,7 +42,12 @@ setsid "$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic payments --count 10000
 PRODUCER_PIDS+=($!)
 echo "demo: producing ${ORDERS_RATE:-2000} orders/s and ${PAYMENTS_RATE:-500} payments/s; Ctrl-C stops" >&2
 
+# Runtime flags: edit this file while the demo runs (see the README), e.g. `echo 'orders: off' > .sluice/demo-flags.yaml`.
+mkdir -p .sluice
+[ -f .sluice/demo-flags.yaml ] || echo '{}' > .sluice/demo-flags.yaml
+echo "demo: flags in .sluice/demo-flags.yaml (try: echo 'orders/3: off' > .sluice/demo-flags.yaml)" >&2
+
 # In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it drains,
 # commits and leaves the group, then the EXIT trap stops the producers and the broker.
-SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" .build/release/OrderService \
+SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" SLUICE_FLAGS_FILE=.sluice/demo-flags.yaml .build/release/OrderService \
     --config Examples/OrderService/sluice.yaml --database "$WORK/payments.sqlite" || true

@@ -95,7 +95,11 @@ struct SummaryPrinter: Service {
                 let processed = own.reduce(0) { $0 + $1.processed }
                 let inFlight = own.reduce(0) { $0 + $1.inFlight }
                 let lag = own.reduce(Int64(0)) { $0 + ($1.lag ?? 0) }
-                line.append("\(topic): \(processed - previous[topic, default: 0]) msg/s, in-flight \(inFlight), lag \(lag)")
+                var states: [String: Int] = [:]
+                for shard in own { states[shard.state.name, default: 0] += 1 }
+                let shardStates = states.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                line.append(
+                    "\(topic): \(processed - previous[topic, default: 0]) msg/s, in-flight \(inFlight), lag \(lag) [\(shardStates)]")
                 previous[topic] = processed
             }
             if !line.isEmpty { print(line.joined(separator: " | ")) }
