@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import SluiceKafka
 import Synchronization
 
@@ -24,6 +25,7 @@ public final class FlagResolver: Sendable {
     public let pollInterval: Duration
     private let logger: Logger
     private let state: Mutex<State>
+    private let errorCounters: [String: Counter]
 
     /// Creates a resolver over `sources`, highest precedence first.
     public init(sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1), logger: Logger) {
@@ -32,6 +34,11 @@ public final class FlagResolver: Sendable {
         self.pollInterval = pollInterval
         self.logger = logger
         self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count)))
+        var counters: [String: Counter] = [:]
+        for source in sources {
+            counters[source.name] = Counter(label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)])
+        }
+        self.errorCounters = counters
     }
 
     /// The flag of a partition and where it came from.
@@ -61,6 +68,7 @@ public final class FlagResolver: Sendable {
                 loaded.append(try await source.load())
             } catch {
                 loaded.append(nil)
+                errorCounters[source.name]?.increment()
                 let message = (error as? SluiceError)?.message ?? String(describing: error)
                 let firstTime = state.withLock { state -> Bool in
                     state.failures[source.name, default: 0] += 1
