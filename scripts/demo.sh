@@ -49,5 +49,7 @@ echo "demo: flags in .sluice/demo-flags.yaml (try: echo 'orders/3: off' > .sluic
 
 # In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it drains,
 # commits and leaves the group, then the EXIT trap stops the producers and the broker.
-SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" SLUICE_FLAGS_FILE=.sluice/demo-flags.yaml .build/release/OrderService \
+# The admin API listens on 127.0.0.1:8080: `sluice status`, `sluice flags set orders off --token demo`.
+SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" SLUICE_FLAGS_FILE=.sluice/demo-flags.yaml SLUICE_ADMIN_TOKEN="${SLUICE_ADMIN_TOKEN:-demo}" \
+    .build/release/OrderService \
     --config Examples/OrderService/sluice.yaml --database "$WORK/payments.sqlite" || true

@@ -87,6 +87,7 @@ final class ConsumerLoop: @unchecked Sendable {
     /// The owner thread's loop; returns once the consumer is closed and destroyed.
     func run() {
         while true {
+            shared.noteLoop()
             var busy = false
             let inbox = shared.takeInbox()
             for command in inbox.commands { handle(command) }

@@ -35,6 +35,16 @@ final class ConsumerShared: Sendable {
     private let handleUse = Mutex(HandleUse())
     /// The message buffers of assigned partitions; written by the owner thread only.
     let channels = Mutex<[TopicPartition: PartitionChannel]>([:])
+    /// When the owner thread last went round its loop, in nanoseconds since ``ConsumerShared/epoch``.
+    let lastLoop = Atomic<Int64>(0)
+    static let epoch = ContinuousClock.now
+
+    /// Records that the owner thread is turning (owner thread).
+    func noteLoop() {
+        let elapsed = ContinuousClock.now - Self.epoch
+        lastLoop.store(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000, ordering: .relaxed)
+    }
+
     /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.
     let offsetsStored = Atomic<Bool>(false)
     /// Pause reasons per assigned partition, as the owner last applied them.

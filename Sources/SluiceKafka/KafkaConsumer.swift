@@ -105,6 +105,13 @@ public final class KafkaConsumer: Sendable {
         shared.channels.withLock { $0[topicPartition] }.map { KafkaPartitionMessages(channel: $0) }
     }
 
+    /// How long ago the consumer's owner thread last went round its loop (it wakes at least every 200 ms
+    /// while open). For health checks.
+    public var timeSinceLastActivity: Duration {
+        let nanoseconds = shared.lastLoop.load(ordering: .relaxed)
+        return (ContinuousClock.now - ConsumerShared.epoch) - .nanoseconds(nanoseconds)
+    }
+
     /// The partitions currently assigned to this consumer.
     public var assignment: Set<TopicPartition> {
         Set(shared.channels.withLock { $0.keys })
@@ -206,6 +213,17 @@ public final class KafkaConsumer: Sendable {
                 result[item.topicPartition] = item.offset
             }
             return result
+        }
+    }
+
+    /// The partition's fetch position: the offset of the next message librdkafka hands out, if known.
+    public func position(of topicPartition: TopicPartition) -> Int64? {
+        try? shared.withHandle { handle throws(KafkaError) in
+            let list = TopicPartitionList.make([topicPartition])
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            guard rd_kafka_position(handle.pointer, list) == RD_KAFKA_RESP_ERR_NO_ERROR else { return nil }
+            let offset = list.pointee.elems[0].offset
+            return offset >= 0 ? offset : nil
         }
     }
 

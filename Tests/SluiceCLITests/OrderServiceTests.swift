@@ -15,7 +15,10 @@ struct OrderServiceTests {
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         let service = try SluiceProcess(
             ["--config", config, "--database", database], executable: "OrderService",
-            environment: ["SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers])
+            environment: [
+                "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
+                "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
+            ])
         return (service, database)
     }
 

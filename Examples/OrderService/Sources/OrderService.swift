@@ -1,8 +1,11 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 import Sluice
+import SluiceAdmin
 import Synchronization
 
 /// A realistic consumer service built on Sluice: orders handled in order per customer, payments written
@@ -22,6 +25,8 @@ struct OrderService: AsyncParsableCommand {
         var logger = Logger(label: "order-service")
         logger.logLevel = .info
         let configuration = try await SluiceConfiguration.load(file: config)
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let store = try PaymentStore(path: database)
         let host = SluiceHost(configuration: configuration, logger: logger)
         let orders = OrderHandler()
@@ -29,12 +34,16 @@ struct OrderService: AsyncParsableCommand {
         host.register("payments", batchHandler: PaymentsSink(store: store))
 
         let summary = SummaryPrinter(host: host, orders: orders, store: store)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: host),
+            .init(service: summary, successTerminationBehavior: .ignore),
+        ]
+        if configuration.admin.enabled {
+            services.append(.init(service: try AdminServer(host: host, registry: registry, logger: logger)))
+        }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [
-                    .init(service: host),
-                    .init(service: summary, successTerminationBehavior: .ignore),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         SecondSignal.exitOnRepeat()

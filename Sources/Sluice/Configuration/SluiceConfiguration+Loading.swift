@@ -54,7 +54,7 @@ extension SluiceConfiguration {
 struct ConfigurationLayout {
     /// `*` stands for any name (a topic, a librdkafka property).
     static let schema: [String: Set<String>] = [
-        "": ["kafka", "topics", "host", "flags"],
+        "": ["kafka", "topics", "host", "flags", "admin"],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties"],
         "kafka.properties": ["*"],
         "topics": ["*"],
@@ -64,6 +64,7 @@ struct ConfigurationLayout {
         "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
         "topics.*.breaker.trip": ["crashes", "within"],
         "flags": ["pollInterval", "default", "file"],
+        "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
         "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout"],
@@ -149,6 +150,15 @@ private struct ConfigurationValues {
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"]) ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
         configuration.flags.file = try string(["flags", "file"])
+        configuration.admin.enabled = try onOff(["admin", "enabled"]) ?? configuration.admin.enabled
+        configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen
+        configuration.admin.token = try string(["admin", "token"], isSecret: true)
+        configuration.admin.stateFile = try string(["admin", "stateFile"]) ?? configuration.admin.stateFile
+        configuration.admin.maxBodyBytes = try integer(["admin", "maxBodyBytes"]) ?? configuration.admin.maxBodyBytes
+        let listenParts = configuration.admin.listen.split(separator: ":")
+        if listenParts.count != 2 || Int(listenParts[1]).map({ !(0...65535).contains($0) }) ?? true {
+            throw problem(["admin", "listen"], "expected HOST:PORT, e.g. 127.0.0.1:8080, got '\(configuration.admin.listen)'")
+        }
         for topic in layout.topics {
             do {
                 try topics[topic]!.validate(topic: topic)
@@ -230,8 +240,16 @@ private struct ConfigurationValues {
 
     // MARK: Typed reads
 
-    private func string(_ path: [String]) throws -> String? {
-        reader.string(forKey: ConfigKey(path))
+    /// A text value. `${NAME}` as the whole value stands for the environment variable NAME.
+    private func string(_ path: [String], isSecret: Bool = false) throws -> String? {
+        guard let value = reader.string(forKey: ConfigKey(path), isSecret: isSecret) else { return nil }
+        let trimmed = value.trimmingWhitespace()
+        guard trimmed.hasPrefix("${"), trimmed.hasSuffix("}") else { return value }
+        let name = String(trimmed.dropFirst(2).dropLast())
+        guard let substituted = environment[name] else {
+            throw problem(path, "refers to the environment variable \(name), which is not set")
+        }
+        return substituted
     }
 
     private func required(_ path: [String]) throws -> String {

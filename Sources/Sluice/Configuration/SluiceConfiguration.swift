@@ -37,8 +37,27 @@ public struct SluiceConfiguration: Sendable {
         public init() {}
     }
 
+    /// The admin HTTP API (served by `SluiceAdmin.AdminServer`).
+    public struct Admin: Sendable, Hashable {
+        /// Whether to serve it. Default true.
+        public var enabled = true
+        /// `HOST:PORT` to listen on. Default `127.0.0.1:8080` (loopback only); port 0 picks a free port.
+        public var listen = "127.0.0.1:8080"
+        /// When set, every change (PUT, DELETE, POST) needs `Authorization: Bearer <token>`.
+        public var token: String?
+        /// Where operator flag overrides are kept, so a restart keeps them. Default `sluice-admin-flags.json`.
+        public var stateFile: String? = "sluice-admin-flags.json"
+        /// Largest request body accepted. Default 16 KiB.
+        public var maxBodyBytes = 16_384
+
+        /// Creates the default admin settings.
+        public init() {}
+    }
+
     /// The Kafka connection and group.
     public var kafka: Kafka
+    /// The admin HTTP API.
+    public var admin = Admin()
     /// Runtime flags.
     public var flags = Flags()
     /// Per-topic pipeline settings; every topic needs a registered handler.

@@ -63,6 +63,8 @@ public struct ShardStatus: Sendable, Hashable {
     public var storedOffset: Int64?
     /// The partition's high watermark as of the last fetch, if known.
     public var highWatermark: Int64?
+    /// The consumer's fetch position in the partition, if known.
+    public var position: Int64?
 
     /// Messages in the partition not yet done by this group: high watermark − stored offset.
     public var lag: Int64? {

@@ -35,6 +35,8 @@ public final class SluiceHost: Service, Sendable {
         case revocationDeadline(UInt64)
         case shutdownRequested
         case shutdownDeadline
+        /// Once a second: refresh gauges, prove the loop turns.
+        case tick
     }
 
     /// What the outside may read about a shard; written by the supervisor loop.
@@ -52,6 +54,9 @@ public final class SluiceHost: Service, Sendable {
         var views: [TopicPartition: ShardView] = [:]
         var subscribers: [UInt64: AsyncStream<ShardEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
+        var joined = false
+        var running = false
+        var lastTick: ContinuousClock.Instant?
     }
 
     /// The configuration the host runs with.
@@ -99,9 +104,36 @@ public final class SluiceHost: Service, Sendable {
                 status.deadLettered += counters.deadLettered
             }
             status.highWatermark = consumer?.cachedWatermarks(for: status.topicPartition)?.high
+            status.position = consumer?.position(of: status.topicPartition)
             status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
             return status
         }.sorted { $0.topicPartition < $1.topicPartition }
+    }
+
+    /// Whether the host is ready for traffic (joined its group, not shutting down), with the reasons when not.
+    public var readiness: (ready: Bool, reasons: [String]) {
+        state.withLock { state in
+            var reasons: [String] = []
+            if !state.running { reasons.append("the host is not running") }
+            if state.running, !state.joined { reasons.append("the consumer has not joined its group yet") }
+            if state.shutdownRequested { reasons.append("the host is shutting down") }
+            return (reasons.isEmpty, reasons)
+        }
+    }
+
+    /// Whether the host's loops make progress: the supervisor loop ticked and the consumer's thread went
+    /// round within `limit`.
+    public func health(limit: Duration = .seconds(10)) -> (healthy: Bool, reasons: [String]) {
+        let (running, lastTick, consumer) = state.withLock { ($0.running, $0.lastTick, $0.consumer) }
+        guard running else { return (false, ["the host is not running"]) }
+        var reasons: [String] = []
+        if let lastTick, ContinuousClock.now - lastTick > limit {
+            reasons.append("the supervisor loop has not turned for \(ContinuousClock.now - lastTick)")
+        }
+        if let consumer, consumer.timeSinceLastActivity > limit {
+            reasons.append("the Kafka consumer thread has not turned for \(consumer.timeSinceLastActivity)")
+        }
+        return (reasons.isEmpty, reasons)
     }
 
     /// Shard events (started, stopped, crashed, backing off, tripped, reset, flag changed), from now on.
@@ -157,6 +189,8 @@ public final class SluiceHost: Service, Sendable {
         let alreadyShuttingDown = state.withLock { state -> Bool in
             state.consumer = consumer
             state.inputs = input
+            state.running = true
+            state.lastTick = .now
             return state.shutdownRequested
         }
         if alreadyShuttingDown { input.yield(.shutdownRequested) }
@@ -170,6 +204,12 @@ public final class SluiceHost: Service, Sendable {
                     input.yield(.consumerClosed)
                 }
                 group.addTask { await flags.run { input.yield(.flagsChanged) } }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        input.yield(.tick)
+                    }
+                }
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
                     deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) }, input: input, logger: logger)
@@ -185,6 +225,7 @@ public final class SluiceHost: Service, Sendable {
         input.finish()
         let subscribers = state.withLock { state in
             state.inputs = nil
+            state.running = false
             defer { state.subscribers.removeAll() }
             return Array(state.subscribers.values)
         }
@@ -236,6 +277,10 @@ public final class SluiceHost: Service, Sendable {
     /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
     func nextPipelineID() -> UInt64 { pipelineIDs.add(1, ordering: .relaxed).newValue }
 
+    func noteJoined() { state.withLock { $0.joined = true } }
+
+    func noteTick() { state.withLock { $0.lastTick = .now } }
+
     func publish(_ event: ShardEvent) {
         let subscribers = state.withLock { Array($0.subscribers.values) }
         for subscriber in subscribers { subscriber.yield(event) }
@@ -247,7 +292,7 @@ public final class SluiceHost: Service, Sendable {
                 status: ShardStatus(
                     topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
                     lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
-                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil),
+                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil, position: nil),
                 pipeline: nil)
             // Fold the counters of a pipeline that is being replaced into the shard's totals.
             if let old = view.pipeline, old !== supervisor.pipeline {

@@ -43,6 +43,7 @@ struct SupervisorLoop {
     mutating func handle(_ item: SluiceHost.Input, group: inout TaskGroup<Void>) async {
         switch item {
         case .kafka(.assigned(let partitions)):
+            host.noteJoined()
             for topicPartition in partitions { await assign(topicPartition, group: &group) }
         case .kafka(.revoked(let revocation)):
             await revoke(revocation, group: &group)
@@ -71,6 +72,12 @@ struct SupervisorLoop {
             forceRevocation(identifier)
         case .shutdownRequested:
             await beginShutdown(group: &group)
+        case .tick:
+            host.noteTick()
+            for status in host.shards {
+                guard let shard = shards[status.topicPartition], let lag = status.lag else { continue }
+                shard.lagGauge.record(lag)
+            }
         case .shutdownDeadline:
             if !closing {
                 logger.warning("shards did not drain within shutdownTimeout; committing what completed")
@@ -174,7 +181,7 @@ struct SupervisorLoop {
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: ConsumerFlowControl(consumer: consumer, topicPartition: topicPartition),
-            drainTimeout: host.configuration.drainTimeout, logger: logger)
+            drainTimeout: host.configuration.drainTimeout, metrics: shard.pipelineMetrics, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in
@@ -211,6 +218,7 @@ struct SupervisorLoop {
             shard.flag = setting
             shards[topicPartition] = shard
             host.updateView(shard)
+            shard.flagGauge.record(setting.enabled ? 1 : 0)
             guard changed else { continue }
             logger.info(
                 "flag changed",

@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import SluiceKafka
 import Synchronization
 
@@ -20,6 +21,24 @@ final class ShardPipeline: Sendable {
         case stopped(drainTimedOut: Bool)
         /// The pipeline crashed.
         case crashed(ShardCrash)
+    }
+
+    /// The metric handles of a shard, created once per shard and shared by its pipelines.
+    struct Metrics: Sendable {
+        let processed: Counter
+        let failed: Counter
+        let skipped: Counter
+        let deadLettered: Counter
+        let handlerDuration: Timer
+
+        init(topic: String) {
+            let dimensions = [("topic", topic)]
+            processed = Counter(label: "sluice_messages_processed_total", dimensions: dimensions)
+            failed = Counter(label: "sluice_handler_failures_total", dimensions: dimensions)
+            skipped = Counter(label: "sluice_messages_skipped_total", dimensions: dimensions)
+            deadLettered = Counter(label: "sluice_messages_dead_lettered_total", dimensions: dimensions)
+            handlerDuration = Timer(label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)
+        }
     }
 
     /// Counters a shard reports.
@@ -48,6 +67,7 @@ final class ShardPipeline: Sendable {
     private let deadLetters: (any DeadLetterSink)?
     private let flowControl: any ShardFlowControl
     private let drainTimeout: Duration
+    private let metrics: Metrics
     private let logger: Logger
     private let state: Mutex<State>
     private let beacon = Beacon()
@@ -61,8 +81,10 @@ final class ShardPipeline: Sendable {
         deadLetters: (any DeadLetterSink)?,
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
+        metrics: Metrics? = nil,
         logger: Logger
     ) {
+        self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
         self.topicPartition = topicPartition
         self.generation = generation
         self.configuration = configuration
@@ -249,12 +271,15 @@ final class ShardPipeline: Sendable {
                 state.busyOffset[lane] = unit[0].offset
             }
             let failure: (any Error)?
+            let callStarted = ContinuousClock.now
             do {
                 try await handler.handle(unit, context: context)
                 failure = nil
             } catch {
                 failure = error
             }
+            let took = ContinuousClock.now - callStarted
+            metrics.handlerDuration.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
             state.withLock { state in
                 state.busySince[lane] = nil
                 state.busyOffset[lane] = nil
@@ -263,9 +288,11 @@ final class ShardPipeline: Sendable {
             if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
             guard let failure else {
                 complete(unit) { $0.processed += unit.count }
+                metrics.processed.increment(by: unit.count)
                 return
             }
             state.withLock { $0.counters.failed += 1 }
+            metrics.failed.increment()
             logger.warning(
                 "handler failed",
                 metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
@@ -280,6 +307,7 @@ final class ShardPipeline: Sendable {
             case .skip:
                 logger.error("message skipped after failures", metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempts": "\(attempt)"])
                 complete(unit) { $0.skipped += unit.count }
+                metrics.skipped.increment(by: unit.count)
             case .deadLetter:
                 do {
                     guard let deadLetters, let topic = configuration.deadLetterTopic else {
@@ -289,6 +317,7 @@ final class ShardPipeline: Sendable {
                         try await deadLetters.deadLetter(message, error: failure, attempts: attempt, topic: topic)
                     }
                     complete(unit) { $0.deadLettered += unit.count }
+                    metrics.deadLettered.increment(by: unit.count)
                 } catch {
                     crash(ShardCrash(reason: .deadLetterFailed(String(describing: error)), offset: unit[0].offset))
                 }

@@ -20,6 +20,9 @@ struct ShardSupervisor {
     let crashes: Counter
     let restarts: Counter
     let attemptGauge: Gauge
+    let lagGauge: Gauge
+    let flagGauge: Gauge
+    let pipelineMetrics: ShardPipeline.Metrics
 
     init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: KafkaPartitionMessages) {
         self.topicPartition = topicPartition
@@ -29,8 +32,12 @@ struct ShardSupervisor {
         let topic = [("topic", topicPartition.topic)]
         crashes = Counter(label: "sluice_shard_crashes_total", dimensions: topic)
         restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic)
-        attemptGauge = Gauge(
-            label: "sluice_shard_attempt", dimensions: topic + [("partition", String(topicPartition.partition))])
+        let shard = topic + [("partition", String(topicPartition.partition))]
+        attemptGauge = Gauge(label: "sluice_shard_attempt", dimensions: shard)
+        lagGauge = Gauge(label: "sluice_shard_lag", dimensions: shard)
+        flagGauge = Gauge(label: "sluice_shard_flag_enabled", dimensions: shard)
+        flagGauge.record(flag.enabled ? 1 : 0)
+        pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
     }
 
     /// The public view of the machine's state.

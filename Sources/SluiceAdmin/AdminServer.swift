@@ -1,0 +1,288 @@
+import Foundation
+import Hummingbird
+import Logging
+import Prometheus
+import ServiceLifecycle
+import Sluice
+import SluiceKafka
+import Synchronization
+
+/// The admin HTTP API of a ``SluiceHost`` (SLUICE.md §9), a Hummingbird server run as a `Service` beside
+/// the host:
+///
+/// | route | |
+/// |---|---|
+/// | `GET /healthz` | 200 while the host's loops make progress, 503 with the reasons otherwise |
+/// | `GET /readyz` | 200 once the host joined its group, 503 with the reasons otherwise |
+/// | `GET /metrics` | Prometheus text |
+/// | `GET /v1/shards` | every shard: state, pause reasons, attempt, last error, offsets, lag, counts |
+/// | `GET /v1/flags` | the flags in force, with their sources, and the flag sources' errors |
+/// | `PUT /v1/flags/{key}` | body `{"enabled": false, "reason": "..."}`: an operator override |
+/// | `DELETE /v1/flags/{key}` | removes an operator override |
+/// | `POST /v1/shards/{topic}/{partition}/reset` | resets a shard's breaker |
+///
+/// A flag key with a partition can be written as `/v1/flags/orders/3` or `/v1/flags/orders%2F3`. With a
+/// token configured, every change needs `Authorization: Bearer <token>` (401 otherwise); reads stay open.
+/// Operator overrides are kept in `admin.stateFile`, so a restart keeps them. Every change is logged with
+/// the source, reason and caller (`X-Sluice-Caller`, else the user agent).
+public struct AdminServer: Service {
+    private let host: SluiceHost
+    private let settings: SluiceConfiguration.Admin
+    private let registry: PrometheusCollectorRegistry
+    private let logger: Logger
+    private let store: OperatorFlagStore?
+    private let boundPort = BoundPort()
+
+    /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
+    ///
+    /// - Throws: ``SluiceError`` when the state file exists but cannot be read, naming the file.
+    public init(
+        host: SluiceHost, registry: PrometheusCollectorRegistry, logger: Logger = Logger(label: "sluice.admin")
+    ) throws {
+        self.host = host
+        self.settings = host.configuration.admin
+        self.registry = registry
+        self.logger = logger
+        self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }
+        for (key, setting) in try store?.load() ?? [:] {
+            host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason)
+        }
+    }
+
+    /// Serves until graceful shutdown.
+    public func run() async throws {
+        let parts = settings.listen.split(separator: ":")
+        let address = BindAddress.hostname(String(parts[0]), port: Int(parts[1]) ?? 8080)
+        let app = Application(
+            router: makeRouter(),
+            configuration: .init(address: address, serverName: "sluice-admin"),
+            onServerRunning: { [boundPort, logger] channel in
+                let port = channel.localAddress?.port
+                boundPort.value.withLock { $0 = port }
+                logger.info("admin API listening", metadata: ["sluice.admin.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+            },
+            logger: logger)
+        try await app.run()
+    }
+
+    /// The port the server bound (useful with port 0), once it runs.
+    public var port: Int? { boundPort.value.withLock { $0 } }
+
+    /// The routes, for ``run()`` and for tests.
+    public func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("healthz") { _, _ in
+            let health = host.health()
+            return json(health.healthy ? .ok : .serviceUnavailable, ["healthy": health.healthy, "reasons": health.reasons])
+        }
+        router.get("readyz") { _, _ in
+            let readiness = host.readiness
+            return json(readiness.ready ? .ok : .serviceUnavailable, ["ready": readiness.ready, "reasons": readiness.reasons])
+        }
+        router.get("metrics") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+        }
+        router.get("v1/shards") { _, _ in
+            json(.ok, ["shards": host.shards.map(Self.describe)])
+        }
+        router.get("v1/flags") { _, _ in
+            let flags = host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
+                var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled, "source": setting.source]
+                if let reason = setting.reason { entry["reason"] = reason }
+                return entry
+            }
+            var sources: [String: Any] = [:]
+            for source in host.flags.sources {
+                var entry: [String: Any] = ["failures": host.flags.failureCounts[source.name] ?? 0]
+                if let error = host.flags.lastErrors[source.name] { entry["lastError"] = error }
+                sources[source.name] = entry
+            }
+            return json(.ok, ["flags": flags, "default": host.flags.defaultEnabled ? "on" : "off", "sources": sources])
+        }
+        router.put("v1/flags/:key") { request, context in
+            try await setFlag(request, key: context.parameters.get("key") ?? "")
+        }
+        router.put("v1/flags/:topic/:partition") { request, context in
+            try await setFlag(request, key: "\(context.parameters.get("topic") ?? "")/\(context.parameters.get("partition") ?? "")")
+        }
+        router.delete("v1/flags/:key") { request, context in
+            unsetFlag(request, key: context.parameters.get("key") ?? "")
+        }
+        router.delete("v1/flags/:topic/:partition") { request, context in
+            unsetFlag(request, key: "\(context.parameters.get("topic") ?? "")/\(context.parameters.get("partition") ?? "")")
+        }
+        router.post("v1/shards/:topic/:partition/reset") { request, context in
+            if let denied = authorize(request) { return denied }
+            let topic = context.parameters.get("topic") ?? ""
+            let partitionText = context.parameters.get("partition") ?? ""
+            guard let partition = Int32(partitionText), partition >= 0 else {
+                return problem(.badRequest, "partition must be a number, got '\(partitionText)'")
+            }
+            let topicPartition = TopicPartition(topic, partition)
+            guard await host.reset(topicPartition) else {
+                return problem(.notFound, "shard \(topicPartition) is not on this host")
+            }
+            logger.notice("shard reset by operator", metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))"])
+            return json(.ok, ["reset": topicPartition.description])
+        }
+        return router
+    }
+
+    // MARK: Flags
+
+    private func setFlag(_ request: Request, key rawKey: String) async throws -> Response {
+        if let denied = authorize(request) { return denied }
+        let key: FlagKey
+        do {
+            key = try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey)
+        } catch let error as SluiceError {
+            return problem(.badRequest, error.message)
+        }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: settings.maxBodyBytes)
+        } catch {
+            return problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")
+        }
+        let object: [String: Any]
+        do {
+            guard let parsed = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+                return problem(.badRequest, "the body must be a JSON object like {\"enabled\": false, \"reason\": \"...\"}")
+            }
+            object = parsed
+        } catch {
+            return problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")
+        }
+        let unknown = Set(object.keys).subtracting(["enabled", "reason"])
+        guard unknown.isEmpty else {
+            return problem(.badRequest, "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason")
+        }
+        guard let enabled = object["enabled"] as? Bool, CFGetTypeIDIsBool(object["enabled"]) else {
+            return problem(.badRequest, "\"enabled\" is required and must be true or false")
+        }
+        let reason = object["reason"] as? String
+        if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
+        host.operatorFlags.set(key, enabled: enabled, reason: reason)
+        if let failure = persist() { return failure }
+        logger.notice(
+            "flag set by operator",
+            metadata: [
+                "sluice.flag": "\(key)", "sluice.flagEnabled": "\(enabled)", "sluice.flagSource": "admin",
+                "sluice.flagReason": "\(reason ?? "")", "sluice.caller": "\(caller(request))",
+            ])
+        var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "admin"]
+        if let reason { entry["reason"] = reason }
+        return json(.ok, entry)
+    }
+
+    private func unsetFlag(_ request: Request, key rawKey: String) -> Response {
+        if let denied = authorize(request) { return denied }
+        let key: FlagKey
+        do {
+            key = try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey)
+        } catch let error as SluiceError {
+            return problem(.badRequest, error.message)
+        } catch {
+            return problem(.badRequest, "\(error)")
+        }
+        guard host.operatorFlags.current[key] != nil else {
+            return problem(.notFound, "no operator flag is set for '\(key)'")
+        }
+        host.operatorFlags.unset(key)
+        if let failure = persist() { return failure }
+        logger.notice("flag override removed by operator", metadata: ["sluice.flag": "\(key)", "sluice.caller": "\(caller(request))"])
+        return json(.ok, ["key": key.description, "removed": true])
+    }
+
+    /// Saves the operator overrides; a failure is reported (the override is in force but not persisted).
+    private func persist() -> Response? {
+        guard let store else { return nil }
+        do {
+            try store.save(host.operatorFlags.current)
+            return nil
+        } catch {
+            logger.error("operator flags not persisted", metadata: ["error": "\(error)"])
+            return problem(.internalServerError, "the flag is in force but could not be persisted: \(error)")
+        }
+    }
+
+    // MARK: Helpers
+
+    private func authorize(_ request: Request) -> Response? {
+        guard let token = settings.token, !token.isEmpty else { return nil }
+        let presented = request.headers[.authorization] ?? ""
+        let expected = "Bearer \(token)"
+        // Constant-time comparison.
+        let a = Array(presented.utf8)
+        let b = Array(expected.utf8)
+        var difference = a.count ^ b.count
+        for index in 0..<min(a.count, b.count) { difference |= Int(a[index] ^ b[index]) }
+        guard difference != 0 else { return nil }
+        logger.warning("admin change refused: missing or wrong token", metadata: ["sluice.caller": "\(caller(request))", "http.path": "\(request.uri.path)"])
+        var response = problem(.unauthorized, "this change needs Authorization: Bearer <token>")
+        response.headers[.wwwAuthenticate] = "Bearer"
+        return response
+    }
+
+    private func caller(_ request: Request) -> String {
+        if let caller = request.headers.first(where: { $0.name.canonicalName == "x-sluice-caller" })?.value { return caller }
+        return request.headers[.userAgent] ?? "unknown"
+    }
+
+    static func describe(_ shard: ShardStatus) -> [String: Any] {
+        var entry: [String: Any] = [
+            "topic": shard.topicPartition.topic,
+            "partition": Int(shard.topicPartition.partition),
+            "state": shard.state.name,
+            "pauseReasons": shard.pauseReasons.map(\.name).sorted(),
+            "attempt": shard.attempt,
+            "inFlight": shard.inFlight,
+            "processed": shard.processed,
+            "failed": shard.failed,
+            "skipped": shard.skipped,
+            "deadLettered": shard.deadLettered,
+            "flag": ["enabled": shard.flag.enabled, "source": shard.flag.source],
+        ]
+        if let error = shard.lastError { entry["lastError"] = error }
+        if let offset = shard.storedOffset { entry["committedOffset"] = offset }
+        if let high = shard.highWatermark { entry["highWatermark"] = high }
+        if let lag = shard.lag { entry["lag"] = lag }
+        if let position = shard.position { entry["position"] = position }
+        switch shard.state {
+        case .backingOff(_, let until):
+            entry["restartInSeconds"] = max(0, Double((until - .now).components.seconds) + Double((until - .now).components.attoseconds) / 1e18)
+        case .tripped(_, let reason):
+            entry["trippedReason"] = reason
+        default:
+            break
+        }
+        return entry
+    }
+}
+
+/// The port the server bound, shared with its `onServerRunning` callback.
+final class BoundPort: Sendable {
+    let value = Mutex<Int?>(nil)
+}
+
+/// A JSON response.
+func json(_ status: HTTPResponse.Status, _ object: Any) -> Response {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+/// A JSON error naming the problem.
+func problem(_ status: HTTPResponse.Status, _ message: String) -> Response {
+    json(status, ["error": message])
+}
+
+/// JSONSerialization turns JSON true/false into NSNumber; tell them from 0 and 1.
+func CFGetTypeIDIsBool(_ value: Any?) -> Bool {
+    guard let number = value as? NSNumber else { return false }
+    return String(cString: number.objCType) == "c" || type(of: number) == type(of: NSNumber(value: true))
+}

@@ -1,0 +1,44 @@
+import Foundation
+import Sluice
+
+/// Keeps operator flag overrides in a JSON file, so a restart keeps an incident's override:
+/// `{"flags": [{"key": "orders/3", "enabled": false, "reason": "incident 42"}]}`.
+struct OperatorFlagStore: Sendable {
+    let path: String
+
+    /// The saved overrides; none when the file does not exist.
+    func load() throws -> [FlagKey: FlagSetting] {
+        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+        do {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let entries = object["flags"] as? [[String: Any]]
+            else { throw SluiceError(code: .configuration, message: "expected {\"flags\": [...]}") }
+            var flags: [FlagKey: FlagSetting] = [:]
+            for entry in entries {
+                guard let keyText = entry["key"] as? String, let enabled = entry["enabled"] as? Bool else {
+                    throw SluiceError(code: .configuration, message: "each flag needs \"key\" and \"enabled\"")
+                }
+                flags[try FlagKey(parsing: keyText)] = FlagSetting(enabled: enabled, source: "admin", reason: entry["reason"] as? String)
+            }
+            return flags
+        } catch let error as SluiceError {
+            throw SluiceError(code: .configuration, message: "\(path): operator flag state: \(error.message)")
+        } catch {
+            throw SluiceError(code: .configuration, message: "\(path): operator flag state cannot be read: \(error.localizedDescription)")
+        }
+    }
+
+    /// Replaces the file atomically with `flags`.
+    func save(_ flags: [FlagKey: FlagSetting]) throws {
+        let entries: [[String: Any]] = flags.sorted { $0.key < $1.key }.map { key, setting in
+            var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled]
+            if let reason = setting.reason { entry["reason"] = reason }
+            return entry
+        }
+        let data = try JSONSerialization.data(withJSONObject: ["flags": entries], options: [.sortedKeys, .prettyPrinted])
+        let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    }
+}

@@ -1,0 +1,179 @@
+import ArgumentParser
+import Foundation
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// Options every admin command takes.
+struct AdminOptions: ParsableArguments {
+    @Option(name: .long, help: "The host's admin API, e.g. http://127.0.0.1:8080 (environment SLUICE_ADMIN_URL).")
+    var admin: String = ProcessInfo.processInfo.environment["SLUICE_ADMIN_URL"] ?? "http://127.0.0.1:8080"
+
+    @Option(name: .long, help: "Bearer token for changes (environment SLUICE_ADMIN_TOKEN).")
+    var token: String?
+
+    var resolvedToken: String? { token ?? ProcessInfo.processInfo.environment["SLUICE_ADMIN_TOKEN"] }
+}
+
+/// Calls a host's admin API and turns failures into clear messages.
+struct AdminClient {
+    let options: AdminOptions
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Sends a request; returns the decoded JSON object of a 2xx answer, throws a ``Failure`` naming the
+    /// host's error otherwise.
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> [String: Any] {
+        guard let url = URL(string: options.admin.trimmingCharacters(in: CharacterSet(charactersIn: "/")) + path) else {
+            throw Failure(description: "--admin '\(options.admin)' is not a URL")
+        }
+        var request = URLRequest(url: url)
+        request.httpMethod = method
+        request.timeoutInterval = 10
+        request.setValue("sluice-cli", forHTTPHeaderField: "User-Agent")
+        let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+        request.setValue("\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", forHTTPHeaderField: "X-Sluice-Caller")
+        if let token = options.resolvedToken { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        if let body {
+            request.httpBody = try JSONSerialization.data(withJSONObject: body)
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await URLSession.shared.data(for: request)
+        } catch {
+            throw Failure(description: "cannot reach the Sluice admin API at \(options.admin): \(error.localizedDescription)")
+        }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+        guard (200..<300).contains(status) else {
+            let message = object["error"] as? String ?? String(decoding: data, as: UTF8.self)
+            throw Failure(description: "the host refused (\(status)): \(message)")
+        }
+        return object
+    }
+}
+
+/// Runs an admin call and exits non-zero with the message on failure.
+func runAdmin(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let failure as AdminClient.Failure {
+        FileHandle.standardError.write(Data("sluice: \(failure.description)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct FlagsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flags",
+        abstract: "List, set and unset a running host's runtime flags.",
+        subcommands: [List.self, Set.self, Unset.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the flags in force and their sources.")
+        @OptionGroup var options: AdminOptions
+
+        func run() async throws {
+            try await runAdmin {
+                let answer = try await AdminClient(options: options).call("GET", "/v1/flags")
+                let flags = answer["flags"] as? [[String: Any]] ?? []
+                var rows = [["KEY", "VALUE", "SOURCE", "REASON"]]
+                for flag in flags {
+                    rows.append([
+                        flag["key"] as? String ?? "", (flag["enabled"] as? Bool ?? true) ? "on" : "off",
+                        flag["source"] as? String ?? "", flag["reason"] as? String ?? "",
+                    ])
+                }
+                print(Table.render(rows))
+                print("default: \(answer["default"] as? String ?? "on")")
+                for (source, details) in (answer["sources"] as? [String: Any] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                    if let error = (details as? [String: Any])?["lastError"] as? String { print("source \(source) failing: \(error)") }
+                }
+            }
+        }
+    }
+
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set an operator flag: KEY on|off (KEY is *, TOPIC or TOPIC/PARTITION).")
+        @OptionGroup var options: AdminOptions
+        @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String
+        @Argument(help: "on or off") var value: String
+        @Option(name: .long, help: "Why (logged and shown by `flags list`).") var reason: String?
+
+        func validate() throws {
+            guard ["on", "off"].contains(value) else { throw ValidationError("the value must be on or off, got '\(value)'") }
+        }
+
+        func run() async throws {
+            try await runAdmin {
+                var body: [String: Any] = ["enabled": value == "on"]
+                if let reason { body["reason"] = reason }
+                _ = try await AdminClient(options: options).call("PUT", "/v1/flags/\(encode(key))", body: body)
+                print("\(key): \(value)")
+            }
+        }
+    }
+
+    struct Unset: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove an operator flag, so the file or the default decide again.")
+        @OptionGroup var options: AdminOptions
+        @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String
+
+        func run() async throws {
+            try await runAdmin {
+                _ = try await AdminClient(options: options).call("DELETE", "/v1/flags/\(encode(key))")
+                print("\(key): unset")
+            }
+        }
+    }
+}
+
+/// A flag key in one path segment.
+private func encode(_ key: String) -> String {
+    key.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? key
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a running host's shards as a table.")
+    @OptionGroup var options: AdminOptions
+
+    func run() async throws {
+        try await runAdmin {
+            let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
+            var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "PROCESSED", "FAILED", "LAST ERROR"]]
+            for shard in answer["shards"] as? [[String: Any]] ?? [] {
+                let flag = shard["flag"] as? [String: Any] ?? [:]
+                rows.append([
+                    "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0)",
+                    shard["state"] as? String ?? "",
+                    (flag["enabled"] as? Bool ?? true) ? "on" : "off",
+                    (shard["pauseReasons"] as? [String] ?? []).joined(separator: ","),
+                    "\(shard["attempt"] as? Int ?? 0)",
+                    (shard["committedOffset"] as? Int).map(String.init) ?? "-",
+                    (shard["lag"] as? Int).map(String.init) ?? "-",
+                    "\(shard["processed"] as? Int ?? 0)",
+                    "\(shard["failed"] as? Int ?? 0)",
+                    String((shard["lastError"] as? String ?? "").prefix(60)),
+                ])
+            }
+            print(Table.render(rows))
+        }
+    }
+}
+
+enum Table {
+    static func render(_ rows: [[String]]) -> String {
+        guard let header = rows.first else { return "" }
+        let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.indices.map { row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+}
