@@ -104,14 +104,14 @@ public struct AdminServer: Service {
         router.put("v1/flags/:key") { request, context in
             try await setFlag(request, key: context.parameters.get("key") ?? "")
         }
-        router.put("v1/flags/:topic/:partition") { request, context in
-            try await setFlag(request, key: "\(context.parameters.get("topic") ?? "")/\(context.parameters.get("partition") ?? "")")
+        router.put("v1/flags/:key/:partition") { request, context in
+            try await setFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.delete("v1/flags/:key") { request, context in
             unsetFlag(request, key: context.parameters.get("key") ?? "")
         }
-        router.delete("v1/flags/:topic/:partition") { request, context in
-            unsetFlag(request, key: "\(context.parameters.get("topic") ?? "")/\(context.parameters.get("partition") ?? "")")
+        router.delete("v1/flags/:key/:partition") { request, context in
+            unsetFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.post("v1/shards/:topic/:partition/reset") { request, context in
             if let denied = authorize(request) { return denied }
