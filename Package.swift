@@ -99,10 +99,25 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "SluiceAdminTests",
+            dependencies: [
+                "SluiceAdmin",
+                "Sluice",
+                "SluiceKafka",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "SluiceCLITests",
             dependencies: [
                 "sluice",
                 "OrderService",
+                "SluiceAdmin",
+                "Sluice",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,0 +1,229 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import Metrics
+import Prometheus
+import Sluice
+import SluiceAdmin
+import SluiceKafka
+import Synchronization
+import Testing
+
+enum AdminFixture {
+    static let logger: Logger = {
+        var logger = Logger(label: "sluice.admin-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    /// One Prometheus registry for the test process (swift-metrics is bootstrapped once per process).
+    static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
+
+    static func stateFile() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("admin-\(UUID().uuidString)/flags.json").path
+    }
+
+    static func host(bootstrap: String = "127.0.0.1:1", stateFile: String, token: String? = "s3cret", topics: [String] = ["orders"]) -> SluiceHost {
+        var kafka = SluiceConfiguration.Kafka(bootstrap: bootstrap, group: "admin-\(UInt32.random(in: 0...UInt32.max))")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
+        configuration.admin.token = token
+        configuration.admin.stateFile = stateFile
+        configuration.admin.maxBodyBytes = 256
+        configuration.flags.pollInterval = .milliseconds(200)
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        for topic in topics { host.register(topic, NoopHandler()) }
+        return host
+    }
+
+    static func body(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
+}
+
+struct NoopHandler: MessageHandler {
+    func handle(_ message: Message, context: ShardContext) async throws {}
+}
+
+func decode(_ buffer: ByteBuffer) -> [String: Any] {
+    (try? JSONSerialization.jsonObject(with: Data(buffer: buffer))) as? [String: Any] ?? [:]
+}
+
+@Suite("Admin API in process")
+struct AdminServerTests {
+    let bearer: HTTPFields = [.authorization: "Bearer s3cret"]
+
+    @Test("readiness and health say why a host that does not run is not ready")
+    func notReady() async throws {
+        let host = AdminFixture.host(stateFile: AdminFixture.stateFile())
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/readyz", method: .get) { response in
+                #expect(response.status == .serviceUnavailable)
+                #expect(decode(response.body)["reasons"] as? [String] == ["the host is not running"])
+            }
+            try await client.execute(uri: "/healthz", method: .get) { response in
+                #expect(response.status == .serviceUnavailable)
+            }
+        }
+    }
+
+    @Test("changes need the token: 401 without or with a wrong one, and the flag stays unchanged")
+    func tokenRequired() async throws {
+        let host = AdminFixture.host(stateFile: AdminFixture.stateFile())
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        try await app.test(.router) { client in
+            for headers: HTTPFields in [[:], [.authorization: "Bearer nope"], [.authorization: "s3cret"]] {
+                try await client.execute(uri: "/v1/flags/orders", method: .put, headers: headers, body: AdminFixture.body(#"{"enabled": false}"#)) { response in
+                    #expect(response.status == .unauthorized)
+                    #expect(decode(response.body)["error"] as? String == "this change needs Authorization: Bearer <token>")
+                }
+            }
+            try await client.execute(uri: "/v1/shards/orders/0/reset", method: .post) { #expect($0.status == .unauthorized) }
+            try await client.execute(uri: "/v1/flags", method: .get) { response in
+                #expect(response.status == .ok, "reads stay open")
+                #expect((decode(response.body)["flags"] as? [Any])?.isEmpty == true)
+            }
+        }
+        #expect(host.operatorFlags.current.isEmpty)
+    }
+
+    @Test("malformed requests get 400 (413 for a large body) with a JSON error naming the problem")
+    func malformed() async throws {
+        let host = AdminFixture.host(stateFile: AdminFixture.stateFile())
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        let cases: [(String, String, HTTPResponse.Status, String)] = [
+            ("/v1/flags/orders", "{not json", .badRequest, "the body is not valid JSON"),
+            ("/v1/flags/orders", #"[true]"#, .badRequest, "the body must be a JSON object"),
+            ("/v1/flags/orders", #"{"enabled": false, "why": "x"}"#, .badRequest, "unknown field(s) why; allowed: enabled, reason"),
+            ("/v1/flags/orders", #"{"enabled": "no"}"#, .badRequest, "\"enabled\" is required and must be true or false"),
+            ("/v1/flags/orders", #"{"enabled": 0}"#, .badRequest, "\"enabled\" is required and must be true or false"),
+            ("/v1/flags/orders", #"{"reason": "x"}"#, .badRequest, "\"enabled\" is required"),
+            ("/v1/flags/orders/x", #"{"enabled": false}"#, .badRequest, "flag key 'orders/x'"),
+            ("/v1/flags/orders", "{\"enabled\": false, \"reason\": \"\(String(repeating: "x", count: 400))\"}", .contentTooLarge, "larger than 256 bytes"),
+        ]
+        try await app.test(.router) { client in
+            for (uri, body, status, message) in cases {
+                try await client.execute(uri: uri, method: .put, headers: bearer, body: AdminFixture.body(body)) { response in
+                    #expect(response.status == status, "\(uri) \(body.prefix(40))")
+                    #expect((decode(response.body)["error"] as? String)?.contains(message) == true, "\(decode(response.body))")
+                }
+            }
+            try await client.execute(uri: "/v1/shards/orders/minus/reset", method: .post, headers: bearer) { response in
+                #expect(response.status == .badRequest)
+                #expect(decode(response.body)["error"] as? String == "partition must be a number, got 'minus'")
+            }
+            try await client.execute(uri: "/v1/shards/orders/7/reset", method: .post, headers: bearer) { response in
+                #expect(response.status == .notFound)
+            }
+            try await client.execute(uri: "/v1/flags/payments", method: .delete, headers: bearer) { response in
+                #expect(response.status == .notFound)
+            }
+        }
+        #expect(host.operatorFlags.current.isEmpty, "nothing changed")
+    }
+
+    @Test("an override set over HTTP is listed, persisted, and survives a restart; DELETE removes it")
+    func persistedOverride() async throws {
+        let stateFile = AdminFixture.stateFile()
+        let host = AdminFixture.host(stateFile: stateFile)
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(
+                uri: "/v1/flags/orders/3", method: .put, headers: bearer,
+                body: AdminFixture.body(#"{"enabled": false, "reason": "incident 42"}"#)
+            ) { response in
+                #expect(response.status == .ok)
+                #expect(decode(response.body)["key"] as? String == "orders/3")
+            }
+            try await client.execute(uri: "/v1/flags/%2A", method: .put, headers: bearer, body: AdminFixture.body(#"{"enabled": true}"#)) {
+                #expect($0.status == .ok)
+            }
+        }
+        #expect(host.operatorFlags.current[.partition(TopicPartition("orders", 3))] == FlagSetting(enabled: false, source: "admin", reason: "incident 42"))
+        #expect(host.operatorFlags.current[.all]?.enabled == true)
+
+        // A new process: a new host and admin server on the same state file.
+        let restarted = AdminFixture.host(stateFile: stateFile)
+        let restartedApp = Application(router: try AdminServer(host: restarted, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        #expect(restarted.operatorFlags.current[.partition(TopicPartition("orders", 3))]?.reason == "incident 42")
+        await restarted.flags.refresh()
+        try await restartedApp.test(.router) { client in
+            try await client.execute(uri: "/v1/flags", method: .get) { response in
+                let flags = decode(response.body)["flags"] as? [[String: Any]] ?? []
+                #expect(flags.map { $0["key"] as? String } == ["*", "orders/3"])
+                #expect(flags.last?["reason"] as? String == "incident 42")
+            }
+            try await client.execute(uri: "/v1/flags/orders%2F3", method: .delete, headers: bearer) { #expect($0.status == .ok) }
+        }
+        #expect(restarted.operatorFlags.current[.partition(TopicPartition("orders", 3))] == nil)
+        let saved = try String(contentsOfFile: stateFile, encoding: .utf8)
+        #expect(!saved.contains("orders/3") && saved.contains("\"*\""))
+    }
+
+    @Test("a state file that cannot be read stops the start, naming the file")
+    func badStateFile() throws {
+        let stateFile = AdminFixture.stateFile()
+        try FileManager.default.createDirectory(atPath: (stateFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try "{\"flags\": [{\"key\": \"orders\"}]}".write(toFile: stateFile, atomically: true, encoding: .utf8)
+        let error = #expect(throws: SluiceError.self) {
+            _ = try AdminServer(host: AdminFixture.host(stateFile: stateFile), registry: AdminFixture.registry, logger: AdminFixture.logger)
+        }
+        #expect(error?.message == "\(stateFile): operator flag state: each flag needs \"key\" and \"enabled\"")
+    }
+}
+
+@Suite("Admin API against a running host", .timeLimit(.minutes(2)))
+struct AdminEndToEndTests {
+    @Test("/readyz turns ready after the group join; a flag flipped over HTTP stops the shard; metrics show it")
+    func flipOverHTTP() async throws {
+        let registry = AdminFixture.registry
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let host = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile())
+        let app = Application(router: try AdminServer(host: host, registry: registry, logger: AdminFixture.logger).makeRouter())
+        let running = Task { try await host.run() }
+        try await app.test(.router) { client in
+            var ready = false
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !ready, ContinuousClock.now < deadline {
+                ready = try await client.execute(uri: "/readyz", method: .get) { $0.status == .ok }
+                if !ready { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(ready, "ready after the join")
+            try await client.execute(uri: "/healthz", method: .get) { #expect($0.status == .ok) }
+
+            try await client.execute(
+                uri: "/v1/flags/orders/1", method: .put, headers: [.authorization: "Bearer s3cret"],
+                body: AdminFixture.body(#"{"enabled": false, "reason": "e2e"}"#)
+            ) { #expect($0.status == .ok) }
+            var state = ""
+            while state != "off", ContinuousClock.now < deadline {
+                state = try await client.execute(uri: "/v1/shards", method: .get) { response in
+                    let shards = decode(response.body)["shards"] as? [[String: Any]] ?? []
+                    return shards.first { $0["partition"] as? Int == 1 }?["state"] as? String ?? ""
+                }
+                if state != "off" { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            #expect(state == "off")
+            try await client.execute(uri: "/v1/shards", method: .get) { response in
+                let shards = decode(response.body)["shards"] as? [[String: Any]] ?? []
+                let off = shards.first { $0["partition"] as? Int == 1 }
+                #expect(off?["pauseReasons"] as? [String] == ["flag"])
+                #expect((off?["flag"] as? [String: Any])?["source"] as? String == "admin")
+                #expect(shards.first { $0["partition"] as? Int == 0 }?["state"] as? String == "running")
+            }
+            try await Task.sleep(for: .milliseconds(1200))
+            try await client.execute(uri: "/metrics", method: .get) { response in
+                let text = String(buffer: response.body)
+                #expect(response.headers[.contentType]?.hasPrefix("text/plain") == true)
+                #expect(text.contains("sluice_shards{state=\"off\"} 1"))
+                #expect(text.contains("sluice_shard_flag_enabled{topic=\"orders\",partition=\"1\"} 0"))
+            }
+        }
+        host.shutdown()
+        try await running.value
+    }
+}
