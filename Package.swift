@@ -120,6 +120,7 @@ let package = Package(
                 "Sluice",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .testTarget(
