@@ -96,6 +96,7 @@ let package = Package(
                 "Sluice",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .testTarget(
