@@ -172,6 +172,12 @@ struct ConfigurationLoadingTests {
             try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
                 == "FILE:15:12: topics.payments.batch: needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
         #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
-        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nadmin:\n  listen: x\n").hasPrefix("FILE:4:1: admin: unknown key"))
+        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix("FILE:4:1: metrics: unknown key"))
+        #expect(
+            try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {listen: nowhere}\n")
+                == "FILE:2:17: admin.listen: expected HOST:PORT, e.g. 127.0.0.1:8080, got 'nowhere'")
+        #expect(
+            try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {token: \"${NO_SUCH_TOKEN_VARIABLE}\"}\n")
+                == "FILE:2:16: admin.token: refers to the environment variable NO_SUCH_TOKEN_VARIABLE, which is not set")
     }
 }

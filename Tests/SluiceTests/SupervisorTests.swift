@@ -78,7 +78,8 @@ struct SupervisorTests {
             host.shards.filter { $0.topicPartition.topic == "orders" }.allSatisfy { $0.state == .off }
         }
         let reaction = ContinuousClock.now - flipped
-        #expect(reaction <= .seconds(2), "flag-off reaction \(reaction) within 2 poll intervals")
+        // Two poll intervals, plus a second of scheduling slack for a CI machine running the whole suite on 2 cores.
+        #expect(reaction <= .seconds(3), "flag-off reaction \(reaction) within 2 poll intervals (+1 s slack)")
         print("flag-off reaction (poll interval 1 s): \(reaction)")
         let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
         #expect(committed.values.reduce(0, +) == 400, "drained shards committed everything they handled")
