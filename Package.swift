@@ -66,6 +66,7 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceKafka",
+                "Sluice",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

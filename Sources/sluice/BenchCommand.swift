@@ -1,0 +1,338 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import Sluice
+import SluiceKafka
+import Synchronization
+
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
+        discussion: """
+            Preloads a topic with 100-byte messages over 10,000 keys, then runs each case --runs times: \
+            (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition, \
+            (c) ordering: key with 8 processors, (d) a batch handler (batches of 500), (e) the host with one \
+            shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file. \
+            Prints a table and, last, `ratios: b/a=X c/a=X d/a=X e/b=X`.
+            """
+    )
+
+    @Option(name: .long, help: "Partitions of the benchmark topic (the mock keeps 5 MiB per partition).")
+    var partitions: Int = 32
+    @Option(name: .long, help: "Messages preloaded (100-byte payloads).")
+    var messages: Int = 640_000
+    @Option(name: .long, help: "Runs per throughput case.")
+    var runs: Int = 3
+    @Option(name: .long, help: "Flag changes measured in case f.")
+    var flagRuns: Int = 20
+
+    func validate() throws {
+        guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
+        guard messages >= partitions * 100 else { throw ValidationError("--messages must be at least 100 per partition") }
+        guard messages / partitions <= 35_000 else {
+            throw ValidationError("--messages: at most 35,000 per partition fit the mock's 5 MiB per partition")
+        }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "sluice.bench")
+        logger.logLevel = .error
+        let cluster = try EmbeddedKafkaCluster(topics: ["bench": partitions, "flagbench": 1])
+        note("preloading \(messages) messages over \(partitions) partitions")
+        let perPartition = try await preload(cluster, logger: logger)
+        var rows: [(String, [Double], Double, Int)] = []
+        let baselineMegabytes = residentMegabytes()
+
+        func measure(_ name: String, _ body: () async throws -> (count: Int, seconds: Double)) async throws -> [Double] {
+            var rates: [Double] = []
+            var cpu = 0.0
+            var total = 0
+            resetPeakResident()
+            for run in 1...runs {
+                let before = cpuSeconds()
+                let (count, seconds) = try await body()
+                cpu += cpuSeconds() - before
+                total += count
+                rates.append(Double(count) / seconds)
+                note("\(name) run \(run): \(Int(Double(count) / seconds)) msg/s")
+            }
+            rows.append((name, rates, cpu / Double(total) * 1_000_000, peakResidentMegabytes()))
+            return rates
+        }
+
+        let rawSame = try await measure("a1 raw librdkafka loop, Sluice's settings") {
+            let result = try await onThread {
+                try RawConsumeLoop.run(
+                    configuration: consumerConfiguration(cluster, group: "raw-\(UUID())"), topic: "bench", count: messages,
+                    timeout: .seconds(120))
+            }
+            return (result.messages, result.elapsed.seconds)
+        }
+        let rawStock = try await measure("a2 raw librdkafka loop, stock queue settings") {
+            var configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
+            configuration.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
+            let result = try await onThread {
+                try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
+            }
+            return (result.messages, result.elapsed.seconds)
+        }
+        // The ratios divide by the faster plain loop.
+        let raw = median(rawSame.sorted()) >= median(rawStock.sorted()) ? rawSame : rawStock
+        var partitionOrdering = TopicConfiguration()
+        partitionOrdering.ordering = .partition
+        let hostPartition = try await measure("b host, no-op, ordering partition") {
+            try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
+        }
+        var keyOrdering = TopicConfiguration()
+        keyOrdering.ordering = .key
+        keyOrdering.processors = 8
+        let hostKey = try await measure("c host, no-op, ordering key x8") {
+            try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
+        }
+        var batching = TopicConfiguration()
+        batching.batch = .init(size: 500, timeout: .milliseconds(50))
+        let hostBatch = try await measure("d host, batch handler (500)") {
+            try await runHost(cluster, settings: batching, handler: .batch, logger: logger)
+        }
+        var crashing = TopicConfiguration()
+        crashing.breaker = .backoff  // restarts forever, 1 s .. 5 min apart
+        let healthy = messages - perPartition[0, default: 0]
+        let hostCrash = try await measure("e host, partition 0 crash-looping (healthy shards)") {
+            try await runHost(cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
+        }
+        let (off, on) = try await flagReaction(cluster, logger: logger)
+
+        print("")
+        print("case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  peak RSS MB")
+        for (name, rates, cpu, peak) in rows {
+            let sorted = rates.sorted()
+            print(
+                name.padding(toLength: 50, withPad: " ", startingAt: 0)
+                    + pad(Int(sorted.first!)) + pad(Int(median(sorted))) + pad(Int(sorted.last!)) + String(format: "%14.2f", cpu)
+                    + pad(peak, width: 13))
+        }
+        print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
+        print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
+        print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
+        print("RSS before the cases (runtime, preload producer, the in-process mock's copy of the data): \(baselineMegabytes) MB")
+        let a = median(raw.sorted())
+        print(String(
+            format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
+            median(hostPartition.sorted()) / a, median(hostKey.sorted()) / a, median(hostBatch.sorted()) / a,
+            median(hostCrash.sorted()) / median(hostPartition.sorted())))
+    }
+
+    // MARK: Cases
+
+    enum HandlerKind { case message, batch, crashPartitionZero }
+
+    func runHost(
+        _ cluster: EmbeddedKafkaCluster, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, logger: Logger
+    ) async throws -> (count: Int, seconds: Double) {
+        let target = expected ?? messages
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "host-\(UUID())")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
+        configuration.admin.enabled = false
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        let counter = RateCounter()
+        switch handler {
+        case .message: host.register("bench", CountingHandler(counter: counter))
+        case .batch: host.register("bench", batchHandler: CountingBatchHandler(counter: counter))
+        case .crashPartitionZero: host.register("bench", CrashingHandler(counter: counter))
+        }
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(180)
+        while counter.count < target, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        host.shutdown()
+        try await running.value
+        return (counter.count, counter.seconds)
+    }
+
+    func flagReaction(_ cluster: EmbeddedKafkaCluster, logger: Logger) async throws -> ([Double], [Double]) {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("bench-flags-\(UUID()).yaml").path
+        try "{}".write(toFile: file, atomically: true, encoding: .utf8)
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "flags-\(UUID())")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["flagbench": TopicConfiguration()])
+        configuration.admin.enabled = false
+        configuration.flags.file = file
+        configuration.flags.pollInterval = .seconds(1)
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        let seen = SeenBox()
+        host.register("flagbench", SeenHandler(seen: seen))
+        let running = Task { try await host.run() }
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: logger)
+        while host.shards.first?.state != .running { try await Task.sleep(for: .milliseconds(10)) }
+        var off: [Double] = []
+        var on: [Double] = []
+        for _ in 0..<flagRuns {
+            // Change the flag at a random point of the poll period, as an operator would.
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0..<1000)))
+            try "flagbench: off\n".write(toFile: file, atomically: true, encoding: .utf8)
+            let offAt = ContinuousClock.now
+            while !(host.shards.first?.pauseReasons.contains(.flag) ?? false) { try await Task.sleep(for: .milliseconds(1)) }
+            off.append((ContinuousClock.now - offAt).seconds)
+            while host.shards.first?.state != .off { try await Task.sleep(for: .milliseconds(5)) }
+            _ = try await producer.send(ProducerRecord(topic: "flagbench", value: Array(repeating: 120, count: 100)))
+            seen.reset()
+            try await Task.sleep(for: .milliseconds(Int.random(in: 0..<1000)))
+            try "{}\n".write(toFile: file, atomically: true, encoding: .utf8)
+            let onAt = ContinuousClock.now
+            while !seen.value { try await Task.sleep(for: .milliseconds(1)) }
+            on.append((ContinuousClock.now - onAt).seconds)
+        }
+        await producer.close()
+        host.shutdown()
+        try await running.value
+        return (off, on)
+    }
+
+    // MARK: Helpers
+
+    func preload(_ cluster: EmbeddedKafkaCluster, logger: Logger) async throws -> [Int32: Int] {
+        let producer = try KafkaProducer(
+            configuration: {
+                var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
+                configuration.linger = .milliseconds(20)
+                return configuration
+            }(), logger: logger)
+        let tally = PartitionTally()
+        let payload = [UInt8](repeating: 120, count: 100)
+        for index in 0..<messages {
+            let record = ProducerRecord(topic: "bench", key: Array("key-\(index % 10_000)".utf8), value: payload)
+            while try !tally.enqueue(record, on: producer) { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        while tally.delivered < messages {
+            if let failure = tally.failure { throw failure }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        await producer.close()
+        return tally.perPartition
+    }
+
+    func consumerConfiguration(_ cluster: EmbeddedKafkaCluster, group: String) -> KafkaConsumerConfiguration {
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
+        configuration.sessionTimeout = .seconds(6)
+        return configuration
+    }
+
+    func note(_ text: String) { FileHandle.standardError.write(Data("bench: \(text)\n".utf8)) }
+    func pad(_ value: Int, width: Int = 14) -> String { String(repeating: " ", count: max(0, width - String(value).count)) + String(value) }
+    func median(_ sorted: [Double]) -> Double { sorted.isEmpty ? 0 : sorted[sorted.count / 2] }
+    func ms(_ seconds: Double) -> Int { Int((seconds * 1000).rounded()) }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// Runs blocking work on a Dispatch thread.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(with: Result { try body() }) }
+    }
+}
+
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
+func peakResidentMegabytes() -> Int { statusMegabytes("VmHWM:") }
+func residentMegabytes() -> Int { statusMegabytes("VmRSS:") }
+
+/// Resets the peak RSS the kernel reports (Linux: writing 5 to clear_refs).
+func resetPeakResident() {
+    try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
+}
+
+private func statusMegabytes(_ field: String) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return -1 }
+    for line in status.split(separator: "\n") where line.hasPrefix(field) {
+        let kilobytes = Int(line.split(separator: " ").dropFirst().first(where: { !$0.isEmpty }) ?? "") ?? 0
+        return kilobytes / 1024
+    }
+    return -1
+}
+
+/// Counts handled messages and the time from the first to the latest.
+final class RateCounter: Sendable {
+    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((0, nil, nil))
+    func add(_ count: Int) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            if state.first == nil { state.first = now }
+            state.count += count
+            state.last = now
+        }
+    }
+    var count: Int { state.withLock { $0.count } }
+    var seconds: Double {
+        state.withLock { state in
+            guard let first = state.first, let last = state.last, last > first else { return 1 }
+            return (last - first).seconds
+        }
+    }
+}
+
+struct CountingHandler: MessageHandler {
+    let counter: RateCounter
+    func handle(_ message: Message, context: ShardContext) async throws { counter.add(1) }
+}
+
+struct CountingBatchHandler: BatchHandler {
+    let counter: RateCounter
+    func handle(_ batch: [Message], context: ShardContext) async throws { counter.add(batch.count) }
+}
+
+struct CrashingHandler: MessageHandler {
+    struct Crash: Error {}
+    let counter: RateCounter
+    func handle(_ message: Message, context: ShardContext) async throws {
+        if message.partition == 0 { throw Crash() }
+        counter.add(1)
+    }
+}
+
+final class SeenBox: Sendable {
+    private let seen = Mutex(false)
+    func reset() { seen.withLock { $0 = false } }
+    func mark() { seen.withLock { $0 = true } }
+    var value: Bool { seen.withLock { $0 } }
+}
+
+struct SeenHandler: MessageHandler {
+    let seen: SeenBox
+    func handle(_ message: Message, context: ShardContext) async throws { seen.mark() }
+}
+
+/// Counts deliveries per partition while preloading.
+final class PartitionTally: Sendable {
+    private let state = Mutex<(delivered: Int, perPartition: [Int32: Int], failure: KafkaError?)>((0, [:], nil))
+    func enqueue(_ record: ProducerRecord, on producer: KafkaProducer) throws -> Bool {
+        do {
+            try producer.enqueue(record) { result in
+                self.state.withLock { state in
+                    switch result {
+                    case .success(let report):
+                        state.delivered += 1
+                        state.perPartition[report.topicPartition.partition, default: 0] += 1
+                    case .failure(let error):
+                        state.failure = error
+                    }
+                }
+            }
+            return true
+        } catch {
+            if error.code == .queueFull { return false }
+            throw error
+        }
+    }
+    var delivered: Int { state.withLock { $0.delivered } }
+    var perPartition: [Int32: Int] { state.withLock { $0.perPartition } }
+    var failure: KafkaError? { state.withLock { $0.failure } }
+}
