@@ -71,8 +71,9 @@ struct BenchCommand: AsyncParsableCommand {
             return (result.messages, result.elapsed.seconds)
         }
         let rawStock = try await measure("a2 raw librdkafka loop, stock queue settings") {
-            var configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
-            configuration.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
+            var stock = consumerConfiguration(cluster, group: "raw-\(UUID())")
+            stock.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
+            let configuration = stock
             let result = try await onThread {
                 try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
             }
