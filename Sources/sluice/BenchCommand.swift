@@ -27,6 +27,8 @@ struct BenchCommand: AsyncParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
     var flagRuns: Int = 20
+    @Option(name: .long, help: "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time.")
+    var scale: Int?
 
     func validate() throws {
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
@@ -39,6 +41,10 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         var logger = Logger(label: "sluice.bench")
         logger.logLevel = .error
+        if let scale {
+            try await runScale(partitions: scale, logger: logger)
+            return
+        }
         let cluster = try EmbeddedKafkaCluster(topics: ["bench": partitions, "flagbench": 1])
         note("preloading \(messages) messages over \(partitions) partitions")
         let perPartition = try await preload(cluster, logger: logger)
@@ -189,6 +195,56 @@ struct BenchCommand: AsyncParsableCommand {
         host.shutdown()
         try await running.value
         return (off, on)
+    }
+
+    func runScale(partitions total: Int, logger: Logger) async throws {
+        let perTopic = total / 4
+        let topics = (0..<4).map { "scale-\($0)" }
+        let cluster = try EmbeddedKafkaCluster(topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, perTopic) }))
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: logger)
+        let tally = PartitionTally()
+        for topic in topics {
+            for partition in 0..<perTopic {
+                for _ in 0..<10 {
+                    let record = ProducerRecord(topic: topic, partition: Int32(partition), value: Array(repeating: 120, count: 100))
+                    while try !tally.enqueue(record, on: producer) { try await Task.sleep(for: .milliseconds(1)) }
+                }
+            }
+        }
+        let produced = perTopic * 4 * 10
+        while tally.delivered < produced { try await Task.sleep(for: .milliseconds(20)) }
+        await producer.close()
+        let before = residentMegabytes()
+        resetPeakResident()
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "scale-\(UUID())")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
+        configuration.admin.enabled = false
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        let counter = RateCounter()
+        for topic in topics { host.register(topic, CountingHandler(counter: counter)) }
+        let started = ContinuousClock.now
+        let running = Task { try await host.run() }
+        var firstShard: ContinuousClock.Instant?
+        while true {
+            let shards = host.shards
+            if firstShard == nil, !shards.isEmpty { firstShard = .now }
+            if shards.count == perTopic * 4, shards.allSatisfy({ $0.state == .running }) { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let allRunning = ContinuousClock.now
+        while counter.count < produced { try await Task.sleep(for: .milliseconds(10)) }
+        let handled = ContinuousClock.now
+        let steadyMegabytes = residentMegabytes()
+        host.shutdown()
+        try await running.value
+        let stopped = ContinuousClock.now
+        print("scale: \(perTopic * 4) partitions over 4 topics on one host, \(produced) messages")
+        print("  subscribe -> all shards running:    \(ms((allRunning - started).seconds)) ms (first shard after \(ms(((firstShard ?? allRunning) - started).seconds)) ms; the embedded coordinator waits 3 s for the first join)")
+        print("  first shard -> all shards running:  \(ms((allRunning - (firstShard ?? allRunning)).seconds)) ms")
+        print("  all running -> every message handled: \(ms((handled - allRunning).seconds)) ms")
+        print("  shutdown (drain, commit, leave):    \(ms((stopped - handled).seconds)) ms")
+        print("  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB")
     }
 
     // MARK: Helpers
