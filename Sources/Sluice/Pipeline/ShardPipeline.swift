@@ -266,12 +266,12 @@ final class ShardPipeline: Sendable {
         while true {
             if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
+            let callStarted = ContinuousClock.now
             state.withLock { state in
-                state.busySince[lane] = .now
+                state.busySince[lane] = callStarted
                 state.busyOffset[lane] = unit[0].offset
             }
             let failure: (any Error)?
-            let callStarted = ContinuousClock.now
             do {
                 try await handler.handle(unit, context: context)
                 failure = nil
