@@ -47,9 +47,14 @@ struct BenchCommand: AsyncParsableCommand {
             try await runScale(partitions: scale, logger: logger)
             return
         }
-        let cluster = try EmbeddedKafkaCluster(topics: ["bench": partitions, "flagbench": 1])
+        // The broker and the preloading producer run as child processes, so this process's memory is the
+        // consumer's alone, as in production.
+        let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1"])
+        defer { broker.stop() }
+        let cluster = broker.bootstrap
         note("preloading \(messages) messages over \(partitions) partitions")
-        let perPartition = try await preload(cluster, logger: logger)
+        try preload(bootstrap: cluster)
+        let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
         var rows: [(String, [Double], Double, Int)] = []
         let baselineMegabytes = residentMegabytes()
 
@@ -136,7 +141,7 @@ struct BenchCommand: AsyncParsableCommand {
         print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
         print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
         print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
-        print("RSS before the cases (runtime, preload producer, the in-process mock's copy of the data): \(baselineMegabytes) MB")
+        print("RSS before the cases (runtime and librdkafka, broker and preload in child processes): \(baselineMegabytes) MB")
         let a = median(raw.sorted())
         print(String(
             format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
@@ -149,10 +154,10 @@ struct BenchCommand: AsyncParsableCommand {
     enum HandlerKind { case message, batch, crashPartitionZero }
 
     func runHost(
-        _ cluster: EmbeddedKafkaCluster, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, logger: Logger
+        _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, logger: Logger
     ) async throws -> (count: Int, seconds: Double) {
         let target = expected ?? messages
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "host-\(UUID())")
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "host-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
         configuration.admin.enabled = false
@@ -171,10 +176,10 @@ struct BenchCommand: AsyncParsableCommand {
         return (counter.count, counter.seconds)
     }
 
-    func flagReaction(_ cluster: EmbeddedKafkaCluster, logger: Logger) async throws -> ([Double], [Double]) {
+    func flagReaction(_ cluster: String, logger: Logger) async throws -> ([Double], [Double]) {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("bench-flags-\(UUID()).yaml").path
         try "{}".write(toFile: file, atomically: true, encoding: .utf8)
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "flags-\(UUID())")
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "flags-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["flagbench": TopicConfiguration()])
         configuration.admin.enabled = false
@@ -184,7 +189,7 @@ struct BenchCommand: AsyncParsableCommand {
         let seen = SeenBox()
         host.register("flagbench", SeenHandler(seen: seen))
         let running = Task { try await host.run() }
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: logger)
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster), logger: logger)
         while host.shards.first?.state != .running { try await Task.sleep(for: .milliseconds(10)) }
         var off: [Double] = []
         var on: [Double] = []
@@ -213,8 +218,10 @@ struct BenchCommand: AsyncParsableCommand {
     func runScale(partitions total: Int, logger: Logger) async throws {
         let perTopic = total / 4
         let topics = (0..<4).map { "scale-\($0)" }
-        let cluster = try EmbeddedKafkaCluster(topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, perTopic) }))
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: logger)
+        let broker = try ChildBroker(topics: topics.map { "\($0):\(perTopic)" })
+        defer { broker.stop() }
+        let cluster = broker.bootstrap
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster), logger: logger)
         let tally = PartitionTally()
         for topic in topics {
             for partition in 0..<perTopic {
@@ -229,7 +236,7 @@ struct BenchCommand: AsyncParsableCommand {
         await producer.close()
         let before = residentMegabytes()
         resetPeakResident()
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "scale-\(UUID())")
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "scale-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         configuration.admin.enabled = false
@@ -262,29 +269,33 @@ struct BenchCommand: AsyncParsableCommand {
 
     // MARK: Helpers
 
-    func preload(_ cluster: EmbeddedKafkaCluster, logger: Logger) async throws -> [Int32: Int] {
-        let producer = try KafkaProducer(
-            configuration: {
-                var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
-                configuration.linger = .milliseconds(20)
-                return configuration
-            }(), logger: logger)
-        let tally = PartitionTally()
-        let payload = [UInt8](repeating: 120, count: 100)
-        for index in 0..<messages {
-            let record = ProducerRecord(topic: "bench", key: Array("key-\(index % 10_000)".utf8), value: payload)
-            while try !tally.enqueue(record, on: producer) { try await Task.sleep(for: .milliseconds(1)) }
-        }
-        while tally.delivered < messages {
-            if let failure = tally.failure { throw failure }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        await producer.close()
-        return tally.perPartition
+    /// Preloads the topic with `sluice produce` (this executable) in a child process.
+    func preload(bootstrap: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        process.arguments = [
+            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000", "--size", "100",
+        ]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("preloading failed (sluice produce exited \(process.terminationStatus))") }
     }
 
-    func consumerConfiguration(_ cluster: EmbeddedKafkaCluster, group: String) -> KafkaConsumerConfiguration {
-        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
+    /// Messages per partition of the benchmark topic, from its watermarks.
+    func partitionCounts(bootstrap: String, logger: Logger) async throws -> [Int32: Int] {
+        let consumer = try KafkaConsumer(configuration: consumerConfiguration(bootstrap, group: "counts"), logger: logger)
+        var counts: [Int32: Int] = [:]
+        for partition in 0..<Int32(partitions) {
+            let watermarks = try await consumer.queryWatermarks(for: TopicPartition("bench", partition))
+            counts[partition] = Int(watermarks.high - watermarks.low)
+        }
+        await consumer.close()
+        return counts
+    }
+
+    func consumerConfiguration(_ cluster: String, group: String) -> KafkaConsumerConfiguration {
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         return configuration
     }
@@ -405,4 +416,34 @@ final class PartitionTally: Sendable {
     var delivered: Int { state.withLock { $0.delivered } }
     var perPartition: [Int32: Int] { state.withLock { $0.perPartition } }
     var failure: KafkaError? { state.withLock { $0.failure } }
+}
+
+/// `sluice dev-broker` in a child process.
+final class ChildBroker {
+    let process = Process()
+    let bootstrap: String
+
+    init(topics: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        process.arguments = ["dev-broker"] + topics.flatMap { ["--topic", $0] }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        var bytes: [UInt8] = []
+        while !bytes.contains(10) {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            bytes += chunk
+        }
+        let line = String(decoding: bytes.prefix { $0 != 10 }, as: UTF8.self)
+        guard line.hasPrefix("bootstrap=") else { throw ValidationError("the dev broker did not start: '\(line)'") }
+        bootstrap = String(line.dropFirst("bootstrap=".count))
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
 }
