@@ -32,12 +32,12 @@ enum AnyHandler: Sendable {
     case message(any MessageHandler)
     case batch(any BatchHandler)
 
-    func handle(_ unit: [Message], context: ShardContext) async throws {
+    func handle(_ unit: ArraySlice<Message>, context: ShardContext) async throws {
         switch self {
         case .message(let handler):
             for message in unit { try await handler.handle(message, context: context) }
         case .batch(let handler):
-            try await handler.handle(unit, context: context)
+            try await handler.handle(Array(unit), context: context)
         }
     }
 }

@@ -71,7 +71,8 @@ final class ShardPipeline: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
     private let beacon = Beacon()
-    private let queues: [WorkQueue<Message>]
+    /// Runs of messages for the lanes, in offset order within each queue.
+    private let queues: [WorkQueue<[Message]>]
 
     init(
         topicPartition: TopicPartition,
@@ -186,12 +187,16 @@ final class ShardPipeline: Sendable {
     // MARK: Dispatch
 
     /// Returns whether it left the partition paused for back-pressure.
+    ///
+    /// Hands lanes runs of messages rather than single ones (one lock and at most one wake-up per run),
+    /// and never lets more than `maxInFlight` messages be in flight.
     private func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async -> Bool
     where Source.Element == [Message], Source.Failure == Never {
         let limit = max(configuration.maxInFlight, 1)
         var pausedForBackpressure = false
         for await batch in source {
-            for message in batch {
+            var remaining = batch[...]
+            while !remaining.isEmpty {
                 if state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
                 if state.withLock({ $0.tracker.inFlight >= limit }) {
                     if !pausedForBackpressure {
@@ -207,16 +212,47 @@ final class ShardPipeline: Sendable {
                     pausedForBackpressure = false
                     await flowControl.resumeAfterBackpressure()
                 }
-                guard state.withLock({ $0.tracker.begin(message.offset) }) else {
-                    logger.warning(
-                        "partition rewound under the shard; skipping an offset it already took",
-                        metadata: ["kafka.offset": "\(message.offset)"])
-                    continue
+                // Take as many as fit under the limit, and begin them in one lock.
+                let (accepted, skipped, taken) = state.withLock { state -> ([Message], Int, Int) in
+                    let room = max(limit - state.tracker.inFlight, 1)
+                    let slice = remaining.prefix(room)
+                    var accepted: [Message] = []
+                    accepted.reserveCapacity(slice.count)
+                    for message in slice where state.tracker.begin(message.offset) { accepted.append(message) }
+                    return (accepted, slice.count - accepted.count, slice.count)
                 }
-                queues[lane(for: message)].push(message)
+                remaining = remaining.dropFirst(taken)
+                if skipped > 0 {
+                    logger.warning(
+                        "partition rewound under the shard; skipping offsets it already took",
+                        metadata: ["sluice.skipped": "\(skipped)"])
+                }
+                handOut(accepted)
             }
         }
         return pausedForBackpressure
+    }
+
+    /// Gives a run of begun messages to the lanes: all to the one lane (`partition`), per key hash (`key`),
+    /// or split evenly over the shared queue (`none`).
+    private func handOut(_ messages: [Message]) {
+        guard !messages.isEmpty else { return }
+        switch configuration.ordering {
+        case .partition:
+            queues[0].push(messages)
+        case .key:
+            var perLane = [[Message]](repeating: [], count: queues.count)
+            for message in messages { perLane[lane(for: message)].append(message) }
+            for (index, run) in perLane.enumerated() where !run.isEmpty { queues[index].push(run) }
+        case .none:
+            let lanes = configuration.laneCount
+            let size = max(1, (messages.count + lanes - 1) / lanes)
+            var start = 0
+            while start < messages.count {
+                queues[0].push(Array(messages[start..<min(start + size, messages.count)]))
+                start += size
+            }
+        }
     }
 
     private func lane(for message: Message) -> Int {
@@ -246,21 +282,37 @@ final class ShardPipeline: Sendable {
         }
     }
 
-    private func runLane(_ index: Int, queue: WorkQueue<Message>) async {
-        while let first = await queue.next() {
-            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
-            var unit = [first]
-            if let batching = configuration.batch, batching.size > 1 {
-                let deadline = ContinuousClock.now + batching.timeout
-                while unit.count < batching.size, let next = await queue.next(before: deadline, clock: ContinuousClock()) {
-                    unit.append(next)
-                }
+    private func runLane(_ index: Int, queue: WorkQueue<[Message]>) async {
+        var carry: ArraySlice<Message> = []
+        while true {
+            if carry.isEmpty {
+                guard let run = await queue.next() else { return }
+                carry = run[...]
             }
-            await process(unit, lane: index)
+            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            guard let batching = configuration.batch, batching.size > 1 else {
+                let unit = carry.prefix(1)
+                carry = carry.dropFirst()
+                await process(unit, lane: index)
+                continue
+            }
+            var unit = Array(carry.prefix(batching.size))
+            carry = carry.dropFirst(unit.count)
+            let deadline = ContinuousClock.now + batching.timeout
+            while unit.count < batching.size {
+                if carry.isEmpty {
+                    guard let run = await queue.next(before: deadline, clock: ContinuousClock()) else { break }
+                    carry = run[...]
+                }
+                let more = carry.prefix(batching.size - unit.count)
+                unit.append(contentsOf: more)
+                carry = carry.dropFirst(more.count)
+            }
+            await process(unit[...], lane: index)
         }
     }
 
-    private func process(_ unit: [Message], lane: Int) async {
+    private func process(_ unit: ArraySlice<Message>, lane: Int) async {
         let policy = configuration.onFailure
         var attempt = 1
         while true {
@@ -269,7 +321,7 @@ final class ShardPipeline: Sendable {
             let callStarted = ContinuousClock.now
             state.withLock { state in
                 state.busySince[lane] = callStarted
-                state.busyOffset[lane] = unit[0].offset
+                state.busyOffset[lane] = unit.first!.offset
             }
             let failure: (any Error)?
             do {
@@ -295,7 +347,7 @@ final class ShardPipeline: Sendable {
             metrics.failed.increment()
             logger.warning(
                 "handler failed",
-                metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
+                metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
             if attempt <= policy.retries {
                 try? await Task.sleep(for: policy.backoff.delay(attempt: attempt))
                 attempt += 1
@@ -303,9 +355,9 @@ final class ShardPipeline: Sendable {
             }
             switch policy.then {
             case .stop:
-                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: unit[0].offset))
+                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: unit.first!.offset))
             case .skip:
-                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(unit[0].offset)", "sluice.attempts": "\(attempt)"])
+                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempts": "\(attempt)"])
                 complete(unit) { $0.skipped += unit.count }
                 metrics.skipped.increment(by: unit.count)
             case .deadLetter:
@@ -319,7 +371,7 @@ final class ShardPipeline: Sendable {
                     complete(unit) { $0.deadLettered += unit.count }
                     metrics.deadLettered.increment(by: unit.count)
                 } catch {
-                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error)), offset: unit[0].offset))
+                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error)), offset: unit.first!.offset))
                 }
             }
             return
@@ -330,7 +382,7 @@ final class ShardPipeline: Sendable {
         var description: String { "no dead-letter topic configured" }
     }
 
-    private func complete(_ unit: [Message], count: (inout Counters) -> Void) {
+    private func complete(_ unit: ArraySlice<Message>, count: (inout Counters) -> Void) {
         state.withLock { state in
             for message in unit { state.tracker.complete(message.offset) }
             count(&state.counters)
