@@ -54,10 +54,36 @@ final class ShardPipeline: Sendable {
         var crash: ShardCrash?
         var stopRequested = false
         var lanesRunning = 0
-        /// When each lane's current handler call started.
-        var busySince: [ContinuousClock.Instant?]
-        var busyOffset: [Int64?]
         var counters = Counters()
+    }
+
+    /// What a lane is doing, readable by the watchdog without the pipeline's lock.
+    final class LaneActivity: Sendable {
+        /// When the current handler call started, in nanoseconds since ``epoch``; 0 while idle.
+        let since = Atomic<Int64>(0)
+        /// The first offset of the current call.
+        let offset = Atomic<Int64>(-1)
+        /// Offsets this lane completed that are not in the watermark yet (a lock only this lane and a
+        /// final flush take).
+        let completed = Mutex<[Int64]>([])
+        static let epoch = ContinuousClock.now
+
+        func begin(_ offset: Int64, at instant: ContinuousClock.Instant) {
+            self.offset.store(offset, ordering: .relaxed)
+            let elapsed = instant - Self.epoch
+            since.store(max(1, elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000), ordering: .releasing)
+        }
+
+        func end() { since.store(0, ordering: .releasing) }
+
+        /// How long the current call has run, or nil while idle.
+        func running(now: ContinuousClock.Instant) -> (Duration, Int64)? {
+            let started = since.load(ordering: .acquiring)
+            guard started != 0 else { return nil }
+            let elapsed = now - Self.epoch
+            let nanoseconds = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+            return (.nanoseconds(nanoseconds - started), offset.load(ordering: .relaxed))
+        }
     }
 
     let topicPartition: TopicPartition
@@ -70,6 +96,9 @@ final class ShardPipeline: Sendable {
     private let metrics: Metrics
     private let logger: Logger
     private let state: Mutex<State>
+    private let activities: [LaneActivity]
+    /// Mirrors `state.crash != nil` for the lanes' per-message checks.
+    private let crashed = Atomic<Bool>(false)
     private let beacon = Beacon()
     /// Runs of messages for the lanes, in offset order within each queue.
     private let queues: [WorkQueue<[Message]>]
@@ -99,7 +128,8 @@ final class ShardPipeline: Sendable {
         logger[metadataKey: "sluice.generation"] = "\(generation)"
         self.logger = logger
         let lanes = configuration.laneCount
-        self.state = Mutex(State(busySince: Array(repeating: nil, count: lanes), busyOffset: Array(repeating: nil, count: lanes)))
+        self.state = Mutex(State())
+        self.activities = (0..<lanes).map { _ in LaneActivity() }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
     }
 
@@ -150,6 +180,8 @@ final class ShardPipeline: Sendable {
         if !finished || crash != nil {
             for lane in lanes { lane.cancel() }
         }
+        // Completions a lane recorded but did not flush (it was stopped or is stuck in a later call).
+        for activity in activities { flush(activity) }
         if let crash { return .crashed(crash) }
         if stopRequested { return .stopped(drainTimedOut: !finished) }
         return .sourceEnded
@@ -161,17 +193,15 @@ final class ShardPipeline: Sendable {
     private func stopOrCrash() -> Bool {
         let now = ContinuousClock.now
         let limit = configuration.handlerTimeout
+        let stuck = activities.lazy.compactMap { $0.running(now: now) }.first { $0.0 > limit }
         let (stopped, timedOutOffset) = state.withLock { state -> (Bool, Int64?) in
-            if state.crash == nil {
-                for (lane, since) in state.busySince.enumerated() {
-                    if let since, now - since > limit, let offset = state.busyOffset[lane] {
-                        state.crash = ShardCrash(reason: .handlerTimeout(limit), offset: offset)
-                        return (true, offset)
-                    }
-                }
+            if state.crash == nil, let (_, offset) = stuck {
+                state.crash = ShardCrash(reason: .handlerTimeout(limit), offset: offset)
+                return (true, offset)
             }
             return (state.stopRequested || state.crash != nil, nil)
         }
+        if timedOutOffset != nil { crashed.store(true, ordering: .releasing) }
         if let timedOutOffset {
             logger.error("handler timed out; crashing the shard", metadata: ["kafka.offset": "\(timedOutOffset)", "sluice.handlerTimeout": "\(limit)"])
         }
@@ -181,7 +211,7 @@ final class ShardPipeline: Sendable {
     /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
     /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
     private func noLaneMakingProgress(_ state: State, now: ContinuousClock.Instant) -> Bool {
-        state.busySince.allSatisfy { since in since.map { now - $0 > configuration.handlerTimeout } ?? true }
+        activities.allSatisfy { activity in activity.running(now: now).map { $0.0 > configuration.handlerTimeout } ?? true }
     }
 
     // MARK: Dispatch
@@ -289,11 +319,9 @@ final class ShardPipeline: Sendable {
                 guard let run = await queue.next() else { return }
                 carry = run[...]
             }
-            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
             guard let batching = configuration.batch, batching.size > 1 else {
-                let unit = carry.prefix(1)
-                carry = carry.dropFirst()
-                await process(unit, lane: index)
+                carry = await processRun(carry, lane: index)
                 continue
             }
             var unit = Array(carry.prefix(batching.size))
@@ -312,32 +340,90 @@ final class ShardPipeline: Sendable {
         }
     }
 
-    private func process(_ unit: ArraySlice<Message>, lane: Int) async {
+    /// The fast path for one message at a time: handles messages of a run while they succeed, records
+    /// their completions in one lock at the end, and leaves a failing message to ``process(_:lane:)`` and its
+    /// failure policy. Returns what is left of the run.
+    private func processRun(_ run: ArraySlice<Message>, lane: Int) async -> ArraySlice<Message> {
+        var remaining = run
+        let activity = activities[lane]
+        defer { flush(activity) }
+        guard case .message(let handler) = self.handler else {
+            await process(remaining.prefix(1), lane: lane)
+            return remaining.dropFirst()
+        }
+        while let message = remaining.first {
+            if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
+            let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: 1, logger: logger)
+            let callStarted = ContinuousClock.now
+            activity.begin(message.offset, at: callStarted)
+            do {
+                try await handler.handle(message, context: context)
+            } catch {
+                activity.end()
+                // The slow path retries the same message with its failure policy.
+                flush(activity)
+                await process(remaining.prefix(1), lane: lane, firstFailure: error)
+                return remaining.dropFirst()
+            }
+            activity.end()
+            let took = ContinuousClock.now - callStarted
+            metrics.handlerDuration.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+            if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
+            let pending = activity.completed.withLock { completed in
+                completed.append(message.offset)
+                return completed.count
+            }
+            if pending >= 64 { flush(activity) }
+            remaining = remaining.dropFirst()
+        }
+        return remaining
+    }
+
+    /// Moves a lane's completed offsets into the watermark.
+    private func flush(_ activity: LaneActivity) {
+        let offsets = activity.completed.withLock { completed in
+            defer { completed.removeAll(keepingCapacity: true) }
+            return completed
+        }
+        completeOffsets(offsets)
+    }
+
+    private func completeOffsets(_ offsets: [Int64]) {
+        guard !offsets.isEmpty else { return }
+        state.withLock { state in
+            for offset in offsets { state.tracker.complete(offset) }
+            state.counters.processed += offsets.count
+        }
+        metrics.processed.increment(by: offsets.count)
+        beacon.notify()
+    }
+
+    private func process(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil) async {
         let policy = configuration.onFailure
         var attempt = 1
+        var pendingFailure = firstFailure
         while true {
-            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
             let callStarted = ContinuousClock.now
-            state.withLock { state in
-                state.busySince[lane] = callStarted
-                state.busyOffset[lane] = unit.first!.offset
-            }
+            activities[lane].begin(unit.first!.offset, at: callStarted)
             let failure: (any Error)?
-            do {
-                try await handler.handle(unit, context: context)
-                failure = nil
-            } catch {
-                failure = error
+            if let earlier = pendingFailure {
+                failure = earlier
+                pendingFailure = nil
+            } else {
+                do {
+                    try await handler.handle(unit, context: context)
+                    failure = nil
+                } catch {
+                    failure = error
+                }
             }
             let took = ContinuousClock.now - callStarted
             metrics.handlerDuration.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
-            state.withLock { state in
-                state.busySince[lane] = nil
-                state.busyOffset[lane] = nil
-            }
+            activities[lane].end()
             // A handler that timed out was cancelled and its shard crashed: its outcome does not count.
-            if Task.isCancelled || state.withLock({ $0.crash != nil }) { return }
+            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
             guard let failure else {
                 complete(unit) { $0.processed += unit.count }
                 metrics.processed.increment(by: unit.count)
@@ -396,6 +482,7 @@ final class ShardPipeline: Sendable {
             state.crash = crash
             return true
         }
+        crashed.store(true, ordering: .releasing)
         if first { logger.error("shard crashed", metadata: ["sluice.crash": "\(crash)"]) }
         for queue in queues { _ = queue.drain() }
         beacon.notify()
