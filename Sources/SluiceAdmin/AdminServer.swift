@@ -135,10 +135,9 @@ public struct AdminServer: Service {
     private func setFlag(_ request: Request, key rawKey: String) async throws -> Response {
         if let denied = authorize(request) { return denied }
         let key: FlagKey
-        do {
-            key = try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey)
-        } catch let error as SluiceError {
-            return problem(.badRequest, error.message)
+        switch parseKey(rawKey) {
+        case .success(let parsed): key = parsed
+        case .failure(let failure): return failure.response
         }
         var request = request
         let body: ByteBuffer
@@ -181,12 +180,9 @@ public struct AdminServer: Service {
     private func unsetFlag(_ request: Request, key rawKey: String) -> Response {
         if let denied = authorize(request) { return denied }
         let key: FlagKey
-        do {
-            key = try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey)
-        } catch let error as SluiceError {
-            return problem(.badRequest, error.message)
-        } catch {
-            return problem(.badRequest, "\(error)")
+        switch parseKey(rawKey) {
+        case .success(let parsed): key = parsed
+        case .failure(let failure): return failure.response
         }
         guard host.operatorFlags.current[key] != nil else {
             return problem(.notFound, "no operator flag is set for '\(key)'")
@@ -210,6 +206,19 @@ public struct AdminServer: Service {
     }
 
     // MARK: Helpers
+
+    private struct BadKey: Error {
+        let response: Response
+    }
+
+    /// A flag key from its path form (`orders`, `orders/3`, `orders%2F3`, `*`), or a 400 naming the problem.
+    private func parseKey(_ rawKey: String) -> Result<FlagKey, BadKey> {
+        do {
+            return .success(try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey))
+        } catch {
+            return .failure(BadKey(response: problem(.badRequest, (error as? SluiceError)?.message ?? "\(error)")))
+        }
+    }
 
     private func authorize(_ request: Request) -> Response? {
         guard let token = settings.token, !token.isEmpty else { return nil }

@@ -53,12 +53,7 @@ public struct TopicConfiguration: Sendable, Hashable {
 
         /// The delay before retry `attempt` (1 for the first retry).
         public func delay(attempt: Int) -> Duration {
-            var delay = initial
-            for _ in 1..<max(attempt, 1) {
-                delay = delay * multiplier
-                if delay >= maximum { return maximum }
-            }
-            return min(delay, maximum)
+            exponentialDelay(initial: initial, maximum: maximum, multiplier: multiplier, attempt: attempt)
         }
     }
 
@@ -134,4 +129,14 @@ extension TopicConfiguration {
         }
         if breaker.healthyAfter <= .zero { throw fail("breaker.healthyAfter", "must be positive, got \(breaker.healthyAfter)") }
     }
+}
+
+/// `initial × multiplier^(attempt − 1)`, at most `maximum`.
+func exponentialDelay(initial: Duration, maximum: Duration, multiplier: Double, attempt: Int) -> Duration {
+    var delay = initial
+    for _ in 1..<max(attempt, 1) {
+        delay = delay * multiplier
+        if delay >= maximum { return maximum }
+    }
+    return min(delay, maximum)
 }

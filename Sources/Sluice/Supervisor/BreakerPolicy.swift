@@ -22,12 +22,7 @@ public struct BreakerPolicy: Sendable, Hashable {
 
         /// The delay before restart `attempt` (1 for the first), without jitter.
         public func delay(attempt: Int) -> Duration {
-            var delay = initial
-            for _ in 1..<max(attempt, 1) {
-                delay = delay * multiplier
-                if delay >= maximum { return maximum }
-            }
-            return min(delay, maximum)
+            exponentialDelay(initial: initial, maximum: maximum, multiplier: multiplier, attempt: attempt)
         }
     }
 
