@@ -7,14 +7,14 @@ import Testing
 struct OrderServiceTests {
     let logger = Logger(label: "sluice.order-service-test")
 
-    func startService(_ cluster: EmbeddedKafkaCluster, group: String) throws -> (SluiceProcess, String) {
+    func startService(_ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = []) throws -> (SluiceProcess, String) {
         let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
         let yaml = try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
             .replacingOccurrences(of: "group: order-service", with: "group: \(group)")
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         let service = try SluiceProcess(
-            ["--config", config, "--database", database], executable: "OrderService",
+            ["--config", config, "--database", database] + extra, executable: "OrderService",
             environment: [
                 "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
                 "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
@@ -61,13 +61,16 @@ struct OrderServiceTests {
     @Test("a second signal during the graceful shutdown exits at once with status 1")
     func secondSignalForcesExit() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2, "payments": 1, "orders.dlq": 1])
-        let (service, _) = try startService(cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))")
-        // Wait until it joined (the embedded coordinator needs 3 s), so the shutdown has work to do.
+        // A slow payments store keeps a batch in flight, so the graceful shutdown has work to wait for.
+        let (service, _) = try startService(
+            cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))", extra: ["--payment-delay-ms", "5000"])
         let joined = service.waitForStandardError(containing: "host started", timeout: .seconds(20))
         #expect(joined.contains("host started"))
-        try await Task.sleep(for: .seconds(4))
+        let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
+        produce.process.waitUntilExit()
+        try await Task.sleep(for: .seconds(5))  // the join (3 s), then a batch is in its 5 s write
         kill(service.process.processIdentifier, SIGTERM)
-        try await Task.sleep(for: .milliseconds(20))
+        try await Task.sleep(for: .milliseconds(200))
         kill(service.process.processIdentifier, SIGTERM)
         service.process.waitUntilExit()
         #expect(service.process.terminationStatus == 1)

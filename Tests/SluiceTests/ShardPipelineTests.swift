@@ -1,3 +1,4 @@
+import Dispatch
 import SluiceKafka
 import Testing
 
@@ -139,9 +140,11 @@ struct ShardPipelineTests {
             configuration,
             handler: .message(ClosureHandler { message, _ in
                 if message.offset == 3 {
-                    // Ignores cancellation: blocks this task far longer than the test.
-                    let until = ContinuousClock.now + .seconds(3)
-                    while ContinuousClock.now < until { await Task.yield() }
+                    // Awaits an answer that takes far longer than the test and ignores cancellation, as a
+                    // call to a hung dependency would (without occupying a thread of the cooperative pool).
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        DispatchQueue.global().asyncAfter(deadline: .now() + 5) { continuation.resume() }
+                    }
                 }
             }))
         let started = ContinuousClock.now

@@ -21,6 +21,9 @@ struct OrderService: AsyncParsableCommand {
     @Option(name: .long, help: "The SQLite database the payments are written to.")
     var database: String = "order-service.sqlite"
 
+    @Option(name: .long, help: "Simulate a slow payments store: wait this long before each batch write.")
+    var paymentDelayMs: Int = 0
+
     func run() async throws {
         var logger = Logger(label: "order-service")
         logger.logLevel = .info
@@ -31,7 +34,7 @@ struct OrderService: AsyncParsableCommand {
         let host = SluiceHost(configuration: configuration, logger: logger)
         let orders = OrderHandler()
         host.register("orders", orders)
-        host.register("payments", batchHandler: PaymentsSink(store: store))
+        host.register("payments", batchHandler: PaymentsSink(store: store, delay: .milliseconds(paymentDelayMs)))
 
         let summary = SummaryPrinter(host: host, orders: orders, store: store)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
@@ -81,8 +84,10 @@ final class OrderHandler: MessageHandler {
 /// Writes payments to SQLite, one transaction per batch.
 struct PaymentsSink: BatchHandler {
     let store: PaymentStore
+    var delay: Duration = .zero
 
     func handle(_ batch: [Message], context: ShardContext) async throws {
+        if delay > .zero { try await Task.sleep(for: delay) }
         try await store.insert(batch)
     }
 }
