@@ -50,4 +50,7 @@ public struct ConsumedMessage: Sendable, Hashable {
 
     /// The partition this message came from.
     public var topicPartition: TopicPartition { TopicPartition(topic, partition) }
+
+    /// The key as UTF-8 text, if there is a key.
+    public var keyString: String? { key.map { String(decoding: $0, as: UTF8.self) } }
 }

@@ -94,7 +94,6 @@ public final class KafkaProducer: Sendable {
             loop.unregister(identifier)
             throw KafkaError.rdkafka(error, context: "producing to topic '\(record.topic)'")
         }
-        loop.noteEnqueued()
     }
 
     private func produce(_ record: ProducerRecord, opaque: UInt) -> rd_kafka_resp_err_t {
@@ -238,10 +237,6 @@ final class ProducerLoop: @unchecked Sendable {
     func unregister(_ identifier: UInt) {
         _ = state.withLock { $0.pending.removeValue(forKey: identifier) }
     }
-
-    /// A message was handed to librdkafka; nothing to do (its delivery report wakes the owner), kept
-    /// as the hook where produce-side metrics will go.
-    func noteEnqueued() {}
 
     func requestClose(_ continuation: CheckedContinuation<Void, Never>?) {
         let alreadyClosed = state.withLock { state -> Bool in

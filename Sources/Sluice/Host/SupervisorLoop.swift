@@ -193,7 +193,7 @@ struct SupervisorLoop {
                     }
                     return nil
                 }
-                inner.addTask { await pipeline.run(source: ShardSource(messages: messages)) }
+                inner.addTask { await pipeline.run(source: messages) }
                 var outcome: ShardPipeline.Outcome?
                 for await result in inner where result != nil {
                     outcome = result
@@ -362,22 +362,4 @@ struct ConsumerFlowControl: ShardFlowControl {
 
     func pauseForBackpressure() async { await consumer.pause(topicPartition, reason: .backpressure) }
     func resumeAfterBackpressure() async { await consumer.resume(topicPartition, reason: .backpressure) }
-}
-
-/// A partition's batches as ``Message`` batches.
-struct ShardSource: AsyncSequence, Sendable {
-    typealias Element = [Message]
-    typealias Failure = Never
-    let messages: KafkaPartitionMessages
-
-    func makeAsyncIterator() -> Iterator { Iterator(base: messages.makeAsyncIterator()) }
-
-    struct Iterator: AsyncIteratorProtocol {
-        let base: KafkaPartitionMessages.Iterator
-        func next() async -> [Message]? {
-            var base = base
-            return await base.next().map { batch in batch.map(Message.init) }
-        }
-        mutating func next(isolation actor: isolated (any Actor)?) async -> [Message]? { await next() }
-    }
 }
