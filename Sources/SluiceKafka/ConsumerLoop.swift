@@ -38,9 +38,8 @@ final class ConsumerLoop: @unchecked Sendable {
 
     private enum Phase {
         case running
-        /// Close was asked for; waiting for the first join (hazard) and the final commit. `detached`: the
-        /// callers of `close()` were released at the deadline while the first join was still in progress.
-        case closeRequested(deadline: ContinuousClock.Instant, commitID: UInt64?, detached: Bool)
+        /// Close was asked for; waiting for the first join (hazard), then for the final commit (`commitID`).
+        case closeRequested(commitID: UInt64?)
         /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed or the
         /// deadline passes.
         case closing(deadline: ContinuousClock.Instant)
@@ -60,7 +59,12 @@ final class ConsumerLoop: @unchecked Sendable {
     private var firstAssignmentSeen = false
     private var phase = Phase.running
     private var closeWaiters: [CheckedContinuation<Void, Never>] = []
-    /// When the final commit and leave handshake must be done by.
+    /// When the callers of `close()` are released, whatever the consumer is still doing: the moment close
+    /// was asked for plus `closeTimeout`.
+    private var callerDeadline: ContinuousClock.Instant?
+    /// The callers of `close()` were released at `callerDeadline`; the owner finishes the close alone.
+    private var detached = false
+    /// When the final commit and leave handshake must be done by (`closeTimeout` after they start).
     private var closeDeadline: ContinuousClock.Instant?
     private var nextPeriodicCommit: ContinuousClock.Instant
     private let batchBuffer: UnsafeMutablePointer<UnsafeMutablePointer<rd_kafka_message_t>?>
@@ -145,14 +149,14 @@ final class ConsumerLoop: @unchecked Sendable {
                 revocations[identifier] = revocation
             }
         case .close(let continuation):
-            if case .closeRequested(_, _, detached: true) = phase {
+            if detached {
                 continuation?.resume()
                 return
             }
             if let continuation { closeWaiters.append(continuation) }
             if case .running = phase {
-                phase = .closeRequested(
-                    deadline: .now + shared.configuration.firstJoinTimeout, commitID: nil, detached: false)
+                phase = .closeRequested(commitID: nil)
+                callerDeadline = .now + shared.configuration.closeTimeout
                 logger.debug("consumer close requested")
             }
         }
@@ -529,7 +533,7 @@ final class ConsumerLoop: @unchecked Sendable {
                 metadata: ["kafka.partitions": "\(describe(revocation.partitions))"])
             revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
         }
-        if case .closeRequested(let deadline, let commitID, let detached) = phase, commitID == nil {
+        if case .closeRequested(commitID: nil) = phase {
             // Release revocations in progress: their owners are shutting down too.
             for (identifier, revocation) in revocations where revocation.commitID == nil {
                 revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
@@ -537,24 +541,19 @@ final class ConsumerLoop: @unchecked Sendable {
             if !subscribed || firstAssignmentSeen {
                 closeDeadline = now + shared.configuration.closeTimeout
                 let identifier = startCommit(.close, timeout: shared.configuration.closeTimeout / 2)
-                if case .closeRequested = phase {
-                    phase = .closeRequested(deadline: deadline, commitID: identifier, detached: detached)
-                }
-            } else if now >= deadline, !detached {
-                if String(cString: rd_kafka_rebalance_protocol(rk)) == "NONE" {
-                    // The group never answered our JoinGroup: no assignor state exists, so destroying is
-                    // safe; skip the leave handshake, there is nothing to leave.
-                    logger.warning("consumer never joined its group; closing without the leave handshake")
-                    destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
-                } else {
-                    // JoinGroup answered, SyncGroup not yet: closing or destroying now aborts the process in
-                    // librdkafka < 2.3.0. Release the callers; the owner closes once the assignment arrives.
-                    logger.warning("consumer is in its first rebalance; it will leave the group once that completes")
-                    phase = .closeRequested(deadline: deadline, commitID: nil, detached: true)
-                    shared.eventsContinuation.finish()
-                    releaseCloseWaiters()
-                }
+                if case .closeRequested = phase { phase = .closeRequested(commitID: identifier) }
+            } else if let callerDeadline, now >= callerDeadline,
+                String(cString: rd_kafka_rebalance_protocol(rk)) == "NONE"
+            {
+                // The group never answered our JoinGroup: no assignor state exists, so destroying is safe;
+                // skip the leave handshake, there is nothing to leave.
+                logger.warning("consumer never joined its group; closing without the leave handshake")
+                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+                return
             }
+        }
+        if !detached, let callerDeadline, now >= callerDeadline {
+            detach()
         }
         if case .closing(let deadline) = phase {
             if rd_kafka_consumer_closed(rk) != 0 {
@@ -575,6 +574,23 @@ final class ConsumerLoop: @unchecked Sendable {
             return
         }
         phase = .closing(deadline: closeDeadline ?? .now + shared.configuration.closeTimeout)
+    }
+
+    /// `closeTimeout` passed since close was asked for and the consumer is still joining (JoinGroup answered,
+    /// SyncGroup not yet: closing or destroying now aborts the process with librdkafka < 2.3.0) or still
+    /// committing and leaving. Release the callers, end every sequence, and let the owner finish alone: it
+    /// closes once the first assignment arrives, and destroys without the handshake `closeTimeout` after
+    /// the handshake began.
+    private func detach() {
+        detached = true
+        if firstAssignmentSeen {
+            logger.warning("consumer close is taking longer than closeTimeout; it finishes leaving its group in the background")
+        } else {
+            logger.warning("consumer is in its first rebalance; it will leave the group once that completes")
+        }
+        for state in partitions.values { state.channel.finish() }
+        shared.eventsContinuation.finish()
+        releaseCloseWaiters()
     }
 
     private func destroy(flags: Int32) {
@@ -610,7 +626,7 @@ final class ConsumerLoop: @unchecked Sendable {
         var next = nextPeriodicCommit
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
-        if case .closeRequested(let deadline, _, _) = phase { next = min(next, deadline) }
+        if !detached, let callerDeadline { next = min(next, callerDeadline) }
         if case .closing(let deadline) = phase { next = min(next, deadline, now + .milliseconds(10)) }
         let milliseconds = (next - now).milliseconds
         return Int32(clamping: max(0, min(milliseconds, 200)))

@@ -33,7 +33,7 @@ import Synchronization
 ///   and librdkafka is told to resume only when the set becomes empty and the partition is paused.
 /// - Closing a cooperative-sticky consumer during its first rebalance (after the group answered its
 ///   JoinGroup, before its SyncGroup) aborts the process: ``close()`` waits for the first assignment, up to
-///   ``KafkaConsumerConfiguration/firstJoinTimeout``; then a consumer the group never answered is destroyed
+///   ``KafkaConsumerConfiguration/closeTimeout``; then a consumer the group never answered is destroyed
 ///   without the leave handshake, and one still in its first rebalance is closed in the background once
 ///   the rebalance completes.
 /// - `rd_kafka_poll` after `rd_kafka_poll_set_consumer` asserts: it is never called.
@@ -258,9 +258,9 @@ public final class KafkaConsumer: Sendable {
     /// Commits stored offsets, leaves the group (releasing every partition) and destroys the client.
     /// Every message sequence and ``events`` end. Safe to call more than once.
     ///
-    /// Bounded by ``KafkaConsumerConfiguration/firstJoinTimeout`` plus
-    /// ``KafkaConsumerConfiguration/closeTimeout``. It returns once nothing can use the client any more;
-    /// librdkafka's own teardown, which can take seconds when brokers are unreachable, finishes on the
+    /// Returns within ``KafkaConsumerConfiguration/closeTimeout``, with every sequence and ``events`` ended.
+    /// What is left then (a first rebalance to wait out, a leave handshake with a slow coordinator, and
+    /// librdkafka's own teardown, which can take seconds when brokers are unreachable) finishes on the
     /// consumer's thread afterwards.
     public func close() async {
         await withCheckedContinuation { continuation in

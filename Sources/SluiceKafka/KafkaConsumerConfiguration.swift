@@ -25,15 +25,13 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// How long a revoked partition may take to be released after the revocation event was delivered,
     /// if its owner does not call ``KafkaRevocation/done()`` first. Default 10 s.
     public var revokeTimeout: Duration = .seconds(10)
-    /// How long ``KafkaConsumer/close()`` waits for the consumer's first group join to complete. After it,
-    /// a consumer the group never answered is destroyed without the leave handshake, and one in the middle
-    /// of its first rebalance is closed in the background once the rebalance completes (closing it earlier
-    /// aborts the process with librdkafka < 2.3.0). Default 8 s.
-    public var firstJoinTimeout: Duration = .seconds(8)
-    /// How long ``KafkaConsumer/close()`` may take for the final commit and the leave handshake, after the
-    /// first join (see ``firstJoinTimeout``). If the group coordinator is unreachable the consumer is then
-    /// destroyed without the handshake; the group notices after `session.timeout.ms`. Default 10 s.
-    public var closeTimeout: Duration = .seconds(10)
+    /// The longest ``KafkaConsumer/close()`` makes its caller wait: for the consumer's first group join to
+    /// complete (closing earlier aborts the process with librdkafka < 2.3.0), the final commit and the leave
+    /// handshake. When it passes, `close()` returns with every sequence ended and the consumer finishes
+    /// alone: one the group never answered is destroyed without the handshake; one in its first rebalance
+    /// closes once that completes; one leaving is destroyed without the handshake `closeTimeout` after the
+    /// handshake began (the group then notices after `session.timeout.ms`). Default 8 s.
+    public var closeTimeout: Duration = .seconds(8)
     /// Most messages taken from a partition's librdkafka queue in one batch. Default 1,000.
     public var maxBatchSize: Int = 1000
     /// Messages a partition may hold in Sluice's buffer before the consumer pauses its fetching

@@ -275,6 +275,36 @@ extension KafkaConsumerTests {
 }
 
 extension KafkaConsumerTests {
+    /// The group coordinator answers every request 6 s late, so neither the final commit nor the leave
+    /// handshake can finish: `close()` still returns within `closeTimeout` with every sequence ended.
+    @Test("close returns within closeTimeout when the group coordinator is slow")
+    func closeWithASlowCoordinator() async throws {
+        let cluster = try EmbeddedKafkaCluster(brokers: 2, topics: [:])
+        try cluster.createTopic("slowgroup", partitions: 2)
+        for partition: Int32 in 0..<2 {
+            try cluster.setPartitionLeader(TopicPartition("slowgroup", partition), broker: 1)
+        }
+        let group = TestSupport.uniqueName("slow")
+        try cluster.setGroupCoordinator(group: group, broker: 2)
+        try await TestSupport.produce(cluster, topic: "slowgroup", partitions: 2, count: 100)
+        var configuration = TestSupport.consumerConfiguration(cluster, group: group)
+        configuration.closeTimeout = .seconds(2)
+        let consumer = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["slowgroup"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try cluster.setRoundTripTime(broker: 2, .seconds(6))
+        let started = ContinuousClock.now
+        await consumer.close()
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(3), "close took \(took) with closeTimeout 2 s")
+        await driver.value
+        #expect(ContinuousClock.now - started < .seconds(3), "every sequence ended when close returned")
+    }
+}
+
+extension KafkaConsumerTests {
     @Test("seek to the committed offset rewinds a paused partition to it; resume reads from there")
     func seekToCommitted() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["replay": 1])
