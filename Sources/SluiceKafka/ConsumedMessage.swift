@@ -12,7 +12,8 @@ public struct KafkaHeader: Hashable, Sendable {
     }
 }
 
-/// A message read from a partition. Its bytes were copied once out of librdkafka's buffer.
+/// A message read from a partition. Its key and value were copied once out of librdkafka's buffer, together
+/// with the rest of their batch (see ``KafkaBytes``).
 public struct ConsumedMessage: Sendable, Hashable {
     /// The topic.
     public var topic: String
@@ -21,9 +22,9 @@ public struct ConsumedMessage: Sendable, Hashable {
     /// The message's offset in its partition.
     public var offset: Int64
     /// The key, if the message has one.
-    public var key: [UInt8]?
+    public var key: KafkaBytes?
     /// The payload (empty for a null payload).
-    public var value: [UInt8]
+    public var value: KafkaBytes
     /// The record headers, in order.
     public var headers: [KafkaHeader]
     /// The message timestamp in milliseconds since the epoch, if the broker set one.
@@ -34,8 +35,8 @@ public struct ConsumedMessage: Sendable, Hashable {
         topic: String,
         partition: Int32,
         offset: Int64,
-        key: [UInt8]? = nil,
-        value: [UInt8],
+        key: KafkaBytes? = nil,
+        value: KafkaBytes,
         headers: [KafkaHeader] = [],
         timestampMilliseconds: Int64? = nil
     ) {

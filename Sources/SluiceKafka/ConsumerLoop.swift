@@ -258,8 +258,11 @@ final class ConsumerLoop: @unchecked Sendable {
                 if let message = rd_kafka_event_message_next(event) {
                     let topicPartition = TopicPartition(
                         String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition)
-                    if let state = partitions[topicPartition], let converted = convert(message, topic: topicPartition.topic) {
-                        _ = state.channel.push([converted])
+                    if let state = partitions[topicPartition] {
+                        var writer = KafkaBytes.BatchWriter()
+                        writer.reserve(message.pointee)
+                        writer.allocate()
+                        _ = state.channel.push([convert(message, topic: topicPartition.topic, into: &writer)])
                     }
                 }
             default:
@@ -449,14 +452,20 @@ final class ConsumerLoop: @unchecked Sendable {
             let limit = min(room, maxBatch)
             let count = rd_kafka_consume_batch_queue(state.queue, 0, batchBuffer, limit)
             guard count > 0 else { continue }
+            // One buffer for the batch's keys and values.
+            var writer = KafkaBytes.BatchWriter()
+            for index in 0..<count {
+                writer.reserve(batchBuffer[index]!.pointee)
+            }
+            writer.allocate()
             var batch: [ConsumedMessage] = []
             batch.reserveCapacity(count)
             for index in 0..<count {
                 let message = batchBuffer[index]!
                 if message.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR {
                     reportMessageError(message, state.topicPartition)
-                } else if let converted = convert(UnsafePointer(message), topic: state.topicPartition.topic) {
-                    batch.append(converted)
+                } else {
+                    batch.append(convert(UnsafePointer(message), topic: state.topicPartition.topic, into: &writer))
                 }
                 rd_kafka_message_destroy(message)
             }
@@ -474,11 +483,12 @@ final class ConsumerLoop: @unchecked Sendable {
         applyPause(state)
     }
 
-    private func convert(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) -> ConsumedMessage? {
+    private func convert(
+        _ message: UnsafePointer<rd_kafka_message_t>, topic: String, into writer: inout KafkaBytes.BatchWriter
+    ) -> ConsumedMessage {
         let raw = message.pointee
-        let value: [UInt8] =
-            raw.payload.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: raw.len)) } ?? []
-        let key: [UInt8]? = raw.key.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: raw.key_len)) }
+        let value = raw.payload.map { writer.copy($0, count: raw.len) } ?? KafkaBytes()
+        let key = raw.key.map { writer.copy($0, count: raw.key_len) }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)
         var headers: [KafkaHeader] = []
@@ -643,5 +653,14 @@ final class ConsumerLoop: @unchecked Sendable {
 
     private func describe(_ list: [TopicPartition]) -> String {
         list.sorted().map(\.description).joined(separator: ",")
+    }
+}
+
+extension KafkaBytes.BatchWriter {
+    /// Reserves room for a message's key and value (nothing for an error).
+    mutating func reserve(_ raw: rd_kafka_message_t) {
+        guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { return }
+        if raw.payload != nil { reserve(raw.len) }
+        if raw.key != nil { reserve(raw.key_len) }
     }
 }

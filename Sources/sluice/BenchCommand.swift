@@ -11,7 +11,8 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
         discussion: """
-            Preloads a topic with 100-byte messages over 10,000 keys, then runs each case --runs times: \
+            Preloads a topic with 100-byte messages over 10,000 keys, then runs each case --runs times, \
+            interleaved: \
             (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition, \
             (c) ordering: key with 8 processors, (d) a batch handler (batches of 500), (e) the host with one \
             shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file. \
@@ -27,7 +28,7 @@ struct BenchCommand: AsyncParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
     var flagRuns: Int = 20
-    @Option(name: .long, help: "Run only this throughput case (a, b, c, d or e), e.g. to profile it.")
+    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, c, d, e), e.g. to profile one or compare a2,b.")
     var only: String?
     @Option(name: .long, help: "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time.")
     var scale: Int?
@@ -37,6 +38,9 @@ struct BenchCommand: AsyncParsableCommand {
         guard messages >= partitions * 100 else { throw ValidationError("--messages must be at least 100 per partition") }
         guard messages / partitions <= 35_000 else {
             throw ValidationError("--messages: at most 35,000 per partition fit the mock's 5 MiB per partition")
+        }
+        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "c", "d", "e"].contains(name) {
+            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b, c, d and e")
         }
     }
 
@@ -55,98 +59,114 @@ struct BenchCommand: AsyncParsableCommand {
         note("preloading \(messages) messages over \(partitions) partitions")
         try preload(bootstrap: cluster)
         let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
-        var rows: [(String, [Double], Double, Int)] = []
         let baselineMegabytes = residentMegabytes()
 
-        func measure(_ name: String, _ body: () async throws -> (count: Int, seconds: Double)) async throws -> [Double] {
-            if let only, !name.hasPrefix(only) { return [1] }
+        struct Case {
+            let name: String
+            let body: () async throws -> (count: Int, seconds: Double)
             var rates: [Double] = []
             var cpu = 0.0
             var total = 0
-            resetPeakResident()
-            for run in 1...runs {
-                // Let the previous run's teardown (a consumer's librdkafka destroy finishes in the
-                // background) settle, so it does not compete with this run for the 2 cores.
-                try await Task.sleep(for: .seconds(2))
-                let before = cpuSeconds()
-                let (count, seconds) = try await body()
-                cpu += cpuSeconds() - before
-                total += count
-                rates.append(Double(count) / seconds)
-                note("\(name) run \(run): \(Int(Double(count) / seconds)) msg/s")
-            }
-            rows.append((name, rates, cpu / Double(total) * 1_000_000, peakResidentMegabytes()))
-            return rates
+            var peak = 0
         }
-
-        let rawSame = try await measure("a1 raw librdkafka loop, Sluice's settings") {
-            let result = try await onThread {
-                try RawConsumeLoop.run(
-                    configuration: consumerConfiguration(cluster, group: "raw-\(UUID())"), topic: "bench", count: messages,
-                    timeout: .seconds(120))
-            }
-            return (result.messages, result.elapsed.seconds)
-        }
-        let rawStock = try await measure("a2 raw librdkafka loop, stock queue settings") {
-            var stock = consumerConfiguration(cluster, group: "raw-\(UUID())")
-            stock.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
-            let configuration = stock
-            let result = try await onThread {
-                try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
-            }
-            return (result.messages, result.elapsed.seconds)
-        }
-        // The ratios divide by the faster plain loop.
-        let raw = median(rawSame.sorted()) >= median(rawStock.sorted()) ? rawSame : rawStock
         var partitionOrdering = TopicConfiguration()
         partitionOrdering.ordering = .partition
-        let hostPartition = try await measure("b host, no-op, ordering partition") {
-            try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
-        }
         var keyOrdering = TopicConfiguration()
         keyOrdering.ordering = .key
         keyOrdering.processors = 8
-        let hostKey = try await measure("c host, no-op, ordering key x8") {
-            try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
-        }
         var batching = TopicConfiguration()
         batching.batch = .init(size: 500, timeout: .milliseconds(50))
-        let hostBatch = try await measure("d host, batch handler (500)") {
-            try await runHost(cluster, settings: batching, handler: .batch, logger: logger)
-        }
         var crashing = TopicConfiguration()
         crashing.breaker = .backoff  // restarts forever, 1 s .. 5 min apart
         let healthy = messages - perPartition[0, default: 0]
-        let hostCrash = try await measure("e host, partition 0 crash-looping (healthy shards)") {
-            try await runHost(cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
-        }
-        if let only {
-            for (name, rates, cpu, peak) in rows {
-                print("\(name): median \(Int(median(rates.sorted()))) msg/s, CPU \(String(format: "%.2f", cpu)) s per M msgs, peak RSS \(peak) MB")
+        var stock = consumerConfiguration(cluster, group: "raw")
+        stock.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
+        let stockSettings = stock
+        var cases = [
+            Case(name: "a1 raw librdkafka loop, Sluice's settings") {
+                let configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
+                let result = try await onThread {
+                    try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
+                }
+                return (result.messages, result.elapsed.seconds)
+            },
+            Case(name: "a2 raw librdkafka loop, stock queue settings") {
+                var configuration = stockSettings
+                configuration.groupID = "raw-\(UUID())"
+                let settings = configuration
+                let result = try await onThread {
+                    try RawConsumeLoop.run(configuration: settings, topic: "bench", count: messages, timeout: .seconds(120))
+                }
+                return (result.messages, result.elapsed.seconds)
+            },
+            Case(name: "b host, no-op, ordering partition") {
+                try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
+            },
+            Case(name: "c host, no-op, ordering key x8") {
+                try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
+            },
+            Case(name: "d host, batch handler (500)") {
+                try await runHost(cluster, settings: batching, handler: .batch, logger: logger)
+            },
+            Case(name: "e host, partition 0 crash-looping (healthy shards)") {
+                try await runHost(cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
+            },
+        ]
+        let selected = only.map { $0.split(separator: ",").map(String.init) }
+        let chosen = cases.indices.filter { index in selected?.contains { cases[index].name.hasPrefix($0) } ?? true }
+        // Runs are interleaved (a1 a2 b c d e, a1 a2 b ...) so that a slow patch of a shared machine falls
+        // on every case alike instead of on one case's runs.
+        for run in 1...runs {
+            for index in chosen {
+                // Let the previous run's teardown (a consumer's librdkafka destroy finishes in the
+                // background) settle, so it does not compete with this run for the 2 cores.
+                try await Task.sleep(for: .seconds(2))
+                resetPeakResident()
+                let before = cpuSeconds()
+                let (count, seconds) = try await cases[index].body()
+                cases[index].cpu += cpuSeconds() - before
+                cases[index].total += count
+                cases[index].rates.append(Double(count) / seconds)
+                cases[index].peak = max(cases[index].peak, peakResidentMegabytes())
+                note("\(cases[index].name) run \(run): \(Int(Double(count) / seconds)) msg/s")
             }
-            _ = only
+        }
+        func medianRate(_ prefix: String) -> Double? {
+            cases.first { $0.name.hasPrefix(prefix) && !$0.rates.isEmpty }.map { median($0.rates.sorted()) }
+        }
+        func cpuPerMillion(_ item: Case) -> Double { item.total == 0 ? 0 : item.cpu / Double(item.total) * 1_000_000 }
+        if only != nil {
+            for item in cases where !item.rates.isEmpty {
+                print("\(item.name): median \(Int(median(item.rates.sorted()))) msg/s, CPU \(String(format: "%.2f", cpuPerMillion(item))) s per M msgs, peak RSS \(item.peak) MB")
+            }
+            // The ratios to the faster raw loop, for the cases that ran.
+            if let a = [medianRate("a1"), medianRate("a2")].compactMap({ $0 }).max() {
+                let parts = ["b", "c", "d"].compactMap { name in medianRate(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
+                if !parts.isEmpty { print("ratios: " + parts.joined(separator: " ")) }
+            }
             return
         }
         let (off, on) = try await flagReaction(cluster, logger: logger)
 
         print("")
         print("case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  peak RSS MB")
-        for (name, rates, cpu, peak) in rows {
-            let sorted = rates.sorted()
+        for item in cases {
+            let sorted = item.rates.sorted()
             print(
-                name.padding(toLength: 50, withPad: " ", startingAt: 0)
-                    + pad(Int(sorted.first!)) + pad(Int(median(sorted))) + pad(Int(sorted.last!)) + String(format: "%14.2f", cpu)
-                    + pad(peak, width: 13))
+                item.name.padding(toLength: 50, withPad: " ", startingAt: 0)
+                    + pad(Int(sorted.first!)) + pad(Int(median(sorted))) + pad(Int(sorted.last!))
+                    + String(format: "%14.2f", cpuPerMillion(item)) + pad(item.peak, width: 13))
         }
         print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
         print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
         print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
         print("RSS before the cases (runtime and librdkafka, broker and preload in child processes): \(baselineMegabytes) MB")
-        let a = median(raw.sorted())
+        // The ratios divide by the faster plain loop.
+        let a = max(medianRate("a1")!, medianRate("a2")!)
+        let b = medianRate("b")!
         print(String(
             format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
-            median(hostPartition.sorted()) / a, median(hostKey.sorted()) / a, median(hostBatch.sorted()) / a,
-            median(hostCrash.sorted()) / median(hostPartition.sorted())))
+            b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
     }
 
     // MARK: Cases

@@ -17,11 +17,18 @@ struct LoadPayload: Equatable {
     }
 
     /// Reads a payload written by ``encoded(size:)``; nil for anything else.
-    init?(decoding bytes: [UInt8]) {
+    init?(decoding bytes: some Collection<UInt8>) {
+        let parsed =
+            bytes.withContiguousStorageIfAvailable { Self.parse($0) } ?? Array(bytes).withUnsafeBufferPointer { Self.parse($0) }
+        guard let parsed else { return nil }
+        self = parsed
+    }
+
+    private static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> LoadPayload? {
         guard let key = Self.string(bytes, field: "key"), let sequence = Self.number(bytes, field: "seq"),
             let index = Self.number(bytes, field: "n"), let timestamp = Self.number(bytes, field: "ts")
         else { return nil }
-        self.init(key: key, sequence: sequence, index: index, timestampMilliseconds: Int64(timestamp))
+        return LoadPayload(key: key, sequence: sequence, index: index, timestampMilliseconds: Int64(timestamp))
     }
 
     init(key: String, sequence: Int, index: Int, timestampMilliseconds: Int64) {
@@ -31,21 +38,19 @@ struct LoadPayload: Equatable {
         self.timestampMilliseconds = timestampMilliseconds
     }
 
-    private static func find(_ bytes: [UInt8], _ field: String) -> Int? {
+    private static func find(_ haystack: UnsafeBufferPointer<UInt8>, _ field: String) -> Int? {
         let needle = Array("\"\(field)\":".utf8)
-        guard bytes.count >= needle.count else { return nil }
-        return bytes.withUnsafeBufferPointer { haystack in
-            needle.withUnsafeBufferPointer { needle in
-                outer: for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
-                    for offset in 1..<needle.count where haystack[start + offset] != needle[offset] { continue outer }
-                    return start + needle.count
-                }
-                return nil
+        guard haystack.count >= needle.count else { return nil }
+        return needle.withUnsafeBufferPointer { needle in
+            outer: for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+                for offset in 1..<needle.count where haystack[start + offset] != needle[offset] { continue outer }
+                return start + needle.count
             }
+            return nil
         }
     }
 
-    private static func number(_ bytes: [UInt8], field: String) -> Int? {
+    private static func number(_ bytes: UnsafeBufferPointer<UInt8>, field: String) -> Int? {
         guard var position = find(bytes, field) else { return nil }
         var value = 0
         var digits = 0
@@ -57,7 +62,7 @@ struct LoadPayload: Equatable {
         return digits > 0 ? value : nil
     }
 
-    private static func string(_ bytes: [UInt8], field: String) -> String? {
+    private static func string(_ bytes: UnsafeBufferPointer<UInt8>, field: String) -> String? {
         guard var position = find(bytes, field), position < bytes.count, bytes[position] == 34 else { return nil }
         position += 1
         let start = position

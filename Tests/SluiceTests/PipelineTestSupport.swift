@@ -53,8 +53,8 @@ enum PipelineFixture {
     static func messages(_ offsets: Range<Int64>, keys: Int = 1) -> [Message] {
         offsets.map { offset in
             Message(
-                topic: "t", partition: 0, offset: offset, key: Array("k\(offset % Int64(keys))".utf8),
-                value: Array("\(offset)".utf8))
+                topic: "t", partition: 0, offset: offset, key: KafkaBytes("k\(offset % Int64(keys))"),
+                value: KafkaBytes("\(offset)"))
         }
     }
 

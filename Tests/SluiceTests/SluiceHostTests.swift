@@ -64,7 +64,7 @@ struct SluiceHostTests {
         let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in
-            if message.value == Array("poison".utf8) { throw TestFailure(description: "cannot parse order") }
+            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
             handled.append(message)
         })
         let running = Task { try await host.run() }
@@ -98,7 +98,7 @@ struct SluiceHostTests {
         let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in
-            if message.value == Array("poison".utf8) { throw TestFailure(description: "cannot parse order") }
+            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
             handled.append(message)
         })
         let running = Task { try await host.run() }
@@ -126,8 +126,8 @@ struct SluiceHostTests {
         }
         await consumer.close()
         let message = try #require(letter)
-        #expect(message.value == Array("poison".utf8))
-        #expect(message.key == Array("k4".utf8))
+        #expect(message.value == KafkaBytes("poison"))
+        #expect(message.key == KafkaBytes("k4"))
         let headers = Dictionary(uniqueKeysWithValues: message.headers.map { ($0.key, String(decoding: $0.value ?? [], as: UTF8.self)) })
         #expect(headers["sluice.source.topic"] == "orders")
         #expect(headers["sluice.source.partition"] == "0")

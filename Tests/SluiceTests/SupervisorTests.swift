@@ -173,7 +173,7 @@ struct SupervisorTests {
         let broken = Locked(true)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in
-            if message.value == Array("poison".utf8), broken.value { throw TestFailure(description: "poison") }
+            if message.value == KafkaBytes("poison"), broken.value { throw TestFailure(description: "poison") }
             handled.append(message)
         })
         let running = Task { try await host.run() }

@@ -13,6 +13,6 @@ struct KafkaDeadLetterSink: DeadLetterSink {
         headers.append(KafkaHeader(key: "sluice.source.partition", value: Array(String(message.partition).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.offset", value: Array(String(message.offset).utf8)))
         headers.append(KafkaHeader(key: "sluice.attempts", value: Array(String(attempts).utf8)))
-        _ = try await producer.send(ProducerRecord(topic: topic, key: message.key, value: message.value, headers: headers))
+        _ = try await producer.send(ProducerRecord(topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers))
     }
 }

@@ -70,8 +70,7 @@ final class ShardPipeline: Sendable {
 
         func begin(_ offset: Int64, at instant: ContinuousClock.Instant) {
             self.offset.store(offset, ordering: .relaxed)
-            let elapsed = instant - Self.epoch
-            since.store(max(1, elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000), ordering: .releasing)
+            since.store(max(1, (instant - Self.epoch).nanoseconds), ordering: .releasing)
         }
 
         func end() { since.store(0, ordering: .releasing) }
@@ -80,9 +79,7 @@ final class ShardPipeline: Sendable {
         func running(now: ContinuousClock.Instant) -> (Duration, Int64)? {
             let started = since.load(ordering: .acquiring)
             guard started != 0 else { return nil }
-            let elapsed = now - Self.epoch
-            let nanoseconds = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
-            return (.nanoseconds(nanoseconds - started), offset.load(ordering: .relaxed))
+            return (.nanoseconds((now - Self.epoch).nanoseconds - started), offset.load(ordering: .relaxed))
         }
     }
 
@@ -99,7 +96,12 @@ final class ShardPipeline: Sendable {
     private let activities: [LaneActivity]
     /// Mirrors `state.crash != nil` for the lanes' per-message checks.
     private let crashed = Atomic<Bool>(false)
+    /// Notified when work completes or a lane ends: the dispatcher waiting for room under `maxInFlight`
+    /// and the drain wait for it.
     private let beacon = Beacon()
+    /// Notified only on a stop request or a crash: the watchdog waits on it (and rechecks on a timer), so
+    /// completions, thousands a second, do not wake it.
+    private let control = Beacon()
     /// Runs of messages for the lanes, in offset order within each queue.
     private let queues: [WorkQueue<[Message]>]
 
@@ -146,6 +148,7 @@ final class ShardPipeline: Sendable {
     func requestStop() {
         state.withLock { $0.stopRequested = true }
         beacon.notify()
+        control.notify()
     }
 
     /// Runs until the source ends, ``requestStop()`` is called, or the pipeline crashes.
@@ -157,7 +160,7 @@ final class ShardPipeline: Sendable {
         let leftPaused = await withTaskGroup(of: Bool.self) { group in
             group.addTask { await self.dispatch(source) }
             group.addTask {
-                _ = await self.beacon.waitUntil(recheck: self.watchdogInterval) { self.stopOrCrash() }
+                _ = await self.control.waitUntil(recheck: self.watchdogInterval) { self.stopOrCrash() }
                 return false
             }
             var paused = false
@@ -351,10 +354,11 @@ final class ShardPipeline: Sendable {
             await process(remaining.prefix(1), lane: lane)
             return remaining.dropFirst()
         }
+        let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: 1, logger: logger)
+        // One clock read per message: a call's end is the next call's start.
+        var callStarted = ContinuousClock.now
         while let message = remaining.first {
             if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
-            let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: 1, logger: logger)
-            let callStarted = ContinuousClock.now
             activity.begin(message.offset, at: callStarted)
             do {
                 try await handler.handle(message, context: context)
@@ -366,8 +370,9 @@ final class ShardPipeline: Sendable {
                 return remaining.dropFirst()
             }
             activity.end()
-            let took = ContinuousClock.now - callStarted
-            metrics.handlerDuration.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+            let callEnded = ContinuousClock.now
+            metrics.handlerDuration.recordNanoseconds((callEnded - callStarted).nanoseconds)
+            callStarted = callEnded
             if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
             let pending = activity.completed.withLock { completed in
                 completed.append(message.offset)
@@ -419,8 +424,7 @@ final class ShardPipeline: Sendable {
                     failure = error
                 }
             }
-            let took = ContinuousClock.now - callStarted
-            metrics.handlerDuration.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+            metrics.handlerDuration.recordNanoseconds((ContinuousClock.now - callStarted).nanoseconds)
             activities[lane].end()
             // A handler that timed out was cancelled and its shard crashed: its outcome does not count.
             if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
@@ -486,5 +490,6 @@ final class ShardPipeline: Sendable {
         if first { logger.error("shard crashed", metadata: ["sluice.crash": "\(crash)"]) }
         for queue in queues { _ = queue.drain() }
         beacon.notify()
+        control.notify()
     }
 }
