@@ -21,16 +21,29 @@ public struct ConsumedMessage: Sendable, Hashable {
     public var partition: Int32
     /// The message's offset in its partition.
     public var offset: Int64
-    /// The key, if the message has one.
-    public var key: KafkaBytes?
-    /// The payload (empty for a null payload).
-    public var value: KafkaBytes
     /// The record headers, in order.
     public var headers: [KafkaHeader]
     /// The message timestamp in milliseconds since the epoch, if the broker set one.
     public var timestampMilliseconds: Int64?
+    /// The buffer holding the key and the value: one reference per message, not one per field, since
+    /// every copy of a message retains it.
+    private let storage: KafkaBytes.Storage
+    private let keyStart: UInt32
+    /// -1: no key.
+    private let keyCount: Int32
+    private let valueStart: UInt32
+    private let valueCount: UInt32
 
-    /// Creates a message; used by tests and by the consumer.
+    /// The key, if the message has one.
+    public var key: KafkaBytes? {
+        keyCount < 0 ? nil : KafkaBytes(storage: storage, start: Int(keyStart), count: Int(keyCount))
+    }
+
+    /// The payload (empty for a null payload).
+    public var value: KafkaBytes { KafkaBytes(storage: storage, start: Int(valueStart), count: Int(valueCount)) }
+
+    /// Creates a message; used by tests and by the consumer. A key and value from different buffers are
+    /// copied into one.
     public init(
         topic: String,
         partition: Int32,
@@ -43,10 +56,38 @@ public struct ConsumedMessage: Sendable, Hashable {
         self.topic = topic
         self.partition = partition
         self.offset = offset
-        self.key = key
-        self.value = value
         self.headers = headers
         self.timestampMilliseconds = timestampMilliseconds
+        var key = key
+        var value = value
+        if let separateKey = key, separateKey.storage !== value.storage, separateKey.count > 0, value.count > 0 {
+            var writer = KafkaBytes.BatchWriter()
+            writer.reserve(separateKey.count + value.count)
+            writer.allocate()
+            key = separateKey.withUnsafeBytes { writer.copy($0.baseAddress!, count: $0.count) }
+            value = value.withUnsafeBytes { writer.copy($0.baseAddress!, count: $0.count) }
+        }
+        self.storage = value.count > 0 ? value.storage : key?.storage ?? value.storage
+        self.keyStart = key?.start ?? 0
+        self.keyCount = key.map { Int32($0.count) } ?? -1
+        self.valueStart = value.start
+        self.valueCount = UInt32(value.count)
+    }
+
+    public static func == (lhs: ConsumedMessage, rhs: ConsumedMessage) -> Bool {
+        lhs.topic == rhs.topic && lhs.partition == rhs.partition && lhs.offset == rhs.offset
+            && lhs.key == rhs.key && lhs.value == rhs.value && lhs.headers == rhs.headers
+            && lhs.timestampMilliseconds == rhs.timestampMilliseconds
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(topic)
+        hasher.combine(partition)
+        hasher.combine(offset)
+        hasher.combine(key)
+        hasher.combine(value)
+        hasher.combine(headers)
+        hasher.combine(timestampMilliseconds)
     }
 
     /// The partition this message came from.

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Crdkafka
 import Dispatch
 
 /// Starts the dedicated OS threads that own librdkafka handles, and runs blocking librdkafka calls
@@ -29,6 +30,8 @@ enum OwnerThread {
             &attributes,
             { argument in
                 let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+                // Visible in `top -H`, perf and debuggers; Linux allows 15 characters.
+                sluice_set_thread_name(box.name)
                 box.body()
                 return nil
             },

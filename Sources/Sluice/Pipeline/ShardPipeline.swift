@@ -246,21 +246,25 @@ final class ShardPipeline: Sendable {
                     await flowControl.resumeAfterBackpressure()
                 }
                 // Take as many as fit under the limit, and begin them in one lock.
-                let (accepted, skipped, taken) = state.withLock { state -> ([Message], Int, Int) in
+                let (taken, rejected) = state.withLock { state -> (Int, [Int64]) in
                     let room = max(limit - state.tracker.inFlight, 1)
                     let slice = remaining.prefix(room)
-                    var accepted: [Message] = []
-                    accepted.reserveCapacity(slice.count)
-                    for message in slice where state.tracker.begin(message.offset) { accepted.append(message) }
-                    return (accepted, slice.count - accepted.count, slice.count)
+                    var rejected: [Int64] = []
+                    for message in slice where !state.tracker.begin(message.offset) { rejected.append(message.offset) }
+                    return (slice.count, rejected)
                 }
+                let slice = remaining.prefix(taken)
                 remaining = remaining.dropFirst(taken)
-                if skipped > 0 {
+                if rejected.isEmpty {
+                    // The common case: the whole batch in one go, handed on without a copy.
+                    handOut(slice.count == batch.count ? batch : Array(slice))
+                } else {
                     logger.warning(
                         "partition rewound under the shard; skipping offsets it already took",
-                        metadata: ["sluice.skipped": "\(skipped)"])
+                        metadata: ["sluice.skipped": "\(rejected.count)"])
+                    let skipped = Set(rejected)
+                    handOut(slice.filter { !skipped.contains($0.offset) })
                 }
-                handOut(accepted)
             }
         }
         return pausedForBackpressure
@@ -332,7 +336,7 @@ final class ShardPipeline: Sendable {
             let deadline = ContinuousClock.now + batching.timeout
             while unit.count < batching.size {
                 if carry.isEmpty {
-                    guard let run = await queue.next(before: deadline, clock: ContinuousClock()) else { break }
+                    guard let run = await queue.next(before: deadline) else { break }
                     carry = run[...]
                 }
                 let more = carry.prefix(batching.size - unit.count)

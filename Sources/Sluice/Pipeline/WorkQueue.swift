@@ -14,6 +14,9 @@ final class WorkQueue<Element: Sendable>: Sendable {
         var waiters: Deque<Waiter> = []
         var finished = false
         var nextIdentifier: UInt64 = 0
+        /// Timed waits in progress, and those of them whose deadline passed before they registered.
+        var timed: Set<UInt64> = []
+        var expired: Set<UInt64> = []
     }
 
     private let state = Mutex(State())
@@ -48,15 +51,63 @@ final class WorkQueue<Element: Sendable>: Sendable {
 
     /// The next element, or nil once finished and empty, or when the calling task is cancelled.
     func next() async -> Element? {
-        let identifier: UInt64 = state.withLock { state in
+        await next(identifier: newIdentifier())
+    }
+
+    /// The next element if one arrives before `deadline`, else nil (also once finished and empty, or when
+    /// the calling task is cancelled). An element pushed as the deadline passes is either returned or
+    /// left queued, never lost.
+    ///
+    /// One timer task per wait, cancelled when an element comes first; no wait (and no timer) when an
+    /// element is already queued.
+    func next(before deadline: ContinuousClock.Instant) async -> Element? {
+        if let element = state.withLock({ $0.elements.popFirst() }) { return element }
+        guard ContinuousClock.now < deadline else { return nil }
+        let identifier = state.withLock { state in
+            state.nextIdentifier += 1
+            state.timed.insert(state.nextIdentifier)
+            return state.nextIdentifier
+        }
+        let timer = Task {
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            if !Task.isCancelled { self.expire(identifier) }
+        }
+        defer {
+            timer.cancel()
+            state.withLock { state in
+                state.timed.remove(identifier)
+                state.expired.remove(identifier)
+            }
+        }
+        return await next(identifier: identifier)
+    }
+
+    private func newIdentifier() -> UInt64 {
+        state.withLock { state in
             state.nextIdentifier += 1
             return state.nextIdentifier
         }
-        return await withTaskCancellationHandler {
+    }
+
+    /// Ends the wait `identifier` with nil: now if it is waiting, or as soon as it registers.
+    private func expire(_ identifier: UInt64) {
+        let waiter: Waiter? = state.withLock { state in
+            guard state.timed.contains(identifier) else { return nil }
+            guard let index = state.waiters.firstIndex(where: { $0.identifier == identifier }) else {
+                state.expired.insert(identifier)
+                return nil
+            }
+            return state.waiters.remove(at: index)
+        }
+        waiter?.continuation.resume(returning: nil)
+    }
+
+    private func next(identifier: UInt64) async -> Element? {
+        await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let immediate: Element?? = state.withLock { state in
                     if let element = state.elements.popFirst() { return .some(element) }
-                    if state.finished || Task.isCancelled { return .some(nil) }
+                    if state.finished || Task.isCancelled || state.expired.remove(identifier) != nil { return .some(nil) }
                     state.waiters.append(Waiter(identifier: identifier, continuation: continuation))
                     return .none
                 }
@@ -68,25 +119,6 @@ final class WorkQueue<Element: Sendable>: Sendable {
                 return state.waiters.remove(at: index)
             }
             waiter?.continuation.resume(returning: nil)
-        }
-    }
-
-    /// The next element if one arrives before `deadline`. An element that arrives exactly as the deadline
-    /// passes is not lost: it is returned.
-    func next<C: Clock>(before deadline: C.Instant, clock: C) async -> Element? {
-        if let element = state.withLock({ $0.elements.popFirst() }) { return element }
-        return await withTaskGroup(of: Element?.self) { group in
-            group.addTask { await self.next() }
-            group.addTask {
-                try? await clock.sleep(until: deadline, tolerance: nil)
-                return nil
-            }
-            var result: Element?
-            for await outcome in group {
-                if let outcome { result = outcome }
-                group.cancelAll()
-            }
-            return result
         }
     }
 }
