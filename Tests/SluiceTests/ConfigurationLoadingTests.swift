@@ -160,6 +160,18 @@ struct ConfigurationLoadingTests {
         #expect(error?.message == "\(path): topics.payments: topic 'payments' is configured but no handler is registered for it (host.register(\"payments\", ...))")
     }
 
+    @Test("maxInFlight defaults to 1,000 or four batches, whichever is more; a value in the file wins")
+    func maxInFlightDefault() async throws {
+        let configuration = try await SluiceConfiguration.load(file: try write(Self.example), environment: [:])
+        #expect(configuration.topics["orders"]?.maxInFlight == 2000)
+        #expect(configuration.topics["payments"]?.maxInFlight == 1000, "4 × 100 is less than 1,000")
+        var batching = TopicConfiguration()
+        batching.batch = .init(size: 500, timeout: .milliseconds(50))
+        #expect(batching.maxInFlight == 2000)
+        batching.maxInFlight = 600
+        #expect(batching.maxInFlight == 600)
+    }
+
     @Test("missing required keys and inconsistent settings are refused")
     func missingAndInconsistent() async throws {
         #expect(
@@ -171,6 +183,9 @@ struct ConfigurationLoadingTests {
         #expect(
             try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
                 == "FILE:15:12: topics.payments.batch: needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
+        #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100, timeout: 200ms }\n    maxInFlight: 50"))
+                .hasSuffix("topics.payments.maxInFlight: must be at least batch.size (100), got 50: a batch could never fill"))
         #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
         #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix("FILE:4:1: metrics: unknown key"))
         #expect(

@@ -174,7 +174,7 @@ private struct ConfigurationValues {
         var settings = TopicConfiguration()
         settings.ordering = try choice(base + ["ordering"]) ?? settings.ordering
         settings.processors = try integer(base + ["processors"]) ?? settings.processors
-        settings.maxInFlight = try integer(base + ["maxInFlight"]) ?? settings.maxInFlight
+        if let maxInFlight = try integer(base + ["maxInFlight"]) { settings.maxInFlight = maxInFlight }
         settings.handlerTimeout = try duration(base + ["handlerTimeout"]) ?? settings.handlerTimeout
         settings.deadLetterTopic = try string(base + ["deadLetterTopic"])
         let batchSize = try integer(base + ["batch", "size"])

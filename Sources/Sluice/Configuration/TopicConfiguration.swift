@@ -80,9 +80,15 @@ public struct TopicConfiguration: Sendable, Hashable {
     public var processors: Int = 1
     /// Batching into a ``BatchHandler``; `nil` hands messages one at a time. Default `nil`.
     public var batch: Batching?
-    /// Messages a shard may hold between fetch and completion; above it the partition is paused (reason
-    /// `backpressure`) until half of them completed. Default 1,000.
-    public var maxInFlight: Int = 1000
+    /// Messages a shard may hold between fetch and completion. At it the shard takes no more, and if no
+    /// room frees within 100 ms the partition is paused (reason `backpressure`) until half of them
+    /// completed. Default 1,000, or four batches (`4 × batch.size`) when that is more, so that a batcher
+    /// always has the next batch filling while one is handled.
+    public var maxInFlight: Int {
+        get { explicitMaxInFlight ?? max(1000, 4 * (batch?.size ?? 0)) }
+        set { explicitMaxInFlight = newValue }
+    }
+    private var explicitMaxInFlight: Int?
     /// The failure policy. Default: no retries, then ``FailureAction/stop``.
     public var onFailure = FailurePolicy()
     /// The dead-letter topic, required when `onFailure.then` is `deadLetter`.
@@ -110,6 +116,9 @@ extension TopicConfiguration {
         if maxInFlight < 1 { throw fail("maxInFlight", "must be at least 1, got \(maxInFlight)") }
         if let batch {
             if batch.size < 1 { throw fail("batch.size", "must be at least 1, got \(batch.size)") }
+            if maxInFlight < batch.size {
+                throw fail("maxInFlight", "must be at least batch.size (\(batch.size)), got \(maxInFlight): a batch could never fill")
+            }
             if batch.timeout <= .zero { throw fail("batch.timeout", "must be positive, got \(batch.timeout)") }
         }
         if onFailure.retries < 0 { throw fail("onFailure.retries", "must be 0 or more, got \(onFailure.retries)") }

@@ -190,6 +190,9 @@ final class ShardPipeline: Sendable {
         return .sourceEnded
     }
 
+    /// How long the dispatcher waits for room under `maxInFlight` before it pauses the partition.
+    static let backpressureGrace = Duration.milliseconds(100)
+
     private var watchdogInterval: Duration { min(configuration.handlerTimeout / 4, .milliseconds(250)) }
 
     /// True once a stop was requested or the pipeline crashed; crashes a shard whose handler is stuck.
@@ -232,12 +235,18 @@ final class ShardPipeline: Sendable {
             while !remaining.isEmpty {
                 if state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
                 if state.withLock({ $0.tracker.inFlight >= limit }) {
-                    if !pausedForBackpressure {
-                        pausedForBackpressure = true
-                        await flowControl.pauseForBackpressure()
-                    }
-                    let room = await beacon.waitUntil {
-                        self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil }
+                    let roomOrEnd = { self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil } }
+                    // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
+                    // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
+                    // slack meanwhile, and pauses fetching itself when it fills.
+                    var room = pausedForBackpressure
+                        ? false : await beacon.waitUntil(deadline: .now + Self.backpressureGrace, roomOrEnd)
+                    if !room {
+                        if !pausedForBackpressure {
+                            pausedForBackpressure = true
+                            await flowControl.pauseForBackpressure()
+                        }
+                        room = await beacon.waitUntil(roomOrEnd)
                     }
                     if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
                 }
