@@ -633,7 +633,10 @@ final class ConsumerLoop: @unchecked Sendable {
     }
 
     private func waitBudget(now: ContinuousClock.Instant) -> Int32 {
-        var next = nextPeriodicCommit
+        // The periodic commit is only due while running (it is not rescheduled afterwards, and a deadline in
+        // the past would make this loop spin while a close waits for the first join).
+        var next = now + .milliseconds(200)
+        if case .running = phase { next = min(next, nextPeriodicCommit) }
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         if !detached, let callerDeadline { next = min(next, callerDeadline) }

@@ -52,7 +52,7 @@ func decode(_ buffer: ByteBuffer) -> [String: Any] {
     (try? JSONSerialization.jsonObject(with: Data(buffer: buffer))) as? [String: Any] ?? [:]
 }
 
-@Suite("Admin API in process")
+@Suite("Admin API in process", .timeLimit(.minutes(2)))
 struct AdminServerTests {
     let bearer: HTTPFields = [.authorization: "Bearer s3cret"]
 

@@ -2,7 +2,7 @@ import Foundation
 import SluiceKafka
 import Testing
 
-@Suite("KafkaBytes and ConsumedMessage")
+@Suite("KafkaBytes and ConsumedMessage", .timeLimit(.minutes(2)))
 struct KafkaBytesTests {
     @Test("bytes compare and hash by content, whatever buffer holds them")
     func contentEquality() {

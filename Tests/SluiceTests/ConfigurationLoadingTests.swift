@@ -4,7 +4,7 @@ import Testing
 
 @testable import Sluice
 
-@Suite("Loading sluice.yaml")
+@Suite("Loading sluice.yaml", .timeLimit(.minutes(2)))
 struct ConfigurationLoadingTests {
     static let example = """
         kafka:

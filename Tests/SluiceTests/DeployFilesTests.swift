@@ -4,7 +4,7 @@ import Yams
 
 /// There is no Docker engine here: the deploy files are checked for shape, so a typo does not wait for
 /// the first `docker compose up` to surface.
-@Suite("Deploy files")
+@Suite("Deploy files", .timeLimit(.minutes(2)))
 struct DeployFilesTests {
     @Test("docker-compose.yml: KRaft Kafka with a healthcheck, topic creation, two OrderService replicas in one group, traffic")
     func composeFile() throws {

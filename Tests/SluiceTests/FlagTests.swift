@@ -5,7 +5,7 @@ import Testing
 
 @testable import Sluice
 
-@Suite("Flags")
+@Suite("Flags", .timeLimit(.minutes(2)))
 struct FlagTests {
     let logger: Logger = {
         var logger = Logger(label: "sluice.flag-test")

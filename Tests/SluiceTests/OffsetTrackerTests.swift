@@ -2,7 +2,7 @@ import Testing
 
 @testable import Sluice
 
-@Suite("OffsetTracker")
+@Suite("OffsetTracker", .timeLimit(.minutes(2)))
 struct OffsetTrackerTests {
     @Test("the watermark is the lowest offset not done, whatever the completion order")
     func contiguousWatermark() {

@@ -63,11 +63,13 @@ enum PipelineFixture {
         handler: AnyHandler,
         flowControl: RecordingFlowControl = RecordingFlowControl(),
         deadLetters: (any DeadLetterSink)? = nil,
-        drainTimeout: Duration = .seconds(5)
+        drainTimeout: Duration = .seconds(5),
+        backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, logger: logger)
+            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
+            backpressureGrace: backpressureGrace, logger: logger)
     }
 
     /// A source that yields `batches` and ends.

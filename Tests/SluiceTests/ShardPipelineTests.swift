@@ -112,8 +112,8 @@ struct ShardPipelineTests {
         let flowControl = RecordingFlowControl()
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: ShardPipeline.backpressureGrace * 1.5) }),
-            flowControl: flowControl)
+            handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(100)) }),
+            flowControl: flowControl, backpressureGrace: .milliseconds(10))
         #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded)
         let calls = flowControl.calls.value
         #expect(calls.first == "pause")
@@ -130,7 +130,7 @@ struct ShardPipelineTests {
         let flowControl = RecordingFlowControl()
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(1)) }),
-            flowControl: flowControl)
+            flowControl: flowControl, backpressureGrace: .seconds(30))
         #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)])) == .sourceEnded)
         #expect(flowControl.calls.value == [], "room freed within the grace every time: no pause")
         #expect(pipeline.watermark == 100)

@@ -15,7 +15,7 @@ struct ManualInstant: InstantProtocol, CustomStringConvertible {
 
 typealias Machine = ShardSupervisor.StateMachine<ManualInstant>
 
-@Suite("Shard state machine")
+@Suite("Shard state machine", .timeLimit(.minutes(2)))
 struct ShardStateMachineTests {
     let fuse = BreakerPolicy(
         restartBackoff: .init(initial: .seconds(1), maximum: .seconds(8), jitter: 0.1),

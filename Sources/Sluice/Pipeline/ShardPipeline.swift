@@ -90,6 +90,8 @@ final class ShardPipeline: Sendable {
     private let deadLetters: (any DeadLetterSink)?
     private let flowControl: any ShardFlowControl
     private let drainTimeout: Duration
+    /// How long the dispatcher waits for room under `maxInFlight` before it pauses the partition.
+    private let backpressureGrace: Duration
     private let metrics: Metrics
     private let logger: Logger
     private let state: Mutex<State>
@@ -113,6 +115,7 @@ final class ShardPipeline: Sendable {
         deadLetters: (any DeadLetterSink)?,
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
+        backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         metrics: Metrics? = nil,
         logger: Logger
     ) {
@@ -124,6 +127,7 @@ final class ShardPipeline: Sendable {
         self.deadLetters = deadLetters
         self.flowControl = flowControl
         self.drainTimeout = drainTimeout
+        self.backpressureGrace = backpressureGrace
         var logger = logger
         logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
         logger[metadataKey: "kafka.partition"] = "\(topicPartition.partition)"
@@ -190,8 +194,9 @@ final class ShardPipeline: Sendable {
         return .sourceEnded
     }
 
-    /// How long the dispatcher waits for room under `maxInFlight` before it pauses the partition.
-    static let backpressureGrace = Duration.milliseconds(100)
+    /// The default ``backpressureGrace``: long enough for a batch to finish, short enough that a stuck
+    /// shard does not buffer for long.
+    static let defaultBackpressureGrace = Duration.milliseconds(100)
 
     private var watchdogInterval: Duration { min(configuration.handlerTimeout / 4, .milliseconds(250)) }
 
@@ -240,7 +245,7 @@ final class ShardPipeline: Sendable {
                     // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
                     // slack meanwhile, and pauses fetching itself when it fills.
                     var room = pausedForBackpressure
-                        ? false : await beacon.waitUntil(deadline: .now + Self.backpressureGrace, roomOrEnd)
+                        ? false : await beacon.waitUntil(deadline: .now + backpressureGrace, roomOrEnd)
                     if !room {
                         if !pausedForBackpressure {
                             pausedForBackpressure = true
