@@ -259,9 +259,7 @@ final class ConsumerLoop: @unchecked Sendable {
                     let topicPartition = TopicPartition(
                         String(cString: rd_kafka_topic_name(message.pointee.rkt)), message.pointee.partition)
                     if let state = partitions[topicPartition] {
-                        var writer = KafkaBytes.BatchWriter()
-                        writer.reserve(message.pointee)
-                        writer.allocate()
+                        var writer = KafkaBytes.BatchWriter(for: CollectionOfOne(message.pointee))
                         _ = state.channel.push([convert(message, topic: topicPartition.topic, into: &writer)])
                     }
                 }
@@ -453,11 +451,7 @@ final class ConsumerLoop: @unchecked Sendable {
             let count = rd_kafka_consume_batch_queue(state.queue, 0, batchBuffer, limit)
             guard count > 0 else { continue }
             // One buffer for the batch's keys and values.
-            var writer = KafkaBytes.BatchWriter()
-            for index in 0..<count {
-                writer.reserve(batchBuffer[index]!.pointee)
-            }
-            writer.allocate()
+            var writer = KafkaBytes.BatchWriter(for: (0..<count).lazy.map { self.batchBuffer[$0]!.pointee })
             var batch: [ConsumedMessage] = []
             batch.reserveCapacity(count)
             for index in 0..<count {
@@ -660,10 +654,13 @@ final class ConsumerLoop: @unchecked Sendable {
 }
 
 extension KafkaBytes.BatchWriter {
-    /// Reserves room for a message's key and value (nothing for an error).
-    mutating func reserve(_ raw: rd_kafka_message_t) {
-        guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else { return }
-        if raw.payload != nil { reserve(raw.len) }
-        if raw.key != nil { reserve(raw.key_len) }
+    /// A writer with one buffer for the keys and values of `messages` (nothing for an error message).
+    init(for messages: some Sequence<rd_kafka_message_t>) {
+        self.init()
+        for raw in messages where raw.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            if raw.payload != nil { reserve(raw.len) }
+            if raw.key != nil { reserve(raw.key_len) }
+        }
+        allocate()
     }
 }

@@ -41,8 +41,7 @@ final class ConsumerShared: Sendable {
 
     /// Records that the owner thread is turning (owner thread).
     func noteLoop() {
-        let elapsed = ContinuousClock.now - Self.epoch
-        lastLoop.store(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000, ordering: .relaxed)
+        lastLoop.store((ContinuousClock.now - Self.epoch).nanoseconds, ordering: .relaxed)
     }
 
     /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.

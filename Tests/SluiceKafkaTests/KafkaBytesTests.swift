@@ -1,6 +1,7 @@
 import Foundation
-import SluiceKafka
 import Testing
+
+@testable import SluiceKafka
 
 @Suite("KafkaBytes and ConsumedMessage", .timeLimit(.minutes(2)))
 struct KafkaBytesTests {
@@ -88,5 +89,36 @@ extension KafkaBytesTests {
         }
         await consumer.close()
         await driver.value
+    }
+
+    /// The consumer copies each batch it takes from librdkafka into one buffer: every message of a batch
+    /// it hands out refers to the same buffer, and different batches to different ones.
+    @Test("the messages of one batch share one buffer")
+    func oneBufferPerBatch() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["buffers": 1])
+        try await TestSupport.produce(cluster, topic: "buffers", partitions: 1, count: 5_000)
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("buffers")),
+            logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["buffers"])
+        var sizes: [Int] = []
+        var buffers: [ObjectIdentifier] = []
+        var kept: [[ConsumedMessage]] = []  // keeps the buffers alive, so their identities stay distinct
+        events: for await event in consumer.events {
+            guard case .assigned(let partitions) = event, let messages = consumer.messages(for: partitions[0]) else { continue }
+            var total = 0
+            for await batch in messages {
+                let shared = Set(batch.map { ObjectIdentifier($0.value.storage) })
+                #expect(shared.count == 1, "a batch of \(batch.count) in \(shared.count) buffers")
+                sizes.append(batch.count)
+                buffers.append(contentsOf: shared)
+                kept.append(batch)
+                total += batch.count
+                if total >= 5_000 { break events }
+            }
+        }
+        #expect(sizes.max() ?? 0 > 1, "some batch held more than one message: \(sizes.prefix(20))")
+        #expect(Set(buffers).count == buffers.count, "each of the \(kept.count) batches has a buffer of its own")
+        await consumer.close()
     }
 }

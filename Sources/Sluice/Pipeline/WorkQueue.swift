@@ -14,9 +14,13 @@ final class WorkQueue<Element: Sendable>: Sendable {
         var waiters: Deque<Waiter> = []
         var finished = false
         var nextIdentifier: UInt64 = 0
-        /// Timed waits in progress, and those of them whose deadline passed before they registered.
-        var timed: Set<UInt64> = []
-        var expired: Set<UInt64> = []
+        /// Timed waits in progress; true for one whose deadline passed before it registered as a waiter.
+        var timedWaits: [UInt64: Bool] = [:]
+
+        mutating func removeWaiter(_ identifier: UInt64) -> Waiter? {
+            guard let index = waiters.firstIndex(where: { $0.identifier == identifier }) else { return nil }
+            return waiters.remove(at: index)
+        }
     }
 
     private let state = Mutex(State())
@@ -65,7 +69,7 @@ final class WorkQueue<Element: Sendable>: Sendable {
         guard ContinuousClock.now < deadline else { return nil }
         let identifier = state.withLock { state in
             state.nextIdentifier += 1
-            state.timed.insert(state.nextIdentifier)
+            state.timedWaits[state.nextIdentifier] = false
             return state.nextIdentifier
         }
         let timer = Task {
@@ -74,10 +78,7 @@ final class WorkQueue<Element: Sendable>: Sendable {
         }
         defer {
             timer.cancel()
-            state.withLock { state in
-                state.timed.remove(identifier)
-                state.expired.remove(identifier)
-            }
+            state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) }
         }
         return await next(identifier: identifier)
     }
@@ -92,12 +93,12 @@ final class WorkQueue<Element: Sendable>: Sendable {
     /// Ends the wait `identifier` with nil: now if it is waiting, or as soon as it registers.
     private func expire(_ identifier: UInt64) {
         let waiter: Waiter? = state.withLock { state in
-            guard state.timed.contains(identifier) else { return nil }
-            guard let index = state.waiters.firstIndex(where: { $0.identifier == identifier }) else {
-                state.expired.insert(identifier)
+            guard state.timedWaits[identifier] != nil else { return nil }
+            guard let waiter = state.removeWaiter(identifier) else {
+                state.timedWaits[identifier] = true
                 return nil
             }
-            return state.waiters.remove(at: index)
+            return waiter
         }
         waiter?.continuation.resume(returning: nil)
     }
@@ -107,18 +108,14 @@ final class WorkQueue<Element: Sendable>: Sendable {
             await withCheckedContinuation { continuation in
                 let immediate: Element?? = state.withLock { state in
                     if let element = state.elements.popFirst() { return .some(element) }
-                    if state.finished || Task.isCancelled || state.expired.remove(identifier) != nil { return .some(nil) }
+                    if state.finished || Task.isCancelled || state.timedWaits[identifier] == true { return .some(nil) }
                     state.waiters.append(Waiter(identifier: identifier, continuation: continuation))
                     return .none
                 }
                 if let immediate { continuation.resume(returning: immediate) }
             }
         } onCancel: {
-            let waiter: Waiter? = state.withLock { state in
-                guard let index = state.waiters.firstIndex(where: { $0.identifier == identifier }) else { return nil }
-                return state.waiters.remove(at: index)
-            }
-            waiter?.continuation.resume(returning: nil)
+            state.withLock { $0.removeWaiter(identifier) }?.continuation.resume(returning: nil)
         }
     }
 }
