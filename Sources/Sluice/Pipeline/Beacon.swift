@@ -8,6 +8,8 @@ final class Beacon: Sendable {
         var generation: UInt64 = 0
         var nextIdentifier: UInt64 = 0
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        /// Waits with a wake-up time in progress; true for one whose time came before it registered.
+        var timedWaits: [UInt64: Bool] = [:]
     }
 
     private let state = Mutex(State())
@@ -41,36 +43,46 @@ final class Beacon: Sendable {
         }
     }
 
+    /// Waits for a notification after `generation`, or until `wake`: one timer task, cancelled if a
+    /// notification comes first.
     private func wait(after generation: UInt64, until wake: ContinuousClock.Instant?) async {
-        guard let wake else {
-            await waitForNotification(after: generation)
-            return
-        }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.waitForNotification(after: generation) }
-            group.addTask { try? await Task.sleep(until: wake, clock: .continuous) }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
-    private func waitForNotification(after generation: UInt64) async {
         let identifier = state.withLock { state -> UInt64 in
             state.nextIdentifier += 1
+            if wake != nil { state.timedWaits[state.nextIdentifier] = false }
             return state.nextIdentifier
+        }
+        let timer = wake.map { wake in
+            Task {
+                try? await Task.sleep(until: wake, clock: .continuous)
+                if !Task.isCancelled { self.timeUp(identifier) }
+            }
+        }
+        defer {
+            timer?.cancel()
+            if timer != nil { state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) } }
         }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let registered = state.withLock { state -> Bool in
-                    guard state.generation == generation, !Task.isCancelled else { return false }
+                    guard state.generation == generation, !Task.isCancelled, state.timedWaits[identifier] != true else { return false }
                     state.waiters[identifier] = continuation
                     return true
                 }
                 if !registered { continuation.resume() }
             }
         } onCancel: {
-            let waiter = state.withLock { $0.waiters.removeValue(forKey: identifier) }
-            waiter?.resume()
+            state.withLock { $0.waiters.removeValue(forKey: identifier) }?.resume()
         }
+    }
+
+    /// Ends the timed wait `identifier`: now if it is waiting, or as soon as it registers.
+    private func timeUp(_ identifier: UInt64) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard state.timedWaits[identifier] != nil else { return nil }
+            if let waiter = state.waiters.removeValue(forKey: identifier) { return waiter }
+            state.timedWaits[identifier] = true
+            return nil
+        }
+        waiter?.resume()
     }
 }
