@@ -131,13 +131,15 @@ struct BenchCommand: AsyncParsableCommand {
                 // background) settle, so it does not compete with this run for the 2 cores.
                 try await Task.sleep(for: .seconds(2))
                 resetPeakResident()
+                let residentBefore = residentMegabytes()
                 let before = cpuSeconds()
                 let (count, seconds) = try await cases[index].body()
                 cases[index].cpu += cpuSeconds() - before
                 cases[index].total += count
                 cases[index].rates.append(Double(count) / seconds)
-                cases[index].peak = max(cases[index].peak, peakResidentMegabytes())
-                note("\(cases[index].name) run \(run): \(Int(Double(count) / seconds)) msg/s")
+                let peak = peakResidentMegabytes()
+                cases[index].peak = max(cases[index].peak, peak)
+                note("\(cases[index].name) run \(run): \(Int(Double(count) / seconds)) msg/s, peak RSS \(peak) MB (\(residentBefore) MB before)")
             }
         }
         func medianRate(_ prefix: String) -> Double? {
@@ -355,8 +357,18 @@ func cpuSeconds() -> Double {
 func peakResidentMegabytes() -> Int { statusMegabytes("VmHWM:") }
 func residentMegabytes() -> Int { statusMegabytes("VmRSS:") }
 
-/// Resets the peak RSS the kernel reports (Linux: writing 5 to clear_refs).
+#if os(Linux)
+/// glibc's `malloc_trim` (not exported by Swift's Glibc module).
+@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
+
+/// Returns memory earlier cases freed to the system (glibc keeps freed memory in its per-thread arenas,
+/// which would otherwise count toward the next case's peak), then resets the peak RSS the kernel reports
+/// (Linux: writing 5 to clear_refs).
 func resetPeakResident() {
+    #if os(Linux)
+    _ = glibcMallocTrim(0)
+    #endif
     try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
 }
 
