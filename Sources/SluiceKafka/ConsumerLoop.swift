@@ -10,11 +10,19 @@ final class ConsumerLoop: @unchecked Sendable {
         let topicPartition: TopicPartition
         let queue: OpaquePointer
         let channel: PartitionChannel
-        var reasons: Set<KafkaPauseReason> = []
-        /// Whether librdkafka was told to pause it: the only source of truth for resume decisions.
-        var pausedInLibrdkafka = false
+        /// The reasons its owner wants it paused for, set whole by ``KafkaConsumer/setPauseReasons(_:for:)``.
+        var desired: Set<KafkaPauseReason> = []
+        /// Whether its buffer is full (the consumer's own reason, ``KafkaPauseReason/flowControl``).
+        var flowControl = false
+        /// Whether its pause state still has to be applied for the first time in this assignment.
+        var newlyAssigned = true
+        /// Whether librdkafka fetches it, as of the last reconciliation.
+        var fetching = false
         /// Set at revocation: no more messages are taken from its queue.
         var revoking = false
+
+        /// Every reason it is paused for.
+        var reasons: Set<KafkaPauseReason> { flowControl ? desired.union([.flowControl]) : desired }
 
         init(topicPartition: TopicPartition, queue: OpaquePointer, channel: PartitionChannel) {
             self.topicPartition = topicPartition
@@ -51,6 +59,8 @@ final class ConsumerLoop: @unchecked Sendable {
     private let rk: OpaquePointer
     private let consumerQueue: OpaquePointer
     private var partitions: [TopicPartition: PartitionState] = [:]
+    /// What librdkafka has paused, across assignments.
+    private var pauses = PauseReconciler()
     private var revocations: [UInt64: Revocation] = [:]
     private var commitWaiters: [UInt64: CommitWaiter] = [:]
     private var commitDeadlines: [UInt64: ContinuousClock.Instant] = [:]
@@ -95,7 +105,7 @@ final class ConsumerLoop: @unchecked Sendable {
             var busy = false
             let inbox = shared.takeInbox()
             for command in inbox.commands { handle(command) }
-            for topicPartition in inbox.resumeRequests { removeReason(.flowControl, from: topicPartition) }
+            for topicPartition in inbox.resumeRequests { setFlowControl(false, topicPartition) }
             busy = serveConsumerQueue() || busy
             if case .finished = phase { break }
             busy = servePartitions() || busy
@@ -133,11 +143,11 @@ final class ConsumerLoop: @unchecked Sendable {
             } else {
                 continuation.resume(throwing: KafkaError.rdkafka(error, context: "subscribing to \(topics)"))
             }
-        case .pause(let topicPartition, let reason, let continuation):
-            addReason(reason, to: topicPartition)
-            continuation.resume()
-        case .resume(let topicPartition, let reason, let continuation):
-            removeReason(reason, from: topicPartition)
+        case .setPauseReasons(let topicPartition, let reasons, let continuation):
+            if let state = partitions[topicPartition] {
+                state.desired = reasons.subtracting([.flowControl])
+                reconcilePause(state)
+            }
             continuation.resume()
         case .seek(let position, let continuation):
             continuation.resume(with: Result { try seek(position) })
@@ -166,7 +176,7 @@ final class ConsumerLoop: @unchecked Sendable {
         switch command {
         case .subscribe(_, let continuation), .seek(_, let continuation), .commit(let continuation):
             continuation.resume(throwing: KafkaError.closedError)
-        case .pause(_, _, let continuation), .resume(_, _, let continuation):
+        case .setPauseReasons(_, _, let continuation):
             continuation.resume()
         case .close(let continuation):
             continuation?.resume()
@@ -177,37 +187,32 @@ final class ConsumerLoop: @unchecked Sendable {
 
     // MARK: Pause reasons
 
-    private func addReason(_ reason: KafkaPauseReason, to topicPartition: TopicPartition) {
-        guard let state = partitions[topicPartition] else { return }
-        state.reasons.insert(reason)
-        applyPause(state)
-    }
-
-    private func removeReason(_ reason: KafkaPauseReason, from topicPartition: TopicPartition) {
-        guard let state = partitions[topicPartition], state.reasons.contains(reason) else { return }
-        state.reasons.remove(reason)
-        applyPause(state)
-    }
-
-    /// Tells librdkafka the partition's pause state, and only when it changes: a resume of a partition
-    /// that is not paused rewinds it in librdkafka 2.0.2.
-    private func applyPause(_ state: PartitionState) {
-        let shouldPause = !state.reasons.isEmpty
-        shared.pauseSnapshot.withLock { $0[state.topicPartition] = state.reasons }
-        guard shouldPause != state.pausedInLibrdkafka else { return }
+    /// Brings librdkafka's pause state of the partition to its reasons (SLUICE.md §5): paused exactly while
+    /// it has one. ``PauseReconciler`` decides the call, knowing what librdkafka kept from an earlier
+    /// assignment and never resuming what librdkafka does not have paused.
+    private func reconcilePause(_ state: PartitionState) {
+        let reasons = state.reasons
+        shared.pauseSnapshot.withLock { $0[state.topicPartition] = reasons }
+        let afterAssignment = state.newlyAssigned
+        state.newlyAssigned = false
+        guard let call = pauses.call(for: state.topicPartition, desired: reasons, afterAssignment: afterAssignment) else {
+            state.fetching = reasons.isEmpty
+            return
+        }
         let list = TopicPartitionList.make([state.topicPartition])
         defer { rd_kafka_topic_partition_list_destroy(list) }
-        let error = shouldPause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
+        let error = call == .pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
         if error == RD_KAFKA_RESP_ERR_NO_ERROR, TopicPartitionList.firstError(list) == nil {
-            state.pausedInLibrdkafka = shouldPause
+            pauses.applied(call, to: state.topicPartition)
+            state.fetching = call == .resume
             logger.trace(
-                shouldPause ? "partition paused" : "partition resumed",
-                metadata: metadata(state.topicPartition, ["sluice.pauseReasons": "\(state.reasons)"])
+                call == .pause ? "partition paused" : "partition resumed",
+                metadata: metadata(state.topicPartition, ["sluice.pauseReasons": "\(reasons)"])
             )
         } else {
             let partitionError = TopicPartitionList.firstError(list)?.1 ?? error
             logger.error(
-                shouldPause ? "pausing a partition failed" : "resuming a partition failed",
+                call == .pause ? "pausing a partition failed" : "resuming a partition failed",
                 metadata: metadata(state.topicPartition, ["kafka.error": "\(String(cString: rd_kafka_err2str(partitionError)))"])
             )
         }
@@ -305,7 +310,7 @@ final class ConsumerLoop: @unchecked Sendable {
                 requestResume: { [shared] in shared.requestResume($0) }
             )
             let state = PartitionState(topicPartition: topicPartition, queue: queue, channel: channel)
-            state.reasons = shared.initialPauseReasons(topicPartition)
+            state.desired = shared.initialPauseReasons(topicPartition).subtracting([.flowControl])
             partitions[topicPartition] = state
             newStates.append(state)
         }
@@ -315,9 +320,9 @@ final class ConsumerLoop: @unchecked Sendable {
             let failure = KafkaError.consuming(error, context: "incremental assign")
             logger.error("incremental assign failed", metadata: ["kafka.error": "\(failure.message)"])
         }
-        // Apply pause reasons before any message is taken from the new queues. librdkafka resets pause
-        // state on assignment, so nothing is paused in librdkafka yet.
-        for state in newStates { applyPause(state) }
+        // Apply pause reasons before any message is taken from the new queues. librdkafka keeps an
+        // application pause across unassign and assign, so a partition handed back may arrive paused.
+        for state in newStates { reconcilePause(state) }
         shared.channels.withLock { channels in
             for state in newStates { channels[state.topicPartition] = state.channel }
         }
@@ -441,7 +446,7 @@ final class ConsumerLoop: @unchecked Sendable {
     /// Moves messages from partition queues into their buffers. Returns whether a queue may have more.
     private func servePartitions() -> Bool {
         var more = false
-        for state in partitions.values where !state.pausedInLibrdkafka && !state.revoking {
+        for state in partitions.values where state.fetching && !state.revoking {
             let room = state.channel.room
             if room == 0 {
                 pauseForFlowControl(state)
@@ -473,8 +478,14 @@ final class ConsumerLoop: @unchecked Sendable {
 
     private func pauseForFlowControl(_ state: PartitionState) {
         guard state.channel.markFlowPaused() else { return }
-        state.reasons.insert(.flowControl)
-        applyPause(state)
+        state.flowControl = true
+        reconcilePause(state)
+    }
+
+    private func setFlowControl(_ on: Bool, _ topicPartition: TopicPartition) {
+        guard let state = partitions[topicPartition], state.flowControl != on else { return }
+        state.flowControl = on
+        reconcilePause(state)
     }
 
     private func convert(

@@ -7,8 +7,7 @@ import Synchronization
 final class ConsumerShared: Sendable {
     enum Command {
         case subscribe([String], CheckedContinuation<Void, any Error>)
-        case pause(TopicPartition, KafkaPauseReason, CheckedContinuation<Void, Never>)
-        case resume(TopicPartition, KafkaPauseReason, CheckedContinuation<Void, Never>)
+        case setPauseReasons(TopicPartition, Set<KafkaPauseReason>, CheckedContinuation<Void, Never>)
         case seek(TopicPartitionOffset, CheckedContinuation<Void, any Error>)
         case commit(CheckedContinuation<Void, any Error>)
         case releaseRevocation(UInt64)

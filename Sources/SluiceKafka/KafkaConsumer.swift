@@ -29,8 +29,9 @@ import Synchronization
 ///
 /// ## Hazards of librdkafka 2.0.2 this type makes impossible
 ///
-/// - Resuming a partition that is not paused rewinds it: pause state is a set of reasons per partition
-///   and librdkafka is told to resume only when the set becomes empty and the partition is paused.
+/// - Resuming a partition that is not paused rewinds it: pause state is a set of reasons per partition,
+///   reconciled with what librdkafka has (tracked across assignments, since librdkafka keeps a pause across
+///   unassign and re-assign); librdkafka is told to resume only a partition it has paused.
 /// - Closing a cooperative-sticky consumer during its first rebalance (after the group answered its
 ///   JoinGroup, before its SyncGroup) aborts the process: ``close()`` waits for the first assignment, up to
 ///   ``KafkaConsumerConfiguration/closeTimeout``; then a consumer the group never answered is destroyed
@@ -117,20 +118,18 @@ public final class KafkaConsumer: Sendable {
         Set(shared.channels.withLock { $0.keys })
     }
 
-    /// Adds `reason` to the partition's pause reasons; the partition stops fetching if it was running.
-    /// Messages already handed to its ``KafkaPartitionMessages`` buffer still arrive. No effect on a
-    /// partition that is not assigned.
-    public func pause(_ topicPartition: TopicPartition, reason: KafkaPauseReason) async {
+    /// Sets the whole set of reasons the partition should be paused for (desired state, not a delta): it
+    /// fetches exactly while the set, and the consumer's own ``KafkaPauseReason/flowControl``, are empty.
+    /// Messages already handed to its ``KafkaPartitionMessages`` buffer still arrive. Returns once the
+    /// consumer's thread applied it; no effect on a partition that is not assigned (a new assignment starts
+    /// with ``InitialPauseReasons``).
+    ///
+    /// Calling it again with the same set changes nothing: librdkafka is told only what differs from what it
+    /// has, which the consumer tracks across assignments (librdkafka keeps a pause across unassign and
+    /// re-assign, and librdkafka before 2.4.0 rewinds a partition resumed while not paused).
+    public func setPauseReasons(_ reasons: Set<KafkaPauseReason>, for topicPartition: TopicPartition) async {
         await withCheckedContinuation { continuation in
-            shared.send(.pause(topicPartition, reason, continuation))
-        }
-    }
-
-    /// Removes `reason`; the partition fetches again, from the message after the last one it handed
-    /// out, once it has no reason left.
-    public func resume(_ topicPartition: TopicPartition, reason: KafkaPauseReason) async {
-        await withCheckedContinuation { continuation in
-            shared.send(.resume(topicPartition, reason, continuation))
+            shared.send(.setPauseReasons(topicPartition, reasons, continuation))
         }
     }
 

@@ -30,8 +30,9 @@ public struct KafkaRevocation: Sendable {
     public func done() { release(identifier) }
 }
 
-/// Why a partition is paused. A partition is paused while its set of reasons is non-empty; each
-/// component adds and removes only its own reason (SLUICE.md §5).
+/// Why a partition is paused. A partition is paused while its set of reasons is non-empty. The set is
+/// desired state, derived by its owner from the shard's whole state and set whole
+/// (``KafkaConsumer/setPauseReasons(_:for:)``), never added and removed piecemeal (SLUICE.md §5).
 public struct KafkaPauseReason: Hashable, Sendable, CustomStringConvertible {
     /// The reason's name, as logs and the admin API show it.
     public let name: String
@@ -47,6 +48,8 @@ public struct KafkaPauseReason: Hashable, Sendable, CustomStringConvertible {
     public static let backpressure = KafkaPauseReason("backpressure")
     /// The shard is draining before it stops.
     public static let draining = KafkaPauseReason("draining")
+    /// The shard is held at a message that crashed its handler or the process.
+    public static let quarantine = KafkaPauseReason("quarantine")
     /// An operator paused it by hand.
     public static let `operator` = KafkaPauseReason("operator")
     /// The consumer's own buffer for the partition is full (set and cleared by the consumer).

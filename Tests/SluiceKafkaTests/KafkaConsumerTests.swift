@@ -39,7 +39,7 @@ struct KafkaConsumerTests {
 }
 
 extension KafkaConsumerTests {
-    @Test("pausing one partition stops only it; stray resumes never rewind (librdkafka 2.0.2 hazard)")
+    @Test("pausing one partition stops only it; repeated sets never rewind (librdkafka 2.0.2 hazard)")
     func pauseStopsOnlyThatPartition() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["payments": 2])
         try await TestSupport.produce(cluster, topic: "payments", partitions: 2, count: 2_000)
@@ -54,20 +54,20 @@ extension KafkaConsumerTests {
         let running = TopicPartition("payments", 1)
         try await TestSupport.eventually("first 2,000") { received.total == 2_000 }
 
-        await consumer.pause(paused, reason: .operator)
+        await consumer.setPauseReasons([.operator], for: paused)
         #expect(consumer.pauseReasons(for: paused) == [.operator])
-        // Resuming for a reason the partition is not paused for, or a partition that is not paused,
-        // must change nothing; in librdkafka 2.0.2 a bare resume would rewind and redeliver.
+        // Setting a partition's reasons again, or telling a fetching partition it has none, must change
+        // nothing; in librdkafka 2.0.2 a resume of a partition that is not paused rewinds and redelivers.
         for _ in 0..<10 {
-            await consumer.resume(paused, reason: .breaker)
-            await consumer.resume(running, reason: .operator)
+            await consumer.setPauseReasons([.operator], for: paused)
+            await consumer.setPauseReasons([], for: running)
         }
         try await TestSupport.produce(cluster, topic: "payments", partitions: 2, count: 20_000)
         try await TestSupport.eventually("the running partition reaches 11,000") { received.count(running) == 11_000 }
         try await Task.sleep(for: .milliseconds(500))
         #expect(received.count(paused) == 1_000, "the paused partition received nothing more")
 
-        await consumer.resume(paused, reason: .operator)
+        await consumer.setPauseReasons([], for: paused)
         #expect(consumer.pauseReasons(for: paused).isEmpty)
         try await TestSupport.eventually("the paused partition catches up") { received.count(paused) == 11_000 }
         try await Task.sleep(for: .milliseconds(300))
@@ -76,7 +76,7 @@ extension KafkaConsumerTests {
         await driver.value
     }
 
-    @Test("pause reasons are a set: the partition resumes only when the last reason is removed")
+    @Test("pause reasons are desired state: the partition fetches only once its whole set is empty")
     func pauseReasonsAreASet() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["flags": 1])
         let consumer = try KafkaConsumer(
@@ -91,11 +91,11 @@ extension KafkaConsumerTests {
         try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
         #expect(consumer.pauseReasons(for: partition) == [.flag], "paused from assignment, before any fetch")
         try await TestSupport.produce(cluster, topic: "flags", partitions: 1, count: 100)
-        await consumer.pause(partition, reason: .breaker)
-        await consumer.resume(partition, reason: .flag)
+        await consumer.setPauseReasons([.breaker], for: partition)
+        #expect(consumer.pauseReasons(for: partition) == [.breaker], "the set replaces the initial one")
         try await Task.sleep(for: .milliseconds(700))
         #expect(received.total == 0, "still paused by the breaker")
-        await consumer.resume(partition, reason: .breaker)
+        await consumer.setPauseReasons([], for: partition)
         try await TestSupport.eventually("all 100 after the last reason went") { received.total == 100 }
         await consumer.close()
         await driver.value
@@ -318,9 +318,9 @@ extension KafkaConsumerTests {
         try await TestSupport.eventually("all 100") { received.total == 100 }
         try consumer.storeOffsets([TopicPartitionOffset(partition, offset: 60)])
         try await consumer.commit()
-        await consumer.pause(partition, reason: .breaker)
+        await consumer.setPauseReasons([.breaker], for: partition)
         try await consumer.seek(partition, to: KafkaConsumer.committedOffset)
-        await consumer.resume(partition, reason: .breaker)
+        await consumer.setPauseReasons([], for: partition)
         try await TestSupport.eventually("the 40 after the committed offset again") { received.total == 140 }
         #expect(received.byPartition[partition]?.suffix(40).map(\.offset) == Array(60..<100))
         await consumer.close()

@@ -16,8 +16,7 @@ final class Locked<Value: Sendable>: Sendable {
 /// Records the pipeline's back-pressure calls.
 final class RecordingFlowControl: ShardFlowControl {
     let calls = Locked<[String]>([])
-    func pauseForBackpressure() async { calls.withLock { $0.append("pause") } }
-    func resumeAfterBackpressure() async { calls.withLock { $0.append("resume") } }
+    func setBackpressure(_ on: Bool, pipeline: UInt64) { calls.withLock { $0.append(on ? "pause" : "resume") } }
 }
 
 /// A handler built from a closure.

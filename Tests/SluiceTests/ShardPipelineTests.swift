@@ -117,7 +117,10 @@ struct ShardPipelineTests {
         #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded)
         let calls = flowControl.calls.value
         #expect(calls.first == "pause")
-        #expect(calls.count >= 2 && calls.count % 2 == 0, "every pause has its resume: \(calls)")
+        #expect(calls.count >= 2, "it resumed below half: \(calls)")
+        // A level, stated only when it changes: pause and resume alternate (the supervisor drops a pause
+        // left at the end together with the pipeline).
+        #expect(zip(calls, calls.dropFirst()).allSatisfy { $0 != $1 }, "\(calls)")
         #expect(pipeline.watermark == 12)
     }
 
@@ -182,25 +185,48 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == 15)
     }
 
-    @Test("requestStop stops taking messages and lets in-flight work finish")
+    @Test("requestStop starts nothing more: only the handler call already running finishes")
     func stopDrains() async {
         let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
         continuation.yield(PipelineFixture.messages(0..<5))
-        let started = Locked(0)
+        let started = Locked<[Int64]>([])
+        let release = Locked(false)
         let pipeline = PipelineFixture.pipeline(
             TopicConfiguration(),
-            handler: .message(ClosureHandler { _, _ in
-                started.withLock { $0 += 1 }
-                try? await Task.sleep(for: .milliseconds(20))
+            handler: .message(ClosureHandler { message, _ in
+                started.withLock { $0.append(message.offset) }
+                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
             }))
         async let outcome = pipeline.run(source: source)
-        while started.value == 0 { try? await Task.sleep(for: .milliseconds(1)) }
+        while started.value.isEmpty { try? await Task.sleep(for: .milliseconds(1)) }
         pipeline.requestStop()
         continuation.yield(PipelineFixture.messages(5..<10))
+        release.withLock { $0 = true }
         #expect(await outcome == .stopped(drainTimedOut: false))
-        let watermark = pipeline.watermark ?? 0
-        #expect(watermark >= 1 && watermark <= 5, "only what was dispatched before the stop: \(watermark)")
-        #expect(pipeline.inFlight == 0)
+        #expect(started.value == [0], "the four queued behind the running call were not started")
+        #expect(pipeline.watermark == 1, "the call that was running completed; nothing past it is done")
+        continuation.finish()
+    }
+
+    @Test("requestStop during retries makes no further attempt, and the message stays uncommitted")
+    func stopEndsRetries() async {
+        var configuration = TopicConfiguration()
+        configuration.onFailure = .init(retries: 5, backoff: .init(initial: .seconds(600), maximum: .seconds(600)), then: .skip)
+        let attempts = Locked(0)
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { _, _ in
+                attempts.withLock { $0 += 1 }
+                throw TestFailure(description: "always")
+            }))
+        let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
+        continuation.yield(PipelineFixture.messages(0..<3))
+        async let outcome = pipeline.run(source: source)
+        while attempts.value == 0 { try? await Task.sleep(for: .milliseconds(1)) }
+        pipeline.requestStop()
+        #expect(await outcome == .stopped(drainTimedOut: false), "the 600 s backoff ended with the stop")
+        #expect(attempts.value == 1)
+        #expect(pipeline.watermark == nil || pipeline.watermark == 0)
         continuation.finish()
     }
 }

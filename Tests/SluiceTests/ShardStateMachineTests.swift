@@ -39,22 +39,23 @@ struct ShardStateMachineTests {
         #expect(on.state == .running(attempt: 0, since: .at(0), probe: false))
 
         var off = Machine(policy: fuse, flagOn: false)
-        #expect(off.assigned() == Machine.Actions(pause: [.flag], events: [.stopped(.flag)]))
+        #expect(off.assigned() == Machine.Actions(events: [.stopped(.flag)]))
         #expect(off.state == .off)
+        #expect(off.pauseReasons == [.flag])
     }
 
     @Test("a crash pauses (breaker), commits, and backs off; the timer restarts from the committed offset")
     func crashBackoffRestart() {
         var machine = running(fuse)
         let crash = machine.crashed(now: .at(5), reason: "boom", jitter: 0)
-        #expect(crash.pause == [.breaker])
+        #expect(machine.pauseReasons == [.breaker])
         #expect(crash.commit)
         #expect(crash.wakeAt == .at(6))
         #expect(crash.events == [.crashed(reason: "boom", attempt: 1), .backingOff(until: .at(6))])
         #expect(machine.state == .backingOff(attempt: 1, until: .at(6)))
         #expect(machine.timerFired(now: .at(5.5)) == Machine.Actions(wakeAt: .at(6)), "early timer re-arms")
         let restart = machine.timerFired(now: .at(6))
-        #expect(restart.resume == [.breaker])
+        #expect(machine.pauseReasons == [])
         #expect(restart.startPipeline?.seekToCommitted == true)
         _ = machine.started(now: .at(6))
         // The second crash backs off twice as long, with jitter on top.
@@ -92,16 +93,17 @@ struct ShardStateMachineTests {
         #expect(trip.wakeAt == nil, "no cooldown: no probe")
         #expect(machine.timerFired(now: .at(100_000)) == Machine.Actions())
         #expect(machine.flagChanged(on: true) == Machine.Actions(), "on while on is not a cycle")
-        #expect(machine.flagChanged(on: false) == Machine.Actions(pause: [.flag], resume: [.breaker], events: [.stopped(.flag)]))
+        #expect(machine.flagChanged(on: false) == Machine.Actions(events: [.stopped(.flag)]))
         #expect(machine.state == .off)
+        #expect(machine.pauseReasons == [.flag])
         let back = machine.flagChanged(on: true)
-        #expect(back.resume == [.flag])
+        #expect(machine.pauseReasons == [])
         #expect(back.startPipeline?.seekToCommitted == true)
         _ = machine.started(now: .at(200))
         _ = machine.crashed(now: .at(201), reason: "bad", jitter: 0)
         let reset = machine.reset(now: .at(202))
         #expect(reset.events == [.reset])
-        #expect(reset.resume == [.breaker])
+        #expect(machine.pauseReasons == [])
         #expect(machine.state == .starting(attempt: 0, probe: false))
     }
 
@@ -145,8 +147,9 @@ struct ShardStateMachineTests {
     @Test("flag off drains, commits and stops; on while draining restarts after the drain")
     func flagDrain() {
         var machine = running(fuse)
-        #expect(machine.flagChanged(on: false) == Machine.Actions(pause: [.flag], stopPipeline: true))
+        #expect(machine.flagChanged(on: false) == Machine.Actions(stopPipeline: true))
         #expect(machine.state == .draining(target: .off, attempt: 0))
+        #expect(machine.pauseReasons == [.flag])
         #expect(machine.flagChanged(on: false) == Machine.Actions(), "flag off while draining changes nothing")
         #expect(machine.drained() == Machine.Actions(commit: true, events: [.stopped(.flag)]))
         #expect(machine.state == .off)
@@ -155,7 +158,7 @@ struct ShardStateMachineTests {
         _ = flapping.flagChanged(on: false)
         _ = flapping.flagChanged(on: true)
         let restart = flapping.drained()
-        #expect(restart.resume == [.flag])
+        #expect(flapping.pauseReasons == [])
         #expect(restart.startPipeline?.seekToCommitted == true)
     }
 
@@ -163,7 +166,8 @@ struct ShardStateMachineTests {
     func flagCycleDuringBackoff() {
         var machine = running(fuse)
         _ = machine.crashed(now: .at(1), reason: "x", jitter: 0)
-        #expect(machine.flagChanged(on: false) == Machine.Actions(pause: [.flag], resume: [.breaker], events: [.stopped(.flag)]))
+        #expect(machine.flagChanged(on: false) == Machine.Actions(events: [.stopped(.flag)]))
+        #expect(machine.pauseReasons == [.flag])
         #expect(machine.timerFired(now: .at(2)) == Machine.Actions(), "the backoff timer no longer restarts it")
         let on = machine.flagChanged(on: true)
         #expect(on.startPipeline?.seekToCommitted == true)

@@ -32,6 +32,7 @@ public final class SluiceHost: Service, Sendable {
         case timer(TopicPartition, token: UInt64)
         case flagsChanged
         case reset(TopicPartition, CheckedContinuation<Bool, Never>)
+        case backpressure(TopicPartition, pipeline: UInt64, Bool)
         case revocationDeadline(UInt64)
         case shutdownRequested
         case shutdownDeadline

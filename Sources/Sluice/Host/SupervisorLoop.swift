@@ -68,6 +68,8 @@ struct SupervisorLoop {
             logger.info("operator reset", metadata: metadata(topicPartition))
             await transition(topicPartition, group: &group) { $0.reset(now: .now) }
             reply.resume(returning: true)
+        case .backpressure(let topicPartition, let pipelineID, let on):
+            await backpressure(topicPartition, pipelineID: pipelineID, on)
         case .revocationDeadline(let identifier):
             forceRevocation(identifier)
         case .shutdownRequested:
@@ -160,6 +162,7 @@ struct SupervisorLoop {
         guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
         shard.restartOffset = pipeline.watermark ?? shard.restartOffset
         shard.pipeline = nil
+        shard.backpressured = false
         if case .crashed(let crash) = outcome { shard.lastError = crash.description }
         shards[topicPartition] = shard
         host.updateView(shard)
@@ -180,7 +183,7 @@ struct SupervisorLoop {
             topicPartition: topicPartition, generation: host.nextPipelineID(),
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
-            flowControl: ConsumerFlowControl(consumer: consumer, topicPartition: topicPartition),
+            flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
             drainTimeout: host.configuration.drainTimeout, metrics: shard.pipelineMetrics, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
@@ -238,7 +241,6 @@ struct SupervisorLoop {
         shuttingDown = true
         logger.info("host shutting down: draining shards")
         for topicPartition in shards.keys.sorted() {
-            await consumer.pause(topicPartition, reason: .draining)
             await transition(topicPartition, group: &group) { $0.stop() }
         }
         let deadline = ContinuousClock.now + host.configuration.shutdownTimeout
@@ -273,27 +275,37 @@ struct SupervisorLoop {
         var pending = [event(&shards[topicPartition]!.machine)]
         while let actions = pending.popLast() {
             guard var shard = shards[topicPartition] else { return }
-            for reason in actions.pause { await consumer.pause(topicPartition, reason: reason) }
-            for reason in actions.resume { await consumer.resume(topicPartition, reason: reason) }
             if actions.commit {
                 if let pipeline = shard.pipeline { host.storeWatermark(pipeline, consumer: consumer) }
                 group.addTask { [consumer] in try? await consumer.commit() }
             }
             if actions.stopPipeline { shard.pipeline?.requestStop() }
             if let start = actions.startPipeline {
+                var seekFailure: (any Error)?
                 if start.seekToCommitted, shard.hasRun {
                     // From where the last pipeline got to; with no progress at all, from the committed offset.
                     let offset = shard.restartOffset ?? KafkaConsumer.committedOffset
                     do {
                         try await consumer.seek(topicPartition, to: offset)
                     } catch {
-                        logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(error)"]))
+                        seekFailure = error
                     }
                     shard.restarts.increment()
                 }
-                shard.pipeline = startPipeline(shard, group: &group)
-                shard.hasRun = true
-                pending.append(shard.machine.started(now: .now))
+                if let seekFailure {
+                    // Starting anyway would read from wherever librdkafka is, and the new watermark could
+                    // commit past work the last pipeline dropped: the start fails, and the breaker counts it.
+                    let reason = "seek before restart failed: \(seekFailure)"
+                    logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
+                    shard.lastError = reason
+                    shard.crashes.increment()
+                    pending.append(shard.machine.crashed(now: .now, reason: reason, jitter: Double.random(in: 0...1)))
+                } else {
+                    shard.pipeline = startPipeline(shard, group: &group)
+                    shard.backpressured = false
+                    shard.hasRun = true
+                    pending.append(shard.machine.started(now: .now))
+                }
             }
             if let wakeAt = actions.wakeAt {
                 shard.timerToken += 1
@@ -305,9 +317,27 @@ struct SupervisorLoop {
             }
             shard.attemptGauge.record(shard.machine.attempt)
             shards[topicPartition] = shard
-            host.updateView(shard)
+            await reconcilePause(topicPartition)
+            host.updateView(shards[topicPartition] ?? shard)
             for event in actions.events { publish(topicPartition, event) }
         }
+    }
+
+    /// Derives the shard's whole pause set from its state and hands it to the consumer, which reconciles
+    /// it with librdkafka (SLUICE.md §5). Nothing adds or removes a single reason.
+    private mutating func reconcilePause(_ topicPartition: TopicPartition) async {
+        guard let shard = shards[topicPartition] else { return }
+        let desired = shard.desiredPauseReasons
+        guard desired != shard.appliedPauseReasons else { return }
+        await consumer.setPauseReasons(desired, for: topicPartition)
+        shards[topicPartition]?.appliedPauseReasons = desired
+    }
+
+    /// The current pipeline of a shard asked for back-pressure, or said it has room again.
+    private mutating func backpressure(_ topicPartition: TopicPartition, pipelineID: UInt64, _ on: Bool) async {
+        guard let pipeline = shards[topicPartition]?.pipeline, pipeline.generation == pipelineID else { return }
+        shards[topicPartition]!.backpressured = on
+        await reconcilePause(topicPartition)
     }
 
     private func publish(_ topicPartition: TopicPartition, _ event: ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event) {
@@ -355,11 +385,13 @@ struct SupervisorLoop {
     }
 }
 
-/// Pauses and resumes a shard's partition for back-pressure.
-struct ConsumerFlowControl: ShardFlowControl {
-    let consumer: KafkaConsumer
+/// Tells the supervisor loop a pipeline's back-pressure state; the loop folds it into the shard's desired
+/// pause set (for as long as that pipeline is the shard's current one).
+struct SupervisorFlowControl: ShardFlowControl {
+    let input: AsyncStream<SluiceHost.Input>.Continuation
     let topicPartition: TopicPartition
 
-    func pauseForBackpressure() async { await consumer.pause(topicPartition, reason: .backpressure) }
-    func resumeAfterBackpressure() async { await consumer.resume(topicPartition, reason: .backpressure) }
+    func setBackpressure(_ on: Bool, pipeline: UInt64) {
+        input.yield(.backpressure(topicPartition, pipeline: pipeline, on))
+    }
 }

@@ -31,8 +31,9 @@ public protocol DeadLetterSink: Sendable {
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws
 }
 
-/// How a pipeline pauses and resumes its partition for back-pressure.
+/// Where a pipeline says whether it wants its partition paused for back-pressure. It states a level, not a
+/// delta: the supervisor folds it into the shard's desired pause set while that pipeline is current, and
+/// drops it when the pipeline ends.
 protocol ShardFlowControl: Sendable {
-    func pauseForBackpressure() async
-    func resumeAfterBackpressure() async
+    func setBackpressure(_ on: Bool, pipeline: UInt64)
 }

@@ -98,6 +98,8 @@ final class ShardPipeline: Sendable {
     private let activities: [LaneActivity]
     /// Mirrors `state.crash != nil` for the lanes' per-message checks.
     private let crashed = Atomic<Bool>(false)
+    /// Mirrors `state.stopRequested`: lanes start no new handler call once it is set.
+    private let stopping = Atomic<Bool>(false)
     /// Notified when work completes or a lane ends: the dispatcher waiting for room under `maxInFlight`
     /// and the drain wait for it.
     private let beacon = Beacon()
@@ -148,11 +150,20 @@ final class ShardPipeline: Sendable {
     /// Processed, failed, skipped and dead-lettered counts so far.
     var counters: Counters { state.withLock { $0.counters } }
 
-    /// Stops taking messages; in-flight work finishes (up to the drain timeout), then ``run(source:)`` returns.
+    /// Stops at once: no message that is not in a handler call yet is started (queued ones are dropped,
+    /// uncommitted, and read again by whoever handles the partition next); handler calls already running
+    /// finish (up to the drain timeout), then ``run(source:)`` returns.
     func requestStop() {
         state.withLock { $0.stopRequested = true }
+        stopping.store(true, ordering: .releasing)
+        for queue in queues { _ = queue.drain() }
         beacon.notify()
         control.notify()
+    }
+
+    /// Whether lanes must not start another handler call.
+    private var halted: Bool {
+        Task.isCancelled || crashed.load(ordering: .acquiring) || stopping.load(ordering: .acquiring)
     }
 
     /// Runs until the source ends, ``requestStop()`` is called, or the pipeline crashes.
@@ -161,20 +172,14 @@ final class ShardPipeline: Sendable {
         let lanes = startLanes()
         // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
         // beside the dispatcher, so a stuck handler is noticed even while the dispatcher waits for input.
-        let leftPaused = await withTaskGroup(of: Bool.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.dispatch(source) }
             group.addTask {
                 _ = await self.control.waitUntil(recheck: self.watchdogInterval) { self.stopOrCrash() }
-                return false
             }
-            var paused = false
-            for await result in group {
-                paused = paused || result
-                group.cancelAll()
-            }
-            return paused
+            for await _ in group { group.cancelAll() }
         }
-        if leftPaused { await flowControl.resumeAfterBackpressure() }
+        // Back-pressure ends with the pipeline: the supervisor drops it from the shard's pause set.
         for queue in queues { queue.finish() }
         // Phase 2: let in-flight work finish, bounded by the drain timeout (and the watchdog).
         let deadline = ContinuousClock.now + drainTimeout
@@ -227,18 +232,16 @@ final class ShardPipeline: Sendable {
 
     // MARK: Dispatch
 
-    /// Returns whether it left the partition paused for back-pressure.
-    ///
     /// Hands lanes runs of messages rather than single ones (one lock and at most one wake-up per run),
     /// and never lets more than `maxInFlight` messages be in flight.
-    private func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async -> Bool
+    private func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async
     where Source.Element == [Message], Source.Failure == Never {
         let limit = max(configuration.maxInFlight, 1)
         var pausedForBackpressure = false
         for await batch in source {
             var remaining = batch[...]
             while !remaining.isEmpty {
-                if state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
+                if state.withLock({ $0.stopRequested || $0.crash != nil }) { return }
                 if state.withLock({ $0.tracker.inFlight >= limit }) {
                     let roomOrEnd = { self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil } }
                     // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
@@ -249,15 +252,15 @@ final class ShardPipeline: Sendable {
                     if !room {
                         if !pausedForBackpressure {
                             pausedForBackpressure = true
-                            await flowControl.pauseForBackpressure()
+                            flowControl.setBackpressure(true, pipeline: generation)
                         }
                         room = await beacon.waitUntil(roomOrEnd)
                     }
-                    if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return pausedForBackpressure }
+                    if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return }
                 }
                 if pausedForBackpressure, state.withLock({ $0.tracker.inFlight <= limit / 2 }) {
                     pausedForBackpressure = false
-                    await flowControl.resumeAfterBackpressure()
+                    flowControl.setBackpressure(false, pipeline: generation)
                 }
                 // Take as many as fit under the limit, and begin them in one lock.
                 let (taken, rejected) = state.withLock { state -> (Int, [Int64]) in
@@ -281,7 +284,6 @@ final class ShardPipeline: Sendable {
                 }
             }
         }
-        return pausedForBackpressure
     }
 
     /// Gives a run of begun messages to the lanes: all to the one lane (`partition`), per key hash (`key`),
@@ -340,7 +342,7 @@ final class ShardPipeline: Sendable {
                 guard let run = await queue.next() else { return }
                 carry = run[...]
             }
-            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
+            if halted { return }
             guard let batching = configuration.batch, batching.size > 1 else {
                 carry = await processRun(carry, lane: index)
                 continue
@@ -357,6 +359,7 @@ final class ShardPipeline: Sendable {
                 unit.append(contentsOf: more)
                 carry = carry.dropFirst(more.count)
             }
+            if halted { return }
             await process(unit[...], lane: index)
         }
     }
@@ -376,7 +379,7 @@ final class ShardPipeline: Sendable {
         // One clock read per message: a call's end is the next call's start.
         var callStarted = ContinuousClock.now
         while let message = remaining.first {
-            if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
+            if halted { return [] }
             activity.begin(message.offset, at: callStarted)
             do {
                 try await handler.handle(message, context: context)
@@ -426,7 +429,8 @@ final class ShardPipeline: Sendable {
         var attempt = 1
         var pendingFailure = firstFailure
         while true {
-            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
+            // A retry is a new call: not after a stop. The first failure of a run is dealt with even then.
+            if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
             let callStarted = ContinuousClock.now
             activities[lane].begin(unit.first!.offset, at: callStarted)
@@ -457,7 +461,8 @@ final class ShardPipeline: Sendable {
                 "handler failed",
                 metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
             if attempt <= policy.retries {
-                try? await Task.sleep(for: policy.backoff.delay(attempt: attempt))
+                // The backoff ends early on a stop or a crash (nothing more is started then).
+                _ = await control.waitUntil(deadline: .now + policy.backoff.delay(attempt: attempt)) { self.halted }
                 attempt += 1
                 continue
             }

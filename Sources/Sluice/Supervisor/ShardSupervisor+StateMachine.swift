@@ -42,11 +42,10 @@ extension ShardSupervisor {
             case healthy
         }
 
-        /// What the supervisor must do, in this order: pause and resume reasons, commit, stop or start the
-        /// pipeline, arm the timer, publish events.
+        /// What the supervisor must do, in this order: commit, stop or start the pipeline, arm the timer,
+        /// publish events. Pause state is not an action: after every event the supervisor derives it whole
+        /// from ``pauseReasons`` and reconciles the partition with it (SLUICE.md §5).
         struct Actions: Equatable {
-            var pause: Set<KafkaPauseReason> = []
-            var resume: Set<KafkaPauseReason> = []
             var commit = false
             /// Ask the running pipeline to drain.
             var stopPipeline = false
@@ -58,7 +57,7 @@ extension ShardSupervisor {
             var events: [Event] = []
 
             static func == (lhs: Actions, rhs: Actions) -> Bool {
-                lhs.pause == rhs.pause && lhs.resume == rhs.resume && lhs.commit == rhs.commit
+                lhs.commit == rhs.commit
                     && lhs.stopPipeline == rhs.stopPipeline && lhs.startPipeline?.seekToCommitted == rhs.startPipeline?.seekToCommitted
                     && lhs.startPipeline?.probe == rhs.startPipeline?.probe && lhs.wakeAt == rhs.wakeAt && lhs.events == rhs.events
             }
@@ -88,6 +87,21 @@ extension ShardSupervisor {
             }
         }
 
+        /// The reasons the shard's partition must be paused for in this state, derived whole every time
+        /// (SLUICE.md §5): nothing fetches unless a pipeline runs to take it.
+        var pauseReasons: Set<KafkaPauseReason> {
+            switch state {
+            case .created: flagOn ? [] : [.flag]
+            case .starting, .running: []
+            case .draining(.off, _), .off: [.flag]
+            case .draining(.restart, _), .draining(.stop, _), .stopped: [.draining]
+            case .backingOff, .tripped: [.breaker]
+            }
+        }
+
+        /// Whether the flag is on, as the machine last heard.
+        var isFlagOn: Bool { flagOn }
+
         // MARK: Events
 
         /// The partition was assigned; its flag decides whether it starts.
@@ -99,7 +113,7 @@ extension ShardSupervisor {
                     return Actions(startPipeline: (false, false))
                 }
                 state = .off
-                return Actions(pause: [.flag], events: [.stopped(.flag)])
+                return Actions(events: [.stopped(.flag)])
             case .starting, .running, .draining, .off, .backingOff, .tripped, .stopped:
                 preconditionFailure("assigned() in state \(state)")
             }
@@ -127,7 +141,7 @@ extension ShardSupervisor {
                     return crash(now: now, reason: reason, attempt: attempt, probe: false, jitter: jitter)
                 case .off:
                     state = .off
-                    return Actions(pause: [.flag], commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.flag)])
+                    return Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.flag)])
                 case .stop:
                     state = .stopped
                     return Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.released)])
@@ -145,7 +159,7 @@ extension ShardSupervisor {
                 return Actions(commit: true, events: [.stopped(.flag)])
             case .draining(.restart, _):
                 state = .starting(attempt: 0, probe: false)
-                return Actions(resume: [.flag], commit: true, startPipeline: (true, false))
+                return Actions(commit: true, startPipeline: (true, false))
             case .draining(.stop, _), .starting, .running:
                 state = .stopped
                 return Actions(commit: true, events: [.stopped(.released)])
@@ -162,7 +176,7 @@ extension ShardSupervisor {
                 return Actions()
             case (.starting(let attempt, _), false), (.running(let attempt, _, _), false):
                 state = .draining(target: .off, attempt: attempt)
-                return Actions(pause: [.flag], stopPipeline: true)
+                return Actions(stopPipeline: true)
             case (.starting, true), (.running, true):
                 return Actions()
             case (.draining(.off, let attempt), true):
@@ -178,12 +192,12 @@ extension ShardSupervisor {
                 crashTimes.removeAll()
                 cooldown = policy.cooldown
                 state = .starting(attempt: 0, probe: false)
-                return Actions(resume: [.flag], startPipeline: (true, false))
+                return Actions(startPipeline: (true, false))
             case (.off, false):
                 return Actions()
             case (.backingOff, false), (.tripped, false):
                 state = .off
-                return Actions(pause: [.flag], resume: [.breaker], events: [.stopped(.flag)])
+                return Actions(events: [.stopped(.flag)])
             case (.backingOff, true), (.tripped, true):
                 // Leaving tripped takes a cycle: off, then on.
                 return Actions()
@@ -204,13 +218,13 @@ extension ShardSupervisor {
             case .backingOff(let attempt, let until):
                 guard now >= until else { return Actions(wakeAt: until) }
                 state = .starting(attempt: attempt, probe: false)
-                return Actions(resume: [.breaker], startPipeline: (true, false))
+                return Actions(startPipeline: (true, false))
             case .tripped(let since, _, let cooldown):
                 guard let cooldown, flagOn else { return Actions() }
                 let probeAt = since.advanced(by: cooldown)
                 guard now >= probeAt else { return Actions(wakeAt: probeAt) }
                 state = .starting(attempt: 0, probe: true)
-                return Actions(resume: [.breaker], startPipeline: (true, true))
+                return Actions(startPipeline: (true, true))
             case .created, .starting, .draining, .off, .stopped:
                 return Actions()
             }
@@ -225,10 +239,10 @@ extension ShardSupervisor {
                 cooldown = policy.cooldown
                 guard flagOn else {
                     state = .off
-                    return Actions(pause: [.flag], resume: [.breaker], events: [.reset, .stopped(.flag)])
+                    return Actions(events: [.reset, .stopped(.flag)])
                 }
                 state = .starting(attempt: 0, probe: false)
-                return Actions(resume: [.breaker], startPipeline: (true, false), events: [.reset])
+                return Actions(startPipeline: (true, false), events: [.reset])
             case .running(_, let since, _):
                 crashTimes.removeAll()
                 cooldown = policy.cooldown
@@ -260,7 +274,7 @@ extension ShardSupervisor {
             if let within = policy.trip?.within {
                 crashTimes.removeAll { $0.advanced(by: within) < now }
             }
-            var actions = Actions(pause: [.breaker], commit: true, events: [.crashed(reason: reason, attempt: attempt + 1)])
+            var actions = Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1)])
             let tripsNow = probe || policy.trip.map { crashTimes.count >= $0.crashes } ?? false
             if tripsNow {
                 if probe, let current = cooldown { cooldown = current * 2 }

@@ -14,6 +14,10 @@ struct ShardSupervisor {
     /// and a start needs no seek.
     var hasRun = false
     var flag: FlagSetting
+    /// Whether the current pipeline asked to pause for back-pressure (false between pipelines).
+    var backpressured = false
+    /// The pause set last handed to the consumer (nil before the first).
+    var appliedPauseReasons: Set<KafkaPauseReason>?
     var lastError: String?
     /// Identifies the armed timer; a firing with an older token is ignored.
     var timerToken: UInt64 = 0
@@ -38,6 +42,14 @@ struct ShardSupervisor {
         flagGauge = Gauge(label: "sluice_shard_flag_enabled", dimensions: shard)
         flagGauge.record(flag.enabled ? 1 : 0)
         pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
+    }
+
+    /// The whole set of reasons the partition must be paused for now: the state's, plus back-pressure
+    /// while a pipeline runs and asks for it.
+    var desiredPauseReasons: Set<KafkaPauseReason> {
+        var reasons = machine.pauseReasons
+        if backpressured, pipeline != nil { reasons.insert(.backpressure) }
+        return reasons
     }
 
     /// The public view of the machine's state.
