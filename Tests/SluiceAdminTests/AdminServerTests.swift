@@ -103,6 +103,9 @@ struct AdminServerTests {
             ("/v1/flags/orders", #"{"enabled": 0}"#, .badRequest, "\"enabled\" is required and must be true or false"),
             ("/v1/flags/orders", #"{"reason": "x"}"#, .badRequest, "\"enabled\" is required"),
             ("/v1/flags/orders/x", #"{"enabled": false}"#, .badRequest, "flag key 'orders/x'"),
+            ("/v1/flags/orders%00x", #"{"enabled": false}"#, .badRequest, "flag key 'orders\\0x': not a Kafka topic name"),
+            ("/v1/flags/" + String(repeating: "a", count: 10_000), #"{"enabled": false}"#, .badRequest, "at most 249 characters"),
+            ("/v1/flags/orders%2F2147483648", #"{"enabled": false}"#, .badRequest, "the partition must be a number in 0...2147483647"),
             ("/v1/flags/orders", "{\"enabled\": false, \"reason\": \"\(String(repeating: "x", count: 400))\"}", .contentTooLarge, "larger than 256 bytes"),
         ]
         try await app.test(.router) { client in

@@ -195,4 +195,30 @@ struct ConfigurationLoadingTests {
             try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {token: \"${NO_SUCH_TOKEN_VARIABLE}\"}\n")
                 == "FILE:2:16: admin.token: refers to the environment variable NO_SUCH_TOKEN_VARIABLE, which is not set")
     }
+
+    @Test("unsafe values are refused with the file, key and reason")
+    func unsafeValues() async throws {
+        let base = "kafka: {bootstrap: b, group: g}\n"
+        #expect(
+            try await loadError("kafka: {bootstrap: b, group: g, commitInterval: 0s}\n")
+                == "FILE:1:49: kafka.commitInterval: must be at least 10ms (0 makes the consumer thread spin), got 0s")
+        #expect(
+            try await loadError(base + "topics:\n  orders: {breaker: {preset: fuse, cooldown: 0s}}\n")
+                == "FILE:3:46: topics.orders.breaker.cooldown: must be positive or never (0 probes at once: a hot crash loop), got 0s")
+        #expect(
+            try await loadError(base + "topics:\n  orders: {onFailure: {then: deadLetter}, deadLetterTopic: orders}\n")
+                == "FILE:3:60: topics.orders.deadLetterTopic: 'orders' is a consumed topic: its dead letters would be consumed and fail again, for ever")
+        #expect(
+            try await loadError(base + "topics:\n  orders: {onFailure: {then: deadLetter}, deadLetterTopic: payments}\n  payments: {}\n")
+                == "FILE:3:60: topics.orders.deadLetterTopic: 'payments' is a consumed topic: its dead letters would be consumed and fail again, for ever")
+        #expect(
+            try await loadError(base + "admin: {token: \"\"}\n")
+                == "FILE:2:16: admin.token: is empty, which would leave changes open to anyone; remove the key to run without a token")
+        #expect(
+            try await loadError(base + "topics:\n  \"bad topic\": {}\n")
+                == "FILE:3:16: topics.bad topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(
+            try await loadError(base + "flags: {pollInterval: 0s}\n")
+                == "FILE:2:23: flags.pollInterval: must be at least 10ms, got 0s")
+    }
 }

@@ -28,6 +28,46 @@ struct FlagTests {
         #expect(throws: SluiceError.self) { try FlagKey(parsing: "") }
     }
 
+    @Test("keys follow Kafka's topic name rules and partition range, with the reason named")
+    func keyValidation() {
+        func reason(_ text: String) -> String? {
+            do {
+                _ = try FlagKey(parsing: text)
+                return nil
+            } catch {
+                return (error as? SluiceError)?.message
+            }
+        }
+        #expect(reason("orders\u{0}x") == "flag key 'orders\\0x': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(reason(String(repeating: "a", count: 10_000))?.hasSuffix("a topic name has at most 249 characters, got 10000") == true)
+        #expect(reason(String(repeating: "a", count: 10_000))!.count < 200, "a long key is not echoed whole")
+        #expect(reason("orders/2147483648") == "flag key 'orders/2147483648': the partition must be a number in 0...2147483647")
+        #expect(reason("orders/-1") == "flag key 'orders/-1': the partition must be a number in 0...2147483647")
+        #expect(reason("..") == "flag key '..': '.' and '..' are not topic names")
+        #expect(reason("or ders") == "flag key 'or ders': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(reason("a/b/3") == "flag key 'a/b/3': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(reason(String(repeating: "a", count: 249) + "/2147483647") == nil)
+    }
+
+    @Test("an empty or whitespace-only flag file is a failed read, not 'no flags'; {} is no flags")
+    func emptyFileIsAFailedRead() async throws {
+        let path = try write("orders: off\n")
+        let resolver = FlagResolver(sources: [FileFlagSource(path: path)], logger: logger)
+        await resolver.refresh()
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled)
+        // What a poll sees while `echo ... > flags.yaml` is half done.
+        try "".write(toFile: path, atomically: false, encoding: .utf8)
+        #expect(await resolver.refresh() == false)
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "the last good flags stay in force")
+        #expect(resolver.lastErrors["file"]?.hasSuffix("the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)") == true)
+        try "  \n# only a comment\n".write(toFile: path, atomically: false, encoding: .utf8)
+        #expect(await resolver.refresh() == false)
+        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled)
+        try "{}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(await resolver.refresh())
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled, "{} says: no flags")
+    }
+
     @Test("the most specific key wins; with none set, the default")
     func specificity() async throws {
         let admin = InMemoryFlagSource()

@@ -212,4 +212,31 @@ struct SluiceHostTests {
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
         #expect(error?.message.contains("topics.payments: topic 'payments' is configured but no handler is registered") == true)
     }
+
+    @Test("a flag file that cannot be read at start stops the start, naming the file: nothing runs unflagged")
+    func missingFlagFileAtStart() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var configuration = HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: [:])
+        configuration.flags.file = "/nonexistent/sluice-flags.yaml"
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.hasPrefix("flags.file: /nonexistent/sluice-flags.yaml: cannot read the flag file") == true, "\(error?.message ?? "")")
+        #expect(host.shards.isEmpty)
+    }
+
+    @Test("a registered topic used as another topic's dead-letter topic refuses to start")
+    func deadLetterTopicConsumed() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders-dlq": 1])
+        var orders = TopicConfiguration()
+        orders.onFailure.then = .deadLetter
+        orders.deadLetterTopic = "orders-dlq"
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
+            logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        host.register("orders-dlq", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.contains("topics.orders.deadLetterTopic: 'orders-dlq' is a consumed topic") == true)
+    }
 }

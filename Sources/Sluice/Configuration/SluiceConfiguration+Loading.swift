@@ -134,25 +134,36 @@ private struct ConfigurationValues {
             bootstrap: try required(["kafka", "bootstrap"]),
             group: try required(["kafka", "group"]))
         kafka.sessionTimeout = try duration(["kafka", "sessionTimeout"]) ?? kafka.sessionTimeout
-        kafka.commitInterval = try duration(["kafka", "commitInterval"]) ?? kafka.commitInterval
+        kafka.commitInterval = try duration(
+            ["kafka", "commitInterval"], atLeast: .milliseconds(10), "must be at least 10ms (0 makes the consumer thread spin)")
+            ?? kafka.commitInterval
         for property in layout.positionsOfProperties() {
             kafka.properties[property] = try string(["kafka", "properties", property])
         }
         var topics: [String: TopicConfiguration] = [:]
         for topic in layout.topics {
+            if let reason = TopicName.problem(topic) { throw problem(["topics", topic], reason) }
             topics[topic] = try topicConfiguration(topic)
+        }
+        for topic in layout.topics {
+            guard let deadLetterTopic = topics[topic]?.deadLetterTopic, topics[deadLetterTopic] != nil else { continue }
+            throw problem(["topics", topic, "deadLetterTopic"], SluiceConfiguration.deadLetterLoop(deadLetterTopic))
         }
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
         configuration.sourceFile = layout.file
         configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
         configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
         configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout
-        configuration.flags.pollInterval = try duration(["flags", "pollInterval"]) ?? configuration.flags.pollInterval
+        configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
+            ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
         configuration.flags.file = try string(["flags", "file"])
         configuration.admin.enabled = try onOff(["admin", "enabled"]) ?? configuration.admin.enabled
         configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen
         configuration.admin.token = try string(["admin", "token"], isSecret: true)
+        if let token = configuration.admin.token, token.trimmingWhitespace().isEmpty {
+            throw problem(["admin", "token"], "is empty, which would leave changes open to anyone; remove the key to run without a token")
+        }
         configuration.admin.stateFile = try string(["admin", "stateFile"]) ?? configuration.admin.stateFile
         configuration.admin.maxBodyBytes = try integer(["admin", "maxBodyBytes"]) ?? configuration.admin.maxBodyBytes
         let listenParts = configuration.admin.listen.split(separator: ":")
@@ -222,7 +233,8 @@ private struct ConfigurationValues {
             if text.trimmingWhitespace() == "never" {
                 policy.cooldown = nil
             } else {
-                policy.cooldown = try duration(path + ["cooldown"])
+                policy.cooldown = try duration(
+                    path + ["cooldown"], atLeast: .milliseconds(1), "must be positive or never (0 probes at once: a hot crash loop)")
             }
         }
         policy.healthyAfter = try duration(path + ["healthyAfter"]) ?? policy.healthyAfter
@@ -271,6 +283,16 @@ private struct ConfigurationValues {
         guard let text = try string(path) else { return nil }
         guard let value = Duration.parse(text) else {
             throw problem(path, "expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '\(text)'")
+        }
+        return value
+    }
+
+    /// A duration of at least `minimum`; a smaller one is refused with `refusal` and the value as written.
+    private func duration(_ path: [String], atLeast minimum: Duration, _ refusal: String) throws -> Duration? {
+        guard let value = try duration(path) else { return nil }
+        guard value >= minimum else {
+            let written = (try string(path))?.trimmingWhitespace() ?? "\(value)"
+            throw problem(path, "\(refusal), got \(written)")
         }
         return value
     }

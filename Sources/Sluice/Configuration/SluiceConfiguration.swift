@@ -73,6 +73,11 @@ public struct SluiceConfiguration: Sendable {
     public var sourceFile: String?
 
     /// Creates a configuration.
+    /// Why a dead-letter topic that is also consumed is refused.
+    static func deadLetterLoop(_ topic: String) -> String {
+        "'\(topic)' is a consumed topic: its dead letters would be consumed and fail again, for ever"
+    }
+
     public init(kafka: Kafka, topics: [String: TopicConfiguration]) {
         self.kafka = kafka
         self.topics = topics

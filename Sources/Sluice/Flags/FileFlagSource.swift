@@ -14,8 +14,9 @@ import Foundation
 /// "*": on
 /// ```
 ///
-/// Polled by the resolver every poll interval. A missing or malformed file throws an error with the line
-/// and column, and the resolver keeps the last good flags.
+/// Polled by the resolver every poll interval. A missing, empty or malformed file throws an error with the
+/// line and column, and the resolver keeps the last good flags; `{}` is the file with no flags. Replace the
+/// file atomically (write a new file, then rename it over the old one) so a poll never sees it half written.
 public struct FileFlagSource: FlagSource {
     /// The file.
     public let path: String
@@ -42,7 +43,13 @@ public struct FileFlagSource: FlagSource {
         } catch let error as YamlError {
             throw SluiceError(code: .configuration, message: "\(file): not valid YAML or JSON: \(error)")
         }
-        guard let root else { return [:] }
+        // A file being rewritten in place (`echo ... > flags.yaml`) is empty for a moment: that is a failed
+        // read, never "no flags" (which is `{}`).
+        guard let root else {
+            throw SluiceError(
+                code: .configuration,
+                message: "\(file): the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)")
+        }
         guard let mapping = root.mapping else {
             throw SluiceError(code: .configuration, message: "\(location(file, root.mark)): expected a map from flag key to on or off")
         }

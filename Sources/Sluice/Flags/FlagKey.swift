@@ -17,7 +17,8 @@ public struct FlagKey: Hashable, Sendable, CustomStringConvertible, Comparable {
     /// One partition.
     public static func partition(_ topicPartition: TopicPartition) -> FlagKey { FlagKey(scope: .partition(topicPartition)) }
 
-    /// Parses `*`, `TOPIC` or `TOPIC/PARTITION`.
+    /// Parses `*`, `TOPIC` or `TOPIC/PARTITION`. The topic must be a Kafka topic name (letters, digits, `.`,
+    /// `_`, `-`; at most 249 characters; not `.` or `..`) and the partition a number in 0...2147483647.
     public init(parsing text: String) throws {
         let trimmed = text.trimmingWhitespace()
         if trimmed == "*" {
@@ -25,18 +26,20 @@ public struct FlagKey: Hashable, Sendable, CustomStringConvertible, Comparable {
             return
         }
         guard !trimmed.isEmpty else { throw SluiceError(code: .configuration, message: "a flag key cannot be empty") }
-        if let slash = trimmed.lastIndex(of: "/") {
-            let topic = String(trimmed[..<slash])
-            let partitionText = String(trimmed[trimmed.index(after: slash)...])
-            guard !topic.isEmpty, let partition = Int32(partitionText), partition >= 0 else {
-                throw SluiceError(
-                    code: .configuration,
-                    message: "flag key '\(text)': expected *, TOPIC or TOPIC/PARTITION with a partition number")
-            }
-            scope = .partition(TopicPartition(topic, partition))
-        } else {
-            scope = .topic(trimmed)
+        func invalid(_ reason: String) -> SluiceError {
+            SluiceError(code: .configuration, message: "flag key \(TopicName.quoted(text)): \(reason)")
         }
+        var topic = trimmed
+        var partition: Int32?
+        if let slash = trimmed.lastIndex(of: "/") {
+            topic = String(trimmed[..<slash])
+            guard let number = Int32(trimmed[trimmed.index(after: slash)...]), number >= 0 else {
+                throw invalid("the partition must be a number in 0...\(Int32.max)")
+            }
+            partition = number
+        }
+        if let problem = TopicName.problem(topic) { throw invalid(problem) }
+        scope = partition.map { .partition(TopicPartition(topic, $0)) } ?? .topic(topic)
     }
 
     private init(scope: Scope) { self.scope = scope }

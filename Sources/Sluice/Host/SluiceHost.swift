@@ -178,6 +178,10 @@ public final class SluiceHost: Service, Sendable {
     public func run() async throws {
         let handlers = try startOnce()
         await flags.refresh()
+        // A flag file that cannot be read at start would mean every shard runs, whatever it says.
+        if configuration.flags.file != nil, let error = flags.lastErrors["file"] {
+            throw SluiceError(code: .configuration, message: "flags.file: \(error); the host does not start without its flags")
+        }
         let flags = self.flags
         let consumer = try KafkaConsumer(
             configuration: configuration.consumerConfiguration(),
@@ -258,6 +262,11 @@ public final class SluiceHost: Service, Sendable {
         for (topic, handler) in handlers.sorted(by: { $0.key < $1.key }) {
             let settings = configuration.topics[topic] ?? TopicConfiguration()
             try settings.validate(topic: topic)
+            if let deadLetterTopic = settings.deadLetterTopic, handlers[deadLetterTopic] != nil {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "\(file)topics.\(topic).deadLetterTopic: \(SluiceConfiguration.deadLetterLoop(deadLetterTopic))")
+            }
             switch (handler, settings.batch) {
             case (.batch, nil):
                 throw SluiceError(
