@@ -80,6 +80,24 @@ enum TestSupport {
         }
     }
 
+    /// Whether `work` returns before `limit` passes. For "does not wait for X" checks where X takes far
+    /// longer than `limit`; not a measure of how fast `work` is (that belongs in `sluice bench`).
+    static func returnsFirst(_ work: @escaping @Sendable () async -> Void, before limit: Duration) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await work()
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return false
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            return first
+        }
+    }
+
     /// Waits until `condition` holds, polling; fails the test after `timeout`.
     static func eventually(
         _ what: String,

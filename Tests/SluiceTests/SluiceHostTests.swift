@@ -197,9 +197,13 @@ struct SluiceHostTests {
         try await HostFixture.eventually("B took over A's partitions and handled the rest") {
             Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == 1_600
         }
+        try await HostFixture.eventually("B runs all four partitions once A left") {
+            hostB.shards.filter { $0.state == .running }.map(\.topicPartition.partition).sorted() == [0, 1, 2, 3]
+        }
         hostB.shutdown()
         try await runB.value
-        #expect(Set(hostB.shards.map(\.topicPartition.partition)).count <= 4)
+        let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
+        #expect(committed == (try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)), "B committed to the end")
     }
 
     @Test("a topic configured without a handler refuses to start, naming the topic")

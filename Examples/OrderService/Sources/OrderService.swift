@@ -87,7 +87,10 @@ struct PaymentsSink: BatchHandler {
     var delay: Duration = .zero
 
     func handle(_ batch: [Message], context: ShardContext) async throws {
-        if delay > .zero { try await Task.sleep(for: delay) }
+        if delay > .zero {
+            context.logger.info("slow payments store: batch write started", metadata: ["sluice.batchSize": "\(batch.count)"])
+            try await Task.sleep(for: delay)
+        }
         try await store.insert(batch)
     }
 }
