@@ -42,6 +42,11 @@ final class ConsumerLoop: @unchecked Sendable {
         case revocation(UInt64)
         case close
         case periodic
+
+        var isPeriodic: Bool {
+            if case .periodic = self { return true }
+            return false
+        }
     }
 
     private enum Phase {
@@ -61,6 +66,10 @@ final class ConsumerLoop: @unchecked Sendable {
     private var partitions: [TopicPartition: PartitionState] = [:]
     /// What librdkafka has paused, across assignments.
     private var pauses = PauseReconciler()
+    /// Holds commits while the group rebalances (librdkafka before 2.10 loses the assignment otherwise).
+    private var rebalanceGate: RebalanceCommitGate
+    /// Periodic commits that failed in a row (reset by a success): the retry backoff grows with it.
+    private var periodicFailures = 0
     private var revocations: [UInt64: Revocation] = [:]
     private var commitWaiters: [UInt64: CommitWaiter] = [:]
     private var commitDeadlines: [UInt64: ContinuousClock.Instant] = [:]
@@ -91,6 +100,7 @@ final class ConsumerLoop: @unchecked Sendable {
         self.maxBatch = shared.configuration.maxBatchSize
         self.batchBuffer = .allocate(capacity: maxBatch)
         self.nextPeriodicCommit = .now + shared.configuration.commitInterval
+        self.rebalanceGate = RebalanceCommitGate(limit: max(.seconds(30), shared.configuration.sessionTimeout * 3))
         shared.waker.payload.withUnsafeBytes { payload in
             rd_kafka_queue_io_event_enable(consumerQueue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
         }
@@ -152,7 +162,13 @@ final class ConsumerLoop: @unchecked Sendable {
         case .seek(let position, let continuation):
             continuation.resume(with: Result { try seek(position) })
         case .commit(let continuation):
-            startCommit(.caller(continuation), timeout: .seconds(30))
+            if rebalanceGate.isHolding(now: .now) {
+                // Retriable: `commit()` tries again until its timeout; the rebalance usually ends first.
+                continuation.resume(throwing: KafkaError.rdkafka(
+                    RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, context: "committing offsets (held while the group rebalances)"))
+            } else {
+                startCommit(.caller(continuation), timeout: .seconds(30))
+            }
         case .releaseRevocation(let identifier):
             if var revocation = revocations[identifier], revocation.commitID == nil {
                 revocation.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
@@ -253,7 +269,14 @@ final class ConsumerLoop: @unchecked Sendable {
                     librdkafkaCode: code.rawValue,
                     isFatal: rd_kafka_event_error_is_fatal(event) != 0
                 )
-                logger.warning("librdkafka error", metadata: ["kafka.error": "\(error.message)"])
+                if error.isFatal {
+                    // The client cannot go on (librdkafka stops consuming and committing): say so loudly and
+                    // keep it for health checks.
+                    logger.error("librdkafka fatal error", metadata: ["kafka.error": "\(error.message)"])
+                    shared.fatalError.withLock { $0 = $0 ?? error }
+                } else {
+                    logger.warning("librdkafka error", metadata: ["kafka.error": "\(error.message)"])
+                }
                 shared.eventsContinuation.yield(.error(error))
             case RD_KAFKA_EVENT_LOG:
                 LibrdkafkaLog.forward(event, to: logger)
@@ -281,8 +304,14 @@ final class ConsumerLoop: @unchecked Sendable {
         let changed = TopicPartitionList.read(list).map(\.topicPartition)
         switch code {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            rebalanceGate.assigned()
             assign(changed)
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            if rd_kafka_assignment_lost(rk) != 0 {
+                rebalanceGate.lost(now: .now)
+            } else {
+                rebalanceGate.revoked(now: .now)
+            }
             revoke(changed)
         default:
             logger.error("rebalance failed", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(code)))"])
@@ -419,12 +448,29 @@ final class ConsumerLoop: @unchecked Sendable {
         let failure: KafkaError? =
             (error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR__NO_OFFSET)
             ? nil : KafkaError.rdkafka(error, context: "committing offsets")
+        if let failure {
+            shared.commitFailures.add(1, ordering: .relaxed)
+            if failure.isRebalanceSignal { rebalanceGate.rebalanceSeen(now: .now) }
+        }
         switch waiter {
         case .caller(let continuation):
             if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
         case .periodic:
             if let failure {
-                logger.debug("periodic commit failed; retried next interval", metadata: ["kafka.error": "\(failure.message)"])
+                // What was stored is still to be committed: try again soon, backing off while it fails.
+                periodicFailures += 1
+                shared.offsetsStored.store(true, ordering: .relaxed)
+                let backoff = min(.milliseconds(100) * (1 << min(periodicFailures - 1, 10)), shared.configuration.commitInterval)
+                nextPeriodicCommit = min(nextPeriodicCommit, .now + backoff)
+                if failure.isRebalanceSignal {
+                    logger.debug("periodic commit refused while the group rebalances; held until it ends", metadata: ["kafka.error": "\(failure.message)"])
+                } else {
+                    logger.warning(
+                        "periodic commit failed; retrying",
+                        metadata: ["kafka.error": "\(failure.message)", "sluice.retryIn": "\(backoff)", "sluice.failures": "\(periodicFailures)"])
+                }
+            } else {
+                periodicFailures = 0
             }
         case .revocation(let revocationID):
             if let failure {
@@ -533,7 +579,10 @@ final class ConsumerLoop: @unchecked Sendable {
     // MARK: Timers and close
 
     private func serveTimers(now: ContinuousClock.Instant) {
-        if case .running = phase, now >= nextPeriodicCommit {
+        if rebalanceGate.expired(now: now) {
+            logger.warning("the group rebalance did not end with an assignment in time; committing again")
+        }
+        if mayCommitPeriodically(now: now), now >= nextPeriodicCommit {
             nextPeriodicCommit = now + shared.configuration.commitInterval
             if !partitions.isEmpty, shared.offsetsStored.exchange(false, ordering: .relaxed) {
                 startCommit(.periodic, timeout: .seconds(30))
@@ -637,11 +686,18 @@ final class ConsumerLoop: @unchecked Sendable {
         for command in shared.takeInbox().commands { failAfterClose(command) }
     }
 
+    /// Whether a periodic commit may start when it is due: while running, not during a rebalance, and not
+    /// while the last one is still out.
+    private func mayCommitPeriodically(now: ContinuousClock.Instant) -> Bool {
+        guard case .running = phase else { return false }
+        return !rebalanceGate.isHolding(now: now) && !commitWaiters.values.contains(where: \.isPeriodic)
+    }
+
     private func waitBudget(now: ContinuousClock.Instant) -> Int32 {
         // The periodic commit is only due while running (it is not rescheduled afterwards, and a deadline in
         // the past would make this loop spin while a close waits for the first join).
         var next = now + .milliseconds(200)
-        if case .running = phase { next = min(next, nextPeriodicCommit) }
+        if mayCommitPeriodically(now: now) { next = min(next, nextPeriodicCommit) }
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         if !detached, let callerDeadline { next = min(next, callerDeadline) }

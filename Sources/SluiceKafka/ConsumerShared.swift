@@ -43,6 +43,10 @@ final class ConsumerShared: Sendable {
         lastLoop.store((ContinuousClock.now - Self.epoch).nanoseconds, ordering: .relaxed)
     }
 
+    /// The first fatal error librdkafka raised, if any.
+    let fatalError = Mutex<KafkaError?>(nil)
+    /// Commits that failed (periodic, caller, revocation and close alike), for metrics.
+    let commitFailures = Atomic<Int>(0)
     /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.
     let offsetsStored = Atomic<Bool>(false)
     /// Pause reasons per assigned partition, as the owner last applied them.

@@ -113,6 +113,14 @@ public final class KafkaConsumer: Sendable {
         return (ContinuousClock.now - ConsumerShared.epoch) - .nanoseconds(nanoseconds)
     }
 
+    /// The fatal error librdkafka raised, if it did: the consumer no longer consumes or commits and must be
+    /// replaced (restart the process).
+    public var fatalError: KafkaError? { shared.fatalError.withLock { $0 } }
+
+    /// How many commits failed since the consumer started (periodic ones are retried with backoff; commits
+    /// refused while the group rebalances count too).
+    public var commitFailureCount: Int { shared.commitFailures.load(ordering: .relaxed) }
+
     /// The partitions currently assigned to this consumer.
     public var assignment: Set<TopicPartition> {
         Set(shared.channels.withLock { $0.keys })
@@ -269,6 +277,18 @@ public final class KafkaConsumer: Sendable {
 }
 
 extension KafkaError {
+    /// Commit errors that mean the group is rebalancing (or this member is out of date), so the member is
+    /// about to rejoin.
+    var isRebalanceSignal: Bool {
+        guard let librdkafkaCode else { return false }
+        switch rd_kafka_resp_err_t(librdkafkaCode) {
+        case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION, RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+            return true
+        default:
+            return false
+        }
+    }
+
     /// Commit errors a group coordinator returns while the group is rebalancing or moving.
     var isRetriableCommitError: Bool {
         guard let librdkafkaCode else { return false }

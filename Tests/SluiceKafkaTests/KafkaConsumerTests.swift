@@ -322,3 +322,27 @@ extension KafkaConsumerTests {
         await driver.value
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("a failed periodic commit is retried with backoff and counted, without new offsets being stored")
+    func periodicCommitRetried() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["ledger": 1])
+        try await TestSupport.produce(cluster, topic: "ledger", partitions: 1, count: 100)
+        let partition = TopicPartition("ledger", 0)
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["ledger"])
+        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        // The next three commits fail; nothing is stored after the last message, so only a retry can commit it.
+        cluster.pushRequestErrors(apiKey: .offsetCommit, errors: Array(repeating: KafkaErrorCode(name: "INVALID_COMMIT_OFFSET_SIZE")!, count: 3))
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try await TestSupport.eventually("the stored offset is committed after the failures") {
+            try await consumer.committedOffsets(for: [partition])[partition] == 100
+        }
+        #expect(consumer.commitFailureCount >= 3)
+        await consumer.close()
+        await driver.value
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import SluiceKafka
 import Testing
@@ -7,9 +8,12 @@ import Testing
 enum HostFixture {
     static let logger: Logger = {
         var logger = Logger(label: "sluice.host-test")
-        logger.logLevel = .warning
+        logger.logLevel = rdkafkaDebug == nil ? .warning : .trace
         return logger
     }()
+
+    /// `SLUICE_TEST_RDKAFKA_DEBUG=cgrp,fetch swift test --filter NAME` turns on librdkafka's debug contexts.
+    static let rdkafkaDebug = ProcessInfo.processInfo.environment["SLUICE_TEST_RDKAFKA_DEBUG"]
 
     static func uniqueGroup() -> String { "host-\(UInt64.random(in: 0...UInt64.max))" }
 
@@ -19,6 +23,7 @@ enum HostFixture {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
         kafka.sessionTimeout = .seconds(6)
         kafka.commitInterval = .milliseconds(500)
+        if let rdkafkaDebug { kafka.properties["debug"] = rdkafkaDebug }
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
         configuration.shutdownTimeout = .seconds(10)
         return configuration

@@ -243,4 +243,29 @@ struct SluiceHostTests {
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
         #expect(error?.message.contains("topics.orders.deadLetterTopic: 'orders-dlq' is a consumed topic") == true)
     }
+
+    @Test("/readyz turns false while a broker outage has cost the host its group session, and true once it rejoined")
+    func readinessAfterLostSession() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: [:]),
+            logger: HostFixture.logger)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("running and ready") { host.readiness.ready && host.shards.count == 2 }
+        try cluster.setBrokerDown(1)
+        try await HostFixture.eventually("not ready once the session is lost") {
+            host.readiness.reasons.contains("the consumer lost its group session and its partitions; it is rejoining")
+        }
+        #expect(host.shards.isEmpty, "lost shards are gone: nothing of them is handled or stored")
+        try cluster.setBrokerUp(1)
+        try await HostFixture.eventually("ready again after rejoining", timeout: .seconds(60)) {
+            host.readiness.ready && host.shards.count == 2
+        }
+        try await HostFixture.produce(cluster, topic: "orders", count: 100, keys: 10)
+        try await HostFixture.eventually("consuming again") { handled.count == 100 }
+        host.shutdown()
+        try await running.value
+    }
 }

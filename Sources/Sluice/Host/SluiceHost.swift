@@ -56,6 +56,8 @@ public final class SluiceHost: Service, Sendable {
         var subscribers: [UInt64: AsyncStream<ShardEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
         var joined = false
+        /// The group session was lost (the assignment went with it) and no new assignment came yet.
+        var assignmentLost = false
         var running = false
         var lastTick: ContinuousClock.Instant?
     }
@@ -117,6 +119,9 @@ public final class SluiceHost: Service, Sendable {
             var reasons: [String] = []
             if !state.running { reasons.append("the host is not running") }
             if state.running, !state.joined { reasons.append("the consumer has not joined its group yet") }
+            if state.running, state.assignmentLost {
+                reasons.append("the consumer lost its group session and its partitions; it is rejoining")
+            }
             if state.shutdownRequested { reasons.append("the host is shutting down") }
             return (reasons.isEmpty, reasons)
         }
@@ -133,6 +138,9 @@ public final class SluiceHost: Service, Sendable {
         }
         if let consumer, consumer.timeSinceLastActivity > limit {
             reasons.append("the Kafka consumer thread has not turned for \(consumer.timeSinceLastActivity)")
+        }
+        if let fatal = consumer?.fatalError {
+            reasons.append("librdkafka raised a fatal error; the consumer must be restarted: \(fatal.message)")
         }
         return (reasons.isEmpty, reasons)
     }
@@ -287,7 +295,13 @@ public final class SluiceHost: Service, Sendable {
     /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
     func nextPipelineID() -> UInt64 { pipelineIDs.add(1, ordering: .relaxed).newValue }
 
-    func noteJoined() { state.withLock { $0.joined = true } }
+    /// The consumer got an assignment (joined), or lost the one it had.
+    func noteAssignment(lost: Bool) {
+        state.withLock { state in
+            if !lost { state.joined = true }
+            state.assignmentLost = lost
+        }
+    }
 
     func noteTick() { state.withLock { $0.lastTick = .now } }
 

@@ -21,6 +21,9 @@ struct SupervisorLoop {
     private var closing = false
     private(set) var finished = false
     private let stateGauges: [String: Gauge]
+    /// `sluice_commit_failures_total`, brought up to the consumer's count on every tick.
+    private let commitFailures = Counter(label: "sluice_commit_failures_total")
+    private var commitFailuresRecorded = 0
 
     private static let stateNames = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
 
@@ -43,14 +46,16 @@ struct SupervisorLoop {
     mutating func handle(_ item: SluiceHost.Input, group: inout TaskGroup<Void>) async {
         switch item {
         case .kafka(.assigned(let partitions)):
-            host.noteJoined()
+            host.noteAssignment(lost: false)
             for topicPartition in partitions { await assign(topicPartition, group: &group) }
         case .kafka(.revoked(let revocation)):
             await revoke(revocation, group: &group)
         case .kafka(.lost(let partitions)):
+            host.noteAssignment(lost: true)
             for topicPartition in partitions { lose(topicPartition) }
         case .kafka(.error(let error)):
-            logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)"])
+            // The consumer logged it (a fatal one at error level, which /healthz reports).
+            logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)", "kafka.fatal": "\(error.isFatal)"])
         case .consumerClosed:
             finished = true
         case .pipelineEnded(let topicPartition, let pipelineID, let outcome):
@@ -76,6 +81,11 @@ struct SupervisorLoop {
             await beginShutdown(group: &group)
         case .tick:
             host.noteTick()
+            let failures = consumer.commitFailureCount
+            if failures > commitFailuresRecorded {
+                commitFailures.increment(by: failures - commitFailuresRecorded)
+                commitFailuresRecorded = failures
+            }
             for status in host.shards {
                 guard let shard = shards[status.topicPartition], let lag = status.lag else { continue }
                 shard.lagGauge.record(lag)
