@@ -73,7 +73,14 @@ public struct AdminServer: Service {
         let router = Router()
         router.get("healthz") { _, _ in
             let health = host.health()
-            return json(health.healthy ? .ok : .serviceUnavailable, ["healthy": health.healthy, "reasons": health.reasons])
+            // Stalled shards are a detail, not a failure: restarting the process rarely mends them (a broker
+            // outage stalls every shard) and would only add churn.
+            let stalled = host.shards.filter { $0.stalledSince != nil }.map { shard -> String in
+                "\(shard.topicPartition) stalled for \(Int(Self.seconds(.now - shard.stalledSince!))) s with lag \(shard.lag ?? 0)"
+            }
+            return json(
+                health.healthy ? .ok : .serviceUnavailable,
+                ["healthy": health.healthy, "reasons": health.reasons, "stalledShards": stalled])
         }
         router.get("readyz") { _, _ in
             let readiness = host.readiness
@@ -241,6 +248,10 @@ public struct AdminServer: Service {
         return request.headers[.userAgent] ?? "unknown"
     }
 
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
     static func describe(_ shard: ShardStatus) -> [String: Any] {
         var entry: [String: Any] = [
             "topic": shard.topicPartition.topic,
@@ -256,13 +267,15 @@ public struct AdminServer: Service {
             "flag": ["enabled": shard.flag.enabled, "source": shard.flag.source],
         ]
         if let error = shard.lastError { entry["lastError"] = error }
-        if let offset = shard.storedOffset { entry["committedOffset"] = offset }
+        if let offset = shard.storedOffset ?? shard.committedOffset { entry["committedOffset"] = offset }
         if let high = shard.highWatermark { entry["highWatermark"] = high }
         if let lag = shard.lag { entry["lag"] = lag }
+        if let lagSeconds = shard.lagSeconds { entry["lagSeconds"] = lagSeconds }
+        if let stalledSince = shard.stalledSince { entry["stalledForSeconds"] = Self.seconds(.now - stalledSince) }
         if let position = shard.position { entry["position"] = position }
         switch shard.state {
         case .backingOff(_, let until):
-            entry["restartInSeconds"] = max(0, Double((until - .now).components.seconds) + Double((until - .now).components.attoseconds) / 1e18)
+            entry["restartInSeconds"] = max(0, Self.seconds(until - .now))
         case .tripped(_, let reason):
             entry["trippedReason"] = reason
         default:

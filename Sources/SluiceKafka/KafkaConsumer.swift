@@ -255,6 +255,28 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// Asks the partition leaders for the high watermarks of `partitions`, in one round trip per leader
+    /// (also for paused partitions, whose cached watermarks are not refreshed). Partitions whose query failed
+    /// are missing from the result.
+    public func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration = .seconds(10)) async throws
+        -> [TopicPartition: Int64]
+    {
+        try await shared.blocking { handle throws(KafkaError) in
+            try handle.queryWatermarks(partitions, end: true, timeout: timeout)
+        }
+    }
+
+    /// Where each of `partitions` starts for a member with no committed offset (`autoOffsetReset`): the low
+    /// watermark (earliest) or the high one (latest), in one round trip per leader.
+    public func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration = .seconds(10)) async throws
+        -> [TopicPartition: Int64]
+    {
+        let end = shared.configuration.autoOffsetReset != .earliest
+        return try await shared.blocking { handle throws(KafkaError) in
+            try handle.queryWatermarks(partitions, end: end, timeout: timeout)
+        }
+    }
+
     /// The number of partitions of `topic`, from the cluster's metadata.
     public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
         try await shared.blocking { handle throws(KafkaError) in

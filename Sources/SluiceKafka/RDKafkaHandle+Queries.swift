@@ -14,6 +14,26 @@ extension RDKafkaHandle {
         return Watermarks(low: low, high: high)
     }
 
+    /// Blocking: the high (`end`) or low watermarks of many partitions in one ListOffsets round trip per
+    /// leader (`rd_kafka_offsets_for_times` with a logical timestamp). Partitions that failed are left out.
+    func queryWatermarks(_ partitions: [TopicPartition], end: Bool, timeout: Duration) throws(KafkaError) -> [TopicPartition: Int64] {
+        guard !partitions.isEmpty else { return [:] }
+        let logical = Int64(end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING)
+        let list = TopicPartitionList.make(partitions.map { TopicPartitionOffset($0, offset: logical) })
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = rd_kafka_offsets_for_times(pointer, list, Int32(clamping: timeout.milliseconds))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw .rdkafka(error, context: "querying the watermarks of \(partitions.count) partitions")
+        }
+        var result: [TopicPartition: Int64] = [:]
+        for index in 0..<Int(list.pointee.cnt) {
+            let element = list.pointee.elems[index]
+            guard element.err == RD_KAFKA_RESP_ERR_NO_ERROR, element.offset >= 0 else { continue }
+            result[TopicPartition(String(cString: element.topic), element.partition)] = element.offset
+        }
+        return result
+    }
+
     /// Blocking: the partition count of `topic` from the cluster's metadata.
     func partitionCount(topic: String, timeout: Duration) throws(KafkaError) -> Int {
         guard let topicHandle = rd_kafka_topic_new(pointer, topic, nil) else {

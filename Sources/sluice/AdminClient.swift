@@ -146,17 +146,19 @@ struct StatusCommand: AsyncParsableCommand {
     func run() async throws {
         try await runAdmin {
             let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
-            var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "PROCESSED", "FAILED", "LAST ERROR"]]
+            var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED", "LAST ERROR"]]
             for shard in answer["shards"] as? [[String: Any]] ?? [] {
                 let flag = shard["flag"] as? [String: Any] ?? [:]
+                let stalled = (shard["stalledForSeconds"] as? Double).map { " (stalled \(Int($0)) s)" } ?? ""
                 rows.append([
                     "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0)",
-                    shard["state"] as? String ?? "",
+                    (shard["state"] as? String ?? "") + stalled,
                     (flag["enabled"] as? Bool ?? true) ? "on" : "off",
                     (shard["pauseReasons"] as? [String] ?? []).joined(separator: ","),
                     "\(shard["attempt"] as? Int ?? 0)",
                     (shard["committedOffset"] as? Int).map(String.init) ?? "-",
                     (shard["lag"] as? Int).map(String.init) ?? "-",
+                    (shard["lagSeconds"] as? Double).map { String(format: "%.1fs", $0) } ?? "-",
                     "\(shard["processed"] as? Int ?? 0)",
                     "\(shard["failed"] as? Int ?? 0)",
                     String((shard["lastError"] as? String ?? "").prefix(60)),

@@ -70,11 +70,10 @@ struct OrderServiceTests {
         // A slow payments store keeps a batch in flight, so the graceful shutdown has work to wait for.
         let (service, _) = try startService(
             cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))", extra: ["--payment-delay-ms", "5000"])
-        let joined = service.waitForStandardError(containing: "host started", timeout: .seconds(20))
-        #expect(joined.contains("host started"))
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
         produce.process.waitUntilExit()
-        try await Task.sleep(for: .seconds(5))  // the join (3 s), then a batch is in its 5 s write
+        let writing = service.waitForStandardError(containing: "batch write started", timeout: .seconds(40))
+        #expect(writing.contains("batch write started"), "a batch is in its 5 s write")
         kill(service.process.processIdentifier, SIGTERM)
         try await Task.sleep(for: .milliseconds(200))
         kill(service.process.processIdentifier, SIGTERM)

@@ -32,6 +32,8 @@ extension ShardEvent.Kind {
         case .reset: "reset"
         case .healthy: "healthy"
         case .flagChanged(let enabled, _, _): enabled ? "flag(on)" : "flag(off)"
+        case .stalled: "stalled"
+        case .stallCleared: "stallCleared"
         }
     }
 }
@@ -279,5 +281,69 @@ struct SupervisorTests {
         hostB.shutdown()
         try await runA.value
         try await runB.value
+    }
+
+    @Test("a running shard that makes no progress with messages waiting is reported stalled, idle shards are not; progress clears it")
+    func stallDetection() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        var orders = TopicConfiguration()
+        orders.handlerTimeout = .seconds(600)  // the watchdog does not end this hang
+        var configuration = configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders])
+        configuration.stallAfter = .seconds(1)
+        configuration.lagRefreshInterval = .milliseconds(200)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        let release = Locked(false)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            // Partition 0's first message hangs until released.
+            while message.partition == 0, message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(5)) }
+            handled.append(message)
+        })
+        let events = EventLog(host)
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("both shards running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try await HostFixture.produce(cluster, topic: "orders", count: 40, keys: 40)
+        let stuck = TopicPartition("orders", 0)
+        let idle = TopicPartition("orders", 1)
+        let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 2)
+        try #require(ends[0]! > 0 && ends[1]! > 0, "both partitions got messages: \(ends)")
+        try await HostFixture.eventually("partition 1 handled all its messages") {
+            handled.all.value.filter { $0.partition == 1 }.count == Int(ends[1]!)
+        }
+        try await HostFixture.eventually("partition 0 reported stalled") { events.of(stuck).map(\.name).contains("stalled") }
+        let status = try #require(host.shards.first { $0.topicPartition == stuck })
+        #expect(status.stalledSince != nil)
+        #expect(status.lag == ends[0], "nothing done on partition 0: its whole backlog is lag")
+        #expect((status.lagSeconds ?? 0) > 0, "the oldest waiting message has an age")
+        #expect(host.shards.first { $0.topicPartition == idle }?.stalledSince == nil, "caught up is idle, not stalled")
+        #expect(host.shards.first { $0.topicPartition == idle }?.lagSeconds == 0)
+        #expect(!events.of(idle).map(\.name).contains("stalled"))
+        release.withLock { $0 = true }
+        try await HostFixture.eventually("progress clears the stall") { events.of(stuck).map(\.name).contains("stallCleared") }
+        try await HostFixture.eventually("partition 0 done") { handled.all.value.filter { $0.partition == 0 }.count == Int(ends[0]!) }
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("lag of a paused shard follows new messages (queried watermarks), and is known before the shard stored anything")
+    func lagOfPausedShards() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let flags = try flagFile("orders: off\n")
+        let group = HostFixture.uniqueGroup()
+        try await HostFixture.produce(cluster, topic: "orders", count: 30, keys: 3)
+        var configuration = configuration(cluster, group: group, topics: ["orders": TopicConfiguration()], flagFile: flags)
+        configuration.lagRefreshInterval = .milliseconds(200)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let running = Task { try await host.run() }
+        try await HostFixture.eventually("the shard is off") { host.shards.first?.state == .off }
+        // Never fetched, nothing stored: the lag comes from the committed offset (none: the log start) and
+        // the queried high watermark, never from a default of 0.
+        try await HostFixture.eventually("lag is the 30 waiting messages") { host.shards.first?.lag == 30 }
+        try await HostFixture.produce(cluster, topic: "orders", count: 20, keys: 3)
+        try await HostFixture.eventually("lag follows while paused") { host.shards.first?.lag == 50 }
+        #expect(host.shards.first?.pauseReasons == [.flag])
+        host.shutdown()
+        try await running.value
     }
 }

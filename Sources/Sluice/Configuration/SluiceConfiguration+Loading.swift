@@ -67,7 +67,7 @@ struct ConfigurationLayout {
         "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
-        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout"],
+        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval"],
     ]
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
@@ -154,6 +154,11 @@ private struct ConfigurationValues {
         configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
         configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
         configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout
+        configuration.stallAfter = try duration(["host", "stallAfter"], atLeast: .seconds(1), "must be at least 1s")
+            ?? configuration.stallAfter
+        configuration.lagRefreshInterval = try duration(
+            ["host", "lagRefreshInterval"], atLeast: .milliseconds(100), "must be at least 100ms (each refresh queries the brokers)")
+            ?? configuration.lagRefreshInterval
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled

@@ -69,6 +69,12 @@ public struct SluiceConfiguration: Sendable {
     public var shutdownTimeout: Duration = .seconds(30)
     /// How long a stopping shard waits for its in-flight messages. Default 10 s.
     public var drainTimeout: Duration = .seconds(10)
+    /// How long a running, unpaused shard with messages waiting may make no progress before it is reported
+    /// stalled (`host.stallAfter`).
+    public var stallAfter: Duration = .seconds(30)
+    /// How often the high watermarks of every shard (paused ones included) and the committed offsets of shards
+    /// that stored none yet are queried, for lag (`host.lagRefreshInterval`; one round trip per leader).
+    public var lagRefreshInterval: Duration = .seconds(5)
     /// The file the configuration was loaded from, for error messages; nil when built in code.
     public var sourceFile: String?
 

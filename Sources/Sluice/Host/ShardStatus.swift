@@ -65,10 +65,19 @@ public struct ShardStatus: Sendable, Hashable {
     public var highWatermark: Int64?
     /// The consumer's fetch position in the partition, if known.
     public var position: Int64?
+    /// The group's committed offset as last queried for a shard that stored nothing yet (with none committed,
+    /// where `auto.offset.reset` starts it), if known.
+    public var committedOffset: Int64?
+    /// How old the oldest message not yet done is, in seconds: 0 with no lag, nil when unknown (its message
+    /// was not fetched yet, for example while the shard is paused).
+    public var lagSeconds: Double?
+    /// Since when the shard is stalled: running, unpaused, messages waiting, no progress for `stallAfter`.
+    public var stalledSince: ContinuousClock.Instant?
 
-    /// Messages in the partition not yet done by this group: high watermark − stored offset.
+    /// Messages in the partition not yet done by this group: high watermark − the stored offset (or, before
+    /// the shard stored one, the committed offset). Nil when unknown, never the whole partition by default.
     public var lag: Int64? {
-        guard let highWatermark else { return nil }
-        return max(0, highWatermark - (storedOffset ?? 0))
+        guard let highWatermark, let done = storedOffset ?? committedOffset else { return nil }
+        return max(0, highWatermark - done)
     }
 }

@@ -4,6 +4,12 @@ import ServiceLifecycle
 import SluiceKafka
 import Synchronization
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
 /// Runs a service's Kafka consumers: one Broadway-style pipeline per assigned partition (a *shard*), each
 /// under a circuit breaker and behind a runtime flag, with at-least-once offsets, rebalancing that drains
 /// revoked shards before releasing them, and a graceful shutdown that finishes in-flight work, commits and
@@ -44,6 +50,10 @@ public final class SluiceHost: Service, Sendable {
     private struct ShardView {
         var status: ShardStatus
         var pipeline: ShardPipeline?
+        /// The high watermark the lag refresher last queried (fresh for paused partitions too).
+        var queriedHighWatermark: Int64?
+        /// The oldest message a finished pipeline took and did not finish, if any (it is read again next).
+        var leftoverOldestPending: Int64?
     }
 
     private struct State {
@@ -96,8 +106,10 @@ public final class SluiceHost: Service, Sendable {
     /// A snapshot of every shard this host has now.
     public var shards: [ShardStatus] {
         let (views, consumer) = state.withLock { (Array($0.views.values), $0.consumer) }
+        let nowMilliseconds = Int64((Date().timeIntervalSince1970 * 1000).rounded())
         return views.map { view in
             var status = view.status
+            var oldestPending = view.leftoverOldestPending
             if let pipeline = view.pipeline {
                 let counters = pipeline.counters
                 status.inFlight = pipeline.inFlight
@@ -105,10 +117,17 @@ public final class SluiceHost: Service, Sendable {
                 status.failed += counters.failed
                 status.skipped += counters.skipped
                 status.deadLettered += counters.deadLettered
+                oldestPending = pipeline.oldestPendingTimestamp
             }
-            status.highWatermark = consumer?.cachedWatermarks(for: status.topicPartition)?.high
+            let cached = consumer?.cachedWatermarks(for: status.topicPartition)?.high
+            status.highWatermark = [cached, view.queriedHighWatermark].compactMap { $0 }.max()
             status.position = consumer?.position(of: status.topicPartition)
             status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
+            if let oldestPending {
+                status.lagSeconds = Double(max(0, nowMilliseconds - oldestPending)) / 1000
+            } else {
+                status.lagSeconds = status.lag == 0 ? 0 : nil
+            }
             return status
         }.sorted { $0.topicPartition < $1.topicPartition }
     }
@@ -217,6 +236,7 @@ public final class SluiceHost: Service, Sendable {
                     input.yield(.consumerClosed)
                 }
                 group.addTask { await flags.run { input.yield(.flagsChanged) } }
+                group.addTask { await self.refreshLag(consumer: consumer) }
                 group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .seconds(1))
@@ -320,6 +340,7 @@ public final class SluiceHost: Service, Sendable {
                 pipeline: nil)
             // Fold the counters of a pipeline that is being replaced into the shard's totals.
             if let old = view.pipeline, old !== supervisor.pipeline {
+                view.leftoverOldestPending = old.oldestPendingTimestamp
                 let counters = old.counters
                 view.status.processed += counters.processed
                 view.status.failed += counters.failed
@@ -333,8 +354,36 @@ public final class SluiceHost: Service, Sendable {
             view.status.attempt = supervisor.machine.attempt
             view.status.lastError = supervisor.lastError
             view.status.flag = supervisor.flag
+            view.status.stalledSince = supervisor.stalledSince
             if let storedOffset { view.status.storedOffset = storedOffset }
             state.views[supervisor.topicPartition] = view
+        }
+    }
+
+    /// Runs until cancelled: every `lagRefreshInterval`, asks the brokers for the high watermarks of every
+    /// shard (one round trip per leader; paused partitions do not fetch, so their cached ones go stale), and
+    /// for the committed offsets of shards that stored none yet. Outside the supervisor loop: it waits on I/O.
+    func refreshLag(consumer: KafkaConsumer) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.lagRefreshInterval)
+            let (partitions, withoutStore) = state.withLock { state in
+                (Array(state.views.keys), state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition))
+            }
+            guard !partitions.isEmpty else { continue }
+            let highs = (try? await consumer.queryHighWatermarks(for: partitions, timeout: configuration.lagRefreshInterval)) ?? [:]
+            var committed = withoutStore.isEmpty
+                ? [:] : (try? await consumer.committedOffsets(for: withoutStore, timeout: configuration.lagRefreshInterval)) ?? [:]
+            // With nothing committed, a shard starts where auto.offset.reset points.
+            let neverCommitted = withoutStore.filter { committed[$0] == nil }
+            if !neverCommitted.isEmpty,
+                let starts = try? await consumer.queryResetOffsets(for: neverCommitted, timeout: configuration.lagRefreshInterval)
+            {
+                committed.merge(starts) { current, _ in current }
+            }
+            state.withLock { state in
+                for (topicPartition, high) in highs { state.views[topicPartition]?.queriedHighWatermark = high }
+                for (topicPartition, offset) in committed { state.views[topicPartition]?.status.committedOffset = offset }
+            }
         }
     }
 

@@ -86,9 +86,12 @@ struct SupervisorLoop {
                 commitFailures.increment(by: failures - commitFailuresRecorded)
                 commitFailuresRecorded = failures
             }
+            let now = ContinuousClock.now
             for status in host.shards {
-                guard let shard = shards[status.topicPartition], let lag = status.lag else { continue }
-                shard.lagGauge.record(lag)
+                guard let shard = shards[status.topicPartition] else { continue }
+                if let lag = status.lag { shard.lagGauge.record(lag) }
+                if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge.record(lagSeconds) }
+                checkStall(status, now: now)
             }
         case .shutdownDeadline:
             if !closing {
@@ -218,6 +221,37 @@ struct SupervisorLoop {
             input.yield(.pipelineEnded(topicPartition, pipeline: pipeline.generation, outcome))
         }
         return pipeline
+    }
+
+    // MARK: Stalls
+
+    /// A shard that runs, unpaused, with messages waiting, and makes no progress for `stallAfter` is stalled
+    /// (distinct from idle: no lag; and from paused: a pause set). Reported once, cleared on progress.
+    private mutating func checkStall(_ status: ShardStatus, now: ContinuousClock.Instant) {
+        let topicPartition = status.topicPartition
+        guard var shard = shards[topicPartition] else { return }
+        let progress = shard.pipeline.map { (pipeline: $0.generation, done: $0.progress) }
+        let expectedToProgress =
+            shard.machine.state.isRunning && shard.desiredPauseReasons.isEmpty && (status.lag ?? 0) > 0
+        if !expectedToProgress || progress?.pipeline != shard.lastProgress?.pipeline || progress?.done != shard.lastProgress?.done {
+            shard.lastProgress = progress
+            shard.lastProgressAt = now
+            if shard.stalledSince != nil {
+                shard.stalledSince = nil
+                shard.stalledGauge.record(0)
+                logger.info("shard no longer stalled", metadata: metadata(topicPartition))
+                publish(topicPartition, ShardEvent.Kind.stallCleared)
+            }
+        } else if shard.stalledSince == nil, now - shard.lastProgressAt >= host.configuration.stallAfter {
+            shard.stalledSince = shard.lastProgressAt
+            shard.stalledGauge.record(1)
+            logger.warning(
+                "shard stalled: running and unpaused with messages waiting, but no progress",
+                metadata: metadata(topicPartition, ["sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - shard.lastProgressAt)"]))
+            publish(topicPartition, ShardEvent.Kind.stalled(since: shard.lastProgressAt))
+        }
+        shards[topicPartition] = shard
+        host.updateView(shard)
     }
 
     // MARK: Flags

@@ -147,6 +147,14 @@ final class ShardPipeline: Sendable {
     /// Messages taken from the partition and not yet done.
     var inFlight: Int { state.withLock { $0.tracker.inFlight } }
 
+    /// When the oldest message taken and not done was produced (ms since the epoch), if known.
+    var oldestPendingTimestamp: Int64? { state.withLock { $0.tracker.oldestPendingTimestamp } }
+
+    /// A measure of progress that changes whenever a message is done (handled, skipped or dead-lettered).
+    var progress: Int {
+        state.withLock { $0.counters.processed + $0.counters.skipped + $0.counters.deadLettered }
+    }
+
     /// Processed, failed, skipped and dead-lettered counts so far.
     var counters: Counters { state.withLock { $0.counters } }
 
@@ -267,7 +275,9 @@ final class ShardPipeline: Sendable {
                     let room = max(limit - state.tracker.inFlight, 1)
                     let slice = remaining.prefix(room)
                     var rejected: [Int64] = []
-                    for message in slice where !state.tracker.begin(message.offset) { rejected.append(message.offset) }
+                    for message in slice where !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
+                        rejected.append(message.offset)
+                    }
                     return (slice.count, rejected)
                 }
                 let slice = remaining.prefix(taken)

@@ -20,6 +20,12 @@ public struct ShardEvent: Sendable, Hashable, CustomStringConvertible {
         case healthy
         /// The shard's flag changed.
         case flagChanged(enabled: Bool, source: String, reason: String?)
+        /// The shard runs, unpaused, with messages waiting, and has made no progress since `since`
+        /// (`host.stallAfter`): something outside its state holds it (a partition that does not fetch, a
+        /// handler that never returns within a long `handlerTimeout`).
+        case stalled(since: ContinuousClock.Instant)
+        /// A stalled shard made progress again, or stopped being expected to (paused, idle, stopped).
+        case stallCleared
     }
 
     /// The shard.

@@ -29,6 +29,12 @@ extension ShardSupervisor {
             case backingOff(attempt: Int, until: Instant)
             case tripped(since: Instant, reason: String, cooldown: Duration?)
             case stopped
+
+            /// Whether the shard's pipeline runs normally (not starting, draining or stopped).
+            var isRunning: Bool {
+                if case .running = self { return true }
+                return false
+            }
         }
 
         /// Something observers are told.

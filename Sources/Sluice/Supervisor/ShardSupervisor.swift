@@ -16,6 +16,13 @@ struct ShardSupervisor {
     var flag: FlagSetting
     /// Whether the current pipeline asked to pause for back-pressure (false between pipelines).
     var backpressured = false
+    /// The last progress seen (pipeline and its done count) and when it changed: for stall detection.
+    var lastProgress: (pipeline: UInt64, done: Int)?
+    var lastProgressAt: ContinuousClock.Instant = .now
+    /// Since when the shard is reported stalled.
+    var stalledSince: ContinuousClock.Instant?
+    let stalledGauge: Gauge
+    let lagSecondsGauge: Gauge
     /// The pause set last handed to the consumer (nil before the first).
     var appliedPauseReasons: Set<KafkaPauseReason>?
     var lastError: String?
@@ -40,6 +47,8 @@ struct ShardSupervisor {
         attemptGauge = Gauge(label: "sluice_shard_attempt", dimensions: shard)
         lagGauge = Gauge(label: "sluice_shard_lag", dimensions: shard)
         flagGauge = Gauge(label: "sluice_shard_flag_enabled", dimensions: shard)
+        stalledGauge = Gauge(label: "sluice_shard_stalled", dimensions: shard)
+        lagSecondsGauge = Gauge(label: "sluice_shard_lag_seconds", dimensions: shard)
         flagGauge.record(flag.enabled ? 1 : 0)
         pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
     }
