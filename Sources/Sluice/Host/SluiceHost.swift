@@ -61,7 +61,7 @@ public final class SluiceHost: Service, Sendable {
         var started = false
         var shutdownRequested = false
         var inputs: AsyncStream<Input>.Continuation?
-        var consumer: KafkaConsumer?
+        var consumer: (any ShardConsumer)?
         var views: [TopicPartition: ShardView] = [:]
         var subscribers: [UInt64: AsyncStream<ShardEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
@@ -217,6 +217,15 @@ public final class SluiceHost: Service, Sendable {
         let needsDeadLetters = configuration.topics.values.contains { $0.onFailure.then == .deadLetter }
         let producer = needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
+        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) })
+    }
+
+    /// Runs the supervisor loop over `consumer` until shutdown: the part of ``run()`` that does not create
+    /// Kafka clients, so tests drive it through ``ShardConsumer`` without a cluster.
+    func run(
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?
+    ) async throws {
+        let flags = self.flags
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
         let alreadyShuttingDown = state.withLock { state -> Bool in
             state.consumer = consumer
@@ -245,7 +254,7 @@ public final class SluiceHost: Service, Sendable {
                 }
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
-                    deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) }, input: input, logger: logger)
+                    deadLetters: deadLetters, input: input, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)
                     if loop.finished { break }
@@ -266,7 +275,7 @@ public final class SluiceHost: Service, Sendable {
         logger.info("host stopped")
     }
 
-    private func startOnce() throws -> [String: AnyHandler] {
+    func startOnce() throws -> [String: AnyHandler] {
         let handlers = try state.withLock { state -> [String: AnyHandler] in
             guard !state.started else { throw SluiceError(code: .state, message: "a SluiceHost runs once") }
             state.started = true
@@ -363,7 +372,7 @@ public final class SluiceHost: Service, Sendable {
     /// Runs until cancelled: every `lagRefreshInterval`, asks the brokers for the high watermarks of every
     /// shard (one round trip per leader; paused partitions do not fetch, so their cached ones go stale), and
     /// for the committed offsets of shards that stored none yet. Outside the supervisor loop: it waits on I/O.
-    func refreshLag(consumer: KafkaConsumer) async {
+    func refreshLag(consumer: any ShardConsumer) async {
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.lagRefreshInterval)
             let (partitions, withoutStore) = state.withLock { state in
@@ -392,7 +401,7 @@ public final class SluiceHost: Service, Sendable {
     }
 
     /// Stores the pipeline's watermark if it advanced and the pipeline is still its shard's current one.
-    func storeWatermark(_ pipeline: ShardPipeline, consumer: KafkaConsumer) {
+    func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
         guard let watermark = pipeline.watermark else { return }
         let topicPartition = pipeline.topicPartition
         let store = state.withLock { state -> Bool in

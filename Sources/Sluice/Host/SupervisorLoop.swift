@@ -9,7 +9,7 @@ import SluiceKafka
 struct SupervisorLoop {
     let host: SluiceHost
     let handlers: [String: AnyHandler]
-    let consumer: KafkaConsumer
+    let consumer: any ShardConsumer
     let producer: KafkaProducer?
     let deadLetters: (any DeadLetterSink)?
     let input: AsyncStream<SluiceHost.Input>.Continuation
@@ -28,7 +28,7 @@ struct SupervisorLoop {
     private static let stateNames = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
 
     init(
-        host: SluiceHost, handlers: [String: AnyHandler], consumer: KafkaConsumer, producer: KafkaProducer?,
+        host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
         deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation, logger: Logger
     ) {
         self.host = host
@@ -112,7 +112,7 @@ struct SupervisorLoop {
     private mutating func assign(_ topicPartition: TopicPartition, group: inout TaskGroup<Void>) async {
         // During shutdown the consumer's close revokes what it is given.
         guard !shuttingDown, handlers[topicPartition.topic] != nil,
-            let messages = consumer.messages(for: topicPartition)
+            let messages = consumer.shardMessages(for: topicPartition)
         else { return }
         let flag = host.flags.setting(for: topicPartition)
         let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
@@ -298,7 +298,7 @@ struct SupervisorLoop {
         closing = true
         group.addTask { [consumer, producer, logger] in
             do {
-                try await consumer.commit()
+                try await consumer.commitStored()
             } catch {
                 logger.warning("final commit failed", metadata: ["kafka.error": "\(error)"])
             }
@@ -321,7 +321,7 @@ struct SupervisorLoop {
             guard var shard = shards[topicPartition] else { return }
             if actions.commit {
                 if let pipeline = shard.pipeline { host.storeWatermark(pipeline, consumer: consumer) }
-                group.addTask { [consumer] in try? await consumer.commit() }
+                group.addTask { [consumer] in try? await consumer.commitStored() }
             }
             if actions.stopPipeline { shard.pipeline?.requestStop() }
             if let start = actions.startPipeline {

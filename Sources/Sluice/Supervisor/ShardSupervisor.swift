@@ -6,7 +6,7 @@ import SluiceKafka
 struct ShardSupervisor {
     let topicPartition: TopicPartition
     var machine: StateMachine<ContinuousClock.Instant>
-    let messages: KafkaPartitionMessages
+    let messages: ShardMessages
     var pipeline: ShardPipeline?
     /// The offset the last pipeline got to (everything before it done): where a restart seeks to.
     var restartOffset: Int64?
@@ -35,7 +35,7 @@ struct ShardSupervisor {
     let flagGauge: Gauge
     let pipelineMetrics: ShardPipeline.Metrics
 
-    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: KafkaPartitionMessages) {
+    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages) {
         self.topicPartition = topicPartition
         self.machine = StateMachine(policy: policy, flagOn: flag.enabled)
         self.messages = messages

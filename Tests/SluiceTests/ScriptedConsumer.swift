@@ -1,0 +1,184 @@
+import Logging
+import SluiceKafka
+import Synchronization
+
+@testable import Sluice
+
+/// A ``ShardConsumer`` a test scripts: it delivers the group events the test sends, keeps each assigned
+/// partition's log and serves it from the last seek, and records what the host asked of it (pause sets,
+/// seeks, stored offsets). Sluice's own seam, not a model of librdkafka: the Kafka layer is tested against
+/// the embedded cluster.
+final class ScriptedConsumer: ShardConsumer {
+    struct Partition {
+        var log: [Message] = []
+        let channel = ScriptedMessages()
+        /// The pause set as last applied (starts with the initial reasons, as at a real assignment).
+        var pauseReasons: Set<KafkaPauseReason>
+        var stored: Int64?
+    }
+
+    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int)>(([:], [], 0))
+    let events: AsyncStream<KafkaConsumerEvent>
+    private let eventsContinuation: AsyncStream<KafkaConsumerEvent>.Continuation
+
+    init() {
+        (events, eventsContinuation) = AsyncStream.makeStream(of: KafkaConsumerEvent.self)
+    }
+
+    // MARK: Scripting
+
+    /// Assigns partitions, applying `initialPauseReasons` before anything is delivered, as the consumer does
+    /// in the rebalance callback; the host hears of it later, when it handles the event.
+    func assign(_ partitions: [TopicPartition], initialPauseReasons: Set<KafkaPauseReason> = []) {
+        state.withLock { state in
+            for topicPartition in partitions {
+                state.partitions[topicPartition] = Partition(pauseReasons: initialPauseReasons)
+            }
+        }
+    }
+
+    func deliverAssignment(_ partitions: [TopicPartition]) { eventsContinuation.yield(.assigned(partitions)) }
+
+    /// Appends messages to a partition's log and delivers them (whether or not it is paused: what matters
+    /// here is what the host asks for).
+    func append(_ topicPartition: TopicPartition, count: Int) {
+        state.withLock { state in
+            guard var partition = state.partitions[topicPartition] else { return }
+            let start = Int64(partition.log.count)
+            let batch = (start..<start + Int64(count)).map { offset in
+                Message(
+                    topic: topicPartition.topic, partition: topicPartition.partition, offset: offset,
+                    key: KafkaBytes("k\(offset)"), value: KafkaBytes("\(offset)"))
+            }
+            partition.log += batch
+            partition.channel.push(batch)
+            state.partitions[topicPartition] = partition
+        }
+    }
+
+    /// The next `count` seeks fail.
+    func failNextSeeks(_ count: Int) { state.withLock { $0.failSeeks = count } }
+
+    var seeks: [TopicPartitionOffset] { state.withLock { $0.seeks } }
+    func stored(_ topicPartition: TopicPartition) -> Int64? { state.withLock { $0.partitions[topicPartition]?.stored } }
+
+    func finish() { eventsContinuation.finish() }
+
+    // MARK: ShardConsumer
+
+    func subscribe(topics: [String]) async throws {}
+
+    func shardMessages(for topicPartition: TopicPartition) -> ShardMessages? {
+        state.withLock { $0.partitions[topicPartition]?.channel }
+    }
+
+    func setPauseReasons(_ reasons: Set<KafkaPauseReason>, for topicPartition: TopicPartition) async {
+        state.withLock { $0.partitions[topicPartition]?.pauseReasons = reasons }
+    }
+
+    func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason> {
+        state.withLock { $0.partitions[topicPartition]?.pauseReasons ?? [] }
+    }
+
+    func seek(_ topicPartition: TopicPartition, to offset: Int64) async throws {
+        try state.withLock { state in
+            if state.failSeeks > 0 {
+                state.failSeeks -= 1
+                throw KafkaError(code: .librdkafka, message: "scripted seek failure")
+            }
+            guard let partition = state.partitions[topicPartition] else { return }
+            let start = offset == KafkaConsumer.committedOffset ? (partition.stored ?? 0) : offset
+            state.seeks.append(TopicPartitionOffset(topicPartition, offset: start))
+            // As the consumer does: what was buffered for the old position is dropped, reading restarts there.
+            partition.channel.replace(with: Array(partition.log.dropFirst(Int(start))))
+        }
+    }
+
+    func storeOffsets(_ offsets: [TopicPartitionOffset]) throws(KafkaError) {
+        state.withLock { state in
+            for offset in offsets { state.partitions[offset.topicPartition]?.stored = offset.offset }
+        }
+    }
+
+    func commitStored() async throws {}
+
+    func close() async {
+        state.withLock { state in
+            for partition in state.partitions.values { partition.channel.finish() }
+        }
+        eventsContinuation.finish()
+    }
+
+    var commitFailureCount: Int { 0 }
+    var fatalError: KafkaError? { nil }
+    var timeSinceLastActivity: Duration { .zero }
+    func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks? {
+        state.withLock { $0.partitions[topicPartition].map { Watermarks(low: 0, high: Int64($0.log.count)) } }
+    }
+    func position(of topicPartition: TopicPartition) -> Int64? { nil }
+    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
+    func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
+    func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
+}
+
+/// A partition's messages: survives the cancellation of a reader (a pipeline that ended), as the consumer's
+/// own buffer does, so the next pipeline reads on.
+final class ScriptedMessages: AsyncSequence, Sendable {
+    typealias Element = [Message]
+    typealias Failure = Never
+
+    private let state = Mutex<(buffered: [[Message]], waiter: CheckedContinuation<[Message]?, Never>?, finished: Bool)>(([], nil, false))
+
+    func push(_ batch: [Message]) {
+        let waiter = state.withLock { state -> CheckedContinuation<[Message]?, Never>? in
+            guard let waiter = state.waiter else {
+                state.buffered.append(batch)
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume(returning: batch)
+    }
+
+    func replace(with messages: [Message]) {
+        state.withLock { $0.buffered = [] }
+        if !messages.isEmpty { push(messages) }
+    }
+
+    func finish() {
+        let waiter = state.withLock { state in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    func next() async -> [Message]? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let immediate = state.withLock { state -> [Message]?? in
+                    if !state.buffered.isEmpty { return .some(state.buffered.removeFirst()) }
+                    if state.finished || Task.isCancelled { return .some(nil) }
+                    state.waiter = continuation
+                    return .none
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    struct Iterator: AsyncIteratorProtocol {
+        let messages: ScriptedMessages
+        mutating func next() async -> [Message]? { await messages.next() }
+    }
+
+    func makeAsyncIterator() -> Iterator { Iterator(messages: self) }
+}

@@ -1,0 +1,127 @@
+import Logging
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+/// The supervisor loop driven through ``ShardConsumer`` by a scripted consumer: orderings that a real
+/// cluster produces only by chance are produced here on purpose.
+@Suite("Supervisor loop without a cluster", .timeLimit(.minutes(2)))
+struct SupervisorLoopTests {
+    static func host(_ topics: [String: TopicConfiguration] = ["orders": TopicConfiguration()]) -> SluiceHost {
+        var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: topics)
+        configuration.flags.pollInterval = .seconds(3_600)  // flags change here only when the test says
+        return SluiceHost(configuration: configuration, logger: HostFixture.logger)
+    }
+
+    static func start(_ host: SluiceHost, _ consumer: ScriptedConsumer) throws -> Task<Void, any Error> {
+        let handlers = try host.startOnce()
+        return Task { try await host.run(handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil) }
+    }
+
+    @Test("a flag turned on between the rebalance callback and the supervisor's assignment does not leave the partition paused")
+    func flagOnBetweenCallbackAndAssignment() async throws {
+        let host = Self.host()
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        // The rebalance callback sees the flag off: the partition is paused before its first fetch.
+        consumer.assign([partition], initialPauseReasons: host.flags.setting(for: partition).enabled ? [] : [.flag])
+        #expect(consumer.pauseReasons(for: partition) == [.flag])
+        // The flag goes on before the supervisor handles the assignment.
+        host.operatorFlags.unset(.topic("orders"))
+        await host.flags.refresh()
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await HostFixture.eventually("the shard runs and its partition is not paused") {
+            host.shards.first?.state == .running && consumer.pauseReasons(for: partition).isEmpty
+        }
+        try await HostFixture.eventually("its messages are handled") { handled.count == 10 }
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    @Test("a seek that fails before a restart does not start the pipeline: the shard crashes again and retries")
+    func failedSeekCrashes() async throws {
+        var orders = TopicConfiguration()
+        orders.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(10), jitter: 0), trip: nil,
+            cooldown: nil, healthyAfter: .seconds(60))
+        let host = Self.host(["orders": orders])
+        let failures = Locked(1)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.offset == 3, failures.withLock({ $0 -= 1; return $0 >= 0 }) { throw TestFailure(description: "once") }
+            handled.append(message)
+        })
+        let events = EventLog(host)
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.failNextSeeks(2)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await HostFixture.eventually("every message handled after the restart") { handled.distinct == 10 }
+        let kinds = events.of(partition).map(\.name)
+        // started, crashed (the failure), then two restarts whose seek failed (each a crash, no start), then
+        // a start after a seek that worked.
+        #expect(kinds.filter { $0 == "started" }.count == 2, "\(kinds)")
+        #expect(kinds.filter { $0 == "crashed" }.count == 3, "\(kinds)")
+        let crashes = events.events.value.compactMap { event -> String? in
+            if case .crashed(let reason, _) = event.kind { return reason }
+            return nil
+        }
+        #expect(crashes.dropFirst().allSatisfy { $0.hasPrefix("seek before restart failed") }, "\(crashes)")
+        #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 3)], "one seek worked, to the failed message")
+        #expect(handled.all.value.map(\.offset).sorted() == Array(0..<10), "the restarted pipeline read from the seek")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    @Test("a crash while draining toward a restart (flag off, then on, then the in-flight message fails) leaves no flag pause behind")
+    func crashWhileDrainingTowardRestart() async throws {
+        var orders = TopicConfiguration()
+        orders.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(10), jitter: 0), trip: nil,
+            cooldown: nil, healthyAfter: .seconds(60))
+        let host = Self.host(["orders": orders])
+        let inCall = Locked(false)
+        let release = Locked(false)
+        let failures = Locked(1)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.offset == 0, failures.value > 0 {
+                inCall.withLock { $0 = true }
+                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+                failures.withLock { $0 -= 1 }
+                throw TestFailure(description: "failed while draining")
+            }
+            handled.append(message)
+        })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 5)
+        try await HostFixture.eventually("offset 0 is in its handler") { inCall.value }
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        try await HostFixture.eventually("draining toward off") { host.shards.first?.state == .draining }
+        host.operatorFlags.unset(.topic("orders"))
+        try await HostFixture.eventually("flag back on") { host.shards.first?.flag.enabled == true }
+        release.withLock { $0 = true }
+        try await HostFixture.eventually("restarted after the crash and handled everything") { handled.distinct == 5 }
+        #expect(host.shards.first?.state == .running)
+        #expect(consumer.pauseReasons(for: partition).isEmpty, "no flag (or breaker) pause left: \(consumer.pauseReasons(for: partition))")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+}
