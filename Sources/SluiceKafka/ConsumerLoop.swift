@@ -279,7 +279,7 @@ final class ConsumerLoop: @unchecked Sendable {
                 }
                 shared.eventsContinuation.yield(.error(error))
             case RD_KAFKA_EVENT_LOG:
-                LibrdkafkaLog.forward(event, to: logger)
+                handleLog(event)
             case RD_KAFKA_EVENT_FETCH:
                 // Not expected: every partition queue is forwarded away before assignment. Deliver it
                 // rather than lose it.
@@ -296,6 +296,22 @@ final class ConsumerLoop: @unchecked Sendable {
             }
         }
         return served == 256
+    }
+
+    /// Follows the group's join state (hazard `commit-during-join-loses-assignment`), and forwards the log
+    /// line unless it is a debug line only Sluice asked for.
+    private func handleLog(_ event: OpaquePointer) {
+        var facility: UnsafePointer<CChar>?
+        var text: UnsafePointer<CChar>?
+        var level: Int32 = 0
+        guard rd_kafka_event_log(event, &facility, &text, &level) == 0 else { return }
+        if let facility, let text, String(cString: facility) == "CGRPJOINSTATE",
+            let state = RebalanceCommitGate.joinState(inLogLine: String(cString: text))
+        {
+            rebalanceGate.joinStateChanged(to: state)
+        }
+        if level >= 7, KafkaConsumerConfiguration.followsJoinState, !shared.configuration.userWantsDebugLogs { return }
+        LibrdkafkaLog.forward(event, to: logger)
     }
 
     private func handleRebalance(_ event: OpaquePointer) {

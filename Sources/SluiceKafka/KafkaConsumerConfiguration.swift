@@ -103,8 +103,22 @@ public struct KafkaConsumerConfiguration: Sendable {
             ("auto.offset.reset", autoOffsetReset.rawValue),
             ("session.timeout.ms", String(sessionTimeout.milliseconds)),
         ]
-        result += properties.sorted { $0.key < $1.key }
+        var own = properties
+        if Self.followsJoinState {
+            // The join state is visible only in librdkafka's cgrp debug log (see the hazard).
+            let contexts = (own["debug"] ?? "").split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }
+            if !contexts.contains("cgrp"), !contexts.contains("all") {
+                own["debug"] = (contexts.filter { !$0.isEmpty } + ["cgrp"]).joined(separator: ",")
+            }
+        }
+        result += own.sorted { $0.key < $1.key }
         result += Self.ownedProperties.sorted { $0.key < $1.key }
         return result
     }
+
+    /// Whether the consumer follows the group's join state to hold commits while the member joins.
+    static var followsJoinState: Bool { Librdkafka.has("commit-during-join-loses-assignment") }
+
+    /// Whether the user asked for librdkafka debug logs (the ones Sluice turns on for itself are not forwarded).
+    var userWantsDebugLogs: Bool { (properties["debug"] ?? "").contains { !$0.isWhitespace } }
 }

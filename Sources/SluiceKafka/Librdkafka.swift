@@ -53,6 +53,13 @@ public enum Librdkafka {
                 + "the host watches handlers itself"
         ),
         Hazard(
+            name: "commit-during-join-loses-assignment",
+            fixedIn: 0x020a_00ff,
+            summary: "a commit made while the member waits for its JoinGroup answer is answered ILLEGAL_GENERATION "
+                + "and the whole assignment is declared lost (librdkafka #4059), so the next owner handles it again; "
+                + "Sluice follows the group's join state (debug context cgrp) and holds commits while it joins"
+        ),
+        Hazard(
             name: "queue-threshold-fetch-stall",
             fixedIn: 0x0202_00ff,
             summary: "a partition queue past queued.min.messages stops fetching for up to 1 s; "
@@ -62,6 +69,9 @@ public enum Librdkafka {
 
     /// The hazards that apply to the linked version.
     public static var activeHazards: [Hazard] { knownHazards.filter { versionNumber < $0.fixedIn } }
+
+    /// Whether the linked version has the hazard called `name`.
+    static func has(_ name: String) -> Bool { activeHazards.contains { $0.name == name } }
 
     private static let logged = Atomic<Bool>(false)
 

@@ -23,6 +23,8 @@
 struct RebalanceCommitGate: Sendable, Equatable {
     /// Assign events still to come before the group is steady again.
     private(set) var assignsPending = 0
+    /// The member is (re)joining, as librdkafka's join state says (`init`, `wait-metadata`, `wait-join`).
+    private(set) var joining = false
     /// When the hold gives up waiting.
     private(set) var deadline: ContinuousClock.Instant?
     /// The longest a hold lasts without its closing assign event.
@@ -32,8 +34,26 @@ struct RebalanceCommitGate: Sendable, Equatable {
 
     /// Whether commits must wait now.
     func isHolding(now: ContinuousClock.Instant) -> Bool {
+        if joining { return true }
         guard assignsPending > 0, let deadline else { return false }
         return now < deadline
+    }
+
+    /// librdkafka's group join state changed (from its `CGRPJOINSTATE` debug log). Exact where the edges
+    /// below are a heuristic: a heartbeat that finds the group rebalancing makes the member rejoin without
+    /// any edge the application can see.
+    mutating func joinStateChanged(to state: String) {
+        joining = ["init", "wait-metadata", "wait-join"].contains(state)
+    }
+
+    /// The new join state in a librdkafka `CGRPJOINSTATE` log line
+    /// (`Group "g" changed join state steady -> init (state up)`), or nil.
+    static func joinState(inLogLine line: String) -> String? {
+        let marker = "changed join state "
+        guard let start = line.indices.first(where: { line[$0...].hasPrefix(marker) }) else { return nil }
+        let transition = line[line.index(start, offsetBy: marker.count)...].split(separator: " ")
+        guard transition.count >= 3, transition[1] == "->" else { return nil }
+        return String(transition[2])
     }
 
     /// Whether the hold ran out without the assign event that ends it (once per hold).

@@ -8,12 +8,10 @@ import Prometheus
 
 @Suite("sluice flags and status against a running host", .timeLimit(.minutes(2)))
 struct AdminCommandTests {
-    func runCLI(_ arguments: [String]) throws -> (status: Int32, output: String, errors: String) {
+    func runCLI(_ arguments: [String]) async throws -> (status: Int32, output: String, errors: String) {
         let process = try SluiceProcess(arguments)
-        process.process.waitUntilExit()
-        let output = String(decoding: process.stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errors = String(decoding: process.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.process.terminationStatus, output, errors)
+        let status = await process.exit() ?? -1
+        return (status, await process.output.all(), await process.errors.all())
     }
 
     @Test("flags set/list/unset and status; a refused change and an unreachable host exit non-zero with a clear message")
@@ -39,37 +37,37 @@ struct AdminCommandTests {
         }
         let url = "http://127.0.0.1:\(try #require(admin.port))"
 
-        let set = try runCLI(["flags", "set", "orders/1", "off", "--reason", "cli test", "--admin", url, "--token", "s3cret"])
+        let set = try await runCLI(["flags", "set", "orders/1", "off", "--reason", "cli test", "--admin", url, "--token", "s3cret"])
         #expect(set.status == 0, "\(set.errors)")
         #expect(set.output == "orders/1: off\n")
 
-        let list = try runCLI(["flags", "list", "--admin", url])
+        let list = try await runCLI(["flags", "list", "--admin", url])
         #expect(list.status == 0)
         #expect(list.output.contains("orders/1  off    admin   cli test"))
 
         while host.shards.first(where: { $0.topicPartition.partition == 1 })?.state != .off, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
         }
-        let status = try runCLI(["status", "--admin", url])
+        let status = try await runCLI(["status", "--admin", url])
         #expect(status.status == 0)
         let lines = status.output.split(separator: "\n")
         #expect(lines.first?.hasPrefix("SHARD") == true)
         #expect(lines.contains { $0.hasPrefix("orders/0") && $0.contains("running") })
         #expect(lines.contains { $0.hasPrefix("orders/1") && $0.contains(" off ") && $0.contains("flag") })
 
-        let refused = try runCLI(["flags", "set", "orders", "off", "--admin", url])
+        let refused = try await runCLI(["flags", "set", "orders", "off", "--admin", url])
         #expect(refused.status == 1)
         #expect(refused.errors == "sluice: the host refused (401): this change needs Authorization: Bearer <token>\n")
 
-        let unset = try runCLI(["flags", "unset", "orders/1", "--admin", url, "--token", "s3cret"])
+        let unset = try await runCLI(["flags", "unset", "orders/1", "--admin", url, "--token", "s3cret"])
         #expect(unset.status == 0)
         #expect(host.operatorFlags.current.isEmpty)
 
-        let unreachable = try runCLI(["status", "--admin", "http://127.0.0.1:1"])
+        let unreachable = try await runCLI(["status", "--admin", "http://127.0.0.1:1"])
         #expect(unreachable.status == 1)
         #expect(unreachable.errors.hasPrefix("sluice: cannot reach the Sluice admin API at http://127.0.0.1:1"))
 
-        let badValue = try runCLI(["flags", "set", "orders", "maybe", "--admin", url])
+        let badValue = try await runCLI(["flags", "set", "orders", "maybe", "--admin", url])
         #expect(badValue.status != 0)
         #expect(badValue.errors.contains("the value must be on or off, got 'maybe'"))
 

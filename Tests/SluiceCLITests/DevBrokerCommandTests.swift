@@ -3,66 +3,6 @@ import Logging
 import SluiceKafka
 import Testing
 
-/// Runs the built `sluice` executable.
-struct SluiceProcess {
-    let process = Process()
-    let stdin = Pipe()
-    let stdout = Pipe()
-    let stderr = Pipe()
-
-    static func executable(_ name: String) -> URL {
-        // The test bundle sits next to the products of the same build.
-        var directory = Bundle.main.bundleURL
-        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path),
-            directory.pathComponents.count > 1
-        {
-            directory.deleteLastPathComponent()
-        }
-        return directory.appendingPathComponent(name)
-    }
-
-    init(_ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil) throws {
-        process.executableURL = Self.executable(executable)
-        if let environment {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        }
-        process.arguments = arguments
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-    }
-
-    /// Reads stdout up to the first newline.
-    func firstLine(timeout: Duration = .seconds(10)) throws -> String {
-        var bytes: [UInt8] = []
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            let chunk = stdout.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            bytes += chunk
-            if let newline = bytes.firstIndex(of: 10) { return String(decoding: bytes[..<newline], as: UTF8.self) }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// Reads stderr until it contains `text`.
-    func waitForStandardError(containing text: String, timeout: Duration = .seconds(10)) -> String {
-        var collected = ""
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline, !collected.contains(text) {
-            let chunk = stderr.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            collected += String(decoding: chunk, as: UTF8.self)
-        }
-        return collected
-    }
-
-    func send(_ line: String) {
-        stdin.fileHandleForWriting.write(Data((line + "\n").utf8))
-    }
-}
-
 @Suite("sluice CLI", .timeLimit(.minutes(2)))
 struct DevBrokerCommandTests {
     let logger = Logger(label: "sluice.cli-test")
@@ -70,7 +10,7 @@ struct DevBrokerCommandTests {
     @Test("dev-broker prints one bootstrap line, serves clients, survives end of stdin, exits 0 on SIGTERM")
     func devBroker() async throws {
         let broker = try SluiceProcess(["dev-broker", "--brokers", "2", "--topic", "orders:3"])
-        let line = try broker.firstLine()
+        let line = await broker.firstLine()
         #expect(line.hasPrefix("bootstrap=127.0.0.1:"))
         let bootstrap = String(line.dropFirst("bootstrap=".count))
         #expect(bootstrap.split(separator: ",").count == 2)
@@ -86,48 +26,47 @@ struct DevBrokerCommandTests {
         try await Task.sleep(for: .milliseconds(300))
         #expect(broker.process.isRunning)
         broker.process.terminate()
-        broker.process.waitUntilExit()
-        #expect(broker.process.terminationStatus == 0)
-        let rest = String(decoding: broker.stdout.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(rest.isEmpty, "exactly one stdout line")
+        #expect(await broker.exit() == 0)
+        let all = await broker.output.all()
+        #expect(all == line + "\n", "exactly one stdout line")
     }
 
     @Test("dev-broker answers fault commands on stderr, naming what was wrong")
-    func faultCommands() throws {
+    func faultCommands() async throws {
         let broker = try SluiceProcess(["dev-broker", "--brokers", "2", "--topic", "orders:3"])
-        _ = try broker.firstLine()
+        _ = await broker.firstLine()
         broker.send("broker down 2")
         broker.send("broker down 7")
         broker.send("error Fetch NOT_LEADER_FOR_PARTITION")
         broker.send("error Fetch NO_SUCH_ERROR")
-        let answers = broker.waitForStandardError(containing: "NO_SUCH_ERROR")
+        let answers = await broker.waitForStandardError(containing: "NO_SUCH_ERROR")
         #expect(answers.contains("ok: broker down 2"))
         #expect(answers.contains("broker 7 does not exist; brokers are 1...2"))
         #expect(answers.contains("ok: error Fetch NOT_LEADER_FOR_PARTITION"))
         #expect(answers.contains("unknown error code 'NO_SUCH_ERROR'"))
         broker.process.terminate()
-        broker.process.waitUntilExit()
+        await broker.exit()
     }
 
     @Test("dev-broker --port serves bootstrap on a fixed loopback port")
     func fixedPort() async throws {
         let port = Int.random(in: 20_000...40_000)
         let broker = try SluiceProcess(["dev-broker", "--topic", "orders:1", "--port", "\(port)"])
-        #expect(try broker.firstLine() == "bootstrap=127.0.0.1:\(port)")
+        #expect(await broker.firstLine() == "bootstrap=127.0.0.1:\(port)")
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:\(port)"), logger: logger)
         #expect(try await producer.partitionCount(topic: "orders") == 1)
         await producer.close()
         broker.process.terminate()
-        broker.process.waitUntilExit()
+        await broker.exit()
     }
 
     @Test("a bad --topic is refused with the spec named")
-    func badTopic() throws {
+    func badTopic() async throws {
         let broker = try SluiceProcess(["dev-broker", "--topic", "orders"])
-        broker.process.waitUntilExit()
-        #expect(broker.process.terminationStatus != 0)
-        let message = String(decoding: broker.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let status = await broker.exit()
+        #expect(status != nil && status != 0)
+        let message = await broker.errors.all()
         #expect(message.contains("--topic 'orders': expected NAME:PARTITIONS"))
     }
 
@@ -138,8 +77,7 @@ struct DevBrokerCommandTests {
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "load", "--count", "600", "--keys", "6",
             "--size", "120",
         ])
-        produce.process.waitUntilExit()
-        #expect(produce.process.terminationStatus == 0)
+        #expect(await produce.exit() == 0)
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "check")
         configuration.sessionTimeout = .seconds(6)
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)

@@ -22,29 +22,26 @@ struct OrderServiceTests {
         return (service, database)
     }
 
-    func produceOrders(_ cluster: EmbeddedKafkaCluster, count: Int) throws {
+    func produceOrders(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "20",
         ])
-        produce.process.waitUntilExit()
-        #expect(produce.process.terminationStatus == 0)
+        #expect(await produce.exit() == 0)
     }
 
     @Test("SIGTERM with a batch in flight: it finishes and is committed, nothing past handled work is committed, exit 0")
     func gracefulShutdown() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4, "payments": 2, "orders.dlq": 1])
-        try produceOrders(cluster, count: 2_000)
+        try await produceOrders(cluster, count: 2_000)
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         // A slow payments store: each batch write takes 3 s, so SIGTERM lands while one is in flight.
         let (service, _) = try startService(cluster, group: group, extra: ["--payment-delay-ms", "3000"])
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
-        produce.process.waitUntilExit()
-        var output = service.waitForStandardError(containing: "batch write started", timeout: .seconds(40))
-        #expect(output.contains("batch write started"))
+        #expect(await produce.exit() == 0)
+        #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)))
         service.process.terminate()  // SIGTERM
-        service.process.waitUntilExit()
-        #expect(service.process.terminationStatus == 0)
-        output += String(decoding: service.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(await service.exit() == 0)
+        let output = await service.errors.all()
         #expect(output.contains("host stopped"))
         let summary = try #require(output.split(separator: "\n").first { $0.hasPrefix("order-service stopped: ") })
         let numbers = summary.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
@@ -71,15 +68,13 @@ struct OrderServiceTests {
         let (service, _) = try startService(
             cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))", extra: ["--payment-delay-ms", "5000"])
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
-        produce.process.waitUntilExit()
-        let writing = service.waitForStandardError(containing: "batch write started", timeout: .seconds(40))
-        #expect(writing.contains("batch write started"), "a batch is in its 5 s write")
+        #expect(await produce.exit() == 0)
+        #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)), "a batch is in its 5 s write")
         kill(service.process.processIdentifier, SIGTERM)
         try await Task.sleep(for: .milliseconds(200))
         kill(service.process.processIdentifier, SIGTERM)
-        service.process.waitUntilExit()
-        #expect(service.process.terminationStatus == 1)
-        let output = String(decoding: service.stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(await service.exit() == 1)
+        let output = await service.errors.all()
         #expect(output.contains("second signal, exiting now"))
     }
 }

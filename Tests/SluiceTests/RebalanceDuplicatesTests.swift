@@ -42,15 +42,22 @@ struct RebalanceDuplicatesTests {
         let stop = Locked(false)
         let producing = Task { try await Self.produceSteadily(cluster, topic: "orders", rate: 2_000, stop: stop) }
         let runA = Task { try await hostA.run() }
+        var runB: Task<Void, any Error>?
+        // Whatever fails below, nothing keeps producing or consuming after the test.
+        defer {
+            stop.withLock { $0 = true }
+            hostA.shutdown()
+            hostB.shutdown()
+        }
         try await HostFixture.eventually("A runs all eight partitions") { hostA.shards.filter { $0.state == .running }.count == 8 }
         try await Task.sleep(for: .seconds(2))
-        let runB = Task { try await hostB.run() }
+        runB = Task { try await hostB.run() }
         try await HostFixture.eventually("B takes half", timeout: .seconds(60)) {
             hostB.shards.filter { $0.state == .running }.count == 4 && hostA.shards.count == 4
         }
         try await Task.sleep(for: .seconds(3))
         hostB.shutdown()
-        try await runB.value
+        try await runB?.value
         try await HostFixture.eventually("A runs all eight again", timeout: .seconds(60)) {
             hostA.shards.filter { $0.state == .running }.count == 8
         }

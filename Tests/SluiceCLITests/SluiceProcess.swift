@@ -1,0 +1,112 @@
+import Foundation
+import Synchronization
+
+/// Collects what a process writes to one of its pipes as it comes, on a thread of its own, so the process
+/// never blocks on a full pipe and no test blocks a cooperative thread reading it.
+final class OutputCollector: Sendable {
+    private let state = Mutex<(text: String, ended: Bool)>(("", false))
+
+    init(_ pipe: Pipe) {
+        let handle = pipe.fileHandleForReading
+        Thread.detachNewThread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                self.state.withLock { $0.text += String(decoding: chunk, as: UTF8.self) }
+            }
+            self.state.withLock { $0.ended = true }
+        }
+    }
+
+    /// Everything so far.
+    var text: String { state.withLock { $0.text } }
+    var ended: Bool { state.withLock { $0.ended } }
+
+    func count(of needle: String) -> Int { text.components(separatedBy: needle).count - 1 }
+
+    /// Waits until `needle` occurs `times` times (true), or `timeout` passes or the pipe ends without it (false).
+    func waitFor(_ needle: String, times: Int = 1, timeout: Duration = .seconds(60)) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if count(of: needle) >= times { return true }
+            if ended { return count(of: needle) >= times }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
+    /// Everything, once the pipe ended (or `timeout` passed).
+    func all(timeout: Duration = .seconds(30)) async -> String {
+        let deadline = ContinuousClock.now + timeout
+        while !ended, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        return text
+    }
+}
+
+/// Runs a built executable of this package (`sluice` unless told otherwise). Nothing here blocks a thread:
+/// output is collected as it comes and exits are awaited by polling, bounded by a timeout that kills.
+struct SluiceProcess {
+    let process = Process()
+    let stdin = Pipe()
+    let stdout = Pipe()
+    let stderr = Pipe()
+    let output: OutputCollector
+    let errors: OutputCollector
+
+    static func executable(_ name: String) -> URL {
+        // The test bundle sits next to the products of the same build.
+        var directory = Bundle.main.bundleURL
+        while !FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path),
+            directory.pathComponents.count > 1
+        {
+            directory.deleteLastPathComponent()
+        }
+        return directory.appendingPathComponent(name)
+    }
+
+    init(_ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil) throws {
+        process.executableURL = Self.executable(executable)
+        if let environment {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
+        process.arguments = arguments
+        process.standardInput = stdin
+        process.standardOutput = stdout
+        process.standardError = stderr
+        output = OutputCollector(stdout)
+        errors = OutputCollector(stderr)
+        try process.run()
+    }
+
+    /// The first line of standard output, or what came before `timeout`.
+    func firstLine(timeout: Duration = .seconds(10)) async -> String {
+        _ = await output.waitFor("\n", timeout: timeout)
+        return String(output.text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+    }
+
+    /// Waits until standard error contains `text`; returns what it has by then.
+    func waitForStandardError(containing text: String, timeout: Duration = .seconds(10)) async -> String {
+        _ = await errors.waitFor(text, timeout: timeout)
+        return errors.text
+    }
+
+    /// Waits for the process to exit and returns its status; after `timeout` it is killed (SIGKILL) and the
+    /// result is nil.
+    @discardableResult
+    func exit(timeout: Duration = .seconds(60)) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now >= deadline {
+                kill(process.processIdentifier, SIGKILL)
+                while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+                return nil
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return process.terminationStatus
+    }
+
+    func send(_ line: String) {
+        stdin.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import Logging
+import SluiceKafka
+import Synchronization
+import Testing
+
+@Suite("Two OrderService processes in one group", .timeLimit(.minutes(3)))
+struct TwoServiceProcessesTests {
+    let logger = Logger(label: "sluice.two-services-test")
+
+    func start(_ cluster: EmbeddedKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
+        let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
+        let yaml = try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "group: order-service", with: "group: \(group)")
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let service = try SluiceProcess(
+            ["--config", config, "--database", database], executable: "OrderService",
+            environment: [
+                "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
+                "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
+                "SLUICE_FLAGS_FILE": flags,
+            ])
+        return (service, service.errors)
+    }
+
+    func produce(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+        let produce = try SluiceProcess([
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
+        ])
+        #expect(await produce.exit() == 0)
+    }
+
+    func committed(_ cluster: EmbeddedKafkaCluster, group: String) async throws -> Int64 {
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
+        configuration.sessionTimeout = .seconds(6)
+        let checker = try KafkaConsumer(configuration: configuration, logger: logger)
+        let offsets = try await checker.committedOffsets(for: (0..<8).map { TopicPartition("orders", Int32($0)) })
+        await checker.close()
+        return offsets.values.reduce(0, +)
+    }
+
+    func handledOrders(_ output: String) -> Int? {
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("order-service stopped: ") }) else { return nil }
+        return line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }.first
+    }
+
+    /// The end-to-end form of a partition left paused in librdkafka: `orders` flagged off, a second host
+    /// takes half the partitions, the flag goes back on, the second host leaves; the partitions handed back
+    /// (paused when they were revoked) must fetch again. Also: a graceful join and leave under the 2.0.2
+    /// client hands no message to two hosts.
+    @Test("flag off, a second host joins and leaves, flag on: every order handled once, by one host or the other")
+    func handBackAfterFlagCycle() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        try await produce(cluster, count: 4_000)
+
+        let (first, firstOutput) = try start(cluster, group: group, flags: flags)
+        #expect(await firstOutput.waitFor("partitions assigned"), "the first host owns every partition")
+        let (second, secondOutput) = try start(cluster, group: group, flags: flags)
+        #expect(await firstOutput.waitFor("partitions revoked"), "the first host gave some up while they were paused")
+
+        try "{}\n".write(toFile: flags + ".new", atomically: false, encoding: .utf8)
+        #expect(rename(flags + ".new", flags) == 0)  // atomic replace: flag on
+        let firstBatchCommitted = await eventually { try await committed(cluster, group: group) == 4_000 }
+        #expect(firstBatchCommitted, "both hosts handled their halves")
+
+        second.process.terminate()  // graceful leave
+        #expect(await second.exit() == 0)
+        try await produce(cluster, count: 4_000)
+        let allCommitted = await eventually { try await committed(cluster, group: group) == 8_000 }
+        #expect(allCommitted, "the handed-back partitions fetch and are handled")
+
+        first.process.terminate()
+        #expect(await first.exit() == 0)
+        let firstLog = await firstOutput.all()
+        let secondLog = await secondOutput.all()
+        let handledFirst = try #require(handledOrders(firstLog), "\(firstLog.suffix(2_000))")
+        let handledSecond = try #require(handledOrders(secondLog), "\(secondLog.suffix(2_000))")
+        #expect(handledFirst + handledSecond == 8_000, "no order handled twice: \(handledFirst) + \(handledSecond)")
+        #expect(!firstLog.contains("partitions lost") && !secondLog.contains("partitions lost"))
+    }
+
+    func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if (try? await condition()) == true { return true }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+        return false
+    }
+}
