@@ -8,10 +8,21 @@ import Testing
 /// cluster produces only by chance are produced here on purpose.
 @Suite("Supervisor loop without a cluster", .timeLimit(.minutes(2)))
 struct SupervisorLoopTests {
-    static func host(_ topics: [String: TopicConfiguration] = ["orders": TopicConfiguration()]) -> SluiceHost {
+    static func host(
+        _ topics: [String: TopicConfiguration] = ["orders": TopicConfiguration()], clock: any HostClock = SystemHostClock(),
+        stallAfter: Duration = .seconds(30)
+    ) -> SluiceHost {
         var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: topics)
         configuration.flags.pollInterval = .seconds(3_600)  // flags change here only when the test says
-        return SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        configuration.stallAfter = stallAfter
+        return SluiceHost(configuration: configuration, logger: HostFixture.logger, clock: clock)
+    }
+
+    /// Moves the manual clock one second and waits until the supervisor loop handled the tick it causes.
+    static func tick(_ clock: ManualHostClock, _ host: SluiceHost) async throws {
+        let before = host.ticks
+        clock.advance(by: .seconds(1))
+        try await HostFixture.eventually("the loop handled a tick") { host.ticks > before }
     }
 
     static func start(_ host: SluiceHost, _ consumer: ScriptedConsumer) throws -> Task<Void, any Error> {
@@ -120,6 +131,83 @@ struct SupervisorLoopTests {
         try await HostFixture.eventually("restarted after the crash and handled everything") { handled.distinct == 5 }
         #expect(host.shards.first?.state == .running)
         #expect(consumer.pauseReasons(for: partition).isEmpty, "no flag (or breaker) pause left: \(consumer.pauseReasons(for: partition))")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    @Test("backoff, restart and trip follow the host's clock: nothing restarts until the clock reaches the backoff")
+    func breakerOnTheHostClock() async throws {
+        let clock = ManualHostClock()
+        let start = clock.now
+        var orders = TopicConfiguration()
+        orders.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .seconds(1), maximum: .seconds(8), jitter: 0),
+            trip: .init(crashes: 3, within: .seconds(60)), cooldown: nil, healthyAfter: .seconds(60))
+        let host = Self.host(["orders": orders], clock: clock)
+        let failing = Locked(true)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.offset == 3, failing.value { throw TestFailure(description: "poison") }
+            handled.append(message)
+        })
+        let events = EventLog(host)
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await HostFixture.eventually("first crash: backing off for 1 s of host time") {
+            host.shards.first?.state == .backingOff(attempt: 1, until: start + .seconds(1))
+        }
+        #expect(consumer.seeks.isEmpty, "no restart before the clock moves")
+        clock.advance(by: .seconds(1))
+        try await HostFixture.eventually("restarted at the failed offset, crashed again: 2 s") {
+            host.shards.first?.state == .backingOff(attempt: 2, until: start + .seconds(3))
+        }
+        #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 3)])
+        clock.advance(by: .seconds(2))
+        try await HostFixture.eventually("the third crash within 60 s trips") {
+            if case .tripped(let since, _) = host.shards.first?.state { return since == start + .seconds(3) }
+            return false
+        }
+        failing.withLock { $0 = false }
+        #expect(await host.reset(partition))
+        try await HostFixture.eventually("after a reset everything is handled") { handled.distinct == 10 }
+        #expect(events.of(partition).map(\.name).filter { $0 == "started" }.count == 4)
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    @Test("a stall is reported when stallAfter of host time passes without progress, not before")
+    func stallOnTheHostClock() async throws {
+        let clock = ManualHostClock()
+        let host = Self.host(clock: clock, stallAfter: .seconds(30))
+        let release = Locked(false)
+        host.register("orders", ClosureHandler { message, _ in
+            while message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(2)) }
+        })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 5)
+        try await HostFixture.eventually("running with lag") { host.shards.first?.state == .running && host.shards.first?.lag == 5 }
+        try await Self.tick(clock, host)  // the first tick notes where progress stands
+        let stoppedAt = clock.now
+        for _ in 1..<30 {
+            try await Self.tick(clock, host)
+            #expect(host.shards.first?.stalledSince == nil, "not stalled \(clock.now - stoppedAt) after progress stopped")
+        }
+        try await Self.tick(clock, host)
+        #expect(host.shards.first?.stalledSince == stoppedAt, "stalled once 30 s of host time passed")
+        release.withLock { $0 = true }
+        try await HostFixture.eventually("done") { host.shards.first?.lag == 0 }
+        try await Self.tick(clock, host)
+        #expect(host.shards.first?.stalledSince == nil, "progress clears it")
         host.shutdown()
         consumer.finish()
         try await running.value

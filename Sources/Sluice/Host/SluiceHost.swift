@@ -70,6 +70,8 @@ public final class SluiceHost: Service, Sendable {
         var assignmentLost = false
         var running = false
         var lastTick: ContinuousClock.Instant?
+        /// Ticks the supervisor loop handled (tests wait for one after moving a manual clock).
+        var ticks = 0
     }
 
     /// The configuration the host runs with.
@@ -81,9 +83,17 @@ public final class SluiceHost: Service, Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let pipelineIDs = Atomic<UInt64>(0)
+    /// The time of the host's timed logic (see ``HostClock``).
+    let clock: any HostClock
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
-    public init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
+    public convenience init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
+        self.init(configuration: configuration, logger: logger, clock: SystemHostClock())
+    }
+
+    /// Creates a host whose timed logic runs on `clock` (tests drive a manual one).
+    init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock) {
+        self.clock = clock
         self.configuration = configuration
         self.logger = logger
         var sources: [any FlagSource] = [operatorFlags]
@@ -246,9 +256,9 @@ public final class SluiceHost: Service, Sendable {
                 }
                 group.addTask { await flags.run { input.yield(.flagsChanged) } }
                 group.addTask { await self.refreshLag(consumer: consumer) }
-                group.addTask {
+                group.addTask { [clock] in
                     while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(1))
+                        try? await clock.sleep(until: clock.now + .seconds(1))
                         input.yield(.tick)
                     }
                 }
@@ -332,7 +342,15 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    func noteTick() { state.withLock { $0.lastTick = .now } }
+    func noteTick() {
+        state.withLock { state in
+            state.lastTick = .now
+            state.ticks += 1
+        }
+    }
+
+    /// Ticks the supervisor loop has handled.
+    var ticks: Int { state.withLock { $0.ticks } }
 
     func publish(_ event: ShardEvent) {
         let subscribers = state.withLock { Array($0.subscribers.values) }
@@ -374,7 +392,7 @@ public final class SluiceHost: Service, Sendable {
     /// for the committed offsets of shards that stored none yet. Outside the supervisor loop: it waits on I/O.
     func refreshLag(consumer: any ShardConsumer) async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.lagRefreshInterval)
+            try? await clock.sleep(until: clock.now + configuration.lagRefreshInterval)
             let (partitions, withoutStore) = state.withLock { state in
                 (Array(state.views.keys), state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition))
             }

@@ -14,6 +14,7 @@ struct SupervisorLoop {
     let deadLetters: (any DeadLetterSink)?
     let input: AsyncStream<SluiceHost.Input>.Continuation
     let logger: Logger
+    private let clock: any HostClock
     private var shards: [TopicPartition: ShardSupervisor] = [:]
     private var revocations: [UInt64: (revocation: KafkaRevocation, partitions: [TopicPartition])] = [:]
     private var nextIdentifier: UInt64 = 0
@@ -38,6 +39,7 @@ struct SupervisorLoop {
         self.deadLetters = deadLetters
         self.input = input
         self.logger = logger
+        self.clock = host.clock
         var gauges: [String: Gauge] = [:]
         for name in Self.stateNames { gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)]) }
         self.stateGauges = gauges
@@ -62,7 +64,8 @@ struct SupervisorLoop {
             await pipelineEnded(topicPartition, pipelineID: pipelineID, outcome: outcome, group: &group)
         case .timer(let topicPartition, let token):
             guard shards[topicPartition]?.timerToken == token else { break }
-            await transition(topicPartition, group: &group) { $0.timerFired(now: .now) }
+            let now = clock.now
+            await transition(topicPartition, group: &group) { $0.timerFired(now: now) }
         case .flagsChanged:
             await flagsChanged(group: &group)
         case .reset(let topicPartition, let reply):
@@ -71,7 +74,8 @@ struct SupervisorLoop {
                 break
             }
             logger.info("operator reset", metadata: metadata(topicPartition))
-            await transition(topicPartition, group: &group) { $0.reset(now: .now) }
+            let now = clock.now
+            await transition(topicPartition, group: &group) { $0.reset(now: now) }
             reply.resume(returning: true)
         case .backpressure(let topicPartition, let pipelineID, let on):
             await backpressure(topicPartition, pipelineID: pipelineID, on)
@@ -80,19 +84,19 @@ struct SupervisorLoop {
         case .shutdownRequested:
             await beginShutdown(group: &group)
         case .tick:
-            host.noteTick()
             let failures = consumer.commitFailureCount
             if failures > commitFailuresRecorded {
                 commitFailures.increment(by: failures - commitFailuresRecorded)
                 commitFailuresRecorded = failures
             }
-            let now = ContinuousClock.now
+            let now = clock.now
             for status in host.shards {
                 guard let shard = shards[status.topicPartition] else { continue }
                 if let lag = status.lag { shard.lagGauge.record(lag) }
                 if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge.record(lagSeconds) }
                 checkStall(status, now: now)
             }
+            host.noteTick()
         case .shutdownDeadline:
             if !closing {
                 logger.warning("shards did not drain within shutdownTimeout; committing what completed")
@@ -116,7 +120,8 @@ struct SupervisorLoop {
         else { return }
         let flag = host.flags.setting(for: topicPartition)
         let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
-        shards[topicPartition] = ShardSupervisor(topicPartition: topicPartition, policy: policy, flag: flag, messages: messages)
+        shards[topicPartition] = ShardSupervisor(
+            topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now)
         await transition(topicPartition, group: &group) { $0.assigned() }
     }
 
@@ -127,9 +132,9 @@ struct SupervisorLoop {
         for topicPartition in revocation.partitions where shards[topicPartition] != nil {
             await transition(topicPartition, group: &group) { $0.stop() }
         }
-        let deadline = ContinuousClock.now + host.configuration.revokeTimeout
-        group.addTask { [input] in
-            try? await Task.sleep(until: deadline)
+        let deadline = clock.now + host.configuration.revokeTimeout
+        group.addTask { [input, clock] in
+            try? await clock.sleep(until: deadline)
             if !Task.isCancelled { input.yield(.revocationDeadline(identifier)) }
         }
     }
@@ -182,8 +187,9 @@ struct SupervisorLoop {
         switch outcome {
         case .crashed(let crash):
             shard.crashes.increment()
+            let now = clock.now
             await transition(topicPartition, group: &group) {
-                $0.crashed(now: .now, reason: crash.description, jitter: Double.random(in: 0...1))
+                $0.crashed(now: now, reason: crash.description, jitter: Double.random(in: 0...1))
             }
         case .stopped, .sourceEnded:
             await transition(topicPartition, group: &group) { $0.drained() }
@@ -287,9 +293,9 @@ struct SupervisorLoop {
         for topicPartition in shards.keys.sorted() {
             await transition(topicPartition, group: &group) { $0.stop() }
         }
-        let deadline = ContinuousClock.now + host.configuration.shutdownTimeout
-        group.addTask { [input] in
-            try? await Task.sleep(until: deadline)
+        let deadline = clock.now + host.configuration.shutdownTimeout
+        group.addTask { [input, clock] in
+            try? await clock.sleep(until: deadline)
             if !Task.isCancelled { input.yield(.shutdownDeadline) }
         }
     }
@@ -343,19 +349,19 @@ struct SupervisorLoop {
                     logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
                     shard.lastError = reason
                     shard.crashes.increment()
-                    pending.append(shard.machine.crashed(now: .now, reason: reason, jitter: Double.random(in: 0...1)))
+                    pending.append(shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
                 } else {
                     shard.pipeline = startPipeline(shard, group: &group)
                     shard.backpressured = false
                     shard.hasRun = true
-                    pending.append(shard.machine.started(now: .now))
+                    pending.append(shard.machine.started(now: clock.now))
                 }
             }
             if let wakeAt = actions.wakeAt {
                 shard.timerToken += 1
                 let token = shard.timerToken
-                group.addTask { [input] in
-                    try? await Task.sleep(until: wakeAt)
+                group.addTask { [input, clock] in
+                    try? await clock.sleep(until: wakeAt)
                     if !Task.isCancelled { input.yield(.timer(topicPartition, token: token)) }
                 }
             }
@@ -398,7 +404,7 @@ struct SupervisorLoop {
             logger.error("shard crashed", metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)", "error": "\(reason)"]))
         case .backingOff(let until):
             kind = .backingOff(until: until)
-            logger.warning("shard backing off", metadata: metadata(topicPartition, ["sluice.restartIn": "\(until - .now)"]))
+            logger.warning("shard backing off", metadata: metadata(topicPartition, ["sluice.restartIn": "\(until - clock.now)"]))
         case .tripped(let reason):
             kind = .tripped(reason: reason)
             logger.error("shard tripped: stays down until a flag cycle, a reset or a probe", metadata: metadata(topicPartition, ["error": "\(reason)"]))

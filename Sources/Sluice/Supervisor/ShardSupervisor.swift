@@ -18,7 +18,7 @@ struct ShardSupervisor {
     var backpressured = false
     /// The last progress seen (pipeline and its done count) and when it changed: for stall detection.
     var lastProgress: (pipeline: UInt64, done: Int)?
-    var lastProgressAt: ContinuousClock.Instant = .now
+    var lastProgressAt: ContinuousClock.Instant
     /// Since when the shard is reported stalled.
     var stalledSince: ContinuousClock.Instant?
     let stalledGauge: Gauge
@@ -35,7 +35,8 @@ struct ShardSupervisor {
     let flagGauge: Gauge
     let pipelineMetrics: ShardPipeline.Metrics
 
-    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages) {
+    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant) {
+        self.lastProgressAt = now
         self.topicPartition = topicPartition
         self.machine = StateMachine(policy: policy, flagOn: flag.enabled)
         self.messages = messages
