@@ -139,4 +139,49 @@ struct FlagTests {
         #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
         #expect(resolver.lastErrors["file"] == nil)
     }
+
+    @Test("two refreshes racing: the newest load wins, even when the older one finishes last")
+    func racingRefreshes() async throws {
+        let source = ControlledFlagSource()
+        let resolver = FlagResolver(sources: [source], logger: logger)
+        // The first load reads "orders off" and then stalls; meanwhile the flag goes on and a second refresh
+        // reads and applies it; then the first load finishes.
+        source.next(.stalled([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
+        let older = Task { await resolver.refresh() }
+        try await HostFixture.eventually("the first load is in progress") { source.stalledLoads == 1 }
+        source.next(.immediate([.topic("orders"): FlagSetting(enabled: true, source: "test")]))
+        await resolver.refresh()
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
+        source.release()
+        _ = await older.value
+        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled, "the older load did not overwrite the newer")
+    }
+}
+
+/// A flag source whose loads the test scripts: immediate, or stalled until released.
+final class ControlledFlagSource: FlagSource {
+    enum Load: Sendable {
+        case immediate([FlagKey: FlagSetting])
+        case stalled([FlagKey: FlagSetting])
+    }
+
+    let name = "controlled"
+    var changes: AsyncStream<Void>? { nil }
+    private let state = Locked<(queue: [Load], stalled: Int, released: Bool)>(([], 0, false))
+
+    func next(_ load: Load) { state.withLock { $0.queue.append(load) } }
+    var stalledLoads: Int { state.value.stalled }
+    func release() { state.withLock { $0.released = true } }
+
+    func load() async throws -> [FlagKey: FlagSetting] {
+        let load = state.withLock { $0.queue.removeFirst() }
+        switch load {
+        case .immediate(let flags):
+            return flags
+        case .stalled(let flags):
+            state.withLock { $0.stalled += 1 }
+            while !state.value.released { try await Task.sleep(for: .milliseconds(1)) }
+            return flags
+        }
+    }
 }

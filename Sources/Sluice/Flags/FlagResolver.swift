@@ -15,6 +15,10 @@ public final class FlagResolver: Sendable {
         var merged: [FlagKey: FlagSetting] = [:]
         var failures: [String: Int] = [:]
         var lastErrors: [String: String] = [:]
+        /// Refreshes are numbered when they start; a source's values are taken only from a refresh newer
+        /// than the one they came from last, so two racing refreshes never apply the older load last.
+        var refreshesStarted: UInt64 = 0
+        var appliedFrom: [UInt64]
     }
 
     /// The sources, highest precedence first.
@@ -33,7 +37,7 @@ public final class FlagResolver: Sendable {
         self.defaultEnabled = defaultEnabled
         self.pollInterval = pollInterval
         self.logger = logger
-        self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count)))
+        self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count), appliedFrom: Array(repeating: 0, count: sources.count)))
         var counters: [String: Counter] = [:]
         for source in sources {
             counters[source.name] = Counter(label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)])
@@ -62,6 +66,10 @@ public final class FlagResolver: Sendable {
     /// Reads every source once. Returns true when the layered flags changed.
     @discardableResult
     public func refresh() async -> Bool {
+        let ticket = state.withLock { state -> UInt64 in
+            state.refreshesStarted += 1
+            return state.refreshesStarted
+        }
         var loaded: [[FlagKey: FlagSetting]?] = []
         for source in sources {
             do {
@@ -82,8 +90,10 @@ public final class FlagResolver: Sendable {
         }
         return state.withLock { state in
             for (index, values) in loaded.enumerated() {
-                if let values {
+                // A newer refresh already applied this source: this load is older, keep the newer one.
+                if let values, ticket > state.appliedFrom[index] {
                     state.lastGood[index] = values
+                    state.appliedFrom[index] = ticket
                     state.lastErrors[sources[index].name] = nil
                 }
             }
