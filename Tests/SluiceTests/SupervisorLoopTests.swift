@@ -212,4 +212,34 @@ struct SupervisorLoopTests {
         consumer.finish()
         try await running.value
     }
+
+    @Test("a restart whose pipelines took nothing reads on without a seek (no committed-offset lookup in the loop)")
+    func restartWithoutSeek() async throws {
+        let host = Self.host()
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        try await HostFixture.eventually("running") { host.shards.first?.state == .running }
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        host.operatorFlags.unset(.topic("orders"))
+        try await HostFixture.eventually("running again") { host.shards.first?.state == .running }
+        consumer.append(partition, count: 5)
+        try await HostFixture.eventually("handled") { handled.count == 5 }
+        #expect(consumer.seeks.isEmpty, "nothing was taken, so nothing to seek back to")
+        // Now a pipeline takes messages; after a flag cycle the next one seeks to where it got to.
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        host.operatorFlags.unset(.topic("orders"))
+        try await HostFixture.eventually("running again") { host.shards.first?.state == .running }
+        #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 5)])
+        #expect(handled.count == 5, "nothing handled twice")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
 }

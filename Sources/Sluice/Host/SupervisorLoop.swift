@@ -178,7 +178,7 @@ struct SupervisorLoop {
         _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome, group: inout TaskGroup<Void>
     ) async {
         guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
-        shard.restartOffset = pipeline.watermark ?? shard.restartOffset
+        shard.restartOffset = pipeline.restartOffset ?? shard.restartOffset
         shard.pipeline = nil
         shard.backpressured = false
         if case .crashed(let crash) = outcome { shard.lastError = crash.description }
@@ -333,12 +333,16 @@ struct SupervisorLoop {
             if let start = actions.startPipeline {
                 var seekFailure: (any Error)?
                 if start.seekToCommitted, shard.hasRun {
-                    // From where the last pipeline got to; with no progress at all, from the committed offset.
-                    let offset = shard.restartOffset ?? KafkaConsumer.committedOffset
-                    do {
-                        try await consumer.seek(topicPartition, to: offset)
-                    } catch {
-                        seekFailure = error
+                    // From the first message the last pipelines took and did not finish. When no pipeline of
+                    // this assignment took anything, the partition's buffer is intact and reading simply goes
+                    // on: no seek, and no lookup of the committed offset (a network round trip the loop must
+                    // never wait for).
+                    if let offset = shard.restartOffset {
+                        do {
+                            try await consumer.seek(topicPartition, to: offset)
+                        } catch {
+                            seekFailure = error
+                        }
                     }
                     shard.restarts.increment()
                 }

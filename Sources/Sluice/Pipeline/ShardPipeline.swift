@@ -53,6 +53,8 @@ final class ShardPipeline: Sendable {
         var tracker = OffsetTracker()
         var crash: ShardCrash?
         var stopRequested = false
+        /// The first offset taken from the source, begun or not (a stop can drop the rest of a batch).
+        var firstTaken: Int64?
         var lanesRunning = 0
         var counters = Counters()
     }
@@ -143,6 +145,10 @@ final class ShardPipeline: Sendable {
 
     /// The offset to commit: everything before it is done. Nil before the first message.
     var watermark: Int64? { state.withLock { $0.tracker.watermark } }
+
+    /// Where the next pipeline of the shard must read from: the watermark, or the first offset this one took
+    /// from its source without beginning it; nil when it took nothing.
+    var restartOffset: Int64? { state.withLock { $0.tracker.watermark ?? $0.firstTaken } }
 
     /// Messages taken from the partition and not yet done.
     var inFlight: Int { state.withLock { $0.tracker.inFlight } }
@@ -247,6 +253,11 @@ final class ShardPipeline: Sendable {
         let limit = max(configuration.maxInFlight, 1)
         var pausedForBackpressure = false
         for await batch in source {
+            if let first = batch.first {
+                state.withLock { state in
+                    if state.firstTaken == nil { state.firstTaken = first.offset }
+                }
+            }
             var remaining = batch[...]
             while !remaining.isEmpty {
                 if state.withLock({ $0.stopRequested || $0.crash != nil }) { return }

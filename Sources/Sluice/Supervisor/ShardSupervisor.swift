@@ -8,7 +8,8 @@ struct ShardSupervisor {
     var machine: StateMachine<ContinuousClock.Instant>
     let messages: ShardMessages
     var pipeline: ShardPipeline?
-    /// The offset the last pipeline got to (everything before it done): where a restart seeks to.
+    /// The first offset the pipelines of this assignment took and did not finish: where a restart seeks to.
+    /// Nil while no pipeline took anything (the partition's buffer is intact, a restart reads on).
     var restartOffset: Int64?
     /// Whether a pipeline has run in this assignment; before that the partition's messages are untouched
     /// and a start needs no seek.
