@@ -17,7 +17,9 @@ final class ScriptedConsumer: ShardConsumer {
         var stored: Int64?
     }
 
-    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int)>(([:], [], 0))
+    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int)>(
+        ([:], [], 0, 0))
+    private let fatal = Mutex<KafkaError?>(nil)
     let events: AsyncStream<KafkaConsumerEvent>
     private let eventsContinuation: AsyncStream<KafkaConsumerEvent>.Continuation
 
@@ -38,6 +40,20 @@ final class ScriptedConsumer: ShardConsumer {
     }
 
     func deliverAssignment(_ partitions: [TopicPartition]) { eventsContinuation.yield(.assigned(partitions)) }
+
+    /// The session was lost: the partitions are gone (their messages end), then the host hears of it.
+    func lose(_ partitions: [TopicPartition]) {
+        state.withLock { state in
+            for topicPartition in partitions { state.partitions.removeValue(forKey: topicPartition)?.channel.finish() }
+        }
+        eventsContinuation.yield(.lost(partitions))
+    }
+
+    /// librdkafka raised a fatal error.
+    func raiseFatal(_ error: KafkaError) {
+        fatal.withLock { $0 = error }
+        eventsContinuation.yield(.error(error))
+    }
 
     /// Appends messages to a partition's log and delivers them (whether or not it is paused: what matters
     /// here is what the host asks for).
@@ -96,9 +112,15 @@ final class ScriptedConsumer: ShardConsumer {
 
     func storeOffsets(_ offsets: [TopicPartitionOffset]) throws(KafkaError) {
         state.withLock { state in
-            for offset in offsets { state.partitions[offset.topicPartition]?.stored = offset.offset }
+            for offset in offsets {
+                state.storedAfterLoss += state.partitions[offset.topicPartition] == nil ? 1 : 0
+                state.partitions[offset.topicPartition]?.stored = offset.offset
+            }
         }
     }
+
+    /// Offsets stored for partitions this consumer no longer has.
+    var storesWithoutAssignment: Int { state.withLock { $0.storedAfterLoss } }
 
     func commitStored() async throws {}
 
@@ -110,7 +132,7 @@ final class ScriptedConsumer: ShardConsumer {
     }
 
     var commitFailureCount: Int { 0 }
-    var fatalError: KafkaError? { nil }
+    var fatalError: KafkaError? { fatal.withLock { $0 } }
     var timeSinceLastActivity: Duration { .zero }
     func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks? {
         state.withLock { $0.partitions[topicPartition].map { Watermarks(low: 0, high: Int64($0.log.count)) } }

@@ -242,4 +242,52 @@ struct SupervisorLoopTests {
         consumer.finish()
         try await running.value
     }
+
+    @Test("a lost partition: the call in progress finishes, but nothing more is handled or stored")
+    func lostStopsEverything() async throws {
+        let host = Self.host()
+        let inCall = Locked(false)
+        let release = Locked(false)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.offset == 2 {
+                inCall.withLock { $0 = true }
+                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+            }
+            handled.append(message)
+        })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await HostFixture.eventually("offset 2 is in its handler") { inCall.value }
+        consumer.lose([partition])
+        try await HostFixture.eventually("the shard is gone") { host.shards.isEmpty }
+        release.withLock { $0 = true }
+        try await Task.sleep(for: .milliseconds(300))  // give a wrongly running pipeline the chance to go on
+        #expect(handled.all.value.map(\.offset) == [0, 1, 2], "nothing after the call in progress")
+        #expect(consumer.storesWithoutAssignment == 0, "nothing stored for a partition another member may own")
+        #expect(!host.readiness.ready, "not ready while the session is lost")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    @Test("a fatal librdkafka error fails /healthz with the reason")
+    func fatalErrorIsUnhealthy() async throws {
+        let host = Self.host()
+        host.register("orders", ClosureHandler { _, _ in })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        try await HostFixture.eventually("running") { host.health().healthy }
+        consumer.raiseFatal(KafkaError(code: .librdkafka, message: "Fatal error: Broker: Static consumer fenced by other consumer", isFatal: true))
+        let health = host.health()
+        #expect(!health.healthy)
+        #expect(health.reasons.contains { $0.hasPrefix("librdkafka raised a fatal error; the consumer must be restarted") })
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
 }
