@@ -380,7 +380,7 @@ struct ShardStateMachinePropertyTests {
                 history.append(event)
                 harness.send(event, advance: steps[index])
                 harness.check(history)
-                visited.withLock { $0.insert(ShardStateMachineTableTests.name(of: harness.machine.state)) }
+                _ = visited.withLock { $0.insert(ShardStateMachineTableTests.name(of: harness.machine.state)) }
             }
         }
         let missed = Set(MachineStateName.allCases).subtracting(visited.value).subtracting([.created, .starting, .stopped])
