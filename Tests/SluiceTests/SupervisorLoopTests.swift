@@ -290,4 +290,39 @@ struct SupervisorLoopTests {
         consumer.finish()
         try await running.value
     }
+
+    @Test("a poison key under ordering: key and the backoff preset: healthy keys are handled once across 10 restarts")
+    func noRehandlingAcrossRestarts() async throws {
+        let clock = ManualHostClock()
+        var orders = TopicConfiguration()
+        orders.ordering = .key
+        orders.processors = 4
+        orders.breaker = .backoff
+        let host = Self.host(["orders": orders], clock: clock)
+        let calls = Locked<[Int64: Int]>([:])
+        host.register("orders", ClosureHandler { message, _ in
+            calls.withLock { $0[message.offset, default: 0] += 1 }
+            if message.offset == 3 { throw TestFailure(description: "poison") }
+        })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 200)
+        for restart in 1...10 {
+            try await HostFixture.eventually("crash \(restart)") {
+                if case .backingOff(let attempt, _) = host.shards.first?.state { return attempt == restart }
+                return false
+            }
+            clock.advance(by: .seconds(600))  // past any backoff (the preset's maximum is 5 min)
+        }
+        try await HostFixture.eventually("the poison was tried 11 times") { calls.value[3] == 11 }
+        let rehandled = calls.value.filter { $0.key != 3 && $0.value > 1 }
+        #expect(rehandled.isEmpty, "healthy messages handled again after restarts: \(rehandled.count)")
+        #expect(calls.value.count > 100, "other keys ran ahead of the poison: \(calls.value.count) offsets handled")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
 }

@@ -179,6 +179,9 @@ struct SupervisorLoop {
     ) async {
         guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
         shard.restartOffset = pipeline.restartOffset ?? shard.restartOffset
+        // What finished above the restart point is not handled again by the next pipeline.
+        let restartFrom = shard.restartOffset ?? 0
+        shard.doneAboveRestart = shard.doneAboveRestart.union(pipeline.completedAboveWatermark).filter { $0 >= restartFrom }
         shard.pipeline = nil
         shard.backpressured = false
         if case .crashed(let crash) = outcome { shard.lastError = crash.description }
@@ -203,7 +206,8 @@ struct SupervisorLoop {
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-            drainTimeout: host.configuration.drainTimeout, metrics: shard.pipelineMetrics, logger: logger)
+            drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
+            metrics: shard.pipelineMetrics, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in

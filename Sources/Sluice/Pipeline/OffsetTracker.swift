@@ -15,6 +15,9 @@ struct OffsetTracker: Sendable {
     /// Messages begun and not completed.
     var inFlight: Int { pending.count - completedOutOfOrder.count }
 
+    /// Offsets done above the watermark (finished out of order, waiting for an earlier one).
+    var completedAboveWatermark: Set<Int64> { completedOutOfOrder }
+
     /// The timestamp of the oldest message begun and not done (the one at the watermark), if it had one.
     var oldestPendingTimestamp: Int64? {
         guard let first = pendingTimestamps.first, first >= 0 else { return nil }

@@ -55,6 +55,7 @@ final class ShardPipeline: Sendable {
         var stopRequested = false
         /// The first offset taken from the source, begun or not (a stop can drop the rest of a batch).
         var firstTaken: Int64?
+        var redeliveriesSkipped = 0
         var lanesRunning = 0
         var counters = Counters()
     }
@@ -110,6 +111,9 @@ final class ShardPipeline: Sendable {
     private let control = Beacon()
     /// Runs of messages for the lanes, in offset order within each queue.
     private let queues: [WorkQueue<[Message]>]
+    /// Offsets an earlier pipeline of this assignment finished above its watermark: taken again after a
+    /// restart, they are completed without calling the handler a second time.
+    private let alreadyDone: Set<Int64>
 
     init(
         topicPartition: TopicPartition,
@@ -120,9 +124,11 @@ final class ShardPipeline: Sendable {
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
+        alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
         logger: Logger
     ) {
+        self.alreadyDone = alreadyDone
         self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
         self.topicPartition = topicPartition
         self.generation = generation
@@ -149,6 +155,13 @@ final class ShardPipeline: Sendable {
     /// Where the next pipeline of the shard must read from: the watermark, or the first offset this one took
     /// from its source without beginning it; nil when it took nothing.
     var restartOffset: Int64? { state.withLock { $0.tracker.watermark ?? $0.firstTaken } }
+
+    /// Offsets finished above the watermark (with `ordering: key` other keys run ahead of a failing one): the
+    /// next pipeline after a restart does not hand them to the handler again.
+    var completedAboveWatermark: Set<Int64> { state.withLock { $0.tracker.completedAboveWatermark } }
+
+    /// Messages taken again after a restart and completed without a handler call (they were done before).
+    var redeliveriesSkipped: Int { state.withLock { $0.redeliveriesSkipped } }
 
     /// Messages taken from the partition and not yet done.
     var inFlight: Int { state.withLock { $0.tracker.inFlight } }
@@ -286,8 +299,15 @@ final class ShardPipeline: Sendable {
                     let room = max(limit - state.tracker.inFlight, 1)
                     let slice = remaining.prefix(room)
                     var rejected: [Int64] = []
-                    for message in slice where !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
-                        rejected.append(message.offset)
+                    for message in slice {
+                        if !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
+                            rejected.append(message.offset)
+                        } else if !alreadyDone.isEmpty, alreadyDone.contains(message.offset) {
+                            // Done by an earlier pipeline of this assignment: complete it, do not hand it out.
+                            state.tracker.complete(message.offset)
+                            state.redeliveriesSkipped += 1
+                            rejected.append(message.offset)
+                        }
                     }
                     return (slice.count, rejected)
                 }
@@ -297,9 +317,11 @@ final class ShardPipeline: Sendable {
                     // The common case: the whole batch in one go, handed on without a copy.
                     handOut(slice.count == batch.count ? batch : Array(slice))
                 } else {
-                    logger.warning(
-                        "partition rewound under the shard; skipping offsets it already took",
-                        metadata: ["sluice.skipped": "\(rejected.count)"])
+                    if !rejected.allSatisfy(alreadyDone.contains) {
+                        logger.warning(
+                            "partition rewound under the shard; skipping offsets it already took",
+                            metadata: ["sluice.skipped": "\(rejected.count)"])
+                    }
                     let skipped = Set(rejected)
                     handOut(slice.filter { !skipped.contains($0.offset) })
                 }

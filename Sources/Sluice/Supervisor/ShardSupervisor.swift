@@ -11,6 +11,8 @@ struct ShardSupervisor {
     /// The first offset the pipelines of this assignment took and did not finish: where a restart seeks to.
     /// Nil while no pipeline took anything (the partition's buffer is intact, a restart reads on).
     var restartOffset: Int64?
+    /// Offsets the pipelines of this assignment finished above `restartOffset`: the next one skips them.
+    var doneAboveRestart: Set<Int64> = []
     /// Whether a pipeline has run in this assignment; before that the partition's messages are untouched
     /// and a start needs no seek.
     var hasRun = false
