@@ -188,18 +188,7 @@ final class ConsumerLoop: @unchecked Sendable {
         }
     }
 
-    private func failAfterClose(_ command: ConsumerShared.Command) {
-        switch command {
-        case .subscribe(_, let continuation), .seek(_, let continuation), .commit(let continuation):
-            continuation.resume(throwing: KafkaError.closedError)
-        case .setPauseReasons(_, _, let continuation):
-            continuation.resume()
-        case .close(let continuation):
-            continuation?.resume()
-        case .releaseRevocation:
-            break
-        }
-    }
+    private func failAfterClose(_ command: ConsumerShared.Command) { command.failClosed() }
 
     // MARK: Pause reasons
 
@@ -699,7 +688,7 @@ final class ConsumerLoop: @unchecked Sendable {
         shared.handle.destroy(flags: flags)
         logger.debug("librdkafka handle destroyed", metadata: ["sluice.destroyTook": "\(ContinuousClock.now - destroyStarted)"])
         // Commands that arrived meanwhile.
-        for command in shared.takeInbox().commands { failAfterClose(command) }
+        for command in shared.takeInbox(last: true).commands { failAfterClose(command) }
     }
 
     /// Whether a periodic commit may start when it is due: while running, not during a rebalance, and not

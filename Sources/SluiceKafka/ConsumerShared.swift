@@ -6,6 +6,20 @@ import Synchronization
 /// What a ``KafkaConsumer`` and its owner thread share. Everything mutable is behind a `Mutex`.
 final class ConsumerShared: Sendable {
     enum Command {
+        /// Answers the command as a closed consumer does.
+        func failClosed() {
+            switch self {
+            case .subscribe(_, let continuation), .seek(_, let continuation), .commit(let continuation):
+                continuation.resume(throwing: KafkaError.closedError)
+            case .setPauseReasons(_, _, let continuation):
+                continuation.resume()
+            case .close(let continuation):
+                continuation?.resume()
+            case .releaseRevocation:
+                break
+            }
+        }
+
         case subscribe([String], CheckedContinuation<Void, any Error>)
         case setPauseReasons(TopicPartition, Set<KafkaPauseReason>, CheckedContinuation<Void, Never>)
         case seek(TopicPartitionOffset, CheckedContinuation<Void, any Error>)
@@ -17,6 +31,8 @@ final class ConsumerShared: Sendable {
     struct Inbox {
         var commands: Deque<Command> = []
         var resumeRequests: Set<TopicPartition> = []
+        /// The owner thread took its last inbox: commands sent from now on are answered by the sender.
+        var closed = false
     }
 
     private struct HandleUse {
@@ -66,9 +82,18 @@ final class ConsumerShared: Sendable {
         self.logger = logger
     }
 
-    /// Hands a command to the owner thread.
+    /// Hands a command to the owner thread; once that thread is gone, answers it at once as a closed
+    /// consumer would, so no caller waits for ever.
     func send(_ command: Command) {
-        inbox.withLock { $0.commands.append(command) }
+        let accepted = inbox.withLock { inbox -> Bool in
+            guard !inbox.closed else { return false }
+            inbox.commands.append(command)
+            return true
+        }
+        guard accepted else {
+            command.failClosed()
+            return
+        }
         waker.wake()
     }
 
@@ -78,10 +103,10 @@ final class ConsumerShared: Sendable {
         waker.wake()
     }
 
-    /// Takes everything sent to the owner so far (owner thread).
-    func takeInbox() -> Inbox {
+    /// Takes everything sent to the owner so far (owner thread). `last`: the owner stops taking commands.
+    func takeInbox(last: Bool = false) -> Inbox {
         inbox.withLock { inbox in
-            defer { inbox = Inbox() }
+            defer { inbox = Inbox(closed: last || inbox.closed) }
             return inbox
         }
     }

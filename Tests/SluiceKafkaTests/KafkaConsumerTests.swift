@@ -346,3 +346,22 @@ extension KafkaConsumerTests {
         await driver.value
     }
 }
+
+extension KafkaConsumerTests {
+    @Test("commands sent after the consumer's thread is gone are answered at once, not left waiting")
+    func commandsAfterClose() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["late": 1])
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["late"])
+        let partition = TopicPartition("late", 0)
+        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        await consumer.close()
+        // Long enough for the owner thread to finish destroying the client and take its last commands.
+        try await Task.sleep(for: .seconds(2))
+        #expect(await TestSupport.returnsFirst({ await consumer.setPauseReasons([.operator], for: partition) }, before: .seconds(30)))
+        #expect(await TestSupport.returnsFirst({ _ = try? await consumer.seek(partition, to: 0) }, before: .seconds(30)))
+        #expect(await TestSupport.returnsFirst({ _ = try? await consumer.commit(timeout: .zero) }, before: .seconds(30)))
+        cluster.shutdown()
+    }
+}

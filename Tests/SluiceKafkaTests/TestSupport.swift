@@ -83,19 +83,18 @@ enum TestSupport {
     /// Whether `work` returns before `limit` passes. For "does not wait for X" checks where X takes far
     /// longer than `limit`; not a measure of how fast `work` is (that belongs in `sluice bench`).
     static func returnsFirst(_ work: @escaping @Sendable () async -> Void, before limit: Duration) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                await work()
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(for: limit)
-                return false
-            }
-            let first = await group.next()!
-            group.cancelAll()
-            return first
+        // The work runs in a task of its own: if it never returns, this still does (and the work is left).
+        let returned = Locked(false)
+        Task {
+            await work()
+            returned.withLock { $0 = true }
         }
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if returned.withLock({ $0 }) { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return returned.withLock { $0 }
     }
 
     /// Waits until `condition` holds, polling; fails the test after `timeout`.
