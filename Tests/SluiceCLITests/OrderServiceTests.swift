@@ -8,6 +8,14 @@ struct OrderServiceTests {
     let logger = Logger(label: "sluice.order-service-test")
 
     func startService(_ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = []) throws -> (SluiceProcess, String) {
+        try Self.startService(cluster, group: group, extra: extra)
+    }
+
+    /// Starts Examples/OrderService against `cluster` in `group`, with its own database and admin API on a
+    /// free port; returns the process and its database path.
+    static func startService(
+        _ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:]
+    ) throws -> (SluiceProcess, String) {
         let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
         let yaml = try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
@@ -18,7 +26,7 @@ struct OrderServiceTests {
             environment: [
                 "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
                 "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
-            ])
+            ].merging(environment) { $1 })
         return (service, database)
     }
 

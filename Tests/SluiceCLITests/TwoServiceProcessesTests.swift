@@ -9,18 +9,7 @@ struct TwoServiceProcessesTests {
     let logger = Logger(label: "sluice.two-services-test")
 
     func start(_ cluster: EmbeddedKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
-        let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
-        let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
-        let yaml = try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
-            .replacingOccurrences(of: "group: order-service", with: "group: \(group)")
-        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
-        let service = try SluiceProcess(
-            ["--config", config, "--database", database], executable: "OrderService",
-            environment: [
-                "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
-                "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
-                "SLUICE_FLAGS_FILE": flags,
-            ])
+        let (service, _) = try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags])
         return (service, service.errors)
     }
 
