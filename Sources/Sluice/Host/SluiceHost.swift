@@ -68,6 +68,7 @@ public final class SluiceHost: Service, Sendable {
         var joined = false
         /// The group session was lost (the assignment went with it) and no new assignment came yet.
         var assignmentLost = false
+        var assignmentsLost = 0
         var running = false
         var lastTick: ContinuousClock.Instant?
         /// Ticks the supervisor loop handled (tests wait for one after moving a manual clock).
@@ -339,8 +340,12 @@ public final class SluiceHost: Service, Sendable {
         state.withLock { state in
             if !lost { state.joined = true }
             state.assignmentLost = lost
+            if lost { state.assignmentsLost += 1 }
         }
     }
+
+    /// How many times the host's assignment was lost rather than revoked.
+    var assignmentsLost: Int { state.withLock { $0.assignmentsLost } }
 
     func noteTick() {
         state.withLock { state in
