@@ -69,7 +69,7 @@ public final class KafkaConsumer: Sendable {
         logger: Logger
     ) throws(KafkaError) {
         Librdkafka.logVersionOnce(logger)
-        let properties = try configuration.librdkafkaProperties()
+        let properties = try configuration.librdkafkaProperties(followJoinState: true)
         let handle = try RDKafkaHandle(
             type: RD_KAFKA_CONSUMER,
             properties: properties,

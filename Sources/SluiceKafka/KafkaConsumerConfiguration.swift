@@ -84,7 +84,9 @@ public struct KafkaConsumerConfiguration: Sendable {
     }
 
     /// Every librdkafka property the consumer will be created with, in application order.
-    func librdkafkaProperties() throws(KafkaError) -> [(String, String)] {
+    /// `followJoinState`: add librdkafka's `cgrp` debug context, whose join-state lines ``KafkaConsumer``
+    /// reads (hazard `commit-during-join-loses-assignment`); only a consumer that serves its log queue asks.
+    func librdkafkaProperties(followJoinState: Bool = false) throws(KafkaError) -> [(String, String)] {
         for key in properties.keys where Self.ownedProperties[key] != nil {
             throw .configuration(
                 "property '\(key)' is set by the consumer itself (\(key)=\(Self.ownedProperties[key]!)) "
@@ -104,7 +106,7 @@ public struct KafkaConsumerConfiguration: Sendable {
             ("session.timeout.ms", String(sessionTimeout.milliseconds)),
         ]
         var own = properties
-        if Self.followsJoinState {
+        if followJoinState, Self.followsJoinState {
             // The join state is visible only in librdkafka's cgrp debug log (see the hazard).
             let contexts = (own["debug"] ?? "").split(separator: ",").map { String($0.filter { !$0.isWhitespace }) }
             if !contexts.contains("cgrp"), !contexts.contains("all") {
