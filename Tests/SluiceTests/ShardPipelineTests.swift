@@ -230,4 +230,28 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == nil || pipeline.watermark == 0)
         continuation.finish()
     }
+
+    @Test("a dead-letter write that hangs is watched like a handler: the shard crashes at handlerTimeout, nothing committed")
+    func hungDeadLetterWrite() async {
+        var configuration = TopicConfiguration()
+        configuration.handlerTimeout = .milliseconds(200)
+        configuration.onFailure = .init(retries: 0, then: .deadLetter)
+        configuration.deadLetterTopic = "t.dlq"
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                if message.offset == 2 { throw TestFailure(description: "bad") }
+            }),
+            deadLetters: HangingDeadLetters())
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)]))
+        #expect(outcome == .crashed(ShardCrash(reason: .handlerTimeout(.milliseconds(200)), offset: 2)))
+        #expect(pipeline.watermark == 2, "the message being dead-lettered is not committed")
+    }
+}
+
+/// A dead-letter sink whose writes never complete while the test runs.
+final class HangingDeadLetters: DeadLetterSink {
+    func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
+        while true { try await Task.sleep(for: .seconds(3_600)) }
+    }
 }

@@ -521,9 +521,14 @@ final class ShardPipeline: Sendable {
                     guard let deadLetters, let topic = configuration.deadLetterTopic else {
                         throw DeadLetterUnavailable()
                     }
+                    // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
+                    // the shard after handlerTimeout instead of holding its lane.
+                    activities[lane].begin(unit.first!.offset, at: .now)
+                    defer { activities[lane].end() }
                     for message in unit {
                         try await deadLetters.deadLetter(message, error: failure, attempts: attempt, topic: topic)
                     }
+                    if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
                     complete(unit) { $0.deadLettered += unit.count }
                     metrics.deadLettered.increment(by: unit.count)
                 } catch {
