@@ -68,7 +68,8 @@ extension KafkaConsumerTests {
         #expect(received.count(paused) == 1_000, "the paused partition received nothing more")
 
         await consumer.setPauseReasons([], for: paused)
-        #expect(consumer.pauseReasons(for: paused).isEmpty)
+        // Only the consumer's own flow control may remain (its buffer may be full of what it fetched).
+        #expect(consumer.pauseReasons(for: paused).isSubset(of: [.flowControl]))
         try await TestSupport.eventually("the paused partition catches up") { received.count(paused) == 11_000 }
         try await Task.sleep(for: .milliseconds(300))
         received.expectEveryOffsetOnceInOrder()

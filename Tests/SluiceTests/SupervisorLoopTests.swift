@@ -265,10 +265,13 @@ struct SupervisorLoopTests {
         try await HostFixture.eventually("offset 2 is in its handler") { inCall.value }
         consumer.lose([partition])
         try await HostFixture.eventually("the shard is gone") { host.shards.isEmpty }
+        // Stores that raced the loss (the consumer refuses them for a partition it no longer has) are not
+        // the host's doing; from the moment the host knows, nothing more is stored.
+        let storesBefore = consumer.storesWithoutAssignment
         release.withLock { $0 = true }
         try await Task.sleep(for: .milliseconds(300))  // give a wrongly running pipeline the chance to go on
         #expect(handled.all.value.map(\.offset) == [0, 1, 2], "nothing after the call in progress")
-        #expect(consumer.storesWithoutAssignment == 0, "nothing stored for a partition another member may own")
+        #expect(consumer.storesWithoutAssignment == storesBefore, "nothing stored for a partition another member may own")
         #expect(!host.readiness.ready, "not ready while the session is lost")
         host.shutdown()
         consumer.finish()

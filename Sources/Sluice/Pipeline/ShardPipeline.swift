@@ -435,15 +435,19 @@ final class ShardPipeline: Sendable {
             }
             activity.end()
             let callEnded = ContinuousClock.now
+            let tookTooLong = callEnded - callStarted > configuration.handlerTimeout
             metrics.handlerDuration.recordNanoseconds((callEnded - callStarted).nanoseconds)
             callStarted = callEnded
-            if Task.isCancelled || crashed.load(ordering: .acquiring) { return [] }
+            // A call that timed out was abandoned: its outcome does not count. One that finished in time
+            // counts even after another lane crashed the shard: the work is done, and a restart skips it.
+            if Task.isCancelled || tookTooLong { return [] }
             let pending = activity.completed.withLock { completed in
                 completed.append(message.offset)
                 return completed.count
             }
             if pending >= 64 { flush(activity) }
             remaining = remaining.dropFirst()
+            if crashed.load(ordering: .acquiring) { return [] }
         }
         return remaining
     }
@@ -489,15 +493,18 @@ final class ShardPipeline: Sendable {
                     failure = error
                 }
             }
-            metrics.handlerDuration.recordNanoseconds((ContinuousClock.now - callStarted).nanoseconds)
+            let took = ContinuousClock.now - callStarted
+            metrics.handlerDuration.recordNanoseconds(took.nanoseconds)
             activities[lane].end()
-            // A handler that timed out was cancelled and its shard crashed: its outcome does not count.
-            if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
+            // A call that timed out was abandoned: its outcome does not count. One that succeeded in time counts
+            // even after another lane crashed the shard (a restart skips it); a failure then is not acted on.
+            if Task.isCancelled || took > configuration.handlerTimeout { return }
             guard let failure else {
                 complete(unit) { $0.processed += unit.count }
                 metrics.processed.increment(by: unit.count)
                 return
             }
+            if crashed.load(ordering: .acquiring) { return }
             state.withLock { $0.counters.failed += 1 }
             metrics.failed.increment()
             logger.warning(
