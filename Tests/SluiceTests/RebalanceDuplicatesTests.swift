@@ -64,8 +64,18 @@ struct RebalanceDuplicatesTests {
         try await Task.sleep(for: .seconds(2))
         stop.withLock { $0 = true }
         let produced = try await producing.value
-        try await HostFixture.eventually("every message handled", timeout: .seconds(60)) {
-            Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == produced
+        do {
+            try await HostFixture.eventually("every message handled", timeout: .seconds(90)) {
+                Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == produced
+            }
+        } catch {
+            // What a later look needs: where each of A's shards stands.
+            for shard in hostA.shards {
+                print(
+                    "shard \(shard.topicPartition): \(shard.state) paused \(shard.pauseReasons) stored \(shard.storedOffset ?? -1)",
+                    "high \(shard.highWatermark ?? -1) position \(shard.position ?? -1) in flight \(shard.inFlight)")
+            }
+            throw error
         }
         let total = handledA.count + handledB.count
         print("rebalance duplicates: produced \(produced), handled \(total), duplicates \(total - produced) (A \(handledA.count), B \(handledB.count))")
