@@ -44,7 +44,7 @@ echo "demo: producing ${ORDERS_RATE:-2000} orders/s and ${PAYMENTS_RATE:-500} pa
 
 # Runtime flags: edit this file while the demo runs (see the README), e.g. `echo 'orders: off' > .sluice/demo-flags.yaml`.
 mkdir -p .sluice
-[ -f .sluice/demo-flags.yaml ] || echo '{}' > .sluice/demo-flags.yaml
+[ -s .sluice/demo-flags.yaml ] || echo '{}' > .sluice/demo-flags.yaml  # an empty flag file is refused at start
 echo "demo: flags in .sluice/demo-flags.yaml (try: echo 'orders/3: off' > .sluice/demo-flags.yaml)" >&2
 
 # In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it drains,
