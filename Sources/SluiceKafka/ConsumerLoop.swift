@@ -16,8 +16,6 @@ final class ConsumerLoop: @unchecked Sendable {
         var flowControl = false
         /// Whether its pause state still has to be applied for the first time in this assignment.
         var newlyAssigned = true
-        /// Whether librdkafka fetches it, as of the last reconciliation.
-        var fetching = false
         /// Set at revocation: no more messages are taken from its queue.
         var revoking = false
 
@@ -201,7 +199,6 @@ final class ConsumerLoop: @unchecked Sendable {
         let afterAssignment = state.newlyAssigned
         state.newlyAssigned = false
         guard let call = pauses.call(for: state.topicPartition, desired: reasons, afterAssignment: afterAssignment) else {
-            state.fetching = reasons.isEmpty
             return
         }
         let list = TopicPartitionList.make([state.topicPartition])
@@ -209,7 +206,6 @@ final class ConsumerLoop: @unchecked Sendable {
         let error = call == .pause ? rd_kafka_pause_partitions(rk, list) : rd_kafka_resume_partitions(rk, list)
         if error == RD_KAFKA_RESP_ERR_NO_ERROR, TopicPartitionList.firstError(list) == nil {
             pauses.applied(call, to: state.topicPartition)
-            state.fetching = call == .resume
             logger.trace(
                 call == .pause ? "partition paused" : "partition resumed",
                 metadata: metadata(state.topicPartition, ["sluice.pauseReasons": "\(reasons)"])
@@ -497,7 +493,8 @@ final class ConsumerLoop: @unchecked Sendable {
     /// Moves messages from partition queues into their buffers. Returns whether a queue may have more.
     private func servePartitions() -> Bool {
         var more = false
-        for state in partitions.values where state.fetching && !state.revoking {
+        // Fetching is what librdkafka has, not a copy of it: the reconciler's record (applied before any fetch).
+        for state in partitions.values where !state.revoking && !pauses.pausedInLibrdkafka.contains(state.topicPartition) {
             let room = state.channel.room
             if room == 0 {
                 pauseForFlowControl(state)

@@ -266,14 +266,15 @@ final class ShardPipeline: Sendable {
         let limit = max(configuration.maxInFlight, 1)
         var pausedForBackpressure = false
         for await batch in source {
-            if let first = batch.first {
-                state.withLock { state in
-                    if state.firstTaken == nil { state.firstTaken = first.offset }
-                }
-            }
             var remaining = batch[...]
             while !remaining.isEmpty {
-                if state.withLock({ $0.stopRequested || $0.crash != nil }) { return }
+                // One lock: note the first offset ever taken (a stop may drop the rest of this batch), and check.
+                let first = remaining.first!.offset
+                let halted = state.withLock { state in
+                    if state.firstTaken == nil { state.firstTaken = first }
+                    return state.stopRequested || state.crash != nil
+                }
+                if halted { return }
                 if state.withLock({ $0.tracker.inFlight >= limit }) {
                     let roomOrEnd = { self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil } }
                     // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
