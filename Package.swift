@@ -42,6 +42,7 @@ let package = Package(
             name: "Sluice",
             dependencies: [
                 "SluiceKafka",
+                "Crdkafka",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -221,4 +221,23 @@ struct ConfigurationLoadingTests {
             try await loadError(base + "flags: {pollInterval: 0s}\n")
                 == "FILE:2:23: flags.pollInterval: must be at least 10ms, got 0s")
     }
+
+    @Test("handler threads: read from the file, and nonsense refused with the key and reason")
+    func handlerThreads() async throws {
+        let base = "kafka: {bootstrap: b, group: g}\n"
+        let path = try write(base + "host: {handlerThreads: 8, maxHandlerThreads: 32, blockedThreadAfter: 250ms}\n")
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.handlerThreads == 8)
+        #expect(configuration.maxHandlerThreads == 32)
+        #expect(configuration.blockedThreadAfter == .milliseconds(250))
+        #expect(
+            try await loadError(base + "host: {handlerThreads: 0}\n")
+                == "FILE:2:24: host.handlerThreads: must be 1...1024, got 0")
+        #expect(
+            try await loadError(base + "host: {handlerThreads: 8, maxHandlerThreads: 4}\n")
+                == "FILE:2:46: host.maxHandlerThreads: must be at least host.handlerThreads (8) and at most 4096, got 4")
+        #expect(
+            try await loadError(base + "host: {blockedThreadAfter: 10ms}\n")
+                == "FILE:2:28: host.blockedThreadAfter: must be at least 100ms (shorter flags ordinary work as blocking), got 10ms")
+    }
 }

@@ -142,8 +142,9 @@ struct SluiceHostTests {
         try await HostFixture.produce(cluster, topic: "orders", count: 4_000, keys: 40)
         let group = HostFixture.uniqueGroup()
         let handled = HandledMessages()
+        // Slow enough (at least 1 s for the 4,000 on four lanes) that the shutdown below comes mid-run.
         let slow = ClosureHandler { message, _ in
-            try await Task.sleep(for: .microseconds(300))
+            try await Task.sleep(for: .milliseconds(1))
             handled.append(message)
         }
         let first = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)

@@ -140,8 +140,10 @@ struct SupervisorTests {
             handled.append(message)
         })
         let running = Task { try await host.run() }
+        // Events reach the log asynchronously: wait for the trip there too.
         try await HostFixture.eventually("the k7 shard tripped") {
             host.shards.contains { if case .tripped = $0.state { true } else { false } }
+                && log.events.value.contains { if case .tripped = $0.kind { true } else { false } }
         }
         let poisoned = try #require(host.shards.first { if case .tripped = $0.state { true } else { false } }?.topicPartition)
         #expect(log.of(poisoned).map(\.name) == [
@@ -223,8 +225,9 @@ struct SupervisorTests {
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         _ = try await producer.send(ProducerRecord(topic: "orders", value: Array("order".utf8)))
         await producer.close()
-        try await HostFixture.eventually("handled after two probes") { handled.count == 1 }
         let partition = TopicPartition("orders", 0)
+        // Events reach the log asynchronously: wait for the last one there too.
+        try await HostFixture.eventually("handled after two probes") { handled.count == 1 && log.of(partition).count >= 7 }
         #expect(log.of(partition).map(\.name) == ["started", "crashed", "tripped", "probe", "crashed", "tripped", "probe"])
         let trips = log.events.value.filter { if case .tripped = $0.kind { true } else { false } }
         #expect(trips.count == 2)

@@ -67,7 +67,7 @@ struct ConfigurationLayout {
         "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
-        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval"],
+        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter"],
     ]
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
@@ -159,6 +159,20 @@ private struct ConfigurationValues {
         configuration.lagRefreshInterval = try duration(
             ["host", "lagRefreshInterval"], atLeast: .milliseconds(100), "must be at least 100ms (each refresh queries the brokers)")
             ?? configuration.lagRefreshInterval
+        if let threads = try integer(["host", "handlerThreads"]) {
+            guard (1...1024).contains(threads) else { throw problem(["host", "handlerThreads"], "must be 1...1024, got \(threads)") }
+            configuration.handlerThreads = threads
+        }
+        if let threads = try integer(["host", "maxHandlerThreads"]) {
+            guard (configuration.handlerThreads...4096).contains(threads) else {
+                throw problem(["host", "maxHandlerThreads"], "must be at least host.handlerThreads (\(configuration.handlerThreads)) and at most 4096, got \(threads)")
+            }
+            configuration.maxHandlerThreads = threads
+        }
+        configuration.maxHandlerThreads = max(configuration.maxHandlerThreads, configuration.handlerThreads)
+        configuration.blockedThreadAfter = try duration(
+            ["host", "blockedThreadAfter"], atLeast: .milliseconds(100), "must be at least 100ms (shorter flags ordinary work as blocking)")
+            ?? configuration.blockedThreadAfter
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled

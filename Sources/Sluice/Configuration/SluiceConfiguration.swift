@@ -1,3 +1,4 @@
+import Foundation
 import SluiceKafka
 
 /// Everything a ``SluiceHost`` needs: the Kafka connection, the topics and their pipelines, timeouts.
@@ -75,6 +76,16 @@ public struct SluiceConfiguration: Sendable {
     /// How often the high watermarks of every shard (paused ones included) and the committed offsets of shards
     /// that stored none yet are queried, for lag (`host.lagRefreshInterval`; one round trip per leader).
     public var lagRefreshInterval: Duration = .seconds(5)
+    /// Threads that run handler code, kept free of blocked ones (`host.handlerThreads`). Default: the number
+    /// of cores. Handlers run on Sluice's own threads, not Swift's cooperative pool, so a handler that blocks
+    /// its thread cannot stop the watchdog, timers, flags or the admin API.
+    public var handlerThreads: Int = SluiceConfiguration.coreCount
+    /// The most handler threads, counting blocked ones (`host.maxHandlerThreads`). Default 64. When every
+    /// one is blocked, handlers wait (and `handlerTimeout` crashes their shards).
+    public var maxHandlerThreads = 64
+    /// How long one handler may hold its thread without suspending before the thread counts as blocked: it
+    /// is reported and another thread starts (`host.blockedThreadAfter`). Default 1 s.
+    public var blockedThreadAfter: Duration = .seconds(1)
     /// The file the configuration was loaded from, for error messages; nil when built in code.
     public var sourceFile: String?
 
@@ -108,6 +119,8 @@ public struct SluiceConfiguration: Sendable {
         }
         return configuration
     }
+
+    static var coreCount: Int { max(ProcessInfo.processInfo.activeProcessorCount, 2) }
 
     private static let sharedPropertyPrefixes = ["security.", "sasl.", "ssl.", "client.", "socket.", "broker.", "debug"]
 }

@@ -118,7 +118,7 @@ public final class FlagResolver: Sendable {
             }
             group.addTask {
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: self.pollInterval)
+                    try? await TimerThread.shared.sleep(until: .now + self.pollInterval)
                     if Task.isCancelled { break }
                     if await self.refresh() { await onChange() }
                 }

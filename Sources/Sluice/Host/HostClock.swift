@@ -8,8 +8,9 @@ protocol HostClock: Sendable {
     func sleep(until deadline: ContinuousClock.Instant) async throws
 }
 
-/// The continuous clock.
+/// The continuous clock, with wake-ups from Sluice's timer thread (not Swift's cooperative pool, which
+/// blocking handler code can fill).
 struct SystemHostClock: HostClock {
     var now: ContinuousClock.Instant { .now }
-    func sleep(until deadline: ContinuousClock.Instant) async throws { try await Task.sleep(until: deadline) }
+    func sleep(until deadline: ContinuousClock.Instant) async throws { try await TimerThread.shared.sleep(until: deadline) }
 }

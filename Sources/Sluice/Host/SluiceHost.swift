@@ -73,6 +73,8 @@ public final class SluiceHost: Service, Sendable {
         var lastTick: ContinuousClock.Instant?
         /// Ticks the supervisor loop handled (tests wait for one after moving a manual clock).
         var ticks = 0
+        /// Handler threads held by one handler call for `blockedThreadAfter` or longer.
+        var blockedHandlerThreads = 0
     }
 
     /// The configuration the host runs with.
@@ -142,6 +144,10 @@ public final class SluiceHost: Service, Sendable {
             return status
         }.sorted { $0.topicPartition < $1.topicPartition }
     }
+
+    /// Handler threads held by one handler call without suspending for `blockedThreadAfter` or longer
+    /// (blocking I/O, `sleep`, a CPU loop). Each was replaced by another thread, up to `maxHandlerThreads`.
+    public var blockedHandlerThreads: Int { state.withLock { $0.blockedHandlerThreads } }
 
     /// Whether the host is ready for traffic (joined its group, not shutting down), with the reasons when not.
     public var readiness: (ready: Bool, reasons: [String]) {
@@ -236,6 +242,48 @@ public final class SluiceHost: Service, Sendable {
     func run(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?
     ) async throws {
+        // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
+        // timers, the watchdogs and the flag poller run on another thread. Neither is Swift's cooperative
+        // pool, so handlers that block threads cannot stop the host's control side, nor each other.
+        let blockedGauge = Gauge(label: "sluice_handler_threads_blocked")
+        let handlerExecutor = ThreadPoolExecutor(
+            name: "sluice-handler", threads: configuration.handlerThreads,
+            maximumThreads: max(configuration.maxHandlerThreads, configuration.handlerThreads),
+            blockedAfter: configuration.blockedThreadAfter
+        ) { [logger] report in
+            blockedGauge.record(report.blocked)
+            self.state.withLock { $0.blockedHandlerThreads = report.blocked }
+            if report.saturated {
+                logger.error(
+                    "every handler thread is blocked; handlers wait until one returns (handlerTimeout crashes their shards)",
+                    metadata: ["sluice.blockedThreads": "\(report.blocked)", "sluice.threads": "\(report.threads)"])
+            } else if report.blocked > 0 {
+                logger.warning(
+                    "a handler holds its thread without suspending (blocking I/O, sleep or a CPU loop); another thread runs the other handlers",
+                    metadata: ["sluice.blockedThreads": "\(report.blocked)", "sluice.threads": "\(report.threads)"])
+            }
+        }
+        let controlExecutor = ThreadPoolExecutor(
+            name: "sluice-control", threads: 1, maximumThreads: 4, blockedAfter: .seconds(1)
+        ) { [logger] report in
+            if report.blocked > 0 {
+                logger.error("the supervisor's thread is blocked (a flag source or sink that blocks?); another thread took over",
+                    metadata: ["sluice.blockedThreads": "\(report.blocked)"])
+            }
+        }
+        defer {
+            handlerExecutor.shutdown()
+            controlExecutor.shutdown()
+        }
+        try await withTaskExecutorPreference(controlExecutor) {
+            try await supervise(handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, handlerExecutor: handlerExecutor)
+        }
+    }
+
+    private func supervise(
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
+        handlerExecutor: ThreadPoolExecutor
+    ) async throws {
         let flags = self.flags
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
         let alreadyShuttingDown = state.withLock { state -> Bool in
@@ -265,7 +313,7 @@ public final class SluiceHost: Service, Sendable {
                 }
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
-                    deadLetters: deadLetters, input: input, logger: logger)
+                    deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)
                     if loop.finished { break }

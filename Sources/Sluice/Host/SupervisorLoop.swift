@@ -14,6 +14,8 @@ struct SupervisorLoop {
     let deadLetters: (any DeadLetterSink)?
     let input: AsyncStream<SluiceHost.Input>.Continuation
     let logger: Logger
+    /// Where pipelines run handler code (the host's handler threads).
+    let handlerExecutor: (any TaskExecutor)?
     private let clock: any HostClock
     private var shards: [TopicPartition: ShardSupervisor] = [:]
     private var revocations: [UInt64: (revocation: KafkaRevocation, partitions: [TopicPartition])] = [:]
@@ -30,8 +32,10 @@ struct SupervisorLoop {
 
     init(
         host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
-        deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation, logger: Logger
+        deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
+        handlerExecutor: (any TaskExecutor)?, logger: Logger
     ) {
+        self.handlerExecutor = handlerExecutor
         self.host = host
         self.handlers = handlers
         self.consumer = consumer
@@ -207,14 +211,14 @@ struct SupervisorLoop {
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
-            metrics: shard.pipelineMetrics, logger: logger)
+            metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in
                 // Stores the watermark as it advances, so periodic commits carry progress.
                 inner.addTask {
                     while !Task.isCancelled {
-                        try? await Task.sleep(for: .milliseconds(100))
+                        try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
                         host.storeWatermark(pipeline, consumer: consumer)
                     }
                     return nil

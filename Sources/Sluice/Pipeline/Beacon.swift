@@ -43,7 +43,7 @@ final class Beacon: Sendable {
         }
     }
 
-    /// Waits for a notification after `generation`, or until `wake`: one timer task, cancelled if a
+    /// Waits for a notification after `generation`, or until `wake`: one timer, cancelled if a
     /// notification comes first.
     private func wait(after generation: UInt64, until wake: ContinuousClock.Instant?) async {
         let identifier = state.withLock { state -> UInt64 in
@@ -51,14 +51,10 @@ final class Beacon: Sendable {
             if wake != nil { state.timedWaits[state.nextIdentifier] = false }
             return state.nextIdentifier
         }
-        let timer = wake.map { wake in
-            Task {
-                try? await Task.sleep(until: wake, clock: .continuous)
-                if !Task.isCancelled { self.timeUp(identifier) }
-            }
-        }
+        // On Sluice's timer thread: a watchdog wait must end even when handlers block every pool thread.
+        let timer = wake.map { wake in TimerThread.shared.schedule(at: wake) { self.timeUp(identifier) } }
         defer {
-            timer?.cancel()
+            if let timer { TimerThread.shared.cancel(timer) }
             if timer != nil { state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) } }
         }
         await withTaskCancellationHandler {

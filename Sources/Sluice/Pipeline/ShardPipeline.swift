@@ -114,6 +114,8 @@ final class ShardPipeline: Sendable {
     /// Offsets an earlier pipeline of this assignment finished above its watermark: taken again after a
     /// restart, they are completed without calling the handler a second time.
     private let alreadyDone: Set<Int64>
+    /// Where lanes (and so handler code) run: the host's handler threads; nil for the default executor.
+    private let laneExecutor: (any TaskExecutor)?
 
     init(
         topicPartition: TopicPartition,
@@ -126,9 +128,11 @@ final class ShardPipeline: Sendable {
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
+        laneExecutor: (any TaskExecutor)? = nil,
         logger: Logger
     ) {
         self.alreadyDone = alreadyDone
+        self.laneExecutor = laneExecutor
         self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
         self.topicPartition = topicPartition
         self.generation = generation
@@ -370,8 +374,9 @@ final class ShardPipeline: Sendable {
         state.withLock { $0.lanesRunning = count }
         return (0..<count).map { index in
             let queue = queues[configuration.ordering == .none ? 0 : index]
-            // An owned task, not a group child: see the type's documentation.
-            return Task {
+            // An owned task, not a group child: see the type's documentation. On the handler threads, so a
+            // handler that blocks its thread holds one of Sluice's threads, not one of Swift's few.
+            return Task(executorPreference: laneExecutor) {
                 await self.runLane(index, queue: queue)
                 self.state.withLock { $0.lanesRunning -= 1 }
                 self.beacon.notify()
@@ -379,9 +384,20 @@ final class ShardPipeline: Sendable {
         }
     }
 
+    /// How long a lane runs before it yields its thread to other lanes.
+    static let laneSlice = Duration.milliseconds(20)
+
     private func runLane(_ index: Int, queue: WorkQueue<[Message]>) async {
         var carry: ArraySlice<Message> = []
+        var sliceStart = ContinuousClock.now
         while true {
+            // Handlers that never suspend would keep a lane on its thread as long as work is queued: give the
+            // thread to other lanes now and then, so only a call that really holds it counts as blocking.
+            let now = ContinuousClock.now
+            if now - sliceStart > Self.laneSlice {
+                await Task.yield()
+                sliceStart = now
+            }
             if carry.isEmpty {
                 guard let run = await queue.next() else { return }
                 carry = run[...]

@@ -62,7 +62,7 @@ final class WorkQueue<Element: Sendable>: Sendable {
     /// the calling task is cancelled). An element pushed as the deadline passes is either returned or
     /// left queued, never lost.
     ///
-    /// One timer task per wait, cancelled when an element comes first; no wait (and no timer) when an
+    /// One timer per wait, cancelled when an element comes first; no wait (and no timer) when an
     /// element is already queued.
     func next(before deadline: ContinuousClock.Instant) async -> Element? {
         if let element = state.withLock({ $0.elements.popFirst() }) { return element }
@@ -72,12 +72,9 @@ final class WorkQueue<Element: Sendable>: Sendable {
             state.timedWaits[state.nextIdentifier] = false
             return state.nextIdentifier
         }
-        let timer = Task {
-            try? await Task.sleep(until: deadline, clock: .continuous)
-            if !Task.isCancelled { self.expire(identifier) }
-        }
+        let timer = TimerThread.shared.schedule(at: deadline) { self.expire(identifier) }
         defer {
-            timer.cancel()
+            TimerThread.shared.cancel(timer)
             state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) }
         }
         return await next(identifier: identifier)
