@@ -196,3 +196,92 @@ final class Hang: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 }
+
+/// Handler calls abandoned past `handlerTimeout` keep running (Swift cannot stop them): a restarted shard
+/// must not hand their messages to a second call meanwhile, and they must not pile up without bound.
+@Suite("Abandoned handler calls", .timeLimit(.minutes(2)))
+struct AbandonedCallsTests {
+    static func configuration(_ cluster: EmbeddedKafkaCluster, abandonTimeout: Duration, maxAbandonedCalls: Int) -> SluiceConfiguration {
+        var topic = TopicConfiguration()
+        topic.handlerTimeout = .milliseconds(300)
+        topic.abandonTimeout = abandonTimeout
+        topic.maxAbandonedCalls = maxAbandonedCalls
+        // Restarts at once and never trips on crashes: only the abandoned-call bound can trip it.
+        topic.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(50), jitter: 0),
+            trip: nil, cooldown: nil, healthyAfter: .seconds(60))
+        return HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": topic])
+    }
+
+    @Test("a restarted shard hands no message to a new call while the call it abandoned still runs; afterwards it goes on")
+    func noSecondCallWhileAbandonedRuns() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        try await BlockingHandlerTests.produce(cluster, partitions: 1, perPartition: 10)
+        let host = SluiceHost(configuration: Self.configuration(cluster, abandonTimeout: .seconds(60), maxAbandonedCalls: 3), logger: HostFixture.logger)
+        let hang = Hang()
+        let calls = Locked<(perOffset: [Int64: Int], running: Int, peak: Int)>(([:], 0, 0))
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            let first = calls.withLock { calls -> Bool in
+                calls.perOffset[message.offset, default: 0] += 1
+                calls.running += 1
+                calls.peak = max(calls.peak, calls.running)
+                return calls.perOffset[message.offset] == 1
+            }
+            defer { calls.withLock { $0.running -= 1 } }
+            // The first call for offset 0 hangs on a dependency, past handlerTimeout, cancelled or not.
+            if message.offset == 0, first { await hang.wait() }
+            handled.append(message)
+        })
+        let running = Task { try await host.run() }
+        defer {
+            hang.release()
+            host.shutdown()
+        }
+        try await HostFixture.eventually("restarted with the hung call abandoned") {
+            host.shards.first.map { $0.state == .running && $0.generation >= 2 && $0.abandonedCalls == 1 } ?? false
+        }
+        // A few turns of the supervisor later, the new pipeline has still not called the handler again.
+        let ticks = host.ticks
+        try await HostFixture.eventually("three ticks") { host.ticks >= ticks + 3 }
+        #expect(calls.value.perOffset[0] == 1, "no second call for offset 0 while the first runs")
+        #expect(handled.count == 0)
+        hang.release()
+        try await HostFixture.eventually("all ten handled") { handled.distinct == 10 }
+        #expect(calls.value.peak == 1, "never two calls at once")
+        try await HostFixture.eventually("no abandoned call left") { host.shards.first?.abandonedCalls == 0 }
+        host.shutdown()
+        try await running.value
+    }
+
+    @Test("past maxAbandonedCalls the shard trips, whatever its breaker policy, and the hung calls stop piling up")
+    func boundTrips() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        try await BlockingHandlerTests.produce(cluster, partitions: 1, perPartition: 3)
+        let host = SluiceHost(configuration: Self.configuration(cluster, abandonTimeout: .zero, maxAbandonedCalls: 2), logger: HostFixture.logger)
+        let hang = Hang()
+        let calls = Locked(0)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.offset == 0 {
+                calls.withLock { $0 += 1 }
+                await hang.wait()
+            }
+        })
+        let running = Task { try await host.run() }
+        defer {
+            hang.release()
+            host.shutdown()
+        }
+        try await HostFixture.eventually("tripped") {
+            host.shards.first.map { if case .tripped = $0.state { true } else { false } } ?? false
+        }
+        let shard = try #require(host.shards.first)
+        #expect(calls.value == 3, "two abandoned calls allowed, the third over the bound")
+        #expect(shard.abandonedCalls == 3)
+        #expect(shard.lastError?.contains("3 abandoned handler calls still running (maxAbandonedCalls 2)") == true, "\(shard.lastError ?? "")")
+        hang.release()
+        try await HostFixture.eventually("the abandoned calls ended") { host.shards.first?.abandonedCalls == 0 }
+        host.shutdown()
+        try await running.value
+    }
+}

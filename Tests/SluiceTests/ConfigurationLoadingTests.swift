@@ -122,7 +122,7 @@ struct ConfigurationLoadingTests {
     @Test("an unknown key names the file, line, column and key path")
     func unknownKey() async throws {
         let message = try await loadError(Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
-        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: batch, breaker, deadLetterTopic"))
+        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: abandonTimeout, batch, breaker, deadLetterTopic"))
     }
 
     @Test("a wrong type, a bad duration, a bad choice each name where and why")

@@ -13,7 +13,7 @@ enum MachineStateName: String, CaseIterable, CustomStringConvertible {
 
 /// Every event the supervisor feeds the machine.
 enum MachineEventName: String, CaseIterable, CustomStringConvertible {
-    case assigned, started, crashed, drained, flagOn, flagOff, timer, reset, stop
+    case assigned, started, crashed, crashedTrip, drained, flagOn, flagOff, timer, reset, stop
     var description: String { rawValue }
 }
 
@@ -80,6 +80,8 @@ struct ShardStateMachineTableTests {
         case .assigned: machine.assigned()
         case .started: machine.started(now: now)
         case .crashed: machine.crashed(now: now, reason: "boom", jitter: 0)
+        // A crash that leaves more abandoned handler calls running than allowed.
+        case .crashedTrip: machine.crashed(now: now, reason: "boom", jitter: 0, trip: true)
         case .drained: machine.drained()
         case .flagOn: machine.flagChanged(on: true)
         case .flagOff: machine.flagChanged(on: false)
@@ -95,6 +97,7 @@ struct ShardStateMachineTableTests {
             .assigned: .next(.starting, start: false, pause: []),
             .started: .impossible(because: "no pipeline was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
+            .crashedTrip: .impossible(because: "no pipeline runs"),
             .drained: .impossible(because: "no pipeline runs"),
             .flagOn: .next(.created, pause: []),
             .flagOff: .next(.created, pause: [.flag]),
@@ -106,6 +109,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .next(.running, pause: []),
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
+            .crashedTrip: .next(.tripped, commit: true, pause: [.breaker]),
             .drained: .next(.stopped, commit: true, pause: [.draining]),
             .flagOn: .next(.starting, pause: []),
             .flagOff: .next(.drainingOff, stopPipeline: true, pause: [.flag]),
@@ -117,6 +121,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "its pipeline already started"),
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
+            .crashedTrip: .next(.tripped, commit: true, pause: [.breaker]),
             .drained: .next(.stopped, commit: true, pause: [.draining]),
             .flagOn: .next(.running, pause: []),
             .flagOff: .next(.drainingOff, stopPipeline: true, pause: [.flag]),
@@ -128,6 +133,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .next(.off, commit: true, pause: [.flag]),
+            .crashedTrip: .next(.off, commit: true, pause: [.flag]),
             .drained: .next(.off, commit: true, pause: [.flag]),
             .flagOn: .next(.drainingRestart, pause: [.draining]),
             .flagOff: .next(.drainingOff, pause: [.flag]),
@@ -140,6 +146,7 @@ struct ShardStateMachineTableTests {
             .started: .impossible(because: "no start was asked for"),
             // The finding: a crash here once left `flag` in the pause set of the restarted shard.
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
+            .crashedTrip: .next(.tripped, commit: true, pause: [.breaker]),
             .drained: .next(.starting, commit: true, start: true, pause: []),
             .flagOn: .next(.drainingRestart, pause: [.draining]),
             .flagOff: .next(.drainingOff, pause: [.flag]),
@@ -151,6 +158,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .next(.stopped, commit: true, pause: [.draining]),
+            .crashedTrip: .next(.stopped, commit: true, pause: [.draining]),
             .drained: .next(.stopped, commit: true, pause: [.draining]),
             .flagOn: .next(.drainingStop, pause: [.draining]),
             .flagOff: .next(.drainingStop, pause: [.draining]),
@@ -162,6 +170,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
+            .crashedTrip: .impossible(because: "no pipeline runs"),
             .drained: .impossible(because: "no pipeline runs"),
             .flagOn: .next(.starting, start: true, pause: []),
             .flagOff: .next(.off, pause: [.flag]),
@@ -173,6 +182,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
+            .crashedTrip: .impossible(because: "no pipeline runs"),
             .drained: .impossible(because: "no pipeline runs"),
             .flagOn: .next(.backingOff, pause: [.breaker]),
             .flagOff: .next(.off, pause: [.flag]),
@@ -184,6 +194,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
+            .crashedTrip: .impossible(because: "no pipeline runs"),
             .drained: .impossible(because: "no pipeline runs"),
             .flagOn: .next(.tripped, pause: [.breaker]),
             .flagOff: .next(.off, pause: [.flag]),
@@ -195,6 +206,7 @@ struct ShardStateMachineTableTests {
             .assigned: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
+            .crashedTrip: .impossible(because: "no pipeline runs"),
             .drained: .impossible(because: "no pipeline runs"),
             .flagOn: .next(.stopped, pause: [.draining]),
             .flagOff: .next(.stopped, pause: [.draining]),
@@ -296,10 +308,14 @@ struct ShardHarness {
         switch event {
         case .assigned, .started:
             return  // only as part of an assignment or a start
-        case .crashed, .drained:
+        case .crashed, .crashedTrip, .drained:
             guard pipelineRunning else { return }
             pipelineRunning = false
-            act(event == .crashed ? machine.crashed(now: now, reason: "boom", jitter: 0) : machine.drained())
+            switch event {
+            case .crashed: act(machine.crashed(now: now, reason: "boom", jitter: 0))
+            case .crashedTrip: act(machine.crashed(now: now, reason: "boom", jitter: 0, trip: true))
+            default: act(machine.drained())
+            }
         case .flagOn, .flagOff:
             flagOn = event == .flagOn
             act(machine.flagChanged(on: flagOn))
@@ -360,7 +376,8 @@ struct ShardStateMachinePropertyTests {
         // short (crashes inside the trip window) and sometimes long (backoffs, cooldowns, healthyAfter).
         let event = Gen.int(in: 0...99).map { roll -> MachineEventName in
             switch roll {
-            case 0..<30: .crashed
+            case 0..<27: .crashed
+            case 27..<30: .crashedTrip
             case 30..<60: .timer
             case 60..<70: .drained
             case 70..<78: .flagOff

@@ -59,7 +59,7 @@ struct ConfigurationLayout {
         "kafka.properties": ["*"],
         "topics": ["*"],
         "topics.*": [
-            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "breaker",
+            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "abandonTimeout", "maxAbandonedCalls", "breaker",
         ],
         "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
         "topics.*.breaker.trip": ["crashes", "within"],
@@ -206,6 +206,8 @@ private struct ConfigurationValues {
         settings.processors = try integer(base + ["processors"]) ?? settings.processors
         if let maxInFlight = try integer(base + ["maxInFlight"]) { settings.maxInFlight = maxInFlight }
         settings.handlerTimeout = try duration(base + ["handlerTimeout"]) ?? settings.handlerTimeout
+        settings.abandonTimeout = try duration(base + ["abandonTimeout"]) ?? settings.abandonTimeout
+        settings.maxAbandonedCalls = try integer(base + ["maxAbandonedCalls"]) ?? settings.maxAbandonedCalls
         settings.deadLetterTopic = try string(base + ["deadLetterTopic"])
         let batchSize = try integer(base + ["batch", "size"])
         let batchTimeout = try duration(base + ["batch", "timeout"])

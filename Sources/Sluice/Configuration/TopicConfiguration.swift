@@ -95,6 +95,13 @@ public struct TopicConfiguration: Sendable, Hashable {
     public var deadLetterTopic: String?
     /// A handler call running longer than this crashes its shard. Default 30 s.
     public var handlerTimeout: Duration = .seconds(30)
+    /// How long a restarted shard waits for handler calls its last pipelines abandoned (past
+    /// `handlerTimeout`, still running) before it hands out messages again. Default 60 s. Until then a
+    /// message is never in two calls at once.
+    public var abandonTimeout: Duration = .seconds(60)
+    /// The most abandoned handler calls of one shard that may still be running; one more trips the shard
+    /// whatever its breaker policy (each is a task, and what it holds, that Swift cannot stop). Default 3.
+    public var maxAbandonedCalls = 3
     /// How crashed shards restart and when they trip. Default ``BreakerPolicy/standard``: restart with
     /// backoff 1 s..5 min, trip after 5 crashes within 10 min, no automatic probe, healthy after 60 s.
     public var breaker: BreakerPolicy = .standard
@@ -129,6 +136,8 @@ extension TopicConfiguration {
             throw fail("deadLetterTopic", "is required when onFailure.then is deadLetter")
         }
         if handlerTimeout <= .zero { throw fail("handlerTimeout", "must be positive, got \(handlerTimeout)") }
+        if abandonTimeout < .zero { throw fail("abandonTimeout", "must be 0 or more, got \(abandonTimeout)") }
+        if maxAbandonedCalls < 0 { throw fail("maxAbandonedCalls", "must be 0 or more, got \(maxAbandonedCalls)") }
         let backoff = breaker.restartBackoff
         if backoff.initial <= .zero || backoff.maximum < backoff.initial {
             throw fail("breaker.restartBackoff", "needs 0 < initial <= maximum, got \(backoff.initial)..\(backoff.maximum)")

@@ -73,6 +73,8 @@ public struct ShardStatus: Sendable, Hashable {
     public var lagSeconds: Double?
     /// Since when the shard is stalled: running, unpaused, messages waiting, no progress for `stallAfter`.
     public var stalledSince: ContinuousClock.Instant?
+    /// Handler calls abandoned past `handlerTimeout` (or the drain timeout) and still running.
+    public var abandonedCalls = 0
 
     /// Messages in the partition not yet done by this group: high watermark − the stored offset (or, before
     /// the shard stored one, the committed offset). Nil when unknown, never the whole partition by default.

@@ -435,6 +435,7 @@ public final class SluiceHost: Service, Sendable {
             view.status.lastError = supervisor.lastError
             view.status.flag = supervisor.flag
             view.status.stalledSince = supervisor.stalledSince
+            view.status.abandonedCalls = supervisor.abandonedCalls
             if let storedOffset { view.status.storedOffset = storedOffset }
             state.views[supervisor.topicPartition] = view
         }

@@ -94,11 +94,17 @@ struct SupervisorLoop {
                 commitFailuresRecorded = failures
             }
             let now = clock.now
+            var abandonedByTopic: [String: Int] = Dictionary(uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
             for status in host.shards {
                 guard let shard = shards[status.topicPartition] else { continue }
+                shards[status.topicPartition]?.abandoned.removeAll { $0.callsInProgress == 0 }
+                abandonedByTopic[status.topicPartition.topic, default: 0] += shard.abandonedCalls
                 if let lag = status.lag { shard.lagGauge.record(lag) }
                 if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge.record(lagSeconds) }
                 checkStall(status, now: now)
+            }
+            for (topic, calls) in abandonedByTopic {
+                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)]).record(calls)
             }
             host.noteTick()
         case .shutdownDeadline:
@@ -188,15 +194,31 @@ struct SupervisorLoop {
         shard.doneAboveRestart = shard.doneAboveRestart.union(pipeline.completedAboveWatermark).filter { $0 >= restartFrom }
         shard.pipeline = nil
         shard.backpressured = false
-        if case .crashed(let crash) = outcome { shard.lastError = crash.description }
+        shard.abandoned = (shard.abandoned + [pipeline]).filter { $0.callsInProgress > 0 }
+        let abandonedCalls = shard.abandonedCalls
+        let limit = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).maxAbandonedCalls
+        var crashReason: String?
+        if case .crashed(let crash) = outcome {
+            crashReason = crash.description
+            if abandonedCalls > limit {
+                crashReason! += "; \(abandonedCalls) abandoned handler calls still running (maxAbandonedCalls \(limit)): tripped"
+            }
+            shard.lastError = crashReason
+        }
+        if abandonedCalls > 0 {
+            logger.warning(
+                "handler calls abandoned: Swift cannot stop them; the shard hands out no message they may still complete",
+                metadata: metadata(topicPartition, ["sluice.abandonedCalls": "\(abandonedCalls)", "sluice.maxAbandonedCalls": "\(limit)"]))
+        }
         shards[topicPartition] = shard
         host.updateView(shard)
         switch outcome {
-        case .crashed(let crash):
+        case .crashed:
             shard.crashes.increment()
             let now = clock.now
+            let reason = crashReason ?? ""
             await transition(topicPartition, group: &group) {
-                $0.crashed(now: now, reason: crash.description, jitter: Double.random(in: 0...1))
+                $0.crashed(now: now, reason: reason, jitter: Double.random(in: 0...1), trip: abandonedCalls > limit)
             }
         case .stopped, .sourceEnded:
             await transition(topicPartition, group: &group) { $0.drained() }
@@ -211,7 +233,8 @@ struct SupervisorLoop {
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
-            metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor, logger: logger)
+            metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
+            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in

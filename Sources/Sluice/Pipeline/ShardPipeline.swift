@@ -116,6 +116,9 @@ final class ShardPipeline: Sendable {
     private let alreadyDone: Set<Int64>
     /// Where lanes (and so handler code) run: the host's handler threads; nil for the default executor.
     private let laneExecutor: (any TaskExecutor)?
+    /// Earlier pipelines of the shard whose abandoned handler calls may still run: this one hands out no
+    /// message until they ended or `abandonTimeout` passed, so no message is in two calls at once.
+    private let predecessors: [ShardPipeline]
 
     init(
         topicPartition: TopicPartition,
@@ -129,8 +132,10 @@ final class ShardPipeline: Sendable {
         alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
         laneExecutor: (any TaskExecutor)? = nil,
+        predecessors: [ShardPipeline] = [],
         logger: Logger
     ) {
+        self.predecessors = predecessors
         self.alreadyDone = alreadyDone
         self.laneExecutor = laneExecutor
         self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
@@ -167,6 +172,13 @@ final class ShardPipeline: Sendable {
     /// Messages taken again after a restart and completed without a handler call (they were done before).
     var redeliveriesSkipped: Int { state.withLock { $0.redeliveriesSkipped } }
 
+    /// Handler calls in progress. After ``run(source:)`` returned, these are calls it abandoned (past
+    /// `handlerTimeout`, or past the drain timeout): Swift cannot stop them.
+    var callsInProgress: Int {
+        let now = ContinuousClock.now
+        return activities.reduce(0) { $0 + ($1.running(now: now) == nil ? 0 : 1) }
+    }
+
     /// Messages taken from the partition and not yet done.
     var inFlight: Int { state.withLock { $0.tracker.inFlight } }
 
@@ -200,6 +212,7 @@ final class ShardPipeline: Sendable {
     /// Runs until the source ends, ``requestStop()`` is called, or the pipeline crashes.
     func run<Source: AsyncSequence & Sendable>(source: Source) async -> Outcome
     where Source.Element == [Message], Source.Failure == Never {
+        await waitForPredecessors()
         let lanes = startLanes()
         // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
         // beside the dispatcher, so a stuck handler is noticed even while the dispatcher waits for input.
@@ -228,6 +241,25 @@ final class ShardPipeline: Sendable {
         if let crash { return .crashed(crash) }
         if stopRequested { return .stopped(drainTimedOut: !finished) }
         return .sourceEnded
+    }
+
+    /// Waits until the handler calls earlier pipelines abandoned ended, `abandonTimeout` passed, or a stop
+    /// came. A call abandoned past `handlerTimeout` may still complete its message (its side effects,
+    /// not its offset): handing the same message to a new call meanwhile would run it twice at once.
+    private func waitForPredecessors() async {
+        let abandoned = predecessors.reduce(0) { $0 + $1.callsInProgress }
+        guard abandoned > 0 else { return }
+        logger.warning(
+            "waiting for handler calls the last pipeline abandoned before handing out messages",
+            metadata: ["sluice.abandonedCalls": "\(abandoned)", "sluice.abandonTimeout": "\(configuration.abandonTimeout)"])
+        let ended = await control.waitUntil(deadline: .now + configuration.abandonTimeout, recheck: .milliseconds(50)) {
+            self.state.withLock { $0.stopRequested } || self.predecessors.allSatisfy { $0.callsInProgress == 0 }
+        }
+        if !ended {
+            logger.warning(
+                "abandonTimeout passed; handing out messages while abandoned handler calls still run",
+                metadata: ["sluice.abandonedCalls": "\(predecessors.reduce(0) { $0 + $1.callsInProgress })"])
+        }
     }
 
     /// The default ``backpressureGrace``: long enough for a batch to finish, short enough that a stuck
@@ -450,18 +482,22 @@ final class ShardPipeline: Sendable {
                 await process(remaining.prefix(1), lane: lane, firstFailure: error)
                 return remaining.dropFirst()
             }
-            activity.end()
             let callEnded = ContinuousClock.now
             let tookTooLong = callEnded - callStarted > configuration.handlerTimeout
             metrics.handlerDuration.recordNanoseconds((callEnded - callStarted).nanoseconds)
             callStarted = callEnded
             // A call that timed out was abandoned: its outcome does not count. One that finished in time
             // counts even after another lane crashed the shard: the work is done, and a restart skips it.
-            if Task.isCancelled || tookTooLong { return [] }
+            // Recorded before the lane shows idle: a pipeline that ends once its lanes are idle flushes it.
+            if Task.isCancelled || tookTooLong {
+                activity.end()
+                return []
+            }
             let pending = activity.completed.withLock { completed in
                 completed.append(message.offset)
                 return completed.count
             }
+            activity.end()
             if pending >= 64 { flush(activity) }
             remaining = remaining.dropFirst()
             if crashed.load(ordering: .acquiring) { return [] }
@@ -512,15 +548,20 @@ final class ShardPipeline: Sendable {
             }
             let took = ContinuousClock.now - callStarted
             metrics.handlerDuration.recordNanoseconds(took.nanoseconds)
-            activities[lane].end()
             // A call that timed out was abandoned: its outcome does not count. One that succeeded in time counts
-            // even after another lane crashed the shard (a restart skips it); a failure then is not acted on.
-            if Task.isCancelled || took > configuration.handlerTimeout { return }
+            // even after another lane crashed the shard (a restart skips it), recorded before the lane shows
+            // idle (a pipeline that ends once its lanes are idle sees it); a failure then is not acted on.
+            if Task.isCancelled || took > configuration.handlerTimeout {
+                activities[lane].end()
+                return
+            }
             guard let failure else {
                 complete(unit) { $0.processed += unit.count }
+                activities[lane].end()
                 metrics.processed.increment(by: unit.count)
                 return
             }
+            activities[lane].end()
             if crashed.load(ordering: .acquiring) { return }
             state.withLock { $0.counters.failed += 1 }
             metrics.failed.increment()

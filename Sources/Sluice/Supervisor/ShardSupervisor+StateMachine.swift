@@ -136,15 +136,16 @@ extension ShardSupervisor {
             }
         }
 
-        /// The pipeline crashed. `jitter` is a random number in 0...1 (0 in tests).
-        mutating func crashed(now: Instant, reason: String, jitter: Double) -> Actions {
+        /// The pipeline crashed. `jitter` is a random number in 0...1 (0 in tests). `trip` trips the shard
+        /// whatever the policy says (too many abandoned handler calls still running).
+        mutating func crashed(now: Instant, reason: String, jitter: Double, trip: Bool = false) -> Actions {
             switch state {
             case .starting(let attempt, let probe), .running(let attempt, _, let probe):
-                return crash(now: now, reason: reason, attempt: attempt, probe: probe, jitter: jitter)
+                return crash(now: now, reason: reason, attempt: attempt, probe: probe, jitter: jitter, trip: trip)
             case .draining(let target, let attempt):
                 switch target {
                 case .restart:
-                    return crash(now: now, reason: reason, attempt: attempt, probe: false, jitter: jitter)
+                    return crash(now: now, reason: reason, attempt: attempt, probe: false, jitter: jitter, trip: trip)
                 case .off:
                     state = .off
                     return Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.flag)])
@@ -275,13 +276,13 @@ extension ShardSupervisor {
 
         // MARK: Crash handling
 
-        private mutating func crash(now: Instant, reason: String, attempt: Int, probe: Bool, jitter: Double) -> Actions {
+        private mutating func crash(now: Instant, reason: String, attempt: Int, probe: Bool, jitter: Double, trip: Bool) -> Actions {
             crashTimes.append(now)
             if let within = policy.trip?.within {
                 crashTimes.removeAll { $0.advanced(by: within) < now }
             }
             var actions = Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1)])
-            let tripsNow = probe || policy.trip.map { crashTimes.count >= $0.crashes } ?? false
+            let tripsNow = trip || probe || policy.trip.map { crashTimes.count >= $0.crashes } ?? false
             if tripsNow {
                 if probe, let current = cooldown { cooldown = current * 2 }
                 state = .tripped(since: now, reason: reason, cooldown: cooldown)

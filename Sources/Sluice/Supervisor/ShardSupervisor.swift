@@ -16,6 +16,11 @@ struct ShardSupervisor {
     /// Whether a pipeline has run in this assignment; before that the partition's messages are untouched
     /// and a start needs no seek.
     var hasRun = false
+    /// Ended pipelines of this assignment with handler calls still running (abandoned: Swift cannot stop
+    /// them). The next pipeline waits for them; too many trip the shard.
+    var abandoned: [ShardPipeline] = []
+    /// Abandoned handler calls still running.
+    var abandonedCalls: Int { abandoned.reduce(0) { $0 + $1.callsInProgress } }
     var flag: FlagSetting
     /// Whether the current pipeline asked to pause for back-pressure (false between pipelines).
     var backpressured = false
