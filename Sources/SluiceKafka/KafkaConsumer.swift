@@ -277,6 +277,13 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// Whether the cluster has `topic` (asking creates nothing, whatever the broker's auto-creation).
+    public func topicExists(_ topic: String, timeout: Duration = .seconds(10)) async throws -> Bool {
+        try await shared.blocking { handle throws(KafkaError) in
+            try handle.topicExists(topic, timeout: timeout)
+        }
+    }
+
     /// The number of partitions of `topic`, from the cluster's metadata.
     public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
         try await shared.blocking { handle throws(KafkaError) in

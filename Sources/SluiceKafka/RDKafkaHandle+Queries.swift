@@ -34,6 +34,22 @@ extension RDKafkaHandle {
         return result
     }
 
+    /// Blocking: whether the cluster has `topic`, from the metadata of every topic. Asking for all topics
+    /// creates none (asking for one by name may: older protocol versions, which the embedded cluster speaks,
+    /// let the broker auto-create it).
+    func topicExists(_ topic: String, timeout: Duration) throws(KafkaError) -> Bool {
+        var metadata: UnsafePointer<rd_kafka_metadata>?
+        let error = rd_kafka_metadata(pointer, 1, nil, &metadata, Int32(clamping: timeout.milliseconds))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            throw .rdkafka(error, context: "reading the cluster's topics")
+        }
+        defer { rd_kafka_metadata_destroy(metadata) }
+        return (0..<Int(metadata.pointee.topic_cnt)).contains { index in
+            let entry = metadata.pointee.topics[index]
+            return entry.err == RD_KAFKA_RESP_ERR_NO_ERROR && String(cString: entry.topic) == topic
+        }
+    }
+
     /// Blocking: the partition count of `topic` from the cluster's metadata.
     func partitionCount(topic: String, timeout: Duration) throws(KafkaError) -> Int {
         guard let topicHandle = rd_kafka_topic_new(pointer, topic, nil) else {

@@ -3,6 +3,7 @@ import SluiceKafka
 import Testing
 
 @testable import Sluice
+@testable import SluiceKafka
 
 @Suite("Loading sluice.yaml", .timeLimit(.minutes(2)))
 struct ConfigurationLoadingTests {
@@ -220,6 +221,26 @@ struct ConfigurationLoadingTests {
         #expect(
             try await loadError(base + "flags: {pollInterval: 0s}\n")
                 == "FILE:2:23: flags.pollInterval: must be at least 10ms, got 0s")
+    }
+
+    @Test("dead-letter producer properties: only the producer gets them, over the shared ones")
+    func producerProperties() async throws {
+        let path = try write("""
+            kafka:
+              bootstrap: b
+              group: g
+              properties: { security.protocol: ssl, fetch.wait.max.ms: "10", socket.timeout.ms: "30000" }
+              producerProperties: { message.timeout.ms: "5000", acks: all, socket.timeout.ms: "10000" }
+            """)
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.kafka.producerProperties == ["message.timeout.ms": "5000", "acks": "all", "socket.timeout.ms": "10000"])
+        let producer = Dictionary(uniqueKeysWithValues: configuration.producerConfiguration().librdkafkaProperties())
+        #expect(producer["message.timeout.ms"] == "5000")
+        #expect(producer["acks"] == "all")
+        #expect(producer["security.protocol"] == "ssl", "shared properties still reach the producer")
+        #expect(producer["socket.timeout.ms"] == "10000", "the producer's own value wins")
+        #expect(producer["fetch.wait.max.ms"] == nil, "consumer-only properties do not")
+        #expect(configuration.consumerConfiguration().properties["message.timeout.ms"] == nil, "the consumer does not get them")
     }
 
     @Test("handler threads: read from the file, and nonsense refused with the key and reason")

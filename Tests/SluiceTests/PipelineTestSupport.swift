@@ -34,11 +34,31 @@ struct TestFailure: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Records dead-lettered messages.
+/// Records dead-lettered messages; refuses the offsets in `failing`.
 final class RecordingDeadLetters: DeadLetterSink {
     let written = Locked<[(Int64, String, Int)]>([])
+    /// Calls of the batch write, with their sizes.
+    let batchWrites = Locked<[Int]>([])
+    let failing: Set<Int64>
+    init(failing: Set<Int64> = []) { self.failing = failing }
+
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
+        if failing.contains(message.offset) { throw TestFailure(description: "broker refused \(message.offset)") }
         written.withLock { $0.append((message.offset, topic, attempts)) }
+    }
+
+    func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
+        batchWrites.withLock { $0.append(messages.count) }
+        var outcomes: [(any Error)?] = []
+        for message in messages {
+            do {
+                try await deadLetter(message, error: error, attempts: attempts, topic: topic)
+                outcomes.append(nil)
+            } catch {
+                outcomes.append(error)
+            }
+        }
+        return outcomes
     }
 }
 
@@ -63,12 +83,13 @@ enum PipelineFixture {
         flowControl: RecordingFlowControl = RecordingFlowControl(),
         deadLetters: (any DeadLetterSink)? = nil,
         drainTimeout: Duration = .seconds(5),
-        backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace
+        backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
+        alreadyDone: Set<Int64> = []
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
             deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
-            backpressureGrace: backpressureGrace, logger: logger)
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, logger: logger)
     }
 
     /// A source that yields `batches` and ends.

@@ -249,6 +249,53 @@ struct ShardPipelineTests {
     }
 }
 
+@Suite("Dead-lettering batches", .timeLimit(.minutes(1)))
+struct DeadLetterBatchTests {
+    static func configuration() -> TopicConfiguration {
+        var configuration = TopicConfiguration()
+        configuration.batch = .init(size: 4, timeout: .milliseconds(50))
+        configuration.onFailure = .init(retries: 0, then: .deadLetter)
+        configuration.deadLetterTopic = "t.dlq"
+        return configuration
+    }
+
+    static let failingBatch = AnyHandler.batch(ClosureBatchHandler { _, _ in throw TestFailure(description: "cannot store the batch") })
+
+    @Test("a failed batch is dead-lettered in one write, not one per message")
+    func oneWrite() async {
+        let deadLetters = RecordingDeadLetters()
+        let pipeline = PipelineFixture.pipeline(Self.configuration(), handler: Self.failingBatch, deadLetters: deadLetters)
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<4)]))
+        #expect(outcome == .sourceEnded)
+        #expect(deadLetters.batchWrites.value == [4])
+        #expect(deadLetters.written.value.map(\.0) == [0, 1, 2, 3])
+        #expect(pipeline.watermark == 4)
+    }
+
+    @Test("a batch written in part crashes at the first message not written, and the restart writes only that one again")
+    func partialFailureNoDoubleWrite() async {
+        let first = RecordingDeadLetters(failing: [2])
+        let pipeline = PipelineFixture.pipeline(Self.configuration(), handler: Self.failingBatch, deadLetters: first)
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<4)]))
+        guard case .crashed(let crash) = outcome else {
+            Issue.record("expected a crash, got \(outcome)")
+            return
+        }
+        #expect(crash.offset == 2)
+        #expect(crash.description.contains("dead-letter write failed at offset 2"))
+        #expect(first.written.value.map(\.0) == [0, 1, 3])
+        #expect(pipeline.watermark == 2, "nothing from the unwritten message on is committed")
+        #expect(pipeline.completedAboveWatermark == [3])
+        // The restart reads from the watermark; what was written above it is not written again.
+        let second = RecordingDeadLetters()
+        let restarted = PipelineFixture.pipeline(
+            Self.configuration(), handler: Self.failingBatch, deadLetters: second, alreadyDone: pipeline.completedAboveWatermark)
+        #expect(await restarted.run(source: PipelineFixture.source([PipelineFixture.messages(2..<4)])) == .sourceEnded)
+        #expect(second.written.value.map(\.0) == [2])
+        #expect(restarted.watermark == 4)
+    }
+}
+
 /// A dead-letter sink whose writes never complete while the test runs.
 final class HangingDeadLetters: DeadLetterSink {
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {

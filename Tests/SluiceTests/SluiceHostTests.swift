@@ -245,6 +245,27 @@ struct SluiceHostTests {
         #expect(error?.message.contains("topics.orders.deadLetterTopic: 'orders-dlq' is a consumed topic") == true)
     }
 
+    @Test("a dead-letter topic missing from the cluster refuses the start, naming the key and the topic, and creates nothing")
+    func deadLetterTopicMissing() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var orders = TopicConfiguration()
+        orders.onFailure.then = .deadLetter
+        orders.deadLetterTopic = "orders.dlq"
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
+            logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message == "topics.orders.deadLetterTopic: topic 'orders.dlq' does not exist in the cluster; create it (Sluice does not create topics)")
+        // Asking did not create it (the embedded cluster creates topics a client asks for with auto-creation on).
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup()),
+            logger: HostFixture.logger)
+        #expect(try await consumer.topicExists("orders.dlq") == false)
+        #expect(try await consumer.topicExists("orders"))
+        await consumer.close()
+    }
+
     @Test("/readyz turns false while a broker outage has cost the host its group session, and true once it rejoined")
     func readinessAfterLostSession() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])

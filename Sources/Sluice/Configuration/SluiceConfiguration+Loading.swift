@@ -55,8 +55,9 @@ struct ConfigurationLayout {
     /// `*` stands for any name (a topic, a librdkafka property).
     static let schema: [String: Set<String>] = [
         "": ["kafka", "topics", "host", "flags", "admin"],
-        "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties"],
+        "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
         "kafka.properties": ["*"],
+        "kafka.producerProperties": ["*"],
         "topics": ["*"],
         "topics.*": [
             "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "abandonTimeout", "maxAbandonedCalls", "breaker",
@@ -139,6 +140,9 @@ private struct ConfigurationValues {
             ?? kafka.commitInterval
         for property in layout.positionsOfProperties() {
             kafka.properties[property] = try string(["kafka", "properties", property])
+        }
+        for property in layout.positionsOfProperties("producerProperties") {
+            kafka.producerProperties[property] = try string(["kafka", "producerProperties", property])
         }
         var topics: [String: TopicConfiguration] = [:]
         for topic in layout.topics {
@@ -351,7 +355,7 @@ private struct ConfigurationValues {
 
 extension ConfigurationLayout {
     /// The librdkafka property names under `kafka.properties`.
-    func positionsOfProperties() -> [String] {
-        positions.keys.filter { $0.count == 3 && $0[0] == "kafka" && $0[1] == "properties" }.map { $0[2] }.sorted()
+    func positionsOfProperties(_ section: String = "properties") -> [String] {
+        positions.keys.filter { $0.count == 3 && $0[0] == "kafka" && $0[1] == section }.map { $0[2] }.sorted()
     }
 }

@@ -17,6 +17,9 @@ public struct SluiceConfiguration: Sendable {
         public var commitInterval: Duration = .seconds(1)
         /// Raw librdkafka properties for the consumer and producer, validated by librdkafka at start.
         public var properties: [String: String] = [:]
+        /// Raw librdkafka properties for the dead-letter producer only (`message.timeout.ms`, `acks`,
+        /// `linger.ms`, ...), applied over the shared ones of ``properties``.
+        public var producerProperties: [String: String] = [:]
 
         /// Creates the Kafka settings.
         public init(bootstrap: String, group: String) {
@@ -117,6 +120,7 @@ public struct SluiceConfiguration: Sendable {
         configuration.properties = kafka.properties.filter { entry in
             Self.sharedPropertyPrefixes.contains { entry.key.hasPrefix($0) }
         }
+        configuration.properties.merge(kafka.producerProperties) { _, producer in producer }
         return configuration
     }
 

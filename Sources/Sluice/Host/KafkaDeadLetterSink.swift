@@ -7,12 +7,37 @@ struct KafkaDeadLetterSink: DeadLetterSink {
     let producer: KafkaProducer
 
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
+        _ = try await producer.send(record(message, error: error, attempts: attempts, topic: topic))
+    }
+
+    /// Enqueues the whole batch before waiting, so it goes out in one round trip (per leader), not one per
+    /// message; each message's acknowledgement is reported on its own.
+    func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
+        let records = messages.map { record($0, error: error, attempts: attempts, topic: topic) }
+        return await withTaskGroup(of: (Int, (any Error)?).self) { group in
+            for (index, record) in records.enumerated() {
+                group.addTask {
+                    do {
+                        _ = try await producer.send(record)
+                        return (index, nil)
+                    } catch {
+                        return (index, error)
+                    }
+                }
+            }
+            var outcomes = [(any Error)?](repeating: nil, count: records.count)
+            for await (index, outcome) in group { outcomes[index] = outcome }
+            return outcomes
+        }
+    }
+
+    private func record(_ message: Message, error: any Error, attempts: Int, topic: String) -> ProducerRecord {
         var headers = message.headers
         headers.append(KafkaHeader(key: "sluice.error", value: Array(String(describing: error).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.topic", value: Array(message.topic.utf8)))
         headers.append(KafkaHeader(key: "sluice.source.partition", value: Array(String(message.partition).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.offset", value: Array(String(message.offset).utf8)))
         headers.append(KafkaHeader(key: "sluice.attempts", value: Array(String(attempts).utf8)))
-        _ = try await producer.send(ProducerRecord(topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers))
+        return ProducerRecord(topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers)
     }
 }

@@ -231,10 +231,35 @@ public final class SluiceHost: Service, Sendable {
             configuration: configuration.consumerConfiguration(),
             initialPauseReasons: { flags.setting(for: $0).enabled ? [] : [.flag] },
             logger: logger)
+        try await checkDeadLetterTopics(consumer)
         let needsDeadLetters = configuration.topics.values.contains { $0.onFailure.then == .deadLetter }
         let producer = needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
         try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) })
+    }
+
+    /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
+    /// the producer (or create the topic with broker defaults). Asked through the consumer, which never
+    /// creates topics by asking. A cluster that cannot be reached is not a refusal: the consumer waits for it.
+    private func checkDeadLetterTopics(_ consumer: KafkaConsumer) async throws {
+        for (topic, settings) in configuration.topics.sorted(by: { $0.key < $1.key }) {
+            guard settings.onFailure.then == .deadLetter, let deadLetterTopic = settings.deadLetterTopic else { continue }
+            let exists: Bool
+            do {
+                exists = try await consumer.topicExists(deadLetterTopic, timeout: .seconds(10))
+            } catch {
+                logger.warning(
+                    "could not check the dead-letter topic; starting anyway",
+                    metadata: ["kafka.topic": "\(deadLetterTopic)", "kafka.error": "\(error)"])
+                continue
+            }
+            if !exists {
+                await consumer.close()
+                throw SluiceError(
+                    code: .configuration,
+                    message: "topics.\(topic).deadLetterTopic: topic '\(deadLetterTopic)' does not exist in the cluster; create it (Sluice does not create topics)")
+            }
+        }
     }
 
     /// Runs the supervisor loop over `consumer` until shutdown: the part of ``run()`` that does not create

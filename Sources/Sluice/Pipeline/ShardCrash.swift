@@ -29,6 +29,30 @@ public protocol DeadLetterSink: Sendable {
     /// Writes `message` to `topic` with headers naming the error, the source partition and offset and the
     /// number of attempts; returns once the broker acknowledged it.
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws
+
+    /// Writes a failed batch: every message at once (one round trip), then waits for each acknowledgement.
+    /// Returns, per message, nil when it was written or the error that kept it out. The default writes one
+    /// message after the other and stops at the first failure.
+    func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?]
+}
+
+extension DeadLetterSink {
+    public func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
+        var outcomes: [(any Error)?] = []
+        for message in messages {
+            if let failure = outcomes.lazy.compactMap({ $0 }).first {
+                outcomes.append(failure)
+                continue
+            }
+            do {
+                try await deadLetter(message, error: error, attempts: attempts, topic: topic)
+                outcomes.append(nil)
+            } catch {
+                outcomes.append(error)
+            }
+        }
+        return outcomes
+    }
 }
 
 /// Where a pipeline says whether it wants its partition paused for back-pressure. It states a level, not a

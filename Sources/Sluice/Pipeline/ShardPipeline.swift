@@ -582,22 +582,26 @@ final class ShardPipeline: Sendable {
                 complete(unit) { $0.skipped += unit.count }
                 metrics.skipped.increment(by: unit.count)
             case .deadLetter:
-                do {
-                    guard let deadLetters, let topic = configuration.deadLetterTopic else {
-                        throw DeadLetterUnavailable()
-                    }
-                    // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
-                    // the shard after handlerTimeout instead of holding its lane.
-                    activities[lane].begin(unit.first!.offset, at: .now)
-                    defer { activities[lane].end() }
-                    for message in unit {
-                        try await deadLetters.deadLetter(message, error: failure, attempts: attempt, topic: topic)
-                    }
-                    if Task.isCancelled || crashed.load(ordering: .acquiring) { return }
-                    complete(unit) { $0.deadLettered += unit.count }
-                    metrics.deadLettered.increment(by: unit.count)
-                } catch {
-                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error)), offset: unit.first!.offset))
+                guard let deadLetters, let topic = configuration.deadLetterTopic else {
+                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: unit.first!.offset))
+                    return
+                }
+                // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
+                // the shard after handlerTimeout instead of holding its lane. A batch goes out in one round trip.
+                let started = ContinuousClock.now
+                activities[lane].begin(unit.first!.offset, at: started)
+                let outcomes = await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
+                let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
+                // What was written is done even when another message of the batch was not: it counts (before
+                // the lane shows idle), so a restart does not write it a second time.
+                let written = zip(unit, outcomes).filter { $0.1 == nil }.map(\.0)
+                if inTime, !Task.isCancelled, !written.isEmpty {
+                    complete(written[...]) { $0.deadLettered += written.count }
+                    metrics.deadLettered.increment(by: written.count)
+                }
+                activities[lane].end()
+                if let (message, error) = zip(unit, outcomes).first(where: { $0.1 != nil }), inTime, !Task.isCancelled {
+                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error!)), offset: message.offset))
                 }
             }
             return
