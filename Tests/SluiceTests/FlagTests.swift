@@ -158,6 +158,28 @@ struct FlagTests {
     }
 }
 
+@Suite("Flag changes reach the supervisor", .timeLimit(.minutes(1)))
+struct FlagChangeNotificationTests {
+    @Test("a change applied by any refresh (not only run's own) is announced to run's listener")
+    func everyRefreshAnnounces() async throws {
+        let source = ControlledFlagSource()
+        // Polled so rarely that only the test's refresh reads the source.
+        let resolver = FlagResolver(sources: [source], pollInterval: .seconds(3_600), logger: HostFixture.logger)
+        let announced = Locked(0)
+        let running = Task { await resolver.run { announced.withLock { $0 += 1 } } }
+        defer { running.cancel() }
+        source.next(.immediate([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
+        #expect(await resolver.refresh())
+        try await HostFixture.eventually("the change was announced") { announced.value == 1 }
+        // A refresh that changes nothing announces nothing.
+        source.next(.immediate([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
+        #expect(await resolver.refresh() == false)
+        source.next(.immediate([:]))
+        #expect(await resolver.refresh())
+        try await HostFixture.eventually("the second change was announced") { announced.value == 2 }
+    }
+}
+
 /// A flag source whose loads the test scripts: immediate, or stalled until released.
 final class ControlledFlagSource: FlagSource {
     enum Load: Sendable {

@@ -3,6 +3,7 @@ import SluiceKafka
 import Synchronization
 
 @testable import Sluice
+@testable import SluiceKafka
 
 /// A ``ShardConsumer`` a test scripts: it delivers the group events the test sends, keeps each assigned
 /// partition's log and serves it from the last seek, and records what the host asked of it (pause sets,
@@ -20,6 +21,10 @@ final class ScriptedConsumer: ShardConsumer {
     private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int)>(
         ([:], [], 0, 0))
     private let fatal = Mutex<KafkaError?>(nil)
+    private let released = Mutex<[TopicPartition]>([])
+    /// When set, every request that needs the group coordinator or a partition leader (commits, offset and
+    /// watermark lookups) waits for it: a coordinator that does not answer.
+    let unanswered = Mutex<Hang?>(nil)
     let events: AsyncStream<KafkaConsumerEvent>
     private let eventsContinuation: AsyncStream<KafkaConsumerEvent>.Continuation
 
@@ -47,6 +52,26 @@ final class ScriptedConsumer: ShardConsumer {
             for topicPartition in partitions { state.partitions.removeValue(forKey: topicPartition)?.channel.finish() }
         }
         eventsContinuation.yield(.lost(partitions))
+    }
+
+    /// The group revokes partitions; the host releases them with ``KafkaRevocation/done()``.
+    func revoke(_ partitions: [TopicPartition]) {
+        let revocation = KafkaRevocation(partitions: partitions, identifier: 1) { [self] _ in
+            let gone = state.withLock { state in
+                partitions.compactMap { state.partitions.removeValue(forKey: $0) }
+            }
+            for partition in gone { partition.channel.finish() }
+            released.withLock { $0 += partitions }
+        }
+        eventsContinuation.yield(.revoked(revocation))
+    }
+
+    /// Partitions the host released after a revocation.
+    var releasedPartitions: [TopicPartition] { released.withLock { $0 } }
+
+    /// Waits while the coordinator does not answer.
+    private func coordinatorAnswers() async {
+        if let hang = unanswered.withLock({ $0 }) { await hang.wait() }
     }
 
     /// librdkafka raised a fatal error.
@@ -122,7 +147,7 @@ final class ScriptedConsumer: ShardConsumer {
     /// Offsets stored for partitions this consumer no longer has.
     var storesWithoutAssignment: Int { state.withLock { $0.storedAfterLoss } }
 
-    func commitStored() async throws {}
+    func commitStored() async throws { await coordinatorAnswers() }
 
     func close() async {
         state.withLock { state in
@@ -138,9 +163,18 @@ final class ScriptedConsumer: ShardConsumer {
         state.withLock { $0.partitions[topicPartition].map { Watermarks(low: 0, high: Int64($0.log.count)) } }
     }
     func position(of topicPartition: TopicPartition) -> Int64? { nil }
-    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
-    func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
-    func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] { [:] }
+    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
+        await coordinatorAnswers()
+        return [:]
+    }
+    func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
+        await coordinatorAnswers()
+        return [:]
+    }
+    func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
+        await coordinatorAnswers()
+        return [:]
+    }
 }
 
 /// A partition's messages: survives the cancellation of a reader (a pipeline that ended), as the consumer's

@@ -57,6 +57,46 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
+    @Test("with a coordinator that answers nothing, restarts, flags and revocations are still handled and the host stays healthy")
+    func unansweringCoordinator() async throws {
+        var orders = TopicConfiguration()
+        orders.breaker = BreakerPolicy(
+            restartBackoff: .init(initial: .milliseconds(10), maximum: .milliseconds(10), jitter: 0), trip: nil,
+            cooldown: nil, healthyAfter: .seconds(60))
+        let host = Self.host(["orders": orders])
+        let failures = Locked(1)
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in
+            if message.partition == 0, message.offset == 3, failures.withLock({ $0 -= 1; return $0 >= 0 }) {
+                throw TestFailure(description: "once")
+            }
+            handled.append(message)
+        })
+        let consumer = ScriptedConsumer()
+        let hang = Hang()
+        consumer.unanswered.withLock { $0 = hang }
+        defer { hang.release() }
+        let running = try Self.start(host, consumer)
+        let partitions = (0..<3).map { TopicPartition("orders", $0) }
+        consumer.assign(partitions)
+        consumer.deliverAssignment(partitions)
+        for partition in partitions { consumer.append(partition, count: 10) }
+        // Commits (periodic and on every crash) and lag lookups now wait for ever; the loop must not.
+        try await HostFixture.eventually("partition 0 crashed, restarted and finished; the others finished") {
+            handled.distinct == 30 && host.shards.first { $0.topicPartition == partitions[0] }?.attempt == 1
+        }
+        host.operatorFlags.set(.partition(partitions[1]), enabled: false)
+        await host.flags.refresh()
+        try await HostFixture.eventually("partition 1 off") { host.shards.first { $0.topicPartition == partitions[1] }?.state == .off }
+        consumer.revoke([partitions[2]])
+        try await HostFixture.eventually("partition 2 released") { consumer.releasedPartitions == [partitions[2]] }
+        #expect(host.health().healthy, "\(host.health().reasons)")
+        hang.release()
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
     @Test("a seek that fails before a restart does not start the pipeline: the shard crashes again and retries")
     func failedSeekCrashes() async throws {
         var orders = TopicConfiguration()

@@ -30,6 +30,9 @@ public final class FlagResolver: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
     private let errorCounters: [String: Counter]
+    /// Signalled by every refresh that changed the layered flags, whoever called it; ``run(onChange:)``
+    /// listens. (Announcing only run's own refreshes lost changes another refresh applied first.)
+    private let changed = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 
     /// Creates a resolver over `sources`, highest precedence first.
     public init(sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1), logger: Logger) {
@@ -100,27 +103,30 @@ public final class FlagResolver: Sendable {
             var merged: [FlagKey: FlagSetting] = [:]
             for layer in state.lastGood.reversed() { merged.merge(layer) { _, higher in higher } }
             defer { state.merged = merged }
+            if merged != state.merged { changed.continuation.yield() }
             return merged != state.merged
         }
     }
 
     /// Refreshes every `pollInterval`, and at once when a pushing source signals; calls `onChange` after
-    /// each refresh that changed something. Returns when the task is cancelled.
+    /// each refresh that changed something, this loop's or anyone's (changes that come close together may
+    /// be announced once). Returns when the task is cancelled. Call it once per resolver.
     public func run(onChange: @escaping @Sendable () async -> Void) async {
         await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in self.changed.stream { await onChange() }
+            }
             for source in sources {
                 guard let changes = source.changes else { continue }
                 group.addTask {
-                    for await _ in changes {
-                        if await self.refresh() { await onChange() }
-                    }
+                    for await _ in changes { await self.refresh() }
                 }
             }
             group.addTask {
                 while !Task.isCancelled {
                     try? await TimerThread.shared.sleep(until: .now + self.pollInterval)
                     if Task.isCancelled { break }
-                    if await self.refresh() { await onChange() }
+                    await self.refresh()
                 }
             }
             await group.waitForAll()
