@@ -9,6 +9,8 @@ public struct SluiceError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let registration = Code(name: "registration")
         /// The host is in a state that does not allow the call.
         public static let state = Code(name: "state")
+        /// Data read from outside (commit metadata, a control record) is malformed.
+        public static let invalidInput = Code(name: "invalidInput")
         public var description: String { name }
     }
 

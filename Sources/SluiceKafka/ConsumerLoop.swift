@@ -344,6 +344,10 @@ final class ConsumerLoop: @unchecked Sendable {
             partitions[topicPartition] = state
             newStates.append(state)
         }
+        // Progress stored for an earlier assignment of these partitions is not this one's.
+        shared.storedProgress.withLock { progress in
+            for topicPartition in added { progress[topicPartition] = nil }
+        }
         let list = TopicPartitionList.make(added)
         defer { rd_kafka_topic_partition_list_destroy(list) }
         if let error = rd_kafka_incremental_assign(rk, list) {
@@ -413,6 +417,9 @@ final class ConsumerLoop: @unchecked Sendable {
         shared.pauseSnapshot.withLock { snapshot in
             for topicPartition in released { snapshot[topicPartition] = nil }
         }
+        shared.storedProgress.withLock { progress in
+            for topicPartition in released { progress[topicPartition] = nil }
+        }
         logger.debug("partitions released", metadata: ["kafka.partitions": "\(describe(released))"])
     }
 
@@ -422,7 +429,14 @@ final class ConsumerLoop: @unchecked Sendable {
     private func startCommit(_ waiter: CommitWaiter, timeout: Duration) -> UInt64 {
         let identifier = nextIdentifier
         nextIdentifier += 1
-        let result = rd_kafka_commit_queue(rk, nil, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
+        // An explicit list of what was stored for assigned partitions, with its metadata (librdkafka before
+        // 2.2 drops the metadata of stored offsets); none stored: librdkafka's own (nothing to commit).
+        let progress = shared.storedProgress.withLock { progress in
+            progress.values.filter { partitions[$0.topicPartition] != nil }.sorted { $0.topicPartition < $1.topicPartition }
+        }
+        let offsets = progress.isEmpty ? nil : TopicPartitionList.make(progress)
+        defer { if let offsets { rd_kafka_topic_partition_list_destroy(offsets) } }
+        let result = rd_kafka_commit_queue(rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
         commitWaiters[identifier] = waiter
         commitDeadlines[identifier] = .now + timeout
         if result != RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -65,6 +65,10 @@ final class ConsumerShared: Sendable {
     let commitFailures = Atomic<Int>(0)
     /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.
     let offsetsStored = Atomic<Bool>(false)
+    /// The last offset (with its commit metadata) stored per assigned partition: commits send these as an
+    /// explicit list, because librdkafka before 2.2 drops the metadata of stored offsets. Cleared when the
+    /// partition is released, so nothing is committed for a partition this member no longer has.
+    let storedProgress = Mutex<[TopicPartition: TopicPartitionOffset]>([:])
     /// Pause reasons per assigned partition, as the owner last applied them.
     let pauseSnapshot = Mutex<[TopicPartition: Set<KafkaPauseReason>]>([:])
 

@@ -183,6 +183,11 @@ public final class KafkaConsumer: Sendable {
                 }
                 throw KafkaError.rdkafka(error, context: "storing offsets")
             }
+            // librdkafka took them (the partitions are assigned): keep them, with their metadata, for commits.
+            // Commits send only those of partitions assigned then, and an assignment starts from none.
+            shared.storedProgress.withLock { progress in
+                for offset in offsets { progress[offset.topicPartition] = offset }
+            }
         }
         shared.offsetsStored.store(true, ordering: .relaxed)
     }
@@ -218,6 +223,27 @@ public final class KafkaConsumer: Sendable {
             var result: [TopicPartition: Int64] = [:]
             for item in TopicPartitionList.read(list) where item.offset >= 0 {
                 result[item.topicPartition] = item.offset
+            }
+            return result
+        }
+    }
+
+    /// The committed offsets of `partitions` with their commit metadata (one round trip to the coordinator).
+    /// Partitions without a committed offset are left out.
+    public func committedProgress(
+        for partitions: [TopicPartition],
+        timeout: Duration = .seconds(10)
+    ) async throws -> [TopicPartition: TopicPartitionOffset] {
+        try await shared.blocking { handle throws(KafkaError) in
+            let list = TopicPartitionList.make(partitions)
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            let error = rd_kafka_committed(handle.pointer, list, Int32(clamping: timeout.milliseconds))
+            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError.rdkafka(error, context: "reading committed offsets")
+            }
+            var result: [TopicPartition: TopicPartitionOffset] = [:]
+            for item in TopicPartitionList.read(list) where item.offset >= 0 {
+                result[item.topicPartition] = item
             }
             return result
         }

@@ -1,4 +1,9 @@
 import Crdkafka
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Owns an `rd_kafka_t` and destroys it exactly once.
 ///
@@ -60,6 +65,14 @@ enum TopicPartitionList {
         for item in offsets {
             let element = rd_kafka_topic_partition_list_add(list, item.topicPartition.topic, item.topicPartition.partition)!
             element.pointee.offset = item.offset
+            if let metadata = item.metadata {
+                // librdkafka frees it with the list.
+                let bytes = Array(metadata.utf8)
+                let copy = malloc(max(bytes.count, 1))!
+                bytes.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+                element.pointee.metadata = copy
+                element.pointee.metadata_size = bytes.count
+            }
         }
         return list
     }
@@ -69,8 +82,13 @@ enum TopicPartitionList {
         result.reserveCapacity(Int(list.pointee.cnt))
         for index in 0..<Int(list.pointee.cnt) {
             let element = list.pointee.elems[index]
+            var metadata: String?
+            if let pointer = element.metadata, element.metadata_size > 0 {
+                metadata = String(decoding: UnsafeRawBufferPointer(start: pointer, count: element.metadata_size), as: UTF8.self)
+            }
             result.append(
-                TopicPartitionOffset(TopicPartition(String(cString: element.topic), element.partition), offset: element.offset)
+                TopicPartitionOffset(
+                    TopicPartition(String(cString: element.topic), element.partition), offset: element.offset, metadata: metadata)
             )
         }
         return result

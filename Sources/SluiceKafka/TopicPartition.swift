@@ -25,11 +25,14 @@ public struct TopicPartitionOffset: Hashable, Sendable, CustomStringConvertible 
     public var topicPartition: TopicPartition
     /// The offset. For commits this is the offset of the next message to consume (last done + 1).
     public var offset: Int64
+    /// Commit metadata stored with the offset (Kafka keeps a short string beside each committed offset).
+    public var metadata: String?
 
     /// Creates a partition offset.
-    public init(_ topicPartition: TopicPartition, offset: Int64) {
+    public init(_ topicPartition: TopicPartition, offset: Int64, metadata: String? = nil) {
         self.topicPartition = topicPartition
         self.offset = offset
+        self.metadata = metadata
     }
 
     public var description: String { "\(topicPartition)@\(offset)" }

@@ -171,6 +171,10 @@ final class ScriptedConsumer: ShardConsumer {
         await coordinatorAnswers()
         return [:]
     }
+    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: TopicPartitionOffset] {
+        await coordinatorAnswers()
+        return [:]
+    }
     func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
         await coordinatorAnswers()
         return [:]

@@ -29,6 +29,8 @@ protocol ShardConsumer: Sendable {
     /// Lag queries (network round trips; never from the supervisor loop).
     func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
     func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
+    /// Committed offsets with their commit metadata (what the last owner finished above them).
+    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: TopicPartitionOffset]
     func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
 }
 

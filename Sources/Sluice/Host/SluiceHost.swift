@@ -54,6 +54,8 @@ public final class SluiceHost: Service, Sendable {
         var queriedHighWatermark: Int64?
         /// The oldest message a finished pipeline took and did not finish, if any (it is read again next).
         var leftoverOldestPending: Int64?
+        /// The commit metadata stored with `status.storedOffset`.
+        var storedMetadata: String?
     }
 
     private struct State {
@@ -501,17 +503,21 @@ public final class SluiceHost: Service, Sendable {
     func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
         guard let watermark = pipeline.watermark else { return }
         let topicPartition = pipeline.topicPartition
+        // With the offsets done above it, so whoever reads on from the watermark skips them; stored again when
+        // either changes (with one key stuck, the watermark stays while the others finish).
+        let metadata = CommitMetadata.encode(done: pipeline.doneAboveWatermark, above: watermark)
         let store = state.withLock { state -> Bool in
             guard var view = state.views[topicPartition], view.pipeline === pipeline,
-                view.status.storedOffset != watermark
+                view.status.storedOffset != watermark || view.storedMetadata != metadata
             else { return false }
             view.status.storedOffset = watermark
+            view.storedMetadata = metadata
             state.views[topicPartition] = view
             return true
         }
         guard store else { return }
         do {
-            try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark)])
+            try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark, metadata: metadata)])
         } catch {
             logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
         }

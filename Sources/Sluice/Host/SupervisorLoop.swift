@@ -54,6 +54,7 @@ struct SupervisorLoop {
         case .kafka(.assigned(let partitions)):
             host.noteAssignment(lost: false)
             for topicPartition in partitions { await assign(topicPartition, group: &group) }
+            readGroupProgress(of: partitions.compactMap { shards[$0] }, group: &group)
         case .kafka(.revoked(let revocation)):
             await revoke(revocation, group: &group)
         case .kafka(.lost(let partitions)):
@@ -135,6 +136,36 @@ struct SupervisorLoop {
         await transition(topicPartition, group: &group) { $0.assigned() }
     }
 
+    /// What the last owners finished above their commits (commit metadata), read in one round trip beside
+    /// the loop; each shard's first pipeline waits for it briefly.
+    private func readGroupProgress(of assigned: [ShardSupervisor], group: inout TaskGroup<Void>) {
+        guard !assigned.isEmpty else { return }
+        let progress = Dictionary(uniqueKeysWithValues: assigned.map { ($0.topicPartition, $0.groupProgress) })
+        group.addTask { [consumer, logger] in
+            var committed: [TopicPartition: TopicPartitionOffset] = [:]
+            do {
+                committed = try await consumer.committedProgress(for: Array(progress.keys), timeout: .seconds(5))
+            } catch {
+                logger.warning(
+                    "could not read what the group finished above its commits; those messages are handled again",
+                    metadata: ["error": "\(error)"])
+            }
+            for (topicPartition, holder) in progress {
+                var done: Set<Int64> = []
+                if let entry = committed[topicPartition] {
+                    do {
+                        done = try CommitMetadata.decode(entry.metadata, committed: entry.offset)
+                    } catch {
+                        logger.warning(
+                            "commit metadata not understood; the messages it names are handled again",
+                            metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
+                    }
+                }
+                holder.resolve(done)
+            }
+        }
+    }
+
     private mutating func revoke(_ revocation: KafkaRevocation, group: inout TaskGroup<Void>) async {
         nextIdentifier += 1
         let identifier = nextIdentifier
@@ -191,7 +222,7 @@ struct SupervisorLoop {
         shard.restartOffset = pipeline.restartOffset ?? shard.restartOffset
         // What finished above the restart point is not handled again by the next pipeline.
         let restartFrom = shard.restartOffset ?? 0
-        shard.doneAboveRestart = shard.doneAboveRestart.union(pipeline.completedAboveWatermark).filter { $0 >= restartFrom }
+        shard.doneAboveRestart = shard.doneAboveRestart.union(pipeline.doneAboveWatermark).filter { $0 >= restartFrom }
         shard.pipeline = nil
         shard.backpressured = false
         shard.abandoned = (shard.abandoned + [pipeline]).filter { $0.callsInProgress > 0 }
@@ -234,7 +265,7 @@ struct SupervisorLoop {
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
-            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, logger: logger)
+            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress, logger: logger)
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in

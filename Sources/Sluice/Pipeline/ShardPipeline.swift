@@ -56,6 +56,9 @@ final class ShardPipeline: Sendable {
         /// The first offset taken from the source, begun or not (a stop can drop the rest of a batch).
         var firstTaken: Int64?
         var redeliveriesSkipped = 0
+        /// Offsets done before this pipeline (by an earlier one of the assignment, or by the group's last owner
+        /// per its commit metadata): taken again, they are completed without a handler call.
+        var alreadyDone: Set<Int64>
         var lanesRunning = 0
         var counters = Counters()
     }
@@ -113,12 +116,16 @@ final class ShardPipeline: Sendable {
     private let queues: [WorkQueue<[Message]>]
     /// Offsets an earlier pipeline of this assignment finished above its watermark: taken again after a
     /// restart, they are completed without calling the handler a second time.
-    private let alreadyDone: Set<Int64>
     /// Where lanes (and so handler code) run: the host's handler threads; nil for the default executor.
     private let laneExecutor: (any TaskExecutor)?
     /// Earlier pipelines of the shard whose abandoned handler calls may still run: this one hands out no
     /// message until they ended or `abandonTimeout` passed, so no message is in two calls at once.
     private let predecessors: [ShardPipeline]
+    /// What the group's last commit says is done above it: skipped like `alreadyDone` once read.
+    private let groupProgress: GroupProgress?
+    /// How long the first pipeline of an assignment waits for the group's progress before it hands out
+    /// messages anyway (those are then handled at least once).
+    static let groupProgressWait = Duration.seconds(5)
 
     init(
         topicPartition: TopicPartition,
@@ -133,10 +140,11 @@ final class ShardPipeline: Sendable {
         metrics: Metrics? = nil,
         laneExecutor: (any TaskExecutor)? = nil,
         predecessors: [ShardPipeline] = [],
+        groupProgress: GroupProgress? = nil,
         logger: Logger
     ) {
         self.predecessors = predecessors
-        self.alreadyDone = alreadyDone
+        self.groupProgress = groupProgress
         self.laneExecutor = laneExecutor
         self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
         self.topicPartition = topicPartition
@@ -153,7 +161,7 @@ final class ShardPipeline: Sendable {
         logger[metadataKey: "sluice.generation"] = "\(generation)"
         self.logger = logger
         let lanes = configuration.laneCount
-        self.state = Mutex(State())
+        self.state = Mutex(State(alreadyDone: alreadyDone))
         self.activities = (0..<lanes).map { _ in LaneActivity() }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
     }
@@ -168,6 +176,14 @@ final class ShardPipeline: Sendable {
     /// Offsets finished above the watermark (with `ordering: key` other keys run ahead of a failing one): the
     /// next pipeline after a restart does not hand them to the handler again.
     var completedAboveWatermark: Set<Int64> { state.withLock { $0.tracker.completedAboveWatermark } }
+
+    /// Offsets done above the watermark, taken or not yet: what a commit's metadata carries to the next owner.
+    var doneAboveWatermark: Set<Int64> {
+        state.withLock { state in
+            let watermark = state.tracker.watermark ?? Int64.min
+            return state.tracker.completedAboveWatermark.union(state.alreadyDone.filter { $0 > watermark })
+        }
+    }
 
     /// Messages taken again after a restart and completed without a handler call (they were done before).
     var redeliveriesSkipped: Int { state.withLock { $0.redeliveriesSkipped } }
@@ -213,6 +229,11 @@ final class ShardPipeline: Sendable {
     func run<Source: AsyncSequence & Sendable>(source: Source) async -> Outcome
     where Source.Element == [Message], Source.Failure == Never {
         await waitForPredecessors()
+        if let groupProgress {
+            var done = groupProgress.done
+            if done == nil { done = await groupProgress.wait(until: .now + Self.groupProgressWait) }
+            if let done, !done.isEmpty { state.withLock { $0.alreadyDone.formUnion(done) } }
+        }
         let lanes = startLanes()
         // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
         // beside the dispatcher, so a stuck handler is noticed even while the dispatcher waits for input.
@@ -332,21 +353,21 @@ final class ShardPipeline: Sendable {
                     flowControl.setBackpressure(false, pipeline: generation)
                 }
                 // Take as many as fit under the limit, and begin them in one lock.
-                let (taken, rejected) = state.withLock { state -> (Int, [Int64]) in
+                let (taken, rejected, rewound) = state.withLock { state -> (Int, [Int64], Bool) in
                     let room = max(limit - state.tracker.inFlight, 1)
                     let slice = remaining.prefix(room)
                     var rejected: [Int64] = []
                     for message in slice {
                         if !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
                             rejected.append(message.offset)
-                        } else if !alreadyDone.isEmpty, alreadyDone.contains(message.offset) {
+                        } else if !state.alreadyDone.isEmpty, state.alreadyDone.contains(message.offset) {
                             // Done by an earlier pipeline of this assignment: complete it, do not hand it out.
                             state.tracker.complete(message.offset)
                             state.redeliveriesSkipped += 1
                             rejected.append(message.offset)
                         }
                     }
-                    return (slice.count, rejected)
+                    return (slice.count, rejected, !rejected.allSatisfy(state.alreadyDone.contains))
                 }
                 let slice = remaining.prefix(taken)
                 remaining = remaining.dropFirst(taken)
@@ -354,7 +375,7 @@ final class ShardPipeline: Sendable {
                     // The common case: the whole batch in one go, handed on without a copy.
                     handOut(slice.count == batch.count ? batch : Array(slice))
                 } else {
-                    if !rejected.allSatisfy(alreadyDone.contains) {
+                    if rewound {
                         logger.warning(
                             "partition rewound under the shard; skipping offsets it already took",
                             metadata: ["sluice.skipped": "\(rejected.count)"])

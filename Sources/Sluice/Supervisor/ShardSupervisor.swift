@@ -16,6 +16,8 @@ struct ShardSupervisor {
     /// Whether a pipeline has run in this assignment; before that the partition's messages are untouched
     /// and a start needs no seek.
     var hasRun = false
+    /// What the group's last commit says is done above the committed offset (read in the background).
+    let groupProgress = GroupProgress()
     /// Ended pipelines of this assignment with handler calls still running (abandoned: Swift cannot stop
     /// them). The next pipeline waits for them; too many trip the shard.
     var abandoned: [ShardPipeline] = []
