@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Logging
+import Sluice
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -58,6 +60,48 @@ struct AdminClient {
     }
 }
 
+/// Where a flag change goes instead of one host's admin API: the group's control topic, which every host
+/// of the group reads.
+struct ControlOptions: ParsableArguments {
+    @Option(name: .long, help: "Write to the group's control topic through these brokers instead of one host's admin API.")
+    var bootstrap: String?
+
+    @Option(name: .long, help: "The consumer group whose control topic to write (with --bootstrap).")
+    var group: String?
+
+    @Option(name: .long, help: "The control topic (default __sluice-control-GROUP).")
+    var controlTopic: String?
+
+    func validate() throws {
+        if bootstrap != nil, group == nil, controlTopic == nil {
+            throw ValidationError("--bootstrap needs --group (or --control-topic)")
+        }
+    }
+
+    /// Writes a flag record; prints where it went.
+    func write(key: String, enabled: Bool?, reason: String?) async throws {
+        guard let bootstrap else { return }
+        let flagKey: FlagKey
+        do {
+            flagKey = try FlagKey(parsing: key)
+        } catch {
+            throw AdminClient.Failure(description: "\((error as? SluiceError)?.message ?? "\(error)")")
+        }
+        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+        do {
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, logger: logger)
+            let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI")
+            await writer.close()
+            print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset))")
+        } catch {
+            throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
+        }
+    }
+}
+
 /// Runs an admin call and exits non-zero with the message on failure.
 func runAdmin(_ body: () async throws -> Void) async throws {
     do {
@@ -102,6 +146,7 @@ struct FlagsCommand: AsyncParsableCommand {
     struct Set: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set an operator flag: KEY on|off (KEY is *, TOPIC or TOPIC/PARTITION).")
         @OptionGroup var options: AdminOptions
+        @OptionGroup var control: ControlOptions
         @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String
         @Argument(help: "on or off") var value: String
         @Option(name: .long, help: "Why (logged and shown by `flags list`).") var reason: String?
@@ -112,6 +157,10 @@ struct FlagsCommand: AsyncParsableCommand {
 
         func run() async throws {
             try await runAdmin {
+                if control.bootstrap != nil {
+                    try await control.write(key: key, enabled: value == "on", reason: reason)
+                    return
+                }
                 var body: [String: Any] = ["enabled": value == "on"]
                 if let reason { body["reason"] = reason }
                 _ = try await AdminClient(options: options).call("PUT", "/v1/flags/\(encode(key))", body: body)
@@ -123,10 +172,16 @@ struct FlagsCommand: AsyncParsableCommand {
     struct Unset: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove an operator flag, so the file or the default decide again.")
         @OptionGroup var options: AdminOptions
+        @OptionGroup var control: ControlOptions
         @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String
+        @Option(name: .long, help: "Why (with --bootstrap, kept in the control record).") var reason: String?
 
         func run() async throws {
             try await runAdmin {
+                if control.bootstrap != nil {
+                    try await control.write(key: key, enabled: nil, reason: reason)
+                    return
+                }
                 _ = try await AdminClient(options: options).call("DELETE", "/v1/flags/\(encode(key))")
                 print("\(key): unset")
             }

@@ -14,6 +14,54 @@ struct AdminCommandTests {
         return (status, await process.output.all(), await process.errors.all())
     }
 
+    @Test("flags set/unset --bootstrap --group write the control topic: the group's host applies them; a bad key is refused")
+    func cliThroughControlTopic() async throws {
+        var logger = Logger(label: "sluice.cli-control-test")
+        logger.logLevel = .critical
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = "cli-\(UInt32.random(in: 0...UInt32.max))"
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.control.enabled = true
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        host.register("orders", CountingHandler())
+        let hostRun = Task { try await host.run() }
+        defer { host.shutdown() }
+        let deadline = ContinuousClock.now + .seconds(40)
+        while host.shards.filter({ $0.state == .running }).count < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let set = try await runCLI([
+            "flags", "set", "orders/1", "off", "--reason", "cli test", "--bootstrap", cluster.bootstrapServers, "--group", group,
+        ])
+        #expect(set.status == 0, "\(set.errors)")
+        #expect(set.output == "orders/1: off (control topic __sluice-control-\(group), offset 0)\n")
+        while host.shards.first(where: { $0.topicPartition.partition == 1 })?.state != .off, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let shard = host.shards.first { $0.topicPartition.partition == 1 }
+        #expect(shard?.state == .off)
+        #expect(shard?.flag == FlagSetting(enabled: false, source: "control", reason: "cli test"))
+
+        let unset = try await runCLI(["flags", "unset", "orders/1", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(unset.status == 0, "\(unset.errors)")
+        while host.shards.first(where: { $0.topicPartition.partition == 1 })?.state != .running, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(host.shards.first { $0.topicPartition.partition == 1 }?.state == .running)
+
+        let bad = try await runCLI(["flags", "set", "bad topic", "off", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(bad.status == 1)
+        #expect(bad.errors.hasPrefix("sluice: "), "\(bad.errors)")
+        let noGroup = try await runCLI(["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers])
+        #expect(noGroup.status != 0)
+        #expect(noGroup.errors.contains("--bootstrap needs --group"))
+        host.shutdown()
+        try await hostRun.value
+    }
+
     @Test("flags set/list/unset and status; a refused change and an unreachable host exit non-zero with a clear message")
     func cliAgainstHost() async throws {
         var logger = Logger(label: "sluice.cli-admin-test")

@@ -243,6 +243,22 @@ struct ConfigurationLoadingTests {
         #expect(configuration.consumerConfiguration().properties["message.timeout.ms"] == nil, "the consumer does not get them")
     }
 
+    @Test("control plane settings: read from the file, with the group's default topic; a bad topic is refused")
+    func controlSettings() async throws {
+        let base = "kafka: {bootstrap: b, group: orders-service}\n"
+        let defaults = try await SluiceConfiguration.load(file: try write(base), environment: [:])
+        #expect(defaults.control.enabled == false)
+        #expect(defaults.controlTopic == "__sluice-control-orders-service")
+        let path = try write(base + "control: {enabled: true, topic: ops.control, loadTimeout: 5s}\n")
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.control.enabled)
+        #expect(configuration.controlTopic == "ops.control")
+        #expect(configuration.control.loadTimeout == .seconds(5))
+        #expect(
+            try await loadError(base + "control: {topic: \"a b\"}\n")
+                == "FILE:2:18: control.topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+    }
+
     @Test("handler threads: read from the file, and nonsense refused with the key and reason")
     func handlerThreads() async throws {
         let base = "kafka: {bootstrap: b, group: g}\n"

@@ -119,6 +119,8 @@ struct SupervisorLoopTests {
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
         try await HostFixture.eventually("every message handled after the restart") { handled.distinct == 10 }
+        // Events reach the log asynchronously: wait for the last start there.
+        try await HostFixture.eventually("the events logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 2 }
         let kinds = events.of(partition).map(\.name)
         // started, crashed (the failure), then two restarts whose seek failed (each a crash, no start), then
         // a start after a seek that worked.
@@ -215,6 +217,7 @@ struct SupervisorLoopTests {
         failing.withLock { $0 = false }
         #expect(await host.reset(partition))
         try await HostFixture.eventually("after a reset everything is handled") { handled.distinct == 10 }
+        try await HostFixture.eventually("four starts logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 4 }
         #expect(events.of(partition).map(\.name).filter { $0 == "started" }.count == 4)
         host.shutdown()
         consumer.finish()

@@ -54,7 +54,8 @@ extension SluiceConfiguration {
 struct ConfigurationLayout {
     /// `*` stands for any name (a topic, a librdkafka property).
     static let schema: [String: Set<String>] = [
-        "": ["kafka", "topics", "host", "flags", "admin"],
+        "": ["kafka", "topics", "host", "flags", "admin", "control"],
+        "control": ["enabled", "topic", "loadTimeout"],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
         "kafka.properties": ["*"],
         "kafka.producerProperties": ["*"],
@@ -181,6 +182,13 @@ private struct ConfigurationValues {
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
         configuration.flags.file = try string(["flags", "file"])
+        configuration.control.enabled = try onOff(["control", "enabled"]) ?? configuration.control.enabled
+        if let topic = try string(["control", "topic"]) {
+            if let reason = TopicName.problem(topic) { throw problem(["control", "topic"], reason) }
+            configuration.control.topic = topic
+        }
+        configuration.control.loadTimeout = try duration(["control", "loadTimeout"], atLeast: .seconds(1), "must be at least 1s")
+            ?? configuration.control.loadTimeout
         configuration.admin.enabled = try onOff(["admin", "enabled"]) ?? configuration.admin.enabled
         configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen
         configuration.admin.token = try string(["admin", "token"], isSecret: true)

@@ -41,6 +41,21 @@ public struct SluiceConfiguration: Sendable {
         public init() {}
     }
 
+    /// The group's control plane: flags kept in a compacted Kafka topic that every host of the group reads
+    /// (SLUICE.md §11).
+    public struct Control: Sendable, Hashable {
+        /// Whether hosts read the control topic. Default false.
+        public var enabled = false
+        /// The control topic; default `__sluice-control-GROUP`.
+        public var topic: String?
+        /// How long a starting host may take to read the control topic to its end before it gives up (it
+        /// does not fetch without its control state). Default 30 s.
+        public var loadTimeout: Duration = .seconds(30)
+
+        /// Creates the default control settings (off).
+        public init() {}
+    }
+
     /// The admin HTTP API (served by `SluiceAdmin.AdminServer`).
     public struct Admin: Sendable, Hashable {
         /// Whether to serve it. Default true.
@@ -62,6 +77,10 @@ public struct SluiceConfiguration: Sendable {
     public var kafka: Kafka
     /// The admin HTTP API.
     public var admin = Admin()
+    /// The group's control plane.
+    public var control = Control()
+    /// The control topic of this group.
+    public var controlTopic: String { control.topic ?? ControlPlaneFlagSource.defaultTopic(group: kafka.group) }
     /// Runtime flags.
     public var flags = Flags()
     /// Per-topic pipeline settings; every topic needs a registered handler.

@@ -90,6 +90,8 @@ public final class SluiceHost: Service, Sendable {
     private let pipelineIDs = Atomic<UInt64>(0)
     /// The time of the host's timed logic (see ``HostClock``).
     let clock: any HostClock
+    /// The group's control plane, when `control.enabled`.
+    public let control: ControlPlaneFlagSource?
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
     public convenience init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
@@ -102,6 +104,21 @@ public final class SluiceHost: Service, Sendable {
         self.configuration = configuration
         self.logger = logger
         var sources: [any FlagSource] = [operatorFlags]
+        if configuration.control.enabled {
+            // Read only once the host runs; a bad librdkafka property surfaces when run() loads it.
+            if let control = try? ControlPlaneFlagSource(
+                bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
+                properties: configuration.kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") },
+                logger: logger)
+            {
+                sources.append(control)
+                self.control = control
+            } else {
+                self.control = nil
+            }
+        } else {
+            self.control = nil
+        }
         if let file = configuration.flags.file { sources.append(FileFlagSource(path: file)) }
         self.flags = FlagResolver(
             sources: sources, defaultEnabled: configuration.flags.defaultEnabled,
@@ -223,6 +240,15 @@ public final class SluiceHost: Service, Sendable {
     ///   Kafka client cannot be created (a bad librdkafka property is named).
     public func run() async throws {
         let handlers = try startOnce()
+        if configuration.control.enabled {
+            guard let control else {
+                throw SluiceError(code: .configuration, message: "control: the control topic reader could not be created (check kafka.bootstrap and kafka.properties)")
+            }
+            // Every record written before now applies before any partition of ours fetches.
+            try await control.load(timeout: configuration.control.loadTimeout)
+            logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
+        }
+        defer { if let control { Task { await control.close() } } }
         await flags.refresh()
         // A flag file that cannot be read at start would mean every shard runs, whatever it says.
         if configuration.flags.file != nil, let error = flags.lastErrors["file"] {

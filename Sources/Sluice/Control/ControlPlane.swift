@@ -1,0 +1,151 @@
+import Logging
+import Metrics
+import SluiceKafka
+import Synchronization
+
+import Foundation
+
+/// One record of a group's control topic (SLUICE.md §11): a key naming what it sets and a versioned JSON
+/// value. Flags: key `flag/KEY` (`flag/orders`, `flag/orders/3`, `flag/*`), value
+/// `{"v":1,"state":"off","reason":"...","who":"...","at":"..."}`; `"state":"unset"` removes the flag (unset
+/// is an explicit value, so compaction keeps it).
+enum ControlRecord: Equatable {
+    case flag(FlagKey, enabled: Bool?, reason: String?, who: String?)
+
+    static let version = 1
+
+    /// Reads a record; throws naming the key, the offset and what is wrong. Keys of kinds this version does
+    /// not act on yet return nil.
+    static func parse(key: String, value: [UInt8]?, offset: Int64) throws(SluiceError) -> ControlRecord? {
+        func bad(_ reason: String) -> SluiceError {
+            SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
+        }
+        guard key.hasPrefix("flag/") else { return nil }
+        let flagKey: FlagKey
+        do {
+            flagKey = try FlagKey(parsing: String(key.dropFirst("flag/".count)))
+        } catch {
+            throw bad("\((error as? SluiceError)?.message ?? "\(error)")")
+        }
+        guard let value else { return .flag(flagKey, enabled: nil, reason: nil, who: nil) }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
+            throw bad("the value is not a JSON object")
+        }
+        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
+        guard version == Self.version else {
+            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); the flag keeps its previous state")
+        }
+        let reason = object["reason"] as? String
+        let who = object["who"] as? String
+        switch object["state"] as? String {
+        case "on": return .flag(flagKey, enabled: true, reason: reason, who: who)
+        case "off": return .flag(flagKey, enabled: false, reason: reason, who: who)
+        case "unset": return .flag(flagKey, enabled: nil, reason: reason, who: who)
+        case let other: throw bad("state must be on, off or unset, got \(other.map { "'\($0)'" } ?? "none")")
+        }
+    }
+
+    /// The record's key and value.
+    var encoded: (key: String, value: [UInt8]) {
+        switch self {
+        case .flag(let flagKey, let enabled, let reason, let who):
+            var object: [String: Any] = [
+                "v": Self.version,
+                "state": enabled.map { $0 ? "on" : "off" } ?? "unset",
+                "at": Date().formatted(.iso8601),
+            ]
+            if let reason { object["reason"] = reason }
+            if let who { object["who"] = who }
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            return ("flag/\(flagKey)", Array(data))
+        }
+    }
+}
+
+/// The control plane's flags as a flag source: the group's control topic, read to its end before the host
+/// fetches anything and then tailed, pushing each change at once. Bad records are logged, counted and
+/// skipped; the flags they would have changed keep their state.
+public final class ControlPlaneFlagSource: FlagSource {
+    public let name = "control"
+    /// The control topic.
+    public let topic: String
+    private final class Table: Sendable {
+        let flags = Mutex<[FlagKey: FlagSetting]>([:])
+    }
+
+    private let table = Table()
+    private let stream: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+    private let reader: ControlTopicReader
+    private let badRecords = Counter(label: "sluice_control_bad_records_total")
+
+    /// The default control topic of a group.
+    public static func defaultTopic(group: String) -> String { "__sluice-control-\(group)" }
+
+    /// Creates the source; nothing is read before ``load(timeout:)``.
+    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger) throws {
+        self.topic = topic
+        (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        let table = self.table
+        let continuation = self.continuation
+        let badRecords = self.badRecords
+        reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
+            do throws(SluiceError) {
+                guard case .flag(let key, let enabled, let reason, _) = try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
+                else { return }
+                table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason) } }
+                continuation.yield()
+            } catch {
+                badRecords.increment()
+                logger.error("control record ignored", metadata: ["error": "\(error.message)", "kafka.topic": "\(topic)"])
+            }
+        }
+    }
+
+    /// Reads the control topic to its end (records written before now all applied). Throws when it cannot
+    /// within `timeout`: a host does not fetch without its control state.
+    public func load(timeout: Duration) async throws {
+        do {
+            try await reader.load(timeout: timeout)
+        } catch {
+            throw SluiceError(code: .state, message: "control topic '\(topic)' could not be read: \(error.message); the host does not fetch without it")
+        }
+    }
+
+    public var changes: AsyncStream<Void>? { stream }
+
+    public func load() async throws -> [FlagKey: FlagSetting] { table.flags.withLock { $0 } }
+
+    /// The offset of the next control record to read: every record before it is applied.
+    public var appliedPosition: Int64 { reader.position }
+
+    /// Stops tailing.
+    public func close() async { await reader.close() }
+}
+
+/// Writes control records to a group's control topic.
+public struct ControlPlaneWriter: Sendable {
+    public let topic: String
+    private let producer: KafkaProducer
+
+    /// Creates a writer with its own producer.
+    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger) throws {
+        var configuration = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
+        configuration.clientID = "sluice-control-writer"
+        configuration.properties = properties
+        self.topic = topic
+        producer = try KafkaProducer(configuration: configuration, logger: logger)
+    }
+
+    /// Sets a flag for the group (nil: unset it, so lower layers decide); returns the record's offset once
+    /// the broker acknowledged it.
+    @discardableResult
+    public func setFlag(_ key: FlagKey, enabled: Bool?, reason: String?, who: String?) async throws -> Int64 {
+        let (recordKey, value) = ControlRecord.flag(key, enabled: enabled, reason: reason, who: who).encoded
+        let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+        return report.offset
+    }
+
+    /// Flushes and closes the producer.
+    public func close() async { await producer.close() }
+}

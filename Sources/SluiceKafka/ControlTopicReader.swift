@@ -1,0 +1,161 @@
+import Crdkafka
+import Logging
+import Synchronization
+
+/// Reads a one-partition control topic from the beginning, with a consumer of its own that joins no group
+/// (assign only, nothing committed, never paused by what it controls), and keeps tailing it.
+///
+/// ``load(timeout:)`` returns once every record up to the high watermark it found at the start was handed
+/// to `onRecord`; records that come later are handed over as they arrive (a short fetch wait: push, no
+/// polling interval). Blocking librdkafka calls run on a thread of the reader's own.
+public final class ControlTopicReader: Sendable {
+    /// One record of the control topic.
+    public struct Record: Sendable, Hashable {
+        public let offset: Int64
+        public let key: String
+        /// Nil for a tombstone.
+        public let value: [UInt8]?
+    }
+
+    private struct State {
+        var loaded = false
+        var loadError: KafkaError?
+        var loadWaiters: [CheckedContinuation<Void, Never>] = []
+        var stopping = false
+        var position: Int64 = 0
+    }
+
+    public let topic: String
+    private let handle: RDKafkaHandle
+    private let state = Mutex(State())
+    private let onRecord: @Sendable (Record) -> Void
+    private let logger: Logger
+    private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let finished = Mutex(false)
+
+    /// Creates the reader; nothing is read before ``load(timeout:)``.
+    public init(
+        bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger,
+        onRecord: @escaping @Sendable (Record) -> Void
+    ) throws(KafkaError) {
+        self.topic = topic
+        self.onRecord = onRecord
+        self.logger = logger
+        var settings: [(String, String)] = [
+            ("bootstrap.servers", bootstrapServers),
+            ("client.id", "sluice-control"),
+            // librdkafka's consumer API needs a group id even for assign-only reading; this one never joins.
+            ("group.id", "sluice-control-reader-\(UInt64.random(in: 0...UInt64.max))"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("fetch.wait.max.ms", "10"),
+            ("allow.auto.create.topics", "true"),
+        ]
+        settings += properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
+        handle = try RDKafkaHandle(type: RD_KAFKA_CONSUMER, properties: settings, events: 0, logger: "control topic reader")
+        rd_kafka_poll_set_consumer(handle.pointer)
+    }
+
+    /// Starts reading and waits until the records up to the current high watermark were handed over.
+    /// Throws when the topic cannot be read within `timeout` (the reader then stops).
+    public func load(timeout: Duration) async throws(KafkaError) {
+        let deadline = ContinuousClock.now + timeout
+        OwnerThread.start(name: "sluice-control") { [self] in self.run(deadline: deadline) }
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.loaded || state.loadError != nil { return true }
+                state.loadWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        if let error = state.withLock({ $0.loadError }) { throw error }
+    }
+
+    /// The offset of the next record to read.
+    public var position: Int64 { state.withLock { $0.position } }
+
+    /// Stops tailing and destroys the consumer; returns once it is gone.
+    public func close() async {
+        let alreadyFinished = finished.withLock { $0 }
+        if alreadyFinished { return }
+        await withCheckedContinuation { continuation in
+            let done = finished.withLock { finished -> Bool in
+                if finished { return true }
+                stopped.withLock { $0 = continuation }
+                return false
+            }
+            state.withLock { $0.stopping = true }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func finishLoad(_ error: KafkaError?) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            if error != nil { state.loadError = error } else { state.loaded = true }
+            defer { state.loadWaiters.removeAll() }
+            return state.loadWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func run(deadline: ContinuousClock.Instant) {
+        let rk = handle.pointer
+        defer {
+            rd_kafka_consumer_close(rk)
+            handle.destroy()
+            let waiter = finished.withLock { finished -> CheckedContinuation<Void, Never>? in
+                finished = true
+                return stopped.withLock { $0.take() }
+            }
+            waiter?.resume()
+        }
+        // The end to load to: the high watermark now (the embedded cluster creates the topic on this query).
+        var low: Int64 = 0
+        var high: Int64 = 0
+        var error = RD_KAFKA_RESP_ERR__TIMED_OUT
+        while ContinuousClock.now < deadline, !state.withLock({ $0.stopping }) {
+            error = rd_kafka_query_watermark_offsets(rk, topic, 0, &low, &high, 2_000)
+            if error == RD_KAFKA_RESP_ERR_NO_ERROR { break }
+        }
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            finishLoad(KafkaError.rdkafka(error, context: "reading the end of control topic '\(topic)'"))
+            return
+        }
+        let list = TopicPartitionList.make([TopicPartitionOffset(TopicPartition(topic, 0), offset: Int64(RD_KAFKA_OFFSET_BEGINNING))])
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let assigned = rd_kafka_assign(rk, list)
+        guard assigned == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            finishLoad(KafkaError.rdkafka(assigned, context: "assigning control topic '\(topic)'"))
+            return
+        }
+        var loaded = false
+        if high <= low {
+            loaded = true
+            finishLoad(nil)
+        }
+        while !state.withLock({ $0.stopping }) {
+            if !loaded, ContinuousClock.now >= deadline {
+                finishLoad(KafkaError(code: .timeout, message: "control topic '\(topic)' not read to its end (\(high)) in time"))
+                return
+            }
+            guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
+            defer { rd_kafka_message_destroy(message) }
+            let raw = message.pointee
+            guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                if raw.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                    logger.warning("control topic read error", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(raw.err)))"])
+                }
+                continue
+            }
+            let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) } ?? ""
+            let value = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) }
+            onRecord(Record(offset: raw.offset, key: key, value: value))
+            state.withLock { $0.position = raw.offset + 1 }
+            if !loaded, raw.offset + 1 >= high {
+                loaded = true
+                finishLoad(nil)
+            }
+        }
+    }
+}

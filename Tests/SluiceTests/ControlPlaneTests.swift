@@ -1,0 +1,136 @@
+import Foundation
+import SluiceKafka
+import Testing
+
+@testable import Sluice
+
+@Suite("Control records", .timeLimit(.minutes(1)))
+struct ControlRecordTests {
+    static func value(_ json: String) -> [UInt8] { Array(json.utf8) }
+
+    @Test("flag records: on, off and an explicit unset, with reason and who; written the way they are read")
+    func flagRecords() throws {
+        #expect(
+            try ControlRecord.parse(key: "flag/orders", value: Self.value(#"{"v":1,"state":"off","reason":"incident 42","who":"ana"}"#), offset: 3)
+                == .flag(.topic("orders"), enabled: false, reason: "incident 42", who: "ana"))
+        #expect(
+            try ControlRecord.parse(key: "flag/orders/3", value: Self.value(#"{"v":1,"state":"on"}"#), offset: 4)
+                == .flag(.partition(TopicPartition("orders", 3)), enabled: true, reason: nil, who: nil))
+        #expect(try ControlRecord.parse(key: "flag/*", value: Self.value(#"{"v":1,"state":"unset"}"#), offset: 5) == .flag(.all, enabled: nil, reason: nil, who: nil))
+        #expect(try ControlRecord.parse(key: "flag/orders", value: nil, offset: 6) == .flag(.topic("orders"), enabled: nil, reason: nil, who: nil))
+        #expect(try ControlRecord.parse(key: "host/member-1", value: Self.value("{}"), offset: 7) == nil, "kinds not acted on yet are passed over")
+        let record = ControlRecord.flag(.partition(TopicPartition("orders", 1)), enabled: false, reason: "slow db", who: "cli")
+        let (key, value) = record.encoded
+        #expect(key == "flag/orders/1")
+        #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == record)
+    }
+
+    @Test("bad records are refused naming the key, the offset and the problem")
+    func badRecords() {
+        func message(_ key: String, _ value: String?) -> String {
+            do {
+                _ = try ControlRecord.parse(key: key, value: value.map(Self.value), offset: 9)
+                return "accepted"
+            } catch {
+                return error.message
+            }
+        }
+        #expect(message("flag/orders", "not json") == "control record 'flag/orders' at offset 9: the value is not a JSON object")
+        #expect(message("flag/orders", #"{"state":"off"}"#) == "control record 'flag/orders' at offset 9: no schema version 'v'")
+        #expect(
+            message("flag/orders", #"{"v":2,"state":"off"}"#)
+                == "control record 'flag/orders' at offset 9: schema version 2 is not understood (this host reads 1); the flag keeps its previous state")
+        #expect(message("flag/orders", #"{"v":1,"state":"maybe"}"#) == "control record 'flag/orders' at offset 9: state must be on, off or unset, got 'maybe'")
+        #expect(message("flag/bad topic", #"{"v":1,"state":"off"}"#).hasPrefix("control record 'flag/bad topic' at offset 9: "))
+    }
+}
+
+@Suite("The control plane on Kafka", .timeLimit(.minutes(3)))
+struct ControlPlaneTests {
+    static func configuration(_ cluster: EmbeddedKafkaCluster, group: String) -> SluiceConfiguration {
+        var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()])
+        configuration.control.enabled = true
+        return configuration
+    }
+
+    @Test("a flag written to the control topic reaches every host of the group; a host started after it never handles the topic; back on, all is handled")
+    func flagReachesTheGroup() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let group = HostFixture.uniqueGroup()
+        let configuration = Self.configuration(cluster, group: group)
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
+        // Written before any host starts: the first host reads it before it fetches.
+        try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "test")
+        try await HostFixture.produce(cluster, topic: "orders", count: 400, keys: 40)
+
+        let handled = HandledMessages()
+        let hostA = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        hostA.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let runA = Task { try await hostA.run() }
+        let hostB = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        hostB.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        defer {
+            hostA.shutdown()
+            hostB.shutdown()
+        }
+        try await HostFixture.eventually("A holds all four shards, off") {
+            hostA.shards.count == 4 && hostA.shards.allSatisfy { $0.state == .off && $0.flag.source == "control" }
+        }
+        let runB = Task { try await hostB.run() }
+        try await HostFixture.eventually("the group split the shards, all off", timeout: .seconds(60)) {
+            hostA.shards.count == 2 && hostB.shards.count == 2 && (hostA.shards + hostB.shards).allSatisfy { $0.state == .off }
+        }
+        #expect(handled.count == 0, "nothing handled while the control plane says off")
+        // One write turns it back on for both.
+        try await writer.setFlag(.topic("orders"), enabled: nil, reason: "resolved", who: "test")
+        try await HostFixture.eventually("everything handled") { handled.distinct == 400 }
+        #expect((hostA.shards + hostB.shards).allSatisfy { $0.state == .running })
+        // And off again, this time one partition.
+        try await writer.setFlag(.partition(TopicPartition("orders", 1)), enabled: false, reason: "slow db", who: "test")
+        try await HostFixture.eventually("orders/1 off on whichever host has it") {
+            (hostA.shards + hostB.shards).first { $0.topicPartition == TopicPartition("orders", 1) }?.state == .off
+        }
+        await writer.close()
+        hostB.shutdown()
+        try await runB.value
+        hostA.shutdown()
+        try await runA.value
+    }
+
+    @Test("a bad control record is logged and skipped; the flag keeps its state")
+    func badRecordKeepsState() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = Self.configuration(cluster, group: group)
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
+        try await writer.setFlag(.topic("orders"), enabled: false, reason: nil, who: "test")
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        _ = try await producer.send(ProducerRecord(topic: configuration.controlTopic, partition: 0, key: Array("flag/orders".utf8), value: Array(#"{"v":7,"state":"on"}"#.utf8)))
+        _ = try await producer.send(ProducerRecord(topic: configuration.controlTopic, partition: 0, key: Array("flag/orders".utf8), value: Array("garbage".utf8)))
+        await producer.close()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let run = Task { try await host.run() }
+        try await HostFixture.eventually("the shard is off") { host.shards.first?.state == .off }
+        #expect(host.control?.appliedPosition == 3, "all three records read")
+        #expect(host.flags.setting(for: TopicPartition("orders", 0)).enabled == false)
+        await writer.close()
+        host.shutdown()
+        try await run.value
+    }
+
+    @Test("a host whose control topic cannot be read does not start, and says why")
+    func unreadableControlTopic() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var configuration = Self.configuration(cluster, group: HostFixture.uniqueGroup())
+        configuration.control.loadTimeout = .seconds(2)
+        try cluster.setBrokerDown(1)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.hasPrefix("control topic '\(configuration.controlTopic)' could not be read: ") == true, "\(error?.message ?? "")")
+        #expect(error?.message.hasSuffix("the host does not fetch without it") == true)
+    }
+}
