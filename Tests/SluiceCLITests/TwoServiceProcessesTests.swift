@@ -76,6 +76,50 @@ struct TwoServiceProcessesTests {
         print("two OrderService processes: \(duplicates) orders handled twice")
     }
 
+    /// Group-wide flags through the control topic, as operators would use them: two service processes, one
+    /// CLI write each way.
+    @Test("one `sluice flags set --bootstrap --group` stops the topic on both service processes; one unset resumes both; nothing lost")
+    func controlPlaneFlagAcrossProcesses() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        func startWithControl() throws -> (SluiceProcess, OutputCollector) {
+            let (service, _) = try OrderServiceTests.startService(
+                cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"])
+            return (service, service.errors)
+        }
+        let (first, firstOutput) = try startWithControl()
+        let (second, secondOutput) = try startWithControl()
+        #expect(await firstOutput.waitFor("control plane loaded"))
+        #expect(await secondOutput.waitFor("control plane loaded"))
+        try await produce(cluster, count: 2_000)
+        #expect(await eventually { try await committed(cluster, group: group) == 2_000 }, "both handle while on")
+        #expect(await secondOutput.waitFor("partitions assigned"), "the second host owns some partitions")
+
+        let set = try SluiceProcess([
+            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--reason", "incident",
+        ])
+        #expect(await set.exit() == 0)
+        #expect(await firstOutput.waitFor("sluice.flagSource=control"), "the first host applied it")
+        #expect(await secondOutput.waitFor("sluice.flagSource=control"), "the second host applied it")
+        // Every orders shard of both hosts stopped for the flag (payments shards run on).
+        #expect(await eventually {
+            let stops = { (output: String) in output.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }
+            return stops(firstOutput.text) + stops(secondOutput.text) == 8
+        }, "all eight orders shards stopped")
+        try await produce(cluster, count: 2_000)
+        #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
+        let unset = try SluiceProcess(["flags", "unset", "orders", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(await unset.exit() == 0)
+        #expect(await eventually { try await committed(cluster, group: group) == 4_000 }, "both resume; nothing lost")
+        first.process.terminate()
+        second.process.terminate()
+        #expect(await first.exit() == 0)
+        #expect(await second.exit() == 0)
+    }
+
     func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
