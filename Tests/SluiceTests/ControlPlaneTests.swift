@@ -1,5 +1,6 @@
 import Foundation
 import SluiceKafka
+import Synchronization
 import Testing
 
 @testable import Sluice
@@ -23,6 +24,17 @@ struct ControlRecordTests {
         let (key, value) = record.encoded
         #expect(key == "flag/orders/1")
         #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == record)
+    }
+
+    @Test("trip records: tripped with offset and reason, clear; written the way they are read; bad keys refused")
+    func tripRecords() throws {
+        let tripped = ControlRecord.trip(TopicPartition("orders", 3), .init(offset: 42, reason: "handler failed at offset 42: boom"))
+        let (key, value) = tripped.encoded
+        #expect(key == "trip/orders/3")
+        #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == tripped)
+        #expect(try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 1) == .trip(TopicPartition("orders", 3), nil))
+        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 2) }
+        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"melted"}"#), offset: 3) }
     }
 
     @Test("bad records are refused naming the key, the offset and the problem")
@@ -96,6 +108,62 @@ struct ControlPlaneTests {
         try await runB.value
         hostA.shutdown()
         try await runA.value
+    }
+
+    @Test("a trip follows the partition: the next host starts it tripped without calling the handler; a reset there clears it for the group")
+    func tripFollowsThePartition() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = HostFixture.uniqueGroup()
+        var orders = TopicConfiguration()
+        orders.breaker = .latched
+        var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": orders])
+        configuration.control.enabled = true
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for index in 0..<20 {
+            _ = try await producer.send(ProducerRecord(topic: "orders", partition: Int32(index % 2), value: Array("\(index)".utf8)))
+        }
+        await producer.close()
+        let poisoned = TopicPartition("orders", 0)
+
+        let first = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        first.register("orders", ClosureHandler { message, _ in
+            if message.partition == 0, message.offset == 3 { throw TestFailure(description: "cannot price it") }
+        })
+        let firstRun = Task { try await first.run() }
+        try await HostFixture.eventually("the first host tripped orders/0 and the group knows") {
+            first.control?.trip(for: poisoned) != nil
+        }
+        #expect(first.control?.trip(for: poisoned)?.offset == 3)
+        first.shutdown()
+        try await firstRun.value
+
+        let calls = Locked<[Int32: Int]>([:])
+        let fixed = Locked(false)
+        let second = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        second.register("orders", ClosureHandler { message, _ in
+            calls.withLock { $0[message.partition, default: 0] += 1 }
+            if message.partition == 0, message.offset == 3, !fixed.value { throw TestFailure(description: "cannot price it") }
+        })
+        let secondRun = Task { try await second.run() }
+        defer { second.shutdown() }
+        try await HostFixture.eventually("the second host holds orders/0 tripped and ran orders/1") {
+            let shard = second.shards.first { $0.topicPartition == poisoned }
+            let tripped = shard.map { if case .tripped = $0.state { true } else { false } } ?? false
+            return tripped && second.shards.first { $0.topicPartition == TopicPartition("orders", 1) }?.state == .running
+        }
+        #expect(calls.value[0] == nil, "the handler was not called for the tripped partition")
+        #expect(second.shards.first { $0.topicPartition == poisoned }?.lastError == "handler failed at offset 3: cannot price it")
+        fixed.withLock { $0 = true }
+        #expect(await second.reset(poisoned))
+        try await HostFixture.eventually("after the reset, orders/0 runs and the trip is cleared for the group") {
+            second.shards.first { $0.topicPartition == poisoned }?.state == .running && second.control?.trip(for: poisoned) == nil
+        }
+        try await HostFixture.eventually("orders/0 committed to its end") {
+            try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 2)[0] == 10
+        }
+        second.shutdown()
+        try await secondRun.value
     }
 
     @Test("a bad control record is logged and skipped; the flag keeps its state")

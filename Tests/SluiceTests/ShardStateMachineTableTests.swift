@@ -13,7 +13,7 @@ enum MachineStateName: String, CaseIterable, CustomStringConvertible {
 
 /// Every event the supervisor feeds the machine.
 enum MachineEventName: String, CaseIterable, CustomStringConvertible {
-    case assigned, started, crashed, crashedTrip, drained, flagOn, flagOff, timer, reset, stop
+    case assigned, assignedTripped, started, crashed, crashedTrip, drained, flagOn, flagOff, timer, reset, stop
     var description: String { rawValue }
 }
 
@@ -78,6 +78,7 @@ struct ShardStateMachineTableTests {
     static func feed(_ event: MachineEventName, to machine: inout Machine, at now: ManualInstant) -> Machine.Actions {
         switch event {
         case .assigned: machine.assigned()
+        case .assignedTripped: machine.assignedTripped(now: now, reason: "tripped by another host")
         case .started: machine.started(now: now)
         case .crashed: machine.crashed(now: now, reason: "boom", jitter: 0)
         // A crash that leaves more abandoned handler calls running than allowed.
@@ -95,6 +96,7 @@ struct ShardStateMachineTableTests {
     static let table: [MachineStateName: [MachineEventName: Expected]] = [
         .created: [
             .assigned: .next(.starting, start: false, pause: []),
+            .assignedTripped: .next(.tripped, pause: [.breaker]),
             .started: .impossible(because: "no pipeline was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
             .crashedTrip: .impossible(because: "no pipeline runs"),
@@ -107,6 +109,7 @@ struct ShardStateMachineTableTests {
         ],
         .starting: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .next(.running, pause: []),
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
             .crashedTrip: .next(.tripped, commit: true, pause: [.breaker]),
@@ -119,6 +122,7 @@ struct ShardStateMachineTableTests {
         ],
         .running: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "its pipeline already started"),
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
             .crashedTrip: .next(.tripped, commit: true, pause: [.breaker]),
@@ -131,6 +135,7 @@ struct ShardStateMachineTableTests {
         ],
         .drainingOff: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .next(.off, commit: true, pause: [.flag]),
             .crashedTrip: .next(.off, commit: true, pause: [.flag]),
@@ -143,6 +148,7 @@ struct ShardStateMachineTableTests {
         ],
         .drainingRestart: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             // The finding: a crash here once left `flag` in the pause set of the restarted shard.
             .crashed: .next(.backingOff, commit: true, pause: [.breaker]),
@@ -156,6 +162,7 @@ struct ShardStateMachineTableTests {
         ],
         .drainingStop: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .next(.stopped, commit: true, pause: [.draining]),
             .crashedTrip: .next(.stopped, commit: true, pause: [.draining]),
@@ -168,6 +175,7 @@ struct ShardStateMachineTableTests {
         ],
         .off: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
             .crashedTrip: .impossible(because: "no pipeline runs"),
@@ -180,6 +188,7 @@ struct ShardStateMachineTableTests {
         ],
         .backingOff: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
             .crashedTrip: .impossible(because: "no pipeline runs"),
@@ -192,6 +201,7 @@ struct ShardStateMachineTableTests {
         ],
         .tripped: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
             .crashedTrip: .impossible(because: "no pipeline runs"),
@@ -204,6 +214,7 @@ struct ShardStateMachineTableTests {
         ],
         .stopped: [
             .assigned: .impossible(because: "a shard is assigned once"),
+            .assignedTripped: .impossible(because: "a shard is assigned once"),
             .started: .impossible(because: "no start was asked for"),
             .crashed: .impossible(because: "no pipeline runs"),
             .crashedTrip: .impossible(because: "no pipeline runs"),
@@ -306,7 +317,7 @@ struct ShardHarness {
     mutating func send(_ event: MachineEventName, advance seconds: Int) {
         now = now.advanced(by: .seconds(seconds))
         switch event {
-        case .assigned, .started:
+        case .assigned, .assignedTripped, .started:
             return  // only as part of an assignment or a start
         case .crashed, .crashedTrip, .drained:
             guard pipelineRunning else { return }

@@ -9,8 +9,20 @@ import Foundation
 /// value. Flags: key `flag/KEY` (`flag/orders`, `flag/orders/3`, `flag/*`), value
 /// `{"v":1,"state":"off","reason":"...","who":"...","at":"..."}`; `"state":"unset"` removes the flag (unset
 /// is an explicit value, so compaction keeps it).
+///
+/// Trips: key `trip/TOPIC/PARTITION`, value `{"v":1,"state":"tripped","offset":N,"reason":"..."}` while the
+/// shard's breaker holds it, `{"v":1,"state":"clear"}` once a reset, a flag cycle or a probe released it. A
+/// host assigned the partition starts it tripped, so a crash loop does not start again on a new owner.
 enum ControlRecord: Equatable {
     case flag(FlagKey, enabled: Bool?, reason: String?, who: String?)
+    case trip(TopicPartition, Trip?)
+
+    /// A shard held by its breaker, group-wide.
+    struct Trip: Equatable, Sendable {
+        /// The offset it stopped at, when known.
+        var offset: Int64?
+        var reason: String
+    }
 
     static let version = 1
 
@@ -20,6 +32,7 @@ enum ControlRecord: Equatable {
         func bad(_ reason: String) -> SluiceError {
             SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
         }
+        if key.hasPrefix("trip/") { return try parseTrip(key: key, value: value, bad: bad) }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
         do {
@@ -45,9 +58,42 @@ enum ControlRecord: Equatable {
         }
     }
 
+    private static func parseTrip(key: String, value: [UInt8]?, bad: (String) -> SluiceError) throws(SluiceError) -> ControlRecord {
+        let parts = key.dropFirst("trip/".count).split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]), partition >= 0 else {
+            throw bad("a trip key is trip/TOPIC/PARTITION")
+        }
+        let topicPartition = TopicPartition(String(parts[0]), partition)
+        guard let value else { return .trip(topicPartition, nil) }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
+            throw bad("the value is not a JSON object")
+        }
+        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
+        guard version == Self.version else {
+            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); the shard keeps its previous state")
+        }
+        switch object["state"] as? String {
+        case "tripped":
+            let offset = (object["offset"] as? NSNumber)?.int64Value
+            return .trip(topicPartition, Trip(offset: offset, reason: object["reason"] as? String ?? "tripped"))
+        case "clear":
+            return .trip(topicPartition, nil)
+        case let other:
+            throw bad("state must be tripped or clear, got \(other.map { "'\($0)'" } ?? "none")")
+        }
+    }
+
     /// The record's key and value.
     var encoded: (key: String, value: [UInt8]) {
         switch self {
+        case .trip(let topicPartition, let trip):
+            var object: [String: Any] = ["v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601)]
+            if let trip {
+                object["reason"] = trip.reason
+                if let offset = trip.offset { object["offset"] = offset }
+            }
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            return ("trip/\(topicPartition.topic)/\(topicPartition.partition)", Array(data))
         case .flag(let flagKey, let enabled, let reason, let who):
             var object: [String: Any] = [
                 "v": Self.version,
@@ -71,6 +117,7 @@ public final class ControlPlaneFlagSource: FlagSource {
     public let topic: String
     private final class Table: Sendable {
         let flags = Mutex<[FlagKey: FlagSetting]>([:])
+        let trips = Mutex<[TopicPartition: ControlRecord.Trip]>([:])
     }
 
     private let table = Table()
@@ -91,10 +138,15 @@ public final class ControlPlaneFlagSource: FlagSource {
         let badRecords = self.badRecords
         reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
             do throws(SluiceError) {
-                guard case .flag(let key, let enabled, let reason, _) = try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
-                else { return }
-                table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason) } }
-                continuation.yield()
+                switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
+                case .flag(let key, let enabled, let reason, _):
+                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason) } }
+                    continuation.yield()
+                case .trip(let topicPartition, let trip):
+                    table.trips.withLock { $0[topicPartition] = trip }
+                case nil:
+                    return
+                }
             } catch {
                 badRecords.increment()
                 logger.error("control record ignored", metadata: ["error": "\(error.message)", "kafka.topic": "\(topic)"])
@@ -115,6 +167,9 @@ public final class ControlPlaneFlagSource: FlagSource {
     public var changes: AsyncStream<Void>? { stream }
 
     public func load() async throws -> [FlagKey: FlagSetting] { table.flags.withLock { $0 } }
+
+    /// The group-wide trip of a partition, if its breaker holds it.
+    func trip(for topicPartition: TopicPartition) -> ControlRecord.Trip? { table.trips.withLock { $0[topicPartition] } }
 
     /// The offset of the next control record to read: every record before it is applied.
     public var appliedPosition: Int64 { reader.position }
@@ -144,6 +199,12 @@ public struct ControlPlaneWriter: Sendable {
         let (recordKey, value) = ControlRecord.flag(key, enabled: enabled, reason: reason, who: who).encoded
         let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
         return report.offset
+    }
+
+    /// Publishes a shard's trip (nil: cleared) for the group.
+    func setTrip(_ topicPartition: TopicPartition, _ trip: ControlRecord.Trip?) async throws {
+        let (recordKey, value) = ControlRecord.trip(topicPartition, trip).encoded
+        _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
     }
 
     /// Flushes and closes the producer.

@@ -338,6 +338,12 @@ public final class SluiceHost: Service, Sendable {
         handlerExecutor: ThreadPoolExecutor
     ) async throws {
         let flags = self.flags
+        let controlWriter = try control.map { control in
+            try ControlPlaneWriter(
+                bootstrapServers: configuration.kafka.bootstrap, topic: control.topic,
+                properties: configuration.kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") },
+                logger: logger)
+        }
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
         let alreadyShuttingDown = state.withLock { state -> Bool in
             state.consumer = consumer
@@ -357,6 +363,21 @@ public final class SluiceHost: Service, Sendable {
                     input.yield(.consumerClosed)
                 }
                 group.addTask { await flags.run { input.yield(.flagsChanged) } }
+                // Trips and their clearing go to the group's control topic in the order they happen.
+                let (tripUpdates, tripUpdate) = AsyncStream.makeStream(of: (TopicPartition, ControlRecord.Trip?).self)
+                if let writer = controlWriter {
+                    group.addTask { [logger] in
+                        for await (topicPartition, trip) in tripUpdates {
+                            do {
+                                try await writer.setTrip(topicPartition, trip)
+                            } catch {
+                                logger.error(
+                                    "could not publish the shard's trip to the control topic; other hosts will not know of it",
+                                    metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
+                            }
+                        }
+                    }
+                }
                 group.addTask { await self.refreshLag(consumer: consumer) }
                 group.addTask { [clock] in
                     while !Task.isCancelled {
@@ -366,7 +387,8 @@ public final class SluiceHost: Service, Sendable {
                 }
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
-                    deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor, logger: logger)
+                    deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor,
+                    tripUpdates: controlWriter == nil ? nil : tripUpdate, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)
                     if loop.finished { break }

@@ -16,6 +16,8 @@ struct SupervisorLoop {
     let logger: Logger
     /// Where pipelines run handler code (the host's handler threads).
     let handlerExecutor: (any TaskExecutor)?
+    /// Where trips and their clearing are published for the group (with the control plane on).
+    let tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation?
     private let clock: any HostClock
     private var shards: [TopicPartition: ShardSupervisor] = [:]
     private var revocations: [UInt64: (revocation: KafkaRevocation, partitions: [TopicPartition])] = [:]
@@ -33,9 +35,11 @@ struct SupervisorLoop {
     init(
         host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
         deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
-        handlerExecutor: (any TaskExecutor)?, logger: Logger
+        handlerExecutor: (any TaskExecutor)?, tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
+        logger: Logger
     ) {
         self.handlerExecutor = handlerExecutor
+        self.tripUpdates = tripUpdates
         self.host = host
         self.handlers = handlers
         self.consumer = consumer
@@ -133,6 +137,17 @@ struct SupervisorLoop {
         let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
         shards[topicPartition] = ShardSupervisor(
             topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now)
+        // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
+        // new owner); a reset or a flag cycle clears it for the group.
+        if let trip = host.control?.trip(for: topicPartition) {
+            let now = clock.now
+            shards[topicPartition]?.lastError = trip.reason
+            logger.warning(
+                "shard assigned tripped: the group's control plane holds it",
+                metadata: metadata(topicPartition, ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
+            await transition(topicPartition, group: &group) { $0.assignedTripped(now: now, reason: trip.reason) }
+            return
+        }
         await transition(topicPartition, group: &group) { $0.assigned() }
     }
 
@@ -384,6 +399,8 @@ struct SupervisorLoop {
         _ event: (inout ShardSupervisor.StateMachine<ContinuousClock.Instant>) -> ShardSupervisor.StateMachine<ContinuousClock.Instant>.Actions
     ) async {
         guard shards[topicPartition] != nil else { return }
+        let wasTripped = shards[topicPartition]!.machine.state.isTripped
+        defer { publishTripChange(topicPartition, wasTripped: wasTripped) }
         var pending = [event(&shards[topicPartition]!.machine)]
         while let actions = pending.popLast() {
             guard var shard = shards[topicPartition] else { return }
@@ -436,6 +453,18 @@ struct SupervisorLoop {
             await reconcilePause(topicPartition)
             host.updateView(shards[topicPartition] ?? shard)
             for event in actions.events { publish(topicPartition, event) }
+        }
+    }
+
+    /// A shard that tripped, or left `tripped` other than by being released (reset, flag cycle, probe), is
+    /// published for the group, so the next owner of the partition knows.
+    private func publishTripChange(_ topicPartition: TopicPartition, wasTripped: Bool) {
+        guard let tripUpdates, let shard = shards[topicPartition] else { return }
+        let state = shard.machine.state
+        if case .tripped(_, let reason, _) = state, !wasTripped {
+            tripUpdates.yield((topicPartition, ControlRecord.Trip(offset: shard.restartOffset, reason: reason)))
+        } else if wasTripped, !state.isTripped, state != .stopped {
+            tripUpdates.yield((topicPartition, nil))
         }
     }
 

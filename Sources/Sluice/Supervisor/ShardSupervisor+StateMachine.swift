@@ -35,6 +35,12 @@ extension ShardSupervisor {
                 if case .running = self { return true }
                 return false
             }
+
+            /// Whether the breaker holds the shard.
+            var isTripped: Bool {
+                if case .tripped = self { return true }
+                return false
+            }
         }
 
         /// Something observers are told.
@@ -122,6 +128,21 @@ extension ShardSupervisor {
                 return Actions(events: [.stopped(.flag)])
             case .starting, .running, .draining, .off, .backingOff, .tripped, .stopped:
                 preconditionFailure("assigned() in state \(state)")
+            }
+        }
+
+        /// The partition was assigned while the group's control plane holds it tripped (a host tripped it
+        /// before the partition came here): it stays tripped, as it would have on that host, with the
+        /// policy's cooldown from now. A reset or a flag cycle clears it, as any trip.
+        mutating func assignedTripped(now: Instant, reason: String) -> Actions {
+            switch state {
+            case .created:
+                state = .tripped(since: now, reason: reason, cooldown: cooldown)
+                var actions = Actions(events: [.tripped(reason: reason)])
+                if let cooldown { actions.wakeAt = now.advanced(by: cooldown) }
+                return actions
+            case .starting, .running, .draining, .off, .backingOff, .tripped, .stopped:
+                preconditionFailure("assignedTripped() in state \(state)")
             }
         }
 
