@@ -17,8 +17,8 @@ import Synchronization
 /// | `GET /metrics` | Prometheus text |
 /// | `GET /v1/shards` | every shard: state, pause reasons, attempt, last error, offsets, lag, counts |
 /// | `GET /v1/flags` | the flags in force, with their sources, and the flag sources' errors |
-/// | `PUT /v1/flags/{key}` | body `{"enabled": false, "reason": "..."}`: an operator override |
-/// | `DELETE /v1/flags/{key}` | removes an operator override |
+/// | `PUT /v1/flags/{key}` | body `{"enabled": false, "reason": "..."}`: an operator override (with the control plane on, written to the group's control topic) |
+/// | `DELETE /v1/flags/{key}` | removes an operator override (or the control plane's flag) |
 /// | `POST /v1/shards/{topic}/{partition}/reset` | resets a shard's breaker |
 ///
 /// A flag key with a partition can be written as `/v1/flags/orders/3` or `/v1/flags/orders%2F3`. With a
@@ -32,6 +32,9 @@ public struct AdminServer: Service {
     private let logger: Logger
     private let store: OperatorFlagStore?
     private let boundPort = BoundPort()
+    /// With the control plane on, flag changes go to the group's control topic (every host applies them)
+    /// instead of this host's memory and state file.
+    private let controlWriter: ControlPlaneWriter?
 
     /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
     ///
@@ -43,9 +46,20 @@ public struct AdminServer: Service {
         self.settings = host.configuration.admin
         self.registry = registry
         self.logger = logger
-        self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }
-        for (key, setting) in try store?.load() ?? [:] {
-            host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason)
+        if let control = host.control {
+            self.store = nil
+            self.controlWriter = try ControlPlaneWriter(
+                bootstrapServers: host.configuration.kafka.bootstrap, topic: control.topic,
+                properties: host.configuration.kafka.properties.filter {
+                    $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.")
+                },
+                logger: logger)
+        } else {
+            self.controlWriter = nil
+            self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }
+            for (key, setting) in try store?.load() ?? [:] {
+                host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason)
+            }
         }
     }
 
@@ -115,10 +129,10 @@ public struct AdminServer: Service {
             try await setFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.delete("v1/flags/:key") { request, context in
-            unsetFlag(request, key: context.parameters.get("key") ?? "")
+            await unsetFlag(request, key: context.parameters.get("key") ?? "")
         }
         router.delete("v1/flags/:key/:partition") { request, context in
-            unsetFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
+            await unsetFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.post("v1/shards/:topic/:partition/reset") { request, context in
             if let denied = authorize(request) { return denied }
@@ -171,6 +185,22 @@ public struct AdminServer: Service {
         }
         let reason = object["reason"] as? String
         if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
+        if let controlWriter {
+            do {
+                let offset = try await controlWriter.setFlag(key, enabled: enabled, reason: reason, who: caller(request))
+                logger.notice(
+                    "flag set for the group by operator",
+                    metadata: [
+                        "sluice.flag": "\(key)", "sluice.flagEnabled": "\(enabled)", "sluice.flagSource": "control",
+                        "sluice.flagReason": "\(reason ?? "")", "sluice.caller": "\(caller(request))", "kafka.offset": "\(offset)",
+                    ])
+                var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "control", "controlOffset": offset]
+                if let reason { entry["reason"] = reason }
+                return json(.ok, entry)
+            } catch {
+                return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
+            }
+        }
         host.operatorFlags.set(key, enabled: enabled, reason: reason)
         if let failure = persist() { return failure }
         logger.notice(
@@ -184,12 +214,24 @@ public struct AdminServer: Service {
         return json(.ok, entry)
     }
 
-    private func unsetFlag(_ request: Request, key rawKey: String) -> Response {
+    private func unsetFlag(_ request: Request, key rawKey: String) async -> Response {
         if let denied = authorize(request) { return denied }
         let key: FlagKey
         switch parseKey(rawKey) {
         case .success(let parsed): key = parsed
         case .failure(let failure): return failure.response
+        }
+        if let controlWriter {
+            guard host.flags.flags[key]?.source == "control" else {
+                return problem(.notFound, "no control-plane flag is set for '\(key)'")
+            }
+            do {
+                let offset = try await controlWriter.setFlag(key, enabled: nil, reason: nil, who: caller(request))
+                logger.notice("flag removed for the group by operator", metadata: ["sluice.flag": "\(key)", "sluice.caller": "\(caller(request))"])
+                return json(.ok, ["key": key.description, "removed": true, "controlOffset": offset])
+            } catch {
+                return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
+            }
         }
         guard host.operatorFlags.current[key] != nil else {
             return problem(.notFound, "no operator flag is set for '\(key)'")

@@ -56,6 +56,55 @@ func decode(_ buffer: ByteBuffer) -> [String: Any] {
 struct AdminServerTests {
     let bearer: HTTPFields = [.authorization: "Bearer s3cret"]
 
+    @Test("with the control plane on, PUT and DELETE /v1/flags write the group's control topic; no state file is kept")
+    func flagsThroughControlPlane() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "admin-\(UInt32.random(in: 0...UInt32.max))")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.admin.token = "s3cret"
+        let stateFile = AdminFixture.stateFile()
+        configuration.admin.stateFile = stateFile
+        configuration.control.enabled = true
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let host = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
+        host.register("orders", NoopHandler())
+        let running = Task { try await host.run() }
+        defer { host.shutdown() }
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        let partition = TopicPartition("orders", 1)
+        try await app.test(.router) { client in
+            try await client.execute(
+                uri: "/v1/flags/orders/1", method: .put, headers: bearer,
+                body: AdminFixture.body(#"{"enabled": false, "reason": "slow db"}"#)
+            ) { response in
+                #expect(response.status == .ok)
+                let body = decode(response.body)
+                #expect(body["source"] as? String == "control")
+                #expect(body["controlOffset"] as? Int == 0)
+            }
+            let deadline = ContinuousClock.now + .seconds(40)
+            while host.shards.first(where: { $0.topicPartition == partition })?.state != .off, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(host.shards.first { $0.topicPartition == partition }?.flag == FlagSetting(enabled: false, source: "control", reason: "slow db"))
+            try await client.execute(uri: "/v1/flags/orders/1", method: .delete, headers: bearer) { response in
+                #expect(response.status == .ok)
+                #expect(decode(response.body)["removed"] as? Bool == true)
+            }
+            while host.shards.first(where: { $0.topicPartition == partition })?.state != .running, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(host.shards.first { $0.topicPartition == partition }?.state == .running)
+            try await client.execute(uri: "/v1/flags/orders/1", method: .delete, headers: bearer) { response in
+                #expect(response.status == .notFound, "nothing left to remove")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: stateFile), "the per-host state file is not used with the control plane")
+        host.shutdown()
+        try await running.value
+    }
+
     @Test("readiness and health say why a host that does not run is not ready")
     func notReady() async throws {
         let host = AdminFixture.host(stateFile: AdminFixture.stateFile())
