@@ -90,6 +90,13 @@ public final class ControlTopicReader: Sendable {
         }
     }
 
+    private func drainLogs(_ queue: OpaquePointer) {
+        while let event = rd_kafka_queue_poll(queue, 0) {
+            if rd_kafka_event_type(event) == RD_KAFKA_EVENT_LOG { LibrdkafkaLog.forward(event, to: logger) }
+            rd_kafka_event_destroy(event)
+        }
+    }
+
     private func finishLoad(_ error: KafkaError?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             if error != nil { state.loadError = error } else { state.loaded = true }
@@ -101,7 +108,13 @@ public final class ControlTopicReader: Sendable {
 
     private func run(deadline: ContinuousClock.Instant) {
         let rk = handle.pointer
+        // librdkafka's log lines go to swift-log, not to stderr in librdkafka's own format.
+        let logQueue = rd_kafka_queue_new(rk)!
+        rd_kafka_set_log_queue(rk, logQueue)
         defer {
+            drainLogs(logQueue)
+            rd_kafka_set_log_queue(rk, nil)
+            rd_kafka_queue_destroy(logQueue)
             rd_kafka_consumer_close(rk)
             handle.destroy()
             let waiter = finished.withLock { finished -> CheckedContinuation<Void, Never>? in
@@ -139,6 +152,7 @@ public final class ControlTopicReader: Sendable {
                 finishLoad(KafkaError(code: .timeout, message: "control topic '\(topic)' not read to its end (\(high)) in time"))
                 return
             }
+            drainLogs(logQueue)
             guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
             defer { rd_kafka_message_destroy(message) }
             let raw = message.pointee

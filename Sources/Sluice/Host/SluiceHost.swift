@@ -248,7 +248,16 @@ public final class SluiceHost: Service, Sendable {
             try await control.load(timeout: configuration.control.loadTimeout)
             logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
         }
-        defer { if let control { Task { await control.close() } } }
+        do {
+            try await runConsumer(handlers)
+        } catch {
+            await control?.close()
+            throw error
+        }
+        await control?.close()
+    }
+
+    private func runConsumer(_ handlers: [String: AnyHandler]) async throws {
         await flags.refresh()
         // A flag file that cannot be read at start would mean every shard runs, whatever it says.
         if configuration.flags.file != nil, let error = flags.lastErrors["file"] {
