@@ -50,9 +50,7 @@ public struct AdminServer: Service {
             self.store = nil
             self.controlWriter = try ControlPlaneWriter(
                 bootstrapServers: host.configuration.kafka.bootstrap, topic: control.topic,
-                properties: host.configuration.kafka.properties.filter {
-                    $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.")
-                },
+                properties: host.configuration.controlProperties,
                 logger: logger)
         } else {
             self.controlWriter = nil

@@ -213,19 +213,7 @@ public final class KafkaConsumer: Sendable {
         for partitions: [TopicPartition],
         timeout: Duration = .seconds(10)
     ) async throws -> [TopicPartition: Int64] {
-        try await shared.blocking { handle throws(KafkaError) in
-            let list = TopicPartitionList.make(partitions)
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            let error = rd_kafka_committed(handle.pointer, list, Int32(clamping: timeout.milliseconds))
-            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
-                throw KafkaError.rdkafka(error, context: "reading committed offsets")
-            }
-            var result: [TopicPartition: Int64] = [:]
-            for item in TopicPartitionList.read(list) where item.offset >= 0 {
-                result[item.topicPartition] = item.offset
-            }
-            return result
-        }
+        try await committedProgress(for: partitions, timeout: timeout).mapValues(\.offset)
     }
 
     /// The committed offsets of `partitions` with their commit metadata (one round trip to the coordinator).

@@ -72,10 +72,23 @@ struct ControlOptions: ParsableArguments {
     @Option(name: .long, help: "The control topic (default __sluice-control-GROUP).")
     var controlTopic: String?
 
+    @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl).")
+    var properties: [String] = []
+
     func validate() throws {
         if bootstrap != nil, group == nil, controlTopic == nil {
             throw ValidationError("--bootstrap needs --group (or --control-topic)")
         }
+        for property in properties where !property.contains("=") {
+            throw ValidationError("--property '\(property)' is not NAME=VALUE")
+        }
+    }
+
+    var librdkafkaProperties: [String: String] {
+        Dictionary(properties.map { property in
+            let parts = property.split(separator: "=", maxSplits: 1)
+            return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
+        }) { _, last in last }
     }
 
     /// Writes a flag record; prints where it went.
@@ -92,7 +105,7 @@ struct ControlOptions: ParsableArguments {
         logger.logLevel = .error
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
             let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI")
             await writer.close()
             print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset))")

@@ -58,6 +58,14 @@ struct AdminCommandTests {
         let noGroup = try await runCLI(["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers])
         #expect(noGroup.status != 0)
         #expect(noGroup.errors.contains("--bootstrap needs --group"))
+        let badProperty = try await runCLI(["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--property", "nonsense"])
+        #expect(badProperty.status != 0)
+        #expect(badProperty.errors.contains("--property 'nonsense' is not NAME=VALUE"))
+        let unknownProperty = try await runCLI([
+            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--property", "no.such.property=1",
+        ])
+        #expect(unknownProperty.status == 1)
+        #expect(unknownProperty.errors.contains("librdkafka property 'no.such.property' = '1'"), "\(unknownProperty.errors)")
         host.shutdown()
         try await hostRun.value
     }

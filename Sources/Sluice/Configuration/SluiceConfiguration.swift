@@ -79,6 +79,12 @@ public struct SluiceConfiguration: Sendable {
     public var admin = Admin()
     /// The group's control plane.
     public var control = Control()
+    /// The librdkafka properties the control topic's reader and writers take: how to reach and authenticate
+    /// to the brokers, nothing about consuming.
+    public var controlProperties: [String: String] {
+        kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }
+    }
+
     /// The control topic of this group.
     public var controlTopic: String { control.topic ?? ControlPlaneFlagSource.defaultTopic(group: kafka.group) }
     /// Runtime flags.

@@ -41,13 +41,7 @@ enum ControlRecord: Equatable {
             throw bad("\((error as? SluiceError)?.message ?? "\(error)")")
         }
         guard let value else { return .flag(flagKey, enabled: nil, reason: nil, who: nil) }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
-            throw bad("the value is not a JSON object")
-        }
-        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
-        guard version == Self.version else {
-            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); the flag keeps its previous state")
-        }
+        let object = try versioned(value, keeps: "the flag", bad: bad)
         let reason = object["reason"] as? String
         let who = object["who"] as? String
         switch object["state"] as? String {
@@ -58,6 +52,18 @@ enum ControlRecord: Equatable {
         }
     }
 
+    /// The JSON object of a value in the schema version this host reads.
+    private static func versioned(_ value: [UInt8], keeps what: String, bad: (String) -> SluiceError) throws(SluiceError) -> [String: Any] {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
+            throw bad("the value is not a JSON object")
+        }
+        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
+        guard version == Self.version else {
+            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state")
+        }
+        return object
+    }
+
     private static func parseTrip(key: String, value: [UInt8]?, bad: (String) -> SluiceError) throws(SluiceError) -> ControlRecord {
         let parts = key.dropFirst("trip/".count).split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]), partition >= 0 else {
@@ -65,13 +71,7 @@ enum ControlRecord: Equatable {
         }
         let topicPartition = TopicPartition(String(parts[0]), partition)
         guard let value else { return .trip(topicPartition, nil) }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
-            throw bad("the value is not a JSON object")
-        }
-        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
-        guard version == Self.version else {
-            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); the shard keeps its previous state")
-        }
+        let object = try versioned(value, keeps: "the shard", bad: bad)
         switch object["state"] as? String {
         case "tripped":
             let offset = (object["offset"] as? NSNumber)?.int64Value

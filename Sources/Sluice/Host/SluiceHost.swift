@@ -108,7 +108,7 @@ public final class SluiceHost: Service, Sendable {
             // Read only once the host runs; a bad librdkafka property surfaces when run() loads it.
             if let control = try? ControlPlaneFlagSource(
                 bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
-                properties: configuration.kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") },
+                properties: configuration.controlProperties,
                 logger: logger)
             {
                 sources.append(control)
@@ -350,7 +350,7 @@ public final class SluiceHost: Service, Sendable {
         let controlWriter = try control.map { control in
             try ControlPlaneWriter(
                 bootstrapServers: configuration.kafka.bootstrap, topic: control.topic,
-                properties: configuration.kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") },
+                properties: configuration.controlProperties,
                 logger: logger)
         }
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
