@@ -38,10 +38,12 @@ struct BlockingHandlerTests {
         let host = SluiceHost(configuration: Self.configuration(cluster), logger: HostFixture.logger)
         let release = DispatchSemaphore(value: 0)
         let blockedOnce = Locked<Set<Int32>>([])
+        let firstBlock = Locked<ContinuousClock.Instant?>(nil)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in
             // The first message of partitions 0 and 1 holds its thread, as a synchronous client would.
             if message.partition < 2, blockedOnce.withLock({ $0.insert(message.partition).inserted }) {
+                firstBlock.withLock { $0 = $0 ?? .now }
                 _ = release.wait(timeout: .now() + 60)
             }
             handled.append(message)
@@ -57,6 +59,8 @@ struct BlockingHandlerTests {
             let crashed = host.shards.filter { $0.topicPartition.partition < 2 && ($0.lastError ?? "").contains("longer than") }
             return others.count == 6 * 50 && crashed.count == 2 && blockedOnce.value.count == 2
         }
+        // A figure, not a bound: how long after the first block both shards were seen crashed.
+        if let start = firstBlock.value { print("blocking handlers: both shards crashed \(ContinuousClock.now - start) after the first block (handlerTimeout 2 s)") }
         // Still inside the minute both handlers hold their threads.
         #expect(host.health().healthy, "\(host.health().reasons)")
         #expect(host.blockedHandlerThreads == 2)
