@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import Sluice
+import SluiceKafka
+import Synchronization
 
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -72,6 +74,9 @@ struct ControlOptions: ParsableArguments {
     @Option(name: .long, help: "The control topic (default __sluice-control-GROUP).")
     var controlTopic: String?
 
+    @Option(name: .long, help: "How long to wait for the group's hosts to apply the change (seconds).")
+    var wait: Double = 10
+
     @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl).")
     var properties: [String] = []
 
@@ -106,13 +111,48 @@ struct ControlOptions: ParsableArguments {
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let written = ContinuousClock.now
             let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI")
             await writer.close()
-            print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset))")
+            let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
+            let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
+            var line = "\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts applied"
+            line += missing.isEmpty ? " in \(took) ms" : "; not yet: \(missing.sorted().joined(separator: ", "))"
+            print(line)
         } catch {
             throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
         }
     }
+
+    /// Waits (up to `--wait`) until every live host of the group (one that wrote its status in the last
+    /// 15 s) says it applied the record at `offset`; returns how many did, of how many, and which did not.
+    private func acknowledgements(of offset: Int64, topic: String, bootstrap: String, logger: Logger) async throws
+        -> (applied: Int, live: Int, missing: [String])
+    {
+        let hosts = HostTable()
+        let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
+            guard case .host(let identity, let status)? = try? ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
+            else { return }
+            hosts.set(identity, status)
+        }
+        defer { Task { await reader.close() } }
+        try await reader.load(timeout: .seconds(max(wait, 1)))
+        let deadline = ContinuousClock.now + .milliseconds(Int(wait * 1000))
+        while true {
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let live = hosts.all.filter { now - $0.value.atMilliseconds <= 15_000 }
+            let missing = live.filter { $0.value.applied <= offset }.map(\.key)
+            if missing.isEmpty || ContinuousClock.now >= deadline { return (live.count - missing.count, live.count, missing) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+/// Host statuses as the CLI reads them.
+private final class HostTable: Sendable {
+    private let hosts = Mutex<[String: ControlHostStatus]>([:])
+    func set(_ identity: String, _ status: ControlHostStatus?) { hosts.withLock { $0[identity] = status } }
+    var all: [String: ControlHostStatus] { hosts.withLock { $0 } }
 }
 
 /// Runs an admin call and exits non-zero with the message on failure.

@@ -102,6 +102,9 @@ struct TwoServiceProcessesTests {
             "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--reason", "incident",
         ])
         #expect(await set.exit() == 0)
+        let said = await set.output.all()
+        #expect(said.contains("; 2/2 hosts applied in "), "the CLI waited for both hosts: \(said)")
+        print("control plane flag: \(said.split(separator: ";").last.map(String.init) ?? said)")
         #expect(await firstOutput.waitFor("sluice.flagSource=control"), "the first host applied it")
         #expect(await secondOutput.waitFor("sluice.flagSource=control"), "the second host applied it")
         // Every orders shard of both hosts stopped for the flag (payments shards run on).

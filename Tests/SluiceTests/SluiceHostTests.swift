@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import SluiceKafka
 import Testing
@@ -268,6 +269,18 @@ struct SluiceHostTests {
 
     @Test("/readyz turns false while a broker outage has cost the host its group session, and true once it rejoined")
     func readinessAfterLostSession() async throws {
+        // Taking a broker of the embedded cluster down can abort the whole process (its listener is re-bound
+        // to the same port at once, and librdkafka 2.0.2 asserts if the port was taken meanwhile): run in a
+        // process of its own, and again once if the cluster, not the test, failed.
+        guard ProcessInfo.processInfo.environment[BlockingHandlerTests.aloneVariable] == "readinessAfterLostSession" else {
+            var (status, output) = try await BlockingHandlerTests.runAlone("readinessAfterLostSession")
+            if status != 0, output.contains("Failed to-create mock broker listener") {
+                print("the embedded cluster could not re-bind its broker's port; running the test again")
+                (status, output) = try await BlockingHandlerTests.runAlone("readinessAfterLostSession")
+            }
+            #expect(status == 0 && output.contains("Test run with 1 test"), "the test in its own process:\n\(output.suffix(4_000))")
+            return
+        }
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let host = SluiceHost(
             configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: [:]),

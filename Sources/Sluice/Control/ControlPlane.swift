@@ -13,26 +13,46 @@ import Foundation
 /// Trips: key `trip/TOPIC/PARTITION`, value `{"v":1,"state":"tripped","offset":N,"reason":"..."}` while the
 /// shard's breaker holds it, `{"v":1,"state":"clear"}` once a reset, a flag cycle or a probe released it. A
 /// host assigned the partition starts it tripped, so a crash loop does not start again on a new owner.
-enum ControlRecord: Equatable {
+public enum ControlRecord: Equatable, Sendable {
     case flag(FlagKey, enabled: Bool?, reason: String?, who: String?)
     case trip(TopicPartition, Trip?)
+    /// A host's status: the control records it applied, when it last said so; nil once it left.
+    case host(String, ControlHostStatus?)
 
     /// A shard held by its breaker, group-wide.
-    struct Trip: Equatable, Sendable {
+    public struct Trip: Equatable, Sendable {
         /// The offset it stopped at, when known.
-        var offset: Int64?
-        var reason: String
+        public var offset: Int64?
+        /// Why it tripped.
+        public var reason: String
+
+        public init(offset: Int64?, reason: String) {
+            self.offset = offset
+            self.reason = reason
+        }
     }
 
-    static let version = 1
+    /// The schema version this host reads and writes.
+    public static let version = 1
 
     /// Reads a record; throws naming the key, the offset and what is wrong. Keys of kinds this version does
     /// not act on yet return nil.
-    static func parse(key: String, value: [UInt8]?, offset: Int64) throws(SluiceError) -> ControlRecord? {
+    public static func parse(key: String, value: [UInt8]?, offset: Int64) throws(SluiceError) -> ControlRecord? {
         func bad(_ reason: String) -> SluiceError {
             SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
         }
         if key.hasPrefix("trip/") { return try parseTrip(key: key, value: value, bad: bad) }
+        if key.hasPrefix("host/") {
+            let identity = String(key.dropFirst("host/".count))
+            guard !identity.isEmpty else { throw bad("a host key is host/ID") }
+            guard let value else { return .host(identity, nil) }
+            let object = try versioned(value, keeps: "the host", bad: bad)
+            if object["state"] as? String == "gone" { return .host(identity, nil) }
+            guard let applied = (object["applied"] as? NSNumber)?.int64Value, let at = (object["atMillis"] as? NSNumber)?.int64Value else {
+                throw bad("a host record needs applied and atMillis")
+            }
+            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, shards: (object["shards"] as? Int) ?? 0))
+        }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
         do {
@@ -84,8 +104,19 @@ enum ControlRecord: Equatable {
     }
 
     /// The record's key and value.
-    var encoded: (key: String, value: [UInt8]) {
+    public var encoded: (key: String, value: [UInt8]) {
         switch self {
+        case .host(let identity, let status):
+            var object: [String: Any] = ["v": Self.version]
+            if let status {
+                object["applied"] = status.applied
+                object["atMillis"] = status.atMilliseconds
+                object["shards"] = status.shards
+            } else {
+                object["state"] = "gone"
+            }
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            return ("host/\(identity)", Array(data))
         case .trip(let topicPartition, let trip):
             var object: [String: Any] = ["v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601)]
             if let trip {
@@ -108,6 +139,22 @@ enum ControlRecord: Equatable {
     }
 }
 
+/// What a host of the group says of itself in the control topic (`host/ID`).
+public struct ControlHostStatus: Equatable, Sendable {
+    /// Every control record before this offset is applied on the host.
+    public var applied: Int64
+    /// When the host wrote this, in milliseconds since the epoch (hosts write every few seconds).
+    public var atMilliseconds: Int64
+    /// Shards it owns.
+    public var shards: Int
+
+    public init(applied: Int64, atMilliseconds: Int64, shards: Int) {
+        self.applied = applied
+        self.atMilliseconds = atMilliseconds
+        self.shards = shards
+    }
+}
+
 /// The control plane's flags as a flag source: the group's control topic, read to its end before the host
 /// fetches anything and then tailed, pushing each change at once. Bad records are logged, counted and
 /// skipped; the flags they would have changed keep their state.
@@ -118,6 +165,9 @@ public final class ControlPlaneFlagSource: FlagSource {
     private final class Table: Sendable {
         let flags = Mutex<[FlagKey: FlagSetting]>([:])
         let trips = Mutex<[TopicPartition: ControlRecord.Trip]>([:])
+        let hosts = Mutex<[String: ControlHostStatus]>([:])
+        /// The position when the flag resolver last loaded the flags: the host's supervisor has those.
+        let loadedPosition = Mutex<Int64>(0)
     }
 
     private let table = Table()
@@ -144,6 +194,8 @@ public final class ControlPlaneFlagSource: FlagSource {
                     continuation.yield()
                 case .trip(let topicPartition, let trip):
                     table.trips.withLock { $0[topicPartition] = trip }
+                case .host(let identity, let status):
+                    table.hosts.withLock { $0[identity] = status }
                 case nil:
                     return
                 }
@@ -166,7 +218,20 @@ public final class ControlPlaneFlagSource: FlagSource {
 
     public var changes: AsyncStream<Void>? { stream }
 
-    public func load() async throws -> [FlagKey: FlagSetting] { table.flags.withLock { $0 } }
+    public func load() async throws -> [FlagKey: FlagSetting] {
+        // The reader's position is updated after each record's table change: read it first, so what is
+        // reported as loaded is never ahead of the flags handed out.
+        let position = reader.position
+        let flags = table.flags.withLock { $0 }
+        table.loadedPosition.withLock { $0 = max($0, position) }
+        return flags
+    }
+
+    /// Every control record before this offset was loaded into the host's flags.
+    public var loadedPosition: Int64 { table.loadedPosition.withLock { $0 } }
+
+    /// What every host of the group last said of itself.
+    public var hosts: [String: ControlHostStatus] { table.hosts.withLock { $0 } }
 
     /// The group-wide trip of a partition, if its breaker holds it.
     func trip(for topicPartition: TopicPartition) -> ControlRecord.Trip? { table.trips.withLock { $0[topicPartition] } }
@@ -204,6 +269,12 @@ public struct ControlPlaneWriter: Sendable {
     /// Publishes a shard's trip (nil: cleared) for the group.
     func setTrip(_ topicPartition: TopicPartition, _ trip: ControlRecord.Trip?) async throws {
         let (recordKey, value) = ControlRecord.trip(topicPartition, trip).encoded
+        _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+    }
+
+    /// Publishes this host's status (nil: it left the group).
+    func setHost(_ identity: String, _ status: ControlHostStatus?) async throws {
+        let (recordKey, value) = ControlRecord.host(identity, status).encoded
         _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
     }
 

@@ -92,6 +92,8 @@ public final class SluiceHost: Service, Sendable {
     let clock: any HostClock
     /// The group's control plane, when `control.enabled`.
     public let control: ControlPlaneFlagSource?
+    /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
+    public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
     public convenience init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
@@ -374,6 +376,30 @@ public final class SluiceHost: Service, Sendable {
                 group.addTask { await flags.run { input.yield(.flagsChanged) } }
                 // Trips and their clearing go to the group's control topic in the order they happen.
                 let (tripUpdates, tripUpdate) = AsyncStream.makeStream(of: (TopicPartition, ControlRecord.Trip?).self)
+                if let writer = controlWriter, let control {
+                    // This host's status: the control records it applied (what writers wait for), at once when
+                    // that changes, and every 5 s as a heartbeat.
+                    group.addTask { [identity, logger] in
+                        var said: (applied: Int64, shards: Int)?
+                        var saidAt = ContinuousClock.now
+                        while !Task.isCancelled {
+                            let applied = control.loadedPosition
+                            let shards = self.state.withLock { $0.views.count }
+                            if said.map({ $0.applied != applied || $0.shards != shards }) ?? true || ContinuousClock.now - saidAt >= .seconds(5) {
+                                let status = ControlHostStatus(
+                                    applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards)
+                                do {
+                                    try await writer.setHost(identity, status)
+                                    said = (applied, shards)
+                                    saidAt = ContinuousClock.now
+                                } catch {
+                                    logger.warning("could not publish this host's status to the control topic", metadata: ["error": "\(error)"])
+                                }
+                            }
+                            try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
+                        }
+                    }
+                }
                 if let writer = controlWriter {
                     group.addTask { [logger] in
                         for await (topicPartition, trip) in tripUpdates {
@@ -406,6 +432,11 @@ public final class SluiceHost: Service, Sendable {
             }
         } onGracefulShutdown: {
             self.shutdown()
+        }
+        if let controlWriter {
+            // Writers stop waiting for a host that left.
+            try? await controlWriter.setHost(identity, nil)
+            await controlWriter.close()
         }
         input.finish()
         let subscribers = state.withLock { state in
