@@ -124,6 +124,40 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
+    /// Prints the control topic's flags and the group's hosts, read to the topic's end.
+    func list() async throws {
+        guard let bootstrap else { return }
+        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        let records = RecordTable()
+        let reader: ControlTopicReader
+        do {
+            reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
+                records.apply(record)
+            }
+            try await reader.load(timeout: .seconds(max(wait, 1)))
+        } catch {
+            throw AdminClient.Failure(description: "cannot read control topic '\(topic)' at \(bootstrap): \(error)")
+        }
+        await reader.close()
+        var rows = [["KEY", "VALUE", "REASON", "WHO"]]
+        for (key, flag) in records.flags.sorted(by: { $0.key < $1.key }) {
+            rows.append([key.description, flag.enabled ? "on" : "off", flag.reason ?? "", flag.who ?? ""])
+        }
+        print(Table.render(rows))
+        for (topicPartition, trip) in records.trips.sorted(by: { $0.key < $1.key }) {
+            print("tripped: \(topicPartition) at offset \(trip.offset.map(String.init) ?? "-"): \(trip.reason)")
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        var hostRows = [["HOST", "APPLIED", "SHARDS", "LAST SEEN"]]
+        for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) {
+            hostRows.append([identity, "\(status.applied)", "\(status.shards)", "\((now - status.atMilliseconds) / 1000) s ago"])
+        }
+        print(Table.render(hostRows))
+        if records.bad > 0 { print("\(records.bad) control record(s) could not be read") }
+    }
+
     /// Waits (up to `--wait`) until every live host of the group (one that wrote its status in the last
     /// 15 s) says it applied the record at `offset`; returns how many did, of how many, and which did not.
     private func acknowledgements(of offset: Int64, topic: String, bootstrap: String, logger: Logger) async throws
@@ -146,6 +180,41 @@ struct ControlOptions: ParsableArguments {
             try await Task.sleep(for: .milliseconds(20))
         }
     }
+}
+
+/// The control topic's state as the CLI reads it.
+private final class RecordTable: Sendable {
+    struct Flag: Sendable {
+        var enabled: Bool
+        var reason: String?
+        var who: String?
+    }
+
+    private let state = Mutex<(flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus], bad: Int)>(
+        ([:], [:], [:], 0))
+
+    func apply(_ record: ControlTopicReader.Record) {
+        state.withLock { state in
+            let parsed: ControlRecord?
+            do {
+                parsed = try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
+            } catch {
+                state.bad += 1
+                return
+            }
+            switch parsed {
+            case .flag(let key, let enabled, let reason, let who)?: state.flags[key] = enabled.map { Flag(enabled: $0, reason: reason, who: who) }
+            case .trip(let topicPartition, let trip)?: state.trips[topicPartition] = trip
+            case .host(let identity, let status)?: state.hosts[identity] = status
+            case nil: break
+            }
+        }
+    }
+
+    var flags: [FlagKey: Flag] { state.withLock { $0.flags } }
+    var trips: [TopicPartition: ControlRecord.Trip] { state.withLock { $0.trips } }
+    var hosts: [String: ControlHostStatus] { state.withLock { $0.hosts } }
+    var bad: Int { state.withLock { $0.bad } }
 }
 
 /// Host statuses as the CLI reads them.
@@ -175,9 +244,14 @@ struct FlagsCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List the flags in force and their sources.")
         @OptionGroup var options: AdminOptions
+        @OptionGroup var control: ControlOptions
 
         func run() async throws {
             try await runAdmin {
+                if control.bootstrap != nil {
+                    try await control.list()
+                    return
+                }
                 let answer = try await AdminClient(options: options).call("GET", "/v1/flags")
                 let flags = answer["flags"] as? [[String: Any]] ?? []
                 var rows = [["KEY", "VALUE", "SOURCE", "REASON"]]

@@ -47,6 +47,11 @@ struct AdminCommandTests {
         #expect(shard?.state == .off)
         #expect(shard?.flag == FlagSetting(enabled: false, source: "control", reason: "cli test"))
 
+        let list = try await runCLI(["flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(list.status == 0, "\(list.errors)")
+        #expect(list.output.contains("orders/1  off    cli test"), "\(list.output)")
+        #expect(list.output.contains("\(host.identity)"), "the host is listed: \(list.output)")
+
         let unset = try await runCLI(["flags", "unset", "orders/1", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(unset.status == 0, "\(unset.errors)")
         while host.shards.first(where: { $0.topicPartition.partition == 1 })?.state != .running, ContinuousClock.now < deadline {
