@@ -77,6 +77,9 @@ struct ControlOptions: ParsableArguments {
     @Option(name: .long, help: "How long to wait for the group's hosts to apply the change (seconds).")
     var wait: Double = 10
 
+    @Flag(name: .long, help: "With --bootstrap: list the shards of the group the change would touch (from the hosts' status); write nothing.")
+    var dryRun = false
+
     @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl).")
     var properties: [String] = []
 
@@ -108,6 +111,10 @@ struct ControlOptions: ParsableArguments {
         let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
+        if dryRun {
+            try await preview(flagKey, enabled: enabled, topic: topic, bootstrap: bootstrap, logger: logger)
+            return
+        }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
@@ -124,23 +131,57 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
+    /// The control topic's state, read to its end.
+    private func read(topic: String, bootstrap: String, logger: Logger) async throws -> RecordTable {
+        let records = RecordTable()
+        do {
+            let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
+                records.apply(record)
+            }
+            try await reader.load(timeout: .seconds(max(wait, 1)))
+            await reader.close()
+        } catch {
+            throw AdminClient.Failure(description: "cannot read control topic '\(topic)' at \(bootstrap): \(error)")
+        }
+        return records
+    }
+
+    /// Lists the shards of live hosts a flag change would touch, and how.
+    private func preview(_ key: FlagKey, enabled: Bool?, topic: String, bootstrap: String, logger: Logger) async throws {
+        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        var rows = [["HOST", "SHARD", "STATE", "WOULD"]]
+        var changes = 0
+        var hosts = Set<String>()
+        for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) where now - status.atMilliseconds <= 15_000 {
+            for (shard, state) in status.shards.sorted(by: { $0.key < $1.key }) {
+                let parts = shard.split(separator: "/")
+                guard parts.count == 2, let partition = Int32(parts[1]), key.covers(TopicPartition(String(parts[0]), partition)) else { continue }
+                let change: String
+                switch (enabled, state) {
+                case (false?, "off"), (false?, "stopped"): change = "stay off"
+                case (false?, _): change = "drain, commit and stop"
+                case (_, "off"): change = "start, unless another flag keeps it off"
+                default: change = "keep running"
+                }
+                if change != "stay off", change != "keep running" {
+                    changes += 1
+                    hosts.insert(identity)
+                }
+                rows.append([identity, shard, state, change])
+            }
+        }
+        print(Table.render(rows))
+        print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") would change \(changes) shard(s) on \(hosts.count) host(s); nothing was written (--dry-run)")
+    }
+
     /// Prints the control topic's flags and the group's hosts, read to the topic's end.
     func list() async throws {
         guard let bootstrap else { return }
         let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
-        let records = RecordTable()
-        let reader: ControlTopicReader
-        do {
-            reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
-                records.apply(record)
-            }
-            try await reader.load(timeout: .seconds(max(wait, 1)))
-        } catch {
-            throw AdminClient.Failure(description: "cannot read control topic '\(topic)' at \(bootstrap): \(error)")
-        }
-        await reader.close()
+        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         var rows = [["KEY", "VALUE", "REASON", "WHO"]]
         for (key, flag) in records.flags.sorted(by: { $0.key < $1.key }) {
             rows.append([key.description, flag.enabled ? "on" : "off", flag.reason ?? "", flag.who ?? ""])
@@ -152,7 +193,7 @@ struct ControlOptions: ParsableArguments {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var hostRows = [["HOST", "APPLIED", "SHARDS", "LAST SEEN"]]
         for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) {
-            hostRows.append([identity, "\(status.applied)", "\(status.shards)", "\((now - status.atMilliseconds) / 1000) s ago"])
+            hostRows.append([identity, "\(status.applied)", "\(status.shards.count)", "\((now - status.atMilliseconds) / 1000) s ago"])
         }
         print(Table.render(hostRows))
         if records.bad > 0 { print("\(records.bad) control record(s) could not be read") }

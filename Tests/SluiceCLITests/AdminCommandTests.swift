@@ -33,6 +33,19 @@ struct AdminCommandTests {
         while host.shards.filter({ $0.state == .running }).count < 2, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(100))
         }
+        // A dry run names the one shard it would stop, on the one host, and writes nothing.
+        while host.control?.hosts[host.identity]?.shards.count != 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let preview = try await runCLI([
+            "flags", "set", "orders/1", "off", "--dry-run", "--bootstrap", cluster.bootstrapServers, "--group", group,
+        ])
+        #expect(preview.status == 0, "\(preview.errors)")
+        #expect(preview.output.contains("orders/1  running  drain, commit and stop"), "\(preview.output)")
+        #expect(!preview.output.contains("orders/0"), "\(preview.output)")
+        #expect(preview.output.hasSuffix("orders/1: off would change 1 shard(s) on 1 host(s); nothing was written (--dry-run)\n"), "\(preview.output)")
+        #expect(host.shards.allSatisfy { $0.state == .running })
+
         let set = try await runCLI([
             "flags", "set", "orders/1", "off", "--reason", "cli test", "--bootstrap", cluster.bootstrapServers, "--group", group,
         ])

@@ -39,7 +39,7 @@ struct ControlRecordTests {
 
     @Test("host records: applied position and heartbeat; gone when the host left")
     func hostRecords() throws {
-        let status = ControlRecord.host("pod-1", ControlHostStatus(applied: 12, atMilliseconds: 1_000, shards: 4))
+        let status = ControlRecord.host("pod-1", ControlHostStatus(applied: 12, atMilliseconds: 1_000, shards: ["orders/0": "running", "orders/1": "off"]))
         let (key, value) = status.encoded
         #expect(key == "host/pod-1")
         #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == status)

@@ -51,7 +51,7 @@ public enum ControlRecord: Equatable, Sendable {
             guard let applied = (object["applied"] as? NSNumber)?.int64Value, let at = (object["atMillis"] as? NSNumber)?.int64Value else {
                 throw bad("a host record needs applied and atMillis")
             }
-            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, shards: (object["shards"] as? Int) ?? 0))
+            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, shards: (object["shards"] as? [String: String]) ?? [:]))
         }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
@@ -145,10 +145,10 @@ public struct ControlHostStatus: Equatable, Sendable {
     public var applied: Int64
     /// When the host wrote this, in milliseconds since the epoch (hosts write every few seconds).
     public var atMilliseconds: Int64
-    /// Shards it owns.
-    public var shards: Int
+    /// The shards it owns (`topic/partition`) and their states.
+    public var shards: [String: String]
 
-    public init(applied: Int64, atMilliseconds: Int64, shards: Int) {
+    public init(applied: Int64, atMilliseconds: Int64, shards: [String: String]) {
         self.applied = applied
         self.atMilliseconds = atMilliseconds
         self.shards = shards

@@ -49,6 +49,9 @@ public struct FlagKey: Hashable, Sendable, CustomStringConvertible, Comparable {
         [.partition(topicPartition), .topic(topicPartition.topic), .all]
     }
 
+    /// Whether a flag with this key applies to `topicPartition`.
+    public func covers(_ topicPartition: TopicPartition) -> Bool { Self.keys(for: topicPartition).contains(self) }
+
     public var description: String {
         switch scope {
         case .all: "*"

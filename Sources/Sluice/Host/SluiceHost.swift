@@ -380,11 +380,13 @@ public final class SluiceHost: Service, Sendable {
                     // This host's status: the control records it applied (what writers wait for), at once when
                     // that changes, and every 5 s as a heartbeat.
                     group.addTask { [identity, logger] in
-                        var said: (applied: Int64, shards: Int)?
+                        var said: (applied: Int64, shards: [String: String])?
                         var saidAt = ContinuousClock.now
                         while !Task.isCancelled {
                             let applied = control.loadedPosition
-                            let shards = self.state.withLock { $0.views.count }
+                            let shards = self.state.withLock { state in
+                                Dictionary(uniqueKeysWithValues: state.views.map { ($0.key.description, $0.value.status.state.name) })
+                            }
                             if said.map({ $0.applied != applied || $0.shards != shards }) ?? true || ContinuousClock.now - saidAt >= .seconds(5) {
                                 let status = ControlHostStatus(
                                     applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards)
