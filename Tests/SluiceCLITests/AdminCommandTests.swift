@@ -145,7 +145,7 @@ struct AdminCommandTests {
 
         let badValue = try await runCLI(["flags", "set", "orders", "maybe", "--admin", url])
         #expect(badValue.status != 0)
-        #expect(badValue.errors.contains("the value must be on or off, got 'maybe'"))
+        #expect(badValue.errors.contains("the value must be on, off or a rate such as 200/s, got 'maybe'"))
 
         host.shutdown()
         try await hostRun.value

@@ -26,6 +26,16 @@ struct ControlRecordTests {
         #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == record)
     }
 
+    @Test("rate flags: N/s is on with a limit; nonsense rates are refused")
+    func rateRecords() throws {
+        let record = ControlRecord.flag(.topic("orders"), enabled: true, reason: "degrade", who: nil, rate: 200)
+        let (key, value) = record.encoded
+        #expect(String(decoding: value, as: UTF8.self).contains(#""state":"200/s""#))
+        #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == record)
+        #expect(ControlRecord.parseRate("2.5/s") == 2.5)
+        for bad in ["0/s", "-1/s", "abc/s", "200", "1e9/s", "nan/s"] { #expect(ControlRecord.parseRate(bad) == nil, "\(bad)") }
+    }
+
     @Test("trip records: tripped with offset and reason, clear; written the way they are read; bad keys refused")
     func tripRecords() throws {
         let tripped = ControlRecord.trip(TopicPartition("orders", 3), .init(offset: 42, reason: "handler failed at offset 42: boom"))
@@ -63,7 +73,7 @@ struct ControlRecordTests {
         #expect(
             message("flag/orders", #"{"v":2,"state":"off"}"#)
                 == "control record 'flag/orders' at offset 9: schema version 2 is not understood (this host reads 1); the flag keeps its previous state")
-        #expect(message("flag/orders", #"{"v":1,"state":"maybe"}"#) == "control record 'flag/orders' at offset 9: state must be on, off or unset, got 'maybe'")
+        #expect(message("flag/orders", #"{"v":1,"state":"maybe"}"#) == "control record 'flag/orders' at offset 9: state must be on, off, unset or a rate such as 200/s, got 'maybe'")
         #expect(message("flag/bad topic", #"{"v":1,"state":"off"}"#).hasPrefix("control record 'flag/bad topic' at offset 9: "))
     }
 }
@@ -175,6 +185,28 @@ struct ControlPlaneTests {
         }
         second.shutdown()
         try await secondRun.value
+    }
+
+    @Test("a rate flag on the control topic reaches the shards; unset lifts it")
+    func rateFlagReachesShards() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let configuration = Self.configuration(cluster, group: HostFixture.uniqueGroup())
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let run = Task { try await host.run() }
+        defer { host.shutdown() }
+        try await HostFixture.eventually("running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try await writer.setFlag(.topic("orders"), enabled: true, reason: "degrade", who: "test", rate: 50)
+        try await HostFixture.eventually("both shards limited to 50/s, still running") {
+            host.shards.allSatisfy { $0.flag.rate == 50 && $0.state == .running }
+        }
+        try await writer.setFlag(.topic("orders"), enabled: nil, reason: nil, who: "test")
+        try await HostFixture.eventually("the limit lifted") { host.shards.allSatisfy { $0.flag.rate == nil } }
+        await writer.close()
+        host.shutdown()
+        try await run.value
     }
 
     @Test("a bad control record is logged and skipped; the flag keeps its state")

@@ -302,3 +302,38 @@ final class HangingDeadLetters: DeadLetterSink {
         while true { try await Task.sleep(for: .seconds(3_600)) }
     }
 }
+
+@Suite("Rate flags", .timeLimit(.minutes(1)))
+struct RateLimitTests {
+    @Test("the token bucket lets a tenth of a second's worth out at once, then one token per 1/rate seconds")
+    func tokenBucket() {
+        let start = ContinuousClock.now
+        var bucket = TokenBucket(rate: 100, now: start)
+        #expect(bucket.take(15, now: start).taken == 10, "a burst of a tenth of a second")
+        let empty = bucket.take(1, now: start)
+        #expect(empty.taken == 0)
+        #expect(empty.nextAt == start + .milliseconds(10))
+        #expect(bucket.take(10, now: start + .milliseconds(50)).taken == 5)
+        #expect(bucket.take(100, now: start + .seconds(10)).taken == 10, "never more than the burst")
+        var slow = TokenBucket(rate: 0.5, now: start)
+        #expect(slow.take(3, now: start).taken == 1, "at least one message of burst")
+        #expect(slow.take(1, now: start).nextAt == start + .seconds(2))
+    }
+
+    @Test("a rate limit holds the pipeline to it, and lifting it lets the rest through at once")
+    func pipelineThrottled() async throws {
+        let handled = HandledMessages()
+        let pipeline = PipelineFixture.pipeline(TopicConfiguration(), handler: .message(ClosureHandler { message, _ in handled.append(message) }))
+        pipeline.setRate(0.001)  // one message now, the next in 1,000 s
+        let source = AsyncStream<[Message]>.makeStream()
+        source.continuation.yield(PipelineFixture.messages(0..<5))
+        let running = Task { await pipeline.run(source: source.stream) }
+        try await HostFixture.eventually("the first message through") { handled.count == 1 }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(handled.count == 1, "the others wait for tokens")
+        pipeline.setRate(nil)
+        try await HostFixture.eventually("the rest through once the limit is lifted") { handled.count == 5 }
+        source.continuation.finish()
+        #expect(await running.value == .sourceEnded)
+    }
+}

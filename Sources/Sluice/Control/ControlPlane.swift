@@ -14,7 +14,7 @@ import Foundation
 /// shard's breaker holds it, `{"v":1,"state":"clear"}` once a reset, a flag cycle or a probe released it. A
 /// host assigned the partition starts it tripped, so a crash loop does not start again on a new owner.
 public enum ControlRecord: Equatable, Sendable {
-    case flag(FlagKey, enabled: Bool?, reason: String?, who: String?)
+    case flag(FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil)
     case trip(TopicPartition, Trip?)
     /// A host's status: the control records it applied, when it last said so; nil once it left.
     case host(String, ControlHostStatus?)
@@ -68,8 +68,25 @@ public enum ControlRecord: Equatable, Sendable {
         case "on": return .flag(flagKey, enabled: true, reason: reason, who: who)
         case "off": return .flag(flagKey, enabled: false, reason: reason, who: who)
         case "unset": return .flag(flagKey, enabled: nil, reason: reason, who: who)
-        case let other: throw bad("state must be on, off or unset, got \(other.map { "'\($0)'" } ?? "none")")
+        case let state? where parseRate(state) != nil:
+            return .flag(flagKey, enabled: true, reason: reason, who: who, rate: parseRate(state))
+        case let other: throw bad("state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")")
         }
+    }
+
+    private static func json(_ object: [String: Any]) -> Data {
+        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+    }
+
+    /// A rate written `N/s` (N a positive number, at most a million), in messages a second.
+    public static func parseRate(_ text: String) -> Double? {
+        guard text.hasSuffix("/s"), let rate = Double(text.dropLast(2)), rate > 0, rate <= 1_000_000, rate.isFinite else { return nil }
+        return rate
+    }
+
+    /// A rate as records and flags write it.
+    public static func describeRate(_ rate: Double) -> String {
+        rate == rate.rounded() ? "\(Int(rate))/s" : "\(rate)/s"
     }
 
     /// The JSON object of a value in the schema version this host reads.
@@ -115,7 +132,7 @@ public enum ControlRecord: Equatable, Sendable {
             } else {
                 object["state"] = "gone"
             }
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            let data = Self.json(object)
             return ("host/\(identity)", Array(data))
         case .trip(let topicPartition, let trip):
             var object: [String: Any] = ["v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601)]
@@ -123,17 +140,17 @@ public enum ControlRecord: Equatable, Sendable {
                 object["reason"] = trip.reason
                 if let offset = trip.offset { object["offset"] = offset }
             }
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            let data = Self.json(object)
             return ("trip/\(topicPartition.topic)/\(topicPartition.partition)", Array(data))
-        case .flag(let flagKey, let enabled, let reason, let who):
+        case .flag(let flagKey, let enabled, let reason, let who, let rate):
             var object: [String: Any] = [
                 "v": Self.version,
-                "state": enabled.map { $0 ? "on" : "off" } ?? "unset",
+                "state": rate.map(Self.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset",
                 "at": Date().formatted(.iso8601),
             ]
             if let reason { object["reason"] = reason }
             if let who { object["who"] = who }
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            let data = Self.json(object)
             return ("flag/\(flagKey)", Array(data))
         }
     }
@@ -189,8 +206,8 @@ public final class ControlPlaneFlagSource: FlagSource {
         reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
             do throws(SluiceError) {
                 switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
-                case .flag(let key, let enabled, let reason, _):
-                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason) } }
+                case .flag(let key, let enabled, let reason, _, let rate):
+                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate) } }
                     continuation.yield()
                 case .trip(let topicPartition, let trip):
                     table.trips.withLock { $0[topicPartition] = trip }
@@ -260,8 +277,8 @@ public struct ControlPlaneWriter: Sendable {
     /// Sets a flag for the group (nil: unset it, so lower layers decide); returns the record's offset once
     /// the broker acknowledged it.
     @discardableResult
-    public func setFlag(_ key: FlagKey, enabled: Bool?, reason: String?, who: String?) async throws -> Int64 {
-        let (recordKey, value) = ControlRecord.flag(key, enabled: enabled, reason: reason, who: who).encoded
+    public func setFlag(_ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil) async throws -> Int64 {
+        let (recordKey, value) = ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded
         let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
         return report.offset
     }

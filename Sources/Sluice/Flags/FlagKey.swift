@@ -71,11 +71,15 @@ public struct FlagSetting: Sendable, Hashable {
     public var source: String
     /// Why, when the source says (an admin reason).
     public var reason: String?
+    /// A rate limit for the shards it covers, in messages a second (a rate flag such as `200/s`: the topic is
+    /// slowed, not stopped); nil for no limit.
+    public var rate: Double?
 
     /// Creates a setting.
-    public init(enabled: Bool, source: String, reason: String? = nil) {
+    public init(enabled: Bool, source: String, reason: String? = nil, rate: Double? = nil) {
         self.enabled = enabled
         self.source = source
         self.reason = reason
+        self.rate = rate
     }
 }

@@ -281,6 +281,7 @@ struct SupervisorLoop {
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress, logger: logger)
+        if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
             let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in
@@ -345,6 +346,12 @@ struct SupervisorLoop {
             let setting = host.flags.setting(for: topicPartition)
             guard setting != shard.flag else { continue }
             let changed = setting.enabled != shard.flag.enabled
+            if setting.rate != shard.flag.rate {
+                shard.pipeline?.setRate(setting.rate)
+                logger.info(
+                    "shard rate changed",
+                    metadata: metadata(topicPartition, ["sluice.rate": "\(setting.rate.map(ControlRecord.describeRate) ?? "unlimited")"]))
+            }
             shard.flag = setting
             shards[topicPartition] = shard
             host.updateView(shard)

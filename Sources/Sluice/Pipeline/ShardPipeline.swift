@@ -123,6 +123,8 @@ final class ShardPipeline: Sendable {
     private let predecessors: [ShardPipeline]
     /// What the group's last commit says is done above it: skipped like `alreadyDone` once read.
     private let groupProgress: GroupProgress?
+    /// The rate flag's limit, if any.
+    private let rateLimit = Mutex<TokenBucket?>(nil)
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -352,9 +354,12 @@ final class ShardPipeline: Sendable {
                     pausedForBackpressure = false
                     flowControl.setBackpressure(false, pipeline: generation)
                 }
+                // A rate flag: no more than the bucket allows (waiting for a token ends on a stop or a crash).
+                let allowed = await throttle(upTo: remaining.count)
+                if allowed == 0 { return }
                 // Take as many as fit under the limit, and begin them in one lock.
                 let (taken, rejected, rewound) = state.withLock { state -> (Int, [Int64], Bool) in
-                    let room = max(limit - state.tracker.inFlight, 1)
+                    let room = min(max(limit - state.tracker.inFlight, 1), allowed)
                     let slice = remaining.prefix(room)
                     var rejected: [Int64] = []
                     for message in slice {
@@ -384,6 +389,31 @@ final class ShardPipeline: Sendable {
                     handOut(slice.filter { !skipped.contains($0.offset) })
                 }
             }
+        }
+    }
+
+    /// Limits the shard to `rate` messages a second (a rate flag), or lifts the limit (nil). Takes effect at
+    /// once, also while the dispatcher waits for a token.
+    func setRate(_ rate: Double?) {
+        rateLimit.withLock { $0 = rate.map { TokenBucket(rate: $0, now: .now) } }
+        control.notify()
+    }
+
+    /// How many of `wanted` messages the rate limit lets out now, waiting for the first token if needed;
+    /// 0 only when a stop or a crash came meanwhile.
+    private func throttle(upTo wanted: Int) async -> Int {
+        while true {
+            let now = ContinuousClock.now
+            let (taken, nextAt) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?) in
+                guard bucket != nil else { return (wanted, nil) }
+                return bucket!.take(wanted, now: now)
+            }
+            if taken > 0 { return taken }
+            let limited = rateLimit.withLock { $0 }
+            let stopped = await control.waitUntil(deadline: nextAt ?? now) {
+                self.state.withLock { $0.stopRequested || $0.crash != nil } || self.rateLimit.withLock { $0?.rate } != limited?.rate
+            }
+            if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
         }
     }
 

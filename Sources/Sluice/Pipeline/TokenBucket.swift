@@ -1,0 +1,33 @@
+/// A rate limit in messages a second with a burst of a tenth of a second (at least one message): the
+/// throttle a rate flag such as `200/s` puts on a shard. Pure: the caller passes the time.
+struct TokenBucket: Sendable, Equatable {
+    let rate: Double
+    let capacity: Double
+    private(set) var tokens: Double
+    private(set) var last: ContinuousClock.Instant
+
+    init(rate: Double, now: ContinuousClock.Instant) {
+        precondition(rate > 0, "a rate must be positive")
+        self.rate = rate
+        self.capacity = max(rate / 10, 1)
+        self.tokens = max(rate / 10, 1)
+        self.last = now
+    }
+
+    /// Takes up to `wanted` whole tokens. Returns how many it took; when none, also when the next one is due.
+    mutating func take(_ wanted: Int, now: ContinuousClock.Instant) -> (taken: Int, nextAt: ContinuousClock.Instant?) {
+        if now > last {
+            let elapsed = now - last
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            tokens = min(capacity, tokens + seconds * rate)
+            last = now
+        }
+        let taken = min(wanted, Int(tokens))
+        if taken > 0 {
+            tokens -= Double(taken)
+            return (taken, nil)
+        }
+        let missing = 1 - tokens
+        return (0, now + .nanoseconds(Int64((missing / rate * 1e9).rounded(.up))))
+    }
+}
