@@ -66,6 +66,15 @@ struct TwoServiceProcessesTests {
         #expect(await first.exit() == 0)
         let firstLog = await firstOutput.all()
         let secondLog = await secondOutput.all()
+        if !allCommitted {
+            // Seen once in a CI run: what each host's shards did, for the next look.
+            for (name, log) in [("first", firstLog), ("second", secondLog)] {
+                let lines = log.split(separator: "\n").filter { line in
+                    ["partitions", "shard", "flag changed", "commit", "stalled", "rebalance", "lost"].contains { line.contains($0) }
+                }
+                print("--- \(name) host, shard and group lines ---\n" + lines.suffix(200).joined(separator: "\n"))
+            }
+        }
         let handledFirst = try #require(handledOrders(firstLog), "\(firstLog.suffix(2_000))")
         let handledSecond = try #require(handledOrders(secondLog), "\(secondLog.suffix(2_000))")
         #expect(!firstLog.contains("partitions lost") && !secondLog.contains("partitions lost"), "revoked, never lost")
