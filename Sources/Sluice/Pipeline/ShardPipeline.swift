@@ -403,14 +403,14 @@ final class ShardPipeline: Sendable {
     /// 0 only when a stop or a crash came meanwhile.
     private func throttle(upTo wanted: Int) async -> Int {
         while true {
-            let now = ContinuousClock.now
-            let (taken, nextAt) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?) in
-                guard bucket != nil else { return (wanted, nil) }
-                return bucket!.take(wanted, now: now)
+            // Without a rate flag (the common case) one lock and no clock read per slice.
+            let (taken, nextAt, limited) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?, TokenBucket?) in
+                guard bucket != nil else { return (wanted, nil, nil) }
+                let (taken, nextAt) = bucket!.take(wanted, now: .now)
+                return (taken, nextAt, bucket)
             }
             if taken > 0 { return taken }
-            let limited = rateLimit.withLock { $0 }
-            let stopped = await control.waitUntil(deadline: nextAt ?? now) {
+            let stopped = await control.waitUntil(deadline: nextAt ?? .now) {
                 self.state.withLock { $0.stopRequested || $0.crash != nil } || self.rateLimit.withLock { $0?.rate } != limited?.rate
             }
             if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
