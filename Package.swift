@@ -30,6 +30,7 @@ let package = Package(
             pkgConfig: "rdkafka",
             providers: [.apt(["librdkafka-dev"]), .brew(["librdkafka"])]
         ),
+        .target(name: "CSluiceCrash"),
         .target(
             name: "SluiceKafka",
             dependencies: [
@@ -43,6 +44,7 @@ let package = Package(
             dependencies: [
                 "SluiceKafka",
                 "Crdkafka",
+                "CSluiceCrash",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -97,6 +99,7 @@ let package = Package(
             name: "SluiceTests",
             dependencies: [
                 "Sluice",
+                "CSluiceCrash",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),

@@ -313,6 +313,15 @@ public struct AdminServer: Service {
         if let lagSeconds = shard.lagSeconds { entry["lagSeconds"] = lagSeconds }
         if let stalledSince = shard.stalledSince { entry["stalledForSeconds"] = Self.seconds(.now - stalledSince) }
         if shard.abandonedCalls > 0 { entry["abandonedCalls"] = shard.abandonedCalls }
+        if let quarantine = shard.quarantine {
+            var described: [String: Any] = [
+                "offset": quarantine.offset, "count": quarantine.count, "crashes": quarantine.crashes, "state": quarantine.state.rawValue,
+                "signal": quarantine.signal, "host": quarantine.host, "atMillis": quarantine.atMilliseconds, "summary": quarantine.summary,
+            ]
+            if let who = quarantine.who { described["who"] = who }
+            if let reason = quarantine.reason { described["reason"] = reason }
+            entry["quarantine"] = described
+        }
         if let rate = shard.flag.rate { entry["rate"] = rate }
         if let position = shard.position { entry["position"] = position }
         switch shard.state {

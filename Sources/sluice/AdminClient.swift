@@ -233,8 +233,10 @@ private final class RecordTable: Sendable {
         var rate: Double?
     }
 
-    private let state = Mutex<(flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus], bad: Int)>(
-        ([:], [:], [:], 0))
+    private let state = Mutex<
+        (flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus],
+            quarantines: [TopicPartition: Quarantine], bad: Int)
+    >(([:], [:], [:], [:], 0))
 
     func apply(_ record: ControlTopicReader.Record) {
         state.withLock { state in
@@ -250,6 +252,7 @@ private final class RecordTable: Sendable {
                 state.flags[key] = enabled.map { Flag(enabled: $0, reason: reason, who: who, rate: rate) }
             case .trip(let topicPartition, let trip)?: state.trips[topicPartition] = trip
             case .host(let identity, let status)?: state.hosts[identity] = status
+            case .quarantine(let topicPartition, let quarantine)?: state.quarantines[topicPartition] = quarantine
             case nil: break
             }
         }
@@ -258,6 +261,7 @@ private final class RecordTable: Sendable {
     var flags: [FlagKey: Flag] { state.withLock { $0.flags } }
     var trips: [TopicPartition: ControlRecord.Trip] { state.withLock { $0.trips } }
     var hosts: [String: ControlHostStatus] { state.withLock { $0.hosts } }
+    var quarantines: [TopicPartition: Quarantine] { state.withLock { $0.quarantines } }
     var bad: Int { state.withLock { $0.bad } }
 }
 
@@ -377,6 +381,7 @@ struct StatusCommand: AsyncParsableCommand {
         try await runAdmin {
             let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
             var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED", "LAST ERROR"]]
+            var quarantines: [String] = []
             for shard in answer["shards"] as? [[String: Any]] ?? [] {
                 let flag = shard["flag"] as? [String: Any] ?? [:]
                 let stalled = (shard["stalledForSeconds"] as? Double).map { " (stalled \(Int($0)) s)" } ?? ""
@@ -393,8 +398,17 @@ struct StatusCommand: AsyncParsableCommand {
                     "\(shard["failed"] as? Int ?? 0)",
                     String((shard["lastError"] as? String ?? "").prefix(60)),
                 ])
+                if let quarantine = shard["quarantine"] as? [String: Any] {
+                    quarantines.append(
+                        "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0) \(quarantine["state"] as? String ?? ""): "
+                            + (quarantine["summary"] as? String ?? ""))
+                }
             }
             print(Table.render(rows))
+            if !quarantines.isEmpty {
+                print("\nQuarantined messages (their handler calls killed the process):")
+                for line in quarantines { print("  " + line) }
+            }
         }
     }
 }

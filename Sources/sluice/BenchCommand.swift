@@ -191,6 +191,7 @@ struct BenchCommand: AsyncParsableCommand {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "host-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
@@ -213,6 +214,7 @@ struct BenchCommand: AsyncParsableCommand {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "flags-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["flagbench": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
         configuration.flags.file = file
         configuration.flags.pollInterval = .seconds(1)
@@ -270,6 +272,7 @@ struct BenchCommand: AsyncParsableCommand {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "scale-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()

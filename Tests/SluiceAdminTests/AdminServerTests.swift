@@ -32,6 +32,7 @@ enum AdminFixture {
         var kafka = SluiceConfiguration.Kafka(bootstrap: bootstrap, group: "admin-\(UInt32.random(in: 0...UInt32.max))")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.token = token
         configuration.admin.stateFile = stateFile
         configuration.admin.maxBodyBytes = 256
@@ -62,6 +63,7 @@ struct AdminServerTests {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "admin-\(UInt32.random(in: 0...UInt32.max))")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.token = "s3cret"
         let stateFile = AdminFixture.stateFile()
         configuration.admin.stateFile = stateFile

@@ -23,6 +23,7 @@ struct AdminCommandTests {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.control.enabled = true
         try cluster.createTopic(configuration.controlTopic, partitions: 1)
         let host = SluiceHost(configuration: configuration, logger: logger)
@@ -98,6 +99,7 @@ struct AdminCommandTests {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: "cli-\(UInt32.random(in: 0...UInt32.max))")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.listen = "127.0.0.1:0"
         configuration.admin.token = "s3cret"
         configuration.admin.stateFile = FileManager.default.temporaryDirectory.appendingPathComponent("cli-\(UUID().uuidString).json").path

@@ -26,6 +26,7 @@ struct OrderServiceTests {
             environment: [
                 "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
                 "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
+                "SLUICE_HOST_STATE_DIRECTORY": database + ".state",
             ].merging(environment) { $1 })
         return (service, database)
     }

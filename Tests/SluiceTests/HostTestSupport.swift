@@ -25,6 +25,7 @@ enum HostFixture {
         kafka.commitInterval = .milliseconds(500)
         if let rdkafkaDebug { kafka.properties["debug"] = rdkafkaDebug }
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.shutdownTimeout = .seconds(10)
         return configuration
     }

@@ -84,12 +84,13 @@ enum PipelineFixture {
         deadLetters: (any DeadLetterSink)? = nil,
         drainTimeout: Duration = .seconds(5),
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
-        alreadyDone: Set<Int64> = []
+        alreadyDone: Set<Int64> = [],
+        quarantine: Quarantine? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
             deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, logger: logger)
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, quarantine: quarantine, logger: logger)
     }
 
     /// A source that yields `batches` and ends.

@@ -65,11 +65,19 @@ struct Order: Decodable {
 }
 
 /// Handles orders one at a time per customer; checks that each customer's orders arrive in sequence.
+///
+/// To try crash containment, `ORDER_SERVICE_TRAP_ON_ORDER=N` makes the handler trap (`fatalError`, which
+/// no Swift code can catch) on the order with index `n` N: the process dies, and on its next start Sluice
+/// quarantines that order (see the README).
 final class OrderHandler: MessageHandler {
     private let state = Mutex<(handled: Int, violations: Int, last: [String: Int])>((0, 0, [:]))
+    private let poison = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_ON_ORDER"].flatMap { Int($0) }
 
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
+        if let poison, order.n == poison {
+            fatalError("order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)")
+        }
         state.withLock { state in
             state.handled += 1
             // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation.

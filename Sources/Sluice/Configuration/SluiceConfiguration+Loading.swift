@@ -62,14 +62,16 @@ struct ConfigurationLayout {
         "topics": ["*"],
         "topics.*": [
             "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "abandonTimeout", "maxAbandonedCalls", "breaker",
+            "onCrash",
         ],
+        "topics.*.onCrash": ["after", "then"],
         "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
         "topics.*.breaker.trip": ["crashes", "within"],
         "flags": ["pollInterval", "default", "file"],
         "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
-        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter"],
+        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal"],
     ]
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
@@ -178,6 +180,11 @@ private struct ConfigurationValues {
         configuration.blockedThreadAfter = try duration(
             ["host", "blockedThreadAfter"], atLeast: .milliseconds(100), "must be at least 100ms (shorter flags ordinary work as blocking)")
             ?? configuration.blockedThreadAfter
+        if let directory = try string(["host", "stateDirectory"]) {
+            guard !directory.trimmingWhitespace().isEmpty else { throw problem(["host", "stateDirectory"], "is empty") }
+            configuration.stateDirectory = directory
+        }
+        configuration.crashJournal = try onOff(["host", "crashJournal"]) ?? configuration.crashJournal
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
@@ -231,6 +238,8 @@ private struct ConfigurationValues {
         }
         settings.onFailure.retries = try integer(base + ["onFailure", "retries"]) ?? settings.onFailure.retries
         settings.onFailure.then = try choice(base + ["onFailure", "then"]) ?? settings.onFailure.then
+        settings.onCrash.after = try integer(base + ["onCrash", "after"]) ?? settings.onCrash.after
+        settings.onCrash.then = try choice(base + ["onCrash", "then"]) ?? settings.onCrash.then
         settings.breaker = try breaker(base + ["breaker"])
         if let text = try string(base + ["onFailure", "backoff"]) {
             let parts = text.components(separatedBy: "..")

@@ -114,6 +114,13 @@ public struct SluiceConfiguration: Sendable {
     /// How long one handler may hold its thread without suspending before the thread counts as blocked: it
     /// is reported and another thread starts (`host.blockedThreadAfter`). Default 1 s.
     public var blockedThreadAfter: Duration = .seconds(1)
+    /// Where the host keeps files that must survive a process restart (`host.stateDirectory`): the crash
+    /// journal, and quarantines when the control plane is off. On Kubernetes, an `emptyDir` volume (it
+    /// survives container restarts). Default `.sluice` under the working directory.
+    public var stateDirectory: String = ".sluice"
+    /// Whether the host keeps a crash journal and contains handlers that trap (`host.crashJournal`,
+    /// SLUICE.md §12). Default on.
+    public var crashJournal = true
     /// The file the configuration was loaded from, for error messages; nil when built in code.
     public var sourceFile: String?
 

@@ -11,6 +11,29 @@ public struct TopicConfiguration: Sendable, Hashable {
         case none
     }
 
+    /// What happens to a message whose handler call killed the process (a trap) `onCrash.after` times.
+    public enum CrashAction: String, Sendable, Hashable, CaseIterable {
+        /// The shard is held tripped at the message (nothing at or past it is committed) until an operator
+        /// skips it or resets the shard.
+        case stop
+        /// The message is written to the dead-letter topic with its crash report, then committed.
+        case deadLetter
+    }
+
+    /// Crash containment (SLUICE.md §12): what a message that killed the process gets.
+    public struct CrashPolicy: Sendable, Hashable {
+        /// Process deaths attributed to one message before it is quarantined (at least 1).
+        public var after: Int
+        /// What a quarantined message gets.
+        public var then: CrashAction
+
+        /// Creates a policy.
+        public init(after: Int = 1, then: CrashAction = .stop) {
+            self.after = after
+            self.then = then
+        }
+    }
+
     /// What happens to a message whose handler still fails after the retries.
     public enum FailureAction: String, Sendable, Hashable, CaseIterable {
         /// The shard stops at that message (nothing past it is committed) and crashes.
@@ -102,6 +125,9 @@ public struct TopicConfiguration: Sendable, Hashable {
     /// The most abandoned handler calls of one shard that may still be running; one more trips the shard
     /// whatever its breaker policy (each is a task, and what it holds, that Swift cannot stop). Default 3.
     public var maxAbandonedCalls = 3
+    /// What a message whose handler call killed the process gets. Default: quarantined after 1 death,
+    /// shard held at it (``CrashAction/stop``).
+    public var onCrash = CrashPolicy()
     /// How crashed shards restart and when they trip. Default ``BreakerPolicy/standard``: restart with
     /// backoff 1 s..5 min, trip after 5 crashes within 10 min, no automatic probe, healthy after 60 s.
     public var breaker: BreakerPolicy = .standard
@@ -137,6 +163,10 @@ extension TopicConfiguration {
         }
         if handlerTimeout <= .zero { throw fail("handlerTimeout", "must be positive, got \(handlerTimeout)") }
         if abandonTimeout < .zero { throw fail("abandonTimeout", "must be 0 or more, got \(abandonTimeout)") }
+        if onCrash.after < 1 { throw fail("onCrash.after", "must be at least 1, got \(onCrash.after)") }
+        if onCrash.then == .deadLetter, (deadLetterTopic ?? "").isEmpty {
+            throw fail("deadLetterTopic", "is required when onCrash.then is deadLetter")
+        }
         if maxAbandonedCalls < 0 { throw fail("maxAbandonedCalls", "must be 0 or more, got \(maxAbandonedCalls)") }
         let backoff = breaker.restartBackoff
         if backoff.initial <= .zero || backoff.maximum < backoff.initial {

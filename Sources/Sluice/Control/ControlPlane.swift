@@ -18,6 +18,8 @@ public enum ControlRecord: Equatable, Sendable {
     case trip(TopicPartition, Trip?)
     /// A host's status: the control records it applied, when it last said so; nil once it left.
     case host(String, ControlHostStatus?)
+    /// A message whose handler call killed a process (SLUICE.md §12); nil once released (`"state":"released"`).
+    case quarantine(TopicPartition, Quarantine?)
 
     /// A shard held by its breaker, group-wide.
     public struct Trip: Equatable, Sendable {
@@ -42,6 +44,13 @@ public enum ControlRecord: Equatable, Sendable {
             SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
         }
         if key.hasPrefix("trip/") { return try parseTrip(key: key, value: value, bad: bad) }
+        if key.hasPrefix("quarantine/") {
+            let topicPartition = try partitionKey(key, kind: "quarantine", bad: bad)
+            guard let value else { return .quarantine(topicPartition, nil) }
+            let object = try versioned(value, keeps: "the shard", bad: bad)
+            if object["state"] as? String == "released" { return .quarantine(topicPartition, nil) }
+            return .quarantine(topicPartition, try Quarantine(object: object, bad: bad))
+        }
         if key.hasPrefix("host/") {
             let identity = String(key.dropFirst("host/".count))
             guard !identity.isEmpty else { throw bad("a host key is host/ID") }
@@ -101,12 +110,17 @@ public enum ControlRecord: Equatable, Sendable {
         return object
     }
 
-    private static func parseTrip(key: String, value: [UInt8]?, bad: (String) -> SluiceError) throws(SluiceError) -> ControlRecord {
-        let parts = key.dropFirst("trip/".count).split(separator: "/", omittingEmptySubsequences: false)
+    /// The partition of a `KIND/TOPIC/PARTITION` key.
+    private static func partitionKey(_ key: String, kind: String, bad: (String) -> SluiceError) throws(SluiceError) -> TopicPartition {
+        let parts = key.dropFirst(kind.count + 1).split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]), partition >= 0 else {
-            throw bad("a trip key is trip/TOPIC/PARTITION")
+            throw bad("a \(kind) key is \(kind)/TOPIC/PARTITION")
         }
-        let topicPartition = TopicPartition(String(parts[0]), partition)
+        return TopicPartition(String(parts[0]), partition)
+    }
+
+    private static func parseTrip(key: String, value: [UInt8]?, bad: (String) -> SluiceError) throws(SluiceError) -> ControlRecord {
+        let topicPartition = try partitionKey(key, kind: "trip", bad: bad)
         guard let value else { return .trip(topicPartition, nil) }
         let object = try versioned(value, keeps: "the shard", bad: bad)
         switch object["state"] as? String {
@@ -123,6 +137,10 @@ public enum ControlRecord: Equatable, Sendable {
     /// The record's key and value.
     public var encoded: (key: String, value: [UInt8]) {
         switch self {
+        case .quarantine(let topicPartition, let quarantine):
+            var object = quarantine?.object() ?? ["v": Self.version, "state": "released"]
+            object["at"] = Date().formatted(.iso8601)
+            return ("quarantine/\(topicPartition.topic)/\(topicPartition.partition)", Array(Self.json(object)))
         case .host(let identity, let status):
             var object: [String: Any] = ["v": Self.version]
             if let status {
@@ -183,6 +201,7 @@ public final class ControlPlaneFlagSource: FlagSource {
         let flags = Mutex<[FlagKey: FlagSetting]>([:])
         let trips = Mutex<[TopicPartition: ControlRecord.Trip]>([:])
         let hosts = Mutex<[String: ControlHostStatus]>([:])
+        let quarantines = Mutex<[TopicPartition: Quarantine]>([:])
         /// The position when the flag resolver last loaded the flags: the host's supervisor has those.
         let loadedPosition = Mutex<Int64>(0)
     }
@@ -213,6 +232,8 @@ public final class ControlPlaneFlagSource: FlagSource {
                     table.trips.withLock { $0[topicPartition] = trip }
                 case .host(let identity, let status):
                     table.hosts.withLock { $0[identity] = status }
+                case .quarantine(let topicPartition, let quarantine):
+                    table.quarantines.withLock { $0[topicPartition] = quarantine }
                 case nil:
                     return
                 }
@@ -253,6 +274,19 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// The group-wide trip of a partition, if its breaker holds it.
     func trip(for topicPartition: TopicPartition) -> ControlRecord.Trip? { table.trips.withLock { $0[topicPartition] } }
 
+    /// The group's quarantined (or counted) messages.
+    public var quarantines: [TopicPartition: Quarantine] { table.quarantines.withLock { $0 } }
+
+    /// Waits until the record at `offset` is applied, at most `timeout`; returns whether it is.
+    func waitUntilApplied(_ offset: Int64, timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while reader.position <= offset {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await TimerThread.shared.sleep(until: .now + .milliseconds(10))
+        }
+        return true
+    }
+
     /// The offset of the next control record to read: every record before it is applied.
     public var appliedPosition: Int64 { reader.position }
 
@@ -287,6 +321,13 @@ public struct ControlPlaneWriter: Sendable {
     func setTrip(_ topicPartition: TopicPartition, _ trip: ControlRecord.Trip?) async throws {
         let (recordKey, value) = ControlRecord.trip(topicPartition, trip).encoded
         _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+    }
+
+    /// Publishes a quarantine (nil: released) for the group; returns the record's offset.
+    @discardableResult
+    public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) async throws -> Int64 {
+        let (recordKey, value) = ControlRecord.quarantine(topicPartition, quarantine).encoded
+        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
     }
 
     /// Publishes this host's status (nil: it left the group).

@@ -38,6 +38,14 @@ struct KafkaDeadLetterSink: DeadLetterSink {
         headers.append(KafkaHeader(key: "sluice.source.partition", value: Array(String(message.partition).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.offset", value: Array(String(message.offset).utf8)))
         headers.append(KafkaHeader(key: "sluice.attempts", value: Array(String(attempts).utf8)))
+        if let killed = error as? MessageKilledProcess {
+            // What the crash journal found: the message's handler call killed the process.
+            let quarantine = killed.quarantine
+            headers.append(KafkaHeader(key: "sluice.crash.signal", value: Array(quarantine.signal.utf8)))
+            headers.append(KafkaHeader(key: "sluice.crash.count", value: Array(String(quarantine.crashes).utf8)))
+            headers.append(KafkaHeader(key: "sluice.crash.host", value: Array(quarantine.host.utf8)))
+            headers.append(KafkaHeader(key: "sluice.crash.atMillis", value: Array(String(quarantine.atMilliseconds).utf8)))
+        }
         return ProducerRecord(topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers)
     }
 }

@@ -75,6 +75,8 @@ public struct ShardStatus: Sendable, Hashable {
     public var stalledSince: ContinuousClock.Instant?
     /// Handler calls abandoned past `handlerTimeout` (or the drain timeout) and still running.
     public var abandonedCalls = 0
+    /// A message of the partition that killed the process (SLUICE.md §12), and what is done with it.
+    public var quarantine: Quarantine?
 
     /// Messages in the partition not yet done by this group: high watermark − the stored offset (or, before
     /// the shard stored one, the committed offset). Nil when unknown, never the whole partition by default.

@@ -77,6 +77,8 @@ public final class SluiceHost: Service, Sendable {
         var ticks = 0
         /// Handler threads held by one handler call for `blockedThreadAfter` or longer.
         var blockedHandlerThreads = 0
+        /// The crash journal and quarantines, once ``run()`` opened them.
+        var crashContainment: CrashContainment?
     }
 
     /// The configuration the host runs with.
@@ -94,6 +96,12 @@ public final class SluiceHost: Service, Sendable {
     public let control: ControlPlaneFlagSource?
     /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
     public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
+
+    /// The crash journal and the quarantines it honours (SLUICE.md §12), while the host runs.
+    var crashContainment: CrashContainment? { state.withLock { $0.crashContainment } }
+
+    /// The quarantined (or counted) messages this host knows of, by partition.
+    public var quarantines: [TopicPartition: Quarantine] { crashContainment?.quarantines ?? [:] }
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
     public convenience init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
@@ -140,6 +148,7 @@ public final class SluiceHost: Service, Sendable {
     /// A snapshot of every shard this host has now.
     public var shards: [ShardStatus] {
         let (views, consumer) = state.withLock { (Array($0.views.values), $0.consumer) }
+        let quarantines = quarantines
         let nowMilliseconds = Int64((Date().timeIntervalSince1970 * 1000).rounded())
         return views.map { view in
             var status = view.status
@@ -157,6 +166,7 @@ public final class SluiceHost: Service, Sendable {
             status.highWatermark = [cached, view.queriedHighWatermark].compactMap { $0 }.max()
             status.position = consumer?.position(of: status.topicPartition)
             status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
+            status.quarantine = quarantines[status.topicPartition]
             if let oldestPending {
                 status.lagSeconds = Double(max(0, nowMilliseconds - oldestPending)) / 1000
             } else {
@@ -251,11 +261,18 @@ public final class SluiceHost: Service, Sendable {
             logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
         }
         do {
+            if configuration.crashJournal {
+                // Before joining: what the last process died of is quarantined before any partition fetches.
+                let containment = try await CrashContainment.start(configuration: configuration, control: control, host: identity, logger: logger)
+                state.withLock { $0.crashContainment = containment }
+            }
             try await runConsumer(handlers)
         } catch {
+            crashContainment?.journal.closeShared()
             await control?.close()
             throw error
         }
+        crashContainment?.journal.closeShared()
         await control?.close()
     }
 

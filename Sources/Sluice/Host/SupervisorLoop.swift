@@ -108,6 +108,7 @@ struct SupervisorLoop {
                 if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge.record(lagSeconds) }
                 checkStall(status, now: now)
             }
+            await releaseQuarantineHolds(group: &group)
             for (topic, calls) in abandonedByTopic {
                 Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)]).record(calls)
             }
@@ -146,6 +147,10 @@ struct SupervisorLoop {
                 "shard assigned tripped: the group's control plane holds it",
                 metadata: metadata(topicPartition, ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
             await transition(topicPartition, group: &group) { $0.assignedTripped(now: now, reason: trip.reason) }
+            // Held at a quarantined message on its last owner: released here when the quarantine is.
+            if let quarantine = host.crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined {
+                shards[topicPartition]?.heldByQuarantine = quarantine.offset
+            }
             return
         }
         await transition(topicPartition, group: &group) { $0.assigned() }
@@ -244,8 +249,14 @@ struct SupervisorLoop {
         let abandonedCalls = shard.abandonedCalls
         let limit = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).maxAbandonedCalls
         var crashReason: String?
+        var quarantined = false
         if case .crashed(let crash) = outcome {
             crashReason = crash.description
+            if case .quarantined = crash.reason {
+                // Held at the message until an operator skips it or resets the shard, whatever the breaker says.
+                quarantined = true
+                shard.heldByQuarantine = crash.offset
+            }
             if abandonedCalls > limit {
                 crashReason! += "; \(abandonedCalls) abandoned handler calls still running (maxAbandonedCalls \(limit)): tripped"
             }
@@ -264,7 +275,7 @@ struct SupervisorLoop {
             let now = clock.now
             let reason = crashReason ?? ""
             await transition(topicPartition, group: &group) {
-                $0.crashed(now: now, reason: reason, jitter: Double.random(in: 0...1), trip: abandonedCalls > limit)
+                $0.crashed(now: now, reason: reason, jitter: Double.random(in: 0...1), trip: quarantined || abandonedCalls > limit)
             }
         case .stopped, .sourceEnded:
             await transition(topicPartition, group: &group) { $0.drained() }
@@ -280,7 +291,8 @@ struct SupervisorLoop {
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
-            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress, logger: logger)
+            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
+            journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition), logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         group.addTask { [host, consumer, input] in
@@ -336,6 +348,29 @@ struct SupervisorLoop {
         }
         shards[topicPartition] = shard
         host.updateView(shard)
+    }
+
+    // MARK: Quarantine
+
+    /// Shards held at a quarantined message start again once it is released or skipped (the control plane
+    /// or the state directory says so), looked at every tick.
+    private mutating func releaseQuarantineHolds(group: inout TaskGroup<Void>) async {
+        guard let containment = host.crashContainment else { return }
+        for (topicPartition, shard) in shards.sorted(by: { $0.key < $1.key }) {
+            guard let offset = shard.heldByQuarantine else { continue }
+            guard shard.machine.state.isTripped else {
+                shards[topicPartition]?.heldByQuarantine = nil
+                continue
+            }
+            let quarantine = containment.quarantine(for: topicPartition)
+            guard quarantine == nil || quarantine!.state != .quarantined || quarantine!.offset != offset else { continue }
+            shards[topicPartition]?.heldByQuarantine = nil
+            logger.info(
+                "quarantine \(quarantine?.state == .skip ? "skipped" : "released"); the shard starts again",
+                metadata: metadata(topicPartition, ["kafka.offset": "\(offset)", "sluice.who": "\(quarantine?.who ?? "-")"]))
+            let now = clock.now
+            await transition(topicPartition, group: &group) { $0.reset(now: now) }
+        }
     }
 
     // MARK: Flags

@@ -8,6 +8,9 @@ public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
         case handlerTimeout(Duration)
         /// Writing to the dead-letter topic failed.
         case deadLetterFailed(String)
+        /// The message killed the process (a trap in its handler) and is quarantined with `onCrash.then:
+        /// stop`: the shard is held at it.
+        case quarantined(String)
     }
 
     /// What happened.
@@ -20,6 +23,7 @@ public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
         case .handlerFailed(let error): "handler failed at offset \(offset): \(error)"
         case .handlerTimeout(let limit): "handler ran longer than \(limit) at offset \(offset)"
         case .deadLetterFailed(let error): "dead-letter write failed at offset \(offset): \(error)"
+        case .quarantined(let summary): "quarantined at offset \(offset): \(summary)"
         }
     }
 }

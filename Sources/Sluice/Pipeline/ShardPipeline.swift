@@ -73,13 +73,20 @@ final class ShardPipeline: Sendable {
         /// final flush take).
         let completed = Mutex<[Int64]>([])
         static let epoch = ContinuousClock.now
+        /// The lane's crash journal slot: set before the lane starts, touched only by the lane after.
+        nonisolated(unsafe) var journal: JournalSlot?
 
-        func begin(_ offset: Int64, at instant: ContinuousClock.Instant) {
+        /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
+        func begin(_ offset: Int64, at instant: ContinuousClock.Instant, count: Int = 1, handler: Bool = true) {
+            if handler, let journal { journal.begin(offset, count: count) }
             self.offset.store(offset, ordering: .relaxed)
             since.store(max(1, (instant - Self.epoch).nanoseconds), ordering: .releasing)
         }
 
-        func end() { since.store(0, ordering: .releasing) }
+        func end() {
+            journal?.end()
+            since.store(0, ordering: .releasing)
+        }
 
         /// How long the current call has run, or nil while idle.
         func running(now: ContinuousClock.Instant) -> (Duration, Int64)? {
@@ -125,6 +132,12 @@ final class ShardPipeline: Sendable {
     private let groupProgress: GroupProgress?
     /// The rate flag's limit, if any.
     private let rateLimit = Mutex<TokenBucket?>(nil)
+    /// Where lanes note the message in their handler, so a trap is blamed on it after the restart.
+    private let journal: CrashJournal?
+    /// A message that killed the process before, and what it gets here.
+    private let quarantine: Quarantine?
+    /// The offsets ``quarantine`` covers (empty when there is none, or while its deaths are only counted).
+    private let quarantined: Range<Int64>
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -143,8 +156,13 @@ final class ShardPipeline: Sendable {
         laneExecutor: (any TaskExecutor)? = nil,
         predecessors: [ShardPipeline] = [],
         groupProgress: GroupProgress? = nil,
+        journal: CrashJournal? = nil,
+        quarantine: Quarantine? = nil,
         logger: Logger
     ) {
+        self.journal = journal
+        self.quarantine = quarantine
+        self.quarantined = quarantine.map { $0.state == .counting ? 0..<0 : $0.range } ?? 0..<0
         self.predecessors = predecessors
         self.groupProgress = groupProgress
         self.laneExecutor = laneExecutor
@@ -459,8 +477,12 @@ final class ShardPipeline: Sendable {
             let queue = queues[configuration.ordering == .none ? 0 : index]
             // An owned task, not a group child: see the type's documentation. On the handler threads, so a
             // handler that blocks its thread holds one of Sluice's threads, not one of Swift's few.
+            let activity = activities[index]
+            activity.journal = journal?.acquire(topicPartition, generation: generation)
             return Task(executorPreference: laneExecutor) {
+                activity.journal?.bindToCurrentTask()
                 await self.runLane(index, queue: queue)
+                if let slot = activity.journal { self.journal?.release(slot) }
                 self.state.withLock { $0.lanesRunning -= 1 }
                 self.beacon.notify()
             }
@@ -523,6 +545,11 @@ final class ShardPipeline: Sendable {
         var callStarted = ContinuousClock.now
         while let message = remaining.first {
             if halted { return [] }
+            if quarantined.contains(message.offset) {
+                flush(activity)
+                await process(remaining.prefix(1), lane: lane)
+                return remaining.dropFirst()
+            }
             activity.begin(message.offset, at: callStarted)
             do {
                 try await handler.handle(message, context: context)
@@ -576,6 +603,10 @@ final class ShardPipeline: Sendable {
     }
 
     private func process(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil) async {
+        if !quarantined.isEmpty, unit.contains(where: { quarantined.contains($0.offset) }) {
+            await processQuarantined(unit, lane: lane)
+            return
+        }
         let policy = configuration.onFailure
         var attempt = 1
         var pendingFailure = firstFailure
@@ -584,7 +615,7 @@ final class ShardPipeline: Sendable {
             if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
             let callStarted = ContinuousClock.now
-            activities[lane].begin(unit.first!.offset, at: callStarted)
+            activities[lane].begin(unit.first!.offset, at: callStarted, count: unit.count)
             let failure: (any Error)?
             if let earlier = pendingFailure {
                 failure = earlier
@@ -640,7 +671,7 @@ final class ShardPipeline: Sendable {
                 // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
                 // the shard after handlerTimeout instead of holding its lane. A batch goes out in one round trip.
                 let started = ContinuousClock.now
-                activities[lane].begin(unit.first!.offset, at: started)
+                activities[lane].begin(unit.first!.offset, at: started, handler: false)
                 let outcomes = await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
                 let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
                 // What was written is done even when another message of the batch was not: it counts (before
@@ -657,6 +688,59 @@ final class ShardPipeline: Sendable {
             }
             return
         }
+    }
+
+    /// A unit holding a quarantined message (SLUICE.md §12): the messages before it are handled as usual;
+    /// the quarantined ones are skipped (an operator released them), dead-lettered with their crash report,
+    /// or hold the shard there (`onCrash.then: stop`); the rest of the unit waits behind them.
+    private func processQuarantined(_ unit: ArraySlice<Message>, lane: Int) async {
+        guard let quarantine, let index = unit.firstIndex(where: { quarantined.contains($0.offset) }) else { return }
+        if index > unit.startIndex {
+            await process(unit[..<index], lane: lane)
+            if crashed.load(ordering: .acquiring) || halted { return }
+        }
+        let poisoned = unit[index...].prefix { quarantined.contains($0.offset) }
+        let rest = unit[(index + poisoned.count)...]
+        switch (quarantine.state, configuration.onCrash.then) {
+        case (.counting, _):
+            return
+        case (.skip, _):
+            logger.error(
+                "quarantined message skipped, released by an operator",
+                metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
+                    "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")"])
+            complete(poisoned) { $0.skipped += poisoned.count }
+            metrics.skipped.increment(by: poisoned.count)
+        case (.quarantined, .stop):
+            crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: poisoned.first!.offset))
+            return
+        case (.quarantined, .deadLetter):
+            guard let deadLetters, let topic = configuration.deadLetterTopic else {
+                crash(ShardCrash(reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: poisoned.first!.offset))
+                return
+            }
+            let started = ContinuousClock.now
+            activities[lane].begin(poisoned.first!.offset, at: started, handler: false)
+            let outcomes = await deadLetters.deadLetter(
+                Array(poisoned), error: MessageKilledProcess(quarantine: quarantine), attempts: quarantine.crashes, topic: topic)
+            let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
+            let written = zip(poisoned, outcomes).filter { $0.1 == nil }.map(\.0)
+            if inTime, !Task.isCancelled, !written.isEmpty {
+                complete(written[...]) { $0.deadLettered += written.count }
+                metrics.deadLettered.increment(by: written.count)
+                logger.error(
+                    "quarantined message dead-lettered: it killed the process",
+                    metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)"])
+            }
+            activities[lane].end()
+            if let (message, error) = zip(poisoned, outcomes).first(where: { $0.1 != nil }) {
+                if inTime, !Task.isCancelled {
+                    crash(ShardCrash(reason: .deadLetterFailed(String(describing: error!)), offset: message.offset))
+                }
+                return
+            }
+        }
+        if !rest.isEmpty { await process(rest, lane: lane) }
     }
 
     private struct DeadLetterUnavailable: Error, CustomStringConvertible {

@@ -1,3 +1,4 @@
+import CSluiceCrash
 import Crdkafka
 import Foundation
 
@@ -76,11 +77,13 @@ extension timespec {
 }
 #endif
 
-/// Starts a named thread running `body`.
-func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+/// Starts a named thread running `body`. `sluiceCode`: it runs only Sluice's own code, so a fatal signal on
+/// it is never blamed on a message (SLUICE.md §12).
+func startThread(named name: String, sluiceCode: Bool = true, _ body: @escaping @Sendable () -> Void) {
     // Linux threads inherit their creator's name, and Foundation's `Thread.name` does not reach the kernel.
     let thread = Thread {
         sluice_set_thread_name(name)
+        if sluiceCode { sluice_crash_mark_sluice_thread() }
         body()
     }
     thread.start()

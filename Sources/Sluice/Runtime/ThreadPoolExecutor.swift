@@ -1,3 +1,4 @@
+import CSluiceCrash
 import Synchronization
 
 /// A task executor with threads of its own that grows past a blocked thread.
@@ -61,6 +62,8 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
     /// The most workers, blocked or not.
     let maximumThreads: Int
     let blockedAfter: Duration
+    /// Whether only Sluice's own code runs here (not handlers): a fatal signal on its threads blames no message.
+    let runsSluiceCode: Bool
     private let condition = MonotonicCondition()
     nonisolated(unsafe) private var state = State()
     private let onBlocking: @Sendable (Blocking) -> Void
@@ -72,7 +75,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
     ///   - blockedAfter: how long one job may run before its worker counts as blocked.
     ///   - onBlocking: called (on the timer thread) when the number of blocked workers changes.
     init(
-        name: String, threads: Int, maximumThreads: Int, blockedAfter: Duration,
+        name: String, threads: Int, maximumThreads: Int, blockedAfter: Duration, runsSluiceCode: Bool = false,
         onBlocking: @escaping @Sendable (Blocking) -> Void = { _ in }
     ) {
         precondition(threads >= 1 && maximumThreads >= threads, "ThreadPoolExecutor needs 1 <= threads <= maximumThreads")
@@ -80,6 +83,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
         self.threads = threads
         self.maximumThreads = maximumThreads
         self.blockedAfter = blockedAfter
+        self.runsSluiceCode = runsSluiceCode
         self.onBlocking = onBlocking
         condition.withLock {
             for _ in 0..<threads { startWorker() }
@@ -119,7 +123,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
         let worker = Worker(identifier: state.nextWorker)
         state.nextWorker += 1
         state.workers[worker.identifier] = worker
-        startThread(named: "\(name)-\(worker.identifier)") { [self] in self.work(worker) }
+        startThread(named: "\(name)-\(worker.identifier)", sluiceCode: runsSluiceCode) { [self] in self.work(worker) }
     }
 
     private func work(_ worker: Worker) {
@@ -136,7 +140,11 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
             }
             guard let job else { return }
             worker.busy.store(true, ordering: .relaxed)
+            // What the crash journal's signal handler matches against the lanes' tasks (a task's job is the
+            // task): one thread-local store per job.
+            sluice_crash_set_current_job(unsafeBitCast(job, to: UnsafeRawPointer.self))
             job.runSynchronously(on: executor)
+            sluice_crash_set_current_job(nil)
             worker.jobsRun.add(1, ordering: .relaxed)
             worker.busy.store(false, ordering: .relaxed)
             if condition.withLock({ released(worker) }) { return }

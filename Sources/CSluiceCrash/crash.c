@@ -1,0 +1,97 @@
+#define _GNU_SOURCE
+#include "CSluiceCrash.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+static _Thread_local const void *current_job;
+static _Thread_local int sluice_thread;
+
+static void *volatile journal;
+static const int fatal_signals[] = {SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT};
+#define FATAL_COUNT (sizeof(fatal_signals) / sizeof(fatal_signals[0]))
+static struct sigaction previous[FATAL_COUNT];
+static int installed;
+
+void sluice_crash_set_current_job(const void *job) { current_job = job; }
+
+void sluice_crash_mark_sluice_thread(void) { sluice_thread = 1; }
+
+int32_t sluice_crash_attribute(const void *base, int32_t *slot) {
+    *slot = -1;
+    if (base == NULL) return SLUICE_FAULT_UNKNOWN;
+    const sluice_journal_header *header = base;
+    const sluice_journal_slot *slots =
+        (const sluice_journal_slot *)((const char *)base + SLUICE_JOURNAL_HEADER_SIZE);
+    uint64_t job = (uint64_t)(uintptr_t)current_job;
+    if (job != 0) {
+        for (uint32_t index = 0; index < header->capacity; index++) {
+            if (slots[index].task != job) continue;
+            if (slots[index].in_handler) {
+                *slot = (int32_t)index;
+                return SLUICE_FAULT_HANDLER;
+            }
+            return SLUICE_FAULT_SLUICE;
+        }
+    }
+    return sluice_thread ? SLUICE_FAULT_SLUICE : SLUICE_FAULT_UNKNOWN;
+}
+
+void sluice_crash_record(void *base, int signo) {
+    sluice_journal_header *header = base;
+    if (header != NULL && header->signal == 0) {
+        int32_t slot;
+        int32_t fault = sluice_crash_attribute(header, &slot);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        header->died_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        header->attributed_slot = slot;
+        header->fault = fault;
+        header->signal = signo;
+    }
+}
+
+/// Async-signal-safe only: plain loads and stores, clock_gettime, sigaction, raise.
+static void on_fatal_signal(int signo, siginfo_t *info, void *context) {
+    (void)context;
+    sluice_crash_record(journal, signo);
+    for (unsigned index = 0; index < FATAL_COUNT; index++) {
+        if (fatal_signals[index] == signo) sigaction(signo, &previous[index], NULL);
+    }
+    // A fault raised by the CPU happens again when the handler returns, now under the earlier action (the
+    // backtracer sees the original context). A signal sent by a call (abort, raise, kill) is sent again.
+    if (info == NULL || info->si_code <= 0 || signo == SIGABRT) raise(signo);
+}
+
+int sluice_crash_install(void *base) {
+    journal = base;
+    if (installed) return 0;
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_fatal_signal;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    for (unsigned index = 0; index < FATAL_COUNT; index++) {
+        if (sigaction(fatal_signals[index], &action, &previous[index]) != 0) {
+            int error = errno;
+            for (unsigned undo = 0; undo < index; undo++) sigaction(fatal_signals[undo], &previous[undo], NULL);
+            journal = NULL;
+            return error;
+        }
+    }
+    installed = 1;
+    return 0;
+}
+
+void sluice_crash_uninstall(void) {
+    if (!installed) return;
+    for (unsigned index = 0; index < FATAL_COUNT; index++) sigaction(fatal_signals[index], &previous[index], NULL);
+    installed = 0;
+    journal = NULL;
+}
+
+_Static_assert(sizeof(sluice_journal_header) <= SLUICE_JOURNAL_HEADER_SIZE, "the header fits its page");
+_Static_assert(sizeof(sluice_journal_slot) == 320, "a slot is 320 bytes (the file layout)");

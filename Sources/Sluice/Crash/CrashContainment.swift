@@ -1,0 +1,108 @@
+import Foundation
+import Logging
+import SluiceKafka
+
+/// Containment of handlers that trap (SLUICE.md §12): the crash journal this process writes, and the
+/// quarantines every process of the group honours.
+final class CrashContainment: Sendable {
+    let journal: CrashJournal
+    private let control: ControlPlaneFlagSource?
+    private let local: LocalQuarantineFile?
+
+    private init(journal: CrashJournal, control: ControlPlaneFlagSource?, local: LocalQuarantineFile?) {
+        self.journal = journal
+        self.control = control
+        self.local = local
+    }
+
+    /// The quarantine of a partition's message, if any.
+    func quarantine(for topicPartition: TopicPartition) -> Quarantine? {
+        if let control { return control.quarantines[topicPartition] }
+        return local?.all[topicPartition]
+    }
+
+    /// Every quarantine known.
+    var quarantines: [TopicPartition: Quarantine] { control?.quarantines ?? local?.all ?? [:] }
+
+    /// Releases or skips a quarantine on this host's file (the control plane is off).
+    func setLocal(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) throws {
+        guard let local else {
+            throw SluiceError(code: .state, message: "quarantines live in the control topic here; write them there (sluice shards skip --bootstrap --group)")
+        }
+        try local.set(topicPartition, quarantine)
+    }
+
+    /// Opens this process's journal and acts on what dead processes left, before the host joins its group:
+    /// a message blamed for a death has its count raised (group-wide when the control plane is on) and, at
+    /// its topic's `onCrash.after`, is quarantined. Then installs the fatal-signal handlers.
+    static func start(
+        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger
+    ) async throws -> CrashContainment {
+        let (journal, findings) = try CrashJournal.openShared(directory: configuration.stateDirectory, logger: logger)
+        let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory) : nil
+        let containment = CrashContainment(journal: journal, control: control, local: local)
+        if !findings.isEmpty {
+            let writer = try control.map { control in
+                try ControlPlaneWriter(
+                    bootstrapServers: configuration.kafka.bootstrap, topic: control.topic,
+                    properties: configuration.controlProperties, logger: logger)
+            }
+            defer { if let writer { Task { await writer.close() } } }
+            for finding in findings {
+                try await containment.act(on: finding, configuration: configuration, writer: writer, identity: identity, logger: logger)
+            }
+        }
+        logger.info("crash journal open", metadata: ["sluice.journal": "\(journal.path)"])
+        return containment
+    }
+
+    private func act(
+        on finding: CrashFinding, configuration: SluiceConfiguration, writer: ControlPlaneWriter?, identity: String, logger: Logger
+    ) async throws {
+        let inFlight = finding.inFlight.map(\.description).joined(separator: ",")
+        var metadata: Logger.Metadata = [
+            "sluice.signal": "\(finding.signalName)", "sluice.pid": "\(finding.pid)", "sluice.journal": "\(finding.journal)",
+            "sluice.inFlight": "\(inFlight.isEmpty ? "-" : inFlight)",
+        ]
+        switch finding.fault {
+        case .sluice:
+            logger.error("the last process died of a fatal signal in Sluice's own code; no message is blamed", metadata: metadata)
+            return
+        case .unknown:
+            logger.error(
+                "the last process died of a fatal signal on a thread Sluice cannot attribute (a task or thread a handler started?); the messages in handler calls then are suspects, none is quarantined",
+                metadata: metadata)
+            return
+        case .handler:
+            break
+        }
+        guard let culprit = finding.culprit else { return }
+        let topicPartition = culprit.topicPartition
+        let policy = configuration.topics[topicPartition.topic]?.onCrash ?? TopicConfiguration.CrashPolicy()
+        let previous = quarantine(for: topicPartition)
+        let crashes = (previous?.offset == culprit.offset ? previous!.crashes : 0) + 1
+        let quarantine = Quarantine(
+            offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
+            signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
+        metadata["kafka.topic"] = "\(topicPartition.topic)"
+        metadata["kafka.partition"] = "\(topicPartition.partition)"
+        metadata["kafka.offset"] = "\(culprit.offset)"
+        metadata["sluice.crashes"] = "\(crashes)"
+        if let writer, let control {
+            let offset = try await writer.setQuarantine(topicPartition, quarantine)
+            // Applied here before this host fetches: its own pipelines must see it.
+            if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
+                throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
+            }
+        } else {
+            try setLocal(topicPartition, quarantine)
+        }
+        if quarantine.state == .quarantined {
+            logger.critical(
+                "the last process died in a handler call: message quarantined (onCrash.then: \(policy.then.rawValue))", metadata: metadata)
+        } else {
+            logger.error(
+                "the last process died in a handler call: its death is counted (quarantined at onCrash.after \(policy.after))", metadata: metadata)
+        }
+    }
+}

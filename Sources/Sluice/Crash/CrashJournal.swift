@@ -1,0 +1,339 @@
+import CSluiceCrash
+import Logging
+import SluiceKafka
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What a process that died of a fatal signal was doing, read from its crash journal by a later start
+/// (SLUICE.md §12).
+public struct CrashFinding: Sendable, Equatable {
+    /// Whose code ran on the faulting thread.
+    public enum Fault: String, Sendable, Equatable {
+        /// A lane inside its handler call: ``CrashFinding/culprit`` is that call's message.
+        case handler
+        /// Sluice's own code: no message is blamed.
+        case sluice
+        /// A thread Sluice cannot tell (a task a handler started, a thread of its own): every message in
+        /// a handler call at the time is a suspect.
+        case unknown
+    }
+
+    /// A handler call in progress when the process died.
+    public struct Call: Sendable, Equatable, CustomStringConvertible {
+        public var topicPartition: TopicPartition
+        /// The call's first offset.
+        public var offset: Int64
+        /// Messages in the call (1, or a batch).
+        public var count: Int
+        public var generation: UInt64
+
+        public var description: String { count == 1 ? "\(topicPartition)@\(offset)" : "\(topicPartition)@\(offset)+\(count)" }
+    }
+
+    /// The fatal signal (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE or SIGABRT).
+    public var signal: Int32
+    public var fault: Fault
+    /// The call the signal is attributed to (``Fault/handler``).
+    public var culprit: Call?
+    /// Every handler call in progress at the death.
+    public var inFlight: [Call]
+    /// The process that died, and when (ms since the epoch).
+    public var pid: Int64
+    public var diedAtMilliseconds: Int64
+    /// The journal file it was read from.
+    public var journal: String
+
+    /// The signal's name, `SIGILL` and so on.
+    public var signalName: String {
+        switch signal {
+        case SIGILL: "SIGILL"
+        case SIGTRAP: "SIGTRAP"
+        case SIGSEGV: "SIGSEGV"
+        case SIGBUS: "SIGBUS"
+        case SIGFPE: "SIGFPE"
+        case SIGABRT: "SIGABRT"
+        default: "signal \(signal)"
+        }
+    }
+}
+
+/// One lane's slot in the crash journal: the lane writes the message it hands to its handler, a few stores
+/// into shared memory and no system call.
+struct JournalSlot: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<sluice_journal_slot>
+
+    @inline(__always) func begin(_ offset: Int64, count: Int) { sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count)) }
+    @inline(__always) func end() { sluice_journal_end(pointer) }
+
+    /// Binds the slot to the task that calls this: a fault while that task runs a handler call is blamed on
+    /// its message. Call from the lane's own task.
+    func bindToCurrentTask() {
+        pointer.pointee.task = CrashJournal.currentTaskIdentity()
+    }
+}
+
+/// The crash journal (SLUICE.md §12): a memory-mapped file in the host's state directory with a slot per
+/// processing lane naming the message in its handler. A fatal signal handler marks which lane ran on the
+/// faulting thread; a later start reads what the dead process left.
+///
+/// Several processes may share a state directory: each holds its own file (`crash-journal-N.bin`) under an
+/// advisory lock, and a start reads every file no live process holds.
+final class CrashJournal: @unchecked Sendable {
+    /// Lane slots in a journal: lanes beyond it are not journaled (a warning says so).
+    static let defaultCapacity = 4096
+    static let slotSize = MemoryLayout<sluice_journal_slot>.stride
+
+    let path: String
+    let directory: String
+    let capacity: Int
+    private let descriptor: Int32
+    private let base: UnsafeMutableRawPointer
+    private let freeSlots: Mutex<[Int32]>
+    private let logger: Logger
+    private let warnedFull = Atomic<Bool>(false)
+
+    private var header: UnsafeMutablePointer<sluice_journal_header> { base.assumingMemoryBound(to: sluice_journal_header.self) }
+
+    /// The process's journal: one per process (the signal handlers are process-wide), shared by every host
+    /// in it and closed with the last.
+    private static let shared = Mutex<(journal: CrashJournal?, users: Int)>((nil, 0))
+
+    /// The process's journal, opened in `directory` by its first user, who gets what dead processes left
+    /// there; later users share it (and get no findings).
+    static func openShared(directory: String, logger: Logger) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
+        try shared.withLock { shared throws(SluiceError) in
+            if let journal = shared.journal {
+                shared.users += 1
+                if journal.directory != directory {
+                    logger.warning(
+                        "this process already keeps a crash journal in another state directory; sharing it",
+                        metadata: ["sluice.journal": "\(journal.path)", "sluice.stateDirectory": "\(directory)"])
+                }
+                return (journal, [])
+            }
+            let (journal, findings) = try open(directory: directory, logger: logger)
+            try journal.installSignalHandlers()
+            shared = (journal, 1)
+            return (journal, findings)
+        }
+    }
+
+    /// Ends one user's share; the last marks a clean stop.
+    func closeShared() {
+        let last = Self.shared.withLock { shared -> Bool in
+            guard shared.journal === self else { return false }
+            shared.users -= 1
+            if shared.users == 0 { shared.journal = nil }
+            return shared.users == 0
+        }
+        if last { close() }
+    }
+
+    /// Opens a journal in `directory` (created when missing): the first file no live process holds, or a new
+    /// one. Returns it with what dead processes left in every file it could read.
+    static func open(directory: String, capacity: Int = defaultCapacity, logger: Logger) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
+        try makeDirectory(directory)
+        var findings: [CrashFinding] = []
+        var mine: (descriptor: Int32, path: String)?
+        var index = 0
+        while true {
+            let path = "\(directory)/crash-journal-\(index).bin"
+            index += 1
+            let exists = access(path, F_OK) == 0
+            if !exists, mine != nil { break }
+            let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else { throw failure("opening \(path)") }
+            guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+                // A live process holds it.
+                Glibc.close(descriptor)
+                continue
+            }
+            if exists, let finding = read(descriptor, path: path, logger: logger) { findings.append(finding) }
+            if mine == nil {
+                mine = (descriptor, path)
+            } else {
+                flock(descriptor, LOCK_UN)
+                Glibc.close(descriptor)
+            }
+            if !exists { break }
+        }
+        let journal = try CrashJournal(descriptor: mine!.descriptor, path: mine!.path, directory: directory, capacity: capacity, logger: logger)
+        return (journal, findings)
+    }
+
+    private init(descriptor: Int32, path: String, directory: String, capacity: Int, logger: Logger) throws(SluiceError) {
+        self.descriptor = descriptor
+        self.path = path
+        self.directory = directory
+        self.capacity = capacity
+        self.logger = logger
+        let size = Int(SLUICE_JOURNAL_HEADER_SIZE) + capacity * Self.slotSize
+        // Truncating to 0 first gives zeroed (sparse) pages: every slot free.
+        guard ftruncate(descriptor, 0) == 0, ftruncate(descriptor, off_t(size)) == 0 else {
+            throw Self.failure("sizing \(path)")
+        }
+        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED else {
+            throw Self.failure("mapping \(path)")
+        }
+        base = mapped
+        freeSlots = Mutex((0..<Int32(capacity)).reversed())
+        let header = base.assumingMemoryBound(to: sluice_journal_header.self)
+        header.pointee.version = UInt32(SLUICE_JOURNAL_VERSION)
+        header.pointee.capacity = UInt32(capacity)
+        header.pointee.pid = Int64(getpid())
+        header.pointee.started_ms = Self.nowMilliseconds()
+        header.pointee.attributed_slot = -1
+        header.pointee.state = SLUICE_JOURNAL_RUNNING
+        header.pointee.magic = SLUICE_JOURNAL_MAGIC
+    }
+
+    /// Installs the fatal-signal handlers over this journal (once per process: see ``openShared``).
+    func installSignalHandlers() throws(SluiceError) {
+        let error = sluice_crash_install(base)
+        guard error == 0 else {
+            throw SluiceError(code: .state, message: "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
+        }
+    }
+
+    /// A free slot for a lane of `topicPartition`, or nil when every slot is taken.
+    @discardableResult
+    func acquire(_ topicPartition: TopicPartition, generation: UInt64) -> JournalSlot? {
+        guard let index = freeSlots.withLock({ $0.popLast() }) else {
+            if !warnedFull.exchange(true, ordering: .relaxed) {
+                logger.warning(
+                    "crash journal full: lanes beyond its capacity are not journaled, and a trap in their handlers is not attributed",
+                    metadata: ["sluice.journal": "\(path)", "sluice.capacity": "\(capacity)"])
+            }
+            return nil
+        }
+        let pointer = (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self) + Int(index)
+        pointer.pointee.in_handler = 0
+        pointer.pointee.partition = topicPartition.partition
+        pointer.pointee.generation = generation
+        let topic = Array(topicPartition.topic.utf8.prefix(Int(SLUICE_JOURNAL_TOPIC_CAPACITY)))
+        withUnsafeMutableBytes(of: &pointer.pointee.topic) { bytes in
+            bytes.copyBytes(from: topic)
+        }
+        pointer.pointee.topic_length = Int32(topic.count)
+        pointer.pointee.task = 0
+        return JournalSlot(pointer: pointer)
+    }
+
+    /// Frees a lane's slot (its lane ended).
+    func release(_ slot: JournalSlot) {
+        slot.pointer.pointee.in_handler = 0
+        slot.pointer.pointee.task = 0
+        let index = slot.pointer - (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self)
+        freeSlots.withLock { $0.append(Int32(index)) }
+    }
+
+    /// Marks a clean stop: the next start finds nothing to blame. The mapping stays (lanes abandoned in a
+    /// handler call may still write their slots) and so does the lock until the process exits.
+    func close() {
+        sluice_crash_uninstall()
+        header.pointee.state = SLUICE_JOURNAL_CLOSED
+    }
+
+    /// Lets go of the file as a process that died would (lock and descriptor; nothing marked): for tests
+    /// that read a journal left behind without killing the test process.
+    func relinquish() {
+        sluice_crash_uninstall()
+        flock(descriptor, LOCK_UN)
+        Glibc.close(descriptor)
+    }
+
+    /// Runs `body` with the mapping's base address (tests ask the attribution the signal handler would make).
+    func withBase<R>(_ body: (UnsafeMutableRawPointer) -> R) -> R { body(base) }
+
+    /// Records a fatal signal as the signal handler does, without raising it (tests).
+    func recordFatalSignalForTesting(_ signal: Int32) {
+        sluice_crash_record(base, signal)
+    }
+
+    /// The identity the executor reports for the running job, for the current task.
+    static func currentTaskIdentity() -> UInt64 {
+        withUnsafeCurrentTask { task in
+            guard let task else { return 0 }
+            return UInt64(UInt(bitPattern: unsafeBitCast(task, to: UnsafeRawPointer.self)))
+        }
+    }
+
+    // MARK: Reading a dead process's journal
+
+    private static func read(_ descriptor: Int32, path: String, logger: Logger) -> CrashFinding? {
+        var header = sluice_journal_header()
+        guard pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0) == MemoryLayout<sluice_journal_header>.size else {
+            return nil
+        }
+        guard header.magic == SLUICE_JOURNAL_MAGIC else {
+            if header.magic != 0 { logger.error("crash journal ignored: not a Sluice journal", metadata: ["sluice.journal": "\(path)"]) }
+            return nil
+        }
+        guard header.version == UInt32(SLUICE_JOURNAL_VERSION) else {
+            logger.error(
+                "crash journal ignored: layout version \(header.version) is not understood (this host reads \(SLUICE_JOURNAL_VERSION))",
+                metadata: ["sluice.journal": "\(path)"])
+            return nil
+        }
+        guard header.state == SLUICE_JOURNAL_RUNNING else { return nil }
+        // Read once: mark it before acting on it.
+        var read = SLUICE_JOURNAL_READ
+        _ = pwrite(descriptor, &read, MemoryLayout<Int32>.size, MemoryLayout<sluice_journal_header>.offset(of: \.state)!)
+        guard header.signal != 0 else {
+            logger.info(
+                "the last process on this crash journal ended without a clean stop and without a fatal signal (killed, or out of memory): no message is blamed",
+                metadata: ["sluice.journal": "\(path)", "sluice.pid": "\(header.pid)"])
+            return nil
+        }
+        var calls: [CrashFinding.Call] = []
+        var culprit: CrashFinding.Call?
+        var slot = sluice_journal_slot()
+        for index in 0..<Int(header.capacity) {
+            let offset = off_t(Int(SLUICE_JOURNAL_HEADER_SIZE) + index * slotSize)
+            guard pread(descriptor, &slot, slotSize, offset) == slotSize else { break }
+            guard slot.task != 0 || slot.in_handler != 0, slot.in_handler != 0 else { continue }
+            let length = Int(max(0, min(slot.topic_length, SLUICE_JOURNAL_TOPIC_CAPACITY)))
+            let topic = withUnsafeBytes(of: slot.topic) { String(decoding: $0.prefix(length), as: UTF8.self) }
+            let call = CrashFinding.Call(
+                topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset, count: Int(max(1, slot.count)),
+                generation: slot.generation)
+            calls.append(call)
+            if header.fault == SLUICE_FAULT_HANDLER, Int(header.attributed_slot) == index { culprit = call }
+        }
+        let fault: CrashFinding.Fault =
+            switch header.fault {
+            case SLUICE_FAULT_HANDLER where culprit != nil: .handler
+            case SLUICE_FAULT_SLUICE: .sluice
+            default: .unknown
+            }
+        return CrashFinding(
+            signal: header.signal, fault: fault, culprit: culprit, inFlight: calls, pid: header.pid,
+            diedAtMilliseconds: header.died_ms, journal: path)
+    }
+
+    // MARK: Helpers
+
+    private static func makeDirectory(_ directory: String) throws(SluiceError) {
+        var path = ""
+        for component in directory.split(separator: "/", omittingEmptySubsequences: false) {
+            path += path.isEmpty && directory.hasPrefix("/") ? "/\(component)" : (path.isEmpty ? "\(component)" : "/\(component)")
+            if component.isEmpty { continue }
+            if mkdir(path, 0o755) != 0, errno != EEXIST { throw failure("creating the state directory \(directory)") }
+        }
+    }
+
+    private static func failure(_ what: String) -> SluiceError {
+        SluiceError(code: .state, message: "crash journal: \(what) failed: \(String(cString: strerror(errno)))")
+    }
+
+    static func nowMilliseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import SluiceKafka
+import Testing
+
+/// Crash containment (SLUICE.md §12) as a user meets it: a service whose handler traps on one message, run
+/// under a restart loop the way Kubernetes or systemd would.
+@Suite("A handler that traps: crash journal and quarantine", .timeLimit(.minutes(4)))
+struct CrashContainmentTests {
+    let logger = Logger(label: "sluice.crash-test")
+    static let partitions = 8
+
+    func produce(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+        let produce = try SluiceProcess([
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
+        ])
+        #expect(await produce.exit() == 0)
+    }
+
+    func checker(_ cluster: EmbeddedKafkaCluster, group: String) throws -> KafkaConsumer {
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
+        configuration.sessionTimeout = .seconds(6)
+        return try KafkaConsumer(configuration: configuration, logger: logger)
+    }
+
+    var orderPartitions: [TopicPartition] { (0..<Self.partitions).map { TopicPartition("orders", Int32($0)) } }
+
+    /// The quarantine a service logged at its start: partition and offset.
+    func quarantined(in log: String) -> (partition: Int32, offset: Int64)? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("message quarantined") }) else { return nil }
+        func value(_ key: String) -> Substring? {
+            guard let range = line.range(of: "\(key)=") else { return nil }
+            return line[range.upperBound...].prefix { $0.isNumber }
+        }
+        guard let partition = value("kafka.partition").flatMap({ Int32($0) }), let offset = value("kafka.offset").flatMap({ Int64($0) }) else {
+            return nil
+        }
+        return (partition, offset)
+    }
+
+    /// The admin API's URL, from the service's log.
+    func adminURL(in log: String) -> String? {
+        guard let range = log.range(of: "sluice.admin.address=") else { return nil }
+        let address = log[range.upperBound...].prefix { !$0.isWhitespace }
+        guard let port = address.split(separator: ":").last.flatMap({ Int($0) }) else { return nil }
+        return "http://127.0.0.1:\(port)"
+    }
+
+    /// Starts OrderService with the poison order and a state directory kept across its restarts.
+    func start(_ cluster: EmbeddedKafkaCluster, group: String, state: String, poison: Int, extra: [String: String] = [:]) throws -> SluiceProcess {
+        try OrderServiceTests.startService(
+            cluster, group: group,
+            environment: ["ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state].merging(extra) { $1 }
+        ).0
+    }
+
+    @Test("a handler traps on one order: one process death, then the order is quarantined, the other partitions finish, nothing lost")
+    func trapUnderRestartLoop() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        try await produce(cluster, count: 4_000)
+
+        // The restart loop: start, and when the process dies, start it again (at most 3 times).
+        var deaths = 0
+        var service = try start(cluster, group: group, state: state, poison: 1_234)
+        var found: (partition: Int32, offset: Int64)?
+        for _ in 0..<3 {
+            found = quarantined(in: service.errors.text)
+            if found != nil { break }
+            // Either it dies of the trap, or (after a death) it logs the quarantine and keeps running.
+            var died = false
+            while !died, found == nil {
+                if !service.process.isRunning { died = true; break }
+                try await Task.sleep(for: .milliseconds(100))
+                found = quarantined(in: service.errors.text)
+            }
+            guard died else { break }
+            #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
+            deaths += 1
+            service = try start(cluster, group: group, state: state, poison: 1_234)
+        }
+        #expect(deaths == 1, "exactly one process death")
+        let poison = try #require(found, "the restarted service quarantined the order: \(service.errors.text.suffix(3_000))")
+
+        // Every other partition completes; the poison partition is held at the order, nothing past it committed.
+        let consumer = try checker(cluster, group: group)
+        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
+        var settled = false
+        var committed: [TopicPartition: Int64] = [:]
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ContinuousClock.now < deadline {
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            settled = orderPartitions.allSatisfy { topicPartition in
+                topicPartition.partition == poison.partition ? committed[topicPartition] == poison.offset : committed[topicPartition] == highs[topicPartition]
+            }
+            if settled { break }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        #expect(settled, "committed \(committed.sorted { $0.key < $1.key }), high watermarks \(highs.sorted { $0.key < $1.key }), poison \(poison)")
+        #expect(service.process.isRunning, "the restarted service did not die again")
+
+        // `sluice status` shows the quarantine and why.
+        let address = try #require(adminURL(in: service.errors.text), "the admin API's address is logged")
+        let status = try SluiceProcess(["status", "--admin", address])
+        #expect(await status.exit() == 0)
+        let shown = await status.output.all()
+        #expect(shown.contains("orders/\(poison.partition) quarantined: handler call at offset \(poison.offset) killed the process 1 time"), "\(shown)")
+        #expect(shown.contains("SIGILL") || shown.contains("SIGTRAP"), "the crash's signal is shown: \(shown)")
+        print("crash containment: \(deaths) death, order quarantined at orders/\(poison.partition)@\(poison.offset)\n\(shown)")
+
+        service.process.terminate()
+        #expect(await service.exit() == 0)
+        await consumer.close()
+    }
+}

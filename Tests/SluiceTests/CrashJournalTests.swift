@@ -1,0 +1,214 @@
+import CSluiceCrash
+import Foundation
+import Logging
+import SluiceKafka
+import Synchronization
+import Testing
+
+@testable import Sluice
+
+@Suite("Crash journal: what a dead process was handling, and whose code trapped", .timeLimit(.minutes(1)))
+struct CrashJournalTests {
+    let logger: Logger = {
+        var logger = Logger(label: "sluice.crash-journal-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    func directory() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("sluice-journal-\(UUID().uuidString)").path
+    }
+
+    /// What the signal handler would record for a fault on the calling thread.
+    func attribution(_ journal: CrashJournal) -> (Int32, Int32) {
+        var slot: Int32 = -1
+        let fault = journal.withBase { sluice_crash_attribute($0, &slot) }
+        return (fault, slot)
+    }
+
+    @Test("a fault is blamed on a lane's message only while that lane's task runs its handler call on Sluice's executor")
+    func attribution() async throws {
+        let (journal, _) = try CrashJournal.open(directory: directory(), logger: logger)
+        defer { journal.relinquish() }
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 2, maximumThreads: 2, blockedAfter: .seconds(10))
+        defer { executor.shutdown() }
+        let slot = try #require(journal.acquire(TopicPartition("orders", 3), generation: 9))
+        let seen = await Task(executorPreference: executor) { () -> [(Int32, Int32)] in
+            slot.bindToCurrentTask()
+            var seen = [attribution(journal)]
+            slot.begin(42, count: 1)
+            seen.append(attribution(journal))
+            // A suspension inside the call: it may resume on another worker; the blame follows the task.
+            await Task.yield()
+            seen.append(attribution(journal))
+            slot.end()
+            seen.append(attribution(journal))
+            // A task the handler starts, on the same executor, while the lane is in its call: its faults are
+            // not attributable to the lane (it is another task).
+            slot.begin(43, count: 1)
+            seen.append(await Task(executorPreference: executor) { attribution(journal) }.value)
+            slot.end()
+            return seen
+        }.value
+        #expect(seen[0].0 == SLUICE_FAULT_SLUICE, "the lane outside a handler call is Sluice's code")
+        #expect(seen[1].0 == SLUICE_FAULT_HANDLER && seen[1].1 >= 0, "inside the call: the lane's slot")
+        #expect(seen[2].0 == SLUICE_FAULT_HANDLER && seen[2].1 == seen[1].1, "after a suspension: still that slot")
+        #expect(seen[3].0 == SLUICE_FAULT_SLUICE)
+
+        #expect(seen[4].0 == SLUICE_FAULT_UNKNOWN, "a task a handler started is not attributable")
+        // A thread of Sluice's own (timers, the control executor): never a message.
+        let own = Locked<(Int32, Int32)?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        startThread(named: "test-own") {
+            own.withLock { $0 = attribution(journal) }
+            done.signal()
+        }
+        done.wait()
+        #expect(own.withLock { $0 }?.0 == SLUICE_FAULT_SLUICE)
+        journal.release(slot)
+    }
+
+    @Test("a death in a handler call is found by the next start, once: signal, culprit, and every call in flight")
+    func findingAfterDeath() async throws {
+        let directory = directory()
+        let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10))
+        defer { executor.shutdown() }
+        let bystander = try #require(dead.acquire(TopicPartition("payments", 1), generation: 4))
+        bystander.begin(700, count: 50)
+        let culprit = try #require(dead.acquire(TopicPartition("orders", 3), generation: 5))
+        await Task(executorPreference: executor) {
+            culprit.bindToCurrentTask()
+            culprit.begin(42, count: 1)
+            // What the fatal-signal handler does on this thread, without dying.
+            dead.recordFatalSignalForTesting(SIGILL)
+        }.value
+        dead.relinquish()
+
+        let (next, findings) = try CrashJournal.open(directory: directory, logger: logger)
+        let finding = try #require(findings.first)
+        #expect(findings.count == 1)
+        #expect(finding.signalName == "SIGILL")
+        #expect(finding.fault == .handler)
+        #expect(finding.culprit == CrashFinding.Call(topicPartition: TopicPartition("orders", 3), offset: 42, count: 1, generation: 5))
+        #expect(Set(finding.inFlight.map(\.description)) == ["orders/3@42", "payments/1@700+50"])
+        next.relinquish()
+        let (_, again) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(again.isEmpty, "a journal is read once")
+    }
+
+    @Test("no finding after a clean stop, after a death with no fatal signal (kill -9), or from a journal a live process holds")
+    func nothingToBlame() throws {
+        let directory = directory()
+        let (clean, _) = try CrashJournal.open(directory: directory, logger: logger)
+        clean.acquire(TopicPartition("orders", 0), generation: 1)!.begin(5, count: 1)
+        clean.close()
+        clean.relinquish()
+        let (killed, first) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(first.isEmpty, "a clean stop blames nothing")
+        #expect(killed.path.hasSuffix("crash-journal-0.bin"))
+        killed.acquire(TopicPartition("orders", 0), generation: 1)!.begin(6, count: 1)
+        killed.relinquish()
+        let (live, second) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(second.isEmpty, "a death without a fatal signal blames nothing")
+        live.recordFatalSignalForTesting(SIGSEGV)
+        let (other, third) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(third.isEmpty, "a live process's journal is not read")
+        #expect(other.path != live.path, "a second process takes a file of its own")
+        live.relinquish()
+        other.relinquish()
+        let (_, fourth) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(fourth.map(\.fault) == [.unknown], "a fault on an unknown thread: nobody attributed")
+    }
+
+    @Test("a file that is not a journal, or of another layout version, is named and left alone")
+    func foreignFiles() throws {
+        let directory = directory()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Data(repeating: 7, count: 8192).write(to: URL(fileURLWithPath: directory + "/crash-journal-0.bin"))
+        let (journal, findings) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(findings.isEmpty)
+        journal.relinquish()
+        let unwritable = "/proc/sluice-cannot-create-this"
+        #expect(throws: SluiceError.self) { _ = try CrashJournal.open(directory: unwritable, logger: logger) }
+    }
+}
+
+@Suite("Quarantines: records, the state file, and what a pipeline does at the message", .timeLimit(.minutes(1)))
+struct QuarantineTests {
+    let sample = Quarantine(offset: 42, count: 1, crashes: 2, state: .quarantined, signal: "SIGILL", host: "h1", atMilliseconds: 1_000)
+
+    @Test("quarantine records round-trip; released is nil; bad ones are refused naming the key and the offset")
+    func records() throws {
+        let topicPartition = TopicPartition("orders", 3)
+        let (key, value) = ControlRecord.quarantine(topicPartition, sample).encoded
+        #expect(key == "quarantine/orders/3")
+        #expect(try ControlRecord.parse(key: key, value: value, offset: 9) == .quarantine(topicPartition, sample))
+        let (_, released) = ControlRecord.quarantine(topicPartition, nil).encoded
+        #expect(try ControlRecord.parse(key: key, value: released, offset: 10) == .quarantine(topicPartition, nil))
+        #expect(try ControlRecord.parse(key: key, value: nil, offset: 11) == .quarantine(topicPartition, nil))
+        let bad: [(String, String, String)] = [
+            ("quarantine/orders", #"{"v":1,"state":"quarantined","offset":1}"#, "quarantine/TOPIC/PARTITION"),
+            ("quarantine/orders/3", #"{"v":1,"state":"sideways","offset":1}"#, "state must be"),
+            ("quarantine/orders/3", #"{"v":1,"state":"quarantined"}"#, "needs its offset"),
+            ("quarantine/orders/3", #"{"v":2,"state":"quarantined","offset":1}"#, "schema version 2"),
+        ]
+        for (key, value, says) in bad {
+            let error = #expect(throws: SluiceError.self) { try ControlRecord.parse(key: key, value: Array(value.utf8), offset: 77) }
+            #expect(error?.message.contains(says) == true && error?.message.contains("offset 77") == true, "\(error?.message ?? "")")
+        }
+    }
+
+    @Test("the state-directory file keeps quarantines across restarts; a damaged one stops the start, naming it")
+    func localFile() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let file = try LocalQuarantineFile(directory: directory)
+        try file.set(TopicPartition("orders", 3), sample)
+        #expect(try LocalQuarantineFile(directory: directory).all == [TopicPartition("orders", 3): sample])
+        try file.set(TopicPartition("orders", 3), nil)
+        #expect(try LocalQuarantineFile(directory: directory).all.isEmpty)
+        try Data("{\"orders\": {}}".utf8).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
+        let error = #expect(throws: SluiceError.self) { _ = try LocalQuarantineFile(directory: directory) }
+        #expect(error?.message.contains("quarantines.json") == true && error?.message.contains("'orders'") == true, "\(error?.message ?? "")")
+    }
+
+    func run(_ quarantine: Quarantine, then: TopicConfiguration.CrashAction, deadLetters: RecordingDeadLetters? = nil) async -> (ShardPipeline.Outcome, [Int64], ShardPipeline) {
+        var configuration = TopicConfiguration()
+        configuration.onCrash.then = then
+        if then == .deadLetter { configuration.deadLetterTopic = "t.dlq" }
+        let handled = Locked<[Int64]>([])
+        let pipeline = PipelineFixture.pipeline(
+            configuration, handler: .message(ClosureHandler { message, _ in handled.withLock { $0.append(message.offset) } }),
+            deadLetters: deadLetters, quarantine: quarantine)
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<10)]))
+        return (outcome, handled.withLock { $0 }, pipeline)
+    }
+
+    @Test("at a quarantined message: stop holds the shard there, deadLetter writes it and goes on, skip commits it, counting calls the handler")
+    func pipelineAtTheMessage() async throws {
+        var quarantine = sample
+        quarantine.offset = 4
+        let (held, handledHeld, heldPipeline) = await run(quarantine, then: .stop)
+        #expect(handledHeld == [0, 1, 2, 3], "nothing at or past it is handled")
+        guard case .crashed(let crash) = held, case .quarantined = crash.reason else {
+            Issue.record("expected a quarantine crash, got \(held)")
+            return
+        }
+        #expect(crash.offset == 4 && heldPipeline.watermark == 4, "held at the message, committed up to it")
+
+        let sink = RecordingDeadLetters()
+        let (dead, handledDead, deadPipeline) = await run(quarantine, then: .deadLetter, deadLetters: sink)
+        #expect(dead == .sourceEnded)
+        #expect(handledDead == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(sink.written.withLock { $0.map(\.0) } == [4] && deadPipeline.watermark == 10 && deadPipeline.counters.deadLettered == 1)
+
+        quarantine.state = .skip
+        let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
+        #expect(skipped == .sourceEnded && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9] && skipPipeline.counters.skipped == 1)
+
+        quarantine.state = .counting
+        let (counting, handledCounting, _) = await run(quarantine, then: .stop)
+        #expect(counting == .sourceEnded && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
+    }
+}
