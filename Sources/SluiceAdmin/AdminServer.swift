@@ -140,11 +140,52 @@ public struct AdminServer: Service {
                 return problem(.badRequest, "partition must be a number, got '\(partitionText)'")
             }
             let topicPartition = TopicPartition(topic, partition)
-            guard await host.reset(topicPartition) else {
+            // A quarantined message is tried again: the quarantine goes (for the group), then the shard resets.
+            var released = false
+            if host.quarantines[topicPartition] != nil {
+                do {
+                    try await host.releaseQuarantine(topicPartition, skip: false, offset: nil, who: caller(request), reason: nil)
+                    released = true
+                } catch {
+                    return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
+                }
+            }
+            guard await host.reset(topicPartition) || released else {
                 return problem(.notFound, "shard \(topicPartition) is not on this host")
             }
             logger.notice("shard reset by operator", metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))"])
-            return json(.ok, ["reset": topicPartition.description])
+            return json(.ok, ["reset": topicPartition.description, "quarantineReleased": released])
+        }
+        router.post("v1/shards/:topic/:partition/skip") { request, context in
+            if let denied = authorize(request) { return denied }
+            let topic = context.parameters.get("topic") ?? ""
+            let partitionText = context.parameters.get("partition") ?? ""
+            guard let partition = Int32(partitionText), partition >= 0 else {
+                return problem(.badRequest, "partition must be a number, got '\(partitionText)'")
+            }
+            var request = request
+            let body: ByteBuffer
+            do {
+                body = try await request.collectBody(upTo: settings.maxBodyBytes)
+            } catch {
+                return problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")
+            }
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any],
+                let offset = (object["offset"] as? NSNumber)?.int64Value
+            else {
+                return problem(.badRequest, "the body must be a JSON object with the quarantined message's offset, e.g. {\"offset\": 42, \"reason\": \"...\"}")
+            }
+            let topicPartition = TopicPartition(topic, partition)
+            guard host.quarantines[topicPartition] != nil else {
+                return problem(.notFound, "no quarantined message on \(topicPartition)")
+            }
+            do {
+                try await host.releaseQuarantine(
+                    topicPartition, skip: true, offset: offset, who: caller(request), reason: object["reason"] as? String)
+            } catch {
+                return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
+            }
+            return json(.ok, ["skipped": topicPartition.description, "offset": offset])
         }
         return router
     }

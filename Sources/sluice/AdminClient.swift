@@ -176,6 +176,37 @@ struct ControlOptions: ParsableArguments {
         print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") would change \(changes) shard(s) on \(hosts.count) host(s); nothing was written (--dry-run)")
     }
 
+    /// Releases a quarantined message through the control topic: `skip` commits it without a handler call,
+    /// otherwise it is tried again. Refused when the topic holds no quarantine there, or one at another offset.
+    func releaseQuarantine(_ topicPartition: TopicPartition, skip: Bool, offset: Int64?, reason: String?) async throws {
+        guard let bootstrap else { return }
+        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        guard var quarantine = records.quarantines[topicPartition] else {
+            throw AdminClient.Failure(description: "no quarantined message on \(topicPartition) in control topic '\(topic)'")
+        }
+        if let offset, offset != quarantine.offset {
+            throw AdminClient.Failure(description: "the quarantine of \(topicPartition) is at offset \(quarantine.offset), not \(offset)")
+        }
+        let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+        quarantine.state = .skip
+        quarantine.who = "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"
+        quarantine.reason = reason
+        do {
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let written = try await writer.setQuarantine(topicPartition, skip ? quarantine : nil)
+            await writer.close()
+            let (applied, live, missing) = try await acknowledgements(of: written, topic: topic, bootstrap: bootstrap, logger: logger)
+            var line = "\(topicPartition): offset \(quarantine.offset) \(skip ? "skipped" : "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
+            if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
+            print(line)
+        } catch {
+            throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
+        }
+    }
+
     /// Prints the control topic's flags and the group's hosts, read to the topic's end.
     func list() async throws {
         guard let bootstrap else { return }
@@ -190,6 +221,9 @@ struct ControlOptions: ParsableArguments {
         print(Table.render(rows))
         for (topicPartition, trip) in records.trips.sorted(by: { $0.key < $1.key }) {
             print("tripped: \(topicPartition) at offset \(trip.offset.map(String.init) ?? "-"): \(trip.reason)")
+        }
+        for (topicPartition, quarantine) in records.quarantines.sorted(by: { $0.key < $1.key }) {
+            print("quarantine: \(topicPartition) \(quarantine.state.rawValue): \(quarantine.summary)")
         }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var hostRows = [["HOST", "APPLIED", "SHARDS", "LAST SEEN"]]
@@ -363,6 +397,74 @@ struct FlagsCommand: AsyncParsableCommand {
                 }
                 _ = try await AdminClient(options: options).call("DELETE", "/v1/flags/\(encode(key))")
                 print("\(key): unset")
+            }
+        }
+    }
+}
+
+/// Operator actions on one shard: skip or retry a quarantined message, reset a breaker.
+struct ShardsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shards",
+        abstract: "Release a quarantined message (skip it, or try it again) and reset shards.",
+        subcommands: [Skip.self, Reset.self]
+    )
+
+    static func parse(_ text: String) throws -> TopicPartition {
+        guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]), partition >= 0,
+            slash > text.startIndex
+        else { throw ValidationError("a shard is TOPIC/PARTITION, e.g. orders/3, got '\(text)'") }
+        return TopicPartition(String(text[..<slash]), partition)
+    }
+
+    struct Skip: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Commit a quarantined message without calling its handler (it killed the process); audited with who and why.")
+        @OptionGroup var options: AdminOptions
+        @OptionGroup var control: ControlOptions
+        @Argument(help: "TOPIC/PARTITION") var shard: String
+        @Option(name: .long, help: "The quarantined message's offset (as `sluice status` shows it); refused if it is not that one.") var offset: Int64
+        @Option(name: .long, help: "Why (kept with the release).") var reason: String?
+
+        func validate() throws { _ = try ShardsCommand.parse(shard) }
+
+        func run() async throws {
+            try await runAdmin {
+                let topicPartition = try ShardsCommand.parse(shard)
+                if control.bootstrap != nil {
+                    try await control.releaseQuarantine(topicPartition, skip: true, offset: offset, reason: reason)
+                    return
+                }
+                var body: [String: Any] = ["offset": offset]
+                if let reason { body["reason"] = reason }
+                _ = try await AdminClient(options: options).call(
+                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/skip", body: body)
+                print("\(topicPartition): offset \(offset) skipped")
+            }
+        }
+    }
+
+    struct Reset: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a tripped or backing-off shard now; a quarantined message is released and tried again.")
+        @OptionGroup var options: AdminOptions
+        @OptionGroup var control: ControlOptions
+        @Argument(help: "TOPIC/PARTITION") var shard: String
+
+        func validate() throws { _ = try ShardsCommand.parse(shard) }
+
+        func run() async throws {
+            try await runAdmin {
+                let topicPartition = try ShardsCommand.parse(shard)
+                if control.bootstrap != nil {
+                    // Through the control topic only a quarantine can be released (a breaker reset goes to the
+                    // owning host's admin API).
+                    try await control.releaseQuarantine(topicPartition, skip: false, offset: nil, reason: nil)
+                    return
+                }
+                let answer = try await AdminClient(options: options).call(
+                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/reset")
+                print("\(topicPartition): reset" + ((answer["quarantineReleased"] as? Bool ?? false) ? "; its quarantined message is tried again" : ""))
             }
         }
     }

@@ -47,11 +47,27 @@ struct CrashContainmentTests {
     }
 
     /// Starts OrderService with the poison order and a state directory kept across its restarts.
-    func start(_ cluster: EmbeddedKafkaCluster, group: String, state: String, poison: Int, extra: [String: String] = [:]) throws -> SluiceProcess {
+    func start(
+        _ cluster: EmbeddedKafkaCluster, group: String, state: String, poison: Int, extra: [String: String] = [:],
+        editConfiguration: @escaping (String) -> String = { $0 }
+    ) throws -> SluiceProcess {
         try OrderServiceTests.startService(
             cluster, group: group,
-            environment: ["ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state].merging(extra) { $1 }
+            environment: ["ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state].merging(extra) { $1 },
+            editConfiguration: editConfiguration
         ).0
+    }
+
+    /// Waits until every orders partition's committed offset is what `expected` says.
+    func settle(_ consumer: KafkaConsumer, _ expected: [TopicPartition: Int64]) async throws -> (Bool, [TopicPartition: Int64]) {
+        var committed: [TopicPartition: Int64] = [:]
+        let deadline = ContinuousClock.now + .seconds(90)
+        while ContinuousClock.now < deadline {
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            if orderPartitions.allSatisfy({ committed[$0] == expected[$0] }) { return (true, committed) }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        return (false, committed)
     }
 
     @Test("a handler traps on one order: one process death, then the order is quarantined, the other partitions finish, nothing lost")
@@ -86,17 +102,10 @@ struct CrashContainmentTests {
         // Every other partition completes; the poison partition is held at the order, nothing past it committed.
         let consumer = try checker(cluster, group: group)
         let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
-        var settled = false
-        var committed: [TopicPartition: Int64] = [:]
-        let deadline = ContinuousClock.now + .seconds(90)
-        while ContinuousClock.now < deadline {
-            committed = try await consumer.committedOffsets(for: orderPartitions)
-            settled = orderPartitions.allSatisfy { topicPartition in
-                topicPartition.partition == poison.partition ? committed[topicPartition] == poison.offset : committed[topicPartition] == highs[topicPartition]
-            }
-            if settled { break }
-            try await Task.sleep(for: .milliseconds(250))
-        }
+        let poisonPartition = TopicPartition("orders", poison.partition)
+        var held = highs
+        held[poisonPartition] = poison.offset
+        let (settled, committed) = try await settle(consumer, held)
         #expect(settled, "committed \(committed.sorted { $0.key < $1.key }), high watermarks \(highs.sorted { $0.key < $1.key }), poison \(poison)")
         #expect(service.process.isRunning, "the restarted service did not die again")
 
@@ -109,8 +118,66 @@ struct CrashContainmentTests {
         #expect(shown.contains("SIGILL") || shown.contains("SIGTRAP"), "the crash's signal is shown: \(shown)")
         print("crash containment: \(deaths) death, order quarantined at orders/\(poison.partition)@\(poison.offset)\n\(shown)")
 
+        // An operator skips it, naming the offset they saw: a wrong one is refused; then the partition finishes.
+        let wrong = try SluiceProcess(["shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset + 1)", "--admin", address, "--token", "test-token"])
+        #expect(await wrong.exit() == 1)
+        #expect(await wrong.errors.all().contains("is at offset \(poison.offset), not \(poison.offset + 1)"))
+        let skip = try SluiceProcess([
+            "shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset)", "--reason", "poison order, refunded by hand",
+            "--admin", address, "--token", "test-token",
+        ])
+        let skipStatus = await skip.exit()
+        let skipErrors = await skip.errors.all()
+        #expect(skipStatus == 0, "\(skipErrors)")
+        let (finished, afterSkip) = try await settle(consumer, highs)
+        #expect(finished, "after the skip every partition is committed to its end: \(afterSkip.sorted { $0.key < $1.key })")
+        #expect(service.process.isRunning, "the skipped order was not handed to the handler")
+
         service.process.terminate()
         #expect(await service.exit() == 0)
+        #expect(await service.errors.all().contains("quarantined message skipped, released by an operator"))
         await consumer.close()
+    }
+
+    @Test("two hosts with the control plane, onCrash then deadLetter: one death in the group, the order dead-lettered, every partition finishes")
+    func trapWithTwoHosts() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
+        try await produce(cluster, count: 4_000)
+        let deadLetter: (String) -> String = {
+            $0.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 1, then: deadLetter }\n")
+        }
+        func startHost(_ name: String) throws -> SluiceProcess {
+            let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(group)-\(name)").path
+            return try start(cluster, group: group, state: state, poison: 1_234, extra: ["SLUICE_CONTROL_ENABLED": "true"], editConfiguration: deadLetter)
+        }
+        // Two hosts, each under its own restart loop.
+        var hosts = ["a": try startHost("a"), "b": try startHost("b")]
+        var deaths: [String: Int] = [:]
+        let consumer = try checker(cluster, group: group)
+        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
+        let deadline = ContinuousClock.now + .seconds(120)
+        var committed: [TopicPartition: Int64] = [:]
+        while ContinuousClock.now < deadline {
+            for (name, host) in hosts where !host.process.isRunning {
+                #expect(host.process.terminationReason == .uncaughtSignal, "\(name) died of the trap: \(host.errors.text.suffix(1_500))")
+                deaths[name, default: 0] += 1
+                hosts[name] = try startHost(name)
+            }
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            if orderPartitions.allSatisfy({ committed[$0] == highs[$0] }) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(orderPartitions.allSatisfy { committed[$0] == highs[$0] }, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
+        #expect(deaths.values.reduce(0, +) == 1, "one death in the whole group: \(deaths)")
+        let dlq = try await consumer.queryHighWatermarks(for: [TopicPartition("orders.dlq", 0)])
+        #expect(dlq[TopicPartition("orders.dlq", 0)] == 1, "the poison order, and only it, is dead-lettered")
+        let logs = hosts.values.map(\.errors.text).joined(separator: "\n")
+        #expect(logs.contains("quarantined message dead-lettered: it killed the process"))
+        for host in hosts.values { host.process.terminate() }
+        for host in hosts.values { #expect(await host.exit() == 0) }
+        await consumer.close()
+        print("crash containment, two hosts: deaths \(deaths)")
     }
 }

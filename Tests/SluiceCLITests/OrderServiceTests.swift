@@ -14,12 +14,13 @@ struct OrderServiceTests {
     /// Starts Examples/OrderService against `cluster` in `group`, with its own database and admin API on a
     /// free port; returns the process and its database path.
     static func startService(
-        _ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:]
+        _ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:],
+        editConfiguration: (String) -> String = { $0 }
     ) throws -> (SluiceProcess, String) {
         let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
-        let yaml = try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
-            .replacingOccurrences(of: "group: order-service", with: "group: \(group)")
+        let yaml = editConfiguration(try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "group: order-service", with: "group: \(group)"))
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         let service = try SluiceProcess(
             ["--config", config, "--database", database] + extra, executable: "OrderService",

@@ -246,6 +246,44 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
+    /// Releases a quarantined message of `topicPartition` (SLUICE.md §12), group-wide when the control plane
+    /// is on: `skip` commits it without a handler call; otherwise its handler is tried again. The shard held
+    /// at it, on whichever host owns it, starts again within a second.
+    ///
+    /// - Parameter offset: the offset the operator saw quarantined; refused when it is not the one.
+    /// - Throws: ``SluiceError`` when there is no such quarantine, the offset differs, or it cannot be written.
+    @discardableResult
+    public func releaseQuarantine(
+        _ topicPartition: TopicPartition, skip: Bool, offset: Int64?, who: String?, reason: String?
+    ) async throws -> Quarantine {
+        guard let containment = crashContainment else {
+            throw SluiceError(code: .state, message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
+        }
+        guard let current = containment.quarantine(for: topicPartition) else {
+            throw SluiceError(code: .state, message: "no quarantined message on \(topicPartition)")
+        }
+        if let offset, offset != current.offset {
+            throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(current.offset), not \(offset)")
+        }
+        var released = current
+        released.state = .skip
+        released.who = who
+        released.reason = reason
+        if let control {
+            let writer = try ControlPlaneWriter(
+                bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
+            let written = try await writer.setQuarantine(topicPartition, skip ? released : nil)
+            await writer.close()
+            _ = await control.waitUntilApplied(written, timeout: configuration.control.loadTimeout)
+        } else {
+            try containment.setLocal(topicPartition, skip ? released : nil)
+        }
+        logger.notice(
+            skip ? "quarantined message skipped by an operator" : "quarantine released by an operator; the handler tries the message again",
+            metadata: ["kafka.partition": "\(topicPartition)", "kafka.offset": "\(current.offset)", "sluice.who": "\(who ?? "-")", "sluice.reason": "\(reason ?? "-")"])
+        return released
+    }
+
     /// Joins the group and runs shards until shutdown.
     ///
     /// - Throws: ``SluiceError`` when handlers and configuration do not match, ``KafkaError`` when the
