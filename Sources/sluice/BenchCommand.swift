@@ -29,7 +29,7 @@ struct BenchCommand: AsyncParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
     var flagRuns: Int = 20
-    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, c, d, d50, e), e.g. to profile one or compare a2,b.")
+    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, c, d, d50, e), e.g. to profile one or compare a2,b.")
     var only: String?
     @Option(name: .long, help: "Batch timeout of case d in milliseconds. The last, partial batch of each partition waits this long, which on a finite preloaded topic is a tail of the run, not a per-message cost; case d50 shows the same with 50 ms.")
     var batchTimeoutMs: Int = 5
@@ -43,8 +43,8 @@ struct BenchCommand: AsyncParsableCommand {
         guard messages / partitions <= 35_000 else {
             throw ValidationError("--messages: at most 35,000 per partition fit the mock's 5 MiB per partition")
         }
-        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "c", "d", "d50", "e"].contains(name) {
-            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b, c, d (d and d50), d50 and e")
+        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e"].contains(name) {
+            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50 and e")
         }
     }
 
@@ -108,6 +108,9 @@ struct BenchCommand: AsyncParsableCommand {
             Case(name: "b host, no-op, ordering partition") {
                 try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
             },
+            Case(name: "b0 host, no-op, ordering partition, no crash journal") {
+                try await runHost(cluster, settings: partitionOrdering, handler: .message, crashJournal: false, logger: logger)
+            },
             Case(name: "c host, no-op, ordering key x8") {
                 try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
             },
@@ -155,6 +158,7 @@ struct BenchCommand: AsyncParsableCommand {
                 let parts = ["b", "c", "d"].compactMap { name in medianRate(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
                 if !parts.isEmpty { print("ratios: " + parts.joined(separator: " ")) }
             }
+            printJournalCost()
             return
         }
         let (off, on) = try await flagReaction(cluster, logger: logger)
@@ -178,6 +182,19 @@ struct BenchCommand: AsyncParsableCommand {
         print(String(
             format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
             b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
+        printJournalCost()
+
+        /// The crash journal's cost: case b with it against b0 without, in CPU per message (steadier than
+        /// throughput here) and in median throughput.
+        func printJournalCost() {
+            guard let withJournal = cases.first(where: { $0.name.hasPrefix("b ") }), let without = cases.first(where: { $0.name.hasPrefix("b0 ") }),
+                !withJournal.rates.isEmpty, !without.rates.isEmpty
+            else { return }
+            print(String(
+                format: "crash journal cost (b against b0): CPU per message %+.1f %%, median throughput %+.1f %%",
+                (cpuPerMillion(withJournal) / cpuPerMillion(without) - 1) * 100,
+                (median(withJournal.rates.sorted()) / median(without.rates.sorted()) - 1) * 100))
+        }
     }
 
     // MARK: Cases
@@ -185,7 +202,8 @@ struct BenchCommand: AsyncParsableCommand {
     enum HandlerKind { case message, batch, crashPartitionZero }
 
     func runHost(
-        _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, logger: Logger
+        _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, crashJournal: Bool = true,
+        logger: Logger
     ) async throws -> (count: Int, seconds: Double) {
         let target = expected ?? messages
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "host-\(UUID())")
@@ -193,6 +211,7 @@ struct BenchCommand: AsyncParsableCommand {
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
+        configuration.crashJournal = crashJournal
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
         switch handler {

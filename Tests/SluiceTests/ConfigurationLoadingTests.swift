@@ -277,4 +277,24 @@ struct ConfigurationLoadingTests {
             try await loadError(base + "host: {blockedThreadAfter: 10ms}\n")
                 == "FILE:2:28: host.blockedThreadAfter: must be at least 100ms (shorter flags ordinary work as blocking), got 10ms")
     }
+
+    @Test("crash containment: onCrash and the state directory are read; nonsense is refused with the key and reason")
+    func crashContainment() async throws {
+        let base = "kafka: {bootstrap: b, group: g}\n"
+        let path = try write(
+            base + "host: {stateDirectory: /var/lib/orders, crashJournal: off}\n"
+                + "topics:\n  orders: {onCrash: {after: 2, then: deadLetter}, deadLetterTopic: orders.dlq}\n  payments: {}\n")
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.stateDirectory == "/var/lib/orders")
+        #expect(configuration.crashJournal == false)
+        #expect(configuration.topics["orders"]?.onCrash == TopicConfiguration.CrashPolicy(after: 2, then: .deadLetter))
+        #expect(configuration.topics["payments"]?.onCrash == TopicConfiguration.CrashPolicy(after: 1, then: .stop))
+        #expect(
+            try await loadError(base + "topics:\n  orders: {onCrash: {after: 0}}\n").hasSuffix("topics.orders.onCrash.after: must be at least 1, got 0"))
+        #expect(
+            try await loadError(base + "topics:\n  orders: {onCrash: {then: deadLetter}}\n")
+                .hasSuffix("topics.orders.deadLetterTopic: is required when onCrash.then is deadLetter"))
+        #expect(try await loadError(base + "topics:\n  orders: {onCrash: {then: ignore}}\n").contains("expected one of stop, deadLetter, got 'ignore'"))
+        #expect(try await loadError(base + "host: {stateDirectory: ' '}\n").contains("host.stateDirectory: is empty"))
+    }
 }
