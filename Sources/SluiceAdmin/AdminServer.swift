@@ -361,6 +361,7 @@ public struct AdminServer: Service {
             ]
             if let who = quarantine.who { described["who"] = who }
             if let reason = quarantine.reason { described["reason"] = reason }
+            if let report = quarantine.report { described["report"] = report }
             entry["quarantine"] = described
         }
         if let rate = shard.flag.rate { entry["rate"] = rate }

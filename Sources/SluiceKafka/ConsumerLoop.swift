@@ -18,6 +18,12 @@ final class ConsumerLoop: @unchecked Sendable {
         var newlyAssigned = true
         /// Set at revocation: no more messages are taken from its queue.
         var revoking = false
+        /// Whether a message came from it in this assignment (its fetcher started).
+        var delivered = false
+        /// When to restart its fetcher: librdkafka could not fetch its committed offset and will not try again.
+        var restartAt: ContinuousClock.Instant?
+        /// Restarts so far in this assignment (the backoff grows with them).
+        var restarts = 0
 
         /// Every reason it is paused for.
         var reasons: Set<KafkaPauseReason> { flowControl ? desired.union([.flowControl]) : desired }
@@ -167,6 +173,10 @@ final class ConsumerLoop: @unchecked Sendable {
             } else {
                 startCommit(.caller(continuation), timeout: .seconds(30))
             }
+        case .restartUnstarted(let topicPartition):
+            if let state = partitions[topicPartition] {
+                schedule(restartOf: [state], why: "it is assigned and has delivered nothing while its owner saw messages waiting")
+            }
         case .releaseRevocation(let identifier):
             if var revocation = revocations[identifier], revocation.commitID == nil {
                 revocation.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
@@ -254,6 +264,9 @@ final class ConsumerLoop: @unchecked Sendable {
                     librdkafkaCode: code.rawValue,
                     isFatal: rd_kafka_event_error_is_fatal(event) != 0
                 )
+                if error.message.hasPrefix("Failed to fetch committed offset") {
+                    scheduleRestart(after: event)
+                }
                 if error.isFatal {
                     // The client cannot go on (librdkafka stops consuming and committing): say so loudly and
                     // keep it for health checks.
@@ -531,11 +544,66 @@ final class ConsumerLoop: @unchecked Sendable {
                 rd_kafka_message_destroy(message)
             }
             if count == limit { more = true }
+            state.delivered = true
             if !batch.isEmpty, state.channel.push(batch) {
                 pauseForFlowControl(state)
             }
         }
         return more
+    }
+
+    // MARK: Partitions librdkafka left unstarted
+
+    /// librdkafka starts an assigned partition's fetcher only once the coordinator answered its committed
+    /// offset; when that fetch fails (an error it does not retry, or one it may not retry because the
+    /// assignment changed meanwhile), the partition stays assigned and never fetches until the application
+    /// unassigns and re-assigns it (rdkafka_assignment.c, 2.0.2 to 2.16). The error names the partition, or
+    /// only how many: then every partition that has not delivered a message in this assignment is restarted
+    /// (restarting one that did start but had nothing to deliver yet loses nothing).
+    private func scheduleRestart(after event: OpaquePointer) {
+        var affected: [PartitionState]
+        if let named = rd_kafka_event_topic_partition(event) {
+            defer { rd_kafka_topic_partition_destroy(named) }
+            let topicPartition = TopicPartition(String(cString: named.pointee.topic), named.pointee.partition)
+            affected = partitions[topicPartition].map { [$0] } ?? []
+        } else {
+            affected = Array(partitions.values)
+        }
+        schedule(restartOf: affected, why: "librdkafka could not fetch its committed offset and will not start it")
+    }
+
+    private func schedule(restartOf states: [PartitionState], why: String) {
+        let now = ContinuousClock.now
+        for state in states where !state.revoking && !state.delivered && state.restartAt == nil {
+            let backoff = min(.milliseconds(500) * (1 << min(state.restarts, 6)), Duration.seconds(30))
+            state.restartAt = now + backoff
+            logger.warning(
+                "restarting the partition's fetcher: \(why)",
+                metadata: metadata(state.topicPartition, ["sluice.restartIn": "\(backoff)", "sluice.restarts": "\(state.restarts)"]))
+        }
+    }
+
+    /// Restarts the fetchers that are due, while the group is steady (an assignment call made while a
+    /// rebalance callback waits would be taken as its answer).
+    private func restartDueFetchers(now: ContinuousClock.Instant) {
+        guard case .running = phase, !rebalanceGate.isHolding(now: now) else { return }
+        for state in partitions.values {
+            guard let restartAt = state.restartAt, now >= restartAt else { continue }
+            state.restartAt = nil
+            guard !state.revoking, !state.delivered else { continue }
+            state.restarts += 1
+            let list = TopicPartitionList.make([state.topicPartition])
+            defer { rd_kafka_topic_partition_list_destroy(list) }
+            if let error = rd_kafka_incremental_unassign(rk, list) ?? rd_kafka_incremental_assign(rk, list) {
+                let failure = KafkaError.consuming(error, context: "restarting \(state.topicPartition)")
+                logger.error("restarting a partition's fetcher failed", metadata: metadata(state.topicPartition, ["kafka.error": "\(failure.message)"]))
+                continue
+            }
+            // Its pause state, applied again as after any assignment.
+            state.newlyAssigned = true
+            reconcilePause(state)
+            logger.info("partition fetcher restarted", metadata: metadata(state.topicPartition, ["sluice.restarts": "\(state.restarts)"]))
+        }
     }
 
     private func pauseForFlowControl(_ state: PartitionState) {
@@ -598,6 +666,7 @@ final class ConsumerLoop: @unchecked Sendable {
         if rebalanceGate.expired(now: now) {
             logger.warning("the group rebalance did not end with an assignment in time; committing again")
         }
+        restartDueFetchers(now: now)
         if mayCommitPeriodically(now: now), now >= nextPeriodicCommit {
             nextPeriodicCommit = now + shared.configuration.commitInterval
             if !partitions.isEmpty, shared.offsetsStored.exchange(false, ordering: .relaxed) {
@@ -716,6 +785,7 @@ final class ConsumerLoop: @unchecked Sendable {
         if mayCommitPeriodically(now: now) { next = min(next, nextPeriodicCommit) }
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
+        for state in partitions.values { if let restartAt = state.restartAt { next = min(next, restartAt) } }
         if !detached, let callerDeadline { next = min(next, callerDeadline) }
         if case .closing(let deadline) = phase { next = min(next, deadline, now + .milliseconds(10)) }
         let milliseconds = (next - now).milliseconds

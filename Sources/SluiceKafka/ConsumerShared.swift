@@ -15,7 +15,7 @@ final class ConsumerShared: Sendable {
                 continuation.resume()
             case .close(let continuation):
                 continuation?.resume()
-            case .releaseRevocation:
+            case .releaseRevocation, .restartUnstarted:
                 break
             }
         }
@@ -25,6 +25,7 @@ final class ConsumerShared: Sendable {
         case seek(TopicPartitionOffset, CheckedContinuation<Void, any Error>)
         case commit(CheckedContinuation<Void, any Error>)
         case releaseRevocation(UInt64)
+        case restartUnstarted(TopicPartition)
         case close(CheckedContinuation<Void, Never>?)
     }
 

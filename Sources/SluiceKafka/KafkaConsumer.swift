@@ -141,6 +141,14 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// Restarts the partition's fetcher if it delivered nothing since it was assigned: librdkafka leaves an
+    /// assigned partition unstarted when it could not fetch its committed offset, and there are paths where
+    /// it says nothing. For an owner that sees the partition stalled with messages waiting. A partition that
+    /// delivered messages, is revoked or is not assigned is left alone.
+    public func restartFetcherIfUnstarted(_ topicPartition: TopicPartition) {
+        shared.send(.restartUnstarted(topicPartition))
+    }
+
     /// The reasons the partition is paused for (empty when it is fetching or not assigned).
     public func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason> {
         shared.pauseSnapshot.withLock { $0[topicPartition] ?? [] }

@@ -504,6 +504,10 @@ struct StatusCommand: AsyncParsableCommand {
                     quarantines.append(
                         "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0) \(quarantine["state"] as? String ?? ""): "
                             + (quarantine["summary"] as? String ?? ""))
+                    // The crash report's first lines: what happened and where.
+                    if let report = quarantine["report"] as? String {
+                        quarantines.append(contentsOf: report.split(separator: "\n").prefix(6).map { "    " + $0 })
+                    }
                 }
             }
             print(Table.render(rows))

@@ -53,7 +53,11 @@ struct CrashContainmentTests {
     ) throws -> SluiceProcess {
         try OrderServiceTests.startService(
             cluster, group: group,
-            environment: ["ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state].merging(extra) { $1 },
+            environment: [
+                "ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state,
+                // The runtime's crash report, where the next start finds it.
+                "SWIFT_BACKTRACE": "enable=yes,format=json,output-to=\(state)",
+            ].merging(extra) { $1 },
             editConfiguration: editConfiguration
         ).0
     }
@@ -86,7 +90,8 @@ struct CrashContainmentTests {
             if found != nil { break }
             // Either it dies of the trap, or (after a death) it logs the quarantine and keeps running.
             var died = false
-            while !died, found == nil {
+            let deadline = ContinuousClock.now + .seconds(90)
+            while !died, found == nil, ContinuousClock.now < deadline {
                 if !service.process.isRunning { died = true; break }
                 try await Task.sleep(for: .milliseconds(100))
                 found = quarantined(in: service.errors.text)
@@ -116,6 +121,7 @@ struct CrashContainmentTests {
         let shown = await status.output.all()
         #expect(shown.contains("orders/\(poison.partition) quarantined: handler call at offset \(poison.offset) killed the process 1 time"), "\(shown)")
         #expect(shown.contains("SIGILL") || shown.contains("SIGTRAP"), "the crash's signal is shown: \(shown)")
+        #expect(shown.contains("OrderHandler.handle"), "the crash report names the handler: \(shown)")
         print("crash containment: \(deaths) death, order quarantined at orders/\(poison.partition)@\(poison.offset)\n\(shown)")
 
         // An operator skips it, naming the offset they saw: a wrong one is refused; then the partition finishes.

@@ -136,6 +136,20 @@ struct CrashJournalTests {
 
 @Suite("Quarantines: records, the state file, and what a pipeline does at the message", .timeLimit(.minutes(1)))
 struct QuarantineTests {
+    @Test("the runtime's JSON crash report is summarized: what happened, the crashed thread's frames, at most 2,000 characters")
+    func crashReport() throws {
+        let frames = (0..<200).map { index in
+            #"{"kind":"returnAddress","description":"frame\#(index) + 12","image":"Service","sourceLocation":{"file":"/src/Handler.swift","line":\#(index)}}"#
+        }
+        let report = #"{"kind":"crashReport","description":"Illegal instruction","threads":[{"name":"main","frames":[]},"#
+            + #"{"name":"sluice-handler-1","crashed":true,"frames":["# + frames.joined(separator: ",") + "]}]}"
+        let summary = try #require(CrashReport.summarize(Data(report.utf8)))
+        #expect(summary.hasPrefix("Illegal instruction on thread sluice-handler-1\n  frame0 + 12 (Service) Handler.swift:0\n  frame1 + 12"))
+        #expect(summary.count <= CrashReport.limit && summary.hasSuffix("…"))
+        #expect(CrashReport.summarize(Data(#"{"kind":"somethingElse"}"#.utf8)) == nil)
+        #expect(CrashReport.summarize(Data("not json".utf8)) == nil)
+    }
+
     let sample = Quarantine(offset: 42, count: 1, crashes: 2, state: .quarantined, signal: "SIGILL", host: "h1", atMilliseconds: 1_000)
 
     @Test("quarantine records round-trip; released is nil; bad ones are refused naming the key and the offset")

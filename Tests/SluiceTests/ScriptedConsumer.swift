@@ -16,6 +16,8 @@ final class ScriptedConsumer: ShardConsumer {
         /// The pause set as last applied (starts with the initial reasons, as at a real assignment).
         var pauseReasons: Set<KafkaPauseReason>
         var stored: Int64?
+        /// The next offset after the last message delivered (librdkafka's position), nil before the first.
+        var position: Int64?
     }
 
     private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int)>(
@@ -82,7 +84,9 @@ final class ScriptedConsumer: ShardConsumer {
 
     /// Appends messages to a partition's log and delivers them (whether or not it is paused: what matters
     /// here is what the host asks for).
-    func append(_ topicPartition: TopicPartition, count: Int) {
+    /// Appends `count` messages to the partition's log; `deliver: false` leaves them on the broker (a fetcher
+    /// that does not fetch).
+    func append(_ topicPartition: TopicPartition, count: Int, deliver: Bool = true) {
         state.withLock { state in
             guard var partition = state.partitions[topicPartition] else { return }
             let start = Int64(partition.log.count)
@@ -92,7 +96,10 @@ final class ScriptedConsumer: ShardConsumer {
                     key: KafkaBytes("k\(offset)"), value: KafkaBytes("\(offset)"))
             }
             partition.log += batch
-            partition.channel.push(batch)
+            if deliver {
+                partition.channel.push(batch)
+                partition.position = batch.last.map { $0.offset + 1 } ?? partition.position
+            }
             state.partitions[topicPartition] = partition
         }
     }
@@ -162,14 +169,20 @@ final class ScriptedConsumer: ShardConsumer {
     func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks? {
         state.withLock { $0.partitions[topicPartition].map { Watermarks(low: 0, high: Int64($0.log.count)) } }
     }
-    func position(of topicPartition: TopicPartition) -> Int64? { nil }
+    func position(of topicPartition: TopicPartition) -> Int64? { state.withLock { $0.partitions[topicPartition]?.position } }
+    /// Partitions the supervisor asked to restart the fetcher of.
+    let fetcherRestarts = Locked<[TopicPartition]>([])
+    func restartFetcherIfUnstarted(_ topicPartition: TopicPartition) { fetcherRestarts.withLock { $0.append(topicPartition) } }
     func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
         await coordinatorAnswers()
         return [:]
     }
+    /// Committed offsets the coordinator reports (none unless scripted).
+    let committed = Locked<[TopicPartition: Int64]>([:])
     func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
         await coordinatorAnswers()
-        return [:]
+        let committed = committed.value
+        return committed.filter { partitions.contains($0.key) }
     }
     func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: TopicPartitionOffset] {
         await coordinatorAnswers()

@@ -224,6 +224,43 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
+    @Test("a partition that fetched nothing since its assignment while messages wait gets its fetcher restarted, once per stall")
+    func unstartedPartitionRestarted() async throws {
+        let clock = ManualHostClock()
+        let host = Self.host(clock: clock, stallAfter: .seconds(30))
+        host.register("orders", ClosureHandler { _, _ in })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let waiting = TopicPartition("orders", 0)
+        let fetching = TopicPartition("orders", 1)
+        consumer.assign([waiting, fetching])
+        consumer.deliverAssignment([waiting, fetching])
+        // Partition 0's messages are on the broker, but its fetcher brings nothing (librdkafka left it
+        // unstarted); partition 1 fetched and handled its messages and is caught up.
+        consumer.committed.withLock { $0 = [waiting: 0, fetching: 0] }
+        consumer.append(waiting, count: 5, deliver: false)
+        consumer.append(fetching, count: 3)
+        try await HostFixture.eventually("both running") { host.shards.count == 2 && host.shards.allSatisfy { $0.state == .running } }
+        // Lag is known once the lag refresh (every 5 s of host time) ran.
+        var ticks = 0
+        while host.shards.first(where: { $0.topicPartition == waiting })?.lag != 5, ticks < 20 {
+            try await Self.tick(clock, host)
+            ticks += 1
+        }
+        #expect(host.shards.first { $0.topicPartition == waiting }?.lag == 5)
+        for _ in 1...8 {
+            try await Self.tick(clock, host)
+            #expect(consumer.fetcherRestarts.value.isEmpty, "not before 10 s without progress")
+        }
+        for _ in 1...4 where consumer.fetcherRestarts.value.isEmpty { try await Self.tick(clock, host) }
+        #expect(consumer.fetcherRestarts.value == [waiting], "the partition with messages waiting and nothing fetched, once")
+        for _ in 1...5 { try await Self.tick(clock, host) }
+        #expect(consumer.fetcherRestarts.value == [waiting], "asked once per stall")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
     @Test("a stall is reported when stallAfter of host time passes without progress, not before")
     func stallOnTheHostClock() async throws {
         let clock = ManualHostClock()

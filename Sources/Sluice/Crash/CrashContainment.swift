@@ -81,9 +81,14 @@ final class CrashContainment: Sendable {
         let policy = configuration.topics[topicPartition.topic]?.onCrash ?? TopicConfiguration.CrashPolicy()
         let previous = quarantine(for: topicPartition)
         let crashes = (previous?.offset == culprit.offset ? previous!.crashes : 0) + 1
-        let quarantine = Quarantine(
+        var quarantine = Quarantine(
             offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
             signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
+        quarantine.report = CrashReport.find(pid: finding.pid, in: configuration.stateDirectory)
+        if let report = quarantine.report {
+            // One log line: what happened and the first frames (the whole report is in the quarantine).
+            metadata["sluice.crashReport"] = "\(report.split(separator: "\n").prefix(4).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " | "))"
+        }
         metadata["kafka.topic"] = "\(topicPartition.topic)"
         metadata["kafka.partition"] = "\(topicPartition.partition)"
         metadata["kafka.offset"] = "\(culprit.offset)"

@@ -31,6 +31,9 @@ public struct Quarantine: Sendable, Hashable {
     /// Who released it and why, for `skip`.
     public var who: String?
     public var reason: String?
+    /// The crash report of the last death (the runtime's backtrace, summarized and truncated), when the
+    /// process wrote one (`SWIFT_BACKTRACE=...,format=json,output-to=STATE_DIRECTORY`).
+    public var report: String?
 
     /// Creates a quarantine record.
     public init(
@@ -64,6 +67,7 @@ public struct Quarantine: Sendable, Hashable {
         ]
         if let who { object["who"] = who }
         if let reason { object["reason"] = reason }
+        if let report { object["report"] = report }
         return object
     }
 
@@ -79,6 +83,7 @@ public struct Quarantine: Sendable, Hashable {
             offset: offset, count: count, crashes: crashes, state: state, signal: object["signal"] as? String ?? "?",
             host: object["host"] as? String ?? "?", atMilliseconds: (object["atMillis"] as? NSNumber)?.int64Value ?? 0,
             who: object["who"] as? String, reason: object["reason"] as? String)
+        report = object["report"] as? String
     }
 }
 

@@ -25,6 +25,9 @@ protocol ShardConsumer: Sendable {
     var timeSinceLastActivity: Duration { get }
     func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks?
     func position(of topicPartition: TopicPartition) -> Int64?
+    /// Restarts the partition's fetcher if it delivered nothing since it was assigned (see
+    /// ``KafkaConsumer/restartFetcherIfUnstarted(_:)``).
+    func restartFetcherIfUnstarted(_ topicPartition: TopicPartition)
 
     /// Lag queries (network round trips; never from the supervisor loop).
     func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]

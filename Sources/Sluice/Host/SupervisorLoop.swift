@@ -323,6 +323,10 @@ struct SupervisorLoop {
 
     /// A shard that runs, unpaused, with messages waiting, and makes no progress for `stallAfter` is stalled
     /// (distinct from idle: no lag; and from paused: a pause set). Reported once, cleared on progress.
+    /// How long a running, unpaused shard with messages waiting may have fetched nothing since its assignment
+    /// before the consumer is asked to restart its fetcher.
+    static let unstartedAfter = Duration.seconds(10)
+
     private mutating func checkStall(_ status: ShardStatus, now: ContinuousClock.Instant) {
         let topicPartition = status.topicPartition
         guard var shard = shards[topicPartition] else { return }
@@ -332,12 +336,22 @@ struct SupervisorLoop {
         if !expectedToProgress || progress?.pipeline != shard.lastProgress?.pipeline || progress?.done != shard.lastProgress?.done {
             shard.lastProgress = progress
             shard.lastProgressAt = now
+            shard.fetcherRestartAsked = false
             if shard.stalledSince != nil {
                 shard.stalledSince = nil
                 shard.stalledGauge.record(0)
                 logger.info("shard no longer stalled", metadata: metadata(topicPartition))
                 publish(topicPartition, ShardEvent.Kind.stallCleared)
             }
+        } else if !shard.fetcherRestartAsked, status.position == nil, now - shard.lastProgressAt >= Self.unstartedAfter {
+            // Messages waiting and nothing fetched in this assignment: librdkafka may have left the partition
+            // unstarted (a failed committed-offset fetch it does not retry). The consumer restarts its
+            // fetcher if it really delivered nothing; a partition that did is left alone.
+            shard.fetcherRestartAsked = true
+            logger.warning(
+                "shard has messages waiting and its partition fetched nothing since it was assigned; asking the consumer to restart its fetcher",
+                metadata: metadata(topicPartition, ["sluice.lag": "\(status.lag ?? 0)"]))
+            consumer.restartFetcherIfUnstarted(topicPartition)
         } else if shard.stalledSince == nil, now - shard.lastProgressAt >= host.configuration.stallAfter {
             shard.stalledSince = shard.lastProgressAt
             shard.stalledGauge.record(1)

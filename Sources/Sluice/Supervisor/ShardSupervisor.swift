@@ -36,6 +36,8 @@ struct ShardSupervisor {
     /// The pause set last handed to the consumer (nil before the first).
     var appliedPauseReasons: Set<KafkaPauseReason>?
     var lastError: String?
+    /// Whether the consumer was asked to restart the partition's fetcher in this stall (once per stall).
+    var fetcherRestartAsked = false
     /// The quarantine (offset) the shard is held tripped at, until it is released or skipped.
     var heldByQuarantine: Int64?
     /// Identifies the armed timer; a firing with an older token is ignored.
