@@ -145,6 +145,42 @@ struct CrashContainmentTests {
         await consumer.close()
     }
 
+    @Test("a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order")
+    func unattributedTrapFoundByElimination() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        try await produce(cluster, count: 4_000)
+        var deaths = 0
+        var service = try start(cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"])
+        var found: (partition: Int32, offset: Int64)?
+        let deadline = ContinuousClock.now + .seconds(150)
+        while found == nil, deaths < 4, ContinuousClock.now < deadline {
+            if !service.process.isRunning {
+                #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
+                deaths += 1
+                service = try start(cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"])
+                continue
+            }
+            found = quarantined(in: service.errors.text)
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(deaths == 2, "one death to learn the suspects, one to find the culprit among them")
+        let poison = try #require(found, "quarantined by elimination: \(service.errors.text.suffix(3_000))")
+        #expect(service.errors.text.contains("the culprit of the earlier unattributed death is found"))
+        let consumer = try checker(cluster, group: group)
+        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
+        var held = highs
+        held[TopicPartition("orders", poison.partition)] = poison.offset
+        let (settled, committed) = try await settle(consumer, held)
+        #expect(settled, "held at the order, everything else done: \(committed.sorted { $0.key < $1.key }), poison \(poison)")
+        #expect(service.process.isRunning)
+        service.process.terminate()
+        #expect(await service.exit() == 0)
+        await consumer.close()
+        print("crash containment by elimination: \(deaths) deaths, order at orders/\(poison.partition)@\(poison.offset)")
+    }
+
     @Test("two hosts with the control plane, onCrash then deadLetter: one death in the group, the order dead-lettered, every partition finishes")
     func trapWithTwoHosts() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])

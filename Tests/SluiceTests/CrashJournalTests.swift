@@ -121,6 +121,25 @@ struct CrashJournalTests {
         #expect(fourth.map(\.fault) == [.unknown], "a fault on an unknown thread: nobody attributed")
     }
 
+    @Test("an unattributed death while exactly one suspect ran alone names that suspect; with none running alone, all are suspects")
+    func elimination() throws {
+        let directory = directory()
+        let (first, _) = try CrashJournal.open(directory: directory, logger: logger)
+        first.acquire(TopicPartition("orders", 1), generation: 1)!.begin(10, count: 1)
+        first.acquire(TopicPartition("orders", 2), generation: 1)!.begin(20, count: 1, careful: true)
+        first.recordFatalSignalForTesting(SIGSEGV)  // from the test's thread: not attributable
+        first.relinquish()
+        let (second, findings) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(findings.first?.fault == .eliminated)
+        #expect(findings.first?.culprit?.description == "orders/2@20")
+        second.acquire(TopicPartition("orders", 1), generation: 1)!.begin(10, count: 1)
+        second.acquire(TopicPartition("orders", 2), generation: 1)!.begin(20, count: 1)
+        second.recordFatalSignalForTesting(SIGSEGV)
+        second.relinquish()
+        let (_, again) = try CrashJournal.open(directory: directory, logger: logger)
+        #expect(again.first?.fault == .unknown && again.first?.culprit == nil && again.first?.inFlight.count == 2)
+    }
+
     @Test("a file that is not a journal, or of another layout version, is named and left alone")
     func foreignFiles() throws {
         let directory = directory()
@@ -224,5 +243,36 @@ struct QuarantineTests {
         quarantine.state = .counting
         let (counting, handledCounting, _) = await run(quarantine, then: .stop)
         #expect(counting == .sourceEnded && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
+    }
+
+    @Test("suspects are handled one at a time across every shard of the process; the others run in parallel as usual")
+    func suspectsAlone() async throws {
+        var configuration = TopicConfiguration()
+        configuration.ordering = .key
+        configuration.processors = 4
+        let inSuspectCall = Atomic<Int>(0)
+        let overlap = Atomic<Bool>(false)
+        let handled = Locked<[Int64]>([])
+        let suspects = Quarantine(offset: 10, count: 20, crashes: 1, state: .suspect, signal: "SIGSEGV", host: "h", atMilliseconds: 0)
+        let pipelines = (0..<2).map { _ in
+            PipelineFixture.pipeline(
+                configuration,
+                handler: .message(ClosureHandler { message, _ in
+                    let suspect = suspects.range.contains(message.offset)
+                    if suspect, inSuspectCall.add(1, ordering: .sequentiallyConsistent).newValue > 1 { overlap.store(true, ordering: .relaxed) }
+                    try await Task.sleep(for: .milliseconds(1))
+                    if suspect { inSuspectCall.subtract(1, ordering: .sequentiallyConsistent) }
+                    handled.withLock { $0.append(message.offset) }
+                }), quarantine: suspects)
+        }
+        await withTaskGroup(of: ShardPipeline.Outcome.self) { group in
+            for pipeline in pipelines {
+                group.addTask { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<40, keys: 8)])) }
+            }
+            for await outcome in group { #expect(outcome == .sourceEnded) }
+        }
+        let overlapped = overlap.load(ordering: .relaxed)
+        #expect(!overlapped, "never two suspects in handler calls at once")
+        #expect(handled.withLock { $0.count } == 80, "every message handled, suspects included")
     }
 }

@@ -68,15 +68,22 @@ struct Order: Decodable {
 ///
 /// To try crash containment, `ORDER_SERVICE_TRAP_ON_ORDER=N` makes the handler trap (`fatalError`, which
 /// no Swift code can catch) on the order with index `n` N: the process dies, and on its next start Sluice
-/// quarantines that order (see the README).
+/// quarantines that order (see the README). With `ORDER_SERVICE_TRAP_IN_CHILD_TASK=1` the trap happens in
+/// a child task the handler starts, which Sluice cannot attribute: it finds the order by elimination.
 final class OrderHandler: MessageHandler {
     private let state = Mutex<(handled: Int, violations: Int, last: [String: Int])>((0, 0, [:]))
     private let poison = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_ON_ORDER"].flatMap { Int($0) }
+    private let trapInChildTask = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_IN_CHILD_TASK"] == "1"
 
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
         if let poison, order.n == poison {
-            fatalError("order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)")
+            let where_ = "order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)"
+            if trapInChildTask {
+                async let trap: Void = { () async -> Void in fatalError(where_) }()
+                await trap
+            }
+            fatalError(where_)
         }
         state.withLock { state in
             state.handled += 1

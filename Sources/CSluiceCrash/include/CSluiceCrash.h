@@ -58,7 +58,9 @@ typedef struct {
     int32_t topic_length;
     uint64_t generation;
     char topic[SLUICE_JOURNAL_TOPIC_CAPACITY];
-    uint8_t reserved[24];
+    /// 1 while the call is a suspect's, run alone to find the culprit of an unattributed death.
+    volatile int32_t careful;
+    uint8_t reserved[20];
 } sluice_journal_slot;
 
 /// Sets the job the calling thread runs (Sluice's executors call it around each job); NULL when none.
@@ -83,9 +85,10 @@ void sluice_crash_uninstall(void);
 int32_t sluice_crash_attribute(const void *base, int32_t *slot);
 
 /// Lane hooks, a few stores each and no system call.
-static inline void sluice_journal_begin(sluice_journal_slot *slot, int64_t offset, int32_t count) {
+static inline void sluice_journal_begin(sluice_journal_slot *slot, int64_t offset, int32_t count, int32_t careful) {
     slot->offset = offset;
     slot->count = count;
+    slot->careful = careful;
     slot->in_handler = 1;
 }
 

@@ -56,6 +56,58 @@ final class CrashContainment: Sendable {
         return containment
     }
 
+    /// Each partition with calls in flight at an unattributed death gets a `suspect` record covering them
+    /// (merged with one already there).
+    private func markSuspects(
+        _ finding: CrashFinding, configuration: SluiceConfiguration, writer: ControlPlaneWriter?, identity: String
+    ) async throws {
+        let byPartition = Dictionary(grouping: finding.inFlight, by: \.topicPartition)
+        for (topicPartition, calls) in byPartition.sorted(by: { $0.key < $1.key }) {
+            var lower = calls.map(\.offset).min()!
+            var upper = calls.map { $0.offset + Int64($0.count) }.max()!
+            if let previous = quarantine(for: topicPartition), previous.state == .suspect {
+                lower = min(lower, previous.range.lowerBound)
+                upper = max(upper, previous.range.upperBound)
+            } else if let previous = quarantine(for: topicPartition), previous.state != .counting {
+                continue  // a quarantine decided already stays
+            }
+            let suspect = Quarantine(
+                offset: lower, count: Int(upper - lower), crashes: 1, state: .suspect, signal: finding.signalName, host: identity,
+                atMilliseconds: finding.diedAtMilliseconds)
+            try await write(topicPartition, suspect, configuration: configuration, writer: writer)
+        }
+    }
+
+    /// Writes a record and, with the control plane, waits until this host applied it.
+    private func write(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, configuration: SluiceConfiguration, writer: ControlPlaneWriter?) async throws {
+        if let writer, let control {
+            let offset = try await writer.setQuarantine(topicPartition, quarantine)
+            if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
+                throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
+            }
+        } else {
+            try setLocal(topicPartition, quarantine)
+        }
+    }
+
+    /// Removes a partition's suspect record once its shard handled past every suspect offset.
+    func clearSuspect(_ topicPartition: TopicPartition, configuration: SluiceConfiguration, logger: Logger) async {
+        guard let current = quarantine(for: topicPartition), current.state == .suspect else { return }
+        do {
+            let writer = try control.map { control in
+                try ControlPlaneWriter(
+                    bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
+            }
+            try await write(topicPartition, nil, configuration: configuration, writer: writer)
+            await writer?.close()
+            logger.info(
+                "suspects handled one at a time without a death: cleared",
+                metadata: ["kafka.partition": "\(topicPartition)", "sluice.suspects": "\(current.offset)..<\(current.range.upperBound)"])
+        } catch {
+            logger.warning("could not clear a partition's suspects", metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
+        }
+    }
+
     private func act(
         on finding: CrashFinding, configuration: SluiceConfiguration, writer: ControlPlaneWriter?, identity: String, logger: Logger
     ) async throws {
@@ -70,17 +122,19 @@ final class CrashContainment: Sendable {
             return
         case .unknown:
             logger.error(
-                "the last process died of a fatal signal on a thread Sluice cannot attribute (a task or thread a handler started?); the messages in handler calls then are suspects, none is quarantined",
+                "the last process died of a fatal signal on a thread Sluice cannot attribute (a task or thread a handler started?); the messages in handler calls then are suspects, handled one at a time until one kills the process again",
                 metadata: metadata)
+            try await markSuspects(finding, configuration: configuration, writer: writer, identity: identity)
             return
-        case .handler:
+        case .handler, .eliminated:
             break
         }
         guard let culprit = finding.culprit else { return }
         let topicPartition = culprit.topicPartition
         let policy = configuration.topics[topicPartition.topic]?.onCrash ?? TopicConfiguration.CrashPolicy()
         let previous = quarantine(for: topicPartition)
-        let crashes = (previous?.offset == culprit.offset ? previous!.crashes : 0) + 1
+        // Found by elimination: the earlier unattributed death counts too.
+        let crashes = (previous?.offset == culprit.offset && previous?.state != .suspect ? previous!.crashes : 0) + (finding.fault == .eliminated ? 2 : 1)
         var quarantine = Quarantine(
             offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
             signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
@@ -93,14 +147,10 @@ final class CrashContainment: Sendable {
         metadata["kafka.partition"] = "\(topicPartition.partition)"
         metadata["kafka.offset"] = "\(culprit.offset)"
         metadata["sluice.crashes"] = "\(crashes)"
-        if let writer, let control {
-            let offset = try await writer.setQuarantine(topicPartition, quarantine)
-            // Applied here before this host fetches: its own pipelines must see it.
-            if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
-                throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
-            }
-        } else {
-            try setLocal(topicPartition, quarantine)
+        // Applied here before this host fetches: its own pipelines must see it.
+        try await write(topicPartition, quarantine, configuration: configuration, writer: writer)
+        if finding.fault == .eliminated {
+            logger.critical("the culprit of the earlier unattributed death is found: it was the one suspect running when the process died again", metadata: metadata)
         }
         if quarantine.state == .quarantined {
             logger.critical(

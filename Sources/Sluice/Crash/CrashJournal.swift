@@ -21,6 +21,9 @@ public struct CrashFinding: Sendable, Equatable {
         /// A thread Sluice cannot tell (a task a handler started, a thread of its own): every message in
         /// a handler call at the time is a suspect.
         case unknown
+        /// Unattributed, while exactly one suspect of an earlier unattributed death ran alone: that
+        /// suspect's message is the culprit.
+        case eliminated
     }
 
     /// A handler call in progress when the process died.
@@ -31,6 +34,8 @@ public struct CrashFinding: Sendable, Equatable {
         /// Messages in the call (1, or a batch).
         public var count: Int
         public var generation: UInt64
+        /// Whether it was a suspect's call, run alone to find the culprit of an earlier unattributed death.
+        public var careful: Bool = false
 
         public var description: String { count == 1 ? "\(topicPartition)@\(offset)" : "\(topicPartition)@\(offset)+\(count)" }
     }
@@ -67,7 +72,9 @@ public struct CrashFinding: Sendable, Equatable {
 struct JournalSlot: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<sluice_journal_slot>
 
-    @inline(__always) func begin(_ offset: Int64, count: Int) { sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count)) }
+    @inline(__always) func begin(_ offset: Int64, count: Int, careful: Bool = false) {
+        sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count), careful ? 1 : 0)
+    }
     @inline(__always) func end() { sluice_journal_end(pointer) }
 
     /// Binds the slot to the task that calls this: a fault while that task runs a handler call is blamed on
@@ -301,16 +308,22 @@ final class CrashJournal: @unchecked Sendable {
             let topic = withUnsafeBytes(of: slot.topic) { String(decoding: $0.prefix(length), as: UTF8.self) }
             let call = CrashFinding.Call(
                 topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset, count: Int(max(1, slot.count)),
-                generation: slot.generation)
+                generation: slot.generation, careful: slot.careful != 0)
             calls.append(call)
             if header.fault == SLUICE_FAULT_HANDLER, Int(header.attributed_slot) == index { culprit = call }
         }
-        let fault: CrashFinding.Fault =
+        var fault: CrashFinding.Fault =
             switch header.fault {
             case SLUICE_FAULT_HANDLER where culprit != nil: .handler
             case SLUICE_FAULT_SLUICE: .sluice
             default: .unknown
             }
+        // Unattributed, but a suspect of an earlier unattributed death was running alone: it is the culprit.
+        let careful = calls.filter(\.careful)
+        if fault == .unknown, careful.count == 1 {
+            culprit = careful[0]
+            fault = .eliminated
+        }
         return CrashFinding(
             signal: header.signal, fault: fault, culprit: culprit, inFlight: calls, pid: header.pid,
             diedAtMilliseconds: header.died_ms, journal: path)

@@ -14,6 +14,9 @@ public struct Quarantine: Sendable, Hashable {
         case quarantined
         /// An operator released it: it is committed without a handler call.
         case skip
+        /// The offsets were in handler calls when the process died on a thread Sluice could not tell: they
+        /// are handled one at a time, host-wide, so a second death names the culprit.
+        case suspect
     }
 
     /// The first offset of the handler call that died.
@@ -56,6 +59,9 @@ public struct Quarantine: Sendable, Hashable {
 
     /// What it says, for logs, status and crash reasons.
     public var summary: String {
+        if state == .suspect {
+            return "offsets \(offset)..<\(offset + Int64(count)) were in handler calls when the process died (\(signal), on \(host)) on a thread Sluice could not attribute: handled one at a time until the culprit is found"
+        }
         let what = count == 1 ? "offset \(offset)" : "offsets \(offset)..<\(offset + Int64(count))"
         return "handler call at \(what) killed the process \(crashes) time\(crashes == 1 ? "" : "s") (\(signal), last on \(host))"
     }
@@ -73,7 +79,7 @@ public struct Quarantine: Sendable, Hashable {
 
     init(object: [String: Any], bad: (String) -> SluiceError) throws(SluiceError) {
         guard let stateText = object["state"] as? String, let state = State(rawValue: stateText) else {
-            throw bad("state must be counting, quarantined, skip or released, got \((object["state"] as? String).map { "'\($0)'" } ?? "none")")
+            throw bad("state must be counting, quarantined, skip, suspect or released, got \((object["state"] as? String).map { "'\($0)'" } ?? "none")")
         }
         guard let offset = (object["offset"] as? NSNumber)?.int64Value, offset >= 0 else { throw bad("a quarantine needs its offset") }
         let count = (object["count"] as? NSNumber)?.intValue ?? 1

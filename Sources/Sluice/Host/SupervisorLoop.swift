@@ -25,6 +25,8 @@ struct SupervisorLoop {
     private var shuttingDown = false
     private var closing = false
     private(set) var finished = false
+    /// Partitions whose suspect records are being cleared.
+    private var clearingSuspects: Set<TopicPartition> = []
     private let stateGauges: [String: Gauge]
     /// `sluice_commit_failures_total`, brought up to the consumer's count on every tick.
     private let commitFailures = Counter(label: "sluice_commit_failures_total")
@@ -370,6 +372,17 @@ struct SupervisorLoop {
     /// or the state directory says so), looked at every tick.
     private mutating func releaseQuarantineHolds(group: inout TaskGroup<Void>) async {
         guard let containment = host.crashContainment else { return }
+        // Suspects handled past without a death are cleared.
+        for (topicPartition, shard) in shards.sorted(by: { $0.key < $1.key }) {
+            guard let suspect = containment.quarantine(for: topicPartition), suspect.state == .suspect else {
+                clearingSuspects.remove(topicPartition)
+                continue
+            }
+            guard !clearingSuspects.contains(topicPartition), let watermark = shard.pipeline?.watermark, watermark >= suspect.range.upperBound
+            else { continue }
+            clearingSuspects.insert(topicPartition)
+            group.addTask { [host, logger] in await containment.clearSuspect(topicPartition, configuration: host.configuration, logger: logger) }
+        }
         for (topicPartition, shard) in shards.sorted(by: { $0.key < $1.key }) {
             guard let offset = shard.heldByQuarantine else { continue }
             guard shard.machine.state.isTripped else {

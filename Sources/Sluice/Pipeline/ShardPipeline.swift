@@ -77,8 +77,8 @@ final class ShardPipeline: Sendable {
         nonisolated(unsafe) var journal: JournalSlot?
 
         /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
-        func begin(_ offset: Int64, at instant: ContinuousClock.Instant, count: Int = 1, handler: Bool = true) {
-            if handler, let journal { journal.begin(offset, count: count) }
+        func begin(_ offset: Int64, at instant: ContinuousClock.Instant, count: Int = 1, handler: Bool = true, careful: Bool = false) {
+            if handler, let journal { journal.begin(offset, count: count, careful: careful) }
             self.offset.store(offset, ordering: .relaxed)
             since.store(max(1, (instant - Self.epoch).nanoseconds), ordering: .releasing)
         }
@@ -138,6 +138,8 @@ final class ShardPipeline: Sendable {
     private let quarantine: Quarantine?
     /// The offsets ``quarantine`` covers (empty when there is none, or while its deaths are only counted).
     private let quarantined: Range<Int64>
+    /// Suspects of an unattributed death: handled one at a time, host-wide.
+    private let suspects: Range<Int64>
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -162,7 +164,8 @@ final class ShardPipeline: Sendable {
     ) {
         self.journal = journal
         self.quarantine = quarantine
-        self.quarantined = quarantine.map { $0.state == .counting ? 0..<0 : $0.range } ?? 0..<0
+        self.quarantined = quarantine.map { [.quarantined, .skip].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
+        self.suspects = quarantine.map { $0.state == .suspect ? $0.range : 0..<0 } ?? 0..<0
         self.predecessors = predecessors
         self.groupProgress = groupProgress
         self.laneExecutor = laneExecutor
@@ -545,7 +548,7 @@ final class ShardPipeline: Sendable {
         var callStarted = ContinuousClock.now
         while let message = remaining.first {
             if halted { return [] }
-            if quarantined.contains(message.offset) {
+            if quarantined.contains(message.offset) || suspects.contains(message.offset) {
                 flush(activity)
                 await process(remaining.prefix(1), lane: lane)
                 return remaining.dropFirst()
@@ -607,6 +610,30 @@ final class ShardPipeline: Sendable {
             await processQuarantined(unit, lane: lane)
             return
         }
+        if !suspects.isEmpty, unit.contains(where: { suspects.contains($0.offset) }) {
+            await processCarefully(unit, lane: lane)
+            return
+        }
+        await processUnit(unit, lane: lane, firstFailure: firstFailure)
+    }
+
+    /// Suspects of an unattributed death one at a time, alone in the process (their journal slot says
+    /// so): if one kills the process again, the next start knows it was that one.
+    private func processCarefully(_ unit: ArraySlice<Message>, lane: Int) async {
+        for message in unit {
+            if crashed.load(ordering: .acquiring) || halted { return }
+            guard suspects.contains(message.offset) else {
+                await processUnit([message], lane: lane)
+                continue
+            }
+            guard let turn = await CarefulGate.shared.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted }) else { return }
+            logger.notice("handling a suspect alone", metadata: ["kafka.offset": "\(message.offset)"])
+            await processUnit([message], lane: lane, careful: true)
+            CarefulGate.shared.release(turn)
+        }
+    }
+
+    private func processUnit(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil, careful: Bool = false) async {
         let policy = configuration.onFailure
         var attempt = 1
         var pendingFailure = firstFailure
@@ -615,7 +642,7 @@ final class ShardPipeline: Sendable {
             if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
             let callStarted = ContinuousClock.now
-            activities[lane].begin(unit.first!.offset, at: callStarted, count: unit.count)
+            activities[lane].begin(unit.first!.offset, at: callStarted, count: unit.count, careful: careful)
             let failure: (any Error)?
             if let earlier = pendingFailure {
                 failure = earlier
@@ -696,13 +723,13 @@ final class ShardPipeline: Sendable {
     private func processQuarantined(_ unit: ArraySlice<Message>, lane: Int) async {
         guard let quarantine, let index = unit.firstIndex(where: { quarantined.contains($0.offset) }) else { return }
         if index > unit.startIndex {
-            await process(unit[..<index], lane: lane)
+            await processUnit(unit[..<index], lane: lane)
             if crashed.load(ordering: .acquiring) || halted { return }
         }
         let poisoned = unit[index...].prefix { quarantined.contains($0.offset) }
         let rest = unit[(index + poisoned.count)...]
         switch (quarantine.state, configuration.onCrash.then) {
-        case (.counting, _):
+        case (.counting, _), (.suspect, _):
             return
         case (.skip, _):
             logger.error(
