@@ -2,6 +2,8 @@ import Foundation
 import Testing
 import Yams
 
+@testable import Sluice
+
 /// There is no Docker engine here: the deploy files are checked for shape, so a typo does not wait for
 /// the first `docker compose up` to surface.
 @Suite("Deploy files", .timeLimit(.minutes(2)))
@@ -41,6 +43,68 @@ struct DeployFilesTests {
         #expect(text.contains("--product OrderService"))
         #expect(text.contains("--product sluice"))
         #expect(text.contains("librdkafka1"))
+        #expect(text.contains("swift-backtrace-static") && text.contains("SWIFT_BACKTRACE=enable=yes,format=json"), "crash reports for quarantines")
         #expect(text.contains("ENTRYPOINT [\"OrderService\", \"--config\", \"/app/sluice.yaml\""))
+    }
+
+    static let kubernetesFiles = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml"]
+
+    @Test("the Kubernetes manifests validate against the Kubernetes schemas (kubernetes-validate, strict)")
+    func kubernetesSchemas() async throws {
+        let install = Process()
+        install.executableURL = URL(fileURLWithPath: "scripts/kubernetes-validate.sh")
+        let path = Pipe()
+        install.standardOutput = path
+        try install.run()
+        install.waitUntilExit()
+        #expect(install.terminationStatus == 0, "scripts/kubernetes-validate.sh installs the validator")
+        let validator = String(decoding: path.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let validate = Process()
+        validate.executableURL = URL(fileURLWithPath: validator)
+        validate.arguments = ["--strict"] + Self.kubernetesFiles.map { "deploy/kubernetes/\($0)" }
+        let output = Pipe()
+        validate.standardOutput = output
+        validate.standardError = output
+        try validate.run()
+        let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        validate.waitUntilExit()
+        #expect(validate.terminationStatus == 0, "\(said)")
+        #expect(said.components(separatedBy: " passed for resource ").count - 1 == Self.kubernetesFiles.count, "\(said)")
+    }
+
+    @Test("the Kubernetes Deployment: probes, grace period above shutdownTimeout, state directory on an emptyDir, token from the Secret; its configuration loads")
+    func kubernetesShape() async throws {
+        func load(_ name: String) throws -> [String: Any] {
+            try #require(try Yams.load(yaml: String(contentsOfFile: "deploy/kubernetes/\(name)", encoding: .utf8)) as? [String: Any])
+        }
+        let kustomization = try load("kustomization.yaml")
+        #expect(Set(kustomization["resources"] as? [String] ?? []) == Set(Self.kubernetesFiles))
+
+        // The configuration in the ConfigMap is one Sluice loads.
+        let configMap = try load("configmap.yaml")
+        let yaml = try #require((configMap["data"] as? [String: Any])?["sluice.yaml"] as? String)
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("k8s-\(UUID().uuidString).yaml").path
+        try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+        let configuration = try await SluiceConfiguration.load(file: file, environment: ["SLUICE_ADMIN_TOKEN": "t"])
+        #expect(configuration.control.enabled)
+
+        let deployment = try load("deployment.yaml")
+        let pod = try #require(((deployment["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])
+        let grace = try #require(pod["terminationGracePeriodSeconds"] as? Int)
+        #expect(Duration.seconds(grace) > configuration.shutdownTimeout + .seconds(10), "SIGTERM drains within shutdownTimeout, with a margin")
+        let container = try #require((pod["containers"] as? [[String: Any]])?.first)
+        #expect(((container["livenessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String == "/healthz")
+        #expect(((container["readinessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String == "/readyz")
+        let environment = Dictionary(uniqueKeysWithValues: (container["env"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "", $0) })
+        #expect(environment["SLUICE_ADMIN_LISTEN"]?["value"] as? String == "0.0.0.0:8080")
+        let tokenReference = (environment["SLUICE_ADMIN_TOKEN"]?["valueFrom"] as? [String: Any])?["secretKeyRef"] as? [String: Any]
+        #expect(tokenReference?["name"] as? String == "order-service-admin")
+        let stateDirectory = try #require(environment["SLUICE_HOST_STATE_DIRECTORY"]?["value"] as? String)
+        #expect((environment["SWIFT_BACKTRACE"]?["value"] as? String)?.contains("output-to=\(stateDirectory)") == true)
+        let mount = try #require((container["volumeMounts"] as? [[String: Any]])?.first { $0["mountPath"] as? String == stateDirectory })
+        let volume = try #require((pod["volumes"] as? [[String: Any]])?.first { $0["name"] as? String == mount["name"] as? String })
+        #expect(volume["emptyDir"] != nil, "the state directory survives container restarts")
+        #expect((container["resources"] as? [String: Any])?["requests"] != nil)
     }
 }
