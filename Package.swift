@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "Sluice", targets: ["Sluice"]),
         .library(name: "SluiceKafka", targets: ["SluiceKafka"]),
         .library(name: "SluiceAdmin", targets: ["SluiceAdmin"]),
+        .library(name: "SluiceTesting", targets: ["SluiceTesting"]),
         .executable(name: "sluice", targets: ["sluice"]),
         .executable(name: "OrderService", targets: ["OrderService"]),
     ],
@@ -55,6 +56,14 @@ let package = Package(
             ]
         ),
         .target(
+            name: "SluiceTesting",
+            dependencies: [
+                "Sluice",
+                "SluiceKafka",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "SluiceAdmin",
             dependencies: [
                 "Sluice",
@@ -99,6 +108,7 @@ let package = Package(
             name: "SluiceTests",
             dependencies: [
                 "Sluice",
+                "SluiceTesting",
                 "CSluiceCrash",
                 "SluiceKafka",
                 .product(name: "Logging", package: "swift-log"),
@@ -122,6 +132,7 @@ let package = Package(
         .testTarget(
             name: "SluiceCLITests",
             dependencies: [
+                "SluiceTesting",
                 "sluice",
                 "OrderService",
                 "SluiceAdmin",

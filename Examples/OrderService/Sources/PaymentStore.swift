@@ -50,8 +50,10 @@ final class PaymentStore: Sendable {
         try execute("BEGIN")
         var statement: OpaquePointer?
         guard sqlite3_prepare_v2(database, "INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?)", -1, &statement, nil) == SQLITE_OK else {
+            // The reason first: the rollback replaces it.
+            let reason = String(cString: sqlite3_errmsg(database))
             _ = try? execute("ROLLBACK")
-            throw Failure(description: "prepare failed: \(String(cString: sqlite3_errmsg(database)))")
+            throw Failure(description: "prepare failed: \(reason)")
         }
         defer { sqlite3_finalize(statement) }
         let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
