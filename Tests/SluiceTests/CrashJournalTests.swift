@@ -245,6 +245,31 @@ struct QuarantineTests {
         #expect(counting == .sourceEnded && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
     }
 
+    @Test("held at a quarantined message with ordering key: every earlier message of the other lanes is done first, so the commit reaches it")
+    func heldAfterEarlierLanes() async throws {
+        var configuration = TopicConfiguration()
+        configuration.ordering = .key
+        configuration.processors = 2
+        let handled = Locked<Set<Int64>>([])
+        // Two keys: even offsets on one lane, odd on the other; the odd lane is slow, so the even lane reaches
+        // the quarantined offset 4 while 1 and 3 are still to do.
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                if message.offset % 2 == 1 { try await Task.sleep(for: .milliseconds(30)) }
+                handled.withLock { _ = $0.insert(message.offset) }
+            }),
+            quarantine: Quarantine(offset: 4, crashes: 1, state: .quarantined, signal: "SIGILL", host: "h", atMilliseconds: 0))
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8, keys: 2)]))
+        guard case .crashed(let crash) = outcome, case .quarantined = crash.reason else {
+            Issue.record("expected the shard held at the quarantine, got \(outcome)")
+            return
+        }
+        #expect(crash.offset == 4)
+        #expect(handled.value.isSuperset(of: [0, 1, 2, 3]) && !handled.value.contains(4))
+        #expect(pipeline.watermark == 4, "committed up to the quarantined message")
+    }
+
     @Test("suspects are handled one at a time across every shard of the process; the others run in parallel as usual")
     func suspectsAlone() async throws {
         var configuration = TopicConfiguration()

@@ -1,3 +1,4 @@
+import Tracing
 import Logging
 import SluiceKafka
 import Synchronization
@@ -85,12 +86,14 @@ enum PipelineFixture {
         drainTimeout: Duration = .seconds(5),
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
-        quarantine: Quarantine? = nil
+        quarantine: Quarantine? = nil,
+        tracer: (any Tracer)? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
             deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, quarantine: quarantine, logger: logger)
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, quarantine: quarantine, tracer: tracer,
+            consumerGroup: "g", logger: logger)
     }
 
     /// A source that yields `batches` and ends.

@@ -38,6 +38,8 @@ struct KafkaDeadLetterSink: DeadLetterSink {
         headers.append(KafkaHeader(key: "sluice.source.partition", value: Array(String(message.partition).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.offset", value: Array(String(message.offset).utf8)))
         headers.append(KafkaHeader(key: "sluice.attempts", value: Array(String(attempts).utf8)))
+        // The dead-letter write's span (when tracing is on) replaces the original trace headers.
+        MessageTracing.inject(into: &headers)
         if let killed = error as? MessageKilledProcess {
             // What the crash journal found: the message's handler call killed the process.
             let quarantine = killed.quarantine

@@ -294,7 +294,8 @@ struct SupervisorLoop {
             drainTimeout: host.configuration.drainTimeout, alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
-            journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition), logger: logger)
+            journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),
+            consumerGroup: host.configuration.kafka.group, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         group.addTask { [host, consumer, input] in

@@ -1,4 +1,5 @@
 import Logging
+import Tracing
 import Metrics
 import SluiceKafka
 import Synchronization
@@ -140,6 +141,8 @@ final class ShardPipeline: Sendable {
     private let quarantined: Range<Int64>
     /// Suspects of an unattributed death: handled one at a time, host-wide.
     private let suspects: Range<Int64>
+    /// Spans per handler call, when a tracer is bootstrapped (nil: tracing off, nothing per message).
+    private let tracing: MessageTracing?
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -160,8 +163,11 @@ final class ShardPipeline: Sendable {
         groupProgress: GroupProgress? = nil,
         journal: CrashJournal? = nil,
         quarantine: Quarantine? = nil,
+        tracer: (any Tracer)? = MessageTracing.bootstrapped(),
+        consumerGroup: String? = nil,
         logger: Logger
     ) {
+        self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
         self.quarantine = quarantine
         self.quarantined = quarantine.map { [.quarantined, .skip].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
@@ -555,7 +561,11 @@ final class ShardPipeline: Sendable {
             }
             activity.begin(message.offset, at: callStarted)
             do {
-                try await handler.handle(message, context: context)
+                if let tracing {
+                    try await tracing.traced([message], attempt: 1) { try await handler.handle(message, context: context) }
+                } else {
+                    try await handler.handle(message, context: context)
+                }
             } catch {
                 activity.end()
                 // The slow path retries the same message with its failure policy.
@@ -649,7 +659,11 @@ final class ShardPipeline: Sendable {
                 pendingFailure = nil
             } else {
                 do {
-                    try await handler.handle(unit, context: context)
+                    if let tracing {
+                        try await tracing.traced(unit, attempt: attempt) { try await handler.handle(unit, context: context) }
+                    } else {
+                        try await handler.handle(unit, context: context)
+                    }
                     failure = nil
                 } catch {
                     failure = error
@@ -699,7 +713,13 @@ final class ShardPipeline: Sendable {
                 // the shard after handlerTimeout instead of holding its lane. A batch goes out in one round trip.
                 let started = ContinuousClock.now
                 activities[lane].begin(unit.first!.offset, at: started, handler: false)
-                let outcomes = await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
+                let outcomes = if let tracing {
+                    await tracing.tracedDeadLetter(unit, topic: topic) {
+                        await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
+                    }
+                } else {
+                    await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
+                }
                 let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
                 // What was written is done even when another message of the batch was not: it counts (before
                 // the lane shows idle), so a restart does not write it a second time.
@@ -739,7 +759,11 @@ final class ShardPipeline: Sendable {
             complete(poisoned) { $0.skipped += poisoned.count }
             metrics.skipped.increment(by: poisoned.count)
         case (.quarantined, .stop):
-            crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: poisoned.first!.offset))
+            // Held here, but only once everything before it is done: other lanes (ordering key or none) may
+            // still have earlier messages, and a crash now would drop them until an operator acts.
+            let held = poisoned.first!.offset
+            _ = await beacon.waitUntil(deadline: nil) { self.halted || (self.watermark ?? Int64.min) >= held }
+            crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: held))
             return
         case (.quarantined, .deadLetter):
             guard let deadLetters, let topic = configuration.deadLetterTopic else {
