@@ -7,7 +7,7 @@ import Sluice
 import SluiceKafka
 import Synchronization
 
-/// The admin HTTP API of a ``SluiceHost`` (SLUICE.md §9), a Hummingbird server run as a `Service` beside
+/// The admin HTTP API of a ``SluiceHost`` (docs/architecture.md §9), a Hummingbird server run as a `Service` beside
 /// the host:
 ///
 /// | route | |

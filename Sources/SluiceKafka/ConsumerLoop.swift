@@ -200,7 +200,7 @@ final class ConsumerLoop: @unchecked Sendable {
 
     // MARK: Pause reasons
 
-    /// Brings librdkafka's pause state of the partition to its reasons (SLUICE.md §5): paused exactly while
+    /// Brings librdkafka's pause state of the partition to its reasons (docs/architecture.md §5): paused exactly while
     /// it has one. ``PauseReconciler`` decides the call, knowing what librdkafka kept from an earlier
     /// assignment and never resuming what librdkafka does not have paused.
     private func reconcilePause(_ state: PartitionState) {

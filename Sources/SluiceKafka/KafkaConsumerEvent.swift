@@ -32,7 +32,7 @@ public struct KafkaRevocation: Sendable {
 
 /// Why a partition is paused. A partition is paused while its set of reasons is non-empty. The set is
 /// desired state, derived by its owner from the shard's whole state and set whole
-/// (``KafkaConsumer/setPauseReasons(_:for:)``), never added and removed piecemeal (SLUICE.md §5).
+/// (``KafkaConsumer/setPauseReasons(_:for:)``), never added and removed piecemeal (docs/architecture.md §5).
 public struct KafkaPauseReason: Hashable, Sendable, CustomStringConvertible {
     /// The reason's name, as logs and the admin API show it.
     public let name: String

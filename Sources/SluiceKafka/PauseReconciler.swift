@@ -1,5 +1,5 @@
 /// Decides the pause and resume calls that bring librdkafka's pause state of one partition to the desired
-/// one (SLUICE.md §5). Pure: the consumer's owner thread asks it and makes the call.
+/// one (docs/architecture.md §5). Pure: the consumer's owner thread asks it and makes the call.
 ///
 /// What librdkafka has paused is tracked per topic-partition *across assignments*: librdkafka (2.0.2 and
 /// 2.16 alike, both verified) keeps an application pause across unassign and re-assign, so a partition

@@ -3,7 +3,7 @@ import Logging
 import SluiceKafka
 import Testing
 
-/// Crash containment (SLUICE.md §12) as a user meets it: a service whose handler traps on one message, run
+/// Crash containment (docs/architecture.md §12) as a user meets it: a service whose handler traps on one message, run
 /// under a restart loop the way Kubernetes or systemd would.
 @Suite("A handler that traps: crash journal and quarantine", .timeLimit(.minutes(4)))
 struct CrashContainmentTests {

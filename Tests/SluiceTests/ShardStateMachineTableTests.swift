@@ -350,7 +350,7 @@ struct ShardHarness {
         }
     }
 
-    /// The invariant of SLUICE.md §5, checked after every event.
+    /// The invariant of docs/architecture.md §5, checked after every event.
     func check(_ history: [MachineEventName]) {
         let reasons = machine.pauseReasons
         #expect(librdkafka.paused == !reasons.isEmpty, "librdkafka's pause equals the state's set \(reasons) after \(history)")

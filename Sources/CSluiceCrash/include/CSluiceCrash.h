@@ -3,7 +3,7 @@
 
 #include <stdint.h>
 
-/// The crash journal's layout (SLUICE.md §12): a header page, then one slot per processing lane. The file
+/// The crash journal's layout (docs/architecture.md §12): a header page, then one slot per processing lane. The file
 /// is memory-mapped shared, so what the process wrote is in the page cache when it dies, however it dies.
 /// Little-endian, fixed sizes; `version` changes with any layout change.
 

@@ -28,7 +28,7 @@ public struct SluiceConfiguration: Sendable {
         }
     }
 
-    /// Runtime flags (SLUICE.md §8).
+    /// Runtime flags (docs/architecture.md §8).
     public struct Flags: Sendable, Hashable {
         /// How often polled sources (the flag file) are read. Default 1 s.
         public var pollInterval: Duration = .seconds(1)
@@ -42,7 +42,7 @@ public struct SluiceConfiguration: Sendable {
     }
 
     /// The group's control plane: flags kept in a compacted Kafka topic that every host of the group reads
-    /// (SLUICE.md §11).
+    /// (docs/architecture.md §11).
     public struct Control: Sendable, Hashable {
         /// Whether hosts read the control topic. Default false.
         public var enabled = false
@@ -119,7 +119,7 @@ public struct SluiceConfiguration: Sendable {
     /// survives container restarts). Default `.sluice` under the working directory.
     public var stateDirectory: String = ".sluice"
     /// Whether the host keeps a crash journal and contains handlers that trap (`host.crashJournal`,
-    /// SLUICE.md §12). Default on.
+    /// docs/architecture.md §12). Default on.
     public var crashJournal = true
     /// The file the configuration was loaded from, for error messages; nil when built in code.
     public var sourceFile: String?

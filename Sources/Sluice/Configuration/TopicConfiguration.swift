@@ -20,7 +20,7 @@ public struct TopicConfiguration: Sendable, Hashable {
         case deadLetter
     }
 
-    /// Crash containment (SLUICE.md §12): what a message that killed the process gets.
+    /// Crash containment (docs/architecture.md §12): what a message that killed the process gets.
     public struct CrashPolicy: Sendable, Hashable {
         /// Process deaths attributed to one message before it is quarantined (at least 1).
         public var after: Int

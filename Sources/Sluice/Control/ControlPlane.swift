@@ -5,7 +5,7 @@ import Synchronization
 
 import Foundation
 
-/// One record of a group's control topic (SLUICE.md §11): a key naming what it sets and a versioned JSON
+/// One record of a group's control topic (docs/architecture.md §11): a key naming what it sets and a versioned JSON
 /// value. Flags: key `flag/KEY` (`flag/orders`, `flag/orders/3`, `flag/*`), value
 /// `{"v":1,"state":"off","reason":"...","who":"...","at":"..."}`; `"state":"unset"` removes the flag (unset
 /// is an explicit value, so compaction keeps it).
@@ -18,7 +18,7 @@ public enum ControlRecord: Equatable, Sendable {
     case trip(TopicPartition, Trip?)
     /// A host's status: the control records it applied, when it last said so; nil once it left.
     case host(String, ControlHostStatus?)
-    /// A message whose handler call killed a process (SLUICE.md §12); nil once released (`"state":"released"`).
+    /// A message whose handler call killed a process (docs/architecture.md §12); nil once released (`"state":"released"`).
     case quarantine(TopicPartition, Quarantine?)
 
     /// A shard held by its breaker, group-wide.

@@ -1,6 +1,6 @@
 import Synchronization
 
-/// One suspect's handler call at a time in the whole process (SLUICE.md §12): after a death Sluice could
+/// One suspect's handler call at a time in the whole process (docs/architecture.md §12): after a death Sluice could
 /// not attribute, the messages then in handler calls are handled alone, so a second death names the
 /// culprit. A turn held longer than its limit (a call abandoned past `handlerTimeout`) passes on.
 final class CarefulGate: Sendable {

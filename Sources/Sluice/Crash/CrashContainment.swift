@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 
-/// Containment of handlers that trap (SLUICE.md §12): the crash journal this process writes, and the
+/// Containment of handlers that trap (docs/architecture.md §12): the crash journal this process writes, and the
 /// quarantines every process of the group honours.
 final class CrashContainment: Sendable {
     let journal: CrashJournal

@@ -10,7 +10,7 @@ import Darwin
 #endif
 
 /// What a process that died of a fatal signal was doing, read from its crash journal by a later start
-/// (SLUICE.md §12).
+/// (docs/architecture.md §12).
 public struct CrashFinding: Sendable, Equatable {
     /// Whose code ran on the faulting thread.
     public enum Fault: String, Sendable, Equatable {
@@ -84,7 +84,7 @@ struct JournalSlot: @unchecked Sendable {
     }
 }
 
-/// The crash journal (SLUICE.md §12): a memory-mapped file in the host's state directory with a slot per
+/// The crash journal (docs/architecture.md §12): a memory-mapped file in the host's state directory with a slot per
 /// processing lane naming the message in its handler. A fatal signal handler marks which lane ran on the
 /// faulting thread; a later start reads what the dead process left.
 ///

@@ -1,6 +1,6 @@
 import Foundation
 
-/// The Swift runtime's crash report of a dead process, summarized for a quarantine (SLUICE.md §12).
+/// The Swift runtime's crash report of a dead process, summarized for a quarantine (docs/architecture.md §12).
 ///
 /// The runtime's backtracer writes it when the process runs with
 /// `SWIFT_BACKTRACE=enable=yes,format=json,output-to=DIRECTORY` (the environment is read when the process

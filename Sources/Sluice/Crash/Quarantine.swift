@@ -2,7 +2,7 @@ import Foundation
 import SluiceKafka
 import Synchronization
 
-/// A message whose handler call killed the process (SLUICE.md §12): its deaths counted and, at its topic's
+/// A message whose handler call killed the process (docs/architecture.md §12): its deaths counted and, at its topic's
 /// `onCrash.after`, quarantined. Kept group-wide in the control plane (`quarantine/TOPIC/PARTITION`) so it
 /// follows the partition to any host; in the state directory when the control plane is off.
 public struct Quarantine: Sendable, Hashable {

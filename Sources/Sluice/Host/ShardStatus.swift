@@ -1,6 +1,6 @@
 import SluiceKafka
 
-/// A shard's lifecycle state (SLUICE.md §4).
+/// A shard's lifecycle state (docs/architecture.md §4).
 public enum ShardState: Sendable, Hashable, CustomStringConvertible {
     /// Its pipeline is being started.
     case starting
@@ -75,7 +75,7 @@ public struct ShardStatus: Sendable, Hashable {
     public var stalledSince: ContinuousClock.Instant?
     /// Handler calls abandoned past `handlerTimeout` (or the drain timeout) and still running.
     public var abandonedCalls = 0
-    /// A message of the partition that killed the process (SLUICE.md §12), and what is done with it.
+    /// A message of the partition that killed the process (docs/architecture.md §12), and what is done with it.
     public var quarantine: Quarantine?
 
     /// Messages in the partition not yet done by this group: high watermark − the stored offset (or, before

@@ -97,7 +97,7 @@ public final class SluiceHost: Service, Sendable {
     /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
     public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
 
-    /// The crash journal and the quarantines it honours (SLUICE.md §12), while the host runs.
+    /// The crash journal and the quarantines it honours (docs/architecture.md §12), while the host runs.
     var crashContainment: CrashContainment? { state.withLock { $0.crashContainment } }
 
     /// The quarantined (or counted) messages this host knows of, by partition.
@@ -246,7 +246,7 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    /// Releases a quarantined message of `topicPartition` (SLUICE.md §12), group-wide when the control plane
+    /// Releases a quarantined message of `topicPartition` (docs/architecture.md §12), group-wide when the control plane
     /// is on: `skip` commits it without a handler call; otherwise its handler is tried again. The shard held
     /// at it, on whichever host owns it, starts again within a second.
     ///

@@ -539,7 +539,7 @@ struct SupervisorLoop {
     }
 
     /// Derives the shard's whole pause set from its state and hands it to the consumer, which reconciles
-    /// it with librdkafka (SLUICE.md §5). Nothing adds or removes a single reason.
+    /// it with librdkafka (docs/architecture.md §5). Nothing adds or removes a single reason.
     private mutating func reconcilePause(_ topicPartition: TopicPartition) async {
         guard let shard = shards[topicPartition] else { return }
         let desired = shard.desiredPauseReasons

@@ -737,7 +737,7 @@ final class ShardPipeline: Sendable {
         }
     }
 
-    /// A unit holding a quarantined message (SLUICE.md §12): the messages before it are handled as usual;
+    /// A unit holding a quarantined message (docs/architecture.md §12): the messages before it are handled as usual;
     /// the quarantined ones are skipped (an operator released them), dead-lettered with their crash report,
     /// or hold the shard there (`onCrash.then: stop`); the rest of the unit waits behind them.
     private func processQuarantined(_ unit: ArraySlice<Message>, lane: Int) async {

@@ -78,7 +78,7 @@ extension timespec {
 #endif
 
 /// Starts a named thread running `body`. `sluiceCode`: it runs only Sluice's own code, so a fatal signal on
-/// it is never blamed on a message (SLUICE.md §12).
+/// it is never blamed on a message (docs/architecture.md §12).
 func startThread(named name: String, sluiceCode: Bool = true, _ body: @escaping @Sendable () -> Void) {
     // Linux threads inherit their creator's name, and Foundation's `Thread.name` does not reach the kernel.
     let thread = Thread {

@@ -1,4 +1,4 @@
-/// How a topic's shards are restarted after crashes, and when they trip (SLUICE.md §4).
+/// How a topic's shards are restarted after crashes, and when they trip (docs/architecture.md §4).
 public struct BreakerPolicy: Sendable, Hashable {
     /// Backoff between restarts: from `initial` up to `maximum`, times `multiplier` per attempt, with up to
     /// `jitter` (a fraction) added at random.

@@ -9,7 +9,7 @@ public enum ShardStopReason: String, Sendable, Hashable {
 }
 
 extension ShardSupervisor {
-    /// The lifecycle of one shard (SLUICE.md §4): `starting`, `running`, `draining`, `off`,
+    /// The lifecycle of one shard (docs/architecture.md §4): `starting`, `running`, `draining`, `off`,
     /// `backingOff(attempt, until)`, `tripped(since, reason)`, `stopped`. Pure: it decides, the supervisor
     /// acts. Time comes in as instants of any clock, so tests drive it with a manual clock.
     struct StateMachine<Instant: InstantProtocol> where Instant.Duration == Duration {
@@ -56,7 +56,7 @@ extension ShardSupervisor {
 
         /// What the supervisor must do, in this order: commit, stop or start the pipeline, arm the timer,
         /// publish events. Pause state is not an action: after every event the supervisor derives it whole
-        /// from ``pauseReasons`` and reconciles the partition with it (SLUICE.md §5).
+        /// from ``pauseReasons`` and reconciles the partition with it (docs/architecture.md §5).
         struct Actions: Equatable {
             var commit = false
             /// Ask the running pipeline to drain.
@@ -100,7 +100,7 @@ extension ShardSupervisor {
         }
 
         /// The reasons the shard's partition must be paused for in this state, derived whole every time
-        /// (SLUICE.md §5): nothing fetches unless a pipeline runs to take it.
+        /// (docs/architecture.md §5): nothing fetches unless a pipeline runs to take it.
         var pauseReasons: Set<KafkaPauseReason> {
             switch state {
             case .created: flagOn ? [] : [.flag]
