@@ -56,7 +56,7 @@ public struct AdminServer: Service {
             self.controlWriter = nil
             self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }
             for (key, setting) in try store?.load() ?? [:] {
-                host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason)
+                host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason, rate: setting.rate)
             }
         }
     }
@@ -110,6 +110,7 @@ public struct AdminServer: Service {
             let flags = host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
                 var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled, "source": setting.source]
                 if let reason = setting.reason { entry["reason"] = reason }
+                if let rate = setting.rate { entry["rate"] = rate }
                 return entry
             }
             var sources: [String: Any] = [:]
@@ -215,18 +216,30 @@ public struct AdminServer: Service {
         } catch {
             return problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")
         }
-        let unknown = Set(object.keys).subtracting(["enabled", "reason"])
+        let unknown = Set(object.keys).subtracting(["enabled", "reason", "rate"])
         guard unknown.isEmpty else {
-            return problem(.badRequest, "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason")
+            return problem(.badRequest, "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason, rate")
         }
-        guard let enabled = object["enabled"] as? Bool, CFGetTypeIDIsBool(object["enabled"]) else {
-            return problem(.badRequest, "\"enabled\" is required and must be true or false")
+        // A rate ("200/s", or 200) slows the shards instead of stopping them.
+        var rate: Double?
+        if let value = object["rate"] {
+            let text = (value as? String) ?? (value as? NSNumber).map { "\($0)/s" } ?? ""
+            guard let parsed = ControlRecord.parseRate(text) else {
+                return problem(.badRequest, "\"rate\" must be messages a second, more than 0 and at most 1000000, as 200 or \"200/s\"")
+            }
+            rate = parsed
+            if object["enabled"] as? Bool == false {
+                return problem(.badRequest, "a rate flag runs the shards it covers: \"enabled\" must be true or absent")
+            }
+        }
+        guard let enabled = rate != nil ? true : object["enabled"] as? Bool, rate != nil || CFGetTypeIDIsBool(object["enabled"]) else {
+            return problem(.badRequest, "\"enabled\" (true or false) or \"rate\" is required")
         }
         let reason = object["reason"] as? String
         if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
         if let controlWriter {
             do {
-                let offset = try await controlWriter.setFlag(key, enabled: enabled, reason: reason, who: caller(request))
+                let offset = try await controlWriter.setFlag(key, enabled: enabled, reason: reason, who: caller(request), rate: rate)
                 logger.notice(
                     "flag set for the group by operator",
                     metadata: [
@@ -235,12 +248,13 @@ public struct AdminServer: Service {
                     ])
                 var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "control", "controlOffset": offset]
                 if let reason { entry["reason"] = reason }
+                if let rate { entry["rate"] = rate }
                 return json(.ok, entry)
             } catch {
                 return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
             }
         }
-        host.operatorFlags.set(key, enabled: enabled, reason: reason)
+        host.operatorFlags.set(key, enabled: enabled, reason: reason, rate: rate)
         if let failure = persist() { return failure }
         logger.notice(
             "flag set by operator",
@@ -250,6 +264,7 @@ public struct AdminServer: Service {
             ])
         var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "admin"]
         if let reason { entry["reason"] = reason }
+        if let rate { entry["rate"] = rate }
         return json(.ok, entry)
     }
 

@@ -19,7 +19,8 @@ struct OperatorFlagStore: Sendable {
                 guard let keyText = entry["key"] as? String, let enabled = entry["enabled"] as? Bool else {
                     throw SluiceError(code: .configuration, message: "each flag needs \"key\" and \"enabled\"")
                 }
-                flags[try FlagKey(parsing: keyText)] = FlagSetting(enabled: enabled, source: "admin", reason: entry["reason"] as? String)
+                flags[try FlagKey(parsing: keyText)] = FlagSetting(
+                    enabled: enabled, source: "admin", reason: entry["reason"] as? String, rate: (entry["rate"] as? NSNumber)?.doubleValue)
             }
             return flags
         } catch let error as SluiceError {
@@ -34,6 +35,7 @@ struct OperatorFlagStore: Sendable {
         let entries: [[String: Any]] = flags.sorted { $0.key < $1.key }.map { key, setting in
             var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled]
             if let reason = setting.reason { entry["reason"] = reason }
+            if let rate = setting.rate { entry["rate"] = rate }
             return entry
         }
         let data = try JSONSerialization.data(withJSONObject: ["flags": entries], options: [.sortedKeys, .prettyPrinted])

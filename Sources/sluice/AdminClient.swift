@@ -339,7 +339,8 @@ struct FlagsCommand: AsyncParsableCommand {
                 var rows = [["KEY", "VALUE", "SOURCE", "REASON"]]
                 for flag in flags {
                     rows.append([
-                        flag["key"] as? String ?? "", (flag["enabled"] as? Bool ?? true) ? "on" : "off",
+                        flag["key"] as? String ?? "",
+                        (flag["rate"] as? Double).map(ControlRecord.describeRate) ?? ((flag["enabled"] as? Bool ?? true) ? "on" : "off"),
                         flag["source"] as? String ?? "", flag["reason"] as? String ?? "",
                     ])
                 }
@@ -365,7 +366,6 @@ struct FlagsCommand: AsyncParsableCommand {
             guard ["on", "off"].contains(value) || rate != nil else {
                 throw ValidationError("the value must be on, off or a rate such as 200/s, got '\(value)'")
             }
-            if rate != nil, control.bootstrap == nil { throw ValidationError("a rate is set through the control plane: add --bootstrap and --group") }
         }
 
         func run() async throws {
@@ -374,7 +374,7 @@ struct FlagsCommand: AsyncParsableCommand {
                     try await control.write(key: key, enabled: value != "off", reason: reason, rate: ControlRecord.parseRate(value))
                     return
                 }
-                var body: [String: Any] = ["enabled": value == "on"]
+                var body: [String: Any] = ControlRecord.parseRate(value) != nil ? ["rate": value] : ["enabled": value == "on"]
                 if let reason { body["reason"] = reason }
                 _ = try await AdminClient(options: options).call("PUT", "/v1/flags/\(encode(key))", body: body)
                 print("\(key): \(value)")

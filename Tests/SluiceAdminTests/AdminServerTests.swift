@@ -149,10 +149,10 @@ struct AdminServerTests {
         let cases: [(String, String, HTTPResponse.Status, String)] = [
             ("/v1/flags/orders", "{not json", .badRequest, "the body is not valid JSON"),
             ("/v1/flags/orders", #"[true]"#, .badRequest, "the body must be a JSON object"),
-            ("/v1/flags/orders", #"{"enabled": false, "why": "x"}"#, .badRequest, "unknown field(s) why; allowed: enabled, reason"),
-            ("/v1/flags/orders", #"{"enabled": "no"}"#, .badRequest, "\"enabled\" is required and must be true or false"),
-            ("/v1/flags/orders", #"{"enabled": 0}"#, .badRequest, "\"enabled\" is required and must be true or false"),
-            ("/v1/flags/orders", #"{"reason": "x"}"#, .badRequest, "\"enabled\" is required"),
+            ("/v1/flags/orders", #"{"enabled": false, "why": "x"}"#, .badRequest, "unknown field(s) why; allowed: enabled, reason, rate"),
+            ("/v1/flags/orders", #"{"enabled": "no"}"#, .badRequest, "\"enabled\" (true or false) or \"rate\" is required"),
+            ("/v1/flags/orders", #"{"enabled": 0}"#, .badRequest, "\"enabled\" (true or false) or \"rate\" is required"),
+            ("/v1/flags/orders", #"{"reason": "x"}"#, .badRequest, "\"enabled\" (true or false) or \"rate\" is required"),
             ("/v1/flags/orders/x", #"{"enabled": false}"#, .badRequest, "flag key 'orders/x'"),
             ("/v1/flags/orders%00x", #"{"enabled": false}"#, .badRequest, "flag key 'orders\\0x': not a Kafka topic name"),
             ("/v1/flags/" + String(repeating: "a", count: 10_000), #"{"enabled": false}"#, .badRequest, "at most 249 characters"),
@@ -216,6 +216,31 @@ struct AdminServerTests {
         #expect(restarted.operatorFlags.current[.partition(TopicPartition("orders", 3))] == nil)
         let saved = try String(contentsOfFile: stateFile, encoding: .utf8)
         #expect(!saved.contains("orders/3") && saved.contains("\"*\""))
+    }
+
+    @Test("a rate flag over HTTP: set, listed, persisted across a restart; a bad rate or a rate with enabled false is refused")
+    func rateOverride() async throws {
+        let stateFile = AdminFixture.stateFile()
+        let host = AdminFixture.host(stateFile: stateFile)
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(
+                uri: "/v1/flags/orders", method: .put, headers: bearer, body: AdminFixture.body(#"{"rate": "200/s", "reason": "protect the db"}"#)
+            ) { response in
+                #expect(response.status == .ok)
+                #expect(decode(response.body)["rate"] as? Double == 200)
+            }
+            for bad in [#"{"rate": "fast"}"#, #"{"rate": 0}"#, #"{"rate": 50, "enabled": false}"#] {
+                try await client.execute(uri: "/v1/flags/payments", method: .put, headers: bearer, body: AdminFixture.body(bad)) { response in
+                    #expect(response.status == .badRequest, "\(bad)")
+                }
+            }
+        }
+        #expect(host.operatorFlags.current[.topic("orders")] == FlagSetting(enabled: true, source: "admin", reason: "protect the db", rate: 200))
+        #expect(host.operatorFlags.current[.topic("payments")] == nil)
+        let restarted = AdminFixture.host(stateFile: stateFile)
+        _ = try AdminServer(host: restarted, registry: AdminFixture.registry, logger: AdminFixture.logger)
+        #expect(restarted.operatorFlags.current[.topic("orders")]?.rate == 200, "the rate survives a restart")
     }
 
     @Test("a state file that cannot be read stops the start, naming the file")

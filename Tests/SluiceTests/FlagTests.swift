@@ -105,6 +105,9 @@ struct FlagTests {
         #expect(yaml[.all]?.enabled == true)
         let json = try await FileFlagSource(path: try write("{\"orders\": \"off\", \"orders/1\": true}")).load()
         #expect(json.count == 2)
+        let rates = try await FileFlagSource(path: try write("payments: 200/s\n\"orders/3\": 0.5/s\n")).load()
+        #expect(rates[.topic("payments")] == FlagSetting(enabled: true, source: "file", rate: 200), "a rate slows, it does not stop")
+        #expect(rates[.partition(TopicPartition("orders", 3))]?.rate == 0.5)
     }
 
     @Test("a malformed file names line and column, and the last good flags stay in force")
@@ -118,7 +121,7 @@ struct FlagTests {
         #expect(await resolver.refresh() == false)
         #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "last good flags kept")
         #expect(resolver.failureCounts["file"] == 1)
-        #expect(resolver.lastErrors["file"] == "\(path):2:11: flag 'payments': expected on or off, got 'maybe'")
+        #expect(resolver.lastErrors["file"] == "\(path):2:11: flag 'payments': expected on, off or a rate such as 200/s, got 'maybe'")
 
         try "orders: [on\n".write(toFile: path, atomically: true, encoding: .utf8)
         await resolver.refresh()

@@ -11,6 +11,7 @@ import Foundation
 /// ```yaml
 /// orders: off
 /// "orders/3": off
+/// payments: 200/s   # a rate: slowed to 200 messages a second per shard, not stopped
 /// "*": on
 /// ```
 ///
@@ -62,10 +63,16 @@ public struct FileFlagSource: FlagSource {
             } catch let error as SluiceError {
                 throw SluiceError(code: .configuration, message: "\(location(file, keyNode.mark)): \(error.message)")
             }
-            guard let value = valueNode.scalar?.string.lowercased(), let enabled = ["on": true, "true": true, "off": false, "false": false][value] else {
+            let value = valueNode.scalar?.string.lowercased() ?? ""
+            if let rate = ControlRecord.parseRate(value) {
+                // A rate flag: the shards run, slowed to that many messages a second each.
+                flags[key] = FlagSetting(enabled: true, source: "file", rate: rate)
+                continue
+            }
+            guard let enabled = ["on": true, "true": true, "off": false, "false": false][value] else {
                 throw SluiceError(
                     code: .configuration,
-                    message: "\(location(file, valueNode.mark)): flag '\(keyText)': expected on or off, got '\(valueNode.scalar?.string ?? "a list or map")'")
+                    message: "\(location(file, valueNode.mark)): flag '\(keyText)': expected on, off or a rate such as 200/s, got '\(valueNode.scalar?.string ?? "a list or map")'")
             }
             flags[key] = FlagSetting(enabled: enabled, source: "file")
         }

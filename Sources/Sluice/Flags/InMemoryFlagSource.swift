@@ -17,9 +17,9 @@ public final class InMemoryFlagSource: FlagSource {
 
     public func load() async throws -> [FlagKey: FlagSetting] { flags.withLock { $0 } }
 
-    /// Sets a flag.
-    public func set(_ key: FlagKey, enabled: Bool, reason: String? = nil) {
-        flags.withLock { $0[key] = FlagSetting(enabled: enabled, source: name, reason: reason) }
+    /// Sets a flag; a `rate` (messages a second per shard) slows the shards it covers instead of stopping them.
+    public func set(_ key: FlagKey, enabled: Bool, reason: String? = nil, rate: Double? = nil) {
+        flags.withLock { $0[key] = FlagSetting(enabled: rate != nil ? true : enabled, source: name, reason: reason, rate: rate) }
         continuation.yield()
     }
 
