@@ -92,7 +92,7 @@ struct JournalSlot: @unchecked Sendable {
 /// advisory lock, and a start reads every file no live process holds.
 final class CrashJournal: @unchecked Sendable {
     /// Lane slots in a journal: lanes beyond it are not journaled (a warning says so).
-    static let defaultCapacity = 4096
+    static let defaultCapacity = 16_384
     static let slotSize = MemoryLayout<sluice_journal_slot>.stride
 
     let path: String
@@ -341,7 +341,9 @@ final class CrashJournal: @unchecked Sendable {
     }
 
     private static func failure(_ what: String) -> SluiceError {
-        SluiceError(code: .state, message: "crash journal: \(what) failed: \(String(cString: strerror(errno)))")
+        SluiceError(
+            code: .state,
+            message: "crash journal: \(what) failed: \(String(cString: strerror(errno))); set host.stateDirectory to a writable directory that survives restarts, or host.crashJournal: off")
     }
 
     static func nowMilliseconds() -> Int64 {

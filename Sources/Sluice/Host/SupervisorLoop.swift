@@ -373,24 +373,23 @@ struct SupervisorLoop {
     /// or the state directory says so), looked at every tick.
     private mutating func releaseQuarantineHolds(group: inout TaskGroup<Void>) async {
         guard let containment = host.crashContainment else { return }
+        let quarantines = containment.quarantines
         // Suspects handled past without a death are cleared.
-        for (topicPartition, shard) in shards.sorted(by: { $0.key < $1.key }) {
-            guard let suspect = containment.quarantine(for: topicPartition), suspect.state == .suspect else {
-                clearingSuspects.remove(topicPartition)
-                continue
-            }
+        clearingSuspects = clearingSuspects.filter { quarantines[$0]?.state == .suspect }
+        for (topicPartition, suspect) in quarantines.sorted(by: { $0.key < $1.key }) where suspect.state == .suspect {
+            guard let shard = shards[topicPartition] else { continue }
             guard !clearingSuspects.contains(topicPartition), let watermark = shard.pipeline?.watermark, watermark >= suspect.range.upperBound
             else { continue }
             clearingSuspects.insert(topicPartition)
             group.addTask { [host, logger] in await containment.clearSuspect(topicPartition, configuration: host.configuration, logger: logger) }
         }
-        for (topicPartition, shard) in shards.sorted(by: { $0.key < $1.key }) {
+        for (topicPartition, shard) in shards.filter({ $0.value.heldByQuarantine != nil }).sorted(by: { $0.key < $1.key }) {
             guard let offset = shard.heldByQuarantine else { continue }
             guard shard.machine.state.isTripped else {
                 shards[topicPartition]?.heldByQuarantine = nil
                 continue
             }
-            let quarantine = containment.quarantine(for: topicPartition)
+            let quarantine = quarantines[topicPartition]
             guard quarantine == nil || quarantine!.state != .quarantined || quarantine!.offset != offset else { continue }
             shards[topicPartition]?.heldByQuarantine = nil
             logger.info(
