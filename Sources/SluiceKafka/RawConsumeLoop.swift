@@ -1,4 +1,7 @@
 import Crdkafka
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The baseline for benchmarks: a plain librdkafka consume loop (`rd_kafka_consumer_poll`, one message
 /// per call, payload length read) with the same consumer settings as ``KafkaConsumer``, no pipeline.
@@ -12,11 +15,16 @@ public enum RawConsumeLoop {
         public var elapsed: Duration
         /// Payload bytes read.
         public var bytes: Int
+        /// With `latencies`: per message, milliseconds from its timestamp (set when it was produced) to when
+        /// the loop read it.
+        public var latencies: [Double] = []
     }
 
     /// Joins `configuration.groupID`, subscribes to `topic` and reads until `count` messages arrived or
     /// `timeout` passed.
-    public static func run(configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration) throws -> Result {
+    public static func run(
+        configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration, latencies measureLatency: Bool = false
+    ) throws -> Result {
         let handle = try RDKafkaHandle(
             type: RD_KAFKA_CONSUMER, properties: try configuration.librdkafkaProperties(), events: 0, logger: "raw consumer")
         let rk = handle.pointer
@@ -28,6 +36,8 @@ public enum RawConsumeLoop {
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError.rdkafka(error, context: "subscribing to \(topic)") }
         var messages = 0
         var bytes = 0
+        var latencies: [Double] = []
+        if measureLatency { latencies.reserveCapacity(count) }
         var first: ContinuousClock.Instant?
         var last = ContinuousClock.now
         let deadline = ContinuousClock.now + timeout
@@ -38,12 +48,24 @@ public enum RawConsumeLoop {
                 messages += 1
                 bytes += message.pointee.len
                 last = .now
+                if measureLatency {
+                    var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+                    let stamp = rd_kafka_message_timestamp(message, &type)
+                    if type != RD_KAFKA_TIMESTAMP_NOT_AVAILABLE { latencies.append(Self.nowMilliseconds() - Double(stamp)) }
+                }
             }
             rd_kafka_message_destroy(message)
         }
         // The first rebalance completed (messages arrived), so closing is safe on librdkafka 2.0.2.
         rd_kafka_consumer_close(rk)
         handle.destroy()
-        return Result(messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes)
+        return Result(messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes, latencies: latencies)
+    }
+
+    /// Wall-clock milliseconds since the epoch, with a fraction (message timestamps are whole milliseconds).
+    public static func nowMilliseconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) * 1000 + Double(now.tv_nsec) / 1_000_000
     }
 }

@@ -35,6 +35,10 @@ struct BenchCommand: AsyncParsableCommand {
     var batchTimeoutMs: Int = 5
     @Option(name: .long, help: "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time.")
     var scale: Int?
+    @Option(name: .long, help: "Instead of the cases: latency from produce to handler start at this steady rate (messages a second), for raw librdkafka, ordering partition and ordering key; p50, p99, p99.9.")
+    var latency: Int?
+    @Option(name: .long, help: "How long the steady producer of --latency runs, in seconds.")
+    var latencySeconds: Int = 10
 
     func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
@@ -53,6 +57,10 @@ struct BenchCommand: AsyncParsableCommand {
         logger.logLevel = .error
         if let scale {
             try await runScale(partitions: scale, logger: logger)
+            return
+        }
+        if let latency {
+            try await runLatency(rate: latency, logger: logger)
             return
         }
         // The broker and the preloading producer run as child processes, so this process's memory is the
@@ -320,6 +328,74 @@ struct BenchCommand: AsyncParsableCommand {
         print("  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB")
     }
 
+    // MARK: Latency
+
+    /// Latency at a steady rate: a child producer (`sluice produce --rate`) stamps each message when it
+    /// produces it (the record timestamp); the consumer notes, per message, the time from that stamp to when
+    /// its handler starts (raw librdkafka: when the poll returns it). One fresh topic per case, the consumer
+    /// joined before the producer starts. Timestamps are whole milliseconds: figures are within 1 ms.
+    func runLatency(rate: Int, logger: Logger) async throws {
+        let count = rate * latencySeconds
+        let topics = ["latency-raw", "latency-partition", "latency-key"]
+        let broker = try ChildBroker(topics: topics.map { "\($0):8" })
+        defer { broker.stop() }
+        let cluster = broker.bootstrap
+        var rows: [(String, [Double])] = []
+        // Raw librdkafka: the poll loop on a thread of its own, the producer started once it has joined.
+        let raw = consumerConfiguration(cluster, group: "latency-raw-\(UUID())")
+        let rawRun = Task { try await onThread { try RawConsumeLoop.run(configuration: raw, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true) } }
+        try await Task.sleep(for: .seconds(6))  // the group join (the raw loop has no assignment signal)
+        try produceSteadily(cluster, topic: "latency-raw", rate: rate, count: count)
+        rows.append(("raw librdkafka poll loop", try await rawRun.value.latencies))
+        for (topic, name, ordering) in [("latency-partition", "host, ordering partition", TopicConfiguration.Ordering.partition), ("latency-key", "host, ordering key x8", .key)] {
+            var settings = TopicConfiguration()
+            settings.ordering = ordering
+            settings.processors = ordering == .key ? 8 : 1
+            var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "latency-\(UUID())")
+            kafka.sessionTimeout = .seconds(6)
+            var configuration = SluiceConfiguration(kafka: kafka, topics: [topic: settings])
+            configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+            configuration.admin.enabled = false
+            let host = SluiceHost(configuration: configuration, logger: logger)
+            let recorder = LatencyRecorder(capacity: count)
+            host.register(topic, LatencyHandler(recorder: recorder))
+            let running = Task { try await host.run() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            try produceSteadily(cluster, topic: topic, rate: rate, count: count)
+            let done = ContinuousClock.now + .seconds(60)
+            while recorder.count < count, ContinuousClock.now < done { try await Task.sleep(for: .milliseconds(20)) }
+            host.shutdown()
+            try await running.value
+            rows.append((name, recorder.values))
+        }
+        print("latency from produce to handler start, \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):")
+        print("case                             messages       p50       p99     p99.9       max")
+        for (name, values) in rows {
+            let sorted = values.sorted()
+            func percentile(_ p: Double) -> String {
+                guard !sorted.isEmpty else { return "-" }
+                return String(format: "%.1f", sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))])
+            }
+            print(
+                name.padding(toLength: 30, withPad: " ", startingAt: 0) + pad(sorted.count, width: 11)
+                    + [percentile(0.5), percentile(0.99), percentile(0.999), sorted.last.map { String(format: "%.1f", $0) } ?? "-"]
+                    .map { String(repeating: " ", count: max(0, 10 - $0.count)) + $0 }.joined())
+        }
+    }
+
+    /// Runs `sluice produce --rate` in a child process until it produced `count` messages.
+    func produceSteadily(_ cluster: String, topic: String, rate: Int, count: Int) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        process.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--rate", "\(rate)", "--keys", "1000", "--size", "100"]
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))") }
+    }
+
     // MARK: Helpers
 
     /// Preloads the topic with `sluice produce` (this executable) in a child process.
@@ -420,6 +496,28 @@ final class RateCounter: Sendable {
             guard let first = state.first, let last = state.last, last > first else { return 1 }
             return (last - first).seconds
         }
+    }
+}
+
+/// Latencies noted by handlers, in milliseconds.
+final class LatencyRecorder: Sendable {
+    private let state: Mutex<[Double]>
+    init(capacity: Int) {
+        var values: [Double] = []
+        values.reserveCapacity(capacity)
+        state = Mutex(values)
+    }
+    func add(_ value: Double) { state.withLock { $0.append(value) } }
+    var count: Int { state.withLock { $0.count } }
+    var values: [Double] { state.withLock { $0 } }
+}
+
+/// Notes, when its call starts, how long ago the message was produced.
+struct LatencyHandler: MessageHandler {
+    let recorder: LatencyRecorder
+    func handle(_ message: Message, context: ShardContext) async throws {
+        guard let stamp = message.timestampMilliseconds else { return }
+        recorder.add(RawConsumeLoop.nowMilliseconds() - Double(stamp))
     }
 }
 
