@@ -207,6 +207,32 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
+    /// Resets a shard for the group: its quarantine, if any, is released (the message is tried again), and the
+    /// host that owns it starts it now with a clean history (a `command/ID` record).
+    func reset(_ topicPartition: TopicPartition) async throws {
+        guard let bootstrap else { return }
+        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        if records.quarantines[topicPartition] != nil {
+            try await releaseQuarantine(topicPartition, skip: false, offset: nil, reason: nil)
+        }
+        let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+        do {
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let offset = try await writer.send(
+                ControlCommand(action: .reset, topicPartition: topicPartition, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"))
+            await writer.close()
+            let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
+            var line = "\(topicPartition): reset sent (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts read it"
+            if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
+            print(line)
+        } catch {
+            throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
+        }
+    }
+
     /// Prints the control topic's flags and the group's hosts, read to the topic's end.
     func list() async throws {
         guard let bootstrap else { return }
@@ -287,7 +313,7 @@ private final class RecordTable: Sendable {
             case .trip(let topicPartition, let trip)?: state.trips[topicPartition] = trip
             case .host(let identity, let status)?: state.hosts[identity] = status
             case .quarantine(let topicPartition, let quarantine)?: state.quarantines[topicPartition] = quarantine
-            case nil: break
+            case .command?, nil: break
             }
         }
     }
@@ -457,9 +483,7 @@ struct ShardsCommand: AsyncParsableCommand {
             try await runAdmin {
                 let topicPartition = try ShardsCommand.parse(shard)
                 if control.bootstrap != nil {
-                    // Through the control topic only a quarantine can be released (a breaker reset goes to the
-                    // owning host's admin API).
-                    try await control.releaseQuarantine(topicPartition, skip: false, offset: nil, reason: nil)
+                    try await control.reset(topicPartition)
                     return
                 }
                 let answer = try await AdminClient(options: options).call(

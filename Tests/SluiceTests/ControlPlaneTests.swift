@@ -19,7 +19,7 @@ struct ControlRecordTests {
                 == .flag(.partition(TopicPartition("orders", 3)), enabled: true, reason: nil, who: nil))
         #expect(try ControlRecord.parse(key: "flag/*", value: Self.value(#"{"v":1,"state":"unset"}"#), offset: 5) == .flag(.all, enabled: nil, reason: nil, who: nil))
         #expect(try ControlRecord.parse(key: "flag/orders", value: nil, offset: 6) == .flag(.topic("orders"), enabled: nil, reason: nil, who: nil))
-        #expect(try ControlRecord.parse(key: "command/42", value: Self.value("{}"), offset: 7) == nil, "kinds not acted on yet are passed over")
+        #expect(try ControlRecord.parse(key: "audit/42", value: Self.value("{}"), offset: 7) == nil, "kinds not acted on yet are passed over")
         let record = ControlRecord.flag(.partition(TopicPartition("orders", 1)), enabled: false, reason: "slow db", who: "cli")
         let (key, value) = record.encoded
         #expect(key == "flag/orders/1")
@@ -45,6 +45,17 @@ struct ControlRecordTests {
         #expect(try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 1) == .trip(TopicPartition("orders", 3), nil))
         #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 2) }
         #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"melted"}"#), offset: 3) }
+    }
+
+    @Test("command records: a reset names its shard; unknown actions and bad shards are refused")
+    func commandRecords() throws {
+        let command = ControlCommand(action: .reset, topicPartition: TopicPartition("orders", 3), who: "ops")
+        let (key, value) = ControlRecord.command("c1", command).encoded
+        #expect(key == "command/c1")
+        #expect(try ControlRecord.parse(key: key, value: value, offset: 1) == .command("c1", command))
+        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/c2", value: Self.value(#"{"v":1,"action":"explode","shard":"orders/3"}"#), offset: 2) }
+        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/c3", value: Self.value(#"{"v":1,"action":"reset","shard":"orders"}"#), offset: 3) }
+        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/", value: Self.value(#"{"v":1,"action":"reset","shard":"orders/1"}"#), offset: 4) }
     }
 
     @Test("host records: applied position and heartbeat; gone when the host left")
@@ -131,7 +142,7 @@ struct ControlPlaneTests {
         try await runA.value
     }
 
-    @Test("a trip follows the partition: the next host starts it tripped without calling the handler; a reset there clears it for the group")
+    @Test("a trip follows the partition: the next host starts it tripped without calling the handler; a reset command through the control topic clears it for the group")
     func tripFollowsThePartition() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = HostFixture.uniqueGroup()
@@ -176,7 +187,10 @@ struct ControlPlaneTests {
         #expect(calls.value[0] == nil, "the handler was not called for the tripped partition")
         #expect(second.shards.first { $0.topicPartition == poisoned }?.lastError == "handler failed at offset 3: cannot price it")
         fixed.withLock { $0 = true }
-        #expect(await second.reset(poisoned))
+        // An operator resets it for the group: a command record, carried out by whichever host owns the shard.
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
+        try await writer.send(ControlCommand(action: .reset, topicPartition: poisoned, who: "test"))
+        await writer.close()
         try await HostFixture.eventually("after the reset, orders/0 runs and the trip is cleared for the group") {
             second.shards.first { $0.topicPartition == poisoned }?.state == .running && second.control?.trip(for: poisoned) == nil
         }

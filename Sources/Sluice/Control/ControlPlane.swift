@@ -20,6 +20,9 @@ public enum ControlRecord: Equatable, Sendable {
     case host(String, ControlHostStatus?)
     /// A message whose handler call killed a process (docs/architecture.md §12); nil once released (`"state":"released"`).
     case quarantine(TopicPartition, Quarantine?)
+    /// An operator command (key `command/ID`), carried out by the host that owns its shard when it reads it
+    /// while tailing (commands older than a host's start are history to it). Nil: a tombstone.
+    case command(String, ControlCommand?)
 
     /// A shard held by its breaker, group-wide.
     public struct Trip: Equatable, Sendable {
@@ -44,6 +47,19 @@ public enum ControlRecord: Equatable, Sendable {
             SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
         }
         if key.hasPrefix("trip/") { return try parseTrip(key: key, value: value, bad: bad) }
+        if key.hasPrefix("command/") {
+            let identifier = String(key.dropFirst("command/".count))
+            guard !identifier.isEmpty else { throw bad("a command key is command/ID") }
+            guard let value else { return .command(identifier, nil) }
+            let object = try versioned(value, keeps: "nothing", bad: bad)
+            guard object["action"] as? String == "reset" else {
+                throw bad("action must be reset, got \((object["action"] as? String).map { "'\($0)'" } ?? "none")")
+            }
+            guard let shard = object["shard"] as? String, let topicPartition = TopicPartition(parsing: shard) else {
+                throw bad("a reset names its shard as TOPIC/PARTITION")
+            }
+            return .command(identifier, ControlCommand(action: .reset, topicPartition: topicPartition, who: object["who"] as? String))
+        }
         if key.hasPrefix("quarantine/") {
             let topicPartition = try partitionKey(key, kind: "quarantine", bad: bad)
             guard let value else { return .quarantine(topicPartition, nil) }
@@ -137,6 +153,13 @@ public enum ControlRecord: Equatable, Sendable {
     /// The record's key and value.
     public var encoded: (key: String, value: [UInt8]) {
         switch self {
+        case .command(let identifier, let command):
+            guard let command else { return ("command/\(identifier)", []) }
+            var object: [String: Any] = [
+                "v": Self.version, "action": command.action.rawValue, "shard": command.topicPartition.description, "at": Date().formatted(.iso8601),
+            ]
+            if let who = command.who { object["who"] = who }
+            return ("command/\(identifier)", Array(Self.json(object)))
         case .quarantine(let topicPartition, let quarantine):
             var object = quarantine?.object() ?? ["v": Self.version, "state": "released"]
             object["at"] = Date().formatted(.iso8601)
@@ -174,6 +197,24 @@ public enum ControlRecord: Equatable, Sendable {
     }
 }
 
+/// An operator command in the control topic.
+public struct ControlCommand: Equatable, Sendable {
+    public enum Action: String, Sendable {
+        /// A tripped or backing-off shard starts now with a clean history (the admin API's reset, group-wide).
+        case reset
+    }
+
+    public var action: Action
+    public var topicPartition: TopicPartition
+    public var who: String?
+
+    public init(action: Action, topicPartition: TopicPartition, who: String?) {
+        self.action = action
+        self.topicPartition = topicPartition
+        self.who = who
+    }
+}
+
 /// What a host of the group says of itself in the control topic (`host/ID`).
 public struct ControlHostStatus: Equatable, Sendable {
     /// Every control record before this offset is applied on the host.
@@ -202,6 +243,8 @@ public final class ControlPlaneFlagSource: FlagSource {
         let trips = Mutex<[TopicPartition: ControlRecord.Trip]>([:])
         let hosts = Mutex<[String: ControlHostStatus]>([:])
         let quarantines = Mutex<[TopicPartition: Quarantine]>([:])
+        /// Commands read, with their offsets (the latest 1,000).
+        let commands = Mutex<[(offset: Int64, command: ControlCommand)]>([])
         /// The position when the flag resolver last loaded the flags: the host's supervisor has those.
         let loadedPosition = Mutex<Int64>(0)
     }
@@ -234,6 +277,13 @@ public final class ControlPlaneFlagSource: FlagSource {
                     table.hosts.withLock { $0[identity] = status }
                 case .quarantine(let topicPartition, let quarantine):
                     table.quarantines.withLock { $0[topicPartition] = quarantine }
+                case .command(_, let command?):
+                    table.commands.withLock { commands in
+                        commands.append((record.offset, command))
+                        if commands.count > 1_000 { commands.removeFirst(commands.count - 1_000) }
+                    }
+                case .command(_, nil):
+                    return
                 case nil:
                     return
                 }
@@ -273,6 +323,11 @@ public final class ControlPlaneFlagSource: FlagSource {
 
     /// The group-wide trip of a partition, if its breaker holds it.
     func trip(for topicPartition: TopicPartition) -> ControlRecord.Trip? { table.trips.withLock { $0[topicPartition] } }
+
+    /// Commands at or after `offset`, in order.
+    func commands(from offset: Int64) -> [(offset: Int64, command: ControlCommand)] {
+        table.commands.withLock { $0.filter { $0.offset >= offset } }
+    }
 
     /// The group's quarantined (or counted) messages.
     public var quarantines: [TopicPartition: Quarantine] { table.quarantines.withLock { $0 } }
@@ -327,6 +382,13 @@ public struct ControlPlaneWriter: Sendable {
     @discardableResult
     public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.quarantine(topicPartition, quarantine).encoded
+        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+    }
+
+    /// Sends a command to the group (carried out by the host that owns its shard); returns its offset.
+    @discardableResult
+    public func send(_ command: ControlCommand) async throws -> Int64 {
+        let (recordKey, value) = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
         return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
     }
 

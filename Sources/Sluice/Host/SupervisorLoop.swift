@@ -27,6 +27,8 @@ struct SupervisorLoop {
     private(set) var finished = false
     /// Partitions whose suspect records are being cleared.
     private var clearingSuspects: Set<TopicPartition> = []
+    /// The control topic's next command to carry out: commands written before this host started are history.
+    private var commandPosition: Int64
     private let stateGauges: [String: Gauge]
     /// `sluice_commit_failures_total`, brought up to the consumer's count on every tick.
     private let commitFailures = Counter(label: "sluice_commit_failures_total")
@@ -42,6 +44,7 @@ struct SupervisorLoop {
     ) {
         self.handlerExecutor = handlerExecutor
         self.tripUpdates = tripUpdates
+        self.commandPosition = host.control?.appliedPosition ?? 0
         self.host = host
         self.handlers = handlers
         self.consumer = consumer
@@ -111,6 +114,7 @@ struct SupervisorLoop {
                 checkStall(status, now: now)
             }
             await releaseQuarantineHolds(group: &group)
+            await carryOutCommands(group: &group)
             for (topic, calls) in abandonedByTopic {
                 Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)]).record(calls)
             }
@@ -365,6 +369,25 @@ struct SupervisorLoop {
         }
         shards[topicPartition] = shard
         host.updateView(shard)
+    }
+
+    // MARK: Commands
+
+    /// Operator commands from the control topic for shards this host owns, in order, once each.
+    private mutating func carryOutCommands(group: inout TaskGroup<Void>) async {
+        guard let control = host.control else { return }
+        for (offset, command) in control.commands(from: commandPosition) {
+            commandPosition = offset + 1
+            guard shards[command.topicPartition] != nil else { continue }
+            switch command.action {
+            case .reset:
+                logger.info(
+                    "operator reset through the control plane",
+                    metadata: metadata(command.topicPartition, ["sluice.who": "\(command.who ?? "-")", "sluice.controlOffset": "\(offset)"]))
+                let now = clock.now
+                await transition(command.topicPartition, group: &group) { $0.reset(now: now) }
+            }
+        }
     }
 
     // MARK: Quarantine
