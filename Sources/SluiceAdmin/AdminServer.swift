@@ -135,12 +135,11 @@ public struct AdminServer: Service {
         }
         router.post("v1/shards/:topic/:partition/reset") { request, context in
             if let denied = authorize(request) { return denied }
-            let topic = context.parameters.get("topic") ?? ""
-            let partitionText = context.parameters.get("partition") ?? ""
-            guard let partition = Int32(partitionText), partition >= 0 else {
-                return problem(.badRequest, "partition must be a number, got '\(partitionText)'")
+            let topicPartition: TopicPartition
+            switch shard(context) {
+            case .success(let parsed): topicPartition = parsed
+            case .failure(let failure): return failure.response
             }
-            let topicPartition = TopicPartition(topic, partition)
             // A quarantined message is tried again: the quarantine goes (for the group), then the shard resets.
             var released = false
             if host.quarantines[topicPartition] != nil {
@@ -159,10 +158,10 @@ public struct AdminServer: Service {
         }
         router.post("v1/shards/:topic/:partition/skip") { request, context in
             if let denied = authorize(request) { return denied }
-            let topic = context.parameters.get("topic") ?? ""
-            let partitionText = context.parameters.get("partition") ?? ""
-            guard let partition = Int32(partitionText), partition >= 0 else {
-                return problem(.badRequest, "partition must be a number, got '\(partitionText)'")
+            let topicPartition: TopicPartition
+            switch shard(context) {
+            case .success(let parsed): topicPartition = parsed
+            case .failure(let failure): return failure.response
             }
             var request = request
             let body: ByteBuffer
@@ -176,7 +175,6 @@ public struct AdminServer: Service {
             else {
                 return problem(.badRequest, "the body must be a JSON object with the quarantined message's offset, e.g. {\"offset\": 42, \"reason\": \"...\"}")
             }
-            let topicPartition = TopicPartition(topic, partition)
             guard host.quarantines[topicPartition] != nil else {
                 return problem(.notFound, "no quarantined message on \(topicPartition)")
             }
@@ -312,6 +310,16 @@ public struct AdminServer: Service {
 
     private struct BadKey: Error {
         let response: Response
+    }
+
+    /// The shard a `/v1/shards/{topic}/{partition}/...` route names, or a 400 naming the problem.
+    private func shard(_ context: BasicRequestContext) -> Result<TopicPartition, BadKey> {
+        let topic = context.parameters.get("topic") ?? ""
+        let partitionText = context.parameters.get("partition") ?? ""
+        guard let partition = Int32(partitionText), partition >= 0 else {
+            return .failure(BadKey(response: problem(.badRequest, "partition must be a number, got '\(partitionText)'")))
+        }
+        return .success(TopicPartition(topic, partition))
     }
 
     /// A flag key from its path form (`orders`, `orders/3`, `orders%2F3`, `*`), or a 400 naming the problem.
