@@ -301,3 +301,59 @@ struct QuarantineTests {
         #expect(handled.withLock { $0.count } == 80, "every message handled, suspects included")
     }
 }
+
+@Suite("Crash containment at start: what a dead process's journal leads to", .timeLimit(.minutes(1)))
+struct CrashContainmentStartTests {
+    let logger: Logger = {
+        var logger = Logger(label: "sluice.containment-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    /// A journal left by a process that died of SIGILL, with a call in flight on orders/3@42, the fault on
+    /// a thread of the given kind.
+    func deadJournal(in directory: String, faultOn thread: String) async throws {
+        let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10))
+        defer { executor.shutdown() }
+        let slot = try #require(dead.acquire(TopicPartition("orders", 3), generation: 1))
+        switch thread {
+        case "handler":
+            await Task(executorPreference: executor) {
+                slot.bindToCurrentTask()
+                slot.begin(42, count: 1)
+                dead.recordFatalSignalForTesting(SIGILL)
+            }.value
+        case "sluice":
+            slot.begin(42, count: 1)
+            let done = DispatchSemaphore(value: 0)
+            startThread(named: "test-sluice") {
+                dead.recordFatalSignalForTesting(SIGILL)
+                done.signal()
+            }
+            done.wait()
+        default:
+            slot.begin(42, count: 1)
+            dead.recordFatalSignalForTesting(SIGILL)
+        }
+        dead.relinquish()
+    }
+
+    @Test("a trap in a handler call quarantines its message; one in Sluice's own code blames nothing; one on an unknown thread makes suspects")
+    func outcomes() async throws {
+        for (thread, expected) in [("handler", Quarantine.State.quarantined), ("sluice", nil), ("unknown", .suspect)] as [(String, Quarantine.State?)] {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-start-\(UUID().uuidString)").path
+            try await deadJournal(in: directory, faultOn: thread)
+            var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: ["orders": TopicConfiguration()])
+            configuration.stateDirectory = directory
+            // Its own journal, not the process's shared one (other tests' hosts may hold that).
+            let opened = try CrashJournal.open(directory: directory, logger: logger)
+            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", logger: logger, opened: opened)
+            let quarantine = containment.quarantine(for: TopicPartition("orders", 3))
+            #expect(quarantine?.state == expected, "fault on a \(thread) thread: \(String(describing: quarantine))")
+            if expected != nil { #expect(quarantine?.offset == 42 && quarantine?.signal == "SIGILL") }
+            #expect(try LocalQuarantineFile(directory: directory).all[TopicPartition("orders", 3)]?.state == expected, "kept in the state directory")
+            containment.journal.relinquish()
+        }
+    }
+}

@@ -35,10 +35,13 @@ final class CrashContainment: Sendable {
     /// Opens this process's journal and acts on what dead processes left, before the host joins its group:
     /// a message blamed for a death has its count raised (group-wide when the control plane is on) and, at
     /// its topic's `onCrash.after`, is quarantined. Then installs the fatal-signal handlers.
+    /// - Parameter opened: a journal opened already, with its findings (tests); by default the process's
+    ///   shared journal in the state directory.
     static func start(
-        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger
+        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger,
+        opened: (CrashJournal, [CrashFinding])? = nil
     ) async throws -> CrashContainment {
-        let (journal, findings) = try CrashJournal.openShared(directory: configuration.stateDirectory, logger: logger)
+        let (journal, findings) = try opened ?? CrashJournal.openShared(directory: configuration.stateDirectory, logger: logger)
         let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory) : nil
         let containment = CrashContainment(journal: journal, control: control, local: local)
         if !findings.isEmpty {
