@@ -150,6 +150,18 @@ public struct AdminServer: Service {
                     return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
                 }
             }
+            if let controlWriter {
+                // For the group: whichever host owns the shard resets it.
+                do {
+                    let offset = try await controlWriter.send(ControlCommand(action: .reset, topicPartition: topicPartition, who: caller(request)))
+                    logger.notice(
+                        "shard reset for the group by operator",
+                        metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))", "kafka.offset": "\(offset)"])
+                    return json(.ok, ["reset": topicPartition.description, "quarantineReleased": released, "controlOffset": offset])
+                } catch {
+                    return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
+                }
+            }
             guard await host.reset(topicPartition) || released else {
                 return problem(.notFound, "shard \(topicPartition) is not on this host")
             }

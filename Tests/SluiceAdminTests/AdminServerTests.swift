@@ -101,6 +101,18 @@ struct AdminServerTests {
             try await client.execute(uri: "/v1/flags/orders/1", method: .delete, headers: bearer) { response in
                 #expect(response.status == .notFound, "nothing left to remove")
             }
+            // A reset goes to the control topic as a command for whichever host owns the shard.
+            var written: Int?
+            try await client.execute(uri: "/v1/shards/orders/1/reset", method: .post, headers: bearer) { response in
+                #expect(response.status == .ok)
+                written = decode(response.body)["controlOffset"] as? Int
+            }
+            let offset = try #require(written, "written to the control topic")
+            while host.control?.commands(from: Int64(offset)).isEmpty != false, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let command = host.control?.commands(from: Int64(offset)).first?.command
+            #expect(command?.action == .reset && command?.topicPartition == partition, "the host read the reset command back")
         }
         #expect(!FileManager.default.fileExists(atPath: stateFile), "the per-host state file is not used with the control plane")
         host.shutdown()
