@@ -269,6 +269,27 @@ struct AdminServerTests {
 
 @Suite("Admin API against a running host", .timeLimit(.minutes(2)))
 struct AdminEndToEndTests {
+    @Test("a shard's per-partition series leave /metrics when the host lets the partition go (no stale lag on a host that no longer owns it)")
+    func perPartitionSeriesGo() async throws {
+        let topic = "gone-\(UInt32.random(in: 0...UInt32.max))"  // labels unique to this test: the registry is the process's
+        _ = AdminFixture.registry  // metrics bootstrapped before the host makes its gauges
+        let cluster = try EmbeddedKafkaCluster(topics: [topic: 2])
+        let host = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: [topic])
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while host.shards.filter({ $0.state == .running }).count < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        func series() -> [String] {
+            String(decoding: AdminFixture.registry.emitToBuffer(), as: UTF8.self).split(separator: "\n")
+                .filter { $0.hasPrefix("sluice_shard_") && $0.contains("topic=\"\(topic)\"") && $0.contains("partition=") }.map(String.init)
+        }
+        #expect(series().contains { $0.hasPrefix("sluice_shard_flag_enabled") }, "per-partition series while the shards run: \(series())")
+        host.shutdown()
+        try await running.value
+        #expect(series().isEmpty, "gone once the partitions are released: \(series())")
+    }
+
     @Test("/readyz turns ready after the group join; a flag flipped over HTTP stops the shard; metrics show it")
     func flipOverHTTP() async throws {
         let registry = AdminFixture.registry

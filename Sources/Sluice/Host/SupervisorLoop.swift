@@ -74,6 +74,7 @@ struct SupervisorLoop {
             logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)", "kafka.fatal": "\(error.isFatal)"])
         case .consumerClosed:
             finished = true
+            for shard in shards.values { shard.destroyMetrics() }
         case .pipelineEnded(let topicPartition, let pipelineID, let outcome):
             await pipelineEnded(topicPartition, pipelineID: pipelineID, outcome: outcome, group: &group)
         case .timer(let topicPartition, let token):
@@ -225,7 +226,8 @@ struct SupervisorLoop {
     private mutating func release(_ identifier: UInt64) {
         guard let entry = revocations.removeValue(forKey: identifier) else { return }
         for topicPartition in entry.partitions {
-            guard shards.removeValue(forKey: topicPartition) != nil else { continue }
+            guard let shard = shards.removeValue(forKey: topicPartition) else { continue }
+            shard.destroyMetrics()
             host.removeView(topicPartition)
         }
         entry.revocation.done()
@@ -234,6 +236,7 @@ struct SupervisorLoop {
     private mutating func lose(_ topicPartition: TopicPartition) {
         guard let shard = shards.removeValue(forKey: topicPartition) else { return }
         // Another member may own it already: nothing of it is stored or committed from here on.
+        shard.destroyMetrics()
         host.removeView(topicPartition)
         shard.pipeline?.requestStop()
         publish(topicPartition, ShardEvent.Kind.stopped(.released))

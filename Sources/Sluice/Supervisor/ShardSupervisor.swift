@@ -68,6 +68,12 @@ struct ShardSupervisor {
         pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
     }
 
+    /// Removes the shard's per-partition series (attempt, lag, lag seconds, flag, stalled): a host that no
+    /// longer owns the partition must not go on reporting its last values.
+    func destroyMetrics() {
+        for gauge in [attemptGauge, lagGauge, flagGauge, stalledGauge, lagSecondsGauge] { gauge.destroy() }
+    }
+
     /// The whole set of reasons the partition must be paused for now: the state's, plus back-pressure
     /// while a pipeline runs and asks for it.
     var desiredPauseReasons: Set<KafkaPauseReason> {
