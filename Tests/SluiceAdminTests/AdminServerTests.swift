@@ -4,7 +4,7 @@ import HummingbirdTesting
 import Logging
 import Metrics
 import Prometheus
-import Sluice
+@testable import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
@@ -288,6 +288,33 @@ struct AdminEndToEndTests {
         host.shutdown()
         try await running.value
         #expect(series().isEmpty, "gone once the partitions are released: \(series())")
+    }
+
+    @Test("metrics.perPartition off: no per-partition series, the topic's lag total stays")
+    func perPartitionSeriesOff() async throws {
+        let topic = "totals-\(UInt32.random(in: 0...UInt32.max))"
+        _ = AdminFixture.registry
+        let cluster = try EmbeddedKafkaCluster(topics: [topic: 2])
+        var configuration = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: [topic]).configuration
+        configuration.perPartitionMetrics = false
+        let host = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
+        host.register(topic, NoopHandler())
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        func lines() -> [String] {
+            String(decoding: AdminFixture.registry.emitToBuffer(), as: UTF8.self).split(separator: "\n")
+                .filter { $0.contains("topic=\"\(topic)\"") }.map(String.init)
+        }
+        while host.shards.filter({ $0.state == .running }).count < 2, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let ticks = host.ticks
+        while host.ticks < ticks + 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(host.shards.count == 2)
+        #expect(lines().contains { $0.hasPrefix("sluice_topic_lag{topic=\"\(topic)\"}") }, "\(lines())")
+        #expect(!lines().contains { $0.contains("partition=") }, "no per-partition series: \(lines())")
+        host.shutdown()
+        try await running.value
     }
 
     @Test("/readyz turns ready after the group join; a flag flipped over HTTP stops the shard; metrics show it")

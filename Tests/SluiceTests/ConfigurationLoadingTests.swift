@@ -282,11 +282,12 @@ struct ConfigurationLoadingTests {
     func crashContainment() async throws {
         let base = "kafka: {bootstrap: b, group: g}\n"
         let path = try write(
-            base + "host: {stateDirectory: /var/lib/orders, crashJournal: off}\n"
+            base + "metrics: {perPartition: off}\nhost: {stateDirectory: /var/lib/orders, crashJournal: off}\n"
                 + "topics:\n  orders: {onCrash: {after: 2, then: deadLetter}, deadLetterTopic: orders.dlq}\n  payments: {}\n")
         let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
         #expect(configuration.stateDirectory == "/var/lib/orders")
         #expect(configuration.crashJournal == false)
+        #expect(configuration.perPartitionMetrics == false)
         #expect(configuration.topics["orders"]?.onCrash == TopicConfiguration.CrashPolicy(after: 2, then: .deadLetter))
         #expect(configuration.topics["payments"]?.onCrash == TopicConfiguration.CrashPolicy(after: 1, then: .stop))
         #expect(

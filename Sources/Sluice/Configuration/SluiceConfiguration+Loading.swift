@@ -54,7 +54,8 @@ extension SluiceConfiguration {
 struct ConfigurationLayout {
     /// `*` stands for any name (a topic, a librdkafka property).
     static let schema: [String: Set<String>] = [
-        "": ["kafka", "topics", "host", "flags", "admin", "control"],
+        "": ["kafka", "topics", "host", "flags", "admin", "control", "metrics"],
+        "metrics": ["perPartition"],
         "control": ["enabled", "topic", "loadTimeout"],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
         "kafka.properties": ["*"],
@@ -185,6 +186,7 @@ private struct ConfigurationValues {
             configuration.stateDirectory = directory
         }
         configuration.crashJournal = try onOff(["host", "crashJournal"]) ?? configuration.crashJournal
+        configuration.perPartitionMetrics = try onOff(["metrics", "perPartition"]) ?? configuration.perPartitionMetrics
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled

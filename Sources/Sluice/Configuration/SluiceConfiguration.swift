@@ -118,6 +118,10 @@ public struct SluiceConfiguration: Sendable {
     /// journal, and quarantines when the control plane is off. On Kubernetes, an `emptyDir` volume (it
     /// survives container restarts). Default `.sluice` under the working directory.
     public var stateDirectory: String = ".sluice"
+    /// Whether shards report per-partition series (`metrics.perPartition`: `sluice_shard_lag`, `_lag_seconds`,
+    /// `_attempt`, `_flag_enabled`, `_stalled` with a partition label). They multiply by partitions; topic
+    /// totals (`sluice_topic_lag`, the counters) stay when off. Default on.
+    public var perPartitionMetrics = true
     /// Whether the host keeps a crash journal and contains handlers that trap (`host.crashJournal`,
     /// docs/architecture.md §12). Default on.
     public var crashJournal = true

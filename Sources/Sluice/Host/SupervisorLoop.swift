@@ -106,12 +106,14 @@ struct SupervisorLoop {
             }
             let now = clock.now
             var abandonedByTopic: [String: Int] = Dictionary(uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
+            var lagByTopic: [String: Int64] = Dictionary(uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
             for status in host.shards {
                 guard let shard = shards[status.topicPartition] else { continue }
                 shards[status.topicPartition]?.abandoned.removeAll { $0.callsInProgress == 0 }
                 abandonedByTopic[status.topicPartition.topic, default: 0] += shard.abandonedCalls
-                if let lag = status.lag { shard.lagGauge.record(lag) }
-                if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge.record(lagSeconds) }
+                lagByTopic[status.topicPartition.topic, default: 0] += status.lag ?? 0
+                if let lag = status.lag { shard.lagGauge?.record(lag) }
+                if let lagSeconds = status.lagSeconds { shard.lagSecondsGauge?.record(lagSeconds) }
                 checkStall(status, now: now)
             }
             await releaseQuarantineHolds(group: &group)
@@ -119,6 +121,8 @@ struct SupervisorLoop {
             for (topic, calls) in abandonedByTopic {
                 Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)]).record(calls)
             }
+            // The topic's lag over this host's shards: kept when per-partition series are off.
+            for (topic, lag) in lagByTopic { Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)]).record(lag) }
             host.noteTick()
         case .shutdownDeadline:
             if !closing {
@@ -144,7 +148,8 @@ struct SupervisorLoop {
         let flag = host.flags.setting(for: topicPartition)
         let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
         shards[topicPartition] = ShardSupervisor(
-            topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now)
+            topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now,
+            perPartitionMetrics: host.configuration.perPartitionMetrics)
         // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
         // new owner); a reset or a flag cycle clears it for the group.
         if let trip = host.control?.trip(for: topicPartition) {
@@ -349,7 +354,7 @@ struct SupervisorLoop {
             shard.fetcherRestartAsked = false
             if shard.stalledSince != nil {
                 shard.stalledSince = nil
-                shard.stalledGauge.record(0)
+                shard.stalledGauge?.record(0)
                 logger.info("shard no longer stalled", metadata: metadata(topicPartition))
                 publish(topicPartition, ShardEvent.Kind.stallCleared)
             }
@@ -364,7 +369,7 @@ struct SupervisorLoop {
             consumer.restartFetcherIfUnstarted(topicPartition)
         } else if shard.stalledSince == nil, now - shard.lastProgressAt >= host.configuration.stallAfter {
             shard.stalledSince = shard.lastProgressAt
-            shard.stalledGauge.record(1)
+            shard.stalledGauge?.record(1)
             logger.warning(
                 "shard stalled: running and unpaused with messages waiting, but no progress",
                 metadata: metadata(topicPartition, ["sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - shard.lastProgressAt)"]))
@@ -443,7 +448,7 @@ struct SupervisorLoop {
             shard.flag = setting
             shards[topicPartition] = shard
             host.updateView(shard)
-            shard.flagGauge.record(setting.enabled ? 1 : 0)
+            shard.flagGauge?.record(setting.enabled ? 1 : 0)
             guard changed else { continue }
             logger.info(
                 "flag changed",
@@ -543,7 +548,7 @@ struct SupervisorLoop {
                     if !Task.isCancelled { input.yield(.timer(topicPartition, token: token)) }
                 }
             }
-            shard.attemptGauge.record(shard.machine.attempt)
+            shard.attemptGauge?.record(shard.machine.attempt)
             shards[topicPartition] = shard
             await reconcilePause(topicPartition)
             host.updateView(shards[topicPartition] ?? shard)

@@ -31,8 +31,8 @@ struct ShardSupervisor {
     var lastProgressAt: ContinuousClock.Instant
     /// Since when the shard is reported stalled.
     var stalledSince: ContinuousClock.Instant?
-    let stalledGauge: Gauge
-    let lagSecondsGauge: Gauge
+    let stalledGauge: Gauge?
+    let lagSecondsGauge: Gauge?
     /// The pause set last handed to the consumer (nil before the first).
     var appliedPauseReasons: Set<KafkaPauseReason>?
     var lastError: String?
@@ -44,12 +44,15 @@ struct ShardSupervisor {
     var timerToken: UInt64 = 0
     let crashes: Counter
     let restarts: Counter
-    let attemptGauge: Gauge
-    let lagGauge: Gauge
-    let flagGauge: Gauge
+    let attemptGauge: Gauge?
+    let lagGauge: Gauge?
+    let flagGauge: Gauge?
     let pipelineMetrics: ShardPipeline.Metrics
 
-    init(topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant) {
+    init(
+        topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant,
+        perPartitionMetrics: Bool = true
+    ) {
         self.lastProgressAt = now
         self.topicPartition = topicPartition
         self.machine = StateMachine(policy: policy, flagOn: flag.enabled)
@@ -59,19 +62,20 @@ struct ShardSupervisor {
         crashes = Counter(label: "sluice_shard_crashes_total", dimensions: topic)
         restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic)
         let shard = topic + [("partition", String(topicPartition.partition))]
-        attemptGauge = Gauge(label: "sluice_shard_attempt", dimensions: shard)
-        lagGauge = Gauge(label: "sluice_shard_lag", dimensions: shard)
-        flagGauge = Gauge(label: "sluice_shard_flag_enabled", dimensions: shard)
-        stalledGauge = Gauge(label: "sluice_shard_stalled", dimensions: shard)
-        lagSecondsGauge = Gauge(label: "sluice_shard_lag_seconds", dimensions: shard)
-        flagGauge.record(flag.enabled ? 1 : 0)
+        // Per-partition series multiply by partitions: off with `metrics.perPartition: off` (topic totals stay).
+        attemptGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_attempt", dimensions: shard) : nil
+        lagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag", dimensions: shard) : nil
+        flagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_flag_enabled", dimensions: shard) : nil
+        stalledGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_stalled", dimensions: shard) : nil
+        lagSecondsGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag_seconds", dimensions: shard) : nil
+        flagGauge?.record(flag.enabled ? 1 : 0)
         pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
     }
 
     /// Removes the shard's per-partition series (attempt, lag, lag seconds, flag, stalled): a host that no
     /// longer owns the partition must not go on reporting its last values.
     func destroyMetrics() {
-        for gauge in [attemptGauge, lagGauge, flagGauge, stalledGauge, lagSecondsGauge] { gauge.destroy() }
+        for gauge in [attemptGauge, lagGauge, flagGauge, stalledGauge, lagSecondsGauge] { gauge?.destroy() }
     }
 
     /// The whole set of reasons the partition must be paused for now: the state's, plus back-pressure
