@@ -188,7 +188,8 @@ struct ConfigurationLoadingTests {
             try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100, timeout: 200ms }\n    maxInFlight: 50"))
                 .hasSuffix("topics.payments.maxInFlight: must be at least batch.size (100), got 50: a batch could never fill"))
         #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
-        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix("FILE:4:1: metrics: unknown key"))
+        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\ntelemetry:\n  port: 9\n").hasPrefix("FILE:4:1: telemetry: unknown key"))
+        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix("FILE:5:3: metrics.port: unknown key"))
         #expect(
             try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {listen: nowhere}\n")
                 == "FILE:2:17: admin.listen: expected HOST:PORT, e.g. 127.0.0.1:8080, got 'nowhere'")
