@@ -1,7 +1,7 @@
 # Sluice: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: deps build test demo clean
+.PHONY: deps build test demo docs clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -15,6 +15,12 @@ test: deps
 	$(SWIFT) build --build-tests -Xswiftc -warnings-as-errors
 	$(SWIFT) test
 	lib="$$(scripts/librdkafka-2.16.sh)" && LD_LIBRARY_PATH="$$lib" SLUICE_EXPECT_LIBRDKAFKA=2.16.0 $(SWIFT) test --skip-build
+	$(MAKE) docs
+
+# The DocC catalog of Sluice (Sources/Sluice/Sluice.docc), into .build/docs.
+docs: deps
+	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target Sluice \
+		--output-path .build/docs --warnings-as-errors
 
 demo: deps
 	scripts/demo.sh

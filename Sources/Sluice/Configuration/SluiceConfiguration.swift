@@ -134,6 +134,7 @@ public struct SluiceConfiguration: Sendable {
         "'\(topic)' is a consumed topic: its dead letters would be consumed and fail again, for ever"
     }
 
+    /// A configuration with `kafka` and `topics`, every other setting at its default.
     public init(kafka: Kafka, topics: [String: TopicConfiguration]) {
         self.kafka = kafka
         self.topics = topics

@@ -31,6 +31,7 @@ public enum ControlRecord: Equatable, Sendable {
         /// Why it tripped.
         public var reason: String
 
+        /// Creates a trip record's content.
         public init(offset: Int64?, reason: String) {
             self.offset = offset
             self.reason = reason
@@ -199,15 +200,20 @@ public enum ControlRecord: Equatable, Sendable {
 
 /// An operator command in the control topic.
 public struct ControlCommand: Equatable, Sendable {
+    /// What the command does.
     public enum Action: String, Sendable {
         /// A tripped or backing-off shard starts now with a clean history (the admin API's reset, group-wide).
         case reset
     }
 
+    /// What to do.
     public var action: Action
+    /// The shard it applies to.
     public var topicPartition: TopicPartition
+    /// The operator, kept with the record.
     public var who: String?
 
+    /// Creates a command.
     public init(action: Action, topicPartition: TopicPartition, who: String?) {
         self.action = action
         self.topicPartition = topicPartition
@@ -224,6 +230,7 @@ public struct ControlHostStatus: Equatable, Sendable {
     /// The shards it owns (`topic/partition`) and their states.
     public var shards: [String: String]
 
+    /// Creates a host status.
     public init(applied: Int64, atMilliseconds: Int64, shards: [String: String]) {
         self.applied = applied
         self.atMilliseconds = atMilliseconds
@@ -235,6 +242,7 @@ public struct ControlHostStatus: Equatable, Sendable {
 /// fetches anything and then tailed, pushing each change at once. Bad records are logged, counted and
 /// skipped; the flags they would have changed keep their state.
 public final class ControlPlaneFlagSource: FlagSource {
+    /// The source's name in flag settings and errors: `control`.
     public let name = "control"
     /// The control topic.
     public let topic: String
@@ -304,8 +312,10 @@ public final class ControlPlaneFlagSource: FlagSource {
         }
     }
 
+    /// Yields when a flag record changed a flag.
     public var changes: AsyncStream<Void>? { stream }
 
+    /// The control plane's flags now.
     public func load() async throws -> [FlagKey: FlagSetting] {
         // The reader's position is updated after each record's table change: read it first, so what is
         // reported as loaded is never ahead of the flags handed out.
@@ -351,6 +361,7 @@ public final class ControlPlaneFlagSource: FlagSource {
 
 /// Writes control records to a group's control topic.
 public struct ControlPlaneWriter: Sendable {
+    /// The control topic written to.
     public let topic: String
     private let producer: KafkaProducer
 

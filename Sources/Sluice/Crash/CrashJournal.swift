@@ -28,11 +28,13 @@ public struct CrashFinding: Sendable, Equatable {
 
     /// A handler call in progress when the process died.
     public struct Call: Sendable, Equatable, CustomStringConvertible {
+        /// The call's partition.
         public var topicPartition: TopicPartition
         /// The call's first offset.
         public var offset: Int64
         /// Messages in the call (1, or a batch).
         public var count: Int
+        /// The pipeline the call ran in.
         public var generation: UInt64
         /// Whether it was a suspect's call, run alone to find the culprit of an earlier unattributed death.
         public var careful: Bool = false
@@ -42,6 +44,7 @@ public struct CrashFinding: Sendable, Equatable {
 
     /// The fatal signal (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE or SIGABRT).
     public var signal: Int32
+    /// Whose code ran on the faulting thread.
     public var fault: Fault
     /// The call the signal is attributed to (``Fault/handler``).
     public var culprit: Call?
@@ -49,6 +52,7 @@ public struct CrashFinding: Sendable, Equatable {
     public var inFlight: [Call]
     /// The process that died, and when (ms since the epoch).
     public var pid: Int64
+    /// When it died (ms since the epoch).
     public var diedAtMilliseconds: Int64
     /// The journal file it was read from.
     public var journal: String

@@ -25,14 +25,17 @@ public struct Quarantine: Sendable, Hashable {
     public var count: Int
     /// Process deaths attributed to it.
     public var crashes: Int
+    /// What the shard does at the message.
     public var state: State
     /// The fatal signal, `SIGILL` and so on.
     public var signal: String
     /// The host whose process died last, and when (ms since the epoch).
     public var host: String
+    /// When that process died, in milliseconds since the epoch.
     public var atMilliseconds: Int64
     /// Who released it and why, for `skip`.
     public var who: String?
+    /// Why it was released.
     public var reason: String?
     /// The crash report of the last death (the runtime's backtrace, summarized and truncated), when the
     /// process wrote one (`SWIFT_BACKTRACE=...,format=json,output-to=STATE_DIRECTORY`).
@@ -148,6 +151,8 @@ extension TopicPartition {
 
 /// The error a quarantined message is dead-lettered with: its handler call killed the process.
 public struct MessageKilledProcess: Error, Sendable, CustomStringConvertible {
+    /// The quarantine the message is under.
     public let quarantine: Quarantine
+    /// `quarantined: ` and the quarantine's summary (the `sluice.error` header).
     public var description: String { "quarantined: \(quarantine.summary)" }
 }

@@ -250,7 +250,12 @@ public final class SluiceHost: Service, Sendable {
     /// is on: `skip` commits it without a handler call; otherwise its handler is tried again. The shard held
     /// at it, on whichever host owns it, starts again within a second.
     ///
-    /// - Parameter offset: the offset the operator saw quarantined; refused when it is not the one.
+    /// - Parameters:
+    ///   - topicPartition: the partition whose quarantined message is released.
+    ///   - skip: true to commit the message without a handler call; false to try it again.
+    ///   - offset: the offset the operator saw quarantined; refused when it is not the one.
+    ///   - who: the operator, kept with the release.
+    ///   - reason: why, kept with the release.
     /// - Throws: ``SluiceError`` when there is no such quarantine, the offset differs, or it cannot be written.
     @discardableResult
     public func releaseQuarantine(
@@ -286,7 +291,7 @@ public final class SluiceHost: Service, Sendable {
 
     /// Joins the group and runs shards until shutdown.
     ///
-    /// - Throws: ``SluiceError`` when handlers and configuration do not match, ``KafkaError`` when the
+    /// - Throws: ``SluiceError`` when handlers and configuration do not match, `KafkaError` when the
     ///   Kafka client cannot be created (a bad librdkafka property is named).
     public func run() async throws {
         let handlers = try startOnce()

@@ -41,6 +41,7 @@ public protocol DeadLetterSink: Sendable {
 }
 
 extension DeadLetterSink {
+    /// Writes one message after the other and stops at the first failure (the rest report that failure).
     public func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
         var outcomes: [(any Error)?] = []
         for message in messages {
