@@ -20,7 +20,9 @@ test: deps
 # The DocC catalog of Sluice (Sources/Sluice/Sluice.docc), into .build/docs.
 docs: deps
 	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target Sluice \
-		--output-path .build/docs --warnings-as-errors
+		--output-path .build/docs/Sluice --warnings-as-errors
+	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target SluiceKafka \
+		--output-path .build/docs/SluiceKafka --warnings-as-errors
 
 demo: deps
 	scripts/demo.sh

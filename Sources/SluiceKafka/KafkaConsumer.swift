@@ -24,7 +24,7 @@ import Synchronization
 /// ## Offsets
 ///
 /// `enable.auto.offset.store` is off: only offsets passed to ``storeOffsets(_:)`` are committed, every
-/// ``KafkaConsumerConfiguration/commitInterval``, on ``commit()``, before revoked partitions are
+/// ``KafkaConsumerConfiguration/commitInterval``, on ``commit(timeout:)``, before revoked partitions are
 /// released and on ``close()``.
 ///
 /// ## Hazards of librdkafka 2.0.2 this type makes impossible
@@ -48,7 +48,7 @@ import Synchronization
 /// rejoins, and rejects commits while the group is joining (real Kafka accepts them) with
 /// `ILLEGAL_GENERATION`, which makes librdkafka declare the member's whole assignment lost
 /// (``KafkaConsumerEvent/lost(_:)`` instead of ``KafkaConsumerEvent/revoked(_:)``). Periodic commits run
-/// only when offsets were stored since the last one, which narrows that window; ``commit()`` retries
+/// only when offsets were stored since the last one, which narrows that window; ``commit(timeout:)`` retries
 /// rejected commits for a while.
 public final class KafkaConsumer: Sendable {
     /// Decides, at assignment and before the first fetch, the pause reasons a new partition starts with.
