@@ -249,7 +249,8 @@ public struct AdminServer: Service {
         if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
         if let controlWriter {
             do {
-                let offset = try await controlWriter.setFlag(key, enabled: enabled, reason: reason, who: caller(request), rate: rate)
+                let offset = try await controlWriter.setFlag(
+                    key, enabled: enabled, reason: reason, who: caller(request), rate: rate, before: .some(host.control?.flag(key)))
                 logger.notice(
                     "flag set for the group by operator",
                     metadata: [
@@ -290,7 +291,7 @@ public struct AdminServer: Service {
                 return problem(.notFound, "no control-plane flag is set for '\(key)'")
             }
             do {
-                let offset = try await controlWriter.setFlag(key, enabled: nil, reason: nil, who: caller(request))
+                let offset = try await controlWriter.setFlag(key, enabled: nil, reason: nil, who: caller(request), before: .some(host.control?.flag(key)))
                 logger.notice("flag removed for the group by operator", metadata: ["sluice.flag": "\(key)", "sluice.caller": "\(caller(request))"])
                 return json(.ok, ["key": key.description, "removed": true, "controlOffset": offset])
             } catch {

@@ -116,11 +116,15 @@ struct ControlOptions: ParsableArguments {
             return
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
+        // The flag's value before, for the audit entry.
+        let before = try await read(topic: topic, bootstrap: bootstrap, logger: logger).flags[flagKey]
+            .map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
             let written = ContinuousClock.now
             let offset = try await writer.setFlag(
-                flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", rate: rate)
+                flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", rate: rate,
+                before: .some(before))
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
             let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
@@ -196,7 +200,7 @@ struct ControlOptions: ParsableArguments {
         quarantine.reason = reason
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, skip ? quarantine : nil)
+            let written = try await writer.setQuarantine(topicPartition, skip ? quarantine : nil, before: records.quarantines[topicPartition])
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: written, topic: topic, bootstrap: bootstrap, logger: logger)
             var line = "\(topicPartition): offset \(quarantine.offset) \(skip ? "skipped" : "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
@@ -426,6 +430,61 @@ struct FlagsCommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// The group's audit log: every change to its control state, who made it, why, before and after.
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit", abstract: "Print the group's audit log (flags, quarantines and commands changed through the control topic).")
+    @OptionGroup var control: ControlOptions
+    @Option(name: .long, help: "Only the last N entries.") var last: Int?
+
+    func validate() throws {
+        if control.bootstrap == nil { throw ValidationError("the audit log is read from Kafka: add --bootstrap and --group") }
+    }
+
+    func run() async throws {
+        try await runAdmin {
+            let topic = ControlPlaneWriter.auditTopic(forControl: control.controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: control.group!))
+            var logger = Logger(label: "sluice.cli")
+            logger.logLevel = .error
+            let entries = Locked<[AuditEntry]>([])
+            let bad = Locked(0)
+            do {
+                let reader = try ControlTopicReader(
+                    bootstrapServers: control.bootstrap!, topic: topic, properties: control.librdkafkaProperties, logger: logger
+                ) { record in
+                    if let value = record.value, let entry = AuditEntry(decoding: value) {
+                        entries.withLock { $0.append(entry) }
+                    } else {
+                        bad.withLock { $0 += 1 }
+                    }
+                }
+                try await reader.load(timeout: .seconds(max(control.wait, 1)))
+                await reader.close()
+            } catch {
+                throw AdminClient.Failure(description: "cannot read audit topic '\(topic)' at \(control.bootstrap!): \(error)")
+            }
+            var rows = [["AT", "WHO", "WHAT", "BEFORE", "AFTER", "WHY"]]
+            let all = entries.withLock { $0 }
+            for entry in all.suffix(last ?? all.count) {
+                rows.append([
+                    Date(timeIntervalSince1970: Double(entry.atMilliseconds) / 1000).formatted(.iso8601), entry.who ?? "-", entry.subject,
+                    entry.before ?? "?", entry.after, entry.reason ?? "",
+                ])
+            }
+            print(Table.render(rows))
+            let unreadable = bad.withLock { $0 }
+            if unreadable > 0 { print("\(unreadable) audit record(s) could not be read") }
+        }
+    }
+}
+
+/// A value behind a lock, for collecting from callbacks.
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout sending Value) -> sending R) -> R { mutex.withLock(body) }
 }
 
 /// Operator actions on one shard: skip or retry a quarantined message, reset a breaker.

@@ -73,6 +73,15 @@ struct AdminCommandTests {
         }
         #expect(host.shards.first { $0.topicPartition.partition == 1 }?.state == .running)
 
+        // The audit log has both changes: who, why, before and after.
+        let audit = try await runCLI(["audit", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(audit.status == 0, "\(audit.errors)")
+        let entries = audit.output.split(separator: "\n").filter { $0.contains("flag/orders/1") }
+        #expect(entries.count == 2, "\(audit.output)")
+        #expect(entries.first?.contains("unset   off") == true && entries.first?.contains("cli test") == true, "set: before unset, after off: \(audit.output)")
+        #expect(entries.last?.contains("off     unset") == true, "unset: before off, after unset: \(audit.output)")
+        #expect(entries.allSatisfy { $0.contains("via sluice CLI") }, "who: \(audit.output)")
+
         let bad = try await runCLI(["flags", "set", "bad topic", "off", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(bad.status == 1)
         #expect(bad.errors.hasPrefix("sluice: "), "\(bad.errors)")

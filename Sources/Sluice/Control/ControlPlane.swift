@@ -325,6 +325,9 @@ public final class ControlPlaneFlagSource: FlagSource {
         return flags
     }
 
+    /// The control plane's setting of one flag key (nil: not set there).
+    public func flag(_ key: FlagKey) -> FlagSetting? { table.flags.withLock { $0[key] } }
+
     /// Every control record before this offset was loaded into the host's flags.
     public var loadedPosition: Int64 { table.loadedPosition.withLock { $0 } }
 
@@ -359,11 +362,81 @@ public final class ControlPlaneFlagSource: FlagSource {
     public func close() async { await reader.close() }
 }
 
-/// Writes control records to a group's control topic.
+/// One change to a group's control state, as the audit topic keeps it: who, why, what, before and after.
+public struct AuditEntry: Sendable, Equatable {
+    /// When, in milliseconds since the epoch.
+    public var atMilliseconds: Int64
+    /// Who (an operator through the CLI or the admin API, or a host).
+    public var who: String?
+    /// Why, when given.
+    public var reason: String?
+    /// The control record's key (`flag/orders`, `quarantine/orders/3`, `command/...`).
+    public var subject: String
+    /// The state before (nil: not known to the writer) and after the change.
+    public var before: String?
+    public var after: String
+    /// The control record's offset.
+    public var controlOffset: Int64
+
+    /// Creates an entry.
+    public init(atMilliseconds: Int64, who: String?, reason: String?, subject: String, before: String?, after: String, controlOffset: Int64) {
+        self.atMilliseconds = atMilliseconds
+        self.who = who
+        self.reason = reason
+        self.subject = subject
+        self.before = before
+        self.after = after
+        self.controlOffset = controlOffset
+    }
+
+    /// The entry's JSON value (`{"v":1,...}`).
+    public var encoded: [UInt8] {
+        var object: [String: Any] = ["v": ControlRecord.version, "atMillis": atMilliseconds, "subject": subject, "after": after, "controlOffset": controlOffset]
+        if let who { object["who"] = who }
+        if let reason { object["reason"] = reason }
+        if let before { object["before"] = before }
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+    }
+
+    /// Reads an entry; nil when it is not one this version reads.
+    public init?(decoding value: [UInt8]) {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any], object["v"] as? Int == ControlRecord.version,
+            let at = (object["atMillis"] as? NSNumber)?.int64Value, let subject = object["subject"] as? String, let after = object["after"] as? String,
+            let offset = (object["controlOffset"] as? NSNumber)?.int64Value
+        else { return nil }
+        self.init(
+            atMilliseconds: at, who: object["who"] as? String, reason: object["reason"] as? String, subject: subject,
+            before: object["before"] as? String, after: after, controlOffset: offset)
+    }
+}
+
+/// Writes control records to a group's control topic, and an audit entry for each operator-visible change
+/// (flags, quarantines, commands; not heartbeats or trips) to the group's audit topic.
 public struct ControlPlaneWriter: Sendable {
     /// The control topic written to.
     public let topic: String
+    /// The audit topic (`__sluice-audit-GROUP` beside `__sluice-control-GROUP`; else `CONTROL.audit`).
+    public let auditTopic: String
     private let producer: KafkaProducer
+    private let logger: Logger
+
+    /// The audit topic kept beside a control topic.
+    public static func auditTopic(forControl topic: String) -> String {
+        let prefix = "__sluice-control-"
+        return topic.hasPrefix(prefix) ? "__sluice-audit-" + topic.dropFirst(prefix.count) : topic + ".audit"
+    }
+
+    /// Writes the audit entry of a change already made; a failure is logged, not thrown (the change stands).
+    private func audit(_ subject: String, before: String?, after: String, who: String?, reason: String?, offset: Int64) async {
+        let entry = AuditEntry(
+            atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), who: who, reason: reason, subject: subject, before: before, after: after,
+            controlOffset: offset)
+        do {
+            _ = try await producer.send(ProducerRecord(topic: auditTopic, partition: 0, key: Array(subject.utf8), value: entry.encoded))
+        } catch {
+            logger.warning("the change was made but its audit entry could not be written", metadata: ["sluice.subject": "\(subject)", "error": "\(error)"])
+        }
+    }
 
     /// Creates a writer with its own producer.
     public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger) throws {
@@ -371,15 +444,22 @@ public struct ControlPlaneWriter: Sendable {
         configuration.clientID = "sluice-control-writer"
         configuration.properties = properties
         self.topic = topic
+        self.auditTopic = Self.auditTopic(forControl: topic)
+        self.logger = logger
         producer = try KafkaProducer(configuration: configuration, logger: logger)
     }
 
     /// Sets a flag for the group (nil: unset it, so lower layers decide); returns the record's offset once
     /// the broker acknowledged it.
     @discardableResult
-    public func setFlag(_ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil) async throws -> Int64 {
+    public func setFlag(
+        _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none
+    ) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded
         let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+        let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
+        let previous = before.map { setting in setting.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset" }
+        await audit(recordKey, before: previous, after: after, who: who, reason: reason, offset: report.offset)
         return report.offset
     }
 
@@ -391,16 +471,25 @@ public struct ControlPlaneWriter: Sendable {
 
     /// Publishes a quarantine (nil: released) for the group; returns the record's offset.
     @discardableResult
-    public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) async throws -> Int64 {
+    public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.quarantine(topicPartition, quarantine).encoded
-        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+        let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+        func describe(_ quarantine: Quarantine?) -> String {
+            quarantine.map { "\($0.state.rawValue) at offset \($0.offset) (\($0.crashes) crash\($0.crashes == 1 ? "" : "es"), \($0.signal))" } ?? "released"
+        }
+        await audit(
+            recordKey, before: before.map(describe), after: describe(quarantine), who: quarantine?.who ?? quarantine?.host, reason: quarantine?.reason,
+            offset: offset)
+        return offset
     }
 
     /// Sends a command to the group (carried out by the host that owns its shard); returns its offset.
     @discardableResult
     public func send(_ command: ControlCommand) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
-        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+        let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+        await audit(recordKey, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who, reason: nil, offset: offset)
+        return offset
     }
 
     /// Publishes this host's status (nil: it left the group).

@@ -84,7 +84,7 @@ final class CrashContainment: Sendable {
     /// Writes a record and, with the control plane, waits until this host applied it.
     private func write(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, configuration: SluiceConfiguration, writer: ControlPlaneWriter?) async throws {
         if let writer, let control {
-            let offset = try await writer.setQuarantine(topicPartition, quarantine)
+            let offset = try await writer.setQuarantine(topicPartition, quarantine, before: self.quarantine(for: topicPartition))
             if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
                 throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
             }

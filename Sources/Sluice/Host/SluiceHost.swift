@@ -277,7 +277,7 @@ public final class SluiceHost: Service, Sendable {
         if let control {
             let writer = try ControlPlaneWriter(
                 bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, skip ? released : nil)
+            let written = try await writer.setQuarantine(topicPartition, skip ? released : nil, before: current)
             await writer.close()
             _ = await control.waitUntilApplied(written, timeout: configuration.control.loadTimeout)
         } else {
