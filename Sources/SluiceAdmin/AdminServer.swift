@@ -175,17 +175,13 @@ public struct AdminServer: Service {
             case .success(let parsed): topicPartition = parsed
             case .failure(let failure): return failure.response
             }
-            var request = request
-            let body: ByteBuffer
-            do {
-                body = try await request.collectBody(upTo: settings.maxBodyBytes)
-            } catch {
-                return problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")
+            let object: [String: Any]
+            switch await jsonObject(request, like: #"{"offset": 42, "reason": "..."}"#) {
+            case .success(let parsed): object = parsed
+            case .failure(let failure): return failure.response
             }
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any],
-                let offset = (object["offset"] as? NSNumber)?.int64Value
-            else {
-                return problem(.badRequest, "the body must be a JSON object with the quarantined message's offset, e.g. {\"offset\": 42, \"reason\": \"...\"}")
+            guard let offset = (object["offset"] as? NSNumber)?.int64Value else {
+                return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
             }
             guard host.quarantines[topicPartition] != nil else {
                 return problem(.notFound, "no quarantined message on \(topicPartition)")
@@ -210,21 +206,10 @@ public struct AdminServer: Service {
         case .success(let parsed): key = parsed
         case .failure(let failure): return failure.response
         }
-        var request = request
-        let body: ByteBuffer
-        do {
-            body = try await request.collectBody(upTo: settings.maxBodyBytes)
-        } catch {
-            return problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")
-        }
         let object: [String: Any]
-        do {
-            guard let parsed = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
-                return problem(.badRequest, "the body must be a JSON object like {\"enabled\": false, \"reason\": \"...\"}")
-            }
-            object = parsed
-        } catch {
-            return problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")
+        switch await jsonObject(request, like: #"{"enabled": false, "reason": "..."}"#) {
+        case .success(let parsed): object = parsed
+        case .failure(let failure): return failure.response
         }
         let unknown = Set(object.keys).subtracting(["enabled", "reason", "rate"])
         guard unknown.isEmpty else {
@@ -321,26 +306,46 @@ public struct AdminServer: Service {
 
     // MARK: Helpers
 
-    private struct BadKey: Error {
+    private struct BadRequest: Error {
         let response: Response
     }
 
+    /// The request's body as a JSON object, or a 413 (over `admin.maxBodyBytes`) or 400 naming the problem;
+    /// `example` shows the shape wanted.
+    private func jsonObject(_ request: Request, like example: String) async -> Result<[String: Any], BadRequest> {
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: settings.maxBodyBytes)
+        } catch {
+            return .failure(BadRequest(response: problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")))
+        }
+        do {
+            guard let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+                return .failure(BadRequest(response: problem(.badRequest, "the body must be a JSON object like \(example)")))
+            }
+            return .success(object)
+        } catch {
+            return .failure(BadRequest(response: problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")))
+        }
+    }
+
     /// The shard a `/v1/shards/{topic}/{partition}/...` route names, or a 400 naming the problem.
-    private func shard(_ context: BasicRequestContext) -> Result<TopicPartition, BadKey> {
+    private func shard(_ context: BasicRequestContext) -> Result<TopicPartition, BadRequest> {
         let topic = context.parameters.get("topic") ?? ""
         let partitionText = context.parameters.get("partition") ?? ""
         guard let partition = Int32(partitionText), partition >= 0 else {
-            return .failure(BadKey(response: problem(.badRequest, "partition must be a number, got '\(partitionText)'")))
+            return .failure(BadRequest(response: problem(.badRequest, "partition must be a number, got '\(partitionText)'")))
         }
         return .success(TopicPartition(topic, partition))
     }
 
     /// A flag key from its path form (`orders`, `orders/3`, `orders%2F3`, `*`), or a 400 naming the problem.
-    private func parseKey(_ rawKey: String) -> Result<FlagKey, BadKey> {
+    private func parseKey(_ rawKey: String) -> Result<FlagKey, BadRequest> {
         do {
             return .success(try FlagKey(parsing: rawKey.removingPercentEncoding ?? rawKey))
         } catch {
-            return .failure(BadKey(response: problem(.badRequest, (error as? SluiceError)?.message ?? "\(error)")))
+            return .failure(BadRequest(response: problem(.badRequest, (error as? SluiceError)?.message ?? "\(error)")))
         }
     }
 
