@@ -237,6 +237,33 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
+    /// Prints every shard of the group as its live hosts last reported it (host records from the last 15 s),
+    /// with the group's trips and quarantines.
+    func listShards() async throws {
+        guard let bootstrap else { return }
+        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        var owned: [(shard: String, host: String, state: String)] = []
+        for (identity, status) in records.hosts where now - status.atMilliseconds <= 15_000 {
+            for (shard, state) in status.shards { owned.append((shard, identity, state)) }
+        }
+        var rows = [["SHARD", "STATE", "HOST", "NOTE"]]
+        for entry in owned.sorted(by: { ($0.shard, $0.host) < ($1.shard, $1.host) }) {
+            var note = ""
+            if let partition = try? ShardsCommand.parse(entry.shard) {
+                if let quarantine = records.quarantines[partition] { note = "quarantine: \(quarantine.state.rawValue) at offset \(quarantine.offset)" }
+                else if let trip = records.trips[partition] { note = "tripped: \(trip.reason.prefix(60))" }
+            }
+            rows.append([entry.shard, entry.state, entry.host, note])
+        }
+        print(Table.render(rows))
+        let hosts = Set(owned.map(\.host)).count
+        print("\(owned.count) shard(s) on \(hosts) live host(s)")
+    }
+
     /// Prints the control topic's flags and the group's hosts, read to the topic's end.
     func list() async throws {
         guard let bootstrap else { return }
@@ -492,8 +519,22 @@ struct ShardsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shards",
         abstract: "Release a quarantined message (skip it, or try it again) and reset shards.",
-        subcommands: [Skip.self, Reset.self]
+        subcommands: [List.self, Skip.self, Reset.self]
     )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the group's shards from its control topic: owner, state, trips and quarantines (no admin URL needed).")
+        @OptionGroup var control: ControlOptions
+
+        func validate() throws {
+            if control.bootstrap == nil { throw ValidationError("shards list reads the group's control topic: add --bootstrap and --group") }
+        }
+
+        func run() async throws {
+            try await runAdmin { try await control.listShards() }
+        }
+    }
 
     static func parse(_ text: String) throws -> TopicPartition {
         guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]), partition >= 0,

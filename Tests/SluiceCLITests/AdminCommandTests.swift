@@ -73,6 +73,12 @@ struct AdminCommandTests {
         }
         #expect(host.shards.first { $0.topicPartition.partition == 1 }?.state == .running)
 
+        // The group's shards, from the hosts' records in the control topic.
+        let shards = try await runCLI(["shards", "list", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(shards.status == 0, "\(shards.errors)")
+        #expect(shards.output.contains("orders/0  running  \(host.identity)") && shards.output.contains("orders/1  running  \(host.identity)"), "\(shards.output)")
+        #expect(shards.output.hasSuffix("2 shard(s) on 1 live host(s)\n"), "\(shards.output)")
+
         // The audit log has both changes: who, why, before and after.
         let audit = try await runCLI(["audit", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(audit.status == 0, "\(audit.errors)")
