@@ -19,6 +19,7 @@ test: deps
 
 # The DocC catalog of Sluice (Sources/Sluice/Sluice.docc), into .build/docs.
 docs: deps
+	mkdir -p .build/docs
 	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target Sluice \
 		--output-path .build/docs/Sluice --warnings-as-errors
 	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target SluiceKafka \
