@@ -569,6 +569,9 @@ final class ConsumerLoop: @unchecked Sendable {
         } else {
             affected = Array(partitions.values)
         }
+        // Paused ones are left alone: nothing is lost while they are paused (a flag off during an incident
+        // pauses many), and once resumed, their owner's check (messages waiting, nothing fetched) restarts them.
+        affected.removeAll { pauses.pausedInLibrdkafka.contains($0.topicPartition) }
         schedule(restartOf: affected, why: "librdkafka could not fetch its committed offset and will not start it")
     }
 

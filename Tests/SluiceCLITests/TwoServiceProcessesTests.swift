@@ -66,11 +66,11 @@ struct TwoServiceProcessesTests {
         #expect(await first.exit() == 0)
         let firstLog = await firstOutput.all()
         let secondLog = await secondOutput.all()
-        if !allCommitted {
-            // Seen once in a CI run: what each host's shards did, for the next look.
+        if !allCommitted || firstLog.contains("partitions lost") || secondLog.contains("partitions lost") {
+            // Seen in CI runs: what each host's shards and group did, for the next look.
             for (name, log) in [("first", firstLog), ("second", secondLog)] {
                 let lines = log.split(separator: "\n").filter { line in
-                    ["partitions", "shard", "flag changed", "commit", "stalled", "rebalance", "lost"].contains { line.contains($0) }
+                    ["partitions", "shard", "flag changed", "commit", "stalled", "rebalance", "lost", "fetcher", "librdkafka"].contains { line.contains($0) }
                 }
                 print("--- \(name) host, shard and group lines ---\n" + lines.suffix(200).joined(separator: "\n"))
             }
