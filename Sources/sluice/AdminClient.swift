@@ -188,19 +188,20 @@ struct ControlOptions: ParsableArguments {
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
-        guard var quarantine = records.quarantines[topicPartition] else {
+        guard let quarantine = records.quarantines[topicPartition] else {
             throw AdminClient.Failure(description: "no quarantined message on \(topicPartition) in control topic '\(topic)'")
         }
-        if let offset, offset != quarantine.offset {
-            throw AdminClient.Failure(description: "the quarantine of \(topicPartition) is at offset \(quarantine.offset), not \(offset)")
-        }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
-        quarantine.state = .skip
-        quarantine.who = "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"
-        quarantine.reason = reason
+        let released: Quarantine?
+        do {
+            released = try quarantine.released(
+                skip: skip, offset: offset, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", reason: reason, of: topicPartition)
+        } catch {
+            throw AdminClient.Failure(description: error.message)
+        }
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, skip ? quarantine : nil, before: records.quarantines[topicPartition])
+            let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: written, topic: topic, bootstrap: bootstrap, logger: logger)
             var line = "\(topicPartition): offset \(quarantine.offset) \(skip ? "skipped" : "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
@@ -537,10 +538,10 @@ struct ShardsCommand: AsyncParsableCommand {
     }
 
     static func parse(_ text: String) throws -> TopicPartition {
-        guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]), partition >= 0,
-            slash > text.startIndex
-        else { throw ValidationError("a shard is TOPIC/PARTITION, e.g. orders/3, got '\(text)'") }
-        return TopicPartition(String(text[..<slash]), partition)
+        guard let topicPartition = TopicPartition(parsing: text) else {
+            throw ValidationError("a shard is TOPIC/PARTITION, e.g. orders/3, got '\(text)'")
+        }
+        return topicPartition
     }
 
     struct Skip: AsyncParsableCommand {

@@ -342,6 +342,9 @@ public final class ControlPlaneFlagSource: FlagSource {
         table.commands.withLock { $0.filter { $0.offset >= offset } }
     }
 
+    /// One partition's quarantine, if any (without copying the whole table).
+    func quarantine(for topicPartition: TopicPartition) -> Quarantine? { table.quarantines.withLock { $0[topicPartition] } }
+
     /// The group's quarantined (or counted) messages.
     public var quarantines: [TopicPartition: Quarantine] { table.quarantines.withLock { $0 } }
 

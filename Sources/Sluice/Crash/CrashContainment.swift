@@ -17,7 +17,7 @@ final class CrashContainment: Sendable {
 
     /// The quarantine of a partition's message, if any.
     func quarantine(for topicPartition: TopicPartition) -> Quarantine? {
-        if let control { return control.quarantines[topicPartition] }
+        if let control { return control.quarantine(for: topicPartition) }
         return local?.all[topicPartition]
     }
 

@@ -57,6 +57,20 @@ public struct Quarantine: Sendable, Hashable {
         self.reason = reason
     }
 
+    /// What an operator's release writes: with `skip`, this quarantine marked skipped with who and why; else
+    /// nil (released, tried again). Throws when `offset` is given and is not the quarantined one.
+    public func released(skip: Bool, offset: Int64?, who: String?, reason: String?, of topicPartition: TopicPartition) throws(SluiceError) -> Quarantine? {
+        if let offset, offset != self.offset {
+            throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(self.offset), not \(offset)")
+        }
+        guard skip else { return nil }
+        var released = self
+        released.state = .skip
+        released.who = who
+        released.reason = reason
+        return released
+    }
+
     /// The offsets it covers.
     public var range: Range<Int64> { offset..<(offset + Int64(max(1, count))) }
 
@@ -140,8 +154,8 @@ final class LocalQuarantineFile: Sendable {
 }
 
 extension TopicPartition {
-    /// Parses `topic/partition`.
-    init?(parsing text: String) {
+    /// Parses `topic/partition` (a Kafka topic name, a partition 0 or more).
+    public init?(parsing text: String) {
         guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]), partition >= 0 else { return nil }
         let topic = String(text[..<slash])
         guard TopicName.problem(topic) == nil else { return nil }

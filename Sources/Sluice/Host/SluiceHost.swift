@@ -256,32 +256,27 @@ public final class SluiceHost: Service, Sendable {
     ///   - offset: the offset the operator saw quarantined; refused when it is not the one.
     ///   - who: the operator, kept with the release.
     ///   - reason: why, kept with the release.
+    /// - Returns: the record written: the skipped quarantine, or nil when it was released to be tried again.
     /// - Throws: ``SluiceError`` when there is no such quarantine, the offset differs, or it cannot be written.
     @discardableResult
     public func releaseQuarantine(
         _ topicPartition: TopicPartition, skip: Bool, offset: Int64?, who: String?, reason: String?
-    ) async throws -> Quarantine {
+    ) async throws -> Quarantine? {
         guard let containment = crashContainment else {
             throw SluiceError(code: .state, message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
         }
         guard let current = containment.quarantine(for: topicPartition) else {
             throw SluiceError(code: .state, message: "no quarantined message on \(topicPartition)")
         }
-        if let offset, offset != current.offset {
-            throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(current.offset), not \(offset)")
-        }
-        var released = current
-        released.state = .skip
-        released.who = who
-        released.reason = reason
+        let released = try current.released(skip: skip, offset: offset, who: who, reason: reason, of: topicPartition)
         if let control {
             let writer = try ControlPlaneWriter(
                 bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, skip ? released : nil, before: current)
+            let written = try await writer.setQuarantine(topicPartition, released, before: current)
             await writer.close()
             _ = await control.waitUntilApplied(written, timeout: configuration.control.loadTimeout)
         } else {
-            try containment.setLocal(topicPartition, skip ? released : nil)
+            try containment.setLocal(topicPartition, released)
         }
         logger.notice(
             skip ? "quarantined message skipped by an operator" : "quarantine released by an operator; the handler tries the message again",
