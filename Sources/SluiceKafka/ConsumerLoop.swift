@@ -602,8 +602,11 @@ final class ConsumerLoop: @unchecked Sendable {
                 logger.error("restarting a partition's fetcher failed", metadata: metadata(state.topicPartition, ["kafka.error": "\(failure.message)"]))
                 continue
             }
-            // Its pause state, applied again as after any assignment.
+            // Its pause state, applied again as after any assignment. A partition that should fetch is resumed
+            // whatever the record says librdkafka has (seen on 2.16: a handed-back partition that fetched
+            // nothing after a restart): it delivered nothing, so a resume that rewinds it loses nothing.
             state.newlyAssigned = true
+            if state.reasons.isEmpty { pauses.applied(.pause, to: state.topicPartition) }
             reconcilePause(state)
             logger.info("partition fetcher restarted", metadata: metadata(state.topicPartition, ["sluice.restarts": "\(state.restarts)"]))
         }
