@@ -255,6 +255,13 @@ struct ConfigurationLoadingTests {
         #expect(configuration.control.enabled)
         #expect(configuration.controlTopic == "ops.control")
         #expect(configuration.control.loadTimeout == .seconds(5))
+        #expect(defaults.control.createTopics && defaults.control.replicationFactor == -1)
+        let byHand = try await SluiceConfiguration.load(
+            file: try write(base + "control: {enabled: true, createTopics: off, replicationFactor: 3}\n"), environment: [:])
+        #expect(!byHand.control.createTopics && byHand.control.replicationFactor == 3)
+        #expect(
+            try await loadError(base + "control: {replicationFactor: 0}\n")
+                == "FILE:2:30: control.replicationFactor: must be -1 (the brokers' default) or at least 1, got 0")
         #expect(
             try await loadError(base + "control: {topic: \"a b\"}\n")
                 == "FILE:2:18: control.topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")

@@ -31,7 +31,14 @@ struct OrderService: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let store = try PaymentStore(path: database)
-        let host = SluiceHost(configuration: configuration, logger: logger)
+        // A flag service of the team's own, polled over HTTP, below the control plane and above the flag file.
+        let flagSources: [any FlagSource] = try ProcessInfo.processInfo.environment["ORDER_SERVICE_FLAGS_URL"].map { text in
+            guard let url = URL(string: text), url.scheme == "http" || url.scheme == "https" else {
+                throw ValidationError("ORDER_SERVICE_FLAGS_URL: expected an http(s) URL, got '\(text)'")
+            }
+            return [HTTPFlagSource(url: url)]
+        } ?? []
+        let host = SluiceHost(configuration: configuration, logger: logger, flagSources: flagSources)
         let orders = OrderHandler()
         host.register("orders", orders)
         host.register("payments", batchHandler: PaymentsSink(store: store, delay: .milliseconds(paymentDelayMs)))

@@ -56,7 +56,7 @@ struct ConfigurationLayout {
     static let schema: [String: Set<String>] = [
         "": ["kafka", "topics", "host", "flags", "admin", "control", "metrics"],
         "metrics": ["perPartition"],
-        "control": ["enabled", "topic", "loadTimeout"],
+        "control": ["enabled", "topic", "loadTimeout", "createTopics", "replicationFactor"],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
         "kafka.properties": ["*"],
         "kafka.producerProperties": ["*"],
@@ -198,6 +198,13 @@ private struct ConfigurationValues {
         }
         configuration.control.loadTimeout = try duration(["control", "loadTimeout"], atLeast: .seconds(1), "must be at least 1s")
             ?? configuration.control.loadTimeout
+        configuration.control.createTopics = try onOff(["control", "createTopics"]) ?? configuration.control.createTopics
+        if let factor = try integer(["control", "replicationFactor"]) {
+            guard factor == -1 || (1...32767).contains(factor) else {
+                throw problem(["control", "replicationFactor"], "must be -1 (the brokers' default) or at least 1, got \(factor)")
+            }
+            configuration.control.replicationFactor = factor
+        }
         configuration.admin.enabled = try onOff(["admin", "enabled"]) ?? configuration.admin.enabled
         configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen
         configuration.admin.token = try string(["admin", "token"], isSecret: true)

@@ -51,6 +51,13 @@ public struct SluiceConfiguration: Sendable {
         /// How long a starting host may take to read the control topic to its end before it gives up (it
         /// does not fetch without its control state). Default 30 s.
         public var loadTimeout: Duration = .seconds(30)
+        /// Whether a starting host creates the control topic (one partition, compacted) and the audit topic
+        /// when they are missing, with the admin API (CreateTopics). Default true; turn it off where hosts
+        /// may not create topics and the topics are made by hand.
+        public var createTopics = true
+        /// The replication factor of topics the host creates; default -1, the brokers'
+        /// `default.replication.factor` (Kafka 2.4 and later).
+        public var replicationFactor = -1
 
         /// Creates the default control settings (off).
         public init() {}

@@ -104,12 +104,19 @@ public final class SluiceHost: Service, Sendable {
     public var quarantines: [TopicPartition: Quarantine] { crashContainment?.quarantines ?? [:] }
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
-    public convenience init(configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice")) {
-        self.init(configuration: configuration, logger: logger, clock: SystemHostClock())
+    ///
+    /// - Parameter flagSources: flag sources of your own (a flag service such as LaunchDarkly, Unleash or an
+    ///   OpenFeature provider), highest precedence first. They rank below the group's control plane (an
+    ///   operator's flip during an incident wins) and above the flag file; polled every `flags.pollInterval`,
+    ///   or at once when a source pushes ``FlagSource/changes``.
+    public convenience init(
+        configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = []
+    ) {
+        self.init(configuration: configuration, logger: logger, clock: SystemHostClock(), flagSources: flagSources)
     }
 
     /// Creates a host whose timed logic runs on `clock` (tests drive a manual one).
-    init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock) {
+    init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = []) {
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
@@ -129,6 +136,7 @@ public final class SluiceHost: Service, Sendable {
         } else {
             self.control = nil
         }
+        sources += flagSources
         if let file = configuration.flags.file { sources.append(FileFlagSource(path: file)) }
         self.flags = FlagResolver(
             sources: sources, defaultEnabled: configuration.flags.defaultEnabled,
@@ -284,6 +292,48 @@ public final class SluiceHost: Service, Sendable {
         return released
     }
 
+    /// Creates the group's control topic (one partition, compacted: the latest record of each key is the
+    /// state) and its audit topic (time-retained history) when they are missing; an existing topic is used
+    /// as it is, with a warning when it has more than the one partition Sluice reads.
+    private func ensureControlTopics(_ controlTopic: String) async throws {
+        let topics = [
+            KafkaTopicAdmin.NewTopic(
+                name: controlTopic, replicationFactor: configuration.control.replicationFactor, config: ["cleanup.policy": "compact"]),
+            KafkaTopicAdmin.NewTopic(
+                name: ControlPlaneWriter.auditTopic(forControl: controlTopic), replicationFactor: configuration.control.replicationFactor,
+                config: ["cleanup.policy": "delete"]),
+        ]
+        for topic in topics {
+            let outcome: KafkaTopicAdmin.Outcome
+            do {
+                outcome = try await KafkaTopicAdmin.ensure(
+                    topic, bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
+                    timeout: configuration.control.loadTimeout)
+            } catch {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "control topic '\(controlTopic)' could not be read: checking that topic '\(topic.name)' exists at "
+                        + "\(configuration.kafka.bootstrap) or creating it failed (\(error)); create it by hand with 1 partition and cleanup.policy="
+                        + "\(topic.config["cleanup.policy"] ?? "compact") and set control.createTopics: off, or let this host create topics; "
+                        + "the host does not fetch without it")
+            }
+            switch outcome {
+            case .created:
+                logger.notice("created topic", metadata: ["kafka.topic": "\(topic.name)", "kafka.cleanup_policy": "\(topic.config["cleanup.policy"] ?? "")"])
+            case .existed(let partitions) where partitions > 1:
+                logger.warning(
+                    "topic has more than one partition; Sluice reads and writes only partition 0",
+                    metadata: ["kafka.topic": "\(topic.name)", "kafka.partitions": "\(partitions)"])
+            case .existed:
+                break
+            case .leftToAutoCreation(let reason):
+                logger.info(
+                    "the brokers cannot create topics on request; the topic is left to their auto-creation",
+                    metadata: ["kafka.topic": "\(topic.name)", "reason": "\(reason)"])
+            }
+        }
+    }
+
     /// Joins the group and runs shards until shutdown.
     ///
     /// - Throws: ``SluiceError`` when handlers and configuration do not match, `KafkaError` when the
@@ -294,6 +344,7 @@ public final class SluiceHost: Service, Sendable {
             guard let control else {
                 throw SluiceError(code: .configuration, message: "control: the control topic reader could not be created (check kafka.bootstrap and kafka.properties)")
             }
+            if configuration.control.createTopics { try await ensureControlTopics(control.topic) }
             // Every record written before now applies before any partition of ours fetches.
             try await control.load(timeout: configuration.control.loadTimeout)
             logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])

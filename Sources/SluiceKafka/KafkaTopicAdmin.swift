@@ -1,0 +1,130 @@
+import Crdkafka
+import Logging
+
+/// Makes sure a topic Sluice keeps its own records in (a group's control and audit topics) exists, creating
+/// it with librdkafka's admin API (CreateTopics) when it is missing.
+///
+/// A topic that exists is left as it is: its partition count is reported (Sluice reads and writes only its
+/// partition 0, so more partitions waste nothing but are worth a warning). Two hosts that start together may
+/// both try to create it; the loser's "already exists" is success.
+public enum KafkaTopicAdmin {
+    /// What ``ensure(_:bootstrapServers:properties:timeout:)`` found or did.
+    public enum Outcome: Equatable, Sendable {
+        /// The topic was there, with this many partitions.
+        case existed(partitions: Int)
+        /// It was created as asked.
+        case created
+        /// The brokers have no CreateTopics (librdkafka's mock cluster, which the embedded cluster and
+        /// `sluice dev-broker` run, or Kafka before 0.10.1); the topic is left to the brokers' auto-creation
+        /// when it is first read or written. `reason` says which.
+        case leftToAutoCreation(reason: String)
+    }
+
+    /// A topic to create when missing.
+    public struct NewTopic: Sendable, Equatable {
+        /// The topic's name.
+        public var name: String
+        /// Its partitions.
+        public var partitions: Int
+        /// Its replication factor; -1 takes the brokers' `default.replication.factor` (Kafka 2.4 and later).
+        public var replicationFactor: Int
+        /// Topic configuration, such as `cleanup.policy` = `compact`.
+        public var config: [String: String]
+
+        /// Describes a topic to create.
+        public init(name: String, partitions: Int = 1, replicationFactor: Int = -1, config: [String: String] = [:]) {
+            self.name = name
+            self.partitions = partitions
+            self.replicationFactor = replicationFactor
+            self.config = config
+        }
+    }
+
+    /// Creates `topic` unless the cluster has it. Runs its blocking librdkafka calls off the cooperative pool.
+    /// Throws when the cluster cannot be asked or refuses the creation (for example for lack of ACLs), with
+    /// librdkafka's reason and what to create by hand.
+    public static func ensure(
+        _ topic: NewTopic, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
+    ) async throws(KafkaError) -> Outcome {
+        do {
+            return try await OwnerThread.blocking { () throws(KafkaError) -> Outcome in
+                try ensureBlocking(topic, bootstrapServers: bootstrapServers, properties: properties, timeout: timeout)
+            }
+        } catch let error as KafkaError {
+            throw error
+        } catch {
+            throw KafkaError(code: .librdkafka, message: "\(error)")
+        }
+    }
+
+    private static func ensureBlocking(
+        _ topic: NewTopic, bootstrapServers: String, properties: [String: String], timeout: Duration
+    ) throws(KafkaError) -> Outcome {
+        let settings = [("bootstrap.servers", bootstrapServers), ("client.id", "sluice-topic-admin")]
+            + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
+        let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "topic admin client")
+        // Declared first, run last: the queue and options below go before the client does.
+        defer { withExtendedLifetime(handle) {} }
+        // The description first: a bad one is refused before the cluster is asked anything.
+        var errorText = [CChar](repeating: 0, count: 512)
+        func text() -> String { String(decoding: errorText.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        guard let newTopic = rd_kafka_NewTopic_new(topic.name, Int32(topic.partitions), Int32(topic.replicationFactor), &errorText, errorText.count)
+        else { throw .configuration("topic '\(topic.name)': \(text())") }
+        defer { rd_kafka_NewTopic_destroy(newTopic) }
+        for (name, value) in topic.config.sorted(by: { $0.key < $1.key }) {
+            let error = rd_kafka_NewTopic_set_config(newTopic, name, value)
+            if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw .rdkafka(error, context: "topic '\(topic.name)': config \(name)=\(value)") }
+        }
+        if try handle.topicExists(topic.name, timeout: timeout) {
+            return .existed(partitions: try handle.partitionCount(topic: topic.name, timeout: timeout))
+        }
+        // librdkafka's mock cluster (the embedded cluster, `sluice dev-broker`) names itself `mockCluster…`; it
+        // has no CreateTopics and no controller to send it to (an admin request would wait for one until it
+        // times out), and it auto-creates topics on first use.
+        if let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) {
+            defer { rd_kafka_mem_free(handle.pointer, clusterID) }
+            let id = String(cString: clusterID)
+            if id.hasPrefix("mockCluster") {
+                return .leftToAutoCreation(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
+            }
+        }
+        let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_CREATETOPICS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        let milliseconds = Int32(clamping: timeout.milliseconds)
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds, &errorText, errorText.count)
+        _ = rd_kafka_AdminOptions_set_operation_timeout(options, milliseconds, &errorText, errorText.count)
+        guard let queue = rd_kafka_queue_new(handle.pointer) else { throw .state("rd_kafka_queue_new failed") }
+        defer { rd_kafka_queue_destroy(queue) }
+        var topics: [OpaquePointer?] = [newTopic]
+        rd_kafka_CreateTopics(handle.pointer, &topics, 1, options, queue)
+        // The result arrives within the request timeout; a little more for the admin request's own queueing.
+        guard let event = rd_kafka_queue_poll(queue, milliseconds + 1000) else {
+            throw KafkaError(code: .timeout, message: "creating topic '\(topic.name)': no answer within \(timeout)")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        let requestError = rd_kafka_event_error(event)
+        if requestError == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE {
+            return .leftToAutoCreation(reason: String(cString: rd_kafka_event_error_string(event)))
+        }
+        if requestError != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError(
+                code: .librdkafka, message: "creating topic '\(topic.name)': \(String(cString: rd_kafka_event_error_string(event)))",
+                librdkafkaCode: requestError.rawValue)
+        }
+        var count = 0
+        guard let result = rd_kafka_event_CreateTopics_result(event),
+            let results = rd_kafka_CreateTopics_result_topics(result, &count), count == 1, let topicResult = results[0]
+        else { throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': the answer names no topic") }
+        let error = rd_kafka_topic_result_error(topicResult)
+        switch error {
+        case RD_KAFKA_RESP_ERR_NO_ERROR:
+            return .created
+        case RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS:
+            // Another host created it in the meantime.
+            return .existed(partitions: try handle.partitionCount(topic: topic.name, timeout: timeout))
+        default:
+            let reason = rd_kafka_topic_result_error_string(topicResult).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
+            throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': \(reason)", librdkafkaCode: error.rawValue)
+        }
+    }
+}
