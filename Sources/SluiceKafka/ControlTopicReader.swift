@@ -123,7 +123,10 @@ public final class ControlTopicReader: Sendable {
             }
             waiter?.resume()
         }
-        // The end to load to: the high watermark now (the embedded cluster creates the topic on this query).
+        // The topic's leader, known at once: otherwise librdkafka looks it up on its once-a-second topic scan,
+        // a second added to every CLI command. (The embedded cluster creates a missing topic here.)
+        _ = try? handle.partitionCount(topic: topic, timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))))
+        // The end to load to: the high watermark now.
         var low: Int64 = 0
         var high: Int64 = 0
         var error = RD_KAFKA_RESP_ERR__TIMED_OUT

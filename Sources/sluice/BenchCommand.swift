@@ -40,6 +40,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How long the steady producer of --latency runs, in seconds.")
     var latencySeconds: Int = 10
 
+    @Option(name: .long, help: "Instead of the cases: three host processes in one group under a steady load, and this many flag flips through the CLI; time to every shard off on every host, time to the first message after the flag goes back on, and messages lost or handled twice.")
+    var fleet: Int?
+
     func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
@@ -61,6 +64,10 @@ struct BenchCommand: AsyncParsableCommand {
         }
         if let latency {
             try await runLatency(rate: latency, logger: logger)
+            return
+        }
+        if let fleet {
+            try await runFleet(flips: fleet, logger: logger)
             return
         }
         // The broker and the preloading producer run as child processes, so this process's memory is the

@@ -422,11 +422,22 @@ public struct ControlPlaneWriter: Sendable {
     public let auditTopic: String
     private let producer: KafkaProducer
     private let logger: Logger
+    /// Whether the topics' metadata was asked for (shared by copies of the writer).
+    private let prepared = PreparedFlag()
 
     /// The audit topic kept beside a control topic.
     public static func auditTopic(forControl topic: String) -> String {
         let prefix = "__sluice-control-"
         return topic.hasPrefix(prefix) ? "__sluice-audit-" + topic.dropFirst(prefix.count) : topic + ".audit"
+    }
+
+    /// Asks for both topics' metadata before the first record. A new producer otherwise learns an unknown
+    /// topic's leader only on librdkafka's once-a-second topic scan, which made every CLI write take a second
+    /// per topic.
+    private func prepare() async {
+        guard !prepared.value.withLock({ $0 }) else { return }
+        for name in [topic, auditTopic] { _ = try? await producer.partitionCount(topic: name) }
+        prepared.value.withLock { $0 = true }
     }
 
     /// Writes the audit entry of a change already made; a failure is logged, not thrown (the change stands).
@@ -459,6 +470,7 @@ public struct ControlPlaneWriter: Sendable {
         _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none
     ) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded
+        await prepare()
         let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
         let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
         let previous = before.map { setting in setting.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset" }
@@ -469,6 +481,7 @@ public struct ControlPlaneWriter: Sendable {
     /// Publishes a shard's trip (nil: cleared) for the group.
     func setTrip(_ topicPartition: TopicPartition, _ trip: ControlRecord.Trip?) async throws {
         let (recordKey, value) = ControlRecord.trip(topicPartition, trip).encoded
+        await prepare()
         _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
     }
 
@@ -476,6 +489,7 @@ public struct ControlPlaneWriter: Sendable {
     @discardableResult
     public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.quarantine(topicPartition, quarantine).encoded
+        await prepare()
         let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
         func describe(_ quarantine: Quarantine?) -> String {
             quarantine.map { "\($0.state.rawValue) at offset \($0.offset) (\($0.crashes) crash\($0.crashes == 1 ? "" : "es"), \($0.signal))" } ?? "released"
@@ -490,6 +504,7 @@ public struct ControlPlaneWriter: Sendable {
     @discardableResult
     public func send(_ command: ControlCommand) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
+        await prepare()
         let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
         await audit(recordKey, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who, reason: nil, offset: offset)
         return offset
@@ -498,9 +513,15 @@ public struct ControlPlaneWriter: Sendable {
     /// Publishes this host's status (nil: it left the group).
     func setHost(_ identity: String, _ status: ControlHostStatus?) async throws {
         let (recordKey, value) = ControlRecord.host(identity, status).encoded
+        await prepare()
         _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
     }
 
     /// Flushes and closes the producer.
     public func close() async { await producer.close() }
+}
+
+/// A flag shared by the copies of a ``ControlPlaneWriter``.
+private final class PreparedFlag: Sendable {
+    let value = Mutex(false)
 }
