@@ -43,6 +43,9 @@ struct FleetHostCommand: AsyncParsableCommand {
                 let shards = host.shards.filter { $0.topicPartition.topic == topic }
                 let now = (off: shards.filter { $0.state == .off }.count, owned: shards.count)
                 if now != last {
+                    // What was handled so far is in the file before the change is announced, so a host killed
+                    // after it (kill -9 while the topic is off) leaves a complete record.
+                    try? recorder.flush(sync: false)
                     FleetHostCommand.say("S \(FleetHostCommand.milliseconds()) \(now.off) \(now.owned)")
                     last = now
                 }
@@ -90,13 +93,13 @@ final class HandledRecorder: Sendable {
         if let chunk { try write(chunk) }
     }
 
-    func flush() throws {
+    func flush(sync: Bool = true) throws {
         let chunk = state.withLock { state -> String in
             defer { state.pending = "" }
             return state.pending
         }
         try write(chunk)
-        try file.synchronize()
+        if sync { try file.synchronize() }
     }
 
     private func write(_ chunk: String) throws {
