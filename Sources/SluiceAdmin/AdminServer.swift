@@ -144,7 +144,7 @@ public struct AdminServer: Service {
             var released = false
             if host.quarantines[topicPartition] != nil {
                 do {
-                    try await host.releaseQuarantine(topicPartition, skip: false, offset: nil, who: caller(request), reason: nil)
+                    try await host.releaseQuarantine(topicPartition, as: .retry, offset: nil, who: caller(request), reason: nil)
                     released = true
                 } catch {
                     return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
@@ -168,31 +168,35 @@ public struct AdminServer: Service {
             logger.notice("shard reset by operator", metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))"])
             return json(.ok, ["reset": topicPartition.description, "quarantineReleased": released])
         }
-        router.post("v1/shards/:topic/:partition/skip") { request, context in
-            if let denied = authorize(request) { return denied }
-            let topicPartition: TopicPartition
-            switch shard(context) {
-            case .success(let parsed): topicPartition = parsed
-            case .failure(let failure): return failure.response
+        // A quarantined message released without a handler call: committed (skip), or written to the topic's
+        // dead-letter topic with its crash report (dead-letter).
+        for (path, release, answer) in [("skip", Quarantine.Release.skip, "skipped"), ("dead-letter", .deadLetter, "deadLettered")] {
+            router.post("v1/shards/:topic/:partition/\(path)") { request, context in
+                if let denied = authorize(request) { return denied }
+                let topicPartition: TopicPartition
+                switch shard(context) {
+                case .success(let parsed): topicPartition = parsed
+                case .failure(let failure): return failure.response
+                }
+                let object: [String: Any]
+                switch await jsonObject(request, like: #"{"offset": 42, "reason": "..."}"#) {
+                case .success(let parsed): object = parsed
+                case .failure(let failure): return failure.response
+                }
+                guard let offset = (object["offset"] as? NSNumber)?.int64Value else {
+                    return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
+                }
+                guard host.quarantines[topicPartition] != nil else {
+                    return problem(.notFound, "no quarantined message on \(topicPartition)")
+                }
+                do {
+                    try await host.releaseQuarantine(
+                        topicPartition, as: release, offset: offset, who: caller(request), reason: object["reason"] as? String)
+                } catch {
+                    return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
+                }
+                return json(.ok, [answer: topicPartition.description, "offset": offset])
             }
-            let object: [String: Any]
-            switch await jsonObject(request, like: #"{"offset": 42, "reason": "..."}"#) {
-            case .success(let parsed): object = parsed
-            case .failure(let failure): return failure.response
-            }
-            guard let offset = (object["offset"] as? NSNumber)?.int64Value else {
-                return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
-            }
-            guard host.quarantines[topicPartition] != nil else {
-                return problem(.notFound, "no quarantined message on \(topicPartition)")
-            }
-            do {
-                try await host.releaseQuarantine(
-                    topicPartition, skip: true, offset: offset, who: caller(request), reason: object["reason"] as? String)
-            } catch {
-                return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
-            }
-            return json(.ok, ["skipped": topicPartition.description, "offset": offset])
         }
         return router
     }

@@ -181,8 +181,9 @@ struct ControlOptions: ParsableArguments {
     }
 
     /// Releases a quarantined message through the control topic: `skip` commits it without a handler call,
-    /// otherwise it is tried again. Refused when the topic holds no quarantine there, or one at another offset.
-    func releaseQuarantine(_ topicPartition: TopicPartition, skip: Bool, offset: Int64?, reason: String?) async throws {
+    /// `deadLetter` writes it to the dead-letter topic, `retry` tries it again. Refused when the topic holds
+    /// no quarantine there, or one at another offset.
+    func releaseQuarantine(_ topicPartition: TopicPartition, as release: Quarantine.Release, offset: Int64?, reason: String?) async throws {
         guard let bootstrap else { return }
         let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
         var logger = Logger(label: "sluice.cli")
@@ -195,7 +196,7 @@ struct ControlOptions: ParsableArguments {
         let released: Quarantine?
         do {
             released = try quarantine.released(
-                skip: skip, offset: offset, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", reason: reason, of: topicPartition)
+                release, offset: offset, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", reason: reason, of: topicPartition)
         } catch {
             throw AdminClient.Failure(description: error.message)
         }
@@ -204,7 +205,7 @@ struct ControlOptions: ParsableArguments {
             let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: written, topic: topic, bootstrap: bootstrap, logger: logger)
-            var line = "\(topicPartition): offset \(quarantine.offset) \(skip ? "skipped" : "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
+            var line = "\(topicPartition): offset \(quarantine.offset) \(["skip": "skipped", "deadLetter": "released to the dead-letter topic"][release.rawValue] ?? "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
             if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
             print(line)
         } catch {
@@ -221,7 +222,7 @@ struct ControlOptions: ParsableArguments {
         logger.logLevel = .error
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         if records.quarantines[topicPartition] != nil {
-            try await releaseQuarantine(topicPartition, skip: false, offset: nil, reason: nil)
+            try await releaseQuarantine(topicPartition, as: .retry, offset: nil, reason: nil)
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
@@ -520,7 +521,7 @@ struct ShardsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shards",
         abstract: "Release a quarantined message (skip it, or try it again) and reset shards.",
-        subcommands: [List.self, Skip.self, Reset.self]
+        subcommands: [List.self, Skip.self, DeadLetter.self, Reset.self]
     )
 
     struct List: AsyncParsableCommand {
@@ -547,6 +548,22 @@ struct ShardsCommand: AsyncParsableCommand {
     struct Skip: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Commit a quarantined message without calling its handler (it killed the process); audited with who and why.")
+        @OptionGroup var release: ReleaseOptions
+
+        func run() async throws { try await release.run(.skip, done: "skipped") }
+    }
+
+    struct DeadLetter: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "dead-letter",
+            abstract: "Write a quarantined message to its topic's dead-letter topic, with its crash report, without calling its handler.")
+        @OptionGroup var release: ReleaseOptions
+
+        func run() async throws { try await release.run(.deadLetter, done: "released to the dead-letter topic") }
+    }
+
+    /// What `skip` and `dead-letter` take: the shard, the offset the operator saw, and why.
+    struct ReleaseOptions: ParsableArguments {
         @OptionGroup var options: AdminOptions
         @OptionGroup var control: ControlOptions
         @Argument(help: "TOPIC/PARTITION") var shard: String
@@ -555,18 +572,19 @@ struct ShardsCommand: AsyncParsableCommand {
 
         func validate() throws { _ = try ShardsCommand.parse(shard) }
 
-        func run() async throws {
+        func run(_ release: Quarantine.Release, done: String) async throws {
             try await runAdmin {
                 let topicPartition = try ShardsCommand.parse(shard)
                 if control.bootstrap != nil {
-                    try await control.releaseQuarantine(topicPartition, skip: true, offset: offset, reason: reason)
+                    try await control.releaseQuarantine(topicPartition, as: release, offset: offset, reason: reason)
                     return
                 }
                 var body: [String: Any] = ["offset": offset]
                 if let reason { body["reason"] = reason }
+                let path = release == .deadLetter ? "dead-letter" : "skip"
                 _ = try await AdminClient(options: options).call(
-                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/skip", body: body)
-                print("\(topicPartition): offset \(offset) skipped")
+                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/\(path)", body: body)
+                print("\(topicPartition): offset \(offset) \(done)")
             }
         }
     }
@@ -601,11 +619,18 @@ private func encode(_ key: String) -> String {
 }
 
 struct StatusCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a running host's shards as a table.")
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Show a running host's shards as a table; with --bootstrap and --group, every shard of the group from its control topic.")
     @OptionGroup var options: AdminOptions
+    @OptionGroup var control: ControlOptions
 
     func run() async throws {
         try await runAdmin {
+            if control.bootstrap != nil {
+                try await control.listShards()
+                return
+            }
             let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
             var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED", "LAST ERROR"]]
             var quarantines: [String] = []

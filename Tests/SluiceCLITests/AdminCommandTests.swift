@@ -78,6 +78,8 @@ struct AdminCommandTests {
         #expect(shards.status == 0, "\(shards.errors)")
         #expect(shards.output.contains("orders/0  running  \(host.identity)") && shards.output.contains("orders/1  running  \(host.identity)"), "\(shards.output)")
         #expect(shards.output.hasSuffix("2 shard(s) on 1 live host(s)\n"), "\(shards.output)")
+        let status = try await runCLI(["status", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(status.status == 0 && status.output == shards.output, "status --bootstrap shows the same group-wide table: \(status.output)")
 
         // The audit log has both changes: who, why, before and after.
         let audit = try await runCLI(["audit", "--bootstrap", cluster.bootstrapServers, "--group", group])

@@ -192,6 +192,22 @@ struct QuarantineTests {
         }
     }
 
+    @Test("an operator's release: retry clears it, skip and deadLetter keep it with who and why; another offset is refused")
+    func releases() throws {
+        let topicPartition = TopicPartition("orders", 3)
+        #expect(try sample.released(.retry, offset: sample.offset, who: "ann", reason: "fixed", of: topicPartition) == nil)
+        for (release, state) in [(Quarantine.Release.skip, Quarantine.State.skip), (.deadLetter, .deadLetter)] {
+            let released = try #require(try sample.released(release, offset: nil, who: "ann", reason: "poison", of: topicPartition))
+            #expect(released.state == state && released.who == "ann" && released.reason == "poison" && released.offset == sample.offset)
+            let (key, value) = ControlRecord.quarantine(topicPartition, released).encoded
+            #expect(try ControlRecord.parse(key: key, value: value, offset: 1) == .quarantine(topicPartition, released), "\(state) round-trips")
+        }
+        let error = #expect(throws: SluiceError.self) {
+            _ = try sample.released(.deadLetter, offset: sample.offset + 1, who: nil, reason: nil, of: topicPartition)
+        }
+        #expect(error?.message == "the quarantine of orders/3 is at offset \(sample.offset), not \(sample.offset + 1)")
+    }
+
     @Test("the state-directory file keeps quarantines across restarts; a damaged one stops the start, naming it")
     func localFile() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
@@ -209,7 +225,7 @@ struct QuarantineTests {
     func run(_ quarantine: Quarantine, then: TopicConfiguration.CrashAction, deadLetters: RecordingDeadLetters? = nil) async -> (ShardPipeline.Outcome, [Int64], ShardPipeline) {
         var configuration = TopicConfiguration()
         configuration.onCrash.then = then
-        if then == .deadLetter { configuration.deadLetterTopic = "t.dlq" }
+        if then == .deadLetter || deadLetters != nil { configuration.deadLetterTopic = "t.dlq" }
         let handled = Locked<[Int64]>([])
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { message, _ in handled.withLock { $0.append(message.offset) } }),
@@ -239,6 +255,13 @@ struct QuarantineTests {
         quarantine.state = .skip
         let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
         #expect(skipped == .sourceEnded && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9] && skipPipeline.counters.skipped == 1)
+
+        // Released by an operator to the dead-letter topic: written with its crash report, whatever onCrash.then says.
+        quarantine.state = .deadLetter
+        let released = RecordingDeadLetters()
+        let (releasedOutcome, handledReleased, releasedPipeline) = await run(quarantine, then: .stop, deadLetters: released)
+        #expect(releasedOutcome == .sourceEnded && handledReleased == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(released.written.withLock { $0.map(\.0) } == [4] && releasedPipeline.counters.deadLettered == 1 && releasedPipeline.watermark == 10)
 
         quarantine.state = .counting
         let (counting, handledCounting, _) = await run(quarantine, then: .stop)

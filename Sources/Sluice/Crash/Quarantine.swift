@@ -14,6 +14,9 @@ public struct Quarantine: Sendable, Hashable {
         case quarantined
         /// An operator released it: it is committed without a handler call.
         case skip
+        /// An operator released it to the topic's dead-letter topic (with its crash report), without a handler
+        /// call.
+        case deadLetter
         /// The offsets were in handler calls when the process died on a thread Sluice could not tell: they
         /// are handled one at a time, host-wide, so a second death names the culprit.
         case suspect
@@ -57,15 +60,31 @@ public struct Quarantine: Sendable, Hashable {
         self.reason = reason
     }
 
-    /// What an operator's release writes: with `skip`, this quarantine marked skipped with who and why; else
-    /// nil (released, tried again). Throws when `offset` is given and is not the quarantined one.
-    public func released(skip: Bool, offset: Int64?, who: String?, reason: String?, of topicPartition: TopicPartition) throws(SluiceError) -> Quarantine? {
+    /// How an operator releases a quarantined message.
+    public enum Release: String, Sendable, CaseIterable {
+        /// The handler is called with it again (after a fix was deployed).
+        case retry
+        /// It is committed without a handler call.
+        case skip
+        /// It goes to the topic's dead-letter topic with its crash report, without a handler call.
+        case deadLetter
+    }
+
+    /// What an operator's release writes: for `skip` and `deadLetter`, this quarantine in that state with who
+    /// and why; for `retry`, nil (released, tried again). Throws when `offset` is given and is not the
+    /// quarantined one.
+    public func released(
+        _ release: Release, offset: Int64?, who: String?, reason: String?, of topicPartition: TopicPartition
+    ) throws(SluiceError) -> Quarantine? {
         if let offset, offset != self.offset {
             throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(self.offset), not \(offset)")
         }
-        guard skip else { return nil }
         var released = self
-        released.state = .skip
+        switch release {
+        case .retry: return nil
+        case .skip: released.state = .skip
+        case .deadLetter: released.state = .deadLetter
+        }
         released.who = who
         released.reason = reason
         return released

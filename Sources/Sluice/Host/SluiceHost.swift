@@ -260,15 +260,16 @@ public final class SluiceHost: Service, Sendable {
     ///
     /// - Parameters:
     ///   - topicPartition: the partition whose quarantined message is released.
-    ///   - skip: true to commit the message without a handler call; false to try it again.
+    ///   - release: `skip` commits the message without a handler call, `deadLetter` writes it to the topic's
+    ///     dead-letter topic with its crash report, `retry` tries it again.
     ///   - offset: the offset the operator saw quarantined; refused when it is not the one.
     ///   - who: the operator, kept with the release.
     ///   - reason: why, kept with the release.
-    /// - Returns: the record written: the skipped quarantine, or nil when it was released to be tried again.
+    /// - Returns: the record written: the skipped or dead-lettered quarantine, or nil when it is tried again.
     /// - Throws: ``SluiceError`` when there is no such quarantine, the offset differs, or it cannot be written.
     @discardableResult
     public func releaseQuarantine(
-        _ topicPartition: TopicPartition, skip: Bool, offset: Int64?, who: String?, reason: String?
+        _ topicPartition: TopicPartition, as release: Quarantine.Release, offset: Int64?, who: String?, reason: String?
     ) async throws -> Quarantine? {
         guard let containment = crashContainment else {
             throw SluiceError(code: .state, message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
@@ -276,7 +277,10 @@ public final class SluiceHost: Service, Sendable {
         guard let current = containment.quarantine(for: topicPartition) else {
             throw SluiceError(code: .state, message: "no quarantined message on \(topicPartition)")
         }
-        let released = try current.released(skip: skip, offset: offset, who: who, reason: reason, of: topicPartition)
+        if release == .deadLetter, configuration.topics[topicPartition.topic]?.deadLetterTopic == nil {
+            throw SluiceError(code: .invalidInput, message: "topic '\(topicPartition.topic)' has no deadLetterTopic: skip the message, or configure one")
+        }
+        let released = try current.released(release, offset: offset, who: who, reason: reason, of: topicPartition)
         if let control {
             let writer = try ControlPlaneWriter(
                 bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
@@ -286,8 +290,13 @@ public final class SluiceHost: Service, Sendable {
         } else {
             try containment.setLocal(topicPartition, released)
         }
+        let what: Logger.Message = switch release {
+        case .skip: "quarantined message skipped by an operator"
+        case .deadLetter: "quarantined message released to the dead-letter topic by an operator"
+        case .retry: "quarantine released by an operator; the handler tries the message again"
+        }
         logger.notice(
-            skip ? "quarantined message skipped by an operator" : "quarantine released by an operator; the handler tries the message again",
+            what,
             metadata: ["kafka.partition": "\(topicPartition)", "kafka.offset": "\(current.offset)", "sluice.who": "\(who ?? "-")", "sluice.reason": "\(reason ?? "-")"])
         return released
     }

@@ -424,7 +424,7 @@ struct SupervisorLoop {
             guard quarantine == nil || quarantine!.state != .quarantined || quarantine!.offset != offset else { continue }
             shards[topicPartition]?.heldByQuarantine = nil
             logger.info(
-                "quarantine \(quarantine?.state == .skip ? "skipped" : "released"); the shard starts again",
+                "quarantine \(quarantine.map { $0.state == .skip ? "skipped" : $0.state == .deadLetter ? "released to the dead-letter topic" : "released" } ?? "released"); the shard starts again",
                 metadata: metadata(topicPartition, ["kafka.offset": "\(offset)", "sluice.who": "\(quarantine?.who ?? "-")"]))
             let now = clock.now
             await transition(topicPartition, group: &group) { $0.reset(now: now) }

@@ -170,7 +170,7 @@ final class ShardPipeline: Sendable {
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
         self.quarantine = quarantine
-        self.quarantined = quarantine.map { [.quarantined, .skip].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
+        self.quarantined = quarantine.map { [.quarantined, .skip, .deadLetter].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
         self.suspects = quarantine.map { $0.state == .suspect ? $0.range : 0..<0 } ?? 0..<0
         self.predecessors = predecessors
         self.groupProgress = groupProgress
@@ -765,7 +765,7 @@ final class ShardPipeline: Sendable {
             _ = await beacon.waitUntil(deadline: nil) { self.halted || (self.watermark ?? Int64.min) >= held }
             crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: held))
             return
-        case (.quarantined, .deadLetter):
+        case (.quarantined, .deadLetter), (.deadLetter, _):
             guard let deadLetters, let topic = configuration.deadLetterTopic else {
                 crash(ShardCrash(reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: poisoned.first!.offset))
                 return
@@ -781,7 +781,8 @@ final class ShardPipeline: Sendable {
                 metrics.deadLettered.increment(by: written.count)
                 logger.error(
                     "quarantined message dead-lettered: it killed the process",
-                    metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)"])
+                    metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
+                        "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")"])
             }
             activities[lane].end()
             if let (message, error) = zip(poisoned, outcomes).first(where: { $0.1 != nil }) {
