@@ -497,6 +497,8 @@ public final class SluiceHost: Service, Sendable {
                     group.addTask { [identity, logger] in
                         var said: (applied: Int64, shards: [String: String])?
                         var saidAt = ContinuousClock.now
+                        var failing = false
+                        let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
                         while !Task.isCancelled {
                             let applied = control.loadedPosition
                             let shards = self.state.withLock { state in
@@ -509,8 +511,17 @@ public final class SluiceHost: Service, Sendable {
                                     try await writer.setHost(identity, status)
                                     said = (applied, shards)
                                     saidAt = ContinuousClock.now
+                                    if failing { logger.notice("this host's status is published to the control topic again") }
+                                    failing = false
                                 } catch {
-                                    logger.warning("could not publish this host's status to the control topic", metadata: ["error": "\(error)"])
+                                    failures.increment()
+                                    // Once per failing streak: it is tried again every 100 ms.
+                                    if !failing {
+                                        logger.warning(
+                                            "could not publish this host's status to the control topic; writers will not count it as applied",
+                                            metadata: ["error": "\(error)"])
+                                    }
+                                    failing = true
                                 }
                             }
                             try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
@@ -523,6 +534,7 @@ public final class SluiceHost: Service, Sendable {
                             do {
                                 try await writer.setTrip(topicPartition, trip)
                             } catch {
+                                Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")]).increment()
                                 logger.error(
                                     "could not publish the shard's trip to the control topic; other hosts will not know of it",
                                     metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
