@@ -248,18 +248,21 @@ struct ControlOptions: ParsableArguments {
         logger.logLevel = .error
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        var owned: [(shard: String, host: String, state: String)] = []
+        var owned: [(shard: String, host: String, state: String, detail: ControlHostStatus.Shard?)] = []
         for (identity, status) in records.hosts where now - status.atMilliseconds <= 15_000 {
-            for (shard, state) in status.shards { owned.append((shard, identity, state)) }
+            for (shard, state) in status.shards { owned.append((shard, identity, state, status.details[shard])) }
         }
-        var rows = [["SHARD", "STATE", "HOST", "NOTE"]]
+        var rows = [["SHARD", "STATE", "HOST", "PAUSED", "LAG", "NOTE"]]
         for entry in owned.sorted(by: { ($0.shard, $0.host) < ($1.shard, $1.host) }) {
             var note = ""
             if let partition = try? ShardsCommand.parse(entry.shard) {
                 if let quarantine = records.quarantines[partition] { note = "quarantine: \(quarantine.state.rawValue) at offset \(quarantine.offset)" }
                 else if let trip = records.trips[partition] { note = "tripped: \(trip.reason.prefix(60))" }
             }
-            rows.append([entry.shard, entry.state, entry.host, note])
+            rows.append([
+                entry.shard, entry.state, entry.host, entry.detail.map { $0.pauseReasons.joined(separator: ",") } ?? "",
+                entry.detail?.lag.map(String.init) ?? "-", note,
+            ])
         }
         print(Table.render(rows))
         let hosts = Set(owned.map(\.host)).count

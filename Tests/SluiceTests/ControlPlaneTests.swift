@@ -67,6 +67,25 @@ struct ControlRecordTests {
         let gone = ControlRecord.host("pod-1", nil).encoded
         #expect(try ControlRecord.parse(key: gone.key, value: gone.value, offset: 1) == .host("pod-1", nil))
         #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "host/pod-1", value: Self.value(#"{"v":1}"#), offset: 2) }
+
+        // With shard details: pause reasons, lag and counts round-trip; a detail that cannot be read is left out.
+        var stopped = ControlHostStatus.Shard()
+        stopped.pauseReasons = ["flag"]
+        stopped.lag = 40
+        stopped.committed = 100
+        stopped.highWatermark = 140
+        stopped.processed = 100
+        stopped.attempt = 2
+        stopped.lastError = "cannot price it"
+        let detailed = ControlRecord.host(
+            "pod-2",
+            ControlHostStatus(
+                applied: 3, atMilliseconds: 2_000, shards: ["orders/1": "off"], details: ["orders/1": stopped], startedAtMilliseconds: 1_500))
+        let encoded = detailed.encoded
+        #expect(try ControlRecord.parse(key: encoded.key, value: encoded.value, offset: 3) == detailed)
+        let odd = try ControlRecord.parse(
+            key: "host/pod-3", value: Self.value(#"{"v":1,"applied":1,"atMillis":5,"shards":{"orders/0":"running"},"details":{"orders/0":7}}"#), offset: 4)
+        #expect(odd == .host("pod-3", ControlHostStatus(applied: 1, atMilliseconds: 5, shards: ["orders/0": "running"])))
     }
 
     @Test("bad records are refused naming the key, the offset and the problem")

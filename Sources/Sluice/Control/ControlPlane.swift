@@ -77,7 +77,7 @@ public enum ControlRecord: Equatable, Sendable {
             guard let applied = (object["applied"] as? NSNumber)?.int64Value, let at = (object["atMillis"] as? NSNumber)?.int64Value else {
                 throw bad("a host record needs applied and atMillis")
             }
-            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, shards: (object["shards"] as? [String: String]) ?? [:]))
+            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, object: object))
         }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
@@ -168,9 +168,7 @@ public enum ControlRecord: Equatable, Sendable {
         case .host(let identity, let status):
             var object: [String: Any] = ["v": Self.version]
             if let status {
-                object["applied"] = status.applied
-                object["atMillis"] = status.atMilliseconds
-                object["shards"] = status.shards
+                object.merge(status.object()) { _, new in new }
             } else {
                 object["state"] = "gone"
             }
@@ -223,18 +221,89 @@ public struct ControlCommand: Equatable, Sendable {
 
 /// What a host of the group says of itself in the control topic (`host/ID`).
 public struct ControlHostStatus: Equatable, Sendable {
+    /// One owned shard as its host last reported it.
+    public struct Shard: Equatable, Sendable {
+        /// Why its partition is paused (`flag`, `tripped`, `flowControl`, ...), sorted.
+        public var pauseReasons: [String] = []
+        /// Messages behind the high watermark, when known.
+        public var lag: Int64?
+        /// The committed offset, when known.
+        public var committed: Int64?
+        /// The partition's high watermark, when known.
+        public var highWatermark: Int64?
+        /// Messages in handler calls now.
+        public var inFlight = 0
+        /// Messages handled, failed and dead-lettered since the shard started on this host.
+        public var processed = 0
+        public var failed = 0
+        public var deadLettered = 0
+        /// The breaker's attempt (0 while healthy).
+        public var attempt = 0
+        /// The last error, shortened.
+        public var lastError: String?
+
+        /// Creates a shard report.
+        public init() {}
+    }
+
     /// Every control record before this offset is applied on the host.
     public var applied: Int64
     /// When the host wrote this, in milliseconds since the epoch (hosts write every few seconds).
     public var atMilliseconds: Int64
     /// The shards it owns (`topic/partition`) and their states.
     public var shards: [String: String]
+    /// The same shards in more detail (pause reasons, lag, counts), refreshed with every heartbeat.
+    public var details: [String: Shard] = [:]
+    /// When the host process started, in milliseconds since the epoch.
+    public var startedAtMilliseconds: Int64?
 
     /// Creates a host status.
-    public init(applied: Int64, atMilliseconds: Int64, shards: [String: String]) {
+    public init(applied: Int64, atMilliseconds: Int64, shards: [String: String], details: [String: Shard] = [:], startedAtMilliseconds: Int64? = nil) {
         self.applied = applied
         self.atMilliseconds = atMilliseconds
         self.shards = shards
+        self.details = details
+        self.startedAtMilliseconds = startedAtMilliseconds
+    }
+
+    func object() -> [String: Any] {
+        var object: [String: Any] = ["applied": applied, "atMillis": atMilliseconds, "shards": shards]
+        if let startedAtMilliseconds { object["startedAtMillis"] = startedAtMilliseconds }
+        if !details.isEmpty {
+            object["details"] = details.mapValues { shard -> [String: Any] in
+                var entry: [String: Any] = [
+                    "pauseReasons": shard.pauseReasons, "inFlight": shard.inFlight, "processed": shard.processed, "failed": shard.failed,
+                    "deadLettered": shard.deadLettered, "attempt": shard.attempt,
+                ]
+                if let lag = shard.lag { entry["lag"] = lag }
+                if let committed = shard.committed { entry["committed"] = committed }
+                if let highWatermark = shard.highWatermark { entry["highWatermark"] = highWatermark }
+                if let lastError = shard.lastError { entry["lastError"] = lastError }
+                return entry
+            }
+        }
+        return object
+    }
+
+    init(applied: Int64, atMilliseconds: Int64, object: [String: Any]) {
+        self.init(applied: applied, atMilliseconds: atMilliseconds, shards: (object["shards"] as? [String: String]) ?? [:])
+        startedAtMilliseconds = (object["startedAtMillis"] as? NSNumber)?.int64Value
+        // Details are a report, not state: a field that cannot be read is left out, never refused.
+        for (key, value) in object["details"] as? [String: Any] ?? [:] {
+            guard let entry = value as? [String: Any] else { continue }
+            var shard = Shard()
+            shard.pauseReasons = entry["pauseReasons"] as? [String] ?? []
+            shard.lag = (entry["lag"] as? NSNumber)?.int64Value
+            shard.committed = (entry["committed"] as? NSNumber)?.int64Value
+            shard.highWatermark = (entry["highWatermark"] as? NSNumber)?.int64Value
+            shard.inFlight = (entry["inFlight"] as? NSNumber)?.intValue ?? 0
+            shard.processed = (entry["processed"] as? NSNumber)?.intValue ?? 0
+            shard.failed = (entry["failed"] as? NSNumber)?.intValue ?? 0
+            shard.deadLettered = (entry["deadLettered"] as? NSNumber)?.intValue ?? 0
+            shard.attempt = (entry["attempt"] as? NSNumber)?.intValue ?? 0
+            shard.lastError = entry["lastError"] as? String
+            details[key] = shard
+        }
     }
 }
 

@@ -495,21 +495,42 @@ public final class SluiceHost: Service, Sendable {
                     // This host's status: the control records it applied (what writers wait for), at once when
                     // that changes, and every 5 s as a heartbeat.
                     group.addTask { [identity, logger] in
-                        var said: (applied: Int64, shards: [String: String])?
+                        var said: (applied: Int64, shards: [String: String], reasons: [String: [String]])?
+                        let started = Int64(Date().timeIntervalSince1970 * 1000)
                         var saidAt = ContinuousClock.now
                         var failing = false
                         let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
                         while !Task.isCancelled {
                             let applied = control.loadedPosition
-                            let shards = self.state.withLock { state in
-                                Dictionary(uniqueKeysWithValues: state.views.map { ($0.key.description, $0.value.status.state.name) })
-                            }
-                            if said.map({ $0.applied != applied || $0.shards != shards }) ?? true || ContinuousClock.now - saidAt >= .seconds(5) {
+                            let statuses = self.state.withLock { state in state.views.mapValues(\.status) }
+                            let shards = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.state.name) })
+                            let reasons = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.pauseReasons.map(\.name).sorted()) })
+                            // At once when a state or a pause reason changes; lag and counts ride along, refreshed
+                            // with the heartbeat (they change with every message).
+                            if said.map({ $0.applied != applied || $0.shards != shards || $0.reasons != reasons }) ?? true
+                                || ContinuousClock.now - saidAt >= .seconds(5)
+                            {
+                                var details: [String: ControlHostStatus.Shard] = [:]
+                                for (topicPartition, status) in statuses {
+                                    var shard = ControlHostStatus.Shard()
+                                    shard.pauseReasons = reasons[topicPartition.description] ?? []
+                                    shard.lag = status.lag
+                                    shard.committed = status.committedOffset
+                                    shard.highWatermark = status.highWatermark
+                                    shard.inFlight = status.inFlight
+                                    shard.processed = status.processed
+                                    shard.failed = status.failed
+                                    shard.deadLettered = status.deadLettered
+                                    shard.attempt = status.attempt
+                                    shard.lastError = status.lastError.map { String($0.prefix(200)) }
+                                    details[topicPartition.description] = shard
+                                }
                                 let status = ControlHostStatus(
-                                    applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards)
+                                    applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards, details: details,
+                                    startedAtMilliseconds: started)
                                 do {
                                     try await writer.setHost(identity, status)
-                                    said = (applied, shards)
+                                    said = (applied, shards, reasons)
                                     saidAt = ContinuousClock.now
                                     if failing { logger.notice("this host's status is published to the control topic again") }
                                     failing = false
