@@ -35,6 +35,8 @@ public struct AdminServer: Service {
     /// With the control plane on, flag changes go to the group's control topic (every host applies them)
     /// instead of this host's memory and state file.
     private let controlWriter: ControlPlaneWriter?
+    /// The changes an operator makes, shared with the dashboard.
+    private var actions: OperatorActions { OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger) }
 
     /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
     ///
@@ -140,33 +142,15 @@ public struct AdminServer: Service {
             case .success(let parsed): topicPartition = parsed
             case .failure(let failure): return failure.response
             }
-            // A quarantined message is tried again: the quarantine goes (for the group), then the shard resets.
-            var released = false
-            if host.quarantines[topicPartition] != nil {
-                do {
-                    try await host.releaseQuarantine(topicPartition, as: .retry, offset: nil, who: caller(request), reason: nil)
-                    released = true
-                } catch {
-                    return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
-                }
+            do throws(OperatorActions.Refusal) {
+                // A quarantined message is tried again: the quarantine goes (for the group), then the shard resets.
+                let (released, offset) = try await actions.reset(topicPartition, who: caller(request))
+                var answer: [String: Any] = ["reset": topicPartition.description, "quarantineReleased": released]
+                if let offset { answer["controlOffset"] = offset }
+                return json(.ok, answer)
+            } catch {
+                return refused(error)
             }
-            if let controlWriter {
-                // For the group: whichever host owns the shard resets it.
-                do {
-                    let offset = try await controlWriter.send(ControlCommand(action: .reset, topicPartition: topicPartition, who: caller(request)))
-                    logger.notice(
-                        "shard reset for the group by operator",
-                        metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))", "kafka.offset": "\(offset)"])
-                    return json(.ok, ["reset": topicPartition.description, "quarantineReleased": released, "controlOffset": offset])
-                } catch {
-                    return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
-                }
-            }
-            guard await host.reset(topicPartition) || released else {
-                return problem(.notFound, "shard \(topicPartition) is not on this host")
-            }
-            logger.notice("shard reset by operator", metadata: ["kafka.partition": "\(topicPartition)", "sluice.caller": "\(caller(request))"])
-            return json(.ok, ["reset": topicPartition.description, "quarantineReleased": released])
         }
         // A quarantined message released without a handler call: committed (skip), or written to the topic's
         // dead-letter topic with its crash report (dead-letter).
@@ -186,14 +170,10 @@ public struct AdminServer: Service {
                 guard let offset = (object["offset"] as? NSNumber)?.int64Value else {
                     return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
                 }
-                guard host.quarantines[topicPartition] != nil else {
-                    return problem(.notFound, "no quarantined message on \(topicPartition)")
-                }
-                do {
-                    try await host.releaseQuarantine(
-                        topicPartition, as: release, offset: offset, who: caller(request), reason: object["reason"] as? String)
+                do throws(OperatorActions.Refusal) {
+                    try await actions.release(topicPartition, as: release, offset: offset, who: caller(request), reason: object["reason"] as? String)
                 } catch {
-                    return problem(.conflict, (error as? SluiceError)?.message ?? "\(error)")
+                    return refused(error)
                 }
                 return json(.ok, [answer: topicPartition.description, "offset": offset])
             }
@@ -236,36 +216,16 @@ public struct AdminServer: Service {
         }
         let reason = object["reason"] as? String
         if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
-        if let controlWriter {
-            do {
-                let offset = try await controlWriter.setFlag(
-                    key, enabled: enabled, reason: reason, who: caller(request), rate: rate, before: .some(host.control?.flag(key)))
-                logger.notice(
-                    "flag set for the group by operator",
-                    metadata: [
-                        "sluice.flag": "\(key)", "sluice.flagEnabled": "\(enabled)", "sluice.flagSource": "control",
-                        "sluice.flagReason": "\(reason ?? "")", "sluice.caller": "\(caller(request))", "kafka.offset": "\(offset)",
-                    ])
-                var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "control", "controlOffset": offset]
-                if let reason { entry["reason"] = reason }
-                if let rate { entry["rate"] = rate }
-                return json(.ok, entry)
-            } catch {
-                return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
-            }
+        do throws(OperatorActions.Refusal) {
+            let offset = try await actions.setFlag(key, enabled: enabled, rate: rate, reason: reason, who: caller(request))
+            var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": offset == nil ? "admin" : "control"]
+            if let offset { entry["controlOffset"] = offset }
+            if let reason { entry["reason"] = reason }
+            if let rate { entry["rate"] = rate }
+            return json(.ok, entry)
+        } catch {
+            return refused(error)
         }
-        host.operatorFlags.set(key, enabled: enabled, reason: reason, rate: rate)
-        if let failure = persist() { return failure }
-        logger.notice(
-            "flag set by operator",
-            metadata: [
-                "sluice.flag": "\(key)", "sluice.flagEnabled": "\(enabled)", "sluice.flagSource": "admin",
-                "sluice.flagReason": "\(reason ?? "")", "sluice.caller": "\(caller(request))",
-            ])
-        var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": "admin"]
-        if let reason { entry["reason"] = reason }
-        if let rate { entry["rate"] = rate }
-        return json(.ok, entry)
     }
 
     private func unsetFlag(_ request: Request, key rawKey: String) async -> Response {
@@ -275,36 +235,23 @@ public struct AdminServer: Service {
         case .success(let parsed): key = parsed
         case .failure(let failure): return failure.response
         }
-        if let controlWriter {
-            guard host.flags.flags[key]?.source == "control" else {
-                return problem(.notFound, "no control-plane flag is set for '\(key)'")
-            }
-            do {
-                let offset = try await controlWriter.setFlag(key, enabled: nil, reason: nil, who: caller(request), before: .some(host.control?.flag(key)))
-                logger.notice("flag removed for the group by operator", metadata: ["sluice.flag": "\(key)", "sluice.caller": "\(caller(request))"])
-                return json(.ok, ["key": key.description, "removed": true, "controlOffset": offset])
-            } catch {
-                return problem(.serviceUnavailable, "the control topic could not be written; nothing changed: \(error)")
-            }
+        do throws(OperatorActions.Refusal) {
+            let offset = try await actions.setFlag(key, enabled: nil, rate: nil, reason: nil, who: caller(request))
+            var entry: [String: Any] = ["key": key.description, "removed": true]
+            if let offset { entry["controlOffset"] = offset }
+            return json(.ok, entry)
+        } catch {
+            return refused(error)
         }
-        guard host.operatorFlags.current[key] != nil else {
-            return problem(.notFound, "no operator flag is set for '\(key)'")
-        }
-        host.operatorFlags.unset(key)
-        if let failure = persist() { return failure }
-        logger.notice("flag override removed by operator", metadata: ["sluice.flag": "\(key)", "sluice.caller": "\(caller(request))"])
-        return json(.ok, ["key": key.description, "removed": true])
     }
 
-    /// Saves the operator overrides; a failure is reported (the override is in force but not persisted).
-    private func persist() -> Response? {
-        guard let store else { return nil }
-        do {
-            try store.save(host.operatorFlags.current)
-            return nil
-        } catch {
-            logger.error("operator flags not persisted", metadata: ["error": "\(error)"])
-            return problem(.internalServerError, "the flag is in force but could not be persisted: \(error)")
+    /// The HTTP answer to a refused change.
+    private func refused(_ refusal: OperatorActions.Refusal) -> Response {
+        switch refusal.kind {
+        case .notFound: problem(.notFound, refusal.message)
+        case .conflict: problem(.conflict, refusal.message)
+        case .unavailable: problem(.serviceUnavailable, refusal.message)
+        case .internalError: problem(.internalServerError, refusal.message)
         }
     }
 
