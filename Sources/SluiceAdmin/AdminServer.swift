@@ -37,6 +37,8 @@ public struct AdminServer: Service {
     private let controlWriter: ControlPlaneWriter?
     /// The changes an operator makes, shared with the dashboard.
     private var actions: OperatorActions { OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger) }
+    /// The operator dashboard at `/`.
+    private let dashboard: Dashboard
 
     /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
     ///
@@ -61,6 +63,9 @@ public struct AdminServer: Service {
                 host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason, rate: setting.rate)
             }
         }
+        dashboard = try Dashboard(
+            host: host, actions: OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger),
+            token: settings.token, logger: logger)
     }
 
     /// Serves until graceful shutdown.
@@ -76,7 +81,11 @@ public struct AdminServer: Service {
                 logger.info("admin API listening", metadata: ["sluice.admin.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
             },
             logger: logger)
-        try await app.run()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { [dashboard] in await dashboard.sample() }
+            try await app.run()
+            group.cancelAll()
+        }
     }
 
     /// The port the server bound (useful with port 0), once it runs.
@@ -85,6 +94,7 @@ public struct AdminServer: Service {
     /// The routes, for ``run()`` and for tests.
     public func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
+        dashboard.addRoutes(to: router)
         router.get("healthz") { _, _ in
             let health = host.health()
             // Stalled shards are a detail, not a failure: restarting the process rarely mends them (a broker

@@ -406,6 +406,9 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// The group-wide trip of a partition, if its breaker holds it.
     func trip(for topicPartition: TopicPartition) -> ControlRecord.Trip? { table.trips.withLock { $0[topicPartition] } }
 
+    /// The group's tripped shards.
+    public var trips: [TopicPartition: ControlRecord.Trip] { table.trips.withLock { $0 } }
+
     /// Commands read at or after `offset`, in order (the latest 1,000).
     public func commands(from offset: Int64) -> [(offset: Int64, command: ControlCommand)] {
         table.commands.withLock { $0.filter { $0.offset >= offset } }

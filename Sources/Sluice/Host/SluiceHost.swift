@@ -515,7 +515,7 @@ public final class SluiceHost: Service, Sendable {
                                     var shard = ControlHostStatus.Shard()
                                     shard.pauseReasons = reasons[topicPartition.description] ?? []
                                     shard.lag = status.lag
-                                    shard.committed = status.committedOffset
+                                    shard.committed = status.storedOffset ?? status.committedOffset
                                     shard.highWatermark = status.highWatermark
                                     shard.inFlight = status.inFlight
                                     shard.processed = status.processed

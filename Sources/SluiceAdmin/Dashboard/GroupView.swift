@@ -1,0 +1,173 @@
+import Sluice
+import SluiceKafka
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The group as the dashboard shows it: every live host (from the control plane's host records) and every
+/// shard of the group, this host's from its own live state and the others' from their latest records.
+/// Without the control plane, only this host.
+struct GroupView {
+    struct Host {
+        var identity: String
+        var isThis: Bool
+        var heartbeatAgeSeconds: Int64
+        var shardCount: Int
+        var applied: Int64?
+        var upSeconds: Int64?
+        var backingOffOrTripped: Int
+    }
+
+    struct Shard {
+        var topicPartition: TopicPartition
+        var owner: String
+        var state: String
+        /// Each reason with what is behind it: the flag's source and reason, the trip's error.
+        var reasons: [(name: String, why: String)]
+        var lag: Int64?
+        var lagSeconds: Double?
+        var committed: Int64?
+        var position: Int64?
+        var highWatermark: Int64?
+        var inFlight: Int
+        var processed: Int
+        var failed: Int
+        var deadLettered: Int
+        var attempt: Int
+        var lastError: String?
+        var quarantine: Quarantine?
+        var trip: String?
+        var rate: Double?
+    }
+
+    var hosts: [Host] = []
+    var shards: [Shard] = []
+
+    /// Live: a host record written in the last 15 s (hosts write every 5 s).
+    static let liveMilliseconds: Int64 = 15_000
+
+    init(host: SluiceHost) {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let own = host.shards
+        let control = host.control
+        let quarantines = control?.quarantines ?? host.quarantines
+        let trips = control?.trips ?? [:]
+
+        func explain(_ reason: String, _ topicPartition: TopicPartition, lastError: String?) -> String {
+            switch reason {
+            case KafkaPauseReason.flag.name:
+                let setting = host.flags.setting(for: topicPartition)
+                return "flag off (\(setting.source)\(setting.reason.map { ": \($0)" } ?? ""))"
+            case KafkaPauseReason.breaker.name:
+                return trips[topicPartition].map { "tripped: \($0.reason)" } ?? lastError.map { "breaker: \($0)" } ?? "breaker"
+            case KafkaPauseReason.quarantine.name:
+                return quarantines[topicPartition]?.summary ?? "held at a quarantined message"
+            case KafkaPauseReason.flowControl.name:
+                return "buffer full: the handlers are behind the fetch"
+            case KafkaPauseReason.backpressure.name:
+                return "too much work in flight"
+            case KafkaPauseReason.draining.name:
+                return "draining before it stops"
+            default:
+                return reason
+            }
+        }
+
+        for status in own {
+            let topicPartition = status.topicPartition
+            let setting = status.flag
+            shards.append(
+                Shard(
+                    topicPartition: topicPartition, owner: host.identity, state: status.state.name,
+                    reasons: status.pauseReasons.map(\.name).sorted().map { ($0, explain($0, topicPartition, lastError: status.lastError)) },
+                    lag: status.lag, lagSeconds: status.lagSeconds, committed: status.storedOffset ?? status.committedOffset, position: status.position,
+                    highWatermark: status.highWatermark, inFlight: status.inFlight, processed: status.processed, failed: status.failed,
+                    deadLettered: status.deadLettered, attempt: status.attempt, lastError: status.lastError,
+                    quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason, rate: setting.rate))
+        }
+        var ownShown = false
+        for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key }) where now - record.atMilliseconds <= Self.liveMilliseconds {
+            let isThis = identity == host.identity
+            ownShown = ownShown || isThis
+            hosts.append(
+                Host(
+                    identity: identity, isThis: isThis, heartbeatAgeSeconds: (now - record.atMilliseconds) / 1000,
+                    shardCount: isThis ? own.count : record.shards.count, applied: record.applied,
+                    upSeconds: record.startedAtMilliseconds.map { (now - $0) / 1000 },
+                    backingOffOrTripped: record.shards.values.filter { $0 == "backingOff" || $0 == "tripped" }.count))
+            guard !isThis else { continue }
+            for (key, state) in record.shards {
+                guard let topicPartition = TopicPartition(parsing: key) else { continue }
+                let detail = record.details[key]
+                shards.append(
+                    Shard(
+                        topicPartition: topicPartition, owner: identity, state: state,
+                        reasons: (detail?.pauseReasons ?? []).map { ($0, explain($0, topicPartition, lastError: detail?.lastError)) },
+                        lag: detail?.lag, lagSeconds: nil, committed: detail?.committed, position: nil, highWatermark: detail?.highWatermark,
+                        inFlight: detail?.inFlight ?? 0, processed: detail?.processed ?? 0, failed: detail?.failed ?? 0,
+                        deadLettered: detail?.deadLettered ?? 0, attempt: detail?.attempt ?? 0, lastError: detail?.lastError,
+                        quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason,
+                        rate: host.flags.setting(for: topicPartition).rate))
+            }
+        }
+        if !ownShown {
+            hosts.insert(
+                Host(
+                    identity: host.identity, isThis: true, heartbeatAgeSeconds: 0, shardCount: own.count, applied: control?.loadedPosition,
+                    upSeconds: nil, backingOffOrTripped: own.filter { $0.state.name == "backingOff" || $0.state.name == "tripped" }.count),
+                at: 0)
+        }
+        shards.sort { ($0.topicPartition, $0.owner) < ($1.topicPartition, $1.owner) }
+    }
+
+    /// What a flag change would do to each shard it covers (the dry run shown before it is confirmed).
+    func preview(_ key: FlagKey, enabled: Bool?, rate: Double?) -> [(shard: Shard, change: String)] {
+        shards.filter { key.covers($0.topicPartition) }.map { shard in
+            let off = shard.state == "off" || shard.state == "stopped"
+            let change: String
+            switch (enabled, rate) {
+            case (_, let rate?): change = off ? "start, slowed to \(ControlRecord.describeRate(rate)), unless another flag keeps it off" : "slow to \(ControlRecord.describeRate(rate))"
+            case (false?, _): change = off ? "stay off" : "drain, commit and stop"
+            case (true?, _): change = off ? "start, unless another flag keeps it off" : "keep running"
+            case (nil, nil): change = off ? "start, unless another layer keeps it off" : "keep running, unless another layer stops it"
+            }
+            return (shard, change)
+        }
+    }
+}
+
+/// Lag samples of the group's shards for the sparklines: one every few seconds, the last few minutes.
+final class LagHistory: Sendable {
+    private let samples = Mutex<[TopicPartition: [Int64]]>([:])
+    let keep: Int
+
+    init(keep: Int = 36) { self.keep = keep }
+
+    func record(_ view: GroupView) {
+        samples.withLock { samples in
+            var seen = Set<TopicPartition>()
+            for shard in view.shards {
+                seen.insert(shard.topicPartition)
+                samples[shard.topicPartition, default: []].append(shard.lag ?? 0)
+                if samples[shard.topicPartition]!.count > keep { samples[shard.topicPartition]!.removeFirst() }
+            }
+            for key in samples.keys where !seen.contains(key) { samples[key] = nil }
+        }
+    }
+
+    /// An inline SVG polyline's points (width 90, height 20), or nil with fewer than two samples.
+    func sparkline(_ topicPartition: TopicPartition) -> String? {
+        let values = samples.withLock { $0[topicPartition] ?? [] }
+        guard values.count >= 2 else { return nil }
+        let top = max(values.max() ?? 1, 1)
+        let step = 90.0 / Double(keep - 1)
+        let offset = Double(keep - values.count) * step
+        return values.enumerated().map { index, value in
+            String(format: "%.1f,%.1f", offset + Double(index) * step, 19.0 - 18.0 * Double(value) / Double(top))
+        }.joined(separator: " ")
+    }
+}
