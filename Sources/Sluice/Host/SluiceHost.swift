@@ -105,10 +105,13 @@ public final class SluiceHost: Service, Sendable {
 
     /// Creates a host. Handlers are registered next; nothing connects before ``run()``.
     ///
-    /// - Parameter flagSources: flag sources of your own (a flag service such as LaunchDarkly, Unleash or an
-    ///   OpenFeature provider), highest precedence first. They rank below the group's control plane (an
-    ///   operator's flip during an incident wins) and above the flag file; polled every `flags.pollInterval`,
-    ///   or at once when a source pushes ``FlagSource/changes``.
+    /// - Parameters:
+    ///   - configuration: what to consume and how (usually from ``SluiceConfiguration/load(file:environment:)``).
+    ///   - logger: where the host logs.
+    ///   - flagSources: flag sources of your own (a flag service such as LaunchDarkly, Unleash or an
+    ///     OpenFeature provider), highest precedence first. They rank below the group's control plane (an
+    ///     operator's flip during an incident wins) and above the flag file; polled every `flags.pollInterval`,
+    ///     or at once when a source pushes ``FlagSource/changes``.
     public convenience init(
         configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = []
     ) {
