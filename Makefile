@@ -12,6 +12,7 @@ build: deps
 # The suite runs twice: against the system's librdkafka (Debian's 2.0.2), then with librdkafka 2.16 swapped in at
 # run time, so Sluice is known to work on the librdkafka users of other platforms have.
 test: deps
+	scripts/ensure-chromium.sh
 	$(SWIFT) build --build-tests -Xswiftc -warnings-as-errors
 	$(SWIFT) test
 	lib="$$(scripts/librdkafka-2.16.sh)" && LD_LIBRARY_PATH="$$lib" SLUICE_EXPECT_LIBRDKAFKA=2.16.0 $(SWIFT) test --skip-build

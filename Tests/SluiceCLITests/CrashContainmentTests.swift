@@ -39,7 +39,7 @@ struct CrashContainmentTests {
     }
 
     /// The admin API's URL, from the service's log.
-    func adminURL(in log: String) -> String? {
+    static func adminURL(in log: String) -> String? {
         guard let range = log.range(of: "sluice.admin.address=") else { return nil }
         let address = log[range.upperBound...].prefix { !$0.isWhitespace }
         guard let port = address.split(separator: ":").last.flatMap({ Int($0) }) else { return nil }
@@ -115,7 +115,7 @@ struct CrashContainmentTests {
         #expect(service.process.isRunning, "the restarted service did not die again")
 
         // `sluice status` shows the quarantine and why.
-        let address = try #require(adminURL(in: service.errors.text), "the admin API's address is logged")
+        let address = try #require(Self.adminURL(in: service.errors.text), "the admin API's address is logged")
         let status = try SluiceProcess(["status", "--admin", address])
         #expect(await status.exit() == 0)
         let shown = await status.output.all()

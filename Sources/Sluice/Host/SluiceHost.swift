@@ -505,7 +505,8 @@ public final class SluiceHost: Service, Sendable {
                         let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
                         while !Task.isCancelled {
                             let applied = control.loadedPosition
-                            let statuses = self.state.withLock { state in state.views.mapValues(\.status) }
+                            // The shards as the admin API shows them: pause reasons, watermarks and counts included.
+                            let statuses = Dictionary(self.shards.map { ($0.topicPartition, $0) }, uniquingKeysWith: { first, _ in first })
                             let shards = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.state.name) })
                             let reasons = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.pauseReasons.map(\.name).sorted()) })
                             // At once when a state or a pause reason changes; lag and counts ride along, refreshed
