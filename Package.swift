@@ -157,6 +157,7 @@ let package = Package(
             name: "SluiceKafkaTests",
             dependencies: [
                 "SluiceKafka",
+                "SluiceTesting",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Sluice
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 /// The operator dashboard as a person uses it: two OrderService processes in one group with the control
@@ -10,14 +11,6 @@ import Testing
 struct DashboardBrowserTests {
     let logger = Logger(label: "sluice.dashboard-test")
 
-    func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return true }
-            try? await Task.sleep(for: .milliseconds(250))
-        }
-        return false
-    }
 
     @Test("shards of every host, why each is paused; actions refused without the token, the CSRF token or from another origin; a flag flipped from the page stops the topic on both hosts; the audit; a quarantine released from the page; hostile text escaped")
     func operatorConsole() async throws {
@@ -34,7 +27,7 @@ struct DashboardBrowserTests {
         }
         #expect(await a.errors.waitFor("control plane loaded"))
         #expect(await b.errors.waitFor("control plane loaded"))
-        let urlA = try #require(await eventually { CrashContainmentTests.adminURL(in: a.errors.text) != nil } ? CrashContainmentTests.adminURL(in: a.errors.text) : nil)
+        let urlA = try #require(await eventually(poll: .milliseconds(250)) { CrashContainmentTests.adminURL(in: a.errors.text) != nil } ? CrashContainmentTests.adminURL(in: a.errors.text) : nil)
         let pidA = a.process.processIdentifier
         let pidB = b.process.processIdentifier
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "400", "--keys", "20"])
@@ -69,7 +62,7 @@ struct DashboardBrowserTests {
         defer { browser.close() }
 
         // What a person sees: every partition of the group with its owner, both hosts, the quarantine.
-        #expect(await eventually {
+        #expect(await eventually(poll: .milliseconds(250)) {
             let text = try await browser.perform { try $0.open(urlA + "/"); return try $0.text() }
             return (0..<8).allSatisfy { text.contains("orders/\($0)") } && text.contains("-\(pidA)-") && text.contains("-\(pidB)-")
         }, "the shard table shows the group's partitions and both hosts")
@@ -145,7 +138,7 @@ struct DashboardBrowserTests {
         }
         #expect(done.contains("2/2 hosts applied it"), "\(done)")
         var offPage = ""
-        #expect(await eventually {
+        #expect(await eventually(poll: .milliseconds(250)) {
             offPage = try await browser.perform { try $0.open(urlA + "/?topic=orders&state=off"); return try $0.text() }
             return offPage.contains("Shards 8 of 12")
         }, "every orders shard of both hosts is off: \(offPage)")
@@ -198,7 +191,7 @@ struct DashboardBrowserTests {
         configuration.sessionTimeout = .seconds(6)
         let checker = try KafkaConsumer(configuration: configuration, logger: logger)
         let partitions = (0..<8).map { TopicPartition("orders", Int32($0)) }
-        #expect(await eventually { try await checker.committedOffsets(for: partitions).values.reduce(0, +) == 400 }, "every order handled")
+        #expect(await eventually(poll: .milliseconds(250)) { try await checker.committedOffsets(for: partitions).values.reduce(0, +) == 400 }, "every order handled")
         await checker.close()
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import Synchronization
+import SluiceTesting
 import Testing
 
 /// Three (and four) host processes in one group, flags flipped through the CLI and the control topic, the
@@ -58,14 +59,6 @@ struct FleetTests {
         return await cli.output.all()
     }
 
-    func eventually(timeout: Duration = .seconds(90), _ condition: () async throws -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return true }
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-        return false
-    }
 
     @Test("flips through the CLI stop the topic on every host (3/3 acknowledged); a host started during the flip, and a killed and restarted one, never handle it; nothing lost or handled twice; the audit lists every change")
     func fleetUnderFlips() async throws {
@@ -77,39 +70,39 @@ struct FleetTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         var hosts = try (0..<3).map { try start(cluster, group: group, directory: directory, name: "host-\($0)") }
-        #expect(await eventually { hosts.allSatisfy { ($0.counts?.owned ?? 0) > 0 } }, "three hosts share the partitions")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy { ($0.counts?.owned ?? 0) > 0 } }, "three hosts share the partitions")
         var produced: Int64 = 600
         try await produce(cluster, count: 600)
-        #expect(await eventually { try await committed(cluster, group: group) == produced })
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { try await committed(cluster, group: group) == produced })
 
         let flips = 4
         for flip in 1...flips {
             let off = try await flag(cluster, group: group, ["set", topic, "off", "--reason", "flip \(flip)"])
             #expect(off.contains("3/3 hosts applied"), "flip \(flip): \(off)")
-            #expect(await eventually { hosts.allSatisfy(\.allOff) }, "flip \(flip): every shard of every host off")
+            #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy(\.allOff) }, "flip \(flip): every shard of every host off")
             try await produce(cluster, count: 100)
             produced += 100
             let on = try await flag(cluster, group: group, ["unset", topic, "--reason", "flip \(flip) over"])
             #expect(on.contains("3/3 hosts applied"), "flip \(flip): \(on)")
-            #expect(await eventually { try await committed(cluster, group: group) == produced }, "flip \(flip): all handled after it")
+            #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { try await committed(cluster, group: group) == produced }, "flip \(flip): all handled after it")
         }
 
         // Off, then a host joins and one is killed and restarted: the partitions move, the flag holds.
         let off = try await flag(cluster, group: group, ["set", topic, "off", "--reason", "moves"])
         #expect(off.contains("3/3 hosts applied"), "\(off)")
-        #expect(await eventually { hosts.allSatisfy(\.allOff) })
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy(\.allOff) })
         let late = try start(cluster, group: group, directory: directory, name: "late")
         hosts.append(late)
-        #expect(await eventually { (late.counts?.owned ?? 0) > 0 && hosts.allSatisfy(\.allOff) }, "the late host owns shards, all off")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { (late.counts?.owned ?? 0) > 0 && hosts.allSatisfy(\.allOff) }, "the late host owns shards, all off")
         let killedPID = hosts[0].process.process.processIdentifier
         kill(killedPID, SIGKILL)
         _ = await hosts[0].process.exit()
-        #expect(await eventually {
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) {
             hosts.dropFirst().allSatisfy(\.allOff) && hosts.dropFirst().map { $0.counts?.owned ?? 0 }.reduce(0, +) == partitions
         }, "the killed host's partitions moved and stayed off")
         let restarted = try start(cluster, group: group, directory: directory, name: "restarted")
         hosts.append(restarted)
-        #expect(await eventually { (restarted.counts?.owned ?? 0) > 0 && hosts.dropFirst().allSatisfy(\.allOff) }, "the restarted host starts its shards off")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { (restarted.counts?.owned ?? 0) > 0 && hosts.dropFirst().allSatisfy(\.allOff) }, "the restarted host starts its shards off")
         try await produce(cluster, count: 100)
         produced += 100
         #expect(!late.handledAnything && !restarted.handledAnything, "hosts that started while the topic was off handled none of it")
@@ -120,7 +113,7 @@ struct FleetTests {
         let notYet = on.components(separatedBy: "not yet: ").dropFirst().first ?? ""
         let killedOnly = on.contains("4/5 hosts applied; not yet: ") && notYet.contains("-\(killedPID)-") && !notYet.contains(", ")
         #expect(on.contains("4/4 hosts applied") || killedOnly, "\(on)")
-        #expect(await eventually { try await committed(cluster, group: group) == produced }, "all handled after the moves")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { try await committed(cluster, group: group) == produced }, "all handled after the moves")
 
         for host in hosts.dropFirst() {
             host.process.process.terminate()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import Synchronization
+import SluiceTesting
 import Testing
 
 @Suite("Two OrderService processes in one group", .timeLimit(.minutes(3)))
@@ -53,13 +54,13 @@ struct TwoServiceProcessesTests {
 
         try "{}\n".write(toFile: flags + ".new", atomically: false, encoding: .utf8)
         #expect(rename(flags + ".new", flags) == 0)  // atomic replace: flag on
-        let firstBatchCommitted = await eventually { try await committed(cluster, group: group) == 4_000 }
+        let firstBatchCommitted = await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 4_000 }
         #expect(firstBatchCommitted, "both hosts handled their halves")
 
         second.process.terminate()  // graceful leave
         #expect(await second.exit() == 0)
         try await produce(cluster, count: 4_000)
-        let allCommitted = await eventually { try await committed(cluster, group: group) == 8_000 }
+        let allCommitted = await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 8_000 }
         #expect(allCommitted, "the handed-back partitions fetch and are handled")
 
         first.process.terminate()
@@ -104,7 +105,7 @@ struct TwoServiceProcessesTests {
         #expect(await firstOutput.waitFor("control plane loaded"))
         #expect(await secondOutput.waitFor("control plane loaded"))
         try await produce(cluster, count: 2_000)
-        #expect(await eventually { try await committed(cluster, group: group) == 2_000 }, "both handle while on")
+        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "both handle while on")
         #expect(await secondOutput.waitFor("partitions assigned"), "the second host owns some partitions")
 
         let set = try SluiceProcess([
@@ -117,7 +118,7 @@ struct TwoServiceProcessesTests {
         #expect(await firstOutput.waitFor("sluice.flagSource=control"), "the first host applied it")
         #expect(await secondOutput.waitFor("sluice.flagSource=control"), "the second host applied it")
         // Every orders shard of both hosts stopped for the flag (payments shards run on).
-        #expect(await eventually {
+        #expect(await eventually(poll: .milliseconds(250)) {
             let stops = { (output: String) in output.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }
             return stops(firstOutput.text) + stops(secondOutput.text) == 8
         }, "all eight orders shards stopped")
@@ -125,19 +126,11 @@ struct TwoServiceProcessesTests {
         #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
         let unset = try SluiceProcess(["flags", "unset", "orders", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(await unset.exit() == 0)
-        #expect(await eventually { try await committed(cluster, group: group) == 4_000 }, "both resume; nothing lost")
+        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 4_000 }, "both resume; nothing lost")
         first.process.terminate()
         second.process.terminate()
         #expect(await first.exit() == 0)
         #expect(await second.exit() == 0)
     }
 
-    func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if (try? await condition()) == true { return true }
-            try? await Task.sleep(for: .milliseconds(250))
-        }
-        return false
-    }
 }

@@ -1,6 +1,7 @@
 import Logging
 import SluiceKafka
 import Synchronization
+import SluiceTesting
 import Testing
 
 /// Loggers, clusters and helpers shared by the Kafka layer's tests.
@@ -104,13 +105,10 @@ enum TestSupport {
         sourceLocation: SourceLocation = #_sourceLocation,
         _ condition: () async throws -> Bool
     ) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(50))
+        guard await SluiceTesting.eventually(timeout: timeout, condition) else {
+            Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
+            throw CancellationError()
         }
-        Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
-        throw CancellationError()
     }
 }
 

@@ -77,10 +77,12 @@ struct ControlRecordTests {
         stopped.processed = 100
         stopped.attempt = 2
         stopped.lastError = "cannot price it"
-        let detailed = ControlRecord.host(
-            "pod-2",
-            ControlHostStatus(
-                applied: 3, atMilliseconds: 2_000, shards: ["orders/1": "off"], details: ["orders/1": stopped], startedAtMilliseconds: 1_500))
+        stopped.nextProbeSeconds = 1.5
+        var withCounts = ControlHostStatus(
+            applied: 3, atMilliseconds: 2_000, shards: ["orders/1": "off"], details: ["orders/1": stopped], startedAtMilliseconds: 1_500)
+        withCounts.shardCrashes = 4
+        withCounts.shardRestarts = 3
+        let detailed = ControlRecord.host("pod-2", withCounts)
         let encoded = detailed.encoded
         #expect(try ControlRecord.parse(key: encoded.key, value: encoded.value, offset: 3) == detailed)
         let odd = try ControlRecord.parse(

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 @testable import Sluice
@@ -86,13 +87,10 @@ enum HostFixture {
         _ what: String, timeout: Duration = .seconds(40), sourceLocation: SourceLocation = #_sourceLocation,
         _ condition: () async throws -> Bool
     ) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(50))
+        guard await SluiceTesting.eventually(timeout: timeout, condition) else {
+            Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
+            throw CancellationError()
         }
-        Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
-        throw CancellationError()
     }
 }
 

@@ -241,6 +241,8 @@ public struct ControlHostStatus: Equatable, Sendable {
         public var attempt = 0
         /// The last error, shortened.
         public var lastError: String?
+        /// Seconds until a backing-off shard's next start, when it backs off.
+        public var nextProbeSeconds: Double?
 
         /// Creates a shard report.
         public init() {}
@@ -256,6 +258,9 @@ public struct ControlHostStatus: Equatable, Sendable {
     public var details: [String: Shard] = [:]
     /// When the host process started, in milliseconds since the epoch.
     public var startedAtMilliseconds: Int64?
+    /// Shard crashes and restarts on the host since it started.
+    public var shardCrashes = 0
+    public var shardRestarts = 0
 
     /// Creates a host status.
     public init(applied: Int64, atMilliseconds: Int64, shards: [String: String], details: [String: Shard] = [:], startedAtMilliseconds: Int64? = nil) {
@@ -269,6 +274,8 @@ public struct ControlHostStatus: Equatable, Sendable {
     func object() -> [String: Any] {
         var object: [String: Any] = ["applied": applied, "atMillis": atMilliseconds, "shards": shards]
         if let startedAtMilliseconds { object["startedAtMillis"] = startedAtMilliseconds }
+        object["shardCrashes"] = shardCrashes
+        object["shardRestarts"] = shardRestarts
         if !details.isEmpty {
             object["details"] = details.mapValues { shard -> [String: Any] in
                 var entry: [String: Any] = [
@@ -279,6 +286,7 @@ public struct ControlHostStatus: Equatable, Sendable {
                 if let committed = shard.committed { entry["committed"] = committed }
                 if let highWatermark = shard.highWatermark { entry["highWatermark"] = highWatermark }
                 if let lastError = shard.lastError { entry["lastError"] = lastError }
+                if let next = shard.nextProbeSeconds { entry["nextProbeSeconds"] = next }
                 return entry
             }
         }
@@ -288,6 +296,8 @@ public struct ControlHostStatus: Equatable, Sendable {
     init(applied: Int64, atMilliseconds: Int64, object: [String: Any]) {
         self.init(applied: applied, atMilliseconds: atMilliseconds, shards: (object["shards"] as? [String: String]) ?? [:])
         startedAtMilliseconds = (object["startedAtMillis"] as? NSNumber)?.int64Value
+        shardCrashes = (object["shardCrashes"] as? NSNumber)?.intValue ?? 0
+        shardRestarts = (object["shardRestarts"] as? NSNumber)?.intValue ?? 0
         // Details are a report, not state: a field that cannot be read is left out, never refused.
         for (key, value) in object["details"] as? [String: Any] ?? [:] {
             guard let entry = value as? [String: Any] else { continue }
@@ -302,6 +312,7 @@ public struct ControlHostStatus: Equatable, Sendable {
             shard.deadLettered = (entry["deadLettered"] as? NSNumber)?.intValue ?? 0
             shard.attempt = (entry["attempt"] as? NSNumber)?.intValue ?? 0
             shard.lastError = entry["lastError"] as? String
+            shard.nextProbeSeconds = (entry["nextProbeSeconds"] as? NSNumber)?.doubleValue
             details[key] = shard
         }
     }

@@ -71,6 +71,13 @@ public struct ShardStatus: Sendable, Hashable {
     /// How old the oldest message not yet done is, in seconds: 0 with no lag, nil when unknown (its message
     /// was not fetched yet, for example while the shard is paused).
     public var lagSeconds: Double?
+    /// Seconds until a backing-off shard is started again (its breaker's next probe); nil in other states.
+    public var nextProbeSeconds: Double? {
+        guard case .backingOff(_, let until) = state else { return nil }
+        let left = until - .now
+        return max(0, Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18)
+    }
+
     /// Since when the shard is stalled: running, unpaused, messages waiting, no progress for `stallAfter`.
     public var stalledSince: ContinuousClock.Instant?
     /// Handler calls abandoned past `handlerTimeout` (or the drain timeout) and still running.

@@ -77,6 +77,9 @@ public final class SluiceHost: Service, Sendable {
         var ticks = 0
         /// Handler threads held by one handler call for `blockedThreadAfter` or longer.
         var blockedHandlerThreads = 0
+        /// Shard crashes and restarts since the host started, all shards together.
+        var shardCrashes = 0
+        var shardRestarts = 0
         /// The crash journal and quarantines, once ``run()`` opened them.
         var crashContainment: CrashContainment?
     }
@@ -190,6 +193,12 @@ public final class SluiceHost: Service, Sendable {
     /// Handler threads held by one handler call without suspending for `blockedThreadAfter` or longer
     /// (blocking I/O, `sleep`, a CPU loop). Each was replaced by another thread, up to `maxHandlerThreads`.
     public var blockedHandlerThreads: Int { state.withLock { $0.blockedHandlerThreads } }
+
+    /// Shard crashes and restarts on this host since it started, every shard together.
+    public var shardCrashesAndRestarts: (crashes: Int, restarts: Int) { state.withLock { ($0.shardCrashes, $0.shardRestarts) } }
+
+    func countShardCrash() { state.withLock { $0.shardCrashes += 1 } }
+    func countShardRestart() { state.withLock { $0.shardRestarts += 1 } }
 
     /// Whether the host is ready for traffic (joined its group, not shutting down), with the reasons when not.
     public var readiness: (ready: Bool, reasons: [String]) {
@@ -527,11 +536,13 @@ public final class SluiceHost: Service, Sendable {
                                     shard.deadLettered = status.deadLettered
                                     shard.attempt = status.attempt
                                     shard.lastError = status.lastError.map { String($0.prefix(200)) }
+                                    shard.nextProbeSeconds = status.nextProbeSeconds
                                     details[topicPartition.description] = shard
                                 }
-                                let status = ControlHostStatus(
+                                var status = ControlHostStatus(
                                     applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards, details: details,
                                     startedAtMilliseconds: started)
+                                (status.shardCrashes, status.shardRestarts) = self.shardCrashesAndRestarts
                                 do {
                                     try await writer.setHost(identity, status)
                                     said = (applied, shards, reasons)

@@ -286,6 +286,7 @@ struct SupervisorLoop {
         switch outcome {
         case .crashed:
             shard.crashes.increment()
+            host.countShardCrash()
             let now = clock.now
             let reason = crashReason ?? ""
             await transition(topicPartition, group: &group) {
@@ -524,6 +525,7 @@ struct SupervisorLoop {
                         }
                     }
                     shard.restarts.increment()
+                    host.countShardRestart()
                 }
                 if let seekFailure {
                     // Starting anyway would read from wherever librdkafka is, and the new watermark could
@@ -532,6 +534,7 @@ struct SupervisorLoop {
                     logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
                     shard.lastError = reason
                     shard.crashes.increment()
+                    host.countShardCrash()
                     pending.append(shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
                 } else {
                     shard.pipeline = startPipeline(shard, group: &group)

@@ -103,7 +103,7 @@ final class Dashboard: Sendable {
                 [
                     "identity": host.identity, "this": host.isThis, "heartbeat": "\(host.heartbeatAgeSeconds) s ago", "shards": host.shardCount,
                     "applied": host.applied.map(String.init) ?? "-", "up": host.upSeconds.map(Self.age) ?? "-",
-                    "troubled": host.backingOffOrTripped,
+                    "troubled": host.backingOffOrTripped, "crashes": host.shardCrashes, "restarts": host.shardRestarts,
                 ]
             },
             "controlPlane": host.control != nil,
@@ -128,6 +128,7 @@ final class Dashboard: Sendable {
             "failed": shard.failed, "deadLettered": shard.deadLettered, "attempt": shard.attempt, "lastError": shard.lastError ?? "",
         ]
         // Sections test presence: absent keys, never empty strings.
+        if let next = shard.nextProbeSeconds { row["nextProbe"] = String(format: "%.0f s", next.rounded(.up)) }
         if let rate = shard.rate { row["rate"] = ControlRecord.describeRate(rate) }
         if let points = history.sparkline(shard.topicPartition) { row["sparkline"] = points }
         if let quarantine = shard.quarantine {

@@ -20,6 +20,8 @@ struct GroupView {
         var applied: Int64?
         var upSeconds: Int64?
         var backingOffOrTripped: Int
+        var shardCrashes: Int
+        var shardRestarts: Int
     }
 
     struct Shard {
@@ -39,6 +41,7 @@ struct GroupView {
         var deadLettered: Int
         var attempt: Int
         var lastError: String?
+        var nextProbeSeconds: Double?
         var quarantine: Quarantine?
         var trip: String?
         var rate: Double?
@@ -87,7 +90,7 @@ struct GroupView {
                     lag: status.lag, lagSeconds: status.lagSeconds, committed: status.storedOffset ?? status.committedOffset, position: status.position,
                     highWatermark: status.highWatermark, inFlight: status.inFlight, processed: status.processed, failed: status.failed,
                     deadLettered: status.deadLettered, attempt: status.attempt, lastError: status.lastError,
-                    quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason, rate: setting.rate))
+                    nextProbeSeconds: status.nextProbeSeconds, quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason, rate: setting.rate))
         }
         var ownShown = false
         for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key }) where now - record.atMilliseconds <= Self.liveMilliseconds {
@@ -98,7 +101,9 @@ struct GroupView {
                     identity: identity, isThis: isThis, heartbeatAgeSeconds: (now - record.atMilliseconds) / 1000,
                     shardCount: isThis ? own.count : record.shards.count, applied: record.applied,
                     upSeconds: record.startedAtMilliseconds.map { (now - $0) / 1000 },
-                    backingOffOrTripped: record.shards.values.filter { $0 == "backingOff" || $0 == "tripped" }.count))
+                    backingOffOrTripped: record.shards.values.filter { $0 == "backingOff" || $0 == "tripped" }.count,
+                    shardCrashes: isThis ? host.shardCrashesAndRestarts.crashes : record.shardCrashes,
+                    shardRestarts: isThis ? host.shardCrashesAndRestarts.restarts : record.shardRestarts))
             guard !isThis else { continue }
             for (key, state) in record.shards {
                 guard let topicPartition = TopicPartition(parsing: key) else { continue }
@@ -110,7 +115,7 @@ struct GroupView {
                         lag: detail?.lag, lagSeconds: nil, committed: detail?.committed, position: nil, highWatermark: detail?.highWatermark,
                         inFlight: detail?.inFlight ?? 0, processed: detail?.processed ?? 0, failed: detail?.failed ?? 0,
                         deadLettered: detail?.deadLettered ?? 0, attempt: detail?.attempt ?? 0, lastError: detail?.lastError,
-                        quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason,
+                        nextProbeSeconds: detail?.nextProbeSeconds, quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason,
                         rate: host.flags.setting(for: topicPartition).rate))
             }
         }
@@ -118,7 +123,8 @@ struct GroupView {
             hosts.insert(
                 Host(
                     identity: host.identity, isThis: true, heartbeatAgeSeconds: 0, shardCount: own.count, applied: control?.loadedPosition,
-                    upSeconds: nil, backingOffOrTripped: own.filter { $0.state.name == "backingOff" || $0.state.name == "tripped" }.count),
+                    upSeconds: nil, backingOffOrTripped: own.filter { $0.state.name == "backingOff" || $0.state.name == "tripped" }.count,
+                    shardCrashes: host.shardCrashesAndRestarts.crashes, shardRestarts: host.shardCrashesAndRestarts.restarts),
                 at: 0)
         }
         shards.sort { ($0.topicPartition, $0.owner) < ($1.topicPartition, $1.owner) }
