@@ -112,7 +112,7 @@ struct ControlOptions: ParsableArguments {
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
         if dryRun {
-            try await preview(flagKey, enabled: enabled, topic: topic, bootstrap: bootstrap, logger: logger)
+            try await preview(flagKey, enabled: enabled, rate: rate, topic: topic, bootstrap: bootstrap, logger: logger)
             return
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
@@ -152,7 +152,7 @@ struct ControlOptions: ParsableArguments {
     }
 
     /// Lists the shards of live hosts a flag change would touch, and how.
-    private func preview(_ key: FlagKey, enabled: Bool?, topic: String, bootstrap: String, logger: Logger) async throws {
+    private func preview(_ key: FlagKey, enabled: Bool?, rate: Double?, topic: String, bootstrap: String, logger: Logger) async throws {
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var rows = [["HOST", "SHARD", "STATE", "WOULD"]]
@@ -162,14 +162,8 @@ struct ControlOptions: ParsableArguments {
             for (shard, state) in status.shards.sorted(by: { $0.key < $1.key }) {
                 let parts = shard.split(separator: "/")
                 guard parts.count == 2, let partition = Int32(parts[1]), key.covers(TopicPartition(String(parts[0]), partition)) else { continue }
-                let change: String
-                switch (enabled, state) {
-                case (false?, "off"), (false?, "stopped"): change = "stay off"
-                case (false?, _): change = "drain, commit and stop"
-                case (_, "off"): change = "start, unless another flag keeps it off"
-                default: change = "keep running"
-                }
-                if change != "stay off", change != "keep running" {
+                let (change, changing) = ControlRecord.flagEffect(on: state, enabled: enabled, rate: rate)
+                if changing {
                     changes += 1
                     hosts.insert(identity)
                 }
@@ -177,7 +171,7 @@ struct ControlOptions: ParsableArguments {
             }
         }
         print(Table.render(rows))
-        print("\(key): \(enabled.map { $0 ? "on" : "off" } ?? "unset") would change \(changes) shard(s) on \(hosts.count) host(s); nothing was written (--dry-run)")
+        print("\(key): \(rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset") would change \(changes) shard(s) on \(hosts.count) host(s); nothing was written (--dry-run)")
     }
 
     /// Releases a quarantined message through the control topic: `skip` commits it without a handler call,

@@ -105,6 +105,22 @@ public enum ControlRecord: Equatable, Sendable {
     }
 
     /// A rate written `N/s` (N a positive number, at most a million), in messages a second.
+    /// What a flag change does to a shard in `state` (its state's name), for dry runs: `enabled` nil and
+    /// `rate` nil is an unset. The second value says whether the shard changes at all.
+    public static func flagEffect(on state: String, enabled: Bool?, rate: Double?) -> (effect: String, changes: Bool) {
+        let off = state == "off" || state == "stopped"
+        switch (enabled, rate) {
+        case (_, let rate?):
+            return (off ? "start, slowed to \(describeRate(rate)), unless another flag keeps it off" : "slow to \(describeRate(rate))", true)
+        case (false?, _):
+            return off ? ("stay off", false) : ("drain, commit and stop", true)
+        case (true?, _):
+            return off ? ("start, unless another flag keeps it off", true) : ("keep running", false)
+        case (nil, nil):
+            return off ? ("start, unless another layer keeps it off", true) : ("keep running, unless another layer stops it", true)
+        }
+    }
+
     public static func parseRate(_ text: String) -> Double? {
         guard text.hasSuffix("/s"), let rate = Double(text.dropLast(2)), rate > 0, rate <= 1_000_000, rate.isFinite else { return nil }
         return rate

@@ -226,7 +226,7 @@ final class Dashboard: Sendable {
             guard confirm else {
                 let changes = GroupView(host: host).preview(key, enabled: enabled, rate: rate)
                 context["changes"] = changes.map { ["shard": $0.shard.topicPartition.description, "owner": $0.shard.owner, "state": $0.shard.state, "change": $0.change] }
-                context["changeCount"] = changes.filter { !["stay off", "keep running"].contains($0.change) }.count
+                context["changeCount"] = changes.filter(\.changes).count
                 return page(request, "preview", title: "Confirm") { context }
             }
             do throws(OperatorActions.Refusal) {

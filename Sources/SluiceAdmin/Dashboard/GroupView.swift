@@ -131,17 +131,10 @@ struct GroupView {
     }
 
     /// What a flag change would do to each shard it covers (the dry run shown before it is confirmed).
-    func preview(_ key: FlagKey, enabled: Bool?, rate: Double?) -> [(shard: Shard, change: String)] {
+    func preview(_ key: FlagKey, enabled: Bool?, rate: Double?) -> [(shard: Shard, change: String, changes: Bool)] {
         shards.filter { key.covers($0.topicPartition) }.map { shard in
-            let off = shard.state == "off" || shard.state == "stopped"
-            let change: String
-            switch (enabled, rate) {
-            case (_, let rate?): change = off ? "start, slowed to \(ControlRecord.describeRate(rate)), unless another flag keeps it off" : "slow to \(ControlRecord.describeRate(rate))"
-            case (false?, _): change = off ? "stay off" : "drain, commit and stop"
-            case (true?, _): change = off ? "start, unless another flag keeps it off" : "keep running"
-            case (nil, nil): change = off ? "start, unless another layer keeps it off" : "keep running, unless another layer stops it"
-            }
-            return (shard, change)
+            let (effect, changes) = ControlRecord.flagEffect(on: shard.state, enabled: enabled, rate: rate)
+            return (shard, effect, changes)
         }
     }
 }
