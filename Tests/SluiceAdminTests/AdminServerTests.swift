@@ -89,7 +89,8 @@ struct AdminServerTests {
             while host.shards.first(where: { $0.topicPartition == partition })?.state != .off, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(50))
             }
-            #expect(host.shards.first { $0.topicPartition == partition }?.flag == FlagSetting(enabled: false, source: "control", reason: "slow db"))
+            let flag = host.shards.first { $0.topicPartition == partition }?.flag
+            #expect(flag == FlagSetting(enabled: false, source: "control", reason: "slow db", who: flag?.who) && flag?.who != nil)
             try await client.execute(uri: "/v1/flags/orders/1", method: .delete, headers: bearer) { response in
                 #expect(response.status == .ok)
                 #expect(decode(response.body)["removed"] as? Bool == true)

@@ -59,7 +59,8 @@ struct AdminCommandTests {
         }
         let shard = host.shards.first { $0.topicPartition.partition == 1 }
         #expect(shard?.state == .off)
-        #expect(shard?.flag == FlagSetting(enabled: false, source: "control", reason: "cli test"))
+        #expect(shard?.flag.who?.hasSuffix("via sluice CLI") == true, "who set it is kept")
+        #expect(shard?.flag == FlagSetting(enabled: false, source: "control", reason: "cli test", who: shard?.flag.who))
 
         let list = try await runCLI(["flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(list.status == 0, "\(list.errors)")

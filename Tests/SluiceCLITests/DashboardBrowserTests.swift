@@ -143,7 +143,7 @@ struct DashboardBrowserTests {
             return offPage.contains("Shards 8 of 12")
         }, "every orders shard of both hosts is off: \(offPage)")
         let reasons = try await browser.perform { try $0.open(urlA + "/shards/orders/3"); return try $0.text() }
-        #expect(reasons.contains("flag: flag off (control: incident 42 <b>payments down</b>)"), "why it is paused, escaped: \(reasons)")
+        #expect(reasons.contains("flag: flag off (control, by ann via dashboard: incident 42 <b>payments down</b>)"), "why it is paused, who, escaped: \(reasons)")
 
         // The audit timeline: who and why.
         let audit = try await browser.perform { try $0.open(urlA + "/audit"); return try $0.text() }

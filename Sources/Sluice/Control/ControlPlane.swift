@@ -372,8 +372,8 @@ public final class ControlPlaneFlagSource: FlagSource {
         reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
             do throws(SluiceError) {
                 switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
-                case .flag(let key, let enabled, let reason, _, let rate):
-                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate) } }
+                case .flag(let key, let enabled, let reason, let who, let rate):
+                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate, who: who) } }
                     continuation.yield()
                 case .trip(let topicPartition, let trip):
                     table.trips.withLock { $0[topicPartition] = trip }

@@ -74,12 +74,15 @@ public struct FlagSetting: Sendable, Hashable {
     /// A rate limit for the shards it covers, in messages a second (a rate flag such as `200/s`: the topic is
     /// slowed, not stopped); nil for no limit.
     public var rate: Double?
+    /// Who set it, when the source keeps it (the control plane does: an operator, a CLI user, a dashboard login).
+    public var who: String?
 
     /// Creates a setting.
-    public init(enabled: Bool, source: String, reason: String? = nil, rate: Double? = nil) {
+    public init(enabled: Bool, source: String, reason: String? = nil, rate: Double? = nil, who: String? = nil) {
         self.enabled = enabled
         self.source = source
         self.reason = reason
         self.rate = rate
+        self.who = who
     }
 }

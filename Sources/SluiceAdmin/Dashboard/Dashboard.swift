@@ -108,7 +108,7 @@ final class Dashboard: Sendable {
             },
             "controlPlane": host.control != nil,
             "flags": host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
-                ["key": key.description, "value": Self.describe(setting), "source": setting.source, "reason": setting.reason ?? ""]
+                ["key": key.description, "value": Self.describe(setting), "source": setting.source, "reason": setting.reason ?? "", "who": setting.who ?? ""]
             },
             "topics": topics.map { ["name": $0, "selected": $0 == topicFilter] },
             "states": states.map { ["name": $0, "selected": $0 == stateFilter] },

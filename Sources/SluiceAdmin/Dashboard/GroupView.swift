@@ -64,7 +64,7 @@ struct GroupView {
             switch reason {
             case KafkaPauseReason.flag.name:
                 let setting = host.flags.setting(for: topicPartition)
-                return "flag off (\(setting.source)\(setting.reason.map { ": \($0)" } ?? ""))"
+                return "flag off (\(setting.source)\(setting.who.map { ", by \($0)" } ?? "")\(setting.reason.map { ": \($0)" } ?? ""))"
             case KafkaPauseReason.breaker.name:
                 return trips[topicPartition].map { "tripped: \($0.reason)" } ?? lastError.map { "breaker: \($0)" } ?? "breaker"
             case KafkaPauseReason.quarantine.name:
