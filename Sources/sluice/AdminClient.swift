@@ -117,8 +117,9 @@ struct ControlOptions: ParsableArguments {
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         // The flag's value before, for the audit entry.
-        let before = try await read(topic: topic, bootstrap: bootstrap, logger: logger).flags[flagKey]
-            .map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
+        let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
+        defer { Task { await reader.close() } }
+        let before = records.flags[flagKey].map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
             let written = ContinuousClock.now
@@ -126,7 +127,7 @@ struct ControlOptions: ParsableArguments {
                 flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", rate: rate,
                 before: .some(before))
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
+            let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
             let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
             var line = "\(key): \(rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts applied"
             line += missing.isEmpty ? " in \(took) ms" : "; not yet: \(missing.sorted().joined(separator: ", "))"
@@ -138,17 +139,30 @@ struct ControlOptions: ParsableArguments {
 
     /// The control topic's state, read to its end.
     private func read(topic: String, bootstrap: String, logger: Logger) async throws -> RecordTable {
+        let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
+        await reader.close()
+        return records
+    }
+
+    /// The control topic read to its end, and its reader left tailing it: a write then waits for the hosts'
+    /// acknowledgements in the same table, instead of reading the whole topic a second time. Loading may
+    /// take up to 30 s (or `--wait`, if longer): it is the topic's size, not the hosts, that it waits for.
+    private func open(topic: String, bootstrap: String, logger: Logger) async throws -> (RecordTable, ControlTopicReader) {
         let records = RecordTable()
         do {
             let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
                 records.apply(record)
             }
-            try await reader.load(timeout: .seconds(max(wait, 1)))
-            await reader.close()
+            do {
+                try await reader.load(timeout: .seconds(max(wait, 30)))
+            } catch {
+                await reader.close()
+                throw error
+            }
+            return (records, reader)
         } catch {
             throw AdminClient.Failure(description: "cannot read control topic '\(topic)' at \(bootstrap): \(error)")
         }
-        return records
     }
 
     /// Lists the shards of live hosts a flag change would touch, and how.
@@ -182,7 +196,8 @@ struct ControlOptions: ParsableArguments {
         let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
-        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
+        defer { Task { await reader.close() } }
         guard let quarantine = records.quarantines[topicPartition] else {
             throw AdminClient.Failure(description: "no quarantined message on \(topicPartition) in control topic '\(topic)'")
         }
@@ -198,7 +213,7 @@ struct ControlOptions: ParsableArguments {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
             let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: written, topic: topic, bootstrap: bootstrap, logger: logger)
+            let (applied, live, missing) = try await acknowledgements(of: written, in: records)
             var line = "\(topicPartition): offset \(quarantine.offset) \(["skip": "skipped", "deadLetter": "released to the dead-letter topic"][release.rawValue] ?? "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
             if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
             print(line)
@@ -214,7 +229,8 @@ struct ControlOptions: ParsableArguments {
         let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
         var logger = Logger(label: "sluice.cli")
         logger.logLevel = .error
-        let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
+        let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
+        defer { Task { await reader.close() } }
         if records.quarantines[topicPartition] != nil {
             try await releaseQuarantine(topicPartition, as: .retry, offset: nil, reason: nil)
         }
@@ -224,7 +240,7 @@ struct ControlOptions: ParsableArguments {
             let offset = try await writer.send(
                 ControlCommand(action: .reset, topicPartition: topicPartition, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"))
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: offset, topic: topic, bootstrap: bootstrap, logger: logger)
+            let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
             var line = "\(topicPartition): reset sent (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts read it"
             if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
             print(line)
@@ -292,21 +308,11 @@ struct ControlOptions: ParsableArguments {
 
     /// Waits (up to `--wait`) until every live host of the group (one that wrote its status in the last
     /// 15 s) says it applied the record at `offset`; returns how many did, of how many, and which did not.
-    private func acknowledgements(of offset: Int64, topic: String, bootstrap: String, logger: Logger) async throws
-        -> (applied: Int, live: Int, missing: [String])
-    {
-        let hosts = HostTable()
-        let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
-            guard case .host(let identity, let status)? = try? ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
-            else { return }
-            hosts.set(identity, status)
-        }
-        defer { Task { await reader.close() } }
-        try await reader.load(timeout: .seconds(max(wait, 1)))
+    private func acknowledgements(of offset: Int64, in records: RecordTable) async throws -> (applied: Int, live: Int, missing: [String]) {
         let deadline = ContinuousClock.now + .milliseconds(Int(wait * 1000))
         while true {
             let now = Int64(Date().timeIntervalSince1970 * 1000)
-            let live = hosts.all.filter { now - $0.value.atMilliseconds <= 15_000 }
+            let live = records.hosts.filter { now - $0.value.atMilliseconds <= 15_000 }
             let missing = live.filter { $0.value.applied <= offset }.map(\.key)
             if missing.isEmpty || ContinuousClock.now >= deadline { return (live.count - missing.count, live.count, missing) }
             try await Task.sleep(for: .milliseconds(20))
@@ -353,13 +359,6 @@ private final class RecordTable: Sendable {
     var hosts: [String: ControlHostStatus] { state.withLock { $0.hosts } }
     var quarantines: [TopicPartition: Quarantine] { state.withLock { $0.quarantines } }
     var bad: Int { state.withLock { $0.bad } }
-}
-
-/// Host statuses as the CLI reads them.
-private final class HostTable: Sendable {
-    private let hosts = Mutex<[String: ControlHostStatus]>([:])
-    func set(_ identity: String, _ status: ControlHostStatus?) { hosts.withLock { $0[identity] = status } }
-    var all: [String: ControlHostStatus] { hosts.withLock { $0 } }
 }
 
 /// Runs an admin call and exits non-zero with the message on failure.

@@ -93,6 +93,8 @@ extension BenchCommand {
         print("  flag off → every shard of the topic off (drained, committed) on every host, from the CLI's start: \(summary(toOff))")
         print("  flag on → first message handled, from the CLI's start: \(summary(toFirst))")
         print("  the CLI's own figure (write → every host applied): \(summary(acknowledged)); \(fullAcks)/\(flips * 2) writes reported 3/3 hosts")
+        let slowest = toOff.enumerated().sorted { $0.element > $1.element }.prefix(3).map { "flip \($0.offset + 1): \(Int($0.element)) ms" }
+        print("  slowest flips to off: \(slowest.joined(separator: ", "))")
         print("  messages: \(produced) produced, \(lost) lost, \(duplicates) handled twice\(settled ? "" : " (committed offsets had not reached the end after 60 s)")")
     }
 
@@ -102,13 +104,19 @@ extension BenchCommand {
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         process.arguments = arguments
         let output = Pipe()
+        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString).err")
+        _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: errors) }
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        process.standardError = try FileHandle(forWritingTo: errors)
         try process.run()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else { throw ValidationError("sluice \(arguments.joined(separator: " ")) failed: \(text)") }
+        guard process.terminationStatus == 0 else {
+            let said = (try? String(contentsOf: errors, encoding: .utf8)) ?? ""
+            throw CLIFailure(description: "sluice \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(text)\(said)")
+        }
         return text
     }
 
@@ -140,6 +148,11 @@ extension BenchCommand {
         await consumer.close()
         return offsets
     }
+}
+
+/// A CLI call that failed, with what it printed.
+struct CLIFailure: Error, CustomStringConvertible {
+    let description: String
 }
 
 /// A `sluice fleet-host` child and what it said.

@@ -318,8 +318,12 @@ public final class SluiceHost: Service, Sendable {
     /// as it is, with a warning when it has more than the one partition Sluice reads.
     private func ensureControlTopics(_ controlTopic: String) async throws {
         let topics = [
+            // Compacted soon after writing: hosts write their status every few seconds, and every host start and
+            // CLI call reads the topic from its beginning; the active segment is never compacted, so it rolls
+            // every 10 minutes instead of Kafka's default week.
             KafkaTopicAdmin.NewTopic(
-                name: controlTopic, replicationFactor: configuration.control.replicationFactor, config: ["cleanup.policy": "compact"]),
+                name: controlTopic, replicationFactor: configuration.control.replicationFactor,
+                config: ["cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"]),
             KafkaTopicAdmin.NewTopic(
                 name: ControlPlaneWriter.auditTopic(forControl: controlTopic), replicationFactor: configuration.control.replicationFactor,
                 config: ["cleanup.policy": "delete"]),
