@@ -38,6 +38,7 @@ extension BenchCommand {
         try await Task.sleep(for: .seconds(2))
 
         var toOff: [Double] = []
+        var toPaused: [Double] = []
         var toFirst: [Double] = []
         var acknowledged: [Double] = []
         var fullAcks = 0
@@ -50,6 +51,7 @@ extension BenchCommand {
                 throw ValidationError("flip \(flip): not every shard went off within 30 s: \(hosts.map { "\($0.off)/\($0.owned)" })")
             }
             toOff.append(Double(hosts.compactMap { $0.offSince(started) }.max()! - started))
+            toPaused.append(hosts.compactMap { $0.pausedSince(started) }.max().map { Double($0 - started) } ?? toOff.last!)
             try await Task.sleep(for: .milliseconds(500))
             let resumed = FleetHostCommand.milliseconds()
             let unset = try cli(["flags", "unset", topic, "--bootstrap", cluster, "--group", group, "--reason", "bench flip \(flip) over"])
@@ -90,7 +92,8 @@ extension BenchCommand {
             return "median \(Int(median(sorted))) ms, max \(Int(sorted.last ?? 0)) ms"
         }
         print("fleet: 3 host processes, \(partitions) partitions, \(rate) msg/s steady, \(flips) flips through `sluice flags set|unset --bootstrap`")
-        print("  flag off → every shard of the topic off (drained, committed) on every host, from the CLI's start: \(summary(toOff))")
+        print("  flag off → every shard of the topic paused on every host, from the CLI's start: \(summary(toPaused))")
+        print("  flag off → every shard of the topic off (paused, drained, committed) on every host: \(summary(toOff))")
         print("  flag on → first message handled, from the CLI's start: \(summary(toFirst))")
         print("  the CLI's own figure (write → every host applied): \(summary(acknowledged)); \(fullAcks)/\(flips * 2) writes reported 3/3 hosts")
         let slowest = toOff.enumerated().sorted { $0.element > $1.element }.prefix(3).map { "flip \($0.offset + 1): \(Int($0.element)) ms" }
@@ -158,8 +161,8 @@ struct CLIFailure: Error, CustomStringConvertible {
 /// A `sluice fleet-host` child and what it said.
 final class FleetChild: Sendable {
     private struct State {
-        /// (time, off, owned) of each `S` line.
-        var shards: [(Int64, Int, Int)] = []
+        /// (time, off, owned, paused) of each `S` line.
+        var shards: [(Int64, Int, Int, Int)] = []
         /// Times of `H` lines.
         var handled: [Int64] = []
     }
@@ -187,8 +190,10 @@ final class FleetChild: Sendable {
                     let words = String(decoding: pending[..<newline], as: UTF8.self).split(separator: " ")
                     pending.removeSubrange(...newline)
                     self.state.withLock { state in
-                        if words.count == 4, words[0] == "S", let at = Int64(words[1]), let off = Int(words[2]), let owned = Int(words[3]) {
-                            state.shards.append((at, off, owned))
+                        if words.count == 5, words[0] == "S", let at = Int64(words[1]), let off = Int(words[2]), let owned = Int(words[3]),
+                            let paused = Int(words[4])
+                        {
+                            state.shards.append((at, off, owned, paused))
                         } else if words.count == 2, words[0] == "H", let at = Int64(words[1]) {
                             state.handled.append(at)
                         }
@@ -204,13 +209,18 @@ final class FleetChild: Sendable {
     var off: Int { state.withLock { $0.shards.last?.1 ?? 0 } }
 
     /// When every shard the host owns went off after `time` and stayed off since; nil if they are not all off.
-    func offSince(_ time: Int64) -> Int64? {
+    func offSince(_ time: Int64) -> Int64? { since(time) { $0.1 == $0.2 } }
+
+    /// When every shard the host owns was paused for the flag (draining or off) after `time`.
+    func pausedSince(_ time: Int64) -> Int64? { since(time) { $0.3 == $0.2 } }
+
+    private func since(_ time: Int64, _ holds: @escaping ((Int64, Int, Int, Int)) -> Bool) -> Int64? {
         state.withLock { state in
-            guard let last = state.shards.last, last.1 == last.2 else { return nil }
-            // The first report after `time` from which on every report says all off.
+            guard let last = state.shards.last, holds(last) else { return nil }
+            // The first report after `time` from which on every report says it holds.
             var since = last.0
             for report in state.shards.reversed() {
-                guard report.1 == report.2, report.0 >= time else { break }
+                guard holds(report), report.0 >= time else { break }
                 since = report.0
             }
             return since >= time ? since : time

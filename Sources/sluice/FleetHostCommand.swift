@@ -9,8 +9,8 @@ import Synchronization
 /// records every message it handles (`PARTITION OFFSET` lines in `--record`, for counting losses and
 /// duplicates across the fleet) and prints what the bench measures on stdout, with wall-clock milliseconds:
 ///
-/// - `S MS OFF OWNED` when the number of this host's shards of the topic that are off (drained, committed,
-///   paused for the flag) or owned changes;
+/// - `S MS OFF OWNED PAUSED` when the number of this host's shards of the topic that are off (drained,
+///   committed, paused for the flag), owned, or paused for the flag (draining or off) changes;
 /// - `H MS` at the first message handled after 200 ms without any.
 struct FleetHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,15 +38,16 @@ struct FleetHostCommand: AsyncParsableCommand {
             host.shutdown()
         }
         let watcher = Task {
-            var last: (off: Int, owned: Int) = (-1, -1)
+            var last: (off: Int, owned: Int, paused: Int) = (-1, -1, -1)
             while !Task.isCancelled {
                 let shards = host.shards.filter { $0.topicPartition.topic == topic }
-                let now = (off: shards.filter { $0.state == .off }.count, owned: shards.count)
+                let paused = shards.filter { $0.state == .off || $0.state == .draining || $0.pauseReasons.contains(.flag) }.count
+                let now = (off: shards.filter { $0.state == .off }.count, owned: shards.count, paused: paused)
                 if now != last {
                     // What was handled so far is in the file before the change is announced, so a host killed
                     // after it (kill -9 while the topic is off) leaves a complete record.
                     try? recorder.flush(sync: false)
-                    FleetHostCommand.say("S \(FleetHostCommand.milliseconds()) \(now.off) \(now.owned)")
+                    FleetHostCommand.say("S \(FleetHostCommand.milliseconds()) \(now.off) \(now.owned) \(now.paused)")
                     last = now
                 }
                 try? await Task.sleep(for: .milliseconds(2))

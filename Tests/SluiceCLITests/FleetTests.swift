@@ -7,7 +7,7 @@ import Testing
 
 /// Three (and four) host processes in one group, flags flipped through the CLI and the control topic, the
 /// way a fleet runs in production. Each host is `sluice fleet-host`: it records every message it handles
-/// and prints its shard counts (`S MS OFF OWNED`) and the first message after a pause (`H MS`).
+/// and prints its shard counts (`S MS OFF OWNED PAUSED`) and the first message after a pause (`H MS`).
 @Suite("A fleet of host processes under the group's control plane", .timeLimit(.minutes(5)))
 struct FleetTests {
     let logger = Logger(label: "sluice.fleet-test")
@@ -23,7 +23,7 @@ struct FleetTests {
         var counts: (off: Int, owned: Int)? {
             guard let line = process.output.text.split(separator: "\n").last(where: { $0.hasPrefix("S ") }) else { return nil }
             let words = line.split(separator: " ")
-            guard words.count == 4, let off = Int(words[2]), let owned = Int(words[3]) else { return nil }
+            guard words.count == 5, let off = Int(words[2]), let owned = Int(words[3]) else { return nil }
             return (off, owned)
         }
         var allOff: Bool { counts.map { $0.off == $0.owned } ?? false }
