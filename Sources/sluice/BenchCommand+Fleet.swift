@@ -39,6 +39,7 @@ extension BenchCommand {
 
         var toOff: [Double] = []
         var toPaused: [Double] = []
+        var toApplied: [Double] = []
         var toFirst: [Double] = []
         var acknowledged: [Double] = []
         var fullAcks = 0
@@ -51,6 +52,9 @@ extension BenchCommand {
                 throw ValidationError("flip \(flip): not every shard went off within 30 s: \(hosts.map { "\($0.off)/\($0.owned)" })")
             }
             toOff.append(Double(hosts.compactMap { $0.offSince(started) }.max()! - started))
+            if hosts.allSatisfy({ $0.flagOff(after: started) != nil }) {
+                toApplied.append(Double(hosts.compactMap { $0.flagOff(after: started) }.max()! - started))
+            }
             toPaused.append(hosts.compactMap { $0.pausedSince(started) }.max().map { Double($0 - started) } ?? toOff.last!)
             try await Task.sleep(for: .milliseconds(500))
             let resumed = FleetHostCommand.milliseconds()
@@ -92,6 +96,7 @@ extension BenchCommand {
             return "median \(Int(median(sorted))) ms, max \(Int(sorted.last ?? 0)) ms"
         }
         print("fleet: 3 host processes, \(partitions) partitions, \(rate) msg/s steady, \(flips) flips through `sluice flags set|unset --bootstrap`")
+        print("  flag off → every host's flags say off, from the CLI's start: \(summary(toApplied))")
         print("  flag off → every shard of the topic paused on every host, from the CLI's start: \(summary(toPaused))")
         print("  flag off → every shard of the topic off (paused, drained, committed) on every host: \(summary(toOff))")
         print("  flag on → first message handled, from the CLI's start: \(summary(toFirst))")
@@ -165,6 +170,8 @@ final class FleetChild: Sendable {
         var shards: [(Int64, Int, Int, Int)] = []
         /// Times of `H` lines.
         var handled: [Int64] = []
+        /// Times the host's flags turned the topic off (`F MS off`).
+        var flagOff: [Int64] = []
     }
     private let process: Process
     private let state = Mutex(State())
@@ -196,6 +203,8 @@ final class FleetChild: Sendable {
                             state.shards.append((at, off, owned, paused))
                         } else if words.count == 2, words[0] == "H", let at = Int64(words[1]) {
                             state.handled.append(at)
+                        } else if words.count == 3, words[0] == "F", words[2] == "off", let at = Int64(words[1]) {
+                            state.flagOff.append(at)
                         }
                     }
                 }
@@ -225,6 +234,11 @@ final class FleetChild: Sendable {
             }
             return since >= time ? since : time
         }
+    }
+
+    /// When the host's flags turned the topic off after `time`.
+    func flagOff(after time: Int64) -> Int64? {
+        state.withLock { state in state.flagOff.first { $0 >= time } }
     }
 
     /// The first message handled after `time`.

@@ -11,7 +11,8 @@ import Synchronization
 ///
 /// - `S MS OFF OWNED PAUSED` when the number of this host's shards of the topic that are off (drained,
 ///   committed, paused for the flag), owned, or paused for the flag (draining or off) changes;
-/// - `H MS` at the first message handled after 200 ms without any.
+/// - `H MS` at the first message handled after 200 ms without any;
+/// - `F MS on|off` when the host's flags (all layers resolved) turn the topic on or off.
 struct FleetHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet-host", abstract: "One host of `sluice bench --fleet` (started by the bench).", shouldDisplay: false)
@@ -39,7 +40,13 @@ struct FleetHostCommand: AsyncParsableCommand {
         }
         let watcher = Task {
             var last: (off: Int, owned: Int, paused: Int) = (-1, -1, -1)
+            var flagOn: Bool?
             while !Task.isCancelled {
+                let on = host.flags.setting(for: TopicPartition(topic, 0)).enabled
+                if on != flagOn {
+                    FleetHostCommand.say("F \(FleetHostCommand.milliseconds()) \(on ? "on" : "off")")
+                    flagOn = on
+                }
                 let shards = host.shards.filter { $0.topicPartition.topic == topic }
                 let paused = shards.filter { $0.state == .off || $0.state == .draining || $0.pauseReasons.contains(.flag) }.count
                 let now = (off: shards.filter { $0.state == .off }.count, owned: shards.count, paused: paused)

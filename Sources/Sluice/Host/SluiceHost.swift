@@ -522,10 +522,13 @@ public final class SluiceHost: Service, Sendable {
                             let statuses = Dictionary(self.shards.map { ($0.topicPartition, $0) }, uniquingKeysWith: { first, _ in first })
                             let shards = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.state.name) })
                             let reasons = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.pauseReasons.map(\.name).sorted()) })
-                            // At once when a state or a pause reason changes; lag and counts ride along, refreshed
-                            // with the heartbeat (they change with every message).
-                            if said.map({ $0.applied != applied || $0.shards != shards || $0.reasons != reasons }) ?? true
-                                || ContinuousClock.now - saidAt >= .seconds(5)
+                            // At once when the applied position moves (writers wait for it); a changed state or
+                            // pause reason at most once a second (a flip moves every shard through several states,
+                            // and every record is read by every host and CLI call); lag and counts ride along,
+                            // refreshed with the 5 s heartbeat.
+                            let sinceSaid = ContinuousClock.now - saidAt
+                            if said.map({ $0.applied != applied || (($0.shards != shards || $0.reasons != reasons) && sinceSaid >= .seconds(1)) }) ?? true
+                                || sinceSaid >= .seconds(5)
                             {
                                 var details: [String: ControlHostStatus.Shard] = [:]
                                 for (topicPartition, status) in statuses {
