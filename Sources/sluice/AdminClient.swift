@@ -117,15 +117,19 @@ struct ControlOptions: ParsableArguments {
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         // The flag's value before, for the audit entry.
-        let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
-        defer { Task { await reader.close() } }
-        let before = records.flags[flagKey].map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
+        // The record is written first and the topic read alongside: the hosts apply the change while this
+        // process still reads what came before it (for the audit's "before" and the acknowledgements).
+        let records = RecordTable(watching: flagKey)
+        let loading = Task { try await open(topic: topic, bootstrap: bootstrap, logger: logger, into: records) }
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let who = "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"
             let written = ContinuousClock.now
-            let offset = try await writer.setFlag(
-                flagKey, enabled: enabled, reason: reason, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", rate: rate,
-                before: .some(before))
+            let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: who, rate: rate, audited: false)
+            let (_, reader) = try await loading.value
+            defer { Task { await reader.close() } }
+            let before = records.watchedFlag(before: offset).map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
+            await writer.auditFlag(flagKey, enabled: enabled, rate: rate, reason: reason, who: who, before: before, offset: offset)
             await writer.close()
             let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
             let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
@@ -147,8 +151,9 @@ struct ControlOptions: ParsableArguments {
     /// The control topic read to its end, and its reader left tailing it: a write then waits for the hosts'
     /// acknowledgements in the same table, instead of reading the whole topic a second time. Loading may
     /// take up to 30 s (or `--wait`, if longer): it is the topic's size, not the hosts, that it waits for.
-    private func open(topic: String, bootstrap: String, logger: Logger) async throws -> (RecordTable, ControlTopicReader) {
-        let records = RecordTable()
+    private func open(topic: String, bootstrap: String, logger: Logger, into records: RecordTable = RecordTable()) async throws
+        -> (RecordTable, ControlTopicReader)
+    {
         do {
             let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
                 records.apply(record)
@@ -331,8 +336,17 @@ private final class RecordTable: Sendable {
 
     private let state = Mutex<
         (flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus],
-            quarantines: [TopicPartition: Quarantine], bad: Int)
-    >(([:], [:], [:], [:], 0))
+            quarantines: [TopicPartition: Quarantine], bad: Int, history: [(offset: Int64, flag: Flag?)])
+    >(([:], [:], [:], [:], 0, []))
+    /// A flag whose every value is kept with its offset (a write's "before", read after the write).
+    private let watched: FlagKey?
+
+    init(watching key: FlagKey? = nil) { watched = key }
+
+    /// The watched flag's value before the record at `offset`.
+    func watchedFlag(before offset: Int64) -> Flag? {
+        state.withLock { state in state.history.last { $0.offset < offset }?.flag }
+    }
 
     func apply(_ record: ControlTopicReader.Record) {
         state.withLock { state in
@@ -346,6 +360,7 @@ private final class RecordTable: Sendable {
             switch parsed {
             case .flag(let key, let enabled, let reason, let who, let rate)?:
                 state.flags[key] = enabled.map { Flag(enabled: $0, reason: reason, who: who, rate: rate) }
+                if key == watched { state.history.append((record.offset, state.flags[key])) }
             case .trip(let topicPartition, let trip)?: state.trips[topicPartition] = trip
             case .host(let identity, let status)?: state.hosts[identity] = status
             case .quarantine(let topicPartition, let quarantine)?: state.quarantines[topicPartition] = quarantine

@@ -564,17 +564,34 @@ public struct ControlPlaneWriter: Sendable {
 
     /// Sets a flag for the group (nil: unset it, so lower layers decide); returns the record's offset once
     /// the broker acknowledged it.
+    ///
+    /// With `audited` false, the caller writes the audit entry itself with ``auditFlag(_:enabled:rate:reason:who:before:offset:)``
+    /// (the CLI writes first and learns the value before while the hosts already apply it).
     @discardableResult
     public func setFlag(
-        _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none
+        _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none, audited: Bool = true
     ) async throws -> Int64 {
         let (recordKey, value) = ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded
         await prepare()
         let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
-        let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
-        let previous = before.map { setting in setting.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset" }
-        await audit(recordKey, before: previous, after: after, who: who, reason: reason, offset: report.offset)
+        if audited {
+            await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before.map { $0 }, offset: report.offset, knowsBefore: before != nil)
+        }
         return report.offset
+    }
+
+    /// Writes the audit entry of a flag change made at control offset `offset`; `before` is the flag's
+    /// control-plane value before it (nil: unset).
+    public func auditFlag(_ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting?, offset: Int64) async {
+        await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before, offset: offset, knowsBefore: true)
+    }
+
+    private func auditFlag(
+        _ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting??, offset: Int64, knowsBefore: Bool
+    ) async {
+        let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
+        let previous = knowsBefore ? (before.flatMap { $0 }.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset") : nil
+        await audit("flag/\(key)", before: previous, after: after, who: who, reason: reason, offset: offset)
     }
 
     /// Publishes a shard's trip (nil: cleared) for the group.
