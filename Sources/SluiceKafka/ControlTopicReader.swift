@@ -75,6 +75,27 @@ public final class ControlTopicReader: Sendable {
     /// The offset of the next record to read.
     public var position: Int64 { state.withLock { $0.position } }
 
+    /// The topic's end now (its high watermark), asked of the broker: every record written before this call
+    /// is below it. Throws when the broker does not answer within `timeout`.
+    public func endOffset(timeout: Duration) async throws(KafkaError) -> Int64 {
+        guard !finished.withLock({ $0 }) else { throw KafkaError.closedError }
+        let handle = self.handle
+        let topic = self.topic
+        do {
+            return try await OwnerThread.blocking { () throws(KafkaError) -> Int64 in
+                var low: Int64 = 0
+                var high: Int64 = 0
+                let error = rd_kafka_query_watermark_offsets(handle.pointer, topic, 0, &low, &high, Int32(clamping: timeout.milliseconds))
+                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw .rdkafka(error, context: "reading the end of control topic '\(topic)'") }
+                return high
+            }
+        } catch let error as KafkaError {
+            throw error
+        } catch {
+            throw KafkaError(code: .librdkafka, message: "\(error)")
+        }
+    }
+
     /// Stops tailing and destroys the consumer; returns once it is gone.
     public func close() async {
         let alreadyFinished = finished.withLock { $0 }

@@ -460,6 +460,15 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// The offset of the next control record to read: every record before it is applied.
     public var appliedPosition: Int64 { reader.position }
 
+    /// Waits until every control record written before this call is applied: a host taking over partitions
+    /// acts on the group's latest flags, trips and quarantines, not on a reader that lags (a quarantine the
+    /// partition's last owner published just before). Returns false when that did not happen within
+    /// `timeout`; the host then goes on with what it has.
+    func catchUp(timeout: Duration) async -> Bool {
+        guard let end = try? await reader.endOffset(timeout: timeout) else { return false }
+        return await waitUntilApplied(end - 1, timeout: timeout)
+    }
+
     /// Stops tailing.
     public func close() async { await reader.close() }
 }

@@ -62,6 +62,13 @@ struct SupervisorLoop {
         switch item {
         case .kafka(.assigned(let partitions)):
             host.noteAssignment(lost: false)
+            // Desired state before acting: the control topic read to its end as of now, so a partition's trip or
+            // quarantine written by its last owner moments ago is known before its shard starts here.
+            if let control = host.control, !(await control.catchUp(timeout: .seconds(5))) {
+                logger.warning(
+                    "the control topic could not be read to its end before starting the assigned shards; starting them with what was read",
+                    metadata: ["kafka.partitions": "\(partitions)", "sluice.controlPosition": "\(control.appliedPosition)"])
+            }
             for topicPartition in partitions { await assign(topicPartition, group: &group) }
             readGroupProgress(of: partitions.compactMap { shards[$0] }, group: &group)
         case .kafka(.revoked(let revocation)):
