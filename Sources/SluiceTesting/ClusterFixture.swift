@@ -1,5 +1,6 @@
 import Logging
 import SluiceKafka
+import Synchronization
 
 /// Conveniences over ``EmbeddedKafkaCluster`` (librdkafka's mock cluster on loopback, in process) for
 /// tests that run a real host: produce, and read what a group committed. Faults are injected with the
@@ -43,4 +44,91 @@ extension EmbeddedKafkaCluster {
         await consumer.close()
         return Dictionary(uniqueKeysWithValues: offsets.map { ($0.key.partition, $0.value) })
     }
+}
+
+/// A record of a dead-letter topic, with what Sluice's dead-letter sink wrote in its headers.
+public struct DeadLetterRecord: Sendable {
+    /// The record as read (key, value and every header).
+    public let message: ConsumedMessage
+    /// `sluice.error`: why the handler gave up on it.
+    public var error: String? { header("sluice.error") }
+    /// `sluice.source.topic`, `.partition` and `.offset`: where it came from.
+    public var sourceTopic: String? { header("sluice.source.topic") }
+    public var sourcePartition: Int32? { header("sluice.source.partition").flatMap { Int32($0) } }
+    public var sourceOffset: Int64? { header("sluice.source.offset").flatMap { Int64($0) } }
+    /// `sluice.attempts`: how many times the handler was called.
+    public var attempts: Int? { header("sluice.attempts").flatMap { Int($0) } }
+    /// The value as UTF-8 text.
+    public var text: String { String(decoding: message.value, as: UTF8.self) }
+
+    /// The last header named `key`, as UTF-8 text.
+    public func header(_ key: String) -> String? {
+        message.headers.last { $0.key == key }.map { String(decoding: $0.value ?? [], as: UTF8.self) }
+    }
+}
+
+extension EmbeddedKafkaCluster {
+    /// Every record of `topic` (partitions `0..<partitions`) up to its end as of the call, in partition and
+    /// offset order, read by a consumer of its own (a fresh group, from the earliest offset).
+    public func records(
+        topic: String, partitions: Int = 1, timeout: Duration = .seconds(60), logger: Logger = Logger(label: "sluice.testing")
+    ) async throws -> [ConsumedMessage] {
+        let all = (0..<partitions).map { TopicPartition(topic, Int32($0)) }
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
+        configuration.autoOffsetReset = .earliest
+        configuration.sessionTimeout = .seconds(6)
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        let ends: [TopicPartition: Int64]
+        do {
+            ends = try await consumer.queryHighWatermarks(for: all)
+        } catch {
+            await consumer.close()
+            throw error
+        }
+        let wanted = ends.values.reduce(0, +)
+        let collected = RecordCollector()
+        if wanted > 0 {
+            try await consumer.subscribe(topics: [topic])
+            let reading = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for await event in consumer.events {
+                        switch event {
+                        case .assigned(let partitions):
+                            for topicPartition in partitions {
+                                guard let messages = consumer.messages(for: topicPartition) else { continue }
+                                let end = ends[topicPartition] ?? 0
+                                group.addTask { for await batch in messages { collected.add(batch.filter { $0.offset < end }) } }
+                            }
+                        case .revoked(let revocation):
+                            revocation.done()
+                        case .lost, .error:
+                            break
+                        }
+                    }
+                }
+            }
+            let found = await eventually(timeout: timeout) { collected.count >= wanted }
+            await consumer.close()
+            await reading.value
+            guard found else {
+                throw KafkaError(code: .timeout, message: "topic '\(topic)': read \(collected.count) of \(wanted) records in \(timeout)")
+            }
+        } else {
+            await consumer.close()
+        }
+        return collected.all.sorted { ($0.partition, $0.offset) < ($1.partition, $1.offset) }
+    }
+
+    /// What a dead-letter topic holds: every record, with the headers Sluice's dead-letter sink writes.
+    public func deadLetters(topic: String, partitions: Int = 1, timeout: Duration = .seconds(60)) async throws -> [DeadLetterRecord] {
+        try await records(topic: topic, partitions: partitions, timeout: timeout).map(DeadLetterRecord.init(message:))
+    }
+}
+
+/// Records collected from several partitions' readers.
+private final class RecordCollector: Sendable {
+    private let state = Mutex<[ConsumedMessage]>([])
+    func add(_ batch: [ConsumedMessage]) { state.withLock { $0 += batch } }
+    var count: Int64 { Int64(state.withLock { $0.count }) }
+    var all: [ConsumedMessage] { state.withLock { $0 } }
 }
