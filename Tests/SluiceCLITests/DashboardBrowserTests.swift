@@ -193,5 +193,11 @@ struct DashboardBrowserTests {
         let partitions = (0..<8).map { TopicPartition("orders", Int32($0)) }
         #expect(await eventually(poll: .milliseconds(250)) { try await checker.committedOffsets(for: partitions).values.reduce(0, +) == 400 }, "every order handled")
         await checker.close()
+        // The services leave while the cluster is still up (otherwise they wait for a broker that is gone).
+        a.process.terminate()
+        b.process.terminate()
+        #expect(await a.exit() == 0)
+        #expect(await b.exit() == 0)
+        withExtendedLifetime(cluster) {}
     }
 }
