@@ -27,6 +27,7 @@ struct FleetTests {
             return (off, owned)
         }
         var allOff: Bool { counts.map { $0.off == $0.owned } ?? false }
+        var ownsShards: Bool { (counts?.owned ?? 0) != 0 }
         var handledAnything: Bool { process.output.text.contains("\nH ") || process.output.text.hasPrefix("H ") }
     }
 
@@ -70,7 +71,7 @@ struct FleetTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         var hosts = try (0..<3).map { try start(cluster, group: group, directory: directory, name: "host-\($0)") }
-        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy { ($0.counts?.owned ?? 0) > 0 } }, "three hosts share the partitions")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy(\.ownsShards) }, "three hosts share the partitions")
         var produced: Int64 = 600
         try await produce(cluster, count: 600)
         #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { try await committed(cluster, group: group) == produced })
@@ -93,7 +94,7 @@ struct FleetTests {
         #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { hosts.allSatisfy(\.allOff) })
         let late = try start(cluster, group: group, directory: directory, name: "late")
         hosts.append(late)
-        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { (late.counts?.owned ?? 0) > 0 && hosts.allSatisfy(\.allOff) }, "the late host owns shards, all off")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { late.ownsShards && hosts.allSatisfy(\.allOff) }, "the late host owns shards, all off")
         let killedPID = hosts[0].process.process.processIdentifier
         kill(killedPID, SIGKILL)
         _ = await hosts[0].process.exit()
@@ -102,7 +103,7 @@ struct FleetTests {
         }, "the killed host's partitions moved and stayed off")
         let restarted = try start(cluster, group: group, directory: directory, name: "restarted")
         hosts.append(restarted)
-        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { (restarted.counts?.owned ?? 0) > 0 && hosts.dropFirst().allSatisfy(\.allOff) }, "the restarted host starts its shards off")
+        #expect(await eventually(timeout: .seconds(90), poll: .milliseconds(250)) { restarted.ownsShards && hosts.dropFirst().allSatisfy(\.allOff) }, "the restarted host starts its shards off")
         try await produce(cluster, count: 100)
         produced += 100
         #expect(!late.handledAnything && !restarted.handledAnything, "hosts that started while the topic was off handled none of it")
