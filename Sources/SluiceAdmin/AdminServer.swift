@@ -312,14 +312,7 @@ public struct AdminServer: Service {
 
     private func authorize(_ request: Request) -> Response? {
         guard let token = settings.token, !token.isEmpty else { return nil }
-        let presented = request.headers[.authorization] ?? ""
-        let expected = "Bearer \(token)"
-        // Constant-time comparison.
-        let a = Array(presented.utf8)
-        let b = Array(expected.utf8)
-        var difference = a.count ^ b.count
-        for index in 0..<min(a.count, b.count) { difference |= Int(a[index] ^ b[index]) }
-        guard difference != 0 else { return nil }
+        guard !Dashboard.constantTimeEqual(request.headers[.authorization] ?? "", "Bearer \(token)") else { return nil }
         logger.warning("admin change refused: missing or wrong token", metadata: ["sluice.caller": "\(caller(request))", "http.path": "\(request.uri.path)"])
         var response = problem(.unauthorized, "this change needs Authorization: Bearer <token>")
         response.headers[.wwwAuthenticate] = "Bearer"

@@ -29,12 +29,7 @@ extension BenchCommand {
         }
         // A steady producer for the whole run: flips happen under load, as in an incident.
         let rate = 2_000
-        let producer = Process()
-        producer.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        producer.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(rate * 3_600)", "--rate", "\(rate)", "--keys", "1000", "--size", "100"]
-        producer.standardOutput = FileHandle.nullDevice
-        producer.standardError = FileHandle.nullDevice
-        try producer.run()
+        let producer = try startProducer(cluster, topic: topic, rate: rate, count: rate * 3_600)
         try await Task.sleep(for: .seconds(2))
 
         var toOff: [Double] = []

@@ -393,17 +393,23 @@ struct BenchCommand: AsyncParsableCommand {
 
     /// Runs `sluice produce --rate` in a child process until it produced `count` messages.
     func produceSteadily(_ cluster: String, topic: String, rate: Int, count: Int) throws {
+        let process = try startProducer(cluster, topic: topic, rate: rate, count: count)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))") }
+    }
+
+    // MARK: Helpers
+
+    /// Starts `sluice produce --rate` (100-byte messages over 1,000 keys) in a child process.
+    func startProducer(_ cluster: String, topic: String, rate: Int, count: Int) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         process.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--rate", "\(rate)", "--keys", "1000", "--size", "100"]
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))") }
+        return process
     }
-
-    // MARK: Helpers
 
     /// Preloads the topic with `sluice produce` (this executable) in a child process.
     func preload(bootstrap: String) throws {

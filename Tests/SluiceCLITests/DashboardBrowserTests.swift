@@ -12,6 +12,16 @@ struct DashboardBrowserTests {
     let logger = Logger(label: "sluice.dashboard-test")
 
 
+    /// The script a person's typing and clicking amounts to: the flag form filled in, then Preview.
+    static func flagForm(target: String, value: String, reason: String) -> String {
+        """
+        document.getElementById('flag-target').value = '\(target)';
+        document.getElementById('flag-value').value = '\(value)';
+        document.getElementById('flag-reason').value = '\(reason)';
+        document.getElementById('flag-preview').click();
+        """
+    }
+
     @Test("shards of every host, why each is paused; actions refused without the token, the CSRF token or from another origin; a flag flipped from the page stops the topic on both hosts; the audit; a quarantine released from the page; hostile text escaped")
     func operatorConsole() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
@@ -77,14 +87,22 @@ struct DashboardBrowserTests {
         #expect(try await browser.perform { try $0.evaluate("document.querySelectorAll('#hosts img').length") as? Int } == 0)
         try await goneHostile()
         #expect(home.0.contains("quarantined at 1000000"))
+        // Live with JavaScript on: the page fetches itself again every few seconds and swaps its content in.
+        #expect(await eventually(poll: .milliseconds(250)) {
+            try await browser.perform { try $0.evaluate("document.body.getAttribute('data-refreshed')") as? String } != nil
+        }, "the shard table refreshes itself")
+        // Readable with JavaScript off: the same table, served complete.
+        let withoutScripts = try await browser.perform { browser -> String in
+            try browser.setScriptsEnabled(false)
+            defer { try? browser.setScriptsEnabled(true) }
+            try browser.open(urlA + "/")
+            return try browser.text()
+        }
+        #expect((0..<8).allSatisfy { withoutScripts.contains("orders/\($0)") }, "\(withoutScripts)")
 
         // Without the token: refused, nothing written.
         let refused = try await browser.perform { browser -> String in
-            try browser.submit("""
-                document.getElementById('flag-target').value = 'orders';
-                document.getElementById('flag-reason').value = 'not allowed';
-                document.getElementById('flag-preview').click();
-                """)
+            try browser.submit(Self.flagForm(target: "orders", value: "off", reason: "not allowed"))
             return try browser.text()
         }
         #expect(refused.contains("log in with the admin token to make changes"), "\(refused)")
@@ -123,11 +141,7 @@ struct DashboardBrowserTests {
         }
         #expect(loggedIn.contains("Log out"), "\(loggedIn)")
         let preview = try await browser.perform { browser -> String in
-            try browser.submit("""
-                document.getElementById('flag-target').value = 'orders';
-                document.getElementById('flag-reason').value = 'incident 42 <b>payments down</b>';
-                document.getElementById('flag-preview').click();
-                """)
+            try browser.submit(Self.flagForm(target: "orders", value: "off", reason: "incident 42 <b>payments down</b>"))
             return try browser.text()
         }
         #expect(preview.contains("Confirm: set flag orders to off") && preview.contains("8 shard(s) will change"), "\(preview)")
@@ -177,12 +191,7 @@ struct DashboardBrowserTests {
         // Back on from the page: both hosts resume, nothing lost.
         let resumed = try await browser.perform { browser -> String in
             try browser.open(urlA + "/")
-            try browser.submit("""
-                document.getElementById('flag-target').value = 'orders';
-                document.getElementById('flag-value').value = 'unset';
-                document.getElementById('flag-reason').value = 'incident 42 over';
-                document.getElementById('flag-preview').click();
-                """)
+            try browser.submit(Self.flagForm(target: "orders", value: "unset", reason: "incident 42 over"))
             try browser.submit("document.getElementById('confirm').click()")
             return try browser.text()
         }

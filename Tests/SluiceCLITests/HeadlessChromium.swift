@@ -105,6 +105,11 @@ final class HeadlessChromium: @unchecked Sendable {
         try waitForLoad()
     }
 
+    /// Turns the page's own JavaScript off or on (the test's scripts still run), for the next page loaded.
+    func setScriptsEnabled(_ enabled: Bool) throws {
+        _ = try call("Emulation.setScriptExecutionDisabled", ["value": !enabled])
+    }
+
     /// The visible text of the page.
     func text() throws -> String { try evaluate("document.body.innerText") as? String ?? "" }
 

@@ -69,15 +69,11 @@ struct HTTPFlagSource: FlagSource {
             } catch {
                 throw SluiceError(code: .configuration, message: "flag service \(url): key '\(keyText)': \(error)")
             }
-            let text = (value as? String)?.lowercased() ?? ""
-            if let rate = ControlRecord.parseRate(text) {
-                flags[key] = FlagSetting(enabled: true, source: "http", rate: rate)
-            } else if text == "on" || text == "off" {
-                flags[key] = FlagSetting(enabled: text == "on", source: "http")
-            } else {
+            guard let setting = (value as? String).flatMap({ FlagSetting(parsing: $0, source: "http") }) else {
                 throw SluiceError(
                     code: .configuration, message: "flag service \(url): flag '\(keyText)': expected on, off or a rate such as 200/s, got \(value)")
             }
+            flags[key] = setting
         }
         return flags
     }

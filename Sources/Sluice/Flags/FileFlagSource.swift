@@ -63,18 +63,13 @@ public struct FileFlagSource: FlagSource {
             } catch let error as SluiceError {
                 throw SluiceError(code: .configuration, message: "\(location(file, keyNode.mark)): \(error.message)")
             }
-            let value = valueNode.scalar?.string.lowercased() ?? ""
-            if let rate = ControlRecord.parseRate(value) {
-                // A rate flag: the shards run, slowed to that many messages a second each.
-                flags[key] = FlagSetting(enabled: true, source: "file", rate: rate)
-                continue
-            }
-            guard let enabled = ["on": true, "true": true, "off": false, "false": false][value] else {
+            // A rate flag runs the shards, slowed to that many messages a second each.
+            guard let setting = FlagSetting(parsing: valueNode.scalar?.string ?? "", source: "file") else {
                 throw SluiceError(
                     code: .configuration,
                     message: "\(location(file, valueNode.mark)): flag '\(keyText)': expected on, off or a rate such as 200/s, got '\(valueNode.scalar?.string ?? "a list or map")'")
             }
-            flags[key] = FlagSetting(enabled: enabled, source: "file")
+            flags[key] = setting
         }
         return flags
     }

@@ -77,6 +77,19 @@ public struct FlagSetting: Sendable, Hashable {
     /// Who set it, when the source keeps it (the control plane does: an operator, a CLI user, a dashboard login).
     public var who: String?
 
+    /// Reads a flag value as flag files and flag services write it: `on` / `off` (or `true` / `false`), or a
+    /// rate such as `200/s`; nil for anything else.
+    public init?(parsing value: String, source: String) {
+        let text = value.lowercased()
+        if let rate = ControlRecord.parseRate(text) {
+            self.init(enabled: true, source: source, rate: rate)
+        } else if let enabled = ["on": true, "true": true, "off": false, "false": false][text] {
+            self.init(enabled: enabled, source: source)
+        } else {
+            return nil
+        }
+    }
+
     /// Creates a setting.
     public init(enabled: Bool, source: String, reason: String? = nil, rate: Double? = nil, who: String? = nil) {
         self.enabled = enabled

@@ -518,10 +518,15 @@ public final class SluiceHost: Service, Sendable {
                         let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
                         while !Task.isCancelled {
                             let applied = control.loadedPosition
-                            // The shards as the admin API shows them: pause reasons, watermarks and counts included.
-                            let statuses = Dictionary(self.shards.map { ($0.topicPartition, $0) }, uniquingKeysWith: { first, _ in first })
-                            let shards = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.state.name) })
-                            let reasons = Dictionary(uniqueKeysWithValues: statuses.map { ($0.key.description, $0.value.pauseReasons.map(\.name).sorted()) })
+                            // Every 100 ms only what decides whether to publish (states and pause reasons); the
+                            // shards as the admin API shows them (watermarks, counts) only for a record written.
+                            let (states, consumer) = self.state.withLock { state in
+                                (state.views.mapValues(\.status.state.name), state.consumer)
+                            }
+                            let shards = Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) })
+                            let reasons = Dictionary(uniqueKeysWithValues: states.keys.map { topicPartition in
+                                (topicPartition.description, (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted())
+                            })
                             // At once when the applied position moves (writers wait for it); a changed state or
                             // pause reason at most once a second (a flip moves every shard through several states,
                             // and every record is read by every host and CLI call); lag and counts ride along,
@@ -531,7 +536,8 @@ public final class SluiceHost: Service, Sendable {
                                 || sinceSaid >= .seconds(5)
                             {
                                 var details: [String: ControlHostStatus.Shard] = [:]
-                                for (topicPartition, status) in statuses {
+                                for status in self.shards {
+                                    let topicPartition = status.topicPartition
                                     var shard = ControlHostStatus.Shard()
                                     shard.pauseReasons = reasons[topicPartition.description] ?? []
                                     shard.lag = status.lag
