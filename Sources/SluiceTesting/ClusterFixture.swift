@@ -13,19 +13,49 @@ extension EmbeddedKafkaCluster {
         topic: String, values: [String], keys: [String]? = nil, partition: Int32? = nil,
         logger: Logger = Logger(label: "sluice.testing")
     ) async throws -> [Int32: Int] {
+        try await produce(values.indices.map { index in
+            ProducerRecord(topic: topic, partition: partition, key: keys.map { Array($0[index % $0.count].utf8) }, value: Array(values[index].utf8))
+        }, logger: logger)
+    }
+
+    /// Produces `records` in their order (an idempotent producer: offsets follow that order in each partition),
+    /// as fast as librdkafka's queue takes them, and waits for every acknowledgement; throws the first
+    /// failed delivery. Returns how many went to each partition.
+    @discardableResult
+    public func produce(_ records: [ProducerRecord], logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int] {
         let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrapServers), logger: logger)
-        var counts: [Int32: Int] = [:]
+        let outcome = Mutex<(counts: [Int32: Int], delivered: Int, failure: KafkaError?)>(([:], 0, nil))
         do {
-            for (index, value) in values.enumerated() {
-                let key = keys.map { Array($0[index % $0.count].utf8) }
-                let report = try await producer.send(ProducerRecord(topic: topic, partition: partition, key: key, value: Array(value.utf8)))
-                counts[report.topicPartition.partition, default: 0] += 1
+            for record in records {
+                while true {
+                    do {
+                        try producer.enqueue(record) { result in
+                            outcome.withLock { outcome in
+                                switch result {
+                                case .success(let report):
+                                    outcome.counts[report.topicPartition.partition, default: 0] += 1
+                                    outcome.delivered += 1
+                                case .failure(let error): outcome.failure = outcome.failure ?? error
+                                }
+                            }
+                        }
+                        break
+                    } catch {
+                        guard error.code == .queueFull else { throw error }
+                        try await Task.sleep(for: .milliseconds(2))
+                    }
+                }
+            }
+            try await waitUntil("\(records.count) records acknowledged") {
+                outcome.withLock { $0.delivered == records.count || $0.failure != nil }
             }
         } catch {
             await producer.close()
             throw error
         }
         await producer.close()
+        let (counts, failure) = outcome.withLock { ($0.counts, $0.failure) }
+        if let failure { throw failure }
         return counts
     }
 
@@ -43,6 +73,23 @@ extension EmbeddedKafkaCluster {
         }
         await consumer.close()
         return Dictionary(uniqueKeysWithValues: offsets.map { ($0.key.partition, $0.value) })
+    }
+
+    /// The end offsets (high watermarks) of `topic`'s partitions `0..<partitions`.
+    public func endOffsets(topic: String, partitions: Int, logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int64] {
+        let consumer = try KafkaConsumer(
+            configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-watermarks"), logger: logger)
+        var offsets: [Int32: Int64] = [:]
+        do {
+            for partition in 0..<Int32(partitions) {
+                offsets[partition] = try await consumer.queryWatermarks(for: TopicPartition(topic, partition)).high
+            }
+        } catch {
+            await consumer.close()
+            throw error
+        }
+        await consumer.close()
+        return offsets
     }
 }
 

@@ -2,6 +2,7 @@ import Logging
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @Suite("Partitions whose committed offset could not be fetched", .timeLimit(.minutes(2)))
 struct CommittedOffsetFetchTests {
@@ -22,7 +23,7 @@ struct CommittedOffsetFetchTests {
         try await consumer.subscribe(topics: ["orders"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("both partitions fetch their 100 messages", timeout: .seconds(60)) {
+        try await waitUntil("both partitions fetch their 100 messages", timeout: .seconds(60)) {
             received.count(TopicPartition("orders", 0)) == 100 && received.count(TopicPartition("orders", 1)) == 100
         }
         received.expectEveryOffsetOnceInOrder()

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import SluiceTesting
 
 @testable import SluiceKafka
 
@@ -76,7 +77,7 @@ extension KafkaBytesTests {
         try await consumer.subscribe(topics: ["bytes"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("all 1,000") { received.total >= 1_000 }
+        try await waitUntil("all 1,000") { received.total >= 1_000 }
         let messages = received.byPartition[TopicPartition("bytes", 0)] ?? []
         #expect(messages.count == 1_000)
         for (index, message) in messages.enumerated() where index < expected.count {

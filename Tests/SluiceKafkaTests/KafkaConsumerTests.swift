@@ -2,6 +2,7 @@ import Logging
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @Suite("KafkaConsumer against the embedded cluster", .timeLimit(.minutes(2)))
 struct KafkaConsumerTests {
@@ -16,7 +17,7 @@ struct KafkaConsumerTests {
         try await consumer.subscribe(topics: ["orders"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("all 20,000 messages") { received.total >= 20_000 }
+        try await waitUntil("all 20,000 messages") { received.total >= 20_000 }
         try await Task.sleep(for: .milliseconds(300))
         #expect(received.total == 20_000)
         for (topicPartition, messages) in received.byPartition {
@@ -52,7 +53,7 @@ extension KafkaConsumerTests {
         let driver = Task { await drive(consumer, into: received) }
         let paused = TopicPartition("payments", 0)
         let running = TopicPartition("payments", 1)
-        try await TestSupport.eventually("first 2,000") { received.total == 2_000 }
+        try await waitUntil("first 2,000") { received.total == 2_000 }
 
         await consumer.setPauseReasons([.operator], for: paused)
         #expect(consumer.pauseReasons(for: paused) == [.operator])
@@ -63,14 +64,14 @@ extension KafkaConsumerTests {
             await consumer.setPauseReasons([], for: running)
         }
         try await TestSupport.produce(cluster, topic: "payments", partitions: 2, count: 20_000)
-        try await TestSupport.eventually("the running partition reaches 11,000") { received.count(running) == 11_000 }
+        try await waitUntil("the running partition reaches 11,000") { received.count(running) == 11_000 }
         try await Task.sleep(for: .milliseconds(500))
         #expect(received.count(paused) == 1_000, "the paused partition received nothing more")
 
         await consumer.setPauseReasons([], for: paused)
         // Only the consumer's own flow control may remain (its buffer may be full of what it fetched).
         #expect(consumer.pauseReasons(for: paused).isSubset(of: [.flowControl]))
-        try await TestSupport.eventually("the paused partition catches up") { received.count(paused) == 11_000 }
+        try await waitUntil("the paused partition catches up") { received.count(paused) == 11_000 }
         try await Task.sleep(for: .milliseconds(300))
         received.expectEveryOffsetOnceInOrder()
         await consumer.close()
@@ -89,7 +90,7 @@ extension KafkaConsumerTests {
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
         let partition = TopicPartition("flags", 0)
-        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        try await waitUntil("assignment") { consumer.assignment.contains(partition) }
         #expect(consumer.pauseReasons(for: partition) == [.flag], "paused from assignment, before any fetch")
         try await TestSupport.produce(cluster, topic: "flags", partitions: 1, count: 100)
         await consumer.setPauseReasons([.breaker], for: partition)
@@ -97,7 +98,7 @@ extension KafkaConsumerTests {
         try await Task.sleep(for: .milliseconds(700))
         #expect(received.total == 0, "still paused by the breaker")
         await consumer.setPauseReasons([], for: partition)
-        try await TestSupport.eventually("all 100 after the last reason went") { received.total == 100 }
+        try await waitUntil("all 100 after the last reason went") { received.total == 100 }
         await consumer.close()
         await driver.value
     }
@@ -114,7 +115,7 @@ extension KafkaConsumerTests {
         try await first.subscribe(topics: ["ledger"])
         let firstReceived = ReceivedMessages()
         let firstDriver = Task { await drive(first, into: firstReceived, storeOffsets: false) }
-        try await TestSupport.eventually("all 100 read") { firstReceived.total == 100 }
+        try await waitUntil("all 100 read") { firstReceived.total == 100 }
         // Only the first 40 messages are "done".
         try first.storeOffsets([TopicPartitionOffset(partition, offset: 40)])
         try await first.commit()
@@ -126,7 +127,7 @@ extension KafkaConsumerTests {
         try await second.subscribe(topics: ["ledger"])
         let secondReceived = ReceivedMessages()
         let secondDriver = Task { await drive(second, into: secondReceived) }
-        try await TestSupport.eventually("the remaining 60") { secondReceived.total == 60 }
+        try await waitUntil("the remaining 60") { secondReceived.total == 60 }
         #expect(secondReceived.byPartition[partition]?.first?.offset == 40)
         let committed = try await second.committedOffsets(for: [partition])
         #expect(committed[partition].map { $0 >= 40 } == true)
@@ -176,7 +177,7 @@ extension KafkaConsumerTests {
                 }
             }
         }
-        try await TestSupport.eventually("the first member reads everything") { firstReceived.total == 400 }
+        try await waitUntil("the first member reads everything") { firstReceived.total == 400 }
         // Commit in steady state: the embedded coordinator may reject commits made during the rebalance
         // (real Kafka accepts them), which this test is not about.
         try await first.commit()
@@ -192,7 +193,7 @@ extension KafkaConsumerTests {
                 }
             }
         }
-        try await TestSupport.eventually("the second member gets partitions", timeout: .seconds(40)) {
+        try await waitUntil("the second member gets partitions", timeout: .seconds(40)) {
             !assignedAt.withLock { $0.isEmpty }
         }
         let revoked = revokedPartitions.withLock { $0 }
@@ -244,7 +245,7 @@ extension KafkaConsumerTests {
                 }
             }
         }
-        try await TestSupport.eventually("all 6,000 through a 200-message buffer") { received.total >= 6_000 }
+        try await waitUntil("all 6,000 through a 200-message buffer") { received.total >= 6_000 }
         try await Task.sleep(for: .milliseconds(300))
         #expect(received.total == 6_000)
         #expect(sawFlowPause.withLock { $0 }, "the buffer filled and the partition was paused")
@@ -265,7 +266,7 @@ extension KafkaConsumerTests {
         try await consumer.subscribe(topics: ["gone"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try await waitUntil("all 100") { received.total == 100 }
         cluster.shutdown()
         // Without closeTimeout librdkafka would wait for brokers that never come back.
         #expect(await TestSupport.returnsFirst(consumer.close, before: .seconds(60)), "close returned with the cluster gone")
@@ -292,7 +293,7 @@ extension KafkaConsumerTests {
         try await consumer.subscribe(topics: ["slowgroup"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try await waitUntil("all 100") { received.total == 100 }
         try cluster.setRoundTripTime(broker: 2, .seconds(60))
         // The coordinator's answers to the final commit and the leave come a minute late: close must not wait.
         #expect(await TestSupport.returnsFirst(consumer.close, before: .seconds(45)), "close returned before the coordinator answered")
@@ -311,13 +312,13 @@ extension KafkaConsumerTests {
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received, storeOffsets: false) }
         let partition = TopicPartition("replay", 0)
-        try await TestSupport.eventually("all 100") { received.total == 100 }
+        try await waitUntil("all 100") { received.total == 100 }
         try consumer.storeOffsets([TopicPartitionOffset(partition, offset: 60)])
         try await consumer.commit()
         await consumer.setPauseReasons([.breaker], for: partition)
         try await consumer.seek(partition, to: KafkaConsumer.committedOffset)
         await consumer.setPauseReasons([], for: partition)
-        try await TestSupport.eventually("the 40 after the committed offset again") { received.total == 140 }
+        try await waitUntil("the 40 after the committed offset again") { received.total == 140 }
         #expect(received.byPartition[partition]?.suffix(40).map(\.offset) == Array(60..<100))
         await consumer.close()
         await driver.value
@@ -333,13 +334,13 @@ extension KafkaConsumerTests {
         let consumer = try KafkaConsumer(
             configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["ledger"])
-        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        try await waitUntil("assignment") { consumer.assignment.contains(partition) }
         // The next three commits fail; nothing is stored after the last message, so only a retry can commit it.
         cluster.pushRequestErrors(apiKey: .offsetCommit, errors: Array(repeating: KafkaErrorCode(name: "INVALID_COMMIT_OFFSET_SIZE")!, count: 3))
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
-        try await TestSupport.eventually("all 100") { received.total == 100 }
-        try await TestSupport.eventually("the stored offset is committed after the failures") {
+        try await waitUntil("all 100") { received.total == 100 }
+        try await waitUntil("the stored offset is committed after the failures") {
             try await consumer.committedOffsets(for: [partition])[partition] == 100
         }
         #expect(consumer.commitFailureCount >= 3)
@@ -356,7 +357,7 @@ extension KafkaConsumerTests {
             configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["late"])
         let partition = TopicPartition("late", 0)
-        try await TestSupport.eventually("assignment") { consumer.assignment.contains(partition) }
+        try await waitUntil("assignment") { consumer.assignment.contains(partition) }
         await consumer.close()
         // Long enough for the owner thread to finish destroying the client and take its last commands.
         try await Task.sleep(for: .seconds(2))

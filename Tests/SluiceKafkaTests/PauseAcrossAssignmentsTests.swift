@@ -2,6 +2,7 @@ import Logging
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @Suite("Pause state across assignments", .timeLimit(.minutes(2)))
 struct PauseAcrossAssignmentsTests {
@@ -20,7 +21,7 @@ struct PauseAcrossAssignmentsTests {
         let received = ReceivedMessages()
         let firstDriver = Task { await drive(first, into: received) }
         let partitions = [TopicPartition("orders", 0), TopicPartition("orders", 1)]
-        try await TestSupport.eventually("the first member owns both partitions") { first.assignment == Set(partitions) }
+        try await waitUntil("the first member owns both partitions") { first.assignment == Set(partitions) }
         // Paused for as long as the partitions are here: an operator, back-pressure, a flag.
         for partition in partitions { await first.setPauseReasons([.operator], for: partition) }
 
@@ -29,25 +30,25 @@ struct PauseAcrossAssignmentsTests {
         try await second.subscribe(topics: ["orders"])
         let secondReceived = ReceivedMessages()
         let secondDriver = Task { await drive(second, into: secondReceived) }
-        try await TestSupport.eventually("the second member gets a partition", timeout: .seconds(60)) {
+        try await waitUntil("the second member gets a partition", timeout: .seconds(60)) {
             !second.assignment.isEmpty
         }
         let moved = try #require(second.assignment.first)
         await second.close()
         await secondDriver.value
-        try await TestSupport.eventually("the partition comes back", timeout: .seconds(60)) {
+        try await waitUntil("the partition comes back", timeout: .seconds(60)) {
             first.assignment.contains(moved)
         }
         #expect(first.pauseReasons(for: moved).isEmpty, "a new assignment starts with the initial reasons (none)")
 
         try await TestSupport.produce(cluster, topic: "orders", partitions: 2, count: 200)
-        try await TestSupport.eventually("the handed-back partition fetches its 100 messages") {
+        try await waitUntil("the handed-back partition fetches its 100 messages") {
             received.count(moved) == 100
         }
         let kept = partitions.first { $0 != moved }!
         #expect(received.count(kept) == 0, "the partition that stayed is still paused")
         await first.setPauseReasons([], for: kept)
-        try await TestSupport.eventually("the other partition resumes") { received.count(kept) == 100 }
+        try await waitUntil("the other partition resumes") { received.count(kept) == 100 }
         received.expectEveryOffsetOnceInOrder()
         await first.close()
         await firstDriver.value

@@ -29,56 +29,15 @@ enum TestSupport {
     /// Produces `count` messages round-robin over `partitions` partitions, value `"<partition>:<n>"` with
     /// n counting up per partition. Returns the per-partition counts.
     @discardableResult
-    static func produce(
-        _ cluster: EmbeddedKafkaCluster,
-        topic: String,
-        partitions: Int32,
-        count: Int
-    ) async throws -> [Int32: Int] {
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
-            logger: logger
-        )
-        var perPartition: [Int32: Int] = [:]
-        let outcome = DeliveryTally()
-        for index in 0..<count {
+    static func produce(_ cluster: EmbeddedKafkaCluster, topic: String, partitions: Int32, count: Int) async throws -> [Int32: Int] {
+        var sequences: [Int32: Int] = [:]
+        let records = (0..<count).map { index in
             let partition = Int32(index) % partitions
-            let sequence = perPartition[partition, default: 0]
-            perPartition[partition] = sequence + 1
-            let record = ProducerRecord(
-                topic: topic, partition: partition, key: Array("k\(index)".utf8),
-                value: Array("\(partition):\(sequence)".utf8))
-            // Enqueue in order (idempotent producer: offsets follow enqueue order per partition).
-            while !(try enqueue(record, on: producer, outcome: outcome)) {
-                try await Task.sleep(for: .milliseconds(2))
-            }
+            defer { sequences[partition, default: 0] += 1 }
+            return ProducerRecord(
+                topic: topic, partition: partition, key: Array("k\(index)".utf8), value: Array("\(partition):\(sequences[partition, default: 0])".utf8))
         }
-        try await eventually("\(count) deliveries") { outcome.state.withLock { $0.delivered == count || $0.failure != nil } }
-        if let failure = outcome.state.withLock({ $0.failure }) { throw failure }
-        await producer.close()
-        return perPartition
-    }
-
-    /// Enqueues a record; returns false when librdkafka's queue is full.
-    private static func enqueue(
-        _ record: ProducerRecord,
-        on producer: KafkaProducer,
-        outcome: DeliveryTally
-    ) throws -> Bool {
-        do {
-            try producer.enqueue(record) { result in
-                outcome.state.withLock { outcome in
-                    switch result {
-                    case .success: outcome.delivered += 1
-                    case .failure(let error): outcome.failure = error
-                    }
-                }
-            }
-            return true
-        } catch {
-            if error.code == .queueFull { return false }
-            throw error
-        }
+        return try await cluster.produce(records, logger: logger)
     }
 
     /// Whether `work` returns before `limit` passes. For "does not wait for X" checks where X takes far
@@ -96,19 +55,6 @@ enum TestSupport {
             try? await Task.sleep(for: .milliseconds(10))
         }
         return returned.withLock { $0 }
-    }
-
-    /// Waits until `condition` holds, polling; fails the test after `timeout`.
-    static func eventually(
-        _ what: String,
-        timeout: Duration = .seconds(30),
-        sourceLocation: SourceLocation = #_sourceLocation,
-        _ condition: () async throws -> Bool
-    ) async throws {
-        guard await SluiceTesting.eventually(timeout: timeout, condition) else {
-            Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
-            throw CancellationError()
-        }
     }
 }
 
@@ -165,11 +111,6 @@ func drive(
             }
         }
     }
-}
-
-/// Counts delivery reports.
-final class DeliveryTally: Sendable {
-    let state = Mutex<(delivered: Int, failure: KafkaError?)>((0, nil))
 }
 
 /// A value behind a lock that closures can share.

@@ -2,6 +2,7 @@ import Foundation
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -54,7 +55,7 @@ struct BlockingHandlerTests {
             release.signal()
             host.shutdown()
         }
-        try await HostFixture.eventually("the six other partitions handled and both blocked shards crashed", timeout: .seconds(50)) {
+        try await waitUntil("the six other partitions handled and both blocked shards crashed", timeout: .seconds(50)) {
             let others = Set(handled.all.value.filter { $0.partition >= 2 }.map { "\($0.partition)/\($0.offset)" })
             let crashed = host.shards.filter { $0.topicPartition.partition < 2 && ($0.lastError ?? "").contains("longer than") }
             return others.count == 6 * 50 && crashed.count == 2 && blockedOnce.value.count == 2
@@ -67,7 +68,7 @@ struct BlockingHandlerTests {
         release.signal()
         release.signal()
         // Once the threads are back, the crashed shards restart and finish their partitions too.
-        try await HostFixture.eventually("all 400 handled") { Set(handled.all.value.map { "\($0.partition)/\($0.offset)" }).count == 400 }
+        try await waitUntil("all 400 handled") { Set(handled.all.value.map { "\($0.partition)/\($0.offset)" }).count == 400 }
         #expect(host.blockedHandlerThreads == 0)
         host.shutdown()
         try await running.value
@@ -123,7 +124,7 @@ struct BlockingHandlerTests {
             hang.release()
             host.shutdown()
         }
-        try await HostFixture.eventually("four shards running") { host.shards.filter { $0.state == .running }.count == 4 }
+        try await waitUntil("four shards running") { host.shards.filter { $0.state == .running }.count == 4 }
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
 
         // Hold every cooperative thread; a thread of the test's own watches the host meanwhile, produces, and
@@ -242,18 +243,18 @@ struct AbandonedCallsTests {
             hang.release()
             host.shutdown()
         }
-        try await HostFixture.eventually("restarted with the hung call abandoned") {
+        try await waitUntil("restarted with the hung call abandoned") {
             host.shards.first.map { $0.state == .running && $0.generation >= 2 && $0.abandonedCalls == 1 } ?? false
         }
         // A few turns of the supervisor later, the new pipeline has still not called the handler again.
         let ticks = host.ticks
-        try await HostFixture.eventually("three ticks") { host.ticks >= ticks + 3 }
+        try await waitUntil("three ticks") { host.ticks >= ticks + 3 }
         #expect(calls.value.perOffset[0] == 1, "no second call for offset 0 while the first runs")
         #expect(handled.count == 0)
         hang.release()
-        try await HostFixture.eventually("all ten handled") { handled.distinct == 10 }
+        try await waitUntil("all ten handled") { handled.distinct == 10 }
         #expect(calls.value.peak == 1, "never two calls at once")
-        try await HostFixture.eventually("no abandoned call left") { host.shards.first?.abandonedCalls == 0 }
+        try await waitUntil("no abandoned call left") { host.shards.first?.abandonedCalls == 0 }
         host.shutdown()
         try await running.value
     }
@@ -276,7 +277,7 @@ struct AbandonedCallsTests {
             hang.release()
             host.shutdown()
         }
-        try await HostFixture.eventually("tripped") {
+        try await waitUntil("tripped") {
             host.shards.first.map { if case .tripped = $0.state { true } else { false } } ?? false
         }
         let shard = try #require(host.shards.first)
@@ -284,7 +285,7 @@ struct AbandonedCallsTests {
         #expect(shard.abandonedCalls == 3)
         #expect(shard.lastError?.contains("3 abandoned handler calls still running (maxAbandonedCalls 2)") == true, "\(shard.lastError ?? "")")
         hang.release()
-        try await HostFixture.eventually("the abandoned calls ended") { host.shards.first?.abandonedCalls == 0 }
+        try await waitUntil("the abandoned calls ended") { host.shards.first?.abandonedCalls == 0 }
         host.shutdown()
         try await running.value
     }

@@ -1,5 +1,6 @@
 import SluiceKafka
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -79,10 +80,10 @@ struct CommitMetadataTests {
         })
         let firstRun = Task { try await first.run() }
         defer { hang.release() }
-        try await HostFixture.eventually("the others done") { handledByFirst.distinct == 199 }
+        try await waitUntil("the others done") { handledByFirst.distinct == 199 }
         let reader = try KafkaConsumer(
             configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group), logger: HostFixture.logger)
-        try await HostFixture.eventually("a commit carries them") {
+        try await waitUntil("a commit carries them") {
             let committed = try await reader.committedProgress(for: [TopicPartition("orders", 0)])[TopicPartition("orders", 0)]
             return committed.map { $0.offset == 0 && (try? CommitMetadata.decode($0.metadata, committed: $0.offset).count) == 199 } ?? false
         }
@@ -96,8 +97,8 @@ struct CommitMetadataTests {
         let handledBySecond = HandledMessages()
         second.register("orders", ClosureHandler { message, _ in handledBySecond.append(message) })
         let secondRun = Task { try await second.run() }
-        try await HostFixture.eventually("offset 0 handled") { handledBySecond.distinct == 1 }
-        try await HostFixture.eventually("committed to the end") {
+        try await waitUntil("offset 0 handled") { handledBySecond.distinct == 1 }
+        try await waitUntil("committed to the end") {
             try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1)[0] == 200
         }
         second.shutdown()

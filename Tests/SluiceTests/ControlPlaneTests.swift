@@ -2,6 +2,7 @@ import Foundation
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -139,21 +140,21 @@ struct ControlPlaneTests {
             hostA.shutdown()
             hostB.shutdown()
         }
-        try await HostFixture.eventually("A holds all four shards, off") {
+        try await waitUntil("A holds all four shards, off") {
             hostA.shards.count == 4 && hostA.shards.allSatisfy { $0.state == .off && $0.flag.source == "control" }
         }
         let runB = Task { try await hostB.run() }
-        try await HostFixture.eventually("the group split the shards, all off", timeout: .seconds(60)) {
+        try await waitUntil("the group split the shards, all off", timeout: .seconds(60)) {
             hostA.shards.count == 2 && hostB.shards.count == 2 && (hostA.shards + hostB.shards).allSatisfy { $0.state == .off }
         }
         #expect(handled.count == 0, "nothing handled while the control plane says off")
         // One write turns it back on for both.
         try await writer.setFlag(.topic("orders"), enabled: nil, reason: "resolved", who: "test")
-        try await HostFixture.eventually("everything handled") { handled.distinct == 400 }
+        try await waitUntil("everything handled") { handled.distinct == 400 }
         #expect((hostA.shards + hostB.shards).allSatisfy { $0.state == .running })
         // And off again, this time one partition.
         try await writer.setFlag(.partition(TopicPartition("orders", 1)), enabled: false, reason: "slow db", who: "test")
-        try await HostFixture.eventually("orders/1 off on whichever host has it") {
+        try await waitUntil("orders/1 off on whichever host has it") {
             (hostA.shards + hostB.shards).first { $0.topicPartition == TopicPartition("orders", 1) }?.state == .off
         }
         await writer.close()
@@ -184,7 +185,7 @@ struct ControlPlaneTests {
             if message.partition == 0, message.offset == 3 { throw TestFailure(description: "cannot price it") }
         })
         let firstRun = Task { try await first.run() }
-        try await HostFixture.eventually("the first host tripped orders/0 and the group knows") {
+        try await waitUntil("the first host tripped orders/0 and the group knows") {
             first.control?.trip(for: poisoned) != nil
         }
         #expect(first.control?.trip(for: poisoned)?.offset == 3)
@@ -200,7 +201,7 @@ struct ControlPlaneTests {
         })
         let secondRun = Task { try await second.run() }
         defer { second.shutdown() }
-        try await HostFixture.eventually("the second host holds orders/0 tripped and ran orders/1") {
+        try await waitUntil("the second host holds orders/0 tripped and ran orders/1") {
             let shard = second.shards.first { $0.topicPartition == poisoned }
             let tripped = shard.map { if case .tripped = $0.state { true } else { false } } ?? false
             return tripped && second.shards.first { $0.topicPartition == TopicPartition("orders", 1) }?.state == .running
@@ -212,10 +213,10 @@ struct ControlPlaneTests {
         let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
         try await writer.send(ControlCommand(action: .reset, topicPartition: poisoned, who: "test"))
         await writer.close()
-        try await HostFixture.eventually("after the reset, orders/0 runs and the trip is cleared for the group") {
+        try await waitUntil("after the reset, orders/0 runs and the trip is cleared for the group") {
             second.shards.first { $0.topicPartition == poisoned }?.state == .running && second.control?.trip(for: poisoned) == nil
         }
-        try await HostFixture.eventually("orders/0 committed to its end") {
+        try await waitUntil("orders/0 committed to its end") {
             try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 2)[0] == 10
         }
         second.shutdown()
@@ -232,13 +233,13 @@ struct ControlPlaneTests {
         host.register("orders", ClosureHandler { _, _ in })
         let run = Task { try await host.run() }
         defer { host.shutdown() }
-        try await HostFixture.eventually("running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try await waitUntil("running") { host.shards.filter { $0.state == .running }.count == 2 }
         try await writer.setFlag(.topic("orders"), enabled: true, reason: "degrade", who: "test", rate: 50)
-        try await HostFixture.eventually("both shards limited to 50/s, still running") {
+        try await waitUntil("both shards limited to 50/s, still running") {
             host.shards.allSatisfy { $0.flag.rate == 50 && $0.state == .running }
         }
         try await writer.setFlag(.topic("orders"), enabled: nil, reason: nil, who: "test")
-        try await HostFixture.eventually("the limit lifted") { host.shards.allSatisfy { $0.flag.rate == nil } }
+        try await waitUntil("the limit lifted") { host.shards.allSatisfy { $0.flag.rate == nil } }
         await writer.close()
         host.shutdown()
         try await run.value
@@ -259,7 +260,7 @@ struct ControlPlaneTests {
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let run = Task { try await host.run() }
-        try await HostFixture.eventually("the shard is off") { host.shards.first?.state == .off }
+        try await waitUntil("the shard is off") { host.shards.first?.state == .off }
         #expect((host.control?.appliedPosition ?? 0) >= 3, "all three records read")
         #expect(host.flags.setting(for: TopicPartition("orders", 0)).enabled == false)
         await writer.close()

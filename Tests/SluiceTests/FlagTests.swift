@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -151,7 +152,7 @@ struct FlagTests {
         // reads and applies it; then the first load finishes.
         source.next(.stalled([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
         let older = Task { await resolver.refresh() }
-        try await HostFixture.eventually("the first load is in progress") { source.stalledLoads == 1 }
+        try await waitUntil("the first load is in progress") { source.stalledLoads == 1 }
         source.next(.immediate([.topic("orders"): FlagSetting(enabled: true, source: "test")]))
         await resolver.refresh()
         #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
@@ -173,13 +174,13 @@ struct FlagChangeNotificationTests {
         defer { running.cancel() }
         source.next(.immediate([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
         #expect(await resolver.refresh())
-        try await HostFixture.eventually("the change was announced") { announced.value == 1 }
+        try await waitUntil("the change was announced") { announced.value == 1 }
         // A refresh that changes nothing announces nothing.
         source.next(.immediate([.topic("orders"): FlagSetting(enabled: false, source: "test")]))
         #expect(await resolver.refresh() == false)
         source.next(.immediate([:]))
         #expect(await resolver.refresh())
-        try await HostFixture.eventually("the second change was announced") { announced.value == 2 }
+        try await waitUntil("the second change was announced") { announced.value == 2 }
     }
 }
 

@@ -83,7 +83,7 @@ struct ClusterFixtureTests {
         let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("all committed") {
+        try await waitUntil("all committed") {
             let committed = try await cluster.committedOffsets(group: group, topic: "orders", partitions: 2)
             return committed.values.reduce(0, +) == 40
         }

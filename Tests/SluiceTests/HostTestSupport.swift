@@ -33,64 +33,23 @@ enum HostFixture {
 
     /// Produces `count` messages with keys `k0..k<keys-1>` and values `<key>:<per-key sequence>`.
     static func produce(_ cluster: EmbeddedKafkaCluster, topic: String, count: Int, keys: Int) async throws {
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: logger)
         var sequences = [Int](repeating: 0, count: keys)
-        let acknowledged = Locked(0)
-        for index in 0..<count {
+        let records = (0..<count).map { index in
             let key = index % keys
-            let record = ProducerRecord(topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
-            sequences[key] += 1
-            // Enqueued in order; the idempotent producer keeps that order per partition.
-            while true {
-                do {
-                    try producer.enqueue(record) { result in
-                        if case .success = result { acknowledged.withLock { $0 += 1 } }
-                    }
-                    break
-                } catch {
-                    guard error.code == .queueFull else { throw error }
-                    try await Task.sleep(for: .milliseconds(2))
-                }
-            }
+            defer { sequences[key] += 1 }
+            return ProducerRecord(topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
         }
-        try await eventually("\(count) acknowledged") { acknowledged.value == count }
-        await producer.close()
+        try await cluster.produce(records, logger: logger)
     }
 
     /// The group's committed offsets for a topic's partitions.
-    static func committed(_ cluster: EmbeddedKafkaCluster, group: String, topic: String, partitions: Int32) async throws
-        -> [Int32: Int64]
-    {
-        var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
-        configuration.sessionTimeout = .seconds(6)
-        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
-        defer { Task { await consumer.close() } }
-        let offsets = try await consumer.committedOffsets(for: (0..<partitions).map { TopicPartition(topic, $0) })
-        return Dictionary(uniqueKeysWithValues: offsets.map { ($0.key.partition, $0.value) })
+    static func committed(_ cluster: EmbeddedKafkaCluster, group: String, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
+        try await cluster.committedOffsets(group: group, topic: topic, partitions: Int(partitions), logger: logger)
     }
 
     /// The end offsets of a topic's partitions.
     static func endOffsets(_ cluster: EmbeddedKafkaCluster, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
-        let consumer = try KafkaConsumer(
-            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "watermarks"),
-            logger: logger)
-        var result: [Int32: Int64] = [:]
-        for partition in 0..<partitions {
-            result[partition] = try await consumer.queryWatermarks(for: TopicPartition(topic, partition)).high
-        }
-        await consumer.close()
-        return result
-    }
-
-    static func eventually(
-        _ what: String, timeout: Duration = .seconds(40), sourceLocation: SourceLocation = #_sourceLocation,
-        _ condition: () async throws -> Bool
-    ) async throws {
-        guard await SluiceTesting.eventually(timeout: timeout, condition) else {
-            Issue.record("timed out waiting for: \(what)", sourceLocation: sourceLocation)
-            throw CancellationError()
-        }
+        try await cluster.endOffsets(topic: topic, partitions: Int(partitions), logger: logger)
     }
 }
 

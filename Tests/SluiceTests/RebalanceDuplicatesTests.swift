@@ -2,6 +2,7 @@ import Logging
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -23,7 +24,7 @@ struct RebalanceDuplicatesTests {
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        try await HostFixture.eventually("every message acknowledged") { acknowledged.value == sent }
+        try await waitUntil("every message acknowledged") { acknowledged.value == sent }
         await producer.close()
         return sent
     }
@@ -49,23 +50,23 @@ struct RebalanceDuplicatesTests {
             hostA.shutdown()
             hostB.shutdown()
         }
-        try await HostFixture.eventually("A runs all eight partitions") { hostA.shards.filter { $0.state == .running }.count == 8 }
+        try await waitUntil("A runs all eight partitions") { hostA.shards.filter { $0.state == .running }.count == 8 }
         try await Task.sleep(for: .seconds(2))
         runB = Task { try await hostB.run() }
-        try await HostFixture.eventually("B takes half", timeout: .seconds(60)) {
+        try await waitUntil("B takes half", timeout: .seconds(60)) {
             hostB.shards.filter { $0.state == .running }.count == 4 && hostA.shards.count == 4
         }
         try await Task.sleep(for: .seconds(3))
         hostB.shutdown()
         try await runB?.value
-        try await HostFixture.eventually("A runs all eight again", timeout: .seconds(60)) {
+        try await waitUntil("A runs all eight again", timeout: .seconds(60)) {
             hostA.shards.filter { $0.state == .running }.count == 8
         }
         try await Task.sleep(for: .seconds(2))
         stop.withLock { $0 = true }
         let produced = try await producing.value
         do {
-            try await HostFixture.eventually("every message handled", timeout: .seconds(90)) {
+            try await waitUntil("every message handled", timeout: .seconds(90)) {
                 Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == produced
             }
         } catch {

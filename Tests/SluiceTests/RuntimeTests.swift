@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -20,7 +21,7 @@ struct RuntimeTests {
         try await timers.sleep(until: start + .milliseconds(60))
         let woke = ContinuousClock.now
         #expect(woke >= start + .milliseconds(60), "not before its deadline")
-        try await HostFixture.eventually("four fired") { fired.value.count == 4 }
+        try await waitUntil("four fired") { fired.value.count == 4 }
         #expect(fired.value == [0, 1, 2, 3])
         #expect(!timers.cancel(cancelled), "already gone")
     }
@@ -61,7 +62,7 @@ struct RuntimeTests {
         #expect(executor.census == (threads: 2, blocked: 1))
         release.signal()
         await blocker.value
-        try await HostFixture.eventually("back to one thread") { executor.census == (threads: 1, blocked: 0) }
+        try await waitUntil("back to one thread") { executor.census == (threads: 1, blocked: 0) }
         #expect(reports.value.last == ThreadPoolExecutor.Blocking(blocked: 0, threads: 1, saturated: false))
     }
 
@@ -76,7 +77,7 @@ struct RuntimeTests {
         let blocker = Task(executorPreference: executor) { _ = release.wait(timeout: .now() + 60) }
         let ran = Locked(false)
         let waiting = Task(executorPreference: executor) { ran.withLock { $0 = true } }
-        try await HostFixture.eventually("reported saturated") { reports.value.contains { $0.saturated } }
+        try await waitUntil("reported saturated") { reports.value.contains { $0.saturated } }
         #expect(!ran.value, "no thread to run it while the only one is held")
         release.signal()
         await blocker.value

@@ -1,6 +1,7 @@
 import Dispatch
 import SluiceKafka
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -328,11 +329,11 @@ struct RateLimitTests {
         let source = AsyncStream<[Message]>.makeStream()
         source.continuation.yield(PipelineFixture.messages(0..<5))
         let running = Task { await pipeline.run(source: source.stream) }
-        try await HostFixture.eventually("the first message through") { handled.count == 1 }
+        try await waitUntil("the first message through") { handled.count == 1 }
         try await Task.sleep(for: .milliseconds(200))
         #expect(handled.count == 1, "the others wait for tokens")
         pipeline.setRate(nil)
-        try await HostFixture.eventually("the rest through once the limit is lifted") { handled.count == 5 }
+        try await waitUntil("the rest through once the limit is lifted") { handled.count == 5 }
         source.continuation.finish()
         #expect(await running.value == .sourceEnded)
     }

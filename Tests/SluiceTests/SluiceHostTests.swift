@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -16,7 +17,7 @@ struct SluiceHostTests {
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("2,000 handled") { handled.count == 2_000 }
+        try await waitUntil("2,000 handled") { handled.count == 2_000 }
         host.shutdown()
         try await running.value
         #expect(handled.distinct == 2_000)
@@ -43,7 +44,7 @@ struct SluiceHostTests {
             active.withLock { $0.now -= 1 }
         })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("3,000 handled") { perKey.value.values.reduce(0) { $0 + $1.count } == 3_000 }
+        try await waitUntil("3,000 handled") { perKey.value.values.reduce(0) { $0 + $1.count } == 3_000 }
         host.shutdown()
         try await running.value
         for (key, sequence) in perKey.value { #expect(sequence == Array(0..<sequence.count), "\(key) in order") }
@@ -70,7 +71,7 @@ struct SluiceHostTests {
         })
         let running = Task { try await host.run() }
         // Message 120 is partition 0, offset 40.
-        try await HostFixture.eventually("the poison shard tripped and the others finished") {
+        try await waitUntil("the poison shard tripped and the others finished") {
             let shards = host.shards
             let poisoned = shards.first { $0.topicPartition == TopicPartition("orders", 0) }
             guard case .tripped = poisoned?.state else { return false }
@@ -103,7 +104,7 @@ struct SluiceHostTests {
             handled.append(message)
         })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("9 handled and 1 dead-lettered") {
+        try await waitUntil("9 handled and 1 dead-lettered") {
             handled.count == 9 && host.shards.first?.deadLettered == 1
         }
         host.shutdown()
@@ -151,7 +152,7 @@ struct SluiceHostTests {
         let first = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
         first.register("orders", slow)
         let firstRun = Task { try await first.run() }
-        try await HostFixture.eventually("some progress") { handled.count >= 500 }
+        try await waitUntil("some progress") { handled.count >= 500 }
         first.shutdown()
         try await firstRun.value
         let handledByFirst = handled.count
@@ -160,7 +161,7 @@ struct SluiceHostTests {
         let second = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
         second.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let secondRun = Task { try await second.run() }
-        try await HostFixture.eventually("everything handled") { handled.distinct == 4_000 }
+        try await waitUntil("everything handled") { handled.distinct == 4_000 }
         second.shutdown()
         try await secondRun.value
         #expect(handled.count - handled.distinct < 100, "at-least-once: few redeliveries, got \(handled.count - handled.distinct)")
@@ -181,25 +182,25 @@ struct SluiceHostTests {
         let hostB = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         hostB.register("orders", ClosureHandler { message, _ in handledB.append(message) })
         let runA = Task { try await hostA.run() }
-        try await HostFixture.eventually("A runs all four partitions") { hostA.shards.filter { $0.state == .running }.count == 4 }
+        try await waitUntil("A runs all four partitions") { hostA.shards.filter { $0.state == .running }.count == 4 }
         let firstGenerations = Dictionary(uniqueKeysWithValues: hostA.shards.map { ($0.topicPartition, $0.generation) })
         let runB = Task { try await hostB.run() }
-        try await HostFixture.eventually("both hosts own partitions") {
+        try await waitUntil("both hosts own partitions") {
             hostA.shards.filter { $0.state == .running }.count == 2 && hostB.shards.filter { $0.state == .running }.count == 2
         }
         for shard in hostA.shards where shard.state == .running {
             #expect(shard.generation == firstGenerations[shard.topicPartition], "\(shard.topicPartition) kept running through the rebalance")
         }
         try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
-        try await HostFixture.eventually("both handled their half") { handledA.count + handledB.count == 800 }
+        try await waitUntil("both handled their half") { handledA.count + handledB.count == 800 }
         #expect(handledA.count > 0 && handledB.count > 0)
         hostA.shutdown()
         try await runA.value
         try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
-        try await HostFixture.eventually("B took over A's partitions and handled the rest") {
+        try await waitUntil("B took over A's partitions and handled the rest") {
             Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == 1_600
         }
-        try await HostFixture.eventually("B runs all four partitions once A left") {
+        try await waitUntil("B runs all four partitions once A left") {
             hostB.shards.filter { $0.state == .running }.map(\.topicPartition.partition).sorted() == [0, 1, 2, 3]
         }
         hostB.shutdown()
@@ -288,18 +289,18 @@ struct SluiceHostTests {
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("running and ready") { host.readiness.ready && host.shards.count == 2 }
+        try await waitUntil("running and ready") { host.readiness.ready && host.shards.count == 2 }
         try cluster.setBrokerDown(1)
-        try await HostFixture.eventually("not ready once the session is lost") {
+        try await waitUntil("not ready once the session is lost") {
             host.readiness.reasons.contains("the consumer lost its group session and its partitions; it is rejoining")
         }
         #expect(host.shards.isEmpty, "lost shards are gone: nothing of them is handled or stored")
         try cluster.setBrokerUp(1)
-        try await HostFixture.eventually("ready again after rejoining", timeout: .seconds(60)) {
+        try await waitUntil("ready again after rejoining", timeout: .seconds(60)) {
             host.readiness.ready && host.shards.count == 2
         }
         try await HostFixture.produce(cluster, topic: "orders", count: 100, keys: 10)
-        try await HostFixture.eventually("consuming again") { handled.count == 100 }
+        try await waitUntil("consuming again") { handled.count == 100 }
         host.shutdown()
         try await running.value
     }

@@ -1,5 +1,6 @@
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 @testable import Sluice
@@ -16,13 +17,6 @@ struct SupervisorLoopTests {
         configuration.flags.pollInterval = .seconds(3_600)  // flags change here only when the test says
         configuration.stallAfter = stallAfter
         return SluiceHost(configuration: configuration, logger: HostFixture.logger, clock: clock)
-    }
-
-    /// Moves the manual clock one second and waits until the supervisor loop handled the tick it causes.
-    static func tick(_ clock: ManualHostClock, _ host: SluiceHost) async throws {
-        let before = host.ticks
-        clock.advance(by: .seconds(1))
-        try await HostFixture.eventually("the loop handled a tick") { host.ticks > before }
     }
 
     static func start(_ host: SluiceHost, _ consumer: ScriptedConsumer) throws -> Task<Void, any Error> {
@@ -48,10 +42,10 @@ struct SupervisorLoopTests {
         await host.flags.refresh()
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
-        try await HostFixture.eventually("the shard runs and its partition is not paused") {
+        try await waitUntil("the shard runs and its partition is not paused") {
             host.shards.first?.state == .running && consumer.pauseReasons(for: partition).isEmpty
         }
-        try await HostFixture.eventually("its messages are handled") { handled.count == 10 }
+        try await waitUntil("its messages are handled") { handled.count == 10 }
         host.shutdown()
         consumer.finish()
         try await running.value
@@ -82,14 +76,14 @@ struct SupervisorLoopTests {
         consumer.deliverAssignment(partitions)
         for partition in partitions { consumer.append(partition, count: 10) }
         // Commits (periodic and on every crash) and lag lookups now wait for ever; the loop must not.
-        try await HostFixture.eventually("partition 0 crashed, restarted and finished; the others finished") {
+        try await waitUntil("partition 0 crashed, restarted and finished; the others finished") {
             handled.distinct == 30 && host.shards.first { $0.topicPartition == partitions[0] }?.attempt == 1
         }
         host.operatorFlags.set(.partition(partitions[1]), enabled: false)
         await host.flags.refresh()
-        try await HostFixture.eventually("partition 1 off") { host.shards.first { $0.topicPartition == partitions[1] }?.state == .off }
+        try await waitUntil("partition 1 off") { host.shards.first { $0.topicPartition == partitions[1] }?.state == .off }
         consumer.revoke([partitions[2]])
-        try await HostFixture.eventually("partition 2 released") { consumer.releasedPartitions == [partitions[2]] }
+        try await waitUntil("partition 2 released") { consumer.releasedPartitions == [partitions[2]] }
         #expect(host.health().healthy, "\(host.health().reasons)")
         hang.release()
         host.shutdown()
@@ -118,9 +112,9 @@ struct SupervisorLoopTests {
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
-        try await HostFixture.eventually("every message handled after the restart") { handled.distinct == 10 }
+        try await waitUntil("every message handled after the restart") { handled.distinct == 10 }
         // Events reach the log asynchronously: wait for the last start there.
-        try await HostFixture.eventually("the events logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 2 }
+        try await waitUntil("the events logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 2 }
         let kinds = events.of(partition).map(\.name)
         // started, crashed (the failure), then two restarts whose seek failed (each a crash, no start), then
         // a start after a seek that worked.
@@ -164,13 +158,13 @@ struct SupervisorLoopTests {
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 5)
-        try await HostFixture.eventually("offset 0 is in its handler") { inCall.value }
+        try await waitUntil("offset 0 is in its handler") { inCall.value }
         host.operatorFlags.set(.topic("orders"), enabled: false)
-        try await HostFixture.eventually("draining toward off") { host.shards.first?.state == .draining }
+        try await waitUntil("draining toward off") { host.shards.first?.state == .draining }
         host.operatorFlags.unset(.topic("orders"))
-        try await HostFixture.eventually("flag back on") { host.shards.first?.flag.enabled == true }
+        try await waitUntil("flag back on") { host.shards.first?.flag.enabled == true }
         release.withLock { $0 = true }
-        try await HostFixture.eventually("restarted after the crash and handled everything") { handled.distinct == 5 }
+        try await waitUntil("restarted after the crash and handled everything") { handled.distinct == 5 }
         #expect(host.shards.first?.state == .running)
         #expect(consumer.pauseReasons(for: partition).isEmpty, "no flag (or breaker) pause left: \(consumer.pauseReasons(for: partition))")
         host.shutdown()
@@ -200,24 +194,24 @@ struct SupervisorLoopTests {
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
-        try await HostFixture.eventually("first crash: backing off for 1 s of host time") {
+        try await waitUntil("first crash: backing off for 1 s of host time") {
             host.shards.first?.state == .backingOff(attempt: 1, until: start + .seconds(1))
         }
         #expect(consumer.seeks.isEmpty, "no restart before the clock moves")
         clock.advance(by: .seconds(1))
-        try await HostFixture.eventually("restarted at the failed offset, crashed again: 2 s") {
+        try await waitUntil("restarted at the failed offset, crashed again: 2 s") {
             host.shards.first?.state == .backingOff(attempt: 2, until: start + .seconds(3))
         }
         #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 3)])
         clock.advance(by: .seconds(2))
-        try await HostFixture.eventually("the third crash within 60 s trips") {
+        try await waitUntil("the third crash within 60 s trips") {
             if case .tripped(let since, _) = host.shards.first?.state { return since == start + .seconds(3) }
             return false
         }
         failing.withLock { $0 = false }
         #expect(await host.reset(partition))
-        try await HostFixture.eventually("after a reset everything is handled") { handled.distinct == 10 }
-        try await HostFixture.eventually("four starts logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 4 }
+        try await waitUntil("after a reset everything is handled") { handled.distinct == 10 }
+        try await waitUntil("four starts logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 4 }
         #expect(events.of(partition).map(\.name).filter { $0 == "started" }.count == 4)
         host.shutdown()
         consumer.finish()
@@ -240,21 +234,21 @@ struct SupervisorLoopTests {
         consumer.committed.withLock { $0 = [waiting: 0, fetching: 0] }
         consumer.append(waiting, count: 5, deliver: false)
         consumer.append(fetching, count: 3)
-        try await HostFixture.eventually("both running") { host.shards.count == 2 && host.shards.allSatisfy { $0.state == .running } }
+        try await waitUntil("both running") { host.shards.count == 2 && host.shards.allSatisfy { $0.state == .running } }
         // Lag is known once the lag refresh (every 5 s of host time) ran.
         var ticks = 0
         while host.shards.first(where: { $0.topicPartition == waiting })?.lag != 5, ticks < 20 {
-            try await Self.tick(clock, host)
+            try await clock.tick(host)
             ticks += 1
         }
         #expect(host.shards.first { $0.topicPartition == waiting }?.lag == 5)
         for _ in 1...8 {
-            try await Self.tick(clock, host)
+            try await clock.tick(host)
             #expect(consumer.fetcherRestarts.value.isEmpty, "not before 10 s without progress")
         }
-        for _ in 1...4 where consumer.fetcherRestarts.value.isEmpty { try await Self.tick(clock, host) }
+        for _ in 1...4 where consumer.fetcherRestarts.value.isEmpty { try await clock.tick(host) }
         #expect(consumer.fetcherRestarts.value == [waiting], "the partition with messages waiting and nothing fetched, once")
-        for _ in 1...5 { try await Self.tick(clock, host) }
+        for _ in 1...5 { try await clock.tick(host) }
         #expect(consumer.fetcherRestarts.value == [waiting], "asked once per stall")
         host.shutdown()
         consumer.finish()
@@ -275,18 +269,18 @@ struct SupervisorLoopTests {
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 5)
-        try await HostFixture.eventually("running with lag") { host.shards.first?.state == .running && host.shards.first?.lag == 5 }
-        try await Self.tick(clock, host)  // the first tick notes where progress stands
+        try await waitUntil("running with lag") { host.shards.first?.state == .running && host.shards.first?.lag == 5 }
+        try await clock.tick(host)  // the first tick notes where progress stands
         let stoppedAt = clock.now
         for _ in 1..<30 {
-            try await Self.tick(clock, host)
+            try await clock.tick(host)
             #expect(host.shards.first?.stalledSince == nil, "not stalled \(clock.now - stoppedAt) after progress stopped")
         }
-        try await Self.tick(clock, host)
+        try await clock.tick(host)
         #expect(host.shards.first?.stalledSince == stoppedAt, "stalled once 30 s of host time passed")
         release.withLock { $0 = true }
-        try await HostFixture.eventually("done") { host.shards.first?.lag == 0 }
-        try await Self.tick(clock, host)
+        try await waitUntil("done") { host.shards.first?.lag == 0 }
+        try await clock.tick(host)
         #expect(host.shards.first?.stalledSince == nil, "progress clears it")
         host.shutdown()
         consumer.finish()
@@ -303,19 +297,19 @@ struct SupervisorLoopTests {
         let partition = TopicPartition("orders", 0)
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
-        try await HostFixture.eventually("running") { host.shards.first?.state == .running }
+        try await waitUntil("running") { host.shards.first?.state == .running }
         host.operatorFlags.set(.topic("orders"), enabled: false)
-        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        try await waitUntil("off") { host.shards.first?.state == .off }
         host.operatorFlags.unset(.topic("orders"))
-        try await HostFixture.eventually("running again") { host.shards.first?.state == .running }
+        try await waitUntil("running again") { host.shards.first?.state == .running }
         consumer.append(partition, count: 5)
-        try await HostFixture.eventually("handled") { handled.count == 5 }
+        try await waitUntil("handled") { handled.count == 5 }
         #expect(consumer.seeks.isEmpty, "nothing was taken, so nothing to seek back to")
         // Now a pipeline takes messages; after a flag cycle the next one seeks to where it got to.
         host.operatorFlags.set(.topic("orders"), enabled: false)
-        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        try await waitUntil("off") { host.shards.first?.state == .off }
         host.operatorFlags.unset(.topic("orders"))
-        try await HostFixture.eventually("running again") { host.shards.first?.state == .running }
+        try await waitUntil("running again") { host.shards.first?.state == .running }
         #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 5)])
         #expect(handled.count == 5, "nothing handled twice")
         host.shutdown()
@@ -342,9 +336,9 @@ struct SupervisorLoopTests {
         consumer.assign([partition])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
-        try await HostFixture.eventually("offset 2 is in its handler") { inCall.value }
+        try await waitUntil("offset 2 is in its handler") { inCall.value }
         consumer.lose([partition])
-        try await HostFixture.eventually("the shard is gone") { host.shards.isEmpty }
+        try await waitUntil("the shard is gone") { host.shards.isEmpty }
         // Stores that raced the loss (the consumer refuses them for a partition it no longer has) are not
         // the host's doing; from the moment the host knows, nothing more is stored.
         let storesBefore = consumer.storesWithoutAssignment
@@ -364,7 +358,7 @@ struct SupervisorLoopTests {
         host.register("orders", ClosureHandler { _, _ in })
         let consumer = ScriptedConsumer()
         let running = try Self.start(host, consumer)
-        try await HostFixture.eventually("running") { host.health().healthy }
+        try await waitUntil("running") { host.health().healthy }
         consumer.raiseFatal(KafkaError(code: .librdkafka, message: "Fatal error: Broker: Static consumer fenced by other consumer", isFatal: true))
         let health = host.health()
         #expect(!health.healthy)
@@ -394,13 +388,13 @@ struct SupervisorLoopTests {
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 200)
         for restart in 1...10 {
-            try await HostFixture.eventually("crash \(restart)") {
+            try await waitUntil("crash \(restart)") {
                 if case .backingOff(let attempt, _) = host.shards.first?.state { return attempt == restart }
                 return false
             }
             clock.advance(by: .seconds(600))  // past any backoff (the preset's maximum is 5 min)
         }
-        try await HostFixture.eventually("the poison was tried 11 times") { calls.value[3] == 11 }
+        try await waitUntil("the poison was tried 11 times") { calls.value[3] == 11 }
         let rehandled = calls.value.filter { $0.key != 3 && $0.value > 1 }
         #expect(rehandled.isEmpty, "healthy messages handled again after restarts: \(rehandled.count)")
         #expect(calls.value.count > 100, "other keys ran ahead of the poison: \(calls.value.count) offsets handled")

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -72,11 +73,11 @@ struct SupervisorTests {
         host.register("payments", ClosureHandler { message, _ in payments.append(message) })
         let running = Task { try await host.run() }
         try await HostFixture.produce(cluster, topic: "orders", count: 400, keys: 40)
-        try await HostFixture.eventually("orders handled") { orders.count == 400 }
+        try await waitUntil("orders handled") { orders.count == 400 }
 
         try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
         // How fast is measured by `sluice bench` (flag-off reaction), not here: a loaded machine is slow.
-        try await HostFixture.eventually("every orders shard off") {
+        try await waitUntil("every orders shard off") {
             host.shards.filter { $0.topicPartition.topic == "orders" }.allSatisfy { $0.state == .off }
         }
         let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
@@ -84,14 +85,14 @@ struct SupervisorTests {
 
         try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 40)
         try await HostFixture.produce(cluster, topic: "payments", count: 200, keys: 20)
-        try await HostFixture.eventually("payments keep consuming") { payments.count == 200 }
+        try await waitUntil("payments keep consuming") { payments.count == 200 }
         #expect(orders.count == 400, "orders stay stopped")
         for shard in host.shards where shard.topicPartition.topic == "orders" {
             #expect(shard.pauseReasons == [.flag])
         }
 
         try "orders: on\n".write(toFile: flags, atomically: true, encoding: .utf8)
-        try await HostFixture.eventually("orders resume where they left off") { orders.distinct == 600 }
+        try await waitUntil("orders resume where they left off") { orders.distinct == 600 }
         #expect(orders.count == 600, "nothing handled twice, nothing lost")
         host.shutdown()
         try await running.value
@@ -107,17 +108,17 @@ struct SupervisorTests {
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("four shards") { host.shards.count == 4 }
+        try await waitUntil("four shards") { host.shards.count == 4 }
         #expect(host.shards.first { $0.topicPartition.partition == 3 }?.state == .off, "off from assignment")
         try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
         let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
         let others = Int(ends[0]! + ends[1]! + ends[2]!)
-        try await HostFixture.eventually("partitions 0-2 handled") { handled.count == others }
+        try await waitUntil("partitions 0-2 handled") { handled.count == others }
         try await Task.sleep(for: .milliseconds(500))
         #expect(handled.all.value.allSatisfy { $0.partition != 3 })
 
         try "\"orders/3\": on\n".write(toFile: flags, atomically: true, encoding: .utf8)
-        try await HostFixture.eventually("partition 3 caught up") { handled.distinct == 800 }
+        try await waitUntil("partition 3 caught up") { handled.distinct == 800 }
         #expect(handled.count == 800)
         host.shutdown()
         try await running.value
@@ -141,7 +142,7 @@ struct SupervisorTests {
         })
         let running = Task { try await host.run() }
         // Events reach the log asynchronously: wait for the trip there too.
-        try await HostFixture.eventually("the k7 shard tripped") {
+        try await waitUntil("the k7 shard tripped") {
             host.shards.contains { if case .tripped = $0.state { true } else { false } }
                 && log.events.value.contains { if case .tripped = $0.kind { true } else { false } }
         }
@@ -150,7 +151,7 @@ struct SupervisorTests {
             "started", "crashed", "backingOff", "started", "crashed", "backingOff", "started", "crashed", "tripped",
         ])
         let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
-        try await HostFixture.eventually("every other shard reached its end offset") {
+        try await waitUntil("every other shard reached its end offset") {
             let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
             return (0..<4).filter { $0 != poisoned.partition }.allSatisfy { committed[$0] == ends[$0] }
         }
@@ -181,7 +182,7 @@ struct SupervisorTests {
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for value in ["a", "poison", "b"] { _ = try await producer.send(ProducerRecord(topic: "orders", value: Array(value.utf8))) }
         let isTripped = { host.shards.first.map { if case .tripped = $0.state { true } else { false } } ?? false }
-        try await HostFixture.eventually("tripped") { isTripped() }
+        try await waitUntil("tripped") { isTripped() }
         broken.withLock { $0 = false }
         try await Task.sleep(for: .seconds(2))
         #expect(isTripped(), "no automatic recovery")
@@ -189,17 +190,17 @@ struct SupervisorTests {
 
         // A flag cycle: off, then on.
         host.operatorFlags.set(.partition(partition), enabled: false, reason: "incident")
-        try await HostFixture.eventually("off") { host.shards.first?.state == .off }
+        try await waitUntil("off") { host.shards.first?.state == .off }
         host.operatorFlags.unset(.partition(partition))
-        try await HostFixture.eventually("the failed message is delivered again") { handled.count == 3 }
+        try await waitUntil("the failed message is delivered again") { handled.count == 3 }
         #expect(handled.all.value.map(\.offset) == [0, 1, 2])
 
         broken.withLock { $0 = true }
         _ = try await producer.send(ProducerRecord(topic: "orders", value: Array("poison".utf8)))
-        try await HostFixture.eventually("tripped again") { isTripped() }
+        try await waitUntil("tripped again") { isTripped() }
         broken.withLock { $0 = false }
         #expect(await host.reset(partition))
-        try await HostFixture.eventually("running after the reset") { handled.count == 4 }
+        try await waitUntil("running after the reset") { handled.count == 4 }
         #expect(await host.reset(TopicPartition("orders", 9)) == false, "no such shard")
         await producer.close()
         host.shutdown()
@@ -227,7 +228,7 @@ struct SupervisorTests {
         await producer.close()
         let partition = TopicPartition("orders", 0)
         // Events reach the log asynchronously: wait for the last one there too.
-        try await HostFixture.eventually("handled after two probes") { handled.count == 1 && log.of(partition).count >= 7 }
+        try await waitUntil("handled after two probes") { handled.count == 1 && log.of(partition).count >= 7 }
         #expect(log.of(partition).map(\.name) == ["started", "crashed", "tripped", "probe", "crashed", "tripped", "probe"])
         let trips = log.events.value.filter { if case .tripped = $0.kind { true } else { false } }
         #expect(trips.count == 2)
@@ -245,11 +246,11 @@ struct SupervisorTests {
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("two shards running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try await waitUntil("two shards running") { host.shards.filter { $0.state == .running }.count == 2 }
         try "orders: [off\n".write(toFile: flags, atomically: true, encoding: .utf8)
-        try await HostFixture.eventually("the bad file was read") { (host.flags.failureCounts["file"] ?? 0) >= 1 }
+        try await waitUntil("the bad file was read") { (host.flags.failureCounts["file"] ?? 0) >= 1 }
         try await HostFixture.produce(cluster, topic: "orders", count: 100, keys: 10)
-        try await HostFixture.eventually("still consuming") { handled.count == 100 }
+        try await waitUntil("still consuming") { handled.count == 100 }
         #expect(host.shards.allSatisfy { $0.state == .running && $0.flag.enabled })
         #expect(host.flags.lastErrors["file"]?.contains("not valid YAML or JSON") == true)
         host.shutdown()
@@ -267,17 +268,17 @@ struct SupervisorTests {
         let hostA = SluiceHost(configuration: settings, logger: HostFixture.logger)
         hostA.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let runA = Task { try await hostA.run() }
-        try await HostFixture.eventually("A has both partitions") { hostA.shards.count == 2 }
+        try await waitUntil("A has both partitions") { hostA.shards.count == 2 }
         let hostB = SluiceHost(configuration: settings, logger: HostFixture.logger)
         hostB.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let runB = Task { try await hostB.run() }
-        try await HostFixture.eventually("one partition each", timeout: .seconds(40)) { hostA.shards.count == 1 && hostB.shards.count == 1 }
+        try await waitUntil("one partition each", timeout: .seconds(40)) { hostA.shards.count == 1 && hostB.shards.count == 1 }
         let owner = [hostA, hostB].first { $0.shards.first?.topicPartition.partition == 1 }!
         #expect(owner.shards.first?.state == .off)
         #expect(owner.shards.first?.pauseReasons == [.flag])
         try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 20)
         let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 2)
-        try await HostFixture.eventually("partition 0 handled") { handled.count == Int(ends[0]!) }
+        try await waitUntil("partition 0 handled") { handled.count == Int(ends[0]!) }
         try await Task.sleep(for: .milliseconds(500))
         #expect(handled.all.value.allSatisfy { $0.partition == 0 }, "nothing of the flagged partition was handled")
         hostA.shutdown()
@@ -304,28 +305,28 @@ struct SupervisorTests {
         })
         let events = EventLog(host)
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("both shards running") { host.shards.filter { $0.state == .running }.count == 2 }
+        try await waitUntil("both shards running") { host.shards.filter { $0.state == .running }.count == 2 }
         try await HostFixture.produce(cluster, topic: "orders", count: 40, keys: 40)
         let stuck = TopicPartition("orders", 0)
         let idle = TopicPartition("orders", 1)
         let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 2)
         try #require(ends[0]! > 0 && ends[1]! > 0, "both partitions got messages: \(ends)")
-        try await HostFixture.eventually("partition 1 handled all its messages") {
+        try await waitUntil("partition 1 handled all its messages") {
             handled.all.value.filter { $0.partition == 1 }.count == Int(ends[1]!)
         }
-        try await HostFixture.eventually("partition 0 reported stalled") { events.of(stuck).map(\.name).contains("stalled") }
+        try await waitUntil("partition 0 reported stalled") { events.of(stuck).map(\.name).contains("stalled") }
         let status = try #require(host.shards.first { $0.topicPartition == stuck })
         #expect(status.stalledSince != nil)
         #expect(status.lag == ends[0], "nothing done on partition 0: its whole backlog is lag")
         #expect((status.lagSeconds ?? 0) > 0, "the oldest waiting message has an age")
         #expect(host.shards.first { $0.topicPartition == idle }?.stalledSince == nil, "caught up is idle, not stalled")
-        try await HostFixture.eventually("the idle shard's lag is 0 s once its last offset is stored") {
+        try await waitUntil("the idle shard's lag is 0 s once its last offset is stored") {
             host.shards.first { $0.topicPartition == idle }?.lagSeconds == 0
         }
         #expect(!events.of(idle).map(\.name).contains("stalled"))
         release.withLock { $0 = true }
-        try await HostFixture.eventually("progress clears the stall") { events.of(stuck).map(\.name).contains("stallCleared") }
-        try await HostFixture.eventually("partition 0 done") { handled.all.value.filter { $0.partition == 0 }.count == Int(ends[0]!) }
+        try await waitUntil("progress clears the stall") { events.of(stuck).map(\.name).contains("stallCleared") }
+        try await waitUntil("partition 0 done") { handled.all.value.filter { $0.partition == 0 }.count == Int(ends[0]!) }
         host.shutdown()
         try await running.value
     }
@@ -341,12 +342,12 @@ struct SupervisorTests {
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let running = Task { try await host.run() }
-        try await HostFixture.eventually("the shard is off") { host.shards.first?.state == .off }
+        try await waitUntil("the shard is off") { host.shards.first?.state == .off }
         // Never fetched, nothing stored: the lag comes from the committed offset (none: the log start) and
         // the queried high watermark, never from a default of 0.
-        try await HostFixture.eventually("lag is the 30 waiting messages") { host.shards.first?.lag == 30 }
+        try await waitUntil("lag is the 30 waiting messages") { host.shards.first?.lag == 30 }
         try await HostFixture.produce(cluster, topic: "orders", count: 20, keys: 3)
-        try await HostFixture.eventually("lag follows while paused") { host.shards.first?.lag == 50 }
+        try await waitUntil("lag follows while paused") { host.shards.first?.lag == 50 }
         #expect(host.shards.first?.pauseReasons == [.flag])
         host.shutdown()
         try await running.value

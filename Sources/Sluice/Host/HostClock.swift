@@ -2,7 +2,10 @@
 /// shutdown deadlines, the tick (stall detection, gauges). Production uses the continuous clock; tests drive
 /// a manual one, so no test waits for these to pass in real time. Liveness (`/healthz`) and the handler
 /// watchdog stay on real time: they exist to notice real time passing.
-protocol HostClock: Sendable {
+///
+/// Implement it only to drive time in tests: `SluiceTesting`'s `ManualHostClock` is one.
+public protocol HostClock: Sendable {
+    /// The current time.
     var now: ContinuousClock.Instant { get }
     /// Sleeps until `deadline` on this clock; throws when the task is cancelled.
     func sleep(until deadline: ContinuousClock.Instant) async throws

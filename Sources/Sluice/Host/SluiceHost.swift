@@ -121,8 +121,10 @@ public final class SluiceHost: Service, Sendable {
         self.init(configuration: configuration, logger: logger, clock: SystemHostClock(), flagSources: flagSources)
     }
 
-    /// Creates a host whose timed logic runs on `clock` (tests drive a manual one).
-    init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = []) {
+    /// Creates a host whose timed logic (restart backoffs, healthy-after, cooldown probes, the once-a-second
+    /// tick) runs on `clock`: tests drive a manual one (`SluiceTesting`'s `ManualHostClock`), so a breaker's
+    /// backoff or trip is tested without waiting for it in real time.
+    public init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = []) {
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
@@ -695,8 +697,9 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    /// Ticks the supervisor loop has handled.
-    var ticks: Int { state.withLock { $0.ticks } }
+    /// Ticks the supervisor loop has handled: it ticks once a second of the host's clock (stall detection,
+    /// gauges, restarts that came due). A test that moves a manual clock waits for the tick it causes.
+    public var ticks: Int { state.withLock { $0.ticks } }
 
     func publish(_ event: ShardEvent) {
         let subscribers = state.withLock { Array($0.subscribers.values) }
