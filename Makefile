@@ -1,7 +1,7 @@
 # Sluice: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: deps build test demo docs clean
+.PHONY: deps build test test-tracing-example demo docs clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -16,7 +16,14 @@ test: deps
 	$(SWIFT) build --build-tests -Xswiftc -warnings-as-errors
 	$(SWIFT) test
 	lib="$$(scripts/librdkafka-2.16.sh)" && LD_LIBRARY_PATH="$$lib" SLUICE_EXPECT_LIBRDKAFKA=2.16.0 $(SWIFT) test --skip-build
+	$(MAKE) test-tracing-example
 	$(MAKE) docs
+
+# Examples/Tracing: a package of its own (swift-otel takes minutes to build on 2 cores, so Sluice's own build
+# does not depend on it) showing how a service bootstraps an OpenTelemetry tracer; its test checks that a
+# producer's traceparent continues in the handler's span, exported over OTLP/HTTP to a collector on loopback.
+test-tracing-example: deps
+	cd Examples/Tracing && $(SWIFT) build --build-tests -Xswiftc -warnings-as-errors && $(SWIFT) test --skip-build
 
 # The DocC catalog of Sluice (Sources/Sluice/Sluice.docc), into .build/docs.
 docs: deps
