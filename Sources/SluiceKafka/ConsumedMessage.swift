@@ -42,6 +42,18 @@ public struct ConsumedMessage: Sendable, Hashable {
     /// The payload (empty for a null payload).
     public var value: KafkaBytes { KafkaBytes(storage: storage, start: Int(valueStart), count: Int(valueCount)) }
 
+    /// The bytes this message holds in memory, as the memory budget counts them: key, value and headers,
+    /// plus ``bookkeepingBytes`` for the message itself and its slot in a batch.
+    public var memoryFootprint: Int {
+        var bytes = Self.bookkeepingBytes + Int(valueCount) + max(0, Int(keyCount))
+        for header in headers { bytes += header.key.utf8.count + (header.value?.count ?? 0) + 32 }
+        return bytes
+    }
+
+    /// What a message costs apart from its key, value and headers (its fields, and its share of the batch
+    /// array and buffer it lives in).
+    public static let bookkeepingBytes = 96
+
     /// Creates a message; used by tests and by the consumer. A key and value from different buffers are
     /// copied into one.
     public init(

@@ -350,6 +350,7 @@ final class ConsumerLoop: @unchecked Sendable {
             let channel = PartitionChannel(
                 topicPartition: topicPartition,
                 capacity: shared.configuration.partitionBufferMessages,
+                byteShare: shared.bufferBytes,
                 requestResume: { [shared] in shared.requestResume($0) }
             )
             let state = PartitionState(topicPartition: topicPartition, queue: queue, channel: channel)
@@ -357,6 +358,7 @@ final class ConsumerLoop: @unchecked Sendable {
             partitions[topicPartition] = state
             newStates.append(state)
         }
+        shared.bufferBytes.assigned(partitions.count)
         // Progress stored for an earlier assignment of these partitions is not this one's.
         shared.storedProgress.withLock { progress in
             for topicPartition in added { progress[topicPartition] = nil }
@@ -424,6 +426,7 @@ final class ConsumerLoop: @unchecked Sendable {
             rd_kafka_queue_io_event_enable(state.queue, -1, nil, 0)
             rd_kafka_queue_destroy(state.queue)
         }
+        shared.bufferBytes.assigned(partitions.count)
         shared.channels.withLock { channels in
             for topicPartition in released { channels[topicPartition] = nil }
         }

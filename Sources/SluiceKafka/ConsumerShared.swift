@@ -51,6 +51,8 @@ final class ConsumerShared: Sendable {
     private let handleUse = Mutex(HandleUse())
     /// The message buffers of assigned partitions; written by the owner thread only.
     let channels = Mutex<[TopicPartition: PartitionChannel]>([:])
+    /// ``KafkaConsumerConfiguration/partitionBufferBytes``, split across the assigned partitions.
+    let bufferBytes: PartitionByteShare
     /// When the owner thread last went round its loop, in nanoseconds since ``ConsumerShared/epoch``.
     let lastLoop = Atomic<Int64>(0)
     static let epoch = ContinuousClock.now
@@ -82,6 +84,7 @@ final class ConsumerShared: Sendable {
     ) {
         self.handle = handle
         self.configuration = configuration
+        bufferBytes = PartitionByteShare(total: configuration.partitionBufferBytes)
         self.initialPauseReasons = initialPauseReasons
         self.eventsContinuation = events
         self.logger = logger

@@ -37,6 +37,11 @@ public struct KafkaConsumerConfiguration: Sendable {
     /// Messages a partition may hold in Sluice's buffer before the consumer pauses its fetching
     /// (flow control); fetching resumes when half of it has been taken. Default 4,000.
     public var partitionBufferMessages: Int = 4000
+    /// Bytes all partitions' buffers may hold together (messages' ``ConsumedMessage/memoryFootprint``), split
+    /// evenly across the assigned partitions: a partition over its share pauses fetching like one over
+    /// ``partitionBufferMessages``; an empty buffer still takes one message larger than the share. nil (the
+    /// default): only the message count bounds a buffer.
+    public var partitionBufferBytes: Int?
     /// Raw librdkafka properties, applied after the defaults below and the typed fields.
     public var properties: [String: String] = [:]
 
@@ -96,6 +101,9 @@ public struct KafkaConsumerConfiguration: Sendable {
         guard maxBatchSize > 0 else { throw .configuration("maxBatchSize must be positive, got \(maxBatchSize)") }
         guard partitionBufferMessages > 1 else {
             throw .configuration("partitionBufferMessages must be at least 2, got \(partitionBufferMessages)")
+        }
+        if let partitionBufferBytes, partitionBufferBytes < 1 {
+            throw .configuration("partitionBufferBytes must be positive, got \(partitionBufferBytes)")
         }
         var result: [(String, String)] = Self.defaultProperties.sorted { $0.key < $1.key }
         result += [

@@ -5,7 +5,8 @@ import Synchronization
 ///
 /// The sequence ends when the partition is revoked, lost or the consumer closes. It has one consumer:
 /// iterate it from one task. While its buffer holds ``KafkaConsumerConfiguration/partitionBufferMessages``
-/// messages the consumer stops fetching that partition; taking batches lets it fetch again.
+/// messages, or its share of ``KafkaConsumerConfiguration/partitionBufferBytes`` in bytes, the consumer stops
+/// fetching that partition; taking batches lets it fetch again.
 public struct KafkaPartitionMessages: AsyncSequence, Sendable {
     public typealias Element = [ConsumedMessage]
     public typealias Failure = Never
@@ -14,6 +15,10 @@ public struct KafkaPartitionMessages: AsyncSequence, Sendable {
 
     /// The partition these messages come from.
     public var topicPartition: TopicPartition { channel.topicPartition }
+
+    /// This partition's share of ``KafkaConsumerConfiguration/partitionBufferBytes`` now (the budget divided
+    /// by the partitions assigned), or nil when buffers are bounded by message count only.
+    public var bufferByteShare: Int? { channel.byteShare.perPartition }
 
     public func makeAsyncIterator() -> Iterator { Iterator(channel: channel) }
 
@@ -29,11 +34,37 @@ public struct KafkaPartitionMessages: AsyncSequence, Sendable {
     }
 }
 
+/// Bytes for partition buffers, split evenly across the assigned partitions (the owner thread sets the share
+/// on every assignment change; channels read it).
+final class PartitionByteShare: Sendable {
+    /// The whole budget; nil: no byte bound.
+    let total: Int?
+    private let share: Atomic<Int>
+
+    init(total: Int?) {
+        self.total = total
+        share = Atomic(total ?? Int.max)
+    }
+
+    /// One partition's share; nil when there is no byte bound.
+    var perPartition: Int? { total == nil ? nil : share.load(ordering: .relaxed) }
+
+    /// Splits the budget across `partitions` assigned partitions.
+    func assigned(_ partitions: Int) {
+        guard let total else { return }
+        share.store(total / max(partitions, 1), ordering: .relaxed)
+    }
+}
+
 /// The buffer between the consumer's owner thread (which pushes batches) and the task that reads them.
 final class PartitionChannel: Sendable {
     private struct State {
-        var batches: Deque<[ConsumedMessage]> = []
+        var batches: Deque<(messages: [ConsumedMessage], bytes: Int)> = []
         var bufferedMessages = 0
+        var bufferedBytes = 0
+        /// A running average of a message's footprint, to turn room in bytes into room in messages before
+        /// the messages are read; 0 until the first batch (its size is then bounded by librdkafka's fetch).
+        var averageMessageBytes = 0
         var waiter: CheckedContinuation<[ConsumedMessage]?, Never>?
         var finished = false
         /// The owner paused fetching because the buffer was full; the reader asks for a resume once
@@ -43,39 +74,72 @@ final class PartitionChannel: Sendable {
 
     let topicPartition: TopicPartition
     private let capacity: Int
+    let byteShare: PartitionByteShare
     private let state = Mutex(State())
     private let requestResume: @Sendable (TopicPartition) -> Void
 
-    init(topicPartition: TopicPartition, capacity: Int, requestResume: @escaping @Sendable (TopicPartition) -> Void) {
+    init(
+        topicPartition: TopicPartition, capacity: Int, byteShare: PartitionByteShare = PartitionByteShare(total: nil),
+        requestResume: @escaping @Sendable (TopicPartition) -> Void
+    ) {
         self.topicPartition = topicPartition
         self.capacity = capacity
+        self.byteShare = byteShare
         self.requestResume = requestResume
     }
 
-    /// Room left before the buffer is full (owner thread).
-    var room: Int { state.withLock { max(0, capacity - $0.bufferedMessages) } }
+    /// No room for another message: the buffer holds its message capacity, or its byte share has no room
+    /// for a message of the partition's average size.
+    private func full(_ state: State) -> Bool { room(state) == 0 }
+
+    /// At or below half of both bounds: a flow-control pause can end.
+    private func halfEmpty(_ state: State) -> Bool {
+        state.bufferedMessages <= capacity / 2 && state.bufferedBytes <= (byteShare.perPartition ?? Int.max) / 2
+    }
+
+    /// Room left before the buffer is full, in messages: the message bound, and the byte bound at the
+    /// partition's average message size. An empty buffer always has room for one message, so a message
+    /// larger than the share still gets through.
+    private func room(_ state: State) -> Int {
+        let messages = max(0, capacity - state.bufferedMessages)
+        guard let share = byteShare.perPartition, state.averageMessageBytes > 0 else { return messages }
+        let bytes = max(0, share - state.bufferedBytes) / state.averageMessageBytes
+        return min(messages, state.bufferedMessages == 0 ? max(bytes, 1) : bytes)
+    }
+
+    /// Room left before the buffer is full, in messages (owner thread).
+    var room: Int { state.withLock { room($0) } }
 
     /// Adds a batch (owner thread). Returns whether the buffer is now full.
     func push(_ batch: [ConsumedMessage]) -> Bool {
+        let bytes = byteShare.total == nil ? 0 : batch.reduce(0) { $0 + $1.memoryFootprint }
         let (waiter, full): (CheckedContinuation<[ConsumedMessage]?, Never>?, Bool) = state.withLock { state in
             if state.finished { return (nil, false) }
+            if !batch.isEmpty, bytes > 0 {
+                let average = bytes / batch.count
+                state.averageMessageBytes = state.averageMessageBytes == 0 ? average : (state.averageMessageBytes * 3 + average) / 4
+            }
             if let waiter = state.waiter, state.batches.isEmpty {
                 state.waiter = nil
                 return (waiter, false)
             }
-            state.batches.append(batch)
+            state.batches.append((batch, bytes))
             state.bufferedMessages += batch.count
-            return (nil, state.bufferedMessages >= capacity)
+            state.bufferedBytes += bytes
+            return (nil, self.full(state))
         }
         waiter?.resume(returning: batch)
         return full
     }
 
+    /// Messages and bytes buffered now.
+    var buffered: (messages: Int, bytes: Int) { state.withLock { ($0.bufferedMessages, $0.bufferedBytes) } }
+
     /// Marks the partition paused for flow control (owner thread). Returns false when the reader has
     /// meanwhile taken enough that the pause is not needed.
     func markFlowPaused() -> Bool {
         state.withLock { state in
-            guard state.bufferedMessages >= capacity else { return false }
+            guard full(state) else { return false }
             state.flowPaused = true
             return true
         }
@@ -87,6 +151,7 @@ final class PartitionChannel: Sendable {
             state.finished = true
             state.batches.removeAll()
             state.bufferedMessages = 0
+            state.bufferedBytes = 0
             defer { state.waiter = nil }
             return state.waiter
         }
@@ -98,15 +163,17 @@ final class PartitionChannel: Sendable {
         state.withLock { state in
             state.batches.removeAll()
             state.bufferedMessages = 0
+            state.bufferedBytes = 0
         }
     }
 
     func next() async -> [ConsumedMessage]? {
         enum Taken { case batch([ConsumedMessage], resume: Bool), end, wait }
         let taken: Taken = state.withLock { state in
-            if let batch = state.batches.popFirst() {
+            if let (batch, bytes) = state.batches.popFirst() {
                 state.bufferedMessages -= batch.count
-                let resume = state.flowPaused && state.bufferedMessages <= capacity / 2
+                state.bufferedBytes -= bytes
+                let resume = state.flowPaused && halfEmpty(state)
                 if resume { state.flowPaused = false }
                 return .batch(batch, resume: resume)
             }
@@ -126,8 +193,9 @@ final class PartitionChannel: Sendable {
             return await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
                     let immediate: [ConsumedMessage]?? = state.withLock { state in
-                        if let batch = state.batches.popFirst() {
+                        if let (batch, bytes) = state.batches.popFirst() {
                             state.bufferedMessages -= batch.count
+                            state.bufferedBytes -= bytes
                             return .some(batch)
                         }
                         if state.finished || Task.isCancelled { return .some(nil) }

@@ -306,4 +306,35 @@ struct ConfigurationLoadingTests {
         #expect(try await loadError(base + "topics:\n  orders: {onCrash: {then: ignore}}\n").contains("expected one of stop, deadLetter, got 'ignore'"))
         #expect(try await loadError(base + "host: {stateDirectory: ' '}\n").contains("host.stateDirectory: is empty"))
     }
+
+    @Test("memory budget: sizes with units, off, the default; it sets the buffers' byte budget and librdkafka's queue, a property of the user's own wins; nonsense is refused")
+    func memoryBudget() async throws {
+        let base = "kafka: {bootstrap: b, group: g}\ntopics: {orders: {}}\n"
+        let defaults = try await SluiceConfiguration.load(file: try write(base), environment: [:])
+        #expect(defaults.memoryBudget == 256 << 20)
+        let consumer = defaults.consumerConfiguration()
+        #expect(consumer.partitionBufferBytes == 128 << 20)
+        #expect(consumer.properties["queued.max.messages.kbytes"] == "16384")
+
+        for (written, bytes) in [("64MiB", 64 << 20), ("1.5GiB", 1536 << 20), ("100MB", 100_000_000), ("33554432", 32 << 20)] {
+            let configuration = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: \(written)}\n"), environment: [:])
+            #expect(configuration.memoryBudget == bytes, "\(written)")
+        }
+        let small = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: 32MiB}\n"), environment: [:])
+        #expect(small.consumerConfiguration().partitionBufferBytes == 16 << 20)
+        #expect(small.consumerConfiguration().properties["queued.max.messages.kbytes"] == "2048")
+
+        let off = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: off}\n"), environment: [:])
+        #expect(off.memoryBudget == nil)
+        #expect(off.consumerConfiguration().partitionBufferBytes == nil)
+        #expect(off.consumerConfiguration().properties["queued.max.messages.kbytes"] == nil)
+
+        let own = try await SluiceConfiguration.load(
+            file: try write(base.replacingOccurrences(of: "group: g}", with: "group: g, properties: {queued.max.messages.kbytes: '4096'}}")), environment: [:])
+        #expect(own.consumerConfiguration().properties["queued.max.messages.kbytes"] == "4096")
+
+        #expect(try await loadError(base + "host: {memoryBudget: lots}\n").contains("host.memoryBudget: expected a size with a unit"))
+        #expect(try await loadError(base + "host: {memoryBudget: 4MiB}\n").hasSuffix("host.memoryBudget: must be at least 16MiB, got 4MiB"))
+        #expect(try await loadError(base + "host: {memoryBudget: -5MiB}\n").contains("host.memoryBudget: expected a size"))
+    }
 }

@@ -87,13 +87,14 @@ enum PipelineFixture {
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         quarantine: Quarantine? = nil,
-        tracer: (any Tracer)? = nil
+        tracer: (any Tracer)? = nil,
+        inFlightBytes: (@Sendable () -> Int?)? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
             deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
             backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, quarantine: quarantine, tracer: tracer,
-            consumerGroup: "g", logger: logger)
+            consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
     }
 
     /// A source that yields `batches` and ends.

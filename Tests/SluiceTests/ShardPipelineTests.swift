@@ -125,6 +125,31 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == 12)
     }
 
+    @Test("large messages: no more in flight than the shard's byte share holds, far below maxInFlight; every message handled")
+    func inFlightByteShare() async {
+        var configuration = TopicConfiguration()
+        configuration.ordering = .none
+        configuration.processors = 8
+        let messages = (0..<40).map { offset in
+            Message(topic: "t", partition: 0, offset: Int64(offset), value: KafkaBytes([UInt8](repeating: 1, count: 64 << 10)))
+        }
+        let footprint = messages[0].memoryFootprint
+        let concurrency = Locked((now: 0, most: 0))
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { _, _ in
+                concurrency.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+                try await Task.sleep(for: .milliseconds(5))
+                concurrency.withLock { $0.now -= 1 }
+            }),
+            inFlightBytes: { 4 * footprint })
+        #expect(configuration.maxInFlight == 1_000)
+        #expect(await pipeline.run(source: PipelineFixture.source(stride(from: 0, to: 40, by: 10).map { Array(messages[$0..<$0 + 10]) })) == .sourceEnded)
+        #expect(pipeline.watermark == 40)
+        #expect(concurrency.value.most <= 4, "at most 4 x 64 KiB in flight; 8 processors would take 8")
+        #expect(concurrency.value.most >= 2, "the share is used: more than one at a time")
+    }
+
     @Test("brief waits for room under maxInFlight do not pause the partition")
     func briefBackpressureDoesNotPause() async {
         var configuration = TopicConfiguration()

@@ -72,7 +72,7 @@ struct ConfigurationLayout {
         "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
-        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal"],
+        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget"],
     ]
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
@@ -186,6 +186,17 @@ private struct ConfigurationValues {
             configuration.stateDirectory = directory
         }
         configuration.crashJournal = try onOff(["host", "crashJournal"]) ?? configuration.crashJournal
+        if let text = try string(["host", "memoryBudget"]) {
+            if text.trimmingWhitespace().lowercased() == "off" {
+                configuration.memoryBudget = nil
+            } else {
+                guard let bytes = ByteSize.parse(text) else {
+                    throw problem(["host", "memoryBudget"], "expected a size with a unit (KiB, MiB, GiB, or KB, MB, GB), e.g. 256MiB, or off, got '\(text)'")
+                }
+                guard bytes >= 16 << 20 else { throw problem(["host", "memoryBudget"], "must be at least 16MiB, got \(text.trimmingWhitespace())") }
+                configuration.memoryBudget = bytes
+            }
+        }
         configuration.perPartitionMetrics = try onOff(["metrics", "perPartition"]) ?? configuration.perPartitionMetrics
         configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval

@@ -103,6 +103,16 @@ public struct SluiceConfiguration: Sendable {
     public var revokeTimeout: Duration = .seconds(10)
     /// How long a graceful shutdown may take to finish in-flight work before it commits and leaves. Default 30 s.
     public var shutdownTimeout: Duration = .seconds(30)
+    /// The bytes of messages the host may hold (`host.memoryBudget`, default 256 MiB; nil: bounded by message
+    /// counts only). Split as docs/performance.md's "Memory budget" says: half for the partitions' fetch
+    /// buffers and a quarter for messages in flight in handlers, each divided evenly by the partitions
+    /// assigned (a partition over its share pauses fetching, `flowControl`, or waits for room); a sixteenth
+    /// (at least 1 MiB) is librdkafka's `queued.max.messages.kbytes`, which also caps its fetch responses
+    /// (`fetch.max.bytes`). The rest is left for the runtime, librdkafka's own structures and the allocator.
+    public var memoryBudget: Int? = 256 << 20
+    /// The in-flight share of a partition is its buffer share divided by this (a quarter of the budget
+    /// against a half).
+    static let bufferToInFlightRatio = 2
     /// How long a stopping shard waits for its in-flight messages. Default 10 s.
     public var drainTimeout: Duration = .seconds(10)
     /// How long a running, unpaused shard with messages waiting may make no progress before it is reported
@@ -154,8 +164,17 @@ public struct SluiceConfiguration: Sendable {
         // The host releases revoked partitions itself once its shards drained; this is the backstop.
         configuration.revokeTimeout = revokeTimeout + .seconds(2)
         configuration.properties = kafka.properties
+        if let memoryBudget {
+            configuration.partitionBufferBytes = memoryBudget / 2
+            if kafka.properties["queued.max.messages.kbytes"] == nil {
+                configuration.properties["queued.max.messages.kbytes"] = "\(Self.librdkafkaQueueKilobytes(memoryBudget: memoryBudget))"
+            }
+        }
         return configuration
     }
+
+    /// librdkafka's `queued.max.messages.kbytes` for a memory budget: a sixteenth of it, at least 1 MiB.
+    static func librdkafkaQueueKilobytes(memoryBudget: Int) -> Int { max(1024, memoryBudget / 16 / 1024) }
 
     func producerConfiguration() -> KafkaProducerConfiguration {
         var configuration = KafkaProducerConfiguration(bootstrapServers: kafka.bootstrap)

@@ -306,6 +306,9 @@ struct SupervisorLoop {
 
     private func startPipeline(_ shard: ShardSupervisor, group: inout TaskGroup<Void>) -> ShardPipeline {
         let topicPartition = shard.topicPartition
+        let inFlightBytes: (@Sendable () -> Int?)? = (shard.messages as? KafkaPartitionMessages).map { messages in
+            { @Sendable in messages.bufferByteShare.map { $0 / SluiceConfiguration.bufferToInFlightRatio } }
+        }
         let pipeline = ShardPipeline(
             topicPartition: topicPartition, generation: host.nextPipelineID(),
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
@@ -315,7 +318,8 @@ struct SupervisorLoop {
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
             journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),
-            consumerGroup: host.configuration.kafka.group, logger: logger)
+            consumerGroup: host.configuration.kafka.group,
+            inFlightBytes: inFlightBytes, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         group.addTask { [host, consumer, input] in

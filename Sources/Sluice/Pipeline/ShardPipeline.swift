@@ -143,6 +143,9 @@ final class ShardPipeline: Sendable {
     private let suspects: Range<Int64>
     /// Spans per handler call, when a tracer is bootstrapped (nil: tracing off, nothing per message).
     private let tracing: MessageTracing?
+    /// The bytes this shard may have in flight now (its share of the host's memory budget, which changes
+    /// with the assignment); nil: only `maxInFlight` bounds it.
+    private let inFlightBytes: (@Sendable () -> Int?)?
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -165,8 +168,10 @@ final class ShardPipeline: Sendable {
         quarantine: Quarantine? = nil,
         tracer: (any Tracer)? = MessageTracing.bootstrapped(),
         consumerGroup: String? = nil,
+        inFlightBytes: (@Sendable () -> Int?)? = nil,
         logger: Logger
     ) {
+        self.inFlightBytes = inFlightBytes
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
         self.quarantine = quarantine
@@ -345,13 +350,34 @@ final class ShardPipeline: Sendable {
 
     // MARK: Dispatch
 
+    /// A running average of a message's memory footprint, from up to 8 messages of `batch`.
+    static func averageFootprint(_ batch: [Message], previous: Int) -> Int {
+        guard !batch.isEmpty else { return previous }
+        let step = max(batch.count / 8, 1)
+        var total = 0
+        var sampled = 0
+        for index in stride(from: 0, to: batch.count, by: step) {
+            total += batch[index].memoryFootprint
+            sampled += 1
+        }
+        let average = total / sampled
+        return previous == 0 ? average : (previous * 3 + average) / 4
+    }
+
     /// Hands lanes runs of messages rather than single ones (one lock and at most one wake-up per run),
-    /// and never lets more than `maxInFlight` messages be in flight.
+    /// and never lets more than `maxInFlight` messages be in flight, nor more than the shard's in-flight
+    /// byte share at the partition's average message size.
     private func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async
     where Source.Element == [Message], Source.Failure == Never {
-        let limit = max(configuration.maxInFlight, 1)
+        let countLimit = max(configuration.maxInFlight, 1)
+        var limit = countLimit
+        var averageBytes = 0
         var pausedForBackpressure = false
         for await batch in source {
+            if let inFlightBytes, let bytes = inFlightBytes() {
+                averageBytes = Self.averageFootprint(batch, previous: averageBytes)
+                limit = max(1, min(countLimit, bytes / max(averageBytes, 1)))
+            }
             var remaining = batch[...]
             while !remaining.isEmpty {
                 // One lock: note the first offset ever taken (a stop may drop the rest of this batch), and check.
