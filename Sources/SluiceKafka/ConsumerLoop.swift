@@ -157,8 +157,9 @@ final class ConsumerLoop: @unchecked Sendable {
             } else {
                 continuation.resume(throwing: KafkaError.rdkafka(error, context: "subscribing to \(topics)"))
             }
-        case .setPauseReasons(let topicPartition, let reasons, let continuation):
-            if let state = partitions[topicPartition] {
+        case .setPauseReasons(let reasons, let continuation):
+            for (topicPartition, reasons) in reasons {
+                guard let state = partitions[topicPartition] else { continue }
                 state.desired = reasons.subtracting([.flowControl])
                 reconcilePause(state)
             }

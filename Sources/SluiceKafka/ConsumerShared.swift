@@ -11,7 +11,7 @@ final class ConsumerShared: Sendable {
             switch self {
             case .subscribe(_, let continuation), .seek(_, let continuation), .commit(let continuation):
                 continuation.resume(throwing: KafkaError.closedError)
-            case .setPauseReasons(_, _, let continuation):
+            case .setPauseReasons(_, let continuation):
                 continuation.resume()
             case .close(let continuation):
                 continuation?.resume()
@@ -21,7 +21,7 @@ final class ConsumerShared: Sendable {
         }
 
         case subscribe([String], CheckedContinuation<Void, any Error>)
-        case setPauseReasons(TopicPartition, Set<KafkaPauseReason>, CheckedContinuation<Void, Never>)
+        case setPauseReasons([TopicPartition: Set<KafkaPauseReason>], CheckedContinuation<Void, Never>)
         case seek(TopicPartitionOffset, CheckedContinuation<Void, any Error>)
         case commit(CheckedContinuation<Void, any Error>)
         case releaseRevocation(UInt64)

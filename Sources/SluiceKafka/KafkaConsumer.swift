@@ -136,8 +136,15 @@ public final class KafkaConsumer: Sendable {
     /// has, which the consumer tracks across assignments (librdkafka keeps a pause across unassign and
     /// re-assign, and librdkafka before 2.4.0 rewinds a partition resumed while not paused).
     public func setPauseReasons(_ reasons: Set<KafkaPauseReason>, for topicPartition: TopicPartition) async {
+        await setPauseReasons([topicPartition: reasons])
+    }
+
+    /// Sets the pause reasons of many partitions in one round trip to the consumer's thread (a flag for a topic
+    /// of thousands of partitions, a shutdown): each partition as ``setPauseReasons(_:for:)`` would.
+    public func setPauseReasons(_ reasons: [TopicPartition: Set<KafkaPauseReason>]) async {
+        guard !reasons.isEmpty else { return }
         await withCheckedContinuation { continuation in
-            shared.send(.setPauseReasons(topicPartition, reasons, continuation))
+            shared.send(.setPauseReasons(reasons, continuation))
         }
     }
 

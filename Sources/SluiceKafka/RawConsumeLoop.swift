@@ -15,6 +15,9 @@ public enum RawConsumeLoop {
         public var elapsed: Duration
         /// Payload bytes read.
         public var bytes: Int
+        /// The process's CPU seconds from the first message to the end of the loop (joining the group and
+        /// waiting for the first fetch are left out, as they are for the host's figure).
+        public var cpuSeconds: Double = 0
         /// With `latencies`: per message, milliseconds from its timestamp (set when it was produced) to when
         /// the loop read it.
         public var latencies: [Double] = []
@@ -39,12 +42,16 @@ public enum RawConsumeLoop {
         var latencies: [Double] = []
         if measureLatency { latencies.reserveCapacity(count) }
         var first: ContinuousClock.Instant?
+        var cpuAtFirst = 0.0
         var last = ContinuousClock.now
         let deadline = ContinuousClock.now + timeout
         while messages < count, ContinuousClock.now < deadline {
             guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                if first == nil { first = .now }
+                if first == nil {
+                    first = .now
+                    cpuAtFirst = Self.processCPUSeconds()
+                }
                 messages += 1
                 bytes += message.pointee.len
                 last = .now
@@ -56,10 +63,18 @@ public enum RawConsumeLoop {
             }
             rd_kafka_message_destroy(message)
         }
+        let cpu = first == nil ? 0 : Self.processCPUSeconds() - cpuAtFirst
         // The first rebalance completed (messages arrived), so closing is safe on librdkafka 2.0.2.
         rd_kafka_consumer_close(rk)
         handle.destroy()
-        return Result(messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes, latencies: latencies)
+        return Result(messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes, cpuSeconds: cpu, latencies: latencies)
+    }
+
+    /// CPU seconds this process has used, all threads.
+    public static func processCPUSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1_000_000_000
     }
 
     /// Wall-clock milliseconds since the epoch, with a fraction (message timestamps are whole milliseconds).

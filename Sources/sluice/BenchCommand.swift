@@ -11,7 +11,7 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
         discussion: """
-            Preloads a topic with 100-byte messages over 10,000 keys, then runs each case --runs times, \
+            Preloads a topic with 100-byte messages (--message-bytes) over 10,000 keys, then runs each case --runs times, \
             interleaved: \
             (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition, \
             (c) ordering: key with 8 processors, (d) a batch handler (batches of 500; d50 with a 50 ms batch \
@@ -23,8 +23,14 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Partitions of the benchmark topic (the mock keeps 5 MiB per partition).")
     var partitions: Int = 32
-    @Option(name: .long, help: "Messages preloaded (100-byte payloads).")
-    var messages: Int = 640_000
+    @Option(name: .customLong("messages"), help: "Messages preloaded (default 640,000 of 100 bytes, or as many as fit the mock's 5 MiB per partition at --message-bytes).")
+    var messagesOption: Int?
+    @Option(name: .long, help: "Payload size of the preloaded messages, e.g. 1024 or 65536 (the cases' peak RSS is what to watch).")
+    var messageBytes: Int = 100
+
+    /// The mock keeps about 5 MiB of each partition's log: what is preloaded must fit, with the record overhead.
+    var messagesPerPartitionThatFit: Int { (9 * (1 << 20) / 2) / (messageBytes + 80) }
+    var messages: Int { messagesOption ?? min(640_000, partitions * messagesPerPartitionThatFit) }
     @Option(name: .long, help: "Runs per throughput case.")
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
@@ -46,9 +52,10 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
-        guard messages >= partitions * 100 else { throw ValidationError("--messages must be at least 100 per partition") }
-        guard messages / partitions <= 35_000 else {
-            throw ValidationError("--messages: at most 35,000 per partition fit the mock's 5 MiB per partition")
+        guard (16...1_000_000).contains(messageBytes) else { throw ValidationError("--message-bytes must be 16...1000000, got \(messageBytes)") }
+        guard messages >= partitions * 10 else { throw ValidationError("--messages must be at least 10 per partition") }
+        guard messages / partitions <= messagesPerPartitionThatFit else {
+            throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
         }
         for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e"].contains(name) {
             throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50 and e")
@@ -75,17 +82,17 @@ struct BenchCommand: AsyncParsableCommand {
         let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1"])
         defer { broker.stop() }
         let cluster = broker.bootstrap
-        note("preloading \(messages) messages over \(partitions) partitions")
+        note("preloading \(messages) messages of \(messageBytes) bytes over \(partitions) partitions")
         try preload(bootstrap: cluster)
         let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
         let baselineMegabytes = residentMegabytes()
 
         struct Case {
             let name: String
-            let body: () async throws -> (count: Int, seconds: Double)
+            let body: () async throws -> (count: Int, seconds: Double, cpu: Double)
             var rates: [Double] = []
-            var cpu = 0.0
-            var total = 0
+            /// CPU seconds per million messages, per run.
+            var cpuPerMillion: [Double] = []
             var peak = 0
         }
         var partitionOrdering = TopicConfiguration()
@@ -109,7 +116,7 @@ struct BenchCommand: AsyncParsableCommand {
                 let result = try await onThread {
                     try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
                 }
-                return (result.messages, result.elapsed.seconds)
+                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
             },
             Case(name: "a2 raw librdkafka loop, stock queue settings") {
                 var configuration = stockSettings
@@ -118,7 +125,7 @@ struct BenchCommand: AsyncParsableCommand {
                 let result = try await onThread {
                     try RawConsumeLoop.run(configuration: settings, topic: "bench", count: messages, timeout: .seconds(120))
                 }
-                return (result.messages, result.elapsed.seconds)
+                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
             },
             Case(name: "b host, no-op, ordering partition") {
                 try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
@@ -150,10 +157,9 @@ struct BenchCommand: AsyncParsableCommand {
                 try await Task.sleep(for: .seconds(2))
                 resetPeakResident()
                 let residentBefore = residentMegabytes()
-                let before = cpuSeconds()
-                let (count, seconds) = try await cases[index].body()
-                cases[index].cpu += cpuSeconds() - before
-                cases[index].total += count
+                let (count, seconds, cpu) = try await cases[index].body()
+                // From each case's first message to its last: joining and shutting down are not per-message costs.
+                cases[index].cpuPerMillion.append(cpu / Double(max(count, 1)) * 1_000_000)
                 cases[index].rates.append(Double(count) / seconds)
                 let peak = peakResidentMegabytes()
                 cases[index].peak = max(cases[index].peak, peak)
@@ -163,11 +169,31 @@ struct BenchCommand: AsyncParsableCommand {
         func medianRate(_ prefix: String) -> Double? {
             cases.first { $0.name.hasPrefix(prefix + " ") && !$0.rates.isEmpty }.map { median($0.rates.sorted()) }
         }
-        func cpuPerMillion(_ item: Case) -> Double { item.total == 0 ? 0 : item.cpu / Double(item.total) * 1_000_000 }
+        func cpuPerMillion(_ item: Case) -> Double { item.cpuPerMillion.isEmpty ? 0 : median(item.cpuPerMillion.sorted()) }
+        /// The spread of a case's runs: (max - min) / median, in percent.
+        func spread(_ values: [Double]) -> Double {
+            guard let low = values.min(), let high = values.max(), values.count > 1 else { return 0 }
+            let middle = median(values.sorted())
+            return middle == 0 ? 0 : (high - low) / middle * 100
+        }
+        func medianCPU(_ prefix: String) -> Double? {
+            cases.first { $0.name.hasPrefix(prefix + " ") && !$0.cpuPerMillion.isEmpty }.map(cpuPerMillion)
+        }
+        /// CPU per message against raw librdkafka's (the primary ratio: steadier than throughput on a shared
+        /// machine); lower is better. Against the cheaper of the two raw loops.
+        func cpuRatios() -> String? {
+            guard let a = [medianCPU("a1"), medianCPU("a2")].compactMap({ $0 }).min() else { return nil }
+            let parts = ["b", "c", "d"].compactMap { name in medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
+            return parts.isEmpty ? nil : "CPU per message ratios: " + parts.joined(separator: " ")
+        }
         if only != nil {
+            print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
             for item in cases where !item.rates.isEmpty {
-                print("\(item.name): median \(Int(median(item.rates.sorted()))) msg/s, CPU \(String(format: "%.2f", cpuPerMillion(item))) s per M msgs, peak RSS \(item.peak) MB")
+                print(
+                    "\(item.name): median \(Int(median(item.rates.sorted()))) msg/s (spread \(Int(spread(item.rates))) %), "
+                        + "CPU \(String(format: "%.2f", cpuPerMillion(item))) s per M msgs (spread \(Int(spread(item.cpuPerMillion))) %), peak RSS \(item.peak) MB")
             }
+            if let line = cpuRatios() { print(line) }
             // The ratios to the faster raw loop, for the cases that ran.
             if let a = [medianRate("a1"), medianRate("a2")].compactMap({ $0 }).max() {
                 let parts = ["b", "c", "d"].compactMap { name in medianRate(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
@@ -179,13 +205,15 @@ struct BenchCommand: AsyncParsableCommand {
         let (off, on) = try await flagReaction(cluster, logger: logger)
 
         print("")
-        print("case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  peak RSS MB")
+        print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
+        print("case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  CPU spread  peak RSS MB")
         for item in cases {
             let sorted = item.rates.sorted()
             print(
                 item.name.padding(toLength: 50, withPad: " ", startingAt: 0)
                     + pad(Int(sorted.first!)) + pad(Int(median(sorted))) + pad(Int(sorted.last!))
-                    + String(format: "%14.2f", cpuPerMillion(item)) + pad(item.peak, width: 13))
+                    + String(format: "%14.2f", cpuPerMillion(item)) + String(format: "%10.0f %%", spread(item.cpuPerMillion))
+                    + pad(item.peak, width: 13))
         }
         print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
         print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
@@ -197,6 +225,7 @@ struct BenchCommand: AsyncParsableCommand {
         print(String(
             format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
             b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
+        if let line = cpuRatios() { print(line) }
         printJournalCost()
 
         /// The crash journal's cost: case b with it against b0 without, in CPU per message (steadier than
@@ -219,7 +248,7 @@ struct BenchCommand: AsyncParsableCommand {
     func runHost(
         _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, crashJournal: Bool = true,
         logger: Logger
-    ) async throws -> (count: Int, seconds: Double) {
+    ) async throws -> (count: Int, seconds: Double, cpu: Double) {
         let target = expected ?? messages
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "host-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
@@ -237,9 +266,10 @@ struct BenchCommand: AsyncParsableCommand {
         let running = Task { try await host.run() }
         let deadline = ContinuousClock.now + .seconds(180)
         while counter.count < target, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let cpu = counter.cpuSinceFirst
         host.shutdown()
         try await running.value
-        return (counter.count, counter.seconds)
+        return (counter.count, counter.seconds, cpu)
     }
 
     func flagReaction(_ cluster: String, logger: Logger) async throws -> ([Double], [Double]) {
@@ -416,7 +446,7 @@ struct BenchCommand: AsyncParsableCommand {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         process.arguments = [
-            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000", "--size", "100",
+            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000", "--size", "\(messageBytes)",
         ]
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -459,12 +489,6 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async thr
     }
 }
 
-func cpuSeconds() -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-}
-
 func peakResidentMegabytes() -> Int { statusMegabytes("VmHWM:") }
 func residentMegabytes() -> Int { statusMegabytes("VmRSS:") }
 
@@ -494,16 +518,24 @@ private func statusMegabytes(_ field: String) -> Int {
 
 /// Counts handled messages and the time from the first to the latest.
 final class RateCounter: Sendable {
-    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((0, nil, nil))
+    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?, cpuAtFirst: Double)>((0, nil, nil, 0))
     func add(_ count: Int) {
         let now = ContinuousClock.now
         state.withLock { state in
-            if state.first == nil { state.first = now }
+            if state.first == nil {
+                state.first = now
+                state.cpuAtFirst = RawConsumeLoop.processCPUSeconds()
+            }
             state.count += count
             state.last = now
         }
     }
     var count: Int { state.withLock { $0.count } }
+    /// The process's CPU seconds since the first message (0 before it).
+    var cpuSinceFirst: Double {
+        let (first, cpuAtFirst) = state.withLock { ($0.first, $0.cpuAtFirst) }
+        return first == nil ? 0 : RawConsumeLoop.processCPUSeconds() - cpuAtFirst
+    }
     var seconds: Double {
         state.withLock { state in
             guard let first = state.first, let last = state.last, last > first else { return 1 }

@@ -20,8 +20,8 @@ final class ScriptedConsumer: ShardConsumer {
         var position: Int64?
     }
 
-    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int)>(
-        ([:], [], 0, 0))
+    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int, pauseCalls: Int)>(
+        ([:], [], 0, 0, 0))
     private let fatal = Mutex<KafkaError?>(nil)
     private let released = Mutex<[TopicPartition]>([])
     /// When set, every request that needs the group coordinator or a partition leader (commits, offset and
@@ -120,9 +120,15 @@ final class ScriptedConsumer: ShardConsumer {
         state.withLock { $0.partitions[topicPartition]?.channel }
     }
 
-    func setPauseReasons(_ reasons: Set<KafkaPauseReason>, for topicPartition: TopicPartition) async {
-        state.withLock { $0.partitions[topicPartition]?.pauseReasons = reasons }
+    func setPauseReasons(_ reasons: [TopicPartition: Set<KafkaPauseReason>]) async {
+        state.withLock { state in
+            state.pauseCalls += 1
+            for (topicPartition, reasons) in reasons { state.partitions[topicPartition]?.pauseReasons = reasons }
+        }
     }
+
+    /// How many times the host handed the consumer pause sets (each call may carry many partitions).
+    var pauseCalls: Int { state.withLock { $0.pauseCalls } }
 
     func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason> {
         state.withLock { $0.partitions[topicPartition]?.pauseReasons ?? [] }

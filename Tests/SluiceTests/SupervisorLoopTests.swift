@@ -51,6 +51,32 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
+    @Test("a flag for a topic of 500 partitions, and a shutdown, reach the consumer as one pause call each, not one per shard")
+    func pausesInOneCall() async throws {
+        let host = Self.host()
+        host.register("orders", ClosureHandler { _, _ in })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partitions = (0..<500).map { TopicPartition("orders", Int32($0)) }
+        consumer.assign(partitions)
+        consumer.deliverAssignment(partitions)
+        try await waitUntil("500 shards running") { host.shards.count == 500 && host.shards.allSatisfy { $0.state == .running } }
+        let beforeFlag = consumer.pauseCalls
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        try await waitUntil("every partition paused for the flag") { partitions.allSatisfy { consumer.pauseReasons(for: $0) == [.flag] } }
+        #expect(consumer.pauseCalls == beforeFlag + 1, "one call for the 500 partitions")
+        host.operatorFlags.unset(.topic("orders"))
+        await host.flags.refresh()
+        try await waitUntil("every partition fetching again") { partitions.allSatisfy { consumer.pauseReasons(for: $0).isEmpty } }
+        let beforeShutdown = consumer.pauseCalls
+        host.shutdown()
+        try await waitUntil("every shard stopped and paused") { partitions.allSatisfy { !consumer.pauseReasons(for: $0).isEmpty } }
+        #expect(consumer.pauseCalls == beforeShutdown + 1, "one call for the 500 stopping shards")
+        consumer.finish()
+        try await running.value
+    }
+
     @Test("with a coordinator that answers nothing, restarts, flags and revocations are still handled and the host stays healthy")
     func unansweringCoordinator() async throws {
         var orders = TopicConfiguration()

@@ -12,8 +12,8 @@ protocol ShardConsumer: Sendable {
     func subscribe(topics: [String]) async throws
     /// An assigned partition's messages, nil when it is not assigned.
     func shardMessages(for topicPartition: TopicPartition) -> ShardMessages?
-    /// Desired state: the whole pause set of a partition.
-    func setPauseReasons(_ reasons: Set<KafkaPauseReason>, for topicPartition: TopicPartition) async
+    /// Desired state: the whole pause set of each partition given, in one round trip.
+    func setPauseReasons(_ reasons: [TopicPartition: Set<KafkaPauseReason>]) async
     func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason>
     func seek(_ topicPartition: TopicPartition, to offset: Int64) async throws
     func storeOffsets(_ offsets: [TopicPartitionOffset]) throws(KafkaError)

@@ -22,6 +22,8 @@ struct SupervisorLoop {
     private var shards: [TopicPartition: ShardSupervisor] = [:]
     private var revocations: [UInt64: (revocation: KafkaRevocation, partitions: [TopicPartition])] = [:]
     private var nextIdentifier: UInt64 = 0
+    /// Shards whose pause set an event may have changed, handed to the consumer together when it ends.
+    private var pendingPauses: Set<TopicPartition> = []
     private var shuttingDown = false
     private var closing = false
     private(set) var finished = false
@@ -138,6 +140,7 @@ struct SupervisorLoop {
                 startClose(group: &group)
             }
         }
+        await flushPauses()
         finishRevocations()
         if shuttingDown, !closing, shards.values.allSatisfy({ $0.machine.state == .stopped }) {
             startClose(group: &group)
@@ -564,7 +567,7 @@ struct SupervisorLoop {
             }
             shard.attemptGauge?.record(shard.machine.attempt)
             shards[topicPartition] = shard
-            await reconcilePause(topicPartition)
+            reconcilePause(topicPartition)
             host.updateView(shards[topicPartition] ?? shard)
             for event in actions.events { publish(topicPartition, event) }
         }
@@ -582,21 +585,35 @@ struct SupervisorLoop {
         }
     }
 
-    /// Derives the shard's whole pause set from its state and hands it to the consumer, which reconciles
-    /// it with librdkafka (docs/architecture.md §5). Nothing adds or removes a single reason.
-    private mutating func reconcilePause(_ topicPartition: TopicPartition) async {
-        guard let shard = shards[topicPartition] else { return }
-        let desired = shard.desiredPauseReasons
-        guard desired != shard.appliedPauseReasons else { return }
-        await consumer.setPauseReasons(desired, for: topicPartition)
-        shards[topicPartition]?.appliedPauseReasons = desired
+    /// Notes that the shard's pause set may have changed; ``flushPauses()`` hands it to the consumer at the end
+    /// of the event (docs/architecture.md §5). Nothing adds or removes a single reason.
+    private mutating func reconcilePause(_ topicPartition: TopicPartition) {
+        pendingPauses.insert(topicPartition)
+    }
+
+    /// Derives the whole pause set of every shard an event touched from its state and hands them to the
+    /// consumer in one round trip, which reconciles them with librdkafka. One per event, not one per shard:
+    /// a flag for a topic of 2,500 partitions, or a shutdown of 10,000 shards, is one call to the consumer's
+    /// thread, not thousands made one after another.
+    mutating func flushPauses() async {
+        guard !pendingPauses.isEmpty else { return }
+        var changes: [TopicPartition: Set<KafkaPauseReason>] = [:]
+        for topicPartition in pendingPauses {
+            guard let shard = shards[topicPartition] else { continue }
+            let desired = shard.desiredPauseReasons
+            if desired != shard.appliedPauseReasons { changes[topicPartition] = desired }
+        }
+        pendingPauses.removeAll(keepingCapacity: true)
+        guard !changes.isEmpty else { return }
+        await consumer.setPauseReasons(changes)
+        for (topicPartition, desired) in changes { shards[topicPartition]?.appliedPauseReasons = desired }
     }
 
     /// The current pipeline of a shard asked for back-pressure, or said it has room again.
     private mutating func backpressure(_ topicPartition: TopicPartition, pipelineID: UInt64, _ on: Bool) async {
         guard let pipeline = shards[topicPartition]?.pipeline, pipeline.generation == pipelineID else { return }
         shards[topicPartition]!.backpressured = on
-        await reconcilePause(topicPartition)
+        reconcilePause(topicPartition)
     }
 
     private func publish(_ topicPartition: TopicPartition, _ event: ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event) {
