@@ -42,7 +42,9 @@ final class ConsumerLoop: @unchecked Sendable {
     }
 
     private enum CommitWaiter {
-        case caller(CheckedContinuation<Void, any Error>)
+        /// Callers of `commit()`: every caller that asked while the previous callers' commit was out shares
+        /// the next one.
+        case callers([CheckedContinuation<Void, any Error>])
         case revocation(UInt64)
         case close
         case periodic
@@ -77,6 +79,12 @@ final class ConsumerLoop: @unchecked Sendable {
     private var revocations: [UInt64: Revocation] = [:]
     private var commitWaiters: [UInt64: CommitWaiter] = [:]
     private var commitDeadlines: [UInt64: ContinuousClock.Instant] = [:]
+    /// The callers' commit that is out, if one is.
+    private var callersCommit: UInt64?
+    /// Callers that asked while ``callersCommit`` was out: they need a commit that starts after they asked
+    /// (more may be stored by then), and all of them share it. So a thousand shards stopping at once cost two
+    /// commits, not a thousand, each of every stored offset.
+    private var callersWaiting: [CheckedContinuation<Void, any Error>] = []
     private var nextIdentifier: UInt64 = 1
     private var subscribed = false
     private var firstAssignmentSeen = false
@@ -172,7 +180,8 @@ final class ConsumerLoop: @unchecked Sendable {
                 continuation.resume(throwing: KafkaError.rdkafka(
                     RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, context: "committing offsets (held while the group rebalances)"))
             } else {
-                startCommit(.caller(continuation), timeout: .seconds(30))
+                callersWaiting.append(continuation)
+                startCallersCommitIfIdle()
             }
         case .restartUnstarted(let topicPartition):
             if let state = partitions[topicPartition] {
@@ -442,6 +451,16 @@ final class ConsumerLoop: @unchecked Sendable {
 
     // MARK: Commits
 
+    /// Starts one commit for every waiting caller, unless a callers' commit is out (its completion starts the next).
+    private func startCallersCommitIfIdle() {
+        guard callersCommit == nil, !callersWaiting.isEmpty else { return }
+        let waiting = callersWaiting
+        callersWaiting.removeAll()
+        let identifier = startCommit(.callers(waiting), timeout: .seconds(30))
+        // A commit librdkafka refused at once has completed already.
+        callersCommit = commitWaiters[identifier] == nil ? nil : identifier
+    }
+
     @discardableResult
     private func startCommit(_ waiter: CommitWaiter, timeout: Duration) -> UInt64 {
         let identifier = nextIdentifier
@@ -454,6 +473,7 @@ final class ConsumerLoop: @unchecked Sendable {
         let offsets = progress.isEmpty ? nil : TopicPartitionList.make(progress)
         defer { if let offsets { rd_kafka_topic_partition_list_destroy(offsets) } }
         let result = rd_kafka_commit_queue(rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
+        shared.commitsSent.add(1, ordering: .relaxed)
         commitWaiters[identifier] = waiter
         commitDeadlines[identifier] = .now + timeout
         if result != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -485,8 +505,12 @@ final class ConsumerLoop: @unchecked Sendable {
             if failure.isRebalanceSignal { rebalanceGate.rebalanceSeen(now: .now) }
         }
         switch waiter {
-        case .caller(let continuation):
-            if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+        case .callers(let continuations):
+            for continuation in continuations {
+                if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
+            }
+            if callersCommit == identifier { callersCommit = nil }
+            startCallersCommitIfIdle()
         case .periodic:
             if let failure {
                 // What was stored is still to be committed: try again soon, backing off while it fails.
@@ -762,9 +786,13 @@ final class ConsumerLoop: @unchecked Sendable {
         shared.channels.withLock { $0.removeAll() }
         shared.pauseSnapshot.withLock { $0.removeAll() }
         for (_, waiter) in commitWaiters {
-            if case .caller(let continuation) = waiter { continuation.resume(throwing: KafkaError.closedError) }
+            if case .callers(let continuations) = waiter {
+                for continuation in continuations { continuation.resume(throwing: KafkaError.closedError) }
+            }
         }
         commitWaiters.removeAll()
+        for continuation in callersWaiting { continuation.resume(throwing: KafkaError.closedError) }
+        callersWaiting.removeAll()
         rd_kafka_queue_io_event_enable(consumerQueue, -1, nil, 0)
         rd_kafka_queue_destroy(consumerQueue)
         shared.retireHandle()

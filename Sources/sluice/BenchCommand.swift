@@ -25,6 +25,9 @@ struct BenchCommand: AsyncParsableCommand {
     var partitions: Int = 32
     @Option(name: .customLong("messages"), help: "Messages preloaded (default 640,000 of 100 bytes, or as many as fit the mock's 5 MiB per partition at --message-bytes).")
     var messagesOption: Int?
+    @Option(name: .customLong("memory-budget"), help: "The hosts' host.memoryBudget in MiB (0: off, buffers bounded by message counts only).")
+    var memoryBudgetMiB: Int = 256
+    var memoryBudget: Int? { memoryBudgetMiB == 0 ? nil : memoryBudgetMiB << 20 }
     @Option(name: .long, help: "Payload size of the preloaded messages, e.g. 1024 or 65536 (the cases' peak RSS is what to watch).")
     var messageBytes: Int = 100
 
@@ -64,7 +67,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         var logger = Logger(label: "sluice.bench")
-        logger.logLevel = .error
+        logger.logLevel = ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
         if let scale {
             try await runScale(partitions: scale, logger: logger)
             return
@@ -255,6 +258,7 @@ struct BenchCommand: AsyncParsableCommand {
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
         configuration.crashJournal = crashJournal
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
@@ -280,6 +284,7 @@ struct BenchCommand: AsyncParsableCommand {
         var configuration = SluiceConfiguration(kafka: kafka, topics: ["flagbench": TopicConfiguration()])
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
         configuration.flags.file = file
         configuration.flags.pollInterval = .seconds(1)
         let host = SluiceHost(configuration: configuration, logger: logger)
@@ -338,6 +343,7 @@ struct BenchCommand: AsyncParsableCommand {
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
         for topic in topics { host.register(topic, CountingHandler(counter: counter)) }
@@ -393,6 +399,7 @@ struct BenchCommand: AsyncParsableCommand {
             var configuration = SluiceConfiguration(kafka: kafka, topics: [topic: settings])
             configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
             configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
             let host = SluiceHost(configuration: configuration, logger: logger)
             let recorder = LatencyRecorder(capacity: count)
             host.register(topic, LatencyHandler(recorder: recorder))

@@ -1,5 +1,5 @@
 import Logging
-import SluiceKafka
+@testable import SluiceKafka
 import Synchronization
 import Testing
 import SluiceTesting
@@ -40,6 +40,35 @@ struct KafkaConsumerTests {
 }
 
 extension KafkaConsumerTests {
+    @Test("300 commits asked for at once share a few commit requests, and every caller gets its answer")
+    func concurrentCommitsCoalesce() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["many": 4])
+        try await TestSupport.produce(cluster, topic: "many", partitions: 4, count: 400)
+        let consumer = try KafkaConsumer(
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+        try await consumer.subscribe(topics: ["many"])
+        let received = ReceivedMessages()
+        let driver = Task { await drive(consumer, into: received) }
+        try await waitUntil("all 400 messages") { received.total >= 400 }
+        try consumer.storeOffsets((0..<4).map { TopicPartitionOffset(TopicPartition("many", $0), offset: 100) })
+        let before = consumer.shared.commitsSent.load(ordering: .relaxed)
+        let answered = Locked(0)
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<300 {
+                group.addTask {
+                    if (try? await consumer.commit()) != nil { answered.withLock { $0 += 1 } }
+                }
+            }
+        }
+        let sent = consumer.shared.commitsSent.load(ordering: .relaxed) - before
+        #expect(answered.withLock { $0 } == 300)
+        #expect(sent <= 10, "\(sent) commit requests for 300 callers (one per caller before)")
+        let committed = try await consumer.committedOffsets(for: (0..<4).map { TopicPartition("many", $0) })
+        #expect(committed.values.allSatisfy { $0 == 100 } && committed.count == 4)
+        await consumer.close()
+        await driver.value
+    }
+
     @Test("pausing one partition stops only it; repeated sets never rewind (librdkafka 2.0.2 hazard)")
     func pauseStopsOnlyThatPartition() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["payments": 2])

@@ -24,6 +24,7 @@ struct SupervisorLoop {
     private var nextIdentifier: UInt64 = 0
     /// Shards whose pause set an event may have changed, handed to the consumer together when it ends.
     private var pendingPauses: Set<TopicPartition> = []
+    private var lastStateGauges = ContinuousClock.now - .seconds(1)
     private var shuttingDown = false
     private var closing = false
     private(set) var finished = false
@@ -145,7 +146,7 @@ struct SupervisorLoop {
         if shuttingDown, !closing, shards.values.allSatisfy({ $0.machine.state == .stopped }) {
             startClose(group: &group)
         }
-        recordStateGauges()
+        recordStateGauges(force: { if case .tick = item { true } else { false } }())
     }
 
     // MARK: Assignment and revocation
@@ -647,7 +648,13 @@ struct SupervisorLoop {
         host.publish(ShardEvent(topicPartition: topicPartition, kind: kind))
     }
 
-    private func recordStateGauges() {
+    /// Counts shards by state for `sluice_shards{state}`: on every tick, and after other events at most every
+    /// 100 ms (counting is a pass over every shard, and a rebalance or shutdown of thousands of shards is
+    /// thousands of events).
+    private mutating func recordStateGauges(force: Bool) {
+        let now = ContinuousClock.now
+        guard force || now - lastStateGauges >= .milliseconds(100) else { return }
+        lastStateGauges = now
         var counts: [String: Int] = [:]
         for shard in shards.values { counts[shard.state.name, default: 0] += 1 }
         for (name, gauge) in stateGauges { gauge.record(counts[name, default: 0]) }
