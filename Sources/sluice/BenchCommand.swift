@@ -2,9 +2,15 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import Sluice
+import SluiceAdmin
 import SluiceKafka
 import Synchronization
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -28,6 +34,8 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .customLong("memory-budget"), help: "The hosts' host.memoryBudget in MiB (0: off, buffers bounded by message counts only).")
     var memoryBudgetMiB: Int = 256
     var memoryBudget: Int? { memoryBudgetMiB == 0 ? nil : memoryBudgetMiB << 20 }
+    @Flag(name: .customLong("per-partition-metrics"), inversion: .prefixedNo, help: "With --scale: per-partition metric series (metrics.perPartition).")
+    var perPartitionMetrics = true
     @Option(name: .long, help: "Payload size of the preloaded messages, e.g. 1024 or 65536 (the cases' peak RSS is what to watch).")
     var messageBytes: Int = 100
 
@@ -342,9 +350,17 @@ struct BenchCommand: AsyncParsableCommand {
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-        configuration.admin.enabled = false
+        // The admin API and Prometheus metrics as a service runs them: how long /metrics and /v1/shards take
+        // with this many shards.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        configuration.admin.listen = "127.0.0.1:0"
+        configuration.admin.stateFile = nil
+        configuration.perPartitionMetrics = perPartitionMetrics
         configuration.memoryBudget = memoryBudget
         let host = SluiceHost(configuration: configuration, logger: logger)
+        let admin = try AdminServer(host: host, registry: registry, logger: logger)
+        let serving = Task { try await admin.run() }
         let counter = RateCounter()
         for topic in topics { host.register(topic, CountingHandler(counter: counter)) }
         let started = ContinuousClock.now
@@ -360,15 +376,36 @@ struct BenchCommand: AsyncParsableCommand {
         while counter.count < produced { try await Task.sleep(for: .milliseconds(10)) }
         let handled = ContinuousClock.now
         let steadyMegabytes = residentMegabytes()
+        // After a tick, so every gauge is there.
+        try await Task.sleep(for: .seconds(1.5))
+        var answers: [(path: String, milliseconds: [Double], bytes: Int)] = []
+        if let port = admin.port {
+            for path in ["/metrics", "/v1/shards"] {
+                var times: [Double] = []
+                var bytes = 0
+                for _ in 0..<5 {
+                    let asked = ContinuousClock.now
+                    let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+                    times.append((ContinuousClock.now - asked).seconds * 1000)
+                    bytes = data.count
+                }
+                answers.append((path, times, bytes))
+            }
+        }
         host.shutdown()
         try await running.value
         let stopped = ContinuousClock.now
+        serving.cancel()
         print("scale: \(perTopic * 4) partitions over 4 topics on one host, \(produced) messages")
         print("  subscribe -> all shards running:    \(ms((allRunning - started).seconds)) ms (first shard after \(ms(((firstShard ?? allRunning) - started).seconds)) ms; the embedded coordinator waits 3 s for the first join)")
         print("  first shard -> all shards running:  \(ms((allRunning - (firstShard ?? allRunning)).seconds)) ms")
         print("  all running -> every message handled: \(ms((handled - allRunning).seconds)) ms")
         print("  shutdown (drain, commit, leave):    \(ms((stopped - handled).seconds)) ms")
         print("  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB")
+        print("  rate: \(Int(Double(produced) / (handled - allRunning).seconds)) msg/s from all running to every message handled")
+        for answer in answers {
+            print("  GET \(answer.path) (per-partition metrics \(perPartitionMetrics ? "on" : "off")): median \(Int(median(answer.milliseconds.sorted()))) ms, max \(Int(answer.milliseconds.max() ?? 0)) ms, \(answer.bytes / 1024) KiB")
+        }
     }
 
     // MARK: Latency

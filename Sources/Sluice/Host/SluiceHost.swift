@@ -594,6 +594,14 @@ public final class SluiceHost: Service, Sendable {
                     }
                 }
                 group.addTask { await self.refreshLag(consumer: consumer) }
+                // One task stores every running pipeline's watermark as it advances, so periodic commits carry
+                // progress (one timer for the host, not one per shard: 10,000 shards were 100,000 wake-ups a second).
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
+                        self.storeWatermarks(consumer: consumer)
+                    }
+                }
                 group.addTask { [clock] in
                     while !Task.isCancelled {
                         try? await clock.sleep(until: clock.now + .seconds(1))
@@ -769,6 +777,36 @@ public final class SluiceHost: Service, Sendable {
     }
 
     /// Stores the pipeline's watermark if it advanced and the pipeline is still its shard's current one.
+    /// Pipelines running now, by generation, with the progress and watermark last looked at.
+    private let runningPipelines = Mutex<[UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)]>([:])
+
+    /// A pipeline started: its watermark is stored as it advances.
+    func pipelineStarted(_ pipeline: ShardPipeline) {
+        runningPipelines.withLock { $0[pipeline.generation] = (pipeline, nil) }
+    }
+
+    /// A pipeline ended: its last watermark is stored, and no more.
+    func pipelineEnded(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
+        runningPipelines.withLock { _ = $0.removeValue(forKey: pipeline.generation) }
+        storeWatermark(pipeline, consumer: consumer)
+    }
+
+    /// Stores the watermark of every running pipeline that made progress since it was last stored.
+    private func storeWatermarks(consumer: any ShardConsumer) {
+        let due = runningPipelines.withLock { pipelines in
+            var due: [ShardPipeline] = []
+            for (generation, entry) in pipelines {
+                // Completions move the progress; offsets skipped as done by an earlier pipeline move only the watermark.
+                let now = (progress: entry.pipeline.progress, watermark: entry.pipeline.watermark)
+                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { continue }
+                pipelines[generation]?.storedAt = now
+                due.append(entry.pipeline)
+            }
+            return due
+        }
+        for pipeline in due { storeWatermark(pipeline, consumer: consumer) }
+    }
+
     func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
         guard let watermark = pipeline.watermark else { return }
         let topicPartition = pipeline.topicPartition

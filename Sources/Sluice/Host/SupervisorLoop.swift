@@ -326,25 +326,11 @@ struct SupervisorLoop {
             inFlightBytes: inFlightBytes, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
+        host.pipelineStarted(pipeline)
         group.addTask { [host, consumer, input] in
-            let outcome = await withTaskGroup(of: ShardPipeline.Outcome?.self) { inner in
-                // Stores the watermark as it advances, so periodic commits carry progress.
-                inner.addTask {
-                    while !Task.isCancelled {
-                        try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
-                        host.storeWatermark(pipeline, consumer: consumer)
-                    }
-                    return nil
-                }
-                inner.addTask { await pipeline.run(source: messages) }
-                var outcome: ShardPipeline.Outcome?
-                for await result in inner where result != nil {
-                    outcome = result
-                    inner.cancelAll()
-                }
-                return outcome ?? .sourceEnded
-            }
-            host.storeWatermark(pipeline, consumer: consumer)
+            // The host stores the watermark as it advances (one task for every pipeline), and the last one here.
+            let outcome = await pipeline.run(source: messages)
+            host.pipelineEnded(pipeline, consumer: consumer)
             input.yield(.pipelineEnded(topicPartition, pipeline: pipeline.generation, outcome))
         }
         return pipeline
