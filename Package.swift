@@ -88,8 +88,11 @@ let package = Package(
             dependencies: [
                 "SluiceKafka",
                 "Sluice",
+                "SluiceAdmin",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .systemLibrary(

@@ -116,7 +116,7 @@ public struct AdminServer: Service {
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
         }
         router.get("v1/shards") { _, _ in
-            json(.ok, ["shards": host.shards.map(Self.describe)])
+            Self.shardsResponse(host.shards)
         }
         router.get("v1/flags") { _, _ in
             let flags = host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
@@ -328,48 +328,96 @@ public struct AdminServer: Service {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
-    static func describe(_ shard: ShardStatus) -> [String: Any] {
-        var entry: [String: Any] = [
-            "topic": shard.topicPartition.topic,
-            "partition": Int(shard.topicPartition.partition),
-            "state": shard.state.name,
-            "pauseReasons": shard.pauseReasons.map(\.name).sorted(),
-            "attempt": shard.attempt,
-            "inFlight": shard.inFlight,
-            "processed": shard.processed,
-            "failed": shard.failed,
-            "skipped": shard.skipped,
-            "deadLettered": shard.deadLettered,
-            "flag": ["enabled": shard.flag.enabled, "source": shard.flag.source],
-        ]
-        if let error = shard.lastError { entry["lastError"] = error }
-        if let offset = shard.storedOffset ?? shard.committedOffset { entry["committedOffset"] = offset }
-        if let high = shard.highWatermark { entry["highWatermark"] = high }
-        if let lag = shard.lag { entry["lag"] = lag }
-        if let lagSeconds = shard.lagSeconds { entry["lagSeconds"] = lagSeconds }
-        if let stalledSince = shard.stalledSince { entry["stalledForSeconds"] = Self.seconds(.now - stalledSince) }
-        if shard.abandonedCalls > 0 { entry["abandonedCalls"] = shard.abandonedCalls }
-        if let quarantine = shard.quarantine {
-            var described: [String: Any] = [
-                "offset": quarantine.offset, "count": quarantine.count, "crashes": quarantine.crashes, "state": quarantine.state.rawValue,
-                "signal": quarantine.signal, "host": quarantine.host, "atMillis": quarantine.atMilliseconds, "summary": quarantine.summary,
-            ]
-            if let who = quarantine.who { described["who"] = who }
-            if let reason = quarantine.reason { described["reason"] = reason }
-            if let report = quarantine.report { described["report"] = report }
-            entry["quarantine"] = described
+    /// One shard in `GET /v1/shards`. Encoded with `JSONEncoder`: at 10,000 shards, dictionaries through
+    /// `JSONSerialization` took 2 s a request.
+    struct ShardDocument: Encodable {
+        struct Flag: Encodable {
+            var enabled: Bool
+            var source: String
         }
-        if let rate = shard.flag.rate { entry["rate"] = rate }
-        if let position = shard.position { entry["position"] = position }
-        switch shard.state {
-        case .backingOff(_, let until):
-            entry["restartInSeconds"] = max(0, Self.seconds(until - .now))
-        case .tripped(_, let reason):
-            entry["trippedReason"] = reason
-        default:
-            break
+        struct QuarantineDocument: Encodable {
+            var offset: Int64
+            var count: Int
+            var crashes: Int
+            var state: String
+            var signal: String
+            var host: String
+            var atMillis: Int64
+            var summary: String
+            var who: String?
+            var reason: String?
+            var report: String?
         }
-        return entry
+        var topic: String
+        var partition: Int
+        var state: String
+        var pauseReasons: [String]
+        var attempt: Int
+        var inFlight: Int
+        var processed: Int
+        var failed: Int
+        var skipped: Int
+        var deadLettered: Int
+        var flag: Flag
+        var lastError: String?
+        var committedOffset: Int64?
+        var highWatermark: Int64?
+        var lag: Int64?
+        var lagSeconds: Double?
+        var stalledForSeconds: Double?
+        var abandonedCalls: Int?
+        var quarantine: QuarantineDocument?
+        var rate: Double?
+        var position: Int64?
+        var restartInSeconds: Double?
+        var trippedReason: String?
+
+        init(_ shard: ShardStatus) {
+            topic = shard.topicPartition.topic
+            partition = Int(shard.topicPartition.partition)
+            state = shard.state.name
+            pauseReasons = shard.pauseReasons.map(\.name).sorted()
+            attempt = shard.attempt
+            inFlight = shard.inFlight
+            processed = shard.processed
+            failed = shard.failed
+            skipped = shard.skipped
+            deadLettered = shard.deadLettered
+            flag = Flag(enabled: shard.flag.enabled, source: shard.flag.source)
+            lastError = shard.lastError
+            committedOffset = shard.storedOffset ?? shard.committedOffset
+            highWatermark = shard.highWatermark
+            lag = shard.lag
+            lagSeconds = shard.lagSeconds
+            stalledForSeconds = shard.stalledSince.map { AdminServer.seconds(.now - $0) }
+            abandonedCalls = shard.abandonedCalls > 0 ? shard.abandonedCalls : nil
+            quarantine = shard.quarantine.map { quarantine in
+                QuarantineDocument(
+                    offset: quarantine.offset, count: quarantine.count, crashes: quarantine.crashes, state: quarantine.state.rawValue,
+                    signal: quarantine.signal, host: quarantine.host, atMillis: quarantine.atMilliseconds, summary: quarantine.summary,
+                    who: quarantine.who, reason: quarantine.reason, report: quarantine.report)
+            }
+            rate = shard.flag.rate
+            position = shard.position
+            switch shard.state {
+            case .backingOff(_, let until): restartInSeconds = max(0, AdminServer.seconds(until - .now))
+            case .tripped(_, let reason): trippedReason = reason
+            default: break
+            }
+        }
+    }
+
+    /// `{"shards": [...]}`, keys sorted.
+    static func shardsResponse(_ shards: [ShardStatus]) -> Response {
+        struct Document: Encodable { var shards: [ShardDocument] }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(Document(shards: shards.map(ShardDocument.init))) else {
+            return problem(.internalServerError, "the shards could not be encoded")
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }
 
