@@ -28,15 +28,22 @@ public enum RawConsumeLoop {
     public static func run(
         configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration, latencies measureLatency: Bool = false
     ) throws -> Result {
+        try run(configuration: configuration, topics: [topic], count: count, timeout: timeout, latencies: measureLatency)
+    }
+
+    /// The same, subscribed to several topics.
+    public static func run(
+        configuration: KafkaConsumerConfiguration, topics: [String], count: Int, timeout: Duration, latencies measureLatency: Bool = false
+    ) throws -> Result {
         let handle = try RDKafkaHandle(
             type: RD_KAFKA_CONSUMER, properties: try configuration.librdkafkaProperties(), events: 0, logger: "raw consumer")
         let rk = handle.pointer
         rd_kafka_poll_set_consumer(rk)
-        let list = TopicPartitionList.make([TopicPartition(topic, RD_KAFKA_PARTITION_UA)])
+        let list = TopicPartitionList.make(topics.map { TopicPartition($0, RD_KAFKA_PARTITION_UA) })
         defer { rd_kafka_topic_partition_list_destroy(list) }
         // enable.auto.offset.store=false and no commits: the loop only reads.
         let error = rd_kafka_subscribe(rk, list)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError.rdkafka(error, context: "subscribing to \(topic)") }
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError.rdkafka(error, context: "subscribing to \(topics)") }
         var messages = 0
         var bytes = 0
         var latencies: [Double] = []

@@ -396,13 +396,21 @@ struct BenchCommand: AsyncParsableCommand {
         try await running.value
         let stopped = ContinuousClock.now
         serving.cancel()
+        // The same messages through a plain librdkafka loop subscribed to the same topics: what librdkafka
+        // itself reaches with this many partitions on this broker.
+        let rawConfiguration = consumerConfiguration(cluster, group: "scale-raw-\(UUID())")
+        let raw = try await onThread {
+            try RawConsumeLoop.run(configuration: rawConfiguration, topics: topics, count: produced, timeout: .seconds(300))
+        }
         print("scale: \(perTopic * 4) partitions over 4 topics on one host, \(produced) messages")
         print("  subscribe -> all shards running:    \(ms((allRunning - started).seconds)) ms (first shard after \(ms(((firstShard ?? allRunning) - started).seconds)) ms; the embedded coordinator waits 3 s for the first join)")
         print("  first shard -> all shards running:  \(ms((allRunning - (firstShard ?? allRunning)).seconds)) ms")
         print("  all running -> every message handled: \(ms((handled - allRunning).seconds)) ms")
         print("  shutdown (drain, commit, leave):    \(ms((stopped - handled).seconds)) ms")
         print("  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB")
-        print("  rate: \(Int(Double(produced) / (handled - allRunning).seconds)) msg/s from all running to every message handled")
+        let hostRate = Double(produced) / (handled - allRunning).seconds
+        let rawRate = Double(raw.messages) / max(raw.elapsed.seconds, 0.001)
+        print("  rate: host \(Int(hostRate)) msg/s from all running to every message handled; raw librdkafka loop \(Int(rawRate)) msg/s from its first message to its last (\(raw.messages) messages); host/raw \(String(format: "%.2f", hostRate / rawRate))")
         for answer in answers {
             print("  GET \(answer.path) (per-partition metrics \(perPartitionMetrics ? "on" : "off")): median \(Int(median(answer.milliseconds.sorted()))) ms, max \(Int(answer.milliseconds.max() ?? 0)) ms, \(answer.bytes / 1024) KiB")
         }
