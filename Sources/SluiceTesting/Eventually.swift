@@ -31,5 +31,6 @@ public struct NotReached: Error, CustomStringConvertible {
     public let what: String
     /// How long.
     public let waited: Duration
+    /// "not reached within 60 s: what".
     public var description: String { "not reached within \(waited): \(what)" }
 }

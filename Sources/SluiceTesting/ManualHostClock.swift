@@ -77,6 +77,7 @@ public final class ManualHostClock: HostClock {
     public struct TickNotHandled: Error, CustomStringConvertible {
         /// How long the test waited.
         public let waited: Duration
+        /// What happened, for the test's failure.
         public var description: String { "the host's supervisor loop handled no tick within \(waited) after the clock moved" }
     }
 }

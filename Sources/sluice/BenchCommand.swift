@@ -68,8 +68,8 @@ struct BenchCommand: AsyncParsableCommand {
         guard messages / partitions <= messagesPerPartitionThatFit else {
             throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
         }
-        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e"].contains(name) {
-            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50 and e")
+        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e", "f"].contains(name) {
+            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50, e and f")
         }
     }
 
@@ -211,6 +211,12 @@ struct BenchCommand: AsyncParsableCommand {
                 if !parts.isEmpty { print("ratios: " + parts.joined(separator: " ")) }
             }
             printJournalCost()
+            if selected?.contains("f") == true {
+                let (off, on) = try await flagReaction(cluster, logger: logger)
+                print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
+                print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
+                print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
+            }
             return
         }
         let (off, on) = try await flagReaction(cluster, logger: logger)

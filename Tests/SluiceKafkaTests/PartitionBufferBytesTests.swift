@@ -79,24 +79,14 @@ struct PartitionBufferBytesTests {
         let received = ReceivedMessages()
         let mostBuffered = Locked(0)
         let sawFlowPause = Locked(false)
+        // A slow reader: the buffer fills to its share while it sleeps.
         let driver = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for await event in consumer.events {
-                    guard case .assigned(let partitions) = event else { continue }
-                    for topicPartition in partitions {
-                        guard let messages = consumer.messages(for: topicPartition) else { continue }
-                        group.addTask {
-                            for await batch in messages {
-                                let buffered = consumer.shared.channels.withLock { $0[topicPartition] }?.buffered.bytes ?? 0
-                                mostBuffered.withLock { $0 = max($0, buffered) }
-                                if consumer.pauseReasons(for: topicPartition).contains(.flowControl) { sawFlowPause.withLock { $0 = true } }
-                                received.append(batch)
-                                try? await Task.sleep(for: .milliseconds(5))
-                            }
-                        }
-                    }
-                }
-            }
+            await drive(consumer, into: received, storeOffsets: false, onBatch: { topicPartition, _ in
+                let buffered = consumer.shared.channels.withLock { $0[topicPartition] }?.buffered.bytes ?? 0
+                mostBuffered.withLock { $0 = max($0, buffered) }
+                if consumer.pauseReasons(for: topicPartition).contains(.flowControl) { sawFlowPause.withLock { $0 = true } }
+                try? await Task.sleep(for: .milliseconds(5))
+            })
         }
         let all = await eventually(timeout: .seconds(60)) { received.total >= 120 }
         #expect(all, "received \(received.total) of 120; most buffered \(mostBuffered.withLock { $0 }); \(received.byPartition.mapValues { $0.map(\.offset) })")

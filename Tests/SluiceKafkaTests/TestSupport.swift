@@ -86,7 +86,8 @@ func drive(
     _ consumer: KafkaConsumer,
     into received: ReceivedMessages,
     storeOffsets: Bool = true,
-    onEvent: @escaping @Sendable (KafkaConsumerEvent) async -> Void = { _ in }
+    onEvent: @escaping @Sendable (KafkaConsumerEvent) async -> Void = { _ in },
+    onBatch: @escaping @Sendable (TopicPartition, [ConsumedMessage]) async -> Void = { _, _ in }
 ) async {
     await withTaskGroup(of: Void.self) { group in
         for await event in consumer.events {
@@ -97,6 +98,7 @@ func drive(
                     guard let messages = consumer.messages(for: topicPartition) else { continue }
                     group.addTask {
                         for await batch in messages {
+                            await onBatch(topicPartition, batch)
                             received.append(batch)
                             if storeOffsets, let last = batch.last {
                                 try? consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: last.offset + 1)])
