@@ -43,6 +43,18 @@ final class Beacon: Sendable {
         }
     }
 
+    /// Waits until `condition` holds (true) or the task is cancelled (false), rechecking it after a
+    /// notification and after `recheckAfter()` (asked before each wait): for a condition whose next
+    /// change in time is known.
+    func waitUntil(recheckAfter next: () -> Duration, _ condition: () -> Bool) async -> Bool {
+        while true {
+            let generation = state.withLock { $0.generation }
+            if condition() { return true }
+            if Task.isCancelled { return false }
+            await wait(after: generation, until: .now + next())
+        }
+    }
+
     /// Waits for a notification after `generation`, or until `wake`: one timer, cancelled if a
     /// notification comes first.
     private func wait(after generation: UInt64, until wake: ContinuousClock.Instant?) async {
