@@ -125,7 +125,15 @@ final class ScriptedConsumer: ShardConsumer {
             state.pauseCalls += 1
             for (topicPartition, reasons) in reasons { state.partitions[topicPartition]?.pauseReasons = reasons }
         }
+        calls.withLock { log in
+            for (topicPartition, reasons) in reasons.sorted(by: { $0.key < $1.key }) {
+                log.append("pause \(topicPartition) \(reasons.map(\.name).sorted())")
+            }
+        }
     }
+
+    /// The pause sets and seeks the host asked for, in order (`pause orders/0 []`, `seek orders/0 5`).
+    let calls = Mutex<[String]>([])
 
     /// How many times the host handed the consumer pause sets (each call may carry many partitions).
     var pauseCalls: Int { state.withLock { $0.pauseCalls } }
@@ -143,6 +151,7 @@ final class ScriptedConsumer: ShardConsumer {
             guard let partition = state.partitions[topicPartition] else { return }
             let start = offset == KafkaConsumer.committedOffset ? (partition.stored ?? 0) : offset
             state.seeks.append(TopicPartitionOffset(topicPartition, offset: start))
+            calls.withLock { $0.append("seek \(topicPartition) \(start)") }
             // As the consumer does: what was buffered for the old position is dropped, reading restarts there.
             partition.channel.replace(with: Array(partition.log.dropFirst(Int(start))))
         }

@@ -51,6 +51,35 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
+    @Test("a shard turned back on is resumed before its seek: the seek wakes librdkafka's broker thread, a resume alone does not")
+    func resumeBeforeSeek() async throws {
+        let host = Self.host()
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 5)
+        try await waitUntil("the first 5 handled") { handled.count == 5 }
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        try await waitUntil("the shard is off") { host.shards.first?.state == .off }
+        let before = consumer.calls.withLock { $0.count }
+        host.operatorFlags.unset(.topic("orders"))
+        await host.flags.refresh()
+        consumer.append(partition, count: 5)
+        try await waitUntil("the next 5 handled") { handled.distinct == 10 }
+        let after = consumer.calls.withLock { Array($0.dropFirst(before)) }
+        let resumed = after.firstIndex(of: "pause orders/0 []")
+        let sought = after.firstIndex { $0.hasPrefix("seek orders/0 ") }
+        #expect(resumed != nil && sought != nil && resumed! < sought!, "\(after)")
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
     @Test("a flag for a topic of 500 partitions, and a shutdown, reach the consumer as one pause call each, not one per shard")
     func pausesInOneCall() async throws {
         let host = Self.host()
