@@ -19,6 +19,16 @@ struct SupervisorLoopTests {
         return SluiceHost(configuration: configuration, logger: HostFixture.logger, clock: clock)
     }
 
+    /// Starts `host` on a scripted consumer that has assigned it `orders/0` (callback and event both).
+    static func startAssigned(_ host: SluiceHost) throws -> (ScriptedConsumer, Task<Void, any Error>, TopicPartition) {
+        let consumer = ScriptedConsumer()
+        let running = try start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition])
+        consumer.deliverAssignment([partition])
+        return (consumer, running, partition)
+    }
+
     static func start(_ host: SluiceHost, _ consumer: ScriptedConsumer) throws -> Task<Void, any Error> {
         let handlers = try host.startOnce()
         return Task { try await host.run(handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil) }
@@ -56,11 +66,7 @@ struct SupervisorLoopTests {
         let host = Self.host()
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 5)
         try await waitUntil("the first 5 handled") { handled.count == 5 }
         host.operatorFlags.set(.topic("orders"), enabled: false)
@@ -207,11 +213,7 @@ struct SupervisorLoopTests {
             }
             handled.append(message)
         })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 5)
         try await waitUntil("offset 0 is in its handler") { inCall.value }
         host.operatorFlags.set(.topic("orders"), enabled: false)
@@ -243,11 +245,7 @@ struct SupervisorLoopTests {
             handled.append(message)
         })
         let events = EventLog(host)
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 10)
         try await waitUntil("first crash: backing off for 1 s of host time") {
             host.shards.first?.state == .backingOff(attempt: 1, until: start + .seconds(1))
@@ -318,11 +316,7 @@ struct SupervisorLoopTests {
         host.register("orders", ClosureHandler { message, _ in
             while message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(2)) }
         })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 5)
         try await waitUntil("running with lag") { host.shards.first?.state == .running && host.shards.first?.lag == 5 }
         try await clock.tick(host)  // the first tick notes where progress stands
@@ -347,11 +341,7 @@ struct SupervisorLoopTests {
         let host = Self.host()
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         try await waitUntil("running") { host.shards.first?.state == .running }
         host.operatorFlags.set(.topic("orders"), enabled: false)
         try await waitUntil("off") { host.shards.first?.state == .off }
@@ -385,11 +375,7 @@ struct SupervisorLoopTests {
             }
             handled.append(message)
         })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 10)
         try await waitUntil("offset 2 is in its handler") { inCall.value }
         consumer.lose([partition])
@@ -436,11 +422,7 @@ struct SupervisorLoopTests {
             calls.withLock { $0[message.offset, default: 0] += 1 }
             if message.offset == 3 { throw TestFailure(description: "poison") }
         })
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
-        consumer.assign([partition])
-        consumer.deliverAssignment([partition])
+        let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 200)
         for restart in 1...10 {
             try await waitUntil("crash \(restart)") {
