@@ -24,6 +24,9 @@ struct SupervisorLoop {
     private var nextIdentifier: UInt64 = 0
     /// Shards whose pause set an event may have changed, handed to the consumer together when it ends.
     private var pendingPauses: Set<TopicPartition> = []
+    /// Views and events of transitions whose pause sets are still to be handed to the consumer, in order.
+    private var pendingPublications: [(topicPartition: TopicPartition, events: [ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event])] = []
+    private var awaitingPublication: Set<TopicPartition> = []
     private var lastStateGauges = ContinuousClock.now - .seconds(1)
     private var shuttingDown = false
     private var closing = false
@@ -563,8 +566,15 @@ struct SupervisorLoop {
             shard.attemptGauge?.record(shard.machine.attempt)
             shards[topicPartition] = shard
             reconcilePause(topicPartition)
-            host.updateView(shards[topicPartition] ?? shard)
-            for event in actions.events { publish(topicPartition, event) }
+            // What the shard's view and events say follows what librdkafka has: a shard whose pause set is still
+            // to be handed to the consumer is shown (tripped, off, running) once it was, at the end of the event.
+            if shard.desiredPauseReasons != shard.appliedPauseReasons || awaitingPublication.contains(topicPartition) {
+                awaitingPublication.insert(topicPartition)
+                pendingPublications.append((topicPartition, actions.events))
+            } else {
+                host.updateView(shard)
+                for event in actions.events { publish(topicPartition, event) }
+            }
         }
     }
 
@@ -591,7 +601,7 @@ struct SupervisorLoop {
     /// a flag for a topic of 2,500 partitions, or a shutdown of 10,000 shards, is one call to the consumer's
     /// thread, not thousands made one after another.
     mutating func flushPauses() async {
-        guard !pendingPauses.isEmpty else { return }
+        guard !pendingPauses.isEmpty || !pendingPublications.isEmpty else { return }
         var changes: [TopicPartition: Set<KafkaPauseReason>] = [:]
         for topicPartition in pendingPauses {
             guard let shard = shards[topicPartition] else { continue }
@@ -599,9 +609,18 @@ struct SupervisorLoop {
             if desired != shard.appliedPauseReasons { changes[topicPartition] = desired }
         }
         pendingPauses.removeAll(keepingCapacity: true)
-        guard !changes.isEmpty else { return }
-        await consumer.setPauseReasons(changes)
-        for (topicPartition, desired) in changes { shards[topicPartition]?.appliedPauseReasons = desired }
+        if !changes.isEmpty {
+            await consumer.setPauseReasons(changes)
+            for (topicPartition, desired) in changes { shards[topicPartition]?.appliedPauseReasons = desired }
+        }
+        let publications = pendingPublications
+        pendingPublications.removeAll(keepingCapacity: true)
+        awaitingPublication.removeAll(keepingCapacity: true)
+        var shown: Set<TopicPartition> = []
+        for (topicPartition, events) in publications {
+            if let shard = shards[topicPartition], shown.insert(topicPartition).inserted { host.updateView(shard) }
+            for event in events { publish(topicPartition, event) }
+        }
     }
 
     /// The current pipeline of a shard asked for back-pressure, or said it has room again.
