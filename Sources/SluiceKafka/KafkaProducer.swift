@@ -43,6 +43,8 @@ public final class KafkaProducer: Sendable {
 
     private let handle: RDKafkaHandle
     private let loop: ProducerLoop
+    /// The topics whose metadata this producer asked for (``prepare(topics:timeout:)``).
+    private let preparedTopics = Mutex<Set<String>>([])
 
     /// Creates a producer.
     ///
@@ -65,6 +67,7 @@ public final class KafkaProducer: Sendable {
     /// Sends a record and returns once the broker acknowledged it. Waits while librdkafka's local queue
     /// is full.
     public func send(_ record: ProducerRecord) async throws -> DeliveryReport {
+        if !preparedTopics.withLock({ $0.contains(record.topic) }) { await prepare(topics: [record.topic]) }
         while true {
             do {
                 return try await withCheckedThrowingContinuation { continuation in
@@ -167,6 +170,18 @@ public final class KafkaProducer: Sendable {
             defer { rd_kafka_error_destroy(error) }
             return rd_kafka_error_code(error)
         }
+    }
+
+    /// Asks for the topics' metadata now, once per topic and producer; a failure is left to the sends.
+    ///
+    /// librdkafka learns the leader of a topic a new producer has not written to yet on a metadata request
+    /// that may go out before the broker connection is up; it then waits for its once-a-second topic scan
+    /// and so do the topic's first records (measured: the first second of a steady producer delivered at
+    /// once, a second late). ``send(_:)`` does this before a topic's first record; callers of
+    /// ``enqueue(_:onDelivery:)`` call it before they start.
+    public func prepare(topics: [String], timeout: Duration = .seconds(2)) async {
+        let asked = preparedTopics.withLock { prepared in topics.filter { prepared.insert($0).inserted } }
+        for topic in asked { _ = try? await partitionCount(topic: topic, timeout: timeout) }
     }
 
     /// The number of partitions of `topic`, from the cluster's metadata.

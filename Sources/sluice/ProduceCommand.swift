@@ -48,6 +48,7 @@ struct ProduceCommand: AsyncParsableCommand {
         let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(bootstrapServers: servers), logger: logger)
+        await producer.prepare(topics: [topic])
         let tally = ProduceTally()
         let clock = ContinuousClock()
         let started = clock.now

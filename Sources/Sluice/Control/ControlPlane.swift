@@ -530,22 +530,16 @@ public struct ControlPlaneWriter: Sendable {
     public let auditTopic: String
     private let producer: KafkaProducer
     private let logger: Logger
-    /// Whether the topics' metadata was asked for (shared by copies of the writer).
-    private let prepared = PreparedFlag()
-
     /// The audit topic kept beside a control topic.
     public static func auditTopic(forControl topic: String) -> String {
         let prefix = "__sluice-control-"
         return topic.hasPrefix(prefix) ? "__sluice-audit-" + topic.dropFirst(prefix.count) : topic + ".audit"
     }
 
-    /// Asks for both topics' metadata before the first record. A new producer otherwise learns an unknown
-    /// topic's leader only on librdkafka's once-a-second topic scan, which made every CLI write take a second
-    /// per topic.
+    /// Asks for both topics' metadata before the first record (a new producer may otherwise wait a second
+    /// for each topic's leader, see ``KafkaProducer/prepare(topics:timeout:)``).
     private func prepare() async {
-        guard !prepared.value.withLock({ $0 }) else { return }
-        for name in [topic, auditTopic] { _ = try? await producer.partitionCount(topic: name) }
-        prepared.value.withLock { $0 = true }
+        await producer.prepare(topics: [topic, auditTopic])
     }
 
     /// Writes the audit entry of a change already made; a failure is logged, not thrown (the change stands).
@@ -644,9 +638,4 @@ public struct ControlPlaneWriter: Sendable {
 
     /// Flushes and closes the producer.
     public func close() async { await producer.close() }
-}
-
-/// A flag shared by the copies of a ``ControlPlaneWriter``.
-private final class PreparedFlag: Sendable {
-    let value = Mutex(false)
 }
