@@ -434,13 +434,13 @@ struct BenchCommand: AsyncParsableCommand {
         let broker = try ChildBroker(topics: topics.map { "\($0):8" })
         defer { broker.stop() }
         let cluster = broker.bootstrap
-        var rows: [(String, [Double])] = []
+        var rows: [(name: String, held: Int, values: [Double])] = []
         // Raw librdkafka: the poll loop on a thread of its own, the producer started once it has joined.
         let raw = consumerConfiguration(cluster, group: "latency-raw-\(UUID())")
         let rawRun = Task { try await onThread { try RawConsumeLoop.run(configuration: raw, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true) } }
         try await Task.sleep(for: .seconds(6))  // the group join (the raw loop has no assignment signal)
-        try produceSteadily(cluster, topic: "latency-raw", rate: rate, count: count)
-        rows.append(("raw librdkafka poll loop", try await rawRun.value.latencies))
+        let rawHeld = try produceSteadily(cluster, topic: "latency-raw", rate: rate, count: count)
+        rows.append(("raw librdkafka poll loop", rawHeld, try await rawRun.value.latencies))
         for (topic, name, ordering) in [("latency-partition", "host, ordering partition", TopicConfiguration.Ordering.partition), ("latency-key", "host, ordering key x8", .key)] {
             var settings = TopicConfiguration()
             settings.ordering = ordering
@@ -450,40 +450,47 @@ struct BenchCommand: AsyncParsableCommand {
             var configuration = SluiceConfiguration(kafka: kafka, topics: [topic: settings])
             configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
             configuration.admin.enabled = false
-        configuration.memoryBudget = memoryBudget
+            configuration.memoryBudget = memoryBudget
             let host = SluiceHost(configuration: configuration, logger: logger)
             let recorder = LatencyRecorder(capacity: count)
             host.register(topic, LatencyHandler(recorder: recorder))
             let running = Task { try await host.run() }
             let deadline = ContinuousClock.now + .seconds(60)
             while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-            try produceSteadily(cluster, topic: topic, rate: rate, count: count)
+            // A shard runs once assigned; librdkafka fetches its committed offset and starts fetching
+            // after that (about 100 ms here). The raw loop had seconds to get there; so does the host.
+            try await Task.sleep(for: .seconds(2))
+            let held = try produceSteadily(cluster, topic: topic, rate: rate, count: count)
             let done = ContinuousClock.now + .seconds(60)
             while recorder.count < count, ContinuousClock.now < done { try await Task.sleep(for: .milliseconds(20)) }
             host.shutdown()
             try await running.value
-            rows.append((name, recorder.values))
+            rows.append((name, held, recorder.values))
         }
         print("latency from produce to handler start, \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):")
-        print("case                             messages       p50       p99     p99.9       max")
-        for (name, values) in rows {
+        print("case                             messages  producer held msg/s       p50       p99     p99.9       max")
+        for (name, held, values) in rows {
             let sorted = values.sorted()
             func percentile(_ p: Double) -> String {
                 guard !sorted.isEmpty else { return "-" }
                 return String(format: "%.1f", sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))])
             }
             print(
-                name.padding(toLength: 30, withPad: " ", startingAt: 0) + pad(sorted.count, width: 11)
+                name.padding(toLength: 30, withPad: " ", startingAt: 0) + pad(sorted.count, width: 11) + pad(held, width: 21)
                     + [percentile(0.5), percentile(0.99), percentile(0.999), sorted.last.map { String(format: "%.1f", $0) } ?? "-"]
                     .map { String(repeating: " ", count: max(0, 10 - $0.count)) + $0 }.joined())
         }
     }
 
-    /// Runs `sluice produce --rate` in a child process until it produced `count` messages.
-    func produceSteadily(_ cluster: String, topic: String, rate: Int, count: Int) throws {
+    /// Runs `sluice produce --rate` in a child process until it produced `count` messages; returns the rate
+    /// it held (messages over its whole run, start-up included).
+    @discardableResult
+    func produceSteadily(_ cluster: String, topic: String, rate: Int, count: Int) throws -> Int {
+        let started = ContinuousClock.now
         let process = try startProducer(cluster, topic: topic, rate: rate, count: count)
         process.waitUntilExit()
         guard process.terminationStatus == 0 else { throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))") }
+        return Int(Double(count) / (ContinuousClock.now - started).seconds)
     }
 
     // MARK: Helpers
