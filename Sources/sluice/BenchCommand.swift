@@ -22,7 +22,8 @@ struct BenchCommand: AsyncParsableCommand {
             (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition, \
             (c) ordering: key with 8 processors, (d) a batch handler (batches of 500; d50 with a 50 ms batch \
             timeout), (e) the host with one \
-            shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file. \
+            shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file, \
+            (g) a handler slower than its topic on one partition (how busy flow control keeps it). \
             Prints a table and, last, `ratios: b/a=X c/a=X d/a=X e/b=X`.
             """
     )
@@ -68,8 +69,8 @@ struct BenchCommand: AsyncParsableCommand {
         guard messages / partitions <= messagesPerPartitionThatFit else {
             throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
         }
-        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e", "f"].contains(name) {
-            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50, e and f")
+        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e", "f", "g"].contains(name) {
+            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50, e, f and g")
         }
     }
 
@@ -90,7 +91,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         // The broker and the preloading producer run as child processes, so this process's memory is the
         // consumer's alone, as in production.
-        let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1"])
+        let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"])
         defer { broker.stop() }
         let cluster = broker.bootstrap
         note("preloading \(messages) messages of \(messageBytes) bytes over \(partitions) partitions")
@@ -212,14 +213,14 @@ struct BenchCommand: AsyncParsableCommand {
             }
             printJournalCost()
             if selected?.contains("f") == true {
-                let (off, on) = try await flagReaction(cluster, logger: logger)
-                print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
-                print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
-                print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
+                printFlagReaction(try await flagReaction(cluster, logger: logger))
+            }
+            if selected?.contains("g") == true {
+                printSlowHandler(try await slowHandler(cluster, logger: logger))
             }
             return
         }
-        let (off, on) = try await flagReaction(cluster, logger: logger)
+        let reaction = try await flagReaction(cluster, logger: logger)
 
         print("")
         print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
@@ -232,9 +233,8 @@ struct BenchCommand: AsyncParsableCommand {
                     + String(format: "%14.2f", cpuPerMillion(item)) + String(format: "%10.0f %%", spread(item.cpuPerMillion))
                     + pad(item.peak, width: 13))
         }
-        print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
-        print("  flag off -> partition paused:        median \(ms(median(off.sorted()))) ms, max \(ms(off.max()!)) ms")
-        print("  flag on  -> first message handled:   median \(ms(median(on.sorted()))) ms, max \(ms(on.max()!)) ms")
+        printFlagReaction(reaction)
+        printSlowHandler(try await slowHandler(cluster, logger: logger))
         print("RSS before the cases (runtime and librdkafka, broker and preload in child processes): \(baselineMegabytes) MB")
         // The ratios divide by the faster plain loop.
         let a = max(medianRate("a1")!, medianRate("a2")!)
@@ -290,7 +290,9 @@ struct BenchCommand: AsyncParsableCommand {
         return (counter.count, counter.seconds, cpu)
     }
 
-    func flagReaction(_ cluster: String, logger: Logger) async throws -> ([Double], [Double]) {
+    /// Flag reaction through the flag file: (flag off -> partition paused, flag on -> first message handled,
+    /// flag on seen by the host (its flag pause reason gone) -> first message handled).
+    func flagReaction(_ cluster: String, logger: Logger) async throws -> ([Double], [Double], [Double]) {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("bench-flags-\(UUID()).yaml").path
         try "{}".write(toFile: file, atomically: true, encoding: .utf8)
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "flags-\(UUID())")
@@ -309,6 +311,7 @@ struct BenchCommand: AsyncParsableCommand {
         while host.shards.first?.state != .running { try await Task.sleep(for: .milliseconds(10)) }
         var off: [Double] = []
         var on: [Double] = []
+        var onApplied: [Double] = []
         for _ in 0..<flagRuns {
             // Change the flag at a random point of the poll period, as an operator would.
             try await Task.sleep(for: .milliseconds(Int.random(in: 0..<1000)))
@@ -322,13 +325,67 @@ struct BenchCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(Int.random(in: 0..<1000)))
             try "{}\n".write(toFile: file, atomically: true, encoding: .utf8)
             let onAt = ContinuousClock.now
-            while !seen.value { try await Task.sleep(for: .milliseconds(1)) }
-            on.append((ContinuousClock.now - onAt).seconds)
+            var appliedAt: ContinuousClock.Instant?
+            while !seen.value {
+                if appliedAt == nil, !(host.shards.first?.pauseReasons.contains(.flag) ?? true) { appliedAt = .now }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            let handledAt = ContinuousClock.now
+            on.append((handledAt - onAt).seconds)
+            onApplied.append((handledAt - (appliedAt ?? handledAt)).seconds)
         }
         await producer.close()
         host.shutdown()
         try await running.value
-        return (off, on)
+        return (off, on, onApplied)
+    }
+
+    /// A handler slower than the topic (it spins 200 µs a message) on the one partition of its host: the
+    /// partition's buffer fills, flow control pauses it and resumes it once half is handled; whether the
+    /// handler then waits for messages is what this shows. Returns (messages a second, handler busy share).
+    func slowHandler(_ cluster: String, logger: Logger) async throws -> (rate: Double, busy: Double) {
+        let count = 20_000
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster), logger: logger)
+        await producer.prepare(topics: ["slowbench"])
+        let tally = PartitionTally()
+        for _ in 0..<count {
+            let record = ProducerRecord(topic: "slowbench", partition: 0, value: Array(repeating: 120, count: 100))
+            while try !tally.enqueue(record, on: producer) { try await Task.sleep(for: .milliseconds(1)) }
+        }
+        while tally.delivered < count { try await Task.sleep(for: .milliseconds(20)) }
+        await producer.close()
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "slow-\(UUID())")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["slowbench": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        let counter = RateCounter()
+        host.register("slowbench", SpinningHandler(counter: counter, spin: .microseconds(200)))
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(120)
+        while counter.count < count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        host.shutdown()
+        try await running.value
+        guard counter.count >= count else { throw ValidationError("g: \(counter.count) of \(count) messages handled in 120 s") }
+        let rate = Double(counter.count) / counter.seconds
+        return (rate, rate * 200e-6)
+    }
+
+    func printSlowHandler(_ result: (rate: Double, busy: Double)) {
+        print(
+            "g slow handler (200 µs a message, one partition, 20000 messages): \(Int(result.rate)) msg/s, "
+                + "the handler busy \(Int(result.busy * 100)) % of the time (5000 msg/s at 100 %)")
+    }
+
+    func printFlagReaction(_ reaction: (off: [Double], on: [Double], onApplied: [Double])) {
+        print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
+        print("  flag off -> partition paused:        median \(ms(median(reaction.off.sorted()))) ms, max \(ms(reaction.off.max()!)) ms")
+        print("  flag on  -> first message handled:   median \(ms(median(reaction.on.sorted()))) ms, max \(ms(reaction.on.max()!)) ms")
+        print(
+            "  flag on applied -> first message:    median \(ms(median(reaction.onApplied.sorted()))) ms, max \(ms(reaction.onApplied.max()!)) ms"
+                + " (the partition resumed, to its first message handled)")
     }
 
     func runScale(partitions total: Int, logger: Logger) async throws {
@@ -655,6 +712,17 @@ final class SeenBox: Sendable {
     func reset() { seen.withLock { $0 = false } }
     func mark() { seen.withLock { $0 = true } }
     var value: Bool { seen.withLock { $0 } }
+}
+
+/// Spins for `spin` per message (a handler slower than its topic), then counts it.
+struct SpinningHandler: MessageHandler {
+    let counter: RateCounter
+    let spin: Duration
+    func handle(_ message: Message, context: ShardContext) async throws {
+        let until = ContinuousClock.now + spin
+        while ContinuousClock.now < until {}
+        counter.add(1)
+    }
 }
 
 struct SeenHandler: MessageHandler {
