@@ -489,8 +489,16 @@ final class ShardPipeline: Sendable {
         case .partition:
             queues[0].push(messages)
         case .key:
-            var perLane = [[Message]](repeating: [], count: queues.count)
-            for message in messages { perLane[lane(for: message)].append(message) }
+            // Each lane's run sized once: appending to empty arrays reallocated each about log2(n / lanes) times.
+            let lanes = messages.map { lane(for: $0) }
+            var counts = [Int](repeating: 0, count: queues.count)
+            for lane in lanes { counts[lane] += 1 }
+            var perLane = counts.map { count -> [Message] in
+                var run: [Message] = []
+                run.reserveCapacity(count)
+                return run
+            }
+            for (message, lane) in zip(messages, lanes) { perLane[lane].append(message) }
             for (index, run) in perLane.enumerated() where !run.isEmpty { queues[index].push(run) }
         case .none:
             let lanes = configuration.laneCount
@@ -506,10 +514,13 @@ final class ShardPipeline: Sendable {
     private func lane(for message: Message) -> Int {
         guard configuration.ordering == .key, queues.count > 1, let key = message.key else { return 0 }
         // FNV-1a: stable across processes, unlike Hasher.
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in key {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01B3
+        let hash = key.withUnsafeBytes { bytes in
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in bytes {
+                hash ^= UInt64(byte)
+                hash &*= 0x0000_0100_0000_01B3
+            }
+            return hash
         }
         return Int(hash % UInt64(queues.count))
     }
