@@ -94,6 +94,7 @@ struct BenchCommand: AsyncParsableCommand {
         let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"])
         defer { broker.stop() }
         let cluster = broker.bootstrap
+        note("malloc arenas: " + (ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"].map { "MALLOC_ARENA_MAX=\($0)" } ?? "glibc's default (MALLOC_ARENA_MAX unset; the Dockerfile and the Kubernetes manifest set 2)"))
         note("preloading \(messages) messages of \(messageBytes) bytes over \(partitions) partitions")
         try preload(bootstrap: cluster)
         let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
