@@ -1,3 +1,4 @@
+import PropertyBased
 import Testing
 
 @testable import Sluice
@@ -55,5 +56,51 @@ struct OffsetTrackerTests {
         tracker.complete(6)
         #expect(tracker.watermark == 7)
         #expect(tracker.inFlight == 0)
+    }
+
+    @Test("random begins (with gaps and rewinds) and completions in any order, repeats included, agree with a plain model")
+    func agreesWithModel() async {
+        // An operation: begin the next offset after a gap (0-3), begin one already begun (a rewind), or
+        // complete the in-flight offset at some position (repeating a completion now and then).
+        let operation = Gen.int(in: 0...99)
+        await propertyCheck(count: 300, input: operation.array(of: 1...200), Gen.int(in: 0...1_000).array(of: 200)) { operations, picks in
+            var tracker = OffsetTracker()
+            var begun: [Int64] = []
+            var done: Set<Int64> = []
+            var next: Int64 = 100
+            for (index, roll) in operations.enumerated() {
+                let pick = picks[index]
+                switch roll {
+                case 0..<45:
+                    next += Int64(pick % 4)
+                    let began = tracker.begin(next, timestamp: next * 10)
+                    #expect(began)
+                    begun.append(next)
+                    next += 1
+                case 45..<50:
+                    if let last = begun.last {
+                        let began = tracker.begin(last - Int64(pick % 3))
+                        #expect(!began, "a rewound offset is refused")
+                    }
+                default:
+                    guard !begun.isEmpty else { continue }
+                    let offset = begun[pick % begun.count]
+                    let watermarkBefore = tracker.watermark
+                    let moved = tracker.complete(offset)
+                    let wasDone = done.contains(offset)
+                    done.insert(offset)
+                    let expected = begun.first { !done.contains($0) } ?? (begun.last! + 1)
+                    #expect(tracker.watermark == expected, "after \(operations.prefix(index + 1).count) operations")
+                    if wasDone || expected == watermarkBefore {
+                        #expect(moved == nil || moved == watermarkBefore, "a completion that does not move the watermark reports no new one")
+                    }
+                }
+                let inFlight = begun.filter { !done.contains($0) }
+                let watermark = tracker.watermark
+                #expect(tracker.inFlight == inFlight.count)
+                #expect(tracker.completedAboveWatermark == Set(begun.filter { done.contains($0) && $0 > (watermark ?? .min) }))
+                #expect(tracker.oldestPendingTimestamp == inFlight.first.map { $0 * 10 })
+            }
+        }
     }
 }
