@@ -76,10 +76,14 @@ struct OffsetTracker: Sendable {
         done.removeFirst()
     }
 
-    /// The position of `offset` in `pending` (increasing), if it is there.
+    /// The position of `offset` in `pending` (increasing, at most one apart where no offset is missing), if
+    /// it is there: its distance from the first when nothing between is missing, else a binary search below that.
     private func index(of offset: Int64) -> Int? {
+        guard let first = pending.first, offset >= first else { return nil }
+        let distance = offset - first
+        if distance < pending.count, pending[Int(distance)] == offset { return Int(distance) }
         var low = 0
-        var high = pending.count
+        var high = Int(min(distance, Int64(pending.count)))
         while low < high {
             let middle = (low + high) / 2
             if pending[middle] < offset { low = middle + 1 } else { high = middle }
