@@ -290,11 +290,15 @@ struct SluiceHostTests {
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
         try await waitUntil("running and ready") { host.readiness.ready && host.shards.count == 2 }
+        let lost = Dictionary(uniqueKeysWithValues: host.shards.map { ($0.topicPartition, $0.generation) })
         try cluster.setBrokerDown(1)
         try await waitUntil("not ready once the session is lost") {
             host.readiness.reasons.contains("the consumer lost its group session and its partitions; it is rejoining")
         }
-        #expect(host.shards.isEmpty, "lost shards are gone: nothing of them is handled or stored")
+        // The host may already have rejoined and been given a partition again (a shard of a later generation,
+        // seen once in CI); none of the lost ones is left.
+        let left = host.shards.filter { shard in lost[shard.topicPartition].map { shard.generation <= $0 } ?? false }
+        #expect(left.isEmpty, "lost shards are gone: nothing of them is handled or stored")
         try cluster.setBrokerUp(1)
         try await waitUntil("ready again after rejoining", timeout: .seconds(60)) {
             host.readiness.ready && host.shards.count == 2
