@@ -268,12 +268,7 @@ struct BenchCommand: AsyncParsableCommand {
         logger: Logger
     ) async throws -> (count: Int, seconds: Double, cpu: Double) {
         let target = expected ?? messages
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "host-\(UUID())")
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: ["bench": settings])
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-        configuration.admin.enabled = false
-        configuration.memoryBudget = memoryBudget
+        var configuration = hostConfiguration(cluster, group: "host", topics: ["bench": settings])
         configuration.crashJournal = crashJournal
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
@@ -296,12 +291,7 @@ struct BenchCommand: AsyncParsableCommand {
     func flagReaction(_ cluster: String, logger: Logger) async throws -> ([Double], [Double], [Double]) {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("bench-flags-\(UUID()).yaml").path
         try "{}".write(toFile: file, atomically: true, encoding: .utf8)
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "flags-\(UUID())")
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: ["flagbench": TopicConfiguration()])
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-        configuration.admin.enabled = false
-        configuration.memoryBudget = memoryBudget
+        var configuration = hostConfiguration(cluster, group: "flags", topics: ["flagbench": TopicConfiguration()])
         configuration.flags.file = file
         configuration.flags.pollInterval = .seconds(1)
         let host = SluiceHost(configuration: configuration, logger: logger)
@@ -355,12 +345,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         while tally.delivered < count { try await Task.sleep(for: .milliseconds(20)) }
         await producer.close()
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "slow-\(UUID())")
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: ["slowbench": TopicConfiguration()])
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-        configuration.admin.enabled = false
-        configuration.memoryBudget = memoryBudget
+        let configuration = hostConfiguration(cluster, group: "slow", topics: ["slowbench": TopicConfiguration()])
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()
         host.register("slowbench", SpinningHandler(counter: counter, spin: .microseconds(200)))
@@ -410,18 +395,15 @@ struct BenchCommand: AsyncParsableCommand {
         await producer.close()
         let before = residentMegabytes()
         resetPeakResident()
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "scale-\(UUID())")
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        var configuration = hostConfiguration(cluster, group: "scale", topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         // The admin API and Prometheus metrics as a service runs them: how long /metrics and /v1/shards take
         // with this many shards.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        configuration.admin.enabled = true
         configuration.admin.listen = "127.0.0.1:0"
         configuration.admin.stateFile = nil
         configuration.perPartitionMetrics = perPartitionMetrics
-        configuration.memoryBudget = memoryBudget
         let host = SluiceHost(configuration: configuration, logger: logger)
         let admin = try AdminServer(host: host, registry: registry, logger: logger)
         let serving = Task { try await admin.run() }
@@ -507,12 +489,7 @@ struct BenchCommand: AsyncParsableCommand {
             var settings = TopicConfiguration()
             settings.ordering = ordering
             settings.processors = ordering == .key ? 8 : 1
-            var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "latency-\(UUID())")
-            kafka.sessionTimeout = .seconds(6)
-            var configuration = SluiceConfiguration(kafka: kafka, topics: [topic: settings])
-            configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-            configuration.admin.enabled = false
-            configuration.memoryBudget = memoryBudget
+            let configuration = hostConfiguration(cluster, group: "latency", topics: [topic: settings])
             let host = SluiceHost(configuration: configuration, logger: logger)
             let recorder = LatencyRecorder(capacity: count)
             host.register(topic, LatencyHandler(recorder: recorder))
@@ -591,6 +568,18 @@ struct BenchCommand: AsyncParsableCommand {
         }
         await consumer.close()
         return counts
+    }
+
+    /// A host of the bench: a fresh group and state directory, a 6 s session, no admin API, the bench's
+    /// memory budget.
+    func hostConfiguration(_ cluster: String, group: String, topics: [String: TopicConfiguration]) -> SluiceConfiguration {
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "\(group)-\(UUID())")
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        configuration.admin.enabled = false
+        configuration.memoryBudget = memoryBudget
+        return configuration
     }
 
     func consumerConfiguration(_ cluster: String, group: String) -> KafkaConsumerConfiguration {
