@@ -473,7 +473,7 @@ final class ConsumerLoop: @unchecked Sendable {
         let offsets = progress.isEmpty ? nil : TopicPartitionList.make(progress)
         defer { if let offsets { rd_kafka_topic_partition_list_destroy(offsets) } }
         let result = rd_kafka_commit_queue(rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
-        shared.commitsSent.add(1, ordering: .relaxed)
+        if case .callers = waiter { shared.callerCommitsSent.add(1, ordering: .relaxed) }
         commitWaiters[identifier] = waiter
         commitDeadlines[identifier] = .now + timeout
         if result != RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -66,8 +66,8 @@ final class ConsumerShared: Sendable {
     let fatalError = Mutex<KafkaError?>(nil)
     /// Commits that failed (periodic, caller, revocation and close alike), for metrics.
     let commitFailures = Atomic<Int>(0)
-    /// Commit requests sent to the coordinator (callers', periodic, revocation and close commits).
-    let commitsSent = Atomic<Int>(0)
+    /// Commit requests sent for callers of `commit()` (one per round of callers that asked while the last was out).
+    let callerCommitsSent = Atomic<Int>(0)
     /// Set when offsets were stored since the last periodic commit, so idle consumers do not commit.
     let offsetsStored = Atomic<Bool>(false)
     /// The last offset (with its commit metadata) stored per assigned partition: commits send these as an
