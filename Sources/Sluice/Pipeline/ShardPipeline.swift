@@ -66,22 +66,21 @@ final class ShardPipeline: Sendable {
 
     /// What a lane is doing, readable by the watchdog without the pipeline's lock.
     final class LaneActivity: Sendable {
-        /// When the current handler call started, in nanoseconds since ``epoch``; 0 while idle.
+        /// When the current handler call started (``MonotonicNanoseconds``); 0 while idle.
         let since = Atomic<Int64>(0)
         /// The first offset of the current call.
         let offset = Atomic<Int64>(-1)
         /// Offsets this lane completed that are not in the watermark yet (a lock only this lane and a
         /// final flush take).
         let completed = Mutex<[Int64]>([])
-        static let epoch = ContinuousClock.now
         /// The lane's crash journal slot: set before the lane starts, touched only by the lane after.
         nonisolated(unsafe) var journal: JournalSlot?
 
         /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
-        func begin(_ offset: Int64, at instant: ContinuousClock.Instant, count: Int = 1, handler: Bool = true, careful: Bool = false) {
+        func begin(_ offset: Int64, at nanoseconds: Int64, count: Int = 1, handler: Bool = true, careful: Bool = false) {
             if handler, let journal { journal.begin(offset, count: count, careful: careful) }
             self.offset.store(offset, ordering: .relaxed)
-            since.store(max(1, (instant - Self.epoch).nanoseconds), ordering: .releasing)
+            since.store(max(1, nanoseconds), ordering: .releasing)
         }
 
         func end() {
@@ -89,17 +88,19 @@ final class ShardPipeline: Sendable {
             since.store(0, ordering: .releasing)
         }
 
-        /// How long the current call has run, or nil while idle.
-        func running(now: ContinuousClock.Instant) -> (Duration, Int64)? {
+        /// How long the current call has run (at `now`, ``MonotonicNanoseconds``), or nil while idle.
+        func running(now: Int64) -> (Duration, Int64)? {
             let started = since.load(ordering: .acquiring)
             guard started != 0 else { return nil }
-            return (.nanoseconds((now - Self.epoch).nanoseconds - started), offset.load(ordering: .relaxed))
+            return (.nanoseconds(now - started), offset.load(ordering: .relaxed))
         }
     }
 
     let topicPartition: TopicPartition
     let generation: UInt64
     private let configuration: TopicConfiguration
+    /// `configuration.handlerTimeout` in nanoseconds, for the per-call check.
+    private let handlerTimeoutNanoseconds: Int64
     private let handler: AnyHandler
     private let deadLetters: (any DeadLetterSink)?
     private let flowControl: any ShardFlowControl
@@ -121,7 +122,7 @@ final class ShardPipeline: Sendable {
     /// completions, thousands a second, do not wake it.
     private let control = Beacon()
     /// Runs of messages for the lanes, in offset order within each queue.
-    private let queues: [WorkQueue<[Message]>]
+    private let queues: [WorkQueue<LaneRun>]
     /// Offsets an earlier pipeline of this assignment finished above its watermark: taken again after a
     /// restart, they are completed without calling the handler a second time.
     /// Where lanes (and so handler code) run: the host's handler threads; nil for the default executor.
@@ -196,6 +197,7 @@ final class ShardPipeline: Sendable {
         self.logger = logger
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
+        self.handlerTimeoutNanoseconds = MonotonicNanoseconds.of(configuration.handlerTimeout)
         self.activities = (0..<lanes).map { _ in LaneActivity() }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
     }
@@ -225,7 +227,7 @@ final class ShardPipeline: Sendable {
     /// Handler calls in progress. After ``run(source:)`` returned, these are calls it abandoned (past
     /// `handlerTimeout`, or past the drain timeout): Swift cannot stop them.
     var callsInProgress: Int {
-        let now = ContinuousClock.now
+        let now = MonotonicNanoseconds.now()
         return activities.reduce(0) { $0 + ($1.running(now: now) == nil ? 0 : 1) }
     }
 
@@ -284,7 +286,7 @@ final class ShardPipeline: Sendable {
         let deadline = ContinuousClock.now + drainTimeout
         let finished = await beacon.waitUntil(deadline: deadline, recheck: watchdogInterval) {
             _ = self.stopOrCrash()
-            let now = ContinuousClock.now
+            let now = MonotonicNanoseconds.now()
             return self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
         }
         let (crash, stopRequested) = state.withLock { ($0.crash, $0.stopRequested) }
@@ -325,7 +327,7 @@ final class ShardPipeline: Sendable {
 
     /// True once a stop was requested or the pipeline crashed; crashes a shard whose handler is stuck.
     private func stopOrCrash() -> Bool {
-        let now = ContinuousClock.now
+        let now = MonotonicNanoseconds.now()
         let limit = configuration.handlerTimeout
         let stuck = activities.lazy.compactMap { $0.running(now: now) }.first { $0.0 > limit }
         let (stopped, timedOutOffset) = state.withLock { state -> (Bool, Int64?) in
@@ -347,7 +349,7 @@ final class ShardPipeline: Sendable {
     /// notices a timeout when it happens and an idle shard costs a wake-up per `handlerTimeout`, not four a
     /// second (40,000 timer wake-ups a second at 10,000 shards). At most a minute, at least 10 ms.
     private func untilNextTimeout() -> Duration {
-        let now = ContinuousClock.now
+        let now = MonotonicNanoseconds.now()
         let longest = activities.lazy.compactMap { $0.running(now: now)?.0 }.max() ?? .zero
         let left = configuration.handlerTimeout - longest
         return min(max(left, .milliseconds(10)), .seconds(60))
@@ -355,7 +357,7 @@ final class ShardPipeline: Sendable {
 
     /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
     /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
-    private func noLaneMakingProgress(_ state: State, now: ContinuousClock.Instant) -> Bool {
+    private func noLaneMakingProgress(_ state: State, now: Int64) -> Bool {
         activities.allSatisfy { activity in activity.running(now: now).map { $0.0 > configuration.handlerTimeout } ?? true }
     }
 
@@ -438,11 +440,11 @@ final class ShardPipeline: Sendable {
                     }
                     return (slice.count, rejected, !rejected.allSatisfy(state.alreadyDone.contains))
                 }
-                let slice = remaining.prefix(taken)
+                let range = remaining.startIndex..<(remaining.startIndex + taken)
                 remaining = remaining.dropFirst(taken)
                 if rejected.isEmpty {
-                    // The common case: the whole batch in one go, handed on without a copy.
-                    handOut(slice.count == batch.count ? batch : Array(slice))
+                    // The common case: the lanes share the batch, no message is copied.
+                    handOut(batch, range)
                 } else {
                     if rewound {
                         logger.warning(
@@ -450,7 +452,8 @@ final class ShardPipeline: Sendable {
                             metadata: ["sluice.skipped": "\(rejected.count)"])
                     }
                     let skipped = Set(rejected)
-                    handOut(slice.filter { !skipped.contains($0.offset) })
+                    let kept = batch[range].filter { !skipped.contains($0.offset) }
+                    handOut(kept, kept.indices)
                 }
             }
         }
@@ -481,31 +484,41 @@ final class ShardPipeline: Sendable {
         }
     }
 
-    /// Gives a run of begun messages to the lanes: all to the one lane (`partition`), per key hash (`key`),
-    /// or split evenly over the shared queue (`none`).
-    private func handOut(_ messages: [Message]) {
-        guard !messages.isEmpty else { return }
+    /// Gives a run of begun messages (`batch[range]`) to the lanes: all to the one lane (`partition`), per
+    /// key hash (`key`), or split evenly over the shared queue (`none`). The lanes share `batch`.
+    private func handOut(_ batch: [Message], _ range: Range<Int>) {
+        guard !range.isEmpty else { return }
         switch configuration.ordering {
         case .partition:
-            queues[0].push(messages)
+            queues[0].push(LaneRun(batch, range: range))
         case .key:
-            // Each lane's run sized once: appending to empty arrays reallocated each about log2(n / lanes) times.
-            let lanes = messages.map { lane(for: $0) }
-            var counts = [Int](repeating: 0, count: queues.count)
-            for lane in lanes { counts[lane] += 1 }
-            var perLane = counts.map { count -> [Message] in
-                var run: [Message] = []
-                run.reserveCapacity(count)
-                return run
+            guard queues.count > 1 else {
+                queues[0].push(LaneRun(batch, range: range))
+                return
             }
-            for (message, lane) in zip(messages, lanes) { perLane[lane].append(message) }
-            for (index, run) in perLane.enumerated() where !run.isEmpty { queues[index].push(run) }
+            // Each lane's positions sized once: appending to empty arrays reallocated each about log2(n / lanes) times.
+            var lanes = [Int32](repeating: 0, count: range.count)
+            var counts = [Int](repeating: 0, count: queues.count)
+            for position in range {
+                let lane = lane(for: batch[position])
+                lanes[position - range.lowerBound] = Int32(lane)
+                counts[lane] += 1
+            }
+            var perLane = counts.map { count -> [Int32] in
+                var positions: [Int32] = []
+                positions.reserveCapacity(count)
+                return positions
+            }
+            for position in range { perLane[Int(lanes[position - range.lowerBound])].append(Int32(position)) }
+            for (index, positions) in perLane.enumerated() where !positions.isEmpty {
+                queues[index].push(LaneRun(batch, positions: positions))
+            }
         case .none:
             let lanes = configuration.laneCount
-            let size = max(1, (messages.count + lanes - 1) / lanes)
-            var start = 0
-            while start < messages.count {
-                queues[0].push(Array(messages[start..<min(start + size, messages.count)]))
+            let size = max(1, (range.count + lanes - 1) / lanes)
+            var start = range.lowerBound
+            while start < range.upperBound {
+                queues[0].push(LaneRun(batch, range: start..<min(start + size, range.upperBound)))
                 start += size
             }
         }
@@ -549,8 +562,8 @@ final class ShardPipeline: Sendable {
     /// How long a lane runs before it yields its thread to other lanes.
     static let laneSlice = Duration.milliseconds(20)
 
-    private func runLane(_ index: Int, queue: WorkQueue<[Message]>) async {
-        var carry: ArraySlice<Message> = []
+    private func runLane(_ index: Int, queue: WorkQueue<LaneRun>) async {
+        var carry = LaneRun([])
         var sliceStart = ContinuousClock.now
         while true {
             // Handlers that never suspend would keep a lane on its thread as long as work is queued: give the
@@ -562,20 +575,27 @@ final class ShardPipeline: Sendable {
             }
             if carry.isEmpty {
                 guard let run = await queue.next() else { return }
-                carry = run[...]
+                carry = run
             }
             if halted { return }
             guard let batching = configuration.batch, batching.size > 1 else {
                 carry = await processRun(carry, lane: index)
                 continue
             }
-            var unit = Array(carry.prefix(batching.size))
-            carry = carry.dropFirst(unit.count)
+            if carry.count >= batching.size {
+                // A full batch in the run: handed on as a slice of the fetched batch (partition ordering).
+                let unit = carry.prefix(batching.size).slice
+                carry = carry.dropFirst(batching.size)
+                await process(unit, lane: index)
+                continue
+            }
+            var unit = Array(carry)
+            carry = LaneRun([])
             let deadline = ContinuousClock.now + batching.timeout
             while unit.count < batching.size {
                 if carry.isEmpty {
                     guard let run = await queue.next(before: deadline) else { break }
-                    carry = run[...]
+                    carry = run
                 }
                 let more = carry.prefix(batching.size - unit.count)
                 unit.append(contentsOf: more)
@@ -589,22 +609,23 @@ final class ShardPipeline: Sendable {
     /// The fast path for one message at a time: handles messages of a run while they succeed, records
     /// their completions in one lock at the end, and leaves a failing message to ``process(_:lane:)`` and its
     /// failure policy. Returns what is left of the run.
-    private func processRun(_ run: ArraySlice<Message>, lane: Int) async -> ArraySlice<Message> {
+    private func processRun(_ run: LaneRun, lane: Int) async -> LaneRun {
         var remaining = run
         let activity = activities[lane]
         defer { flush(activity) }
         guard case .message(let handler) = self.handler else {
-            await process(remaining.prefix(1), lane: lane)
+            await process(remaining.prefix(1).slice, lane: lane)
             return remaining.dropFirst()
         }
         let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: 1, logger: logger)
         // One clock read per message: a call's end is the next call's start.
-        var callStarted = ContinuousClock.now
+        let timeout = handlerTimeoutNanoseconds
+        var callStarted = MonotonicNanoseconds.now()
         while let message = remaining.first {
-            if halted { return [] }
+            if halted { return LaneRun([]) }
             if quarantined.contains(message.offset) || suspects.contains(message.offset) {
                 flush(activity)
-                await process(remaining.prefix(1), lane: lane)
+                await process(remaining.prefix(1).slice, lane: lane)
                 return remaining.dropFirst()
             }
             activity.begin(message.offset, at: callStarted)
@@ -618,19 +639,19 @@ final class ShardPipeline: Sendable {
                 activity.end()
                 // The slow path retries the same message with its failure policy.
                 flush(activity)
-                await process(remaining.prefix(1), lane: lane, firstFailure: error)
+                await process(remaining.prefix(1).slice, lane: lane, firstFailure: error)
                 return remaining.dropFirst()
             }
-            let callEnded = ContinuousClock.now
-            let tookTooLong = callEnded - callStarted > configuration.handlerTimeout
-            metrics.handlerDuration.recordNanoseconds((callEnded - callStarted).nanoseconds)
+            let callEnded = MonotonicNanoseconds.now()
+            let tookTooLong = callEnded - callStarted > timeout
+            metrics.handlerDuration.recordNanoseconds(callEnded - callStarted)
             callStarted = callEnded
             // A call that timed out was abandoned: its outcome does not count. One that finished in time
             // counts even after another lane crashed the shard: the work is done, and a restart skips it.
             // Recorded before the lane shows idle: a pipeline that ends once its lanes are idle flushes it.
             if Task.isCancelled || tookTooLong {
                 activity.end()
-                return []
+                return LaneRun([])
             }
             let pending = activity.completed.withLock { completed in
                 completed.append(message.offset)
@@ -639,7 +660,7 @@ final class ShardPipeline: Sendable {
             activity.end()
             if pending >= 64 { flush(activity) }
             remaining = remaining.dropFirst()
-            if crashed.load(ordering: .acquiring) { return [] }
+            if crashed.load(ordering: .acquiring) { return LaneRun([]) }
         }
         return remaining
     }
@@ -699,7 +720,7 @@ final class ShardPipeline: Sendable {
             // A retry is a new call: not after a stop. The first failure of a run is dealt with even then.
             if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
-            let callStarted = ContinuousClock.now
+            let callStarted = MonotonicNanoseconds.now()
             activities[lane].begin(unit.first!.offset, at: callStarted, count: unit.count, careful: careful)
             let failure: (any Error)?
             if let earlier = pendingFailure {
@@ -717,12 +738,12 @@ final class ShardPipeline: Sendable {
                     failure = error
                 }
             }
-            let took = ContinuousClock.now - callStarted
-            metrics.handlerDuration.recordNanoseconds(took.nanoseconds)
+            let took = MonotonicNanoseconds.now() - callStarted
+            metrics.handlerDuration.recordNanoseconds(took)
             // A call that timed out was abandoned: its outcome does not count. One that succeeded in time counts
             // even after another lane crashed the shard (a restart skips it), recorded before the lane shows
             // idle (a pipeline that ends once its lanes are idle sees it); a failure then is not acted on.
-            if Task.isCancelled || took > configuration.handlerTimeout {
+            if Task.isCancelled || took > handlerTimeoutNanoseconds {
                 activities[lane].end()
                 return
             }
@@ -759,7 +780,7 @@ final class ShardPipeline: Sendable {
                 }
                 // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
                 // the shard after handlerTimeout instead of holding its lane. A batch goes out in one round trip.
-                let started = ContinuousClock.now
+                let started = MonotonicNanoseconds.now()
                 activities[lane].begin(unit.first!.offset, at: started, handler: false)
                 let outcomes = if let tracing {
                     await tracing.tracedDeadLetter(unit, topic: topic) {
@@ -768,7 +789,7 @@ final class ShardPipeline: Sendable {
                 } else {
                     await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
                 }
-                let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
+                let inTime = MonotonicNanoseconds.now() - started <= handlerTimeoutNanoseconds
                 // What was written is done even when another message of the batch was not: it counts (before
                 // the lane shows idle), so a restart does not write it a second time.
                 let written = zip(unit, outcomes).filter { $0.1 == nil }.map(\.0)
@@ -818,11 +839,11 @@ final class ShardPipeline: Sendable {
                 crash(ShardCrash(reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: poisoned.first!.offset))
                 return
             }
-            let started = ContinuousClock.now
+            let started = MonotonicNanoseconds.now()
             activities[lane].begin(poisoned.first!.offset, at: started, handler: false)
             let outcomes = await deadLetters.deadLetter(
                 Array(poisoned), error: MessageKilledProcess(quarantine: quarantine), attempts: quarantine.crashes, topic: topic)
-            let inTime = ContinuousClock.now - started <= configuration.handlerTimeout
+            let inTime = MonotonicNanoseconds.now() - started <= handlerTimeoutNanoseconds
             let written = zip(poisoned, outcomes).filter { $0.1 == nil }.map(\.0)
             if inTime, !Task.isCancelled, !written.isEmpty {
                 complete(written[...]) { $0.deadLettered += written.count }
