@@ -19,7 +19,8 @@ struct BenchCommand: AsyncParsableCommand {
         discussion: """
             Preloads a topic with 100-byte messages (--message-bytes) over 10,000 keys, then runs each case --runs times, \
             interleaved: \
-            (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition, \
+            (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition \
+            (b0 without the crash journal, bm with Prometheus metrics as a service runs them), \
             (c) ordering: key with 8 processors, (d) a batch handler (batches of 500; d50 with a 50 ms batch \
             timeout), (e) the host with one \
             shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file, \
@@ -47,7 +48,7 @@ struct BenchCommand: AsyncParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
     var flagRuns: Int = 20
-    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, c, d, d50, e), e.g. to profile one or compare a2,b.")
+    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, d, d50, e), e.g. to profile one or compare a2,b.")
     var only: String?
     @Option(name: .long, help: "Batch timeout of case d in milliseconds. The last, partial batch of each partition waits this long, which on a finite preloaded topic is a tail of the run, not a per-message cost; case d50 shows the same with 50 ms.")
     var batchTimeoutMs: Int = 5
@@ -69,12 +70,20 @@ struct BenchCommand: AsyncParsableCommand {
         guard messages / partitions <= messagesPerPartitionThatFit else {
             throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
         }
-        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "c", "d", "d50", "e", "f", "g"].contains(name) {
+        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g"].contains(name) {
             throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50, e, f and g")
         }
     }
 
+    /// Bootstrapped once per process: Prometheus for the cases that measure it (and --scale), none for the rest.
+    static let metrics: BenchMetricsFactory = {
+        let factory = BenchMetricsFactory()
+        MetricsSystem.bootstrap(factory)
+        return factory
+    }()
+
     func run() async throws {
+        _ = Self.metrics
         var logger = Logger(label: "sluice.bench")
         logger.logLevel = ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
         if let scale {
@@ -146,6 +155,9 @@ struct BenchCommand: AsyncParsableCommand {
             Case(name: "b0 host, no-op, ordering partition, no crash journal") {
                 try await runHost(cluster, settings: partitionOrdering, handler: .message, crashJournal: false, logger: logger)
             },
+            Case(name: "bm host, no-op, ordering partition, Prometheus metrics") {
+                try await runHost(cluster, settings: partitionOrdering, handler: .message, prometheus: true, logger: logger)
+            },
             Case(name: "c host, no-op, ordering key x8") {
                 try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
             },
@@ -197,7 +209,26 @@ struct BenchCommand: AsyncParsableCommand {
         func cpuRatios() -> String? {
             guard let a = [medianCPU("a1"), medianCPU("a2")].compactMap({ $0 }).min() else { return nil }
             let parts = ["b", "c", "d"].compactMap { name in medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
-            return parts.isEmpty ? nil : "CPU per message ratios: " + parts.joined(separator: " ")
+            guard !parts.isEmpty else { return nil }
+            var line = "CPU per message ratios: " + parts.joined(separator: " ")
+            if let paired = pairedCPURatios() { line += "\n" + paired }
+            return line
+        }
+        /// The same ratios taken run by run (case X's run r against the cheaper raw loop's run r, which ran
+        /// seconds before it) and their median and range: a slow patch of the machine that lasts a round
+        /// moves both sides of a pair, not one case's median.
+        func pairedCPURatios() -> String? {
+            func runs(_ prefix: String) -> [Double] { cases.first { $0.name.hasPrefix(prefix + " ") }?.cpuPerMillion ?? [] }
+            let a1 = runs("a1")
+            let a2 = runs("a2")
+            let raw = a1.isEmpty ? a2 : a2.isEmpty ? a1 : zip(a1, a2).map { min($0, $1) }
+            guard raw.count > 1 else { return nil }
+            let parts = ["b", "c", "d"].compactMap { name -> String? in
+                let pairs = zip(runs(name), raw).map { $0 / $1 }.sorted()
+                guard !pairs.isEmpty else { return nil }
+                return "\(name)/a=\(String(format: "%.2f", median(pairs))) (\(String(format: "%.2f", pairs.first!))-\(String(format: "%.2f", pairs.last!)))"
+            }
+            return parts.isEmpty ? nil : "CPU per message ratios, run by run (median, range): " + parts.joined(separator: " ")
         }
         if only != nil {
             print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
@@ -249,13 +280,20 @@ struct BenchCommand: AsyncParsableCommand {
         /// The crash journal's cost: case b with it against b0 without, in CPU per message (steadier than
         /// throughput here) and in median throughput.
         func printJournalCost() {
-            guard let withJournal = cases.first(where: { $0.name.hasPrefix("b ") }), let without = cases.first(where: { $0.name.hasPrefix("b0 ") }),
-                !withJournal.rates.isEmpty, !without.rates.isEmpty
+            printCost("crash journal cost (b against b0)", of: "b", against: "b0")
+            printCost("Prometheus metrics cost (bm against b)", of: "bm", against: "b")
+        }
+        /// What case `with` costs over case `without`, in CPU per message (steadier than throughput here)
+        /// and in median throughput.
+        func printCost(_ title: String, of with: String, against without: String) {
+            guard let withCase = cases.first(where: { $0.name.hasPrefix(with + " ") }),
+                let withoutCase = cases.first(where: { $0.name.hasPrefix(without + " ") }),
+                !withCase.rates.isEmpty, !withoutCase.rates.isEmpty
             else { return }
             print(String(
-                format: "crash journal cost (b against b0): CPU per message %+.1f %%, median throughput %+.1f %%",
-                (cpuPerMillion(withJournal) / cpuPerMillion(without) - 1) * 100,
-                (median(withJournal.rates.sorted()) / median(without.rates.sorted()) - 1) * 100))
+                format: "\(title): CPU per message %+.1f %%, median throughput %+.1f %%",
+                (cpuPerMillion(withCase) / cpuPerMillion(withoutCase) - 1) * 100,
+                (median(withCase.rates.sorted()) / median(withoutCase.rates.sorted()) - 1) * 100))
         }
     }
 
@@ -265,8 +303,11 @@ struct BenchCommand: AsyncParsableCommand {
 
     func runHost(
         _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, crashJournal: Bool = true,
-        logger: Logger
+        prometheus: Bool = false, logger: Logger
     ) async throws -> (count: Int, seconds: Double, cpu: Double) {
+        // The host's metric handles are made as it starts: Prometheus as a service runs it, or none.
+        Self.metrics.setPrometheus(prometheus)
+        defer { Self.metrics.setPrometheus(false) }
         let target = expected ?? messages
         var configuration = hostConfiguration(cluster, group: "host", topics: ["bench": settings])
         configuration.crashJournal = crashJournal
@@ -398,8 +439,8 @@ struct BenchCommand: AsyncParsableCommand {
         var configuration = hostConfiguration(cluster, group: "scale", topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         // The admin API and Prometheus metrics as a service runs them: how long /metrics and /v1/shards take
         // with this many shards.
-        let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let registry = Self.metrics.registry
+        Self.metrics.setPrometheus(true)
         configuration.admin.enabled = true
         configuration.admin.listen = "127.0.0.1:0"
         configuration.admin.stateFile = nil
