@@ -501,7 +501,9 @@ public final class SluiceHost: Service, Sendable {
         logger.info("host started", metadata: ["kafka.group": "\(configuration.kafka.group)", "kafka.topics": "\(handlers.keys.sorted())"])
 
         await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { group in
+            // Discarding: a pipeline's task is freed when it ends. A plain task group kept every ended child
+            // until the host stopped, and then removed them one by one, each a walk of the list (`--scale`).
+            await withDiscardingTaskGroup { group in
                 group.addTask {
                     for await event in consumer.events { input.yield(.kafka(event)) }
                     input.yield(.consumerClosed)

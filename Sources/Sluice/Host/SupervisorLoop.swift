@@ -64,7 +64,7 @@ struct SupervisorLoop {
         self.stateGauges = gauges
     }
 
-    mutating func handle(_ item: SluiceHost.Input, group: inout TaskGroup<Void>) async {
+    mutating func handle(_ item: SluiceHost.Input, group: inout DiscardingTaskGroup) async {
         switch item {
         case .kafka(.assigned(let partitions)):
             host.noteAssignment(lost: false)
@@ -154,7 +154,7 @@ struct SupervisorLoop {
 
     // MARK: Assignment and revocation
 
-    private mutating func assign(_ topicPartition: TopicPartition, group: inout TaskGroup<Void>) async {
+    private mutating func assign(_ topicPartition: TopicPartition, group: inout DiscardingTaskGroup) async {
         // During shutdown the consumer's close revokes what it is given.
         guard !shuttingDown, handlers[topicPartition.topic] != nil,
             let messages = consumer.shardMessages(for: topicPartition)
@@ -184,7 +184,7 @@ struct SupervisorLoop {
 
     /// What the last owners finished above their commits (commit metadata), read in one round trip beside
     /// the loop; each shard's first pipeline waits for it briefly.
-    private func readGroupProgress(of assigned: [ShardSupervisor], group: inout TaskGroup<Void>) {
+    private func readGroupProgress(of assigned: [ShardSupervisor], group: inout DiscardingTaskGroup) {
         guard !assigned.isEmpty else { return }
         let progress = Dictionary(uniqueKeysWithValues: assigned.map { ($0.topicPartition, $0.groupProgress) })
         group.addTask { [consumer, logger] in
@@ -212,7 +212,7 @@ struct SupervisorLoop {
         }
     }
 
-    private mutating func revoke(_ revocation: KafkaRevocation, group: inout TaskGroup<Void>) async {
+    private mutating func revoke(_ revocation: KafkaRevocation, group: inout DiscardingTaskGroup) async {
         nextIdentifier += 1
         let identifier = nextIdentifier
         revocations[identifier] = (revocation, revocation.partitions)
@@ -264,7 +264,7 @@ struct SupervisorLoop {
     // MARK: Pipelines
 
     private mutating func pipelineEnded(
-        _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome, group: inout TaskGroup<Void>
+        _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome, group: inout DiscardingTaskGroup
     ) async {
         guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
         shard.restartOffset = pipeline.restartOffset ?? shard.restartOffset
@@ -311,7 +311,7 @@ struct SupervisorLoop {
         }
     }
 
-    private func startPipeline(_ shard: ShardSupervisor, group: inout TaskGroup<Void>) -> ShardPipeline {
+    private func startPipeline(_ shard: ShardSupervisor, group: inout DiscardingTaskGroup) -> ShardPipeline {
         let topicPartition = shard.topicPartition
         let inFlightBytes: (@Sendable () -> Int?)? = (shard.messages as? KafkaPartitionMessages).map { messages in
             { @Sendable in messages.bufferByteShare.map { $0 / SluiceConfiguration.bufferToInFlightRatio } }
@@ -387,7 +387,7 @@ struct SupervisorLoop {
     // MARK: Commands
 
     /// Operator commands from the control topic for shards this host owns, in order, once each.
-    private mutating func carryOutCommands(group: inout TaskGroup<Void>) async {
+    private mutating func carryOutCommands(group: inout DiscardingTaskGroup) async {
         guard let control = host.control else { return }
         for (offset, command) in control.commands(from: commandPosition) {
             commandPosition = offset + 1
@@ -407,7 +407,7 @@ struct SupervisorLoop {
 
     /// Shards held at a quarantined message start again once it is released or skipped (the control plane
     /// or the state directory says so), looked at every tick.
-    private mutating func releaseQuarantineHolds(group: inout TaskGroup<Void>) async {
+    private mutating func releaseQuarantineHolds(group: inout DiscardingTaskGroup) async {
         guard let containment = host.crashContainment else { return }
         let quarantines = containment.quarantines
         // Suspects handled past without a death are cleared.
@@ -438,7 +438,7 @@ struct SupervisorLoop {
 
     // MARK: Flags
 
-    private mutating func flagsChanged(group: inout TaskGroup<Void>) async {
+    private mutating func flagsChanged(group: inout DiscardingTaskGroup) async {
         for topicPartition in shards.keys.sorted() {
             guard var shard = shards[topicPartition] else { continue }
             let setting = host.flags.setting(for: topicPartition)
@@ -468,7 +468,7 @@ struct SupervisorLoop {
 
     // MARK: Shutdown
 
-    private mutating func beginShutdown(group: inout TaskGroup<Void>) async {
+    private mutating func beginShutdown(group: inout DiscardingTaskGroup) async {
         guard !shuttingDown else { return }
         shuttingDown = true
         logger.info("host shutting down: draining shards")
@@ -482,7 +482,7 @@ struct SupervisorLoop {
         }
     }
 
-    private mutating func startClose(group: inout TaskGroup<Void>) {
+    private mutating func startClose(group: inout DiscardingTaskGroup) {
         closing = true
         group.addTask { [consumer, producer, logger] in
             do {
@@ -500,7 +500,7 @@ struct SupervisorLoop {
     /// Runs one event through a shard's state machine and carries out the actions it returns.
     private mutating func transition(
         _ topicPartition: TopicPartition,
-        group: inout TaskGroup<Void>,
+        group: inout DiscardingTaskGroup,
         _ event: (inout ShardSupervisor.StateMachine<ContinuousClock.Instant>) -> ShardSupervisor.StateMachine<ContinuousClock.Instant>.Actions
     ) async {
         guard shards[topicPartition] != nil else { return }
