@@ -54,7 +54,7 @@ struct BenchCommand: AsyncParsableCommand {
     var batchTimeoutMs: Int = 5
     @Option(name: .long, help: "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time.")
     var scale: Int?
-    @Option(name: .long, help: "Instead of the cases: latency from produce to handler start at this steady rate (messages a second), for raw librdkafka, ordering partition and ordering key; p50, p99, p99.9.")
+    @Option(name: .long, help: "Instead of the cases: latency from produce to handler start at this steady rate (messages a second), for raw librdkafka, ordering partition and ordering key; p50, p99, p99.9. 0: at half the highest rate this machine carries end to end, measured first (the producer flat out, a raw librdkafka loop consuming).")
     var latency: Int?
     @Option(name: .long, help: "How long the steady producer of --latency runs, in seconds.")
     var latencySeconds: Int = 10
@@ -65,13 +65,14 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
+        if let latency, latency < 0 { throw ValidationError("--latency must be 0 (half the highest rate) or a rate in messages a second, got \(latency)") }
         guard (16...1_000_000).contains(messageBytes) else { throw ValidationError("--message-bytes must be 16...1000000, got \(messageBytes)") }
         guard messages >= partitions * 10 else { throw ValidationError("--messages must be at least 10 per partition") }
         guard messages / partitions <= messagesPerPartitionThatFit else {
             throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
         }
         for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g"].contains(name) {
-            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b and b0), b0, c, d (d and d50), d50, e, f and g")
+            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f and g")
         }
     }
 
@@ -513,12 +514,18 @@ struct BenchCommand: AsyncParsableCommand {
     /// produces it (the record timestamp); the consumer notes, per message, the time from that stamp to when
     /// its handler starts (raw librdkafka: when the poll returns it). One fresh topic per case, the consumer
     /// joined before the producer starts. Timestamps are whole milliseconds: figures are within 1 ms.
-    func runLatency(rate: Int, logger: Logger) async throws {
-        let count = rate * latencySeconds
-        let topics = ["latency-raw", "latency-partition", "latency-key"]
+    func runLatency(rate requested: Int, logger: Logger) async throws {
+        let topics = ["latency-raw", "latency-partition", "latency-key", "latency-max"]
         let broker = try ChildBroker(topics: topics.map { "\($0):8" })
         defer { broker.stop() }
         let cluster = broker.bootstrap
+        var rate = requested
+        if requested == 0 {
+            let highest = try await highestRate(cluster)
+            rate = max(1, highest / 2)
+            print("highest rate carried end to end (the producer flat out, a raw librdkafka loop consuming, first message to last): \(highest) msg/s; measuring at half: \(rate) msg/s")
+        }
+        let count = rate * latencySeconds
         var rows: [(name: String, held: Int, values: [Double])] = []
         // Raw librdkafka: the poll loop on a thread of its own, the producer started once it has joined.
         let raw = consumerConfiguration(cluster, group: "latency-raw-\(UUID())")
@@ -562,6 +569,24 @@ struct BenchCommand: AsyncParsableCommand {
         }
     }
 
+    /// The highest rate this machine carries from a producer to a consumer: `sluice produce` flat out (no
+    /// `--rate`) in a child process while a raw librdkafka loop consumes, the loop's messages over its first
+    /// to last. The producer, the broker and the consumer share the machine, as in the latency runs.
+    func highestRate(_ cluster: String) async throws -> Int {
+        let count = 1_000_000
+        let configuration = consumerConfiguration(cluster, group: "latency-max-\(UUID())")
+        let consuming = Task { try await onThread { try RawConsumeLoop.run(configuration: configuration, topic: "latency-max", count: count, timeout: .seconds(120)) } }
+        try await Task.sleep(for: .seconds(6))  // the group join, as for the raw latency run
+        let process = try startProducer(cluster, topic: "latency-max", rate: nil, count: count)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("the producer failed (sluice produce exited \(process.terminationStatus))") }
+        let result = try await consuming.value
+        guard result.messages == count, result.elapsed > .zero else {
+            throw ValidationError("the raw loop consumed \(result.messages) of \(count) messages while measuring the highest rate")
+        }
+        return Int(Double(result.messages) / result.elapsed.seconds)
+    }
+
     /// Runs `sluice produce --rate` in a child process until it produced `count` messages; returns the rate
     /// it held (messages over its whole run, start-up included).
     @discardableResult
@@ -575,11 +600,13 @@ struct BenchCommand: AsyncParsableCommand {
 
     // MARK: Helpers
 
-    /// Starts `sluice produce --rate` (100-byte messages over 1,000 keys) in a child process.
-    func startProducer(_ cluster: String, topic: String, rate: Int, count: Int) throws -> Process {
+    /// Starts `sluice produce --rate` (100-byte messages over 1,000 keys; without a rate, as fast as it can) in
+    /// a child process.
+    func startProducer(_ cluster: String, topic: String, rate: Int?, count: Int) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--rate", "\(rate)", "--keys", "1000", "--size", "100"]
+        process.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--keys", "1000", "--size", "100"]
+            + (rate.map { ["--rate", "\($0)"] } ?? [])
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         try process.run()
