@@ -58,6 +58,8 @@ struct BenchCommand: AsyncParsableCommand {
     var latency: Int?
     @Option(name: .long, help: "How long the steady producer of --latency runs, in seconds.")
     var latencySeconds: Int = 10
+    @Option(name: .long, help: "A librdkafka consumer property for the hosts (kafka.properties), as key=value; repeatable. E.g. queued.min.messages=5000, to measure its effect.")
+    var consumerProperty: [String] = []
 
     @Option(name: .long, help: "Instead of the cases: three host processes in one group under a steady load, and this many flag flips through the CLI; time to every shard off on every host, time to the first message after the flag goes back on, and messages lost or handled twice.")
     var fleet: Int?
@@ -65,6 +67,9 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
+        for entry in consumerProperty where entry.split(separator: "=", maxSplits: 1).count != 2 {
+            throw ValidationError("--consumer-property: expected key=value, got '\(entry)'")
+        }
         if let latency, latency < 0 { throw ValidationError("--latency must be 0 (half the highest rate) or a rate in messages a second, got \(latency)") }
         guard (16...1_000_000).contains(messageBytes) else { throw ValidationError("--message-bytes must be 16...1000000, got \(messageBytes)") }
         guard messages >= partitions * 10 else { throw ValidationError("--messages must be at least 10 per partition") }
@@ -647,6 +652,10 @@ struct BenchCommand: AsyncParsableCommand {
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
         configuration.memoryBudget = memoryBudget
+        for entry in consumerProperty {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            configuration.kafka.properties[parts[0]] = parts[1]
+        }
         return configuration
     }
 
