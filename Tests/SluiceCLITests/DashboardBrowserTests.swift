@@ -41,7 +41,7 @@ struct DashboardBrowserTests {
         let pidA = a.process.processIdentifier
         let pidB = b.process.processIdentifier
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "400", "--keys", "20"])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
 
         // A quarantined message (as a host that died on it would publish it), and hostile text in the control
         // topic: a host record whose name is markup.

@@ -91,7 +91,7 @@ struct DevBrokerCommandTests {
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "load", "--count", "600", "--keys", "6",
             "--size", "120",
         ])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: "check")
         configuration.sessionTimeout = .seconds(6)
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)

@@ -36,7 +36,7 @@ struct OrderServiceTests {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "20",
         ])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
     }
 
     @Test("SIGTERM with a batch in flight: it finishes and is committed, nothing past handled work is committed, exit 0")
@@ -47,7 +47,7 @@ struct OrderServiceTests {
         // A slow payments store: each batch write takes 3 s, so SIGTERM lands while one is in flight.
         let (service, _) = try startService(cluster, group: group, extra: ["--payment-delay-ms", "3000"])
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
         #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)))
         service.process.terminate()  // SIGTERM
         #expect(await service.exit() == 0)
@@ -78,7 +78,7 @@ struct OrderServiceTests {
         let (service, _) = try startService(
             cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))", extra: ["--payment-delay-ms", "5000"])
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
         #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)), "a batch is in its 5 s write")
         kill(service.process.processIdentifier, SIGTERM)
         try await Task.sleep(for: .milliseconds(200))

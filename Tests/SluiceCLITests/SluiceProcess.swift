@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Testing
 
 /// Collects what a process writes to one of its pipes as it comes, on a thread of its own, so the process
 /// never blocks on a full pipe and no test blocks a cooperative thread reading it.
@@ -104,6 +105,16 @@ struct SluiceProcess {
             try? await Task.sleep(for: .milliseconds(20))
         }
         return process.terminationStatus
+    }
+
+    /// Waits for the process to exit (``exit(timeout:)``) and records an issue unless it exited 0, naming its
+    /// status and the end of its standard error (a failed `sluice produce` otherwise says only "not 0").
+    func expectCleanExit(timeout: Duration = .seconds(60), sourceLocation: SourceLocation = #_sourceLocation) async {
+        let status = await exit(timeout: timeout)
+        let how = status.map { "exited \($0)" } ?? "was still running after \(timeout) and was killed"
+        #expect(
+            status == 0, "\(process.arguments?.first ?? "the process") \(how); standard error ends: \(errors.text.suffix(2_000))",
+            sourceLocation: sourceLocation)
     }
 
     func send(_ line: String) {

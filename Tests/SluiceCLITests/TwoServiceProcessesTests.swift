@@ -18,7 +18,7 @@ struct TwoServiceProcessesTests {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
         ])
-        #expect(await produce.exit() == 0)
+        await produce.expectCleanExit()
     }
 
     func committed(_ cluster: EmbeddedKafkaCluster, group: String) async throws -> Int64 {
