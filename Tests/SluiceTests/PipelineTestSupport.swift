@@ -88,13 +88,14 @@ enum PipelineFixture {
         alreadyDone: Set<Int64> = [],
         quarantine: Quarantine? = nil,
         tracer: (any Tracer)? = nil,
-        inFlightBytes: (@Sendable () -> Int?)? = nil
+        inFlightBytes: (@Sendable () -> Int?)? = nil,
+        laneExecutor: (any TaskExecutor)? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
             deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, quarantine: quarantine, tracer: tracer,
-            consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine,
+            tracer: tracer, consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
     }
 
     /// A source that yields `batches` and ends.

@@ -363,3 +363,47 @@ struct RateLimitTests {
         #expect(await running.value == .sourceEnded)
     }
 }
+
+/// Resumes the caller from one of Dispatch's threads, and says which thread that was.
+private func resumedFromDispatch() async -> String {
+    await withCheckedContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(returning: RuntimeTests.threadName()) }
+    }
+}
+
+extension ShardPipelineTests {
+    /// Handlers must run on the host's handler threads (a handler that blocks its thread holds one of Sluice's
+    /// threads, not one of Swift's few), also after they awaited something that ran elsewhere; and the lane's
+    /// own code between calls must not move to Swift's pool either.
+    @Test("handler calls, and what the handler does after an await elsewhere, run on the lanes' executor", arguments: [
+        TopicConfiguration.Ordering.partition, .key,
+    ])
+    func handlersStayOnLaneThreads(ordering: TopicConfiguration.Ordering) async {
+        let executor = ThreadPoolExecutor(name: "test-lanes", threads: 2, maximumThreads: 2, blockedAfter: .seconds(60))
+        defer { executor.shutdown() }
+        var configuration = TopicConfiguration()
+        configuration.ordering = ordering
+        configuration.processors = 4
+        let threads = Locked<(handler: Set<String>, visited: Set<String>)>(([], []))
+        let pipeline = PipelineFixture.pipeline(
+            configuration,
+            handler: .message(ClosureHandler { message, _ in
+                let before = RuntimeTests.threadName()
+                let visited = message.offset % 10 == 0 ? await resumedFromDispatch() : nil
+                if message.offset % 7 == 0 { await Task.yield() }
+                let after = RuntimeTests.threadName()
+                threads.withLock { threads in
+                    threads.handler.formUnion([before, after])
+                    if let visited { threads.visited.insert(visited) }
+                }
+            }),
+            laneExecutor: executor)
+        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<300, keys: 20), PipelineFixture.messages(300..<600, keys: 20)]))
+        #expect(outcome == .sourceEnded)
+        #expect(pipeline.counters.processed == 600)
+        #expect(!threads.value.handler.isEmpty)
+        #expect(threads.value.handler.allSatisfy { $0.hasPrefix("test-lanes-") }, "handler ran on \(threads.value.handler.sorted())")
+        // What resumed the handler ran on another thread: the handler really waited on something elsewhere.
+        #expect(!threads.value.visited.isEmpty && !threads.value.visited.contains { $0.hasPrefix("test-lanes-") })
+    }
+}
