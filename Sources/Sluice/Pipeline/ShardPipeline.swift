@@ -609,7 +609,7 @@ final class ShardPipeline: Sendable {
     /// The fast path for one message at a time: handles messages of a run while they succeed, records
     /// their completions in one lock at the end, and leaves a failing message to ``process(_:lane:)`` and its
     /// failure policy. Returns what is left of the run.
-    private func processRun(_ run: LaneRun, lane: Int) async -> LaneRun {
+    private nonisolated(nonsending) func processRun(_ run: LaneRun, lane: Int) async -> LaneRun {
         var remaining = run
         let activity = activities[lane]
         defer { flush(activity) }
