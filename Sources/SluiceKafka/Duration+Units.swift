@@ -1,13 +1,15 @@
 extension Duration {
-    /// Whole milliseconds, rounded down (librdkafka's timeouts and `*.ms` properties).
-    package var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
+    /// Whole milliseconds, rounded down (librdkafka's timeouts and `*.ms` properties); saturating, so a
+    /// configured duration of years gives `Int64.max` instead of a trap.
+    package var milliseconds: Int64 { wholeUnits(perSecond: 1_000) }
 
-    /// Whole nanoseconds, rounded down (atomics holding instants, metrics).
-    package var nanoseconds: Int64 {
+    /// Whole nanoseconds, rounded down (atomics holding instants, metrics, handler timeouts); saturating.
+    package var nanoseconds: Int64 { wholeUnits(perSecond: 1_000_000_000) }
+
+    private func wholeUnits(perSecond: Int64) -> Int64 {
         let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: perSecond)
+        let (sum, overflowSum) = scaled.addingReportingOverflow(attoseconds / (1_000_000_000_000_000_000 / perSecond))
+        return overflow || overflowSum ? (seconds < 0 ? .min : .max) : sum
     }
 }

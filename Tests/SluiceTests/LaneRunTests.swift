@@ -34,13 +34,16 @@ struct LaneRunTests {
 
 @Suite("MonotonicNanoseconds")
 struct MonotonicNanosecondsTests {
-    @Test("durations convert to nanoseconds, saturating instead of trapping")
+    @Test("durations convert to whole nanoseconds and milliseconds, saturating instead of trapping")
     func conversion() {
-        #expect(MonotonicNanoseconds.of(.seconds(30)) == 30_000_000_000)
-        #expect(MonotonicNanoseconds.of(.milliseconds(1_500)) == 1_500_000_000)
-        #expect(MonotonicNanoseconds.of(.nanoseconds(7)) == 7)
-        #expect(MonotonicNanoseconds.of(.seconds(Int64.max)) == .max)
-        #expect(MonotonicNanoseconds.of(.seconds(Int64.min)) == .min)
+        #expect(Duration.seconds(30).nanoseconds == 30_000_000_000)
+        #expect(Duration.milliseconds(1_500).nanoseconds == 1_500_000_000)
+        #expect(Duration.nanoseconds(7).nanoseconds == 7)
+        #expect(Duration.milliseconds(1_500).milliseconds == 1_500)
+        #expect(Duration.microseconds(2_999).milliseconds == 2)
+        #expect(Duration.seconds(Int64.max).nanoseconds == .max)
+        #expect(Duration.seconds(Int64.min).nanoseconds == .min)
+        #expect(Duration.seconds(Int64.max / 10).milliseconds == .max)
     }
 
     @Test("the clock does not go back")

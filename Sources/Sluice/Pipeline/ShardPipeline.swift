@@ -197,7 +197,7 @@ final class ShardPipeline: Sendable {
         self.logger = logger
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
-        self.handlerTimeoutNanoseconds = MonotonicNanoseconds.of(configuration.handlerTimeout)
+        self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
         self.activities = (0..<lanes).map { _ in LaneActivity() }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
     }

@@ -16,13 +16,4 @@ enum MonotonicNanoseconds {
         clock_gettime(CLOCK_MONOTONIC, &time)
         return Int64(time.tv_sec) &* 1_000_000_000 &+ Int64(time.tv_nsec)
     }
-
-    /// `duration` in whole nanoseconds, saturating (a handler timeout of years does not trap).
-    static func of(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if overflow { return seconds < 0 ? .min : .max }
-        let (sum, overflowSum) = scaled.addingReportingOverflow(attoseconds / 1_000_000_000)
-        return overflowSum ? (seconds < 0 ? .min : .max) : sum
-    }
 }
