@@ -533,9 +533,7 @@ struct BenchCommand: AsyncParsableCommand {
         let count = rate * latencySeconds
         var rows: [(name: String, held: Int, values: [Double])] = []
         // Raw librdkafka: the poll loop on a thread of its own, the producer started once it has joined.
-        let raw = consumerConfiguration(cluster, group: "latency-raw-\(UUID())")
-        let rawRun = Task { try await onThread { try RawConsumeLoop.run(configuration: raw, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true) } }
-        try await Task.sleep(for: .seconds(6))  // the group join (the raw loop has no assignment signal)
+        let rawRun = try await startRawLoop(cluster, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true)
         let rawHeld = try produceSteadily(cluster, topic: "latency-raw", rate: rate, count: count)
         rows.append(("raw librdkafka poll loop", rawHeld, try await rawRun.value.latencies))
         for (topic, name, ordering) in [("latency-partition", "host, ordering partition", TopicConfiguration.Ordering.partition), ("latency-key", "host, ordering key x8", .key)] {
@@ -579,12 +577,8 @@ struct BenchCommand: AsyncParsableCommand {
     /// to last. The producer, the broker and the consumer share the machine, as in the latency runs.
     func highestRate(_ cluster: String) async throws -> Int {
         let count = 1_000_000
-        let configuration = consumerConfiguration(cluster, group: "latency-max-\(UUID())")
-        let consuming = Task { try await onThread { try RawConsumeLoop.run(configuration: configuration, topic: "latency-max", count: count, timeout: .seconds(120)) } }
-        try await Task.sleep(for: .seconds(6))  // the group join, as for the raw latency run
-        let process = try startProducer(cluster, topic: "latency-max", rate: nil, count: count)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("the producer failed (sluice produce exited \(process.terminationStatus))") }
+        let consuming = try await startRawLoop(cluster, topic: "latency-max", count: count, timeout: .seconds(120))
+        try produceSteadily(cluster, topic: "latency-max", rate: nil, count: count)
         let result = try await consuming.value
         guard result.messages == count, result.elapsed > .zero else {
             throw ValidationError("the raw loop consumed \(result.messages) of \(count) messages while measuring the highest rate")
@@ -592,10 +586,23 @@ struct BenchCommand: AsyncParsableCommand {
         return Int(Double(result.messages) / result.elapsed.seconds)
     }
 
-    /// Runs `sluice produce --rate` in a child process until it produced `count` messages; returns the rate
-    /// it held (messages over its whole run, start-up included).
+    /// A raw librdkafka loop on a thread of its own, consuming `count` messages of `topic`, once it has had
+    /// the time to join its group (the raw loop has no assignment signal).
+    func startRawLoop(
+        _ cluster: String, topic: String, count: Int, timeout: Duration, latencies: Bool = false
+    ) async throws -> Task<RawConsumeLoop.Result, any Error> {
+        let configuration = consumerConfiguration(cluster, group: "\(topic)-\(UUID())")
+        let run = Task {
+            try await onThread { try RawConsumeLoop.run(configuration: configuration, topic: topic, count: count, timeout: timeout, latencies: latencies) }
+        }
+        try await Task.sleep(for: .seconds(6))
+        return run
+    }
+
+    /// Runs `sluice produce --rate` (without a rate: as fast as it can) in a child process until it produced
+    /// `count` messages; returns the rate it held (messages over its whole run, start-up included).
     @discardableResult
-    func produceSteadily(_ cluster: String, topic: String, rate: Int, count: Int) throws -> Int {
+    func produceSteadily(_ cluster: String, topic: String, rate: Int?, count: Int) throws -> Int {
         let started = ContinuousClock.now
         let process = try startProducer(cluster, topic: topic, rate: rate, count: count)
         process.waitUntilExit()
