@@ -90,7 +90,7 @@ public struct HandlerHarness: Sendable {
             topicPartition: topicPartition, configuration: configuration,
             messageHandler: messageHandler.map { CountingMessageHandler(inner: $0, calls: calls) },
             batchHandler: batchHandler.map { CountingBatchHandler(inner: $0, calls: calls) },
-            messages: messages, deadLetters: deadLetters, logger: logger)
+            messages: messages, deadLetters: deadLetters, clock: ManualHostClock(), logger: logger)
         let written = deadLetters.written.withLock { $0 }
         let deadLettered = Set(written.map(\.message.offset))
         let (attempts, succeeded) = calls.state.withLock { ($0.attempts, $0.succeeded) }

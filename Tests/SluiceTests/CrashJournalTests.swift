@@ -248,24 +248,24 @@ struct QuarantineTests {
 
         let sink = RecordingDeadLetters()
         let (dead, handledDead, deadPipeline) = await run(quarantine, then: .deadLetter, deadLetters: sink)
-        #expect(dead == .sourceEnded)
+        #expect(dead == .sourceEnded(drainTimedOut: false))
         #expect(handledDead == [0, 1, 2, 3, 5, 6, 7, 8, 9])
         #expect(sink.written.withLock { $0.map(\.0) } == [4] && deadPipeline.watermark == 10 && deadPipeline.counters.deadLettered == 1)
 
         quarantine.state = .skip
         let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
-        #expect(skipped == .sourceEnded && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9] && skipPipeline.counters.skipped == 1)
+        #expect(skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9] && skipPipeline.counters.skipped == 1)
 
         // Released by an operator to the dead-letter topic: written with its crash report, whatever onCrash.then says.
         quarantine.state = .deadLetter
         let released = RecordingDeadLetters()
         let (releasedOutcome, handledReleased, releasedPipeline) = await run(quarantine, then: .stop, deadLetters: released)
-        #expect(releasedOutcome == .sourceEnded && handledReleased == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(releasedOutcome == .sourceEnded(drainTimedOut: false) && handledReleased == [0, 1, 2, 3, 5, 6, 7, 8, 9])
         #expect(released.written.withLock { $0.map(\.0) } == [4] && releasedPipeline.counters.deadLettered == 1 && releasedPipeline.watermark == 10)
 
         quarantine.state = .counting
         let (counting, handledCounting, _) = await run(quarantine, then: .stop)
-        #expect(counting == .sourceEnded && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
+        #expect(counting == .sourceEnded(drainTimedOut: false) && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
     }
 
     @Test("held at a quarantined message with ordering key: every earlier message of the other lanes is done first, so the commit reaches it")
@@ -302,6 +302,8 @@ struct QuarantineTests {
         let overlap = Atomic<Bool>(false)
         let handled = Locked<[Int64]>([])
         let suspects = Quarantine(offset: 10, count: 20, crashes: 1, state: .suspect, signal: "SIGSEGV", host: "h", atMilliseconds: 0)
+        // One host's gate, shared by its shards.
+        let gate = CarefulGate()
         let pipelines = (0..<2).map { _ in
             PipelineFixture.pipeline(
                 configuration,
@@ -311,13 +313,13 @@ struct QuarantineTests {
                     try await Task.sleep(for: .milliseconds(1))
                     if suspect { inSuspectCall.subtract(1, ordering: .sequentiallyConsistent) }
                     handled.withLock { $0.append(message.offset) }
-                }), quarantine: suspects)
+                }), quarantine: suspects, carefulGate: gate)
         }
         await withTaskGroup(of: ShardPipeline.Outcome.self) { group in
             for pipeline in pipelines {
                 group.addTask { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<40, keys: 8)])) }
             }
-            for await outcome in group { #expect(outcome == .sourceEnded) }
+            for await outcome in group { #expect(outcome == .sourceEnded(drainTimedOut: false)) }
         }
         let overlapped = overlap.load(ordering: .relaxed)
         #expect(!overlapped, "never two suspects in handler calls at once")
@@ -369,9 +371,7 @@ struct CrashContainmentStartTests {
             try await deadJournal(in: directory, faultOn: thread)
             var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: ["orders": TopicConfiguration()])
             configuration.stateDirectory = directory
-            // Its own journal, not the process's shared one (other tests' hosts may hold that).
-            let opened = try CrashJournal.open(directory: directory, logger: logger)
-            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", logger: logger, opened: opened)
+            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", logger: logger)
             let quarantine = containment.quarantine(for: TopicPartition("orders", 3))
             #expect(quarantine?.state == expected, "fault on a \(thread) thread: \(String(describing: quarantine))")
             if expected != nil { #expect(quarantine?.offset == 42 && quarantine?.signal == "SIGILL") }

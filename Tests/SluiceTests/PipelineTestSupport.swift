@@ -3,6 +3,7 @@ import Logging
 import SluiceKafka
 import Synchronization
 import Testing
+import SluiceTesting
 
 @testable import Sluice
 
@@ -84,17 +85,20 @@ enum PipelineFixture {
         flowControl: RecordingFlowControl = RecordingFlowControl(),
         deadLetters: (any DeadLetterSink)? = nil,
         drainTimeout: Duration = .seconds(5),
+        // Frozen unless a test moves it: a drain never times out because a loaded machine is slow.
+        clock: any HostClock = ManualHostClock(),
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         quarantine: Quarantine? = nil,
+        carefulGate: CarefulGate = CarefulGate(),
         tracer: (any Tracer)? = nil,
         inFlightBytes: (@Sendable () -> Int?)? = nil,
         laneExecutor: (any TaskExecutor)? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine,
+            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock,
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine, carefulGate: carefulGate,
             tracer: tracer, consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
     }
 

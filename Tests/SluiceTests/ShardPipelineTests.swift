@@ -13,7 +13,7 @@ struct ShardPipelineTests {
         let pipeline = PipelineFixture.pipeline(
             TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<50), PipelineFixture.messages(50..<100)]))
-        #expect(outcome == .sourceEnded)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(seen.value == Array(0..<100))
         #expect(pipeline.watermark == 100)
         #expect(pipeline.counters.processed == 100)
@@ -35,7 +35,7 @@ struct ShardPipelineTests {
                 concurrent.withLock { $0.now -= 1 }
             }))
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<2_000, keys: 40)]))
-        #expect(outcome == .sourceEnded)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 2_000)
         #expect(perKey.value.count == 40)
         for (key, offsets) in perKey.value { #expect(offsets == offsets.sorted(), "\(key) in order") }
@@ -76,7 +76,7 @@ struct ShardPipelineTests {
             handler: .message(ClosureHandler { message, _ in
                 if message.offset == 2, failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "flaky") }
             }))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 5)
         #expect(pipeline.counters == .init(processed: 5, failed: 2, skipped: 0, deadLettered: 0))
     }
@@ -92,7 +92,7 @@ struct ShardPipelineTests {
                 configuration,
                 handler: .message(ClosureHandler { message, _ in if message.offset % 4 == 1 { throw TestFailure(description: "no") } }),
                 deadLetters: deadLetters)
-            #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8)])) == .sourceEnded)
+            #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8)])) == .sourceEnded(drainTimedOut: false))
             #expect(pipeline.watermark == 8, "\(action)")
             if action == .deadLetter {
                 #expect(deadLetters.written.value.map(\.0) == [1, 5])
@@ -115,7 +115,7 @@ struct ShardPipelineTests {
             configuration,
             handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(100)) }),
             flowControl: flowControl, backpressureGrace: .milliseconds(10))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded(drainTimedOut: false))
         let calls = flowControl.calls.value
         #expect(calls.first == "pause")
         #expect(calls.count >= 2, "it resumed below half: \(calls)")
@@ -144,7 +144,7 @@ struct ShardPipelineTests {
             }),
             inFlightBytes: { 4 * footprint })
         #expect(configuration.maxInFlight == 1_000)
-        #expect(await pipeline.run(source: PipelineFixture.source(stride(from: 0, to: 40, by: 10).map { Array(messages[$0..<$0 + 10]) })) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source(stride(from: 0, to: 40, by: 10).map { Array(messages[$0..<$0 + 10]) })) == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 40)
         #expect(concurrency.value.most <= 4, "at most 4 x 64 KiB in flight; 8 processors would take 8")
         #expect(concurrency.value.most >= 2, "the share is used: more than one at a time")
@@ -160,7 +160,7 @@ struct ShardPipelineTests {
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(1)) }),
             flowControl: flowControl, backpressureGrace: .seconds(30))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)])) == .sourceEnded(drainTimedOut: false))
         #expect(flowControl.calls.value == [], "room freed within the grace every time: no pause")
         #expect(pipeline.watermark == 100)
     }
@@ -172,7 +172,7 @@ struct ShardPipelineTests {
         let sizes = Locked<[Int]>([])
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded(drainTimedOut: false))
         #expect(sizes.value == [5, 5, 2])
         #expect(pipeline.watermark == 12)
     }
@@ -207,7 +207,7 @@ struct ShardPipelineTests {
             TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
         let outcome = await pipeline.run(
             source: PipelineFixture.source([PipelineFixture.messages(0..<10), PipelineFixture.messages(5..<15)]))
-        #expect(outcome == .sourceEnded)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(seen.value == Array(0..<15))
         #expect(pipeline.watermark == 15)
     }
@@ -233,6 +233,38 @@ struct ShardPipelineTests {
         #expect(started.value == [0], "the four queued behind the running call were not started")
         #expect(pipeline.watermark == 1, "the call that was running completed; nothing past it is done")
         continuation.finish()
+    }
+
+    @Test("a source that ends while a handler call cannot finish: once drainTimeout passes on the host's clock, the run says so and nothing past that message is committed")
+    func sourceEndedDrainTimedOut() async {
+        let clock = ManualHostClock()
+        let started = Locked<[Int64]>([])
+        let release = Locked(false)
+        let pipeline = PipelineFixture.pipeline(
+            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in
+                started.withLock { $0.append(message.offset) }
+                while message.offset == 2, !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+            }),
+            drainTimeout: .seconds(5), clock: clock)
+        let run = Task { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) }
+        while !started.value.contains(2) { try? await Task.sleep(for: .milliseconds(1)) }
+        // Real time alone never ends the drain: only the host's clock does (the deadline is set once the source
+        // ended, so the clock is moved until the run notices).
+        let finished = Locked(false)
+        let mover = Task {
+            while !finished.value {
+                clock.advance(by: .seconds(5))
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        let outcome = await run.value
+        finished.withLock { $0 = true }
+        await mover.value
+        release.withLock { $0 = true }
+        #expect(outcome == .sourceEnded(drainTimedOut: true), "not reported as a drain that finished")
+        #expect(started.value == [0, 1, 2], "the messages behind the stuck call were not started")
+        #expect(pipeline.watermark == 2, "offsets 2-4 are left for the next reader of the partition")
+        #expect(pipeline.counters.processed == 2)
     }
 
     @Test("requestStop during retries makes no further attempt, and the message stays uncommitted")
@@ -292,7 +324,7 @@ struct DeadLetterBatchTests {
         let deadLetters = RecordingDeadLetters()
         let pipeline = PipelineFixture.pipeline(Self.configuration(), handler: Self.failingBatch, deadLetters: deadLetters)
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<4)]))
-        #expect(outcome == .sourceEnded)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(deadLetters.batchWrites.value == [4])
         #expect(deadLetters.written.value.map(\.0) == [0, 1, 2, 3])
         #expect(pipeline.watermark == 4)
@@ -316,7 +348,7 @@ struct DeadLetterBatchTests {
         let second = RecordingDeadLetters()
         let restarted = PipelineFixture.pipeline(
             Self.configuration(), handler: Self.failingBatch, deadLetters: second, alreadyDone: pipeline.completedAboveWatermark)
-        #expect(await restarted.run(source: PipelineFixture.source([PipelineFixture.messages(2..<4)])) == .sourceEnded)
+        #expect(await restarted.run(source: PipelineFixture.source([PipelineFixture.messages(2..<4)])) == .sourceEnded(drainTimedOut: false))
         #expect(second.written.value.map(\.0) == [2])
         #expect(restarted.watermark == 4)
     }
@@ -360,7 +392,7 @@ struct RateLimitTests {
         pipeline.setRate(nil)
         try await waitUntil("the rest through once the limit is lifted") { handled.count == 5 }
         source.continuation.finish()
-        #expect(await running.value == .sourceEnded)
+        #expect(await running.value == .sourceEnded(drainTimedOut: false))
     }
 }
 
@@ -399,7 +431,7 @@ extension ShardPipelineTests {
             }),
             laneExecutor: executor)
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<300, keys: 20), PipelineFixture.messages(300..<600, keys: 20)]))
-        #expect(outcome == .sourceEnded)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.counters.processed == 600)
         #expect(!threads.value.handler.isEmpty)
         #expect(threads.value.handler.allSatisfy { $0.hasPrefix("test-lanes-") }, "handler ran on \(threads.value.handler.sorted())")

@@ -33,7 +33,7 @@ struct TracingTests {
                 insideTrace.withLock { $0.append(trace ?? "-") }
             }), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<3), trace: "trace-1", span: "producer-span")
-        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let spans = tracer.finishedSpans
         #expect(spans.count == 3)
         for (index, span) in spans.enumerated() {
@@ -57,7 +57,7 @@ struct TracingTests {
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { _, _ in throw Refused() }), deadLetters: RecordingDeadLetters(), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<1), trace: "trace-2", span: "producer-span")
-        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let spans = tracer.finishedSpans
         let process = spans.filter { $0.operationName == "process t" }
         #expect(process.count == 2, "the first call and the retry")
@@ -74,7 +74,7 @@ struct TracingTests {
         configuration.batch = .init(size: 3, timeout: .milliseconds(5))
         let pipeline = PipelineFixture.pipeline(configuration, handler: .batch(ClosureBatchHandler { _, _ in }), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<3), trace: "trace-3", span: "producer-span")
-        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded)
+        #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let span = try #require(tracer.finishedSpans.first)
         #expect(tracer.finishedSpans.count == 1)
         #expect(span.links.count == 3)

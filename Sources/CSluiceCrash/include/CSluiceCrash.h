@@ -69,17 +69,23 @@ void sluice_crash_set_current_job(const void *job);
 /// Marks the calling thread as Sluice's own: a fault on it is never blamed on a message.
 void sluice_crash_mark_sluice_thread(void);
 
-/// Installs the fatal-signal handlers (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE, SIGABRT) over the journal
-/// mapped at `base`. They record the signal and what ran on the faulting thread, restore the action that
-/// was installed before (the runtime's backtracer, or the default) and let the signal take its course.
-/// Returns 0, or the errno of a failed sigaction.
-int sluice_crash_install(void *base);
+/// How many journals a process can register at once (one per host in it; tests run several hosts).
+#define SLUICE_CRASH_MAX_JOURNALS 64
+
+/// Registers the journal mapped at `base` with the process's fatal-signal handlers (SIGILL, SIGTRAP, SIGSEGV,
+/// SIGBUS, SIGFPE, SIGABRT), installing them with the first registration. On a fatal signal they record the
+/// signal and what ran on the faulting thread in every registered journal (a fault in one journal's handler
+/// call blames nothing in the others), restore the action that was installed before (the runtime's
+/// backtracer, or the default) and let the signal take its course. The signal disposition is the one
+/// thing a process has only once; the journals stay owned by their hosts.
+/// Returns 0, ENOSPC when SLUICE_CRASH_MAX_JOURNALS are registered, or the errno of a failed sigaction.
+int sluice_crash_register(void *base);
+
+/// Forgets the journal at `base`; the last one restores the earlier actions.
+void sluice_crash_unregister(void *base);
 
 /// Records a fatal signal in the journal at `base` as the handler does, for the calling thread (no raise).
 void sluice_crash_record(void *base, int signo);
-
-/// Restores the earlier actions and forgets the journal.
-void sluice_crash_uninstall(void);
 
 /// What the handler would record for a fault on the calling thread now: SLUICE_FAULT_* and the slot.
 int32_t sluice_crash_attribute(const void *base, int32_t *slot);

@@ -1,11 +1,12 @@
 import Synchronization
 
-/// One suspect's handler call at a time in the whole process (docs/architecture.md §12): after a death Sluice could
-/// not attribute, the messages then in handler calls are handled alone, so a second death names the
-/// culprit. A turn held longer than its limit (a call abandoned past `handlerTimeout`) passes on.
+/// Lets one suspect of an unattributed death (docs/architecture.md §12) into a handler call at a time, across
+/// every shard of a host: if the process dies again while exactly one suspect runs, the next start knows it
+/// was that one. A host owns one and hands it to each of its pipelines (tests give pipelines their own).
+///
+/// A turn ends when its holder releases it, or after `holdFor` (a handler call that never returns crashes
+/// its shard at `handlerTimeout`; the next suspect must not wait for it forever).
 final class CarefulGate: Sendable {
-    static let shared = CarefulGate()
-
     private struct State {
         var holder: UInt64?
         var expires = ContinuousClock.now
@@ -13,28 +14,36 @@ final class CarefulGate: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Notified when a turn is released: waiters try again at once rather than on a timer.
+    private let released = Beacon()
 
-    /// Waits for the turn (polling: this runs only while suspects are handled); nil when `giveUp` says so
-    /// first.
+    init() {}
+
+    /// Waits for the turn; nil when `giveUp` says so first (checked at least every 50 ms) or the task is
+    /// cancelled.
     func acquire(holdFor limit: Duration, giveUp: () -> Bool) async -> UInt64? {
-        while true {
+        var token: UInt64?
+        let acquired = await released.waitUntil(recheck: .milliseconds(50)) {
             let now = ContinuousClock.now
-            let token = state.withLock { state -> UInt64? in
+            token = state.withLock { state -> UInt64? in
                 guard state.holder == nil || now >= state.expires else { return nil }
                 state.issued += 1
                 state.holder = state.issued
                 state.expires = now + limit
                 return state.issued
             }
-            if let token { return token }
-            if giveUp() { return nil }
-            try? await TimerThread.shared.sleep(until: now + .milliseconds(5))
+            return token != nil || giveUp()
         }
+        guard acquired, let token else { return nil }
+        return token
     }
 
     func release(_ token: UInt64) {
-        state.withLock { state in
-            if state.holder == token { state.holder = nil }
+        let ended = state.withLock { state -> Bool in
+            guard state.holder == token else { return false }
+            state.holder = nil
+            return true
         }
+        if ended { released.notify() }
     }
 }

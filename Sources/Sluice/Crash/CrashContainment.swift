@@ -32,16 +32,14 @@ final class CrashContainment: Sendable {
         try local.set(topicPartition, quarantine)
     }
 
-    /// Opens this process's journal and acts on what dead processes left, before the host joins its group:
+    /// Opens this host's journal and acts on what dead processes left, before the host joins its group:
     /// a message blamed for a death has its count raised (group-wide when the control plane is on) and, at
     /// its topic's `onCrash.after`, is quarantined. Then installs the fatal-signal handlers.
-    /// - Parameter opened: a journal opened already, with its findings (tests); by default the process's
-    ///   shared journal in the state directory.
+    /// The journal is this host's own file in the state directory: each host of a process keeps its own.
     static func start(
-        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger,
-        opened: (CrashJournal, [CrashFinding])? = nil
+        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger
     ) async throws -> CrashContainment {
-        let (journal, findings) = try opened ?? CrashJournal.openShared(directory: configuration.stateDirectory, logger: logger)
+        let (journal, findings) = try CrashJournal.open(directory: configuration.stateDirectory, logger: logger)
         let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory) : nil
         let containment = CrashContainment(journal: journal, control: control, local: local)
         if !findings.isEmpty {
@@ -55,6 +53,7 @@ final class CrashContainment: Sendable {
                 try await containment.act(on: finding, configuration: configuration, writer: writer, identity: identity, logger: logger)
             }
         }
+        try journal.installSignalHandlers()
         logger.info("crash journal open", metadata: ["sluice.journal": "\(journal.path)"])
         return containment
     }

@@ -110,41 +110,6 @@ final class CrashJournal: @unchecked Sendable {
 
     private var header: UnsafeMutablePointer<sluice_journal_header> { base.assumingMemoryBound(to: sluice_journal_header.self) }
 
-    /// The process's journal: one per process (the signal handlers are process-wide), shared by every host
-    /// in it and closed with the last.
-    private static let shared = Mutex<(journal: CrashJournal?, users: Int)>((nil, 0))
-
-    /// The process's journal, opened in `directory` by its first user, who gets what dead processes left
-    /// there; later users share it (and get no findings).
-    static func openShared(directory: String, logger: Logger) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
-        try shared.withLock { shared throws(SluiceError) in
-            if let journal = shared.journal {
-                shared.users += 1
-                if journal.directory != directory {
-                    logger.warning(
-                        "this process already keeps a crash journal in another state directory; sharing it",
-                        metadata: ["sluice.journal": "\(journal.path)", "sluice.stateDirectory": "\(directory)"])
-                }
-                return (journal, [])
-            }
-            let (journal, findings) = try open(directory: directory, logger: logger)
-            try journal.installSignalHandlers()
-            shared = (journal, 1)
-            return (journal, findings)
-        }
-    }
-
-    /// Ends one user's share; the last marks a clean stop.
-    func closeShared() {
-        let last = Self.shared.withLock { shared -> Bool in
-            guard shared.journal === self else { return false }
-            shared.users -= 1
-            if shared.users == 0 { shared.journal = nil }
-            return shared.users == 0
-        }
-        if last { close() }
-    }
-
     /// Opens a journal in `directory` (created when missing): the first file no live process holds, or a new
     /// one. Returns it with what dead processes left in every file it could read.
     static func open(directory: String, capacity: Int = defaultCapacity, logger: Logger) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
@@ -203,9 +168,11 @@ final class CrashJournal: @unchecked Sendable {
         header.pointee.magic = SLUICE_JOURNAL_MAGIC
     }
 
-    /// Installs the fatal-signal handlers over this journal (once per process: see ``openShared``).
+    /// Registers this journal with the process's fatal-signal handlers (installed with the first journal
+    /// registered): a trap from now on is recorded here. Each host registers its own journal; a process with
+    /// several hosts records a trap in each (a handler call of one host's blames nothing in the others').
     func installSignalHandlers() throws(SluiceError) {
-        let error = sluice_crash_install(base)
+        let error = sluice_crash_register(base)
         guard error == 0 else {
             throw SluiceError(code: .state, message: "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
         }
@@ -246,14 +213,14 @@ final class CrashJournal: @unchecked Sendable {
     /// Marks a clean stop: the next start finds nothing to blame. The mapping stays (lanes abandoned in a
     /// handler call may still write their slots) and so does the lock until the process exits.
     func close() {
-        sluice_crash_uninstall()
+        sluice_crash_unregister(base)
         header.pointee.state = SLUICE_JOURNAL_CLOSED
     }
 
     /// Lets go of the file as a process that died would (lock and descriptor; nothing marked): for tests
     /// that read a journal left behind without killing the test process.
     func relinquish() {
-        sluice_crash_uninstall()
+        sluice_crash_unregister(base)
         flock(descriptor, LOCK_UN)
         Glibc.close(descriptor)
     }

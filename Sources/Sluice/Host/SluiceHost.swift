@@ -100,6 +100,9 @@ public final class SluiceHost: Service, Sendable {
     /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
     public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
 
+    /// Lets one suspect of an unattributed death into a handler call at a time, across this host's shards.
+    let carefulGate = CarefulGate()
+
     /// The crash journal and the quarantines it honours (docs/architecture.md §12), while the host runs.
     var crashContainment: CrashContainment? { state.withLock { $0.crashContainment } }
 
@@ -384,11 +387,11 @@ public final class SluiceHost: Service, Sendable {
             }
             try await runConsumer(handlers)
         } catch {
-            crashContainment?.journal.closeShared()
+            crashContainment?.journal.close()
             await control?.close()
             throw error
         }
-        crashContainment?.journal.closeShared()
+        crashContainment?.journal.close()
         await control?.close()
     }
 

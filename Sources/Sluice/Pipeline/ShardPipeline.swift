@@ -16,8 +16,10 @@ import Synchronization
 final class ShardPipeline: Sendable {
     /// How a pipeline run ended.
     enum Outcome: Sendable, Equatable {
-        /// The source ended (the partition was revoked or the consumer closed) and in-flight work finished.
-        case sourceEnded
+        /// The source ended (the partition was revoked or the consumer closed) and in-flight work finished, or
+        /// `drainTimeout` passed first (`drainTimedOut`: messages taken and not done are not committed, and are
+        /// read again by whoever reads the partition next).
+        case sourceEnded(drainTimedOut: Bool)
         /// ``requestStop()`` was called and in-flight work finished (or `drainTimeout` passed).
         case stopped(drainTimedOut: Bool)
         /// The pipeline crashed.
@@ -105,6 +107,9 @@ final class ShardPipeline: Sendable {
     private let deadLetters: (any DeadLetterSink)?
     private let flowControl: any ShardFlowControl
     private let drainTimeout: Duration
+    /// The clock `drainTimeout` runs on (the host's: tests drive a manual one). The handler watchdog stays on
+    /// real time: it exists to notice real time passing.
+    private let clock: any HostClock
     /// How long the dispatcher waits for room under `maxInFlight` before it pauses the partition.
     private let backpressureGrace: Duration
     private let metrics: Metrics
@@ -142,6 +147,8 @@ final class ShardPipeline: Sendable {
     private let quarantined: Range<Int64>
     /// Suspects of an unattributed death: handled one at a time, host-wide.
     private let suspects: Range<Int64>
+    /// The host's gate that lets one suspect at a time into a handler call.
+    private let carefulGate: CarefulGate
     /// Spans per handler call, when a tracer is bootstrapped (nil: tracing off, nothing per message).
     private let tracing: MessageTracing?
     /// The bytes this shard may have in flight now (its share of the host's memory budget, which changes
@@ -159,6 +166,7 @@ final class ShardPipeline: Sendable {
         deadLetters: (any DeadLetterSink)?,
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
+        clock: any HostClock = SystemHostClock(),
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
@@ -167,6 +175,7 @@ final class ShardPipeline: Sendable {
         groupProgress: GroupProgress? = nil,
         journal: CrashJournal? = nil,
         quarantine: Quarantine? = nil,
+        carefulGate: CarefulGate,
         tracer: (any Tracer)? = MessageTracing.bootstrapped(),
         consumerGroup: String? = nil,
         inFlightBytes: (@Sendable () -> Int?)? = nil,
@@ -176,6 +185,7 @@ final class ShardPipeline: Sendable {
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
         self.quarantine = quarantine
+        self.carefulGate = carefulGate
         self.quarantined = quarantine.map { [.quarantined, .skip, .deadLetter].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
         self.suspects = quarantine.map { $0.state == .suspect ? $0.range : 0..<0 } ?? 0..<0
         self.predecessors = predecessors
@@ -189,6 +199,7 @@ final class ShardPipeline: Sendable {
         self.deadLetters = deadLetters
         self.flowControl = flowControl
         self.drainTimeout = drainTimeout
+        self.clock = clock
         self.backpressureGrace = backpressureGrace
         var logger = logger
         logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
@@ -282,12 +293,14 @@ final class ShardPipeline: Sendable {
         }
         // Back-pressure ends with the pipeline: the supervisor drops it from the shard's pause set.
         for queue in queues { queue.finish() }
-        // Phase 2: let in-flight work finish, bounded by the drain timeout (and the watchdog).
-        let deadline = ContinuousClock.now + drainTimeout
-        let finished = await beacon.waitUntil(deadline: deadline, recheck: watchdogInterval) {
+        // Phase 2: let in-flight work finish, bounded by the drain timeout on the host's clock (and the watchdog).
+        let deadline = clock.now + drainTimeout
+        var finished = false
+        _ = await beacon.waitUntil(recheck: watchdogInterval) {
             _ = self.stopOrCrash()
             let now = MonotonicNanoseconds.now()
-            return self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
+            finished = self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
+            return finished || self.clock.now >= deadline
         }
         let (crash, stopRequested) = state.withLock { ($0.crash, $0.stopRequested) }
         if !finished || crash != nil {
@@ -296,8 +309,14 @@ final class ShardPipeline: Sendable {
         // Completions a lane recorded but did not flush (it was stopped or is stuck in a later call).
         for activity in activities { flush(activity) }
         if let crash { return .crashed(crash) }
+        if !finished {
+            let (inFlight, watermark) = state.withLock { ($0.tracker.inFlight, $0.tracker.watermark ?? $0.firstTaken) }
+            logger.warning(
+                "drainTimeout passed with messages not done: they are not committed, and whoever reads the partition next handles them",
+                metadata: ["sluice.notDone": "\(inFlight)", "sluice.drainTimeout": "\(drainTimeout)", "kafka.offset": "\(watermark.map(String.init) ?? "-")"])
+        }
         if stopRequested { return .stopped(drainTimedOut: !finished) }
-        return .sourceEnded
+        return .sourceEnded(drainTimedOut: !finished)
     }
 
     /// Waits until the handler calls earlier pipelines abandoned ended, `abandonTimeout` passed, or a stop
@@ -705,10 +724,10 @@ final class ShardPipeline: Sendable {
                 await processUnit([message], lane: lane)
                 continue
             }
-            guard let turn = await CarefulGate.shared.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted }) else { return }
+            guard let turn = await carefulGate.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted }) else { return }
             logger.notice("handling a suspect alone", metadata: ["kafka.offset": "\(message.offset)"])
             await processUnit([message], lane: lane, careful: true)
-            CarefulGate.shared.release(turn)
+            carefulGate.release(turn)
         }
     }
 
