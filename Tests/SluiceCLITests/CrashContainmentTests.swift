@@ -145,6 +145,62 @@ struct CrashContainmentTests {
         await consumer.close()
     }
 
+    @Test("a service whose topic says onCrash then deadLetter (and onFailure stop): four poison orders cost four deaths, each is dead-lettered with its crash report, every partition finishes")
+    func onCrashDeadLetterFromConfiguration() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        try await produce(cluster, count: 4_000)
+        // The configuration a user writes: only onCrash sends to the dead-letter topic.
+        let onCrashOnly: (String) -> String = {
+            $0.replacingOccurrences(
+                of: "    onFailure: { retries: 3, backoff: 50ms..1s, then: deadLetter }\n    deadLetterTopic: orders.dlq\n",
+                with: "    onFailure: { retries: 3, backoff: 50ms..1s, then: stop }\n    deadLetterTopic: orders.dlq\n    onCrash: { then: deadLetter }\n")
+        }
+        #expect(onCrashOnly(try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)).contains("onCrash: { then: deadLetter }"))
+        let poison = [300, 1_301, 2_302, 3_303]
+        func startService() throws -> SluiceProcess {
+            try start(cluster, group: group, state: state, poison: 0, extra: ["ORDER_SERVICE_TRAP_ON_ORDER": poison.map(String.init).joined(separator: ",")],
+                editConfiguration: onCrashOnly)
+        }
+        var service = try startService()
+        var deaths = 0
+        let consumer = try checker(cluster, group: group)
+        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
+        var committed: [TopicPartition: Int64] = [:]
+        let deadline = ContinuousClock.now + .seconds(180)
+        while ContinuousClock.now < deadline, deaths <= poison.count + 2 {
+            if !service.process.isRunning {
+                #expect(service.process.terminationReason == .uncaughtSignal, "it died of a trap: \(service.errors.text.suffix(1_500))")
+                deaths += 1
+                service = try startService()
+                continue
+            }
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            if orderPartitions.allSatisfy({ committed[$0] == highs[$0] }) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(orderPartitions.allSatisfy { committed[$0] == highs[$0] }, "every partition finishes: \(committed.sorted { $0.key < $1.key }), log: \(service.errors.text.suffix(3_000))")
+        #expect(deaths == poison.count, "one death per poison order")
+        let deadLetters = try await cluster.deadLetters(topic: "orders.dlq")
+        let orders = deadLetters.compactMap { record in poison.first { record.text.contains("\"n\":\($0),") } }
+        // At least once: a death within a commit interval of a dead-letter write makes the next life write it
+        // again (the journal does not carry completed offsets across a death yet).
+        #expect(orders.count == deadLetters.count && Set(orders) == Set(poison), "each poison order, and only they, dead-lettered: \(deadLetters.map(\.text))")
+        for record in deadLetters {
+            #expect(record.header("sluice.crash.signal") == "SIGILL" || record.header("sluice.crash.signal") == "SIGTRAP", "\(record.message.headers.map(\.key))")
+            #expect(record.header("sluice.crash.count") == "1")
+            #expect(record.sourceTopic == "orders" && record.sourceOffset != nil)
+            #expect(record.header("sluice.crash.report")?.contains("OrderHandler.handle") == true, "the crash report names the handler")
+        }
+        print("onCrash deadLetter: \(deaths) deaths, \(deadLetters.count) dead letters of \(poison.count) poison orders, from partitions \(Set(deadLetters.compactMap(\.sourcePartition)).sorted())")
+        #expect(service.process.isRunning)
+        service.process.terminate()
+        #expect(await service.exit() == 0)
+        #expect(!service.errors.text.contains("no dead-letter topic configured"))
+        await consumer.close()
+    }
+
     @Test("a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order")
     func unattributedTrapFoundByElimination() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])

@@ -74,17 +74,21 @@ struct Order: Decodable {
 /// Handles orders one at a time per customer; checks that each customer's orders arrive in sequence.
 ///
 /// To try crash containment, `ORDER_SERVICE_TRAP_ON_ORDER=N` makes the handler trap (`fatalError`, which
-/// no Swift code can catch) on the order with index `n` N: the process dies, and on its next start Sluice
+/// no Swift code can catch) on the order with index `n` N (or on each of a list `N1,N2,...`): the process dies, and on its next start Sluice
 /// quarantines that order (see the README). With `ORDER_SERVICE_TRAP_IN_CHILD_TASK=1` the trap happens in
 /// a child task the handler starts, which Sluice cannot attribute: it finds the order by elimination.
 final class OrderHandler: MessageHandler {
     private let state = Mutex<(handled: Int, violations: Int, last: [String: Int])>((0, 0, [:]))
-    private let poison = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_ON_ORDER"].flatMap { Int($0) }
+    /// The poison orders: `ORDER_SERVICE_TRAP_ON_ORDER=N` or a comma-separated list `N1,N2,...`.
+    private let poison = Set(
+        (ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_ON_ORDER"] ?? "").split(separator: ",").compactMap {
+            Int($0.trimmingCharacters(in: .whitespaces))
+        })
     private let trapInChildTask = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_IN_CHILD_TASK"] == "1"
 
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
-        if let poison, order.n == poison {
+        if poison.contains(order.n) {
             let where_ = "order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)"
             if trapInChildTask {
                 async let trap: Void = { () async -> Void in fatalError(where_) }()
@@ -153,8 +157,9 @@ enum SecondSignal {
         for number in [SIGTERM, SIGINT] {
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
-                _ = source
-                if seen.withLock({ $0 += 1; return $0 }) >= 2 {
+                // Signals that arrive before the handler runs are coalesced into one event: `data` counts them.
+                let signals = max(1, Int(source.data))
+                if seen.withLock({ $0 += signals; return $0 }) >= 2 {
                     FileHandle.standardError.write(Data("order-service: second signal, exiting now\n".utf8))
                     exit(1)
                 }

@@ -407,7 +407,9 @@ public final class SluiceHost: Service, Sendable {
             initialPauseReasons: { flags.setting(for: $0).enabled ? [] : [.flag] },
             logger: logger)
         try await checkDeadLetterTopics(consumer)
-        let needsDeadLetters = configuration.topics.values.contains { $0.onFailure.then == .deadLetter }
+        // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
+        // or an operator's release of a quarantined message, whatever its policies say.
+        let needsDeadLetters = configuration.topics.values.contains { $0.deadLetterTopic != nil }
         let producer = needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
         try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) })
@@ -418,7 +420,7 @@ public final class SluiceHost: Service, Sendable {
     /// creates topics by asking. A cluster that cannot be reached is not a refusal: the consumer waits for it.
     private func checkDeadLetterTopics(_ consumer: KafkaConsumer) async throws {
         for (topic, settings) in configuration.topics.sorted(by: { $0.key < $1.key }) {
-            guard settings.onFailure.then == .deadLetter, let deadLetterTopic = settings.deadLetterTopic else { continue }
+            guard let deadLetterTopic = settings.deadLetterTopic else { continue }
             let exists: Bool
             do {
                 exists = try await consumer.topicExists(deadLetterTopic, timeout: .seconds(10))
