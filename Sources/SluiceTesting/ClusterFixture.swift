@@ -2,10 +2,11 @@ import Logging
 import SluiceKafka
 import Synchronization
 
-/// Conveniences over ``EmbeddedKafkaCluster`` (librdkafka's mock cluster on loopback, in process) for
-/// tests that run a real host: produce, and read what a group committed. Faults are injected with the
-/// cluster's own methods (`setBrokerDown`, `pushRequestErrors`, `setRoundTripTime`).
-extension EmbeddedKafkaCluster {
+/// Conveniences over a test cluster (``EmbeddedKafkaCluster``, librdkafka's mock cluster on loopback in
+/// process, or ``TansuCluster``) for tests that run a real host: produce, and read what a group committed.
+/// Faults are injected with the mock cluster's own methods (`setBrokerDown`, `pushRequestErrors`,
+/// `setRoundTripTime`).
+extension TestKafkaCluster {
     /// Produces `values` to `topic` (keys `keys[i % keys.count]` when given, which choose the partition)
     /// and waits for every acknowledgement; returns how many went to each partition.
     @discardableResult
@@ -114,7 +115,7 @@ public struct DeadLetterRecord: Sendable {
     }
 }
 
-extension EmbeddedKafkaCluster {
+extension TestKafkaCluster {
     /// Every record of `topic` (partitions `0..<partitions`) up to its end as of the call, in partition and
     /// offset order, read by a consumer of its own (a fresh group, from the earliest offset).
     public func records(

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 /// Crash containment (docs/architecture.md §12) as a user meets it: a service whose handler traps on one message, run
@@ -10,14 +11,14 @@ struct CrashContainmentTests {
     let logger = Logger(label: "sluice.crash-test")
     static let partitions = 8
 
-    func produce(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+    func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
         ])
         await produce.expectCleanExit()
     }
 
-    func checker(_ cluster: EmbeddedKafkaCluster, group: String) throws -> KafkaConsumer {
+    func checker(_ cluster: any TestKafkaCluster, group: String) throws -> KafkaConsumer {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         return try KafkaConsumer(configuration: configuration, logger: logger)
@@ -48,7 +49,7 @@ struct CrashContainmentTests {
 
     /// Starts OrderService with the poison order and a state directory kept across its restarts.
     func start(
-        _ cluster: EmbeddedKafkaCluster, group: String, state: String, poison: Int, extra: [String: String] = [:],
+        _ cluster: any TestKafkaCluster, group: String, state: String, poison: Int, extra: [String: String] = [:],
         editConfiguration: @escaping (String) -> String = { $0 }
     ) throws -> SluiceProcess {
         try OrderServiceTests.startService(
@@ -239,10 +240,12 @@ struct CrashContainmentTests {
 
     @Test("two hosts with the control plane, onCrash then deadLetter: one death in the group, the order dead-lettered, every partition finishes")
     func trapWithTwoHosts() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let cluster = try await TestClusters.start(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
-        try await produce(cluster, count: 4_000)
+        // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
+        if cluster is EmbeddedKafkaCluster { try await cluster.addTopic("__sluice-control-\(group)", partitions: 1) }
+        let produced: Int64 = 4_000
+        try await produce(cluster, count: Int(produced))
         // One death in the group holds when the dead host is back, and has published the quarantine, before its
         // session times out (its partitions move only then). The dying process spends seconds in the runtime's
         // backtracer (symbolicating a debug build) before it exits; under a loaded CI machine that outran the
@@ -260,9 +263,10 @@ struct CrashContainmentTests {
         var hosts = ["a": try startHost("a"), "b": try startHost("b")]
         var deaths: [String: Int] = [:]
         let consumer = try checker(cluster, group: group)
-        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
-        let deadline = ContinuousClock.now + .seconds(120)
+        let deadline = ContinuousClock.now + .seconds(150)
         var committed: [TopicPartition: Int64] = [:]
+        // Every partition committed to its end: the commits add up to what was produced (not compared with
+        // listed high watermarks, which tansu reports short; README, broker quirks).
         while ContinuousClock.now < deadline {
             for (name, host) in hosts where !host.process.isRunning {
                 #expect(host.process.terminationReason == .uncaughtSignal, "\(name) died of the trap: \(host.errors.text.suffix(1_500))")
@@ -270,13 +274,13 @@ struct CrashContainmentTests {
                 hosts[name] = try startHost(name)
             }
             committed = try await consumer.committedOffsets(for: orderPartitions)
-            if orderPartitions.allSatisfy({ committed[$0] == highs[$0] }) { break }
+            if committed.values.reduce(0, +) == produced { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(orderPartitions.allSatisfy { committed[$0] == highs[$0] }, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
+        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
         #expect(deaths.values.reduce(0, +) == 1, "one death in the whole group: \(deaths); logs: \(hosts.mapValues { String($0.errors.text.suffix(3_000)) })")
-        let dlq = try await consumer.queryHighWatermarks(for: [TopicPartition("orders.dlq", 0)])
-        #expect(dlq[TopicPartition("orders.dlq", 0)] == 1, "the poison order, and only it, is dead-lettered")
+        let deadLetters = try await cluster.deadLetters(topic: "orders.dlq")
+        #expect(deadLetters.count == 1 && deadLetters.first?.text.contains("\"n\":1234,") == true, "the poison order, and only it, is dead-lettered")
         let logs = hosts.values.map(\.errors.text).joined(separator: "\n")
         #expect(logs.contains("quarantined message dead-lettered: it killed the process"))
         for host in hosts.values { host.process.terminate() }

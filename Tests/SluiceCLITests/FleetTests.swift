@@ -31,7 +31,7 @@ struct FleetTests {
         var handledAnything: Bool { process.output.text.contains("\nH ") || process.output.text.hasPrefix("H ") }
     }
 
-    func start(_ cluster: EmbeddedKafkaCluster, group: String, directory: URL, name: String) throws -> Host {
+    func start(_ cluster: any TestKafkaCluster, group: String, directory: URL, name: String) throws -> Host {
         let record = directory.appendingPathComponent(name).path
         let process = try SluiceProcess([
             "fleet-host", "--bootstrap", cluster.bootstrapServers, "--group", group, "--topic", topic, "--record", record,
@@ -39,12 +39,12 @@ struct FleetTests {
         return Host(process: process, record: record)
     }
 
-    func produce(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+    func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", topic, "--count", "\(count)", "--keys", "60"])
         await produce.expectCleanExit()
     }
 
-    func committed(_ cluster: EmbeddedKafkaCluster, group: String) async throws -> Int64 {
+    func committed(_ cluster: any TestKafkaCluster, group: String) async throws -> Int64 {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         let checker = try KafkaConsumer(configuration: configuration, logger: logger)
@@ -54,7 +54,7 @@ struct FleetTests {
     }
 
     /// `sluice flags set|unset` through the control topic; returns what it printed.
-    func flag(_ cluster: EmbeddedKafkaCluster, group: String, _ arguments: [String]) async throws -> String {
+    func flag(_ cluster: any TestKafkaCluster, group: String, _ arguments: [String]) async throws -> String {
         let cli = try SluiceProcess(["flags"] + arguments + ["--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(await cli.exit() == 0)
         return await cli.output.all()
@@ -63,10 +63,13 @@ struct FleetTests {
 
     @Test("flips through the CLI stop the topic on every host (3/3 acknowledged); a host started during the flip, and a killed and restarted one, never handle it; nothing lost or handled twice; the audit lists every change")
     func fleetUnderFlips() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: [topic: partitions])
+        let cluster = try await TestClusters.start(topics: [topic: partitions])
         let group = "fleet-\(UInt32.random(in: 0...UInt32.max))"
-        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
-        try cluster.createTopic("__sluice-audit-\(group)", partitions: 1)
+        // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
+        if cluster is EmbeddedKafkaCluster { 
+            try await cluster.addTopic("__sluice-control-\(group)", partitions: 1)
+            try await cluster.addTopic("__sluice-audit-\(group)", partitions: 1)
+        }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-fleet-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }

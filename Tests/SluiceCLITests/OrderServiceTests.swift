@@ -1,20 +1,21 @@
 import Foundation
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 @Suite("Examples/OrderService as a process", .timeLimit(.minutes(2)))
 struct OrderServiceTests {
     let logger = Logger(label: "sluice.order-service-test")
 
-    func startService(_ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = []) throws -> (SluiceProcess, String) {
+    func startService(_ cluster: any TestKafkaCluster, group: String, extra: [String] = []) throws -> (SluiceProcess, String) {
         try Self.startService(cluster, group: group, extra: extra)
     }
 
     /// Starts Examples/OrderService against `cluster` in `group`, with its own database and admin API on a
     /// free port; returns the process and its database path.
     static func startService(
-        _ cluster: EmbeddedKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:],
+        _ cluster: any TestKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:],
         editConfiguration: (String) -> String = { $0 }
     ) throws -> (SluiceProcess, String) {
         let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
@@ -32,7 +33,7 @@ struct OrderServiceTests {
         return (service, database)
     }
 
-    func produceOrders(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+    func produceOrders(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "20",
         ])

@@ -9,19 +9,19 @@ import Testing
 struct TwoServiceProcessesTests {
     let logger = Logger(label: "sluice.two-services-test")
 
-    func start(_ cluster: EmbeddedKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
+    func start(_ cluster: any TestKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
         let (service, _) = try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags])
         return (service, service.errors)
     }
 
-    func produce(_ cluster: EmbeddedKafkaCluster, count: Int) async throws {
+    func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
             "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
         ])
         await produce.expectCleanExit()
     }
 
-    func committed(_ cluster: EmbeddedKafkaCluster, group: String) async throws -> Int64 {
+    func committed(_ cluster: any TestKafkaCluster, group: String) async throws -> Int64 {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         let checker = try KafkaConsumer(configuration: configuration, logger: logger)
@@ -41,7 +41,7 @@ struct TwoServiceProcessesTests {
     /// client hands no message to two hosts.
     @Test("flag off, a second host joins and leaves, flag on: every order handled, the handed-back partitions fetch")
     func handBackAfterFlagCycle() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
+        let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
         try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
@@ -90,9 +90,10 @@ struct TwoServiceProcessesTests {
     /// CLI write each way.
     @Test("one `sluice flags set --bootstrap --group` stops the topic on both service processes; one unset resumes both; nothing lost")
     func controlPlaneFlagAcrossProcesses() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
+        let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
+        // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
+        if cluster is EmbeddedKafkaCluster { try await cluster.addTopic("__sluice-control-\(group)", partitions: 1) }
         let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
         func startWithControl() throws -> (SluiceProcess, OutputCollector) {

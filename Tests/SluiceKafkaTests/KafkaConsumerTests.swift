@@ -4,11 +4,11 @@ import Synchronization
 import Testing
 import SluiceTesting
 
-@Suite("KafkaConsumer against the embedded cluster", .timeLimit(.minutes(2)))
+@Suite("KafkaConsumer against the embedded cluster (and tansu, for the tests that start theirs with TestClusters)", .timeLimit(.minutes(2)))
 struct KafkaConsumerTests {
     @Test("a group consumer gets every message once, in partition order, and commits to the end")
     func everyMessageOnceInOrder() async throws {
-        let cluster = try EmbeddedKafkaCluster(brokers: 3, topics: ["orders": 4])
+        let cluster = try await TestClusters.start(topics: ["orders": 4], mockBrokers: 3)
         let produced = try await TestSupport.produce(cluster, topic: "orders", partitions: 4, count: 20_000)
         let consumer = try KafkaConsumer(
             configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
@@ -35,7 +35,6 @@ struct KafkaConsumerTests {
         }
         await consumer.close()
         await driver.value
-        cluster.shutdown()
     }
 }
 
@@ -146,7 +145,7 @@ extension KafkaConsumerTests {
 
     @Test("only stored offsets are committed: the next member of the group resumes exactly there")
     func onlyStoredOffsetsAreCommitted() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["ledger": 1])
+        let cluster = try await TestClusters.start(topics: ["ledger": 1])
         try await TestSupport.produce(cluster, topic: "ledger", partitions: 1, count: 100)
         let group = TestSupport.uniqueName("g")
         let partition = TopicPartition("ledger", 0)

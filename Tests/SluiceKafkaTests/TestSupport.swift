@@ -18,7 +18,7 @@ enum TestSupport {
     }
 
     /// A consumer configuration the embedded cluster answers quickly.
-    static func consumerConfiguration(_ cluster: EmbeddedKafkaCluster, group: String) -> KafkaConsumerConfiguration {
+    static func consumerConfiguration(_ cluster: any TestKafkaCluster, group: String) -> KafkaConsumerConfiguration {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
         configuration.commitInterval = .milliseconds(200)
@@ -29,7 +29,7 @@ enum TestSupport {
     /// Produces `count` messages round-robin over `partitions` partitions, value `"<partition>:<n>"` with
     /// n counting up per partition. Returns the per-partition counts.
     @discardableResult
-    static func produce(_ cluster: EmbeddedKafkaCluster, topic: String, partitions: Int32, count: Int) async throws -> [Int32: Int] {
+    static func produce(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32, count: Int) async throws -> [Int32: Int] {
         var sequences: [Int32: Int] = [:]
         let records = (0..<count).map { index in
             let partition = Int32(index) % partitions

@@ -11,7 +11,7 @@ import SluiceTesting
 /// the host stays healthy.
 @Suite("Handlers that block their threads", .timeLimit(.minutes(3)))
 struct BlockingHandlerTests {
-    static func configuration(_ cluster: EmbeddedKafkaCluster) -> SluiceConfiguration {
+    static func configuration(_ cluster: any TestKafkaCluster) -> SluiceConfiguration {
         var topic = TopicConfiguration()
         topic.handlerTimeout = .seconds(2)
         // A short backoff, so a crashed shard comes back while the test still watches.
@@ -22,7 +22,7 @@ struct BlockingHandlerTests {
     }
 
     /// Sends `perPartition` messages to each of `partitions` partitions; returns when all are acknowledged.
-    static func produce(_ cluster: EmbeddedKafkaCluster, partitions: Int32, perPartition: Int) async throws {
+    static func produce(_ cluster: any TestKafkaCluster, partitions: Int32, perPartition: Int) async throws {
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<perPartition {
             for partition in 0..<partitions {
@@ -206,7 +206,7 @@ final class Hang: Sendable {
 /// must not hand their messages to a second call meanwhile, and they must not pile up without bound.
 @Suite("Abandoned handler calls", .timeLimit(.minutes(2)))
 struct AbandonedCallsTests {
-    static func configuration(_ cluster: EmbeddedKafkaCluster, abandonTimeout: Duration, maxAbandonedCalls: Int) -> SluiceConfiguration {
+    static func configuration(_ cluster: any TestKafkaCluster, abandonTimeout: Duration, maxAbandonedCalls: Int) -> SluiceConfiguration {
         var topic = TopicConfiguration()
         topic.handlerTimeout = .milliseconds(300)
         topic.abandonTimeout = abandonTimeout

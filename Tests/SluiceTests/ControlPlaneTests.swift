@@ -113,7 +113,7 @@ struct ControlRecordTests {
 
 @Suite("The control plane on Kafka", .timeLimit(.minutes(3)))
 struct ControlPlaneTests {
-    static func configuration(_ cluster: EmbeddedKafkaCluster, group: String) -> SluiceConfiguration {
+    static func configuration(_ cluster: any TestKafkaCluster, group: String) -> SluiceConfiguration {
         var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()])
         configuration.control.enabled = true
         return configuration
@@ -121,10 +121,10 @@ struct ControlPlaneTests {
 
     @Test("a flag written to the control topic reaches every host of the group; a host started after it never handles the topic; back on, all is handled")
     func flagReachesTheGroup() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let cluster = try await TestClusters.start(topics: ["orders": 4])
         let group = HostFixture.uniqueGroup()
         let configuration = Self.configuration(cluster, group: group)
-        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
         let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
         // Written before any host starts: the first host reads it before it fetches.
         try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "test")
@@ -166,13 +166,13 @@ struct ControlPlaneTests {
 
     @Test("a trip follows the partition: the next host starts it tripped without calling the handler; a reset command through the control topic clears it for the group")
     func tripFollowsThePartition() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let cluster = try await TestClusters.start(topics: ["orders": 2])
         let group = HostFixture.uniqueGroup()
         var orders = TopicConfiguration()
         orders.breaker = .latched
         var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": orders])
         configuration.control.enabled = true
-        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<20 {
             _ = try await producer.send(ProducerRecord(topic: "orders", partition: Int32(index % 2), value: Array("\(index)".utf8)))

@@ -19,7 +19,7 @@ enum HostFixture {
     static func uniqueGroup() -> String { "host-\(UInt64.random(in: 0...UInt64.max))" }
 
     static func configuration(
-        _ cluster: EmbeddedKafkaCluster, group: String, topics: [String: TopicConfiguration]
+        _ cluster: any TestKafkaCluster, group: String, topics: [String: TopicConfiguration]
     ) -> SluiceConfiguration {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
         kafka.sessionTimeout = .seconds(6)
@@ -31,24 +31,26 @@ enum HostFixture {
         return configuration
     }
 
-    /// Produces `count` messages with keys `k0..k<keys-1>` and values `<key>:<per-key sequence>`.
-    static func produce(_ cluster: EmbeddedKafkaCluster, topic: String, count: Int, keys: Int) async throws {
+    /// Produces `count` messages with keys `k0..k<keys-1>` and values `<key>:<per-key sequence>`; returns how many
+    /// went to each partition.
+    @discardableResult
+    static func produce(_ cluster: any TestKafkaCluster, topic: String, count: Int, keys: Int) async throws -> [Int32: Int] {
         var sequences = [Int](repeating: 0, count: keys)
         let records = (0..<count).map { index in
             let key = index % keys
             defer { sequences[key] += 1 }
             return ProducerRecord(topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
         }
-        try await cluster.produce(records, logger: logger)
+        return try await cluster.produce(records, logger: logger)
     }
 
     /// The group's committed offsets for a topic's partitions.
-    static func committed(_ cluster: EmbeddedKafkaCluster, group: String, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
+    static func committed(_ cluster: any TestKafkaCluster, group: String, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
         try await cluster.committedOffsets(group: group, topic: topic, partitions: Int(partitions), logger: logger)
     }
 
     /// The end offsets of a topic's partitions.
-    static func endOffsets(_ cluster: EmbeddedKafkaCluster, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
+    static func endOffsets(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
         try await cluster.endOffsets(topic: topic, partitions: Int(partitions), logger: logger)
     }
 }

@@ -9,7 +9,7 @@ import SluiceTesting
 @Suite("Rebalances under load", .timeLimit(.minutes(3)))
 struct RebalanceDuplicatesTests {
     /// Produces about `rate` messages a second over `keys` keys until cancelled; returns how many.
-    static func produceSteadily(_ cluster: EmbeddedKafkaCluster, topic: String, rate: Int, stop: Locked<Bool>) async throws -> Int {
+    static func produceSteadily(_ cluster: any TestKafkaCluster, topic: String, rate: Int, stop: Locked<Bool>) async throws -> Int {
         let producer = try KafkaProducer(
             configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         let acknowledged = Locked(0)

@@ -87,7 +87,7 @@ struct SluiceHostTests {
 
     @Test("deadLetter: the failed message lands in the dead-letter topic with its headers, and the offset moves on")
     func deadLetter() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
+        let cluster = try await TestClusters.start(topics: ["orders": 1, "orders.dlq": 1])
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<10 {
             _ = try await producer.send(ProducerRecord(topic: "orders", key: Array("k\(index)".utf8), value: Array((index == 4 ? "poison" : "ok").utf8)))
@@ -171,7 +171,7 @@ struct SluiceHostTests {
 
     @Test("two hosts in one group split the partitions; after one stops the other finishes everything")
     func twoHostsShareTheGroup() async throws {
-        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let cluster = try await TestClusters.start(topics: ["orders": 4])
         let group = HostFixture.uniqueGroup()
         let handledA = HandledMessages()
         let handledB = HandledMessages()
@@ -191,12 +191,12 @@ struct SluiceHostTests {
         for shard in hostA.shards where shard.state == .running {
             #expect(shard.generation == firstGenerations[shard.topicPartition], "\(shard.topicPartition) kept running through the rebalance")
         }
-        try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
+        let first = try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
         try await waitUntil("both handled their half") { handledA.count + handledB.count == 800 }
         #expect(handledA.count > 0 && handledB.count > 0)
         hostA.shutdown()
         try await runA.value
-        try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
+        let second = try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
         try await waitUntil("B took over A's partitions and handled the rest") {
             Set((handledA.all.value + handledB.all.value).map { "\($0.partition)/\($0.offset)" }).count == 1_600
         }
@@ -206,7 +206,9 @@ struct SluiceHostTests {
         hostB.shutdown()
         try await runB.value
         let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
-        #expect(committed == (try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)), "B committed to the end")
+        // The end of each partition is what was produced to it (not a listed high watermark: tansu reports it short).
+        let ends = first.merging(second, uniquingKeysWith: +).mapValues { Int64($0) }
+        #expect(committed == ends, "B committed to the end")
     }
 
     @Test("a topic configured without a handler refuses to start, naming the topic")

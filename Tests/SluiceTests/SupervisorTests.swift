@@ -48,7 +48,7 @@ struct SupervisorTests {
     }
 
     func configuration(
-        _ cluster: EmbeddedKafkaCluster, group: String, topics: [String: TopicConfiguration], flagFile: String? = nil,
+        _ cluster: any TestKafkaCluster, group: String, topics: [String: TopicConfiguration], flagFile: String? = nil,
         pollInterval: Duration = .milliseconds(200)
     ) -> SluiceConfiguration {
         var configuration = HostFixture.configuration(cluster, group: group, topics: topics)

