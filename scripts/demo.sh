@@ -24,7 +24,9 @@ trap ':' INT
 
 # The broker and producers run in their own session, so Ctrl-C reaches only the consumer; the trap stops
 # them after the consumer has committed and left the group.
-setsid "$SLUICE" dev-broker --topic orders:8 --topic payments:4 --topic orders.dlq:1 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
+# The control and audit topics of OrderService's group (the mock broker has no CreateTopics to make them).
+setsid "$SLUICE" dev-broker --topic orders:8 --topic payments:4 --topic orders.dlq:1 \
+    --topic __sluice-control-order-service:1 --topic __sluice-audit-order-service:1 >"$WORK/bootstrap" 2>"$WORK/broker.log" </dev/null &
 BROKER_PID=$!
 for _ in $(seq 1 100); do
     [ -s "$WORK/bootstrap" ] && break

@@ -77,6 +77,9 @@ struct ControlOptions: ParsableArguments {
     @Option(name: .long, help: "How long to wait for the group's hosts to apply the change (seconds).")
     var wait: Double = 10
 
+    @Flag(name: .long, help: "With --bootstrap: write without waiting for any host to apply it (ahead of a deploy); otherwise a change no live host applied exits 1.")
+    var noWait = false
+
     @Flag(name: .long, help: "With --bootstrap: list the shards of the group the change would touch (from the hosts' status); write nothing.")
     var dryRun = false
 
@@ -131,11 +134,11 @@ struct ControlOptions: ParsableArguments {
             let before = records.watchedFlag(before: offset).map { FlagSetting(enabled: $0.enabled, source: "control", reason: $0.reason, rate: $0.rate) }
             await writer.auditFlag(flagKey, enabled: enabled, rate: rate, reason: reason, who: who, before: before, offset: offset)
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
-            let took = Int(((ContinuousClock.now - written) / .milliseconds(1)).rounded())
-            var line = "\(key): \(rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts applied"
-            line += missing.isEmpty ? " in \(took) ms" : "; not yet: \(missing.sorted().joined(separator: ", "))"
-            print(line)
+            try await report(
+                "\(key): \(rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset") (control topic \(topic), offset \(offset))",
+                offset: offset, in: records, since: written)
+        } catch let failure as AdminClient.Failure {
+            throw failure
         } catch {
             throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
         }
@@ -216,12 +219,14 @@ struct ControlOptions: ParsableArguments {
         }
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let started = ContinuousClock.now
             let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: written, in: records)
-            var line = "\(topicPartition): offset \(quarantine.offset) \(["skip": "skipped", "deadLetter": "released to the dead-letter topic"][release.rawValue] ?? "released, tried again") (control topic \(topic), offset \(written)); \(applied)/\(live) hosts applied"
-            if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
-            print(line)
+            try await report(
+                "\(topicPartition): offset \(quarantine.offset) \(["skip": "skipped", "deadLetter": "released to the dead-letter topic"][release.rawValue] ?? "released, tried again") (control topic \(topic), offset \(written))",
+                offset: written, in: records, since: started)
+        } catch let failure as AdminClient.Failure {
+            throw failure
         } catch {
             throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
         }
@@ -242,13 +247,13 @@ struct ControlOptions: ParsableArguments {
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
             let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let started = ContinuousClock.now
             let offset = try await writer.send(
                 ControlCommand(action: .reset, topicPartition: topicPartition, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"))
             await writer.close()
-            let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
-            var line = "\(topicPartition): reset sent (control topic \(topic), offset \(offset)); \(applied)/\(live) hosts read it"
-            if !missing.isEmpty { line += "; not yet: \(missing.sorted().joined(separator: ", "))" }
-            print(line)
+            try await report("\(topicPartition): reset sent (control topic \(topic), offset \(offset))", offset: offset, in: records, since: started)
+        } catch let failure as AdminClient.Failure {
+            throw failure
         } catch {
             throw AdminClient.Failure(description: "cannot write to control topic '\(topic)' at \(bootstrap): \(error)")
         }
@@ -309,6 +314,27 @@ struct ControlOptions: ParsableArguments {
         }
         print(Table.render(hostRows))
         if records.bad > 0 { print("\(records.bad) control record(s) could not be read") }
+    }
+
+    /// Prints what was written and which hosts applied it (waiting up to `--wait`). A change no live host applied
+    /// is a failure: an operator must not read "done" when no host of the group will act on it (no host is up,
+    /// or the group's hosts run without `control.enabled`). `--no-wait` writes ahead of a deploy.
+    private func report(_ written: String, offset: Int64, in records: RecordTable, since start: ContinuousClock.Instant) async throws {
+        if noWait {
+            print("\(written); not waiting for hosts (--no-wait)")
+            return
+        }
+        let (applied, live, missing) = try await acknowledgements(of: offset, in: records)
+        let took = Int(((ContinuousClock.now - start) / .milliseconds(1)).rounded())
+        var line = "\(written); \(applied)/\(live) hosts applied"
+        line += missing.isEmpty ? " in \(took) ms" : "; not yet: \(missing.sorted().joined(separator: ", "))"
+        print(line)
+        if applied == 0 {
+            throw AdminClient.Failure(
+                description: live == 0
+                    ? "no live host of the group reads its control topic (none wrote its status in the last 15 s): is the group running, with control.enabled? The record stays and applies when a host starts; --no-wait writes without asking"
+                    : "none of the group's \(live) live hosts applied it within \(wait) s")
+        }
     }
 
     /// Waits (up to `--wait`) until every live host of the group (one that wrote its status in the last

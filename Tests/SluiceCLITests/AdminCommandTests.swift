@@ -119,6 +119,35 @@ struct AdminCommandTests {
         try await hostRun.value
     }
 
+    @Test("a control-topic write that no live host applies (the group runs without control.enabled) says so and exits 1; --no-wait writes ahead of a deploy and exits 0")
+    func cliWriteNobodyApplies() async throws {
+        var logger = Logger(label: "sluice.cli-nobody-test")
+        logger.logLevel = .critical
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = "cli-\(UInt32.random(in: 0...UInt32.max))"
+        // A host of the group, running with the control plane off: it will never read the write.
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let host = SluiceHost(configuration: configuration, logger: logger)
+        host.register("orders", CountingHandler())
+        let hostRun = Task { try await host.run() }
+        try await waitUntil("the host runs its shards") { host.shards.count == 2 }
+
+        let set = try await runCLI(["flags", "set", "orders", "off", "--wait", "1", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(set.status == 1, "an operator is not told it worked: \(set.output) \(set.errors)")
+        #expect(set.output.contains("0/0 hosts applied"), "\(set.output)")
+        #expect(set.errors.contains("no live host of the group reads its control topic") && set.errors.contains("control.enabled"), "\(set.errors)")
+        #expect(host.shards.allSatisfy { $0.state == .running }, "the host runs on: it does not read the control topic")
+
+        let ahead = try await runCLI(["flags", "set", "orders", "on", "--no-wait", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        #expect(ahead.status == 0, "\(ahead.errors)")
+        #expect(ahead.output.contains("not waiting for hosts (--no-wait)"), "\(ahead.output)")
+        host.shutdown()
+        try await hostRun.value
+    }
+
     @Test("flags set/list/unset and status; a refused change and an unreachable host exit non-zero with a clear message")
     func cliAgainstHost() async throws {
         var logger = Logger(label: "sluice.cli-admin-test")
