@@ -1,0 +1,280 @@
+import Foundation
+import Logging
+import SluiceKafka
+import SluiceTesting
+import Synchronization
+import Testing
+
+@testable import Sluice
+
+/// Settings as a user gives them: a YAML file read by `SluiceConfiguration.load(file:)`, a running host against
+/// the embedded cluster, and what the user then sees (handler calls, commits, shard states, dead letters). The
+/// unit tests of the pipeline hand it its settings directly; these go through the path a user configures, where
+/// `onCrash.then: deadLetter` once failed while every unit test passed.
+@Suite("docs/configuration.md's settings through a loaded file and a running host", .timeLimit(.minutes(3)))
+struct ConfiguredHostTests {
+    /// Loads `topics` (and other sections) the way a service does, with the cluster's address and a new group.
+    static func load(_ cluster: any TestKafkaCluster, group: String, _ sections: String) async throws -> SluiceConfiguration {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-configured-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("sluice.yaml").path
+        let text = """
+            kafka:
+              bootstrap: \(cluster.bootstrapServers)
+              group: \(group)
+              sessionTimeout: 6s
+              commitInterval: 100ms
+            host:
+              stateDirectory: \(directory.path)/state
+              shutdownTimeout: 10s
+            admin:
+              enabled: off
+
+            """ + sections
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return try await SluiceConfiguration.load(file: path, environment: [:])
+    }
+
+    /// Produces `count` messages to `topic`'s partition 0, `poison` at `poisonAt`, `ok-N` elsewhere; keys `k0..k7`.
+    static func produce(_ cluster: any TestKafkaCluster, topic: String = "orders", count: Int, poisonAt: Int? = nil) async throws {
+        let values = (0..<count).map { $0 == poisonAt ? "poison" : "ok-\($0)" }
+        try await cluster.produce(topic: topic, values: values, keys: (0..<8).map { "k\($0)" }, partition: 0, logger: HostFixture.logger)
+    }
+
+    static func run(_ host: SluiceHost) -> Task<Void, any Error> { Task { try await host.run() } }
+
+    static func stop(_ host: SluiceHost, _ running: Task<Void, any Error>) async throws {
+        host.shutdown()
+        try await running.value
+    }
+
+    static func committed(_ cluster: any TestKafkaCluster, group: String) async throws -> Int64? {
+        try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1)[0]
+    }
+
+    @Test("onFailure { retries, backoff, then: skip }: the failing message is tried retries + 1 times, skipped and committed past; the rest handled")
+    func onFailureSkip() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                onFailure: { retries: 2, backoff: 1ms..2ms, then: skip }
+            """)
+        #expect(configuration.topics["orders"]?.onFailure.retries == 2)
+        try await Self.produce(cluster, count: 10, poisonAt: 3)
+        let attempts = Locked(0)
+        let handled = HandledMessages()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison") {
+                attempts.withLock { $0 += 1 }
+                throw TestFailure(description: "cannot parse")
+            }
+            handled.append(message)
+        })
+        let running = Self.run(host)
+        try await waitUntil("the rest handled and the poison skipped") { handled.count == 9 && host.shards.first?.skipped == 1 }
+        try await waitUntil("committed past the poison") { try await Self.committed(cluster, group: group) == 10 }
+        #expect(attempts.value == 3, "one call and two retries")
+        try await Self.stop(host, running)
+    }
+
+    @Test("onFailure then: deadLetter with deadLetterTopic: the failed message is in the dead-letter topic with its attempts, the offset moves on")
+    func onFailureDeadLetter() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                onFailure: { retries: 1, backoff: 1ms..2ms, then: deadLetter }
+                deadLetterTopic: orders.dlq
+            """)
+        try await Self.produce(cluster, count: 10, poisonAt: 6)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
+        })
+        let running = Self.run(host)
+        try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 10 }
+        try await Self.stop(host, running)
+        let letters = try await cluster.deadLetters(topic: "orders.dlq")
+        #expect(letters.count == 1)
+        #expect(letters.first?.text == "poison" && letters.first?.sourceOffset == 6 && letters.first?.attempts == 2)
+        #expect(letters.first?.error == "cannot parse")
+    }
+
+    @Test("onFailure then: stop (the default) with breaker: latched: the shard stops at the failing message, tripped, nothing past it committed")
+    func onFailureStopLatched() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                breaker: latched
+            """)
+        #expect(configuration.topics["orders"]?.onFailure.then == .stop)
+        try await Self.produce(cluster, count: 10, poisonAt: 4)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
+        })
+        let running = Self.run(host)
+        try await waitUntil("tripped at the poison") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return shard.lastError?.contains("cannot parse") == true
+        }
+        try await waitUntil("committed up to the poison") { try await Self.committed(cluster, group: group) == 4 }
+        try await Self.stop(host, running)
+        #expect(try await Self.committed(cluster, group: group) == 4, "nothing past the poison")
+    }
+
+    @Test("handlerTimeout: a handler call running longer crashes its shard (latched: it stays down); the message is not committed")
+    func handlerTimeout() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                handlerTimeout: 300ms
+                breaker: latched
+            """)
+        try await Self.produce(cluster, count: 5, poisonAt: 2)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            while message.value == KafkaBytes("poison"), !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        try await waitUntil("tripped by the timeout") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return shard.lastError?.contains("handler ran longer than") == true
+        }
+        release.withLock { $0 = true }
+        try await Self.stop(host, running)
+        #expect(try await Self.committed(cluster, group: group) == 2)
+    }
+
+    @Test("ordering: key with processors: keys run in parallel, each key in order; ordering: partition: one call at a time, in offset order")
+    func orderingAndProcessors() async throws {
+        for (ordering, processors) in [("key", 4), ("partition", 4), ("none", 4)] {
+            let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+            let group = HostFixture.uniqueGroup()
+            let configuration = try await Self.load(cluster, group: group, """
+                topics:
+                  orders:
+                    ordering: \(ordering)
+                    processors: \(processors)
+                """)
+            try await Self.produce(cluster, count: 200)
+            let concurrent = Locked((now: 0, peak: 0))
+            let perKey = Locked<[String: [Int64]]>([:])
+            let order = Locked<[Int64]>([])
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { message, _ in
+                concurrent.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
+                try await Task.sleep(for: .milliseconds(2))
+                perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
+                order.withLock { $0.append(message.offset) }
+                concurrent.withLock { $0.now -= 1 }
+            })
+            let running = Self.run(host)
+            try await waitUntil("all 200 handled (\(ordering))") { order.value.count == 200 }
+            try await Self.stop(host, running)
+            let peak = concurrent.value.peak
+            switch ordering {
+            case "partition":
+                #expect(peak == 1, "partition: one call at a time")
+                #expect(order.value == Array(0..<200), "partition: offset order")
+            case "key":
+                #expect(peak > 1, "key: keys in parallel (peak \(peak))")
+                #expect(perKey.value.values.allSatisfy { $0 == $0.sorted() }, "key: each key in order")
+            default:
+                #expect(peak > 1, "none: in parallel (peak \(peak))")
+                #expect(Set(order.value) == Set(0..<200))
+            }
+        }
+    }
+
+    @Test("batch { size, timeout }: a BatchHandler gets full batches of size, and the partial rest after the timeout")
+    func batches() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                batch: { size: 10, timeout: 50ms }
+            """)
+        try await Self.produce(cluster, count: 95)
+        let sizes = Locked<[Int]>([])
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", batchHandler: ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } })
+        let running = Self.run(host)
+        try await waitUntil("all 95 handled") { sizes.value.reduce(0, +) == 95 }
+        try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 95 }
+        try await Self.stop(host, running)
+        #expect(sizes.value.allSatisfy { $0 <= 10 }, "\(sizes.value)")
+        #expect(sizes.value.contains(10), "full batches: \(sizes.value)")
+    }
+
+    @Test("maxInFlight: with the handler stuck, the shard takes exactly that many messages and no more")
+    func maxInFlight() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                maxInFlight: 5
+            """)
+        #expect(configuration.topics["orders"]?.maxInFlight == 5)
+        try await Self.produce(cluster, count: 100)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        var seen: [Int] = []
+        try await waitUntil("five taken") {
+            let inFlight = host.shards.first?.inFlight ?? 0
+            seen.append(inFlight)
+            return inFlight == 5
+        }
+        for _ in 0..<20 {
+            seen.append(host.shards.first?.inFlight ?? 0)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(seen.allSatisfy { $0 <= 5 }, "never more than maxInFlight: \(seen)")
+        release.withLock { $0 = true }
+        try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 100 }
+        try await Self.stop(host, running)
+    }
+
+    @Test("flags: default off keeps every shard off; a flag file turning one partition on runs only it")
+    func flagsFromTheFile() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = HostFixture.uniqueGroup()
+        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try "\"orders/1\": on\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
+        let configuration = try await Self.load(cluster, group: group, """
+            flags:
+              default: off
+              file: \(flagFile)
+              pollInterval: 50ms
+            topics:
+              orders: {}
+            """)
+        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
+        let handled = HandledMessages()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Self.run(host)
+        try await waitUntil("orders/1 handled") { handled.count == 20 }
+        try await waitUntil("orders/0 off by default") {
+            host.shards.first { $0.topicPartition == TopicPartition("orders", 0) }?.state == .off
+        }
+        #expect(handled.all.value.allSatisfy { $0.partition == 1 }, "only the partition the file turned on")
+        try await Self.stop(host, running)
+    }
+}
