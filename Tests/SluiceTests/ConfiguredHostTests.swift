@@ -14,7 +14,9 @@ import Testing
 @Suite("docs/configuration.md's settings through a loaded file and a running host", .timeLimit(.minutes(3)))
 struct ConfiguredHostTests {
     /// Loads `topics` (and other sections) the way a service does, with the cluster's address and a new group.
-    static func load(_ cluster: any TestKafkaCluster, group: String, _ sections: String) async throws -> SluiceConfiguration {
+    static func load(
+        _ cluster: any TestKafkaCluster, group: String, kafka extra: String = "", _ sections: String
+    ) async throws -> SluiceConfiguration {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-configured-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("sluice.yaml").path
@@ -24,6 +26,7 @@ struct ConfiguredHostTests {
               group: \(group)
               sessionTimeout: 6s
               commitInterval: 100ms
+            \(extra)
             host:
               stateDirectory: \(directory.path)/state
               shutdownTimeout: 10s
@@ -275,6 +278,57 @@ struct ConfiguredHostTests {
             host.shards.first { $0.topicPartition == TopicPartition("orders", 0) }?.state == .off
         }
         #expect(handled.all.value.allSatisfy { $0.partition == 1 }, "only the partition the file turned on")
+        try await Self.stop(host, running)
+    }
+
+    @Test("breaker fields { restartBackoff, trip { crashes, within } }: a shard that keeps failing restarts, then trips at the second crash")
+    func breakerFields() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 2, within: 10m }, cooldown: never }
+            """)
+        try await Self.produce(cluster, count: 5, poisonAt: 1)
+        let calls = Locked(0)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison") {
+                calls.withLock { $0 += 1 }
+                throw TestFailure(description: "cannot parse")
+            }
+        })
+        let running = Self.run(host)
+        try await waitUntil("tripped") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return true
+        }
+        #expect(calls.value == 2, "one call per start: the first crash restarted it, the second tripped it")
+        try await Self.stop(host, running)
+    }
+
+    @Test("kafka.properties pass to librdkafka: auto.offset.reset latest skips what a new group finds already there")
+    func kafkaProperties() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, kafka: "  properties: { auto.offset.reset: latest }", """
+            topics:
+              orders: {}
+            """)
+        #expect(configuration.kafka.properties["auto.offset.reset"] == "latest")
+        try await Self.produce(cluster, count: 10)
+        let handled = HandledMessages()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Self.run(host)
+        // librdkafka resolves "latest" at the partition's first fetch: produce once the position is there.
+        // librdkafka resolves "latest" when the group's join completes: keep producing until the host handles.
+        try await waitUntil("messages produced after the start handled") {
+            try await cluster.produce(topic: "orders", values: ["late"], partition: 0, logger: HostFixture.logger)
+            return handled.count > 0
+        }
+        #expect(handled.all.value.allSatisfy { $0.offset >= 10 && $0.value == KafkaBytes("late") }, "the ten there before were skipped")
         try await Self.stop(host, running)
     }
 }
