@@ -20,6 +20,8 @@ TANSU_TESTS = TestBrokerTests|LinkedLibrdkafkaTests|everyMessageOnceInOrder|only
 # matter most against tansu (with 2.16: 2.0.2 fails tansu's ApiVersions reply), so they do not rest on one broker.
 test: deps
 	scripts/ensure-chromium.sh
+	scripts/kubernetes-validate.sh >/dev/null
+	scripts/ensure-tansu.sh >/dev/null
 	$(SWIFT) build --build-tests -Xswiftc -warnings-as-errors
 	$(SWIFT) test
 	lib="$$(scripts/librdkafka-2.16.sh)" && LD_LIBRARY_PATH="$$lib" SLUICE_EXPECT_LIBRDKAFKA=2.16.0 $(SWIFT) test --skip-build

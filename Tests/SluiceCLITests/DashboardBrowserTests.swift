@@ -68,7 +68,7 @@ struct DashboardBrowserTests {
             await producer.close()
         }
 
-        let browser = try HeadlessChromium()
+        let browser = try await HeadlessChromium.start()
         defer { browser.close() }
 
         // What a person sees: every partition of the group with its owner, both hosts, the quarantine.

@@ -26,7 +26,15 @@ final class HeadlessChromium: @unchecked Sendable {
     private var events: [[String: Any]] = []
     private let lock = NSLock()
 
-    /// Starts the browser with a fresh profile (no cookies) and connects to its first page.
+    /// Starts the browser off Swift's concurrency threads (its start blocks on its output, seconds on a fresh
+    /// machine, and must not hold one of the few threads every other test shares).
+    static func start() async throws -> HeadlessChromium {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try HeadlessChromium() }) }
+        }
+    }
+
+    /// Starts the browser with a fresh profile (no cookies) and connects to its first page. Blocks: see ``start()``.
     init() throws {
         guard let executable = Self.executable else { throw Failure(description: "chromium is not installed (apt-get install chromium)") }
         profile = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-chromium-\(UUID().uuidString)")
