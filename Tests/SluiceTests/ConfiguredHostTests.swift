@@ -331,4 +331,60 @@ struct ConfiguredHostTests {
         #expect(handled.all.value.allSatisfy { $0.offset >= 10 && $0.value == KafkaBytes("late") }, "the ten there before were skipped")
         try await Self.stop(host, running)
     }
+
+    @Test("control { enabled, topic }: the host reads the named control topic; a flag written there stops the topic")
+    func controlTopicFromTheFile() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "ops.control": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            control:
+              enabled: true
+              topic: ops.control
+            topics:
+              orders: {}
+            """)
+        #expect(configuration.controlTopic == "ops.control")
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: "ops.control", logger: HostFixture.logger)
+        let handled = HandledMessages()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let running = Self.run(host)
+        try await Self.produce(cluster, count: 5)
+        try await waitUntil("handled while on") { handled.count == 5 }
+        _ = try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "test")
+        try await waitUntil("off through the named control topic") {
+            host.shards.first.map { $0.state == .off && $0.flag.source == "control" } == true
+        }
+        try await Self.produce(cluster, count: 5)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(handled.count == 5, "nothing handled while off")
+        await writer.close()
+        try await Self.stop(host, running)
+    }
+
+    @Test("host { stateDirectory, crashJournal }: the journal is kept in the named directory, and not at all with crashJournal off")
+    func crashJournalSetting() async throws {
+        for enabled in [true, false] {
+            let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+            let group = HostFixture.uniqueGroup()
+            let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-journal-\(UUID().uuidString)").path
+            // A file of its own: the helper's host section names a directory already.
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
+            try """
+                kafka: { bootstrap: "\(cluster.bootstrapServers)", group: \(group), sessionTimeout: 6s }
+                host: { stateDirectory: \(state), crashJournal: \(enabled ? "on" : "off"), shutdownTimeout: 10s }
+                admin: { enabled: off }
+                topics: { orders: {} }
+                """.write(toFile: path, atomically: true, encoding: .utf8)
+            let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+            #expect(configuration.stateDirectory == state && configuration.crashJournal == enabled)
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { _, _ in })
+            let running = Self.run(host)
+            try await waitUntil("running") { host.shards.first?.state == .running }
+            let journal = FileManager.default.fileExists(atPath: "\(state)/crash-journal-0.bin")
+            #expect(journal == enabled, "crashJournal \(enabled): journal file \(journal ? "present" : "absent")")
+            try await Self.stop(host, running)
+        }
+    }
 }
