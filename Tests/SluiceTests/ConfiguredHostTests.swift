@@ -15,7 +15,7 @@ import Testing
 struct ConfiguredHostTests {
     /// Loads `topics` (and other sections) the way a service does, with the cluster's address and a new group.
     static func load(
-        _ cluster: any TestKafkaCluster, group: String, kafka extra: String = "", _ sections: String
+        _ cluster: any TestKafkaCluster, group: String, kafka extra: String = "", host hostExtra: String = "", _ sections: String
     ) async throws -> SluiceConfiguration {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-configured-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -29,7 +29,7 @@ struct ConfiguredHostTests {
             \(extra)
             host:
               stateDirectory: \(directory.path)/state
-              shutdownTimeout: 10s
+              \(hostExtra.isEmpty ? "shutdownTimeout: 10s" : hostExtra)
             admin:
               enabled: off
 
@@ -386,5 +386,110 @@ struct ConfiguredHostTests {
             #expect(journal == enabled, "crashJournal \(enabled): journal file \(journal ? "present" : "absent")")
             try await Self.stop(host, running)
         }
+    }
+
+    @Test("host.handlerThreads: handler code runs on that many of Sluice's handler threads, however many lanes there are")
+    func handlerThreads() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "handlerThreads: 3\n  shutdownTimeout: 10s", """
+            topics:
+              orders:
+                ordering: key
+                processors: 8
+            """)
+        #expect(configuration.handlerThreads == 3)
+        try await Self.produce(cluster, count: 400)
+        let threads = Locked<Set<String>>([])
+        let handled = Locked(0)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
+            try await Task.sleep(for: .milliseconds(1))
+            threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
+            handled.withLock { $0 += 1 }
+        })
+        let running = Self.run(host)
+        try await waitUntil("all handled") { handled.value == 400 }
+        try await Self.stop(host, running)
+        #expect(threads.value.allSatisfy { $0.hasPrefix("sluice-handler") }, "\(threads.value)")
+        #expect(threads.value.count <= 3, "at most handlerThreads threads: \(threads.value.sorted())")
+    }
+
+    @Test("host.drainTimeout: a flag turned off while a handler call hangs stops the shard after drainTimeout, not when the call ends")
+    func drainTimeoutSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try "{}\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
+        let configuration = try await Self.load(cluster, group: group, host: "drainTimeout: 200ms\n  shutdownTimeout: 10s", """
+            flags: { file: \(flagFile), pollInterval: 50ms }
+            topics:
+              orders: { handlerTimeout: 10m }
+            """)
+        #expect(configuration.drainTimeout == .milliseconds(200))
+        try await Self.produce(cluster, count: 3)
+        let started = Locked(false)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            started.withLock { $0 = true }
+            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        try await waitUntil("a call hangs") { started.value }
+        try "orders: off\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
+        try await waitUntil("off while the call still hangs") { host.shards.first?.state == .off }
+        #expect(!release.value)
+        release.withLock { $0 = true }
+        try await Self.stop(host, running)
+    }
+
+    @Test("host.shutdownTimeout: a shutdown with a handler call that hangs returns after shutdownTimeout")
+    func shutdownTimeoutSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "shutdownTimeout: 300ms\n  drainTimeout: 10m", """
+            topics:
+              orders: { handlerTimeout: 10m }
+            """)
+        #expect(configuration.shutdownTimeout == .milliseconds(300))
+        try await Self.produce(cluster, count: 3)
+        let started = Locked(false)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            started.withLock { $0 = true }
+            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        try await waitUntil("a call hangs") { started.value }
+        host.shutdown()
+        try await running.value
+        #expect(!release.value, "the host stopped while the call still hung")
+        release.withLock { $0 = true }
+        #expect(try await Self.committed(cluster, group: group) ?? 0 == 0, "the hanging message is not committed")
+    }
+
+    @Test("host.stallAfter: a running shard with messages waiting and no progress for stallAfter is reported stalled")
+    func stallAfterSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "stallAfter: 1s\n  shutdownTimeout: 10s", """
+            topics:
+              orders: { handlerTimeout: 10m }
+            """)
+        #expect(configuration.stallAfter == .seconds(1))
+        try await Self.produce(cluster, count: 5)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        try await waitUntil("reported stalled") { host.shards.first?.stalledSince != nil }
+        release.withLock { $0 = true }
+        try await waitUntil("progress clears it") { host.shards.first?.stalledSince == nil }
+        try await Self.stop(host, running)
     }
 }
