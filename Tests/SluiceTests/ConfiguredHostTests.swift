@@ -492,4 +492,106 @@ struct ConfiguredHostTests {
         try await waitUntil("progress clears it") { host.shards.first?.stalledSince == nil }
         try await Self.stop(host, running)
     }
+
+    @Test("host.lagRefreshInterval: a shard whose flag is off (paused, fetching nothing) still sees its high watermark follow new messages")
+    func lagRefreshIntervalSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "lagRefreshInterval: 200ms\n  shutdownTimeout: 10s", """
+            flags: { default: off }
+            topics:
+              orders: {}
+            """)
+        #expect(configuration.lagRefreshInterval == .milliseconds(200))
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let running = Self.run(host)
+        try await waitUntil("off") { host.shards.first?.state == .off }
+        try await Self.produce(cluster, count: 7)
+        try await waitUntil("the paused shard's high watermark follows") { host.shards.first?.highWatermark == 7 }
+        try await Self.stop(host, running)
+    }
+
+    @Test("topics.maxAbandonedCalls: 0 trips a shard at its first handler call abandoned past handlerTimeout, whatever the breaker says")
+    func maxAbandonedCallsSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                handlerTimeout: 200ms
+                maxAbandonedCalls: 0
+                abandonTimeout: 1s
+                breaker: { restartBackoff: 10ms..20ms, trip: never }
+            """)
+        #expect(configuration.topics["orders"]?.maxAbandonedCalls == 0 && configuration.topics["orders"]?.abandonTimeout == .seconds(1))
+        try await Self.produce(cluster, count: 3)
+        let release = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in
+            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
+        })
+        let running = Self.run(host)
+        try await waitUntil("tripped by the abandoned call") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return shard.lastError?.contains("maxAbandonedCalls 0") == true
+        }
+        release.withLock { $0 = true }
+        try await Self.stop(host, running)
+    }
+
+    @Test("breaker cooldown: a tripped shard is probed after the cooldown, and a probe that succeeds runs it again")
+    func breakerCooldown() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 1 }, cooldown: 2s }
+            """)
+        try await Self.produce(cluster, count: 5, poisonAt: 2)
+        let failedOnce = Locked(false)
+        let handled = HandledMessages()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison"), !failedOnce.value {
+                failedOnce.withLock { $0 = true }
+                throw TestFailure(description: "downstream unavailable")
+            }
+            handled.append(message)
+        })
+        let running = Self.run(host)
+        try await waitUntil("tripped at the first crash") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return true
+        }
+        #expect(handled.distinct == 2, "held at the failing message while tripped")
+        try await waitUntil("every message handled after the probe") { handled.distinct == 5 }
+        #expect(failedOnce.value)
+        try await waitUntil("running again") { host.shards.first?.state == .running }
+        try await Self.stop(host, running)
+    }
+
+    @Test("kafka.producerProperties reach the dead-letter producer: message.max.bytes below a message's size fails its dead-letter write")
+    func producerProperties() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, kafka: "  producerProperties: { message.max.bytes: \"1000\" }", """
+            topics:
+              orders:
+                onFailure: { then: deadLetter }
+                deadLetterTopic: orders.dlq
+                breaker: latched
+            """)
+        #expect(configuration.kafka.producerProperties["message.max.bytes"] == "1000")
+        try await cluster.produce(topic: "orders", values: [String(repeating: "x", count: 2_000)], partition: 0, logger: HostFixture.logger)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in throw TestFailure(description: "refused") })
+        let running = Self.run(host)
+        try await waitUntil("the dead-letter write refused by the producer's limit") {
+            guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+            return shard.lastError?.contains("dead-letter write failed") == true
+        }
+        try await Self.stop(host, running)
+    }
 }
