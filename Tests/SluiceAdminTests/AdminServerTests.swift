@@ -369,3 +369,41 @@ struct AdminEndToEndTests {
         try await running.value
     }
 }
+
+@Suite("admin settings through a loaded file", .timeLimit(.minutes(1)))
+struct AdminConfigurationTests {
+    @Test("admin { token, stateFile, maxBodyBytes } from YAML: changes need the token, a body over the limit gets 413, an override persists in the state file")
+    func adminFromTheFile() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-admin-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let stateFile = directory.appendingPathComponent("overrides.json").path
+        let path = directory.appendingPathComponent("sluice.yaml").path
+        try """
+            kafka: { bootstrap: "127.0.0.1:1", group: admin-config }
+            host: { stateDirectory: \(directory.path)/state }
+            admin:
+              token: from-the-file
+              stateFile: \(stateFile)
+              maxBodyBytes: 64
+            topics: { orders: {} }
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        let host = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
+        host.register("orders", NoopHandler())
+        let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/flags/orders", method: .put, headers: [.authorization: "Bearer s3cret"], body: AdminFixture.body(#"{"enabled": false}"#)) {
+                #expect($0.status == .unauthorized)
+            }
+            let large = #"{"enabled": false, "reason": "\#(String(repeating: "x", count: 100))"}"#
+            try await client.execute(uri: "/v1/flags/orders", method: .put, headers: [.authorization: "Bearer from-the-file"], body: AdminFixture.body(large)) {
+                #expect($0.status == .contentTooLarge)
+            }
+            try await client.execute(uri: "/v1/flags/orders", method: .put, headers: [.authorization: "Bearer from-the-file"], body: AdminFixture.body(#"{"enabled": false}"#)) {
+                #expect($0.status == .ok)
+            }
+        }
+        let saved = try String(contentsOfFile: stateFile, encoding: .utf8)
+        #expect(saved.contains("orders"), "the override is kept in admin.stateFile: \(saved)")
+    }
+}
