@@ -594,4 +594,59 @@ struct ConfiguredHostTests {
         }
         try await Self.stop(host, running)
     }
+
+    @Test("breaker healthyAfter: a restarted shard that runs that long without a crash has its attempt count reset")
+    func healthyAfterSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                breaker: { preset: backoff, restartBackoff: 10ms..20ms, healthyAfter: 2s }
+            """)
+        #expect(configuration.topics["orders"]?.breaker.healthyAfter == .seconds(2))
+        try await Self.produce(cluster, count: 3, poisonAt: 1)
+        let failedOnce = Locked(false)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison"), !failedOnce.value {
+                failedOnce.withLock { $0 = true }
+                throw TestFailure(description: "once")
+            }
+        })
+        let running = Self.run(host)
+        try await waitUntil("restarted after the crash, attempt 1") { host.shards.first.map { $0.state == .running && $0.attempt == 1 } == true }
+        try await waitUntil("healthy again: attempt 0") { host.shards.first?.attempt == 0 }
+        try await Self.stop(host, running)
+    }
+
+    @Test("host { blockedThreadAfter, maxHandlerThreads }: a handler holding its thread that long counts as blocking, and another thread takes its place")
+    func blockedThreadSettings() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(
+            cluster, group: group, host: "handlerThreads: 2\n  maxHandlerThreads: 4\n  blockedThreadAfter: 200ms\n  shutdownTimeout: 10s", """
+            topics:
+              orders: { handlerTimeout: 10m }
+            """)
+        #expect(configuration.maxHandlerThreads == 4 && configuration.blockedThreadAfter == .milliseconds(200))
+        try await cluster.produce(topic: "orders", values: ["block"], partition: 0, logger: HostFixture.logger)
+        let release = Locked(false)
+        let handledOther = Locked(0)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("block") {
+                while !release.value { usleep(5_000) }  // holds its thread, never suspends
+            } else {
+                handledOther.withLock { $0 += 1 }
+            }
+        })
+        let running = Self.run(host)
+        try await waitUntil("counted as blocking") { host.blockedHandlerThreads == 1 }
+        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
+        try await waitUntil("the other partition handled meanwhile") { handledOther.value == 20 }
+        release.withLock { $0 = true }
+        try await waitUntil("no longer blocking") { host.blockedHandlerThreads == 0 }
+        try await Self.stop(host, running)
+    }
 }
