@@ -202,6 +202,41 @@ struct CrashContainmentTests {
         await consumer.close()
     }
 
+    @Test("onCrash { after: 2, then: deadLetter } from the file: a poison order costs two deaths, then it is dead-lettered with its crash count")
+    func onCrashAfterFromConfiguration() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let produced: Int64 = 2_000
+        try await produce(cluster, count: Int(produced))
+        let afterTwo: (String) -> String = {
+            $0.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 2, then: deadLetter }\n")
+        }
+        var service = try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
+        var deaths = 0
+        let consumer = try checker(cluster, group: group)
+        var committed: [TopicPartition: Int64] = [:]
+        let deadline = ContinuousClock.now + .seconds(150)
+        while ContinuousClock.now < deadline, deaths <= 4 {
+            if !service.process.isRunning {
+                #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
+                deaths += 1
+                service = try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
+                continue
+            }
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            if committed.values.reduce(0, +) == produced { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
+        #expect(deaths == 2, "onCrash.after 2: the first death is counted, the second quarantines")
+        let letters = try await cluster.deadLetters(topic: "orders.dlq")
+        #expect(!letters.isEmpty && letters.allSatisfy { $0.text.contains("\"n\":777,") && $0.header("sluice.crash.count") == "2" }, "\(letters.map(\.text))")
+        service.process.terminate()
+        #expect(await service.exit() == 0)
+        await consumer.close()
+    }
+
     @Test("a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order")
     func unattributedTrapFoundByElimination() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
