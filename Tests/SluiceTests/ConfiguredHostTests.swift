@@ -649,4 +649,23 @@ struct ConfiguredHostTests {
         try await waitUntil("no longer blocking") { host.blockedHandlerThreads == 0 }
         try await Self.stop(host, running)
     }
+
+    @Test("control.loadTimeout: a host that cannot read its control topic within it does not start, and says why")
+    func controlLoadTimeoutSetting() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-load-timeout-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("sluice.yaml").path
+        try """
+            kafka: { bootstrap: "127.0.0.1:1", group: load-timeout, sessionTimeout: 6s }
+            host: { stateDirectory: \(directory.path)/state }
+            control: { enabled: true, loadTimeout: 1s }
+            topics: { orders: {} }
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.control.loadTimeout == .seconds(1))
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.hasSuffix("the host does not fetch without it") == true, "\(error?.message ?? "")")
+    }
 }
