@@ -75,6 +75,32 @@ struct CrashContainmentTests {
         return (false, committed)
     }
 
+    /// Runs a service under a restart loop, as Kubernetes or systemd would: whenever it dies (of a trap, which is
+    /// checked) it is started again, until every orders partition is committed to the end (`produced` in all) or
+    /// `maxDeaths` deaths. Returns the deaths, the last commits and the service running at the end.
+    func underRestartLoop(
+        _ cluster: EmbeddedKafkaCluster, group: String, produced: Int64, maxDeaths: Int, start: () throws -> SluiceProcess
+    ) async throws -> (deaths: Int, committed: [TopicPartition: Int64], service: SluiceProcess) {
+        var service = try start()
+        var deaths = 0
+        let consumer = try checker(cluster, group: group)
+        var committed: [TopicPartition: Int64] = [:]
+        let deadline = ContinuousClock.now + .seconds(180)
+        while ContinuousClock.now < deadline, deaths <= maxDeaths {
+            if !service.process.isRunning {
+                #expect(service.process.terminationReason == .uncaughtSignal, "it died of a trap: \(service.errors.text.suffix(1_500))")
+                deaths += 1
+                service = try start()
+                continue
+            }
+            committed = try await consumer.committedOffsets(for: orderPartitions)
+            if committed.values.reduce(0, +) == produced { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        await consumer.close()
+        return (deaths, committed, service)
+    }
+
     @Test("a handler traps on one order: one process death, then the order is quarantined, the other partitions finish, nothing lost")
     func trapUnderRestartLoop() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
@@ -151,7 +177,8 @@ struct CrashContainmentTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
-        try await produce(cluster, count: 4_000)
+        let produced: Int64 = 4_000
+        try await produce(cluster, count: Int(produced))
         // The configuration a user writes: only onCrash sends to the dead-letter topic.
         let onCrashOnly: (String) -> String = {
             $0.replacingOccurrences(
@@ -164,24 +191,9 @@ struct CrashContainmentTests {
             try start(cluster, group: group, state: state, poison: 0, extra: ["ORDER_SERVICE_TRAP_ON_ORDER": poison.map(String.init).joined(separator: ",")],
                 editConfiguration: onCrashOnly)
         }
-        var service = try startService()
-        var deaths = 0
-        let consumer = try checker(cluster, group: group)
-        let highs = try await consumer.queryHighWatermarks(for: orderPartitions)
-        var committed: [TopicPartition: Int64] = [:]
-        let deadline = ContinuousClock.now + .seconds(180)
-        while ContinuousClock.now < deadline, deaths <= poison.count + 2 {
-            if !service.process.isRunning {
-                #expect(service.process.terminationReason == .uncaughtSignal, "it died of a trap: \(service.errors.text.suffix(1_500))")
-                deaths += 1
-                service = try startService()
-                continue
-            }
-            committed = try await consumer.committedOffsets(for: orderPartitions)
-            if orderPartitions.allSatisfy({ committed[$0] == highs[$0] }) { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        #expect(orderPartitions.allSatisfy { committed[$0] == highs[$0] }, "every partition finishes: \(committed.sorted { $0.key < $1.key }), log: \(service.errors.text.suffix(3_000))")
+        let (deaths, committed, service) = try await underRestartLoop(
+            cluster, group: group, produced: produced, maxDeaths: poison.count + 2, start: startService)
+        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key }), log: \(service.errors.text.suffix(3_000))")
         #expect(deaths == poison.count, "one death per poison order")
         let deadLetters = try await cluster.deadLetters(topic: "orders.dlq")
         let orders = deadLetters.compactMap { record in poison.first { record.text.contains("\"n\":\($0),") } }
@@ -199,7 +211,6 @@ struct CrashContainmentTests {
         service.process.terminate()
         #expect(await service.exit() == 0)
         #expect(!service.errors.text.contains("no dead-letter topic configured"))
-        await consumer.close()
     }
 
     @Test("onCrash { after: 2, then: deadLetter } from the file: a poison order costs two deaths, then it is dead-lettered with its crash count")
@@ -212,21 +223,8 @@ struct CrashContainmentTests {
         let afterTwo: (String) -> String = {
             $0.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 2, then: deadLetter }\n")
         }
-        var service = try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
-        var deaths = 0
-        let consumer = try checker(cluster, group: group)
-        var committed: [TopicPartition: Int64] = [:]
-        let deadline = ContinuousClock.now + .seconds(150)
-        while ContinuousClock.now < deadline, deaths <= 4 {
-            if !service.process.isRunning {
-                #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
-                deaths += 1
-                service = try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
-                continue
-            }
-            committed = try await consumer.committedOffsets(for: orderPartitions)
-            if committed.values.reduce(0, +) == produced { break }
-            try await Task.sleep(for: .milliseconds(100))
+        let (deaths, committed, service) = try await underRestartLoop(cluster, group: group, produced: produced, maxDeaths: 4) {
+            try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
         }
         #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
         #expect(deaths == 2, "onCrash.after 2: the first death is counted, the second quarantines")
@@ -234,7 +232,6 @@ struct CrashContainmentTests {
         #expect(!letters.isEmpty && letters.allSatisfy { $0.text.contains("\"n\":777,") && $0.header("sluice.crash.count") == "2" }, "\(letters.map(\.text))")
         service.process.terminate()
         #expect(await service.exit() == 0)
-        await consumer.close()
     }
 
     @Test("a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order")
