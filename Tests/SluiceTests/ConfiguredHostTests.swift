@@ -231,11 +231,9 @@ struct ConfiguredHostTests {
             """)
         #expect(configuration.topics["orders"]?.maxInFlight == 5)
         try await Self.produce(cluster, count: 100)
-        let release = Locked(false)
+        let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register("orders", hang)
         let running = Self.run(host)
         var seen: [Int] = []
         try await waitUntil("five taken") {
@@ -248,7 +246,7 @@ struct ConfiguredHostTests {
             try await Task.sleep(for: .milliseconds(10))
         }
         #expect(seen.allSatisfy { $0 <= 5 }, "never more than maxInFlight: \(seen)")
-        release.withLock { $0 = true }
+        hang.release()
         try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 100 }
         try await Self.stop(host, running)
     }
@@ -429,19 +427,15 @@ struct ConfiguredHostTests {
             """)
         #expect(configuration.drainTimeout == .milliseconds(200))
         try await Self.produce(cluster, count: 3)
-        let started = Locked(false)
-        let release = Locked(false)
+        let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            started.withLock { $0 = true }
-            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register("orders", hang)
         let running = Self.run(host)
-        try await waitUntil("a call hangs") { started.value }
+        try await waitUntil("a call hangs") { hang.started }
         try "orders: off\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
         try await waitUntil("off while the call still hangs") { host.shards.first?.state == .off }
-        #expect(!release.value)
-        release.withLock { $0 = true }
+        #expect(!hang.released)
+        hang.release()
         try await Self.stop(host, running)
     }
 
@@ -455,19 +449,15 @@ struct ConfiguredHostTests {
             """)
         #expect(configuration.shutdownTimeout == .milliseconds(300))
         try await Self.produce(cluster, count: 3)
-        let started = Locked(false)
-        let release = Locked(false)
+        let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            started.withLock { $0 = true }
-            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register("orders", hang)
         let running = Self.run(host)
-        try await waitUntil("a call hangs") { started.value }
+        try await waitUntil("a call hangs") { hang.started }
         host.shutdown()
         try await running.value
-        #expect(!release.value, "the host stopped while the call still hung")
-        release.withLock { $0 = true }
+        #expect(!hang.released, "the host stopped while the call still hung")
+        hang.release()
         #expect(try await Self.committed(cluster, group: group) ?? 0 == 0, "the hanging message is not committed")
     }
 
@@ -481,14 +471,12 @@ struct ConfiguredHostTests {
             """)
         #expect(configuration.stallAfter == .seconds(1))
         try await Self.produce(cluster, count: 5)
-        let release = Locked(false)
+        let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register("orders", hang)
         let running = Self.run(host)
         try await waitUntil("reported stalled") { host.shards.first?.stalledSince != nil }
-        release.withLock { $0 = true }
+        hang.release()
         try await waitUntil("progress clears it") { host.shards.first?.stalledSince == nil }
         try await Self.stop(host, running)
     }
@@ -526,17 +514,15 @@ struct ConfiguredHostTests {
             """)
         #expect(configuration.topics["orders"]?.maxAbandonedCalls == 0 && configuration.topics["orders"]?.abandonTimeout == .seconds(1))
         try await Self.produce(cluster, count: 3)
-        let release = Locked(false)
+        let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            while !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register("orders", hang)
         let running = Self.run(host)
         try await waitUntil("tripped by the abandoned call") {
             guard let shard = host.shards.first, case .tripped = shard.state else { return false }
             return shard.lastError?.contains("maxAbandonedCalls 0") == true
         }
-        release.withLock { $0 = true }
+        hang.release()
         try await Self.stop(host, running)
     }
 
@@ -667,5 +653,20 @@ struct ConfiguredHostTests {
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
         #expect(error?.message.hasSuffix("the host does not fetch without it") == true, "\(error?.message ?? "")")
+    }
+}
+
+/// A handler whose every call hangs (suspended, not holding its thread) until ``release()``.
+final class HangingHandler: MessageHandler {
+    private let state = Locked((started: false, released: false))
+    /// Whether a call started.
+    var started: Bool { state.value.started }
+    /// Whether the calls were let go.
+    var released: Bool { state.value.released }
+    func release() { state.withLock { $0.released = true } }
+
+    func handle(_ message: Message, context: ShardContext) async throws {
+        state.withLock { $0.started = true }
+        while !released { try? await Task.sleep(for: .milliseconds(5)) }
     }
 }
