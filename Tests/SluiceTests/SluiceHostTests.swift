@@ -298,9 +298,13 @@ struct SluiceHostTests {
             host.readiness.reasons.contains("the consumer lost its group session and its partitions; it is rejoining")
         }
         // The host may already have rejoined and been given a partition again (a shard of a later generation,
-        // seen once in CI); none of the lost ones is left.
-        let left = host.shards.filter { shard in lost[shard.topicPartition].map { shard.generation <= $0 } ?? false }
-        #expect(left.isEmpty, "lost shards are gone: nothing of them is handled or stored")
+        // seen once in CI); none of the lost ones is left. The consumer says the session is lost (readiness) as
+        // the loss arrives; the supervisor loop removes the lost shards when it handles that event, a moment
+        // later (a fresh-clone run under load saw orders/1 still listed at the first look).
+        let lostShardsGone = await eventually {
+            host.shards.allSatisfy { shard in lost[shard.topicPartition].map { shard.generation > $0 } ?? true }
+        }
+        #expect(lostShardsGone, "lost shards are gone: nothing of them is handled or stored")
         try cluster.setBrokerUp(1)
         try await waitUntil("ready again after rejoining", timeout: .seconds(60)) {
             host.readiness.ready && host.shards.count == 2
