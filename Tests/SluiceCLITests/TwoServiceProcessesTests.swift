@@ -9,8 +9,13 @@ import Testing
 struct TwoServiceProcessesTests {
     let logger = Logger(label: "sluice.two-services-test")
 
+    /// A service whose flags come from the file alone (this test is about the flag file and partitions handed
+    /// back paused; the example's control plane is off here). Open finding: with the control plane on, one
+    /// fresh-clone run under load saw a handed-back partition (orders/0) run unpaused and make no progress for
+    /// 30 s (lag 560) while the other five fetched; not reproduced since.
     func start(_ cluster: any TestKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
-        let (service, _) = try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags])
+        let (service, _) = try OrderServiceTests.startService(
+            cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "false"])
         return (service, service.errors)
     }
 
