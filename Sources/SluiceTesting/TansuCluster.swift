@@ -33,10 +33,7 @@ public final class TansuCluster: TestKafkaCluster, @unchecked Sendable {
     }
 
     /// The tansu binary: `SLUICE_TANSU`.
-    public static var executable: String? {
-        guard let path = ProcessInfo.processInfo.environment["SLUICE_TANSU"], !path.isEmpty else { return nil }
-        return path
-    }
+    public static let executable: String? = ProcessInfo.processInfo.environment["SLUICE_TANSU"].flatMap { $0.isEmpty ? nil : $0 }
 
     /// Starts a broker on a free loopback port and creates `topics` (name: partitions).
     public static func start(topics: [String: Int] = [:]) async throws -> TansuCluster {

@@ -25,10 +25,10 @@ extension EmbeddedKafkaCluster: TestKafkaCluster {
 /// tansu (``TansuCluster``, the binary named by `SLUICE_TANSU`); otherwise, the embedded mock cluster.
 public enum TestClusters {
     /// The broker of this run: `mock` (the default) or `tansu`.
-    public static var broker: String { ProcessInfo.processInfo.environment["SLUICE_TEST_BROKER"] ?? "mock" }
+    public static let broker: String = ProcessInfo.processInfo.environment["SLUICE_TEST_BROKER"] ?? "mock"
 
     /// Whether this run is against tansu.
-    public static var isTansu: Bool { broker == "tansu" }
+    public static let isTansu: Bool = broker == "tansu"
 
     /// A new cluster of this run's broker with `topics` (name: partitions); `mockBrokers` brokers when it is
     /// the mock cluster (tansu runs one).

@@ -15,16 +15,22 @@ struct AdminCommandTests {
         return (status, await process.output.all(), await process.errors.all())
     }
 
+    /// A host of `group` with one topic, `orders`, and a state directory of its own.
+    static func hostConfiguration(_ cluster: EmbeddedKafkaCluster, group: String) -> SluiceConfiguration {
+        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
+        kafka.sessionTimeout = .seconds(6)
+        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
+        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        return configuration
+    }
+
     @Test("flags set/unset --bootstrap --group write the control topic: the group's host applies them; a bad key is refused")
     func cliThroughControlTopic() async throws {
         var logger = Logger(label: "sluice.cli-control-test")
         logger.logLevel = .critical
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = "cli-\(UInt32.random(in: 0...UInt32.max))"
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        var configuration = Self.hostConfiguration(cluster, group: group)
         configuration.control.enabled = true
         try cluster.createTopic(configuration.controlTopic, partitions: 1)
         let host = SluiceHost(configuration: configuration, logger: logger)
@@ -126,10 +132,7 @@ struct AdminCommandTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = "cli-\(UInt32.random(in: 0...UInt32.max))"
         // A host of the group, running with the control plane off: it will never read the write.
-        var kafka = SluiceConfiguration.Kafka(bootstrap: cluster.bootstrapServers, group: group)
-        kafka.sessionTimeout = .seconds(6)
-        var configuration = SluiceConfiguration(kafka: kafka, topics: ["orders": TopicConfiguration()])
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let configuration = Self.hostConfiguration(cluster, group: group)
         let host = SluiceHost(configuration: configuration, logger: logger)
         host.register("orders", CountingHandler())
         let hostRun = Task { try await host.run() }
