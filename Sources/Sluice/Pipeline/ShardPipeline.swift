@@ -166,7 +166,7 @@ final class ShardPipeline: Sendable {
         deadLetters: (any DeadLetterSink)?,
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
-        clock: any HostClock = SystemHostClock(),
+        clock: any HostClock,
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
