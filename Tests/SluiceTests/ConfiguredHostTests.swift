@@ -242,7 +242,7 @@ struct ConfiguredHostTests {
             return inFlight == 5
         }
         for _ in 0..<20 {
-            seen.append(host.shards.first?.inFlight ?? 0)
+            seen.append(host.shards.first { $0.topicPartition == TopicPartition("orders", 0) }?.inFlight ?? 0)
             try await Task.sleep(for: .milliseconds(10))
         }
         #expect(seen.allSatisfy { $0 <= 5 }, "never more than maxInFlight: \(seen)")
@@ -653,6 +653,37 @@ struct ConfiguredHostTests {
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
         #expect(error?.message.hasSuffix("the host does not fetch without it") == true, "\(error?.message ?? "")")
+    }
+}
+
+extension ConfiguredHostTests {
+    @Test("host.memoryBudget bounds messages in flight by bytes: with 200 KiB messages and a hung handler, far fewer than maxInFlight are taken")
+    func memoryBudgetSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "memoryBudget: 16MiB\n  shutdownTimeout: 10s", """
+            topics:
+              orders: { maxInFlight: 1000, handlerTimeout: 10m }
+            """)
+        #expect(configuration.memoryBudget == 16 << 20)
+        // 4 MB in one partition (the mock keeps 5 MiB a partition).
+        try await cluster.produce(topic: "orders", values: (0..<20).map { _ in String(repeating: "x", count: 200 << 10) }, partition: 0, logger: HostFixture.logger)
+        let hang = HangingHandler()
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", hang)
+        let running = Self.run(host)
+        try await waitUntil("a call hangs") { hang.started }
+        var seen: [Int] = []
+        for _ in 0..<30 {
+            seen.append(host.shards.first { $0.topicPartition == TopicPartition("orders", 0) }?.inFlight ?? 0)
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // A quarter of the budget for messages in flight, 4 MiB, split over the host's 4 partitions: 1 MiB, five
+        // messages of 200 KiB (one more while the average size is learned).
+        #expect(seen.allSatisfy { $0 <= 6 } && seen.contains { $0 > 0 }, "in flight bounded by the byte budget, not maxInFlight 1000: \(seen)")
+        hang.release()
+        try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 20 }
+        try await Self.stop(host, running)
     }
 }
 
