@@ -22,7 +22,7 @@ struct DevBrokerCommandTests {
         #expect(report.offset == 0)
         await producer.close()
 
-        broker.stdin.fileHandleForWriting.closeFile()  // end of input must not stop it
+        try broker.stdin.close()  // end of input must not stop it
         try await Task.sleep(for: .milliseconds(300))
         #expect(broker.process.isRunning)
         broker.process.terminate()

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceTesting
 import Synchronization
 import Testing
 
@@ -7,8 +8,7 @@ import Testing
 final class OutputCollector: Sendable {
     private let state = Mutex<(text: String, ended: Bool)>(("", false))
 
-    init(_ pipe: Pipe) {
-        let handle = pipe.fileHandleForReading
+    init(_ handle: FileHandle) {
         Thread.detachNewThread { [self] in
             while true {
                 let chunk = handle.availableData
@@ -47,10 +47,9 @@ final class OutputCollector: Sendable {
 /// Runs a built executable of this package (`sluice` unless told otherwise). Nothing here blocks a thread:
 /// output is collected as it comes and exits are awaited by polling, bounded by a timeout that kills.
 struct SluiceProcess {
-    let process = Process()
-    let stdin = Pipe()
-    let stdout = Pipe()
-    let stderr = Pipe()
+    /// Started with `posix_spawn`, not Foundation's `Process` (see ``ChildProcess``).
+    let process: ChildProcess
+    let stdin: FileHandle
     let output: OutputCollector
     let errors: OutputCollector
 
@@ -66,17 +65,21 @@ struct SluiceProcess {
     }
 
     init(_ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil) throws {
-        process.executableURL = Self.executable(executable)
-        if let environment {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        }
-        process.arguments = arguments
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        output = OutputCollector(stdout)
-        errors = OutputCollector(stderr)
-        try process.run()
+        let input = try ChildProcess.pipe()
+        let stdout = try ChildProcess.pipe()
+        let stderr = try ChildProcess.pipe()
+        process = try ChildProcess(
+            executable: Self.executable(executable).path, arguments: arguments,
+            environment: environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } },
+            standardInput: input.read.fileDescriptor, standardOutput: stdout.write.fileDescriptor,
+            standardError: stderr.write.fileDescriptor)
+        // The child has its ends now: closing ours lets the readers see the end when it exits.
+        try input.read.close()
+        try stdout.write.close()
+        try stderr.write.close()
+        stdin = input.write
+        output = OutputCollector(stdout.read)
+        errors = OutputCollector(stderr.read)
     }
 
     /// The first line of standard output, or what came before `timeout`.
@@ -113,11 +116,11 @@ struct SluiceProcess {
         let status = await exit(timeout: timeout)
         let how = status.map { "exited \($0)" } ?? "was still running after \(timeout) and was killed"
         #expect(
-            status == 0, "\(process.arguments?.first ?? "the process") \(how); standard error ends: \(errors.text.suffix(2_000))",
+            status == 0, "\(process.arguments.first ?? "the process") \(how); standard error ends: \(errors.text.suffix(2_000))",
             sourceLocation: sourceLocation)
     }
 
     func send(_ line: String) {
-        stdin.fileHandleForWriting.write(Data((line + "\n").utf8))
+        stdin.write(Data((line + "\n").utf8))
     }
 }
