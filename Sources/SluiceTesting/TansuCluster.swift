@@ -14,15 +14,14 @@ import Glibc
 /// speaks to it; 2.0.2 does not (it fails tansu's ApiVersions reply).
 ///
 /// The broker stops when the cluster is released, and also when the test process dies (a watcher ends it).
-public final class TansuCluster: TestKafkaCluster, @unchecked Sendable {
-    // @unchecked: `process` is set once in init and only terminated after; Process itself is not Sendable.
+public final class TansuCluster: TestKafkaCluster, Sendable {
     public let bootstrapServers: String
     public var brokerName: String { "tansu" }
     /// The broker's output (stdout and stderr), for failures.
     public let logPath: String
-    private let process: Process
+    private let process: ChildProcess
 
-    private init(bootstrapServers: String, logPath: String, process: Process) {
+    private init(bootstrapServers: String, logPath: String, process: ChildProcess) {
         self.bootstrapServers = bootstrapServers
         self.logPath = logPath
         self.process = process
@@ -49,28 +48,29 @@ public final class TansuCluster: TestKafkaCluster, @unchecked Sendable {
             let address = "tcp://127.0.0.1:\(port)"
             let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("tansu-\(port)-\(UUID().uuidString).log").path
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            let process = Process()
+            guard let log = FileHandle(forWritingAtPath: logPath) else {
+                throw KafkaError(code: .state, message: "tansu: cannot write its log \(logPath)")
+            }
             // A watcher ends the broker when this process dies (a crashed test must not leave brokers behind),
             // and when it is told to stop. With SIGKILL: tansu catches SIGTERM, and after clients were connected
-            // it did not exit on it (seen here); its memory storage has nothing to flush.
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = [
-                "-c",
-                """
-                "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine memory://tansu/ &
-                broker=$!
-                trap 'kill -KILL $broker 2>/dev/null; wait $broker; exit 0' TERM INT
-                while kill -0 "$3" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 1; done
-                kill -KILL $broker 2>/dev/null
-                wait $broker
-                """,
-                "tansu-watcher", executable, address, "\(getpid())",
-            ]
-            let log = FileHandle(forWritingAtPath: logPath)
-            process.standardOutput = log
-            process.standardError = log
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
+            // it did not exit on it (seen here); its memory storage has nothing to flush. Started with
+            // posix_spawn, not Foundation's Process (see ChildProcess).
+            let process = try ChildProcess(
+                executable: "/bin/sh",
+                arguments: [
+                    "-c",
+                    """
+                    "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine memory://tansu/ &
+                    broker=$!
+                    trap 'kill -KILL $broker 2>/dev/null; wait $broker; exit 0' TERM INT
+                    while kill -0 "$3" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 1; done
+                    kill -KILL $broker 2>/dev/null
+                    wait $broker
+                    """,
+                    "tansu-watcher", executable, address, "\(getpid())",
+                ],
+                standardOutput: log.fileDescriptor, standardError: log.fileDescriptor)
+            try log.close()
             let ready = await eventually(timeout: .seconds(30), poll: .milliseconds(20)) {
                 let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
                 return text.contains("ready in") || !process.isRunning

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceTesting
 import Synchronization
 
 #if canImport(Glibc)
@@ -19,7 +20,8 @@ final class HeadlessChromium: @unchecked Sendable {
         ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    private let process = Process()
+    /// posix_spawn, not Foundation's Process (see ChildProcess).
+    private let process: ChildProcess
     private let profile: URL
     private var socket: Int32 = -1
     private var nextID = 0
@@ -38,20 +40,21 @@ final class HeadlessChromium: @unchecked Sendable {
     init() throws {
         guard let executable = Self.executable else { throw Failure(description: "chromium is not installed (apt-get install chromium)") }
         profile = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-chromium-\(UUID().uuidString)")
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-            "--disable-extensions", "--remote-debugging-port=0", "--user-data-dir=\(profile.path)", "--window-size=1500,1000", "about:blank",
-        ]
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let pipe = try ChildProcess.pipe()
+        process = try ChildProcess(
+            executable: executable,
+            arguments: [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
+                "--disable-extensions", "--remote-debugging-port=0", "--user-data-dir=\(profile.path)", "--window-size=1500,1000", "about:blank",
+            ],
+            standardError: pipe.write.fileDescriptor)
+        try pipe.write.close()
+        let errors = pipe.read
         // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
         var text = ""
         let deadline = Date().addingTimeInterval(60)
         while !text.contains("DevTools listening on ws://"), Date() < deadline {
-            let chunk = errors.fileHandleForReading.availableData
+            let chunk = errors.availableData
             if chunk.isEmpty { break }
             text += String(decoding: chunk, as: UTF8.self)
         }
@@ -60,7 +63,7 @@ final class HeadlessChromium: @unchecked Sendable {
             throw Failure(description: "chromium did not start its DevTools endpoint: \(text.suffix(500))")
         }
         // Keep draining its standard error so it never blocks on a full pipe.
-        Thread.detachNewThread { while !errors.fileHandleForReading.availableData.isEmpty {} }
+        Thread.detachNewThread { while !errors.availableData.isEmpty {} }
         let pagePath = try Self.firstPagePath(port: port)
         try connect(port: port, path: pagePath)
         _ = try call("Page.enable")
@@ -74,7 +77,7 @@ final class HeadlessChromium: @unchecked Sendable {
         socket = -1
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
+            while process.isRunning { usleep(10_000) }
         }
         try? FileManager.default.removeItem(at: profile)
     }

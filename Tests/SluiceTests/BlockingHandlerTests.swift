@@ -93,19 +93,15 @@ struct BlockingHandlerTests {
         _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: output) }
         let handle = try FileHandle(forWritingTo: output)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = ["--testing-library", "swift-testing", "--filter", test]
         var environment = ProcessInfo.processInfo.environment
         environment[aloneVariable] = test
-        process.environment = environment
-        process.standardOutput = handle
-        process.standardError = handle
-        let status = await withCheckedContinuation { (done: CheckedContinuation<Int32, Never>) in
-            process.terminationHandler = { done.resume(returning: $0.terminationStatus) }
-            do { try process.run() } catch { done.resume(returning: -1) }
-        }
+        // posix_spawn, not Foundation's Process (see ChildProcess).
+        let process = try ChildProcess(
+            executable: CommandLine.arguments[0], arguments: ["--testing-library", "swift-testing", "--filter", test],
+            environment: environment, standardOutput: handle.fileDescriptor, standardError: handle.fileDescriptor)
         try handle.close()
+        await process.waitForExit()
+        let status = process.terminationReason == .exit ? process.terminationStatus : -1
         return (status, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import SluiceTesting
 import Testing
 import Yams
 
@@ -69,25 +70,22 @@ struct DeployFilesTests {
 
     /// Installs the validator (once) and runs it over the manifests: the two exit statuses and what it said.
     static func validateManifests() throws -> (Int32, Int32, String) {
-        let install = Process()
-        install.executableURL = URL(fileURLWithPath: "scripts/kubernetes-validate.sh")
-        let path = Pipe()
-        install.standardOutput = path
-        try install.run()
-        let validator = String(decoding: path.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        install.waitUntilExit()
-        guard install.terminationStatus == 0 else { return (install.terminationStatus, -1, "") }
-        let validate = Process()
-        validate.executableURL = URL(fileURLWithPath: validator)
-        validate.arguments = ["--strict"] + kubernetesFiles.map { "deploy/kubernetes/\($0)" }
-        let output = Pipe()
-        validate.standardOutput = output
-        validate.standardError = output
-        try validate.run()
-        let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        validate.waitUntilExit()
-        return (install.terminationStatus, validate.terminationStatus, said)
+        // posix_spawn, not Foundation's Process (see ChildProcess); this runs on a thread of its own.
+        func run(_ executable: String, _ arguments: [String]) throws -> (Int32, String) {
+            let output = try ChildProcess.pipe()
+            let child = try ChildProcess(
+                executable: executable, arguments: arguments, standardOutput: output.write.fileDescriptor,
+                standardError: executable.hasSuffix(".sh") ? nil : output.write.fileDescriptor)
+            try output.write.close()
+            let said = String(decoding: output.read.readDataToEndOfFile(), as: UTF8.self)
+            while child.isRunning { usleep(10_000) }
+            return (child.terminationStatus, said)
+        }
+        let (installed, path) = try run(FileManager.default.currentDirectoryPath + "/scripts/kubernetes-validate.sh", [])
+        guard installed == 0 else { return (installed, -1, "") }
+        let validator = path.trimmingCharacters(in: .whitespacesAndNewlines)
+        let (validated, said) = try run(validator, ["--strict"] + kubernetesFiles.map { "deploy/kubernetes/\($0)" })
+        return (installed, validated, said)
     }
 
     @Test("the Kubernetes Deployment: probes, grace period above shutdownTimeout, state directory on an emptyDir, token from the Secret; its configuration loads")
