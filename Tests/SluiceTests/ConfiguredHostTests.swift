@@ -687,6 +687,38 @@ extension ConfiguredHostTests {
     }
 }
 
+extension ConfiguredHostTests {
+    @Test("control { createTopics, replicationFactor } from the file: a starting host creates the control and audit topics, one partition each (on tansu; the mock has no CreateTopics and auto-creates them)")
+    func controlCreateTopicsSetting() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            control: { enabled: true, createTopics: on, replicationFactor: 1 }
+            topics:
+              orders: {}
+            """)
+        #expect(configuration.control.createTopics && configuration.control.replicationFactor == 1)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { _, _ in })
+        let running = Self.run(host)
+        try await waitUntil("running", timeout: .seconds(90)) { host.shards.first?.state == .running }
+        for topic in [configuration.controlTopic, ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic)] {
+            let found = try await KafkaTopicAdmin.ensure(
+                .init(name: topic, partitions: 1, replicationFactor: 1), bootstrapServers: cluster.bootstrapServers, timeout: .seconds(30))
+            if cluster is EmbeddedKafkaCluster {
+                // Auto-created by the host's first read or write, with the mock's default partition count.
+                guard case .existed = found else {
+                    Issue.record("\(topic) exists once a host ran: \(found)")
+                    continue
+                }
+            } else {
+                #expect(found == .existed(partitions: 1), "\(topic) created by the host: \(found)")
+            }
+        }
+        try await Self.stop(host, running)
+    }
+}
+
 /// A handler whose every call hangs (suspended, not holding its thread) until ``release()``.
 final class HangingHandler: MessageHandler {
     private let state = Locked((started: false, released: false))
