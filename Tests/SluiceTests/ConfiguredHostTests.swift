@@ -533,7 +533,7 @@ struct ConfiguredHostTests {
         let configuration = try await Self.load(cluster, group: group, """
             topics:
               orders:
-                breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 1 }, cooldown: 2s }
+                breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 1 }, cooldown: 10s }
             """)
         try await Self.produce(cluster, count: 5, poisonAt: 2)
         let failedOnce = Locked(false)
@@ -547,6 +547,7 @@ struct ConfiguredHostTests {
             handled.append(message)
         })
         let running = Self.run(host)
+        // Tripped for the 10 s cooldown: long enough that no poll of a loaded machine misses it.
         try await waitUntil("tripped at the first crash") {
             guard let shard = host.shards.first, case .tripped = shard.state else { return false }
             return true
@@ -593,16 +594,20 @@ struct ConfiguredHostTests {
         #expect(configuration.topics["orders"]?.breaker.healthyAfter == .seconds(2))
         try await Self.produce(cluster, count: 3, poisonAt: 1)
         let failedOnce = Locked(false)
+        let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { message, _ in
             if message.value == KafkaBytes("poison"), !failedOnce.value {
                 failedOnce.withLock { $0 = true }
                 throw TestFailure(description: "once")
             }
+            handled.append(message)
         })
         let running = Self.run(host)
-        try await waitUntil("restarted after the crash, attempt 1") { host.shards.first.map { $0.state == .running && $0.attempt == 1 } == true }
-        try await waitUntil("healthy again: attempt 0") { host.shards.first?.attempt == 0 }
+        // The poison is handled only by the pipeline started after the crash: the shard restarted (attempt 1).
+        try await waitUntil("restarted after the crash, every message handled") { failedOnce.value && handled.distinct == 3 }
+        // Not sampled while it lasts (a loaded machine can miss a 2 s window): its end is what healthyAfter promises.
+        try await waitUntil("healthy again: attempt 0") { host.shards.first.map { $0.state == .running && $0.attempt == 0 } == true }
         try await Self.stop(host, running)
     }
 
