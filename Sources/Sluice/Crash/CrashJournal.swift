@@ -100,7 +100,6 @@ final class CrashJournal: @unchecked Sendable {
     static let slotSize = MemoryLayout<sluice_journal_slot>.stride
 
     let path: String
-    let directory: String
     let capacity: Int
     private let descriptor: Int32
     private let base: UnsafeMutableRawPointer
@@ -138,14 +137,13 @@ final class CrashJournal: @unchecked Sendable {
             }
             if !exists { break }
         }
-        let journal = try CrashJournal(descriptor: mine!.descriptor, path: mine!.path, directory: directory, capacity: capacity, logger: logger)
+        let journal = try CrashJournal(descriptor: mine!.descriptor, path: mine!.path, capacity: capacity, logger: logger)
         return (journal, findings)
     }
 
-    private init(descriptor: Int32, path: String, directory: String, capacity: Int, logger: Logger) throws(SluiceError) {
+    private init(descriptor: Int32, path: String, capacity: Int, logger: Logger) throws(SluiceError) {
         self.descriptor = descriptor
         self.path = path
-        self.directory = directory
         self.capacity = capacity
         self.logger = logger
         let size = Int(SLUICE_JOURNAL_HEADER_SIZE) + capacity * Self.slotSize
