@@ -296,8 +296,19 @@ struct AdminEndToEndTests {
         let topic = "totals-\(UInt32.random(in: 0...UInt32.max))"
         _ = AdminFixture.registry
         let cluster = try EmbeddedKafkaCluster(topics: [topic: 2])
-        var configuration = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: [topic]).configuration
-        configuration.perPartitionMetrics = false
+        // Through the file a user writes: `metrics: { perPartition: off }` read by `SluiceConfiguration.load`.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-metrics-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let file = directory.appendingPathComponent("sluice.yaml").path
+        try """
+            kafka: { bootstrap: "\(cluster.bootstrapServers)", group: totals-\(UInt32.random(in: 0...UInt32.max)), sessionTimeout: 6s }
+            topics: { \(topic): {} }
+            host: { stateDirectory: \(directory.path)/state }
+            admin: { enabled: off }
+            metrics: { perPartition: off }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let configuration = try await SluiceConfiguration.load(file: file, environment: [:])
+        #expect(configuration.perPartitionMetrics == false)
         let host = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
         host.register(topic, NoopHandler())
         let running = Task { try await host.run() }

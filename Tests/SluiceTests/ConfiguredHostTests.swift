@@ -306,6 +306,82 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
+    @Test(
+        "breaker presets by name (fuse, standard; restartBackoff shortened): a shard that keeps failing trips at its fifth crash; backoff never trips",
+        arguments: ["fuse", "standard", "backoff"])
+    func breakerPresets(_ preset: String) async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, """
+            topics:
+              orders:
+                breaker: { preset: \(preset), restartBackoff: 10ms..20ms }
+            """)
+        #expect(configuration.topics["orders"]?.breaker.trip == BreakerPolicy.presets[preset]?.trip)
+        try await Self.produce(cluster, count: 5, poisonAt: 1)
+        let calls = Locked(0)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        host.register("orders", ClosureHandler { message, _ in
+            if message.value == KafkaBytes("poison") {
+                calls.withLock { $0 += 1 }
+                throw TestFailure(description: "cannot parse")
+            }
+        })
+        let running = Self.run(host)
+        if preset == "backoff" {
+            try await waitUntil("restarted past five crashes") { calls.value >= 8 }
+            #expect(host.shards.first.map { if case .tripped = $0.state { false } else { true } } == true, "backoff never trips")
+        } else {
+            try await waitUntil("tripped") {
+                guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+                return true
+            }
+            #expect(calls.value == 5, "\(preset): five crashes within its window trip the shard")
+        }
+        try await Self.stop(host, running)
+    }
+
+    @Test("host.revokeTimeout: revoked shards whose calls hang keep their partitions until revokeTimeout of the host's clock, then the new member gets them")
+    func revokeTimeoutSetting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = HostFixture.uniqueGroup()
+        let configuration = try await Self.load(cluster, group: group, host: "revokeTimeout: 3s\n  drainTimeout: 10m\n  shutdownTimeout: 10s", """
+            topics:
+              orders: { handlerTimeout: 10m }
+            """)
+        #expect(configuration.revokeTimeout == .seconds(3))
+        for partition in 0..<2 {
+            try await cluster.produce(topic: "orders", values: (0..<5).map { "ok-\($0)" }, partition: Int32(partition), logger: HostFixture.logger)
+        }
+        let clock = ManualHostClock()
+        let hang = HangingHandler()
+        let first = SluiceHost(configuration: configuration, logger: HostFixture.logger, clock: clock)
+        first.register("orders", hang)
+        let firstRunning = Self.run(first)
+        try await waitUntil("the first host's calls hang") { hang.started && first.shards.count == 2 }
+
+        let handled = HandledMessages()
+        let second = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        second.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        let secondRunning = Self.run(second)
+        try await waitUntil("a shard of the first host is revoked and drains (its call hangs)") {
+            first.shards.contains { $0.state == .draining }
+        }
+        let revoked = first.shards.filter { $0.state == .draining }.map(\.topicPartition)
+        // Short of the session timeout: a member that holds its revoked partitions longer is removed from the
+        // group by the coordinator (the embedded cluster's rebalance timeout).
+        try await clock.tick(first, by: .seconds(2))
+        #expect(first.shards.filter { $0.state == .draining }.map(\.topicPartition) == revoked, "still held 2 s in: \(first.shards.map(\.state))")
+        #expect(handled.distinct == 0, "nothing handed to the new member yet")
+        try await clock.tick(first, by: .seconds(2))
+        try await waitUntil("past revokeTimeout the partitions are released and the new member handles its share") { handled.distinct >= 5 }
+        #expect(Set(handled.all.value.map(\.partition)) == Set(revoked.map(\.partition)), "the new member handles what was revoked")
+        #expect(!hang.released, "released while the first host's calls still hang")
+        hang.release()
+        try await Self.stop(second, secondRunning)
+        try await Self.stop(first, firstRunning)
+    }
+
     @Test("kafka.properties pass to librdkafka: auto.offset.reset latest skips what a new group finds already there")
     func kafkaProperties() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
