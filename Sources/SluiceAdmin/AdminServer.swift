@@ -177,8 +177,16 @@ public struct AdminServer: Service {
                 case .success(let parsed): object = parsed
                 case .failure(let failure): return failure.response
                 }
-                guard let offset = (object["offset"] as? NSNumber)?.int64Value else {
-                    return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
+                struct Refused: Error { let detail: String }
+                let fields = JSONFields(object) { _, detail in Refused(detail: detail) }
+                let offset: Int64
+                do {
+                    guard let given = try fields.int64("offset", in: InputLimits.offsets) else {
+                        return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
+                    }
+                    offset = given
+                } catch {
+                    return problem(.badRequest, (error as? Refused)?.detail ?? "\"offset\" must be an integer")
                 }
                 do throws(OperatorActions.Refusal) {
                     try await actions.release(topicPartition, as: release, offset: offset, who: caller(request), reason: object["reason"] as? String)
@@ -214,14 +222,14 @@ public struct AdminServer: Service {
         if let value = object["rate"] {
             let text = (value as? String) ?? (value as? NSNumber).map { "\($0)/s" } ?? ""
             guard let parsed = ControlRecord.parseRate(text) else {
-                return problem(.badRequest, "\"rate\" must be messages a second, more than 0 and at most 1000000, as 200 or \"200/s\"")
+                return problem(.badRequest, "\"rate\" must be messages a second, from 0.001 to 1000000, as 200 or \"200/s\"")
             }
             rate = parsed
             if object["enabled"] as? Bool == false {
                 return problem(.badRequest, "a rate flag runs the shards it covers: \"enabled\" must be true or absent")
             }
         }
-        guard let enabled = rate != nil ? true : object["enabled"] as? Bool, rate != nil || CFGetTypeIDIsBool(object["enabled"]) else {
+        guard let enabled = rate != nil ? true : object["enabled"] as? Bool, rate != nil || object["enabled"].map(JSONFields.isBoolean) == true else {
             return problem(.badRequest, "\"enabled\" (true or false) or \"rate\" is required")
         }
         let reason = object["reason"] as? String
@@ -437,10 +445,4 @@ func json(_ status: HTTPResponse.Status, _ object: Any) -> Response {
 /// A JSON error naming the problem.
 func problem(_ status: HTTPResponse.Status, _ message: String) -> Response {
     json(status, ["error": message])
-}
-
-/// JSONSerialization turns JSON true/false into NSNumber; tell them from 0 and 1.
-func CFGetTypeIDIsBool(_ value: Any?) -> Bool {
-    guard let number = value as? NSNumber else { return false }
-    return String(cString: number.objCType) == "c" || type(of: number) == type(of: NSNumber(value: true))
 }

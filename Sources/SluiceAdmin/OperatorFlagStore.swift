@@ -15,12 +15,21 @@ struct OperatorFlagStore: Sendable {
                 let entries = object["flags"] as? [[String: Any]]
             else { throw SluiceError(code: .configuration, message: "expected {\"flags\": [...]}") }
             var flags: [FlagKey: FlagSetting] = [:]
-            for entry in entries {
-                guard let keyText = entry["key"] as? String, let enabled = entry["enabled"] as? Bool else {
-                    throw SluiceError(code: .configuration, message: "each flag needs \"key\" and \"enabled\"")
+            for (index, entry) in entries.enumerated() {
+                // Validated like the configuration: the host wrote this file, but it is a file from outside the
+                // process all the same (edited, corrupted, or left by another version).
+                let fields = JSONFields(entry) { _, detail in SluiceError(code: .configuration, message: "flag \(index + 1): \(detail)") }
+                guard let keyText = try fields.string("key", maxLength: InputLimits.identityLength), let enabled = entry["enabled"] as? Bool,
+                    JSONFields.isBoolean(entry["enabled"]!)
+                else {
+                    throw SluiceError(code: .configuration, message: "flag \(index + 1): each flag needs \"key\" and \"enabled\" (true or false)")
+                }
+                let rate = try fields.double("rate", in: 0...1_000_000)
+                if let rate, ControlRecord.parseRate(ControlRecord.describeRate(rate)) == nil {
+                    throw SluiceError(code: .configuration, message: "flag \(index + 1): \"rate\" must be from 0.001 to 1000000 messages a second, got \(rate)")
                 }
                 flags[try FlagKey(parsing: keyText)] = FlagSetting(
-                    enabled: enabled, source: "admin", reason: entry["reason"] as? String, rate: (entry["rate"] as? NSNumber)?.doubleValue)
+                    enabled: enabled, source: "admin", reason: try fields.string("reason", maxLength: InputLimits.textLength), rate: rate)
             }
             return flags
         } catch let error as SluiceError {

@@ -180,7 +180,7 @@ struct ControlOptions: ParsableArguments {
         var rows = [["HOST", "SHARD", "STATE", "WOULD"]]
         var changes = 0
         var hosts = Set<String>()
-        for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) where now - status.atMilliseconds <= 15_000 {
+        for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) where status.isLive(now: now, window: 15_000) {
             for (shard, state) in status.shards.sorted(by: { $0.key < $1.key }) {
                 let parts = shard.split(separator: "/")
                 guard parts.count == 2, let partition = Int32(parts[1]), key.covers(TopicPartition(String(parts[0]), partition)) else { continue }
@@ -269,7 +269,7 @@ struct ControlOptions: ParsableArguments {
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var owned: [(shard: String, host: String, state: String, detail: ControlHostStatus.Shard?)] = []
-        for (identity, status) in records.hosts where now - status.atMilliseconds <= 15_000 {
+        for (identity, status) in records.hosts where status.isLive(now: now, window: 15_000) {
             for (shard, state) in status.shards { owned.append((shard, identity, state, status.details[shard])) }
         }
         var rows = [["SHARD", "STATE", "HOST", "PAUSED", "LAG", "NOTE"]]
@@ -310,7 +310,7 @@ struct ControlOptions: ParsableArguments {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var hostRows = [["HOST", "APPLIED", "SHARDS", "LAST SEEN"]]
         for (identity, status) in records.hosts.sorted(by: { $0.key < $1.key }) {
-            hostRows.append([identity, "\(status.applied)", "\(status.shards.count)", "\((now - status.atMilliseconds) / 1000) s ago"])
+            hostRows.append([identity, "\(status.applied)", "\(status.shards.count)", "\(status.ageSeconds(now: now)) s ago"])
         }
         print(Table.render(hostRows))
         if records.bad > 0 { print("\(records.bad) control record(s) could not be read") }
@@ -343,7 +343,7 @@ struct ControlOptions: ParsableArguments {
         let deadline = ContinuousClock.now + .milliseconds(Int(wait * 1000))
         while true {
             let now = Int64(Date().timeIntervalSince1970 * 1000)
-            let live = records.hosts.filter { now - $0.value.atMilliseconds <= 15_000 }
+            let live = records.hosts.filter { $0.value.isLive(now: now, window: 15_000) }
             let missing = live.filter { $0.value.applied <= offset }.map(\.key)
             if missing.isEmpty || ContinuousClock.now >= deadline { return (live.count - missing.count, live.count, missing) }
             try await Task.sleep(for: .milliseconds(20))

@@ -260,11 +260,22 @@ struct AdminServerTests {
     func badStateFile() throws {
         let stateFile = AdminFixture.stateFile()
         try FileManager.default.createDirectory(atPath: (stateFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try "{\"flags\": [{\"key\": \"orders\"}]}".write(toFile: stateFile, atomically: true, encoding: .utf8)
-        let error = #expect(throws: SluiceError.self) {
-            _ = try AdminServer(host: AdminFixture.host(stateFile: stateFile), registry: AdminFixture.registry, logger: AdminFixture.logger)
+        // Values that once trapped the host at start (a rate of 0 or -5) are refused like the rest, naming the entry.
+        for (content, says) in [
+            (#"{"flags": [{"key": "orders"}]}"#, #"flag 1: each flag needs "key" and "enabled" (true or false)"#),
+            (#"{"flags": [{"key": "orders", "enabled": 1}]}"#, #"flag 1: each flag needs "key" and "enabled" (true or false)"#),
+            (#"{"flags": [{"key": "orders", "enabled": true, "rate": 0}]}"#, #"flag 1: "rate" must be from 0.001 to 1000000 messages a second, got 0.0"#),
+            (#"{"flags": [{"key": "orders", "enabled": true, "rate": -5}]}"#, "flag 1: 'rate' must be in 0.0...1000000.0, got -5.0"),
+            (#"{"flags": [{"key": "orders", "enabled": true, "rate": "fast"}]}"#, "flag 1: 'rate' must be a number, got a string"),
+            (#"{"flags": [{"key": "orders", "enabled": true}, {"key": "orders/x", "enabled": false}]}"#, "orders/x"),
+        ] {
+            try content.write(toFile: stateFile, atomically: true, encoding: .utf8)
+            let error = #expect(throws: SluiceError.self) {
+                _ = try AdminServer(host: AdminFixture.host(stateFile: stateFile), registry: AdminFixture.registry, logger: AdminFixture.logger)
+            }
+            #expect(error?.message.hasPrefix("\(stateFile): operator flag state: ") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains(says) == true, "\(error?.message ?? "")")
         }
-        #expect(error?.message == "\(stateFile): operator flag state: each flag needs \"key\" and \"enabled\"")
     }
 }
 

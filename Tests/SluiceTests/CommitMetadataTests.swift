@@ -11,7 +11,7 @@ struct CommitMetadataTests {
         let done: Set<Int64> = [101, 102, 103, 107, 110, 111, 99]
         let text = try #require(CommitMetadata.encode(done: done, above: 100))
         #expect(text == "sluice/1 1-3,7,10-11", "offsets below the commit are left out")
-        #expect(try CommitMetadata.decode(text, committed: 100) == [101, 102, 103, 107, 110, 111])
+        #expect(try CommitMetadata.decode(text, committed: 100).done == [101, 102, 103, 107, 110, 111])
         #expect(CommitMetadata.encode(done: [5, 6], above: 10) == nil)
     }
 
@@ -20,17 +20,17 @@ struct CommitMetadataTests {
         let done = Set(stride(from: Int64(1), to: 10_000, by: 2))  // 4,999 runs of one
         let text = try #require(CommitMetadata.encode(done: done, above: 0))
         #expect(text.utf8.count <= CommitMetadata.maximumLength)
-        let decoded = try CommitMetadata.decode(text, committed: 0)
+        let decoded = try CommitMetadata.decode(text, committed: 0).done
         #expect(!decoded.isEmpty && decoded.isSubset(of: done))
         #expect(decoded.min() == 1, "the lowest runs are kept")
     }
 
     @Test("metadata that is not Sluice's names no offsets; a malformed one is refused, naming the run")
     func foreignAndMalformed() {
-        #expect((try? CommitMetadata.decode(nil, committed: 5)) == [])
-        #expect((try? CommitMetadata.decode("", committed: 5)) == [])
-        #expect((try? CommitMetadata.decode("written by another client", committed: 5)) == [])
-        for bad in ["sluice/1 3-1", "sluice/1 x", "sluice/1 1,,2", "sluice/1 -4", "sluice/1 1-2-3", "sluice/1 0-99999999"] {
+        #expect((try? CommitMetadata.decode(nil, committed: 5))?.done == [])
+        #expect((try? CommitMetadata.decode("", committed: 5))?.done == [])
+        #expect((try? CommitMetadata.decode("written by another client", committed: 5))?.done == [])
+        for bad in ["sluice/1 3-1", "sluice/1 x", "sluice/1 1,,2", "sluice/1 -4", "sluice/1 1-2-3", "sluice/1 1-99999999"] {
             #expect(throws: SluiceError.self, "\(bad)") { try CommitMetadata.decode(bad, committed: 5) }
         }
         do {
@@ -38,6 +38,69 @@ struct CommitMetadataTests {
         } catch {
             #expect(error.message == "commit metadata 'sluice/1 2,x7': bad run 'x7'")
         }
+    }
+
+    @Test("metadata is bounded by what a host can have done: above the commit, below the high watermark, a capped count and length, runs in order")
+    func bounded() throws {
+        // What once made a host skip every message above a commit of 100, and grow to 1.2 GB over twenty runs.
+        for (bad, why) in [
+            ("sluice/1 0-999999", "bad run '0-999999'"),  // the committed offset itself is never done
+            ("sluice/1 1-999999", "names more than 100000 done offsets"),
+            ("sluice/1 5,3", "runs out of order or overlapping at '3'"),
+            ("sluice/1 1-5,5", "runs out of order or overlapping at '5'"),
+            ("sluice/1 1-4611686018427387904", "bad run '1-4611686018427387904'"),
+            ("sluice/1 " + Array(repeating: "1", count: 2_100).enumerated().map { "\($0.offset * 2 + 1)" }.joined(separator: ","), "longer than 4096 bytes"),
+        ] {
+            do {
+                let decoded = try CommitMetadata.decode(bad, committed: 100, maximumDone: 100_000)
+                Issue.record("accepted \(bad.prefix(40)): \(decoded.done.count) offsets")
+            } catch {
+                #expect(error.message.hasSuffix(why), "\(error.message)")
+            }
+        }
+        #expect(throws: SluiceError.self) { try CommitMetadata.decode("sluice/1 1", committed: -1) }
+        // Offsets at or past the high watermark are no messages yet: left out, counted.
+        let decoded = try CommitMetadata.decode("sluice/1 1-3,7-20", committed: 100, highWatermark: 110, maximumDone: 100)
+        #expect(decoded.done == [101, 102, 103, 107, 108, 109])
+        #expect(decoded.pastHighWatermark == 11)
+        #expect(try CommitMetadata.decode("sluice/1 1-3", committed: 100, highWatermark: 100).done.isEmpty)
+    }
+
+    @Test("a forged commit (offset 100, metadata 'sluice/1 0-999999', from any client of the group) skips nothing: the host handles every message above the commit, before and after a restart")
+    func forgedCommitSkipsNothing() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 1])
+        let group = HostFixture.uniqueGroup()
+        let partition = TopicPartition("orders", 0)
+        try await cluster.produce(topic: "orders", values: (0..<1_000).map { "m\($0)" }, partition: 0, logger: HostFixture.logger)
+        // The attacker: a client that may commit for the group (the hosts' own credentials can).
+        var attacker = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
+        attacker.sessionTimeout = .seconds(6)
+        let consumer = try KafkaConsumer(configuration: attacker, logger: HostFixture.logger)
+        try await consumer.subscribe(topics: ["orders"])
+        for await event in consumer.events {
+            if case .assigned = event { break }
+        }
+        try consumer.storeOffsets([TopicPartitionOffset(partition, offset: 100, metadata: "sluice/1 0-999999")])
+        try await consumer.commit()
+        await consumer.close()
+        let forged = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1)
+        #expect(forged == [0: 100])
+
+        let handled = HandledMessages()
+        let configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()])
+        for round in 0..<2 {
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+            let running = Task { try await host.run() }
+            try await waitUntil("every message above the forged commit handled (round \(round))") { handled.distinct == 900 + 100 * round }
+            host.shutdown()
+            try await running.value
+            if round == 0 {
+                try await cluster.produce(topic: "orders", values: (0..<100).map { "n\($0)" }, partition: 0, logger: HostFixture.logger)
+            }
+        }
+        #expect(Set(handled.all.value.map(\.offset)) == Set(100..<1_100))
+        #expect(try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1) == [0: 1_100])
     }
 
     /// The lane of a key with two processors (FNV-1a, as the pipeline computes it).
@@ -85,7 +148,7 @@ struct CommitMetadataTests {
             configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group), logger: HostFixture.logger)
         try await waitUntil("a commit carries them") {
             let committed = try await reader.committedProgress(for: [TopicPartition("orders", 0)])[TopicPartition("orders", 0)]
-            return committed.map { $0.offset == 0 && (try? CommitMetadata.decode($0.metadata, committed: $0.offset).count) == 199 } ?? false
+            return committed.map { $0.offset == 0 && (try? CommitMetadata.decode($0.metadata, committed: $0.offset).done.count) == 199 } ?? false
         }
         await reader.close()
         first.shutdown()

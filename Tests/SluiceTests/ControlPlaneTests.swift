@@ -44,8 +44,8 @@ struct ControlRecordTests {
         #expect(key == "trip/orders/3")
         #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == tripped)
         #expect(try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 1) == .trip(TopicPartition("orders", 3), nil))
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 2) }
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"melted"}"#), offset: 3) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "trip/orders", value: Self.value(#"{"v":1,"state":"clear"}"#), offset: 2) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "trip/orders/3", value: Self.value(#"{"v":1,"state":"melted"}"#), offset: 3) }
     }
 
     @Test("command records: a reset names its shard; unknown actions and bad shards are refused")
@@ -54,9 +54,9 @@ struct ControlRecordTests {
         let (key, value) = ControlRecord.command("c1", command).encoded
         #expect(key == "command/c1")
         #expect(try ControlRecord.parse(key: key, value: value, offset: 1) == .command("c1", command))
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/c2", value: Self.value(#"{"v":1,"action":"explode","shard":"orders/3"}"#), offset: 2) }
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/c3", value: Self.value(#"{"v":1,"action":"reset","shard":"orders"}"#), offset: 3) }
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "command/", value: Self.value(#"{"v":1,"action":"reset","shard":"orders/1"}"#), offset: 4) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "command/c2", value: Self.value(#"{"v":1,"action":"explode","shard":"orders/3"}"#), offset: 2) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "command/c3", value: Self.value(#"{"v":1,"action":"reset","shard":"orders"}"#), offset: 3) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "command/", value: Self.value(#"{"v":1,"action":"reset","shard":"orders/1"}"#), offset: 4) }
     }
 
     @Test("host records: applied position and heartbeat; gone when the host left")
@@ -67,7 +67,7 @@ struct ControlRecordTests {
         #expect(try ControlRecord.parse(key: key, value: value, offset: 0) == status)
         let gone = ControlRecord.host("pod-1", nil).encoded
         #expect(try ControlRecord.parse(key: gone.key, value: gone.value, offset: 1) == .host("pod-1", nil))
-        #expect(throws: SluiceError.self) { try ControlRecord.parse(key: "host/pod-1", value: Self.value(#"{"v":1}"#), offset: 2) }
+        #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: "host/pod-1", value: Self.value(#"{"v":1}"#), offset: 2) }
 
         // With shard details: pause reasons, lag and counts round-trip; a detail that cannot be read is left out.
         var stopped = ControlHostStatus.Shard()
@@ -98,7 +98,7 @@ struct ControlRecordTests {
                 _ = try ControlRecord.parse(key: key, value: value.map(Self.value), offset: 9)
                 return "accepted"
             } catch {
-                return error.message
+                return error.description
             }
         }
         #expect(message("flag/orders", "not json") == "control record 'flag/orders' at offset 9: the value is not a JSON object")
@@ -108,6 +108,49 @@ struct ControlRecordTests {
                 == "control record 'flag/orders' at offset 9: schema version 2 is not understood (this host reads 1); the flag keeps its previous state")
         #expect(message("flag/orders", #"{"v":1,"state":"maybe"}"#) == "control record 'flag/orders' at offset 9: state must be on, off, unset or a rate such as 200/s, got 'maybe'")
         #expect(message("flag/bad topic", #"{"v":1,"state":"off"}"#).hasPrefix("control record 'flag/bad topic' at offset 9: "))
+    }
+
+    @Test(
+        "hostile values are refused before anything is computed from them, with the field and the reason",
+        arguments: [
+            ("host/forged", #"{"v":1,"applied":1,"atMillis":-9223372036854775808,"shards":{}}"#, ControlRecordRejected.Reason.range, "'atMillis'"),
+            ("host/forged", #"{"v":1,"applied":-1,"atMillis":5,"shards":{}}"#, .range, "'applied'"),
+            ("host/forged", #"{"v":1,"applied":1e300,"atMillis":5}"#, .field, "'applied' must be an integer"),
+            ("host/forged", #"{"v":1,"applied":true,"atMillis":5}"#, .field, "'applied' must be an integer"),
+            ("host/forged", #"{"v":1,"applied":1,"atMillis":5,"startedAtMillis":99999999999999999999}"#, .field, "'startedAtMillis'"),
+            ("host/forged", #"{"v":1,"applied":1,"atMillis":5,"shardCrashes":-3}"#, .range, "'shardCrashes'"),
+            ("host/forged", #"{"v":1,"applied":1,"atMillis":5,"shards":{"orders/0":7}}"#, .field, "'shards'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"suspect","offset":100,"count":9223372036854775807}"#, .range, "'count'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"skip","offset":100,"count":1000000000}"#, .range, "'count'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"quarantined","offset":9223372036854775807}"#, .range, "'offset'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"quarantined","offset":1.5}"#, .field, "'offset'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"quarantined","offset":1,"crashes":-1}"#, .range, "'crashes'"),
+            ("quarantine/orders/2", #"{"v":1,"state":"quarantined","offset":1,"atMillis":-5}"#, .range, "'atMillis'"),
+            ("quarantine/orders/2", #"{"v":1,"state":7,"offset":1}"#, .field, "'state' must be a string"),
+            ("trip/orders/2", #"{"v":1,"state":"tripped","offset":-4}"#, .range, "'offset'"),
+            ("flag/orders", #"{"v":1e300,"state":"off"}"#, .field, "'v' must be an integer"),
+            ("flag/orders", #"{"v":1,"state":"off","who":"\#(String(repeating: "x", count: 300))"}"#, .range, "'who' is longer"),
+            ("command/c1", #"{"v":1,"action":"reset","shard":"orders/99999999999"}"#, .field, "TOPIC/PARTITION"),
+            ("trip/orders/99999999999", #"{"v":1,"state":"clear"}"#, .key, "trip/TOPIC/PARTITION"),
+        ])
+    func hostileValues(key: String, value: String, reason: ControlRecordRejected.Reason, names: String) {
+        do {
+            let record = try ControlRecord.parse(key: key, value: Self.value(value), offset: 11)
+            Issue.record("accepted: \(String(describing: record))")
+        } catch {
+            #expect(error.reason == reason, "\(error)")
+            #expect(error.description.contains(names), "\(error)")
+            #expect(error.key == key && error.offset == 11)
+        }
+    }
+
+    @Test("quarantine ranges and summaries never overflow, whatever a Quarantine holds")
+    func quarantineArithmetic() {
+        let extreme = Quarantine(offset: .max - 1, count: .max, crashes: .max, state: .suspect, signal: "SIGILL", host: "h", atMilliseconds: .min)
+        #expect(extreme.range == (Int64.max - 1)..<Int64.max)
+        #expect(extreme.summary.contains("offsets \(Int64.max - 1)..<\(Int64.max)"))
+        #expect(Int64.min.milliseconds(since: 5) == .min && Int64(5).milliseconds(since: .min) == .max)
+        #expect(Int64.max.adding(saturating: 1) == .max && Int64.min.adding(saturating: -1) == .min)
     }
 }
 

@@ -187,8 +187,8 @@ struct QuarantineTests {
             ("quarantine/orders/3", #"{"v":2,"state":"quarantined","offset":1}"#, "schema version 2"),
         ]
         for (key, value, says) in bad {
-            let error = #expect(throws: SluiceError.self) { try ControlRecord.parse(key: key, value: Array(value.utf8), offset: 77) }
-            #expect(error?.message.contains(says) == true && error?.message.contains("offset 77") == true, "\(error?.message ?? "")")
+            let error = #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: key, value: Array(value.utf8), offset: 77) }
+            #expect(error?.description.contains(says) == true && error?.description.contains("offset 77") == true, "\(error?.description ?? "")")
         }
     }
 

@@ -41,62 +41,86 @@ public enum ControlRecord: Equatable, Sendable {
     /// The schema version this host reads and writes.
     public static let version = 1
 
-    /// Reads a record; throws naming the key, the offset and what is wrong. Keys of kinds this version does
-    /// not act on yet return nil.
-    public static func parse(key: String, value: [UInt8]?, offset: Int64) throws(SluiceError) -> ControlRecord? {
-        func bad(_ reason: String) -> SluiceError {
-            SluiceError(code: .invalidInput, message: "control record '\(key.prefix(200))' at offset \(offset): \(reason)")
+    /// Reads a record; throws naming the key, the offset and what is wrong. Every field is checked against
+    /// ``InputLimits`` before anything is computed from it: a record from outside the process is untrusted.
+    /// Keys of kinds this version does not act on yet return nil.
+    public static func parse(key: String, value: [UInt8]?, offset: Int64) throws(ControlRecordRejected) -> ControlRecord? {
+        do {
+            return try parseChecked(key: key, value: value, offset: offset)
+        } catch let rejected as ControlRecordRejected {
+            throw rejected
+        } catch {
+            throw ControlRecordRejected(key: key, offset: offset, reason: .format, detail: "\(error)")
         }
-        if key.hasPrefix("trip/") { return try parseTrip(key: key, value: value, bad: bad) }
+    }
+
+    private static func parseChecked(key: String, value: [UInt8]?, offset: Int64) throws -> ControlRecord? {
+        func bad(_ reason: ControlRecordRejected.Reason, _ detail: String) -> ControlRecordRejected {
+            ControlRecordRejected(key: key, offset: offset, reason: reason, detail: detail)
+        }
+        func fields(_ value: [UInt8], keeps what: String) throws -> JSONFields {
+            try versioned(value, keeps: what, bad: bad)
+        }
+        if key.hasPrefix("trip/") {
+            let topicPartition = try partitionKey(key, kind: "trip", bad: bad)
+            guard let value else { return .trip(topicPartition, nil) }
+            let object = try fields(value, keeps: "the shard")
+            switch try object.string("state", maxLength: 16) {
+            case "tripped":
+                let reason = try object.string("reason", maxLength: InputLimits.textLength) ?? "tripped"
+                return .trip(topicPartition, Trip(offset: try object.int64("offset", in: InputLimits.offsets), reason: reason))
+            case "clear":
+                return .trip(topicPartition, nil)
+            case let other:
+                throw bad(.field, "state must be tripped or clear, got \(other.map { "'\($0)'" } ?? "none")")
+            }
+        }
         if key.hasPrefix("command/") {
             let identifier = String(key.dropFirst("command/".count))
-            guard !identifier.isEmpty else { throw bad("a command key is command/ID") }
+            guard !identifier.isEmpty, identifier.count <= InputLimits.identityLength else { throw bad(.key, "a command key is command/ID") }
             guard let value else { return .command(identifier, nil) }
-            let object = try versioned(value, keeps: "nothing", bad: bad)
-            guard object["action"] as? String == "reset" else {
-                throw bad("action must be reset, got \((object["action"] as? String).map { "'\($0)'" } ?? "none")")
+            let object = try fields(value, keeps: "nothing")
+            let action = try object.string("action", maxLength: 16)
+            guard action == "reset" else { throw bad(.field, "action must be reset, got \(action.map { "'\($0)'" } ?? "none")") }
+            guard let shard = try object.string("shard", maxLength: InputLimits.identityLength), let topicPartition = TopicPartition(parsing: shard) else {
+                throw bad(.field, "a reset names its shard as TOPIC/PARTITION")
             }
-            guard let shard = object["shard"] as? String, let topicPartition = TopicPartition(parsing: shard) else {
-                throw bad("a reset names its shard as TOPIC/PARTITION")
-            }
-            return .command(identifier, ControlCommand(action: .reset, topicPartition: topicPartition, who: object["who"] as? String))
+            let who = try object.string("who", maxLength: InputLimits.identityLength)
+            return .command(identifier, ControlCommand(action: .reset, topicPartition: topicPartition, who: who))
         }
         if key.hasPrefix("quarantine/") {
             let topicPartition = try partitionKey(key, kind: "quarantine", bad: bad)
             guard let value else { return .quarantine(topicPartition, nil) }
-            let object = try versioned(value, keeps: "the shard", bad: bad)
-            if object["state"] as? String == "released" { return .quarantine(topicPartition, nil) }
-            return .quarantine(topicPartition, try Quarantine(object: object, bad: bad))
+            let object = try fields(value, keeps: "the shard")
+            if object.object["state"] as? String == "released" { return .quarantine(topicPartition, nil) }
+            return .quarantine(topicPartition, try Quarantine(fields: object, bad: bad))
         }
         if key.hasPrefix("host/") {
             let identity = String(key.dropFirst("host/".count))
-            guard !identity.isEmpty else { throw bad("a host key is host/ID") }
+            guard !identity.isEmpty, identity.count <= InputLimits.identityLength else { throw bad(.key, "a host key is host/ID") }
             guard let value else { return .host(identity, nil) }
-            let object = try versioned(value, keeps: "the host", bad: bad)
-            if object["state"] as? String == "gone" { return .host(identity, nil) }
-            guard let applied = (object["applied"] as? NSNumber)?.int64Value, let at = (object["atMillis"] as? NSNumber)?.int64Value else {
-                throw bad("a host record needs applied and atMillis")
-            }
-            return .host(identity, ControlHostStatus(applied: applied, atMilliseconds: at, object: object))
+            let object = try fields(value, keeps: "the host")
+            if object.object["state"] as? String == "gone" { return .host(identity, nil) }
+            return .host(identity, try ControlHostStatus(fields: object, bad: bad))
         }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
         do {
             flagKey = try FlagKey(parsing: String(key.dropFirst("flag/".count)))
         } catch {
-            throw bad("\((error as? SluiceError)?.message ?? "\(error)")")
+            throw bad(.key, "\((error as? SluiceError)?.message ?? "\(error)")")
         }
         guard let value else { return .flag(flagKey, enabled: nil, reason: nil, who: nil) }
-        let object = try versioned(value, keeps: "the flag", bad: bad)
-        let reason = object["reason"] as? String
-        let who = object["who"] as? String
-        switch object["state"] as? String {
+        let object = try fields(value, keeps: "the flag")
+        let reason = try object.string("reason", maxLength: InputLimits.textLength)
+        let who = try object.string("who", maxLength: InputLimits.identityLength)
+        switch try object.string("state", maxLength: 32) {
         case "on": return .flag(flagKey, enabled: true, reason: reason, who: who)
         case "off": return .flag(flagKey, enabled: false, reason: reason, who: who)
         case "unset": return .flag(flagKey, enabled: nil, reason: reason, who: who)
         case let state? where parseRate(state) != nil:
             return .flag(flagKey, enabled: true, reason: reason, who: who, rate: parseRate(state))
-        case let other: throw bad("state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")")
+        case let other: throw bad(.field, "state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")")
         }
     }
 
@@ -104,7 +128,6 @@ public enum ControlRecord: Equatable, Sendable {
         (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
     }
 
-    /// A rate written `N/s` (N a positive number, at most a million), in messages a second.
     /// What a flag change does to a shard in `state` (its state's name), for dry runs: `enabled` nil and
     /// `rate` nil is an unset. The second value says whether the shard changes at all.
     public static func flagEffect(on state: String, enabled: Bool?, rate: Double?) -> (effect: String, changes: Bool) {
@@ -121,8 +144,11 @@ public enum ControlRecord: Equatable, Sendable {
         }
     }
 
+    /// A rate written `N/s` (N from 0.001, one message in about 17 minutes, to a million), in messages a second.
     public static func parseRate(_ text: String) -> Double? {
-        guard text.hasSuffix("/s"), let rate = Double(text.dropLast(2)), rate > 0, rate <= 1_000_000, rate.isFinite else { return nil }
+        guard text.hasSuffix("/s"), text.count <= 32, let rate = Double(text.dropLast(2)), rate.isFinite, rate >= 0.001, rate <= 1_000_000 else {
+            return nil
+        }
         return rate
     }
 
@@ -132,39 +158,27 @@ public enum ControlRecord: Equatable, Sendable {
     }
 
     /// The JSON object of a value in the schema version this host reads.
-    private static func versioned(_ value: [UInt8], keeps what: String, bad: (String) -> SluiceError) throws(SluiceError) -> [String: Any] {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any] else {
-            throw bad("the value is not a JSON object")
-        }
-        guard let version = object["v"] as? Int else { throw bad("no schema version 'v'") }
+    private static func versioned(
+        _ value: [UInt8], keeps what: String, bad: @escaping (ControlRecordRejected.Reason, String) -> ControlRecordRejected
+    ) throws -> JSONFields {
+        guard let object = JSONFields.object(value) else { throw bad(.format, "the value is not a JSON object") }
+        let fields = JSONFields(object) { bad($0, $1) }
+        guard let version = try fields.int64("v", in: 0...Int64(Int32.max)) else { throw bad(.format, "no schema version 'v'") }
         guard version == Self.version else {
-            throw bad("schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state")
+            throw bad(.format, "schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state")
         }
-        return object
+        return fields
     }
 
     /// The partition of a `KIND/TOPIC/PARTITION` key.
-    private static func partitionKey(_ key: String, kind: String, bad: (String) -> SluiceError) throws(SluiceError) -> TopicPartition {
+    private static func partitionKey(
+        _ key: String, kind: String, bad: (ControlRecordRejected.Reason, String) -> ControlRecordRejected
+    ) throws -> TopicPartition {
         let parts = key.dropFirst(kind.count + 1).split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]), partition >= 0 else {
-            throw bad("a \(kind) key is \(kind)/TOPIC/PARTITION")
+            throw bad(.key, "a \(kind) key is \(kind)/TOPIC/PARTITION")
         }
         return TopicPartition(String(parts[0]), partition)
-    }
-
-    private static func parseTrip(key: String, value: [UInt8]?, bad: (String) -> SluiceError) throws(SluiceError) -> ControlRecord {
-        let topicPartition = try partitionKey(key, kind: "trip", bad: bad)
-        guard let value else { return .trip(topicPartition, nil) }
-        let object = try versioned(value, keeps: "the shard", bad: bad)
-        switch object["state"] as? String {
-        case "tripped":
-            let offset = (object["offset"] as? NSNumber)?.int64Value
-            return .trip(topicPartition, Trip(offset: offset, reason: object["reason"] as? String ?? "tripped"))
-        case "clear":
-            return .trip(topicPartition, nil)
-        case let other:
-            throw bad("state must be tripped or clear, got \(other.map { "'\($0)'" } ?? "none")")
-        }
     }
 
     /// The record's key and value.
@@ -287,6 +301,20 @@ public struct ControlHostStatus: Equatable, Sendable {
         self.startedAtMilliseconds = startedAtMilliseconds
     }
 
+    /// Whether the host wrote this within `window` milliseconds before `now` (ms since the epoch). A record
+    /// dated more than a minute ahead of `now` is not live: clocks differ by less, and a forged far-future
+    /// heartbeat must not keep a host that is gone counted as live.
+    public func isLive(now: Int64, window: Int64) -> Bool {
+        let age = now.milliseconds(since: atMilliseconds)
+        return age >= -60_000 && age <= window
+    }
+
+    /// Seconds since the host wrote this (0 for a time ahead of `now`).
+    public func ageSeconds(now: Int64) -> Int64 { max(0, now.milliseconds(since: atMilliseconds) / 1000) }
+
+    /// Seconds since the host process started, when it said.
+    public func upSeconds(now: Int64) -> Int64? { startedAtMilliseconds.map { max(0, now.milliseconds(since: $0) / 1000) } }
+
     func object() -> [String: Any] {
         var object: [String: Any] = ["applied": applied, "atMillis": atMilliseconds, "shards": shards]
         if let startedAtMilliseconds { object["startedAtMillis"] = startedAtMilliseconds }
@@ -309,27 +337,43 @@ public struct ControlHostStatus: Equatable, Sendable {
         return object
     }
 
-    init(applied: Int64, atMilliseconds: Int64, object: [String: Any]) {
-        self.init(applied: applied, atMilliseconds: atMilliseconds, shards: (object["shards"] as? [String: String]) ?? [:])
-        startedAtMilliseconds = (object["startedAtMillis"] as? NSNumber)?.int64Value
-        shardCrashes = (object["shardCrashes"] as? NSNumber)?.intValue ?? 0
-        shardRestarts = (object["shardRestarts"] as? NSNumber)?.intValue ?? 0
-        // Details are a report, not state: a field that cannot be read is left out, never refused.
-        for (key, value) in object["details"] as? [String: Any] ?? [:] {
+    /// Reads a host record's fields, each checked against ``InputLimits``: `applied`, `atMillis` and the shard
+    /// table are state and refused when wrong; the details are a report, and a detail that cannot be read is left out.
+    init(fields: JSONFields, bad: @escaping (ControlRecordRejected.Reason, String) -> ControlRecordRejected) throws {
+        let applied = try fields.requiredInt64("applied", in: InputLimits.offsets)
+        let at = try fields.requiredInt64("atMillis", in: InputLimits.epochMilliseconds)
+        var shards: [String: String] = [:]
+        if let table = try fields.object("shards") {
+            guard table.count <= InputLimits.shardsPerHost else { throw bad(.range, "'shards' has more than \(InputLimits.shardsPerHost) entries") }
+            for (key, value) in table {
+                guard key.count <= InputLimits.identityLength, let state = value as? String, state.count <= 32 else {
+                    throw bad(.field, "'shards' maps TOPIC/PARTITION to a state name")
+                }
+                shards[key] = state
+            }
+        }
+        self.init(applied: applied, atMilliseconds: at, shards: shards)
+        startedAtMilliseconds = try fields.int64("startedAtMillis", in: InputLimits.epochMilliseconds)
+        shardCrashes = try fields.int("shardCrashes", in: InputLimits.counts) ?? 0
+        shardRestarts = try fields.int("shardRestarts", in: InputLimits.counts) ?? 0
+        let details = try fields.object("details") ?? [:]
+        guard details.count <= InputLimits.shardsPerHost else { throw bad(.range, "'details' has more than \(InputLimits.shardsPerHost) entries") }
+        for (key, value) in details {
             guard let entry = value as? [String: Any] else { continue }
+            let detail = JSONFields(entry) { bad($0, $1) }
             var shard = Shard()
-            shard.pauseReasons = entry["pauseReasons"] as? [String] ?? []
-            shard.lag = (entry["lag"] as? NSNumber)?.int64Value
-            shard.committed = (entry["committed"] as? NSNumber)?.int64Value
-            shard.highWatermark = (entry["highWatermark"] as? NSNumber)?.int64Value
-            shard.inFlight = (entry["inFlight"] as? NSNumber)?.intValue ?? 0
-            shard.processed = (entry["processed"] as? NSNumber)?.intValue ?? 0
-            shard.failed = (entry["failed"] as? NSNumber)?.intValue ?? 0
-            shard.deadLettered = (entry["deadLettered"] as? NSNumber)?.intValue ?? 0
-            shard.attempt = (entry["attempt"] as? NSNumber)?.intValue ?? 0
-            shard.lastError = entry["lastError"] as? String
-            shard.nextProbeSeconds = (entry["nextProbeSeconds"] as? NSNumber)?.doubleValue
-            details[key] = shard
+            shard.pauseReasons = (try? detail.strings("pauseReasons", maxLength: 64, maxCount: 16)) ?? []
+            shard.lag = try? detail.int64("lag", in: InputLimits.offsets)
+            shard.committed = try? detail.int64("committed", in: InputLimits.offsets)
+            shard.highWatermark = try? detail.int64("highWatermark", in: InputLimits.offsets)
+            shard.inFlight = (try? detail.int("inFlight", in: InputLimits.counts)) ?? 0
+            shard.processed = (try? detail.int("processed", in: InputLimits.counts)) ?? 0
+            shard.failed = (try? detail.int("failed", in: InputLimits.counts)) ?? 0
+            shard.deadLettered = (try? detail.int("deadLettered", in: InputLimits.counts)) ?? 0
+            shard.attempt = (try? detail.int("attempt", in: InputLimits.counts)) ?? 0
+            shard.lastError = try? detail.string("lastError", maxLength: InputLimits.textLength)
+            shard.nextProbeSeconds = try? detail.double("nextProbeSeconds", in: InputLimits.seconds)
+            self.details[key] = shard
         }
     }
 }
@@ -357,7 +401,7 @@ public final class ControlPlaneFlagSource: FlagSource {
     private let stream: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
     private let reader: ControlTopicReader
-    private let badRecords = Counter(label: "sluice_control_bad_records_total")
+    private let rejections: ControlRejections
 
     /// The default control topic of a group.
     public static func defaultTopic(group: String) -> String { "__sluice-control-\(group)" }
@@ -368,9 +412,10 @@ public final class ControlPlaneFlagSource: FlagSource {
         (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let table = self.table
         let continuation = self.continuation
-        let badRecords = self.badRecords
+        let rejections = ControlRejections(topic: topic, logger: logger)
+        self.rejections = rejections
         reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
-            do throws(SluiceError) {
+            do throws(ControlRecordRejected) {
                 switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
                 case .flag(let key, let enabled, let reason, let who, let rate):
                     table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate, who: who) } }
@@ -380,7 +425,14 @@ public final class ControlPlaneFlagSource: FlagSource {
                 case .host(let identity, let status):
                     table.hosts.withLock { $0[identity] = status }
                 case .quarantine(let topicPartition, let quarantine):
-                    table.quarantines.withLock { $0[topicPartition] = quarantine }
+                    let problem = table.quarantines.withLock { quarantines -> String? in
+                        if let problem = quarantine?.releaseProblem(over: quarantines[topicPartition]) { return problem }
+                        quarantines[topicPartition] = quarantine
+                        return nil
+                    }
+                    if let problem {
+                        throw ControlRecordRejected(key: record.key, offset: record.offset, reason: .release, detail: problem)
+                    }
                 case .command(_, let command?):
                     table.commands.withLock { commands in
                         commands.append((record.offset, command))
@@ -392,8 +444,7 @@ public final class ControlPlaneFlagSource: FlagSource {
                     return
                 }
             } catch {
-                badRecords.increment()
-                logger.error("control record ignored", metadata: ["error": "\(error.message)", "kafka.topic": "\(topic)"])
+                rejections.record(error)
             }
         }
     }
@@ -426,6 +477,10 @@ public final class ControlPlaneFlagSource: FlagSource {
 
     /// Every control record before this offset was loaded into the host's flags.
     public var loadedPosition: Int64 { table.loadedPosition.withLock { $0 } }
+
+    /// Control records refused since the host started (each logged once, counted by reason, and ignored: what
+    /// it would have changed keeps its last good state), and the latest of them.
+    public var rejected: (count: Int, latest: [ControlRecordRejected]) { rejections.snapshot }
 
     /// What every host of the group last said of itself.
     public var hosts: [String: ControlHostStatus] { table.hosts.withLock { $0 } }
@@ -511,13 +566,19 @@ public struct AuditEntry: Sendable, Equatable {
 
     /// Reads an entry; nil when it is not one this version reads.
     public init?(decoding value: [UInt8]) {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(value)) as? [String: Any], object["v"] as? Int == ControlRecord.version,
-            let at = (object["atMillis"] as? NSNumber)?.int64Value, let subject = object["subject"] as? String, let after = object["after"] as? String,
-            let offset = (object["controlOffset"] as? NSNumber)?.int64Value
+        struct Refused: Error {}
+        guard let object = JSONFields.object(value) else { return nil }
+        let fields = JSONFields(object) { _, _ in Refused() }
+        guard (try? fields.int64("v", in: 0...Int64(Int32.max))) == Int64(ControlRecord.version),
+            let at = try? fields.int64("atMillis", in: InputLimits.epochMilliseconds),
+            let subject = try? fields.string("subject", maxLength: InputLimits.identityLength),
+            let after = try? fields.string("after", maxLength: InputLimits.textLength),
+            let offset = try? fields.int64("controlOffset", in: InputLimits.offsets),
+            let who = try? fields.string("who", maxLength: InputLimits.identityLength),
+            let reason = try? fields.string("reason", maxLength: InputLimits.textLength),
+            let before = try? fields.string("before", maxLength: InputLimits.textLength)
         else { return nil }
-        self.init(
-            atMilliseconds: at, who: object["who"] as? String, reason: object["reason"] as? String, subject: subject,
-            before: object["before"] as? String, after: after, controlOffset: offset)
+        self.init(atMilliseconds: at, who: who, reason: reason, subject: subject, before: before, after: after, controlOffset: offset)
     }
 }
 

@@ -43,6 +43,25 @@ public struct Quarantine: Sendable, Hashable {
     /// The crash report of the last death (the runtime's backtrace, summarized and truncated), when the
     /// process wrote one (`SWIFT_BACKTRACE=...,format=json,output-to=STATE_DIRECTORY`).
     public var report: String?
+    /// For an operator's release (`skip`, `deadLetter`): the quarantine a host recorded that it releases. A
+    /// release applies only within what a host recorded, never to offsets it names by itself; the record carries
+    /// it because compaction keeps only the latest record of a partition, the release.
+    public var recorded: Recorded?
+
+    /// What a host recorded of a message that killed its process: the part of a quarantine a release refers to.
+    public struct Recorded: Sendable, Hashable {
+        /// The first offset and the number of messages the host recorded.
+        public var offset: Int64
+        public var count: Int
+        /// Its state then: `counting`, `quarantined` or `suspect`.
+        public var state: State
+        /// The host that recorded it, and when its process died.
+        public var host: String
+        public var atMilliseconds: Int64
+    }
+
+    /// Whether a host records this state (an operator writes `skip` and `deadLetter`).
+    public var isRecordedByHost: Bool { [.counting, .quarantined, .suspect].contains(state) }
 
     /// Creates a quarantine record.
     public init(
@@ -80,6 +99,9 @@ public struct Quarantine: Sendable, Hashable {
             throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(self.offset), not \(offset)")
         }
         var released = self
+        if isRecordedByHost {
+            released.recorded = Recorded(offset: self.offset, count: count, state: state, host: host, atMilliseconds: atMilliseconds)
+        }
         switch release {
         case .retry: return nil
         case .skip: released.state = .skip
@@ -90,15 +112,37 @@ public struct Quarantine: Sendable, Hashable {
         return released
     }
 
+    /// Why this record cannot stand over `current` (the partition's record before it), or nil when it can. A
+    /// host's own record always can. A release must name the host record it releases, cover no offset outside
+    /// it, and, when the host record is still known, be that one.
+    public func releaseProblem(over current: Quarantine?) -> String? {
+        guard !isRecordedByHost else { return nil }
+        guard let recorded else { return "a \(state.rawValue) release names no quarantine a host recorded; it is applied to no offset" }
+        guard recorded.state != .skip, recorded.state != .deadLetter else { return "a release must name a quarantine a host recorded" }
+        let recordedRange = recorded.offset..<recorded.offset.adding(saturating: Int64(max(1, recorded.count)))
+        guard offset == recorded.offset, range.upperBound <= recordedRange.upperBound else {
+            return "the release covers offsets \(offset)..<\(range.upperBound), outside the quarantine a host recorded (\(recordedRange.lowerBound)..<\(recordedRange.upperBound))"
+        }
+        if let current, current.isRecordedByHost,
+            current.offset != recorded.offset || current.count != recorded.count || current.host != recorded.host || current.atMilliseconds != recorded.atMilliseconds
+        {
+            return "the release names a quarantine at offset \(recorded.offset) (host \(recorded.host)), but the partition's quarantine is at offset \(current.offset) (host \(current.host))"
+        }
+        if let current, !current.isRecordedByHost, let currentRecorded = current.recorded, currentRecorded != recorded {
+            return "the release names another quarantine than the one already released"
+        }
+        return nil
+    }
+
     /// The offsets it covers.
-    public var range: Range<Int64> { offset..<(offset + Int64(max(1, count))) }
+    public var range: Range<Int64> { offset..<offset.adding(saturating: Int64(max(1, count))) }
 
     /// What it says, for logs, status and crash reasons.
     public var summary: String {
         if state == .suspect {
-            return "offsets \(offset)..<\(offset + Int64(count)) were in handler calls when the process died (\(signal), on \(host)) on a thread Sluice could not attribute: handled one at a time until the culprit is found"
+            return "offsets \(offset)..<\(range.upperBound) were in handler calls when the process died (\(signal), on \(host)) on a thread Sluice could not attribute: handled one at a time until the culprit is found"
         }
-        let what = count == 1 ? "offset \(offset)" : "offsets \(offset)..<\(offset + Int64(count))"
+        let what = count == 1 ? "offset \(offset)" : "offsets \(offset)..<\(range.upperBound)"
         return "handler call at \(what) killed the process \(crashes) time\(crashes == 1 ? "" : "s") (\(signal), last on \(host))"
     }
 
@@ -110,22 +154,39 @@ public struct Quarantine: Sendable, Hashable {
         if let who { object["who"] = who }
         if let reason { object["reason"] = reason }
         if let report { object["report"] = report }
+        if let recorded {
+            object["recorded"] = [
+                "offset": recorded.offset, "count": recorded.count, "state": recorded.state.rawValue, "host": recorded.host,
+                "atMillis": recorded.atMilliseconds,
+            ] as [String: Any]
+        }
         return object
     }
 
-    init(object: [String: Any], bad: (String) -> SluiceError) throws(SluiceError) {
-        guard let stateText = object["state"] as? String, let state = State(rawValue: stateText) else {
-            throw bad("state must be counting, quarantined, skip, suspect or released, got \((object["state"] as? String).map { "'\($0)'" } ?? "none")")
+    /// Reads a quarantine's fields, each checked against ``InputLimits`` (a record or file from outside the process).
+    init(fields: JSONFields, bad: @escaping (ControlRecordRejected.Reason, String) -> any Error) throws {
+        guard let stateText = try fields.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
+            throw bad(.field, "state must be counting, quarantined, skip, deadLetter, suspect or released, got \((fields.object["state"] as? String).map { "'\($0.prefix(32))'" } ?? "none")")
         }
-        guard let offset = (object["offset"] as? NSNumber)?.int64Value, offset >= 0 else { throw bad("a quarantine needs its offset") }
-        let count = (object["count"] as? NSNumber)?.intValue ?? 1
-        let crashes = (object["crashes"] as? NSNumber)?.intValue ?? 1
-        guard count >= 1, crashes >= 0 else { throw bad("count must be at least 1 and crashes 0 or more") }
+        guard let offset = try fields.int64("offset", in: InputLimits.offsets) else { throw bad(.field, "a quarantine needs its offset") }
         self.init(
-            offset: offset, count: count, crashes: crashes, state: state, signal: object["signal"] as? String ?? "?",
-            host: object["host"] as? String ?? "?", atMilliseconds: (object["atMillis"] as? NSNumber)?.int64Value ?? 0,
-            who: object["who"] as? String, reason: object["reason"] as? String)
-        report = object["report"] as? String
+            offset: offset, count: try fields.int("count", in: InputLimits.quarantineSpan) ?? 1,
+            crashes: try fields.int("crashes", in: InputLimits.counts) ?? 1, state: state,
+            signal: try fields.string("signal", maxLength: InputLimits.identityLength) ?? "?",
+            host: try fields.string("host", maxLength: InputLimits.identityLength) ?? "?",
+            atMilliseconds: try fields.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0,
+            who: try fields.string("who", maxLength: InputLimits.identityLength), reason: try fields.string("reason", maxLength: InputLimits.textLength))
+        report = try fields.string("report", maxLength: InputLimits.reportLength)
+        if let object = try fields.object("recorded") {
+            let nested = JSONFields(object) { bad($0, "recorded: \($1)") }
+            guard let stateText = try nested.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
+                throw bad(.field, "recorded: 'state' must be counting, quarantined or suspect")
+            }
+            recorded = Recorded(
+                offset: try nested.requiredInt64("offset", in: InputLimits.offsets), count: try nested.int("count", in: InputLimits.quarantineSpan) ?? 1,
+                state: state, host: try nested.string("host", maxLength: InputLimits.identityLength) ?? "?",
+                atMilliseconds: try nested.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0)
+        }
     }
 }
 
@@ -153,7 +214,16 @@ final class LocalQuarantineFile: Sendable {
         var loaded: [TopicPartition: Quarantine] = [:]
         for (key, value) in object {
             guard let topicPartition = TopicPartition(parsing: key) else { throw bad("'\(key)' is not TOPIC/PARTITION") }
-            loaded[topicPartition] = try Quarantine(object: value) { bad("\(key): \($0)") }
+            do {
+                loaded[topicPartition] = try Quarantine(fields: JSONFields(value) { _, detail in bad("\(key): \(detail)") }) { _, detail in bad("\(key): \(detail)") }
+            } catch let error as SluiceError {
+                throw error
+            } catch {
+                throw bad("\(key): \(error)")
+            }
+        }
+        for (topicPartition, quarantine) in loaded {
+            if let problem = quarantine.releaseProblem(over: nil) { throw bad("\(topicPartition): \(problem)") }
         }
         entries = Mutex(loaded)
     }

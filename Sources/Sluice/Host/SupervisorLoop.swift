@@ -187,10 +187,19 @@ struct SupervisorLoop {
     private func readGroupProgress(of assigned: [ShardSupervisor], group: inout DiscardingTaskGroup) {
         guard !assigned.isEmpty else { return }
         let progress = Dictionary(uniqueKeysWithValues: assigned.map { ($0.topicPartition, $0.groupProgress) })
+        // Commit metadata is input from outside the process: what it names is bounded by what a host can have
+        // done, a hundred times the topic's in-flight limit above the commit, and below the high watermark.
+        let maximumDone = Dictionary(
+            uniqueKeysWithValues: progress.keys.map { ($0, Int64(100 * max(1, (host.configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight))) })
         group.addTask { [consumer, logger] in
             var committed: [TopicPartition: TopicPartitionOffset] = [:]
+            var highWatermarks: [TopicPartition: Int64] = [:]
             do {
                 committed = try await consumer.committedProgress(for: Array(progress.keys), timeout: .seconds(5))
+                let withMetadata = committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(\.key)
+                if !withMetadata.isEmpty {
+                    highWatermarks = (try? await consumer.queryHighWatermarks(for: withMetadata, timeout: .seconds(5))) ?? [:]
+                }
             } catch {
                 logger.warning(
                     "could not read what the group finished above its commits; those messages are handled again",
@@ -200,10 +209,21 @@ struct SupervisorLoop {
                 var done: Set<Int64> = []
                 if let entry = committed[topicPartition] {
                     do {
-                        done = try CommitMetadata.decode(entry.metadata, committed: entry.offset)
+                        let decoded = try CommitMetadata.decode(
+                            entry.metadata, committed: entry.offset, highWatermark: highWatermarks[topicPartition],
+                            maximumDone: maximumDone[topicPartition] ?? 100_000)
+                        done = decoded.done
+                        if decoded.pastHighWatermark > 0 {
+                            logger.warning(
+                                "commit metadata names offsets at or past the high watermark; they are left out",
+                                metadata: [
+                                    "kafka.partition": "\(topicPartition)", "sluice.pastHighWatermark": "\(decoded.pastHighWatermark)",
+                                    "kafka.highWatermark": "\(highWatermarks[topicPartition].map(String.init) ?? "-")",
+                                ])
+                        }
                     } catch {
                         logger.warning(
-                            "commit metadata not understood; the messages it names are handled again",
+                            "commit metadata refused; the partition is handled from its committed offset (messages it names are handled again)",
                             metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
                     }
                 }

@@ -13,9 +13,12 @@ enum CommitMetadata {
     /// Stays under Kafka's default limit with room to spare.
     static let maximumLength = 3_000
 
+    /// Kafka's default `offset.metadata.max.bytes`: longer metadata is no one's.
+    static let maximumAccepted = 4_096
+
     /// The metadata for `done` offsets above `committed` (others are ignored); nil when there are none.
     static func encode(done: Set<Int64>, above committed: Int64) -> String? {
-        let distances = done.lazy.filter { $0 >= committed }.map { $0 - committed }.sorted()
+        let distances = done.lazy.filter { $0 > committed }.map { $0 - committed }.sorted()
         guard !distances.isEmpty else { return nil }
         var text = prefix
         var index = 0
@@ -31,21 +34,50 @@ enum CommitMetadata {
         return text == prefix ? nil : text
     }
 
-    /// The done offsets `metadata` names above `committed`. Metadata that is not Sluice's is no offsets; a
-    /// malformed one throws, naming what is wrong.
-    static func decode(_ metadata: String?, committed: Int64) throws(SluiceError) -> Set<Int64> {
-        guard let metadata, metadata.hasPrefix(prefix) else { return [] }
-        var done: Set<Int64> = []
-        for run in metadata.dropFirst(prefix.count).split(separator: ",", omittingEmptySubsequences: false) {
+    /// What a commit's metadata says is done: the offsets, and how many it named at or past the high watermark
+    /// (no message is there yet, so none is done; they are left out).
+    struct Decoded: Equatable {
+        var done: Set<Int64>
+        var pastHighWatermark: Int64 = 0
+    }
+
+    /// The done offsets `metadata` names above `committed`, bounded by what a host can have done: commit
+    /// metadata comes from outside the process (anyone who may commit for the group can write it). Metadata that
+    /// is not Sluice's is no offsets. Refused, naming what is wrong: longer than Kafka keeps (which also bounds
+    /// the runs, fewer than 1,000), a run at or below the commit, runs out of order or overlapping, or more than
+    /// `maximumDone` offsets in all. Offsets at or past `highWatermark` (when known) are left out.
+    static func decode(
+        _ metadata: String?, committed: Int64, highWatermark: Int64? = nil, maximumDone: Int64 = 1_000_000
+    ) throws(SluiceError) -> Decoded {
+        guard let metadata, metadata.hasPrefix(prefix) else { return Decoded(done: []) }
+        func bad(_ what: String) -> SluiceError {
+            SluiceError(code: .invalidInput, message: "commit metadata '\(metadata.prefix(80))': \(what)")
+        }
+        guard metadata.utf8.count <= maximumAccepted else { throw bad("longer than \(maximumAccepted) bytes") }
+        guard InputLimits.offsets.contains(committed) else { throw bad("committed offset \(committed) is out of range") }
+        let runs = metadata.dropFirst(prefix.count).split(separator: ",", omittingEmptySubsequences: false)
+        // Distances are bounded so that committed + distance stays within the offsets' range.
+        let farthest = InputLimits.offsets.upperBound - committed
+        var parsed: [ClosedRange<Int64>] = []
+        var total: Int64 = 0
+        for run in runs {
             let bounds = run.split(separator: "-", omittingEmptySubsequences: false)
             guard (1...2).contains(bounds.count), let first = Int64(bounds[0]), let last = Int64(bounds[bounds.count - 1]),
-                first >= 0, first <= last, last - first < 1_000_000, committed <= Int64.max - last
-            else {
-                throw SluiceError(code: .invalidInput, message: "commit metadata '\(metadata.prefix(80))': bad run '\(run.prefix(40))'")
-            }
-            for distance in first...last { done.insert(committed + distance) }
+                first >= 1, first <= last, last <= farthest
+            else { throw bad("bad run '\(run.prefix(40))'") }
+            guard parsed.last.map({ $0.upperBound < first }) ?? true else { throw bad("runs out of order or overlapping at '\(run.prefix(40))'") }
+            total += last - first + 1
+            guard total <= maximumDone else { throw bad("names more than \(maximumDone) done offsets") }
+            parsed.append(first...last)
         }
-        return done
+        var decoded = Decoded(done: [])
+        let end = highWatermark.map { $0.subtracting(saturating: committed) } ?? farthest + 1
+        for run in parsed {
+            let kept = run.lowerBound..<min(run.upperBound + 1, max(run.lowerBound, end))
+            decoded.pastHighWatermark += Int64(run.count) - Int64(kept.count)
+            for distance in kept { decoded.done.insert(committed + distance) }
+        }
+        return decoded
     }
 }
 

@@ -27,7 +27,8 @@ struct TokenBucket: Sendable, Equatable {
             tokens -= Double(taken)
             return (taken, nil)
         }
-        let missing = 1 - tokens
-        return (0, now + .nanoseconds(Int64((missing / rate * 1e9).rounded(.up))))
+        // At most an hour: a rate is at least 0.001/s, and the wait is recomputed when the next one is due.
+        let wait = min((1 - tokens) / rate, 3_600)
+        return (0, now + .nanoseconds(Int64((wait * 1e9).rounded(.up))))
     }
 }

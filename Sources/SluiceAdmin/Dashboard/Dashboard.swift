@@ -275,7 +275,7 @@ final class Dashboard: Sendable {
             var rows: [[String: Any]] = []
             while true {
                 let now = Int64(Date().timeIntervalSince1970 * 1000)
-                let live = control.hosts.filter { now - $0.value.atMilliseconds <= GroupView.liveMilliseconds }
+                let live = control.hosts.filter { $0.value.isLive(now: now, window: GroupView.liveMilliseconds) }
                 rows = live.sorted { $0.key < $1.key }.map { ["host": $0.key, "applied": $0.value.applied > offset] }
                 if rows.allSatisfy({ $0["applied"] as? Bool == true }) || ContinuousClock.now >= deadline { break }
                 try? await Task.sleep(for: .milliseconds(50))

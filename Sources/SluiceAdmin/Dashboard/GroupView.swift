@@ -93,14 +93,14 @@ struct GroupView {
                     nextProbeSeconds: status.nextProbeSeconds, quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason, rate: setting.rate))
         }
         var ownShown = false
-        for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key }) where now - record.atMilliseconds <= Self.liveMilliseconds {
+        for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key }) where record.isLive(now: now, window: Self.liveMilliseconds) {
             let isThis = identity == host.identity
             ownShown = ownShown || isThis
             hosts.append(
                 Host(
-                    identity: identity, isThis: isThis, heartbeatAgeSeconds: (now - record.atMilliseconds) / 1000,
+                    identity: identity, isThis: isThis, heartbeatAgeSeconds: record.ageSeconds(now: now),
                     shardCount: isThis ? own.count : record.shards.count, applied: record.applied,
-                    upSeconds: record.startedAtMilliseconds.map { (now - $0) / 1000 },
+                    upSeconds: record.upSeconds(now: now),
                     backingOffOrTripped: record.shards.values.filter { $0 == "backingOff" || $0 == "tripped" }.count,
                     shardCrashes: isThis ? host.shardCrashesAndRestarts.crashes : record.shardCrashes,
                     shardRestarts: isThis ? host.shardCrashesAndRestarts.restarts : record.shardRestarts))
