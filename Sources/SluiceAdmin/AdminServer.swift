@@ -50,12 +50,9 @@ public struct AdminServer: Service {
         self.settings = host.configuration.admin
         self.registry = registry
         self.logger = logger
-        if let control = host.control {
+        if host.control != nil {
             self.store = nil
-            self.controlWriter = try ControlPlaneWriter(
-                bootstrapServers: host.configuration.kafka.bootstrap, topic: control.topic,
-                properties: host.configuration.controlProperties,
-                logger: logger)
+            self.controlWriter = try host.configuration.controlWriter(logger: logger)
         } else {
             self.controlWriter = nil
             self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }

@@ -1,3 +1,4 @@
+import Crdkafka
 /// A Kafka record header.
 public struct KafkaHeader: Hashable, Sendable {
     /// Header name.
@@ -9,6 +10,23 @@ public struct KafkaHeader: Hashable, Sendable {
     public init(key: String, value: [UInt8]?) {
         self.key = key
         self.value = value
+    }
+
+    /// The headers of a message librdkafka handed over, in order.
+    static func all(of message: UnsafePointer<rd_kafka_message_t>) -> [KafkaHeader] {
+        var headers: [KafkaHeader] = []
+        var headerList: OpaquePointer?
+        guard rd_kafka_message_headers(message, &headerList) == RD_KAFKA_RESP_ERR_NO_ERROR, let headerList else { return headers }
+        var index = 0
+        var name: UnsafePointer<CChar>?
+        var headerValue: UnsafeRawPointer?
+        var size = 0
+        while rd_kafka_header_get_all(headerList, index, &name, &headerValue, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+            headers.append(
+                KafkaHeader(key: name.map { String(cString: $0) } ?? "", value: headerValue.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) }))
+            index += 1
+        }
+        return headers
     }
 }
 

@@ -660,23 +660,7 @@ final class ConsumerLoop: @unchecked Sendable {
         let key = raw.key.map { writer.copy($0, count: raw.key_len) }
         var timestampType = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let timestamp = rd_kafka_message_timestamp(message, &timestampType)
-        var headers: [KafkaHeader] = []
-        var headerList: OpaquePointer?
-        if rd_kafka_message_headers(message, &headerList) == RD_KAFKA_RESP_ERR_NO_ERROR, let headerList {
-            var index = 0
-            var name: UnsafePointer<CChar>?
-            var headerValue: UnsafeRawPointer?
-            var size = 0
-            while rd_kafka_header_get_all(headerList, index, &name, &headerValue, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-                headers.append(
-                    KafkaHeader(
-                        key: name.map { String(cString: $0) } ?? "",
-                        value: headerValue.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) }
-                    )
-                )
-                index += 1
-            }
-        }
+        let headers = KafkaHeader.all(of: message)
         return ConsumedMessage(
             topic: topic,
             partition: raw.partition,

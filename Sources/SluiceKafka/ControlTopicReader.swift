@@ -15,6 +15,8 @@ public final class ControlTopicReader: Sendable {
         public let key: String
         /// Nil for a tombstone.
         public let value: [UInt8]?
+        /// The record's headers (a signature, when the group's records are signed).
+        public let headers: [KafkaHeader]
     }
 
     private struct State {
@@ -188,7 +190,7 @@ public final class ControlTopicReader: Sendable {
             }
             let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) } ?? ""
             let value = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) }
-            onRecord(Record(offset: raw.offset, key: key, value: value))
+            onRecord(Record(offset: raw.offset, key: key, value: value, headers: KafkaHeader.all(of: message)))
             state.withLock { $0.position = raw.offset + 1 }
             if !loaded, raw.offset + 1 >= high {
                 loaded = true

@@ -95,6 +95,16 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
+    /// The keys of a signed group, from the environment: SLUICE_CONTROL_OPERATOR_KEY signs what this writes;
+    /// SLUICE_CONTROL_HOST_KEY and SLUICE_CONTROL_OPERATOR_PUBLIC_KEY verify what it reads.
+    func keys() throws -> ControlKeys? {
+        do {
+            return try ControlKeys.fromEnvironment(ProcessInfo.processInfo.environment)
+        } catch {
+            throw AdminClient.Failure(description: error.message)
+        }
+    }
+
     var librdkafkaProperties: [String: String] {
         Dictionary(properties.map { property in
             let parts = property.split(separator: "=", maxSplits: 1)
@@ -125,7 +135,7 @@ struct ControlOptions: ParsableArguments {
         let records = RecordTable(watching: flagKey)
         let loading = Task { try await open(topic: topic, bootstrap: bootstrap, logger: logger, into: records) }
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
             let who = "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"
             let written = ContinuousClock.now
             let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: who, rate: rate, audited: false)
@@ -157,6 +167,7 @@ struct ControlOptions: ParsableArguments {
     private func open(topic: String, bootstrap: String, logger: Logger, into records: RecordTable = RecordTable()) async throws
         -> (RecordTable, ControlTopicReader)
     {
+        if let keys = try keys(), keys.verifies { records.verify(with: keys, topic: topic) }
         do {
             let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
                 records.apply(record)
@@ -218,7 +229,7 @@ struct ControlOptions: ParsableArguments {
             throw AdminClient.Failure(description: error.message)
         }
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
             let started = ContinuousClock.now
             let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
@@ -246,7 +257,7 @@ struct ControlOptions: ParsableArguments {
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
             let started = ContinuousClock.now
             let offset = try await writer.send(
                 ControlCommand(action: .reset, topicPartition: topicPartition, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"))
@@ -367,7 +378,12 @@ private final class RecordTable: Sendable {
     /// A flag whose every value is kept with its offset (a write's "before", read after the write).
     private let watched: FlagKey?
 
+    /// With keys, a record is applied only when its signature verifies (as on the hosts).
+    private let verifier = Mutex<(keys: ControlKeys, topic: String)?>(nil)
+
     init(watching key: FlagKey? = nil) { watched = key }
+
+    func verify(with keys: ControlKeys, topic: String) { verifier.withLock { $0 = (keys, topic) } }
 
     /// The watched flag's value before the record at `offset`.
     func watchedFlag(before offset: Int64) -> Flag? {
@@ -378,6 +394,9 @@ private final class RecordTable: Sendable {
         state.withLock { state in
             let parsed: ControlRecord?
             do {
+                if let (keys, topic) = verifier.withLock({ $0 }), ControlSigner.allowed(key: record.key, value: record.value) != nil {
+                    _ = try keys.verify(topic: topic, key: record.key, value: record.value, headers: record.headers, offset: record.offset)
+                }
                 parsed = try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
             } catch {
                 state.bad += 1

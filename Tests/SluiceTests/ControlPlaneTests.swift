@@ -144,6 +144,22 @@ struct ControlRecordTests {
         }
     }
 
+    @Test("audit entries: written and read back with and without their optional fields; out-of-range ones are not read")
+    func auditEntries() {
+        var full = AuditEntry(atMilliseconds: 5, who: "ana", reason: "incident", subject: "flag/orders", before: "on", after: "off", controlOffset: 3)
+        full.signer = .operator
+        #expect(AuditEntry(decoding: full.encoded) == full)
+        let bare = AuditEntry(atMilliseconds: 5, who: nil, reason: nil, subject: "flag/orders", before: nil, after: "off", controlOffset: 3)
+        #expect(AuditEntry(decoding: bare.encoded) == bare)
+        for hostile in [
+            #"{"v":1,"atMillis":-9223372036854775808,"subject":"flag/orders","after":"off","controlOffset":1}"#,
+            #"{"v":1,"atMillis":5,"subject":"flag/orders","after":"off","controlOffset":1e300}"#,
+            #"{"v":1,"atMillis":5,"subject":"flag/orders","after":"off","controlOffset":1,"who":7}"#,
+        ] {
+            #expect(AuditEntry(decoding: Array(hostile.utf8)) == nil, "\(hostile)")
+        }
+    }
+
     @Test("quarantine ranges and summaries never overflow, whatever a Quarantine holds")
     func quarantineArithmetic() {
         let extreme = Quarantine(offset: .max - 1, count: .max, crashes: .max, state: .suspect, signal: "SIGILL", host: "h", atMilliseconds: .min)

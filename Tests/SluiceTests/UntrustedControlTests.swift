@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import SluiceKafka
 import SluiceTesting
+import Synchronization
 import Testing
 
 @testable import Sluice
@@ -82,5 +83,70 @@ struct UntrustedControlTests {
         try await runC.value
         hostA.shutdown()
         try await runA.value
+    }
+
+    @Test("a signed group: an unsigned flag or one a host key signed is refused and orders keep flowing; the operator's signed flag stops them; heartbeats verify; the audit names the signer")
+    func signedGroup() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 2])
+        let group = HostFixture.uniqueGroup()
+        let generated = ControlKeys.generate()
+        var configuration = ControlPlaneTests.configuration(cluster, group: group)
+        configuration.control.hostKey = generated.hostKey
+        configuration.control.operatorPublicKey = generated.operatorPublicKey
+        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addTopic(ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic), partitions: 1)
+        let handled = HandledMessages()
+        let hosts = (0..<2).map { _ in
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+            return host
+        }
+        let runs = hosts.map { host in Task { try await host.run() } }
+        _ = try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 20)
+        try await waitUntil("200 handled", timeout: .seconds(90)) { handled.distinct == 200 }
+        try await waitUntil("each host sees both hosts' signed heartbeats") { hosts.allSatisfy { ($0.control?.hosts.count ?? 0) == 2 } }
+
+        // Forged: unsigned, and signed with the host key (which every host holds) as a host.
+        let off = ControlRecord.flag(.topic("orders"), enabled: false, reason: "forged", who: "mallory").encoded
+        let hostKeys = try #require(try configuration.control.keys())
+        let asHost = try hostKeys.sign(topic: configuration.controlTopic, signer: .host, key: off.key, value: off.value)
+        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for headers in [[], asHost] {
+            _ = try await producer.send(ProducerRecord(topic: configuration.controlTopic, partition: 0, key: Array(off.key.utf8), value: off.value, headers: headers))
+        }
+        await producer.close()
+        for host in hosts {
+            try await waitUntil("both refused, as signature") {
+                (host.control?.rejected.latest.filter { $0.reason == .signature && $0.key == "flag/orders" }.count ?? 0) == 2
+            }
+        }
+        _ = try await HostFixture.produce(cluster, topic: "orders", count: 200, keys: 20)
+        try await waitUntil("the next 200 handled: orders still on") { handled.distinct == 400 }
+        #expect((hosts[0].shards + hosts[1].shards).allSatisfy { $0.state == .running })
+
+        // The operator's CLI key: the same flag, signed, stops the topic on every host.
+        let operatorKeys = try ControlKeys(hostKeys: [], operatorPublicKeys: [], operatorPrivateKey: generated.operatorKey)
+        let writer = try ControlPlaneWriter(
+            bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, keys: operatorKeys, logger: HostFixture.logger)
+        try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "ana")
+        // A writer holding only the operator key cannot write what hosts write.
+        await #expect(throws: SluiceError.self) { try await writer.setTrip(TopicPartition("orders", 0), .init(offset: 0, reason: "forged")) }
+        await writer.close()
+        try await waitUntil("orders off on both hosts") {
+            let shards = hosts[0].shards + hosts[1].shards
+            return shards.count == 2 && shards.allSatisfy { $0.state == .off && $0.flag.source == "control" }
+        }
+        let audit = Locked<[AuditEntry]>([])
+        let reader = try ControlTopicReader(
+            bootstrapServers: cluster.bootstrapServers, topic: ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic), logger: HostFixture.logger
+        ) { record in
+            if let entry = record.value.flatMap(AuditEntry.init(decoding:)) { audit.withLock { $0.append(entry) } }
+        }
+        try await reader.load(timeout: .seconds(30))
+        await reader.close()
+        let entries = audit.value
+        #expect(entries.contains { $0.subject == "flag/orders" && $0.signer == .operator && $0.who == "ana" }, "\(entries)")
+        for host in hosts { host.shutdown() }
+        for run in runs { try await run.value }
     }
 }

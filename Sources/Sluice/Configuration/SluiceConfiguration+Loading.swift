@@ -56,7 +56,10 @@ struct ConfigurationLayout {
     static let schema: [String: Set<String>] = [
         "": ["kafka", "topics", "host", "flags", "admin", "control", "metrics"],
         "metrics": ["perPartition"],
-        "control": ["enabled", "topic", "loadTimeout", "createTopics", "replicationFactor"],
+        "control": [
+            "enabled", "topic", "loadTimeout", "createTopics", "replicationFactor", "hostKey", "hostKeyPrevious", "operatorPublicKey",
+            "operatorPublicKeyPrevious", "operatorKey",
+        ],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
         "kafka.properties": ["*"],
         "kafka.producerProperties": ["*"],
@@ -215,6 +218,16 @@ private struct ConfigurationValues {
                 throw problem(["control", "replicationFactor"], "must be -1 (the brokers' default) or at least 1, got \(factor)")
             }
             configuration.control.replicationFactor = factor
+        }
+        configuration.control.hostKey = try string(["control", "hostKey"], isSecret: true)
+        configuration.control.hostKeyPrevious = try string(["control", "hostKeyPrevious"], isSecret: true)
+        configuration.control.operatorPublicKey = try string(["control", "operatorPublicKey"])
+        configuration.control.operatorPublicKeyPrevious = try string(["control", "operatorPublicKeyPrevious"])
+        configuration.control.operatorKey = try string(["control", "operatorKey"], isSecret: true)
+        do {
+            _ = try configuration.control.keys()
+        } catch {
+            throw SluiceError(code: .configuration, message: "\(layout.file): \(error.message)")
         }
         configuration.admin.enabled = try onOff(["admin", "enabled"]) ?? configuration.admin.enabled
         configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen

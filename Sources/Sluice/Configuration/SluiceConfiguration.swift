@@ -1,3 +1,4 @@
+import Logging
 import Foundation
 import SluiceKafka
 
@@ -58,9 +59,39 @@ public struct SluiceConfiguration: Sendable {
         /// The replication factor of topics the host creates; default -1, the brokers'
         /// `default.replication.factor` (Kafka 2.4 and later).
         public var replicationFactor = -1
+        /// The group's host key (base64 of at least 32 random bytes): hosts sign their records with it (HMAC-SHA256)
+        /// and accept host records only when signed with it or ``hostKeyPrevious``. With ``operatorPublicKey``,
+        /// the group's records are signed; without both, they are not (anyone who can write to the control
+        /// topic can then act as an operator, and the host warns at start).
+        public var hostKey: String?
+        /// The host key before a rotation, still accepted.
+        public var hostKeyPrevious: String?
+        /// The operators' Ed25519 public key (base64 of 32 bytes): flags, commands and releases must carry a
+        /// signature that verifies with it or ``operatorPublicKeyPrevious``.
+        public var operatorPublicKey: String?
+        /// The operator public key before a rotation, still accepted.
+        public var operatorPublicKeyPrevious: String?
+        /// The operators' private key, only on a host whose admin API and dashboard write flags and releases
+        /// for the group (that host can then act as an operator); the CLI takes it from SLUICE_CONTROL_OPERATOR_KEY.
+        public var operatorKey: String?
 
         /// Creates the default control settings (off).
         public init() {}
+
+        /// The keys that sign and verify the group's records; nil when none are configured (records unsigned).
+        /// Throws naming the setting that is wrong, never its value.
+        public func keys() throws(SluiceError) -> ControlKeys? {
+            let given = [hostKey, operatorPublicKey].map { $0 != nil }
+            guard given.contains(true) || operatorKey != nil else { return nil }
+            guard given.allSatisfy({ $0 }) else {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "control.hostKey and control.operatorPublicKey go together: with one and not the other, some records would be accepted unsigned")
+            }
+            return try ControlKeys(
+                hostKeys: [hostKey, hostKeyPrevious].compactMap { $0 }, operatorPublicKeys: [operatorPublicKey, operatorPublicKeyPrevious].compactMap { $0 },
+                operatorPrivateKey: operatorKey)
+        }
     }
 
     /// The admin HTTP API (served by `SluiceAdmin.AdminServer`).
@@ -94,6 +125,11 @@ public struct SluiceConfiguration: Sendable {
 
     /// The control topic of this group.
     public var controlTopic: String { control.topic ?? ControlPlaneFlagSource.defaultTopic(group: kafka.group) }
+
+    /// A writer of this group's control topic, signing with the configured keys.
+    public func controlWriter(logger: Logger) throws -> ControlPlaneWriter {
+        try ControlPlaneWriter(bootstrapServers: kafka.bootstrap, topic: controlTopic, properties: controlProperties, keys: control.keys(), logger: logger)
+    }
     /// Runtime flags.
     public var flags = Flags()
     /// Per-topic pipeline settings; every topic needs a registered handler.

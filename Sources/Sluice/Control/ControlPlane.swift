@@ -406,9 +406,14 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// The default control topic of a group.
     public static func defaultTopic(group: String) -> String { "__sluice-control-\(group)" }
 
-    /// Creates the source; nothing is read before ``load(timeout:)``.
-    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger) throws {
+    /// Whether this group's records must be signed (keys are configured).
+    public let verifies: Bool
+
+    /// Creates the source; nothing is read before ``load(timeout:)``. With `keys`, a record is applied only
+    /// when signed by a role that may write it (``ControlKeys``); without, every well-formed record is.
+    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil, logger: Logger) throws {
         self.topic = topic
+        self.verifies = keys != nil
         (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let table = self.table
         let continuation = self.continuation
@@ -416,6 +421,9 @@ public final class ControlPlaneFlagSource: FlagSource {
         self.rejections = rejections
         reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
             do throws(ControlRecordRejected) {
+                if let keys, ControlSigner.allowed(key: record.key, value: record.value) != nil {
+                    _ = try keys.verify(topic: topic, key: record.key, value: record.value, headers: record.headers, offset: record.offset)
+                }
                 switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
                 case .flag(let key, let enabled, let reason, let who, let rate):
                     table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate, who: who) } }
@@ -543,6 +551,8 @@ public struct AuditEntry: Sendable, Equatable {
     public var after: String
     /// The control record's offset.
     public var controlOffset: Int64
+    /// Who signed the change (`operator` or `host`), when the group's records are signed.
+    public var signer: ControlSigner?
 
     /// Creates an entry.
     public init(atMilliseconds: Int64, who: String?, reason: String?, subject: String, before: String?, after: String, controlOffset: Int64) {
@@ -561,6 +571,7 @@ public struct AuditEntry: Sendable, Equatable {
         if let who { object["who"] = who }
         if let reason { object["reason"] = reason }
         if let before { object["before"] = before }
+        if let signer { object["signer"] = signer.rawValue }
         return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
     }
 
@@ -574,11 +585,12 @@ public struct AuditEntry: Sendable, Equatable {
             let subject = try? fields.string("subject", maxLength: InputLimits.identityLength),
             let after = try? fields.string("after", maxLength: InputLimits.textLength),
             let offset = try? fields.int64("controlOffset", in: InputLimits.offsets),
-            let who = try? fields.string("who", maxLength: InputLimits.identityLength),
-            let reason = try? fields.string("reason", maxLength: InputLimits.textLength),
-            let before = try? fields.string("before", maxLength: InputLimits.textLength)
+            case .success(let who) = Result(catching: { try fields.string("who", maxLength: InputLimits.identityLength) }),
+            case .success(let reason) = Result(catching: { try fields.string("reason", maxLength: InputLimits.textLength) }),
+            case .success(let before) = Result(catching: { try fields.string("before", maxLength: InputLimits.textLength) })
         else { return nil }
         self.init(atMilliseconds: at, who: who, reason: reason, subject: subject, before: before, after: after, controlOffset: offset)
+        signer = (try? fields.string("signer", maxLength: 16)).flatMap { $0.flatMap(ControlSigner.init(rawValue:)) }
     }
 }
 
@@ -591,6 +603,7 @@ public struct ControlPlaneWriter: Sendable {
     public let auditTopic: String
     private let producer: KafkaProducer
     private let logger: Logger
+    private let keys: ControlKeys?
     /// The audit topic kept beside a control topic.
     public static func auditTopic(forControl topic: String) -> String {
         let prefix = "__sluice-control-"
@@ -603,20 +616,33 @@ public struct ControlPlaneWriter: Sendable {
         await producer.prepare(topics: [topic, auditTopic])
     }
 
+    /// Writes one control record, signed as `signer` when the group's records are signed; returns its offset.
+    private func write(_ record: (key: String, value: [UInt8]), as signer: ControlSigner) async throws -> Int64 {
+        let headers = try keys?.sign(topic: topic, signer: signer, key: record.key, value: record.value) ?? []
+        await prepare()
+        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(record.key.utf8), value: record.value, headers: headers)).offset
+    }
+
     /// Writes the audit entry of a change already made; a failure is logged, not thrown (the change stands).
-    private func audit(_ subject: String, before: String?, after: String, who: String?, reason: String?, offset: Int64) async {
-        let entry = AuditEntry(
+    private func audit(
+        _ subject: String, before: String?, after: String, who: String?, reason: String?, offset: Int64, signer: ControlSigner
+    ) async {
+        var entry = AuditEntry(
             atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), who: who, reason: reason, subject: subject, before: before, after: after,
             controlOffset: offset)
+        entry.signer = keys == nil ? nil : signer
         do {
-            _ = try await producer.send(ProducerRecord(topic: auditTopic, partition: 0, key: Array(subject.utf8), value: entry.encoded))
+            let headers = (try? keys?.sign(topic: auditTopic, signer: signer, key: subject, value: entry.encoded)) ?? []
+            _ = try await producer.send(ProducerRecord(topic: auditTopic, partition: 0, key: Array(subject.utf8), value: entry.encoded, headers: headers))
         } catch {
             logger.warning("the change was made but its audit entry could not be written", metadata: ["sluice.subject": "\(subject)", "error": "\(error)"])
         }
     }
 
-    /// Creates a writer with its own producer.
-    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger) throws {
+    /// Creates a writer with its own producer; with `keys`, it signs what it writes (and refuses to write a
+    /// record of a role it holds no key for).
+    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil, logger: Logger) throws {
+        self.keys = keys
         var configuration = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
         configuration.clientID = "sluice-control-writer"
         configuration.properties = properties
@@ -635,13 +661,11 @@ public struct ControlPlaneWriter: Sendable {
     public func setFlag(
         _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none, audited: Bool = true
     ) async throws -> Int64 {
-        let (recordKey, value) = ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded
-        await prepare()
-        let report = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+        let offset = try await write(ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded, as: .operator)
         if audited {
-            await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before.map { $0 }, offset: report.offset, knowsBefore: before != nil)
+            await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before.map { $0 }, offset: offset, knowsBefore: before != nil)
         }
-        return report.offset
+        return offset
     }
 
     /// Writes the audit entry of a flag change made at control offset `offset`; `before` is the flag's
@@ -655,46 +679,47 @@ public struct ControlPlaneWriter: Sendable {
     ) async {
         let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
         let previous = knowsBefore ? (before.flatMap { $0 }.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset") : nil
-        await audit("flag/\(key)", before: previous, after: after, who: who, reason: reason, offset: offset)
+        await audit("flag/\(key)", before: previous, after: after, who: who, reason: reason, offset: offset, signer: .operator)
     }
 
     /// Publishes a shard's trip (nil: cleared) for the group.
     func setTrip(_ topicPartition: TopicPartition, _ trip: ControlRecord.Trip?) async throws {
-        let (recordKey, value) = ControlRecord.trip(topicPartition, trip).encoded
-        await prepare()
-        _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+        _ = try await write(ControlRecord.trip(topicPartition, trip).encoded, as: .host)
     }
 
-    /// Publishes a quarantine (nil: released) for the group; returns the record's offset.
+    /// Publishes a quarantine (nil: released) for the group; returns the record's offset. A host records
+    /// quarantines and clears its suspects (`signer` host); an operator releases (the default for releases).
     @discardableResult
-    public func setQuarantine(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil) async throws -> Int64 {
-        let (recordKey, value) = ControlRecord.quarantine(topicPartition, quarantine).encoded
-        await prepare()
-        let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
+    public func setQuarantine(
+        _ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil, signer: ControlSigner? = nil
+    ) async throws -> Int64 {
+        let record = ControlRecord.quarantine(topicPartition, quarantine).encoded
+        let recordKey = record.key
+        let signer = signer ?? (quarantine?.isRecordedByHost == true ? .host : .operator)
+        let offset = try await write(record, as: signer)
         func describe(_ quarantine: Quarantine?) -> String {
             quarantine.map { "\($0.state.rawValue) at offset \($0.offset) (\($0.crashes) crash\($0.crashes == 1 ? "" : "es"), \($0.signal))" } ?? "released"
         }
         await audit(
             recordKey, before: before.map(describe), after: describe(quarantine), who: quarantine?.who ?? quarantine?.host, reason: quarantine?.reason,
-            offset: offset)
+            offset: offset, signer: signer)
         return offset
     }
 
     /// Sends a command to the group (carried out by the host that owns its shard); returns its offset.
     @discardableResult
     public func send(_ command: ControlCommand) async throws -> Int64 {
-        let (recordKey, value) = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
-        await prepare()
-        let offset = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value)).offset
-        await audit(recordKey, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who, reason: nil, offset: offset)
+        let record = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
+        let offset = try await write(record, as: .operator)
+        await audit(
+            record.key, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who, reason: nil, offset: offset,
+            signer: .operator)
         return offset
     }
 
     /// Publishes this host's status (nil: it left the group).
     func setHost(_ identity: String, _ status: ControlHostStatus?) async throws {
-        let (recordKey, value) = ControlRecord.host(identity, status).encoded
-        await prepare()
-        _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(recordKey.utf8), value: value))
+        _ = try await write(ControlRecord.host(identity, status).encoded, as: .host)
     }
 
     /// Flushes and closes the producer.

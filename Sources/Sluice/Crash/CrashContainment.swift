@@ -43,11 +43,7 @@ final class CrashContainment: Sendable {
         let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory) : nil
         let containment = CrashContainment(journal: journal, control: control, local: local)
         if !findings.isEmpty {
-            let writer = try control.map { control in
-                try ControlPlaneWriter(
-                    bootstrapServers: configuration.kafka.bootstrap, topic: control.topic,
-                    properties: configuration.controlProperties, logger: logger)
-            }
+            let writer = try control.map { _ in try configuration.controlWriter(logger: logger) }
             defer { if let writer { Task { await writer.close() } } }
             for finding in findings {
                 try await containment.act(on: finding, configuration: configuration, writer: writer, identity: identity, logger: logger)
@@ -83,7 +79,7 @@ final class CrashContainment: Sendable {
     /// Writes a record and, with the control plane, waits until this host applied it.
     private func write(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, configuration: SluiceConfiguration, writer: ControlPlaneWriter?) async throws {
         if let writer, let control {
-            let offset = try await writer.setQuarantine(topicPartition, quarantine, before: self.quarantine(for: topicPartition))
+            let offset = try await writer.setQuarantine(topicPartition, quarantine, before: self.quarantine(for: topicPartition), signer: .host)
             if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
                 throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
             }
@@ -96,10 +92,7 @@ final class CrashContainment: Sendable {
     func clearSuspect(_ topicPartition: TopicPartition, configuration: SluiceConfiguration, logger: Logger) async {
         guard let current = quarantine(for: topicPartition), current.state == .suspect else { return }
         do {
-            let writer = try control.map { control in
-                try ControlPlaneWriter(
-                    bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
-            }
+            let writer = try control.map { _ in try configuration.controlWriter(logger: logger) }
             try await write(topicPartition, nil, configuration: configuration, writer: writer)
             await writer?.close()
             logger.info(

@@ -134,10 +134,10 @@ public final class SluiceHost: Service, Sendable {
         var sources: [any FlagSource] = [operatorFlags]
         if configuration.control.enabled {
             // Read only once the host runs; a bad librdkafka property surfaces when run() loads it.
-            if let control = try? ControlPlaneFlagSource(
+            // Keys that cannot be read leave no reader: run() then says what is wrong with them.
+            if case .success(let keys) = Result(catching: { () throws(SluiceError) in try configuration.control.keys() }), let control = try? ControlPlaneFlagSource(
                 bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
-                properties: configuration.controlProperties,
-                logger: logger)
+                properties: configuration.controlProperties, keys: keys, logger: logger)
             {
                 sources.append(control)
                 self.control = control
@@ -299,9 +299,8 @@ public final class SluiceHost: Service, Sendable {
         }
         let released = try current.released(release, offset: offset, who: who, reason: reason, of: topicPartition)
         if let control {
-            let writer = try ControlPlaneWriter(
-                bootstrapServers: configuration.kafka.bootstrap, topic: control.topic, properties: configuration.controlProperties, logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, released, before: current)
+            let writer = try configuration.controlWriter(logger: logger)
+            let written = try await writer.setQuarantine(topicPartition, released, before: current, signer: .operator)
             await writer.close()
             _ = await control.waitUntilApplied(written, timeout: configuration.control.loadTimeout)
         } else {
@@ -371,6 +370,11 @@ public final class SluiceHost: Service, Sendable {
     public func run() async throws {
         let handlers = try startOnce()
         if configuration.control.enabled {
+            if try configuration.control.keys() == nil {
+                logger.warning(
+                    "control records are not signed (control.hostKey and control.operatorPublicKey are not set): anyone who can write to the control topic can act as an operator; see docs/security.md",
+                    metadata: ["kafka.topic": "\(configuration.controlTopic)"])
+            }
             guard let control else {
                 throw SluiceError(code: .configuration, message: "control: the control topic reader could not be created (check kafka.bootstrap and kafka.properties)")
             }
@@ -487,12 +491,7 @@ public final class SluiceHost: Service, Sendable {
         handlerExecutor: ThreadPoolExecutor
     ) async throws {
         let flags = self.flags
-        let controlWriter = try control.map { control in
-            try ControlPlaneWriter(
-                bootstrapServers: configuration.kafka.bootstrap, topic: control.topic,
-                properties: configuration.controlProperties,
-                logger: logger)
-        }
+        let controlWriter = try control.map { _ in try configuration.controlWriter(logger: logger) }
         let (inputs, input) = AsyncStream.makeStream(of: Input.self)
         let alreadyShuttingDown = state.withLock { state -> Bool in
             state.consumer = consumer
