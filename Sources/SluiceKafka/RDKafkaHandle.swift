@@ -23,7 +23,11 @@ final class RDKafkaHandle: @unchecked Sendable {
             if result != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
                 let reason = String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                throw .configuration("librdkafka property '\(key)' = '\(value)': \(reason)")
+                // A name librdkafka does not know is most often a mistyped one: its value may be a secret.
+                let unknown = result == RD_KAFKA_CONF_UNKNOWN
+                let shown = unknown ? "(not shown)" : SecretProperties.shown(value, of: key)
+                let scrubbed = unknown || SecretProperties.isSecret(key) ? SecretProperties.scrub(reason, value: value, of: "secret") : reason
+                throw .configuration("librdkafka property '\(key)' = \(shown): \(scrubbed)")
             }
         }
         rd_kafka_conf_set_events(conf, events)

@@ -45,6 +45,17 @@ struct ConfigurationLoadingTests {
         }
     }
 
+    @Test("the control plane's clients reach the brokers as the consumer does: TLS verification, CA, SASL and OAUTHBEARER settings pass, consuming settings do not")
+    func controlClientsGetConnectionProperties() {
+        var configuration = SluiceConfiguration(kafka: .init(bootstrap: "b:9092", group: "g"), topics: [:])
+        configuration.kafka.properties = [
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc", "enable.ssl.certificate.verification": "true",
+            "ssl.ca.location": "/ca.pem", "https.ca.location": "/ca.pem", "ssl.endpoint.identification.algorithm": "https", "fetch.min.bytes": "1",
+            "auto.offset.reset": "latest", "client.dns.lookup": "use_all_dns_ips",
+        ]
+        #expect(Set(configuration.controlProperties.keys) == Set(configuration.kafka.properties.keys).subtracting(["fetch.min.bytes", "auto.offset.reset"]))
+    }
+
     @Test("every key of the example is read")
     func readsEverything() async throws {
         let configuration = try await SluiceConfiguration.load(file: try write(Self.example), environment: [:])

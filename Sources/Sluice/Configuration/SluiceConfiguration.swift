@@ -118,10 +118,17 @@ public struct SluiceConfiguration: Sendable {
     /// The group's control plane.
     public var control = Control()
     /// The librdkafka properties the control topic's reader and writers take: how to reach and authenticate
-    /// to the brokers, nothing about consuming.
+    /// to the brokers (security, SASL and OAUTHBEARER, TLS and its verification, DNS and sockets), nothing about
+    /// consuming. Every client Sluice creates reaches the brokers the same way.
     public var controlProperties: [String: String] {
-        kafka.properties.filter { $0.key.hasPrefix("security.") || $0.key.hasPrefix("sasl.") || $0.key.hasPrefix("ssl.") }
+        kafka.properties.filter { key, _ in Self.connectionPropertyPrefixes.contains { key.hasPrefix($0) } }
     }
+
+    /// Properties that say how to reach and authenticate to the brokers.
+    static let connectionPropertyPrefixes = [
+        "security.", "sasl.", "ssl.", "ssl_", "enable.ssl.", "enable.sasl.", "https.", "socket.", "client.dns.lookup",
+        "broker.address.family", "resolve.canonical.bootstrap.servers.only",
+    ]
 
     /// The control topic of this group.
     public var controlTopic: String { control.topic ?? ControlPlaneFlagSource.defaultTopic(group: kafka.group) }
