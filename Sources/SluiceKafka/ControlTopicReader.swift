@@ -148,7 +148,14 @@ public final class ControlTopicReader: Sendable {
         }
         // The topic's leader, known at once: otherwise librdkafka looks it up on its once-a-second topic scan,
         // a second added to every CLI command. (The embedded cluster creates a missing topic here.)
-        _ = try? handle.partitionCount(topic: topic, timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))))
+        let partitions = try? handle.partitionCount(topic: topic, timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))))
+        // Records on any other partition than 0 would never be read: a flag written there would silently not apply.
+        if let partitions, partitions > 1 {
+            finishLoad(
+                .configuration(
+                    "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"))
+            return
+        }
         // The end to load to: the high watermark now.
         var low: Int64 = 0
         var high: Int64 = 0

@@ -85,6 +85,20 @@ struct UntrustedControlTests {
         try await runA.value
     }
 
+    @Test("a control topic of two partitions (where a flag on partition 1 was silently ignored) stops the start, saying why")
+    func controlTopicOfTwoPartitions() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 1])
+        let configuration = ControlPlaneTests.configuration(cluster, group: HostFixture.uniqueGroup())
+        try await cluster.addTopic(configuration.controlTopic, partitions: 2)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        let handled = Locked(0)
+        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
+        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.contains("control topic '\(configuration.controlTopic)' has 2 partitions; it must have exactly one") == true, "\(error?.message ?? "")")
+        #expect(handled.value == 0, "nothing fetched without the control state")
+    }
+
     @Test("a signed group: an unsigned flag or one a host key signed is refused and orders keep flowing; the operator's signed flag stops them; heartbeats verify; the audit names the signer")
     func signedGroup() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 2])
