@@ -38,7 +38,7 @@ public struct AdminServer: Service {
     /// The changes an operator makes, shared with the dashboard.
     private var actions: OperatorActions { OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger) }
     /// The operator dashboard at `/`.
-    private let dashboard: Dashboard
+    let dashboard: Dashboard
 
     /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
     ///

@@ -104,6 +104,9 @@ public struct SluiceConfiguration: Sendable {
         public var token: String?
         /// Where operator flag overrides are kept, so a restart keeps them. Default `sluice-admin-flags.json`.
         public var stateFile: String? = "sluice-admin-flags.json"
+        /// Whether the dashboard's session cookie is `Secure` (sent over HTTPS only). Default false; it is also
+        /// set for a request a TLS proxy forwarded (`X-Forwarded-Proto: https`).
+        public var secureCookies = false
         /// Largest request body accepted. Default 16 KiB.
         public var maxBodyBytes = 16_384
 

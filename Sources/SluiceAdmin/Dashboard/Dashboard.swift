@@ -1,3 +1,4 @@
+import Crypto
 import Hummingbird
 import Logging
 import Mustache
@@ -23,10 +24,16 @@ final class Dashboard: Sendable {
     private let library: MustacheLibrary
     private let statics: [String: (type: String, body: String)]
     private let sessions = Sessions()
+    let audit = AuditCache()
+    private let loginFailures = LoginThrottle()
+    /// Keys the CSRF tokens of visitors who did not log in: derived from their cookie, kept nowhere.
+    private let csrfKey = SymmetricKey(size: .bits256)
+    private let secureCookies: Bool
     let history = LagHistory()
 
     init(host: SluiceHost, actions: OperatorActions, token: String?, logger: Logger) throws {
         self.host = host
+        self.secureCookies = host.configuration.admin.secureCookies
         self.actions = actions
         self.token = token
         self.logger = logger
@@ -65,7 +72,8 @@ final class Dashboard: Sendable {
         router.post("login") { request, _ in try await self.login(request) }
         router.post("logout") { request, _ in
             let form = try await self.form(request)
-            if let session = self.session(of: request), self.csrfMatches(form, session) { self.sessions.end(session.id) }
+            let session = self.session(of: request)
+            if self.csrfMatches(form, session) { self.sessions.end(session.id) }
             return self.redirect("/")
         }
         router.post("actions/preview") { request, _ in try await self.action(request, confirm: false) }
@@ -162,19 +170,26 @@ final class Dashboard: Sendable {
             return context
         }
         let topic = ControlPlaneWriter.auditTopic(forControl: control.topic)
-        let entries = Mutex<[AuditEntry]>([])
-        do {
-            let reader = try ControlTopicReader(
-                bootstrapServers: host.configuration.kafka.bootstrap, topic: topic, properties: host.configuration.controlProperties, logger: logger
-            ) { record in
-                if let value = record.value, let entry = AuditEntry(decoding: value) { entries.withLock { $0.append(entry) } }
+        let (host, logger) = (self.host, self.logger)
+        // One read of the audit topic serves every request within two seconds of it, and requests that come
+        // while it runs wait for it: a burst of requests opens one reader, not one each.
+        let (entries, error) = await audit.read(maxAge: .seconds(2)) {
+            let entries = Mutex<[AuditEntry]>([])
+            do {
+                let reader = try ControlTopicReader(
+                    bootstrapServers: host.configuration.kafka.bootstrap, topic: topic, properties: host.configuration.controlProperties, logger: logger
+                ) { record in
+                    if let value = record.value, let entry = AuditEntry(decoding: value) { entries.withLock { $0.append(entry) } }
+                }
+                try await reader.load(timeout: .seconds(5))
+                await reader.close()
+                return (entries.withLock { Array($0.suffix(500)) }, nil)
+            } catch {
+                return (entries.withLock { Array($0.suffix(500)) }, "the audit topic '\(topic)' could not be read: \(error)")
             }
-            try await reader.load(timeout: .seconds(5))
-            await reader.close()
-        } catch {
-            context["auditError"] = "the audit topic '\(topic)' could not be read: \(error)"
         }
-        context["entries"] = entries.withLock { $0 }.suffix(500).reversed().map { entry -> [String: Any] in
+        if let error { context["auditError"] = error }
+        context["entries"] = entries.reversed().map { entry -> [String: Any] in
             [
                 "at": Date(timeIntervalSince1970: Double(entry.atMilliseconds) / 1000).formatted(.iso8601), "who": entry.who ?? "-",
                 "subject": entry.subject, "before": entry.before ?? "?", "after": entry.after, "why": entry.reason ?? "",
@@ -208,7 +223,7 @@ final class Dashboard: Sendable {
             "action": input.action, "target": input.target, "value": input.value, "offset": input.offset.map(String.init) ?? "",
             "reason": input.reason,
         ]
-        let who = "\(session(of: request)?.name ?? (bearerValid(request) ? "token holder" : "anonymous")) via dashboard"
+        let who = "\(session(of: request).name ?? (bearerValid(request) ? "token holder" : "anonymous")) via dashboard"
         switch input.action {
         case "flag":
             let key: FlagKey
@@ -269,6 +284,8 @@ final class Dashboard: Sendable {
     /// The result of a change: which hosts applied it (with the control plane, waiting up to 10 s for every
     /// live host's record to say so).
     private func result(_ request: Request, _ context: [String: Any], offset: Int64?) async -> Response {
+        // The change is in the audit topic now: the next audit page reads it, not the last read.
+        await audit.invalidate()
         var context = context
         if let offset, let control = host.control {
             let deadline = ContinuousClock.now + .seconds(10)
@@ -299,10 +316,16 @@ final class Dashboard: Sendable {
         /// Who the operator said they are at login, for the audit log.
         var name: String?
         var expires: ContinuousClock.Instant
+        /// Whether the browser sent no usable cookie: the page sets one.
+        var isNew = false
     }
 
-    /// Sessions in memory (a restart logs everyone out); they last 8 hours.
+    /// Logged-in sessions, in memory (a restart logs everyone out): made only by a successful login, with a new
+    /// id (never the one the browser had before), for 8 hours, at most `capacity` (the oldest goes first).
+    /// Visitors who did not log in have no entry: their CSRF token is derived from their cookie.
     private final class Sessions: Sendable {
+        static let capacity = 1_000
+        static let lifetime = Duration.seconds(8 * 3600)
         private let table = Mutex<[String: Session]>([:])
 
         func find(_ id: String) -> Session? {
@@ -315,22 +338,41 @@ final class Dashboard: Sendable {
             }
         }
 
-        func start(authenticated: Bool) -> Session {
-            let session = Session(id: Dashboard.randomToken(), csrf: Dashboard.randomToken(), authenticated: authenticated, name: nil, expires: .now + .seconds(8 * 3600))
+        func start(name: String?) -> Session {
+            let session = Session(id: Dashboard.randomToken(), csrf: Dashboard.randomToken(), authenticated: true, name: name, expires: .now + Self.lifetime)
             table.withLock { table in
-                table = table.filter { $0.value.expires > .now }
+                if table.count >= Self.capacity {
+                    let now = ContinuousClock.now
+                    table = table.filter { $0.value.expires > now }
+                    while table.count >= Self.capacity, let oldest = table.min(by: { $0.value.expires < $1.value.expires })?.key { table[oldest] = nil }
+                }
                 table[session.id] = session
             }
             return session
         }
 
-        func authenticate(_ id: String, name: String?) {
-            table.withLock { table in
-                table[id]?.authenticated = true
-                table[id]?.name = name
+        var count: Int { table.withLock { $0.count } }
+
+        func end(_ id: String) { table.withLock { $0[id] = nil } }
+    }
+
+    /// Failed logins: at most `limit` in a minute on this host; more are refused until the minute has passed (a
+    /// token guessed one request at a time takes for ever; operators can still use the bearer header or the CLI).
+    private final class LoginThrottle: Sendable {
+        static let limit = 5
+        private let failures = Mutex<[ContinuousClock.Instant]>([])
+
+        /// Seconds until another attempt is allowed; nil when it is allowed now.
+        func wait() -> Int? {
+            failures.withLock { failures in
+                let now = ContinuousClock.now
+                failures.removeAll { now - $0 > .seconds(60) }
+                guard failures.count >= Self.limit, let first = failures.first else { return nil }
+                return Int((first + .seconds(60) - now).components.seconds) + 1
             }
         }
-        func end(_ id: String) { table.withLock { $0[id] = nil } }
+
+        func failed() { failures.withLock { $0.append(.now) } }
     }
 
     static func randomToken() -> String {
@@ -340,13 +382,29 @@ final class Dashboard: Sendable {
 
     private static let cookieName = "sluice_session"
 
-    private func session(of request: Request) -> Session? {
-        guard let cookie = request.cookies[Self.cookieName] else { return nil }
-        return sessions.find(cookie.value)
+    /// The request's session: a logged-in one, or a visitor's (no server state; a browser with no usable cookie
+    /// gets a new id, which the page sets).
+    private func session(of request: Request) -> Session {
+        let cookie = request.cookies[Self.cookieName]?.value
+        if let cookie, let session = sessions.find(cookie) { return session }
+        let isValid = cookie.map { $0.utf8.count == 64 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } } ?? false
+        let id = isValid ? cookie! : Self.randomToken()
+        let csrf = HMAC<SHA256>.authenticationCode(for: Array(id.utf8), using: csrfKey).map { String(format: "%02x", $0) }.joined()
+        return Session(id: id, csrf: csrf, authenticated: token == nil, name: nil, expires: .now + Sessions.lifetime, isNew: !isValid)
     }
 
+    /// The session cookie's header: HttpOnly, SameSite=Strict, and Secure when configured (`admin.secureCookies`)
+    /// or when the request came through TLS (a proxy's `X-Forwarded-Proto: https`).
+    private func cookie(_ id: String, for request: Request) -> String {
+        let secure = secureCookies || request.headers[HTTPField.Name("X-Forwarded-Proto")!]?.lowercased() == "https"
+        return "\(Self.cookieName)=\(id); Path=/; HttpOnly; SameSite=Strict\(secure ? "; Secure" : "")"
+    }
+
+    /// Logged-in sessions held now.
+    var sessionCount: Int { sessions.count }
+
     private func csrfMatches(_ form: [String: String], _ session: Session) -> Bool {
-        Self.constantTimeEqual(form["csrf"] ?? "", session.csrf)
+        !session.isNew && Self.constantTimeEqual(form["csrf"] ?? "", session.csrf)
     }
 
     static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
@@ -370,7 +428,8 @@ final class Dashboard: Sendable {
         }
         // A bearer token is not sent by a browser on its own: no CSRF token needed with it.
         if bearerValid(request) { return nil }
-        guard let session = session(of: request), csrfMatches(form, session) else {
+        let session = session(of: request)
+        guard csrfMatches(form, session) else {
             logger.warning("dashboard action refused: missing or wrong CSRF token", metadata: ["sluice.caller": "\(caller(request))"])
             return page(request, "message", title: "Refused", status: .forbidden) {
                 ["message": "refused: the form's CSRF token is missing or wrong (reload the page and try again)", "back": true]
@@ -385,19 +444,29 @@ final class Dashboard: Sendable {
 
     private func login(_ request: Request) async throws -> Response {
         let form = try await self.form(request)
-        guard let session = session(of: request), csrfMatches(form, session) else {
+        guard csrfMatches(form, session(of: request)) else {
             return page(request, "login", title: "Log in", status: .forbidden) { ["message": "the form expired; try again"] }
         }
+        if let wait = loginFailures.wait() {
+            logger.warning("dashboard login refused: too many failed logins", metadata: ["sluice.caller": "\(caller(request))"])
+            return page(request, "login", title: "Log in", status: .tooManyRequests) {
+                ["message": "too many failed logins on this host; try again in \(wait) s"]
+            }
+        }
         guard let token, Self.constantTimeEqual(form["token"] ?? "", token) else {
+            if token != nil { loginFailures.failed() }
             logger.warning("dashboard login refused: wrong token", metadata: ["sluice.caller": "\(caller(request))"])
             return page(request, "login", title: "Log in", status: .unauthorized) {
                 ["message": token == nil ? "this host has no admin token: changes need no login" : "wrong token"]
             }
         }
         let name = (form["name"] ?? "").trimmingCharacters(in: .whitespaces)
-        sessions.authenticate(session.id, name: name.isEmpty ? nil : String(name.prefix(80)))
+        // A new session id at login: an id the browser had before (perhaps planted) never becomes a logged-in one.
+        let session = sessions.start(name: name.isEmpty ? nil : String(name.prefix(80)))
         logger.notice("dashboard login", metadata: ["sluice.caller": "\(caller(request))", "sluice.who": "\(name)"])
-        return redirect("/")
+        var response = redirect("/")
+        response.headers[.setCookie] = cookie(session.id, for: request)
+        return response
     }
 
     // MARK: Rendering
@@ -407,19 +476,15 @@ final class Dashboard: Sendable {
         _ request: Request, _ template: String, title: String, status: HTTPResponse.Status = .ok, _ body: () -> [String: Any]
     ) -> Response {
         var headers = HTTPFields()
-        var session = self.session(of: request)
-        if session == nil {
-            let started = sessions.start(authenticated: token == nil)
-            session = started
-            headers[.setCookie] = "\(Self.cookieName)=\(started.id); Path=/; HttpOnly; SameSite=Strict"
-        }
+        let session = self.session(of: request)
+        if session.isNew { headers[.setCookie] = cookie(session.id, for: request) }
         var context = body()
         context["title"] = title
         context["group"] = host.configuration.kafka.group
         context["identity"] = host.identity
-        context["csrf"] = session!.csrf
-        context["loggedIn"] = token != nil && session!.authenticated
-        context["needsLogin"] = token != nil && !session!.authenticated
+        context["csrf"] = session.csrf
+        context["loggedIn"] = token != nil && session.authenticated
+        context["needsLogin"] = token != nil && !session.authenticated
         let html = library.render(context, withTemplate: template) ?? "template \(template) missing"
         headers[.contentType] = "text/html; charset=utf-8"
         headers[.cacheControl] = "no-store"
@@ -461,4 +526,28 @@ final class Dashboard: Sendable {
     static func age(_ seconds: Int64) -> String {
         seconds < 120 ? "\(seconds) s" : seconds < 7200 ? "\(seconds / 60) min" : "\(seconds / 3600) h"
     }
+}
+
+/// The audit topic's latest entries, read once for every request within `maxAge` of the last read; requests
+/// that come while a read runs share it.
+actor AuditCache {
+    private var last: (entries: [AuditEntry], error: String?, at: ContinuousClock.Instant)?
+    private var running: Task<([AuditEntry], String?), Never>?
+    /// Reads of the audit topic made.
+    private(set) var reads = 0
+
+    func read(maxAge: Duration, _ read: @escaping @Sendable () async -> ([AuditEntry], String?)) async -> ([AuditEntry], String?) {
+        if let last, ContinuousClock.now - last.at < maxAge { return (last.entries, last.error) }
+        if let running { return await running.value }
+        reads += 1
+        let task = Task { await read() }
+        running = task
+        let result = await task.value
+        running = nil
+        last = (result.0, result.1, .now)
+        return result
+    }
+
+    /// The next read goes to the topic (a change was just made here).
+    func invalidate() { last = nil }
 }
