@@ -147,9 +147,58 @@ struct CrashJournalTests {
         try Data(repeating: 7, count: 8192).write(to: URL(fileURLWithPath: directory + "/crash-journal-0.bin"))
         let (journal, findings) = try CrashJournal.open(directory: directory, logger: logger)
         #expect(findings.isEmpty)
+        #expect(journal.path == directory + "/crash-journal-1.bin", "the foreign file is not taken over")
+        #expect(FileManager.default.contents(atPath: directory + "/crash-journal-0.bin") == Data(repeating: 7, count: 8192), "nor overwritten")
         journal.relinquish()
         let unwritable = "/proc/sluice-cannot-create-this"
         #expect(throws: SluiceError.self) { _ = try CrashJournal.open(directory: unwritable, logger: logger) }
+    }
+}
+
+@Suite("The state directory's files as someone with access to it could leave them", .timeLimit(.minutes(1)))
+struct StateDirectoryTests {
+    let logger = Logger(label: "sluice.test")
+
+    @Test("a symbolic link in place of a journal (to a file, or dangling) is not followed; the directory is 0700 and the journal 0600, allocated, not sparse")
+    func links() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-links-\(UUID().uuidString)/state").path
+        let outside = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outside-\(UUID().uuidString)").path
+        try Data(repeating: 1, count: 8192).write(to: URL(fileURLWithPath: outside))
+        let (first, _) = try CrashJournal.open(directory: directory, logger: logger)
+        first.relinquish()
+        try FileManager.default.removeItem(atPath: directory + "/crash-journal-0.bin")
+        try FileManager.default.createSymbolicLink(atPath: directory + "/crash-journal-0.bin", withDestinationPath: outside)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/crash-journal-1.bin", withDestinationPath: outside + "-dangling")
+        let (journal, _) = try CrashJournal.open(directory: directory, logger: logger)
+        defer { journal.relinquish() }
+        #expect(journal.path == directory + "/crash-journal-2.bin")
+        #expect(FileManager.default.contents(atPath: outside) == Data(repeating: 1, count: 8192), "the linked file is untouched")
+        #expect(!FileManager.default.fileExists(atPath: outside + "-dangling"), "a dangling link's target is not created")
+        var status = stat()
+        #expect(stat(directory, &status) == 0 && status.st_mode & 0o777 == 0o700)
+        #expect(stat(journal.path, &status) == 0 && status.st_mode & 0o777 == 0o600)
+        #expect(Int(status.st_blocks) * 512 >= Int(status.st_size), "allocated: a full disk fails at start, not as a SIGBUS later")
+    }
+
+    @Test("a journal whose header claims four billion slots, in a sparse 64 GiB file, is read up to the largest journal a host makes")
+    func hugeCapacity() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-huge-\(UUID().uuidString)").path
+        let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
+        let path = dead.path
+        dead.relinquish()
+        // A dead process's journal (running, killed by a signal) with a forged slot count.
+        let descriptor = open(path, O_RDWR)
+        var header = sluice_journal_header()
+        _ = pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0)
+        header.state = SLUICE_JOURNAL_RUNNING
+        header.signal = SIGILL
+        header.capacity = UInt32.max
+        _ = pwrite(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0)
+        _ = ftruncate(descriptor, 64 << 30)
+        close(descriptor)
+        let (journal, findings) = try CrashJournal.open(directory: directory, logger: logger)
+        journal.relinquish()
+        #expect(findings.count == 1 && findings[0].inFlight.isEmpty)
     }
 }
 

@@ -97,6 +97,8 @@ struct JournalSlot: @unchecked Sendable {
 final class CrashJournal: @unchecked Sendable {
     /// Lane slots in a journal: lanes beyond it are not journaled (a warning says so).
     static let defaultCapacity = 16_384
+    /// The most slots a journal read from a file may have (a file from outside the process).
+    static let maximumCapacity = 1 << 20
     static let slotSize = MemoryLayout<sluice_journal_slot>.stride
 
     let path: String
@@ -119,12 +121,26 @@ final class CrashJournal: @unchecked Sendable {
         while true {
             let path = "\(directory)/crash-journal-\(index).bin"
             index += 1
-            let exists = access(path, F_OK) == 0
+            var status = stat()
+            let exists = lstat(path, &status) == 0
             if !exists, mine != nil { break }
-            let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            // Only a regular file of this user's is a journal: a symbolic link (which would make the host write
+            // wherever it points), a directory or another user's file is left alone, and the next name is tried.
+            if exists, (status.st_mode & S_IFMT) != S_IFREG || status.st_uid != geteuid() {
+                logger.error("crash journal file skipped: not a regular file of this user", metadata: ["sluice.journal": "\(path)"])
+                if index > 1_000 { throw failure("finding a journal file in \(directory)") }
+                continue
+            }
+            let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             guard descriptor >= 0 else { throw failure("opening \(path)") }
             guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
                 // A live process holds it.
+                Glibc.close(descriptor)
+                continue
+            }
+            if exists, status.st_size > 0, !isJournal(descriptor) {
+                logger.error("crash journal file skipped: it is not a Sluice journal, and is left as it is", metadata: ["sluice.journal": "\(path)"])
+                flock(descriptor, LOCK_UN)
                 Glibc.close(descriptor)
                 continue
             }
@@ -147,9 +163,15 @@ final class CrashJournal: @unchecked Sendable {
         self.capacity = capacity
         self.logger = logger
         let size = Int(SLUICE_JOURNAL_HEADER_SIZE) + capacity * Self.slotSize
-        // Truncating to 0 first gives zeroed (sparse) pages: every slot free.
+        // Truncating to 0 first gives zeroed pages: every slot free. Then the blocks are allocated, so a full disk
+        // fails here, at start, and not as a SIGBUS when a lane first writes its slot.
         guard ftruncate(descriptor, 0) == 0, ftruncate(descriptor, off_t(size)) == 0 else {
             throw Self.failure("sizing \(path)")
+        }
+        let allocated = posix_fallocate(descriptor, 0, off_t(size))
+        guard allocated == 0 || allocated == EOPNOTSUPP || allocated == EINVAL else {
+            errno = allocated
+            throw Self.failure("allocating \(size) bytes for \(path)")
         }
         guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED else {
             throw Self.failure("mapping \(path)")
@@ -241,6 +263,13 @@ final class CrashJournal: @unchecked Sendable {
 
     // MARK: Reading a dead process's journal
 
+    /// Whether the file starts with a journal's header (its magic number).
+    private static func isJournal(_ descriptor: Int32) -> Bool {
+        var header = sluice_journal_header()
+        return pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0) == MemoryLayout<sluice_journal_header>.size
+            && header.magic == SLUICE_JOURNAL_MAGIC
+    }
+
     private static func read(_ descriptor: Int32, path: String, logger: Logger) -> CrashFinding? {
         var header = sluice_journal_header()
         guard pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0) == MemoryLayout<sluice_journal_header>.size else {
@@ -269,7 +298,10 @@ final class CrashJournal: @unchecked Sendable {
         var calls: [CrashFinding.Call] = []
         var culprit: CrashFinding.Call?
         var slot = sluice_journal_slot()
-        for index in 0..<Int(header.capacity) {
+        // The slot count comes from the file: bounded by what the file holds and by the largest journal a host makes.
+        var status = stat()
+        let held = fstat(descriptor, &status) == 0 ? max(0, (Int(status.st_size) - Int(SLUICE_JOURNAL_HEADER_SIZE)) / slotSize) : 0
+        for index in 0..<min(Int(header.capacity), held, maximumCapacity) {
             let offset = off_t(Int(SLUICE_JOURNAL_HEADER_SIZE) + index * slotSize)
             guard pread(descriptor, &slot, slotSize, offset) == slotSize else { break }
             guard slot.task != 0 || slot.in_handler != 0, slot.in_handler != 0 else { continue }
@@ -305,7 +337,9 @@ final class CrashJournal: @unchecked Sendable {
         for component in directory.split(separator: "/", omittingEmptySubsequences: false) {
             path += path.isEmpty && directory.hasPrefix("/") ? "/\(component)" : (path.isEmpty ? "\(component)" : "/\(component)")
             if component.isEmpty { continue }
-            if mkdir(path, 0o755) != 0, errno != EEXIST { throw failure("creating the state directory \(directory)") }
+            // The state directory itself is this user's alone (0700): what is in it decides what a host skips.
+            let mode: mode_t = path == directory || path == "/" + directory ? 0o700 : 0o755
+            if mkdir(path, mode) != 0, errno != EEXIST { throw failure("creating the state directory \(directory)") }
         }
     }
 

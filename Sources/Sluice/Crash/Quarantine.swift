@@ -239,6 +239,7 @@ final class LocalQuarantineFile: Sendable {
         let object = Dictionary(uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
         try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
     }
 }
 
