@@ -51,10 +51,12 @@ echo "demo: flags in .sluice/demo-flags.yaml (try: echo 'orders/3: off' > .sluic
 
 # In the foreground, so Ctrl-C reaches it directly (children started with & ignore SIGINT); it drains,
 # commits and leaves the group, then the EXIT trap stops the producers and the broker.
-# The admin API listens on 127.0.0.1:8080: `sluice status`, `sluice flags set orders off --token demo`.
-echo "demo: the dashboard is at http://127.0.0.1:8080/ (log in with the token ${SLUICE_ADMIN_TOKEN:-demo} to make changes)" >&2
+# The admin API listens on 127.0.0.1:8080: `sluice status`, `sluice flags set orders off --token TOKEN`.
+# A token of this run's own, never a fixed default.
+SLUICE_ADMIN_TOKEN="${SLUICE_ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
+echo "demo: the dashboard is at http://127.0.0.1:8080/ (log in with the token $SLUICE_ADMIN_TOKEN to make changes)" >&2
 # Operator overrides persist for the length of this demo run only.
-SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" SLUICE_FLAGS_FILE=.sluice/demo-flags.yaml SLUICE_ADMIN_TOKEN="${SLUICE_ADMIN_TOKEN:-demo}" \
+SLUICE_KAFKA_BOOTSTRAP="$BOOTSTRAP" SLUICE_FLAGS_FILE=.sluice/demo-flags.yaml SLUICE_ADMIN_TOKEN="$SLUICE_ADMIN_TOKEN" \
 SLUICE_ADMIN_STATE_FILE="$WORK/admin-flags.json" \
     .build/release/OrderService \
     --config Examples/OrderService/sluice.yaml --database "$WORK/payments.sqlite" || true

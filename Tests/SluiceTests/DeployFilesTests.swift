@@ -48,7 +48,7 @@ struct DeployFilesTests {
         #expect(text.contains("ENTRYPOINT [\"OrderService\", \"--config\", \"/app/sluice.yaml\""))
     }
 
-    static let kubernetesFiles = ["configmap.yaml", "secret.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml"]
+    static let kubernetesFiles = ["configmap.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml", "networkpolicy.yaml"]
 
     @Test("the Kubernetes manifests validate against the Kubernetes schemas (kubernetes-validate, strict)")
     func kubernetesSchemas() async throws {
@@ -123,5 +123,27 @@ struct DeployFilesTests {
         let volume = try #require((pod["volumes"] as? [[String: Any]])?.first { $0["name"] as? String == mount["name"] as? String })
         #expect(volume["emptyDir"] != nil, "the state directory survives container restarts")
         #expect((container["resources"] as? [String: Any])?["requests"] != nil)
+
+        // Hardened: a numeric non-root user (the kubelet checks runAsNonRoot only against numbers), no
+        // capabilities, RuntimeDefault seccomp, no service account token, a read-only root filesystem.
+        let podSecurity = try #require(pod["securityContext"] as? [String: Any])
+        #expect(podSecurity["runAsNonRoot"] as? Bool == true)
+        let user = try #require(podSecurity["runAsUser"] as? Int)
+        #expect(user > 0 && podSecurity["runAsGroup"] as? Int == user)
+        #expect((podSecurity["seccompProfile"] as? [String: Any])?["type"] as? String == "RuntimeDefault")
+        #expect(pod["automountServiceAccountToken"] as? Bool == false)
+        let containerSecurity = try #require(container["securityContext"] as? [String: Any])
+        #expect(containerSecurity["readOnlyRootFilesystem"] as? Bool == true && containerSecurity["allowPrivilegeEscalation"] as? Bool == false)
+        #expect((containerSecurity["capabilities"] as? [String: Any])?["drop"] as? [String] == ["ALL"])
+        let dockerfile = try String(contentsOfFile: "Examples/OrderService/Dockerfile", encoding: .utf8)
+        #expect(dockerfile.contains("USER \(user):\(user)") && dockerfile.contains("--uid \(user)"), "the image's user is the pod's")
+        // The admin port only for Prometheus and the service's own pods; no default token anywhere.
+        let policy = try load("networkpolicy.yaml")
+        let ingress = try #require(((policy["spec"] as? [String: Any])?["ingress"] as? [[String: Any]])?.first)
+        #expect((ingress["ports"] as? [[String: Any]])?.map { $0["port"] as? Int } == [8080])
+        #expect((ingress["from"] as? [Any])?.count == 2)
+        let compose = try String(contentsOfFile: "docker-compose.yml", encoding: .utf8)
+        #expect(!compose.contains("change-me") && compose.contains("${SLUICE_ADMIN_TOKEN:?"), "compose refuses to start without a token")
+        #expect(!FileManager.default.fileExists(atPath: "deploy/kubernetes/secret.yaml"))
     }
 }
