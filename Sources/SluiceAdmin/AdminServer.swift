@@ -60,9 +60,14 @@ public struct AdminServer: Service {
                 host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason, rate: setting.rate)
             }
         }
+        if settings.token == nil, !Self.isLoopback(settings.listen) {
+            throw SluiceError(
+                code: .configuration,
+                message: "admin.listen \(settings.listen) reaches beyond this machine and no admin.token is set: anyone who can reach the port could turn shards off; set admin.token, or listen on 127.0.0.1")
+        }
         dashboard = try Dashboard(
             host: host, actions: OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger),
-            token: settings.token, logger: logger)
+            token: settings.token, publicReads: settings.publicReads, logger: logger)
     }
 
     /// Serves until graceful shutdown.
@@ -107,15 +112,18 @@ public struct AdminServer: Service {
             let readiness = host.readiness
             return json(readiness.ready ? .ok : .serviceUnavailable, ["ready": readiness.ready, "reasons": readiness.reasons])
         }
-        router.get("metrics") { _, _ in
+        router.get("metrics") { request, _ in
+            if let denied = authorizeRead(request, open: settings.publicReads || settings.publicMetrics) { return denied }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
         }
-        router.get("v1/shards") { _, _ in
-            Self.shardsResponse(host.shards)
+        router.get("v1/shards") { request, _ in
+            if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
+            return Self.shardsResponse(host.shards)
         }
-        router.get("v1/flags") { _, _ in
+        router.get("v1/flags") { request, _ in
+            if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
             let flags = host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
                 var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled, "source": setting.source]
                 if let reason = setting.reason { entry["reason"] = reason }
@@ -322,6 +330,23 @@ public struct AdminServer: Service {
         var response = problem(.unauthorized, "this change needs Authorization: Bearer <token>")
         response.headers[.wwwAuthenticate] = "Bearer"
         return response
+    }
+
+    /// Why a read is refused: with a token, reads need it too unless `open` (admin.publicReads, publicMetrics).
+    /// Without a token every request is open, which only a loopback listener is allowed.
+    private func authorizeRead(_ request: Request, open: Bool) -> Response? {
+        guard let token = settings.token, !token.isEmpty, !open else { return nil }
+        guard !Dashboard.constantTimeEqual(request.headers[.authorization] ?? "", "Bearer \(token)") else { return nil }
+        var response = problem(.unauthorized, "reading this needs Authorization: Bearer <token> (or admin.publicReads: on)")
+        response.headers[.wwwAuthenticate] = "Bearer"
+        return response
+    }
+
+    /// Whether `HOST:PORT` listens on this machine only.
+    static func isLoopback(_ listen: String) -> Bool {
+        guard let colon = listen.lastIndex(of: ":") else { return false }
+        let host = listen[..<colon].trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 
     private func caller(_ request: Request) -> String {

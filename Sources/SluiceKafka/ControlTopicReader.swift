@@ -120,6 +120,13 @@ public final class ControlTopicReader: Sendable {
         }
     }
 
+    /// Whether the brokers are librdkafka's mock cluster (it names itself `mockCluster…`).
+    private func isMockCluster(timeout: Duration) -> Bool {
+        guard let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else { return false }
+        defer { rd_kafka_mem_free(handle.pointer, clusterID) }
+        return String(cString: clusterID).hasPrefix("mockCluster")
+    }
+
     private func finishLoad(_ error: KafkaError?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             if error != nil { state.loadError = error } else { state.loaded = true }
@@ -150,7 +157,9 @@ public final class ControlTopicReader: Sendable {
         // a second added to every CLI command. (The embedded cluster creates a missing topic here.)
         let partitions = try? handle.partitionCount(topic: topic, timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))))
         // Records on any other partition than 0 would never be read: a flag written there would silently not apply.
-        if let partitions, partitions > 1 {
+        // (librdkafka's mock cluster, the embedded cluster and `sluice dev-broker`, auto-creates every topic with
+        // 4 partitions and cannot be asked for fewer; Sluice writes only partition 0 there.)
+        if let partitions, partitions > 1, !isMockCluster(timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1))))) {
             finishLoad(
                 .configuration(
                     "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"))

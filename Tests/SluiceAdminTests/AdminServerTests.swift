@@ -147,8 +147,9 @@ struct AdminServerTests {
                 }
             }
             try await client.execute(uri: "/v1/shards/orders/0/reset", method: .post) { #expect($0.status == .unauthorized) }
-            try await client.execute(uri: "/v1/flags", method: .get) { response in
-                #expect(response.status == .ok, "reads stay open")
+            try await client.execute(uri: "/v1/flags", method: .get) { #expect($0.status == .unauthorized, "reads need the token too") }
+            try await client.execute(uri: "/v1/flags", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
+                #expect(response.status == .ok)
                 #expect((decode(response.body)["flags"] as? [Any])?.isEmpty == true)
             }
         }
@@ -219,7 +220,7 @@ struct AdminServerTests {
         #expect(restarted.operatorFlags.current[.partition(TopicPartition("orders", 3))]?.reason == "incident 42")
         await restarted.flags.refresh()
         try await restartedApp.test(.router) { client in
-            try await client.execute(uri: "/v1/flags", method: .get) { response in
+            try await client.execute(uri: "/v1/flags", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                 let flags = decode(response.body)["flags"] as? [[String: Any]] ?? []
                 #expect(flags.map { $0["key"] as? String } == ["*", "orders/3"])
                 #expect(flags.last?["reason"] as? String == "incident 42")
@@ -364,14 +365,17 @@ struct AdminEndToEndTests {
             ) { #expect($0.status == .ok) }
             var state = ""
             while state != "off", ContinuousClock.now < deadline {
-                state = try await client.execute(uri: "/v1/shards", method: .get) { response in
+                state = try await client.execute(uri: "/v1/shards", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                     let shards = decode(response.body)["shards"] as? [[String: Any]] ?? []
                     return shards.first { $0["partition"] as? Int == 1 }?["state"] as? String ?? ""
                 }
                 if state != "off" { try await Task.sleep(for: .milliseconds(50)) }
             }
             #expect(state == "off")
-            try await client.execute(uri: "/v1/shards", method: .get) { response in
+            // Reads need the token too: they show error texts and the group's layout.
+            try await client.execute(uri: "/v1/shards", method: .get) { #expect($0.status == .unauthorized) }
+            try await client.execute(uri: "/metrics", method: .get) { #expect($0.status == .unauthorized) }
+            try await client.execute(uri: "/v1/shards", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                 let shards = decode(response.body)["shards"] as? [[String: Any]] ?? []
                 let off = shards.first { $0["partition"] as? Int == 1 }
                 #expect(off?["pauseReasons"] as? [String] == ["flag"])
@@ -379,7 +383,7 @@ struct AdminEndToEndTests {
                 #expect(shards.first { $0["partition"] as? Int == 0 }?["state"] as? String == "running")
             }
             try await Task.sleep(for: .milliseconds(1200))
-            try await client.execute(uri: "/metrics", method: .get) { response in
+            try await client.execute(uri: "/metrics", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                 let text = String(buffer: response.body)
                 #expect(response.headers[.contentType]?.hasPrefix("text/plain") == true)
                 #expect(text.contains("sluice_shards{state=\"off\"}"))

@@ -28,7 +28,8 @@ struct DashboardSessionTests {
         let app = Application(router: try server.makeRouter())
         try await app.test(.router) { client in
             for _ in 0..<500 {
-                try await client.execute(uri: "/", method: .get) { #expect(Self.cookie($0) != nil) }
+                try await client.execute(uri: "/", method: .get) { #expect($0.status == .seeOther, "the pages need a login") }
+                try await client.execute(uri: "/login", method: .get) { #expect(Self.cookie($0) != nil) }
             }
             #expect(server.dashboard.sessionCount == 0, "a visitor costs the host no state")
 
@@ -45,9 +46,9 @@ struct DashboardSessionTests {
             #expect(session != visitor, "a new id at login")
             #expect(server.dashboard.sessionCount == 1)
             try await client.execute(uri: "/", method: .get, headers: [.cookie: session]) { #expect(String(buffer: $0.body).contains("Log out")) }
-            try await client.execute(uri: "/", method: .get, headers: [.cookie: visitor]) { #expect(!String(buffer: $0.body).contains("Log out")) }
+            try await client.execute(uri: "/", method: .get, headers: [.cookie: visitor]) { #expect($0.status == .seeOther) }
             // Behind a TLS proxy the cookie is Secure.
-            try await client.execute(uri: "/", method: .get, headers: [HTTPField.Name("X-Forwarded-Proto")!: "https"]) {
+            try await client.execute(uri: "/login", method: .get, headers: [HTTPField.Name("X-Forwarded-Proto")!: "https"]) {
                 #expect($0.headers[.setCookie]?.hasSuffix("; Secure") == true)
             }
 
@@ -56,6 +57,24 @@ struct DashboardSessionTests {
             #expect(locked.status == .tooManyRequests, "the right token waits too: nothing tells a guesser it was right")
             #expect(String(buffer: locked.body).contains("too many failed logins"))
             #expect(server.dashboard.sessionCount == 1)
+        }
+    }
+
+    @Test("no token and a listener beyond loopback: the admin server refuses to start; on loopback it starts open")
+    func noTokenBeyondLoopback() throws {
+        for (listen, starts) in [("0.0.0.0:8080", false), ("10.1.2.3:8080", false), ("[::]:8080", false), ("127.0.0.1:0", true), ("localhost:0", true), ("[::1]:0", true)] {
+            let host = AdminFixture.host(stateFile: AdminFixture.stateFile(), token: nil)
+            var configuration = host.configuration
+            configuration.admin.listen = listen
+            let configured = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
+            if starts {
+                _ = try AdminServer(host: configured, registry: AdminFixture.registry, logger: AdminFixture.logger)
+            } else {
+                let error = #expect(throws: SluiceError.self, "\(listen)") {
+                    _ = try AdminServer(host: configured, registry: AdminFixture.registry, logger: AdminFixture.logger)
+                }
+                #expect(error?.message.contains("no admin.token is set") == true)
+            }
         }
     }
 
@@ -71,7 +90,9 @@ struct DashboardSessionTests {
         let app = Application(router: try server.makeRouter())
         try await app.test(.router) { client in
             try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
-                for _ in 0..<20 { group.addTask { try await client.execute(uri: "/audit", method: .get) { $0.status } } }
+                for _ in 0..<20 {
+                    group.addTask { try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) { $0.status } }
+                }
                 for try await status in group { #expect(status == .ok) }
             }
         }

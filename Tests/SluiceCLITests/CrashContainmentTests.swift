@@ -143,7 +143,7 @@ struct CrashContainmentTests {
 
         // `sluice status` shows the quarantine and why.
         let address = try #require(Self.adminURL(in: service.errors.text), "the admin API's address is logged")
-        let status = try SluiceProcess(["status", "--admin", address])
+        let status = try SluiceProcess(["status", "--admin", address, "--token", "test-token"])
         #expect(await status.exit() == 0)
         let shown = await status.output.all()
         #expect(shown.contains("orders/\(poison.partition) quarantined: handler call at offset \(poison.offset) killed the process 1 time"), "\(shown)")

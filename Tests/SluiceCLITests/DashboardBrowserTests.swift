@@ -29,8 +29,11 @@ struct DashboardBrowserTests {
         let controlTopic = "__sluice-control-\(group)"
         try cluster.createTopic(controlTopic, partitions: 1)
         try cluster.createTopic("__sluice-audit-\(group)", partitions: 1)
-        let (a, _) = try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_CONTROL_ENABLED": "true"])
-        let (b, _) = try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_CONTROL_ENABLED": "true"])
+        // Reads open (admin.publicReads): this test looks at pages before it logs in; DashboardSessionTests has
+        // the login-first pages.
+        let open = ["SLUICE_CONTROL_ENABLED": "true", "SLUICE_ADMIN_PUBLIC_READS": "true"]
+        let (a, _) = try OrderServiceTests.startService(cluster, group: group, environment: open)
+        let (b, _) = try OrderServiceTests.startService(cluster, group: group, environment: open)
         defer {
             a.process.terminate()
             b.process.terminate()

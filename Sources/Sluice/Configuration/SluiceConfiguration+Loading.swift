@@ -72,7 +72,7 @@ struct ConfigurationLayout {
         "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
         "topics.*.breaker.trip": ["crashes", "within"],
         "flags": ["pollInterval", "default", "file"],
-        "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes", "secureCookies"],
+        "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes", "secureCookies", "publicReads", "publicMetrics"],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
         "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget"],
@@ -238,6 +238,8 @@ private struct ConfigurationValues {
         configuration.admin.stateFile = try string(["admin", "stateFile"]) ?? configuration.admin.stateFile
         configuration.admin.maxBodyBytes = try integer(["admin", "maxBodyBytes"]) ?? configuration.admin.maxBodyBytes
         configuration.admin.secureCookies = try onOff(["admin", "secureCookies"]) ?? configuration.admin.secureCookies
+        configuration.admin.publicReads = try onOff(["admin", "publicReads"]) ?? configuration.admin.publicReads
+        configuration.admin.publicMetrics = try onOff(["admin", "publicMetrics"]) ?? configuration.admin.publicMetrics
         let listenParts = configuration.admin.listen.split(separator: ":")
         if listenParts.count != 2 || Int(listenParts[1]).map({ !(0...65535).contains($0) }) ?? true {
             throw problem(["admin", "listen"], "expected HOST:PORT, e.g. 127.0.0.1:8080, got '\(configuration.admin.listen)'")

@@ -107,6 +107,11 @@ public struct SluiceConfiguration: Sendable {
         /// Whether the dashboard's session cookie is `Secure` (sent over HTTPS only). Default false; it is also
         /// set for a request a TLS proxy forwarded (`X-Forwarded-Proto: https`).
         public var secureCookies = false
+        /// Whether reads (`/v1/...`, the dashboard's pages, `/metrics`) are open to anyone who reaches the port.
+        /// Default false: with a token, reads need it too (they show handler error texts and the group's layout).
+        public var publicReads = false
+        /// Whether `/metrics` alone is open (for a Prometheus that scrapes without a token, behind a network policy).
+        public var publicMetrics = false
         /// Largest request body accepted. Default 16 KiB.
         public var maxBodyBytes = 16_384
 

@@ -29,10 +29,12 @@ final class Dashboard: Sendable {
     /// Keys the CSRF tokens of visitors who did not log in: derived from their cookie, kept nowhere.
     private let csrfKey = SymmetricKey(size: .bits256)
     private let secureCookies: Bool
+    private let publicReads: Bool
     let history = LagHistory()
 
-    init(host: SluiceHost, actions: OperatorActions, token: String?, logger: Logger) throws {
+    init(host: SluiceHost, actions: OperatorActions, token: String?, publicReads: Bool = false, logger: Logger) throws {
         self.host = host
+        self.publicReads = publicReads
         self.secureCookies = host.configuration.admin.secureCookies
         self.actions = actions
         self.token = token
@@ -57,14 +59,19 @@ final class Dashboard: Sendable {
     // MARK: Routes
 
     func addRoutes(to router: Router<BasicRequestContext>) {
-        router.get("/") { request, _ in self.page(request, "shards", title: "Shards") { self.shardsPage(request) } }
+        router.get("/") { request, _ in
+            if let login = self.loginFirst(request) { return login }
+            return self.page(request, "shards", title: "Shards") { self.shardsPage(request) }
+        }
         router.get("shards/:topic/:partition") { request, context in
+            if let login = self.loginFirst(request) { return login }
             guard let topic = context.parameters.get("topic"), let partition = context.parameters.get("partition").flatMap(Int32.init) else {
                 return self.page(request, "message", title: "Not found", status: .notFound) { ["message": "no such shard"] }
             }
             return self.page(request, "shard", title: "\(topic)/\(partition)") { self.shardPage(TopicPartition(topic, partition)) }
         }
         router.get("audit") { request, _ in
+            if let login = self.loginFirst(request) { return login }
             let audit = await self.auditPage()
             return self.page(request, "audit", title: "Audit") { audit }
         }
@@ -418,6 +425,13 @@ final class Dashboard: Sendable {
     private func bearerValid(_ request: Request) -> Bool {
         guard let token, let presented = request.headers[.authorization] else { return false }
         return Self.constantTimeEqual(presented, "Bearer \(token)")
+    }
+
+    /// With a token and reads not public, a visitor who did not log in (nor sent the bearer header) is sent to
+    /// the login page: the pages show handler error texts and the group's layout.
+    private func loginFirst(_ request: Request) -> Response? {
+        guard token != nil, !publicReads, !session(of: request).authenticated, !bearerValid(request) else { return nil }
+        return redirect("/login")
     }
 
     /// Why an action may not run: a cross-site request, a missing or wrong CSRF token, no login.
