@@ -79,6 +79,12 @@ struct DashboardBrowserTests {
             let text = try await browser.perform { try $0.open(urlA + "/"); return try $0.text() }
             return (0..<8).allSatisfy { text.contains("orders/\($0)") } && text.contains("-\(pidA)-") && text.contains("-\(pidB)-")
         }, "the shard table shows the group's partitions and both hosts")
+        // A host record is live for 15 s after it was written, and the wait above can take longer on a loaded
+        // machine: the hostile host says it is alive again, and the page is read once it shows.
+        try await publishHostileHost()
+        #expect(await eventually(poll: .milliseconds(250)) {
+            try await browser.perform { try $0.open(urlA + "/"); return try $0.text() }.contains(hostile)
+        }, "the hostile host is listed")
         let home = try await browser.perform { browser -> (String, Int, String) in
             try browser.open(urlA + "/")
             let owners = try browser.evaluate("new Set([...document.querySelectorAll('#shards tbody tr td:nth-child(2)')].map(c => c.innerText)).size") as? Int ?? 0
