@@ -129,7 +129,9 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
-            ]
+            ],
+            // The fuzz tests' seed corpus, read from the source tree.
+            exclude: ["FuzzCorpus"]
         ),
         .testTarget(
             name: "SluiceAdminTests",
