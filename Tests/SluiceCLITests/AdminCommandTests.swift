@@ -9,6 +9,31 @@ import Prometheus
 
 @Suite("sluice flags and status against a running host", .timeLimit(.minutes(2)))
 struct AdminCommandTests {
+    @Test("forged control records (a heartbeat dated Int64.min, a quarantine of Int64.max offsets) once trapped flags list, status and shards list: each now exits 0 and counts them")
+    func forgedRecordsDoNotTrapTheCLI() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = "cli-forged-\(UInt32.random(in: 0...UInt32.max))"
+        let topic = "__sluice-control-\(group)"
+        try cluster.createTopic(topic, partitions: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: Logger(label: "test"))
+        for (key, value) in [
+            ("host/forged", #"{"v":1,"applied":1,"atMillis":-9223372036854775808,"shards":{"orders/0":"running"}}"#),
+            ("quarantine/orders/0", #"{"v":1,"state":"suspect","offset":0,"count":9223372036854775807}"#),
+            ("flag/orders", #"{"v":1,"state":"off","who":"ana"}"#),
+        ] {
+            _ = try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(key.utf8), value: Array(value.utf8)))
+        }
+        await producer.close()
+        for command in [["flags", "list"], ["status"], ["shards", "list"]] {
+            let run = try await runCLI(command + ["--bootstrap", cluster.bootstrapServers, "--group", group])
+            #expect(run.status == 0, "\(command): \(run.errors)")
+            if command == ["flags", "list"] {
+                #expect(run.output.contains("orders") && run.output.contains("off"), "the good record is read: \(run.output)")
+                #expect(run.output.contains("2 control record(s) could not be read"), "\(run.output)")
+            }
+        }
+    }
+
     func runCLI(_ arguments: [String]) async throws -> (status: Int32, output: String, errors: String) {
         let process = try SluiceProcess(arguments)
         let status = await process.exit() ?? -1
