@@ -98,4 +98,35 @@ struct DashboardSessionTests {
         }
         #expect(await server.dashboard.audit.reads == 1)
     }
+
+    @Test("the audit page lists the control records the host rejected, with key, offset and reason, as text")
+    func rejectedRecordsShown() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        var configuration = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: ["orders"]).configuration
+        configuration.control.enabled = true
+        try cluster.createTopic(configuration.controlTopic, partitions: 1)
+        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: AdminFixture.logger)
+        _ = try await producer.send(
+            ProducerRecord(
+                topic: configuration.controlTopic, partition: 0, key: Array("host/<b>forged</b>".utf8),
+                value: Array(#"{"v":1,"applied":1,"atMillis":-9223372036854775808}"#.utf8)))
+        await producer.close()
+        let host = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
+        host.register("orders", NoopHandler())
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while (host.control?.rejected.count ?? 0) < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(host.control?.rejected.count == 1)
+        let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
+        let app = Application(router: try server.makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
+                let html = String(buffer: response.body)
+                #expect(html.contains("1 since this host started"))
+                #expect(html.contains("host/&lt;b&gt;forged&lt;/b&gt;") && html.contains("range"), "\(html)")
+            }
+        }
+        host.shutdown()
+        try await running.value
+    }
 }

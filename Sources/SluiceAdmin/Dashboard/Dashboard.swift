@@ -176,6 +176,9 @@ final class Dashboard: Sendable {
             context["noControlPlane"] = true
             return context
         }
+        let rejected = control.rejected
+        context["rejectedCount"] = rejected.count
+        context["rejected"] = rejected.latest.reversed().map { ["offset": $0.offset, "key": $0.key, "reason": $0.reason.rawValue, "detail": $0.detail] }
         let topic = ControlPlaneWriter.auditTopic(forControl: control.topic)
         let (host, logger) = (self.host, self.logger)
         // One read of the audit topic serves every request within two seconds of it, and requests that come
