@@ -25,7 +25,7 @@ struct DashboardSessionTests {
     func sessionsOnlyFromALogin() async throws {
         let host = AdminFixture.host(stateFile: AdminFixture.stateFile(), token: "s3cret")
         let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
-        let app = Application(router: try server.makeRouter())
+        let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             for _ in 0..<500 {
                 try await client.execute(uri: "/", method: .get) { #expect($0.status == .seeOther, "the pages need a login") }
@@ -87,7 +87,7 @@ struct DashboardSessionTests {
         let controlled = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
         controlled.register("orders", NoopHandler())
         let server = try AdminServer(host: controlled, registry: AdminFixture.registry, logger: AdminFixture.logger)
-        let app = Application(router: try server.makeRouter())
+        let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
                 for _ in 0..<20 {
@@ -118,7 +118,7 @@ struct DashboardSessionTests {
         while (host.control?.rejected.count ?? 0) < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
         #expect(host.control?.rejected.count == 1)
         let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
-        let app = Application(router: try server.makeRouter())
+        let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                 let html = String(buffer: response.body)
