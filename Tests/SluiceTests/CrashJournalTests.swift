@@ -180,6 +180,27 @@ struct StateDirectoryTests {
         #expect(Int(status.st_blocks) * 512 >= Int(status.st_size), "allocated: a full disk fails at start, not as a SIGBUS later")
     }
 
+    @Test("a crash report is the dead process's only when written between its start and its death: an older report of the same PID (PID 1 in every container) is not used, and a report is used once")
+    func crashReportOfThisDeath() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-reports-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        func report(_ name: String, _ text: String, at date: Date) throws {
+            let json = #"{"kind":"crashReport","description":"\#(text)","threads":[{"name":"main","crashed":true,"frames":[]}]}"#
+            try json.write(toFile: "\(directory)/\(name)", atomically: true, encoding: .utf8)
+            try FileManager.default.setAttributes([.modificationDate: date], ofItemAtPath: "\(directory)/\(name)")
+        }
+        let started = Date(timeIntervalSince1970: 1_800_000_000)
+        let died = started.addingTimeInterval(3_600)
+        try report("OrderService-1-2027-01-15T08-00-00.json", "an earlier process's death", at: started.addingTimeInterval(-86_400))
+        let finding = CrashFinding(
+            signal: SIGILL, fault: .handler, culprit: nil, inFlight: [], pid: 1, diedAtMilliseconds: Int64(died.timeIntervalSince1970 * 1000),
+            startedAtMilliseconds: Int64(started.timeIntervalSince1970 * 1000), journal: "j")
+        #expect(CrashReport.find(of: finding, in: directory) == nil, "the earlier PID 1's report is not this death's")
+        try report("OrderService-1-2027-01-15T09-00-00.json", "this death", at: died.addingTimeInterval(2))
+        #expect(CrashReport.find(of: finding, in: directory)?.hasPrefix("this death") == true)
+        #expect(CrashReport.find(of: finding, in: directory) == nil, "used once")
+    }
+
     @Test("a journal whose header claims four billion slots, in a sparse 64 GiB file, is read up to the largest journal a host makes")
     func hugeCapacity() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-huge-\(UUID().uuidString)").path

@@ -133,7 +133,7 @@ final class CrashContainment: Sendable {
         var quarantine = Quarantine(
             offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
             signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
-        quarantine.report = CrashReport.find(pid: finding.pid, in: configuration.stateDirectory)
+        quarantine.report = CrashReport.find(of: finding, in: configuration.stateDirectory)
         if let report = quarantine.report {
             // One log line: what happened and the first frames (the whole report is in the quarantine).
             metadata["sluice.crashReport"] = "\(report.split(separator: "\n").prefix(4).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " | "))"

@@ -54,6 +54,9 @@ public struct CrashFinding: Sendable, Equatable {
     public var pid: Int64
     /// When it died (ms since the epoch).
     public var diedAtMilliseconds: Int64
+    /// When that process opened the journal (ms since the epoch): a crash report older than this is another
+    /// process's, even with the same PID (every container's first process is PID 1).
+    public var startedAtMilliseconds: Int64 = 0
     /// The journal file it was read from.
     public var journal: String
 
@@ -327,7 +330,7 @@ final class CrashJournal: @unchecked Sendable {
         }
         return CrashFinding(
             signal: header.signal, fault: fault, culprit: culprit, inFlight: calls, pid: header.pid,
-            diedAtMilliseconds: header.died_ms, journal: path)
+            diedAtMilliseconds: header.died_ms, startedAtMilliseconds: header.started_ms, journal: path)
     }
 
     // MARK: Helpers
