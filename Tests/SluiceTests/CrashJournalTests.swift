@@ -2,6 +2,7 @@ import CSluiceCrash
 import Foundation
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
 
@@ -180,6 +181,37 @@ struct StateDirectoryTests {
         #expect(Int(status.st_blocks) * 512 >= Int(status.st_size), "allocated: a full disk fails at start, not as a SIGBUS later")
     }
 
+    @Test("a quarantines.json left by a run against another cluster holds nothing on a new one (every message handled, the file set aside); the same file of this cluster and group holds its partition at the message")
+    func quarantineFileOfAnotherCluster() async throws {
+        for owned in [false, true] {
+            let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+            let group = HostFixture.uniqueGroup()
+            let configuration = try await ConfiguredHostTests.load(cluster, group: group, "topics:\n  orders: {}\n")
+            try await ConfiguredHostTests.produce(cluster, count: 10)
+            let clusterID = owned ? try await KafkaClusterID.query(bootstrapServers: cluster.bootstrapServers, timeout: .seconds(10)) : "an-earlier-cluster"
+            try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+            let quarantine = Quarantine(offset: 5, crashes: 3, state: .quarantined, signal: "SIGILL", host: "old-host", atMilliseconds: 1_000)
+            try LocalQuarantineFile(directory: configuration.stateDirectory, owner: StateOwner(cluster: clusterID, group: group), logger: logger)
+                .set(TopicPartition("orders", 0), quarantine)
+            let handled = HandledMessages()
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+            let running = ConfiguredHostTests.run(host)
+            if owned {
+                try await waitUntil("held at the quarantined message") {
+                    guard let shard = host.shards.first, case .tripped = shard.state else { return false }
+                    return true
+                }
+                #expect(handled.all.value.map(\.offset).sorted() == Array(0..<5), "this cluster's quarantine applies")
+            } else {
+                try await waitUntil("every message handled") { handled.distinct == 10 }
+                let names = try FileManager.default.contentsOfDirectory(atPath: configuration.stateDirectory)
+                #expect(names.contains { $0.hasPrefix("quarantines.json.set-aside-") } && !names.contains("quarantines.json"), "\(names)")
+            }
+            try await ConfiguredHostTests.stop(host, running)
+        }
+    }
+
     @Test("a crash report is the dead process's only when written between its start and its death: an older report of the same PID (PID 1 in every container) is not used, and a report is used once")
     func crashReportOfThisDeath() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-reports-\(UUID().uuidString)").path
@@ -225,6 +257,12 @@ struct StateDirectoryTests {
 
 @Suite("Quarantines: records, the state file, and what a pipeline does at the message", .timeLimit(.minutes(1)))
 struct QuarantineTests {
+    let logger: Logger = {
+        var logger = Logger(label: "sluice.quarantine-test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
     @Test("the runtime's JSON crash report is summarized: what happened, the crashed thread's frames, at most 2,000 characters")
     func crashReport() throws {
         let frames = (0..<200).map { index in
@@ -282,14 +320,55 @@ struct QuarantineTests {
     func localFile() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let file = try LocalQuarantineFile(directory: directory)
+        let owner = StateOwner(cluster: "c1", group: "g")
+        let file = try LocalQuarantineFile(directory: directory, owner: owner, logger: logger)
         try file.set(TopicPartition("orders", 3), sample)
-        #expect(try LocalQuarantineFile(directory: directory).all == [TopicPartition("orders", 3): sample])
+        #expect(try LocalQuarantineFile(directory: directory, owner: owner, logger: logger).all == [TopicPartition("orders", 3): sample])
         try file.set(TopicPartition("orders", 3), nil)
-        #expect(try LocalQuarantineFile(directory: directory).all.isEmpty)
-        try Data("{\"orders\": {}}".utf8).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
-        let error = #expect(throws: SluiceError.self) { _ = try LocalQuarantineFile(directory: directory) }
+        #expect(try LocalQuarantineFile(directory: directory, owner: owner, logger: logger).all.isEmpty)
+        try Data(#"{"cluster": "c1", "group": "g", "quarantines": {"orders": {}}}"#.utf8).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
+        let error = #expect(throws: SluiceError.self) { _ = try LocalQuarantineFile(directory: directory, owner: owner, logger: logger) }
         #expect(error?.message.contains("quarantines.json") == true && error?.message.contains("'orders'") == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a quarantine file of another cluster, of another group, or naming none (written before files did) is set aside whole: none of it applies, nothing of it is lost")
+    func localFileOfAnotherOwner() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let here = StateOwner(cluster: "new-cluster", group: "g")
+        for other in [StateOwner(cluster: "old-cluster", group: "g"), StateOwner(cluster: "new-cluster", group: "other-group"), nil] as [StateOwner?] {
+            if let other {
+                try LocalQuarantineFile(directory: directory, owner: other, logger: logger).set(TopicPartition("orders", 0), sample)
+            } else {
+                // The file as hosts wrote it before it named its owner.
+                let object = ["orders/0": sample.object()]
+                try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
+            }
+            let written = try Data(contentsOf: URL(fileURLWithPath: directory + "/quarantines.json"))
+            let file = try LocalQuarantineFile(directory: directory, owner: here, logger: logger)
+            #expect(file.all.isEmpty, "the quarantines of \(other.map { "\($0)" } ?? "no named owner") do not apply on \(here)")
+            #expect(!FileManager.default.fileExists(atPath: directory + "/quarantines.json"))
+            let setAside = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("quarantines.json.set-aside-") }
+            #expect(setAside.count == 1 && (try? Data(contentsOf: URL(fileURLWithPath: directory + "/" + setAside[0]))) == written, "kept as it was")
+            for name in setAside { try FileManager.default.removeItem(atPath: directory + "/" + name) }
+        }
+    }
+
+    @Test("a quarantine of another message at its offset (the topic was deleted and recreated) is set aside: the message there is handled")
+    func otherIncarnation() async throws {
+        var quarantine = sample
+        quarantine.offset = 4
+        // The message that killed the process had this timestamp; the one at offset 4 now has 1_700_000_000_004.
+        quarantine.messageTimestamp = 1_600_000_000_004
+        let (held, handledHeld, heldPipeline) = await run(quarantine, then: .stop)
+        #expect(held == .sourceEnded(drainTimedOut: false) && handledHeld == Array(0..<10) && heldPipeline.watermark == 10)
+        quarantine.state = .skip
+        let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
+        #expect(skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == Array(0..<10) && skipPipeline.counters.skipped == 0)
+        // The same message: applied.
+        quarantine.messageTimestamp = 1_700_000_000_004
+        let (same, handledSame, _) = await run(quarantine, then: .stop)
+        #expect(same == .sourceEnded(drainTimedOut: false) && handledSame == [0, 1, 2, 3, 5, 6, 7, 8, 9])
     }
 
     func run(_ quarantine: Quarantine, then: TopicConfiguration.CrashAction, deadLetters: RecordingDeadLetters? = nil) async -> (ShardPipeline.Outcome, [Int64], ShardPipeline) {
@@ -416,7 +495,7 @@ struct CrashContainmentStartTests {
         case "handler":
             await Task(executorPreference: executor) {
                 slot.bindToCurrentTask()
-                slot.begin(42, count: 1)
+                slot.begin(42, count: 1, timestamp: 1_700_000_000_042)
                 dead.recordFatalSignalForTesting(SIGILL)
             }.value
         case "sluice":
@@ -441,11 +520,13 @@ struct CrashContainmentStartTests {
             try await deadJournal(in: directory, faultOn: thread)
             var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: ["orders": TopicConfiguration()])
             configuration.stateDirectory = directory
-            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", logger: logger)
+            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", clusterID: { "c1" }, logger: logger)
             let quarantine = containment.quarantine(for: TopicPartition("orders", 3))
             #expect(quarantine?.state == expected, "fault on a \(thread) thread: \(String(describing: quarantine))")
             if expected != nil { #expect(quarantine?.offset == 42 && quarantine?.signal == "SIGILL") }
-            #expect(try LocalQuarantineFile(directory: directory).all[TopicPartition("orders", 3)]?.state == expected, "kept in the state directory")
+            if expected == .quarantined { #expect(quarantine?.messageTimestamp == 1_700_000_000_042, "the message's timestamp is kept with it") }
+            let kept = try LocalQuarantineFile(directory: directory, owner: StateOwner(cluster: "c1", group: "g"), logger: logger)
+            #expect(kept.all[TopicPartition("orders", 3)]?.state == expected, "kept in the state directory, for this cluster and group")
             containment.journal.relinquish()
         }
     }

@@ -71,11 +71,13 @@ enum PipelineFixture {
         return logger
     }()
 
-    static func messages(_ offsets: Range<Int64>, keys: Int = 1) -> [Message] {
+    /// Messages at `offsets`, keyed round-robin over `keys` keys, each with the timestamp `timestampBase` +
+    /// its offset.
+    static func messages(_ offsets: Range<Int64>, keys: Int = 1, timestampBase: Int64 = 1_700_000_000_000) -> [Message] {
         offsets.map { offset in
             Message(
                 topic: "t", partition: 0, offset: offset, key: KafkaBytes("k\(offset % Int64(keys))"),
-                value: KafkaBytes("\(offset)"))
+                value: KafkaBytes("\(offset)"), timestampMilliseconds: timestampBase + offset)
         }
     }
 

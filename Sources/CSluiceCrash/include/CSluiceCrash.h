@@ -60,8 +60,15 @@ typedef struct {
     char topic[SLUICE_JOURNAL_TOPIC_CAPACITY];
     /// 1 while the call is a suspect's, run alone to find the culprit of an unattributed death.
     volatile int32_t careful;
-    uint8_t reserved[20];
+    /// 1 when `timestamp_ms` holds the call's first message's timestamp (0 in journals written before it).
+    volatile int32_t has_timestamp;
+    /// The call's first message's timestamp (ms since the epoch): with the offset, it tells the message from
+    /// another at the same offset of a deleted and recreated topic.
+    volatile int64_t timestamp_ms;
+    uint8_t reserved[8];
 } sluice_journal_slot;
+
+_Static_assert(sizeof(sluice_journal_slot) == 320, "the journal slot layout is version 1's");
 
 /// Sets the job the calling thread runs (Sluice's executors call it around each job); NULL when none.
 void sluice_crash_set_current_job(const void *job);
@@ -91,10 +98,13 @@ void sluice_crash_record(void *base, int signo);
 int32_t sluice_crash_attribute(const void *base, int32_t *slot);
 
 /// Lane hooks, a few stores each and no system call.
-static inline void sluice_journal_begin(sluice_journal_slot *slot, int64_t offset, int32_t count, int32_t careful) {
+static inline void sluice_journal_begin(
+    sluice_journal_slot *slot, int64_t offset, int32_t count, int32_t careful, int32_t has_timestamp, int64_t timestamp_ms) {
     slot->offset = offset;
     slot->count = count;
     slot->careful = careful;
+    slot->has_timestamp = has_timestamp;
+    slot->timestamp_ms = timestamp_ms;
     slot->in_handler = 1;
 }
 

@@ -36,11 +36,27 @@ final class CrashContainment: Sendable {
     /// a message blamed for a death has its count raised (group-wide when the control plane is on) and, at
     /// its topic's `onCrash.after`, is quarantined. Then installs the fatal-signal handlers.
     /// The journal is this host's own file in the state directory: each host of a process keeps its own.
+    /// Without the control plane, quarantines are kept in the state directory for the cluster `clusterID`
+    /// names, asked when the directory holds a journal or quarantines (before the journal is read: what a
+    /// dead process left is only read when it can be recorded).
     static func start(
-        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String, logger: Logger
+        configuration: SluiceConfiguration, control: ControlPlaneFlagSource?, host identity: String,
+        clusterID: @Sendable () async throws -> String, logger: Logger
     ) async throws -> CrashContainment {
+        var owner: StateOwner?
+        if control == nil, (try? FileManager.default.contentsOfDirectory(atPath: configuration.stateDirectory))?.contains(where: {
+            $0 == "quarantines.json" || $0.hasPrefix("crash-journal-")
+        }) == true {
+            do {
+                owner = StateOwner(cluster: try await clusterID(), group: configuration.kafka.group)
+            } catch {
+                throw SluiceError(
+                    code: .state,
+                    message: "crash containment: which Kafka cluster kafka.bootstrap leads to could not be asked (\(error)); quarantines in \(configuration.stateDirectory) are kept per cluster and group, and the host does not start without them")
+            }
+        }
         let (journal, findings) = try CrashJournal.open(directory: configuration.stateDirectory, logger: logger)
-        let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory) : nil
+        let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory, owner: owner, logger: logger) : nil
         let containment = CrashContainment(journal: journal, control: control, local: local)
         if !findings.isEmpty {
             let writer = try control.map { _ in try configuration.controlWriter(logger: logger) }
@@ -128,11 +144,14 @@ final class CrashContainment: Sendable {
         let topicPartition = culprit.topicPartition
         let policy = configuration.topics[topicPartition.topic]?.onCrash ?? TopicConfiguration.CrashPolicy()
         let previous = quarantine(for: topicPartition)
-        // Found by elimination: the earlier unattributed death counts too.
-        let crashes = (previous?.offset == culprit.offset && previous?.state != .suspect ? previous!.crashes : 0) + (finding.fault == .eliminated ? 2 : 1)
+        // Found by elimination: the earlier unattributed death counts too. A record of another message at the
+        // same offset (of an earlier incarnation of the topic) counts nothing.
+        let sameMessage = previous.map { $0.offset == culprit.offset && $0.state != .suspect && $0.isOfMessage(timestamp: culprit.timestampMilliseconds) } ?? false
+        let crashes = (sameMessage ? previous!.crashes : 0) + (finding.fault == .eliminated ? 2 : 1)
         var quarantine = Quarantine(
             offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
             signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
+        quarantine.messageTimestamp = culprit.timestampMilliseconds
         quarantine.report = CrashReport.find(of: finding, in: configuration.stateDirectory)
         if let report = quarantine.report {
             // One log line: what happened and the first frames (the whole report is in the quarantine).

@@ -38,6 +38,9 @@ public struct CrashFinding: Sendable, Equatable {
         public var generation: UInt64
         /// Whether it was a suspect's call, run alone to find the culprit of an earlier unattributed death.
         public var careful: Bool = false
+        /// The timestamp of the call's first message (ms since the epoch), when it had one: it tells that
+        /// message from another at the same offset of a deleted and recreated topic.
+        public var timestampMilliseconds: Int64? = nil
 
         public var description: String { count == 1 ? "\(topicPartition)@\(offset)" : "\(topicPartition)@\(offset)+\(count)" }
     }
@@ -79,8 +82,8 @@ public struct CrashFinding: Sendable, Equatable {
 struct JournalSlot: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<sluice_journal_slot>
 
-    @inline(__always) func begin(_ offset: Int64, count: Int, careful: Bool = false) {
-        sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count), careful ? 1 : 0)
+    @inline(__always) func begin(_ offset: Int64, count: Int, careful: Bool = false, timestamp: Int64? = nil) {
+        sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count), careful ? 1 : 0, timestamp == nil ? 0 : 1, timestamp ?? 0)
     }
     @inline(__always) func end() { sluice_journal_end(pointer) }
 
@@ -312,7 +315,8 @@ final class CrashJournal: @unchecked Sendable {
             let topic = withUnsafeBytes(of: slot.topic) { String(decoding: $0.prefix(length), as: UTF8.self) }
             let call = CrashFinding.Call(
                 topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset, count: Int(max(1, slot.count)),
-                generation: slot.generation, careful: slot.careful != 0)
+                generation: slot.generation, careful: slot.careful != 0,
+                timestampMilliseconds: slot.has_timestamp == 1 && InputLimits.epochMilliseconds.contains(slot.timestamp_ms) ? slot.timestamp_ms : nil)
             calls.append(call)
             if header.fault == SLUICE_FAULT_HANDLER, Int(header.attributed_slot) == index { culprit = call }
         }

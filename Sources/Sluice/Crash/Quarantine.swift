@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SluiceKafka
 import Synchronization
 
@@ -24,6 +25,10 @@ public struct Quarantine: Sendable, Hashable {
 
     /// The first offset of the handler call that died.
     public var offset: Int64
+    /// The timestamp of the message at ``offset`` when its call died (ms since the epoch; nil when it had none,
+    /// or for a record written before quarantines carried it). A message at that offset with another timestamp
+    /// is another message (the topic was deleted and recreated): the quarantine is set aside for it, never applied.
+    public var messageTimestamp: Int64?
     /// Messages in that call (1, or a batch).
     public var count: Int
     /// Process deaths attributed to it.
@@ -137,6 +142,13 @@ public struct Quarantine: Sendable, Hashable {
     /// The offsets it covers.
     public var range: Range<Int64> { offset..<offset.adding(saturating: Int64(max(1, count))) }
 
+    /// Whether the message at ``offset`` with `timestamp` can be the one this quarantine recorded: false
+    /// when both timestamps are known and differ (another message at the same offset of a recreated topic).
+    public func isOfMessage(timestamp: Int64?) -> Bool {
+        guard let messageTimestamp, let timestamp else { return true }
+        return messageTimestamp == timestamp
+    }
+
     /// What it says, for logs, status and crash reasons.
     public var summary: String {
         if state == .suspect {
@@ -153,6 +165,7 @@ public struct Quarantine: Sendable, Hashable {
         ]
         if let who { object["who"] = who }
         if let reason { object["reason"] = reason }
+        if let messageTimestamp { object["messageTs"] = messageTimestamp }
         if let report { object["report"] = report }
         if let recorded {
             object["recorded"] = [
@@ -177,6 +190,7 @@ public struct Quarantine: Sendable, Hashable {
             atMilliseconds: try fields.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0,
             who: try fields.string("who", maxLength: InputLimits.identityLength), reason: try fields.string("reason", maxLength: InputLimits.textLength))
         report = try fields.string("report", maxLength: InputLimits.reportLength)
+        messageTimestamp = try fields.int64("messageTs", in: InputLimits.epochMilliseconds)
         if let object = try fields.object("recorded") {
             let nested = JSONFields(object) { bad($0, "recorded: \($1)") }
             guard let stateText = try nested.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
@@ -190,17 +204,35 @@ public struct Quarantine: Sendable, Hashable {
     }
 }
 
+/// The Kafka cluster and consumer group a host's state on disk belongs to. State of another owner (a state
+/// directory reused against another cluster, or by another group) is set aside, never applied.
+struct StateOwner: Sendable, Hashable, CustomStringConvertible {
+    /// The cluster id its brokers report.
+    var cluster: String
+    /// The consumer group (`kafka.group`).
+    var group: String
+
+    var description: String { "cluster \(cluster), group \(group)" }
+}
+
 /// Where quarantines are kept when the control plane is off: a JSON file in the state directory (one host;
-/// a partition that moves to another host does not take them along).
+/// a partition that moves to another host does not take them along), naming the cluster and group its
+/// quarantines belong to: `{"cluster": "…", "group": "…", "quarantines": {"orders/3": {…}}}`.
 final class LocalQuarantineFile: Sendable {
     let path: String
+    /// Whose quarantines these are; nil when there is no file and nothing was recorded yet (then nothing can
+    /// be written either: every write follows a finding or an entry, which come with the owner).
+    let owner: StateOwner?
     private let entries: Mutex<[TopicPartition: Quarantine]>
 
-    /// Reads the file (missing: empty). A file that cannot be read is an error naming it: starting without
-    /// the quarantines it holds could kill the process again.
-    init(directory: String) throws(SluiceError) {
+    /// Reads the file (missing: empty). A file of another cluster or group, or one that names none (written
+    /// before files did), is renamed `quarantines.json.set-aside-MILLISECONDS` with a warning and nothing of it
+    /// applies. A file of this owner that cannot be read is an error naming it: starting without the
+    /// quarantines it holds could kill the process again.
+    init(directory: String, owner: StateOwner?, logger: Logger) throws(SluiceError) {
         let path = "\(directory)/quarantines.json"
         self.path = path
+        self.owner = owner
         guard FileManager.default.fileExists(atPath: path) else {
             entries = Mutex([:])
             return
@@ -209,10 +241,28 @@ final class LocalQuarantineFile: Sendable {
             SluiceError(code: .invalidInput, message: "quarantine file \(path): \(reason); fix or remove it")
         }
         guard let data = FileManager.default.contents(atPath: path),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: [String: Any]]
-        else { throw bad("not a JSON object of TOPIC/PARTITION keys") }
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { throw bad("not a JSON object") }
+        let fileOwner = (object["cluster"] as? String).flatMap { cluster in (object["group"] as? String).map { StateOwner(cluster: cluster, group: $0) } }
+        guard let owner, fileOwner == owner else {
+            let setAside = "\(path).set-aside-\(Int64(Date().timeIntervalSince1970 * 1000))"
+            do {
+                try FileManager.default.moveItem(atPath: path, toPath: setAside)
+            } catch {
+                throw bad("it belongs to \(fileOwner.map { "\($0)" } ?? "no named cluster and group"), not to this host's \(owner.map { "\($0)" } ?? "cluster"), and could not be set aside (\(error))")
+            }
+            logger.warning(
+                "the quarantine file belongs to another cluster or group: set aside, none of its quarantines applies",
+                metadata: [
+                    "sluice.file": "\(setAside)", "sluice.fileOwner": "\(fileOwner.map { "\($0)" } ?? "none named")",
+                    "sluice.owner": "\(owner.map { "\($0)" } ?? "-")",
+                ])
+            entries = Mutex([:])
+            return
+        }
+        guard let quarantines = object["quarantines"] as? [String: [String: Any]] else { throw bad("'quarantines' is not an object of TOPIC/PARTITION keys") }
         var loaded: [TopicPartition: Quarantine] = [:]
-        for (key, value) in object {
+        for (key, value) in quarantines {
             guard let topicPartition = TopicPartition(parsing: key) else { throw bad("'\(key)' is not TOPIC/PARTITION") }
             do {
                 loaded[topicPartition] = try Quarantine(fields: JSONFields(value) { _, detail in bad("\(key): \(detail)") }) { _, detail in bad("\(key): \(detail)") }
@@ -232,11 +282,15 @@ final class LocalQuarantineFile: Sendable {
 
     /// Sets one entry (nil removes it) and rewrites the file atomically.
     func set(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) throws {
+        guard let owner else {
+            throw SluiceError(code: .state, message: "quarantine file \(path): which cluster it belongs to is not known; nothing is written")
+        }
         let snapshot = entries.withLock { entries in
             entries[topicPartition] = quarantine
             return entries
         }
-        let object = Dictionary(uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
+        let quarantines = Dictionary(uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
+        let object: [String: Any] = ["cluster": owner.cluster, "group": owner.group, "quarantines": quarantines]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
         try data.write(to: URL(fileURLWithPath: path), options: .atomic)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)

@@ -386,7 +386,14 @@ public final class SluiceHost: Service, Sendable {
         do {
             if configuration.crashJournal {
                 // Before joining: what the last process died of is quarantined before any partition fetches.
-                let containment = try await CrashContainment.start(configuration: configuration, control: control, host: identity, logger: logger)
+                let configuration = self.configuration
+                let containment = try await CrashContainment.start(
+                    configuration: configuration, control: control, host: identity,
+                    clusterID: {
+                        try await KafkaClusterID.query(
+                            bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
+                            timeout: configuration.control.loadTimeout)
+                    }, logger: logger)
                 state.withLock { $0.crashContainment = containment }
             }
             try await runConsumer(handlers)

@@ -79,8 +79,8 @@ final class ShardPipeline: Sendable {
         nonisolated(unsafe) var journal: JournalSlot?
 
         /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
-        func begin(_ offset: Int64, at nanoseconds: Int64, count: Int = 1, handler: Bool = true, careful: Bool = false) {
-            if handler, let journal { journal.begin(offset, count: count, careful: careful) }
+        func begin(_ offset: Int64, timestamp: Int64?, at nanoseconds: Int64, count: Int = 1, handler: Bool = true, careful: Bool = false) {
+            if handler, let journal { journal.begin(offset, count: count, careful: careful, timestamp: timestamp) }
             self.offset.store(offset, ordering: .relaxed)
             since.store(max(1, nanoseconds), ordering: .releasing)
         }
@@ -145,6 +145,9 @@ final class ShardPipeline: Sendable {
     private let quarantine: Quarantine?
     /// The offsets ``quarantine`` covers (empty when there is none, or while its deaths are only counted).
     private let quarantined: Range<Int64>
+    /// Set when the message at the quarantine's offset is not the one it recorded (the topic was deleted and
+    /// recreated): the quarantine is set aside and its offsets are handled as usual.
+    private let quarantineSetAside = Atomic<Bool>(false)
     /// Suspects of an unattributed death: handled one at a time, host-wide.
     private let suspects: Range<Int64>
     /// The host's gate that lets one suspect at a time into a handler call.
@@ -642,12 +645,12 @@ final class ShardPipeline: Sendable {
         var callStarted = MonotonicNanoseconds.now()
         while let message = remaining.first {
             if halted { return LaneRun([]) }
-            if quarantined.contains(message.offset) || suspects.contains(message.offset) {
+            if isQuarantined(message.offset) || suspects.contains(message.offset) {
                 flush(activity)
                 await process(remaining.prefix(1).slice, lane: lane)
                 return remaining.dropFirst()
             }
-            activity.begin(message.offset, at: callStarted)
+            activity.begin(message.offset, timestamp: message.timestampMilliseconds, at: callStarted)
             do {
                 if let tracing {
                     try await tracing.traced([message], attempt: 1) { try await handler.handle(message, context: context) }
@@ -703,8 +706,13 @@ final class ShardPipeline: Sendable {
         beacon.notify()
     }
 
+    /// Whether `offset` is under the quarantine (and it was not set aside).
+    private func isQuarantined(_ offset: Int64) -> Bool {
+        quarantined.contains(offset) && !quarantineSetAside.load(ordering: .relaxed)
+    }
+
     private func process(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil) async {
-        if !quarantined.isEmpty, unit.contains(where: { quarantined.contains($0.offset) }) {
+        if !quarantined.isEmpty, unit.contains(where: { isQuarantined($0.offset) }) {
             await processQuarantined(unit, lane: lane)
             return
         }
@@ -740,7 +748,7 @@ final class ShardPipeline: Sendable {
             if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
             let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
             let callStarted = MonotonicNanoseconds.now()
-            activities[lane].begin(unit.first!.offset, at: callStarted, count: unit.count, careful: careful)
+            activities[lane].begin(unit.first!.offset, timestamp: unit.first!.timestampMilliseconds, at: callStarted, count: unit.count, careful: careful)
             let failure: (any Error)?
             if let earlier = pendingFailure {
                 failure = earlier
@@ -800,7 +808,7 @@ final class ShardPipeline: Sendable {
                 // Watched like a handler call: a write that hangs (a missing topic, a broker away) crashes
                 // the shard after handlerTimeout instead of holding its lane. A batch goes out in one round trip.
                 let started = MonotonicNanoseconds.now()
-                activities[lane].begin(unit.first!.offset, at: started, handler: false)
+                activities[lane].begin(unit.first!.offset, timestamp: nil, at: started, handler: false)
                 let outcomes = if let tracing {
                     await tracing.tracedDeadLetter(unit, topic: topic) {
                         await deadLetters.deadLetter(Array(unit), error: failure, attempts: attempt, topic: topic)
@@ -834,6 +842,18 @@ final class ShardPipeline: Sendable {
             await processUnit(unit[..<index], lane: lane)
             if crashed.load(ordering: .acquiring) || halted { return }
         }
+        if unit[index].offset == quarantine.offset, !quarantine.isOfMessage(timestamp: unit[index].timestampMilliseconds) {
+            quarantineSetAside.store(true, ordering: .relaxed)
+            logger.warning(
+                "the quarantine names another message than the one at its offset now (the topic was deleted and recreated?): set aside, the message is handled",
+                metadata: [
+                    "kafka.offset": "\(quarantine.offset)", "sluice.quarantine": "\(quarantine.summary)",
+                    "sluice.recordedTimestamp": "\(quarantine.messageTimestamp.map(String.init) ?? "-")",
+                    "kafka.timestamp": "\(unit[index].timestampMilliseconds.map(String.init) ?? "-")",
+                ])
+            await processUnit(unit[index...], lane: lane)
+            return
+        }
         let poisoned = unit[index...].prefix { quarantined.contains($0.offset) }
         let rest = unit[(index + poisoned.count)...]
         switch (quarantine.state, configuration.onCrash.then) {
@@ -859,7 +879,7 @@ final class ShardPipeline: Sendable {
                 return
             }
             let started = MonotonicNanoseconds.now()
-            activities[lane].begin(poisoned.first!.offset, at: started, handler: false)
+            activities[lane].begin(poisoned.first!.offset, timestamp: nil, at: started, handler: false)
             let outcomes = await deadLetters.deadLetter(
                 Array(poisoned), error: MessageKilledProcess(quarantine: quarantine), attempts: quarantine.crashes, topic: topic)
             let inTime = MonotonicNanoseconds.now() - started <= handlerTimeoutNanoseconds
