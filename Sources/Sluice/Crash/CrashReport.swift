@@ -13,13 +13,15 @@ enum CrashReport {
     /// The largest report read (the runtime's are tens of kilobytes).
     static let maximumBytes = 4 << 20
 
-    /// The summary of the report the dead process of `finding` left in `directory`, if any: a file named with its
-    /// PID *and* written between that process's start and a minute after its death (a PID alone is not the
-    /// process: every container's first process is PID 1, and an earlier one's report may still be there).
-    /// The report used is renamed `….json.used`, so no later death is given it.
+    /// The summary of the report the dead process of `finding` left in `directory`, if any: the first file named
+    /// with its PID written after that process started (a PID alone is not the process: every container's first
+    /// process is PID 1, and an earlier one's report may still be there). A later process with the same PID
+    /// started after this one died, so its report comes after this one's. No upper bound on the time: the
+    /// runtime writes the report after the death is recorded, and symbolicating a large binary on a loaded
+    /// machine took over a minute. The report used is renamed `….json.used`, so no later death is given it.
     static func find(of finding: CrashFinding, in directory: String) -> String? {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
-        let window = Double(finding.startedAtMilliseconds) / 1000...Double(finding.diedAtMilliseconds.adding(saturating: 60_000)) / 1000
+        let window = Double(finding.startedAtMilliseconds) / 1000...Date().timeIntervalSince1970
         let candidates = names.filter { $0.hasSuffix(".json") && $0.contains("-\(finding.pid)-") }.compactMap { name -> (String, Date)? in
             let path = "\(directory)/\(name)"
             guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), attributes[.type] as? FileAttributeType == .typeRegular,
@@ -28,7 +30,7 @@ enum CrashReport {
             else { return nil }
             return (path, modified)
         }
-        guard let (path, _) = candidates.max(by: { $0.1 < $1.1 }), let data = FileManager.default.contents(atPath: path) else { return nil }
+        guard let (path, _) = candidates.min(by: { $0.1 < $1.1 }), let data = FileManager.default.contents(atPath: path) else { return nil }
         try? FileManager.default.moveItem(atPath: path, toPath: path + ".used")
         return summarize(data)
     }
