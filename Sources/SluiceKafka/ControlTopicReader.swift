@@ -31,17 +31,24 @@ public final class ControlTopicReader: Sendable {
     private let handle: RDKafkaHandle
     private let state = Mutex(State())
     private let onRecord: @Sendable (Record) -> Void
+    private let onRecreated: @Sendable (_ position: Int64, _ offset: Int64) -> Void
     private let logger: Logger
     private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
     private let finished = Mutex(false)
 
     /// Creates the reader; nothing is read before ``load(timeout:)``.
+    ///
+    /// `onRecreated` is called when the topic turns out to be another one than the reader read so far (a
+    /// record came at an offset below its position: the topic was deleted and created again). The reader
+    /// reads the new topic from its beginning: the owner drops what it built from the old one first.
     public init(
         bootstrapServers: String, topic: String, properties: [String: String] = [:], logger: Logger,
+        onRecreated: @escaping @Sendable (_ position: Int64, _ offset: Int64) -> Void = { _, _ in },
         onRecord: @escaping @Sendable (Record) -> Void
     ) throws(KafkaError) {
         self.topic = topic
         self.onRecord = onRecord
+        self.onRecreated = onRecreated
         self.logger = logger
         var settings: [(String, String)] = [
             ("bootstrap.servers", bootstrapServers),
@@ -51,7 +58,11 @@ public final class ControlTopicReader: Sendable {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("fetch.wait.max.ms", "10"),
-            ("allow.auto.create.topics", "true"),
+            // A position past the end (the topic was recreated) starts over from the new topic's beginning.
+            ("auto.offset.reset", "earliest"),
+            // Reading never creates the topic: hosts create it at start, compacted with one partition
+            // (control.createTopics); one made by a broker's auto-creation would have neither.
+            ("allow.auto.create.topics", "false"),
         ]
         settings += properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
         handle = try RDKafkaHandle(type: RD_KAFKA_CONSUMER, properties: settings, events: 0, logger: "control topic reader")
@@ -127,6 +138,21 @@ public final class ControlTopicReader: Sendable {
         return String(cString: clusterID).hasPrefix("mockCluster")
     }
 
+    /// When a record's `offset` is below the position read to, the topic was deleted and created again: the
+    /// owner is told, and the position starts over.
+    private func recreatedIfBelow(_ offset: Int64) {
+        let position = state.withLock { state -> Int64? in
+            guard offset < state.position else { return nil }
+            defer { state.position = offset }
+            return state.position
+        }
+        guard let position else { return }
+        logger.warning(
+            "control topic recreated: a record came below what was read; the topic is read from its beginning",
+            metadata: ["kafka.topic": "\(topic)", "sluice.position": "\(position)", "kafka.offset": "\(offset)"])
+        onRecreated(position, offset)
+    }
+
     private func finishLoad(_ error: KafkaError?) {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             if error != nil { state.loadError = error } else { state.loaded = true }
@@ -153,13 +179,21 @@ public final class ControlTopicReader: Sendable {
             }
             waiter?.resume()
         }
+        // A missing topic is named at once (it is never created here), not waited for until the deadline.
+        let remaining = { Duration.milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))) }
+        if let exists = try? handle.topicExists(topic, timeout: remaining()), !exists {
+            finishLoad(
+                .configuration(
+                    "control topic '\(topic)' does not exist: no host of the group has started with the control plane (hosts create it, control.createTopics), or it was deleted; create it with 1 partition and cleanup.policy=compact"))
+            return
+        }
         // The topic's leader, known at once: otherwise librdkafka looks it up on its once-a-second topic scan,
-        // a second added to every CLI command. (The embedded cluster creates a missing topic here.)
-        let partitions = try? handle.partitionCount(topic: topic, timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))))
+        // a second added to every CLI command.
+        let partitions = try? handle.partitionCount(topic: topic, timeout: remaining())
         // Records on any other partition than 0 would never be read: a flag written there would silently not apply.
         // (librdkafka's mock cluster, the embedded cluster and `sluice dev-broker`, auto-creates every topic with
         // 4 partitions and cannot be asked for fewer; Sluice writes only partition 0 there.)
-        if let partitions, partitions > 1, !isMockCluster(timeout: .milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1))))) {
+        if let partitions, partitions > 1, !isMockCluster(timeout: remaining()) {
             finishLoad(
                 .configuration(
                     "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"))
@@ -204,6 +238,11 @@ public final class ControlTopicReader: Sendable {
                 }
                 continue
             }
+            // A record below what was read: the topic is another one now. (The broker answered the reader's
+            // position as out of range, and the reader started over from the new topic's beginning; hosts
+            // write their status every few seconds, so a recreated topic gets a record soon. Watermarks are
+            // not compared: a broker may report them short, as tansu does.)
+            recreatedIfBelow(raw.offset)
             let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) } ?? ""
             let value = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) }
             onRecord(Record(offset: raw.offset, key: key, value: value, headers: KafkaHeader.all(of: message)))

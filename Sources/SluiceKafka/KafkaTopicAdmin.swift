@@ -15,9 +15,9 @@ public enum KafkaTopicAdmin {
         /// It was created as asked.
         case created
         /// The brokers have no CreateTopics (librdkafka's mock cluster, which the embedded cluster and
-        /// `sluice dev-broker` run, or Kafka before 0.10.1); the topic is left to the brokers' auto-creation
-        /// when it is first read or written. `reason` says which.
-        case leftToAutoCreation(reason: String)
+        /// `sluice dev-broker` run, or Kafka before 0.10.1): the topic was asked for by name, which makes
+        /// brokers that allow it create it with their defaults (the mock: 4 partitions). `reason` says why.
+        case autoCreated(reason: String)
     }
 
     /// A topic to create when missing.
@@ -85,7 +85,8 @@ public enum KafkaTopicAdmin {
             defer { rd_kafka_mem_free(handle.pointer, clusterID) }
             let id = String(cString: clusterID)
             if id.hasPrefix("mockCluster") {
-                return .leftToAutoCreation(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
+                _ = try handle.partitionCount(topic: topic.name, timeout: timeout)
+                return .autoCreated(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
             }
         }
         let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_CREATETOPICS)
@@ -104,7 +105,9 @@ public enum KafkaTopicAdmin {
         defer { rd_kafka_event_destroy(event) }
         let requestError = rd_kafka_event_error(event)
         if requestError == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE {
-            return .leftToAutoCreation(reason: String(cString: rd_kafka_event_error_string(event)))
+            let reason = String(cString: rd_kafka_event_error_string(event))
+            _ = try handle.partitionCount(topic: topic.name, timeout: timeout)
+            return .autoCreated(reason: reason)
         }
         if requestError != RD_KAFKA_RESP_ERR_NO_ERROR {
             throw KafkaError(
@@ -126,5 +129,87 @@ public enum KafkaTopicAdmin {
             let reason = rd_kafka_topic_result_error_string(topicResult).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
             throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': \(reason)", librdkafkaCode: error.rawValue)
         }
+    }
+}
+
+extension KafkaTopicAdmin {
+    /// What ``configuration(of:bootstrapServers:properties:timeout:)`` learned of a topic's configuration.
+    public enum Described: Equatable, Sendable {
+        /// The topic's configuration entries, name to value.
+        case entries([String: String])
+        /// The brokers have no DescribeConfigs (librdkafka's mock cluster).
+        case unsupported(reason: String)
+        /// The brokers did not say (no answer in time, or a refusal such as a missing DescribeConfigs ACL).
+        case unknown(reason: String)
+    }
+
+    /// A topic's configuration as the brokers report it (DescribeConfigs). Throws only when no client can be
+    /// made; a broker that cannot or will not say is ``Described/unsupported(reason:)`` or
+    /// ``Described/unknown(reason:)``.
+    public static func configuration(
+        of topic: String, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
+    ) async throws(KafkaError) -> Described {
+        do {
+            return try await OwnerThread.blocking { () throws(KafkaError) -> Described in
+                try describeBlocking(topic, bootstrapServers: bootstrapServers, properties: properties, timeout: timeout)
+            }
+        } catch let error as KafkaError {
+            throw error
+        } catch {
+            throw KafkaError(code: .librdkafka, message: "\(error)")
+        }
+    }
+
+    private static func describeBlocking(
+        _ topic: String, bootstrapServers: String, properties: [String: String], timeout: Duration
+    ) throws(KafkaError) -> Described {
+        let settings = [("bootstrap.servers", bootstrapServers), ("client.id", "sluice-topic-admin")]
+            + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
+        let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "topic admin client")
+        defer { withExtendedLifetime(handle) {} }
+        let milliseconds = Int32(clamping: timeout.milliseconds)
+        // The mock cluster answers no admin request (it would be waited for until the timeout).
+        if let clusterID = rd_kafka_clusterid(handle.pointer, milliseconds) {
+            defer { rd_kafka_mem_free(handle.pointer, clusterID) }
+            let id = String(cString: clusterID)
+            if id.hasPrefix("mockCluster") { return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs") }
+        }
+        guard let resource = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic) else {
+            throw .configuration("topic '\(topic)': cannot describe its configuration")
+        }
+        defer { rd_kafka_ConfigResource_destroy(resource) }
+        var errorText = [CChar](repeating: 0, count: 512)
+        let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds, &errorText, errorText.count)
+        guard let queue = rd_kafka_queue_new(handle.pointer) else { throw .state("rd_kafka_queue_new failed") }
+        defer { rd_kafka_queue_destroy(queue) }
+        var resources: [OpaquePointer?] = [resource]
+        rd_kafka_DescribeConfigs(handle.pointer, &resources, 1, options, queue)
+        guard let event = rd_kafka_queue_poll(queue, milliseconds + 1000) else {
+            return .unknown(reason: "no answer to DescribeConfigs within \(timeout)")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        let requestError = rd_kafka_event_error(event)
+        guard requestError == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            return .unknown(reason: String(cString: rd_kafka_event_error_string(event)))
+        }
+        var count = 0
+        guard let result = rd_kafka_event_DescribeConfigs_result(event),
+            let described = rd_kafka_DescribeConfigs_result_resources(result, &count), count == 1, let topicResult = described[0]
+        else { return .unknown(reason: "the answer names no topic") }
+        let error = rd_kafka_ConfigResource_error(topicResult)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            return .unknown(reason: rd_kafka_ConfigResource_error_string(topicResult).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error)))
+        }
+        var entryCount = 0
+        var entries: [String: String] = [:]
+        if let configs = rd_kafka_ConfigResource_configs(topicResult, &entryCount) {
+            for index in 0..<entryCount {
+                guard let entry = configs[index], let name = rd_kafka_ConfigEntry_name(entry) else { continue }
+                entries[String(cString: name)] = rd_kafka_ConfigEntry_value(entry).map { String(cString: $0) } ?? ""
+            }
+        }
+        return .entries(entries)
     }
 }

@@ -89,9 +89,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
         throw KafkaError(code: .state, message: "tansu did not start: \(lastFailure)")
     }
 
-    public func addTopic(_ name: String, partitions: Int) async throws {
+    public func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws {
         let outcome = try await KafkaTopicAdmin.ensure(
-            .init(name: name, partitions: partitions, replicationFactor: 1), bootstrapServers: bootstrapServers, timeout: .seconds(30))
+            .init(name: name, partitions: partitions, replicationFactor: 1, config: config), bootstrapServers: bootstrapServers, timeout: .seconds(30))
         guard outcome == .created else {
             throw KafkaError(code: .state, message: "tansu: topic '\(name)' was not created: \(outcome)")
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Sluice
 import SluiceKafka
 
 /// A Kafka cluster a test runs against: librdkafka's mock cluster in process (``EmbeddedKafkaCluster``) or an
@@ -9,14 +10,28 @@ public protocol TestKafkaCluster: AnyObject, Sendable {
     var bootstrapServers: String { get }
     /// Which broker this is, for messages: `librdkafka mock` or `tansu`.
     var brokerName: String { get }
-    /// Creates a topic with `partitions` partitions.
-    func addTopic(_ name: String, partitions: Int) async throws
+    /// Creates a topic with `partitions` partitions and topic configuration `config` (the mock cluster keeps
+    /// no topic configuration).
+    func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws
+}
+
+extension TestKafkaCluster {
+    /// Creates a topic with `partitions` partitions and the broker's default configuration.
+    public func addTopic(_ name: String, partitions: Int) async throws {
+        try await addTopic(name, partitions: partitions, config: [:])
+    }
+
+    /// Creates a group's control topic as hosts create it: one partition, compacted.
+    public func addControlTopic(_ name: String) async throws {
+        let control = ControlPlaneWriter.topics(forControl: name)[0]
+        try await addTopic(name, partitions: 1, config: control.config)
+    }
 }
 
 extension EmbeddedKafkaCluster: TestKafkaCluster {
     public var brokerName: String { "librdkafka mock" }
 
-    public func addTopic(_ name: String, partitions: Int) async throws {
+    public func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws {
         try createTopic(name, partitions: partitions)
     }
 }

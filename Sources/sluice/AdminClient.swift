@@ -132,6 +132,15 @@ struct ControlOptions: ParsableArguments {
         // The flag's value before, for the audit entry.
         // The record is written first and the topic read alongside: the hosts apply the change while this
         // process still reads what came before it (for the audit's "before" and the acknowledgements).
+        // Written ahead of any host (--no-wait before a deploy), the topics are created as hosts create them: a
+        // broker's auto-creation would make the control topic with its defaults (not compacted).
+        for newTopic in ControlPlaneWriter.topics(forControl: topic) {
+            do {
+                _ = try await KafkaTopicAdmin.ensure(newTopic, bootstrapServers: bootstrap, properties: librdkafkaProperties, timeout: .seconds(max(wait, 30)))
+            } catch {
+                throw AdminClient.Failure(description: "control topic '\(topic)': topic '\(newTopic.name)' is missing at \(bootstrap) and could not be created: \(error)")
+            }
+        }
         let records = RecordTable(watching: flagKey)
         let loading = Task { try await open(topic: topic, bootstrap: bootstrap, logger: logger, into: records) }
         do {

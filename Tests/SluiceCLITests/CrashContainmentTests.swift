@@ -275,7 +275,7 @@ struct CrashContainmentTests {
         let cluster = try await TestClusters.start(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
-        if cluster is EmbeddedKafkaCluster { try await cluster.addTopic("__sluice-control-\(group)", partitions: 1) }
+        if cluster is EmbeddedKafkaCluster { try await cluster.addControlTopic("__sluice-control-\(group)") }
         let produced: Int64 = 4_000
         try await produce(cluster, count: Int(produced))
         // One death in the group holds when the dead host is back, and has published the quarantine, before its

@@ -67,7 +67,7 @@ struct FleetTests {
         let group = "fleet-\(UInt32.random(in: 0...UInt32.max))"
         // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
         if cluster is EmbeddedKafkaCluster { 
-            try await cluster.addTopic("__sluice-control-\(group)", partitions: 1)
+            try await cluster.addControlTopic("__sluice-control-\(group)")
             try await cluster.addTopic("__sluice-audit-\(group)", partitions: 1)
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-fleet-test-\(UUID().uuidString)")

@@ -98,7 +98,7 @@ struct TwoServiceProcessesTests {
         let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
-        if cluster is EmbeddedKafkaCluster { try await cluster.addTopic("__sluice-control-\(group)", partitions: 1) }
+        if cluster is EmbeddedKafkaCluster { try await cluster.addControlTopic("__sluice-control-\(group)") }
         let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
         func startWithControl() throws -> (SluiceProcess, OutputCollector) {

@@ -18,7 +18,7 @@ struct TestBrokerTests {
             #expect(again == .existed(partitions: 3))
         } else {
             #expect(cluster.brokerName == "librdkafka mock")
-            guard case .leftToAutoCreation = outcome else {
+            guard case .autoCreated = outcome else {
                 Issue.record("the mock cluster has no CreateTopics, got \(outcome)")
                 return
             }

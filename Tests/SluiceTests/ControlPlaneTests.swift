@@ -178,12 +178,34 @@ struct ControlPlaneTests {
         return configuration
     }
 
+    @Test("the broker answers the control reader's position as out of range (as after the topic was deleted and created again): the tables are emptied and the topic read from its beginning, nothing doubled")
+    func controlTopicReadAgain() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let topic = "__sluice-control-\(HostFixture.uniqueGroup())"
+        try cluster.createTopic(topic, partitions: 1)
+        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: topic, logger: HostFixture.logger)
+        try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "ana")
+        try await writer.send(ControlCommand(action: .reset, topicPartition: TopicPartition("orders", 1), who: "ana"))
+        let source = try ControlPlaneFlagSource(bootstrapServers: cluster.bootstrapServers, topic: topic, logger: HostFixture.logger)
+        try await source.load(timeout: .seconds(30))
+        #expect(source.flag(.topic("orders"))?.enabled == false && source.commands(from: 0).count == 1 && source.topicRecreations == 0)
+        // The next fetch of the reader's position is answered OFFSET_OUT_OF_RANGE (1), as Kafka answers a position
+        // past the end of a recreated topic.
+        cluster.pushRequestErrors(apiKey: .fetch, errors: [KafkaErrorCode(rawValue: 1)])
+        let written = try await writer.setFlag(.partition(TopicPartition("orders", 0)), enabled: false, reason: "second", who: "ana")
+        await writer.close()
+        try await waitUntil("read again from the beginning, up to the new record") { source.topicRecreations == 1 && source.appliedPosition > written }
+        #expect(source.flag(.topic("orders"))?.enabled == false && source.flag(.partition(TopicPartition("orders", 0)))?.enabled == false)
+        #expect(source.commands(from: 0).count == 1, "the command is not doubled")
+        await source.close()
+    }
+
     @Test("a flag written to the control topic reaches every host of the group; a host started after it never handles the topic; back on, all is handled")
     func flagReachesTheGroup() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 4])
         let group = HostFixture.uniqueGroup()
         let configuration = Self.configuration(cluster, group: group)
-        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addControlTopic(configuration.controlTopic)
         let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger)
         // Written before any host starts: the first host reads it before it fetches.
         try await writer.setFlag(.topic("orders"), enabled: false, reason: "incident", who: "test")
@@ -231,7 +253,7 @@ struct ControlPlaneTests {
         orders.breaker = .latched
         var configuration = HostFixture.configuration(cluster, group: group, topics: ["orders": orders])
         configuration.control.enabled = true
-        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addControlTopic(configuration.controlTopic)
         let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<20 {
             _ = try await producer.send(ProducerRecord(topic: "orders", partition: Int32(index % 2), value: Array("\(index)".utf8)))

@@ -212,7 +212,7 @@ struct StateDirectoryTests {
         }
     }
 
-    @Test("a crash report is the dead process's only when written between its start and its death: an older report of the same PID (PID 1 in every container) is not used, and a report is used once")
+    @Test("a crash report is the dead process's first one after its start: an older report of the same PID (PID 1 in every container) is not used, a slow one is, a later one is not preferred, and a report is used once")
     func crashReportOfThisDeath() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-reports-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -42,7 +42,7 @@ struct UntrustedControlTests {
         let cluster = try await TestClusters.start(topics: ["orders": 4])
         let group = HostFixture.uniqueGroup()
         let configuration = ControlPlaneTests.configuration(cluster, group: group)
-        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addControlTopic(configuration.controlTopic)
         let handled = HandledMessages()
         func makeHost() -> SluiceHost {
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
@@ -91,7 +91,7 @@ struct UntrustedControlTests {
     func controlTopicOfTwoPartitions() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 1])
         let configuration = ControlPlaneTests.configuration(cluster, group: HostFixture.uniqueGroup())
-        try await cluster.addTopic(configuration.controlTopic, partitions: 2)
+        try await cluster.addTopic(configuration.controlTopic, partitions: 2, config: ["cleanup.policy": "compact"])
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         let handled = Locked(0)
         host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
@@ -99,6 +99,46 @@ struct UntrustedControlTests {
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
         #expect(error?.message.contains("control topic '\(configuration.controlTopic)' has 2 partitions; it must have exactly one") == true, "\(error?.message ?? "")")
         #expect(handled.value == 0, "nothing fetched without the control state")
+    }
+
+    @Test("a missing control topic is never created by reading it: the reader names it at once, and a host with control.createTopics off refuses to start saying so")
+    func missingControlTopic() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 1])
+        var configuration = ControlPlaneTests.configuration(cluster, group: HostFixture.uniqueGroup())
+        for _ in 0..<2 {
+            let reader = try ControlTopicReader(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: HostFixture.logger) { _ in }
+            let error = await #expect(throws: KafkaError.self) { try await reader.load(timeout: .seconds(30)) }
+            await reader.close()
+            // The second reader finds it missing too: the first created nothing.
+            #expect(error?.message.contains("control topic '\(configuration.controlTopic)' does not exist") == true, "\(error.map { "\($0)" } ?? "")")
+        }
+        configuration.control.createTopics = false
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        let handled = Locked(0)
+        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
+        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
+        let error = await #expect(throws: (any Error).self) { try await host.run() }
+        #expect("\(error.map { "\($0)" } ?? "")".contains("does not exist"), "\(error.map { "\($0)" } ?? "")")
+        #expect(handled.value == 0, "nothing fetched without the control state")
+    }
+
+    @Test(
+        "a control topic that is not compacted (retention would delete the group's flags and quarantines) stops the start, saying why (tansu: the mock has no DescribeConfigs)",
+        .enabled(if: TestClusters.isTansu))
+    func controlTopicNotCompacted() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 1])
+        let configuration = ControlPlaneTests.configuration(cluster, group: HostFixture.uniqueGroup())
+        let created = try await KafkaTopicAdmin.ensure(
+            .init(name: configuration.controlTopic, partitions: 1, replicationFactor: 1, config: ["cleanup.policy": "delete"]),
+            bootstrapServers: cluster.bootstrapServers, timeout: .seconds(30))
+        #expect(created == .created)
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        let handled = Locked(0)
+        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
+        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
+        let error = await #expect(throws: SluiceError.self) { try await host.run() }
+        #expect(error?.message.contains("control topic '\(configuration.controlTopic)' has cleanup.policy=delete; it must be compacted") == true, "\(error?.message ?? "")")
+        #expect(handled.value == 0, "nothing fetched on a control topic that forgets")
     }
 
     @Test("a signed group: an unsigned flag or one a host key signed is refused and orders keep flowing; the operator's signed flag stops them; heartbeats verify; the audit names the signer")
@@ -109,7 +149,7 @@ struct UntrustedControlTests {
         var configuration = ControlPlaneTests.configuration(cluster, group: group)
         configuration.control.hostKey = generated.hostKey
         configuration.control.operatorPublicKey = generated.operatorPublicKey
-        try await cluster.addTopic(configuration.controlTopic, partitions: 1)
+        try await cluster.addControlTopic(configuration.controlTopic)
         try await cluster.addTopic(ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic), partitions: 1)
         let handled = HandledMessages()
         let hosts = (0..<2).map { _ in

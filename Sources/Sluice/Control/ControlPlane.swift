@@ -395,6 +395,19 @@ public final class ControlPlaneFlagSource: FlagSource {
         let commands = Mutex<[(offset: Int64, command: ControlCommand)]>([])
         /// The position when the flag resolver last loaded the flags: the host's supervisor has those.
         let loadedPosition = Mutex<Int64>(0)
+        /// Times the topic was found recreated.
+        let recreations = Atomic<Int>(0)
+
+        /// Drops everything read from a control topic that was deleted and created again: the new topic is
+        /// read from its beginning into empty tables.
+        func clear() {
+            flags.withLock { $0.removeAll() }
+            trips.withLock { $0.removeAll() }
+            hosts.withLock { $0.removeAll() }
+            quarantines.withLock { $0.removeAll() }
+            commands.withLock { $0.removeAll() }
+            loadedPosition.withLock { $0 = 0 }
+        }
     }
 
     private let table = Table()
@@ -419,7 +432,14 @@ public final class ControlPlaneFlagSource: FlagSource {
         let continuation = self.continuation
         let rejections = ControlRejections(topic: topic, logger: logger)
         self.rejections = rejections
-        reader = try ControlTopicReader(bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger) { record in
+        reader = try ControlTopicReader(
+            bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger,
+            onRecreated: { _, _ in
+                table.clear()
+                table.recreations.add(1, ordering: .relaxed)
+                continuation.yield()
+            }
+        ) { record in
             do throws(ControlRecordRejected) {
                 if let keys, ControlSigner.allowed(key: record.key, value: record.value) != nil {
                     _ = try keys.verify(topic: topic, key: record.key, value: record.value, headers: record.headers, offset: record.offset)
@@ -489,6 +509,10 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// Control records refused since the host started (each logged once, counted by reason, and ignored: what
     /// it would have changed keeps its last good state), and the latest of them.
     public var rejected: (count: Int, latest: [ControlRecordRejected]) { rejections.snapshot }
+
+    /// How many times the control topic turned out to be another one than was read (deleted and created
+    /// again): each time the tables were emptied and the topic read from its beginning.
+    public var topicRecreations: Int { table.recreations.load(ordering: .relaxed) }
 
     /// What every host of the group last said of itself.
     public var hosts: [String: ControlHostStatus] { table.hosts.withLock { $0 } }
@@ -604,6 +628,21 @@ public struct ControlPlaneWriter: Sendable {
     private let producer: KafkaProducer
     private let logger: Logger
     private let keys: ControlKeys?
+
+    /// The topics a group's control plane keeps its records in, as they are created when missing: the control
+    /// topic (one partition, compacted: the latest record of each key is the state) and its audit topic
+    /// (time-retained history). Compacted soon after writing: hosts write their status every few seconds,
+    /// and every host start and CLI call reads the topic from its beginning; the active segment is never
+    /// compacted, so it rolls every 10 minutes instead of Kafka's default week.
+    public static func topics(forControl topic: String, replicationFactor: Int = -1) -> [KafkaTopicAdmin.NewTopic] {
+        [
+            KafkaTopicAdmin.NewTopic(
+                name: topic, replicationFactor: replicationFactor,
+                config: ["cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"]),
+            KafkaTopicAdmin.NewTopic(name: auditTopic(forControl: topic), replicationFactor: replicationFactor, config: ["cleanup.policy": "delete"]),
+        ]
+    }
+
     /// The audit topic kept beside a control topic.
     public static func auditTopic(forControl topic: String) -> String {
         let prefix = "__sluice-control-"

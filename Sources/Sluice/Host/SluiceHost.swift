@@ -321,17 +321,7 @@ public final class SluiceHost: Service, Sendable {
     /// state) and its audit topic (time-retained history) when they are missing; an existing topic is used
     /// as it is, with a warning when it has more than the one partition Sluice reads.
     private func ensureControlTopics(_ controlTopic: String) async throws {
-        let topics = [
-            // Compacted soon after writing: hosts write their status every few seconds, and every host start and
-            // CLI call reads the topic from its beginning; the active segment is never compacted, so it rolls
-            // every 10 minutes instead of Kafka's default week.
-            KafkaTopicAdmin.NewTopic(
-                name: controlTopic, replicationFactor: configuration.control.replicationFactor,
-                config: ["cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"]),
-            KafkaTopicAdmin.NewTopic(
-                name: ControlPlaneWriter.auditTopic(forControl: controlTopic), replicationFactor: configuration.control.replicationFactor,
-                config: ["cleanup.policy": "delete"]),
-        ]
+        let topics = ControlPlaneWriter.topics(forControl: controlTopic, replicationFactor: configuration.control.replicationFactor)
         for topic in topics {
             let outcome: KafkaTopicAdmin.Outcome
             do {
@@ -355,11 +345,35 @@ public final class SluiceHost: Service, Sendable {
                     metadata: ["kafka.topic": "\(topic.name)", "kafka.partitions": "\(partitions)"])
             case .existed:
                 break
-            case .leftToAutoCreation(let reason):
+            case .autoCreated(let reason):
                 logger.info(
-                    "the brokers cannot create topics on request; the topic is left to their auto-creation",
+                    "the brokers cannot create topics on request; the topic was asked for by name (their auto-creation, with their defaults)",
                     metadata: ["kafka.topic": "\(topic.name)", "reason": "\(reason)"])
             }
+        }
+    }
+
+    /// Refuses to start when the control topic is not compacted: retention would delete the group's flags,
+    /// trips and quarantines, and every host would lose them at its next start. A topic whose configuration
+    /// cannot be read (the mock cluster, no DescribeConfigs ACL) is a warning.
+    private func checkCompacted(_ controlTopic: String) async throws {
+        let described = try await KafkaTopicAdmin.configuration(
+            of: controlTopic, bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
+            timeout: configuration.control.loadTimeout)
+        switch described {
+        case .entries(let entries):
+            let policy = entries["cleanup.policy"] ?? "delete"
+            guard policy.split(separator: ",").contains(where: { String($0).trimmingWhitespace() == "compact" }) else {
+                throw SluiceError(
+                    code: .configuration,
+                    message: "control topic '\(controlTopic)' has cleanup.policy=\(policy); it must be compacted (cleanup.policy=compact): retention would delete the group's flags, trips and quarantines. Alter it (kafka-configs --alter --entity-type topics --entity-name \(controlTopic) --add-config cleanup.policy=compact); the host does not start on it")
+            }
+        case .unsupported(let reason):
+            logger.info("the brokers cannot say whether the control topic is compacted", metadata: ["kafka.topic": "\(controlTopic)", "reason": "\(reason)"])
+        case .unknown(let reason):
+            logger.warning(
+                "could not check that the control topic is compacted",
+                metadata: ["kafka.topic": "\(controlTopic)", "reason": "\(reason)"])
         }
     }
 
@@ -381,6 +395,13 @@ public final class SluiceHost: Service, Sendable {
             if configuration.control.createTopics { try await ensureControlTopics(control.topic) }
             // Every record written before now applies before any partition of ours fetches.
             try await control.load(timeout: configuration.control.loadTimeout)
+            // Read (so it exists, with one partition): then whether it keeps its records.
+            do {
+                try await checkCompacted(control.topic)
+            } catch {
+                await control.close()
+                throw error
+            }
             logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
         }
         do {
