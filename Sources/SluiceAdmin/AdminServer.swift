@@ -55,8 +55,8 @@ public struct AdminServer: Service {
             self.controlWriter = try host.configuration.controlWriter(logger: logger)
         } else {
             self.controlWriter = nil
-            self.store = settings.stateFile.map { OperatorFlagStore(path: $0) }
-            for (key, setting) in try store?.load() ?? [:] {
+            self.store = settings.stateFile.map { OperatorFlagStore(path: $0, group: host.configuration.kafka.group) }
+            for (key, setting) in try store?.load(logger: logger) ?? [:] {
                 host.operatorFlags.set(key, enabled: setting.enabled, reason: setting.reason, rate: setting.rate)
             }
         }
@@ -94,8 +94,8 @@ public struct AdminServer: Service {
     public var port: Int? { boundPort.value.withLock { $0 } }
 
     /// The routes, for ``run()`` and for tests.
-    public func makeRouter() -> Router<BasicRequestContext> {
-        let router = Router()
+    public func makeRouter() -> Router<AdminRequestContext> {
+        let router = Router(context: AdminRequestContext.self)
         dashboard.addRoutes(to: router)
         router.get("healthz") { _, _ in
             let health = host.health()
@@ -305,7 +305,7 @@ public struct AdminServer: Service {
     }
 
     /// The shard a `/v1/shards/{topic}/{partition}/...` route names, or a 400 naming the problem.
-    private func shard(_ context: BasicRequestContext) -> Result<TopicPartition, BadRequest> {
+    private func shard(_ context: AdminRequestContext) -> Result<TopicPartition, BadRequest> {
         let topic = context.parameters.get("topic") ?? ""
         let partitionText = context.parameters.get("partition") ?? ""
         guard let partition = Int32(partitionText), partition >= 0 else {

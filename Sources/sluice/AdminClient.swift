@@ -83,8 +83,16 @@ struct ControlOptions: ParsableArguments {
     @Flag(name: .long, help: "With --bootstrap: list the shards of the group the change would touch (from the hosts' status); write nothing.")
     var dryRun = false
 
-    @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl).")
+    @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl); over those of --properties-file.")
     var properties: [String] = []
+
+    @Option(
+        name: .customLong("properties-file"),
+        help: "A file of librdkafka properties, NAME=VALUE per line, as Kafka's tools take them: secrets stay off the command line (environment SLUICE_KAFKA_PROPERTIES_FILE).")
+    var propertiesFile: String?
+
+    /// --properties-file, else SLUICE_KAFKA_PROPERTIES_FILE.
+    var propertiesPath: String? { propertiesFile ?? ProcessInfo.processInfo.environment["SLUICE_KAFKA_PROPERTIES_FILE"] }
 
     func validate() throws {
         if bootstrap != nil, group == nil, controlTopic == nil {
@@ -92,6 +100,13 @@ struct ControlOptions: ParsableArguments {
         }
         for property in properties where !property.contains("=") {
             throw ValidationError("--property '\(property)' is not NAME=VALUE")
+        }
+        if let propertiesPath {
+            do {
+                _ = try KafkaPropertiesFile.read(propertiesPath)
+            } catch {
+                throw ValidationError("\(error)")
+            }
         }
     }
 
@@ -105,11 +120,21 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
-    var librdkafkaProperties: [String: String] {
-        Dictionary(properties.map { property in
+    /// The properties of --properties-file, with --property's over them.
+    func librdkafkaProperties() throws -> [String: String] {
+        var merged: [String: String] = [:]
+        if let propertiesPath {
+            do {
+                merged = try KafkaPropertiesFile.read(propertiesPath)
+            } catch {
+                throw AdminClient.Failure(description: "\(error)")
+            }
+        }
+        for property in properties {
             let parts = property.split(separator: "=", maxSplits: 1)
-            return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
-        }) { _, last in last }
+            merged[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        return merged
     }
 
     /// Writes a flag record; prints where it went.
@@ -136,7 +161,7 @@ struct ControlOptions: ParsableArguments {
         // broker's auto-creation would make the control topic with its defaults (not compacted).
         for newTopic in ControlPlaneWriter.topics(forControl: topic) {
             do {
-                _ = try await KafkaTopicAdmin.ensure(newTopic, bootstrapServers: bootstrap, properties: librdkafkaProperties, timeout: .seconds(max(wait, 30)))
+                _ = try await KafkaTopicAdmin.ensure(newTopic, bootstrapServers: bootstrap, properties: try librdkafkaProperties(), timeout: .seconds(max(wait, 30)))
             } catch {
                 throw AdminClient.Failure(description: "control topic '\(topic)': topic '\(newTopic.name)' is missing at \(bootstrap) and could not be created: \(error)")
             }
@@ -144,7 +169,7 @@ struct ControlOptions: ParsableArguments {
         let records = RecordTable(watching: flagKey)
         let loading = Task { try await open(topic: topic, bootstrap: bootstrap, logger: logger, into: records) }
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: try librdkafkaProperties(), keys: keys(), logger: logger)
             let who = "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"
             let written = ContinuousClock.now
             let offset = try await writer.setFlag(flagKey, enabled: enabled, reason: reason, who: who, rate: rate, audited: false)
@@ -178,7 +203,7 @@ struct ControlOptions: ParsableArguments {
     {
         if let keys = try keys(), keys.verifies { records.verify(with: keys, topic: topic) }
         do {
-            let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, logger: logger) { record in
+            let reader = try ControlTopicReader(bootstrapServers: bootstrap, topic: topic, properties: try librdkafkaProperties(), logger: logger) { record in
                 records.apply(record)
             }
             do {
@@ -238,7 +263,7 @@ struct ControlOptions: ParsableArguments {
             throw AdminClient.Failure(description: error.message)
         }
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: try librdkafkaProperties(), keys: keys(), logger: logger)
             let started = ContinuousClock.now
             let written = try await writer.setQuarantine(topicPartition, released, before: quarantine)
             await writer.close()
@@ -266,7 +291,7 @@ struct ControlOptions: ParsableArguments {
         }
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
         do {
-            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: librdkafkaProperties, keys: keys(), logger: logger)
+            let writer = try ControlPlaneWriter(bootstrapServers: bootstrap, topic: topic, properties: try librdkafkaProperties(), keys: keys(), logger: logger)
             let started = ContinuousClock.now
             let offset = try await writer.send(
                 ControlCommand(action: .reset, topicPartition: topicPartition, who: "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI"))
@@ -546,7 +571,7 @@ struct AuditCommand: AsyncParsableCommand {
             let bad = Locked(0)
             do {
                 let reader = try ControlTopicReader(
-                    bootstrapServers: control.bootstrap!, topic: topic, properties: control.librdkafkaProperties, logger: logger
+                    bootstrapServers: control.bootstrap!, topic: topic, properties: try control.librdkafkaProperties(), logger: logger
                 ) { record in
                     if let value = record.value, let entry = AuditEntry(decoding: value) {
                         entries.withLock { $0.append(entry) }

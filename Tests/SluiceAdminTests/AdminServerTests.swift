@@ -28,8 +28,13 @@ enum AdminFixture {
         FileManager.default.temporaryDirectory.appendingPathComponent("admin-\(UUID().uuidString)/flags.json").path
     }
 
-    static func host(bootstrap: String = "127.0.0.1:1", stateFile: String, token: String? = "s3cret", topics: [String] = ["orders"]) -> SluiceHost {
-        var kafka = SluiceConfiguration.Kafka(bootstrap: bootstrap, group: "admin-\(UInt32.random(in: 0...UInt32.max))")
+    static func host(
+        bootstrap: String = "127.0.0.1:1", stateFile: String, token: String? = "s3cret", topics: [String] = ["orders"],
+        group: String? = nil
+    ) -> SluiceHost {
+        // One group per state file (its directory's name is unique): a restart on the same file is the same service.
+        let group = group ?? URL(fileURLWithPath: stateFile).deletingLastPathComponent().lastPathComponent
+        var kafka = SluiceConfiguration.Kafka(bootstrap: bootstrap, group: group)
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
         configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
@@ -194,10 +199,36 @@ struct AdminServerTests {
         #expect(host.operatorFlags.current.isEmpty, "nothing changed")
     }
 
+    @Test("an admin state file of another consumer group is set aside, none of its overrides applied; one naming no group (written before files did) applies and is then written with the group")
+    func stateFileOfAnotherGroup() async throws {
+        let stateFile = AdminFixture.stateFile()
+        try FileManager.default.createDirectory(atPath: (stateFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(#"{"group": "another-service", "flags": [{"key": "orders", "enabled": false, "reason": "their incident"}]}"#.utf8)
+            .write(to: URL(fileURLWithPath: stateFile))
+        let host = AdminFixture.host(stateFile: stateFile, group: "orders-service")
+        _ = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
+        #expect(host.operatorFlags.current.isEmpty, "another group's overrides do not apply")
+        let names = try FileManager.default.contentsOfDirectory(atPath: (stateFile as NSString).deletingLastPathComponent)
+        #expect(names.contains { $0.hasPrefix("flags.json.set-aside-") } && !names.contains("flags.json"), "\(names)")
+
+        try Data(#"{"flags": [{"key": "orders", "enabled": false, "reason": "incident 42"}]}"#.utf8).write(to: URL(fileURLWithPath: stateFile))
+        let upgraded = AdminFixture.host(stateFile: stateFile, group: "orders-service")
+        let app = Application(router: try AdminServer(host: upgraded, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
+        #expect(upgraded.operatorFlags.current[.topic("orders")]?.reason == "incident 42", "an upgrade keeps the incident's override")
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/flags/orders/3", method: .put, headers: bearer, body: AdminFixture.body(#"{"enabled": false}"#)) {
+                #expect($0.status == .ok)
+            }
+        }
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: stateFile))) as? [String: Any]
+        #expect(saved?["group"] as? String == "orders-service")
+    }
+
     @Test("an override set over HTTP is listed, persisted, and survives a restart; DELETE removes it")
     func persistedOverride() async throws {
         let stateFile = AdminFixture.stateFile()
-        let host = AdminFixture.host(stateFile: stateFile)
+        let group = "admin-\(UInt32.random(in: 0...UInt32.max))"
+        let host = AdminFixture.host(stateFile: stateFile, group: group)
         let app = Application(router: try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
         try await app.test(.router) { client in
             try await client.execute(
@@ -214,8 +245,8 @@ struct AdminServerTests {
         #expect(host.operatorFlags.current[.partition(TopicPartition("orders", 3))] == FlagSetting(enabled: false, source: "admin", reason: "incident 42"))
         #expect(host.operatorFlags.current[.all]?.enabled == true)
 
-        // A new process: a new host and admin server on the same state file.
-        let restarted = AdminFixture.host(stateFile: stateFile)
+        // A new process: a new host and admin server of the same group on the same state file.
+        let restarted = AdminFixture.host(stateFile: stateFile, group: group)
         let restartedApp = Application(router: try AdminServer(host: restarted, registry: AdminFixture.registry, logger: AdminFixture.logger).makeRouter())
         #expect(restarted.operatorFlags.current[.partition(TopicPartition("orders", 3))]?.reason == "incident 42")
         await restarted.flags.refresh()

@@ -34,6 +34,35 @@ struct AdminCommandTests {
         }
     }
 
+    @Test("librdkafka properties from a file (--properties-file, as Kafka's tools take them): used to reach the brokers, overridden by --property; a mistyped secret's value and a bad line are never printed")
+    func propertiesFile() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        let group = "cli-properties-\(UInt32.random(in: 0...UInt32.max))"
+        try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-properties-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        func file(_ text: String) throws -> String {
+            let path = directory.appendingPathComponent("client-\(UUID().uuidString).properties").path
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let good = try file("# how to reach the brokers\nsocket.timeout.ms = 10000\n\nclient.id=ops-laptop\n")
+        let listed = try await runCLI(["flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--properties-file", good])
+        #expect(listed.status == 0, "\(listed.errors)")
+        // --property wins over the file: a wrong value given there is what librdkafka refuses.
+        let overridden = try await runCLI([
+            "flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--properties-file", good, "--property", "socket.timeout.ms=-5",
+        ])
+        #expect(overridden.status != 0 && overridden.errors.contains("socket.timeout.ms"), "\(overridden.errors)")
+        let mistyped = try file("sasl.pasword=hunter2-secret\n")
+        let refused = try await runCLI(["flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--properties-file", mistyped])
+        #expect(refused.status != 0 && refused.errors.contains("'sasl.pasword' = (not shown)"), "\(refused.errors)")
+        let badLine = try file("security.protocol=ssl\nssl.key.password hunter2-secret\n")
+        let bad = try await runCLI(["flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--properties-file", badLine])
+        #expect(bad.status != 0 && bad.errors.contains("line 2: expected NAME=VALUE"), "\(bad.errors)")
+        for run in [refused, bad] { #expect(!(run.output + run.errors).contains("hunter2"), "a secret is never printed") }
+    }
+
     func runCLI(_ arguments: [String]) async throws -> (status: Int32, output: String, errors: String) {
         let process = try SluiceProcess(arguments)
         let status = await process.exit() ?? -1

@@ -25,7 +25,7 @@ final class Dashboard: Sendable {
     private let statics: [String: (type: String, body: String)]
     private let sessions = Sessions()
     let audit = AuditCache()
-    private let loginFailures = LoginThrottle()
+    private let loginFailures: LoginThrottle
     /// Keys the CSRF tokens of visitors who did not log in: derived from their cookie, kept nowhere.
     private let csrfKey = SymmetricKey(size: .bits256)
     private let secureCookies: Bool
@@ -39,6 +39,7 @@ final class Dashboard: Sendable {
         self.actions = actions
         self.token = token
         self.logger = logger
+        self.loginFailures = LoginThrottle()
         guard let base = Bundle.module.resourceURL else {
             throw SluiceError(code: .configuration, message: "the dashboard's templates are missing (SluiceAdmin's resource bundle)")
         }
@@ -58,7 +59,7 @@ final class Dashboard: Sendable {
 
     // MARK: Routes
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<AdminRequestContext>) {
         router.get("/") { request, _ in
             if let login = self.loginFirst(request) { return login }
             return self.page(request, "shards", title: "Shards") { self.shardsPage(request) }
@@ -76,7 +77,7 @@ final class Dashboard: Sendable {
             return self.page(request, "audit", title: "Audit") { audit }
         }
         router.get("login") { request, _ in self.page(request, "login", title: "Log in") { [:] } }
-        router.post("login") { request, _ in try await self.login(request) }
+        router.post("login") { request, context in try await self.login(request, client: context.client) }
         router.post("logout") { request, _ in
             let form = try await self.form(request)
             let session = self.session(of: request)
@@ -366,23 +367,53 @@ final class Dashboard: Sendable {
         func end(_ id: String) { table.withLock { $0[id] = nil } }
     }
 
-    /// Failed logins: at most `limit` in a minute on this host; more are refused until the minute has passed (a
-    /// token guessed one request at a time takes for ever; operators can still use the bearer header or the CLI).
-    private final class LoginThrottle: Sendable {
-        static let limit = 5
-        private let failures = Mutex<[ContinuousClock.Instant]>([])
+    /// Failed logins: at most `perClient` in a minute from one client address, and at most `overall` in a minute
+    /// from all of them (many addresses, such as an IPv6 range, do not multiply the guesses); more are refused
+    /// until the minute has passed. A token guessed one request at a time takes for ever; operators can still
+    /// use the bearer header or the CLI. Behind a proxy every client is the proxy's address.
+    final class LoginThrottle: Sendable {
+        let perClient: Int
+        let overall: Int
+        /// The most client addresses remembered (their failures in the last minute); beyond, the overall limit holds.
+        static let maximumClients = 10_000
+        private struct State {
+            var byClient: [String: [ContinuousClock.Instant]] = [:]
+            var all: [ContinuousClock.Instant] = []
+        }
+        private let state = Mutex(State())
 
-        /// Seconds until another attempt is allowed; nil when it is allowed now.
-        func wait() -> Int? {
-            failures.withLock { failures in
-                let now = ContinuousClock.now
-                failures.removeAll { now - $0 > .seconds(60) }
-                guard failures.count >= Self.limit, let first = failures.first else { return nil }
-                return Int((first + .seconds(60) - now).components.seconds) + 1
+        init(perClient: Int = 5, overall: Int = 50) {
+            self.perClient = perClient
+            self.overall = overall
+        }
+
+        /// Seconds until `client` may try again; nil when it may now.
+        func wait(client: String, now: ContinuousClock.Instant = .now) -> Int? {
+            state.withLock { state in
+                state.all.removeAll { now - $0 > .seconds(60) }
+                if let failures = state.byClient[client] {
+                    let recent = failures.filter { now - $0 <= .seconds(60) }
+                    state.byClient[client] = recent.isEmpty ? nil : recent
+                }
+                let mine = state.byClient[client] ?? []
+                let blocking: ContinuousClock.Instant? =
+                    if mine.count >= perClient { mine.first } else if state.all.count >= overall { state.all.first } else { nil }
+                guard let blocking else { return nil }
+                return Int((blocking + .seconds(60) - now).components.seconds) + 1
             }
         }
 
-        func failed() { failures.withLock { $0.append(.now) } }
+        func failed(client: String, now: ContinuousClock.Instant = .now) {
+            state.withLock { state in
+                state.all.append(now)
+                if state.byClient[client] == nil, state.byClient.count >= Self.maximumClients {
+                    state.byClient = state.byClient.filter { $0.value.contains { now - $0 <= .seconds(60) } }
+                }
+                if state.byClient[client] != nil || state.byClient.count < Self.maximumClients {
+                    state.byClient[client, default: []].append(now)
+                }
+            }
+        }
     }
 
     static func randomToken() -> String {
@@ -459,19 +490,19 @@ final class Dashboard: Sendable {
         return nil
     }
 
-    private func login(_ request: Request) async throws -> Response {
+    private func login(_ request: Request, client: String) async throws -> Response {
         let form = try await self.form(request)
         guard csrfMatches(form, session(of: request)) else {
             return page(request, "login", title: "Log in", status: .forbidden) { ["message": "the form expired; try again"] }
         }
-        if let wait = loginFailures.wait() {
-            logger.warning("dashboard login refused: too many failed logins", metadata: ["sluice.caller": "\(caller(request))"])
+        if let wait = loginFailures.wait(client: client) {
+            logger.warning("dashboard login refused: too many failed logins", metadata: ["sluice.caller": "\(caller(request))", "sluice.client": "\(client)"])
             return page(request, "login", title: "Log in", status: .tooManyRequests) {
-                ["message": "too many failed logins on this host; try again in \(wait) s"]
+                ["message": "too many failed logins; try again in \(wait) s"]
             }
         }
         guard let token, Self.constantTimeEqual(form["token"] ?? "", token) else {
-            if token != nil { loginFailures.failed() }
+            if token != nil { loginFailures.failed(client: client) }
             logger.warning("dashboard login refused: wrong token", metadata: ["sluice.caller": "\(caller(request))"])
             return page(request, "login", title: "Log in", status: .unauthorized) {
                 ["message": token == nil ? "this host has no admin token: changes need no login" : "wrong token"]
