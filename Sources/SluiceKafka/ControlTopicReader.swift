@@ -131,12 +131,6 @@ public final class ControlTopicReader: Sendable {
         }
     }
 
-    /// Whether the brokers are librdkafka's mock cluster (it names itself `mockCluster…`).
-    private func isMockCluster(timeout: Duration) -> Bool {
-        guard let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else { return false }
-        defer { rd_kafka_mem_free(handle.pointer, clusterID) }
-        return String(cString: clusterID).hasPrefix("mockCluster")
-    }
 
     /// When a record's `offset` is below the position read to, the topic was deleted and created again: the
     /// owner is told, and the position starts over.
@@ -193,7 +187,7 @@ public final class ControlTopicReader: Sendable {
         // Records on any other partition than 0 would never be read: a flag written there would silently not apply.
         // (librdkafka's mock cluster, the embedded cluster and `sluice dev-broker`, auto-creates every topic with
         // 4 partitions and cannot be asked for fewer; Sluice writes only partition 0 there.)
-        if let partitions, partitions > 1, !isMockCluster(timeout: remaining()) {
+        if let partitions, partitions > 1, KafkaTopicAdmin.mockClusterID(handle, timeout: remaining()) == nil {
             finishLoad(
                 .configuration(
                     "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"))

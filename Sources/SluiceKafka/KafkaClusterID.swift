@@ -7,21 +7,13 @@ public enum KafkaClusterID {
     /// Asks the cluster at `bootstrapServers` for its id with a short-lived client of its own. Throws when no
     /// broker answers within `timeout`, or the brokers report none (Kafka before 0.10.1).
     public static func query(bootstrapServers: String, properties: [String: String] = [:], timeout: Duration) async throws(KafkaError) -> String {
-        do {
-            return try await OwnerThread.blocking { () throws(KafkaError) -> String in
-                let settings = [("bootstrap.servers", bootstrapServers), ("client.id", "sluice-cluster-id")]
-                    + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
-                let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "cluster id client")
-                guard let id = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else {
-                    throw KafkaError(code: .timeout, message: "the cluster at \(bootstrapServers) did not say its cluster id within \(timeout)")
-                }
-                defer { rd_kafka_mem_free(handle.pointer, id) }
-                return String(cString: id)
+        try await KafkaTopicAdmin.withAdminClient(bootstrapServers: bootstrapServers, properties: properties, clientID: "sluice-cluster-id") {
+            handle throws(KafkaError) in
+            guard let id = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else {
+                throw KafkaError(code: .timeout, message: "the cluster at \(bootstrapServers) did not say its cluster id within \(timeout)")
             }
-        } catch let error as KafkaError {
-            throw error
-        } catch {
-            throw KafkaError(code: .librdkafka, message: "\(error)")
+            defer { rd_kafka_mem_free(handle.pointer, id) }
+            return String(cString: id)
         }
     }
 }

@@ -46,9 +46,25 @@ public enum KafkaTopicAdmin {
     public static func ensure(
         _ topic: NewTopic, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
     ) async throws(KafkaError) -> Outcome {
+        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) { handle throws(KafkaError) in
+            try ensureBlocking(topic, handle: handle, timeout: timeout)
+        }
+    }
+
+    /// Runs `body` with a short-lived client of the cluster (a producer handle, which joins no group), on a
+    /// thread off the cooperative pool: librdkafka's admin and metadata calls block.
+    static func withAdminClient<T: Sendable>(
+        bootstrapServers: String, properties: [String: String], clientID: String = "sluice-topic-admin",
+        _ body: @escaping @Sendable (RDKafkaHandle) throws(KafkaError) -> T
+    ) async throws(KafkaError) -> T {
         do {
-            return try await OwnerThread.blocking { () throws(KafkaError) -> Outcome in
-                try ensureBlocking(topic, bootstrapServers: bootstrapServers, properties: properties, timeout: timeout)
+            return try await OwnerThread.blocking { () throws(KafkaError) -> T in
+                let settings = [("bootstrap.servers", bootstrapServers), ("client.id", clientID)]
+                    + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
+                let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "admin client")
+                // Run last: whatever `body` made from the client (queues, options) goes before it does.
+                defer { withExtendedLifetime(handle) {} }
+                return try body(handle)
             }
         } catch let error as KafkaError {
             throw error
@@ -57,14 +73,17 @@ public enum KafkaTopicAdmin {
         }
     }
 
-    private static func ensureBlocking(
-        _ topic: NewTopic, bootstrapServers: String, properties: [String: String], timeout: Duration
-    ) throws(KafkaError) -> Outcome {
-        let settings = [("bootstrap.servers", bootstrapServers), ("client.id", "sluice-topic-admin")]
-            + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
-        let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "topic admin client")
-        // Declared first, run last: the queue and options below go before the client does.
-        defer { withExtendedLifetime(handle) {} }
+    /// The cluster id when `handle` talks to librdkafka's mock cluster (the embedded cluster, `sluice
+    /// dev-broker`: it names itself `mockCluster…`), which answers no admin request (one would be waited for
+    /// until its timeout) and auto-creates topics; nil for any other cluster.
+    static func mockClusterID(_ handle: RDKafkaHandle, timeout: Duration) -> String? {
+        guard let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else { return nil }
+        defer { rd_kafka_mem_free(handle.pointer, clusterID) }
+        let id = String(cString: clusterID)
+        return id.hasPrefix("mockCluster") ? id : nil
+    }
+
+    private static func ensureBlocking(_ topic: NewTopic, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError) -> Outcome {
         // The description first: a bad one is refused before the cluster is asked anything.
         var errorText = [CChar](repeating: 0, count: 512)
         func text() -> String { String(decoding: errorText.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
@@ -78,16 +97,10 @@ public enum KafkaTopicAdmin {
         if try handle.topicExists(topic.name, timeout: timeout) {
             return .existed(partitions: try handle.partitionCount(topic: topic.name, timeout: timeout))
         }
-        // librdkafka's mock cluster (the embedded cluster, `sluice dev-broker`) names itself `mockCluster…`; it
-        // has no CreateTopics and no controller to send it to (an admin request would wait for one until it
-        // times out), and it auto-creates topics on first use.
-        if let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) {
-            defer { rd_kafka_mem_free(handle.pointer, clusterID) }
-            let id = String(cString: clusterID)
-            if id.hasPrefix("mockCluster") {
-                _ = try handle.partitionCount(topic: topic.name, timeout: timeout)
-                return .autoCreated(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
-            }
+        // The mock cluster has no CreateTopics: asking for the topic by name makes it create it.
+        if let id = mockClusterID(handle, timeout: timeout) {
+            _ = try handle.partitionCount(topic: topic.name, timeout: timeout)
+            return .autoCreated(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
         }
         let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_CREATETOPICS)
         defer { rd_kafka_AdminOptions_destroy(options) }
@@ -149,31 +162,14 @@ extension KafkaTopicAdmin {
     public static func configuration(
         of topic: String, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
     ) async throws(KafkaError) -> Described {
-        do {
-            return try await OwnerThread.blocking { () throws(KafkaError) -> Described in
-                try describeBlocking(topic, bootstrapServers: bootstrapServers, properties: properties, timeout: timeout)
-            }
-        } catch let error as KafkaError {
-            throw error
-        } catch {
-            throw KafkaError(code: .librdkafka, message: "\(error)")
+        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) { handle throws(KafkaError) in
+            try describeBlocking(topic, handle: handle, timeout: timeout)
         }
     }
 
-    private static func describeBlocking(
-        _ topic: String, bootstrapServers: String, properties: [String: String], timeout: Duration
-    ) throws(KafkaError) -> Described {
-        let settings = [("bootstrap.servers", bootstrapServers), ("client.id", "sluice-topic-admin")]
-            + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
-        let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "topic admin client")
-        defer { withExtendedLifetime(handle) {} }
+    private static func describeBlocking(_ topic: String, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError) -> Described {
         let milliseconds = Int32(clamping: timeout.milliseconds)
-        // The mock cluster answers no admin request (it would be waited for until the timeout).
-        if let clusterID = rd_kafka_clusterid(handle.pointer, milliseconds) {
-            defer { rd_kafka_mem_free(handle.pointer, clusterID) }
-            let id = String(cString: clusterID)
-            if id.hasPrefix("mockCluster") { return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs") }
-        }
+        if let id = mockClusterID(handle, timeout: timeout) { return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs") }
         guard let resource = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic) else {
             throw .configuration("topic '\(topic)': cannot describe its configuration")
         }
