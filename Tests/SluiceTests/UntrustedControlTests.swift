@@ -85,6 +85,17 @@ struct UntrustedControlTests {
         try await runA.value
     }
 
+    /// Starts a host of `configuration` with one order waiting, expecting it to refuse to start: the error it
+    /// gave (nil when it did not throw) and how many messages its handler saw.
+    static func refusedStart(_ cluster: any TestKafkaCluster, _ configuration: SluiceConfiguration) async throws -> (error: (any Error)?, handled: Int) {
+        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+        let handled = Locked(0)
+        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
+        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
+        let error = await #expect(throws: (any Error).self) { try await host.run() }
+        return (error, handled.value)
+    }
+
     @Test(
         "a control topic of two partitions (where a flag on partition 1 was silently ignored) stops the start, saying why (tansu: the mock auto-creates every topic with 4 partitions and is let be)",
         .enabled(if: TestClusters.isTansu))
@@ -92,13 +103,9 @@ struct UntrustedControlTests {
         let cluster = try await TestClusters.start(topics: ["orders": 1])
         let configuration = ControlPlaneTests.configuration(cluster, group: HostFixture.uniqueGroup())
         try await cluster.addTopic(configuration.controlTopic, partitions: 2, config: ["cleanup.policy": "compact"])
-        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        let handled = Locked(0)
-        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
-        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
-        let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message.contains("control topic '\(configuration.controlTopic)' has 2 partitions; it must have exactly one") == true, "\(error?.message ?? "")")
-        #expect(handled.value == 0, "nothing fetched without the control state")
+        let (error, handled) = try await Self.refusedStart(cluster, configuration)
+        #expect((error as? SluiceError)?.message.contains("control topic '\(configuration.controlTopic)' has 2 partitions; it must have exactly one") == true, "\(String(describing: error))")
+        #expect(handled == 0, "nothing fetched without the control state")
     }
 
     @Test("a missing control topic is never created by reading it: the reader names it at once, and a host with control.createTopics off refuses to start saying so")
@@ -113,13 +120,9 @@ struct UntrustedControlTests {
             #expect(error?.message.contains("control topic '\(configuration.controlTopic)' does not exist") == true, "\(error.map { "\($0)" } ?? "")")
         }
         configuration.control.createTopics = false
-        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        let handled = Locked(0)
-        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
-        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
-        let error = await #expect(throws: (any Error).self) { try await host.run() }
-        #expect("\(error.map { "\($0)" } ?? "")".contains("does not exist"), "\(error.map { "\($0)" } ?? "")")
-        #expect(handled.value == 0, "nothing fetched without the control state")
+        let (error, handled) = try await Self.refusedStart(cluster, configuration)
+        #expect(String(describing: error).contains("does not exist"), "\(String(describing: error))")
+        #expect(handled == 0, "nothing fetched without the control state")
     }
 
     @Test(
@@ -132,13 +135,9 @@ struct UntrustedControlTests {
             .init(name: configuration.controlTopic, partitions: 1, replicationFactor: 1, config: ["cleanup.policy": "delete"]),
             bootstrapServers: cluster.bootstrapServers, timeout: .seconds(30))
         #expect(created == .created)
-        let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        let handled = Locked(0)
-        host.register("orders", ClosureHandler { _, _ in handled.withLock { $0 += 1 } })
-        try await cluster.produce(topic: "orders", values: ["a"], partition: 0, logger: HostFixture.logger)
-        let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message.contains("control topic '\(configuration.controlTopic)' has cleanup.policy=delete; it must be compacted") == true, "\(error?.message ?? "")")
-        #expect(handled.value == 0, "nothing fetched on a control topic that forgets")
+        let (error, handled) = try await Self.refusedStart(cluster, configuration)
+        #expect((error as? SluiceError)?.message.contains("control topic '\(configuration.controlTopic)' has cleanup.policy=delete; it must be compacted") == true, "\(String(describing: error))")
+        #expect(handled == 0, "nothing fetched on a control topic that forgets")
     }
 
     @Test("a signed group: an unsigned flag or one a host key signed is refused and orders keep flowing; the operator's signed flag stops them; heartbeats verify; the audit names the signer")
