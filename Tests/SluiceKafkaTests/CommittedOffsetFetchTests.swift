@@ -32,3 +32,45 @@ struct CommittedOffsetFetchTests {
         cluster.shutdown()
     }
 }
+
+@Suite("Position across assignments", .timeLimit(.minutes(2)))
+struct PositionAcrossAssignmentsTests {
+    /// The host decides whether a partition fetched anything in its current assignment from its position
+    /// (the remedy for a partition librdkafka left unstarted, `SupervisorLoop.checkStall`). librdkafka keeps a
+    /// partition's object across unassign and re-assign; its application position must not survive with it,
+    /// or a partition handed back whose committed-offset fetch failed would look as if it had fetched (it
+    /// does not: the fetcher's stop resets it, rdkafka_partition.c, 2.0.2 and 2.16).
+    @Test("a partition handed back reports no position until it delivers in its new assignment")
+    func positionIsPerAssignment() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
+        let group = TestSupport.uniqueName("g")
+        var configuration = TestSupport.consumerConfiguration(cluster, group: group)
+        configuration.commitInterval = .seconds(60)
+        try await TestSupport.produce(cluster, topic: "orders", partitions: 2, count: 20)
+        let first = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await first.subscribe(topics: ["orders"])
+        let received = ReceivedMessages()
+        let firstDriver = Task { await drive(first, into: received, storeOffsets: false) }
+        let partitions = [TopicPartition("orders", 0), TopicPartition("orders", 1)]
+        try await waitUntil("the first member fetched both partitions") { partitions.allSatisfy { received.count($0) == 10 } }
+        #expect(partitions.allSatisfy { first.position(of: $0) == 10 })
+
+        let second = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
+        try await second.subscribe(topics: ["orders"])
+        let secondDriver = Task { await drive(second, into: ReceivedMessages(), storeOffsets: false) }
+        try await waitUntil("the second member gets a partition", timeout: .seconds(60)) { !second.assignment.isEmpty }
+        let moved = try #require(second.assignment.first)
+        // The first member's committed-offset fetch for the partition it gets back fails: librdkafka leaves it
+        // unstarted (CommittedOffsetFetchTests) and it fetches nothing in its new assignment.
+        cluster.pushRequestErrors(apiKey: .offsetFetch, errors: [KafkaErrorCode(name: "GROUP_AUTHORIZATION_FAILED")!])
+        await second.close()
+        await secondDriver.value
+        try await waitUntil("the partition comes back", timeout: .seconds(60)) { first.assignment.contains(moved) }
+        let before = received.count(moved)
+        let position = first.position(of: moved)
+        #expect(position == nil || received.count(moved) > before, "a position of the earlier assignment: \(position.map(String.init) ?? "nil")")
+        await first.close()
+        await firstDriver.value
+        cluster.shutdown()
+    }
+}
