@@ -24,7 +24,9 @@ extension TestKafkaCluster {
     /// failed delivery. Returns how many went to each partition.
     @discardableResult
     public func produce(_ records: [ProducerRecord], logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int] {
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: bootstrapServers), logger: logger)
+        var configuration = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
+        configuration.properties.merge(clientProperties) { _, client in client }
+        let producer = try KafkaProducer(configuration: configuration, logger: logger)
         let outcome = Mutex<(counts: [Int32: Int], delivered: Int, failure: KafkaError?)>(([:], 0, nil))
         do {
             for record in records {
@@ -64,7 +66,9 @@ extension TestKafkaCluster {
     public func committedOffsets(
         group: String, topic: String, partitions: Int, logger: Logger = Logger(label: "sluice.testing")
     ) async throws -> [Int32: Int64] {
-        let consumer = try KafkaConsumer(configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: group), logger: logger)
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: group)
+        configuration.properties.merge(clientProperties) { _, client in client }
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         let offsets: [TopicPartition: Int64]
         do {
             offsets = try await consumer.committedOffsets(for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
@@ -78,8 +82,9 @@ extension TestKafkaCluster {
 
     /// The end offsets (high watermarks) of `topic`'s partitions `0..<partitions`.
     public func endOffsets(topic: String, partitions: Int, logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int64] {
-        let consumer = try KafkaConsumer(
-            configuration: KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-watermarks"), logger: logger)
+        var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-watermarks")
+        configuration.properties.merge(clientProperties) { _, client in client }
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         var offsets: [Int32: Int64] = [:]
         do {
             for partition in 0..<Int32(partitions) {
@@ -123,6 +128,7 @@ extension TestKafkaCluster {
     ) async throws -> [ConsumedMessage] {
         let all = (0..<partitions).map { TopicPartition(topic, Int32($0)) }
         var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
+        configuration.properties.merge(clientProperties) { _, client in client }
         configuration.autoOffsetReset = .earliest
         configuration.sessionTimeout = .seconds(6)
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)

@@ -17,12 +17,32 @@ import Glibc
 public final class TansuCluster: TestKafkaCluster, Sendable {
     public let bootstrapServers: String
     public var brokerName: String { "tansu" }
+    public let clientProperties: [String: String]
     /// The broker's output (stdout and stderr), for failures.
     public let logPath: String
     private let process: ChildProcess
 
-    private init(bootstrapServers: String, logPath: String, process: ChildProcess) {
+    /// What clients reach the broker through instead of its own port, such as a TLS terminator on loopback:
+    /// the broker advertises the front's port, so every connection a client makes (bootstrap, then the
+    /// addresses in metadata) goes through it.
+    public struct Front: Sendable {
+        /// The front's loopback port.
+        public var port: Int
+        /// What a client needs to reach the broker through the front (`security.protocol`, the CA).
+        public var clientProperties: [String: String]
+        /// Told the broker's own (plaintext) loopback port once it listens, before any client connects.
+        public var connect: @Sendable (_ brokerPort: Int) -> Void
+
+        public init(port: Int, clientProperties: [String: String], connect: @escaping @Sendable (_ brokerPort: Int) -> Void) {
+            self.port = port
+            self.clientProperties = clientProperties
+            self.connect = connect
+        }
+    }
+
+    private init(bootstrapServers: String, clientProperties: [String: String], logPath: String, process: ChildProcess) {
         self.bootstrapServers = bootstrapServers
+        self.clientProperties = clientProperties
         self.logPath = logPath
         self.process = process
     }
@@ -34,8 +54,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
     /// The tansu binary: `SLUICE_TANSU`.
     public static let executable: String? = ProcessInfo.processInfo.environment["SLUICE_TANSU"].flatMap { $0.isEmpty ? nil : $0 }
 
-    /// Starts a broker on a free loopback port and creates `topics` (name: partitions).
-    public static func start(topics: [String: Int] = [:]) async throws -> TansuCluster {
+    /// Starts a broker on a free loopback port and creates `topics` (name: partitions); with `front`, clients
+    /// reach it through the front only.
+    public static func start(topics: [String: Int] = [:], behind front: Front? = nil) async throws -> TansuCluster {
         guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
             throw KafkaError(
                 code: .configuration,
@@ -46,6 +67,7 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
         for _ in 0..<3 {
             let port = try freeLoopbackPort()
             let address = "tcp://127.0.0.1:\(port)"
+            let advertised = "tcp://127.0.0.1:\(front?.port ?? port)"
             let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("tansu-\(port)-\(UUID().uuidString).log").path
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             guard let log = FileHandle(forWritingAtPath: logPath) else {
@@ -60,14 +82,14 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
                 arguments: [
                     "-c",
                     """
-                    "$1" broker --listener-url "$2" --advertised-listener-url "$2" --storage-engine memory://tansu/ &
+                    "$1" broker --listener-url "$2" --advertised-listener-url "$4" --storage-engine memory://tansu/ &
                     broker=$!
                     trap 'kill -KILL $broker 2>/dev/null; wait $broker; exit 0' TERM INT
                     while kill -0 "$3" 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 1; done
                     kill -KILL $broker 2>/dev/null
                     wait $broker
                     """,
-                    "tansu-watcher", executable, address, "\(getpid())",
+                    "tansu-watcher", executable, address, "\(getpid())", advertised,
                 ],
                 standardOutput: log.fileDescriptor, standardError: log.fileDescriptor)
             try log.close()
@@ -77,7 +99,10 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
             }
             let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
             if ready, process.isRunning, text.contains("ready in") {
-                let cluster = TansuCluster(bootstrapServers: "127.0.0.1:\(port)", logPath: logPath, process: process)
+                front?.connect(port)
+                let cluster = TansuCluster(
+                    bootstrapServers: "127.0.0.1:\(front?.port ?? port)", clientProperties: front?.clientProperties ?? [:],
+                    logPath: logPath, process: process)
                 for (name, partitions) in topics.sorted(by: { $0.key < $1.key }) {
                     try await cluster.addTopic(name, partitions: partitions)
                 }
@@ -91,7 +116,8 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
 
     public func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws {
         let outcome = try await KafkaTopicAdmin.ensure(
-            .init(name: name, partitions: partitions, replicationFactor: 1, config: config), bootstrapServers: bootstrapServers, timeout: .seconds(30))
+            .init(name: name, partitions: partitions, replicationFactor: 1, config: config), bootstrapServers: bootstrapServers,
+            properties: clientProperties, timeout: .seconds(30))
         guard outcome == .created else {
             throw KafkaError(code: .state, message: "tansu: topic '\(name)' was not created: \(outcome)")
         }

@@ -13,9 +13,14 @@ public protocol TestKafkaCluster: AnyObject, Sendable {
     /// Creates a topic with `partitions` partitions and topic configuration `config` (the mock cluster keeps
     /// no topic configuration).
     func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws
+    /// The librdkafka properties a client needs besides `bootstrap.servers` to reach it (TLS, say); the
+    /// fixture's own clients take them.
+    var clientProperties: [String: String] { get }
 }
 
 extension TestKafkaCluster {
+    public var clientProperties: [String: String] { [:] }
+
     /// Creates a topic with `partitions` partitions and the broker's default configuration.
     public func addTopic(_ name: String, partitions: Int) async throws {
         try await addTopic(name, partitions: partitions, config: [:])

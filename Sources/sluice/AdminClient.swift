@@ -83,30 +83,11 @@ struct ControlOptions: ParsableArguments {
     @Flag(name: .long, help: "With --bootstrap: list the shards of the group the change would touch (from the hosts' status); write nothing.")
     var dryRun = false
 
-    @Option(name: .customLong("property"), help: "A librdkafka property for reaching the brokers, NAME=VALUE (repeatable; e.g. security.protocol=ssl); over those of --properties-file.")
-    var properties: [String] = []
-
-    @Option(
-        name: .customLong("properties-file"),
-        help: "A file of librdkafka properties, NAME=VALUE per line, as Kafka's tools take them: secrets stay off the command line (environment SLUICE_KAFKA_PROPERTIES_FILE).")
-    var propertiesFile: String?
-
-    /// --properties-file, else SLUICE_KAFKA_PROPERTIES_FILE.
-    var propertiesPath: String? { propertiesFile ?? ProcessInfo.processInfo.environment["SLUICE_KAFKA_PROPERTIES_FILE"] }
+    @OptionGroup var connection: KafkaConnectionOptions
 
     func validate() throws {
         if bootstrap != nil, group == nil, controlTopic == nil {
             throw ValidationError("--bootstrap needs --group (or --control-topic)")
-        }
-        for property in properties where !property.contains("=") {
-            throw ValidationError("--property '\(property)' is not NAME=VALUE")
-        }
-        if let propertiesPath {
-            do {
-                _ = try KafkaPropertiesFile.read(propertiesPath)
-            } catch {
-                throw ValidationError("\(error)")
-            }
         }
     }
 
@@ -120,22 +101,8 @@ struct ControlOptions: ParsableArguments {
         }
     }
 
-    /// The properties of --properties-file, with --property's over them.
-    func librdkafkaProperties() throws -> [String: String] {
-        var merged: [String: String] = [:]
-        if let propertiesPath {
-            do {
-                merged = try KafkaPropertiesFile.read(propertiesPath)
-            } catch {
-                throw AdminClient.Failure(description: "\(error)")
-            }
-        }
-        for property in properties {
-            let parts = property.split(separator: "=", maxSplits: 1)
-            merged[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-        }
-        return merged
-    }
+    /// How to reach the brokers: ``KafkaConnectionOptions/librdkafkaProperties()``.
+    func librdkafkaProperties() throws -> [String: String] { try connection.librdkafkaProperties() }
 
     /// Writes a flag record; prints where it went.
     func write(key: String, enabled: Bool?, reason: String?, rate: Double? = nil) async throws {

@@ -29,14 +29,7 @@ struct ConsumeCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Do not decode payloads to check per-key order (measures the Kafka layer alone).")
     var noOrderCheck = false
 
-    @Option(name: .long, help: "A librdkafka property as KEY=VALUE, over Sluice's defaults. Repeatable.")
-    var property: [String] = []
-
-    func validate() throws {
-        for entry in property where !entry.contains("=") {
-            throw ValidationError("--property '\(entry)': expected KEY=VALUE")
-        }
-    }
+    @OptionGroup var connection: KafkaConnectionOptions
 
     func run() async throws {
         var logger = Logger(label: "sluice.consume")
@@ -45,10 +38,7 @@ struct ConsumeCommand: AsyncParsableCommand {
         let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
         var configuration = KafkaConsumerConfiguration(bootstrapServers: servers, groupID: group)
         configuration.sessionTimeout = .seconds(6)
-        for entry in property {
-            let parts = entry.split(separator: "=", maxSplits: 1)
-            configuration.properties[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-        }
+        configuration.properties.merge(try connection.librdkafkaProperties()) { _, given in given }
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         try await consumer.subscribe(topics: topic)
         let stats = ConsumeStats(checkOrder: !noOrderCheck)

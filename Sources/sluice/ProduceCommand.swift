@@ -33,6 +33,8 @@ struct ProduceCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Payload size in bytes (at least the JSON fields need).")
     var size: Int = 100
 
+    @OptionGroup var connection: KafkaConnectionOptions
+
     func validate() throws {
         let bootstrapValue = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
         guard !bootstrapValue.isEmpty else { throw ValidationError("--bootstrap cannot be empty") }
@@ -46,8 +48,9 @@ struct ProduceCommand: AsyncParsableCommand {
         var logger = Logger(label: "sluice.produce")
         logger.logLevel = .warning
         let servers = bootstrap.hasPrefix("bootstrap=") ? String(bootstrap.dropFirst(10)) : bootstrap
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: servers), logger: logger)
+        var configuration = KafkaProducerConfiguration(bootstrapServers: servers)
+        configuration.properties.merge(try connection.librdkafkaProperties()) { _, given in given }
+        let producer = try KafkaProducer(configuration: configuration, logger: logger)
         await producer.prepare(topics: [topic])
         let tally = ProduceTally()
         let clock = ContinuousClock()

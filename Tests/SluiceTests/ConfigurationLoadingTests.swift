@@ -241,7 +241,7 @@ struct ConfigurationLoadingTests {
             kafka:
               bootstrap: b
               group: g
-              properties: { security.protocol: ssl, fetch.wait.max.ms: "10", socket.timeout.ms: "30000" }
+              properties: { security.protocol: ssl, enable.ssl.certificate.verification: "true", ssl.endpoint.identification.algorithm: https, fetch.wait.max.ms: "10", socket.timeout.ms: "30000" }
               producerProperties: { message.timeout.ms: "5000", acks: all, socket.timeout.ms: "10000" }
             """)
         let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
@@ -250,6 +250,9 @@ struct ConfigurationLoadingTests {
         #expect(producer["message.timeout.ms"] == "5000")
         #expect(producer["acks"] == "all")
         #expect(producer["security.protocol"] == "ssl", "shared properties still reach the producer")
+        #expect(producer["enable.ssl.certificate.verification"] == "true", "every connection property reaches it, as it reaches the control plane")
+        #expect(producer["ssl.endpoint.identification.algorithm"] == "https")
+        #expect(configuration.controlProperties.keys.sorted() == producer.keys.filter { configuration.controlProperties[$0] != nil }.sorted())
         #expect(producer["socket.timeout.ms"] == "10000", "the producer's own value wins")
         #expect(producer["fetch.wait.max.ms"] == nil, "consumer-only properties do not")
         #expect(configuration.consumerConfiguration().properties["message.timeout.ms"] == nil, "the consumer does not get them")

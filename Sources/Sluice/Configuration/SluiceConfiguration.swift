@@ -230,9 +230,10 @@ public struct SluiceConfiguration: Sendable {
     func producerConfiguration() -> KafkaProducerConfiguration {
         var configuration = KafkaProducerConfiguration(bootstrapServers: kafka.bootstrap)
         configuration.clientID = "sluice-dead-letters"
-        // Consumer-only properties would be rejected by a producer; pass through what both understand.
+        // Consumer-only properties would be rejected by a producer; pass through how to reach the brokers (as
+        // every client Sluice creates) and what any client understands.
         configuration.properties = kafka.properties.filter { entry in
-            Self.sharedPropertyPrefixes.contains { entry.key.hasPrefix($0) }
+            (Self.connectionPropertyPrefixes + Self.anyClientPropertyPrefixes).contains { entry.key.hasPrefix($0) }
         }
         configuration.properties.merge(kafka.producerProperties) { _, producer in producer }
         return configuration
@@ -240,5 +241,6 @@ public struct SluiceConfiguration: Sendable {
 
     static var coreCount: Int { max(ProcessInfo.processInfo.activeProcessorCount, 2) }
 
-    private static let sharedPropertyPrefixes = ["security.", "sasl.", "ssl.", "client.", "socket.", "broker.", "debug"]
+    /// Properties beyond the connection that a producer understands as well as a consumer.
+    private static let anyClientPropertyPrefixes = ["client.", "broker.", "debug", "statistics."]
 }
