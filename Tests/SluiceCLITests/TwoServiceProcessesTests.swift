@@ -35,7 +35,7 @@ struct TwoServiceProcessesTests {
         return offsets.values.reduce(0, +)
     }
 
-    func handledOrders(_ output: String) -> Int? {
+    static func handledOrders(_ output: String) -> Int? {
         guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("order-service stopped: ") }) else { return nil }
         return line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }.first
     }
@@ -81,8 +81,8 @@ struct TwoServiceProcessesTests {
                 print("--- \(name) host, shard and group lines ---\n" + lines.suffix(200).joined(separator: "\n"))
             }
         }
-        let handledFirst = try #require(handledOrders(firstLog), "\(firstLog.suffix(2_000))")
-        let handledSecond = try #require(handledOrders(secondLog), "\(secondLog.suffix(2_000))")
+        let handledFirst = try #require(Self.handledOrders(firstLog), "\(firstLog.suffix(2_000))")
+        let handledSecond = try #require(Self.handledOrders(secondLog), "\(secondLog.suffix(2_000))")
         #expect(!firstLog.contains("partitions lost") && !secondLog.contains("partitions lost"), "revoked, never lost")
         // 0 in most runs; a revocation commit the embedded cluster refuses while the group joins (README,
         // its quirks) can hand the second host what the first did since its last commit.
