@@ -143,12 +143,15 @@ let package = Package(
                 "SluiceAdmin",
                 "Sluice",
                 "SluiceKafka",
+                "SluiceTesting",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // The admin fuzz test's seed corpus, read from the source tree.
+            exclude: ["FuzzCorpus"]
         ),
         .testTarget(
             name: "SluiceCLITests",

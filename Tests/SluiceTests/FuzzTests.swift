@@ -1,4 +1,5 @@
 import Foundation
+import SluiceTesting
 import Testing
 
 @testable import Sluice
@@ -19,74 +20,19 @@ struct FuzzTests {
         return try String(contentsOf: url, encoding: .utf8).split(separator: "\n").map(String.init)
     }
 
-    /// A small deterministic generator (SplitMix64): the same seed gives the same inputs.
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-    }
-
-    static let boundaries = [
-        "0", "-1", "1", "9223372036854775807", "-9223372036854775808", "9223372036854775808", "18446744073709551615", "1e300", "-1e300",
-        "1.5", "true", "null", "\"\"", "[]", "{}", "4611686018427387904", "4611686018427387905", "2147483648", "NaN", "1e-300",
-    ]
-
-    /// One mutation of `input`, spliced with `other` sometimes.
-    static func mutate(_ input: [UInt8], _ other: [UInt8], using generator: inout Generator) -> [UInt8] {
-        var bytes = input
-        for _ in 0..<Int.random(in: 1...4, using: &generator) {
-            switch Int.random(in: 0..<7, using: &generator) {
-            case 0 where !bytes.isEmpty:
-                bytes[Int.random(in: 0..<bytes.count, using: &generator)] ^= 1 << UInt8.random(in: 0..<8, using: &generator)
-            case 1 where !bytes.isEmpty:
-                bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
-            case 2:
-                // A number (or any JSON token) replaced by a boundary value.
-                let text = String(decoding: bytes, as: UTF8.self)
-                let numbers = text.ranges(of: #/-?[0-9][0-9.e+-]*|true|false|null/#)
-                if let range = numbers.randomElement(using: &generator) {
-                    bytes = Array(text.replacingCharacters(in: range, with: boundaries.randomElement(using: &generator)!).utf8)
-                }
-            case 3:
-                let at = Int.random(in: 0...bytes.count, using: &generator)
-                bytes.insert(contentsOf: Array(boundaries.randomElement(using: &generator)!.utf8), at: at)
-            case 4 where !bytes.isEmpty:
-                let start = Int.random(in: 0..<bytes.count, using: &generator)
-                bytes.removeSubrange(start..<min(bytes.count, start + Int.random(in: 1...8, using: &generator)))
-            case 5 where !other.isEmpty && !bytes.isEmpty:
-                let cut = Int.random(in: 0..<bytes.count, using: &generator)
-                let from = Int.random(in: 0..<other.count, using: &generator)
-                bytes = Array(bytes[..<cut]) + Array(other[from...])
-            case 6 where !bytes.isEmpty:
-                // A field repeated many times (long strings, deep or wide structures).
-                let start = Int.random(in: 0..<bytes.count, using: &generator)
-                let piece = bytes[start..<min(bytes.count, start + 16)]
-                bytes.insert(contentsOf: Array(repeating: Array(piece), count: Int.random(in: 2...300, using: &generator)).joined(), at: start)
-            default:
-                break
-            }
-        }
-        return bytes
-    }
-
     @Test("control records: refused or within bounds, never a trap")
     func controlRecords() throws {
         let seeds = try Self.corpus("control.txt").map { line -> (String, [UInt8]) in
             let parts = line.split(separator: "\t", maxSplits: 1)
             return (String(parts[0]), Array(parts[1].utf8))
         }
-        var generator = Generator(state: Self.seed)
+        var generator = InputMutator.Generator(state: Self.seed)
         var accepted = 0
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         for iteration in 0..<Self.iterations {
             let (key, value) = seeds.randomElement(using: &generator)!
-            let mutated = Self.mutate(value, seeds.randomElement(using: &generator)!.1, using: &generator)
-            let mutatedKey = iteration % 10 == 0 ? String(decoding: Self.mutate(Array(key.utf8), [], using: &generator), as: UTF8.self) : key
+            let mutated = InputMutator.mutate(value, seeds.randomElement(using: &generator)!.1, using: &generator)
+            let mutatedKey = iteration % 10 == 0 ? String(decoding: InputMutator.mutate(Array(key.utf8), [], using: &generator), as: UTF8.self) : key
             _ = AuditEntry(decoding: mutated)
             guard let record = try? ControlRecord.parse(key: mutatedKey, value: mutated, offset: Int64(iteration)) else { continue }
             accepted += 1
@@ -109,9 +55,9 @@ struct FuzzTests {
     @Test("commit metadata: refused, or only offsets above the commit and below the high watermark, within the cap")
     func commitMetadata() throws {
         let seeds = try Self.corpus("metadata.txt").map { Array($0.utf8) }
-        var generator = Generator(state: Self.seed)
+        var generator = InputMutator.Generator(state: Self.seed)
         for _ in 0..<Self.iterations {
-            let text = String(decoding: Self.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
+            let text = String(decoding: InputMutator.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
             let committed = [Int64(0), 100, InputLimits.offsets.upperBound - 5, -1, .max].randomElement(using: &generator)!
             let highWatermark = [nil, Int64(0), 110, 10_000, .max].randomElement(using: &generator)!
             guard let decoded = try? CommitMetadata.decode(text, committed: committed, highWatermark: highWatermark, maximumDone: 10_000) else { continue }
@@ -123,9 +69,9 @@ struct FuzzTests {
     @Test("flag files: refused naming the file, or flags with keys and rates in range")
     func flagFiles() throws {
         let seeds = try Self.corpus("flags.txt").map { Array($0.utf8) }
-        var generator = Generator(state: Self.seed)
+        var generator = InputMutator.Generator(state: Self.seed)
         for _ in 0..<Self.iterations / 4 {
-            let text = String(decoding: Self.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
+            let text = String(decoding: InputMutator.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
             do {
                 let flags = try FileFlagSource.parse(text, file: "fuzz.yaml")
                 #expect(flags.values.allSatisfy { $0.rate.map { $0 >= 0.001 && $0 <= 1_000_000 } ?? true })
