@@ -91,4 +91,72 @@ struct ForgedControlProcessesTests {
         #expect(handled >= 3_000, "every order handled: \(handled)")
         print("forged control records against two service processes: \(handled) orders handled for 3000 produced")
     }
+
+    @Test("a signed group of two service processes: an unsigned flag from a raw producer is refused by both and orders flow; the CLI without the operator key refuses to write, saying why; with it, the flag stops orders on both, 2/2")
+    func signedGroupOfServiceProcesses() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let controlTopic = "__sluice-control-\(group)"
+        if cluster is EmbeddedKafkaCluster {
+            try await cluster.addControlTopic(controlTopic)
+            try await cluster.addTopic("__sluice-audit-\(group)", partitions: 1)
+        }
+        // The keys as operators make them.
+        let generate = try SluiceProcess(["keys", "generate"])
+        #expect(await generate.exit() == 0)
+        var keys: [String: String] = [:]
+        for line in await generate.output.all().split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { keys[String(parts[0])] = String(parts[1]) }
+        }
+        let hostKeys = keys.filter { $0.key != "SLUICE_CONTROL_OPERATOR_KEY" }
+        #expect(hostKeys.count == 2 && keys["SLUICE_CONTROL_OPERATOR_KEY"] != nil, "\(keys.keys.sorted())")
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
+        let services = try (0..<2).map { _ in
+            try OrderServiceTests.startService(
+                cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"].merging(hostKeys) { $1 }).0
+        }
+        for service in services { #expect(await service.errors.waitFor("control plane loaded")) }
+        try await produce(cluster, count: 1_000)
+        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 }, "both handle")
+
+        // Forged: unsigned, with a raw producer.
+        var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
+        configuration.properties.merge(cluster.clientProperties) { _, client in client }
+        let attacker = try KafkaProducer(configuration: configuration, logger: Logger(label: "attacker"))
+        _ = try await attacker.send(ProducerRecord(
+            topic: controlTopic, partition: 0, key: Array("flag/orders".utf8), value: Array(#"{"v":1,"state":"off","who":"mallory"}"#.utf8)))
+        await attacker.close()
+        for service in services {
+            #expect(await eventually(poll: .milliseconds(100)) {
+                service.errors.text.split(separator: "\n").contains { $0.contains("control record rejected") && $0.contains("sluice.reason=signature") }
+            }, "the unsigned flag refused: \(service.errors.text.suffix(1_500))")
+        }
+        // The CLI without the operator key (given the hosts' keys, as a host's environment has them) does not
+        // write what every host would refuse, and says why.
+        let unsigned = try SluiceProcess(
+            ["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group], environment: hostKeys)
+        let unsignedStatus = await unsigned.exit()
+        let unsignedSaid = await unsigned.output.all() + unsigned.errors.all()
+        #expect(unsignedStatus != 0 && unsignedSaid.contains("no operator key here"), "\(unsignedSaid)")
+        try await produce(cluster, count: 1_000)
+        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "orders still on")
+
+        // The operator's key: the same change stops orders on both.
+        let signed = try SluiceProcess(["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group], environment: keys)
+        #expect(await signed.exit() == 0)
+        let said = await signed.output.all()
+        #expect(said.contains("; 2/2 hosts applied in "), "\(said)")
+        for service in services { #expect(await service.errors.waitFor("sluice.flagSource=control"), "applied") }
+        #expect(await eventually(poll: .milliseconds(250)) {
+            services.map { $0.errors.text.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }.reduce(0, +) == 8
+        }, "all eight orders shards stopped")
+        try await produce(cluster, count: 1_000)
+        #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
+        for service in services {
+            service.process.terminate()
+            #expect(await service.exit() == 0)
+        }
+    }
 }
