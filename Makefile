@@ -41,13 +41,15 @@ test-tansu:
 test-tracing-example: deps
 	cd Examples/Tracing && $(SWIFT) build --build-tests -Xswiftc -warnings-as-errors && $(SWIFT) test --skip-build
 
-# The DocC catalog of Sluice (Sources/Sluice/Sluice.docc), into .build/docs.
+# The DocC catalogs of Sluice, SluiceKafka and SluiceAdmin (Sources/*/*.docc), into .build/docs.
 docs: deps
 	mkdir -p .build/docs
 	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target Sluice \
 		--output-path .build/docs/Sluice --warnings-as-errors
 	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target SluiceKafka \
 		--output-path .build/docs/SluiceKafka --warnings-as-errors
+	$(SWIFT) package --allow-writing-to-directory .build/docs generate-documentation --target SluiceAdmin \
+		--output-path .build/docs/SluiceAdmin --warnings-as-errors
 
 demo: deps
 	scripts/demo.sh

@@ -44,7 +44,7 @@ setsid "$SLUICE" produce --bootstrap "$BOOTSTRAP" --topic payments --count 10000
 PRODUCER_PIDS+=($!)
 echo "demo: producing ${ORDERS_RATE:-2000} orders/s and ${PAYMENTS_RATE:-500} payments/s; Ctrl-C stops" >&2
 
-# Runtime flags: edit this file while the demo runs (see the README), e.g. `echo 'orders: off' > .sluice/demo-flags.yaml`.
+# Runtime flags: edit this file while the demo runs (see BreakerAndFlags in the Sluice documentation), e.g. `echo 'orders: off' > .sluice/demo-flags.yaml`.
 mkdir -p .sluice
 [ -s .sluice/demo-flags.yaml ] || echo '{}' > .sluice/demo-flags.yaml  # an empty flag file is refused at start
 echo "demo: flags in .sluice/demo-flags.yaml (try: echo 'orders/3: off' > .sluice/demo-flags.yaml)" >&2

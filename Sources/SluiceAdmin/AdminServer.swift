@@ -7,7 +7,7 @@ import Sluice
 import SluiceKafka
 import Synchronization
 
-/// The admin HTTP API of a ``SluiceHost`` (docs/architecture.md §9), a Hummingbird server run as a `Service` beside
+/// The admin HTTP API of a `SluiceHost` (docs/architecture.md §9), a Hummingbird server run as a `Service` beside
 /// the host:
 ///
 /// | route | |
@@ -42,7 +42,7 @@ public struct AdminServer: Service {
 
     /// Creates the server and loads the persisted operator overrides into `host.operatorFlags`.
     ///
-    /// - Throws: ``SluiceError`` when the state file exists but cannot be read, naming the file.
+    /// - Throws: `SluiceError` when the state file exists but cannot be read, naming the file.
     public init(
         host: SluiceHost, registry: PrometheusCollectorRegistry, logger: Logger = Logger(label: "sluice.admin")
     ) throws {

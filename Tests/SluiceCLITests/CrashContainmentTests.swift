@@ -298,7 +298,7 @@ struct CrashContainmentTests {
         let deadline = ContinuousClock.now + .seconds(150)
         var committed: [TopicPartition: Int64] = [:]
         // Every partition committed to its end: the commits add up to what was produced (not compared with
-        // listed high watermarks, which tansu reports short; README, broker quirks).
+        // listed high watermarks, which tansu reports short; docs/development.md, tansu's quirks).
         while ContinuousClock.now < deadline {
             for (name, host) in hosts where !host.process.isRunning {
                 #expect(host.process.terminationReason == .uncaughtSignal, "\(name) died of the trap: \(host.errors.text.suffix(1_500))")

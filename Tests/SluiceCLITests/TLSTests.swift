@@ -6,8 +6,8 @@ import Testing
 /// A cluster reached over TLS only, with a certificate authority made in the test: every client Sluice creates
 /// (the host's consumer, its control plane's reader and writer and topic creation, the CLI's) must get the
 /// security properties and verify the broker. tansu behind ``TLSFront`` (the mock cluster listens in plaintext
-/// only, and tansu's own TLS cannot be switched on). SASL: neither test broker can show it (README, broker
-/// quirks): the mock has no SASL, and tansu keeps SCRAM users in its storage, which with memory storage (the
+/// only, and tansu's own TLS cannot be switched on). SASL: neither test broker can show it (docs/development.md,
+/// tansu's quirks): the mock has no SASL, and tansu keeps SCRAM users in its storage, which with memory storage (the
 /// only one its wheel has) cannot be given users before authentication is required.
 @Suite("A cluster reached over TLS", .timeLimit(.minutes(3)))
 struct TLSTests {

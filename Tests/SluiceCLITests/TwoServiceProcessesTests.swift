@@ -84,8 +84,8 @@ struct TwoServiceProcessesTests {
         let handledFirst = try #require(Self.handledOrders(firstLog), "\(firstLog.suffix(2_000))")
         let handledSecond = try #require(Self.handledOrders(secondLog), "\(secondLog.suffix(2_000))")
         #expect(!firstLog.contains("partitions lost") && !secondLog.contains("partitions lost"), "revoked, never lost")
-        // 0 in most runs; a revocation commit the embedded cluster refuses while the group joins (README,
-        // its quirks) can hand the second host what the first did since its last commit.
+        // 0 in most runs; a revocation commit the embedded cluster refuses while the group joins (SluiceKafka's
+        // EmbeddedCluster article) can hand the second host what the first did since its last commit.
         let duplicates = handledFirst + handledSecond - 8_000
         #expect(duplicates >= 0 && duplicates <= 1_000, "orders handled twice: \(duplicates)")
         print("two OrderService processes: \(duplicates) orders handled twice")

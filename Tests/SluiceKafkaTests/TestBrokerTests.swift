@@ -25,7 +25,7 @@ struct TestBrokerTests {
         }
     }
 
-    /// The README's broker quirks: tansu lists a partition's high watermark as its last record batch's base offset
+    /// docs/development.md, tansu's quirks: tansu lists a partition's high watermark as its last record batch's base offset
     /// plus one, so tests on both brokers compare with what they produced. If this fails on tansu, tansu mended
     /// it: update the quirks.
     @Test("listed high watermarks: the mock's are the end of the partition; tansu's are its last batch's base offset + 1, while every record is there")

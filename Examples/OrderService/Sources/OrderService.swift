@@ -75,7 +75,7 @@ struct Order: Decodable {
 ///
 /// To try crash containment, `ORDER_SERVICE_TRAP_ON_ORDER=N` makes the handler trap (`fatalError`, which
 /// no Swift code can catch) on the order with index `n` N (or on each of a list `N1,N2,...`): the process dies, and on its next start Sluice
-/// quarantines that order (see the README). With `ORDER_SERVICE_TRAP_IN_CHILD_TASK=1` the trap happens in
+/// quarantines that order (Sluice's CrashContainment article). With `ORDER_SERVICE_TRAP_IN_CHILD_TASK=1` the trap happens in
 /// a child task the handler starts, which Sluice cannot attribute: it finds the order by elimination.
 final class OrderHandler: MessageHandler {
     private let state = Mutex<(handled: Int, violations: Int, last: [String: Int])>((0, 0, [:]))
