@@ -20,6 +20,9 @@ final class ConsumerLoop: @unchecked Sendable {
         var revoking = false
         /// Whether a message came from it in this assignment (its fetcher started).
         var delivered = false
+        /// Messages taken from its queue in this assignment, and the offset of the last one.
+        var deliveredMessages = 0
+        var lastDeliveredOffset: Int64?
         /// When to restart its fetcher: librdkafka could not fetch its committed offset and will not try again.
         var restartAt: ContinuousClock.Instant?
         /// Restarts so far in this assignment (the backoff grows with them).
@@ -187,6 +190,8 @@ final class ConsumerLoop: @unchecked Sendable {
             if let state = partitions[topicPartition] {
                 schedule(restartOf: [state], why: "it is assigned and has delivered nothing while its owner saw messages waiting")
             }
+        case .reportStall(let topicPartition):
+            reportStall(topicPartition)
         case .releaseRevocation(let identifier):
             if var revocation = revocations[identifier], revocation.commitID == nil {
                 revocation.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
@@ -573,6 +578,8 @@ final class ConsumerLoop: @unchecked Sendable {
             }
             if count == limit { more = true }
             state.delivered = true
+            state.deliveredMessages += batch.count
+            state.lastDeliveredOffset = batch.last?.offset ?? state.lastDeliveredOffset
             if !batch.isEmpty, state.channel.push(batch) {
                 pauseForFlowControl(state)
             }
@@ -638,6 +645,39 @@ final class ConsumerLoop: @unchecked Sendable {
             reconcilePause(state)
             logger.info("partition fetcher restarted", metadata: metadata(state.topicPartition, ["sluice.restarts": "\(state.restarts)"]))
         }
+    }
+
+    /// Logs what the consumer knows of a partition its owner sees stalled (running, unpaused, messages waiting,
+    /// no progress): whether it fetched in this assignment, what its queue and buffer hold, its pause state
+    /// here and in librdkafka, its fetcher restarts. The owner's report says the shard makes no progress;
+    /// this one says on which side of the buffer the messages stopped.
+    private func reportStall(_ topicPartition: TopicPartition) {
+        guard let state = partitions[topicPartition] else {
+            logger.warning("stalled partition: not assigned to this consumer", metadata: metadata(topicPartition))
+            return
+        }
+        let buffer = state.channel.snapshot
+        let list = TopicPartitionList.make([topicPartition])
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let position = rd_kafka_position(rk, list) == RD_KAFKA_RESP_ERR_NO_ERROR ? list.pointee.elems[0].offset : -1
+        logger.warning(
+            "stalled partition, as the consumer sees it",
+            metadata: metadata(topicPartition, [
+                "sluice.deliveredMessages": "\(state.deliveredMessages)",
+                "sluice.lastDeliveredOffset": "\(state.lastDeliveredOffset.map(String.init) ?? "none")",
+                "sluice.librdkafkaQueue": "\(rd_kafka_queue_length(state.queue))",
+                "sluice.librdkafkaPosition": "\(position)",
+                "sluice.bufferedMessages": "\(buffer.messages)",
+                "sluice.bufferedBytes": "\(buffer.bytes)",
+                "sluice.readerWaiting": "\(buffer.readerWaiting)",
+                "sluice.bufferFinished": "\(buffer.finished)",
+                "sluice.flowControl": "\(state.flowControl)/\(buffer.flowPaused)",
+                "sluice.pauseReasons": "\(state.reasons.map { "\($0)" }.sorted())",
+                "sluice.pausedInLibrdkafka": "\(pauses.pausedInLibrdkafka.contains(topicPartition))",
+                "sluice.revoking": "\(state.revoking)",
+                "sluice.fetcherRestarts": "\(state.restarts)",
+                "sluice.restartScheduled": "\(state.restartAt != nil)",
+            ]))
     }
 
     private func pauseForFlowControl(_ state: PartitionState) {

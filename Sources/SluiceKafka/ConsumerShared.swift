@@ -15,7 +15,7 @@ final class ConsumerShared: Sendable {
                 continuation.resume()
             case .close(let continuation):
                 continuation?.resume()
-            case .releaseRevocation, .restartUnstarted:
+            case .releaseRevocation, .restartUnstarted, .reportStall:
                 break
             }
         }
@@ -26,6 +26,7 @@ final class ConsumerShared: Sendable {
         case commit(CheckedContinuation<Void, any Error>)
         case releaseRevocation(UInt64)
         case restartUnstarted(TopicPartition)
+        case reportStall(TopicPartition)
         case close(CheckedContinuation<Void, Never>?)
     }
 

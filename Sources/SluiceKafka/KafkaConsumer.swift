@@ -156,6 +156,13 @@ public final class KafkaConsumer: Sendable {
         shared.send(.restartUnstarted(topicPartition))
     }
 
+    /// Logs, from the consumer's side, why a partition its owner sees stalled makes no progress: what it
+    /// fetched in this assignment, what its librdkafka queue and its buffer hold, its pause state. For an
+    /// owner that reports a stall, once per stall.
+    public func reportStall(_ topicPartition: TopicPartition) {
+        shared.send(.reportStall(topicPartition))
+    }
+
     /// The reasons the partition is paused for (empty when it is fetching or not assigned).
     public func pauseReasons(for topicPartition: TopicPartition) -> Set<KafkaPauseReason> {
         shared.pauseSnapshot.withLock { $0[topicPartition] ?? [] }

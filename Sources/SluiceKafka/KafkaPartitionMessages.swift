@@ -110,6 +110,11 @@ final class PartitionChannel: Sendable {
     /// Room left before the buffer is full, in messages (owner thread).
     var room: Int { state.withLock { room($0) } }
 
+    /// What the buffer holds and whether its reader waits, for a stall report.
+    var snapshot: (messages: Int, bytes: Int, readerWaiting: Bool, finished: Bool, flowPaused: Bool) {
+        state.withLock { ($0.bufferedMessages, $0.bufferedBytes, $0.waiter != nil, $0.finished, $0.flowPaused) }
+    }
+
     /// Adds a batch (owner thread). Returns whether the buffer is now full.
     func push(_ batch: [ConsumedMessage]) -> Bool {
         let bytes = byteShare.total == nil ? 0 : batch.reduce(0) { $0 + $1.memoryFootprint }

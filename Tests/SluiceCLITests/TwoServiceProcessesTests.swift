@@ -10,9 +10,11 @@ struct TwoServiceProcessesTests {
     let logger = Logger(label: "sluice.two-services-test")
 
     /// A service whose flags come from the file alone (this test is about the flag file and partitions handed
-    /// back paused; the example's control plane is off here). Open finding: with the control plane on, one
-    /// fresh-clone run under load saw a handed-back partition (orders/0) run unpaused and make no progress for
-    /// 30 s (lag 560) while the other five fetched; not reproduced since.
+    /// back paused; the example's control plane is off here). Open finding: one fresh-clone run (control plane
+    /// on) and one unloaded CI run (off) saw a handed-back partition run unpaused and make no progress for 30 s
+    /// (lag 560, lag 480) while the others fetched; its librdkafka position was set, so it had delivered in its
+    /// new assignment (the position is reset when a fetcher stops). Not reproduced in 23 runs beside load; the
+    /// stall report now includes the consumer's view of the partition (its queue, buffer, pause state).
     func start(_ cluster: any TestKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
         let (service, _) = try OrderServiceTests.startService(
             cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "false"])

@@ -69,6 +69,9 @@ struct PositionAcrossAssignmentsTests {
         let before = received.count(moved)
         let position = first.position(of: moved)
         #expect(position == nil || received.count(moved) > before, "a position of the earlier assignment: \(position.map(String.init) ?? "nil")")
+        // What an owner that sees it stalled asks for: the consumer's view, logged (and nothing else done).
+        first.reportStall(moved)
+        first.reportStall(TopicPartition("not-assigned", 0))
         await first.close()
         await firstDriver.value
         cluster.shutdown()

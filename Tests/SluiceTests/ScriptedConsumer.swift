@@ -188,6 +188,9 @@ final class ScriptedConsumer: ShardConsumer {
     /// Partitions the supervisor asked to restart the fetcher of.
     let fetcherRestarts = Locked<[TopicPartition]>([])
     func restartFetcherIfUnstarted(_ topicPartition: TopicPartition) { fetcherRestarts.withLock { $0.append(topicPartition) } }
+    /// Partitions the supervisor reported stalled to the consumer.
+    let stallReports = Locked<[TopicPartition]>([])
+    func reportStall(_ topicPartition: TopicPartition) { stallReports.withLock { $0.append(topicPartition) } }
     func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
         await coordinatorAnswers()
         return [:]

@@ -325,8 +325,12 @@ struct SupervisorLoopTests {
             try await clock.tick(host)
             #expect(host.shards.first?.stalledSince == nil, "not stalled \(clock.now - stoppedAt) after progress stopped")
         }
+        #expect(consumer.stallReports.value.isEmpty)
         try await clock.tick(host)
         #expect(host.shards.first?.stalledSince == stoppedAt, "stalled once 30 s of host time passed")
+        #expect(consumer.stallReports.value == [partition], "the consumer is asked for its view of the partition, once")
+        try await clock.tick(host)
+        #expect(consumer.stallReports.value == [partition], "once per stall")
         release.withLock { $0 = true }
         try await waitUntil("done") { host.shards.first?.lag == 0 }
         try await clock.tick(host)

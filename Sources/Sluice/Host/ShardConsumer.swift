@@ -28,6 +28,8 @@ protocol ShardConsumer: Sendable {
     /// Restarts the partition's fetcher if it delivered nothing since it was assigned (see
     /// ``KafkaConsumer/restartFetcherIfUnstarted(_:)``).
     func restartFetcherIfUnstarted(_ topicPartition: TopicPartition)
+    /// Logs the consumer's view of a partition reported stalled (see ``KafkaConsumer/reportStall(_:)``).
+    func reportStall(_ topicPartition: TopicPartition)
 
     /// Lag queries (network round trips; never from the supervisor loop).
     func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]

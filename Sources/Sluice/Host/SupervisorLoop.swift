@@ -398,8 +398,12 @@ struct SupervisorLoop {
             shard.stalledGauge?.record(1)
             logger.warning(
                 "shard stalled: running and unpaused with messages waiting, but no progress",
-                metadata: metadata(topicPartition, ["sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - shard.lastProgressAt)"]))
+                metadata: metadata(topicPartition, [
+                    "sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - shard.lastProgressAt)",
+                    "sluice.pipeline": "\(shard.pipeline?.stallReport ?? "none")",
+                ]))
             publish(topicPartition, ShardEvent.Kind.stalled(since: shard.lastProgressAt))
+            consumer.reportStall(topicPartition)
         }
         shards[topicPartition] = shard
         host.updateView(shard)

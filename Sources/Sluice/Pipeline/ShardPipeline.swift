@@ -77,6 +77,14 @@ final class ShardPipeline: Sendable {
         let completed = Mutex<[Int64]>([])
         /// The lane's crash journal slot: set before the lane starts, touched only by the lane after.
         nonisolated(unsafe) var journal: JournalSlot?
+        /// What the lane waits on or does (``Phase``), for a stall report.
+        let phase = Atomic<UInt8>(Phase.starting.rawValue)
+
+        enum Phase: UInt8, CaseIterable {
+            case starting, waitingForWork, processing, carefulGate, quarantineHold, deadLetter, backoff, ended
+        }
+
+        func enter(_ phase: Phase) { self.phase.store(phase.rawValue, ordering: .relaxed) }
 
         /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
         func begin(_ offset: Int64, timestamp: Int64?, at nanoseconds: Int64, count: Int = 1, handler: Bool = true, careful: Bool = false) {
@@ -118,6 +126,12 @@ final class ShardPipeline: Sendable {
     private let activities: [LaneActivity]
     /// Mirrors `state.crash != nil` for the lanes' per-message checks.
     private let crashed = Atomic<Bool>(false)
+    /// What the dispatcher waits on (``DispatcherPhase``), for a stall report.
+    private let dispatcherPhase = Atomic<UInt8>(DispatcherPhase.predecessors.rawValue)
+
+    enum DispatcherPhase: UInt8, CaseIterable {
+        case predecessors, groupProgress, source, room, throttle, ended
+    }
     /// Mirrors `state.stopRequested`: lanes start no new handler call once it is set.
     private let stopping = Atomic<Bool>(false)
     /// Notified when work completes or a lane ends: the dispatcher waiting for room under `maxInFlight`
@@ -248,6 +262,23 @@ final class ShardPipeline: Sendable {
     /// Messages taken from the partition and not yet done.
     var inFlight: Int { state.withLock { $0.tracker.inFlight } }
 
+    /// What the pipeline waits on, for a stall report: the dispatcher's phase, how many lanes are in each
+    /// phase, the lane queues' depth, what is in flight, and whether it was asked to stop or crashed.
+    var stallReport: String {
+        let (inFlight, lowest, stop, crash, lanesRunning) = state.withLock {
+            ($0.tracker.inFlight, $0.tracker.watermark, $0.stopRequested, $0.crash != nil, $0.lanesRunning)
+        }
+        let dispatcher = DispatcherPhase(rawValue: dispatcherPhase.load(ordering: .relaxed)).map { "\($0)" } ?? "?"
+        var lanes: [String: Int] = [:]
+        for activity in activities {
+            lanes[LaneActivity.Phase(rawValue: activity.phase.load(ordering: .relaxed)).map { "\($0)" } ?? "?", default: 0] += 1
+        }
+        let depths = queues.map(\.depth)
+        return "dispatcher \(dispatcher); lanes \(lanes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) "
+            + "(running \(lanesRunning)); queued \(depths.reduce(0) { $0 + $1.queued }), lanes waiting on queues \(depths.reduce(0) { $0 + $1.waiting }); "
+            + "in flight \(inFlight) above watermark \(lowest.map(String.init) ?? "-"); progress \(progress); stop \(stop), crashed \(crash)"
+    }
+
     /// When the oldest message taken and not done was produced (ms since the epoch), if known.
     var oldestPendingTimestamp: Int64? { state.withLock { $0.tracker.oldestPendingTimestamp } }
 
@@ -280,6 +311,7 @@ final class ShardPipeline: Sendable {
     where Source.Element == [Message], Source.Failure == Never {
         await waitForPredecessors()
         if let groupProgress {
+            dispatcherPhase.store(DispatcherPhase.groupProgress.rawValue, ordering: .relaxed)
             var done = groupProgress.done
             if done == nil { done = await groupProgress.wait(until: .now + Self.groupProgressWait) }
             if let done, !done.isEmpty { state.withLock { $0.alreadyDone.formUnion(done) } }
@@ -408,6 +440,8 @@ final class ShardPipeline: Sendable {
         var limit = countLimit
         var averageBytes = 0
         var pausedForBackpressure = false
+        dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
+        defer { dispatcherPhase.store(DispatcherPhase.ended.rawValue, ordering: .relaxed) }
         for await batch in source {
             if let inFlightBytes, let bytes = inFlightBytes() {
                 averageBytes = Self.averageFootprint(batch, previous: averageBytes)
@@ -427,6 +461,8 @@ final class ShardPipeline: Sendable {
                     // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
                     // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
                     // slack meanwhile, and pauses fetching itself when it fills.
+                    dispatcherPhase.store(DispatcherPhase.room.rawValue, ordering: .relaxed)
+                    defer { dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed) }
                     var room = pausedForBackpressure
                         ? false : await beacon.waitUntil(deadline: .now + backpressureGrace, roomOrEnd)
                     if !room {
@@ -443,7 +479,9 @@ final class ShardPipeline: Sendable {
                     flowControl.setBackpressure(false, pipeline: generation)
                 }
                 // A rate flag: no more than the bucket allows (waiting for a token ends on a stop or a crash).
+                dispatcherPhase.store(DispatcherPhase.throttle.rawValue, ordering: .relaxed)
                 let allowed = await throttle(upTo: remaining.count)
+                dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
                 if allowed == 0 { return }
                 // Take as many as fit under the limit, and begin them in one lock.
                 let (taken, rejected, rewound) = state.withLock { state -> (Int, [Int64], Bool) in
@@ -574,6 +612,7 @@ final class ShardPipeline: Sendable {
             return Task(executorPreference: laneExecutor) {
                 activity.journal?.bindToCurrentTask()
                 await self.runLane(index, queue: queue)
+                activity.enter(.ended)
                 if let slot = activity.journal { self.journal?.release(slot) }
                 self.state.withLock { $0.lanesRunning -= 1 }
                 self.beacon.notify()
@@ -596,9 +635,11 @@ final class ShardPipeline: Sendable {
                 sliceStart = now
             }
             if carry.isEmpty {
+                activities[index].enter(.waitingForWork)
                 guard let run = await queue.next() else { return }
                 carry = run
             }
+            activities[index].enter(.processing)
             if halted { return }
             guard let batching = configuration.batch, batching.size > 1 else {
                 carry = await processRun(carry, lane: index)
@@ -732,7 +773,10 @@ final class ShardPipeline: Sendable {
                 await processUnit([message], lane: lane)
                 continue
             }
-            guard let turn = await carefulGate.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted }) else { return }
+            activities[lane].enter(.carefulGate)
+            let acquired = await carefulGate.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted })
+            activities[lane].enter(.processing)
+            guard let turn = acquired else { return }
             logger.notice("handling a suspect alone", metadata: ["kafka.offset": "\(message.offset)"])
             await processUnit([message], lane: lane, careful: true)
             carefulGate.release(turn)
@@ -789,7 +833,9 @@ final class ShardPipeline: Sendable {
                 metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
             if attempt <= policy.retries {
                 // The backoff ends early on a stop or a crash (nothing more is started then).
+                activities[lane].enter(.backoff)
                 _ = await control.waitUntil(deadline: .now + policy.backoff.delay(attempt: attempt)) { self.halted }
+                activities[lane].enter(.processing)
                 attempt += 1
                 continue
             }
@@ -870,7 +916,9 @@ final class ShardPipeline: Sendable {
             // Held here, but only once everything before it is done: other lanes (ordering key or none) may
             // still have earlier messages, and a crash now would drop them until an operator acts.
             let held = poisoned.first!.offset
+            activities[lane].enter(.quarantineHold)
             _ = await beacon.waitUntil(deadline: nil) { self.halted || (self.watermark ?? Int64.min) >= held }
+            activities[lane].enter(.processing)
             crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: held))
             return
         case (.quarantined, .deadLetter), (.deadLetter, _):

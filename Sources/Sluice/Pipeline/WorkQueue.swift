@@ -35,6 +35,9 @@ final class WorkQueue<Element: Sendable>: Sendable {
         waiter?.continuation.resume(returning: element)
     }
 
+    /// Elements queued and consumers waiting, for a stall report.
+    var depth: (queued: Int, waiting: Int) { state.withLock { ($0.elements.count, $0.waiters.count) } }
+
     /// No more elements will come; consumers get the rest, then nil.
     func finish() {
         let waiters = state.withLock { state in
