@@ -20,11 +20,15 @@ struct ForgedControlProcessesTests {
         ("flag/orders", #"{"v":1e300,"state":"off"}"#),
     ]
 
-    func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
-        let produce = try SluiceProcess([
-            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
-        ])
-        await produce.expectCleanExit()
+    /// Writes records to partition 0 of `topic` with a raw producer, as anyone with produce rights could.
+    func writeRaw(_ cluster: any TestKafkaCluster, topic: String, _ records: [(key: String, value: String)]) async throws {
+        var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
+        configuration.properties.merge(cluster.clientProperties) { _, client in client }
+        let attacker = try KafkaProducer(configuration: configuration, logger: Logger(label: "attacker"))
+        for record in records {
+            _ = try await attacker.send(ProducerRecord(topic: topic, partition: 0, key: Array(record.key.utf8), value: Array(record.value.utf8)))
+        }
+        await attacker.close()
     }
 
     func committed(_ cluster: any TestKafkaCluster, group: String) async throws -> Int64 {
@@ -50,20 +54,14 @@ struct ForgedControlProcessesTests {
         var second = try start()
         #expect(await first.errors.waitFor("control plane loaded"))
         #expect(await second.errors.waitFor("control plane loaded"))
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 }, "both handle")
 
-        var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
-        configuration.properties.merge(cluster.clientProperties) { _, client in client }
-        let attacker = try KafkaProducer(configuration: configuration, logger: Logger(label: "attacker"))
-        for record in Self.forged {
-            _ = try await attacker.send(ProducerRecord(topic: controlTopic, partition: 0, key: Array(record.key.utf8), value: Array(record.value.utf8)))
-        }
-        await attacker.close()
+        try await writeRaw(cluster, topic: controlTopic, Self.forged)
         for service in [first, second] {
             #expect(await eventually(poll: .milliseconds(100)) { rejections(service) >= Self.forged.count }, "each forged record refused: \(service.errors.text.suffix(1_500))")
         }
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "every order handled after the forged records")
         #expect(first.process.isRunning && second.process.isRunning, "no host died")
 
@@ -74,7 +72,7 @@ struct ForgedControlProcessesTests {
         second = try start()
         #expect(await second.errors.waitFor("control plane loaded"))
         #expect(await eventually(poll: .milliseconds(100)) { rejections(second) >= Self.forged.count }, "refused again at start")
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 3_000 }, "every order handled")
         var handled = 0
         for (service, running) in [(first, true), (second, true), (stopped, false)] {
@@ -118,16 +116,11 @@ struct ForgedControlProcessesTests {
                 cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"].merging(hostKeys) { $1 }).0
         }
         for service in services { #expect(await service.errors.waitFor("control plane loaded")) }
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 }, "both handle")
 
         // Forged: unsigned, with a raw producer.
-        var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
-        configuration.properties.merge(cluster.clientProperties) { _, client in client }
-        let attacker = try KafkaProducer(configuration: configuration, logger: Logger(label: "attacker"))
-        _ = try await attacker.send(ProducerRecord(
-            topic: controlTopic, partition: 0, key: Array("flag/orders".utf8), value: Array(#"{"v":1,"state":"off","who":"mallory"}"#.utf8)))
-        await attacker.close()
+        try await writeRaw(cluster, topic: controlTopic, [("flag/orders", #"{"v":1,"state":"off","who":"mallory"}"#)])
         for service in services {
             #expect(await eventually(poll: .milliseconds(100)) {
                 service.errors.text.split(separator: "\n").contains { $0.contains("control record rejected") && $0.contains("sluice.reason=signature") }
@@ -140,7 +133,7 @@ struct ForgedControlProcessesTests {
         let unsignedStatus = await unsigned.exit()
         let unsignedSaid = await unsigned.output.all() + unsigned.errors.all()
         #expect(unsignedStatus != 0 && unsignedSaid.contains("no operator key here"), "\(unsignedSaid)")
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "orders still on")
 
         // The operator's key: the same change stops orders on both.
@@ -152,7 +145,7 @@ struct ForgedControlProcessesTests {
         #expect(await eventually(poll: .milliseconds(250)) {
             services.map { $0.errors.text.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }.reduce(0, +) == 8
         }, "all eight orders shards stopped")
-        try await produce(cluster, count: 1_000)
+        try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
         for service in services {
             service.process.terminate()

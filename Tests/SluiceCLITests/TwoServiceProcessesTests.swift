@@ -21,10 +21,11 @@ struct TwoServiceProcessesTests {
         return (service, service.errors)
     }
 
-    func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
-        let produce = try SluiceProcess([
-            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
-        ])
+    /// `count` orders over 50 keys with `sluice produce`, through the cluster's client properties (TLS, say).
+    static func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
+        var arguments = ["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50"]
+        for (name, value) in cluster.clientProperties.sorted(by: { $0.key < $1.key }) { arguments += ["--property", "\(name)=\(value)"] }
+        let produce = try SluiceProcess(arguments)
         await produce.expectCleanExit()
     }
 
@@ -52,7 +53,7 @@ struct TwoServiceProcessesTests {
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
         try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
-        try await produce(cluster, count: 4_000)
+        try await Self.produce(cluster, count: 4_000)
 
         let (first, firstOutput) = try start(cluster, group: group, flags: flags)
         #expect(await firstOutput.waitFor("partitions assigned"), "the first host owns every partition")
@@ -66,7 +67,7 @@ struct TwoServiceProcessesTests {
 
         second.process.terminate()  // graceful leave
         #expect(await second.exit() == 0)
-        try await produce(cluster, count: 4_000)
+        try await Self.produce(cluster, count: 4_000)
         let allCommitted = await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 8_000 }
         #expect(allCommitted, "the handed-back partitions fetch and are handled")
 
@@ -112,7 +113,7 @@ struct TwoServiceProcessesTests {
         let (second, secondOutput) = try startWithControl()
         #expect(await firstOutput.waitFor("control plane loaded"))
         #expect(await secondOutput.waitFor("control plane loaded"))
-        try await produce(cluster, count: 2_000)
+        try await Self.produce(cluster, count: 2_000)
         #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "both handle while on")
         #expect(await secondOutput.waitFor("partitions assigned"), "the second host owns some partitions")
 
@@ -130,7 +131,7 @@ struct TwoServiceProcessesTests {
             let stops = { (output: String) in output.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }
             return stops(firstOutput.text) + stops(secondOutput.text) == 8
         }, "all eight orders shards stopped")
-        try await produce(cluster, count: 2_000)
+        try await Self.produce(cluster, count: 2_000)
         #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
         let unset = try SluiceProcess(["flags", "unset", "orders", "--bootstrap", cluster.bootstrapServers, "--group", group])
         #expect(await unset.exit() == 0)
