@@ -56,8 +56,11 @@ struct CrashContainmentTests {
             cluster, group: group,
             environment: [
                 "ORDER_SERVICE_TRAP_ON_ORDER": "\(poison)", "SLUICE_HOST_STATE_DIRECTORY": state,
-                // The runtime's crash report, where the next start finds it.
-                "SWIFT_BACKTRACE": "enable=yes,format=json,output-to=\(state)",
+                // The runtime's crash report, where the next start finds it: of the crashed thread only (what the
+                // quarantine's summary uses), symbols without source lines. Fully symbolicating every thread of
+                // this debug build kept dying processes alive (holding their partitions) for minutes on a
+                // loaded machine, and the tests' restart loops gave up.
+                "SWIFT_BACKTRACE": "enable=yes,format=json,threads=no,symbolicate=fast,output-to=\(state)",
             ].merging(extra) { $1 },
             editConfiguration: editConfiguration
         ).0
