@@ -12,6 +12,9 @@ struct DashboardBrowserTests {
     let logger = Logger(label: "sluice.dashboard-test")
 
 
+    /// How many hosts own a shard in the page's shard table.
+    static let distinctOwners = "new Set([...document.querySelectorAll('#shards tbody tr td:nth-child(2)')].map(c => c.innerText)).size"
+
     /// The script a person's typing and clicking amounts to: the flag form filled in, then Preview.
     static func flagForm(target: String, value: String, reason: String) -> String {
         """
@@ -74,11 +77,22 @@ struct DashboardBrowserTests {
         let browser = try await HeadlessChromium.start()
         defer { browser.close() }
 
-        // What a person sees: every partition of the group with its owner, both hosts, the quarantine.
+        // What a person sees: every partition of the group with its owner, both hosts, the quarantine. The page
+        // says what the hosts last said: while the group rebalances (a host that starts later on a loaded machine
+        // joins a group the other already consumes alone) it lists fewer shards, or one owner; the test reads on
+        // once the group has settled, every one of the 12 partitions listed once and both hosts owning some.
+        var settled = ""
         #expect(await eventually(poll: .milliseconds(250)) {
-            let text = try await browser.perform { try $0.open(urlA + "/"); return try $0.text() }
-            return (0..<8).allSatisfy { text.contains("orders/\($0)") } && text.contains("-\(pidA)-") && text.contains("-\(pidB)-")
-        }, "the shard table shows the group's partitions and both hosts")
+            let (text, rows, owners) = try await browser.perform { browser -> (String, Int, Int) in
+                try browser.open(urlA + "/")
+                let rows = try browser.evaluate("document.querySelectorAll('#shards tbody tr').length") as? Int ?? 0
+                let owners = try browser.evaluate(Self.distinctOwners) as? Int ?? 0
+                return (try browser.text(), rows, owners)
+            }
+            settled = text
+            return rows == 12 && owners == 2 && (0..<8).allSatisfy { text.contains("orders/\($0)") }
+                && text.contains("-\(pidA)-") && text.contains("-\(pidB)-")
+        }, "the shard table shows the group's 12 partitions, owned by both hosts: \(settled)")
         // A host record is live for 15 s after it was written, and the wait above can take longer on a loaded
         // machine: the hostile host says it is alive again, and the page is read once it shows.
         try await publishHostileHost()
@@ -87,7 +101,7 @@ struct DashboardBrowserTests {
         }, "the hostile host is listed")
         let home = try await browser.perform { browser -> (String, Int, String) in
             try browser.open(urlA + "/")
-            let owners = try browser.evaluate("new Set([...document.querySelectorAll('#shards tbody tr td:nth-child(2)')].map(c => c.innerText)).size") as? Int ?? 0
+            let owners = try browser.evaluate(Self.distinctOwners) as? Int ?? 0
             return (try browser.text(), owners, try browser.evaluate("document.title") as? String ?? "")
         }
         #expect(home.1 == 2, "shards owned by both hosts are listed: \(home.0)")
