@@ -84,7 +84,8 @@ public struct HandlerHarness: Sendable {
     public func run(_ messages: [Message], logger: Logger = Logger(label: "sluice.testing")) async -> Run {
         let calls = Calls()
         var configuration = configuration
-        configuration.onFailure.backoff = .init(initial: .nanoseconds(1), maximum: .nanoseconds(1))
+        // The harness's clock stands still: retries follow at once.
+        configuration.onFailure.backoff = .init(initial: .zero, maximum: .zero)
         let deadLetters = RecordingDeadLetters()
         let result = await PipelineSimulation.run(
             topicPartition: topicPartition, configuration: configuration,

@@ -16,12 +16,12 @@ import Synchronization
 ///
 /// Liveness (`/healthz`) and the handler watchdog stay on real time: they exist to notice real time passing.
 public final class ManualHostClock: HostClock {
-    private struct Sleeper {
+    private struct Timer {
         let deadline: ContinuousClock.Instant
-        let continuation: CheckedContinuation<Void, any Error>
+        let action: @Sendable () -> Void
     }
 
-    private let state: Mutex<(now: ContinuousClock.Instant, sleepers: [UInt64: Sleeper], next: UInt64)>
+    private let state: Mutex<(now: ContinuousClock.Instant, timers: [UInt64: Timer], next: UInt64)>
 
     /// A clock that starts at `start` and moves only when told.
     public init(start: ContinuousClock.Instant = .now) { state = Mutex((start, [:], 0)) }
@@ -29,40 +29,38 @@ public final class ManualHostClock: HostClock {
     /// The clock's time.
     public var now: ContinuousClock.Instant { state.withLock { $0.now } }
 
-    /// How many sleeps are waiting (timers, the tick, deadlines).
-    public var sleeping: Int { state.withLock { $0.sleepers.count } }
+    /// How many timers are waiting (sleeps, timed waits, deadlines).
+    public var sleeping: Int { state.withLock { $0.timers.count } }
 
-    /// Sleeps until the clock is moved to `deadline` or past it; throws when the task is cancelled.
-    public func sleep(until deadline: ContinuousClock.Instant) async throws {
-        let identifier = state.withLock { state -> UInt64 in
+    /// The earliest deadline of a waiting timer, if any.
+    public var nextDeadline: ContinuousClock.Instant? { state.withLock { $0.timers.values.map(\.deadline).min() } }
+
+    public func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) -> HostClockTimer {
+        let (identifier, due) = state.withLock { state -> (UInt64, Bool) in
             state.next += 1
-            return state.next
+            if deadline <= state.now { return (state.next, true) }
+            state.timers[state.next] = Timer(deadline: deadline, action: action)
+            return (state.next, false)
         }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let result = state.withLock { state -> Result<Void, any Error>? in
-                    if Task.isCancelled { return .failure(CancellationError()) }
-                    if deadline <= state.now { return .success(()) }
-                    state.sleepers[identifier] = Sleeper(deadline: deadline, continuation: continuation)
-                    return nil
-                }
-                if let result { continuation.resume(with: result) }
-            }
-        } onCancel: {
-            state.withLock { $0.sleepers.removeValue(forKey: identifier) }?.continuation.resume(throwing: CancellationError())
-        }
+        if due { action() }
+        return HostClockTimer(identifier: identifier)
     }
 
-    /// Moves the clock on and wakes every sleeper whose deadline came.
+    @discardableResult
+    public func cancel(_ timer: HostClockTimer) -> Bool {
+        state.withLock { $0.timers.removeValue(forKey: timer.identifier) } != nil
+    }
+
+    /// Moves the clock on and runs every timer whose deadline came, earliest first.
     public func advance(by duration: Duration) {
-        let due = state.withLock { state -> [Sleeper] in
+        let due = state.withLock { state -> [Timer] in
             state.now = state.now + duration
             let now = state.now
-            let due = state.sleepers.filter { $0.value.deadline <= now }
-            for key in due.keys { state.sleepers[key] = nil }
-            return Array(due.values)
+            let due = state.timers.filter { $0.value.deadline <= now }
+            for key in due.keys { state.timers[key] = nil }
+            return due.values.sorted { $0.deadline < $1.deadline }
         }
-        for sleeper in due { sleeper.continuation.resume() }
+        for timer in due { timer.action() }
     }
 
     /// Moves the clock `duration` on (a second when not given) and waits until `host`'s supervisor loop handled

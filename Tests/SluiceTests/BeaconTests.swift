@@ -1,3 +1,4 @@
+import SluiceTesting
 import Synchronization
 import Testing
 
@@ -5,34 +6,63 @@ import Testing
 
 @Suite("Beacon waits", .timeLimit(.minutes(1)))
 struct BeaconTests {
-    @Test("a notification wakes a waiter whose condition now holds; a deadline ends a wait that never holds")
+    @Test("a notification wakes a waiter whose condition now holds; a deadline on the wait's clock ends a wait that never holds")
     func notificationOrDeadline() async throws {
+        let clock = ManualHostClock()
         let beacon = Beacon()
         let flag = Atomic<Bool>(false)
-        let waiter = Task { await beacon.waitUntil(deadline: .now + .seconds(10)) { flag.load(ordering: .acquiring) } }
-        try await Task.sleep(for: .milliseconds(20))
+        let waiter = Task { await beacon.waitUntil(deadline: clock.now + .seconds(10), on: clock) { flag.load(ordering: .acquiring) } }
+        #expect(await eventually { clock.sleeping == 1 })
         flag.store(true, ordering: .releasing)
         beacon.notify()
         #expect(await waiter.value)
-        let started = ContinuousClock.now
-        #expect(await beacon.waitUntil(deadline: .now + .milliseconds(30)) { false } == false)
-        #expect(ContinuousClock.now - started >= .milliseconds(30))
+        #expect(clock.sleeping == 0, "its timer was cancelled")
+
+        let ended = Atomic<Bool>(false)
+        let timed = Task {
+            defer { ended.store(true, ordering: .releasing) }
+            return await beacon.waitUntil(deadline: clock.now + .milliseconds(30), on: clock) { false }
+        }
+        #expect(await eventually { clock.sleeping == 1 })
+        clock.advance(by: .milliseconds(29))
+        beacon.notify()  // a notification re-checks the condition, which still does not hold
+        #expect(await eventually { clock.sleeping == 1 })
+        let endedEarly = ended.load(ordering: .acquiring)
+        #expect(!endedEarly, "1 ms before its deadline the wait goes on")
+        clock.advance(by: .milliseconds(1))
+        #expect(await timed.value == false)
     }
 
-    @Test("recheck re-evaluates a time-dependent condition without any notification")
+    @Test("recheck re-evaluates a time-dependent condition on the wait's clock, without any notification")
     func recheck() async {
+        let clock = ManualHostClock()
         let beacon = Beacon()
-        let until = ContinuousClock.now + .milliseconds(50)
-        #expect(await beacon.waitUntil(recheck: .milliseconds(10)) { ContinuousClock.now >= until })
+        let until = clock.now + .milliseconds(50)
+        let checks = Atomic<Int>(0)
+        let waiter = Task {
+            await beacon.waitUntil(deadline: nil, recheck: .milliseconds(10), on: clock) {
+                checks.add(1, ordering: .relaxed)
+                return clock.now >= until
+            }
+        }
+        for step in 1...5 {
+            let checked = await eventually { clock.sleeping == 1 && checks.load(ordering: .relaxed) == step }
+            #expect(checked)
+            clock.advance(by: .milliseconds(10))
+        }
+        #expect(await waiter.value)
+        let checked = checks.load(ordering: .relaxed)
+        #expect(checked == 6, "once at the start and once per 10 ms")
     }
 
-    /// Wake-up times a few microseconds away fire before, during and after the waiter registers: every
-    /// wait ends.
+    /// Wake-up times a few microseconds away on a real timer thread fire before, during and after the waiter
+    /// registers: every wait ends.
     @Test("wake-up times that pass while the wait registers do not hang it")
     func deadlineRaces() async {
+        let clock = SystemHostClock(name: "test-timers")
         let beacon = Beacon()
         for round in 0..<2_000 {
-            #expect(await beacon.waitUntil(deadline: .now + .microseconds(round % 50)) { false } == false)
+            #expect(await beacon.waitUntil(deadline: clock.now + .microseconds(round % 50), on: clock) { false } == false)
         }
     }
 }

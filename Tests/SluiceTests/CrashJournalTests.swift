@@ -31,7 +31,7 @@ struct CrashJournalTests {
     func attribution() async throws {
         let (journal, _) = try CrashJournal.open(directory: directory(), logger: logger)
         defer { journal.relinquish() }
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 2, maximumThreads: 2, blockedAfter: .seconds(10))
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 2, maximumThreads: 2, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let slot = try #require(journal.acquire(TopicPartition("orders", 3), generation: 9))
         let seen = await Task(executorPreference: executor) { () -> [(Int32, Int32)] in
@@ -73,7 +73,7 @@ struct CrashJournalTests {
     func findingAfterDeath() async throws {
         let directory = directory()
         let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10))
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let bystander = try #require(dead.acquire(TopicPartition("payments", 1), generation: 4))
         bystander.begin(700, count: 50)
@@ -454,7 +454,7 @@ struct QuarantineTests {
         let handled = Locked<[Int64]>([])
         let suspects = Quarantine(offset: 10, count: 20, crashes: 1, state: .suspect, signal: "SIGSEGV", host: "h", atMilliseconds: 0)
         // One host's gate, shared by its shards.
-        let gate = CarefulGate()
+        let gate = CarefulGate(clock: SystemHostClock())
         let pipelines = (0..<2).map { _ in
             PipelineFixture.pipeline(
                 configuration,
@@ -490,7 +490,7 @@ struct CrashContainmentStartTests {
     /// a thread of the given kind.
     func deadJournal(in directory: String, faultOn thread: String) async throws {
         let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10))
+        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let slot = try #require(dead.acquire(TopicPartition("orders", 3), generation: 1))
         switch thread {

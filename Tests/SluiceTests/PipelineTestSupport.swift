@@ -92,16 +92,38 @@ enum PipelineFixture {
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         quarantine: Quarantine? = nil,
-        carefulGate: CarefulGate = CarefulGate(),
+        // Real time: the handler watchdog and the careful gate notice real time passing.
+        watchdogClock: any HostClock = SystemHostClock(name: "test-watchdog"),
+        carefulGate: CarefulGate? = nil,
         tracer: (any Tracer)? = nil,
         inFlightBytes: (@Sendable () -> Int?)? = nil,
         laneExecutor: (any TaskExecutor)? = nil
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine, carefulGate: carefulGate,
+            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock, watchdogClock: watchdogClock,
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine,
+            carefulGate: carefulGate ?? CarefulGate(clock: watchdogClock),
             tracer: tracer, consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
+    }
+
+    /// Runs `pipeline` over `source` while moving `clock` on to each timer due within `step` of it (retry
+    /// backoffs, the backpressure grace, batch timeouts), never to one further away (the drain deadline): time
+    /// passes only while the pipeline waits for it, however slow the machine.
+    static func run<Source: AsyncSequence & Sendable>(
+        _ pipeline: ShardPipeline, source: Source, clock: ManualHostClock, step: Duration = .seconds(1)
+    ) async -> ShardPipeline.Outcome where Source.Element == [Message], Source.Failure == Never {
+        let driver = Task {
+            while !Task.isCancelled {
+                if let next = clock.nextDeadline, next - clock.now <= step {
+                    clock.advance(by: next - clock.now)
+                } else {
+                    try? await Task.sleep(for: .milliseconds(1))
+                }
+            }
+        }
+        defer { driver.cancel() }
+        return await pipeline.run(source: source)
     }
 
     /// A source that yields `batches` and ends.

@@ -9,12 +9,12 @@ import SluiceTesting
 struct RuntimeTests {
     @Test("timers fire in deadline order, a cancelled one never fires, and a sleep ends at its deadline")
     func timersFireInOrder() async throws {
-        let timers = TimerThread(name: "test-timers")
+        let timers = SystemHostClock(name: "test-timers")
         let fired = Locked<[Int]>([])
         let start = ContinuousClock.now
         // Scheduled out of order; one cancelled.
         for (index, delay) in [(2, 30), (0, 10), (3, 40), (1, 20)] {
-            timers.schedule(at: start + .milliseconds(delay)) { fired.withLock { $0.append(index) } }
+            _ = timers.schedule(at: start + .milliseconds(delay)) { fired.withLock { $0.append(index) } }
         }
         let cancelled = timers.schedule(at: start + .milliseconds(15)) { fired.withLock { $0.append(99) } }
         #expect(timers.cancel(cancelled))
@@ -28,7 +28,7 @@ struct RuntimeTests {
 
     @Test("a sleep cancelled before or during the wait throws CancellationError")
     func cancelledSleep() async throws {
-        let timers = TimerThread(name: "test-timers")
+        let timers = SystemHostClock(name: "test-timers")
         let during = Task { try await timers.sleep(until: .now + .seconds(3600)) }
         during.cancel()
         await #expect(throws: CancellationError.self) { try await during.value }
@@ -48,7 +48,7 @@ struct RuntimeTests {
     @Test("a job that holds its thread is reported blocked, another thread runs the queue, and the pool shrinks back after")
     func blockedWorkerIsReplaced() async throws {
         let reports = Locked<[ThreadPoolExecutor.Blocking]>([])
-        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 2, blockedAfter: .milliseconds(100)) { report in
+        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 2, blockedAfter: .milliseconds(100), clock: SystemHostClock()) { report in
             reports.withLock { $0.append(report) }
         }
         defer { executor.shutdown() }
@@ -69,7 +69,7 @@ struct RuntimeTests {
     @Test("at the maximum, a blocked worker is reported saturated and the queue waits for a thread to return")
     func saturated() async throws {
         let reports = Locked<[ThreadPoolExecutor.Blocking]>([])
-        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 1, blockedAfter: .milliseconds(100)) { report in
+        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 1, blockedAfter: .milliseconds(100), clock: SystemHostClock()) { report in
             reports.withLock { $0.append(report) }
         }
         defer { executor.shutdown() }

@@ -42,11 +42,12 @@ struct ShardPipelineTests {
         #expect(concurrent.value.peak > 1, "keys ran in parallel")
     }
 
-    @Test("stop: the shard crashes at the failing offset and the watermark never passes it")
+    @Test("stop: retries wait out their backoff on the host's clock, then the shard crashes at the failing offset and the watermark never passes it")
     func stopPolicy() async {
         var configuration = TopicConfiguration()
-        configuration.onFailure = .init(retries: 2, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(5)), then: .stop)
+        configuration.onFailure = .init(retries: 2, backoff: .init(initial: .seconds(1), maximum: .seconds(5)), then: .stop)
         let attempts = Locked(0)
+        let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
             configuration,
             handler: .message(ClosureHandler { message, context in
@@ -54,8 +55,18 @@ struct ShardPipelineTests {
                     attempts.withLock { $0 = context.attempt }
                     throw TestFailure(description: "bad order 5")
                 }
-            }))
-        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<20)]))
+            }),
+            clock: clock)
+        let run = Task { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<20)])) }
+        // Each retry waits for its backoff (1 s, then 2 s) and not a moment less.
+        for (attempt, backoff) in [(1, Duration.seconds(1)), (2, .seconds(2))] {
+            let waiting = await eventually { attempts.value == attempt && clock.nextDeadline == clock.now + backoff }
+            #expect(waiting, "attempt \(attempt) failed and its retry waits \(backoff)")
+            clock.advance(by: backoff - .milliseconds(1))
+            #expect(attempts.value == attempt && clock.nextDeadline == clock.now + .milliseconds(1), "no retry before the backoff passed")
+            clock.advance(by: .milliseconds(1))
+        }
+        let outcome = await run.value
         guard case .crashed(let crash) = outcome else {
             Issue.record("expected a crash, got \(outcome)")
             return
@@ -71,12 +82,15 @@ struct ShardPipelineTests {
         var configuration = TopicConfiguration()
         configuration.onFailure = .init(retries: 3, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(2)), then: .stop)
         let failures = Locked(0)
+        let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
             configuration,
             handler: .message(ClosureHandler { message, _ in
                 if message.offset == 2, failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "flaky") }
-            }))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) == .sourceEnded(drainTimedOut: false))
+            }),
+            clock: clock)
+        let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<5)]), clock: clock)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 5)
         #expect(pipeline.counters == .init(processed: 5, failed: 2, skipped: 0, deadLettered: 0))
     }
@@ -88,11 +102,13 @@ struct ShardPipelineTests {
             configuration.onFailure = .init(retries: 1, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(1)), then: action)
             configuration.deadLetterTopic = "t.dlq"
             let deadLetters = RecordingDeadLetters()
+            let clock = ManualHostClock()
             let pipeline = PipelineFixture.pipeline(
                 configuration,
                 handler: .message(ClosureHandler { message, _ in if message.offset % 4 == 1 { throw TestFailure(description: "no") } }),
-                deadLetters: deadLetters)
-            #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8)])) == .sourceEnded(drainTimedOut: false))
+                deadLetters: deadLetters, clock: clock)
+            let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<8)]), clock: clock)
+            #expect(outcome == .sourceEnded(drainTimedOut: false))
             #expect(pipeline.watermark == 8, "\(action)")
             if action == .deadLetter {
                 #expect(deadLetters.written.value.map(\.0) == [1, 5])
@@ -111,11 +127,15 @@ struct ShardPipelineTests {
         configuration.ordering = .none
         configuration.processors = 2
         let flowControl = RecordingFlowControl()
+        let clock = ManualHostClock()
+        // Handler calls that take real time; the grace passes on the host's clock, moved while the dispatcher
+        // waits for room.
         let pipeline = PipelineFixture.pipeline(
             configuration,
             handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(100)) }),
-            flowControl: flowControl, backpressureGrace: .milliseconds(10))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded(drainTimedOut: false))
+            flowControl: flowControl, clock: clock, backpressureGrace: .milliseconds(10))
+        let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<12)]), clock: clock)
+        #expect(outcome == .sourceEnded(drainTimedOut: false))
         let calls = flowControl.calls.value
         #expect(calls.first == "pause")
         #expect(calls.count >= 2, "it resumed below half: \(calls)")
@@ -165,15 +185,24 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == 100)
     }
 
-    @Test("batching hands full batches, and a partial one after the timeout")
+    @Test("batching hands full batches, and a partial one once the batch timeout passed on the host's clock")
     func batching() async {
         var configuration = TopicConfiguration()
         configuration.batch = .init(size: 5, timeout: .milliseconds(50))
         let sizes = Locked<[Int]>([])
+        let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
-            configuration, handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<12)])) == .sourceEnded(drainTimedOut: false))
-        #expect(sizes.value == [5, 5, 2])
+            configuration, handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }), clock: clock)
+        let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
+        continuation.yield(PipelineFixture.messages(0..<12))
+        let run = Task { await pipeline.run(source: source) }
+        #expect(await eventually { sizes.value == [5, 5] && clock.nextDeadline == clock.now + .milliseconds(50) }, "two full batches; two messages wait")
+        clock.advance(by: .milliseconds(49))
+        #expect(sizes.value == [5, 5], "not before the timeout")
+        clock.advance(by: .milliseconds(1))
+        #expect(await eventually { sizes.value == [5, 5, 2] }, "the partial batch once the timeout passed")
+        continuation.finish()
+        #expect(await run.value == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 12)
     }
 
@@ -248,18 +277,13 @@ struct ShardPipelineTests {
             drainTimeout: .seconds(5), clock: clock)
         let run = Task { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) }
         while !started.value.contains(2) { try? await Task.sleep(for: .milliseconds(1)) }
-        // Real time alone never ends the drain: only the host's clock does (the deadline is set once the source
-        // ended, so the clock is moved until the run notices).
-        let finished = Locked(false)
-        let mover = Task {
-            while !finished.value {
-                clock.advance(by: .seconds(5))
-                try? await Task.sleep(for: .milliseconds(5))
-            }
-        }
+        // Real time alone never ends the drain: only the host's clock does, once the source ended and the drain
+        // deadline is set.
+        #expect(await eventually { clock.nextDeadline == clock.now + .seconds(5) }, "the drain waits for its deadline")
+        clock.advance(by: .seconds(5) - .milliseconds(1))
+        #expect(clock.sleeping == 1, "not before the deadline")
+        clock.advance(by: .milliseconds(1))
         let outcome = await run.value
-        finished.withLock { $0 = true }
-        await mover.value
         release.withLock { $0 = true }
         #expect(outcome == .sourceEnded(drainTimedOut: true), "not reported as a drain that finished")
         #expect(started.value == [0, 1, 2], "the messages behind the stuck call were not started")
@@ -378,17 +402,22 @@ struct RateLimitTests {
         #expect(slow.take(1, now: start).nextAt == start + .seconds(2))
     }
 
-    @Test("a rate limit holds the pipeline to it, and lifting it lets the rest through at once")
+    @Test("a rate limit holds the pipeline to it on the host's clock, and lifting it lets the rest through at once")
     func pipelineThrottled() async throws {
         let handled = HandledMessages()
-        let pipeline = PipelineFixture.pipeline(TopicConfiguration(), handler: .message(ClosureHandler { message, _ in handled.append(message) }))
-        pipeline.setRate(0.001)  // one message now, the next in 1,000 s
+        let clock = ManualHostClock()
+        let pipeline = PipelineFixture.pipeline(
+            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in handled.append(message) }), clock: clock)
+        pipeline.setRate(1)  // one message now, the next a second later
         let source = AsyncStream<[Message]>.makeStream()
         source.continuation.yield(PipelineFixture.messages(0..<5))
         let running = Task { await pipeline.run(source: source.stream) }
         try await waitUntil("the first message through") { handled.count == 1 }
-        try await Task.sleep(for: .milliseconds(200))
+        #expect(await eventually { clock.nextDeadline == clock.now + .seconds(1) }, "the next token comes in a second")
+        clock.advance(by: .milliseconds(999))
         #expect(handled.count == 1, "the others wait for tokens")
+        clock.advance(by: .milliseconds(1))
+        try await waitUntil("the second message a second later") { handled.count == 2 }
         pipeline.setRate(nil)
         try await waitUntil("the rest through once the limit is lifted") { handled.count == 5 }
         source.continuation.finish()
@@ -411,7 +440,7 @@ extension ShardPipelineTests {
         TopicConfiguration.Ordering.partition, .key,
     ])
     func handlersStayOnLaneThreads(ordering: TopicConfiguration.Ordering) async {
-        let executor = ThreadPoolExecutor(name: "test-lanes", threads: 2, maximumThreads: 2, blockedAfter: .seconds(60))
+        let executor = ThreadPoolExecutor(name: "test-lanes", threads: 2, maximumThreads: 2, blockedAfter: .seconds(60), clock: SystemHostClock())
         defer { executor.shutdown() }
         var configuration = TopicConfiguration()
         configuration.ordering = ordering

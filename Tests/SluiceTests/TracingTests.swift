@@ -52,7 +52,8 @@ struct TracingTests {
         struct Refused: Error {}
         let tracer = InMemoryTracer()
         var configuration = TopicConfiguration()
-        configuration.onFailure = .init(retries: 1, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(1)), then: .deadLetter)
+        // No backoff: the retry follows at once on the test's still clock.
+        configuration.onFailure = .init(retries: 1, backoff: .init(initial: .zero, maximum: .zero), then: .deadLetter)
         configuration.deadLetterTopic = "t.dlq"
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { _, _ in throw Refused() }), deadLetters: RecordingDeadLetters(), tracer: tracer)

@@ -1,31 +1,45 @@
+import SluiceTesting
+import Synchronization
 import Testing
 
 @testable import Sluice
 
 @Suite("WorkQueue timed waits", .timeLimit(.minutes(1)))
 struct WorkQueueTests {
-    @Test("an element pushed during a timed wait is returned; none before the deadline gives nil")
+    @Test("an element pushed during a timed wait is returned; none before the deadline on the queue's clock gives nil")
     func elementOrDeadline() async throws {
-        let queue = WorkQueue<Int>()
-        let waiter = Task { await queue.next(before: .now + .seconds(10)) }
-        try await Task.sleep(for: .milliseconds(20))
+        let clock = ManualHostClock()
+        let queue = WorkQueue<Int>(clock: clock)
+        let waiter = Task { await queue.next(before: clock.now + .seconds(10)) }
+        #expect(await eventually { queue.depth.waiting == 1 })
         queue.push(7)
         #expect(await waiter.value == 7)
-        let started = ContinuousClock.now
-        #expect(await queue.next(before: .now + .milliseconds(30)) == nil)
-        #expect(ContinuousClock.now - started >= .milliseconds(30))
+        #expect(await eventually { clock.sleeping == 0 }, "its timer was cancelled")
+
+        let ended = Atomic<Bool>(false)
+        let timed = Task {
+            defer { ended.store(true, ordering: .releasing) }
+            return await queue.next(before: clock.now + .milliseconds(30))
+        }
+        #expect(await eventually { queue.depth.waiting == 1 && clock.sleeping == 1 })
+        clock.advance(by: .milliseconds(29))
+        let endedEarly = ended.load(ordering: .acquiring)
+        #expect(queue.depth.waiting == 1 && !endedEarly, "1 ms before its deadline the wait goes on")
+        clock.advance(by: .milliseconds(1))
+        #expect(await timed.value == nil)
     }
 
-    /// Deadlines a few microseconds away make the timer fire before, during and after the waiter registers:
-    /// every wait ends, and an element pushed afterwards is still there.
+    /// Deadlines a few microseconds away on a real timer thread fire before, during and after the waiter
+    /// registers: every wait ends, and an element pushed afterwards is still there.
     @Test("deadlines that pass while the wait registers neither hang nor lose elements")
     func deadlineRaces() async {
-        let queue = WorkQueue<Int>()
+        let clock = SystemHostClock(name: "test-timers")
+        let queue = WorkQueue<Int>(clock: clock)
         for round in 0..<2_000 {
-            #expect(await queue.next(before: .now + .microseconds(round % 50)) == nil)
+            #expect(await queue.next(before: clock.now + .microseconds(round % 50)) == nil)
         }
         queue.push(1)
-        #expect(await queue.next(before: .now + .seconds(1)) == 1)
+        #expect(await queue.next(before: clock.now + .seconds(1)) == 1)
         queue.finish()
         #expect(await queue.next() == nil)
     }

@@ -415,6 +415,8 @@ public final class ControlPlaneFlagSource: FlagSource {
     private let continuation: AsyncStream<Void>.Continuation
     private let reader: ControlTopicReader
     private let rejections: ControlRejections
+    /// What ``waitUntilApplied(_:timeout:)`` polls on: real time (a host hands in its own clock).
+    private let clock: any HostClock
 
     /// The default control topic of a group.
     public static func defaultTopic(group: String) -> String { "__sluice-control-\(group)" }
@@ -424,8 +426,13 @@ public final class ControlPlaneFlagSource: FlagSource {
 
     /// Creates the source; nothing is read before ``load(timeout:)``. With `keys`, a record is applied only
     /// when signed by a role that may write it (``ControlKeys``); without, every well-formed record is.
-    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil, logger: Logger) throws {
+    /// `clock`: real time, on which waits for records to be applied are timed (a host hands in its own).
+    public init(
+        bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil,
+        clock: any HostClock = SystemHostClock(name: "sluice-control-timers"), logger: Logger
+    ) throws {
         self.topic = topic
+        self.clock = clock
         self.verifies = keys != nil
         (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let table = self.table
@@ -536,10 +543,10 @@ public final class ControlPlaneFlagSource: FlagSource {
 
     /// Waits until the record at `offset` is applied, at most `timeout`; returns whether it is.
     func waitUntilApplied(_ offset: Int64, timeout: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
+        let deadline = clock.now + timeout
         while reader.position <= offset {
-            guard ContinuousClock.now < deadline else { return false }
-            try? await TimerThread.shared.sleep(until: .now + .milliseconds(10))
+            guard clock.now < deadline else { return false }
+            try? await clock.sleep(until: clock.now + .milliseconds(10))
         }
         return true
     }

@@ -16,15 +16,17 @@ final class CarefulGate: Sendable {
     private let state = Mutex(State())
     /// Notified when a turn is released: waiters try again at once rather than on a timer.
     private let released = Beacon()
+    /// Real time: a turn is held by a handler call, whose watchdog runs on real time.
+    private let clock: any HostClock
 
-    init() {}
+    init(clock: any HostClock) { self.clock = clock }
 
     /// Waits for the turn; nil when `giveUp` says so first (checked at least every 50 ms) or the task is
     /// cancelled.
     func acquire(holdFor limit: Duration, giveUp: () -> Bool) async -> UInt64? {
         var token: UInt64?
-        let acquired = await released.waitUntil(recheck: .milliseconds(50)) {
-            let now = ContinuousClock.now
+        let acquired = await released.waitUntil(deadline: nil, recheck: .milliseconds(50), on: clock) {
+            let now = clock.now
             token = state.withLock { state -> UInt64? in
                 guard state.holder == nil || now >= state.expires else { return nil }
                 state.issued += 1

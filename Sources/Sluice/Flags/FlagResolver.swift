@@ -110,8 +110,9 @@ public final class FlagResolver: Sendable {
 
     /// Refreshes every `pollInterval`, and at once when a pushing source signals; calls `onChange` after
     /// each refresh that changed something, this loop's or anyone's (changes that come close together may
-    /// be announced once). Returns when the task is cancelled. Call it once per resolver.
-    public func run(onChange: @escaping @Sendable () async -> Void) async {
+    /// be announced once). Returns when the task is cancelled. Call it once per resolver. `clock`: what the
+    /// polls are timed on (a host hands in its own; by default a timer thread for this run).
+    public func run(clock: any HostClock = SystemHostClock(name: "sluice-flag-timers"), onChange: @escaping @Sendable () async -> Void) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await _ in self.changed.stream { await onChange() }
@@ -124,7 +125,7 @@ public final class FlagResolver: Sendable {
             }
             group.addTask {
                 while !Task.isCancelled {
-                    try? await TimerThread.shared.sleep(until: .now + self.pollInterval)
+                    try? await clock.sleep(until: clock.now + self.pollInterval)
                     if Task.isCancelled { break }
                     await self.refresh()
                 }

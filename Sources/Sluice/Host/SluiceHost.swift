@@ -95,13 +95,17 @@ public final class SluiceHost: Service, Sendable {
     private let pipelineIDs = Atomic<UInt64>(0)
     /// The time of the host's timed logic (see ``HostClock``).
     let clock: any HostClock
+    /// Real time, with a timer thread of this host's: the handler watchdog, the blocked-thread monitor, and
+    /// the periodic work that talks to Kafka (status, watermarks, flag polls, control catch-up). The same clock
+    /// as ``clock`` unless a test drives that one.
+    let realTime: SystemHostClock
     /// The group's control plane, when `control.enabled`.
     public let control: ControlPlaneFlagSource?
     /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
     public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
 
     /// Lets one suspect of an unattributed death into a handler call at a time, across this host's shards.
-    let carefulGate = CarefulGate()
+    let carefulGate: CarefulGate
 
     /// The crash journal and the quarantines it honours (docs/architecture.md §12), while the host runs.
     var crashContainment: CrashContainment? { state.withLock { $0.crashContainment } }
@@ -121,7 +125,7 @@ public final class SluiceHost: Service, Sendable {
     public convenience init(
         configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = []
     ) {
-        self.init(configuration: configuration, logger: logger, clock: SystemHostClock(), flagSources: flagSources)
+        self.init(configuration: configuration, logger: logger, clock: SystemHostClock(name: "sluice-host-timers"), flagSources: flagSources)
     }
 
     /// Creates a host whose timed logic (restart backoffs, healthy-after, cooldown probes, the once-a-second
@@ -129,6 +133,9 @@ public final class SluiceHost: Service, Sendable {
     /// backoff or trip is tested without waiting for it in real time.
     public init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = []) {
         self.clock = clock
+        let realTime = clock as? SystemHostClock ?? SystemHostClock(name: "sluice-host-timers")
+        self.realTime = realTime
+        carefulGate = CarefulGate(clock: realTime)
         self.configuration = configuration
         self.logger = logger
         var sources: [any FlagSource] = [operatorFlags]
@@ -137,7 +144,7 @@ public final class SluiceHost: Service, Sendable {
             // Keys that cannot be read leave no reader: run() then says what is wrong with them.
             if case .success(let keys) = Result(catching: { () throws(SluiceError) in try configuration.control.keys() }), let control = try? ControlPlaneFlagSource(
                 bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
-                properties: configuration.controlProperties, keys: keys, logger: logger)
+                properties: configuration.controlProperties, keys: keys, clock: realTime, logger: logger)
             {
                 sources.append(control)
                 self.control = control
@@ -483,7 +490,7 @@ public final class SluiceHost: Service, Sendable {
         let handlerExecutor = ThreadPoolExecutor(
             name: "sluice-handler", threads: configuration.handlerThreads,
             maximumThreads: max(configuration.maxHandlerThreads, configuration.handlerThreads),
-            blockedAfter: configuration.blockedThreadAfter
+            blockedAfter: configuration.blockedThreadAfter, clock: realTime
         ) { [logger] report in
             blockedGauge.record(report.blocked)
             self.state.withLock { $0.blockedHandlerThreads = report.blocked }
@@ -498,7 +505,7 @@ public final class SluiceHost: Service, Sendable {
             }
         }
         let controlExecutor = ThreadPoolExecutor(
-            name: "sluice-control", threads: 1, maximumThreads: 4, blockedAfter: .seconds(1)
+            name: "sluice-control", threads: 1, maximumThreads: 4, blockedAfter: .seconds(1), clock: realTime
         ) { [logger] report in
             if report.blocked > 0 {
                 logger.error("the supervisor's thread is blocked (a flag source or sink that blocks?); another thread took over",
@@ -540,7 +547,7 @@ public final class SluiceHost: Service, Sendable {
                     for await event in consumer.events { input.yield(.kafka(event)) }
                     input.yield(.consumerClosed)
                 }
-                group.addTask { await flags.run { input.yield(.flagsChanged) } }
+                group.addTask { await flags.run(clock: self.realTime) { input.yield(.flagsChanged) } }
                 // Trips and their clearing go to the group's control topic in the order they happen.
                 let (tripUpdates, tripUpdate) = AsyncStream.makeStream(of: (TopicPartition, ControlRecord.Trip?).self)
                 if let writer = controlWriter, let control {
@@ -609,7 +616,7 @@ public final class SluiceHost: Service, Sendable {
                                     failing = true
                                 }
                             }
-                            try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
+                            try? await self.realTime.sleep(until: .now + .milliseconds(100))
                         }
                     }
                 }
@@ -632,7 +639,7 @@ public final class SluiceHost: Service, Sendable {
                 // progress (one timer for the host, not one per shard: 10,000 shards were 100,000 wake-ups a second).
                 group.addTask {
                     while !Task.isCancelled {
-                        try? await TimerThread.shared.sleep(until: .now + .milliseconds(100))
+                        try? await self.realTime.sleep(until: .now + .milliseconds(100))
                         self.storeWatermarks(consumer: consumer)
                     }
                 }

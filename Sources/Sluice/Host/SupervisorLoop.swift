@@ -341,7 +341,7 @@ struct SupervisorLoop {
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-            drainTimeout: host.configuration.drainTimeout, clock: clock, alreadyDone: shard.doneAboveRestart,
+            drainTimeout: host.configuration.drainTimeout, clock: clock, watchdogClock: host.realTime, alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
             journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),

@@ -2,7 +2,8 @@ import Synchronization
 
 /// Wakes every task waiting for a change of some shared state. Tasks wait with ``waitUntil(deadline:_:)``,
 /// which re-checks their condition after each ``notify()``; a notification between a check and the
-/// wait is not lost (a generation count guards it).
+/// wait is not lost (a generation count guards it). A timed wait names the clock its deadline and rechecks
+/// are on: a shard's backoffs run on the host's clock, its watchdog on real time.
 final class Beacon: Sendable {
     private struct State {
         var generation: UInt64 = 0
@@ -24,49 +25,61 @@ final class Beacon: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Waits until `condition` holds (true) or `deadline` passes or the task is cancelled (false).
-    /// `condition` also runs every `recheck`, for conditions that depend on time.
+    /// Waits until `condition` holds (true) or the task is cancelled (false).
+    func waitUntil(_ condition: () -> Bool) async -> Bool {
+        while true {
+            let generation = state.withLock { $0.generation }
+            if condition() { return true }
+            if Task.isCancelled { return false }
+            await wait(after: generation, until: nil)
+        }
+    }
+
+    /// Waits until `condition` holds (true) or `deadline` on `clock` passes or the task is cancelled (false).
+    /// `condition` also runs every `recheck` on `clock`, for conditions that depend on time.
     func waitUntil(
-        deadline: ContinuousClock.Instant? = nil,
+        deadline: ContinuousClock.Instant?,
         recheck: Duration? = nil,
+        on clock: any HostClock,
         _ condition: () -> Bool
     ) async -> Bool {
         while true {
             let generation = state.withLock { $0.generation }
             if condition() { return true }
             if Task.isCancelled { return false }
-            let now = ContinuousClock.now
+            let now = clock.now
             if let deadline, now >= deadline { return false }
             var wake = deadline
             if let recheck { wake = min(wake ?? now + recheck, now + recheck) }
-            await wait(after: generation, until: wake)
+            await wait(after: generation, until: wake.map { ($0, clock) })
         }
     }
 
     /// Waits until `condition` holds (true) or the task is cancelled (false), rechecking it after a
     /// notification and after `recheckAfter()` (asked before each wait): for a condition whose next
     /// change in time is known.
-    func waitUntil(recheckAfter next: () -> Duration, _ condition: () -> Bool) async -> Bool {
+    func waitUntil(recheckAfter next: () -> Duration, on clock: any HostClock, _ condition: () -> Bool) async -> Bool {
         while true {
             let generation = state.withLock { $0.generation }
             if condition() { return true }
             if Task.isCancelled { return false }
-            await wait(after: generation, until: .now + next())
+            await wait(after: generation, until: (clock.now + next(), clock))
         }
     }
 
-    /// Waits for a notification after `generation`, or until `wake`: one timer, cancelled if a
+    /// Waits for a notification after `generation`, or until `wake` on its clock: one timer, cancelled if a
     /// notification comes first.
-    private func wait(after generation: UInt64, until wake: ContinuousClock.Instant?) async {
+    private func wait(after generation: UInt64, until wake: (ContinuousClock.Instant, any HostClock)?) async {
         let identifier = state.withLock { state -> UInt64 in
             state.nextIdentifier += 1
             if wake != nil { state.timedWaits[state.nextIdentifier] = false }
             return state.nextIdentifier
         }
-        // On Sluice's timer thread: a watchdog wait must end even when handlers block every pool thread.
-        let timer = wake.map { wake in TimerThread.shared.schedule(at: wake) { self.timeUp(identifier) } }
+        // On the clock's timers (a thread of their own in production): a watchdog wait must end even when
+        // handlers block every pool thread.
+        let timer = wake.map { instant, clock in (clock.schedule(at: instant) { self.timeUp(identifier) }, clock) }
         defer {
-            if let timer { TimerThread.shared.cancel(timer) }
+            if let (timer, clock) = timer { clock.cancel(timer) }
             if timer != nil { state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) } }
         }
         await withTaskCancellationHandler {

@@ -97,9 +97,9 @@ final class GroupProgress: Sendable {
     /// The done offsets, once read.
     var done: Set<Int64>? { state.withLock { $0 } }
 
-    /// Waits until read or `deadline`; nil when not read by then (the messages are handled at least once).
-    func wait(until deadline: ContinuousClock.Instant) async -> Set<Int64>? {
-        _ = await beacon.waitUntil(deadline: deadline) { self.done != nil }
+    /// Waits until read or `deadline` on `clock`; nil when not read by then (the messages are handled at least once).
+    func wait(until deadline: ContinuousClock.Instant, on clock: any HostClock) async -> Set<Int64>? {
+        _ = await beacon.waitUntil(deadline: deadline, on: clock) { self.done != nil }
         return done
     }
 }

@@ -13,18 +13,20 @@ package enum PipelineSimulation {
     }
 
     /// Runs `messages` (one partition, offset order) through a pipeline with `configuration`. The run ends when
-    /// every message is dealt with: its drain is timed on `clock`, which a harness keeps still, so a slow
-    /// machine never cuts it short (handler calls still time out on real time, as in a host).
+    /// every message is dealt with: its drain, retry backoffs and batch timeouts are timed on `clock`, which a
+    /// harness keeps still (with backoffs of zero), so a slow machine never cuts it short; a partial batch is
+    /// handed on when the messages end. Handler calls still time out on real time, as in a host.
     package static func run(
         topicPartition: TopicPartition, configuration: TopicConfiguration, messageHandler: (any MessageHandler)?,
         batchHandler: (any BatchHandler)?, messages: [Message], deadLetters: (any DeadLetterSink)?, clock: any HostClock,
         logger: Logger
     ) async -> Result {
         let handler: AnyHandler = messageHandler.map { .message($0) } ?? .batch(batchHandler!)
+        let realTime = SystemHostClock(name: "sluice-simulation-timers")
         let pipeline = ShardPipeline(
             topicPartition: topicPartition, generation: 1, configuration: configuration, handler: handler, deadLetters: deadLetters,
-            flowControl: NoFlowControl(), drainTimeout: configuration.handlerTimeout, clock: clock, carefulGate: CarefulGate(),
-            logger: logger)
+            flowControl: NoFlowControl(), drainTimeout: configuration.handlerTimeout, clock: clock, watchdogClock: realTime,
+            carefulGate: CarefulGate(clock: realTime), logger: logger)
         let source = AsyncStream<[Message]> { continuation in
             continuation.yield(messages)
             continuation.finish()

@@ -118,6 +118,8 @@ final class ShardPipeline: Sendable {
     /// The clock `drainTimeout` runs on (the host's: tests drive a manual one). The handler watchdog stays on
     /// real time: it exists to notice real time passing.
     private let clock: any HostClock
+    /// Real time, for what exists to notice real time passing: the handler watchdog, abandoned calls.
+    private let watchdogClock: any HostClock
     /// How long the dispatcher waits for room under `maxInFlight` before it pauses the partition.
     private let backpressureGrace: Duration
     private let metrics: Metrics
@@ -184,6 +186,7 @@ final class ShardPipeline: Sendable {
         flowControl: any ShardFlowControl,
         drainTimeout: Duration,
         clock: any HostClock,
+        watchdogClock: any HostClock,
         backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
         alreadyDone: Set<Int64> = [],
         metrics: Metrics? = nil,
@@ -217,6 +220,7 @@ final class ShardPipeline: Sendable {
         self.flowControl = flowControl
         self.drainTimeout = drainTimeout
         self.clock = clock
+        self.watchdogClock = watchdogClock
         self.backpressureGrace = backpressureGrace
         var logger = logger
         logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
@@ -227,7 +231,7 @@ final class ShardPipeline: Sendable {
         self.state = Mutex(State(alreadyDone: alreadyDone))
         self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
         self.activities = (0..<lanes).map { _ in LaneActivity() }
-        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue() }
+        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: clock) }
     }
 
     /// The offset to commit: everything before it is done. Nil before the first message.
@@ -313,7 +317,7 @@ final class ShardPipeline: Sendable {
         if let groupProgress {
             dispatcherPhase.store(DispatcherPhase.groupProgress.rawValue, ordering: .relaxed)
             var done = groupProgress.done
-            if done == nil { done = await groupProgress.wait(until: .now + Self.groupProgressWait) }
+            if done == nil { done = await groupProgress.wait(until: clock.now + Self.groupProgressWait, on: clock) }
             if let done, !done.isEmpty { state.withLock { $0.alreadyDone.formUnion(done) } }
         }
         let lanes = startLanes()
@@ -322,21 +326,24 @@ final class ShardPipeline: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.dispatch(source) }
             group.addTask {
-                _ = await self.control.waitUntil(recheckAfter: { self.untilNextTimeout() }) { self.stopOrCrash() }
+                _ = await self.control.waitUntil(recheckAfter: { self.untilNextTimeout() }, on: self.watchdogClock) { self.stopOrCrash() }
             }
             for await _ in group { group.cancelAll() }
         }
         // Back-pressure ends with the pipeline: the supervisor drops it from the shard's pause set.
         for queue in queues { queue.finish() }
-        // Phase 2: let in-flight work finish, bounded by the drain timeout on the host's clock (and the watchdog).
+        // Phase 2: let in-flight work finish, bounded by the drain timeout on the host's clock (and the watchdog,
+        // on real time).
         let deadline = clock.now + drainTimeout
+        let drainTimer = clock.schedule(at: deadline) { self.beacon.notify() }
         var finished = false
-        _ = await beacon.waitUntil(recheck: watchdogInterval) {
+        _ = await beacon.waitUntil(deadline: nil, recheck: watchdogInterval, on: watchdogClock) {
             _ = self.stopOrCrash()
             let now = MonotonicNanoseconds.now()
             finished = self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
             return finished || self.clock.now >= deadline
         }
+        clock.cancel(drainTimer)
         let (crash, stopRequested) = state.withLock { ($0.crash, $0.stopRequested) }
         if !finished || crash != nil {
             for lane in lanes { lane.cancel() }
@@ -363,7 +370,10 @@ final class ShardPipeline: Sendable {
         logger.warning(
             "waiting for handler calls the last pipeline abandoned before handing out messages",
             metadata: ["sluice.abandonedCalls": "\(abandoned)", "sluice.abandonTimeout": "\(configuration.abandonTimeout)"])
-        let ended = await control.waitUntil(deadline: .now + configuration.abandonTimeout, recheck: .milliseconds(50)) {
+        // Real time: the abandoned calls run on it.
+        let ended = await control.waitUntil(
+            deadline: watchdogClock.now + configuration.abandonTimeout, recheck: .milliseconds(50), on: watchdogClock
+        ) {
             self.state.withLock { $0.stopRequested } || self.predecessors.allSatisfy { $0.callsInProgress == 0 }
         }
         if !ended {
@@ -464,7 +474,7 @@ final class ShardPipeline: Sendable {
                     dispatcherPhase.store(DispatcherPhase.room.rawValue, ordering: .relaxed)
                     defer { dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed) }
                     var room = pausedForBackpressure
-                        ? false : await beacon.waitUntil(deadline: .now + backpressureGrace, roomOrEnd)
+                        ? false : await beacon.waitUntil(deadline: clock.now + backpressureGrace, on: clock, roomOrEnd)
                     if !room {
                         if !pausedForBackpressure {
                             pausedForBackpressure = true
@@ -522,7 +532,7 @@ final class ShardPipeline: Sendable {
     /// Limits the shard to `rate` messages a second (a rate flag), or lifts the limit (nil). Takes effect at
     /// once, also while the dispatcher waits for a token.
     func setRate(_ rate: Double?) {
-        rateLimit.withLock { $0 = rate.map { TokenBucket(rate: $0, now: .now) } }
+        rateLimit.withLock { $0 = rate.map { TokenBucket(rate: $0, now: clock.now) } }
         control.notify()
     }
 
@@ -533,11 +543,11 @@ final class ShardPipeline: Sendable {
             // Without a rate flag (the common case) one lock and no clock read per slice.
             let (taken, nextAt, limited) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?, TokenBucket?) in
                 guard bucket != nil else { return (wanted, nil, nil) }
-                let (taken, nextAt) = bucket!.take(wanted, now: .now)
+                let (taken, nextAt) = bucket!.take(wanted, now: clock.now)
                 return (taken, nextAt, bucket)
             }
             if taken > 0 { return taken }
-            let stopped = await control.waitUntil(deadline: nextAt ?? .now) {
+            let stopped = await control.waitUntil(deadline: nextAt ?? clock.now, on: clock) {
                 self.state.withLock { $0.stopRequested || $0.crash != nil } || self.rateLimit.withLock { $0?.rate } != limited?.rate
             }
             if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
@@ -654,7 +664,7 @@ final class ShardPipeline: Sendable {
             }
             var unit = Array(carry)
             carry = LaneRun([])
-            let deadline = ContinuousClock.now + batching.timeout
+            let deadline = clock.now + batching.timeout
             while unit.count < batching.size {
                 if carry.isEmpty {
                     guard let run = await queue.next(before: deadline) else { break }
@@ -834,7 +844,7 @@ final class ShardPipeline: Sendable {
             if attempt <= policy.retries {
                 // The backoff ends early on a stop or a crash (nothing more is started then).
                 activities[lane].enter(.backoff)
-                _ = await control.waitUntil(deadline: .now + policy.backoff.delay(attempt: attempt)) { self.halted }
+                _ = await control.waitUntil(deadline: clock.now + policy.backoff.delay(attempt: attempt), on: clock) { self.halted }
                 activities[lane].enter(.processing)
                 attempt += 1
                 continue
@@ -917,7 +927,7 @@ final class ShardPipeline: Sendable {
             // still have earlier messages, and a crash now would drop them until an operator acts.
             let held = poisoned.first!.offset
             activities[lane].enter(.quarantineHold)
-            _ = await beacon.waitUntil(deadline: nil) { self.halted || (self.watermark ?? Int64.min) >= held }
+            _ = await beacon.waitUntil { self.halted || (self.watermark ?? Int64.min) >= held }
             activities[lane].enter(.processing)
             crash(ShardCrash(reason: .quarantined(quarantine.summary), offset: held))
             return

@@ -24,6 +24,10 @@ final class WorkQueue<Element: Sendable>: Sendable {
     }
 
     private let state = Mutex(State())
+    /// The clock `next(before:)` deadlines are on.
+    private let clock: any HostClock
+
+    init(clock: any HostClock) { self.clock = clock }
 
     /// Adds an element; hands it straight to a waiting consumer if there is one.
     func push(_ element: Element) {
@@ -69,15 +73,15 @@ final class WorkQueue<Element: Sendable>: Sendable {
     /// element is already queued.
     func next(before deadline: ContinuousClock.Instant) async -> Element? {
         if let element = state.withLock({ $0.elements.popFirst() }) { return element }
-        guard ContinuousClock.now < deadline else { return nil }
+        guard clock.now < deadline else { return nil }
         let identifier = state.withLock { state in
             state.nextIdentifier += 1
             state.timedWaits[state.nextIdentifier] = false
             return state.nextIdentifier
         }
-        let timer = TimerThread.shared.schedule(at: deadline) { self.expire(identifier) }
+        let timer = clock.schedule(at: deadline) { self.expire(identifier) }
         defer {
-            TimerThread.shared.cancel(timer)
+            clock.cancel(timer)
             state.withLock { _ = $0.timedWaits.removeValue(forKey: identifier) }
         }
         return await next(identifier: identifier)

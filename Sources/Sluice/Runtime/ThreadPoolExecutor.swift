@@ -7,7 +7,7 @@ import Synchronization
 /// blocks its thread (a synchronous client, `sleep`, a CPU loop) would otherwise hold one of those few
 /// threads, and two of them stop every shard, the watchdog and the admin API of a 2-core host.
 ///
-/// Each worker counts the jobs it has run. A monitor on the ``TimerThread`` looks every `blockedAfter / 2`:
+/// Each worker counts the jobs it has run. A monitor on a real-time clock looks every `blockedAfter / 2`:
 /// a worker busy in the same job for `blockedAfter` or longer is *blocked*; it is reported and another
 /// thread starts (up to `maximumThreads`), so the executor keeps `threads` workers that are not blocked.
 /// A blocked worker that finishes its job leaves if the executor has enough others.
@@ -67,16 +67,19 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
     private let condition = MonotonicCondition()
     nonisolated(unsafe) private var state = State()
     private let onBlocking: @Sendable (Blocking) -> Void
-    private let monitor = Mutex<UInt64?>(nil)
+    private let monitor = Mutex<HostClockTimer?>(nil)
+    /// Real time, on which the monitor looks.
+    private let clock: any HostClock
 
     /// - Parameters:
     ///   - threads: workers that are not blocked, kept running.
     ///   - maximumThreads: the most workers, counting blocked ones.
     ///   - blockedAfter: how long one job may run before its worker counts as blocked.
-    ///   - onBlocking: called (on the timer thread) when the number of blocked workers changes.
+    ///   - clock: real time, whose timers run the monitor (a host hands in its own).
+    ///   - onBlocking: called (on the clock's timer thread) when the number of blocked workers changes.
     init(
         name: String, threads: Int, maximumThreads: Int, blockedAfter: Duration, runsSluiceCode: Bool = false,
-        onBlocking: @escaping @Sendable (Blocking) -> Void = { _ in }
+        clock: any HostClock, onBlocking: @escaping @Sendable (Blocking) -> Void = { _ in }
     ) {
         precondition(threads >= 1 && maximumThreads >= threads, "ThreadPoolExecutor needs 1 <= threads <= maximumThreads")
         self.name = name
@@ -85,6 +88,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
         self.blockedAfter = blockedAfter
         self.runsSluiceCode = runsSluiceCode
         self.onBlocking = onBlocking
+        self.clock = clock
         condition.withLock {
             for _ in 0..<threads { startWorker() }
         }
@@ -108,7 +112,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
             state.shuttingDown = true
             condition.broadcast()
         }
-        if let timer = monitor.withLock({ $0.take() }) { TimerThread.shared.cancel(timer) }
+        if let timer = monitor.withLock({ $0.take() }) { clock.cancel(timer) }
     }
 
     /// Workers alive and workers blocked now.
@@ -175,7 +179,7 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
     private func scheduleMonitor() {
         let interval = max(blockedAfter / 2, .milliseconds(10))
         monitor.withLock { timer in
-            timer = TimerThread.shared.schedule(at: .now + interval) { [weak self] in self?.look() }
+            timer = clock.schedule(at: clock.now + interval) { [weak self] in self?.look() }
         }
     }
 

@@ -3,11 +3,9 @@
 /// cooperative pool is blocked by handler code. `Task.sleep` cannot promise that: its wake-up is queued to
 /// that pool.
 ///
-/// Actions run on the timer thread and must be short (resume a continuation, flip a flag).
+/// Actions run on the timer thread and must be short (resume a continuation, flip a flag). Owned by a
+/// ``SystemHostClock``; its thread ends at ``shutdown()``, dropping the timers not yet due.
 final class TimerThread: Sendable {
-    /// The process's timer thread, started on first use.
-    static let shared = TimerThread(name: "sluice-timers")
-
     private struct Entry {
         let deadline: ContinuousClock.Instant
         let identifier: UInt64
@@ -18,6 +16,7 @@ final class TimerThread: Sendable {
         /// A binary min-heap on deadline; cancelled entries are dropped when they reach the top.
         var heap: [Entry] = []
         var actions: [UInt64: @Sendable () -> Void] = [:]
+        var stopped = false
 
         mutating func push(_ entry: Entry) {
             heap.append(entry)
@@ -75,25 +74,22 @@ final class TimerThread: Sendable {
         condition.withLock { state.actions.removeValue(forKey: identifier) != nil }
     }
 
-    /// Suspends until `deadline`. Throws `CancellationError` when the task is cancelled first.
-    func sleep(until deadline: ContinuousClock.Instant) async throws {
-        let gate = SleepGate()
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                gate.install(continuation)
-                let identifier = schedule(at: deadline) { gate.finish(nil) }
-                if gate.setTimer(identifier) == false { cancel(identifier) }
-            }
-        } onCancel: {
-            if let identifier = gate.finish(CancellationError()) { cancel(identifier) }
+    /// Ends the thread; timers not yet due never fire.
+    func shutdown() {
+        condition.withLock {
+            state.stopped = true
+            state.actions.removeAll()
+            state.heap.removeAll()
+            condition.signal()
         }
     }
 
     private func run() {
         while true {
             var due: [@Sendable () -> Void] = []
-            condition.withLock {
+            let stopped = condition.withLock { () -> Bool in
                 while true {
+                    if state.stopped { return true }
                     guard let top = state.heap.first else {
                         condition.wait(timeout: nil)
                         continue
@@ -111,56 +107,10 @@ final class TimerThread: Sendable {
                     state.popTop()
                     if let action = state.actions.removeValue(forKey: top.identifier) { due.append(action) }
                 }
+                return false
             }
+            if stopped { return }
             for action in due { action() }
         }
-    }
-}
-
-/// The one continuation of a ``TimerThread/sleep(until:)``, resumed once by the timer or by cancellation,
-/// whichever comes first (cancellation may come before the continuation exists).
-private final class SleepGate: Sendable {
-    private struct State {
-        var continuation: CheckedContinuation<Void, any Error>?
-        var outcome: (any Error)??
-        var timer: UInt64?
-    }
-
-    private let state = MonotonicCondition()
-    nonisolated(unsafe) private var value = State()
-
-    func install(_ continuation: CheckedContinuation<Void, any Error>) {
-        let earlyOutcome: (any Error)?? = state.withLock {
-            if let outcome = value.outcome { return .some(outcome) }
-            value.continuation = continuation
-            return nil
-        }
-        if let earlyOutcome { resume(continuation, with: earlyOutcome) }
-    }
-
-    /// Records the timer; false when the sleep already ended (the timer is to be cancelled).
-    func setTimer(_ identifier: UInt64) -> Bool {
-        state.withLock {
-            guard value.outcome == nil else { return false }
-            value.timer = identifier
-            return true
-        }
-    }
-
-    /// Ends the sleep with `error` (nil: the deadline came). Returns the timer to cancel, if any.
-    @discardableResult
-    func finish(_ error: (any Error)?) -> UInt64? {
-        let (continuation, timer) = state.withLock { () -> (CheckedContinuation<Void, any Error>?, UInt64?) in
-            guard value.outcome == nil else { return (nil, nil) }
-            value.outcome = .some(error)
-            defer { value.continuation = nil }
-            return (value.continuation, value.timer)
-        }
-        if let continuation { resume(continuation, with: error) }
-        return timer
-    }
-
-    private func resume(_ continuation: CheckedContinuation<Void, any Error>, with error: (any Error)?) {
-        if let error { continuation.resume(throwing: error) } else { continuation.resume() }
     }
 }
