@@ -58,16 +58,6 @@ final class ConsumerLoop: @unchecked Sendable {
         }
     }
 
-    private enum Phase {
-        case running
-        /// Close was asked for; waiting for the first join (hazard), then for the final commit (`commitID`).
-        case closeRequested(commitID: UInt64?)
-        /// `rd_kafka_consumer_close_queue` was called; serving the queue until the consumer is closed or the
-        /// deadline passes.
-        case closing(deadline: ContinuousClock.Instant)
-        case finished
-    }
-
     private let shared: ConsumerShared
     private let logger: Logger
     private let rk: OpaquePointer
@@ -89,17 +79,10 @@ final class ConsumerLoop: @unchecked Sendable {
     /// commits, not a thousand, each of every stored offset.
     private var callersWaiting: [CheckedContinuation<Void, any Error>] = []
     private var nextIdentifier: UInt64 = 1
-    private var subscribed = false
-    private var firstAssignmentSeen = false
-    private var phase = Phase.running
+    /// The close, from the first `close()` to the destroyed handle.
+    private var close: CloseStateMachine
+    /// The callers of `close()`, until the consumer is closed or they are released.
     private var closeWaiters: [CheckedContinuation<Void, Never>] = []
-    /// When the callers of `close()` are released, whatever the consumer is still doing: the moment close
-    /// was asked for plus `closeTimeout`.
-    private var callerDeadline: ContinuousClock.Instant?
-    /// The callers of `close()` were released at `callerDeadline`; the owner finishes the close alone.
-    private var detached = false
-    /// When the final commit and leave handshake must be done by (`closeTimeout` after they start).
-    private var closeDeadline: ContinuousClock.Instant?
     private var nextPeriodicCommit: ContinuousClock.Instant
     private let batchBuffer: UnsafeMutablePointer<UnsafeMutablePointer<rd_kafka_message_t>?>
     private let maxBatch: Int
@@ -115,6 +98,7 @@ final class ConsumerLoop: @unchecked Sendable {
         self.maxBatch = shared.configuration.maxBatchSize
         self.batchBuffer = .allocate(capacity: maxBatch)
         self.nextPeriodicCommit = .now + shared.configuration.commitInterval
+        self.close = CloseStateMachine(closeTimeout: shared.configuration.closeTimeout)
         self.rebalanceGate = RebalanceCommitGate(limit: max(.seconds(30), shared.configuration.sessionTimeout * 3))
         shared.waker.payload.withUnsafeBytes { payload in
             rd_kafka_queue_io_event_enable(consumerQueue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
@@ -132,11 +116,11 @@ final class ConsumerLoop: @unchecked Sendable {
             for command in inbox.commands { handle(command) }
             for topicPartition in inbox.resumeRequests { setFlowControl(false, topicPartition) }
             busy = serveConsumerQueue() || busy
-            if case .finished = phase { break }
+            if close.isFinished { break }
             busy = servePartitions() || busy
             let now = ContinuousClock.now
             serveTimers(now: now)
-            if case .finished = phase { break }
+            if close.isFinished { break }
             if !busy { shared.waker.wait(milliseconds: waitBudget(now: now)) }
         }
         shared.eventsContinuation.finish()
@@ -152,7 +136,7 @@ final class ConsumerLoop: @unchecked Sendable {
     // MARK: Commands
 
     private func handle(_ command: ConsumerShared.Command) {
-        if case .finished = phase {
+        if close.isFinished {
             failAfterClose(command)
             return
         }
@@ -162,7 +146,7 @@ final class ConsumerLoop: @unchecked Sendable {
             defer { rd_kafka_topic_partition_list_destroy(list) }
             let error = rd_kafka_subscribe(rk, list)
             if error == RD_KAFKA_RESP_ERR_NO_ERROR {
-                subscribed = true
+                close.subscribed()
                 logger.info("subscribed", metadata: ["kafka.topics": "\(topics.joined(separator: ","))"])
                 continuation.resume()
             } else {
@@ -198,16 +182,13 @@ final class ConsumerLoop: @unchecked Sendable {
                 revocations[identifier] = revocation
             }
         case .close(let continuation):
-            if detached {
+            let wasRunning = close.isRunning
+            guard close.closeRequested(now: .now) else {
                 continuation?.resume()
                 return
             }
             if let continuation { closeWaiters.append(continuation) }
-            if case .running = phase {
-                phase = .closeRequested(commitID: nil)
-                callerDeadline = .now + shared.configuration.closeTimeout
-                logger.debug("consumer close requested")
-            }
+            if wasRunning { logger.debug("consumer close requested") }
         }
     }
 
@@ -350,7 +331,7 @@ final class ConsumerLoop: @unchecked Sendable {
     }
 
     private func assign(_ added: [TopicPartition]) {
-        firstAssignmentSeen = true
+        close.assigned()
         var newStates: [PartitionState] = []
         for topicPartition in added where partitions[topicPartition] == nil {
             guard let queue = rd_kafka_queue_get_partition(rk, topicPartition.topic, topicPartition.partition) else {
@@ -406,7 +387,7 @@ final class ConsumerLoop: @unchecked Sendable {
             shared.eventsContinuation.yield(.lost(owned))
             return
         }
-        if case .running = phase {
+        if close.isRunning {
             // Commit what is already stored now, while the group has just synced: by the time the owner is
             // done, a coordinator may be in its next join and reject commits (the embedded cluster does,
             // real Kafka does not). Stored offsets are completed work, so committing early is safe; the
@@ -544,7 +525,7 @@ final class ConsumerLoop: @unchecked Sendable {
             if let failure {
                 logger.warning("final commit failed", metadata: ["kafka.error": "\(failure.message)"])
             }
-            beginClose()
+            if close.finalCommitCompleted() { beginClose() }
         }
     }
 
@@ -624,7 +605,7 @@ final class ConsumerLoop: @unchecked Sendable {
     /// Restarts the fetchers that are due, while the group is steady (an assignment call made while a
     /// rebalance callback waits would be taken as its answer).
     private func restartDueFetchers(now: ContinuousClock.Instant) {
-        guard case .running = phase, !rebalanceGate.isHolding(now: now) else { return }
+        guard close.isRunning, !rebalanceGate.isHolding(now: now) else { return }
         for state in partitions.values {
             guard let restartAt = state.restartAt, now >= restartAt else { continue }
             state.restartAt = nil
@@ -740,47 +721,46 @@ final class ConsumerLoop: @unchecked Sendable {
                 metadata: ["kafka.partitions": "\(describe(revocation.partitions))"])
             revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
         }
-        if case .closeRequested(commitID: nil) = phase {
-            // Release revocations in progress: their owners are shutting down too.
+        let actions = close.tick(
+            now: now, neverJoined: String(cString: rd_kafka_rebalance_protocol(rk)) == "NONE",
+            consumerClosed: rd_kafka_consumer_closed(rk) != 0)
+        for action in actions { perform(action) }
+    }
+
+    private func perform(_ action: CloseStateMachine.Action) {
+        switch action {
+        case .releaseRevocations:
             for (identifier, revocation) in revocations where revocation.commitID == nil {
                 revocations[identifier]!.commitID = startCommit(.revocation(identifier), timeout: .seconds(5))
             }
-            if !subscribed || firstAssignmentSeen {
-                closeDeadline = now + shared.configuration.closeTimeout
-                let identifier = startCommit(.close, timeout: shared.configuration.closeTimeout / 2)
-                if case .closeRequested = phase { phase = .closeRequested(commitID: identifier) }
-            } else if let callerDeadline, now >= callerDeadline,
-                String(cString: rd_kafka_rebalance_protocol(rk)) == "NONE"
-            {
+        case .startFinalCommit(let timeout):
+            startCommit(.close, timeout: timeout)
+        case .detach(let firstAssignmentSeen):
+            detach(firstAssignmentSeen: firstAssignmentSeen)
+        case .destroy(let why):
+            switch why {
+            case .left: break
+            case .neverJoined:
                 // The group never answered our JoinGroup: no assignor state exists, so destroying is safe;
                 // skip the leave handshake, there is nothing to leave.
                 logger.warning("consumer never joined its group; closing without the leave handshake")
-                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
-                return
-            }
-        }
-        if !detached, let callerDeadline, now >= callerDeadline {
-            detach()
-        }
-        if case .closing(let deadline) = phase {
-            if rd_kafka_consumer_closed(rk) != 0 {
-                destroy(flags: 0)
-            } else if now >= deadline {
+            case .leaveTimedOut:
                 logger.warning("consumer did not finish leaving its group in time; closing without the handshake")
-                destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
+            case .leaveRefused:
+                break
             }
+            destroy(flags: why.handshake ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
         }
     }
 
+    /// The final commit is done: leave the group.
     private func beginClose() {
-        guard case .closeRequested = phase else { return }
-        if let error = rd_kafka_consumer_close_queue(rk, consumerQueue) {
+        let error = rd_kafka_consumer_close_queue(rk, consumerQueue)
+        if let error {
             let failure = KafkaError.consuming(error, context: "closing the consumer")
             logger.error("consumer close failed", metadata: ["kafka.error": "\(failure.message)"])
-            destroy(flags: RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE)
-            return
         }
-        phase = .closing(deadline: closeDeadline ?? .now + shared.configuration.closeTimeout)
+        if let action = close.leaveStarted(now: .now, refused: error != nil) { perform(action) }
     }
 
     /// `closeTimeout` passed since close was asked for and the consumer is still joining (JoinGroup answered,
@@ -788,8 +768,7 @@ final class ConsumerLoop: @unchecked Sendable {
     /// committing and leaving. Release the callers, end every sequence, and let the owner finish alone: it
     /// closes once the first assignment arrives, and destroys without the handshake `closeTimeout` after
     /// the handshake began.
-    private func detach() {
-        detached = true
+    private func detach(firstAssignmentSeen: Bool) {
         if firstAssignmentSeen {
             logger.warning("consumer close is taking longer than closeTimeout; it finishes leaving its group in the background")
         } else {
@@ -820,7 +799,7 @@ final class ConsumerLoop: @unchecked Sendable {
         rd_kafka_queue_io_event_enable(consumerQueue, -1, nil, 0)
         rd_kafka_queue_destroy(consumerQueue)
         shared.retireHandle()
-        phase = .finished
+        close.destroyed()
         logger.info("consumer closed")
         // Nothing can reach the handle any more. librdkafka's teardown can take seconds when brokers are
         // unreachable; the callers of close() need not wait for it, the owner thread does.
@@ -836,7 +815,7 @@ final class ConsumerLoop: @unchecked Sendable {
     /// Whether a periodic commit may start when it is due: while running, not during a rebalance, and not
     /// while the last one is still out.
     private func mayCommitPeriodically(now: ContinuousClock.Instant) -> Bool {
-        guard case .running = phase else { return false }
+        guard close.isRunning else { return false }
         return !rebalanceGate.isHolding(now: now) && !commitWaiters.values.contains(where: \.isPeriodic)
     }
 
@@ -848,8 +827,7 @@ final class ConsumerLoop: @unchecked Sendable {
         for deadline in commitDeadlines.values { next = min(next, deadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         for state in partitions.values { if let restartAt = state.restartAt { next = min(next, restartAt) } }
-        if !detached, let callerDeadline { next = min(next, callerDeadline) }
-        if case .closing(let deadline) = phase { next = min(next, deadline, now + .milliseconds(10)) }
+        if let closeDeadline = close.nextDeadline(now: now) { next = min(next, closeDeadline) }
         let milliseconds = (next - now).milliseconds
         return Int32(clamping: max(0, min(milliseconds, 200)))
     }
