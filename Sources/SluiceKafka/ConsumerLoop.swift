@@ -44,20 +44,6 @@ final class ConsumerLoop: @unchecked Sendable {
         var commitID: UInt64?
     }
 
-    private enum CommitWaiter {
-        /// Callers of `commit()`: every caller that asked while the previous callers' commit was out shares
-        /// the next one.
-        case callers([CheckedContinuation<Void, any Error>])
-        case revocation(UInt64)
-        case close
-        case periodic
-
-        var isPeriodic: Bool {
-            if case .periodic = self { return true }
-            return false
-        }
-    }
-
     private let shared: ConsumerShared
     private let logger: Logger
     private let rk: OpaquePointer
@@ -67,23 +53,14 @@ final class ConsumerLoop: @unchecked Sendable {
     private var pauses = PauseReconciler()
     /// Holds commits while the group rebalances (librdkafka before 2.10 loses the assignment otherwise).
     private var rebalanceGate: RebalanceCommitGate
-    /// Periodic commits that failed in a row (reset by a success): the retry backoff grows with it.
-    private var periodicFailures = 0
     private var revocations: [UInt64: Revocation] = [:]
-    private var commitWaiters: [UInt64: CommitWaiter] = [:]
-    private var commitDeadlines: [UInt64: ContinuousClock.Instant] = [:]
-    /// The callers' commit that is out, if one is.
-    private var callersCommit: UInt64?
-    /// Callers that asked while ``callersCommit`` was out: they need a commit that starts after they asked
-    /// (more may be stored by then), and all of them share it. So a thousand shards stopping at once cost two
-    /// commits, not a thousand, each of every stored offset.
-    private var callersWaiting: [CheckedContinuation<Void, any Error>] = []
+    /// Commits out and to come: callers, revocations, the close's, the periodic one.
+    private var commits: CommitLedger<CheckedContinuation<Void, any Error>>
     private var nextIdentifier: UInt64 = 1
     /// The close, from the first `close()` to the destroyed handle.
     private var close: CloseStateMachine
     /// The callers of `close()`, until the consumer is closed or they are released.
     private var closeWaiters: [CheckedContinuation<Void, Never>] = []
-    private var nextPeriodicCommit: ContinuousClock.Instant
     private let batchBuffer: UnsafeMutablePointer<UnsafeMutablePointer<rd_kafka_message_t>?>
     private let maxBatch: Int
 
@@ -97,7 +74,7 @@ final class ConsumerLoop: @unchecked Sendable {
         self.consumerQueue = rd_kafka_queue_get_consumer(rk)
         self.maxBatch = shared.configuration.maxBatchSize
         self.batchBuffer = .allocate(capacity: maxBatch)
-        self.nextPeriodicCommit = .now + shared.configuration.commitInterval
+        self.commits = CommitLedger(commitInterval: shared.configuration.commitInterval, now: .now)
         self.close = CloseStateMachine(closeTimeout: shared.configuration.closeTimeout)
         self.rebalanceGate = RebalanceCommitGate(limit: max(.seconds(30), shared.configuration.sessionTimeout * 3))
         shared.waker.payload.withUnsafeBytes { payload in
@@ -167,7 +144,7 @@ final class ConsumerLoop: @unchecked Sendable {
                 continuation.resume(throwing: KafkaError.rdkafka(
                     RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, context: "committing offsets (held while the group rebalances)"))
             } else {
-                callersWaiting.append(continuation)
+                commits.callerAsked(continuation)
                 startCallersCommitIfIdle()
             }
         case .restartUnstarted(let topicPartition):
@@ -439,18 +416,13 @@ final class ConsumerLoop: @unchecked Sendable {
 
     /// Starts one commit for every waiting caller, unless a callers' commit is out (its completion starts the next).
     private func startCallersCommitIfIdle() {
-        guard callersCommit == nil, !callersWaiting.isEmpty else { return }
-        let waiting = callersWaiting
-        callersWaiting.removeAll()
-        let identifier = startCommit(.callers(waiting), timeout: .seconds(30))
-        // A commit librdkafka refused at once has completed already.
-        callersCommit = commitWaiters[identifier] == nil ? nil : identifier
+        guard let waiting = commits.takeWaitingCallers() else { return }
+        startCommit(.callers(waiting), timeout: .seconds(30))
     }
 
     @discardableResult
-    private func startCommit(_ waiter: CommitWaiter, timeout: Duration) -> UInt64 {
-        let identifier = nextIdentifier
-        nextIdentifier += 1
+    private func startCommit(_ purpose: CommitLedger<CheckedContinuation<Void, any Error>>.Purpose, timeout: Duration) -> UInt64 {
+        let identifier = commits.started(purpose, now: .now, timeout: timeout)
         // An explicit list of what was stored for assigned partitions, with its metadata (librdkafka before
         // 2.2 drops the metadata of stored offsets); none stored: librdkafka's own (nothing to commit).
         let progress = shared.storedProgress.withLock { progress in
@@ -459,9 +431,7 @@ final class ConsumerLoop: @unchecked Sendable {
         let offsets = progress.isEmpty ? nil : TopicPartitionList.make(progress)
         defer { if let offsets { rd_kafka_topic_partition_list_destroy(offsets) } }
         let result = rd_kafka_commit_queue(rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
-        if case .callers = waiter { shared.callerCommitsSent.add(1, ordering: .relaxed) }
-        commitWaiters[identifier] = waiter
-        commitDeadlines[identifier] = .now + timeout
+        if case .callers = purpose { shared.callerCommitsSent.add(1, ordering: .relaxed) }
         if result != RD_KAFKA_RESP_ERR_NO_ERROR {
             completeCommit(identifier, error: result)
         }
@@ -480,39 +450,32 @@ final class ConsumerLoop: @unchecked Sendable {
     }
 
     private func completeCommit(_ identifier: UInt64, error: rd_kafka_resp_err_t) {
-        guard let waiter = commitWaiters.removeValue(forKey: identifier) else { return }
-        commitDeadlines[identifier] = nil
         // Nothing stored to commit is success.
         let failure: KafkaError? =
             (error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR__NO_OFFSET)
             ? nil : KafkaError.rdkafka(error, context: "committing offsets")
+        guard let completion = commits.completed(identifier, failed: failure != nil, now: .now) else { return }
         if let failure {
             shared.commitFailures.add(1, ordering: .relaxed)
             if failure.isRebalanceSignal { rebalanceGate.rebalanceSeen(now: .now) }
         }
-        switch waiter {
+        switch completion {
         case .callers(let continuations):
             for continuation in continuations {
                 if let failure { continuation.resume(throwing: failure) } else { continuation.resume() }
             }
-            if callersCommit == identifier { callersCommit = nil }
             startCallersCommitIfIdle()
-        case .periodic:
-            if let failure {
-                // What was stored is still to be committed: try again soon, backing off while it fails.
-                periodicFailures += 1
+        case .periodic(let retryIn):
+            if let failure, let backoff = retryIn {
+                // What was stored is still to be committed.
                 shared.offsetsStored.store(true, ordering: .relaxed)
-                let backoff = min(.milliseconds(100) * (1 << min(periodicFailures - 1, 10)), shared.configuration.commitInterval)
-                nextPeriodicCommit = min(nextPeriodicCommit, .now + backoff)
                 if failure.isRebalanceSignal {
                     logger.debug("periodic commit refused while the group rebalances; held until it ends", metadata: ["kafka.error": "\(failure.message)"])
                 } else {
                     logger.warning(
                         "periodic commit failed; retrying",
-                        metadata: ["kafka.error": "\(failure.message)", "sluice.retryIn": "\(backoff)", "sluice.failures": "\(periodicFailures)"])
+                        metadata: ["kafka.error": "\(failure.message)", "sluice.retryIn": "\(backoff)", "sluice.failures": "\(commits.periodicFailures)"])
                 }
-            } else {
-                periodicFailures = 0
             }
         case .revocation(let revocationID):
             if let failure {
@@ -706,13 +669,12 @@ final class ConsumerLoop: @unchecked Sendable {
             logger.warning("the group rebalance did not end with an assignment in time; committing again")
         }
         restartDueFetchers(now: now)
-        if mayCommitPeriodically(now: now), now >= nextPeriodicCommit {
-            nextPeriodicCommit = now + shared.configuration.commitInterval
+        if mayCommitPeriodically(now: now), commits.periodicDue(now: now) {
             if !partitions.isEmpty, shared.offsetsStored.exchange(false, ordering: .relaxed) {
                 startCommit(.periodic, timeout: .seconds(30))
             }
         }
-        for (identifier, deadline) in commitDeadlines where now >= deadline {
+        for identifier in commits.expired(now: now) {
             completeCommit(identifier, error: RD_KAFKA_RESP_ERR__TIMED_OUT)
         }
         for (identifier, revocation) in revocations where revocation.commitID == nil && now >= revocation.deadline {
@@ -788,14 +750,7 @@ final class ConsumerLoop: @unchecked Sendable {
         partitions.removeAll()
         shared.channels.withLock { $0.removeAll() }
         shared.pauseSnapshot.withLock { $0.removeAll() }
-        for (_, waiter) in commitWaiters {
-            if case .callers(let continuations) = waiter {
-                for continuation in continuations { continuation.resume(throwing: KafkaError.closedError) }
-            }
-        }
-        commitWaiters.removeAll()
-        for continuation in callersWaiting { continuation.resume(throwing: KafkaError.closedError) }
-        callersWaiting.removeAll()
+        for continuation in commits.abandonAll() { continuation.resume(throwing: KafkaError.closedError) }
         rd_kafka_queue_io_event_enable(consumerQueue, -1, nil, 0)
         rd_kafka_queue_destroy(consumerQueue)
         shared.retireHandle()
@@ -816,15 +771,14 @@ final class ConsumerLoop: @unchecked Sendable {
     /// while the last one is still out.
     private func mayCommitPeriodically(now: ContinuousClock.Instant) -> Bool {
         guard close.isRunning else { return false }
-        return !rebalanceGate.isHolding(now: now) && !commitWaiters.values.contains(where: \.isPeriodic)
+        return !rebalanceGate.isHolding(now: now) && !commits.periodicOut
     }
 
     private func waitBudget(now: ContinuousClock.Instant) -> Int32 {
         // The periodic commit is only due while running (it is not rescheduled afterwards, and a deadline in
         // the past would make this loop spin while a close waits for the first join).
         var next = now + .milliseconds(200)
-        if mayCommitPeriodically(now: now) { next = min(next, nextPeriodicCommit) }
-        for deadline in commitDeadlines.values { next = min(next, deadline) }
+        if let commitDeadline = commits.nextDeadline(periodicAllowed: mayCommitPeriodically(now: now)) { next = min(next, commitDeadline) }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         for state in partitions.values { if let restartAt = state.restartAt { next = min(next, restartAt) } }
         if let closeDeadline = close.nextDeadline(now: now) { next = min(next, closeDeadline) }
