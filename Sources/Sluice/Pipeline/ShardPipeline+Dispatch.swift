@@ -1,0 +1,192 @@
+import Logging
+import Metrics
+import SluiceKafka
+import Synchronization
+import Tracing
+
+/// The dispatcher: from the partition's batches to the lanes' queues, within `maxInFlight`, the in-flight
+/// byte share and the rate flag.
+extension ShardPipeline {
+    // MARK: Dispatch
+
+    /// A running average of a message's memory footprint, from up to 8 messages of `batch`.
+    static func averageFootprint(_ batch: [Message], previous: Int) -> Int {
+        guard !batch.isEmpty else { return previous }
+        let step = max(batch.count / 8, 1)
+        var total = 0
+        var sampled = 0
+        for index in stride(from: 0, to: batch.count, by: step) {
+            total += batch[index].memoryFootprint
+            sampled += 1
+        }
+        let average = total / sampled
+        return previous == 0 ? average : (previous * 3 + average) / 4
+    }
+
+    /// Hands lanes runs of messages rather than single ones (one lock and at most one wake-up per run),
+    /// and never lets more than `maxInFlight` messages be in flight, nor more than the shard's in-flight
+    /// byte share at the partition's average message size.
+    func dispatch<Source: AsyncSequence & Sendable>(_ source: Source) async
+    where Source.Element == [Message], Source.Failure == Never {
+        let countLimit = max(configuration.maxInFlight, 1)
+        var limit = countLimit
+        var averageBytes = 0
+        var pausedForBackpressure = false
+        dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
+        defer { dispatcherPhase.store(DispatcherPhase.ended.rawValue, ordering: .relaxed) }
+        for await batch in source {
+            if let inFlightBytes, let bytes = inFlightBytes() {
+                averageBytes = Self.averageFootprint(batch, previous: averageBytes)
+                limit = max(1, min(countLimit, bytes / max(averageBytes, 1)))
+            }
+            var remaining = batch[...]
+            while !remaining.isEmpty {
+                // One lock: note the first offset ever taken (a stop may drop the rest of this batch), and check.
+                let first = remaining.first!.offset
+                let halted = state.withLock { state in
+                    if state.firstTaken == nil { state.firstTaken = first }
+                    return state.stopRequested || state.crash != nil
+                }
+                if halted { return }
+                if state.withLock({ $0.tracker.inFlight >= limit }) {
+                    let roomOrEnd = { self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil } }
+                    // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
+                    // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
+                    // slack meanwhile, and pauses fetching itself when it fills.
+                    dispatcherPhase.store(DispatcherPhase.room.rawValue, ordering: .relaxed)
+                    defer { dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed) }
+                    var room = pausedForBackpressure
+                        ? false : await beacon.waitUntil(deadline: clock.now + backpressureGrace, on: clock, roomOrEnd)
+                    if !room {
+                        if !pausedForBackpressure {
+                            pausedForBackpressure = true
+                            flowControl.setBackpressure(true, pipeline: generation)
+                        }
+                        room = await beacon.waitUntil(roomOrEnd)
+                    }
+                    if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return }
+                }
+                if pausedForBackpressure, state.withLock({ $0.tracker.inFlight <= limit / 2 }) {
+                    pausedForBackpressure = false
+                    flowControl.setBackpressure(false, pipeline: generation)
+                }
+                // A rate flag: no more than the bucket allows (waiting for a token ends on a stop or a crash).
+                dispatcherPhase.store(DispatcherPhase.throttle.rawValue, ordering: .relaxed)
+                let allowed = await throttle(upTo: remaining.count)
+                dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
+                if allowed == 0 { return }
+                // Take as many as fit under the limit, and begin them in one lock.
+                let (taken, rejected, rewound) = state.withLock { state -> (Int, [Int64], Bool) in
+                    let room = min(max(limit - state.tracker.inFlight, 1), allowed)
+                    let slice = remaining.prefix(room)
+                    var rejected: [Int64] = []
+                    for message in slice {
+                        if !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
+                            rejected.append(message.offset)
+                        } else if !state.alreadyDone.isEmpty, state.alreadyDone.contains(message.offset) {
+                            // Done by an earlier pipeline of this assignment: complete it, do not hand it out.
+                            state.tracker.complete(message.offset)
+                            state.redeliveriesSkipped += 1
+                            rejected.append(message.offset)
+                        }
+                    }
+                    return (slice.count, rejected, !rejected.allSatisfy(state.alreadyDone.contains))
+                }
+                let range = remaining.startIndex..<(remaining.startIndex + taken)
+                remaining = remaining.dropFirst(taken)
+                if rejected.isEmpty {
+                    // The common case: the lanes share the batch, no message is copied.
+                    handOut(batch, range)
+                } else {
+                    if rewound {
+                        logger.warning(
+                            "partition rewound under the shard; skipping offsets it already took",
+                            metadata: ["sluice.skipped": "\(rejected.count)"])
+                    }
+                    let skipped = Set(rejected)
+                    let kept = batch[range].filter { !skipped.contains($0.offset) }
+                    handOut(kept, kept.indices)
+                }
+            }
+        }
+    }
+
+    /// Limits the shard to `rate` messages a second (a rate flag), or lifts the limit (nil). Takes effect at
+    /// once, also while the dispatcher waits for a token.
+    func setRate(_ rate: Double?) {
+        rateLimit.withLock { $0 = rate.map { TokenBucket(rate: $0, now: clock.now) } }
+        control.notify()
+    }
+
+    /// How many of `wanted` messages the rate limit lets out now, waiting for the first token if needed;
+    /// 0 only when a stop or a crash came meanwhile.
+    func throttle(upTo wanted: Int) async -> Int {
+        while true {
+            // Without a rate flag (the common case) one lock and no clock read per slice.
+            let (taken, nextAt, limited) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?, TokenBucket?) in
+                guard bucket != nil else { return (wanted, nil, nil) }
+                let (taken, nextAt) = bucket!.take(wanted, now: clock.now)
+                return (taken, nextAt, bucket)
+            }
+            if taken > 0 { return taken }
+            let stopped = await control.waitUntil(deadline: nextAt ?? clock.now, on: clock) {
+                self.state.withLock { $0.stopRequested || $0.crash != nil } || self.rateLimit.withLock { $0?.rate } != limited?.rate
+            }
+            if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
+        }
+    }
+
+    /// Gives a run of begun messages (`batch[range]`) to the lanes: all to the one lane (`partition`), per
+    /// key hash (`key`), or split evenly over the shared queue (`none`). The lanes share `batch`.
+    func handOut(_ batch: [Message], _ range: Range<Int>) {
+        guard !range.isEmpty else { return }
+        switch configuration.ordering {
+        case .partition:
+            queues[0].push(LaneRun(batch, range: range))
+        case .key:
+            guard queues.count > 1 else {
+                queues[0].push(LaneRun(batch, range: range))
+                return
+            }
+            // Each lane's positions sized once: appending to empty arrays reallocated each about log2(n / lanes) times.
+            var lanes = [Int32](repeating: 0, count: range.count)
+            var counts = [Int](repeating: 0, count: queues.count)
+            for position in range {
+                let lane = lane(for: batch[position])
+                lanes[position - range.lowerBound] = Int32(lane)
+                counts[lane] += 1
+            }
+            var perLane = counts.map { count -> [Int32] in
+                var positions: [Int32] = []
+                positions.reserveCapacity(count)
+                return positions
+            }
+            for position in range { perLane[Int(lanes[position - range.lowerBound])].append(Int32(position)) }
+            for (index, positions) in perLane.enumerated() where !positions.isEmpty {
+                queues[index].push(LaneRun(batch, positions: positions))
+            }
+        case .none:
+            let lanes = configuration.laneCount
+            let size = max(1, (range.count + lanes - 1) / lanes)
+            var start = range.lowerBound
+            while start < range.upperBound {
+                queues[0].push(LaneRun(batch, range: start..<min(start + size, range.upperBound)))
+                start += size
+            }
+        }
+    }
+
+    func lane(for message: Message) -> Int {
+        guard configuration.ordering == .key, queues.count > 1, let key = message.key else { return 0 }
+        // FNV-1a: stable across processes, unlike Hasher.
+        let hash = key.withUnsafeBytes { bytes in
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in bytes {
+                hash ^= UInt64(byte)
+                hash &*= 0x0000_0100_0000_01B3
+            }
+            return hash
+        }
+        return Int(hash % UInt64(queues.count))
+    }
+}
