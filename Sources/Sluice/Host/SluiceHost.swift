@@ -551,104 +551,22 @@ public final class SluiceHost: Service, Sendable {
                 // Trips and their clearing go to the group's control topic in the order they happen.
                 let (tripUpdates, tripUpdate) = AsyncStream.makeStream(of: (TopicPartition, ControlRecord.Trip?).self)
                 if let writer = controlWriter, let control {
-                    // This host's status: the control records it applied (what writers wait for), at once when
-                    // that changes, and every 5 s as a heartbeat.
-                    group.addTask { [identity, logger] in
-                        var said: (applied: Int64, shards: [String: String], reasons: [String: [String]])?
-                        let started = Int64(Date().timeIntervalSince1970 * 1000)
-                        var saidAt = ContinuousClock.now
-                        var failing = false
-                        let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
-                        while !Task.isCancelled {
-                            let applied = control.loadedPosition
-                            // Every 100 ms only what decides whether to publish (states and pause reasons); the
-                            // shards as the admin API shows them (watermarks, counts) only for a record written.
-                            let (states, consumer) = self.state.withLock { state in
-                                (state.views.mapValues(\.status.state.name), state.consumer)
-                            }
-                            let shards = Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) })
-                            let reasons = Dictionary(uniqueKeysWithValues: states.keys.map { topicPartition in
-                                (topicPartition.description, (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted())
-                            })
-                            // At once when the applied position moves (writers wait for it); a changed state or
-                            // pause reason at most once a second (a flip moves every shard through several states,
-                            // and every record is read by every host and CLI call); lag and counts ride along,
-                            // refreshed with the 5 s heartbeat.
-                            let sinceSaid = ContinuousClock.now - saidAt
-                            if said.map({ $0.applied != applied || (($0.shards != shards || $0.reasons != reasons) && sinceSaid >= .seconds(1)) }) ?? true
-                                || sinceSaid >= .seconds(5)
-                            {
-                                var details: [String: ControlHostStatus.Shard] = [:]
-                                for status in self.shards {
-                                    let topicPartition = status.topicPartition
-                                    var shard = ControlHostStatus.Shard()
-                                    shard.pauseReasons = reasons[topicPartition.description] ?? []
-                                    shard.lag = status.lag
-                                    shard.committed = status.storedOffset ?? status.committedOffset
-                                    shard.highWatermark = status.highWatermark
-                                    shard.inFlight = status.inFlight
-                                    shard.processed = status.processed
-                                    shard.failed = status.failed
-                                    shard.deadLettered = status.deadLettered
-                                    shard.attempt = status.attempt
-                                    shard.lastError = status.lastError.map { String($0.prefix(200)) }
-                                    shard.nextProbeSeconds = status.nextProbeSeconds
-                                    details[topicPartition.description] = shard
-                                }
-                                var status = ControlHostStatus(
-                                    applied: applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: shards, details: details,
-                                    startedAtMilliseconds: started)
-                                (status.shardCrashes, status.shardRestarts) = self.shardCrashesAndRestarts
-                                do {
-                                    try await writer.setHost(identity, status)
-                                    said = (applied, shards, reasons)
-                                    saidAt = ContinuousClock.now
-                                    if failing { logger.notice("this host's status is published to the control topic again") }
-                                    failing = false
-                                } catch {
-                                    failures.increment()
-                                    // Once per failing streak: it is tried again every 100 ms.
-                                    if !failing {
-                                        logger.warning(
-                                            "could not publish this host's status to the control topic; writers will not count it as applied",
-                                            metadata: ["error": "\(error)"])
-                                    }
-                                    failing = true
-                                }
-                            }
-                            try? await self.realTime.sleep(until: .now + .milliseconds(100))
-                        }
-                    }
-                }
-                if let writer = controlWriter {
-                    group.addTask { [logger] in
-                        for await (topicPartition, trip) in tripUpdates {
-                            do {
-                                try await writer.setTrip(topicPartition, trip)
-                            } catch {
-                                Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")]).increment()
-                                logger.error(
-                                    "could not publish the shard's trip to the control topic; other hosts will not know of it",
-                                    metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
-                            }
-                        }
-                    }
+                    let publisher = HostStatusPublisher(
+                        identity: identity, writer: writer,
+                        observe: { self.statusObserved(applied: control.loadedPosition) },
+                        record: { [started = Int64(Date().timeIntervalSince1970 * 1000)] said in self.statusRecord(said, startedAt: started) },
+                        clock: realTime, logger: logger)
+                    group.addTask { try? await publisher.run() }
+                    let trips = TripPublisher(writer: writer, updates: tripUpdates, logger: logger)
+                    group.addTask { try? await trips.run() }
                 }
                 group.addTask { await self.refreshLag(consumer: consumer) }
                 // One task stores every running pipeline's watermark as it advances, so periodic commits carry
                 // progress (one timer for the host, not one per shard: 10,000 shards were 100,000 wake-ups a second).
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await self.realTime.sleep(until: .now + .milliseconds(100))
-                        self.storeWatermarks(consumer: consumer)
-                    }
-                }
-                group.addTask { [clock] in
-                    while !Task.isCancelled {
-                        try? await clock.sleep(until: clock.now + .seconds(1))
-                        input.yield(.tick)
-                    }
-                }
+                let watermarks = PeriodicTask(interval: .milliseconds(100), clock: realTime) { self.storeWatermarks(consumer: consumer) }
+                group.addTask { try? await watermarks.run() }
+                let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
+                group.addTask { try? await tick.run() }
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
                     deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor,
@@ -720,6 +638,45 @@ public final class SluiceHost: Service, Sendable {
                 break
             }
         }
+    }
+
+    // MARK: Status
+
+    /// What decides whether this host publishes its status: what it applied, each shard's state and pause reasons.
+    func statusObserved(applied: Int64) -> StatusCadence.Said {
+        let (states, consumer) = state.withLock { state in (state.views.mapValues(\.status.state.name), state.consumer) }
+        return StatusCadence.Said(
+            applied: applied,
+            shards: Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) }),
+            reasons: Dictionary(uniqueKeysWithValues: states.keys.map { topicPartition in
+                (topicPartition.description, (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted())
+            }))
+    }
+
+    /// This host's status record for what was observed, with its shards as the admin API shows them.
+    func statusRecord(_ said: StatusCadence.Said, startedAt: Int64) -> ControlHostStatus {
+        var details: [String: ControlHostStatus.Shard] = [:]
+        for status in shards {
+            let topicPartition = status.topicPartition
+            var shard = ControlHostStatus.Shard()
+            shard.pauseReasons = said.reasons[topicPartition.description] ?? []
+            shard.lag = status.lag
+            shard.committed = status.storedOffset ?? status.committedOffset
+            shard.highWatermark = status.highWatermark
+            shard.inFlight = status.inFlight
+            shard.processed = status.processed
+            shard.failed = status.failed
+            shard.deadLettered = status.deadLettered
+            shard.attempt = status.attempt
+            shard.lastError = status.lastError.map { String($0.prefix(200)) }
+            shard.nextProbeSeconds = status.nextProbeSeconds
+            details[topicPartition.description] = shard
+        }
+        var status = ControlHostStatus(
+            applied: said.applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: said.shards, details: details,
+            startedAtMilliseconds: startedAt)
+        (status.shardCrashes, status.shardRestarts) = shardCrashesAndRestarts
+        return status
     }
 
     // MARK: Used by the supervisor loop
