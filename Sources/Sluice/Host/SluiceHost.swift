@@ -47,7 +47,7 @@ public final class SluiceHost: Service, Sendable {
     }
 
     /// What the outside may read about a shard; written by the supervisor loop.
-    private struct ShardView {
+    struct ShardView {
         var status: ShardStatus
         var pipeline: ShardPipeline?
         /// The high watermark the lag refresher last queried (fresh for paused partitions too).
@@ -58,7 +58,7 @@ public final class SluiceHost: Service, Sendable {
         var storedMetadata: String?
     }
 
-    private struct State {
+    struct State {
         var handlers: [String: AnyHandler] = [:]
         var started = false
         var shutdownRequested = false
@@ -90,9 +90,9 @@ public final class SluiceHost: Service, Sendable {
     public let operatorFlags = InMemoryFlagSource(name: "admin")
     /// The layered flags: operator flags, then the flag file, then the default.
     public let flags: FlagResolver
-    private let logger: Logger
-    private let state = Mutex(State())
-    private let pipelineIDs = Atomic<UInt64>(0)
+    let logger: Logger
+    let state = Mutex(State())
+    let pipelineIDs = Atomic<UInt64>(0)
     /// The time of the host's timed logic (see ``HostClock``).
     let clock: any HostClock
     /// Real time, with a timer thread of this host's: the handler watchdog, the blocked-thread monitor, and
@@ -269,121 +269,6 @@ public final class SluiceHost: Service, Sendable {
         inputs?.yield(.shutdownRequested)
     }
 
-    /// An operator reset of a shard: a tripped or backing-off shard starts now with a clean history.
-    /// Returns false when this host does not have the shard.
-    public func reset(_ topicPartition: TopicPartition) async -> Bool {
-        guard let inputs = state.withLock({ $0.inputs }) else { return false }
-        return await withCheckedContinuation { continuation in
-            inputs.yield(.reset(topicPartition, continuation))
-        }
-    }
-
-    /// Releases a quarantined message of `topicPartition` (docs/architecture.md §12), group-wide when the control plane
-    /// is on: `skip` commits it without a handler call; otherwise its handler is tried again. The shard held
-    /// at it, on whichever host owns it, starts again within a second.
-    ///
-    /// - Parameters:
-    ///   - topicPartition: the partition whose quarantined message is released.
-    ///   - release: `skip` commits the message without a handler call, `deadLetter` writes it to the topic's
-    ///     dead-letter topic with its crash report, `retry` tries it again.
-    ///   - offset: the offset the operator saw quarantined; refused when it is not the one.
-    ///   - who: the operator, kept with the release.
-    ///   - reason: why, kept with the release.
-    /// - Returns: the record written: the skipped or dead-lettered quarantine, or nil when it is tried again.
-    /// - Throws: ``SluiceError`` when there is no such quarantine, the offset differs, or it cannot be written.
-    @discardableResult
-    public func releaseQuarantine(
-        _ topicPartition: TopicPartition, as release: Quarantine.Release, offset: Int64?, who: String?, reason: String?
-    ) async throws -> Quarantine? {
-        guard let containment = crashContainment else {
-            throw SluiceError(code: .state, message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
-        }
-        guard let current = containment.quarantine(for: topicPartition) else {
-            throw SluiceError(code: .state, message: "no quarantined message on \(topicPartition)")
-        }
-        if release == .deadLetter, configuration.topics[topicPartition.topic]?.deadLetterTopic == nil {
-            throw SluiceError(code: .invalidInput, message: "topic '\(topicPartition.topic)' has no deadLetterTopic: skip the message, or configure one")
-        }
-        let released = try current.released(release, offset: offset, who: who, reason: reason, of: topicPartition)
-        if let control {
-            let writer = try configuration.controlWriter(logger: logger)
-            let written = try await writer.setQuarantine(topicPartition, released, before: current, signer: .operator)
-            await writer.close()
-            _ = await control.waitUntilApplied(written, timeout: configuration.control.loadTimeout)
-        } else {
-            try containment.setLocal(topicPartition, released)
-        }
-        let what: Logger.Message = switch release {
-        case .skip: "quarantined message skipped by an operator"
-        case .deadLetter: "quarantined message released to the dead-letter topic by an operator"
-        case .retry: "quarantine released by an operator; the handler tries the message again"
-        }
-        logger.notice(
-            what,
-            metadata: ["kafka.partition": "\(topicPartition)", "kafka.offset": "\(current.offset)", "sluice.who": "\(who ?? "-")", "sluice.reason": "\(reason ?? "-")"])
-        return released
-    }
-
-    /// Creates the group's control topic (one partition, compacted: the latest record of each key is the
-    /// state) and its audit topic (time-retained history) when they are missing; an existing topic is used
-    /// as it is, with a warning when it has more than the one partition Sluice reads.
-    private func ensureControlTopics(_ controlTopic: String) async throws {
-        let topics = ControlPlaneWriter.topics(forControl: controlTopic, replicationFactor: configuration.control.replicationFactor)
-        for topic in topics {
-            let outcome: KafkaTopicAdmin.Outcome
-            do {
-                outcome = try await KafkaTopicAdmin.ensure(
-                    topic, bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
-                    timeout: configuration.control.loadTimeout)
-            } catch {
-                throw SluiceError(
-                    code: .configuration,
-                    message: "control topic '\(controlTopic)' could not be read: checking that topic '\(topic.name)' exists at "
-                        + "\(configuration.kafka.bootstrap) or creating it failed (\(error)); create it by hand with 1 partition and cleanup.policy="
-                        + "\(topic.config["cleanup.policy"] ?? "compact") and set control.createTopics: off, or let this host create topics; "
-                        + "the host does not fetch without it")
-            }
-            switch outcome {
-            case .created:
-                logger.notice("created topic", metadata: ["kafka.topic": "\(topic.name)", "kafka.cleanup_policy": "\(topic.config["cleanup.policy"] ?? "")"])
-            case .existed(let partitions) where partitions > 1:
-                logger.warning(
-                    "topic has more than one partition; Sluice reads and writes only partition 0",
-                    metadata: ["kafka.topic": "\(topic.name)", "kafka.partitions": "\(partitions)"])
-            case .existed:
-                break
-            case .autoCreated(let reason):
-                logger.info(
-                    "the brokers cannot create topics on request; the topic was asked for by name (their auto-creation, with their defaults)",
-                    metadata: ["kafka.topic": "\(topic.name)", "reason": "\(reason)"])
-            }
-        }
-    }
-
-    /// Refuses to start when the control topic is not compacted: retention would delete the group's flags,
-    /// trips and quarantines, and every host would lose them at its next start. A topic whose configuration
-    /// cannot be read (the mock cluster, no DescribeConfigs ACL) is a warning.
-    private func checkCompacted(_ controlTopic: String) async throws {
-        let described = try await KafkaTopicAdmin.configuration(
-            of: controlTopic, bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
-            timeout: configuration.control.loadTimeout)
-        switch described {
-        case .entries(let entries):
-            let policy = entries["cleanup.policy"] ?? "delete"
-            guard policy.split(separator: ",").contains(where: { String($0).trimmingWhitespace() == "compact" }) else {
-                throw SluiceError(
-                    code: .configuration,
-                    message: "control topic '\(controlTopic)' has cleanup.policy=\(policy); it must be compacted (cleanup.policy=compact): retention would delete the group's flags, trips and quarantines. Alter it (kafka-configs --alter --entity-type topics --entity-name \(controlTopic) --add-config cleanup.policy=compact); the host does not start on it")
-            }
-        case .unsupported(let reason):
-            logger.info("the brokers cannot say whether the control topic is compacted", metadata: ["kafka.topic": "\(controlTopic)", "reason": "\(reason)"])
-        case .unknown(let reason):
-            logger.warning(
-                "could not check that the control topic is compacted",
-                metadata: ["kafka.topic": "\(controlTopic)", "reason": "\(reason)"])
-        }
-    }
-
     /// Joins the group and runs shards until shutdown.
     ///
     /// - Throws: ``SluiceError`` when handlers and configuration do not match, `KafkaError` when the
@@ -434,7 +319,7 @@ public final class SluiceHost: Service, Sendable {
         await control?.close()
     }
 
-    private func runConsumer(_ handlers: [String: AnyHandler]) async throws {
+    func runConsumer(_ handlers: [String: AnyHandler]) async throws {
         await flags.refresh()
         // A flag file that cannot be read at start would mean every shard runs, whatever it says.
         if configuration.flags.file != nil, let error = flags.lastErrors["file"] {
@@ -457,7 +342,7 @@ public final class SluiceHost: Service, Sendable {
     /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
     /// the producer (or create the topic with broker defaults). Asked through the consumer, which never
     /// creates topics by asking. A cluster that cannot be reached is not a refusal: the consumer waits for it.
-    private func checkDeadLetterTopics(_ consumer: KafkaConsumer) async throws {
+    func checkDeadLetterTopics(_ consumer: KafkaConsumer) async throws {
         for (topic, settings) in configuration.topics.sorted(by: { $0.key < $1.key }) {
             guard let deadLetterTopic = settings.deadLetterTopic else { continue }
             let exists: Bool
@@ -521,7 +406,7 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    private func supervise(
+    func supervise(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
         handlerExecutor: ThreadPoolExecutor
     ) async throws {
@@ -640,45 +525,6 @@ public final class SluiceHost: Service, Sendable {
         }
     }
 
-    // MARK: Status
-
-    /// What decides whether this host publishes its status: what it applied, each shard's state and pause reasons.
-    func statusObserved(applied: Int64) -> StatusCadence.Said {
-        let (states, consumer) = state.withLock { state in (state.views.mapValues(\.status.state.name), state.consumer) }
-        return StatusCadence.Said(
-            applied: applied,
-            shards: Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) }),
-            reasons: Dictionary(uniqueKeysWithValues: states.keys.map { topicPartition in
-                (topicPartition.description, (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted())
-            }))
-    }
-
-    /// This host's status record for what was observed, with its shards as the admin API shows them.
-    func statusRecord(_ said: StatusCadence.Said, startedAt: Int64) -> ControlHostStatus {
-        var details: [String: ControlHostStatus.Shard] = [:]
-        for status in shards {
-            let topicPartition = status.topicPartition
-            var shard = ControlHostStatus.Shard()
-            shard.pauseReasons = said.reasons[topicPartition.description] ?? []
-            shard.lag = status.lag
-            shard.committed = status.storedOffset ?? status.committedOffset
-            shard.highWatermark = status.highWatermark
-            shard.inFlight = status.inFlight
-            shard.processed = status.processed
-            shard.failed = status.failed
-            shard.deadLettered = status.deadLettered
-            shard.attempt = status.attempt
-            shard.lastError = status.lastError.map { String($0.prefix(200)) }
-            shard.nextProbeSeconds = status.nextProbeSeconds
-            details[topicPartition.description] = shard
-        }
-        var status = ControlHostStatus(
-            applied: said.applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: said.shards, details: details,
-            startedAtMilliseconds: startedAt)
-        (status.shardCrashes, status.shardRestarts) = shardCrashesAndRestarts
-        return status
-    }
-
     // MARK: Used by the supervisor loop
 
     /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
@@ -774,57 +620,6 @@ public final class SluiceHost: Service, Sendable {
         _ = state.withLock { $0.views.removeValue(forKey: topicPartition) }
     }
 
-    /// Stores the pipeline's watermark if it advanced and the pipeline is still its shard's current one.
     /// Pipelines running now, by generation, with the progress and watermark last looked at.
-    private let runningPipelines = Mutex<[UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)]>([:])
-
-    /// A pipeline started: its watermark is stored as it advances.
-    func pipelineStarted(_ pipeline: ShardPipeline) {
-        runningPipelines.withLock { $0[pipeline.generation] = (pipeline, nil) }
-    }
-
-    /// A pipeline ended: its last watermark is stored, and no more.
-    func pipelineEnded(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
-        runningPipelines.withLock { _ = $0.removeValue(forKey: pipeline.generation) }
-        storeWatermark(pipeline, consumer: consumer)
-    }
-
-    /// Stores the watermark of every running pipeline that made progress since it was last stored.
-    private func storeWatermarks(consumer: any ShardConsumer) {
-        let due = runningPipelines.withLock { pipelines in
-            var due: [ShardPipeline] = []
-            for (generation, entry) in pipelines {
-                // Completions move the progress; offsets skipped as done by an earlier pipeline move only the watermark.
-                let now = (progress: entry.pipeline.progress, watermark: entry.pipeline.watermark)
-                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { continue }
-                pipelines[generation]?.storedAt = now
-                due.append(entry.pipeline)
-            }
-            return due
-        }
-        for pipeline in due { storeWatermark(pipeline, consumer: consumer) }
-    }
-
-    func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
-        guard let watermark = pipeline.watermark else { return }
-        let topicPartition = pipeline.topicPartition
-        // With the offsets done above it, so whoever reads on from the watermark skips them; stored again when
-        // either changes (with one key stuck, the watermark stays while the others finish).
-        let metadata = CommitMetadata.encode(done: pipeline.doneAboveWatermark, above: watermark)
-        let store = state.withLock { state -> Bool in
-            guard var view = state.views[topicPartition], view.pipeline === pipeline,
-                view.status.storedOffset != watermark || view.storedMetadata != metadata
-            else { return false }
-            view.status.storedOffset = watermark
-            view.storedMetadata = metadata
-            state.views[topicPartition] = view
-            return true
-        }
-        guard store else { return }
-        do {
-            try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark, metadata: metadata)])
-        } catch {
-            logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
-        }
-    }
+    let runningPipelines = Mutex<[UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)]>([:])
 }
