@@ -27,6 +27,8 @@ final class ScriptedConsumer: ShardConsumer {
     /// When set, every request that needs the group coordinator or a partition leader (commits, offset and
     /// watermark lookups) waits for it: a coordinator that does not answer.
     let unanswered = Mutex<Hang?>(nil)
+    /// When set, pause sets wait for it before they are applied: a consumer thread that is slow to answer.
+    let pauseHang = Mutex<Hang?>(nil)
     let events: AsyncStream<KafkaConsumerEvent>
     private let eventsContinuation: AsyncStream<KafkaConsumerEvent>.Continuation
 
@@ -121,6 +123,7 @@ final class ScriptedConsumer: ShardConsumer {
     }
 
     func setPauseReasons(_ reasons: [TopicPartition: Set<KafkaPauseReason>]) async {
+        if let hang = pauseHang.withLock({ $0 }) { await hang.wait() }
         state.withLock { state in
             state.pauseCalls += 1
             for (topicPartition, reasons) in reasons { state.partitions[topicPartition]?.pauseReasons = reasons }

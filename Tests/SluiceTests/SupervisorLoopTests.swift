@@ -34,6 +34,41 @@ struct SupervisorLoopTests {
         return Task { try await host.run(handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil) }
     }
 
+    /// Found in a loaded run of ControlPlaneTests.tripFollowsThePartition: a shard that had not run on this host
+    /// (assigned tripped) was reset; its pipeline handled every message while the shard's resume was still on
+    /// its way back from the consumer, and the host's view named the pipeline only after that. The watermark
+    /// storer looked meanwhile, was refused by the fence, and noted the progress as stored: nothing was stored
+    /// or committed until the pipeline ended (lag 7, reported stalled).
+    @Test("a pipeline that handles its messages before the host's view names it gets its watermark stored once it does")
+    func watermarkStoredOnceTheViewCatchesUp() async throws {
+        let host = Self.host()
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition], initialPauseReasons: [.flag])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await waitUntil("the shard is off, not having run") { host.shards.first?.state == .off }
+        // Its resume waits in the consumer: the host shows the new pipeline once the resume is applied.
+        let hang = Hang()
+        consumer.pauseHang.withLock { $0 = hang }
+        host.operatorFlags.unset(.topic("orders"))
+        await host.flags.refresh()
+        try await waitUntil("the pipeline handled every message while its resume waits") { handled.distinct == 10 }
+        host.storeWatermarks(consumer: consumer)  // what the host's storer does every 100 ms meanwhile
+        #expect(consumer.stored(partition) == nil, "nothing stored for a pipeline the view does not name yet")
+        consumer.pauseHang.withLock { $0 = nil }
+        hang.release()
+        try await waitUntil("once the view names it, the pipeline's watermark is stored") { consumer.stored(partition) == 10 }
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
     @Test("a flag turned on between the rebalance callback and the supervisor's assignment does not leave the partition paused")
     func flagOnBetweenCallbackAndAssignment() async throws {
         let host = Self.host()

@@ -18,43 +18,51 @@ extension SluiceHost {
         storeWatermark(pipeline, consumer: consumer)
     }
 
-    /// Stores the watermark of every running pipeline that made progress since it was last stored.
+    /// Stores the watermark of every running pipeline that made progress since it was last stored. A pipeline
+    /// the shard's view does not name yet (its start is shown once its pause set is applied) is looked at again
+    /// next time: its progress counts as stored only once it was.
     func storeWatermarks(consumer: any ShardConsumer) {
         let due = runningPipelines.withLock { pipelines in
-            var due: [ShardPipeline] = []
-            for (generation, entry) in pipelines {
+            pipelines.values.compactMap { entry -> (ShardPipeline, (progress: Int, watermark: Int64?))? in
                 // Completions move the progress; offsets skipped as done by an earlier pipeline move only the watermark.
                 let now = (progress: entry.pipeline.progress, watermark: entry.pipeline.watermark)
-                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { continue }
-                pipelines[generation]?.storedAt = now
-                due.append(entry.pipeline)
+                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { return nil }
+                return (entry.pipeline, now)
             }
-            return due
         }
-        for pipeline in due { storeWatermark(pipeline, consumer: consumer) }
+        for (pipeline, seen) in due where storeWatermark(pipeline, consumer: consumer) {
+            runningPipelines.withLock { $0[pipeline.generation]?.storedAt = seen }
+        }
     }
 
-    /// Stores the pipeline's watermark if it advanced and the pipeline is still its shard's current one.
-    func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
-        guard let watermark = pipeline.watermark else { return }
+    /// Stores the pipeline's watermark if it advanced and the pipeline is its shard's current one. Returns false
+    /// when the shard's view does not name the pipeline (not yet, or no more).
+    @discardableResult
+    func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) -> Bool {
+        guard let watermark = pipeline.watermark else { return true }
         let topicPartition = pipeline.topicPartition
         // With the offsets done above it, so whoever reads on from the watermark skips them; stored again when
         // either changes (with one key stuck, the watermark stays while the others finish).
         let metadata = CommitMetadata.encode(done: pipeline.doneAboveWatermark, above: watermark)
-        let store = state.withLock { state -> Bool in
-            guard var view = state.views[topicPartition], view.pipeline === pipeline,
-                view.status.storedOffset != watermark || view.storedMetadata != metadata
-            else { return false }
+        enum Decision { case store, unchanged, notCurrent }
+        let decision = state.withLock { state -> Decision in
+            guard var view = state.views[topicPartition], view.pipeline === pipeline else { return .notCurrent }
+            guard view.status.storedOffset != watermark || view.storedMetadata != metadata else { return .unchanged }
             view.status.storedOffset = watermark
             view.storedMetadata = metadata
             state.views[topicPartition] = view
-            return true
+            return .store
         }
-        guard store else { return }
+        switch decision {
+        case .notCurrent: return false
+        case .unchanged: return true
+        case .store: break
+        }
         do {
             try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark, metadata: metadata)])
         } catch {
             logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
         }
+        return true
     }
 }
