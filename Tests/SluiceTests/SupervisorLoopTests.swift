@@ -29,6 +29,18 @@ struct SupervisorLoopTests {
         return (consumer, running, partition)
     }
 
+    /// Starts a host whose `orders` flag is off, recording what it handles, on a scripted consumer that has
+    /// assigned it nothing yet (the test assigns `orders/0`).
+    static func startWithOrdersOff() async throws -> (SluiceHost, HandledMessages, ScriptedConsumer, Task<Void, any Error>, TopicPartition) {
+        let host = Self.host()
+        let handled = HandledMessages()
+        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        let consumer = ScriptedConsumer()
+        return (host, handled, consumer, try Self.start(host, consumer), TopicPartition("orders", 0))
+    }
+
     static func start(_ host: SluiceHost, _ consumer: ScriptedConsumer) throws -> Task<Void, any Error> {
         let handlers = try host.startOnce()
         return Task { try await host.run(handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil) }
@@ -41,14 +53,7 @@ struct SupervisorLoopTests {
     /// or committed until the pipeline ended (lag 7, reported stalled).
     @Test("a pipeline that handles its messages before the host's view names it gets its watermark stored once it does")
     func watermarkStoredOnceTheViewCatchesUp() async throws {
-        let host = Self.host()
-        let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
-        host.operatorFlags.set(.topic("orders"), enabled: false)
-        await host.flags.refresh()
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
+        let (host, handled, consumer, running, partition) = try await Self.startWithOrdersOff()
         consumer.assign([partition], initialPauseReasons: [.flag])
         consumer.deliverAssignment([partition])
         consumer.append(partition, count: 10)
@@ -71,14 +76,7 @@ struct SupervisorLoopTests {
 
     @Test("a flag turned on between the rebalance callback and the supervisor's assignment does not leave the partition paused")
     func flagOnBetweenCallbackAndAssignment() async throws {
-        let host = Self.host()
-        let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in handled.append(message) })
-        host.operatorFlags.set(.topic("orders"), enabled: false)
-        await host.flags.refresh()
-        let consumer = ScriptedConsumer()
-        let running = try Self.start(host, consumer)
-        let partition = TopicPartition("orders", 0)
+        let (host, handled, consumer, running, partition) = try await Self.startWithOrdersOff()
         // The rebalance callback sees the flag off: the partition is paused before its first fetch.
         consumer.assign([partition], initialPauseReasons: host.flags.setting(for: partition).enabled ? [] : [.flag])
         #expect(consumer.pauseReasons(for: partition) == [.flag])
