@@ -8,6 +8,7 @@ import Prometheus
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
+import SluiceTesting
 import Testing
 
 enum AdminFixture {
@@ -381,11 +382,9 @@ struct AdminEndToEndTests {
         let app = Application(router: try AdminServer(host: host, registry: registry, logger: AdminFixture.logger).makeRouter())
         let running = Task { try await host.run() }
         try await app.test(.router) { client in
-            var ready = false
-            let deadline = ContinuousClock.now + .seconds(30)
-            while !ready, ContinuousClock.now < deadline {
-                ready = try await client.execute(uri: "/readyz", method: .get) { $0.status == .ok }
-                if !ready { try await Task.sleep(for: .milliseconds(100)) }
+            // Each wait on its own: one deadline for both let a slow join (a loaded machine) leave the flip no time.
+            let ready = await eventually(poll: .milliseconds(100)) {
+                try await client.execute(uri: "/readyz", method: .get) { $0.status == .ok }
             }
             #expect(ready, "ready after the join")
             try await client.execute(uri: "/healthz", method: .get) { #expect($0.status == .ok) }
@@ -395,12 +394,12 @@ struct AdminEndToEndTests {
                 body: AdminFixture.body(#"{"enabled": false, "reason": "e2e"}"#)
             ) { #expect($0.status == .ok) }
             var state = ""
-            while state != "off", ContinuousClock.now < deadline {
+            _ = await eventually {
                 state = try await client.execute(uri: "/v1/shards", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
                     let shards = decode(response.body)["shards"] as? [[String: Any]] ?? []
                     return shards.first { $0["partition"] as? Int == 1 }?["state"] as? String ?? ""
                 }
-                if state != "off" { try await Task.sleep(for: .milliseconds(50)) }
+                return state == "off"
             }
             #expect(state == "off")
             // Reads need the token too: they show error texts and the group's layout.
