@@ -121,7 +121,7 @@ struct FleetTests {
 
         for host in hosts.dropFirst() {
             host.process.process.terminate()
-            #expect(await host.process.exit() == 0)
+            await host.process.expectCleanExit()
         }
         // Every offset of every partition handled exactly once, across all hosts (the killed one included:
         // it recorded what it handled before it was killed, while the topic was off).
