@@ -15,10 +15,13 @@ extension ShardPipeline {
         /// Offsets this lane completed that are not in the watermark yet (a lock only this lane and a
         /// final flush take).
         let completed = Mutex<[Int64]>([])
-        /// The lane's crash journal slot: set before the lane starts, touched only by the lane after.
-        nonisolated(unsafe) var journal: JournalSlot?
+        /// The lane's crash journal slot: taken with the pipeline (which is run once made), bound to the lane's
+        /// task when it starts, freed when the lane ends.
+        let journal: JournalSlot?
         /// What the lane waits on or does (``Phase``), for a stall report.
         let phase = Atomic<UInt8>(Phase.starting.rawValue)
+
+        init(journal: JournalSlot?) { self.journal = journal }
 
         enum Phase: UInt8, CaseIterable {
             case starting, waitingForWork, processing, carefulGate, quarantineHold, deadLetter, backoff, ended

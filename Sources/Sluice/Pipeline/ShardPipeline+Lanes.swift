@@ -17,7 +17,6 @@ extension ShardPipeline {
             // An owned task, not a group child: see the type's documentation. On the handler threads, so a
             // handler that blocks its thread holds one of Sluice's threads, not one of Swift's few.
             let activity = activities[index]
-            activity.journal = journal?.acquire(topicPartition, generation: generation)
             return Task(executorPreference: laneExecutor) {
                 activity.journal?.bindToCurrentTask()
                 await self.runLane(index, queue: queue)

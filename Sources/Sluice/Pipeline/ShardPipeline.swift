@@ -190,7 +190,7 @@ final class ShardPipeline: Sendable {
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
         self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
-        self.activities = (0..<lanes).map { _ in LaneActivity() }
+        self.activities = (0..<lanes).map { _ in LaneActivity(journal: journal?.acquire(topicPartition, generation: generation)) }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: clock) }
     }
 
