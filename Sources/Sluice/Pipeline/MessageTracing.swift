@@ -19,7 +19,7 @@ struct MessageTracing: Sendable {
     }
 
     /// Runs a handler call for `unit` inside its span; an error is recorded on the span and rethrown.
-    func traced(_ unit: ArraySlice<Message>, attempt: Int, _ body: () async throws -> Void) async throws {
+    func traced<Unit: Collection<Message>>(_ unit: Unit, attempt: Int, _ body: () async throws -> Void) async throws {
         var parent = ServiceContext.topLevel
         if unit.count == 1, let message = unit.first {
             tracer.extract(message.headers, into: &parent, using: KafkaHeaderExtractor())

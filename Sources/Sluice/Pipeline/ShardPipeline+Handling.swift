@@ -4,10 +4,10 @@ import SluiceKafka
 import Synchronization
 import Tracing
 
-/// One unit's handling: the handler call with its failure policy (retries, then stop, skip or dead-letter),
-/// suspects one at a time, the watched dead-letter write, completion and crash.
+/// One unit's handling off the fast path: the call with its failure policy (retries, then stop, skip or
+/// dead-letter), suspects one at a time, the watched dead-letter write.
 extension ShardPipeline {
-    func process(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil) async {
+    func process(_ unit: ArraySlice<Message>, lane: Int) async {
         if !quarantined.isEmpty, unit.contains(where: { isQuarantined($0.offset) }) {
             await processQuarantined(unit, lane: lane)
             return
@@ -16,7 +16,7 @@ extension ShardPipeline {
             await processCarefully(unit, lane: lane)
             return
         }
-        await processUnit(unit, lane: lane, firstFailure: firstFailure)
+        await processUnit(unit, lane: lane)
     }
 
     /// Suspects of an unattributed death one at a time, alone in the process (their journal slot says
@@ -38,73 +38,63 @@ extension ShardPipeline {
         }
     }
 
-    func processUnit(_ unit: ArraySlice<Message>, lane: Int, firstFailure: (any Error)? = nil, careful: Bool = false) async {
-        let policy = configuration.onFailure
+    /// One call for `unit`, then the failure policy if it failed.
+    func processUnit(_ unit: ArraySlice<Message>, lane: Int, careful: Bool = false) async {
+        if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
+        let input = CallInput(unit)
+        let (outcome, _) = await call(input, lane: lane, context: context(attempt: 1), startedAt: MonotonicNanoseconds.now(), careful: careful)
+        switch outcome {
+        case .succeeded: flush(activities[lane])
+        case .abandoned: return
+        case .failed(let failure): await recover(input, from: failure, lane: lane, careful: careful)
+        }
+    }
+
+    /// After a failed first call of `input`: the topic's failure policy (``TopicConfiguration/FailurePolicy``),
+    /// retries with backoff, then stop, skip or dead-letter. The first failure is dealt with even after a
+    /// stop; a retry is a new call, not made after a stop or a crash.
+    func recover(_ input: CallInput, from firstFailure: any Error, lane: Int, careful: Bool = false) async {
+        var failure = firstFailure
         var attempt = 1
-        var pendingFailure = firstFailure
         while true {
-            // A retry is a new call: not after a stop. The first failure of a run is dealt with even then.
-            if Task.isCancelled || crashed.load(ordering: .acquiring) || (pendingFailure == nil && halted) { return }
-            let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
-            let callStarted = MonotonicNanoseconds.now()
-            activities[lane].begin(unit.first!.offset, timestamp: unit.first!.timestampMilliseconds, at: callStarted, count: unit.count, careful: careful)
-            let failure: (any Error)?
-            if let earlier = pendingFailure {
-                failure = earlier
-                pendingFailure = nil
-            } else {
-                do {
-                    if let tracing {
-                        try await tracing.traced(unit, attempt: attempt) { try await handler.handle(unit, context: context) }
-                    } else {
-                        try await handler.handle(unit, context: context)
-                    }
-                    failure = nil
-                } catch {
-                    failure = error
-                }
-            }
-            let took = MonotonicNanoseconds.now() - callStarted
-            metrics.handlerDuration.recordNanoseconds(took)
-            // A call that timed out was abandoned: its outcome does not count. One that succeeded in time counts
-            // even after another lane crashed the shard (a restart skips it), recorded before the lane shows
-            // idle (a pipeline that ends once its lanes are idle sees it); a failure then is not acted on.
-            if Task.isCancelled || took > handlerTimeoutNanoseconds {
-                activities[lane].end()
-                return
-            }
-            guard let failure else {
-                complete(unit) { $0.processed += unit.count }
-                activities[lane].end()
-                metrics.processed.increment(by: unit.count)
-                return
-            }
-            activities[lane].end()
             if crashed.load(ordering: .acquiring) { return }
             state.withLock { $0.counters.failed += 1 }
             metrics.failed.increment()
             logger.warning(
                 "handler failed",
-                metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
-            if attempt <= policy.retries {
+                metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
+            switch configuration.onFailure.step(afterFailedAttempt: attempt) {
+            case .retry(let delay):
                 // The backoff ends early on a stop or a crash (nothing more is started then).
                 activities[lane].enter(.backoff)
-                _ = await control.waitUntil(deadline: clock.now + policy.backoff.delay(attempt: attempt), on: clock) { self.halted }
+                _ = await control.waitUntil(deadline: clock.now + delay, on: clock) { self.halted }
                 activities[lane].enter(.processing)
                 attempt += 1
-                continue
-            }
-            switch policy.then {
+                if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
+                let (outcome, _) = await call(
+                    input, lane: lane, context: context(attempt: attempt), startedAt: MonotonicNanoseconds.now(), careful: careful)
+                switch outcome {
+                case .succeeded:
+                    flush(activities[lane])
+                    return
+                case .abandoned:
+                    return
+                case .failed(let next):
+                    failure = next
+                }
             case .stop:
-                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: unit.first!.offset))
+                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: input.first.offset))
+                return
             case .skip:
-                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(unit.first!.offset)", "sluice.attempts": "\(attempt)"])
+                let unit = input.messages
+                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempts": "\(attempt)"])
                 complete(unit) { $0.skipped += unit.count }
                 metrics.skipped.increment(by: unit.count)
+                return
             case .deadLetter:
-                _ = await deadLetter(unit, error: failure, attempts: attempt, lane: lane)
+                _ = await deadLetter(input.messages, error: failure, attempts: attempt, lane: lane)
+                return
             }
-            return
         }
     }
 

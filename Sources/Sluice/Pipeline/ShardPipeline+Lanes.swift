@@ -4,8 +4,8 @@ import SluiceKafka
 import Synchronization
 import Tracing
 
-/// The lanes: one message or one batch at a time from their queue to the handler, the fast path for one
-/// message at a time, and completions into the watermark.
+/// The lanes: one message or one batch at a time from their queue to the handler, and the fast path for one
+/// message at a time.
 extension ShardPipeline {
     // MARK: Lanes
 
@@ -77,20 +77,14 @@ extension ShardPipeline {
         }
     }
 
-    /// The fast path for one message at a time: handles messages of a run while they succeed, records
-    /// their completions in one lock at the end, and leaves a failing message to ``process(_:lane:)`` and its
-    /// failure policy. Returns what is left of the run.
+    /// The fast path for one message at a time: calls the handler for the messages of a run while they
+    /// succeed (their completions reach the watermark in groups) and leaves a failing message to the failure
+    /// policy, a quarantined or suspect one to ``process(_:lane:)``. Returns what is left of the run.
     nonisolated(nonsending) func processRun(_ run: LaneRun, lane: Int) async -> LaneRun {
         var remaining = run
         let activity = activities[lane]
         defer { flush(activity) }
-        guard case .message(let handler) = self.handler else {
-            await process(remaining.prefix(1).slice, lane: lane)
-            return remaining.dropFirst()
-        }
-        let context = ShardContext(topicPartition: topicPartition, generation: generation, attempt: 1, logger: logger)
-        // One clock read per message: a call's end is the next call's start.
-        let timeout = handlerTimeoutNanoseconds
+        let context = context(attempt: 1)
         var callStarted = MonotonicNanoseconds.now()
         while let message = remaining.first {
             if halted { return LaneRun([]) }
@@ -99,59 +93,20 @@ extension ShardPipeline {
                 await process(remaining.prefix(1).slice, lane: lane)
                 return remaining.dropFirst()
             }
-            activity.begin(message.offset, timestamp: message.timestampMilliseconds, at: callStarted)
-            do {
-                if let tracing {
-                    try await tracing.traced([message], attempt: 1) { try await handler.handle(message, context: context) }
-                } else {
-                    try await handler.handle(message, context: context)
-                }
-            } catch {
-                activity.end()
-                // The slow path retries the same message with its failure policy.
+            let (outcome, endedAt) = await call(.message(message), lane: lane, context: context, startedAt: callStarted)
+            callStarted = endedAt
+            switch outcome {
+            case .succeeded:
+                remaining = remaining.dropFirst()
+                if crashed.load(ordering: .acquiring) { return LaneRun([]) }
+            case .abandoned:
+                return LaneRun([])
+            case .failed(let failure):
                 flush(activity)
-                await process(remaining.prefix(1).slice, lane: lane, firstFailure: error)
+                await recover(.message(message), from: failure, lane: lane)
                 return remaining.dropFirst()
             }
-            let callEnded = MonotonicNanoseconds.now()
-            let tookTooLong = callEnded - callStarted > timeout
-            metrics.handlerDuration.recordNanoseconds(callEnded - callStarted)
-            callStarted = callEnded
-            // A call that timed out was abandoned: its outcome does not count. One that finished in time
-            // counts even after another lane crashed the shard: the work is done, and a restart skips it.
-            // Recorded before the lane shows idle: a pipeline that ends once its lanes are idle flushes it.
-            if Task.isCancelled || tookTooLong {
-                activity.end()
-                return LaneRun([])
-            }
-            let pending = activity.completed.withLock { completed in
-                completed.append(message.offset)
-                return completed.count
-            }
-            activity.end()
-            if pending >= 64 { flush(activity) }
-            remaining = remaining.dropFirst()
-            if crashed.load(ordering: .acquiring) { return LaneRun([]) }
         }
         return remaining
-    }
-
-    /// Moves a lane's completed offsets into the watermark.
-    func flush(_ activity: LaneActivity) {
-        let offsets = activity.completed.withLock { completed in
-            defer { completed.removeAll(keepingCapacity: true) }
-            return completed
-        }
-        completeOffsets(offsets)
-    }
-
-    func completeOffsets(_ offsets: [Int64]) {
-        guard !offsets.isEmpty else { return }
-        state.withLock { state in
-            for offset in offsets { state.tracker.complete(offset) }
-            state.counters.processed += offsets.count
-        }
-        metrics.processed.increment(by: offsets.count)
-        beacon.notify()
     }
 }
