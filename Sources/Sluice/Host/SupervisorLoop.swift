@@ -163,6 +163,7 @@ struct SupervisorLoop {
         let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
         shards[topicPartition] = ShardSupervisor(
             topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now,
+            stallAfter: host.configuration.stallAfter, unstartedAfter: Self.unstartedAfter,
             perPartitionMetrics: host.configuration.perPartitionMetrics)
         // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
         // new owner); a reset or a flag cycle clears it for the group.
@@ -362,47 +363,39 @@ struct SupervisorLoop {
 
     // MARK: Stalls
 
-    /// A shard that runs, unpaused, with messages waiting, and makes no progress for `stallAfter` is stalled
-    /// (distinct from idle: no lag; and from paused: a pause set). Reported once, cleared on progress.
     /// How long a running, unpaused shard with messages waiting may have fetched nothing since its assignment
     /// before the consumer is asked to restart its fetcher.
     static let unstartedAfter = Duration.seconds(10)
 
+    /// Feeds the shard's stall detector this tick's observation and carries out what it says.
     private mutating func checkStall(_ status: ShardStatus, now: ContinuousClock.Instant) {
         let topicPartition = status.topicPartition
         guard var shard = shards[topicPartition] else { return }
-        let progress = shard.pipeline.map { (pipeline: $0.generation, done: $0.progress) }
-        let expectedToProgress =
-            shard.machine.state.isRunning && shard.desiredPauseReasons.isEmpty && (status.lag ?? 0) > 0
-        if !expectedToProgress || progress?.pipeline != shard.lastProgress?.pipeline || progress?.done != shard.lastProgress?.done {
-            shard.lastProgress = progress
-            shard.lastProgressAt = now
-            shard.fetcherRestartAsked = false
-            if shard.stalledSince != nil {
-                shard.stalledSince = nil
-                shard.stalledGauge?.record(0)
-                logger.info("shard no longer stalled", metadata: metadata(topicPartition))
-                publish(topicPartition, ShardEvent.Kind.stallCleared)
-            }
-        } else if !shard.fetcherRestartAsked, status.position == nil, now - shard.lastProgressAt >= Self.unstartedAfter {
-            // Messages waiting and nothing fetched in this assignment: librdkafka may have left the partition
-            // unstarted (a failed committed-offset fetch it does not retry). The consumer restarts its
-            // fetcher if it really delivered nothing; a partition that did is left alone.
-            shard.fetcherRestartAsked = true
+        let observation = StallDetector<ContinuousClock.Instant>.Observation(
+            progress: shard.pipeline.map { .init(pipeline: $0.generation, done: $0.progress) },
+            expectedToProgress: shard.machine.state.isRunning && shard.desiredPauseReasons.isEmpty && (status.lag ?? 0) > 0,
+            fetched: status.position != nil)
+        switch shard.stall.observe(observation, now: now) {
+        case .none:
+            break
+        case .cleared:
+            shard.stalledGauge?.record(0)
+            logger.info("shard no longer stalled", metadata: metadata(topicPartition))
+            publish(topicPartition, ShardEvent.Kind.stallCleared)
+        case .restartFetcher:
             logger.warning(
                 "shard has messages waiting and its partition fetched nothing since it was assigned; asking the consumer to restart its fetcher",
                 metadata: metadata(topicPartition, ["sluice.lag": "\(status.lag ?? 0)"]))
             consumer.restartFetcherIfUnstarted(topicPartition)
-        } else if shard.stalledSince == nil, now - shard.lastProgressAt >= host.configuration.stallAfter {
-            shard.stalledSince = shard.lastProgressAt
+        case .stalled(let since):
             shard.stalledGauge?.record(1)
             logger.warning(
                 "shard stalled: running and unpaused with messages waiting, but no progress",
                 metadata: metadata(topicPartition, [
-                    "sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - shard.lastProgressAt)",
+                    "sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - since)",
                     "sluice.pipeline": "\(shard.pipeline?.stallReport ?? "none")",
                 ]))
-            publish(topicPartition, ShardEvent.Kind.stalled(since: shard.lastProgressAt))
+            publish(topicPartition, ShardEvent.Kind.stalled(since: since))
             consumer.reportStall(topicPartition)
         }
         shards[topicPartition] = shard

@@ -26,18 +26,15 @@ struct ShardSupervisor {
     var flag: FlagSetting
     /// Whether the current pipeline asked to pause for back-pressure (false between pipelines).
     var backpressured = false
-    /// The last progress seen (pipeline and its done count) and when it changed: for stall detection.
-    var lastProgress: (pipeline: UInt64, done: Int)?
-    var lastProgressAt: ContinuousClock.Instant
+    /// Whether the shard is stalled (running, unpaused, with lag, and no progress).
+    var stall: StallDetector<ContinuousClock.Instant>
     /// Since when the shard is reported stalled.
-    var stalledSince: ContinuousClock.Instant?
+    var stalledSince: ContinuousClock.Instant? { stall.stalledSince }
     let stalledGauge: Gauge?
     let lagSecondsGauge: Gauge?
     /// The pause set last handed to the consumer (nil before the first).
     var appliedPauseReasons: Set<KafkaPauseReason>?
     var lastError: String?
-    /// Whether the consumer was asked to restart the partition's fetcher in this stall (once per stall).
-    var fetcherRestartAsked = false
     /// The quarantine (offset) the shard is held tripped at, until it is released or skipped.
     var heldByQuarantine: Int64?
     /// Identifies the armed timer; a firing with an older token is ignored.
@@ -51,9 +48,9 @@ struct ShardSupervisor {
 
     init(
         topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant,
-        perPartitionMetrics: Bool = true
+        stallAfter: Duration, unstartedAfter: Duration, perPartitionMetrics: Bool = true
     ) {
-        self.lastProgressAt = now
+        self.stall = StallDetector(stallAfter: stallAfter, unstartedAfter: unstartedAfter, now: now)
         self.topicPartition = topicPartition
         self.machine = StateMachine(policy: policy, flagOn: flag.enabled)
         self.messages = messages
