@@ -1,0 +1,134 @@
+import Logging
+import Metrics
+import SluiceKafka
+
+/// Assignment and revocation: shards made for assigned partitions (tripped or held where the group says so), what the last owners finished read beside the loop, revocations released once their shards drained, lost partitions dropped.
+extension SupervisorLoop {
+    mutating func assign(_ topicPartition: TopicPartition, group: inout DiscardingTaskGroup) async {
+        // During shutdown the consumer's close revokes what it is given.
+        guard !shuttingDown, handlers[topicPartition.topic] != nil,
+            let messages = consumer.shardMessages(for: topicPartition)
+        else { return }
+        let flag = host.flags.setting(for: topicPartition)
+        let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
+        shards[topicPartition] = ShardSupervisor(
+            topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now,
+            stallAfter: host.configuration.stallAfter, unstartedAfter: Self.unstartedAfter,
+            perPartitionMetrics: host.configuration.perPartitionMetrics)
+        // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
+        // new owner); a reset or a flag cycle clears it for the group.
+        if let trip = host.control?.trip(for: topicPartition) {
+            let now = clock.now
+            shards[topicPartition]?.lastError = trip.reason
+            logger.warning(
+                "shard assigned tripped: the group's control plane holds it",
+                metadata: metadata(topicPartition, ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
+            await transition(topicPartition, group: &group) { $0.assignedTripped(now: now, reason: trip.reason) }
+            // Held at a quarantined message on its last owner: released here when the quarantine is.
+            if let quarantine = host.crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined {
+                shards[topicPartition]?.heldByQuarantine = quarantine.offset
+            }
+            return
+        }
+        await transition(topicPartition, group: &group) { $0.assigned() }
+    }
+
+    /// What the last owners finished above their commits (commit metadata), read in one round trip beside
+    /// the loop; each shard's first pipeline waits for it briefly.
+    func readGroupProgress(of assigned: [ShardSupervisor], group: inout DiscardingTaskGroup) {
+        guard !assigned.isEmpty else { return }
+        let progress = Dictionary(uniqueKeysWithValues: assigned.map { ($0.topicPartition, $0.groupProgress) })
+        // Commit metadata is input from outside the process: what it names is bounded by what a host can have
+        // done, a hundred times the topic's in-flight limit above the commit, and below the high watermark.
+        let maximumDone = Dictionary(
+            uniqueKeysWithValues: progress.keys.map { ($0, Int64(100 * max(1, (host.configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight))) })
+        group.addTask { [consumer, logger] in
+            var committed: [TopicPartition: TopicPartitionOffset] = [:]
+            var highWatermarks: [TopicPartition: Int64] = [:]
+            do {
+                committed = try await consumer.committedProgress(for: Array(progress.keys), timeout: .seconds(5))
+                let withMetadata = committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(\.key)
+                if !withMetadata.isEmpty {
+                    highWatermarks = (try? await consumer.queryHighWatermarks(for: withMetadata, timeout: .seconds(5))) ?? [:]
+                }
+            } catch {
+                logger.warning(
+                    "could not read what the group finished above its commits; those messages are handled again",
+                    metadata: ["error": "\(error)"])
+            }
+            for (topicPartition, holder) in progress {
+                var done: Set<Int64> = []
+                if let entry = committed[topicPartition] {
+                    do {
+                        let decoded = try CommitMetadata.decode(
+                            entry.metadata, committed: entry.offset, highWatermark: highWatermarks[topicPartition],
+                            maximumDone: maximumDone[topicPartition] ?? 100_000)
+                        done = decoded.done
+                        if decoded.pastHighWatermark > 0 {
+                            logger.warning(
+                                "commit metadata names offsets at or past the high watermark; they are left out",
+                                metadata: [
+                                    "kafka.partition": "\(topicPartition)", "sluice.pastHighWatermark": "\(decoded.pastHighWatermark)",
+                                    "kafka.highWatermark": "\(highWatermarks[topicPartition].map(String.init) ?? "-")",
+                                ])
+                        }
+                    } catch {
+                        logger.warning(
+                            "commit metadata refused; the partition is handled from its committed offset (messages it names are handled again)",
+                            metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
+                    }
+                }
+                holder.resolve(done)
+            }
+        }
+    }
+
+    mutating func revoke(_ revocation: KafkaRevocation, group: inout DiscardingTaskGroup) async {
+        nextIdentifier += 1
+        let identifier = nextIdentifier
+        revocations[identifier] = (revocation, revocation.partitions)
+        for topicPartition in revocation.partitions where shards[topicPartition] != nil {
+            await transition(topicPartition, group: &group) { $0.stop() }
+        }
+        let deadline = clock.now + host.configuration.revokeTimeout
+        group.addTask { [input, clock] in
+            try? await clock.sleep(until: deadline)
+            if !Task.isCancelled { input.yield(.revocationDeadline(identifier)) }
+        }
+    }
+
+    /// Releases revocations whose shards have all stopped: their offsets are stored, the consumer commits
+    /// and releases the partitions.
+    mutating func finishRevocations() {
+        for (identifier, entry) in revocations {
+            let drained = entry.partitions.allSatisfy { shards[$0].map { $0.machine.state == .stopped } ?? true }
+            if drained { release(identifier) }
+        }
+    }
+
+    mutating func forceRevocation(_ identifier: UInt64) {
+        guard let entry = revocations[identifier] else { return }
+        logger.warning("revoked shards did not drain in time; releasing them", metadata: ["kafka.partitions": "\(entry.partitions)"])
+        for topicPartition in entry.partitions { shards[topicPartition]?.pipeline?.requestStop() }
+        release(identifier)
+    }
+
+    mutating func release(_ identifier: UInt64) {
+        guard let entry = revocations.removeValue(forKey: identifier) else { return }
+        for topicPartition in entry.partitions {
+            guard let shard = shards.removeValue(forKey: topicPartition) else { continue }
+            shard.destroyMetrics()
+            host.removeView(topicPartition)
+        }
+        entry.revocation.done()
+    }
+
+    mutating func lose(_ topicPartition: TopicPartition) {
+        guard let shard = shards.removeValue(forKey: topicPartition) else { return }
+        // Another member may own it already: nothing of it is stored or committed from here on.
+        shard.destroyMetrics()
+        host.removeView(topicPartition)
+        shard.pipeline?.requestStop()
+        publish(topicPartition, ShardEvent.Kind.stopped(.released))
+    }
+}
