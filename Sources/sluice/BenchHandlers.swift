@@ -1,0 +1,133 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+import Sluice
+import SluiceAdmin
+import SluiceKafka
+import Synchronization
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+
+/// Counts handled messages and the time from the first to the latest.
+final class RateCounter: Sendable {
+    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?, cpuAtFirst: Double)>((0, nil, nil, 0))
+    func add(_ count: Int) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            if state.first == nil {
+                state.first = now
+                state.cpuAtFirst = RawConsumeLoop.processCPUSeconds()
+            }
+            state.count += count
+            state.last = now
+        }
+    }
+    var count: Int { state.withLock { $0.count } }
+    /// The process's CPU seconds since the first message (0 before it).
+    var cpuSinceFirst: Double {
+        let (first, cpuAtFirst) = state.withLock { ($0.first, $0.cpuAtFirst) }
+        return first == nil ? 0 : RawConsumeLoop.processCPUSeconds() - cpuAtFirst
+    }
+    var seconds: Double {
+        state.withLock { state in
+            guard let first = state.first, let last = state.last, last > first else { return 1 }
+            return (last - first).seconds
+        }
+    }
+}
+
+/// Latencies noted by handlers, in milliseconds.
+final class LatencyRecorder: Sendable {
+    private let state: Mutex<[Double]>
+    init(capacity: Int) {
+        var values: [Double] = []
+        values.reserveCapacity(capacity)
+        state = Mutex(values)
+    }
+    func add(_ value: Double) { state.withLock { $0.append(value) } }
+    var count: Int { state.withLock { $0.count } }
+    var values: [Double] { state.withLock { $0 } }
+}
+
+/// Notes, when its call starts, how long ago the message was produced.
+struct LatencyHandler: MessageHandler {
+    let recorder: LatencyRecorder
+    func handle(_ message: Message, context: ShardContext) async throws {
+        guard let stamp = message.timestampMilliseconds else { return }
+        recorder.add(RawConsumeLoop.nowMilliseconds() - Double(stamp))
+    }
+}
+
+struct CountingHandler: MessageHandler {
+    let counter: RateCounter
+    func handle(_ message: Message, context: ShardContext) async throws { counter.add(1) }
+}
+
+struct CountingBatchHandler: BatchHandler {
+    let counter: RateCounter
+    func handle(_ batch: [Message], context: ShardContext) async throws { counter.add(batch.count) }
+}
+
+struct CrashingHandler: MessageHandler {
+    struct Crash: Error {}
+    let counter: RateCounter
+    func handle(_ message: Message, context: ShardContext) async throws {
+        if message.partition == 0 { throw Crash() }
+        counter.add(1)
+    }
+}
+
+final class SeenBox: Sendable {
+    private let seen = Mutex(false)
+    func reset() { seen.withLock { $0 = false } }
+    func mark() { seen.withLock { $0 = true } }
+    var value: Bool { seen.withLock { $0 } }
+}
+
+/// Spins for `spin` per message (a handler slower than its topic), then counts it.
+struct SpinningHandler: MessageHandler {
+    let counter: RateCounter
+    let spin: Duration
+    func handle(_ message: Message, context: ShardContext) async throws {
+        let until = ContinuousClock.now + spin
+        while ContinuousClock.now < until {}
+        counter.add(1)
+    }
+}
+
+struct SeenHandler: MessageHandler {
+    let seen: SeenBox
+    func handle(_ message: Message, context: ShardContext) async throws { seen.mark() }
+}
+
+/// Counts deliveries per partition while preloading.
+final class PartitionTally: Sendable {
+    private let state = Mutex<(delivered: Int, perPartition: [Int32: Int], failure: KafkaError?)>((0, [:], nil))
+    func enqueue(_ record: ProducerRecord, on producer: KafkaProducer) throws -> Bool {
+        do {
+            try producer.enqueue(record) { result in
+                self.state.withLock { state in
+                    switch result {
+                    case .success(let report):
+                        state.delivered += 1
+                        state.perPartition[report.topicPartition.partition, default: 0] += 1
+                    case .failure(let error):
+                        state.failure = error
+                    }
+                }
+            }
+            return true
+        } catch {
+            if error.code == .queueFull { return false }
+            throw error
+        }
+    }
+    var delivered: Int { state.withLock { $0.delivered } }
+    var perPartition: [Int32: Int] { state.withLock { $0.perPartition } }
+    var failure: KafkaError? { state.withLock { $0.failure } }
+}
