@@ -9,7 +9,8 @@ import Synchronization
 extension SluiceHost {
     /// What decides whether this host publishes its status: what it applied, each shard's state and pause reasons.
     func statusObserved(applied: Int64) -> StatusCadence.Said {
-        let (states, consumer) = state.withLock { state in (state.views.mapValues(\.status.state.name), state.consumer) }
+        let states = registry.states.mapValues(\.name)
+        let consumer = state.withLock { $0.consumer }
         return StatusCadence.Said(
             applied: applied,
             shards: Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) }),

@@ -46,25 +46,12 @@ public final class SluiceHost: Service, Sendable {
         case tick
     }
 
-    /// What the outside may read about a shard; written by the supervisor loop.
-    struct ShardView {
-        var status: ShardStatus
-        var pipeline: ShardPipeline?
-        /// The high watermark the lag refresher last queried (fresh for paused partitions too).
-        var queriedHighWatermark: Int64?
-        /// The oldest message a finished pipeline took and did not finish, if any (it is read again next).
-        var leftoverOldestPending: Int64?
-        /// The commit metadata stored with `status.storedOffset`.
-        var storedMetadata: String?
-    }
-
     struct State {
         var handlers: [String: AnyHandler] = [:]
         var started = false
         var shutdownRequested = false
         var inputs: AsyncStream<Input>.Continuation?
         var consumer: (any ShardConsumer)?
-        var views: [TopicPartition: ShardView] = [:]
         var subscribers: [UInt64: AsyncStream<ShardEvent>.Continuation] = [:]
         var nextSubscriber: UInt64 = 0
         var joined = false
@@ -77,9 +64,6 @@ public final class SluiceHost: Service, Sendable {
         var ticks = 0
         /// Handler threads held by one handler call for `blockedThreadAfter` or longer.
         var blockedHandlerThreads = 0
-        /// Shard crashes and restarts since the host started, all shards together.
-        var shardCrashes = 0
-        var shardRestarts = 0
         /// The crash journal and quarantines, once ``run()`` opened them.
         var crashContainment: CrashContainment?
     }
@@ -92,7 +76,8 @@ public final class SluiceHost: Service, Sendable {
     public let flags: FlagResolver
     let logger: Logger
     let state = Mutex(State())
-    let pipelineIDs = Atomic<UInt64>(0)
+    /// The shards' views, stored offsets and counters.
+    let registry: ShardRegistry
     /// The time of the host's timed logic (see ``HostClock``).
     let clock: any HostClock
     /// Real time, with a timer thread of this host's: the handler watchdog, the blocked-thread monitor, and
@@ -138,6 +123,7 @@ public final class SluiceHost: Service, Sendable {
         carefulGate = CarefulGate(clock: realTime)
         self.configuration = configuration
         self.logger = logger
+        registry = ShardRegistry(logger: logger)
         var sources: [any FlagSource] = [operatorFlags]
         if configuration.control.enabled {
             // Read only once the host runs; a bad librdkafka property surfaces when run() loads it.
@@ -173,33 +159,9 @@ public final class SluiceHost: Service, Sendable {
 
     /// A snapshot of every shard this host has now.
     public var shards: [ShardStatus] {
-        let (views, consumer) = state.withLock { (Array($0.views.values), $0.consumer) }
-        let quarantines = quarantines
-        let nowMilliseconds = Int64((Date().timeIntervalSince1970 * 1000).rounded())
-        return views.map { view in
-            var status = view.status
-            var oldestPending = view.leftoverOldestPending
-            if let pipeline = view.pipeline {
-                let counters = pipeline.counters
-                status.inFlight = pipeline.inFlight
-                status.processed += counters.processed
-                status.failed += counters.failed
-                status.skipped += counters.skipped
-                status.deadLettered += counters.deadLettered
-                oldestPending = pipeline.oldestPendingTimestamp
-            }
-            let cached = consumer?.cachedWatermarks(for: status.topicPartition)?.high
-            status.highWatermark = [cached, view.queriedHighWatermark].compactMap { $0 }.max()
-            status.position = consumer?.position(of: status.topicPartition)
-            status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
-            status.quarantine = quarantines[status.topicPartition]
-            if let oldestPending {
-                status.lagSeconds = Double(max(0, nowMilliseconds - oldestPending)) / 1000
-            } else {
-                status.lagSeconds = status.lag == 0 ? 0 : nil
-            }
-            return status
-        }.sorted { $0.topicPartition < $1.topicPartition }
+        registry.snapshot(
+            consumer: state.withLock { $0.consumer }, quarantines: quarantines,
+            nowMilliseconds: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
     }
 
     /// Handler threads held by one handler call without suspending for `blockedThreadAfter` or longer
@@ -207,10 +169,7 @@ public final class SluiceHost: Service, Sendable {
     public var blockedHandlerThreads: Int { state.withLock { $0.blockedHandlerThreads } }
 
     /// Shard crashes and restarts on this host since it started, every shard together.
-    public var shardCrashesAndRestarts: (crashes: Int, restarts: Int) { state.withLock { ($0.shardCrashes, $0.shardRestarts) } }
-
-    func countShardCrash() { state.withLock { $0.shardCrashes += 1 } }
-    func countShardRestart() { state.withLock { $0.shardRestarts += 1 } }
+    public var shardCrashesAndRestarts: (crashes: Int, restarts: Int) { registry.crashesAndRestarts }
 
     /// Whether the host is ready for traffic (joined its group, not shutting down), with the reasons when not.
     public var readiness: (ready: Bool, reasons: [String]) {
@@ -448,7 +407,7 @@ public final class SluiceHost: Service, Sendable {
                 group.addTask { await self.refreshLag(consumer: consumer) }
                 // One task stores every running pipeline's watermark as it advances, so periodic commits carry
                 // progress (one timer for the host, not one per shard: 10,000 shards were 100,000 wake-ups a second).
-                let watermarks = PeriodicTask(interval: .milliseconds(100), clock: realTime) { self.storeWatermarks(consumer: consumer) }
+                let watermarks = PeriodicTask(interval: .milliseconds(100), clock: realTime) { self.registry.storeWatermarks(consumer: consumer) }
                 group.addTask { try? await watermarks.run() }
                 let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
                 group.addTask { try? await tick.run() }
@@ -527,9 +486,6 @@ public final class SluiceHost: Service, Sendable {
 
     // MARK: Used by the supervisor loop
 
-    /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
-    func nextPipelineID() -> UInt64 { pipelineIDs.add(1, ordering: .relaxed).newValue }
-
     /// The consumer got an assignment (joined), or lost the one it had.
     func noteAssignment(lost: Bool) {
         state.withLock { state in
@@ -558,46 +514,13 @@ public final class SluiceHost: Service, Sendable {
         for subscriber in subscribers { subscriber.yield(event) }
     }
 
-    func updateView(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
-        state.withLock { state in
-            var view = state.views[supervisor.topicPartition] ?? ShardView(
-                status: ShardStatus(
-                    topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
-                    lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
-                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil, position: nil),
-                pipeline: nil)
-            // Fold the counters of a pipeline that is being replaced into the shard's totals.
-            if let old = view.pipeline, old !== supervisor.pipeline {
-                view.leftoverOldestPending = old.oldestPendingTimestamp
-                let counters = old.counters
-                view.status.processed += counters.processed
-                view.status.failed += counters.failed
-                view.status.skipped += counters.skipped
-                view.status.deadLettered += counters.deadLettered
-                view.status.inFlight = 0
-            }
-            view.pipeline = supervisor.pipeline
-            view.status.generation = supervisor.pipeline?.generation ?? view.status.generation
-            view.status.state = supervisor.state
-            view.status.attempt = supervisor.machine.attempt
-            view.status.lastError = supervisor.lastError
-            view.status.flag = supervisor.flag
-            view.status.stalledSince = supervisor.stalledSince
-            view.status.abandonedCalls = supervisor.abandonedCalls
-            if let storedOffset { view.status.storedOffset = storedOffset }
-            state.views[supervisor.topicPartition] = view
-        }
-    }
-
     /// Runs until cancelled: every `lagRefreshInterval`, asks the brokers for the high watermarks of every
     /// shard (one round trip per leader; paused partitions do not fetch, so their cached ones go stale), and
     /// for the committed offsets of shards that stored none yet. Outside the supervisor loop: it waits on I/O.
     func refreshLag(consumer: any ShardConsumer) async {
         while !Task.isCancelled {
             try? await clock.sleep(until: clock.now + configuration.lagRefreshInterval)
-            let (partitions, withoutStore) = state.withLock { state in
-                (Array(state.views.keys), state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition))
-            }
+            let (partitions, withoutStore) = registry.partitionsForLag
             guard !partitions.isEmpty else { continue }
             let highs = (try? await consumer.queryHighWatermarks(for: partitions, timeout: configuration.lagRefreshInterval)) ?? [:]
             var committed = withoutStore.isEmpty
@@ -609,17 +532,7 @@ public final class SluiceHost: Service, Sendable {
             {
                 committed.merge(starts) { current, _ in current }
             }
-            state.withLock { state in
-                for (topicPartition, high) in highs { state.views[topicPartition]?.queriedHighWatermark = high }
-                for (topicPartition, offset) in committed { state.views[topicPartition]?.status.committedOffset = offset }
-            }
+            registry.noteLag(highs: highs, committed: committed)
         }
     }
-
-    func removeView(_ topicPartition: TopicPartition) {
-        _ = state.withLock { $0.views.removeValue(forKey: topicPartition) }
-    }
-
-    /// Pipelines running now, by generation, with the progress and watermark last looked at.
-    let runningPipelines = Mutex<[UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)]>([:])
 }

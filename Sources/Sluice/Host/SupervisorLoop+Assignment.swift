@@ -118,7 +118,7 @@ extension SupervisorLoop {
         for topicPartition in entry.partitions {
             guard let shard = shards.removeValue(forKey: topicPartition) else { continue }
             shard.destroyMetrics()
-            host.removeView(topicPartition)
+            registry.remove(topicPartition)
         }
         entry.revocation.done()
     }
@@ -127,7 +127,7 @@ extension SupervisorLoop {
         guard let shard = shards.removeValue(forKey: topicPartition) else { return }
         // Another member may own it already: nothing of it is stored or committed from here on.
         shard.destroyMetrics()
-        host.removeView(topicPartition)
+        registry.remove(topicPartition)
         shard.pipeline?.requestStop()
         publish(topicPartition, ShardEvent.Kind.stopped(.released))
     }

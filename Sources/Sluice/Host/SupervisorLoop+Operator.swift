@@ -70,7 +70,7 @@ extension SupervisorLoop {
             }
             shard.flag = setting
             shards[topicPartition] = shard
-            host.updateView(shard)
+            registry.update(shard)
             shard.flagGauge?.record(setting.enabled ? 1 : 0)
             guard changed else { continue }
             logger.info(

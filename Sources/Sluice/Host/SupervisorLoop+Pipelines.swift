@@ -37,11 +37,11 @@ extension SupervisorLoop {
                 metadata: metadata(topicPartition, ["sluice.abandonedCalls": "\(abandonedCalls)", "sluice.maxAbandonedCalls": "\(limit)"]))
         }
         shards[topicPartition] = shard
-        host.updateView(shard)
+        registry.update(shard)
         switch outcome {
         case .crashed:
             shard.crashes.increment()
-            host.countShardCrash()
+            registry.countCrash()
             let now = clock.now
             let reason = crashReason ?? ""
             await transition(topicPartition, group: &group) {
@@ -58,7 +58,7 @@ extension SupervisorLoop {
             { @Sendable in messages.bufferByteShare.map { $0 / SluiceConfiguration.bufferToInFlightRatio } }
         }
         let pipeline = ShardPipeline(
-            topicPartition: topicPartition, generation: host.nextPipelineID(),
+            topicPartition: topicPartition, generation: registry.nextPipelineID(),
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
@@ -71,11 +71,11 @@ extension SupervisorLoop {
             inFlightBytes: inFlightBytes, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
-        host.pipelineStarted(pipeline)
-        group.addTask { [host, consumer, input] in
+        registry.pipelineStarted(pipeline)
+        group.addTask { [registry, consumer, input] in
             // The host stores the watermark as it advances (one task for every pipeline), and the last one here.
             let outcome = await pipeline.run(source: messages)
-            host.pipelineEnded(pipeline, consumer: consumer)
+            registry.pipelineEnded(pipeline, consumer: consumer)
             input.yield(.pipelineEnded(topicPartition, pipeline: pipeline.generation, outcome))
         }
         return pipeline

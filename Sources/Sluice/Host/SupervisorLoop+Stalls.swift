@@ -40,6 +40,6 @@ extension SupervisorLoop {
             consumer.reportStall(topicPartition)
         }
         shards[topicPartition] = shard
-        host.updateView(shard)
+        registry.update(shard)
     }
 }

@@ -17,7 +17,7 @@ extension SupervisorLoop {
         while let actions = pending.popLast() {
             guard var shard = shards[topicPartition] else { return }
             if actions.commit {
-                if let pipeline = shard.pipeline { host.storeWatermark(pipeline, consumer: consumer) }
+                if let pipeline = shard.pipeline { registry.storeWatermark(pipeline, consumer: consumer) }
                 group.addTask { [consumer] in try? await consumer.commitStored() }
             }
             if actions.stopPipeline { shard.pipeline?.requestStop() }
@@ -44,7 +44,7 @@ extension SupervisorLoop {
                         }
                     }
                     shard.restarts.increment()
-                    host.countShardRestart()
+                    registry.countRestart()
                 }
                 if let seekFailure {
                     // Starting anyway would read from wherever librdkafka is, and the new watermark could
@@ -53,7 +53,7 @@ extension SupervisorLoop {
                     logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
                     shard.lastError = reason
                     shard.crashes.increment()
-                    host.countShardCrash()
+                    registry.countCrash()
                     pending.append(shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
                 } else {
                     shard.pipeline = startPipeline(shard, group: &group)
@@ -79,7 +79,7 @@ extension SupervisorLoop {
                 awaitingPublication.insert(topicPartition)
                 pendingPublications.append((topicPartition, actions.events))
             } else {
-                host.updateView(shard)
+                registry.update(shard)
                 for event in actions.events { publish(topicPartition, event) }
             }
         }
@@ -125,7 +125,7 @@ extension SupervisorLoop {
         awaitingPublication.removeAll(keepingCapacity: true)
         var shown: Set<TopicPartition> = []
         for (topicPartition, events) in publications {
-            if let shard = shards[topicPartition], shown.insert(topicPartition).inserted { host.updateView(shard) }
+            if let shard = shards[topicPartition], shown.insert(topicPartition).inserted { registry.update(shard) }
             for event in events { publish(topicPartition, event) }
         }
     }

@@ -8,6 +8,8 @@ import SluiceKafka
 /// report back as inputs.
 struct SupervisorLoop {
     let host: SluiceHost
+    /// The shards' views, stored offsets and counters, read outside the loop.
+    let registry: ShardRegistry
     let handlers: [String: AnyHandler]
     let consumer: any ShardConsumer
     let producer: KafkaProducer?
@@ -52,6 +54,7 @@ struct SupervisorLoop {
         self.tripUpdates = tripUpdates
         self.commandPosition = host.control?.appliedPosition ?? 0
         self.host = host
+        self.registry = host.registry
         self.handlers = handlers
         self.consumer = consumer
         self.producer = producer

@@ -1,0 +1,200 @@
+import Logging
+import SluiceKafka
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// What a host knows of its shards outside the supervisor loop: each shard's view (its status, the counters of
+/// its pipelines folded once), the pipelines running now, the offsets stored for them, and the fence that lets
+/// only a shard's current pipeline store its watermark. The supervisor loop writes it; the admin API, the
+/// status publisher and the watermark storer read it. One per host: nothing in it is shared between hosts.
+final class ShardRegistry: Sendable {
+    /// What the outside may read about a shard; written by the supervisor loop.
+    struct ShardView {
+        var status: ShardStatus
+        /// The shard's current pipeline, once its start is shown (its pause set applied): the only one whose
+        /// watermark is stored.
+        var pipeline: ShardPipeline?
+        /// The high watermark the lag refresher last queried (fresh for paused partitions too).
+        var queriedHighWatermark: Int64?
+        /// The oldest message a finished pipeline took and did not finish, if any (it is read again next).
+        var leftoverOldestPending: Int64?
+        /// The commit metadata stored with `status.storedOffset`.
+        var storedMetadata: String?
+    }
+
+    private struct State {
+        var views: [TopicPartition: ShardView] = [:]
+        /// Pipelines running now, by generation, with the progress and watermark last stored.
+        var running: [UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)] = [:]
+        /// Shard crashes and restarts since the host started, all shards together.
+        var crashes = 0
+        var restarts = 0
+    }
+
+    private let state = Mutex(State())
+    private let pipelineIDs = Atomic<UInt64>(0)
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    // MARK: Views
+
+    /// A new pipeline identity (``ShardContext/generation``): it increases with every pipeline start.
+    func nextPipelineID() -> UInt64 { pipelineIDs.add(1, ordering: .relaxed).newValue }
+
+    /// Shows the supervisor's state of a shard. A pipeline that is replaced has its counters folded into the
+    /// shard's totals, once.
+    func update(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
+        state.withLock { state in
+            var view = state.views[supervisor.topicPartition] ?? ShardView(
+                status: ShardStatus(
+                    topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
+                    lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
+                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil, position: nil),
+                pipeline: nil)
+            if let old = view.pipeline, old !== supervisor.pipeline {
+                view.leftoverOldestPending = old.oldestPendingTimestamp
+                let counters = old.counters
+                view.status.processed += counters.processed
+                view.status.failed += counters.failed
+                view.status.skipped += counters.skipped
+                view.status.deadLettered += counters.deadLettered
+                view.status.inFlight = 0
+            }
+            view.pipeline = supervisor.pipeline
+            view.status.generation = supervisor.pipeline?.generation ?? view.status.generation
+            view.status.state = supervisor.state
+            view.status.attempt = supervisor.machine.attempt
+            view.status.lastError = supervisor.lastError
+            view.status.flag = supervisor.flag
+            view.status.stalledSince = supervisor.stalledSince
+            view.status.abandonedCalls = supervisor.abandonedCalls
+            if let storedOffset { view.status.storedOffset = storedOffset }
+            state.views[supervisor.topicPartition] = view
+        }
+    }
+
+    func remove(_ topicPartition: TopicPartition) {
+        _ = state.withLock { $0.views.removeValue(forKey: topicPartition) }
+    }
+
+    /// Every shard's status now: its view with its current pipeline's counters, and what `consumer` says of its
+    /// partition (positions, pauses, watermarks), at `nowMilliseconds` (for lag in seconds).
+    func snapshot(consumer: (any ShardConsumer)?, quarantines: [TopicPartition: Quarantine], nowMilliseconds: Int64) -> [ShardStatus] {
+        let views = state.withLock { Array($0.views.values) }
+        return views.map { view in
+            var status = view.status
+            var oldestPending = view.leftoverOldestPending
+            if let pipeline = view.pipeline {
+                let counters = pipeline.counters
+                status.inFlight = pipeline.inFlight
+                status.processed += counters.processed
+                status.failed += counters.failed
+                status.skipped += counters.skipped
+                status.deadLettered += counters.deadLettered
+                oldestPending = pipeline.oldestPendingTimestamp
+            }
+            let cached = consumer?.cachedWatermarks(for: status.topicPartition)?.high
+            status.highWatermark = [cached, view.queriedHighWatermark].compactMap { $0 }.max()
+            status.position = consumer?.position(of: status.topicPartition)
+            status.pauseReasons = consumer?.pauseReasons(for: status.topicPartition) ?? []
+            status.quarantine = quarantines[status.topicPartition]
+            if let oldestPending {
+                status.lagSeconds = Double(max(0, nowMilliseconds - oldestPending)) / 1000
+            } else {
+                status.lagSeconds = status.lag == 0 ? 0 : nil
+            }
+            return status
+        }.sorted { $0.topicPartition < $1.topicPartition }
+    }
+
+    /// Each shard's state, by partition.
+    var states: [TopicPartition: ShardState] { state.withLock { $0.views.mapValues(\.status.state) } }
+
+    /// The partitions shown, and those of them with no stored offset yet (their committed offset is asked for).
+    var partitionsForLag: (all: [TopicPartition], withoutStore: [TopicPartition]) {
+        state.withLock { state in
+            (Array(state.views.keys), state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition))
+        }
+    }
+
+    /// What the lag refresher learned: high watermarks and committed offsets.
+    func noteLag(highs: [TopicPartition: Int64], committed: [TopicPartition: Int64]) {
+        state.withLock { state in
+            for (topicPartition, high) in highs { state.views[topicPartition]?.queriedHighWatermark = high }
+            for (topicPartition, offset) in committed { state.views[topicPartition]?.status.committedOffset = offset }
+        }
+    }
+
+    // MARK: Counters
+
+    func countCrash() { state.withLock { $0.crashes += 1 } }
+    func countRestart() { state.withLock { $0.restarts += 1 } }
+    var crashesAndRestarts: (crashes: Int, restarts: Int) { state.withLock { ($0.crashes, $0.restarts) } }
+
+    // MARK: Stored offsets
+
+    /// A pipeline started: its watermark is stored as it advances.
+    func pipelineStarted(_ pipeline: ShardPipeline) {
+        state.withLock { $0.running[pipeline.generation] = (pipeline, nil) }
+    }
+
+    /// A pipeline ended: its last watermark is stored, and no more.
+    func pipelineEnded(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
+        state.withLock { _ = $0.running.removeValue(forKey: pipeline.generation) }
+        storeWatermark(pipeline, consumer: consumer)
+    }
+
+    /// Stores the watermark of every running pipeline that made progress since it was last stored. A pipeline
+    /// the shard's view does not name yet (its start is shown once its pause set is applied) is looked at again
+    /// next time: its progress counts as stored only once it was.
+    func storeWatermarks(consumer: any ShardConsumer) {
+        let due = state.withLock { state in
+            state.running.values.compactMap { entry -> (ShardPipeline, (progress: Int, watermark: Int64?))? in
+                // Completions move the progress; offsets skipped as done by an earlier pipeline move only the watermark.
+                let now = (progress: entry.pipeline.progress, watermark: entry.pipeline.watermark)
+                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { return nil }
+                return (entry.pipeline, now)
+            }
+        }
+        for (pipeline, seen) in due where storeWatermark(pipeline, consumer: consumer) {
+            state.withLock { $0.running[pipeline.generation]?.storedAt = seen }
+        }
+    }
+
+    /// Stores the pipeline's watermark if it advanced and the pipeline is its shard's current one. Returns false
+    /// when the shard's view does not name the pipeline (not yet, or no more).
+    @discardableResult
+    func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) -> Bool {
+        guard let watermark = pipeline.watermark else { return true }
+        let topicPartition = pipeline.topicPartition
+        // With the offsets done above it, so whoever reads on from the watermark skips them; stored again when
+        // either changes (with one key stuck, the watermark stays while the others finish).
+        let metadata = CommitMetadata.encode(done: pipeline.doneAboveWatermark, above: watermark)
+        enum Decision { case store, unchanged, notCurrent }
+        let decision = state.withLock { state -> Decision in
+            guard var view = state.views[topicPartition], view.pipeline === pipeline else { return .notCurrent }
+            guard view.status.storedOffset != watermark || view.storedMetadata != metadata else { return .unchanged }
+            view.status.storedOffset = watermark
+            view.storedMetadata = metadata
+            state.views[topicPartition] = view
+            return .store
+        }
+        switch decision {
+        case .notCurrent: return false
+        case .unchanged: return true
+        case .store: break
+        }
+        do {
+            try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark, metadata: metadata)])
+        } catch {
+            logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
+        }
+        return true
+    }
+}
