@@ -40,6 +40,8 @@ public final class SluiceHost: Service, Sendable {
         case reset(TopicPartition, CheckedContinuation<Bool, Never>)
         case backpressure(TopicPartition, pipeline: UInt64, Bool)
         case revocationDeadline(UInt64)
+        /// The control topic was read to its end for the assignment with this identifier.
+        case desiredStateRead(UInt64)
         case shutdownRequested
         case shutdownDeadline
         /// Once a second: refresh gauges, prove the loop turns.
@@ -327,6 +329,14 @@ public final class SluiceHost: Service, Sendable {
     func run(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?
     ) async throws {
+        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, shardControl: control)
+    }
+
+    /// Runs with `shardControl` as what the supervisor loop asks of the control plane (a test's, or ``control``).
+    func run(
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
+        shardControl: (any ShardControlState)?
+    ) async throws {
         // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
         // timers, the watchdogs and the flag poller run on another thread. Neither is Swift's cooperative
         // pool, so handlers that block threads cannot stop the host's control side, nor each other.
@@ -361,13 +371,15 @@ public final class SluiceHost: Service, Sendable {
             controlExecutor.shutdown()
         }
         try await withTaskExecutorPreference(controlExecutor) {
-            try await supervise(handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, handlerExecutor: handlerExecutor)
+            try await supervise(
+                handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, handlerExecutor: handlerExecutor,
+                shardControl: shardControl)
         }
     }
 
     func supervise(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
-        handlerExecutor: ThreadPoolExecutor
+        handlerExecutor: ThreadPoolExecutor, shardControl: (any ShardControlState)?
     ) async throws {
         let flags = self.flags
         let controlWriter = try control.map { _ in try configuration.controlWriter(logger: logger) }
@@ -414,7 +426,7 @@ public final class SluiceHost: Service, Sendable {
                 var loop = SupervisorLoop(
                     host: self, handlers: handlers, consumer: consumer, producer: producer,
                     deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor,
-                    tripUpdates: controlWriter == nil ? nil : tripUpdate, logger: logger)
+                    tripUpdates: controlWriter == nil ? nil : tripUpdate, control: shardControl, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)
                     if loop.finished { break }

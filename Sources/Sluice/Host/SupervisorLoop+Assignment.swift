@@ -4,6 +4,45 @@ import SluiceKafka
 
 /// Assignment and revocation: shards made for assigned partitions (tripped or held where the group says so), what the last owners finished read beside the loop, revocations released once their shards drained, lost partitions dropped.
 extension SupervisorLoop {
+    /// Desired state before acting: the control topic read to its end as of now, so a partition's trip written by
+    /// its last owner moments ago is known before its shard starts here. That read waits on the network (up to 5 s),
+    /// so it runs beside the loop, which goes on with every other shard's events meanwhile; the shards start when
+    /// it is done (``assignRead(_:group:)``). Without a control plane they start at once.
+    mutating func assigned(_ partitions: [TopicPartition], group: inout DiscardingTaskGroup) async {
+        guard let control else {
+            await start(partitions, group: &group)
+            return
+        }
+        nextIdentifier += 1
+        let identifier = nextIdentifier
+        awaitingDesiredState[identifier] = partitions
+        group.addTask { [input, logger] in
+            if !(await control.catchUp(timeout: .seconds(5))) {
+                logger.warning(
+                    "the control topic could not be read to its end before starting the assigned shards; starting them with what was read",
+                    metadata: ["kafka.partitions": "\(partitions)", "sluice.controlPosition": "\(control.appliedPosition)"])
+            }
+            input.yield(.desiredStateRead(identifier))
+        }
+    }
+
+    /// Starts the shards of an assignment whose desired state was read, except those revoked or lost meanwhile.
+    mutating func assignRead(_ identifier: UInt64, group: inout DiscardingTaskGroup) async {
+        guard let partitions = awaitingDesiredState.removeValue(forKey: identifier) else { return }
+        await start(partitions, group: &group)
+    }
+
+    private mutating func start(_ partitions: [TopicPartition], group: inout DiscardingTaskGroup) async {
+        for topicPartition in partitions { await assign(topicPartition, group: &group) }
+        readGroupProgress(of: partitions.compactMap { shards[$0] }, group: &group)
+    }
+
+    /// Partitions revoked or lost before their shards started are not started.
+    mutating func forgetAwaiting(_ gone: [TopicPartition]) {
+        let gone = Set(gone)
+        for identifier in awaitingDesiredState.keys { awaitingDesiredState[identifier]!.removeAll { gone.contains($0) } }
+    }
+
     mutating func assign(_ topicPartition: TopicPartition, group: inout DiscardingTaskGroup) async {
         // During shutdown the consumer's close revokes what it is given.
         guard !shuttingDown, handlers[topicPartition.topic] != nil,
@@ -17,7 +56,7 @@ extension SupervisorLoop {
             perPartitionMetrics: host.configuration.perPartitionMetrics)
         // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
         // new owner); a reset or a flag cycle clears it for the group.
-        if let trip = host.control?.trip(for: topicPartition) {
+        if let trip = control?.trip(for: topicPartition) {
             let now = clock.now
             shards[topicPartition]?.lastError = trip.reason
             logger.warning(
@@ -84,6 +123,7 @@ extension SupervisorLoop {
     }
 
     mutating func revoke(_ revocation: KafkaRevocation, group: inout DiscardingTaskGroup) async {
+        forgetAwaiting(revocation.partitions)
         nextIdentifier += 1
         let identifier = nextIdentifier
         revocations[identifier] = (revocation, revocation.partitions)

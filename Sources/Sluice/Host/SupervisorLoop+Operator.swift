@@ -6,7 +6,7 @@ import SluiceKafka
 extension SupervisorLoop {
     /// Operator commands from the control topic for shards this host owns, in order, once each.
     mutating func carryOutCommands(group: inout DiscardingTaskGroup) async {
-        guard let control = host.control else { return }
+        guard let control else { return }
         for (offset, command) in control.commands(from: commandPosition) {
             commandPosition = offset + 1
             guard shards[command.topicPartition] != nil else { continue }

@@ -10,6 +10,8 @@ struct SupervisorLoop {
     let host: SluiceHost
     /// The shards' views, stored offsets and counters, read outside the loop.
     let registry: ShardRegistry
+    /// The group's control plane (trips, commands), when on.
+    let control: (any ShardControlState)?
     let handlers: [String: AnyHandler]
     let consumer: any ShardConsumer
     let producer: KafkaProducer?
@@ -33,6 +35,8 @@ struct SupervisorLoop {
     var shuttingDown = false
     var closing = false
     private(set) var finished = false
+    /// Assigned partitions whose shards wait for the control topic to be read to its end, by read.
+    var awaitingDesiredState: [UInt64: [TopicPartition]] = [:]
     /// Partitions whose suspect records are being cleared.
     var clearingSuspects: Set<TopicPartition> = []
     /// The control topic's next command to carry out: commands written before this host started are history.
@@ -48,11 +52,12 @@ struct SupervisorLoop {
         host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
         deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
         handlerExecutor: (any TaskExecutor)?, tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
-        logger: Logger
+        control: (any ShardControlState)?, logger: Logger
     ) {
+        self.control = control
         self.handlerExecutor = handlerExecutor
         self.tripUpdates = tripUpdates
-        self.commandPosition = host.control?.appliedPosition ?? 0
+        self.commandPosition = control?.appliedPosition ?? 0
         self.host = host
         self.registry = host.registry
         self.handlers = handlers
@@ -71,19 +76,14 @@ struct SupervisorLoop {
         switch item {
         case .kafka(.assigned(let partitions)):
             host.noteAssignment(lost: false)
-            // Desired state before acting: the control topic read to its end as of now, so a partition's trip or
-            // quarantine written by its last owner moments ago is known before its shard starts here.
-            if let control = host.control, !(await control.catchUp(timeout: .seconds(5))) {
-                logger.warning(
-                    "the control topic could not be read to its end before starting the assigned shards; starting them with what was read",
-                    metadata: ["kafka.partitions": "\(partitions)", "sluice.controlPosition": "\(control.appliedPosition)"])
-            }
-            for topicPartition in partitions { await assign(topicPartition, group: &group) }
-            readGroupProgress(of: partitions.compactMap { shards[$0] }, group: &group)
+            await assigned(partitions, group: &group)
+        case .desiredStateRead(let identifier):
+            await assignRead(identifier, group: &group)
         case .kafka(.revoked(let revocation)):
             await revoke(revocation, group: &group)
         case .kafka(.lost(let partitions)):
             host.noteAssignment(lost: true)
+            forgetAwaiting(partitions)
             for topicPartition in partitions { lose(topicPartition) }
         case .kafka(.error(let error)):
             // The consumer logged it (a fatal one at error level, which /healthz reports).
