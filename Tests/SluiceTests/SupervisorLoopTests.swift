@@ -64,7 +64,7 @@ struct SupervisorLoopTests {
         host.operatorFlags.unset(.topic("orders"))
         await host.flags.refresh()
         try await waitUntil("the pipeline handled every message while its resume waits") { handled.distinct == 10 }
-        host.registry.storeWatermarks(consumer: consumer)  // what the host's storer does every 100 ms meanwhile
+        host.registry.storeDue(consumer: consumer)  // what the host's storer does meanwhile
         #expect(consumer.stored(partition) == nil, "nothing stored for a pipeline the view does not name yet")
         consumer.pauseHang.withLock { $0 = nil }
         hang.release()

@@ -29,8 +29,10 @@ final class ShardRegistry: Sendable {
 
     private struct State {
         var views: [TopicPartition: ShardView] = [:]
-        /// Pipelines running now, by generation, with the progress and watermark last stored.
-        var running: [UInt64: (pipeline: ShardPipeline, storedAt: (progress: Int, watermark: Int64?)?)] = [:]
+        /// Pipelines running now, by generation.
+        var running: [UInt64: ShardPipeline] = [:]
+        /// Running pipelines whose watermark may have moved since it was last stored.
+        var due: Set<UInt64> = []
         /// Shard crashes and restarts since the host started, all shards together.
         var crashes = 0
         var restarts = 0
@@ -39,8 +41,14 @@ final class ShardRegistry: Sendable {
     private let state = Mutex(State())
     private let pipelineIDs = Atomic<UInt64>(0)
     private let logger: Logger
+    /// Wakes the watermark storer when the first pipeline became due.
+    private let wake: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
 
-    init(logger: Logger) { self.logger = logger }
+    init(logger: Logger) {
+        self.logger = logger
+        (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
 
     // MARK: Views
 
@@ -50,7 +58,7 @@ final class ShardRegistry: Sendable {
     /// Shows the supervisor's state of a shard. A pipeline that is replaced has its counters folded into the
     /// shard's totals, once.
     func update(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
-        state.withLock { state in
+        let named = state.withLock { state -> ShardPipeline? in
             var view = state.views[supervisor.topicPartition] ?? ShardView(
                 status: ShardStatus(
                     topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
@@ -66,6 +74,7 @@ final class ShardRegistry: Sendable {
                 view.status.deadLettered += counters.deadLettered
                 view.status.inFlight = 0
             }
+            let named = view.pipeline !== supervisor.pipeline ? supervisor.pipeline : nil
             view.pipeline = supervisor.pipeline
             view.status.generation = supervisor.pipeline?.generation ?? view.status.generation
             view.status.state = supervisor.state
@@ -76,7 +85,10 @@ final class ShardRegistry: Sendable {
             view.status.abandonedCalls = supervisor.abandonedCalls
             if let storedOffset { view.status.storedOffset = storedOffset }
             state.views[supervisor.topicPartition] = view
+            return named
         }
+        // A pipeline the view names now may have progressed while it did not (the fence refused it then).
+        if let named { progressed(named) }
     }
 
     func remove(_ topicPartition: TopicPartition) {
@@ -141,29 +153,51 @@ final class ShardRegistry: Sendable {
 
     /// A pipeline started: its watermark is stored as it advances.
     func pipelineStarted(_ pipeline: ShardPipeline) {
-        state.withLock { $0.running[pipeline.generation] = (pipeline, nil) }
+        state.withLock { $0.running[pipeline.generation] = pipeline }
     }
 
     /// A pipeline ended: its last watermark is stored, and no more.
     func pipelineEnded(_ pipeline: ShardPipeline, consumer: any ShardConsumer) {
-        state.withLock { _ = $0.running.removeValue(forKey: pipeline.generation) }
+        state.withLock { state in
+            state.running.removeValue(forKey: pipeline.generation)
+            state.due.remove(pipeline.generation)
+        }
         storeWatermark(pipeline, consumer: consumer)
     }
 
-    /// Stores the watermark of every running pipeline that made progress since it was last stored. A pipeline
-    /// the shard's view does not name yet (its start is shown once its pause set is applied) is looked at again
-    /// next time: its progress counts as stored only once it was.
-    func storeWatermarks(consumer: any ShardConsumer) {
-        let due = state.withLock { state in
-            state.running.values.compactMap { entry -> (ShardPipeline, (progress: Int, watermark: Int64?))? in
-                // Completions move the progress; offsets skipped as done by an earlier pipeline move only the watermark.
-                let now = (progress: entry.pipeline.progress, watermark: entry.pipeline.watermark)
-                if let last = entry.storedAt, last.progress == now.progress, last.watermark == now.watermark { return nil }
-                return (entry.pipeline, now)
-            }
+    /// A running pipeline's watermark may have moved (the pipeline says so once until it is looked at, and a
+    /// shard's view update says so when it names a pipeline): it is stored at the storer's next turn.
+    func progressed(_ pipeline: ShardPipeline) {
+        let first = state.withLock { state -> Bool in
+            guard state.running[pipeline.generation] != nil else { return false }
+            let wasIdle = state.due.isEmpty
+            state.due.insert(pipeline.generation)
+            return wasIdle
         }
-        for (pipeline, seen) in due where storeWatermark(pipeline, consumer: consumer) {
-            state.withLock { $0.running[pipeline.generation]?.storedAt = seen }
+        if first { wakeContinuation.yield() }
+    }
+
+    /// Stores the watermarks of the pipelines that progressed since their last store. A pipeline the shard's view
+    /// does not name yet (its start is shown once its pause set is applied) is stored when the view names it.
+    func storeDue(consumer: any ShardConsumer) {
+        let due = state.withLock { state -> [ShardPipeline] in
+            defer { state.due.removeAll(keepingCapacity: true) }
+            return state.due.compactMap { state.running[$0] }
+        }
+        for pipeline in due {
+            // Cleared before the watermark is read: progress from now on is told again.
+            pipeline.progressPending.store(false, ordering: .releasing)
+            storeWatermark(pipeline, consumer: consumer)
+        }
+    }
+
+    /// The watermark storer: stores what progressed, pushed by the pipelines rather than looked for, at most once
+    /// per `interval` (on `clock`) so that thousands of completions a second are a few stores; idle shards cost
+    /// nothing. Runs until cancelled.
+    func runStorer(consumer: any ShardConsumer, clock: any HostClock, interval: Duration) async {
+        for await _ in wake {
+            storeDue(consumer: consumer)
+            try? await clock.sleep(until: clock.now + interval)
         }
     }
 

@@ -68,7 +68,7 @@ extension SupervisorLoop {
             journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),
             carefulGate: host.carefulGate,
             consumerGroup: host.configuration.kafka.group,
-            inFlightBytes: inFlightBytes, logger: logger)
+            inFlightBytes: inFlightBytes, onProgress: { [registry] in registry.progressed($0) }, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         registry.pipelineStarted(pipeline)

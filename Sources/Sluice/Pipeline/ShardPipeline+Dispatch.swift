@@ -31,6 +31,7 @@ extension ShardPipeline {
         let countLimit = max(configuration.maxInFlight, 1)
         var limit = countLimit
         var averageBytes = 0
+        var watermarkTold = false
         var pausedForBackpressure = false
         dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
         defer { dispatcherPhase.store(DispatcherPhase.ended.rawValue, ordering: .relaxed) }
@@ -91,6 +92,12 @@ extension ShardPipeline {
                         }
                     }
                     return (slice.count, rejected, !rejected.allSatisfy(state.alreadyDone.contains))
+                }
+                // The first messages taken give the pipeline a watermark (stored, so the shard shows its lag at
+                // once); offsets done by an earlier pipeline were completed here: the watermark may have moved.
+                if !rejected.isEmpty || !watermarkTold {
+                    watermarkTold = true
+                    noteProgress()
                 }
                 let range = remaining.startIndex..<(remaining.startIndex + taken)
                 remaining = remaining.dropFirst(taken)

@@ -126,6 +126,7 @@ extension ShardPipeline {
         }
         metrics.processed.increment(by: offsets.count)
         beacon.notify()
+        noteProgress()
     }
 
     func context(attempt: Int) -> ShardContext {

@@ -143,5 +143,6 @@ extension ShardPipeline {
             count(&state.counters)
         }
         beacon.notify()
+        noteProgress()
     }
 }

@@ -133,6 +133,11 @@ final class ShardPipeline: Sendable {
     /// The bytes this shard may have in flight now (its share of the host's memory budget, which changes
     /// with the assignment); nil: only `maxInFlight` bounds it.
     let inFlightBytes: (@Sendable () -> Int?)?
+    /// Told when the watermark may have moved (the host's watermark storer), once until ``progressPending`` is
+    /// cleared: thousands of completions a second are one call.
+    let onProgress: (@Sendable (ShardPipeline) -> Void)?
+    /// Set when ``onProgress`` was told; the storer clears it before it reads the watermark.
+    let progressPending = Atomic<Bool>(false)
     /// How long the first pipeline of an assignment waits for the group's progress before it hands out
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
@@ -159,8 +164,10 @@ final class ShardPipeline: Sendable {
         tracer: (any Tracer)? = MessageTracing.bootstrapped(),
         consumerGroup: String? = nil,
         inFlightBytes: (@Sendable () -> Int?)? = nil,
+        onProgress: (@Sendable (ShardPipeline) -> Void)? = nil,
         logger: Logger
     ) {
+        self.onProgress = onProgress
         self.inFlightBytes = inFlightBytes
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
@@ -263,6 +270,12 @@ final class ShardPipeline: Sendable {
         for queue in queues { _ = queue.drain() }
         beacon.notify()
         control.notify()
+    }
+
+    /// Tells ``onProgress`` that the watermark may have moved, unless it was told and has not looked yet.
+    func noteProgress() {
+        guard let onProgress, !progressPending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        onProgress(self)
     }
 
     /// Whether lanes must not start another handler call.
