@@ -133,6 +133,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             // The fuzz tests' seed corpus, read from the source tree.
             exclude: ["FuzzCorpus"]

@@ -55,7 +55,8 @@ public final class ControlPlaneFlagSource: FlagSource {
     /// `clock`: real time, on which waits for records to be applied are timed (a host hands in its own).
     public init(
         bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil,
-        clock: any HostClock = SystemHostClock(name: "sluice-control-timers"), logger: Logger
+        clock: any HostClock = SystemHostClock(name: "sluice-control-timers"),
+        metricsFactory: any MetricsFactory = MetricsSystem.factory, logger: Logger
     ) throws {
         self.topic = topic
         self.clock = clock
@@ -63,7 +64,7 @@ public final class ControlPlaneFlagSource: FlagSource {
         (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let table = self.table
         let continuation = self.continuation
-        let rejections = ControlRejections(topic: topic, logger: logger)
+        let rejections = ControlRejections(topic: topic, metricsFactory: metricsFactory, logger: logger)
         self.rejections = rejections
         reader = try ControlTopicReader(
             bootstrapServers: bootstrapServers, topic: topic, properties: properties, logger: logger,

@@ -12,12 +12,12 @@ final class ControlRejections: Sendable {
     /// How many of the latest rejections are kept.
     static let kept = 20
 
-    init(topic: String, logger: Logger) {
+    init(topic: String, metricsFactory: any MetricsFactory, logger: Logger) {
         self.topic = topic
         self.logger = logger
         counters = Dictionary(
             uniqueKeysWithValues: ControlRecordRejected.Reason.allCases.map {
-                ($0, Counter(label: "sluice_control_records_rejected_total", dimensions: [("reason", $0.rawValue)]))
+                ($0, Counter(label: "sluice_control_records_rejected_total", dimensions: [("reason", $0.rawValue)], factory: metricsFactory))
             })
     }
 

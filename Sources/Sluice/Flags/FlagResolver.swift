@@ -35,7 +35,11 @@ public final class FlagResolver: Sendable {
     private let changed = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
 
     /// Creates a resolver over `sources`, highest precedence first.
-    public init(sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1), logger: Logger) {
+    /// Errors of each source are counted as `sluice_flag_source_errors_total{source}` through `metricsFactory`.
+    public init(
+        sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1),
+        metricsFactory: any MetricsFactory = MetricsSystem.factory, logger: Logger
+    ) {
         self.sources = sources
         self.defaultEnabled = defaultEnabled
         self.pollInterval = pollInterval
@@ -43,7 +47,7 @@ public final class FlagResolver: Sendable {
         self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count), appliedFrom: Array(repeating: 0, count: sources.count)))
         var counters: [String: Counter] = [:]
         for source in sources {
-            counters[source.name] = Counter(label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)])
+            counters[source.name] = Counter(label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)], factory: metricsFactory)
         }
         self.errorCounters = counters
     }

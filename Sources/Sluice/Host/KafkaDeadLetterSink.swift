@@ -1,3 +1,4 @@
+import Instrumentation
 import SluiceKafka
 
 /// Writes failed messages to a dead-letter topic with the original key, value and headers, plus:
@@ -5,6 +6,8 @@ import SluiceKafka
 /// `sluice.attempts`. Returns once the broker acknowledged the write.
 struct KafkaDeadLetterSink: DeadLetterSink {
     let producer: KafkaProducer
+    /// Puts the dead-letter write's trace context into the records' headers (nil: tracing off).
+    let instrument: (any Instrument)?
 
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
         _ = try await producer.send(record(message, error: error, attempts: attempts, topic: topic))
@@ -39,7 +42,7 @@ struct KafkaDeadLetterSink: DeadLetterSink {
         headers.append(KafkaHeader(key: "sluice.source.offset", value: Array(String(message.offset).utf8)))
         headers.append(KafkaHeader(key: "sluice.attempts", value: Array(String(attempts).utf8)))
         // The dead-letter write's span (when tracing is on) replaces the original trace headers.
-        MessageTracing.inject(into: &headers)
+        if let instrument { MessageTracing.inject(into: &headers, with: instrument) }
         if let killed = error as? MessageKilledProcess {
             // What the crash journal found: the message's handler call killed the process.
             let quarantine = killed.quarantine

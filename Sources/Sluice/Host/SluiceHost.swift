@@ -3,6 +3,7 @@ import Metrics
 import ServiceLifecycle
 import SluiceKafka
 import Synchronization
+import Tracing
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -80,6 +81,10 @@ public final class SluiceHost: Service, Sendable {
     let state = Mutex(State())
     /// The shards' views, stored offsets and counters.
     let registry: ShardRegistry
+    /// Where this host's metrics go.
+    let metricsFactory: any MetricsFactory
+    /// Spans per handler call and dead-letter write; nil while tracing is off.
+    let tracer: (any Tracer)?
     /// The time of the host's timed logic (see ``HostClock``).
     let clock: any HostClock
     /// Real time, with a timer thread of this host's: the handler watchdog, the blocked-thread monitor, and
@@ -109,17 +114,30 @@ public final class SluiceHost: Service, Sendable {
     ///     OpenFeature provider), highest precedence first. They rank below the group's control plane (an
     ///     operator's flip during an incident wins) and above the flag file; polled every `flags.pollInterval`,
     ///     or at once when a source pushes ``FlagSource/changes``.
+    ///   - metricsFactory: where the host's metrics go; nil: the factory bootstrapped with `MetricsSystem`, as
+    ///     it is now (read once, here).
+    ///   - tracer: spans per handler call and dead-letter write; nil: the tracer bootstrapped with
+    ///     `InstrumentationSystem`, as it is now (tracing is off while that is a no-op tracer).
     public convenience init(
-        configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = []
+        configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = [],
+        metricsFactory: (any MetricsFactory)? = nil, tracer: (any Tracer)? = nil
     ) {
-        self.init(configuration: configuration, logger: logger, clock: SystemHostClock(name: "sluice-host-timers"), flagSources: flagSources)
+        self.init(
+            configuration: configuration, logger: logger, clock: SystemHostClock(name: "sluice-host-timers"), flagSources: flagSources,
+            metricsFactory: metricsFactory, tracer: tracer)
     }
 
     /// Creates a host whose timed logic (restart backoffs, healthy-after, cooldown probes, the once-a-second
     /// tick) runs on `clock`: tests drive a manual one (`SluiceTesting`'s `ManualHostClock`), so a breaker's
     /// backoff or trip is tested without waiting for it in real time.
-    public init(configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = []) {
+    public init(
+        configuration: SluiceConfiguration, logger: Logger, clock: any HostClock, flagSources: [any FlagSource] = [],
+        metricsFactory: (any MetricsFactory)? = nil, tracer: (any Tracer)? = nil
+    ) {
         self.clock = clock
+        let metricsFactory = metricsFactory ?? MetricsSystem.factory
+        self.metricsFactory = metricsFactory
+        self.tracer = (tracer ?? MessageTracing.bootstrapped()).flatMap { $0 is NoOpTracer ? nil : $0 }
         let realTime = clock as? SystemHostClock ?? SystemHostClock(name: "sluice-host-timers")
         self.realTime = realTime
         carefulGate = CarefulGate(clock: realTime)
@@ -132,7 +150,7 @@ public final class SluiceHost: Service, Sendable {
             // Keys that cannot be read leave no reader: run() then says what is wrong with them.
             if case .success(let keys) = Result(catching: { () throws(SluiceError) in try configuration.control.keys() }), let control = try? ControlPlaneFlagSource(
                 bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
-                properties: configuration.controlProperties, keys: keys, clock: realTime, logger: logger)
+                properties: configuration.controlProperties, keys: keys, clock: realTime, metricsFactory: metricsFactory, logger: logger)
             {
                 sources.append(control)
                 self.control = control
@@ -146,7 +164,7 @@ public final class SluiceHost: Service, Sendable {
         if let file = configuration.flags.file { sources.append(FileFlagSource(path: file)) }
         self.flags = FlagResolver(
             sources: sources, defaultEnabled: configuration.flags.defaultEnabled,
-            pollInterval: configuration.flags.pollInterval, logger: logger)
+            pollInterval: configuration.flags.pollInterval, metricsFactory: metricsFactory, logger: logger)
     }
 
     /// Registers the handler of a topic's messages, one message at a time.
@@ -297,7 +315,7 @@ public final class SluiceHost: Service, Sendable {
         let needsDeadLetters = configuration.topics.values.contains { $0.deadLetterTopic != nil }
         let producer = needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
-        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0) })
+        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0, instrument: tracer) })
     }
 
     /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
@@ -340,7 +358,7 @@ public final class SluiceHost: Service, Sendable {
         // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
         // timers, the watchdogs and the flag poller run on another thread. Neither is Swift's cooperative
         // pool, so handlers that block threads cannot stop the host's control side, nor each other.
-        let blockedGauge = Gauge(label: "sluice_handler_threads_blocked")
+        let blockedGauge = Gauge(label: "sluice_handler_threads_blocked", factory: metricsFactory)
         let handlerExecutor = ThreadPoolExecutor(
             name: "sluice-handler", threads: configuration.handlerThreads,
             maximumThreads: max(configuration.maxHandlerThreads, configuration.handlerThreads),
@@ -411,9 +429,9 @@ public final class SluiceHost: Service, Sendable {
                         identity: identity, writer: writer,
                         observe: { self.statusObserved(applied: control.loadedPosition) },
                         record: { [started = Int64(Date().timeIntervalSince1970 * 1000)] said in self.statusRecord(said, startedAt: started) },
-                        clock: realTime, logger: logger)
+                        clock: realTime, metricsFactory: metricsFactory, logger: logger)
                     group.addTask { try? await publisher.run() }
-                    let trips = TripPublisher(writer: writer, updates: tripUpdates, logger: logger)
+                    let trips = TripPublisher(writer: writer, updates: tripUpdates, metricsFactory: metricsFactory, logger: logger)
                     group.addTask { try? await trips.run() }
                 }
                 group.addTask { await self.refreshLag(consumer: consumer) }

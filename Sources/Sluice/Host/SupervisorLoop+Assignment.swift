@@ -53,7 +53,7 @@ extension SupervisorLoop {
         shards[topicPartition] = ShardSupervisor(
             topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now,
             stallAfter: host.configuration.stallAfter, unstartedAfter: Self.unstartedAfter,
-            perPartitionMetrics: host.configuration.perPartitionMetrics)
+            perPartitionMetrics: host.configuration.perPartitionMetrics, metricsFactory: host.metricsFactory)
         // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
         // new owner); a reset or a flag cycle clears it for the group.
         if let trip = control?.trip(for: topicPartition) {

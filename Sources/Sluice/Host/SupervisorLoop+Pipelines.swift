@@ -66,7 +66,7 @@ extension SupervisorLoop {
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
             journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),
-            carefulGate: host.carefulGate,
+            carefulGate: host.carefulGate, tracer: host.tracer,
             consumerGroup: host.configuration.kafka.group,
             inFlightBytes: inFlightBytes, onProgress: { [registry] in registry.progressed($0) }, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }

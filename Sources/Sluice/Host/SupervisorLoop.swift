@@ -43,7 +43,7 @@ struct SupervisorLoop {
     var commandPosition: Int64
     let stateGauges: [String: Gauge]
     /// `sluice_commit_failures_total`, brought up to the consumer's count on every tick.
-    let commitFailures = Counter(label: "sluice_commit_failures_total")
+    let commitFailures: Counter
     var commitFailuresRecorded = 0
 
     static let stateNames = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
@@ -68,7 +68,9 @@ struct SupervisorLoop {
         self.logger = logger
         self.clock = host.clock
         var gauges: [String: Gauge] = [:]
-        for name in Self.stateNames { gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)]) }
+        let factory = host.metricsFactory
+        commitFailures = Counter(label: "sluice_commit_failures_total", factory: factory)
+        for name in Self.stateNames { gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)], factory: factory) }
         self.stateGauges = gauges
     }
 
@@ -135,10 +137,10 @@ struct SupervisorLoop {
             await releaseQuarantineHolds(group: &group)
             await carryOutCommands(group: &group)
             for (topic, calls) in abandonedByTopic {
-                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)]).record(calls)
+                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)], factory: host.metricsFactory).record(calls)
             }
             // The topic's lag over this host's shards: kept when per-partition series are off.
-            for (topic, lag) in lagByTopic { Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)]).record(lag) }
+            for (topic, lag) in lagByTopic { Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)], factory: host.metricsFactory).record(lag) }
             host.noteTick()
         case .shutdownDeadline:
             if !closing {

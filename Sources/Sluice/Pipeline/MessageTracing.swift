@@ -65,9 +65,9 @@ struct MessageTracing: Sendable {
 
     /// Puts the current trace context into dead-letter headers (the dead-letter consumer's trace continues
     /// from the failed call).
-    static func inject(into headers: inout [KafkaHeader]) {
+    static func inject(into headers: inout [KafkaHeader], with instrument: any Instrument) {
         guard let context = ServiceContext.current else { return }
-        InstrumentationSystem.instrument.inject(context, into: &headers, using: KafkaHeaderInjector())
+        instrument.inject(context, into: &headers, using: KafkaHeaderInjector())
     }
 }
 

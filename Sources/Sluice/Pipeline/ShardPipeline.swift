@@ -34,13 +34,14 @@ final class ShardPipeline: Sendable {
         let deadLettered: Counter
         let handlerDuration: Timer
 
-        init(topic: String) {
+        init(topic: String, factory: any MetricsFactory = MetricsSystem.factory) {
             let dimensions = [("topic", topic)]
-            processed = Counter(label: "sluice_messages_processed_total", dimensions: dimensions)
-            failed = Counter(label: "sluice_handler_failures_total", dimensions: dimensions)
-            skipped = Counter(label: "sluice_messages_skipped_total", dimensions: dimensions)
-            deadLettered = Counter(label: "sluice_messages_dead_lettered_total", dimensions: dimensions)
-            handlerDuration = Timer(label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)
+            processed = Counter(label: "sluice_messages_processed_total", dimensions: dimensions, factory: factory)
+            failed = Counter(label: "sluice_handler_failures_total", dimensions: dimensions, factory: factory)
+            skipped = Counter(label: "sluice_messages_skipped_total", dimensions: dimensions, factory: factory)
+            deadLettered = Counter(label: "sluice_messages_dead_lettered_total", dimensions: dimensions, factory: factory)
+            handlerDuration = Timer(
+                label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds, factory: factory)
         }
     }
 

@@ -48,7 +48,8 @@ struct ShardSupervisor {
 
     init(
         topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant,
-        stallAfter: Duration, unstartedAfter: Duration, perPartitionMetrics: Bool = true
+        stallAfter: Duration, unstartedAfter: Duration, perPartitionMetrics: Bool = true,
+        metricsFactory factory: any MetricsFactory = MetricsSystem.factory
     ) {
         self.stall = StallDetector(stallAfter: stallAfter, unstartedAfter: unstartedAfter, now: now)
         self.topicPartition = topicPartition
@@ -56,17 +57,17 @@ struct ShardSupervisor {
         self.messages = messages
         self.flag = flag
         let topic = [("topic", topicPartition.topic)]
-        crashes = Counter(label: "sluice_shard_crashes_total", dimensions: topic)
-        restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic)
+        crashes = Counter(label: "sluice_shard_crashes_total", dimensions: topic, factory: factory)
+        restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic, factory: factory)
         let shard = topic + [("partition", String(topicPartition.partition))]
         // Per-partition series multiply by partitions: off with `metrics.perPartition: off` (topic totals stay).
-        attemptGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_attempt", dimensions: shard) : nil
-        lagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag", dimensions: shard) : nil
-        flagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_flag_enabled", dimensions: shard) : nil
-        stalledGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_stalled", dimensions: shard) : nil
-        lagSecondsGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag_seconds", dimensions: shard) : nil
+        attemptGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_attempt", dimensions: shard, factory: factory) : nil
+        lagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag", dimensions: shard, factory: factory) : nil
+        flagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_flag_enabled", dimensions: shard, factory: factory) : nil
+        stalledGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_stalled", dimensions: shard, factory: factory) : nil
+        lagSecondsGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag_seconds", dimensions: shard, factory: factory) : nil
         flagGauge?.record(flag.enabled ? 1 : 0)
-        pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic)
+        pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic, factory: factory)
     }
 
     /// Removes the shard's per-partition series (attempt, lag, lag seconds, flag, stalled): a host that no

@@ -14,12 +14,13 @@ struct HostStatusPublisher: Service {
     let record: @Sendable (StatusCadence.Said) -> ControlHostStatus
     /// Real time.
     let clock: any HostClock
+    let metricsFactory: any MetricsFactory
     let logger: Logger
 
     func run() async throws {
         var cadence = StatusCadence()
         var failing = false
-        let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")])
+        let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")], factory: metricsFactory)
         while !Task.isCancelled {
             let current = observe()
             if cadence.due(current, now: clock.now) {

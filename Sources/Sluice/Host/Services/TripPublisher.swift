@@ -9,6 +9,7 @@ import SluiceKafka
 struct TripPublisher: Service {
     let writer: ControlPlaneWriter
     let updates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>
+    let metricsFactory: any MetricsFactory
     let logger: Logger
 
     func run() async throws {
@@ -16,7 +17,7 @@ struct TripPublisher: Service {
             do {
                 try await writer.setTrip(topicPartition, trip)
             } catch {
-                Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")]).increment()
+                Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")], factory: metricsFactory).increment()
                 logger.error(
                     "could not publish the shard's trip to the control topic; other hosts will not know of it",
                     metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
