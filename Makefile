@@ -1,7 +1,7 @@
 # Sluice: the two quick-start commands are `make demo` and `make test`.
 SWIFT ?= swift
 
-.PHONY: deps build test test-tansu test-tracing-example demo docs clean
+.PHONY: deps build lint test test-tansu test-tracing-example demo docs clean
 
 deps:
 	@scripts/ensure-deps.sh
@@ -18,7 +18,7 @@ TANSU_TESTS = TestBrokerTests|LinkedLibrdkafkaTests|everyMessageOnceInOrder|only
 # The suite runs three times: against the system's librdkafka (Debian's 2.0.2), then with librdkafka 2.16 swapped
 # in at run time, so Sluice is known to work on the librdkafka users of other platforms have; then the tests that
 # matter most against tansu (with 2.16: 2.0.2 fails tansu's ApiVersions reply), so they do not rest on one broker.
-test: deps
+test: deps lint
 	scripts/ensure-chromium.sh
 	scripts/kubernetes-validate.sh >/dev/null
 	scripts/ensure-tansu.sh >/dev/null
@@ -28,6 +28,11 @@ test: deps
 	$(MAKE) test-tansu
 	$(MAKE) test-tracing-example
 	$(MAKE) docs
+
+# swift-format with the repository's .swift-format, every rule as an error: `swift format format -i -r Sources Tests
+# Examples Package.swift` fixes what it reports.
+lint:
+	$(SWIFT) format lint --strict -r Sources Tests Examples Package.swift
 
 # The tansu pass alone (after a build with tests).
 test-tansu:

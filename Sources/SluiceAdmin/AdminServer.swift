@@ -36,7 +36,9 @@ public struct AdminServer: Service {
     /// instead of this host's memory and state file.
     private let controlWriter: ControlPlaneWriter?
     /// The changes an operator makes, shared with the dashboard.
-    private var actions: OperatorActions { OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger) }
+    private var actions: OperatorActions {
+        OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger)
+    }
     /// The operator dashboard at `/`.
     let dashboard: Dashboard
 
@@ -63,10 +65,13 @@ public struct AdminServer: Service {
         if settings.token == nil, !Self.isLoopback(settings.listen) {
             throw SluiceError(
                 code: .configuration,
-                message: "admin.listen \(settings.listen) reaches beyond this machine and no admin.token is set: anyone who can reach the port could turn shards off; set admin.token, or listen on 127.0.0.1")
+                message:
+                    "admin.listen \(settings.listen) reaches beyond this machine and no admin.token is set: anyone who can reach the port could turn shards off; set admin.token, or listen on 127.0.0.1"
+            )
         }
         dashboard = try Dashboard(
-            host: host, actions: OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger),
+            host: host,
+            actions: OperatorActions(host: host, controlWriter: controlWriter, store: store, logger: logger),
             token: settings.token, publicReads: settings.publicReads, logger: logger)
     }
 
@@ -80,7 +85,9 @@ public struct AdminServer: Service {
             onServerRunning: { [boundPort, logger] channel in
                 let port = channel.localAddress?.port
                 boundPort.value.withLock { $0 = port }
-                logger.info("admin API listening", metadata: ["sluice.admin.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+                logger.info(
+                    "admin API listening",
+                    metadata: ["sluice.admin.address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
             },
             logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -110,13 +117,17 @@ public struct AdminServer: Service {
         }
         router.get("readyz") { _, _ in
             let readiness = host.readiness
-            return json(readiness.ready ? .ok : .serviceUnavailable, ["ready": readiness.ready, "reasons": readiness.reasons])
+            return json(
+                readiness.ready ? .ok : .serviceUnavailable, ["ready": readiness.ready, "reasons": readiness.reasons])
         }
         router.get("metrics") { request, _ in
-            if let denied = authorizeRead(request, open: settings.publicReads || settings.publicMetrics) { return denied }
+            if let denied = authorizeRead(request, open: settings.publicReads || settings.publicMetrics) {
+                return denied
+            }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+            return Response(
+                status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
         }
         router.get("v1/shards") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
@@ -125,7 +136,9 @@ public struct AdminServer: Service {
         router.get("v1/flags") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
             let flags = host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
-                var entry: [String: Any] = ["key": key.description, "enabled": setting.enabled, "source": setting.source]
+                var entry: [String: Any] = [
+                    "key": key.description, "enabled": setting.enabled, "source": setting.source,
+                ]
                 if let reason = setting.reason { entry["reason"] = reason }
                 if let rate = setting.rate { entry["rate"] = rate }
                 return entry
@@ -142,13 +155,15 @@ public struct AdminServer: Service {
             try await setFlag(request, key: context.parameters.get("key") ?? "")
         }
         router.put("v1/flags/:key/:partition") { request, context in
-            try await setFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
+            try await setFlag(
+                request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.delete("v1/flags/:key") { request, context in
             await unsetFlag(request, key: context.parameters.get("key") ?? "")
         }
         router.delete("v1/flags/:key/:partition") { request, context in
-            await unsetFlag(request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
+            await unsetFlag(
+                request, key: "\(context.parameters.get("key") ?? "")/\(context.parameters.get("partition") ?? "")")
         }
         router.post("v1/shards/:topic/:partition/reset") { request, context in
             if let denied = authorize(request) { return denied }
@@ -169,7 +184,9 @@ public struct AdminServer: Service {
         }
         // A quarantined message released without a handler call: committed (skip), or written to the topic's
         // dead-letter topic with its crash report (dead-letter).
-        for (path, release, answer) in [("skip", Quarantine.Release.skip, "skipped"), ("dead-letter", .deadLetter, "deadLettered")] {
+        for (path, release, answer) in [
+            ("skip", Quarantine.Release.skip, "skipped"), ("dead-letter", .deadLetter, "deadLettered"),
+        ] {
             router.post("v1/shards/:topic/:partition/\(path)") { request, context in
                 if let denied = authorize(request) { return denied }
                 let topicPartition: TopicPartition
@@ -187,14 +204,18 @@ public struct AdminServer: Service {
                 let offset: Int64
                 do {
                     guard let given = try fields.int64("offset", in: InputLimits.offsets) else {
-                        return problem(.badRequest, "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
+                        return problem(
+                            .badRequest,
+                            "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
                     }
                     offset = given
                 } catch {
                     return problem(.badRequest, (error as? Refused)?.detail ?? "\"offset\" must be an integer")
                 }
                 do throws(OperatorActions.Refusal) {
-                    try await actions.release(topicPartition, as: release, offset: offset, who: caller(request), reason: object["reason"] as? String)
+                    try await actions.release(
+                        topicPartition, as: release, offset: offset, who: caller(request),
+                        reason: object["reason"] as? String)
                 } catch {
                     return refused(error)
                 }
@@ -220,28 +241,36 @@ public struct AdminServer: Service {
         }
         let unknown = Set(object.keys).subtracting(["enabled", "reason", "rate"])
         guard unknown.isEmpty else {
-            return problem(.badRequest, "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason, rate")
+            return problem(
+                .badRequest,
+                "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason, rate")
         }
         // A rate ("200/s", or 200) slows the shards instead of stopping them.
         var rate: Double?
         if let value = object["rate"] {
             let text = (value as? String) ?? (value as? NSNumber).map { "\($0)/s" } ?? ""
             guard let parsed = ControlRecord.parseRate(text) else {
-                return problem(.badRequest, "\"rate\" must be messages a second, from 0.001 to 1000000, as 200 or \"200/s\"")
+                return problem(
+                    .badRequest, "\"rate\" must be messages a second, from 0.001 to 1000000, as 200 or \"200/s\"")
             }
             rate = parsed
             if object["enabled"] as? Bool == false {
                 return problem(.badRequest, "a rate flag runs the shards it covers: \"enabled\" must be true or absent")
             }
         }
-        guard let enabled = rate != nil ? true : object["enabled"] as? Bool, rate != nil || object["enabled"].map(JSONFields.isBoolean) == true else {
+        guard let enabled = rate != nil ? true : object["enabled"] as? Bool,
+            rate != nil || object["enabled"].map(JSONFields.isBoolean) == true
+        else {
             return problem(.badRequest, "\"enabled\" (true or false) or \"rate\" is required")
         }
         let reason = object["reason"] as? String
         if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
         do throws(OperatorActions.Refusal) {
-            let offset = try await actions.setFlag(key, enabled: enabled, rate: rate, reason: reason, who: caller(request))
-            var entry: [String: Any] = ["key": key.description, "enabled": enabled, "source": offset == nil ? "admin" : "control"]
+            let offset = try await actions.setFlag(
+                key, enabled: enabled, rate: rate, reason: reason, who: caller(request))
+            var entry: [String: Any] = [
+                "key": key.description, "enabled": enabled, "source": offset == nil ? "admin" : "control",
+            ]
             if let offset { entry["controlOffset"] = offset }
             if let reason { entry["reason"] = reason }
             if let rate { entry["rate"] = rate }
@@ -292,15 +321,20 @@ public struct AdminServer: Service {
         do {
             body = try await request.collectBody(upTo: settings.maxBodyBytes)
         } catch {
-            return .failure(BadRequest(response: problem(.contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")))
+            return .failure(
+                BadRequest(
+                    response: problem(
+                        .contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")))
         }
         do {
             guard let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
-                return .failure(BadRequest(response: problem(.badRequest, "the body must be a JSON object like \(example)")))
+                return .failure(
+                    BadRequest(response: problem(.badRequest, "the body must be a JSON object like \(example)")))
             }
             return .success(object)
         } catch {
-            return .failure(BadRequest(response: problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")))
+            return .failure(
+                BadRequest(response: problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")))
         }
     }
 
@@ -309,7 +343,8 @@ public struct AdminServer: Service {
         let topic = context.parameters.get("topic") ?? ""
         let partitionText = context.parameters.get("partition") ?? ""
         guard let partition = Int32(partitionText), partition >= 0 else {
-            return .failure(BadRequest(response: problem(.badRequest, "partition must be a number, got '\(partitionText)'")))
+            return .failure(
+                BadRequest(response: problem(.badRequest, "partition must be a number, got '\(partitionText)'")))
         }
         return .success(TopicPartition(topic, partition))
     }
@@ -326,7 +361,9 @@ public struct AdminServer: Service {
     private func authorize(_ request: Request) -> Response? {
         guard let token = settings.token, !token.isEmpty else { return nil }
         guard !Dashboard.constantTimeEqual(request.headers[.authorization] ?? "", "Bearer \(token)") else { return nil }
-        logger.warning("admin change refused: missing or wrong token", metadata: ["sluice.caller": "\(caller(request))", "http.path": "\(request.uri.path)"])
+        logger.warning(
+            "admin change refused: missing or wrong token",
+            metadata: ["sluice.caller": "\(caller(request))", "http.path": "\(request.uri.path)"])
         var response = problem(.unauthorized, "this change needs Authorization: Bearer <token>")
         response.headers[.wwwAuthenticate] = "Bearer"
         return response
@@ -337,7 +374,8 @@ public struct AdminServer: Service {
     private func authorizeRead(_ request: Request, open: Bool) -> Response? {
         guard let token = settings.token, !token.isEmpty, !open else { return nil }
         guard !Dashboard.constantTimeEqual(request.headers[.authorization] ?? "", "Bearer \(token)") else { return nil }
-        var response = problem(.unauthorized, "reading this needs Authorization: Bearer <token> (or admin.publicReads: on)")
+        var response = problem(
+            .unauthorized, "reading this needs Authorization: Bearer <token> (or admin.publicReads: on)")
         response.headers[.wwwAuthenticate] = "Bearer"
         return response
     }
@@ -350,7 +388,9 @@ public struct AdminServer: Service {
     }
 
     private func caller(_ request: Request) -> String {
-        if let caller = request.headers.first(where: { $0.name.canonicalName == "x-sluice-caller" })?.value { return caller }
+        if let caller = request.headers.first(where: { $0.name.canonicalName == "x-sluice-caller" })?.value {
+            return caller
+        }
         return request.headers[.userAgent] ?? "unknown"
     }
 
@@ -423,8 +463,10 @@ public struct AdminServer: Service {
             abandonedCalls = shard.abandonedCalls > 0 ? shard.abandonedCalls : nil
             quarantine = shard.quarantine.map { quarantine in
                 QuarantineDocument(
-                    offset: quarantine.offset, count: quarantine.count, crashes: quarantine.crashes, state: quarantine.state.rawValue,
-                    signal: quarantine.signal, host: quarantine.host, atMillis: quarantine.atMilliseconds, summary: quarantine.summary,
+                    offset: quarantine.offset, count: quarantine.count, crashes: quarantine.crashes,
+                    state: quarantine.state.rawValue,
+                    signal: quarantine.signal, host: quarantine.host, atMillis: quarantine.atMilliseconds,
+                    summary: quarantine.summary,
                     who: quarantine.who, reason: quarantine.reason, report: quarantine.report)
             }
             rate = shard.flag.rate

@@ -31,7 +31,11 @@ struct OperatorFlagStore: Sendable {
                     try FileManager.default.moveItem(atPath: path, toPath: setAside)
                     logger.warning(
                         "the admin state file belongs to another consumer group: set aside, none of its overrides applies",
-                        metadata: ["sluice.file": "\(setAside)", "sluice.fileGroup": "\(String(describing: fileGroup).prefix(256))", "kafka.group": "\(group)"])
+                        metadata: [
+                            "sluice.file": "\(setAside)",
+                            "sluice.fileGroup": "\(String(describing: fileGroup).prefix(256))",
+                            "kafka.group": "\(group)",
+                        ])
                     return [:]
                 }
             }
@@ -39,24 +43,35 @@ struct OperatorFlagStore: Sendable {
             for (index, entry) in entries.enumerated() {
                 // Validated like the configuration: the host wrote this file, but it is a file from outside the
                 // process all the same (edited, corrupted, or left by another version).
-                let fields = JSONFields(entry) { _, detail in SluiceError(code: .configuration, message: "flag \(index + 1): \(detail)") }
-                guard let keyText = try fields.string("key", maxLength: InputLimits.identityLength), let enabled = entry["enabled"] as? Bool,
+                let fields = JSONFields(entry) { _, detail in
+                    SluiceError(code: .configuration, message: "flag \(index + 1): \(detail)")
+                }
+                guard let keyText = try fields.string("key", maxLength: InputLimits.identityLength),
+                    let enabled = entry["enabled"] as? Bool,
                     JSONFields.isBoolean(entry["enabled"]!)
                 else {
-                    throw SluiceError(code: .configuration, message: "flag \(index + 1): each flag needs \"key\" and \"enabled\" (true or false)")
+                    throw SluiceError(
+                        code: .configuration,
+                        message: "flag \(index + 1): each flag needs \"key\" and \"enabled\" (true or false)")
                 }
                 let rate = try fields.double("rate", in: 0...1_000_000)
                 if let rate, ControlRecord.parseRate(ControlRecord.describeRate(rate)) == nil {
-                    throw SluiceError(code: .configuration, message: "flag \(index + 1): \"rate\" must be from 0.001 to 1000000 messages a second, got \(rate)")
+                    throw SluiceError(
+                        code: .configuration,
+                        message:
+                            "flag \(index + 1): \"rate\" must be from 0.001 to 1000000 messages a second, got \(rate)")
                 }
                 flags[try FlagKey(parsing: keyText)] = FlagSetting(
-                    enabled: enabled, source: "admin", reason: try fields.string("reason", maxLength: InputLimits.textLength), rate: rate)
+                    enabled: enabled, source: "admin",
+                    reason: try fields.string("reason", maxLength: InputLimits.textLength), rate: rate)
             }
             return flags
         } catch let error as SluiceError {
             throw SluiceError(code: .configuration, message: "\(path): operator flag state: \(error.message)")
         } catch {
-            throw SluiceError(code: .configuration, message: "\(path): operator flag state cannot be read: \(error.localizedDescription)")
+            throw SluiceError(
+                code: .configuration,
+                message: "\(path): operator flag state cannot be read: \(error.localizedDescription)")
         }
     }
 
@@ -68,7 +83,8 @@ struct OperatorFlagStore: Sendable {
             if let rate = setting.rate { entry["rate"] = rate }
             return entry
         }
-        let data = try JSONSerialization.data(withJSONObject: ["group": group, "flags": entries] as [String: Any], options: [.sortedKeys, .prettyPrinted])
+        let data = try JSONSerialization.data(
+            withJSONObject: ["group": group, "flags": entries] as [String: Any], options: [.sortedKeys, .prettyPrinted])
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try data.write(to: URL(fileURLWithPath: path), options: .atomic)

@@ -1,4 +1,5 @@
 import Crdkafka
+
 /// A Kafka record header.
 public struct KafkaHeader: Hashable, Sendable {
     /// Header name.
@@ -16,14 +17,18 @@ public struct KafkaHeader: Hashable, Sendable {
     static func all(of message: UnsafePointer<rd_kafka_message_t>) -> [KafkaHeader] {
         var headers: [KafkaHeader] = []
         var headerList: OpaquePointer?
-        guard rd_kafka_message_headers(message, &headerList) == RD_KAFKA_RESP_ERR_NO_ERROR, let headerList else { return headers }
+        guard rd_kafka_message_headers(message, &headerList) == RD_KAFKA_RESP_ERR_NO_ERROR, let headerList else {
+            return headers
+        }
         var index = 0
         var name: UnsafePointer<CChar>?
         var headerValue: UnsafeRawPointer?
         var size = 0
         while rd_kafka_header_get_all(headerList, index, &name, &headerValue, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
             headers.append(
-                KafkaHeader(key: name.map { String(cString: $0) } ?? "", value: headerValue.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) }))
+                KafkaHeader(
+                    key: name.map { String(cString: $0) } ?? "",
+                    value: headerValue.map { [UInt8](UnsafeRawBufferPointer(start: $0, count: size)) }))
             index += 1
         }
         return headers

@@ -47,7 +47,8 @@ extension ConsumerLoop {
     /// the handshake began.
     func detach(firstAssignmentSeen: Bool) {
         if firstAssignmentSeen {
-            logger.warning("consumer close is taking longer than closeTimeout; it finishes leaving its group in the background")
+            logger.warning(
+                "consumer close is taking longer than closeTimeout; it finishes leaving its group in the background")
         } else {
             logger.warning("consumer is in its first rebalance; it will leave the group once that completes")
         }
@@ -77,7 +78,8 @@ extension ConsumerLoop {
         releaseCloseWaiters()
         let destroyStarted = ContinuousClock.now
         shared.handle.destroy(flags: flags)
-        logger.debug("librdkafka handle destroyed", metadata: ["sluice.destroyTook": "\(ContinuousClock.now - destroyStarted)"])
+        logger.debug(
+            "librdkafka handle destroyed", metadata: ["sluice.destroyTook": "\(ContinuousClock.now - destroyStarted)"])
         // Commands that arrived meanwhile.
         for command in shared.takeInbox(last: true).commands { failAfterClose(command) }
     }

@@ -12,16 +12,20 @@ extension ConsumerLoop {
     }
 
     @discardableResult
-    func startCommit(_ purpose: CommitLedger<CheckedContinuation<Void, any Error>>.Purpose, timeout: Duration) -> UInt64 {
+    func startCommit(_ purpose: CommitLedger<CheckedContinuation<Void, any Error>>.Purpose, timeout: Duration) -> UInt64
+    {
         let identifier = commits.started(purpose, now: .now, timeout: timeout)
         // An explicit list of what was stored for assigned partitions, with its metadata (librdkafka before
         // 2.2 drops the metadata of stored offsets); none stored: librdkafka's own (nothing to commit).
         let progress = shared.storedProgress.withLock { progress in
-            progress.values.filter { partitions[$0.topicPartition] != nil }.sorted { $0.topicPartition < $1.topicPartition }
+            progress.values.filter { partitions[$0.topicPartition] != nil }.sorted {
+                $0.topicPartition < $1.topicPartition
+            }
         }
         let offsets = progress.isEmpty ? nil : TopicPartitionList.make(progress)
         defer { if let offsets { rd_kafka_topic_partition_list_destroy(offsets) } }
-        let result = rd_kafka_commit_queue(rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
+        let result = rd_kafka_commit_queue(
+            rk, offsets, consumerQueue, nil, UnsafeMutableRawPointer(bitPattern: UInt(identifier)))
         if case .callers = purpose { shared.callerCommitsSent.add(1, ordering: .relaxed) }
         if result != RD_KAFKA_RESP_ERR_NO_ERROR {
             completeCommit(identifier, error: result)
@@ -61,16 +65,23 @@ extension ConsumerLoop {
                 // What was stored is still to be committed.
                 shared.offsetsStored.store(true, ordering: .relaxed)
                 if failure.isRebalanceSignal {
-                    logger.debug("periodic commit refused while the group rebalances; held until it ends", metadata: ["kafka.error": "\(failure.message)"])
+                    logger.debug(
+                        "periodic commit refused while the group rebalances; held until it ends",
+                        metadata: ["kafka.error": "\(failure.message)"])
                 } else {
                     logger.warning(
                         "periodic commit failed; retrying",
-                        metadata: ["kafka.error": "\(failure.message)", "sluice.retryIn": "\(backoff)", "sluice.failures": "\(commits.periodicFailures)"])
+                        metadata: [
+                            "kafka.error": "\(failure.message)", "sluice.retryIn": "\(backoff)",
+                            "sluice.failures": "\(commits.periodicFailures)",
+                        ])
                 }
             }
         case .revocation(let revocationID):
             if let failure {
-                logger.warning("commit before releasing revoked partitions failed", metadata: ["kafka.error": "\(failure.message)"])
+                logger.warning(
+                    "commit before releasing revoked partitions failed", metadata: ["kafka.error": "\(failure.message)"]
+                )
             }
             if let revocation = revocations.removeValue(forKey: revocationID) {
                 release(revocation.partitions)
@@ -82,7 +93,6 @@ extension ConsumerLoop {
             if close.finalCommitCompleted() { beginClose() }
         }
     }
-
 
     /// Whether a periodic commit may start when it is due: while running, not during a rebalance, and not
     /// while the last one is still out.

@@ -10,7 +10,8 @@ extension ConsumerLoop {
     func servePartitions() -> Bool {
         var more = false
         // Fetching is what librdkafka has, not a copy of it: the reconciler's record (applied before any fetch).
-        for state in partitions.values where !state.revoking && !pauses.pausedInLibrdkafka.contains(state.topicPartition) {
+        for state in partitions.values
+        where !state.revoking && !pauses.pausedInLibrdkafka.contains(state.topicPartition) {
             let room = state.channel.room
             if room == 0 {
                 pauseForFlowControl(state)
@@ -73,7 +74,8 @@ extension ConsumerLoop {
             state.restartAt = now + backoff
             logger.warning(
                 "restarting the partition's fetcher: \(why)",
-                metadata: metadata(state.topicPartition, ["sluice.restartIn": "\(backoff)", "sluice.restarts": "\(state.restarts)"]))
+                metadata: metadata(
+                    state.topicPartition, ["sluice.restartIn": "\(backoff)", "sluice.restarts": "\(state.restarts)"]))
         }
     }
 
@@ -90,7 +92,9 @@ extension ConsumerLoop {
             defer { rd_kafka_topic_partition_list_destroy(list) }
             if let error = rd_kafka_incremental_unassign(rk, list) ?? rd_kafka_incremental_assign(rk, list) {
                 let failure = KafkaError.consuming(error, context: "restarting \(state.topicPartition)")
-                logger.error("restarting a partition's fetcher failed", metadata: metadata(state.topicPartition, ["kafka.error": "\(failure.message)"]))
+                logger.error(
+                    "restarting a partition's fetcher failed",
+                    metadata: metadata(state.topicPartition, ["kafka.error": "\(failure.message)"]))
                 continue
             }
             // Its pause state, applied again as after any assignment. A partition that should fetch is resumed
@@ -99,7 +103,9 @@ extension ConsumerLoop {
             state.newlyAssigned = true
             if state.reasons.isEmpty { pauses.applied(.pause, to: state.topicPartition) }
             reconcilePause(state)
-            logger.info("partition fetcher restarted", metadata: metadata(state.topicPartition, ["sluice.restarts": "\(state.restarts)"]))
+            logger.info(
+                "partition fetcher restarted",
+                metadata: metadata(state.topicPartition, ["sluice.restarts": "\(state.restarts)"]))
         }
     }
 
@@ -118,22 +124,24 @@ extension ConsumerLoop {
         let position = rd_kafka_position(rk, list) == RD_KAFKA_RESP_ERR_NO_ERROR ? list.pointee.elems[0].offset : -1
         logger.warning(
             "stalled partition, as the consumer sees it",
-            metadata: metadata(topicPartition, [
-                "sluice.deliveredMessages": "\(state.deliveredMessages)",
-                "sluice.lastDeliveredOffset": "\(state.lastDeliveredOffset.map(String.init) ?? "none")",
-                "sluice.librdkafkaQueue": "\(rd_kafka_queue_length(state.queue))",
-                "sluice.librdkafkaPosition": "\(position)",
-                "sluice.bufferedMessages": "\(buffer.messages)",
-                "sluice.bufferedBytes": "\(buffer.bytes)",
-                "sluice.readerWaiting": "\(buffer.readerWaiting)",
-                "sluice.bufferFinished": "\(buffer.finished)",
-                "sluice.flowControl": "\(state.flowControl)/\(buffer.flowPaused)",
-                "sluice.pauseReasons": "\(state.reasons.map { "\($0)" }.sorted())",
-                "sluice.pausedInLibrdkafka": "\(pauses.pausedInLibrdkafka.contains(topicPartition))",
-                "sluice.revoking": "\(state.revoking)",
-                "sluice.fetcherRestarts": "\(state.restarts)",
-                "sluice.restartScheduled": "\(state.restartAt != nil)",
-            ]))
+            metadata: metadata(
+                topicPartition,
+                [
+                    "sluice.deliveredMessages": "\(state.deliveredMessages)",
+                    "sluice.lastDeliveredOffset": "\(state.lastDeliveredOffset.map(String.init) ?? "none")",
+                    "sluice.librdkafkaQueue": "\(rd_kafka_queue_length(state.queue))",
+                    "sluice.librdkafkaPosition": "\(position)",
+                    "sluice.bufferedMessages": "\(buffer.messages)",
+                    "sluice.bufferedBytes": "\(buffer.bytes)",
+                    "sluice.readerWaiting": "\(buffer.readerWaiting)",
+                    "sluice.bufferFinished": "\(buffer.finished)",
+                    "sluice.flowControl": "\(state.flowControl)/\(buffer.flowPaused)",
+                    "sluice.pauseReasons": "\(state.reasons.map { "\($0)" }.sorted())",
+                    "sluice.pausedInLibrdkafka": "\(pauses.pausedInLibrdkafka.contains(topicPartition))",
+                    "sluice.revoking": "\(state.revoking)",
+                    "sluice.fetcherRestarts": "\(state.restarts)",
+                    "sluice.restartScheduled": "\(state.restartAt != nil)",
+                ]))
     }
 
     func pauseForFlowControl(_ state: PartitionState) {

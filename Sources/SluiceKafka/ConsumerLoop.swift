@@ -78,7 +78,8 @@ final class ConsumerLoop: @unchecked Sendable {
         self.close = CloseStateMachine(closeTimeout: shared.configuration.closeTimeout)
         self.rebalanceGate = RebalanceCommitGate(limit: max(.seconds(30), shared.configuration.sessionTimeout * 3))
         shared.waker.payload.withUnsafeBytes { payload in
-            rd_kafka_queue_io_event_enable(consumerQueue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
+            rd_kafka_queue_io_event_enable(
+                consumerQueue, shared.waker.fileDescriptor, payload.baseAddress, payload.count)
         }
     }
 
@@ -141,15 +142,19 @@ final class ConsumerLoop: @unchecked Sendable {
         case .commit(let continuation):
             if rebalanceGate.isHolding(now: .now) {
                 // Retriable: `commit()` tries again until its timeout; the rebalance usually ends first.
-                continuation.resume(throwing: KafkaError.rdkafka(
-                    RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, context: "committing offsets (held while the group rebalances)"))
+                continuation.resume(
+                    throwing: KafkaError.rdkafka(
+                        RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+                        context: "committing offsets (held while the group rebalances)"))
             } else {
                 commits.callerAsked(continuation)
                 startCallersCommitIfIdle()
             }
         case .restartUnstarted(let topicPartition):
             if let state = partitions[topicPartition] {
-                schedule(restartOf: [state], why: "it is assigned and has delivered nothing while its owner saw messages waiting")
+                schedule(
+                    restartOf: [state],
+                    why: "it is assigned and has delivered nothing while its owner saw messages waiting")
             }
         case .reportStall(let topicPartition):
             reportStall(topicPartition)
@@ -181,7 +186,8 @@ final class ConsumerLoop: @unchecked Sendable {
         shared.pauseSnapshot.withLock { $0[state.topicPartition] = reasons }
         let afterAssignment = state.newlyAssigned
         state.newlyAssigned = false
-        guard let call = pauses.call(for: state.topicPartition, desired: reasons, afterAssignment: afterAssignment) else {
+        guard let call = pauses.call(for: state.topicPartition, desired: reasons, afterAssignment: afterAssignment)
+        else {
             return
         }
         let list = TopicPartitionList.make([state.topicPartition])
@@ -197,7 +203,8 @@ final class ConsumerLoop: @unchecked Sendable {
             let partitionError = TopicPartitionList.firstError(list)?.1 ?? error
             logger.error(
                 call == .pause ? "pausing a partition failed" : "resuming a partition failed",
-                metadata: metadata(state.topicPartition, ["kafka.error": "\(String(cString: rd_kafka_err2str(partitionError)))"])
+                metadata: metadata(
+                    state.topicPartition, ["kafka.error": "\(String(cString: rd_kafka_err2str(partitionError)))"])
             )
         }
     }
@@ -214,7 +221,8 @@ final class ConsumerLoop: @unchecked Sendable {
             throw KafkaError.consuming(error, context: "seeking \(position)")
         }
         state.channel.discardBuffered()
-        logger.debug("partition seek", metadata: metadata(position.topicPartition, ["kafka.offset": "\(position.offset)"]))
+        logger.debug(
+            "partition seek", metadata: metadata(position.topicPartition, ["kafka.offset": "\(position.offset)"]))
     }
 
     // MARK: Timers
@@ -248,7 +256,9 @@ final class ConsumerLoop: @unchecked Sendable {
         // The periodic commit is only due while running (it is not rescheduled afterwards, and a deadline in
         // the past would make this loop spin while a close waits for the first join).
         var next = now + .milliseconds(200)
-        if let commitDeadline = commits.nextDeadline(periodicAllowed: mayCommitPeriodically(now: now)) { next = min(next, commitDeadline) }
+        if let commitDeadline = commits.nextDeadline(periodicAllowed: mayCommitPeriodically(now: now)) {
+            next = min(next, commitDeadline)
+        }
         for revocation in revocations.values where revocation.commitID == nil { next = min(next, revocation.deadline) }
         for state in partitions.values { if let restartAt = state.restartAt { next = min(next, restartAt) } }
         if let closeDeadline = close.nextDeadline(now: now) { next = min(next, closeDeadline) }

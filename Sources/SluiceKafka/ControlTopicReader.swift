@@ -65,7 +65,8 @@ public final class ControlTopicReader: Sendable {
             ("allow.auto.create.topics", "false"),
         ]
         settings += properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
-        handle = try RDKafkaHandle(type: RD_KAFKA_CONSUMER, properties: settings, events: 0, logger: "control topic reader")
+        handle = try RDKafkaHandle(
+            type: RD_KAFKA_CONSUMER, properties: settings, events: 0, logger: "control topic reader")
         rd_kafka_poll_set_consumer(handle.pointer)
     }
 
@@ -98,8 +99,11 @@ public final class ControlTopicReader: Sendable {
             return try await OwnerThread.blocking { () throws(KafkaError) -> Int64 in
                 var low: Int64 = 0
                 var high: Int64 = 0
-                let error = rd_kafka_query_watermark_offsets(handle.pointer, topic, 0, &low, &high, Int32(clamping: timeout.milliseconds))
-                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw .rdkafka(error, context: "reading the end of control topic '\(topic)'") }
+                let error = rd_kafka_query_watermark_offsets(
+                    handle.pointer, topic, 0, &low, &high, Int32(clamping: timeout.milliseconds))
+                guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                    throw .rdkafka(error, context: "reading the end of control topic '\(topic)'")
+                }
                 return high
             }
         } catch let error as KafkaError {
@@ -130,7 +134,6 @@ public final class ControlTopicReader: Sendable {
             rd_kafka_event_destroy(event)
         }
     }
-
 
     /// When a record's `offset` is below the position read to, the topic was deleted and created again: the
     /// owner is told, and the position starts over.
@@ -174,11 +177,14 @@ public final class ControlTopicReader: Sendable {
             waiter?.resume()
         }
         // A missing topic is named at once (it is never created here), not waited for until the deadline.
-        let remaining = { Duration.milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1)))) }
+        let remaining = {
+            Duration.milliseconds(max(1, min(2_000, (deadline - ContinuousClock.now) / .milliseconds(1))))
+        }
         if let exists = try? handle.topicExists(topic, timeout: remaining()), !exists {
             finishLoad(
                 .configuration(
-                    "control topic '\(topic)' does not exist: no host of the group has started with the control plane (hosts create it, control.createTopics), or it was deleted; create it with 1 partition and cleanup.policy=compact"))
+                    "control topic '\(topic)' does not exist: no host of the group has started with the control plane (hosts create it, control.createTopics), or it was deleted; create it with 1 partition and cleanup.policy=compact"
+                ))
             return
         }
         // The topic's leader, known at once: otherwise librdkafka looks it up on its once-a-second topic scan,
@@ -190,7 +196,8 @@ public final class ControlTopicReader: Sendable {
         if let partitions, partitions > 1, KafkaTopicAdmin.mockClusterID(handle, timeout: remaining()) == nil {
             finishLoad(
                 .configuration(
-                    "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"))
+                    "control topic '\(topic)' has \(partitions) partitions; it must have exactly one (records written to the others would be ignored): recreate it with 1 partition and cleanup.policy=compact"
+                ))
             return
         }
         // The end to load to: the high watermark now.
@@ -205,7 +212,9 @@ public final class ControlTopicReader: Sendable {
             finishLoad(KafkaError.rdkafka(error, context: "reading the end of control topic '\(topic)'"))
             return
         }
-        let list = TopicPartitionList.make([TopicPartitionOffset(TopicPartition(topic, 0), offset: Int64(RD_KAFKA_OFFSET_BEGINNING))])
+        let list = TopicPartitionList.make([
+            TopicPartitionOffset(TopicPartition(topic, 0), offset: Int64(RD_KAFKA_OFFSET_BEGINNING))
+        ])
         defer { rd_kafka_topic_partition_list_destroy(list) }
         let assigned = rd_kafka_assign(rk, list)
         guard assigned == RD_KAFKA_RESP_ERR_NO_ERROR else {
@@ -219,7 +228,9 @@ public final class ControlTopicReader: Sendable {
         }
         while !state.withLock({ $0.stopping }) {
             if !loaded, ContinuousClock.now >= deadline {
-                finishLoad(KafkaError(code: .timeout, message: "control topic '\(topic)' not read to its end (\(high)) in time"))
+                finishLoad(
+                    KafkaError(
+                        code: .timeout, message: "control topic '\(topic)' not read to its end (\(high)) in time"))
                 return
             }
             drainLogs(logQueue)
@@ -228,7 +239,9 @@ public final class ControlTopicReader: Sendable {
             let raw = message.pointee
             guard raw.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
                 if raw.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                    logger.warning("control topic read error", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(raw.err)))"])
+                    logger.warning(
+                        "control topic read error",
+                        metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(raw.err)))"])
                 }
                 continue
             }
@@ -237,7 +250,9 @@ public final class ControlTopicReader: Sendable {
             // write their status every few seconds, so a recreated topic gets a record soon. Watermarks are
             // not compared: a broker may report them short, as tansu does.)
             recreatedIfBelow(raw.offset)
-            let key = raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) } ?? ""
+            let key =
+                raw.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: raw.key_len), as: UTF8.self) }
+                ?? ""
             let value = raw.payload.map { Array(UnsafeRawBufferPointer(start: $0, count: raw.len)) }
             onRecord(Record(offset: raw.offset, key: key, value: value, headers: KafkaHeader.all(of: message)))
             state.withLock { $0.position = raw.offset + 1 }

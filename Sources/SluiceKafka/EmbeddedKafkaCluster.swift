@@ -29,7 +29,9 @@ public final class EmbeddedKafkaCluster: Sendable {
 
     /// Starts a cluster of `brokers` brokers and creates `topics` (name → partition count).
     public init(brokers: Int = 1, topics: [String: Int] = [:]) throws(KafkaError) {
-        guard brokers >= 1 else { throw .configuration("an embedded cluster needs at least one broker, got \(brokers)") }
+        guard brokers >= 1 else {
+            throw .configuration("an embedded cluster needs at least one broker, got \(brokers)")
+        }
         handle = try RDKafkaHandle(
             type: RD_KAFKA_PRODUCER,
             properties: [("log_level", "3")],
@@ -52,9 +54,12 @@ public final class EmbeddedKafkaCluster: Sendable {
     /// Creates a topic.
     public func createTopic(_ name: String, partitions: Int, replicationFactor: Int = 1) throws(KafkaError) {
         guard !name.isEmpty else { throw .configuration("a topic name cannot be empty") }
-        guard partitions >= 1 else { throw .configuration("topic '\(name)' needs at least one partition, got \(partitions)") }
+        guard partitions >= 1 else {
+            throw .configuration("topic '\(name)' needs at least one partition, got \(partitions)")
+        }
         guard (1...brokerCount).contains(replicationFactor) else {
-            throw .configuration("topic '\(name)': replication factor \(replicationFactor) needs 1...\(brokerCount) brokers")
+            throw .configuration(
+                "topic '\(name)': replication factor \(replicationFactor) needs 1...\(brokerCount) brokers")
         }
         let error = rd_kafka_mock_topic_create(cluster, name, Int32(partitions), Int32(replicationFactor))
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw .rdkafka(error, context: "creating topic '\(name)'") }
@@ -97,7 +102,8 @@ public final class EmbeddedKafkaCluster: Sendable {
     /// Makes `broker` the coordinator of a consumer group.
     public func setGroupCoordinator(group: String, broker: Int32) throws(KafkaError) {
         try check(broker)
-        try checked(rd_kafka_mock_coordinator_set(cluster, "group", group, broker), "moving the coordinator of \(group)")
+        try checked(
+            rd_kafka_mock_coordinator_set(cluster, "group", group, broker), "moving the coordinator of \(group)")
     }
 
     /// Stops the brokers. Called by `deinit` too.

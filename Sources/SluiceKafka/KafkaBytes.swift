@@ -9,7 +9,8 @@
 /// Keeping a `KafkaBytes` keeps its batch's buffer alive (at most
 /// ``KafkaConsumerConfiguration/maxBatchSize`` messages' bytes). To keep one message's bytes for long
 /// while the rest of its batch goes, copy them: `Array(message.value)`.
-public struct KafkaBytes: RandomAccessCollection, Sendable, Hashable, ExpressibleByArrayLiteral, CustomStringConvertible {
+public struct KafkaBytes: RandomAccessCollection, Sendable, Hashable, ExpressibleByArrayLiteral, CustomStringConvertible
+{
     /// An immutable byte buffer shared by the views into it. `@unchecked Sendable`: written once, before
     /// any view exists, and only read afterwards.
     final class Storage: @unchecked Sendable {

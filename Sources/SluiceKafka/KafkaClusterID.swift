@@ -6,11 +6,17 @@ import Crdkafka
 public enum KafkaClusterID {
     /// Asks the cluster at `bootstrapServers` for its id with a short-lived client of its own. Throws when no
     /// broker answers within `timeout`, or the brokers report none (Kafka before 0.10.1).
-    public static func query(bootstrapServers: String, properties: [String: String] = [:], timeout: Duration) async throws(KafkaError) -> String {
-        try await KafkaTopicAdmin.withAdminClient(bootstrapServers: bootstrapServers, properties: properties, clientID: "sluice-cluster-id") {
+    public static func query(bootstrapServers: String, properties: [String: String] = [:], timeout: Duration)
+        async throws(KafkaError) -> String
+    {
+        try await KafkaTopicAdmin.withAdminClient(
+            bootstrapServers: bootstrapServers, properties: properties, clientID: "sluice-cluster-id"
+        ) {
             handle throws(KafkaError) in
             guard let id = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else {
-                throw KafkaError(code: .timeout, message: "the cluster at \(bootstrapServers) did not say its cluster id within \(timeout)")
+                throw KafkaError(
+                    code: .timeout,
+                    message: "the cluster at \(bootstrapServers) did not say its cluster id within \(timeout)")
             }
             defer { rd_kafka_mem_free(handle.pointer, id) }
             return String(cString: id)

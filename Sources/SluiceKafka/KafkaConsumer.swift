@@ -347,7 +347,8 @@ extension KafkaError {
     var isRebalanceSignal: Bool {
         guard let librdkafkaCode else { return false }
         switch rd_kafka_resp_err_t(librdkafkaCode) {
-        case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION, RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+        case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION,
+            RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
             return true
         default:
             return false

@@ -122,7 +122,8 @@ final class PartitionChannel: Sendable {
             if state.finished { return (nil, false) }
             if !batch.isEmpty, bytes > 0 {
                 let average = bytes / batch.count
-                state.averageMessageBytes = state.averageMessageBytes == 0 ? average : (state.averageMessageBytes * 3 + average) / 4
+                state.averageMessageBytes =
+                    state.averageMessageBytes == 0 ? average : (state.averageMessageBytes * 3 + average) / 4
             }
             if let waiter = state.waiter, state.batches.isEmpty {
                 state.waiter = nil
@@ -173,7 +174,10 @@ final class PartitionChannel: Sendable {
     }
 
     func next() async -> [ConsumedMessage]? {
-        enum Taken { case batch([ConsumedMessage], resume: Bool), end, wait }
+        enum Taken {
+            case batch([ConsumedMessage], resume: Bool)
+            case end, wait
+        }
         let taken: Taken = state.withLock { state in
             if let (batch, bytes) = state.batches.popFirst() {
                 state.bufferedMessages -= batch.count

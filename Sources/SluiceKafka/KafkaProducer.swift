@@ -16,7 +16,9 @@ public struct ProducerRecord: Sendable, Hashable {
     public var headers: [KafkaHeader]
 
     /// Creates a record.
-    public init(topic: String, partition: Int32? = nil, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = []) {
+    public init(
+        topic: String, partition: Int32? = nil, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = []
+    ) {
         self.topic = topic
         self.partition = partition
         self.key = key
@@ -314,7 +316,9 @@ final class ProducerLoop: @unchecked Sendable {
             case RD_KAFKA_EVENT_DR:
                 while let message = rd_kafka_event_message_next(event) {
                     let identifier = UInt(bitPattern: message.pointee._private)
-                    guard let completion = state.withLock({ $0.pending.removeValue(forKey: identifier) }) else { continue }
+                    guard let completion = state.withLock({ $0.pending.removeValue(forKey: identifier) }) else {
+                        continue
+                    }
                     let topic = String(cString: rd_kafka_topic_name(message.pointee.rkt))
                     if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
                         completion(
@@ -326,7 +330,9 @@ final class ProducerLoop: @unchecked Sendable {
                             )
                         )
                     } else {
-                        completion(.failure(KafkaError.rdkafka(message.pointee.err, context: "delivering to topic '\(topic)'")))
+                        completion(
+                            .failure(KafkaError.rdkafka(message.pointee.err, context: "delivering to topic '\(topic)'"))
+                        )
                     }
                 }
             case RD_KAFKA_EVENT_ERROR:

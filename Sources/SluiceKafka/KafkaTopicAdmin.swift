@@ -46,7 +46,8 @@ public enum KafkaTopicAdmin {
     public static func ensure(
         _ topic: NewTopic, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
     ) async throws(KafkaError) -> Outcome {
-        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) { handle throws(KafkaError) in
+        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) {
+            handle throws(KafkaError) in
             try ensureBlocking(topic, handle: handle, timeout: timeout)
         }
     }
@@ -59,9 +60,11 @@ public enum KafkaTopicAdmin {
     ) async throws(KafkaError) -> T {
         do {
             return try await OwnerThread.blocking { () throws(KafkaError) -> T in
-                let settings = [("bootstrap.servers", bootstrapServers), ("client.id", clientID)]
+                let settings =
+                    [("bootstrap.servers", bootstrapServers), ("client.id", clientID)]
                     + properties.sorted { $0.key < $1.key }.filter { key, _ in !key.hasPrefix("group.") }
-                let handle = try RDKafkaHandle(type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "admin client")
+                let handle = try RDKafkaHandle(
+                    type: RD_KAFKA_PRODUCER, properties: settings, events: 0, logger: "admin client")
                 // Run last: whatever `body` made from the client (queues, options) goes before it does.
                 defer { withExtendedLifetime(handle) {} }
                 return try body(handle)
@@ -77,22 +80,32 @@ public enum KafkaTopicAdmin {
     /// dev-broker`: it names itself `mockCluster…`), which answers no admin request (one would be waited for
     /// until its timeout) and auto-creates topics; nil for any other cluster.
     static func mockClusterID(_ handle: RDKafkaHandle, timeout: Duration) -> String? {
-        guard let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else { return nil }
+        guard let clusterID = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else {
+            return nil
+        }
         defer { rd_kafka_mem_free(handle.pointer, clusterID) }
         let id = String(cString: clusterID)
         return id.hasPrefix("mockCluster") ? id : nil
     }
 
-    private static func ensureBlocking(_ topic: NewTopic, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError) -> Outcome {
+    private static func ensureBlocking(_ topic: NewTopic, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError)
+        -> Outcome
+    {
         // The description first: a bad one is refused before the cluster is asked anything.
         var errorText = [CChar](repeating: 0, count: 512)
-        func text() -> String { String(decoding: errorText.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-        guard let newTopic = rd_kafka_NewTopic_new(topic.name, Int32(topic.partitions), Int32(topic.replicationFactor), &errorText, errorText.count)
+        func text() -> String {
+            String(decoding: errorText.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        guard
+            let newTopic = rd_kafka_NewTopic_new(
+                topic.name, Int32(topic.partitions), Int32(topic.replicationFactor), &errorText, errorText.count)
         else { throw .configuration("topic '\(topic.name)': \(text())") }
         defer { rd_kafka_NewTopic_destroy(newTopic) }
         for (name, value) in topic.config.sorted(by: { $0.key < $1.key }) {
             let error = rd_kafka_NewTopic_set_config(newTopic, name, value)
-            if error != RD_KAFKA_RESP_ERR_NO_ERROR { throw .rdkafka(error, context: "topic '\(topic.name)': config \(name)=\(value)") }
+            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw .rdkafka(error, context: "topic '\(topic.name)': config \(name)=\(value)")
+            }
         }
         if try handle.topicExists(topic.name, timeout: timeout) {
             return .existed(partitions: try handle.partitionCount(topic: topic.name, timeout: timeout))
@@ -124,13 +137,16 @@ public enum KafkaTopicAdmin {
         }
         if requestError != RD_KAFKA_RESP_ERR_NO_ERROR {
             throw KafkaError(
-                code: .librdkafka, message: "creating topic '\(topic.name)': \(String(cString: rd_kafka_event_error_string(event)))",
+                code: .librdkafka,
+                message: "creating topic '\(topic.name)': \(String(cString: rd_kafka_event_error_string(event)))",
                 librdkafkaCode: requestError.rawValue)
         }
         var count = 0
         guard let result = rd_kafka_event_CreateTopics_result(event),
             let results = rd_kafka_CreateTopics_result_topics(result, &count), count == 1, let topicResult = results[0]
-        else { throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': the answer names no topic") }
+        else {
+            throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': the answer names no topic")
+        }
         let error = rd_kafka_topic_result_error(topicResult)
         switch error {
         case RD_KAFKA_RESP_ERR_NO_ERROR:
@@ -139,8 +155,11 @@ public enum KafkaTopicAdmin {
             // Another host created it in the meantime.
             return .existed(partitions: try handle.partitionCount(topic: topic.name, timeout: timeout))
         default:
-            let reason = rd_kafka_topic_result_error_string(topicResult).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
-            throw KafkaError(code: .librdkafka, message: "creating topic '\(topic.name)': \(reason)", librdkafkaCode: error.rawValue)
+            let reason =
+                rd_kafka_topic_result_error_string(topicResult).map { String(cString: $0) }
+                ?? String(cString: rd_kafka_err2str(error))
+            throw KafkaError(
+                code: .librdkafka, message: "creating topic '\(topic.name)': \(reason)", librdkafkaCode: error.rawValue)
         }
     }
 }
@@ -162,14 +181,19 @@ extension KafkaTopicAdmin {
     public static func configuration(
         of topic: String, bootstrapServers: String, properties: [String: String] = [:], timeout: Duration
     ) async throws(KafkaError) -> Described {
-        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) { handle throws(KafkaError) in
+        try await withAdminClient(bootstrapServers: bootstrapServers, properties: properties) {
+            handle throws(KafkaError) in
             try describeBlocking(topic, handle: handle, timeout: timeout)
         }
     }
 
-    private static func describeBlocking(_ topic: String, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError) -> Described {
+    private static func describeBlocking(_ topic: String, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError)
+        -> Described
+    {
         let milliseconds = Int32(clamping: timeout.milliseconds)
-        if let id = mockClusterID(handle, timeout: timeout) { return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs") }
+        if let id = mockClusterID(handle, timeout: timeout) {
+            return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs")
+        }
         guard let resource = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic) else {
             throw .configuration("topic '\(topic)': cannot describe its configuration")
         }
@@ -192,11 +216,14 @@ extension KafkaTopicAdmin {
         }
         var count = 0
         guard let result = rd_kafka_event_DescribeConfigs_result(event),
-            let described = rd_kafka_DescribeConfigs_result_resources(result, &count), count == 1, let topicResult = described[0]
+            let described = rd_kafka_DescribeConfigs_result_resources(result, &count), count == 1,
+            let topicResult = described[0]
         else { return .unknown(reason: "the answer names no topic") }
         let error = rd_kafka_ConfigResource_error(topicResult)
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            return .unknown(reason: rd_kafka_ConfigResource_error_string(topicResult).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error)))
+            return .unknown(
+                reason: rd_kafka_ConfigResource_error_string(topicResult).map { String(cString: $0) }
+                    ?? String(cString: rd_kafka_err2str(error)))
         }
         var entryCount = 0
         var entries: [String: String] = [:]

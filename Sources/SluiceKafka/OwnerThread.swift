@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Crdkafka
 import Dispatch
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Starts the dedicated OS threads that own librdkafka handles, and runs blocking librdkafka calls
 /// on Dispatch worker threads, never on Swift's cooperative pool.

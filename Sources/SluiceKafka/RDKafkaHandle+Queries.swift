@@ -16,7 +16,9 @@ extension RDKafkaHandle {
 
     /// Blocking: the high (`end`) or low watermarks of many partitions in one ListOffsets round trip per
     /// leader (`rd_kafka_offsets_for_times` with a logical timestamp). Partitions that failed are left out.
-    func queryWatermarks(_ partitions: [TopicPartition], end: Bool, timeout: Duration) throws(KafkaError) -> [TopicPartition: Int64] {
+    func queryWatermarks(_ partitions: [TopicPartition], end: Bool, timeout: Duration) throws(KafkaError)
+        -> [TopicPartition: Int64]
+    {
         guard !partitions.isEmpty else { return [:] }
         let logical = Int64(end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING)
         let list = TopicPartitionList.make(partitions.map { TopicPartitionOffset($0, offset: logical) })

@@ -1,8 +1,9 @@
 import Crdkafka
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Owns an `rd_kafka_t` and destroys it exactly once.
@@ -22,11 +23,14 @@ final class RDKafkaHandle: @unchecked Sendable {
             let result = rd_kafka_conf_set(conf, key, value, &errorBuffer, errorBuffer.count)
             if result != RD_KAFKA_CONF_OK {
                 rd_kafka_conf_destroy(conf)
-                let reason = String(decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                let reason = String(
+                    decoding: errorBuffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 // A name librdkafka does not know is most often a mistyped one: its value may be a secret.
                 let unknown = result == RD_KAFKA_CONF_UNKNOWN
                 let shown = unknown ? "(not shown)" : SecretProperties.shown(value, of: key)
-                let scrubbed = unknown || SecretProperties.isSecret(key) ? SecretProperties.scrub(reason, value: value, of: "secret") : reason
+                let scrubbed =
+                    unknown || SecretProperties.isSecret(key)
+                    ? SecretProperties.scrub(reason, value: value, of: "secret") : reason
                 throw .configuration("librdkafka property '\(key)' = \(shown): \(scrubbed)")
             }
         }
@@ -67,7 +71,8 @@ enum TopicPartitionList {
     static func make(_ offsets: [TopicPartitionOffset]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {
         let list = rd_kafka_topic_partition_list_new(Int32(offsets.count))!
         for item in offsets {
-            let element = rd_kafka_topic_partition_list_add(list, item.topicPartition.topic, item.topicPartition.partition)!
+            let element = rd_kafka_topic_partition_list_add(
+                list, item.topicPartition.topic, item.topicPartition.partition)!
             element.pointee.offset = item.offset
             if let metadata = item.metadata {
                 // librdkafka frees it with the list.
@@ -88,18 +93,22 @@ enum TopicPartitionList {
             let element = list.pointee.elems[index]
             var metadata: String?
             if let pointer = element.metadata, element.metadata_size > 0 {
-                metadata = String(decoding: UnsafeRawBufferPointer(start: pointer, count: element.metadata_size), as: UTF8.self)
+                metadata = String(
+                    decoding: UnsafeRawBufferPointer(start: pointer, count: element.metadata_size), as: UTF8.self)
             }
             result.append(
                 TopicPartitionOffset(
-                    TopicPartition(String(cString: element.topic), element.partition), offset: element.offset, metadata: metadata)
+                    TopicPartition(String(cString: element.topic), element.partition), offset: element.offset,
+                    metadata: metadata)
             )
         }
         return result
     }
 
     /// The first per-partition error in `list`, if any.
-    static func firstError(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> (TopicPartition, rd_kafka_resp_err_t)? {
+    static func firstError(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> (
+        TopicPartition, rd_kafka_resp_err_t
+    )? {
         for index in 0..<Int(list.pointee.cnt) {
             let element = list.pointee.elems[index]
             if element.err != RD_KAFKA_RESP_ERR_NO_ERROR {

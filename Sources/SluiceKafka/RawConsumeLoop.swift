@@ -1,6 +1,7 @@
 import Crdkafka
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The baseline for benchmarks: a plain librdkafka consume loop (`rd_kafka_consumer_poll`, one message
@@ -26,24 +27,30 @@ public enum RawConsumeLoop {
     /// Joins `configuration.groupID`, subscribes to `topic` and reads until `count` messages arrived or
     /// `timeout` passed.
     public static func run(
-        configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration, latencies measureLatency: Bool = false
+        configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration,
+        latencies measureLatency: Bool = false
     ) throws -> Result {
-        try run(configuration: configuration, topics: [topic], count: count, timeout: timeout, latencies: measureLatency)
+        try run(
+            configuration: configuration, topics: [topic], count: count, timeout: timeout, latencies: measureLatency)
     }
 
     /// The same, subscribed to several topics.
     public static func run(
-        configuration: KafkaConsumerConfiguration, topics: [String], count: Int, timeout: Duration, latencies measureLatency: Bool = false
+        configuration: KafkaConsumerConfiguration, topics: [String], count: Int, timeout: Duration,
+        latencies measureLatency: Bool = false
     ) throws -> Result {
         let handle = try RDKafkaHandle(
-            type: RD_KAFKA_CONSUMER, properties: try configuration.librdkafkaProperties(), events: 0, logger: "raw consumer")
+            type: RD_KAFKA_CONSUMER, properties: try configuration.librdkafkaProperties(), events: 0,
+            logger: "raw consumer")
         let rk = handle.pointer
         rd_kafka_poll_set_consumer(rk)
         let list = TopicPartitionList.make(topics.map { TopicPartition($0, RD_KAFKA_PARTITION_UA) })
         defer { rd_kafka_topic_partition_list_destroy(list) }
         // enable.auto.offset.store=false and no commits: the loop only reads.
         let error = rd_kafka_subscribe(rk, list)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError.rdkafka(error, context: "subscribing to \(topics)") }
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError.rdkafka(error, context: "subscribing to \(topics)")
+        }
         var messages = 0
         var bytes = 0
         var latencies: [Double] = []
@@ -65,7 +72,9 @@ public enum RawConsumeLoop {
                 if measureLatency {
                     var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
                     let stamp = rd_kafka_message_timestamp(message, &type)
-                    if type != RD_KAFKA_TIMESTAMP_NOT_AVAILABLE { latencies.append(Self.nowMilliseconds() - Double(stamp)) }
+                    if type != RD_KAFKA_TIMESTAMP_NOT_AVAILABLE {
+                        latencies.append(Self.nowMilliseconds() - Double(stamp))
+                    }
                 }
             }
             rd_kafka_message_destroy(message)
@@ -74,7 +83,9 @@ public enum RawConsumeLoop {
         // The first rebalance completed (messages arrived), so closing is safe on librdkafka 2.0.2.
         rd_kafka_consumer_close(rk)
         handle.destroy()
-        return Result(messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes, cpuSeconds: cpu, latencies: latencies)
+        return Result(
+            messages: messages, elapsed: first.map { last - $0 } ?? .zero, bytes: bytes, cpuSeconds: cpu,
+            latencies: latencies)
     }
 
     /// CPU seconds this process has used, all threads.

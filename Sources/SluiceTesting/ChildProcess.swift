@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A child process started with `posix_spawn`, for tests that run executables (the `sluice` CLI, a service,
@@ -60,7 +60,9 @@ public final class ChildProcess: Sendable {
         var pid: pid_t = 0
         let error = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         guard error == 0 else {
-            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(executable): \(String(cString: strerror(error)))"])
+            throw CocoaError(
+                .fileReadUnknown,
+                userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(executable): \(String(cString: strerror(error)))"])
         }
         processIdentifier = pid
         let child = pid
@@ -69,17 +71,21 @@ public final class ChildProcess: Sendable {
             while waitpid(child, &status, 0) < 0, errno == EINTR {}
             // WIFEXITED / WTERMSIG spelled out: the macros do not import.
             let signal = status & 0x7f
-            let ended: (Int32, TerminationReason) = signal == 0 ? ((status >> 8) & 0xff, .exit) : (signal, .uncaughtSignal)
+            let ended: (Int32, TerminationReason) =
+                signal == 0 ? ((status >> 8) & 0xff, .exit) : (signal, .uncaughtSignal)
             self.ending.withLock { $0 = ended }
         }
     }
 
     /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later), which Swift's Glibc module does not
     /// export.
-    private static let closeFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
-        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
-    }()
+    private static let closeFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? =
+        {
+            guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+            else { return nil }
+            return unsafeBitCast(
+                symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+        }()
 
     /// Whether it still runs (it has not been reaped).
     public var isRunning: Bool { ending.withLock { $0 == nil } }
@@ -101,9 +107,13 @@ public final class ChildProcess: Sendable {
     public static func pipe() throws -> (read: FileHandle, write: FileHandle) {
         var descriptors: [Int32] = [0, 0]
         guard Glibc.pipe(&descriptors) == 0 else {
-            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "pipe: \(String(cString: strerror(errno)))"])
+            throw CocoaError(
+                .fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "pipe: \(String(cString: strerror(errno)))"])
         }
         for descriptor in descriptors { _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC) }
-        return (FileHandle(fileDescriptor: descriptors[0], closeOnDealloc: true), FileHandle(fileDescriptor: descriptors[1], closeOnDealloc: true))
+        return (
+            FileHandle(fileDescriptor: descriptors[0], closeOnDealloc: true),
+            FileHandle(fileDescriptor: descriptors[1], closeOnDealloc: true)
+        )
     }
 }

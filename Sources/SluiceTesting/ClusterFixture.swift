@@ -14,16 +14,21 @@ extension TestKafkaCluster {
         topic: String, values: [String], keys: [String]? = nil, partition: Int32? = nil,
         logger: Logger = Logger(label: "sluice.testing")
     ) async throws -> [Int32: Int] {
-        try await produce(values.indices.map { index in
-            ProducerRecord(topic: topic, partition: partition, key: keys.map { Array($0[index % $0.count].utf8) }, value: Array(values[index].utf8))
-        }, logger: logger)
+        try await produce(
+            values.indices.map { index in
+                ProducerRecord(
+                    topic: topic, partition: partition, key: keys.map { Array($0[index % $0.count].utf8) },
+                    value: Array(values[index].utf8))
+            }, logger: logger)
     }
 
     /// Produces `records` in their order (an idempotent producer: offsets follow that order in each partition),
     /// as fast as librdkafka's queue takes them, and waits for every acknowledgement; throws the first
     /// failed delivery. Returns how many went to each partition.
     @discardableResult
-    public func produce(_ records: [ProducerRecord], logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int] {
+    public func produce(_ records: [ProducerRecord], logger: Logger = Logger(label: "sluice.testing")) async throws
+        -> [Int32: Int]
+    {
         var configuration = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
         configuration.properties.merge(clientProperties) { _, client in client }
         let producer = try KafkaProducer(configuration: configuration, logger: logger)
@@ -71,7 +76,8 @@ extension TestKafkaCluster {
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         let offsets: [TopicPartition: Int64]
         do {
-            offsets = try await consumer.committedOffsets(for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
+            offsets = try await consumer.committedOffsets(
+                for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
         } catch {
             await consumer.close()
             throw error
@@ -81,8 +87,11 @@ extension TestKafkaCluster {
     }
 
     /// The end offsets (high watermarks) of `topic`'s partitions `0..<partitions`.
-    public func endOffsets(topic: String, partitions: Int, logger: Logger = Logger(label: "sluice.testing")) async throws -> [Int32: Int64] {
-        var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-watermarks")
+    public func endOffsets(topic: String, partitions: Int, logger: Logger = Logger(label: "sluice.testing"))
+        async throws -> [Int32: Int64]
+    {
+        var configuration = KafkaConsumerConfiguration(
+            bootstrapServers: bootstrapServers, groupID: "sluice-testing-watermarks")
         configuration.properties.merge(clientProperties) { _, client in client }
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
         var offsets: [Int32: Int64] = [:]
@@ -124,10 +133,12 @@ extension TestKafkaCluster {
     /// Every record of `topic` (partitions `0..<partitions`) up to its end as of the call, in partition and
     /// offset order, read by a consumer of its own (a fresh group, from the earliest offset).
     public func records(
-        topic: String, partitions: Int = 1, timeout: Duration = .seconds(60), logger: Logger = Logger(label: "sluice.testing")
+        topic: String, partitions: Int = 1, timeout: Duration = .seconds(60),
+        logger: Logger = Logger(label: "sluice.testing")
     ) async throws -> [ConsumedMessage] {
         let all = (0..<partitions).map { TopicPartition(topic, Int32($0)) }
-        var configuration = KafkaConsumerConfiguration(bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
+        var configuration = KafkaConsumerConfiguration(
+            bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
         configuration.properties.merge(clientProperties) { _, client in client }
         configuration.autoOffsetReset = .earliest
         configuration.sessionTimeout = .seconds(6)
@@ -151,7 +162,9 @@ extension TestKafkaCluster {
                             for topicPartition in partitions {
                                 guard let messages = consumer.messages(for: topicPartition) else { continue }
                                 let end = ends[topicPartition] ?? 0
-                                group.addTask { for await batch in messages { collected.add(batch.filter { $0.offset < end }) } }
+                                group.addTask {
+                                    for await batch in messages { collected.add(batch.filter { $0.offset < end }) }
+                                }
                             }
                         case .revoked(let revocation):
                             revocation.done()
@@ -165,7 +178,9 @@ extension TestKafkaCluster {
             await consumer.close()
             await reading.value
             guard found else {
-                throw KafkaError(code: .timeout, message: "topic '\(topic)': read \(collected.count) of \(wanted) records in \(timeout)")
+                throw KafkaError(
+                    code: .timeout,
+                    message: "topic '\(topic)': read \(collected.count) of \(wanted) records in \(timeout)")
             }
         } else {
             await consumer.close()
@@ -174,7 +189,9 @@ extension TestKafkaCluster {
     }
 
     /// What a dead-letter topic holds: every record, with the headers Sluice's dead-letter sink writes.
-    public func deadLetters(topic: String, partitions: Int = 1, timeout: Duration = .seconds(60)) async throws -> [DeadLetterRecord] {
+    public func deadLetters(topic: String, partitions: Int = 1, timeout: Duration = .seconds(60)) async throws
+        -> [DeadLetterRecord]
+    {
         try await records(topic: topic, partitions: partitions, timeout: timeout).map(DeadLetterRecord.init(message:))
     }
 }

@@ -20,9 +20,12 @@ public func eventually(
 /// fails with "not reached within 60 s: 3 hosts applied the flag". The timeout is a ceiling for a hung
 /// test, never a promise about speed.
 public func waitUntil(
-    _ what: String, timeout: Duration = .seconds(60), poll: Duration = .milliseconds(50), _ condition: () async throws -> Bool
+    _ what: String, timeout: Duration = .seconds(60), poll: Duration = .milliseconds(50),
+    _ condition: () async throws -> Bool
 ) async throws {
-    guard await eventually(timeout: timeout, poll: poll, condition) else { throw NotReached(what: what, waited: timeout) }
+    guard await eventually(timeout: timeout, poll: poll, condition) else {
+        throw NotReached(what: what, waited: timeout)
+    }
 }
 
 /// What a test waited for did not happen (see ``waitUntil(_:timeout:poll:_:)``).

@@ -63,7 +63,10 @@ public struct HandlerHarness: Sendable {
     private let batchHandler: (any BatchHandler)?
 
     /// A harness for a one-message-at-a-time handler of `topic`'s partition `partition`.
-    public init(topic: String = "test", partition: Int32 = 0, configuration: TopicConfiguration = TopicConfiguration(), handler: some MessageHandler) {
+    public init(
+        topic: String = "test", partition: Int32 = 0, configuration: TopicConfiguration = TopicConfiguration(),
+        handler: some MessageHandler
+    ) {
         topicPartition = TopicPartition(topic, partition)
         self.configuration = configuration
         messageHandler = handler
@@ -71,7 +74,10 @@ public struct HandlerHarness: Sendable {
     }
 
     /// A harness for a batch handler; `configuration.batch` sets the batches (default 100, 10 ms).
-    public init(topic: String = "test", partition: Int32 = 0, configuration: TopicConfiguration = TopicConfiguration(), batchHandler: some BatchHandler) {
+    public init(
+        topic: String = "test", partition: Int32 = 0, configuration: TopicConfiguration = TopicConfiguration(),
+        batchHandler: some BatchHandler
+    ) {
         topicPartition = TopicPartition(topic, partition)
         var configuration = configuration
         if configuration.batch == nil { configuration.batch = .init(size: 100, timeout: .milliseconds(10)) }
@@ -122,7 +128,8 @@ public enum TestMessages {
     ) -> [Message] {
         values.enumerated().map { index, value in
             Message(
-                topic: topic, partition: partition, offset: firstOffset + Int64(index), key: keys.map { KafkaBytes($0[index % $0.count]) },
+                topic: topic, partition: partition, offset: firstOffset + Int64(index),
+                key: keys.map { KafkaBytes($0[index % $0.count]) },
                 value: KafkaBytes(value), headers: headers)
         }
     }

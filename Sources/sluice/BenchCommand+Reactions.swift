@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// Cases f and g: how fast a flag flip takes effect, and a handler that holds its thread.
 extension BenchCommand {
@@ -37,7 +37,9 @@ extension BenchCommand {
             try await Task.sleep(for: .milliseconds(Int.random(in: 0..<1000)))
             try "flagbench: off\n".write(toFile: file, atomically: true, encoding: .utf8)
             let offAt = ContinuousClock.now
-            while !(host.shards.first?.pauseReasons.contains(.flag) ?? false) { try await Task.sleep(for: .milliseconds(1)) }
+            while !(host.shards.first?.pauseReasons.contains(.flag) ?? false) {
+                try await Task.sleep(for: .milliseconds(1))
+            }
             off.append((ContinuousClock.now - offAt).seconds)
             while host.shards.first?.state != .off { try await Task.sleep(for: .milliseconds(5)) }
             _ = try await producer.send(ProducerRecord(topic: "flagbench", value: Array(repeating: 120, count: 100)))
@@ -83,7 +85,9 @@ extension BenchCommand {
         while counter.count < count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         host.shutdown()
         try await running.value
-        guard counter.count >= count else { throw ValidationError("g: \(counter.count) of \(count) messages handled in 120 s") }
+        guard counter.count >= count else {
+            throw ValidationError("g: \(counter.count) of \(count) messages handled in 120 s")
+        }
         let rate = Double(counter.count) / counter.seconds
         return (rate, rate * 200e-6)
     }
@@ -96,8 +100,12 @@ extension BenchCommand {
 
     func printFlagReaction(_ reaction: (off: [Double], on: [Double], onApplied: [Double])) {
         print("f flag reaction (file source, poll interval 1 s, \(flagRuns) changes):")
-        print("  flag off -> partition paused:        median \(ms(median(reaction.off.sorted()))) ms, max \(ms(reaction.off.max()!)) ms")
-        print("  flag on  -> first message handled:   median \(ms(median(reaction.on.sorted()))) ms, max \(ms(reaction.on.max()!)) ms")
+        print(
+            "  flag off -> partition paused:        median \(ms(median(reaction.off.sorted()))) ms, max \(ms(reaction.off.max()!)) ms"
+        )
+        print(
+            "  flag on  -> first message handled:   median \(ms(median(reaction.on.sorted()))) ms, max \(ms(reaction.on.max()!)) ms"
+        )
         print(
             "  flag on applied -> first message:    median \(ms(median(reaction.onApplied.sorted()))) ms, max \(ms(reaction.onApplied.max()!)) ms"
                 + " (the partition resumed, to its first message handled)")

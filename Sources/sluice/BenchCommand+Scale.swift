@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// `--scale`: thousands of partitions on one host (rate, memory, shutdown, admin API answers).
 extension BenchCommand {
@@ -26,7 +26,8 @@ extension BenchCommand {
         for topic in topics {
             for partition in 0..<perTopic {
                 for _ in 0..<10 {
-                    let record = ProducerRecord(topic: topic, partition: Int32(partition), value: Array(repeating: 120, count: 100))
+                    let record = ProducerRecord(
+                        topic: topic, partition: Int32(partition), value: Array(repeating: 120, count: 100))
                     while try !tally.enqueue(record, on: producer) { try await Task.sleep(for: .milliseconds(1)) }
                 }
             }
@@ -36,7 +37,9 @@ extension BenchCommand {
         await producer.close()
         let before = residentMegabytes()
         resetPeakResident()
-        var configuration = hostConfiguration(cluster, group: "scale", topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) }))
+        var configuration = hostConfiguration(
+            cluster, group: "scale", topics: Dictionary(uniqueKeysWithValues: topics.map { ($0, TopicConfiguration()) })
+        )
         // The admin API and Prometheus metrics as a service runs them: how long /metrics and /v1/shards take
         // with this many shards.
         let registry = Self.metrics.registry
@@ -72,7 +75,8 @@ extension BenchCommand {
                 var bytes = 0
                 for _ in 0..<5 {
                     let asked = ContinuousClock.now
-                    let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+                    let (data, _) = try await URLSession.shared.data(
+                        from: URL(string: "http://127.0.0.1:\(port)\(path)")!)
                     times.append((ContinuousClock.now - asked).seconds * 1000)
                     bytes = data.count
                 }
@@ -87,23 +91,31 @@ extension BenchCommand {
         // itself reaches with this many partitions on this broker.
         let rawConfiguration = consumerConfiguration(cluster, group: "scale-raw-\(UUID())")
         let raw = try await onThread {
-            try RawConsumeLoop.run(configuration: rawConfiguration, topics: topics, count: produced, timeout: .seconds(300))
+            try RawConsumeLoop.run(
+                configuration: rawConfiguration, topics: topics, count: produced, timeout: .seconds(300))
         }
         print("scale: \(perTopic * 4) partitions over 4 topics on one host, \(produced) messages")
-        print("  subscribe -> all shards running:    \(ms((allRunning - started).seconds)) ms (first shard after \(ms(((firstShard ?? allRunning) - started).seconds)) ms; the embedded coordinator waits 3 s for the first join)")
+        print(
+            "  subscribe -> all shards running:    \(ms((allRunning - started).seconds)) ms (first shard after \(ms(((firstShard ?? allRunning) - started).seconds)) ms; the embedded coordinator waits 3 s for the first join)"
+        )
         print("  first shard -> all shards running:  \(ms((allRunning - (firstShard ?? allRunning)).seconds)) ms")
         print("  all running -> every message handled: \(ms((handled - allRunning).seconds)) ms")
         print("  shutdown (drain, commit, leave):    \(ms((stopped - handled).seconds)) ms")
-        print("  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB")
+        print(
+            "  RSS: before the host \(before) MB, with \(perTopic * 4) shards running \(steadyMegabytes) MB, peak \(peakResidentMegabytes()) MB"
+        )
         // Both from the first message to the last: the time before the first is librdkafka fetching 10,000
         // committed offsets, which the raw loop's figure leaves out too.
         let hostRate = Double(counter.count) / counter.seconds
         let rawRate = Double(raw.messages) / max(raw.elapsed.seconds, 0.001)
         print(
             "  rate, first message to last: host \(Int(hostRate)) msg/s (\(Int(Double(produced) / (handled - allRunning).seconds)) from all running); "
-                + "raw librdkafka loop \(Int(rawRate)) msg/s (\(raw.messages) messages); host/raw \(String(format: "%.2f", hostRate / rawRate))")
+                + "raw librdkafka loop \(Int(rawRate)) msg/s (\(raw.messages) messages); host/raw \(String(format: "%.2f", hostRate / rawRate))"
+        )
         for answer in answers {
-            print("  GET \(answer.path) (per-partition metrics \(perPartitionMetrics ? "on" : "off")): median \(Int(median(answer.milliseconds.sorted()))) ms, max \(Int(answer.milliseconds.max() ?? 0)) ms, \(answer.bytes / 1024) KiB")
+            print(
+                "  GET \(answer.path) (per-partition metrics \(perPartitionMetrics ? "on" : "off")): median \(Int(median(answer.milliseconds.sorted()))) ms, max \(Int(answer.milliseconds.max() ?? 0)) ms, \(answer.bytes / 1024) KiB"
+            )
         }
     }
 }

@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// What every case needs: the producer, the preload, configurations and formatting.
 extension BenchCommand {
@@ -20,7 +20,11 @@ extension BenchCommand {
     func startProducer(_ cluster: String, topic: String, rate: Int?, count: Int) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = ["produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--keys", "1000", "--size", "100"]
+        process.arguments =
+            [
+                "produce", "--bootstrap", cluster, "--topic", topic, "--count", "\(count)", "--keys", "1000", "--size",
+                "100",
+            ]
             + (rate.map { ["--rate", "\($0)"] } ?? [])
         process.standardError = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
@@ -33,17 +37,21 @@ extension BenchCommand {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
         process.arguments = [
-            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000", "--size", "\(messageBytes)",
+            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000",
+            "--size", "\(messageBytes)",
         ]
         process.standardError = FileHandle.nullDevice
         try process.run()
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("preloading failed (sluice produce exited \(process.terminationStatus))") }
+        guard process.terminationStatus == 0 else {
+            throw ValidationError("preloading failed (sluice produce exited \(process.terminationStatus))")
+        }
     }
 
     /// Messages per partition of the benchmark topic, from its watermarks.
     func partitionCounts(bootstrap: String, logger: Logger) async throws -> [Int32: Int] {
-        let consumer = try KafkaConsumer(configuration: consumerConfiguration(bootstrap, group: "counts"), logger: logger)
+        let consumer = try KafkaConsumer(
+            configuration: consumerConfiguration(bootstrap, group: "counts"), logger: logger)
         var counts: [Int32: Int] = [:]
         for partition in 0..<Int32(partitions) {
             let watermarks = try await consumer.queryWatermarks(for: TopicPartition("bench", partition))
@@ -55,11 +63,14 @@ extension BenchCommand {
 
     /// A host of the bench: a fresh group and state directory, a 6 s session, no admin API, the bench's
     /// memory budget.
-    func hostConfiguration(_ cluster: String, group: String, topics: [String: TopicConfiguration]) -> SluiceConfiguration {
+    func hostConfiguration(_ cluster: String, group: String, topics: [String: TopicConfiguration])
+        -> SluiceConfiguration
+    {
         var kafka = SluiceConfiguration.Kafka(bootstrap: cluster, group: "\(group)-\(UUID())")
         kafka.sessionTimeout = .seconds(6)
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        configuration.stateDirectory =
+            FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.admin.enabled = false
         configuration.memoryBudget = memoryBudget
         for entry in consumerProperty {
@@ -76,7 +87,9 @@ extension BenchCommand {
     }
 
     func note(_ text: String) { FileHandle.standardError.write(Data("bench: \(text)\n".utf8)) }
-    func pad(_ value: Int, width: Int = 14) -> String { String(repeating: " ", count: max(0, width - String(value).count)) + String(value) }
+    func pad(_ value: Int, width: Int = 14) -> String {
+        String(repeating: " ", count: max(0, width - String(value).count)) + String(value)
+    }
     func median(_ sorted: [Double]) -> Double { sorted.isEmpty ? 0 : sorted[sorted.count / 2] }
     func ms(_ seconds: Double) -> Int { Int((seconds * 1000).rounded()) }
 }

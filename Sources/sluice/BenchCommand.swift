@@ -8,14 +8,16 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
+        abstract:
+            "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
         discussion: """
             Preloads a topic with 100-byte messages (--message-bytes) over 10,000 keys, then runs each case --runs times, \
             interleaved: \
@@ -31,14 +33,24 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Partitions of the benchmark topic (the mock keeps 5 MiB per partition).")
     var partitions: Int = 32
-    @Option(name: .customLong("messages"), help: "Messages preloaded (default 640,000 of 100 bytes, or as many as fit the mock's 5 MiB per partition at --message-bytes).")
+    @Option(
+        name: .customLong("messages"),
+        help:
+            "Messages preloaded (default 640,000 of 100 bytes, or as many as fit the mock's 5 MiB per partition at --message-bytes)."
+    )
     var messagesOption: Int?
-    @Option(name: .customLong("memory-budget"), help: "The hosts' host.memoryBudget in MiB (0: off, buffers bounded by message counts only).")
+    @Option(
+        name: .customLong("memory-budget"),
+        help: "The hosts' host.memoryBudget in MiB (0: off, buffers bounded by message counts only).")
     var memoryBudgetMiB: Int = 256
     var memoryBudget: Int? { memoryBudgetMiB == 0 ? nil : memoryBudgetMiB << 20 }
-    @Flag(name: .customLong("per-partition-metrics"), inversion: .prefixedNo, help: "With --scale: per-partition metric series (metrics.perPartition).")
+    @Flag(
+        name: .customLong("per-partition-metrics"), inversion: .prefixedNo,
+        help: "With --scale: per-partition metric series (metrics.perPartition).")
     var perPartitionMetrics = true
-    @Option(name: .long, help: "Payload size of the preloaded messages, e.g. 1024 or 65536 (the cases' peak RSS is what to watch).")
+    @Option(
+        name: .long,
+        help: "Payload size of the preloaded messages, e.g. 1024 or 65536 (the cases' peak RSS is what to watch).")
     var messageBytes: Int = 100
 
     /// The mock keeps about 5 MiB of each partition's log: what is preloaded must fit, with the record overhead.
@@ -48,20 +60,44 @@ struct BenchCommand: AsyncParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Flag changes measured in case f.")
     var flagRuns: Int = 20
-    @Option(name: .long, help: "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, d, d50, e), e.g. to profile one or compare a2,b.")
+    @Option(
+        name: .long,
+        help:
+            "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, d, d50, e), e.g. to profile one or compare a2,b."
+    )
     var only: String?
-    @Option(name: .long, help: "Batch timeout of case d in milliseconds. The last, partial batch of each partition waits this long, which on a finite preloaded topic is a tail of the run, not a per-message cost; case d50 shows the same with 50 ms.")
+    @Option(
+        name: .long,
+        help:
+            "Batch timeout of case d in milliseconds. The last, partial batch of each partition waits this long, which on a finite preloaded topic is a tail of the run, not a per-message cost; case d50 shows the same with 50 ms."
+    )
     var batchTimeoutMs: Int = 5
-    @Option(name: .long, help: "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time.")
+    @Option(
+        name: .long,
+        help:
+            "Instead of the cases: one host on this many partitions (4 topics), measuring RSS, time to all shards running and shutdown drain time."
+    )
     var scale: Int?
-    @Option(name: .long, help: "Instead of the cases: latency from produce to handler start at this steady rate (messages a second), for raw librdkafka, ordering partition and ordering key; p50, p99, p99.9. 0: at half the highest rate this machine carries end to end, measured first (the producer flat out, a raw librdkafka loop consuming).")
+    @Option(
+        name: .long,
+        help:
+            "Instead of the cases: latency from produce to handler start at this steady rate (messages a second), for raw librdkafka, ordering partition and ordering key; p50, p99, p99.9. 0: at half the highest rate this machine carries end to end, measured first (the producer flat out, a raw librdkafka loop consuming)."
+    )
     var latency: Int?
     @Option(name: .long, help: "How long the steady producer of --latency runs, in seconds.")
     var latencySeconds: Int = 10
-    @Option(name: .long, help: "A librdkafka consumer property for the hosts (kafka.properties), as key=value; repeatable. E.g. queued.min.messages=5000, to measure its effect.")
+    @Option(
+        name: .long,
+        help:
+            "A librdkafka consumer property for the hosts (kafka.properties), as key=value; repeatable. E.g. queued.min.messages=5000, to measure its effect."
+    )
     var consumerProperty: [String] = []
 
-    @Option(name: .long, help: "Instead of the cases: three host processes in one group under a steady load, and this many flag flips through the CLI; time to every shard off on every host, time to the first message after the flag goes back on, and messages lost or handled twice.")
+    @Option(
+        name: .long,
+        help:
+            "Instead of the cases: three host processes in one group under a steady load, and this many flag flips through the CLI; time to every shard off on every host, time to the first message after the flag goes back on, and messages lost or handled twice."
+    )
     var fleet: Int?
 
     func validate() throws {
@@ -70,14 +106,24 @@ struct BenchCommand: AsyncParsableCommand {
         for entry in consumerProperty where entry.split(separator: "=", maxSplits: 1).count != 2 {
             throw ValidationError("--consumer-property: expected key=value, got '\(entry)'")
         }
-        if let latency, latency < 0 { throw ValidationError("--latency must be 0 (half the highest rate) or a rate in messages a second, got \(latency)") }
-        guard (16...1_000_000).contains(messageBytes) else { throw ValidationError("--message-bytes must be 16...1000000, got \(messageBytes)") }
+        if let latency, latency < 0 {
+            throw ValidationError(
+                "--latency must be 0 (half the highest rate) or a rate in messages a second, got \(latency)")
+        }
+        guard (16...1_000_000).contains(messageBytes) else {
+            throw ValidationError("--message-bytes must be 16...1000000, got \(messageBytes)")
+        }
         guard messages >= partitions * 10 else { throw ValidationError("--messages must be at least 10 per partition") }
         guard messages / partitions <= messagesPerPartitionThatFit else {
-            throw ValidationError("--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition")
+            throw ValidationError(
+                "--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition"
+            )
         }
-        for name in only?.split(separator: ",") ?? [] where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g"].contains(name) {
-            throw ValidationError("--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f and g")
+        for name in only?.split(separator: ",") ?? []
+        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g"].contains(name) {
+            throw ValidationError(
+                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f and g"
+            )
         }
     }
 
@@ -91,7 +137,8 @@ struct BenchCommand: AsyncParsableCommand {
     func run() async throws {
         _ = Self.metrics
         var logger = Logger(label: "sluice.bench")
-        logger.logLevel = ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
         if let scale {
             try await runScale(partitions: scale, logger: logger)
             return
@@ -109,7 +156,10 @@ struct BenchCommand: AsyncParsableCommand {
         let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"])
         defer { broker.stop() }
         let cluster = broker.bootstrap
-        note("malloc arenas: " + (ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"].map { "MALLOC_ARENA_MAX=\($0)" } ?? "glibc's default (MALLOC_ARENA_MAX unset; the Dockerfile and the Kubernetes manifest set 2)"))
+        note(
+            "malloc arenas: "
+                + (ProcessInfo.processInfo.environment["MALLOC_ARENA_MAX"].map { "MALLOC_ARENA_MAX=\($0)" }
+                    ?? "glibc's default (MALLOC_ARENA_MAX unset; the Dockerfile and the Kubernetes manifest set 2)"))
         note("preloading \(messages) messages of \(messageBytes) bytes over \(partitions) partitions")
         try preload(bootstrap: cluster)
         let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
@@ -142,7 +192,8 @@ struct BenchCommand: AsyncParsableCommand {
             Case(name: "a1 raw librdkafka loop, Sluice's settings") {
                 let configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
                 let result = try await onThread {
-                    try RawConsumeLoop.run(configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
+                    try RawConsumeLoop.run(
+                        configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
                 }
                 return (result.messages, result.elapsed.seconds, result.cpuSeconds)
             },
@@ -151,7 +202,8 @@ struct BenchCommand: AsyncParsableCommand {
                 configuration.groupID = "raw-\(UUID())"
                 let settings = configuration
                 let result = try await onThread {
-                    try RawConsumeLoop.run(configuration: settings, topic: "bench", count: messages, timeout: .seconds(120))
+                    try RawConsumeLoop.run(
+                        configuration: settings, topic: "bench", count: messages, timeout: .seconds(120))
                 }
                 return (result.messages, result.elapsed.seconds, result.cpuSeconds)
             },
@@ -159,10 +211,12 @@ struct BenchCommand: AsyncParsableCommand {
                 try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
             },
             Case(name: "b0 host, no-op, ordering partition, no crash journal") {
-                try await runHost(cluster, settings: partitionOrdering, handler: .message, crashJournal: false, logger: logger)
+                try await runHost(
+                    cluster, settings: partitionOrdering, handler: .message, crashJournal: false, logger: logger)
             },
             Case(name: "bm host, no-op, ordering partition, Prometheus metrics") {
-                try await runHost(cluster, settings: partitionOrdering, handler: .message, prometheus: true, logger: logger)
+                try await runHost(
+                    cluster, settings: partitionOrdering, handler: .message, prometheus: true, logger: logger)
             },
             Case(name: "c host, no-op, ordering key x8") {
                 try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
@@ -174,7 +228,8 @@ struct BenchCommand: AsyncParsableCommand {
                 try await runHost(cluster, settings: batchingSlow, handler: .batch, logger: logger)
             },
             Case(name: "e host, partition 0 crash-looping (healthy shards)") {
-                try await runHost(cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
+                try await runHost(
+                    cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
             },
         ]
         let selected = only.map { $0.split(separator: ",").map(String.init) }
@@ -194,13 +249,17 @@ struct BenchCommand: AsyncParsableCommand {
                 cases[index].rates.append(Double(count) / seconds)
                 let peak = peakResidentMegabytes()
                 cases[index].peak = max(cases[index].peak, peak)
-                note("\(cases[index].name) run \(run): \(Int(Double(count) / seconds)) msg/s, peak RSS \(peak) MB (\(residentBefore) MB before)")
+                note(
+                    "\(cases[index].name) run \(run): \(Int(Double(count) / seconds)) msg/s, peak RSS \(peak) MB (\(residentBefore) MB before)"
+                )
             }
         }
         func medianRate(_ prefix: String) -> Double? {
             cases.first { $0.name.hasPrefix(prefix + " ") && !$0.rates.isEmpty }.map { median($0.rates.sorted()) }
         }
-        func cpuPerMillion(_ item: Case) -> Double { item.cpuPerMillion.isEmpty ? 0 : median(item.cpuPerMillion.sorted()) }
+        func cpuPerMillion(_ item: Case) -> Double {
+            item.cpuPerMillion.isEmpty ? 0 : median(item.cpuPerMillion.sorted())
+        }
         /// The spread of a case's runs: (max - min) / median, in percent.
         func spread(_ values: [Double]) -> Double {
             guard let low = values.min(), let high = values.max(), values.count > 1 else { return 0 }
@@ -214,7 +273,9 @@ struct BenchCommand: AsyncParsableCommand {
         /// machine); lower is better. Against the cheaper of the two raw loops.
         func cpuRatios() -> String? {
             guard let a = [medianCPU("a1"), medianCPU("a2")].compactMap({ $0 }).min() else { return nil }
-            let parts = ["b", "c", "d"].compactMap { name in medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
+            let parts = ["b", "c", "d"].compactMap { name in
+                medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" }
+            }
             guard !parts.isEmpty else { return nil }
             var line = "CPU per message ratios: " + parts.joined(separator: " ")
             if let paired = pairedCPURatios() { line += "\n" + paired }
@@ -224,7 +285,9 @@ struct BenchCommand: AsyncParsableCommand {
         /// seconds before it) and their median and range: a slow patch of the machine that lasts a round
         /// moves both sides of a pair, not one case's median.
         func pairedCPURatios() -> String? {
-            func runs(_ prefix: String) -> [Double] { cases.first { $0.name.hasPrefix(prefix + " ") }?.cpuPerMillion ?? [] }
+            func runs(_ prefix: String) -> [Double] {
+                cases.first { $0.name.hasPrefix(prefix + " ") }?.cpuPerMillion ?? []
+            }
             let a1 = runs("a1")
             let a2 = runs("a2")
             let raw = a1.isEmpty ? a2 : a2.isEmpty ? a1 : zip(a1, a2).map { min($0, $1) }
@@ -232,21 +295,26 @@ struct BenchCommand: AsyncParsableCommand {
             let parts = ["b", "c", "d"].compactMap { name -> String? in
                 let pairs = zip(runs(name), raw).map { $0 / $1 }.sorted()
                 guard !pairs.isEmpty else { return nil }
-                return "\(name)/a=\(String(format: "%.2f", median(pairs))) (\(String(format: "%.2f", pairs.first!))-\(String(format: "%.2f", pairs.last!)))"
+                return
+                    "\(name)/a=\(String(format: "%.2f", median(pairs))) (\(String(format: "%.2f", pairs.first!))-\(String(format: "%.2f", pairs.last!)))"
             }
-            return parts.isEmpty ? nil : "CPU per message ratios, run by run (median, range): " + parts.joined(separator: " ")
+            return parts.isEmpty
+                ? nil : "CPU per message ratios, run by run (median, range): " + parts.joined(separator: " ")
         }
         if only != nil {
             print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
             for item in cases where !item.rates.isEmpty {
                 print(
                     "\(item.name): median \(Int(median(item.rates.sorted()))) msg/s (spread \(Int(spread(item.rates))) %), "
-                        + "CPU \(String(format: "%.2f", cpuPerMillion(item))) s per M msgs (spread \(Int(spread(item.cpuPerMillion))) %), peak RSS \(item.peak) MB")
+                        + "CPU \(String(format: "%.2f", cpuPerMillion(item))) s per M msgs (spread \(Int(spread(item.cpuPerMillion))) %), peak RSS \(item.peak) MB"
+                )
             }
             if let line = cpuRatios() { print(line) }
             // The ratios to the faster raw loop, for the cases that ran.
             if let a = [medianRate("a1"), medianRate("a2")].compactMap({ $0 }).max() {
-                let parts = ["b", "c", "d"].compactMap { name in medianRate(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" } }
+                let parts = ["b", "c", "d"].compactMap { name in
+                    medianRate(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" }
+                }
                 if !parts.isEmpty { print("ratios: " + parts.joined(separator: " ")) }
             }
             printJournalCost()
@@ -262,24 +330,30 @@ struct BenchCommand: AsyncParsableCommand {
 
         print("")
         print("\(messageBytes)-byte messages, \(messages) over \(partitions) partitions")
-        print("case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  CPU spread  peak RSS MB")
+        print(
+            "case                                                  min msg/s  median msg/s     max msg/s  CPU s/M msgs  CPU spread  peak RSS MB"
+        )
         for item in cases {
             let sorted = item.rates.sorted()
             print(
                 item.name.padding(toLength: 50, withPad: " ", startingAt: 0)
                     + pad(Int(sorted.first!)) + pad(Int(median(sorted))) + pad(Int(sorted.last!))
-                    + String(format: "%14.2f", cpuPerMillion(item)) + String(format: "%10.0f %%", spread(item.cpuPerMillion))
+                    + String(format: "%14.2f", cpuPerMillion(item))
+                    + String(format: "%10.0f %%", spread(item.cpuPerMillion))
                     + pad(item.peak, width: 13))
         }
         printFlagReaction(reaction)
         printSlowHandler(try await slowHandler(cluster, logger: logger))
-        print("RSS before the cases (runtime and librdkafka, broker and preload in child processes): \(baselineMegabytes) MB")
+        print(
+            "RSS before the cases (runtime and librdkafka, broker and preload in child processes): \(baselineMegabytes) MB"
+        )
         // The ratios divide by the faster plain loop.
         let a = max(medianRate("a1")!, medianRate("a2")!)
         let b = medianRate("b")!
-        print(String(
-            format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
-            b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
+        print(
+            String(
+                format: "ratios: b/a=%.2f c/a=%.2f d/a=%.2f e/b=%.2f",
+                b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
         if let line = cpuRatios() { print(line) }
         printJournalCost()
 
@@ -296,10 +370,11 @@ struct BenchCommand: AsyncParsableCommand {
                 let withoutCase = cases.first(where: { $0.name.hasPrefix(without + " ") }),
                 !withCase.rates.isEmpty, !withoutCase.rates.isEmpty
             else { return }
-            print(String(
-                format: "\(title): CPU per message %+.1f %%, median throughput %+.1f %%",
-                (cpuPerMillion(withCase) / cpuPerMillion(withoutCase) - 1) * 100,
-                (median(withCase.rates.sorted()) / median(withoutCase.rates.sorted()) - 1) * 100))
+            print(
+                String(
+                    format: "\(title): CPU per message %+.1f %%, median throughput %+.1f %%",
+                    (cpuPerMillion(withCase) / cpuPerMillion(withoutCase) - 1) * 100,
+                    (median(withCase.rates.sorted()) / median(withoutCase.rates.sorted()) - 1) * 100))
         }
     }
 }

@@ -8,14 +8,16 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// Counts handled messages and the time from the first to the latest.
 final class RateCounter: Sendable {
-    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?, cpuAtFirst: Double)>((0, nil, nil, 0))
+    private let state = Mutex<
+        (count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?, cpuAtFirst: Double)
+    >((0, nil, nil, 0))
     func add(_ count: Int) {
         let now = ContinuousClock.now
         state.withLock { state in

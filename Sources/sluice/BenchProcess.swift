@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
@@ -28,8 +28,8 @@ func peakResidentMegabytes() -> Int { statusMegabytes("VmHWM:") }
 func residentMegabytes() -> Int { statusMegabytes("VmRSS:") }
 
 #if os(Linux)
-/// glibc's `malloc_trim` (not exported by Swift's Glibc module).
-@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+    /// glibc's `malloc_trim` (not exported by Swift's Glibc module).
+    @_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
 #endif
 
 /// Returns memory earlier cases freed to the system (glibc keeps freed memory in its per-thread arenas,
@@ -37,7 +37,7 @@ func residentMegabytes() -> Int { statusMegabytes("VmRSS:") }
 /// (Linux: writing 5 to clear_refs).
 func resetPeakResident() {
     #if os(Linux)
-    _ = glibcMallocTrim(0)
+        _ = glibcMallocTrim(0)
     #endif
     try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
 }

@@ -8,10 +8,10 @@ import Sluice
 import SluiceAdmin
 import SluiceKafka
 import Synchronization
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
 
 /// `sluice dev-broker` in a child process.
 final class ChildBroker {

@@ -56,13 +56,16 @@ struct ConsumeCommand: AsyncParsableCommand {
                                 for await batch in messages {
                                     stats.check(batch)
                                     if let last = batch.last {
-                                        try? consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: last.offset + 1)])
+                                        try? consumer.storeOffsets([
+                                            TopicPartitionOffset(topicPartition, offset: last.offset + 1)
+                                        ])
                                     }
                                 }
                             }
                         }
                     case .revoked(let revocation):
-                        stats.note("revoked \(revocation.partitions.sorted().map(\.description).joined(separator: " "))")
+                        stats.note(
+                            "revoked \(revocation.partitions.sorted().map(\.description).joined(separator: " "))")
                         revocation.done()
                     case .lost(let lost):
                         stats.note("lost \(lost.sorted().map(\.description).joined(separator: " "))")

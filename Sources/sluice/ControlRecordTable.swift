@@ -6,7 +6,7 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// The control topic's state as the CLI reads it.
@@ -19,8 +19,10 @@ final class RecordTable: Sendable {
     }
 
     private let state = Mutex<
-        (flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus],
-            quarantines: [TopicPartition: Quarantine], bad: Int, history: [(offset: Int64, flag: Flag?)])
+        (
+            flags: [FlagKey: Flag], trips: [TopicPartition: ControlRecord.Trip], hosts: [String: ControlHostStatus],
+            quarantines: [TopicPartition: Quarantine], bad: Int, history: [(offset: Int64, flag: Flag?)]
+        )
     >(([:], [:], [:], [:], 0, []))
     /// A flag whose every value is kept with its offset (a write's "before", read after the write).
     private let watched: FlagKey?
@@ -41,8 +43,12 @@ final class RecordTable: Sendable {
         state.withLock { state in
             let parsed: ControlRecord?
             do {
-                if let (keys, topic) = verifier.withLock({ $0 }), ControlSigner.allowed(key: record.key, value: record.value) != nil {
-                    _ = try keys.verify(topic: topic, key: record.key, value: record.value, headers: record.headers, offset: record.offset)
+                if let (keys, topic) = verifier.withLock({ $0 }),
+                    ControlSigner.allowed(key: record.key, value: record.value) != nil
+                {
+                    _ = try keys.verify(
+                        topic: topic, key: record.key, value: record.value, headers: record.headers,
+                        offset: record.offset)
                 }
                 parsed = try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset)
             } catch {

@@ -6,7 +6,7 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct DevBrokerCommand: AsyncParsableCommand {

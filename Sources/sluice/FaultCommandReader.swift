@@ -2,7 +2,7 @@ import Foundation
 import SluiceKafka
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads `sluice dev-broker`'s fault-injection commands from stdin on a thread of its own and applies
@@ -43,7 +43,8 @@ enum FaultCommand {
                     broker: try int32(words[1], "broker ID"), .milliseconds(try int32(words[2], "milliseconds")))
             case ("error", 3...):
                 guard let api = KafkaAPIKey(name: words[1]) else {
-                    return "error: unknown API '\(words[1])'; known: \(KafkaAPIKey.named.map(\.0).joined(separator: ", "))"
+                    return
+                        "error: unknown API '\(words[1])'; known: \(KafkaAPIKey.named.map(\.0).joined(separator: ", "))"
                 }
                 var codes: [KafkaErrorCode] = []
                 for name in words[2...] {
@@ -53,7 +54,8 @@ enum FaultCommand {
                 cluster.pushRequestErrors(apiKey: api, errors: codes)
             case ("leader", 4):
                 try cluster.setPartitionLeader(
-                    TopicPartition(words[1], try int32(words[2], "partition")), broker: try int32(words[3], "broker ID"))
+                    TopicPartition(words[1], try int32(words[2], "partition")), broker: try int32(words[3], "broker ID")
+                )
             case ("coordinator", 3):
                 try cluster.setGroupCoordinator(group: words[1], broker: try int32(words[2], "broker ID"))
             case ("topic", 3):
@@ -80,4 +82,3 @@ enum FaultCommand {
         return value
     }
 }
-

@@ -6,7 +6,7 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// `sluice flags list|set|unset`: a host's flags, or the group's through the control topic.
@@ -34,21 +34,25 @@ struct FlagsCommand: AsyncParsableCommand {
                 for flag in flags {
                     rows.append([
                         flag["key"] as? String ?? "",
-                        (flag["rate"] as? Double).map(ControlRecord.describeRate) ?? ((flag["enabled"] as? Bool ?? true) ? "on" : "off"),
+                        (flag["rate"] as? Double).map(ControlRecord.describeRate)
+                            ?? ((flag["enabled"] as? Bool ?? true) ? "on" : "off"),
                         flag["source"] as? String ?? "", flag["reason"] as? String ?? "",
                     ])
                 }
                 print(Table.render(rows))
                 print("default: \(answer["default"] as? String ?? "on")")
                 for (source, details) in (answer["sources"] as? [String: Any] ?? [:]).sorted(by: { $0.key < $1.key }) {
-                    if let error = (details as? [String: Any])?["lastError"] as? String { print("source \(source) failing: \(error)") }
+                    if let error = (details as? [String: Any])?["lastError"] as? String {
+                        print("source \(source) failing: \(error)")
+                    }
                 }
             }
         }
     }
 
     struct Set: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set an operator flag: KEY on|off (KEY is *, TOPIC or TOPIC/PARTITION).")
+        static let configuration = CommandConfiguration(
+            abstract: "Set an operator flag: KEY on|off (KEY is *, TOPIC or TOPIC/PARTITION).")
         @OptionGroup var options: AdminOptions
         @OptionGroup var control: ControlOptions
         @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String
@@ -65,10 +69,12 @@ struct FlagsCommand: AsyncParsableCommand {
         func run() async throws {
             try await runAdmin {
                 if control.bootstrap != nil {
-                    try await control.write(key: key, enabled: value != "off", reason: reason, rate: ControlRecord.parseRate(value))
+                    try await control.write(
+                        key: key, enabled: value != "off", reason: reason, rate: ControlRecord.parseRate(value))
                     return
                 }
-                var body: [String: Any] = ControlRecord.parseRate(value) != nil ? ["rate": value] : ["enabled": value == "on"]
+                var body: [String: Any] =
+                    ControlRecord.parseRate(value) != nil ? ["rate": value] : ["enabled": value == "on"]
                 if let reason { body["reason"] = reason }
                 _ = try await AdminClient(options: options).call("PUT", "/v1/flags/\(encode(key))", body: body)
                 print("\(key): \(value)")
@@ -77,7 +83,8 @@ struct FlagsCommand: AsyncParsableCommand {
     }
 
     struct Unset: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove an operator flag, so the file or the default decide again.")
+        static let configuration = CommandConfiguration(
+            abstract: "Remove an operator flag, so the file or the default decide again.")
         @OptionGroup var options: AdminOptions
         @OptionGroup var control: ControlOptions
         @Argument(help: "*, TOPIC or TOPIC/PARTITION") var key: String

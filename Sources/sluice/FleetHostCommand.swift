@@ -15,7 +15,8 @@ import Synchronization
 /// - `F MS on|off` when the host's flags (all layers resolved) turn the topic on or off.
 struct FleetHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "fleet-host", abstract: "One host of `sluice bench --fleet` (started by the bench).", shouldDisplay: false)
+        commandName: "fleet-host", abstract: "One host of `sluice bench --fleet` (started by the bench).",
+        shouldDisplay: false)
 
     @Option(name: .long) var bootstrap: String
     @Option(name: .long) var group: String
@@ -30,7 +31,8 @@ struct FleetHostCommand: AsyncParsableCommand {
         var configuration = SluiceConfiguration(kafka: kafka, topics: [topic: TopicConfiguration()])
         configuration.control.enabled = true
         configuration.admin.enabled = false
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-fleet-\(UUID().uuidString)").path
+        configuration.stateDirectory =
+            FileManager.default.temporaryDirectory.appendingPathComponent("sluice-fleet-\(UUID().uuidString)").path
         let host = SluiceHost(configuration: configuration, logger: logger)
         let recorder = try HandledRecorder(path: record)
         host.register(topic, RecordingHandler(recorder: recorder))
@@ -48,7 +50,9 @@ struct FleetHostCommand: AsyncParsableCommand {
                     flagOn = on
                 }
                 let shards = host.shards.filter { $0.topicPartition.topic == topic }
-                let paused = shards.filter { $0.state == .off || $0.state == .draining || $0.pauseReasons.contains(.flag) }.count
+                let paused = shards.filter {
+                    $0.state == .off || $0.state == .draining || $0.pauseReasons.contains(.flag)
+                }.count
                 let now = (off: shards.filter { $0.state == .off }.count, owned: shards.count, paused: paused)
                 if now != last {
                     // What was handled so far is in the file before the change is announced, so a host killed
@@ -83,7 +87,8 @@ final class HandledRecorder: Sendable {
     private let state = Mutex(State())
 
     init(path: String) throws {
-        guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else { throw ValidationError("cannot write \(path)") }
+        guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path)
+        else { throw ValidationError("cannot write \(path)") }
         self.file = file
     }
 

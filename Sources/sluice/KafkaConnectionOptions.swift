@@ -5,16 +5,24 @@ import Foundation
 /// from a properties file (secrets stay off the command line) and `--property` over it. Every command that
 /// talks to Kafka takes them, so a secured cluster is reached the same way by each.
 struct KafkaConnectionOptions: ParsableArguments {
-    @Option(name: .customLong("property"), help: "A librdkafka property, NAME=VALUE (repeatable; e.g. security.protocol=ssl); over those of --properties-file.")
+    @Option(
+        name: .customLong("property"),
+        help:
+            "A librdkafka property, NAME=VALUE (repeatable; e.g. security.protocol=ssl); over those of --properties-file."
+    )
     var properties: [String] = []
 
     @Option(
         name: .customLong("properties-file"),
-        help: "A file of librdkafka properties, NAME=VALUE per line, as Kafka's tools take them: secrets stay off the command line (environment SLUICE_KAFKA_PROPERTIES_FILE).")
+        help:
+            "A file of librdkafka properties, NAME=VALUE per line, as Kafka's tools take them: secrets stay off the command line (environment SLUICE_KAFKA_PROPERTIES_FILE)."
+    )
     var propertiesFile: String?
 
     /// --properties-file, else SLUICE_KAFKA_PROPERTIES_FILE.
-    var propertiesPath: String? { propertiesFile ?? ProcessInfo.processInfo.environment["SLUICE_KAFKA_PROPERTIES_FILE"] }
+    var propertiesPath: String? {
+        propertiesFile ?? ProcessInfo.processInfo.environment["SLUICE_KAFKA_PROPERTIES_FILE"]
+    }
 
     func validate() throws {
         for property in properties where !property.contains("=") {

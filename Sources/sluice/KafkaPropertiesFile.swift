@@ -17,7 +17,9 @@ enum KafkaPropertiesFile {
         } catch {
             throw ValidationFailure("properties file \(path) cannot be read: \(error.localizedDescription)")
         }
-        guard attributes[.type] as? FileAttributeType == .typeRegular, let size = attributes[.size] as? Int, size <= maximumBytes else {
+        guard attributes[.type] as? FileAttributeType == .typeRegular, let size = attributes[.size] as? Int,
+            size <= maximumBytes
+        else {
             throw ValidationFailure("properties file \(path) is not a regular file of at most \(maximumBytes) bytes")
         }
         guard let data = try? Data(contentsOf: url), let text = String(data: data, encoding: .utf8) else {
@@ -36,8 +38,12 @@ enum KafkaPropertiesFile {
             }
             let name = line[..<equals].trimmingCharacters(in: .whitespaces)
             let value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty, name.count <= 256, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-_".contains($0)) }) else {
-                throw ValidationFailure("properties file \(path), line \(index + 1): '\(name.prefix(64))' is not a librdkafka property name")
+            guard !name.isEmpty, name.count <= 256,
+                name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-_".contains($0)) })
+            else {
+                throw ValidationFailure(
+                    "properties file \(path), line \(index + 1): '\(name.prefix(64))' is not a librdkafka property name"
+                )
             }
             properties[name] = value
         }

@@ -19,7 +19,8 @@ struct LoadPayload: Equatable {
     /// Reads a payload written by ``encoded(size:)``; nil for anything else.
     init?(decoding bytes: some Collection<UInt8>) {
         let parsed =
-            bytes.withContiguousStorageIfAvailable { Self.parse($0) } ?? Array(bytes).withUnsafeBufferPointer { Self.parse($0) }
+            bytes.withContiguousStorageIfAvailable { Self.parse($0) }
+            ?? Array(bytes).withUnsafeBufferPointer { Self.parse($0) }
         guard let parsed else { return nil }
         self = parsed
     }

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Accepts TCP connections on 127.0.0.1:PORT and forwards each, both ways, to an upstream `host:port`.
@@ -30,7 +31,9 @@ final class LoopbackForwarder: Sendable {
         setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         var address = Self.loopback(port: listenPort)
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard bound == 0, listen(listener, 64) == 0 else {
             let reason = String(cString: strerror(errno))
@@ -54,14 +57,19 @@ final class LoopbackForwarder: Sendable {
         var address = Self.loopback(port: upstreamPort)
         inet_pton(AF_INET, upstreamHost, &address.sin_addr)
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         defer {
             close(client)
             close(upstream)
         }
         guard connected == 0 else { return }
-        var descriptors = [pollfd(fd: client, events: Int16(POLLIN), revents: 0), pollfd(fd: upstream, events: Int16(POLLIN), revents: 0)]
+        var descriptors = [
+            pollfd(fd: client, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: upstream, events: Int16(POLLIN), revents: 0),
+        ]
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while poll(&descriptors, 2, -1) > 0 {
             for (index, descriptor) in descriptors.enumerated() where descriptor.revents != 0 {

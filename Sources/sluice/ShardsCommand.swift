@@ -6,7 +6,7 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// Operator actions on one shard: skip or retry a quarantined message, reset a breaker.
@@ -19,11 +19,15 @@ struct ShardsCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List the group's shards from its control topic: owner, state, trips and quarantines (no admin URL needed).")
+            abstract:
+                "List the group's shards from its control topic: owner, state, trips and quarantines (no admin URL needed)."
+        )
         @OptionGroup var control: ControlOptions
 
         func validate() throws {
-            if control.bootstrap == nil { throw ValidationError("shards list reads the group's control topic: add --bootstrap and --group") }
+            if control.bootstrap == nil {
+                throw ValidationError("shards list reads the group's control topic: add --bootstrap and --group")
+            }
         }
 
         func run() async throws {
@@ -40,7 +44,9 @@ struct ShardsCommand: AsyncParsableCommand {
 
     struct Skip: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Commit a quarantined message without calling its handler (it killed the process); audited with who and why.")
+            abstract:
+                "Commit a quarantined message without calling its handler (it killed the process); audited with who and why."
+        )
         @OptionGroup var release: ReleaseOptions
 
         func run() async throws { try await release.run(.skip, done: "skipped") }
@@ -49,7 +55,9 @@ struct ShardsCommand: AsyncParsableCommand {
     struct DeadLetter: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "dead-letter",
-            abstract: "Write a quarantined message to its topic's dead-letter topic, with its crash report, without calling its handler.")
+            abstract:
+                "Write a quarantined message to its topic's dead-letter topic, with its crash report, without calling its handler."
+        )
         @OptionGroup var release: ReleaseOptions
 
         func run() async throws { try await release.run(.deadLetter, done: "released to the dead-letter topic") }
@@ -60,7 +68,10 @@ struct ShardsCommand: AsyncParsableCommand {
         @OptionGroup var options: AdminOptions
         @OptionGroup var control: ControlOptions
         @Argument(help: "TOPIC/PARTITION") var shard: String
-        @Option(name: .long, help: "The quarantined message's offset (as `sluice status` shows it); refused if it is not that one.") var offset: Int64
+        @Option(
+            name: .long,
+            help: "The quarantined message's offset (as `sluice status` shows it); refused if it is not that one.")
+        var offset: Int64
         @Option(name: .long, help: "Why (kept with the release).") var reason: String?
 
         func validate() throws { _ = try ShardsCommand.parse(shard) }
@@ -76,7 +87,8 @@ struct ShardsCommand: AsyncParsableCommand {
                 if let reason { body["reason"] = reason }
                 let path = release == .deadLetter ? "dead-letter" : "skip"
                 _ = try await AdminClient(options: options).call(
-                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/\(path)", body: body)
+                    "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/\(path)", body: body
+                )
                 print("\(topicPartition): offset \(offset) \(done)")
             }
         }
@@ -100,7 +112,10 @@ struct ShardsCommand: AsyncParsableCommand {
                 }
                 let answer = try await AdminClient(options: options).call(
                     "POST", "/v1/shards/\(encode(topicPartition.topic))/\(topicPartition.partition)/reset")
-                print("\(topicPartition): reset" + ((answer["quarantineReleased"] as? Bool ?? false) ? "; its quarantined message is tried again" : ""))
+                print(
+                    "\(topicPartition): reset"
+                        + ((answer["quarantineReleased"] as? Bool ?? false)
+                            ? "; its quarantined message is tried again" : ""))
             }
         }
     }

@@ -6,14 +6,16 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// `sluice status`: one host's shards, flags and quarantines.
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Show a running host's shards as a table; with --bootstrap and --group, every shard of the group from its control topic.")
+        abstract:
+            "Show a running host's shards as a table; with --bootstrap and --group, every shard of the group from its control topic."
+    )
     @OptionGroup var options: AdminOptions
     @OptionGroup var control: ControlOptions
 
@@ -24,7 +26,12 @@ struct StatusCommand: AsyncParsableCommand {
                 return
             }
             let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
-            var rows = [["SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED", "LAST ERROR"]]
+            var rows = [
+                [
+                    "SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED",
+                    "LAST ERROR",
+                ]
+            ]
             var quarantines: [String] = []
             for shard in answer["shards"] as? [[String: Any]] ?? [] {
                 let flag = shard["flag"] as? [String: Any] ?? [:]

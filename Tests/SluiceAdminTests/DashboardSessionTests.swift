@@ -2,10 +2,11 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
-@testable import Sluice
-@testable import SluiceAdmin
 import SluiceKafka
 import Testing
+
+@testable import Sluice
+@testable import SluiceAdmin
 
 /// The dashboard's sessions and logins as someone on the admin port meets them: requests without cookies, a
 /// planted session id, guessed tokens, a burst of audit page loads.
@@ -22,19 +23,25 @@ struct DashboardSessionTests {
         return String(html[range.upperBound...].prefix { $0 != "\"" })
     }
 
-    @Test("500 requests without a cookie keep no session; a login makes one with a new id; the old id stays logged out; 5 wrong tokens lock logins for a minute")
+    @Test(
+        "500 requests without a cookie keep no session; a login makes one with a new id; the old id stays logged out; 5 wrong tokens lock logins for a minute"
+    )
     func sessionsOnlyFromALogin() async throws {
         let host = AdminFixture.host(stateFile: AdminFixture.stateFile(), token: "s3cret")
         let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
         let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             for _ in 0..<500 {
-                try await client.execute(uri: "/", method: .get) { #expect($0.status == .seeOther, "the pages need a login") }
+                try await client.execute(uri: "/", method: .get) {
+                    #expect($0.status == .seeOther, "the pages need a login")
+                }
                 try await client.execute(uri: "/login", method: .get) { #expect(Self.cookie($0) != nil) }
             }
             #expect(server.dashboard.sessionCount == 0, "a visitor costs the host no state")
 
-            let (visitor, token) = try await client.execute(uri: "/login", method: .get) { (Self.cookie($0)!, Self.csrf($0)!) }
+            let (visitor, token) = try await client.execute(uri: "/login", method: .get) {
+                (Self.cookie($0)!, Self.csrf($0)!)
+            }
             func login(_ secret: String, cookie: String = visitor) async throws -> TestResponse {
                 try await client.execute(
                     uri: "/login", method: .post,
@@ -46,16 +53,23 @@ struct DashboardSessionTests {
             let session = try #require(Self.cookie(loggedIn))
             #expect(session != visitor, "a new id at login")
             #expect(server.dashboard.sessionCount == 1)
-            try await client.execute(uri: "/", method: .get, headers: [.cookie: session]) { #expect(String(buffer: $0.body).contains("Log out")) }
-            try await client.execute(uri: "/", method: .get, headers: [.cookie: visitor]) { #expect($0.status == .seeOther) }
+            try await client.execute(uri: "/", method: .get, headers: [.cookie: session]) {
+                #expect(String(buffer: $0.body).contains("Log out"))
+            }
+            try await client.execute(uri: "/", method: .get, headers: [.cookie: visitor]) {
+                #expect($0.status == .seeOther)
+            }
             // Behind a TLS proxy the cookie is Secure.
-            try await client.execute(uri: "/login", method: .get, headers: [HTTPField.Name("X-Forwarded-Proto")!: "https"]) {
+            try await client.execute(
+                uri: "/login", method: .get, headers: [HTTPField.Name("X-Forwarded-Proto")!: "https"]
+            ) {
                 #expect($0.headers[.setCookie]?.hasSuffix("; Secure") == true)
             }
 
             for _ in 0..<5 { #expect(try await login("guess").status == .unauthorized) }
             let locked = try await login("s3cret")
-            #expect(locked.status == .tooManyRequests, "the right token waits too: nothing tells a guesser it was right")
+            #expect(
+                locked.status == .tooManyRequests, "the right token waits too: nothing tells a guesser it was right")
             #expect(String(buffer: locked.body).contains("too many failed logins"))
             #expect(server.dashboard.sessionCount == 1)
         }
@@ -89,11 +103,23 @@ struct DashboardSessionTests {
         }
         var local = address(source, 0)
         var remote = address("127.0.0.1", port)
-        let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        let connected = withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard bound == 0, connected == 0 else { throw SluiceError(code: .state, message: "bind \(bound) / connect \(connected): \(errno)") }
+        let bound = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        let connected = withUnsafePointer(to: &remote) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0, connected == 0 else {
+            throw SluiceError(code: .state, message: "bind \(bound) / connect \(connected): \(errno)")
+        }
         let bytes = Array(text.utf8)
-        guard write(descriptor, bytes, bytes.count) == bytes.count else { throw SluiceError(code: .state, message: "write: \(errno)") }
+        guard write(descriptor, bytes, bytes.count) == bytes.count else {
+            throw SluiceError(code: .state, message: "write: \(errno)")
+        }
         var answer: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
@@ -104,25 +130,33 @@ struct DashboardSessionTests {
         return String(decoding: answer, as: UTF8.self)
     }
 
-    @Test("failed logins are limited per client address: 5 wrong tokens from one lock it out for a minute, while another address logs in; all addresses together get at most 50 failures a minute")
+    @Test(
+        "failed logins are limited per client address: 5 wrong tokens from one lock it out for a minute, while another address logs in; all addresses together get at most 50 failures a minute"
+    )
     func loginLimitPerClient() async throws {
         let host = AdminFixture.host(stateFile: AdminFixture.stateFile(), token: "s3cret")
         let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
-        let app = Application(router: server.makeRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+        let app = Application(
+            router: server.makeRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             let port = try #require(client.port)
             func login(from source: String, _ secret: String) async throws -> String {
-                let form = try await Self.request(from: source, port: port, "GET /login HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-                let cookie = try #require(form.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie: sluice_session=") }?
-                    .dropFirst("set-cookie: ".count).split(separator: ";").first)
+                let form = try await Self.request(
+                    from: source, port: port, "GET /login HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                let cookie = try #require(
+                    form.split(separator: "\r\n").first { $0.lowercased().hasPrefix("set-cookie: sluice_session=") }?
+                        .dropFirst("set-cookie: ".count).split(separator: ";").first)
                 let token = try #require(Self.csrf(form) as String?)
                 let body = "csrf=\(token)&name=ann&token=\(secret)"
                 return try await Self.request(
                     from: source, port: port,
-                    "POST /login HTTP/1.1\r\nHost: h\r\nConnection: close\r\nCookie: \(cookie)\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+                    "POST /login HTTP/1.1\r\nHost: h\r\nConnection: close\r\nCookie: \(cookie)\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                )
             }
             for _ in 0..<5 { #expect(try await login(from: "127.0.0.2", "guess").hasPrefix("HTTP/1.1 401")) }
-            #expect(try await login(from: "127.0.0.2", "s3cret").hasPrefix("HTTP/1.1 429"), "the guessing address waits, even with the right token")
+            #expect(
+                try await login(from: "127.0.0.2", "s3cret").hasPrefix("HTTP/1.1 429"),
+                "the guessing address waits, even with the right token")
             #expect(try await login(from: "127.0.0.3", "s3cret").hasPrefix("HTTP/1.1 303"), "another address logs in")
         }
         // All addresses together: the 51st failure in a minute waits, from whichever address.
@@ -136,7 +170,10 @@ struct DashboardSessionTests {
 
     @Test("no token and a listener beyond loopback: the admin server refuses to start; on loopback it starts open")
     func noTokenBeyondLoopback() throws {
-        for (listen, starts) in [("0.0.0.0:8080", false), ("10.1.2.3:8080", false), ("[::]:8080", false), ("127.0.0.1:0", true), ("localhost:0", true), ("[::1]:0", true)] {
+        for (listen, starts) in [
+            ("0.0.0.0:8080", false), ("10.1.2.3:8080", false), ("[::]:8080", false), ("127.0.0.1:0", true),
+            ("localhost:0", true), ("[::1]:0", true),
+        ] {
             let host = AdminFixture.host(stateFile: AdminFixture.stateFile(), token: nil)
             var configuration = host.configuration
             configuration.admin.listen = listen
@@ -155,7 +192,8 @@ struct DashboardSessionTests {
     @Test("20 audit pages at once read the audit topic once")
     func auditPagesShareOneRead() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
-        let host = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: ["orders"])
+        let host = AdminFixture.host(
+            bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: ["orders"])
         var configuration = host.configuration
         configuration.control.enabled = true
         let controlled = SluiceHost(configuration: configuration, logger: AdminFixture.logger)
@@ -165,7 +203,11 @@ struct DashboardSessionTests {
         try await app.test(.router) { client in
             try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
                 for _ in 0..<20 {
-                    group.addTask { try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) { $0.status } }
+                    group.addTask {
+                        try await client.execute(
+                            uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]
+                        ) { $0.status }
+                    }
                 }
                 for try await status in group { #expect(status == .ok) }
             }
@@ -176,10 +218,14 @@ struct DashboardSessionTests {
     @Test("the audit page lists the control records the host rejected, with key, offset and reason, as text")
     func rejectedRecordsShown() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
-        var configuration = AdminFixture.host(bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: ["orders"]).configuration
+        var configuration = AdminFixture.host(
+            bootstrap: cluster.bootstrapServers, stateFile: AdminFixture.stateFile(), topics: ["orders"]
+        ).configuration
         configuration.control.enabled = true
         try cluster.createTopic(configuration.controlTopic, partitions: 1)
-        let producer = try KafkaProducer(configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: AdminFixture.logger)
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: AdminFixture.logger)
         _ = try await producer.send(
             ProducerRecord(
                 topic: configuration.controlTopic, partition: 0, key: Array("host/<b>forged</b>".utf8),
@@ -189,12 +235,15 @@ struct DashboardSessionTests {
         host.register("orders", NoopHandler())
         let running = Task { try await host.run() }
         let deadline = ContinuousClock.now + .seconds(60)
-        while (host.control?.rejected.count ?? 0) < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        while (host.control?.rejected.count ?? 0) < 1, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
         #expect(host.control?.rejected.count == 1)
         let server = try AdminServer(host: host, registry: AdminFixture.registry, logger: AdminFixture.logger)
         let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
-            try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) { response in
+            try await client.execute(uri: "/audit", method: .get, headers: [.authorization: "Bearer s3cret"]) {
+                response in
                 let html = String(buffer: response.body)
                 #expect(html.contains("1 since this host started"))
                 #expect(html.contains("host/&lt;b&gt;forged&lt;/b&gt;") && html.contains("range"), "\(html)")

@@ -13,7 +13,8 @@ struct CrashContainmentTests {
 
     func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
-            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50",
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys",
+            "50",
         ])
         await produce.expectCleanExit()
     }
@@ -28,12 +29,16 @@ struct CrashContainmentTests {
 
     /// The quarantine a service logged at its start: partition and offset.
     func quarantined(in log: String) -> (partition: Int32, offset: Int64)? {
-        guard let line = log.split(separator: "\n").first(where: { $0.contains("message quarantined") }) else { return nil }
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("message quarantined") }) else {
+            return nil
+        }
         func value(_ key: String) -> Substring? {
             guard let range = line.range(of: "\(key)=") else { return nil }
             return line[range.upperBound...].prefix { $0.isNumber }
         }
-        guard let partition = value("kafka.partition").flatMap({ Int32($0) }), let offset = value("kafka.offset").flatMap({ Int64($0) }) else {
+        guard let partition = value("kafka.partition").flatMap({ Int32($0) }),
+            let offset = value("kafka.offset").flatMap({ Int64($0) })
+        else {
             return nil
         }
         return (partition, offset)
@@ -67,7 +72,9 @@ struct CrashContainmentTests {
     }
 
     /// Waits until every orders partition's committed offset is what `expected` says.
-    func settle(_ consumer: KafkaConsumer, _ expected: [TopicPartition: Int64]) async throws -> (Bool, [TopicPartition: Int64]) {
+    func settle(_ consumer: KafkaConsumer, _ expected: [TopicPartition: Int64]) async throws -> (
+        Bool, [TopicPartition: Int64]
+    ) {
         var committed: [TopicPartition: Int64] = [:]
         let deadline = ContinuousClock.now + .seconds(90)
         while ContinuousClock.now < deadline {
@@ -82,7 +89,8 @@ struct CrashContainmentTests {
     /// checked) it is started again, until every orders partition is committed to the end (`produced` in all) or
     /// `maxDeaths` deaths. Returns the deaths, the last commits and the service running at the end.
     func underRestartLoop(
-        _ cluster: EmbeddedKafkaCluster, group: String, produced: Int64, maxDeaths: Int, start: () throws -> SluiceProcess
+        _ cluster: EmbeddedKafkaCluster, group: String, produced: Int64, maxDeaths: Int,
+        start: () throws -> SluiceProcess
     ) async throws -> (deaths: Int, committed: [TopicPartition: Int64], service: SluiceProcess) {
         var service = try start()
         var deaths = 0
@@ -91,7 +99,9 @@ struct CrashContainmentTests {
         let deadline = ContinuousClock.now + .seconds(180)
         while ContinuousClock.now < deadline, deaths <= maxDeaths {
             if !service.process.isRunning {
-                #expect(service.process.terminationReason == .uncaughtSignal, "it died of a trap: \(service.errors.text.suffix(1_500))")
+                #expect(
+                    service.process.terminationReason == .uncaughtSignal,
+                    "it died of a trap: \(service.errors.text.suffix(1_500))")
                 deaths += 1
                 service = try start()
                 continue
@@ -104,11 +114,14 @@ struct CrashContainmentTests {
         return (deaths, committed, service)
     }
 
-    @Test("a handler traps on one order: one process death, then the order is quarantined, the other partitions finish, nothing lost")
+    @Test(
+        "a handler traps on one order: one process death, then the order is quarantined, the other partitions finish, nothing lost"
+    )
     func trapUnderRestartLoop() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
         try await produce(cluster, count: 4_000)
 
         // The restart loop: start, and when the process dies, start it again (at most 3 times).
@@ -122,17 +135,23 @@ struct CrashContainmentTests {
             var died = false
             let deadline = ContinuousClock.now + .seconds(90)
             while !died, found == nil, ContinuousClock.now < deadline {
-                if !service.process.isRunning { died = true; break }
+                if !service.process.isRunning {
+                    died = true
+                    break
+                }
                 try await Task.sleep(for: .milliseconds(100))
                 found = quarantined(in: service.errors.text)
             }
             guard died else { break }
-            #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
+            #expect(
+                service.process.terminationReason == .uncaughtSignal,
+                "it died of the trap: \(service.errors.text.suffix(1_500))")
             deaths += 1
             service = try start(cluster, group: group, state: state, poison: 1_234)
         }
         #expect(deaths == 1, "exactly one process death")
-        let poison = try #require(found, "the restarted service quarantined the order: \(service.errors.text.suffix(3_000))")
+        let poison = try #require(
+            found, "the restarted service quarantined the order: \(service.errors.text.suffix(3_000))")
 
         // Every other partition completes; the poison partition is held at the order, nothing past it committed.
         let consumer = try checker(cluster, group: group)
@@ -141,7 +160,10 @@ struct CrashContainmentTests {
         var held = highs
         held[poisonPartition] = poison.offset
         let (settled, committed) = try await settle(consumer, held)
-        #expect(settled, "committed \(committed.sorted { $0.key < $1.key }), high watermarks \(highs.sorted { $0.key < $1.key }), poison \(poison)")
+        #expect(
+            settled,
+            "committed \(committed.sorted { $0.key < $1.key }), high watermarks \(highs.sorted { $0.key < $1.key }), poison \(poison)"
+        )
         #expect(service.process.isRunning, "the restarted service did not die again")
 
         // `sluice status` shows the quarantine and why.
@@ -149,24 +171,34 @@ struct CrashContainmentTests {
         let status = try SluiceProcess(["status", "--admin", address, "--token", "test-token"])
         #expect(await status.exit() == 0)
         let shown = await status.output.all()
-        #expect(shown.contains("orders/\(poison.partition) quarantined: handler call at offset \(poison.offset) killed the process 1 time"), "\(shown)")
+        #expect(
+            shown.contains(
+                "orders/\(poison.partition) quarantined: handler call at offset \(poison.offset) killed the process 1 time"
+            ), "\(shown)")
         #expect(shown.contains("SIGILL") || shown.contains("SIGTRAP"), "the crash's signal is shown: \(shown)")
         #expect(shown.contains("OrderHandler.handle"), "the crash report names the handler: \(shown)")
-        print("crash containment: \(deaths) death, order quarantined at orders/\(poison.partition)@\(poison.offset)\n\(shown)")
+        print(
+            "crash containment: \(deaths) death, order quarantined at orders/\(poison.partition)@\(poison.offset)\n\(shown)"
+        )
 
         // An operator skips it, naming the offset they saw: a wrong one is refused; then the partition finishes.
-        let wrong = try SluiceProcess(["shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset + 1)", "--admin", address, "--token", "test-token"])
+        let wrong = try SluiceProcess([
+            "shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset + 1)", "--admin", address,
+            "--token", "test-token",
+        ])
         #expect(await wrong.exit() == 1)
         #expect(await wrong.errors.all().contains("is at offset \(poison.offset), not \(poison.offset + 1)"))
         let skip = try SluiceProcess([
-            "shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset)", "--reason", "poison order, refunded by hand",
+            "shards", "skip", "orders/\(poison.partition)", "--offset", "\(poison.offset)", "--reason",
+            "poison order, refunded by hand",
             "--admin", address, "--token", "test-token",
         ])
         let skipStatus = await skip.exit()
         let skipErrors = await skip.errors.all()
         #expect(skipStatus == 0, "\(skipErrors)")
         let (finished, afterSkip) = try await settle(consumer, highs)
-        #expect(finished, "after the skip every partition is committed to its end: \(afterSkip.sorted { $0.key < $1.key })")
+        #expect(
+            finished, "after the skip every partition is committed to its end: \(afterSkip.sorted { $0.key < $1.key })")
         #expect(service.process.isRunning, "the skipped order was not handed to the handler")
 
         service.process.terminate()
@@ -175,83 +207,124 @@ struct CrashContainmentTests {
         await consumer.close()
     }
 
-    @Test("a service whose topic says onCrash then deadLetter (and onFailure stop): four poison orders cost four deaths, each is dead-lettered with its crash report, every partition finishes")
+    @Test(
+        "a service whose topic says onCrash then deadLetter (and onFailure stop): four poison orders cost four deaths, each is dead-lettered with its crash report, every partition finishes"
+    )
     func onCrashDeadLetterFromConfiguration() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
         let produced: Int64 = 4_000
         try await produce(cluster, count: Int(produced))
         // The configuration a user writes: only onCrash sends to the dead-letter topic.
         let onCrashOnly: (String) -> String = {
             $0.replacingOccurrences(
-                of: "    onFailure: { retries: 3, backoff: 50ms..1s, then: deadLetter }\n    deadLetterTopic: orders.dlq\n",
-                with: "    onFailure: { retries: 3, backoff: 50ms..1s, then: stop }\n    deadLetterTopic: orders.dlq\n    onCrash: { then: deadLetter }\n")
+                of:
+                    "    onFailure: { retries: 3, backoff: 50ms..1s, then: deadLetter }\n    deadLetterTopic: orders.dlq\n",
+                with:
+                    "    onFailure: { retries: 3, backoff: 50ms..1s, then: stop }\n    deadLetterTopic: orders.dlq\n    onCrash: { then: deadLetter }\n"
+            )
         }
-        #expect(onCrashOnly(try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)).contains("onCrash: { then: deadLetter }"))
+        #expect(
+            onCrashOnly(try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)).contains(
+                "onCrash: { then: deadLetter }"))
         let poison = [300, 1_301, 2_302, 3_303]
         func startService() throws -> SluiceProcess {
-            try start(cluster, group: group, state: state, poison: 0, extra: ["ORDER_SERVICE_TRAP_ON_ORDER": poison.map(String.init).joined(separator: ",")],
+            try start(
+                cluster, group: group, state: state, poison: 0,
+                extra: ["ORDER_SERVICE_TRAP_ON_ORDER": poison.map(String.init).joined(separator: ",")],
                 editConfiguration: onCrashOnly)
         }
         let (deaths, committed, service) = try await underRestartLoop(
             cluster, group: group, produced: produced, maxDeaths: poison.count + 2, start: startService)
-        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key }), log: \(service.errors.text.suffix(3_000))")
+        #expect(
+            committed.values.reduce(0, +) == produced,
+            "every partition finishes: \(committed.sorted { $0.key < $1.key }), log: \(service.errors.text.suffix(3_000))"
+        )
         #expect(deaths == poison.count, "one death per poison order")
         let deadLetters = try await cluster.deadLetters(topic: "orders.dlq")
         let orders = deadLetters.compactMap { record in poison.first { record.text.contains("\"n\":\($0),") } }
         // At least once: a death within a commit interval of a dead-letter write makes the next life write it
         // again (the journal does not carry completed offsets across a death yet).
-        #expect(orders.count == deadLetters.count && Set(orders) == Set(poison), "each poison order, and only they, dead-lettered: \(deadLetters.map(\.text))")
+        #expect(
+            orders.count == deadLetters.count && Set(orders) == Set(poison),
+            "each poison order, and only they, dead-lettered: \(deadLetters.map(\.text))")
         for record in deadLetters {
-            #expect(record.header("sluice.crash.signal") == "SIGILL" || record.header("sluice.crash.signal") == "SIGTRAP", "\(record.message.headers.map(\.key))")
+            #expect(
+                record.header("sluice.crash.signal") == "SIGILL" || record.header("sluice.crash.signal") == "SIGTRAP",
+                "\(record.message.headers.map(\.key))")
             #expect(record.header("sluice.crash.count") == "1")
             #expect(record.sourceTopic == "orders" && record.sourceOffset != nil)
-            #expect(record.header("sluice.crash.report")?.contains("OrderHandler.handle") == true, "the crash report names the handler")
+            #expect(
+                record.header("sluice.crash.report")?.contains("OrderHandler.handle") == true,
+                "the crash report names the handler")
         }
-        print("onCrash deadLetter: \(deaths) deaths, \(deadLetters.count) dead letters of \(poison.count) poison orders, from partitions \(Set(deadLetters.compactMap(\.sourcePartition)).sorted())")
+        print(
+            "onCrash deadLetter: \(deaths) deaths, \(deadLetters.count) dead letters of \(poison.count) poison orders, from partitions \(Set(deadLetters.compactMap(\.sourcePartition)).sorted())"
+        )
         #expect(service.process.isRunning)
         service.process.terminate()
         #expect(await service.exit() == 0)
         #expect(!service.errors.text.contains("no dead-letter topic configured"))
     }
 
-    @Test("onCrash { after: 2, then: deadLetter } from the file: a poison order costs two deaths, then it is dead-lettered with its crash count")
+    @Test(
+        "onCrash { after: 2, then: deadLetter } from the file: a poison order costs two deaths, then it is dead-lettered with its crash count"
+    )
     func onCrashAfterFromConfiguration() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
         let produced: Int64 = 2_000
         try await produce(cluster, count: Int(produced))
         let afterTwo: (String) -> String = {
-            $0.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 2, then: deadLetter }\n")
+            $0.replacingOccurrences(
+                of: "    deadLetterTopic: orders.dlq\n",
+                with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 2, then: deadLetter }\n")
         }
-        let (deaths, committed, service) = try await underRestartLoop(cluster, group: group, produced: produced, maxDeaths: 4) {
+        let (deaths, committed, service) = try await underRestartLoop(
+            cluster, group: group, produced: produced, maxDeaths: 4
+        ) {
             try start(cluster, group: group, state: state, poison: 777, editConfiguration: afterTwo)
         }
-        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
+        #expect(
+            committed.values.reduce(0, +) == produced,
+            "every partition finishes: \(committed.sorted { $0.key < $1.key })")
         #expect(deaths == 2, "onCrash.after 2: the first death is counted, the second quarantines")
         let letters = try await cluster.deadLetters(topic: "orders.dlq")
-        #expect(!letters.isEmpty && letters.allSatisfy { $0.text.contains("\"n\":777,") && $0.header("sluice.crash.count") == "2" }, "\(letters.map(\.text))")
+        #expect(
+            !letters.isEmpty
+                && letters.allSatisfy { $0.text.contains("\"n\":777,") && $0.header("sluice.crash.count") == "2" },
+            "\(letters.map(\.text))")
         service.process.terminate()
         #expect(await service.exit() == 0)
     }
 
-    @Test("a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order")
+    @Test(
+        "a trap in a child task the handler started (not attributable): suspects run alone, the second death names the order"
+    )
     func unattributedTrapFoundByElimination() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
         try await produce(cluster, count: 4_000)
         var deaths = 0
-        var service = try start(cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"])
+        var service = try start(
+            cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"])
         var found: (partition: Int32, offset: Int64)?
         let deadline = ContinuousClock.now + .seconds(150)
         while found == nil, deaths < 4, ContinuousClock.now < deadline {
             if !service.process.isRunning {
-                #expect(service.process.terminationReason == .uncaughtSignal, "it died of the trap: \(service.errors.text.suffix(1_500))")
+                #expect(
+                    service.process.terminationReason == .uncaughtSignal,
+                    "it died of the trap: \(service.errors.text.suffix(1_500))")
                 deaths += 1
-                service = try start(cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"])
+                service = try start(
+                    cluster, group: group, state: state, poison: 1_234, extra: ["ORDER_SERVICE_TRAP_IN_CHILD_TASK": "1"]
+                )
                 continue
             }
             found = quarantined(in: service.errors.text)
@@ -265,15 +338,20 @@ struct CrashContainmentTests {
         var held = highs
         held[TopicPartition("orders", poison.partition)] = poison.offset
         let (settled, committed) = try await settle(consumer, held)
-        #expect(settled, "held at the order, everything else done: \(committed.sorted { $0.key < $1.key }), poison \(poison)")
+        #expect(
+            settled,
+            "held at the order, everything else done: \(committed.sorted { $0.key < $1.key }), poison \(poison)")
         #expect(service.process.isRunning)
         service.process.terminate()
         #expect(await service.exit() == 0)
         await consumer.close()
-        print("crash containment by elimination: \(deaths) deaths, order at orders/\(poison.partition)@\(poison.offset)")
+        print(
+            "crash containment by elimination: \(deaths) deaths, order at orders/\(poison.partition)@\(poison.offset)")
     }
 
-    @Test("two hosts with the control plane, onCrash then deadLetter: one death in the group, the order dead-lettered, every partition finishes")
+    @Test(
+        "two hosts with the control plane, onCrash then deadLetter: one death in the group, the order dead-lettered, every partition finishes"
+    )
     func trapWithTwoHosts() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": Self.partitions, "payments": 2, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
@@ -287,12 +365,18 @@ struct CrashContainmentTests {
         // example's 6 s, and the other host died on the order too. 20 s models production, where librdkafka's
         // default is 45 s.
         let deadLetter: (String) -> String = {
-            $0.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 1, then: deadLetter }\n")
-                .replacingOccurrences(of: "sessionTimeout: 6s", with: "sessionTimeout: 20s")
+            $0.replacingOccurrences(
+                of: "    deadLetterTopic: orders.dlq\n",
+                with: "    deadLetterTopic: orders.dlq\n    onCrash: { after: 1, then: deadLetter }\n"
+            )
+            .replacingOccurrences(of: "sessionTimeout: 6s", with: "sessionTimeout: 20s")
         }
         func startHost(_ name: String) throws -> SluiceProcess {
-            let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(group)-\(name)").path
-            return try start(cluster, group: group, state: state, poison: 1_234, extra: ["SLUICE_CONTROL_ENABLED": "true"], editConfiguration: deadLetter)
+            let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(group)-\(name)")
+                .path
+            return try start(
+                cluster, group: group, state: state, poison: 1_234, extra: ["SLUICE_CONTROL_ENABLED": "true"],
+                editConfiguration: deadLetter)
         }
         // Two hosts, each under its own restart loop.
         var hosts = ["a": try startHost("a"), "b": try startHost("b")]
@@ -304,7 +388,9 @@ struct CrashContainmentTests {
         // listed high watermarks, which tansu reports short; docs/development.md, tansu's quirks).
         while ContinuousClock.now < deadline {
             for (name, host) in hosts where !host.process.isRunning {
-                #expect(host.process.terminationReason == .uncaughtSignal, "\(name) died of the trap: \(host.errors.text.suffix(1_500))")
+                #expect(
+                    host.process.terminationReason == .uncaughtSignal,
+                    "\(name) died of the trap: \(host.errors.text.suffix(1_500))")
                 deaths[name, default: 0] += 1
                 hosts[name] = try startHost(name)
             }
@@ -312,10 +398,17 @@ struct CrashContainmentTests {
             if committed.values.reduce(0, +) == produced { break }
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(committed.values.reduce(0, +) == produced, "every partition finishes: \(committed.sorted { $0.key < $1.key })")
-        #expect(deaths.values.reduce(0, +) == 1, "one death in the whole group: \(deaths); logs: \(hosts.mapValues { String($0.errors.text.suffix(3_000)) })")
+        #expect(
+            committed.values.reduce(0, +) == produced,
+            "every partition finishes: \(committed.sorted { $0.key < $1.key })")
+        #expect(
+            deaths.values.reduce(0, +) == 1,
+            "one death in the whole group: \(deaths); logs: \(hosts.mapValues { String($0.errors.text.suffix(3_000)) })"
+        )
         let deadLetters = try await cluster.deadLetters(topic: "orders.dlq")
-        #expect(deadLetters.count == 1 && deadLetters.first?.text.contains("\"n\":1234,") == true, "the poison order, and only it, is dead-lettered")
+        #expect(
+            deadLetters.count == 1 && deadLetters.first?.text.contains("\"n\":1234,") == true,
+            "the poison order, and only it, is dead-lettered")
         let logs = hosts.values.map(\.errors.text).joined(separator: "\n")
         #expect(logs.contains("quarantined message dead-lettered: it killed the process"))
         for host in hosts.values { host.process.terminate() }

@@ -21,12 +21,16 @@ struct ForgedControlProcessesTests {
     ]
 
     /// Writes records to partition 0 of `topic` with a raw producer, as anyone with produce rights could.
-    func writeRaw(_ cluster: any TestKafkaCluster, topic: String, _ records: [(key: String, value: String)]) async throws {
+    func writeRaw(_ cluster: any TestKafkaCluster, topic: String, _ records: [(key: String, value: String)])
+        async throws
+    {
         var configuration = KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers)
         configuration.properties.merge(cluster.clientProperties) { _, client in client }
         let attacker = try KafkaProducer(configuration: configuration, logger: Logger(label: "attacker"))
         for record in records {
-            _ = try await attacker.send(ProducerRecord(topic: topic, partition: 0, key: Array(record.key.utf8), value: Array(record.value.utf8)))
+            _ = try await attacker.send(
+                ProducerRecord(topic: topic, partition: 0, key: Array(record.key.utf8), value: Array(record.value.utf8))
+            )
         }
         await attacker.close()
     }
@@ -35,17 +39,22 @@ struct ForgedControlProcessesTests {
         try await cluster.committedOffsets(group: group, topic: "orders", partitions: 8).values.reduce(0, +)
     }
 
-    @Test("forged records written to a running group of two service processes: both stay up and refuse each one, every order is handled and none skipped; a process restarted on them refuses them again and handles on")
+    @Test(
+        "forged records written to a running group of two service processes: both stay up and refuse each one, every order is handled and none skipped; a process restarted on them refuses them again and handles on"
+    )
     func forgedRecordsAgainstServiceProcesses() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         let controlTopic = "__sluice-control-\(group)"
         // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
         if cluster is EmbeddedKafkaCluster { try await cluster.addControlTopic(controlTopic) }
-        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
         func start() throws -> SluiceProcess {
-            try OrderServiceTests.startService(cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"]).0
+            try OrderServiceTests.startService(
+                cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"]
+            ).0
         }
         func rejections(_ service: SluiceProcess) -> Int {
             service.errors.text.split(separator: "\n").filter { $0.contains("control record rejected") }.count
@@ -55,14 +64,20 @@ struct ForgedControlProcessesTests {
         #expect(await first.errors.waitFor("control plane loaded"))
         #expect(await second.errors.waitFor("control plane loaded"))
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 }, "both handle")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 },
+            "both handle")
 
         try await writeRaw(cluster, topic: controlTopic, Self.forged)
         for service in [first, second] {
-            #expect(await eventually(poll: .milliseconds(100)) { rejections(service) >= Self.forged.count }, "each forged record refused: \(service.errors.text.suffix(1_500))")
+            #expect(
+                await eventually(poll: .milliseconds(100)) { rejections(service) >= Self.forged.count },
+                "each forged record refused: \(service.errors.text.suffix(1_500))")
         }
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "every order handled after the forged records")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 },
+            "every order handled after the forged records")
         #expect(first.process.isRunning && second.process.isRunning, "no host died")
 
         // A restart reads them again before it fetches: refused again, nothing skipped.
@@ -71,9 +86,13 @@ struct ForgedControlProcessesTests {
         let stopped = second
         second = try start()
         #expect(await second.errors.waitFor("control plane loaded"))
-        #expect(await eventually(poll: .milliseconds(100)) { rejections(second) >= Self.forged.count }, "refused again at start")
+        #expect(
+            await eventually(poll: .milliseconds(100)) { rejections(second) >= Self.forged.count },
+            "refused again at start")
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 3_000 }, "every order handled")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 3_000 },
+            "every order handled")
         var handled = 0
         for (service, running) in [(first, true), (second, true), (stopped, false)] {
             if running {
@@ -90,7 +109,9 @@ struct ForgedControlProcessesTests {
         print("forged control records against two service processes: \(handled) orders handled for 3000 produced")
     }
 
-    @Test("a signed group of two service processes: an unsigned flag from a raw producer is refused by both and orders flow; the CLI without the operator key refuses to write, saying why; with it, the flag stops orders on both, 2/2")
+    @Test(
+        "a signed group of two service processes: an unsigned flag from a raw producer is refused by both and orders flow; the CLI without the operator key refuses to write, saying why; with it, the flag stops orders on both, 2/2"
+    )
     func signedGroupOfServiceProcesses() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
@@ -109,42 +130,60 @@ struct ForgedControlProcessesTests {
         }
         let hostKeys = keys.filter { $0.key != "SLUICE_CONTROL_OPERATOR_KEY" }
         #expect(hostKeys.count == 2 && keys["SLUICE_CONTROL_OPERATOR_KEY"] != nil, "\(keys.keys.sorted())")
-        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
         let services = try (0..<2).map { _ in
             try OrderServiceTests.startService(
-                cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"].merging(hostKeys) { $1 }).0
+                cluster, group: group,
+                environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "true"].merging(hostKeys) { $1 }
+            ).0
         }
         for service in services { #expect(await service.errors.waitFor("control plane loaded")) }
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 }, "both handle")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 1_000 },
+            "both handle")
 
         // Forged: unsigned, with a raw producer.
         try await writeRaw(cluster, topic: controlTopic, [("flag/orders", #"{"v":1,"state":"off","who":"mallory"}"#)])
         for service in services {
-            #expect(await eventually(poll: .milliseconds(100)) {
-                service.errors.text.split(separator: "\n").contains { $0.contains("control record rejected") && $0.contains("sluice.reason=signature") }
-            }, "the unsigned flag refused: \(service.errors.text.suffix(1_500))")
+            #expect(
+                await eventually(poll: .milliseconds(100)) {
+                    service.errors.text.split(separator: "\n").contains {
+                        $0.contains("control record rejected") && $0.contains("sluice.reason=signature")
+                    }
+                }, "the unsigned flag refused: \(service.errors.text.suffix(1_500))")
         }
         // The CLI without the operator key (given the hosts' keys, as a host's environment has them) does not
         // write what every host would refuse, and says why.
         let unsigned = try SluiceProcess(
-            ["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group], environment: hostKeys)
+            ["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group],
+            environment: hostKeys)
         let unsignedStatus = await unsigned.exit()
         let unsignedSaid = await unsigned.output.all() + unsigned.errors.all()
         #expect(unsignedStatus != 0 && unsignedSaid.contains("no operator key here"), "\(unsignedSaid)")
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "orders still on")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 },
+            "orders still on")
 
         // The operator's key: the same change stops orders on both.
-        let signed = try SluiceProcess(["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group], environment: keys)
+        let signed = try SluiceProcess(
+            ["flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group],
+            environment: keys)
         #expect(await signed.exit() == 0)
         let said = await signed.output.all()
         #expect(said.contains("; 2/2 hosts applied in "), "\(said)")
         for service in services { #expect(await service.errors.waitFor("sluice.flagSource=control"), "applied") }
-        #expect(await eventually(poll: .milliseconds(250)) {
-            services.map { $0.errors.text.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }.reduce(0, +) == 8
-        }, "all eight orders shards stopped")
+        #expect(
+            await eventually(poll: .milliseconds(250)) {
+                services.map {
+                    $0.errors.text.split(separator: "\n").filter {
+                        $0.contains("shard stopped") && $0.contains("sluice.reason=flag")
+                    }.count
+                }.reduce(0, +) == 8
+            }, "all eight orders shards stopped")
         try await TwoServiceProcessesTests.produce(cluster, count: 1_000)
         #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
         for service in services {

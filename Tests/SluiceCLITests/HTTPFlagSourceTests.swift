@@ -4,8 +4,8 @@ import HummingbirdTesting
 import Logging
 import Sluice
 import SluiceKafka
-import Synchronization
 import SluiceTesting
+import Synchronization
 import Testing
 
 @testable import OrderService
@@ -50,11 +50,14 @@ struct HTTPFlagSourceTests {
             #expect(flags[try FlagKey(parsing: "orders/3")] == FlagSetting(enabled: true, source: "http"))
             #expect(flags[try FlagKey(parsing: "payments")] == FlagSetting(enabled: true, source: "http", rate: 200))
             service.answer.withLock { $0 = (200, #"{"orders": "on"}"#) }
-            #expect(try await source.load() == [try FlagKey(parsing: "orders"): FlagSetting(enabled: true, source: "http")])
+            #expect(
+                try await source.load() == [try FlagKey(parsing: "orders"): FlagSetting(enabled: true, source: "http")])
         }
     }
 
-    @Test("an error status, a body that is not a flag map, a bad key or value: an error naming the URL, and the last good flags stay in force")
+    @Test(
+        "an error status, a body that is not a flag map, a bad key or value: an error naming the URL, and the last good flags stay in force"
+    )
     func failures() async throws {
         let service = FlagService()
         service.answer.withLock { $0 = (200, #"{"orders": "off"}"#) }
@@ -78,9 +81,13 @@ struct HTTPFlagSourceTests {
             for (status, body, expected) in broken {
                 service.answer.withLock { $0 = (status, body) }
                 let error = await #expect(throws: SluiceError.self) { _ = try await source.load() }
-                #expect(error?.message.contains("flag service \(url)") == true && error?.message.contains(expected) == true, "\(String(describing: error))")
+                #expect(
+                    error?.message.contains("flag service \(url)") == true && error?.message.contains(expected) == true,
+                    "\(String(describing: error))")
                 await resolver.refresh()
-                #expect(resolver.setting(for: orders3) == FlagSetting(enabled: false, source: "http"), "kept after \(expected)")
+                #expect(
+                    resolver.setting(for: orders3) == FlagSetting(enabled: false, source: "http"),
+                    "kept after \(expected)")
                 #expect(resolver.lastErrors["http"]?.contains(expected) == true)
             }
         }
@@ -93,20 +100,27 @@ struct HTTPFlagSourceTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "payments": 1])
         let group = "http-flags-\(UInt32.random(in: 0...UInt32.max))"
         try cluster.createTopic("__sluice-control-\(group)", partitions: 1)
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-http-flags-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-http-flags-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let flagFile = directory.appendingPathComponent("flags.yaml").path
-        try #"{"orders": "on", "payments": "on", "audit": "off"}"#.write(toFile: flagFile, atomically: true, encoding: .utf8)
-        var configuration = SluiceConfiguration(kafka: .init(bootstrap: cluster.bootstrapServers, group: group), topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()])
+        try #"{"orders": "on", "payments": "on", "audit": "off"}"#.write(
+            toFile: flagFile, atomically: true, encoding: .utf8)
+        var configuration = SluiceConfiguration(
+            kafka: .init(bootstrap: cluster.bootstrapServers, group: group),
+            topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()])
         configuration.control.enabled = true
         configuration.flags.file = flagFile
-        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: Logger(label: "test"))
+        let writer = try ControlPlaneWriter(
+            bootstrapServers: cluster.bootstrapServers, topic: configuration.controlTopic, logger: Logger(label: "test")
+        )
         try await writer.setFlag(try FlagKey(parsing: "payments"), enabled: true, reason: "incident over", who: "test")
         await writer.close()
         let settings = configuration
         try await service.run { url in
-            let host = SluiceHost(configuration: settings, logger: Logger(label: "test"), flagSources: [HTTPFlagSource(url: url)])
+            let host = SluiceHost(
+                configuration: settings, logger: Logger(label: "test"), flagSources: [HTTPFlagSource(url: url)])
             #expect(host.flags.sources.map(\.name) == ["admin", "control", "http", "file"])
             try await host.control!.load(timeout: .seconds(10))
             await host.flags.refresh()

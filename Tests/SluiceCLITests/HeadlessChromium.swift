@@ -3,7 +3,7 @@ import SluiceTesting
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A real browser for page tests: Debian's `chromium`, headless, driven over the Chrome DevTools Protocol
@@ -17,7 +17,9 @@ final class HeadlessChromium: @unchecked Sendable {
 
     /// The browser executable, or nil when it is not installed (the test setup installs it: `.ci/run`).
     static var executable: String? {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
     }
 
     /// posix_spawn, not Foundation's Process (see ChildProcess).
@@ -38,14 +40,18 @@ final class HeadlessChromium: @unchecked Sendable {
 
     /// Starts the browser with a fresh profile (no cookies) and connects to its first page. Blocks: see ``start()``.
     init() throws {
-        guard let executable = Self.executable else { throw Failure(description: "chromium is not installed (apt-get install chromium)") }
+        guard let executable = Self.executable else {
+            throw Failure(description: "chromium is not installed (apt-get install chromium)")
+        }
         profile = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-chromium-\(UUID().uuidString)")
         let pipe = try ChildProcess.pipe()
         process = try ChildProcess(
             executable: executable,
             arguments: [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-                "--disable-extensions", "--remote-debugging-port=0", "--user-data-dir=\(profile.path)", "--window-size=1500,1000", "about:blank",
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions", "--remote-debugging-port=0", "--user-data-dir=\(profile.path)",
+                "--window-size=1500,1000", "about:blank",
             ],
             standardError: pipe.write.fileDescriptor)
         try pipe.write.close()
@@ -58,7 +64,9 @@ final class HeadlessChromium: @unchecked Sendable {
             if chunk.isEmpty { break }
             text += String(decoding: chunk, as: UTF8.self)
         }
-        guard let range = text.range(of: "ws://127.0.0.1:"), let port = Int(text[range.upperBound...].prefix { $0.isNumber }) else {
+        guard let range = text.range(of: "ws://127.0.0.1:"),
+            let port = Int(text[range.upperBound...].prefix { $0.isNumber })
+        else {
             process.terminate()
             throw Failure(description: "chromium did not start its DevTools endpoint: \(text.suffix(500))")
         }
@@ -104,7 +112,10 @@ final class HeadlessChromium: @unchecked Sendable {
     func evaluate(_ script: String) throws -> Any? {
         let result = try call("Runtime.evaluate", ["expression": script, "returnByValue": true, "awaitPromise": true])
         if let exception = result["exceptionDetails"] as? [String: Any] {
-            throw Failure(description: "script failed: \(exception["text"] ?? "") \((exception["exception"] as? [String: Any])?["description"] ?? "")")
+            throw Failure(
+                description:
+                    "script failed: \(exception["text"] ?? "") \((exception["exception"] as? [String: Any])?["description"] ?? "")"
+            )
         }
         return (result["result"] as? [String: Any])?["value"]
     }
@@ -130,7 +141,9 @@ final class HeadlessChromium: @unchecked Sendable {
     /// A PNG of the page as the browser draws it.
     func screenshot(to path: String) throws {
         let result = try call("Page.captureScreenshot", ["format": "png", "captureBeyondViewport": true])
-        guard let base64 = result["data"] as? String, let data = Data(base64Encoded: base64) else { throw Failure(description: "no screenshot data") }
+        guard let base64 = result["data"] as? String, let data = Data(base64Encoded: base64) else {
+            throw Failure(description: "no screenshot data")
+        }
         try data.write(to: URL(fileURLWithPath: path))
     }
 
@@ -156,7 +169,9 @@ final class HeadlessChromium: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             if let reply = try readMessage(until: deadline), reply["id"] as? Int == id {
-                if let error = reply["error"] as? [String: Any] { throw Failure(description: "\(method): \(error["message"] ?? error)") }
+                if let error = reply["error"] as? [String: Any] {
+                    throw Failure(description: "\(method): \(error["message"] ?? error)")
+                }
                 return reply["result"] as? [String: Any] ?? [:]
             }
         }
@@ -202,7 +217,9 @@ final class HeadlessChromium: @unchecked Sendable {
             return got > 0
         }
         while response.firstRange(of: [13, 10, 13, 10]) == nil { guard receive() else { break } }
-        guard let end = response.firstRange(of: [13, 10, 13, 10]) else { throw Failure(description: "no HTTP answer from chromium") }
+        guard let end = response.firstRange(of: [13, 10, 13, 10]) else {
+            throw Failure(description: "no HTTP answer from chromium")
+        }
         let headers = String(decoding: response[..<end.lowerBound], as: UTF8.self).lowercased()
         let length = headers.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
             .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) }
@@ -220,7 +237,9 @@ final class HeadlessChromium: @unchecked Sendable {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else {
             Glibc.close(socket)
@@ -233,7 +252,8 @@ final class HeadlessChromium: @unchecked Sendable {
 
     private func connect(port: Int, path: String) throws {
         socket = try Self.openSocket(port: port)
-        let handshake = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        let handshake =
+            "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: c2x1aWNlLXRlc3RzLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         try writeAll(Array(handshake.utf8))
         var response: [UInt8] = []
@@ -307,7 +327,9 @@ final class HeadlessChromium: @unchecked Sendable {
     private func writeAll(_ bytes: [UInt8]) throws {
         var done = 0
         while done < bytes.count {
-            let wrote = bytes.withUnsafeBytes { Glibc.send(socket, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+            let wrote = bytes.withUnsafeBytes {
+                Glibc.send(socket, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL))
+            }
             guard wrote > 0 else { throw Failure(description: "writing to chromium failed") }
             done += wrote
         }

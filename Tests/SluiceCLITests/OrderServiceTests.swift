@@ -8,7 +8,9 @@ import Testing
 struct OrderServiceTests {
     let logger = Logger(label: "sluice.order-service-test")
 
-    func startService(_ cluster: any TestKafkaCluster, group: String, extra: [String] = []) throws -> (SluiceProcess, String) {
+    func startService(_ cluster: any TestKafkaCluster, group: String, extra: [String] = []) throws -> (
+        SluiceProcess, String
+    ) {
         try Self.startService(cluster, group: group, extra: extra)
     }
 
@@ -18,10 +20,14 @@ struct OrderServiceTests {
         _ cluster: any TestKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:],
         editConfiguration: (String) -> String = { $0 }
     ) throws -> (SluiceProcess, String) {
-        let database = FileManager.default.temporaryDirectory.appendingPathComponent("orders-\(UUID().uuidString).sqlite").path
-        let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
-        let yaml = editConfiguration(try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
-            .replacingOccurrences(of: "group: order-service", with: "group: \(group)"))
+        let database = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "orders-\(UUID().uuidString).sqlite"
+        ).path
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml")
+            .path
+        let yaml = editConfiguration(
+            try String(contentsOfFile: "Examples/OrderService/sluice.yaml", encoding: .utf8)
+                .replacingOccurrences(of: "group: order-service", with: "group: \(group)"))
         try yaml.write(toFile: config, atomically: true, encoding: .utf8)
         let service = try SluiceProcess(
             ["--config", config, "--database", database] + extra, executable: "OrderService",
@@ -35,19 +41,23 @@ struct OrderServiceTests {
 
     func produceOrders(_ cluster: any TestKafkaCluster, count: Int) async throws {
         let produce = try SluiceProcess([
-            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "20",
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys",
+            "20",
         ])
         await produce.expectCleanExit()
     }
 
-    @Test("SIGTERM with a batch in flight: it finishes and is committed, nothing past handled work is committed, exit 0")
+    @Test(
+        "SIGTERM with a batch in flight: it finishes and is committed, nothing past handled work is committed, exit 0")
     func gracefulShutdown() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4, "payments": 2, "orders.dlq": 1])
         try await produceOrders(cluster, count: 2_000)
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         // A slow payments store: each batch write takes 3 s, so SIGTERM lands while one is in flight.
         let (service, _) = try startService(cluster, group: group, extra: ["--payment-delay-ms", "3000"])
-        let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
+        let produce = try SluiceProcess([
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10",
+        ])
         await produce.expectCleanExit()
         #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)))
         service.process.terminate()  // SIGTERM
@@ -68,7 +78,9 @@ struct OrderServiceTests {
         let orders = try await checker.committedOffsets(for: (0..<4).map { TopicPartition("orders", Int32($0)) })
         #expect(payments.values.reduce(0, +) == Int64(storedPayments), "exactly the stored payments are committed")
         let committedOrders = orders.values.reduce(0, +)
-        #expect(committedOrders > 0 && committedOrders <= Int64(handledOrders), "committed \(committedOrders) of \(handledOrders) handled")
+        #expect(
+            committedOrders > 0 && committedOrders <= Int64(handledOrders),
+            "committed \(committedOrders) of \(handledOrders) handled")
         await checker.close()
     }
 
@@ -78,8 +90,11 @@ struct OrderServiceTests {
         // A payments store slower than the whole test keeps a batch in flight, so the graceful shutdown has work
         // to wait for whenever the second signal comes (a 5 s write could end first on a loaded machine).
         let (service, _) = try startService(
-            cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))", extra: ["--payment-delay-ms", "120000"])
-        let produce = try SluiceProcess(["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10"])
+            cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))",
+            extra: ["--payment-delay-ms", "120000"])
+        let produce = try SluiceProcess([
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "payments", "--count", "10",
+        ])
         await produce.expectCleanExit()
         #expect(await service.errors.waitFor("batch write started", timeout: .seconds(40)), "a batch is in its write")
         kill(service.process.processIdentifier, SIGTERM)

@@ -116,7 +116,8 @@ struct SluiceProcess {
         let status = await exit(timeout: timeout)
         let how = status.map { "exited \($0)" } ?? "was still running after \(timeout) and was killed"
         #expect(
-            status == 0, "\(process.arguments.first ?? "the process") \(how); standard error ends: \(errors.text.suffix(2_000))",
+            status == 0,
+            "\(process.arguments.first ?? "the process") \(how); standard error ends: \(errors.text.suffix(2_000))",
             sourceLocation: sourceLocation)
     }
 

@@ -3,8 +3,8 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
-import SwiftASN1
 import SluiceTesting
+import SwiftASN1
 import Synchronization
 import X509
 
@@ -48,7 +48,8 @@ struct TestCertificateAuthority {
             issuerPrivateKey: .init(caKey))
         caPath = directory + "/ca.pem"
         try ca.serializeAsPEM().pemString.write(toFile: caPath, atomically: true, encoding: .utf8)
-        serverCertificate = try NIOSSLCertificate(bytes: Array(try server.serializeAsPEM().pemString.utf8), format: .pem)
+        serverCertificate = try NIOSSLCertificate(
+            bytes: Array(try server.serializeAsPEM().pemString.utf8), format: .pem)
         self.serverKey = try NIOSSLPrivateKey(bytes: Array(serverKey.pemRepresentation.utf8), format: .pem)
     }
 }
@@ -65,8 +66,10 @@ final class TLSFront: Sendable {
     let failedHandshakes = Atomic<Int>(0)
 
     init(authority: TestCertificateAuthority) async throws {
-        let context = try NIOSSLContext(configuration: .makeServerConfiguration(
-            certificateChain: [.certificate(authority.serverCertificate)], privateKey: .privateKey(authority.serverKey)))
+        let context = try NIOSSLContext(
+            configuration: .makeServerConfiguration(
+                certificateChain: [.certificate(authority.serverCertificate)],
+                privateKey: .privateKey(authority.serverKey)))
         server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .bind(host: "127.0.0.1", port: 0) { channel in
@@ -90,7 +93,9 @@ final class TLSFront: Sendable {
 
     /// The front for ``TansuCluster/start(topics:behind:)``: clients trust the test CA.
     func front(authority: TestCertificateAuthority) -> TansuCluster.Front {
-        TansuCluster.Front(port: port, clientProperties: ["security.protocol": "ssl", "ssl.ca.location": authority.caPath]) { [self] port in
+        TansuCluster.Front(
+            port: port, clientProperties: ["security.protocol": "ssl", "ssl.ca.location": authority.caPath]
+        ) { [self] port in
             brokerPort.withLock { $0 = port }
         }
     }
@@ -104,7 +109,9 @@ final class TLSFront: Sendable {
         do {
             let broker = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connect(host: "127.0.0.1", port: brokerPort) { channel in
-                    channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                    channel.eventLoop.makeCompletedFuture {
+                        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    }
                 }
             try await client.executeThenClose { fromClient, toClient in
                 try await broker.executeThenClose { fromBroker, toBroker in

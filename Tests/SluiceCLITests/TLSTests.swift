@@ -17,10 +17,12 @@ struct TLSTests {
     func everyClientOverTLS() async throws {
         let authority = try TestCertificateAuthority()
         let tls = try await TLSFront(authority: authority)
-        let cluster = try await TansuCluster.start(topics: ["orders": 4, "payments": 2, "orders.dlq": 1], behind: tls.front(authority: authority))
+        let cluster = try await TansuCluster.start(
+            topics: ["orders": 4, "payments": 2, "orders.dlq": 1], behind: tls.front(authority: authority))
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         let client = authority.directory + "/client.properties"
-        try "# the test CA\nsecurity.protocol=ssl\nssl.ca.location=\(authority.caPath)\n".write(toFile: client, atomically: true, encoding: .utf8)
+        try "# the test CA\nsecurity.protocol=ssl\nssl.ca.location=\(authority.caPath)\n".write(
+            toFile: client, atomically: true, encoding: .utf8)
         let flags = authority.directory + "/flags.yaml"
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
 
@@ -29,11 +31,16 @@ struct TLSTests {
             editConfiguration: {
                 $0.replacingOccurrences(
                     of: "  commitInterval: 1s\n",
-                    with: "  commitInterval: 1s\n  properties:\n    security.protocol: ssl\n    ssl.ca.location: \(authority.caPath)\n")
+                    with:
+                        "  commitInterval: 1s\n  properties:\n    security.protocol: ssl\n    ssl.ca.location: \(authority.caPath)\n"
+                )
             })
-        #expect(await service.errors.waitFor("control plane loaded"), "the control plane's reader (and its topic creation) reached the broker")
+        #expect(
+            await service.errors.waitFor("control plane loaded"),
+            "the control plane's reader (and its topic creation) reached the broker")
         let produce = try SluiceProcess([
-            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "400", "--keys", "20", "--properties-file", client,
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "400", "--keys", "20",
+            "--properties-file", client,
         ])
         await produce.expectCleanExit()
         let handled = await eventually(poll: .milliseconds(250)) {
@@ -42,24 +49,31 @@ struct TLSTests {
         #expect(handled, "every order handled and committed over TLS")
 
         let set = try SluiceProcess([
-            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--properties-file", client,
+            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group,
+            "--properties-file", client,
         ])
         #expect(await set.exit() == 0)
         let said = await set.output.all()
-        #expect(said.contains("; 1/1 hosts applied in "), "the CLI wrote over TLS and the host acknowledged over TLS: \(said)")
+        #expect(
+            said.contains("; 1/1 hosts applied in "),
+            "the CLI wrote over TLS and the host acknowledged over TLS: \(said)")
         #expect(await service.errors.waitFor("sluice.flagSource=control"), "the host applied it")
 
         // A client that does not trust the test CA: the broker's certificate fails verification.
         let handshakesBefore = tls.failedHandshakes.load(ordering: .relaxed)
         let untrusting = try SluiceProcess([
-            "flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--property", "security.protocol=ssl",
+            "flags", "list", "--bootstrap", cluster.bootstrapServers, "--group", group, "--property",
+            "security.protocol=ssl",
         ])
         let status = await untrusting.exit()
         let errors = await untrusting.errors.all() + untrusting.output.all()
         #expect(status != 0, "refused: \(errors)")
         #expect(errors.contains("certificate verify failed"), "the error says why: \(errors)")
         #expect(tls.failedHandshakes.load(ordering: .relaxed) > handshakesBefore)
-        print("a client that does not trust the CA: " + (errors.split(separator: "\n").first { $0.contains("certificate verify failed") }.map(String.init) ?? errors))
+        print(
+            "a client that does not trust the CA: "
+                + (errors.split(separator: "\n").first { $0.contains("certificate verify failed") }.map(String.init)
+                    ?? errors))
 
         service.process.terminate()
         #expect(await service.exit() == 0)

@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import SluiceKafka
-import Synchronization
 import SluiceTesting
+import Synchronization
 import Testing
 
 @Suite("Two OrderService processes in one group", .timeLimit(.minutes(3)))
@@ -15,7 +15,8 @@ struct TwoServiceProcessesTests {
     /// (lag 560, lag 480) while the others fetched; its librdkafka position was set, so it had delivered in its
     /// new assignment (the position is reset when a fetcher stops). Not reproduced in 23 runs beside load; the
     /// stall report now includes the consumer's view of the partition (its queue, buffer, pause state).
-    func start(_ cluster: any TestKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector) {
+    func start(_ cluster: any TestKafkaCluster, group: String, flags: String) throws -> (SluiceProcess, OutputCollector)
+    {
         let (service, _) = try OrderServiceTests.startService(
             cluster, group: group, environment: ["SLUICE_FLAGS_FILE": flags, "SLUICE_CONTROL_ENABLED": "false"])
         return (service, service.errors)
@@ -23,8 +24,13 @@ struct TwoServiceProcessesTests {
 
     /// `count` orders over 50 keys with `sluice produce`, through the cluster's client properties (TLS, say).
     static func produce(_ cluster: any TestKafkaCluster, count: Int) async throws {
-        var arguments = ["produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys", "50"]
-        for (name, value) in cluster.clientProperties.sorted(by: { $0.key < $1.key }) { arguments += ["--property", "\(name)=\(value)"] }
+        var arguments = [
+            "produce", "--bootstrap", cluster.bootstrapServers, "--topic", "orders", "--count", "\(count)", "--keys",
+            "50",
+        ]
+        for (name, value) in cluster.clientProperties.sorted(by: { $0.key < $1.key }) {
+            arguments += ["--property", "\(name)=\(value)"]
+        }
         let produce = try SluiceProcess(arguments)
         await produce.expectCleanExit()
     }
@@ -39,7 +45,9 @@ struct TwoServiceProcessesTests {
     }
 
     static func handledOrders(_ output: String) -> Int? {
-        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("order-service stopped: ") }) else { return nil }
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("order-service stopped: ") }) else {
+            return nil
+        }
         return line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }.first
     }
 
@@ -51,7 +59,8 @@ struct TwoServiceProcessesTests {
     func handBackAfterFlagCycle() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "orders: off\n".write(toFile: flags, atomically: true, encoding: .utf8)
         try await Self.produce(cluster, count: 4_000)
 
@@ -62,13 +71,17 @@ struct TwoServiceProcessesTests {
 
         try "{}\n".write(toFile: flags + ".new", atomically: false, encoding: .utf8)
         #expect(rename(flags + ".new", flags) == 0)  // atomic replace: flag on
-        let firstBatchCommitted = await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 4_000 }
+        let firstBatchCommitted = await eventually(poll: .milliseconds(250)) {
+            try await committed(cluster, group: group) == 4_000
+        }
         #expect(firstBatchCommitted, "both hosts handled their halves")
 
         second.process.terminate()  // graceful leave
         #expect(await second.exit() == 0)
         try await Self.produce(cluster, count: 4_000)
-        let allCommitted = await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 8_000 }
+        let allCommitted = await eventually(poll: .milliseconds(250)) {
+            try await committed(cluster, group: group) == 8_000
+        }
         #expect(allCommitted, "the handed-back partitions fetch and are handled")
 
         first.process.terminate()
@@ -79,7 +92,10 @@ struct TwoServiceProcessesTests {
             // Seen in CI runs: what each host's shards and group did, for the next look.
             for (name, log) in [("first", firstLog), ("second", secondLog)] {
                 let lines = log.split(separator: "\n").filter { line in
-                    ["partitions", "shard", "flag changed", "commit", "stalled", "rebalance", "lost", "fetcher", "librdkafka"].contains { line.contains($0) }
+                    [
+                        "partitions", "shard", "flag changed", "commit", "stalled", "rebalance", "lost", "fetcher",
+                        "librdkafka",
+                    ].contains { line.contains($0) }
                 }
                 print("--- \(name) host, shard and group lines ---\n" + lines.suffix(200).joined(separator: "\n"))
             }
@@ -96,13 +112,16 @@ struct TwoServiceProcessesTests {
 
     /// Group-wide flags through the control topic, as operators would use them: two service processes, one
     /// CLI write each way.
-    @Test("one `sluice flags set --bootstrap --group` stops the topic on both service processes; one unset resumes both; nothing lost")
+    @Test(
+        "one `sluice flags set --bootstrap --group` stops the topic on both service processes; one unset resumes both; nothing lost"
+    )
     func controlPlaneFlagAcrossProcesses() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 4, "orders.dlq": 1])
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         // The mock has no CreateTopics (it would auto-create with its defaults); on tansu the hosts create it.
         if cluster is EmbeddedKafkaCluster { try await cluster.addControlTopic("__sluice-control-\(group)") }
-        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flags = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "{}\n".write(toFile: flags, atomically: true, encoding: .utf8)
         func startWithControl() throws -> (SluiceProcess, OutputCollector) {
             let (service, _) = try OrderServiceTests.startService(
@@ -114,11 +133,14 @@ struct TwoServiceProcessesTests {
         #expect(await firstOutput.waitFor("control plane loaded"))
         #expect(await secondOutput.waitFor("control plane loaded"))
         try await Self.produce(cluster, count: 2_000)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 }, "both handle while on")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 2_000 },
+            "both handle while on")
         #expect(await secondOutput.waitFor("partitions assigned"), "the second host owns some partitions")
 
         let set = try SluiceProcess([
-            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--reason", "incident",
+            "flags", "set", "orders", "off", "--bootstrap", cluster.bootstrapServers, "--group", group, "--reason",
+            "incident",
         ])
         #expect(await set.exit() == 0)
         let said = await set.output.all()
@@ -127,15 +149,24 @@ struct TwoServiceProcessesTests {
         #expect(await firstOutput.waitFor("sluice.flagSource=control"), "the first host applied it")
         #expect(await secondOutput.waitFor("sluice.flagSource=control"), "the second host applied it")
         // Every orders shard of both hosts stopped for the flag (payments shards run on).
-        #expect(await eventually(poll: .milliseconds(250)) {
-            let stops = { (output: String) in output.split(separator: "\n").filter { $0.contains("shard stopped") && $0.contains("sluice.reason=flag") }.count }
-            return stops(firstOutput.text) + stops(secondOutput.text) == 8
-        }, "all eight orders shards stopped")
+        #expect(
+            await eventually(poll: .milliseconds(250)) {
+                let stops = { (output: String) in
+                    output.split(separator: "\n").filter {
+                        $0.contains("shard stopped") && $0.contains("sluice.reason=flag")
+                    }.count
+                }
+                return stops(firstOutput.text) + stops(secondOutput.text) == 8
+            }, "all eight orders shards stopped")
         try await Self.produce(cluster, count: 2_000)
         #expect(try await committed(cluster, group: group) == 2_000, "nothing handled while off")
-        let unset = try SluiceProcess(["flags", "unset", "orders", "--bootstrap", cluster.bootstrapServers, "--group", group])
+        let unset = try SluiceProcess([
+            "flags", "unset", "orders", "--bootstrap", cluster.bootstrapServers, "--group", group,
+        ])
         #expect(await unset.exit() == 0)
-        #expect(await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 4_000 }, "both resume; nothing lost")
+        #expect(
+            await eventually(poll: .milliseconds(250)) { try await committed(cluster, group: group) == 4_000 },
+            "both resume; nothing lost")
         first.process.terminate()
         second.process.terminate()
         #expect(await first.exit() == 0)

@@ -32,7 +32,8 @@ struct CommitLedgerTests {
         let waiting = ledger.takeWaitingCallers()!
         let identifier = ledger.started(.callers(waiting), now: start, timeout: .seconds(30))
         #expect(ledger.completed(identifier, failed: true, now: start) != nil)
-        #expect(ledger.completed(identifier, failed: true, now: start) == nil, "a result comes once; a second is ignored")
+        #expect(
+            ledger.completed(identifier, failed: true, now: start) == nil, "a result comes once; a second is ignored")
         ledger.callerAsked(2)
         #expect(ledger.takeWaitingCallers() == [2])
     }
@@ -58,7 +59,11 @@ struct CommitLedgerTests {
             #expect(ledger.nextPeriodic == now + retryIn, "brought forward")
             now = now + retryIn
         }
-        #expect(retries == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1_600), .milliseconds(3_200), .seconds(5), .seconds(5)])
+        #expect(
+            retries == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1_600),
+                .milliseconds(3_200), .seconds(5), .seconds(5),
+            ])
         #expect(ledger.periodicFailures == 8)
         let due = ledger.periodicDue(now: now)
         #expect(due)
@@ -71,7 +76,9 @@ struct CommitLedgerTests {
         #expect(ledger.nextPeriodic == now + .seconds(5))
     }
 
-    @Test("deadlines: commits past theirs are listed oldest first; the next deadline counts the periodic commit only when it may start")
+    @Test(
+        "deadlines: commits past theirs are listed oldest first; the next deadline counts the periodic commit only when it may start"
+    )
     func deadlines() {
         var ledger = CommitLedger<Int>(commitInterval: .seconds(5), now: start)
         #expect(ledger.nextDeadline(periodicAllowed: false) == nil)
@@ -127,11 +134,16 @@ struct CommitLedgerTests {
                 callersOut.insert(identifier)
             }
             func complete(_ identifier: UInt64, step: Int) {
-                guard case .callers(let callers) = ledger.completed(identifier, failed: random.next() % 3 == 0, now: start) else { return }
+                guard
+                    case .callers(let callers) = ledger.completed(
+                        identifier, failed: random.next() % 3 == 0, now: start)
+                else { return }
                 callersOut.remove(identifier)
                 for caller in callers {
                     answered[caller, default: 0] += 1
-                    #expect(started[identifier]! >= asked[caller]!, "seed \(seed): caller \(caller) answered by a commit that started before it asked")
+                    #expect(
+                        started[identifier]! >= asked[caller]!,
+                        "seed \(seed): caller \(caller) answered by a commit that started before it asked")
                 }
                 startCallers(step: step)
             }
@@ -149,7 +161,9 @@ struct CommitLedgerTests {
                 }
             }
             for caller in ledger.abandonAll() { answered[caller, default: 0] += 1 }
-            #expect(answered.count == nextCaller && answered.values.allSatisfy { $0 == 1 }, "seed \(seed): every caller answered once")
+            #expect(
+                answered.count == nextCaller && answered.values.allSatisfy { $0 == 1 },
+                "seed \(seed): every caller answered once")
         }
     }
 }

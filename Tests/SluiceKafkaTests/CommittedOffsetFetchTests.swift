@@ -1,8 +1,8 @@
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
 
 @Suite("Partitions whose committed offset could not be fetched", .timeLimit(.minutes(2)))
 struct CommittedOffsetFetchTests {
@@ -19,7 +19,8 @@ struct CommittedOffsetFetchTests {
         // The coordinator refuses the first committed-offset fetch (not retried by librdkafka).
         cluster.pushRequestErrors(apiKey: .offsetFetch, errors: [KafkaErrorCode(name: "GROUP_AUTHORIZATION_FAILED")!])
         let consumer = try KafkaConsumer(
-            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["orders"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
@@ -52,7 +53,9 @@ struct PositionAcrossAssignmentsTests {
         let received = ReceivedMessages()
         let firstDriver = Task { await drive(first, into: received, storeOffsets: false) }
         let partitions = [TopicPartition("orders", 0), TopicPartition("orders", 1)]
-        try await waitUntil("the first member fetched both partitions") { partitions.allSatisfy { received.count($0) == 10 } }
+        try await waitUntil("the first member fetched both partitions") {
+            partitions.allSatisfy { received.count($0) == 10 }
+        }
         #expect(partitions.allSatisfy { first.position(of: $0) == 10 })
 
         let second = try KafkaConsumer(configuration: configuration, logger: TestSupport.logger)
@@ -68,7 +71,9 @@ struct PositionAcrossAssignmentsTests {
         try await waitUntil("the partition comes back", timeout: .seconds(60)) { first.assignment.contains(moved) }
         let before = received.count(moved)
         let position = first.position(of: moved)
-        #expect(position == nil || received.count(moved) > before, "a position of the earlier assignment: \(position.map(String.init) ?? "nil")")
+        #expect(
+            position == nil || received.count(moved) > before,
+            "a position of the earlier assignment: \(position.map(String.init) ?? "nil")")
         // What an owner that sees it stalled asks for: the consumer's view, logged (and nothing else done).
         first.reportStall(moved)
         first.reportStall(TopicPartition("not-assigned", 0))

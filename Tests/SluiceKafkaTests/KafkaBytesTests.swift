@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import SluiceKafka
 
@@ -61,14 +61,20 @@ extension KafkaBytesTests {
     func throughTheConsumer() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["bytes": 1])
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: TestSupport.logger)
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: TestSupport.logger)
         var expected: [(key: [UInt8]?, value: [UInt8], headers: [KafkaHeader])] = []
         for index in 0..<1_000 {
             let key: [UInt8]? = index % 5 == 0 ? nil : index % 7 == 0 ? [] : Array("key-\(index)".utf8)
-            let value: [UInt8] = index % 11 == 0 ? [] : Array(repeating: UInt8(index % 251), count: index % 13 == 0 ? 20_000 : index % 300)
-            let headers = index % 3 == 0 ? [KafkaHeader(key: "n", value: Array("\(index)".utf8)), KafkaHeader(key: "null", value: nil)] : []
+            let value: [UInt8] =
+                index % 11 == 0
+                ? [] : Array(repeating: UInt8(index % 251), count: index % 13 == 0 ? 20_000 : index % 300)
+            let headers =
+                index % 3 == 0
+                ? [KafkaHeader(key: "n", value: Array("\(index)".utf8)), KafkaHeader(key: "null", value: nil)] : []
             expected.append((key, value, headers))
-            _ = try await producer.send(ProducerRecord(topic: "bytes", partition: 0, key: key, value: value, headers: headers))
+            _ = try await producer.send(
+                ProducerRecord(topic: "bytes", partition: 0, key: key, value: value, headers: headers))
         }
         await producer.close()
         let consumer = try KafkaConsumer(
@@ -106,7 +112,9 @@ extension KafkaBytesTests {
         var buffers: [ObjectIdentifier] = []
         var kept: [[ConsumedMessage]] = []  // keeps the buffers alive, so their identities stay distinct
         events: for await event in consumer.events {
-            guard case .assigned(let partitions) = event, let messages = consumer.messages(for: partitions[0]) else { continue }
+            guard case .assigned(let partitions) = event, let messages = consumer.messages(for: partitions[0]) else {
+                continue
+            }
             var total = 0
             for await batch in messages {
                 let shared = Set(batch.map { ObjectIdentifier($0.value.storage) })

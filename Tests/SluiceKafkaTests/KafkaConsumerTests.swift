@@ -1,10 +1,13 @@
 import Logging
-@testable import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
 
-@Suite("KafkaConsumer against the embedded cluster (and tansu, for the tests that start theirs with TestClusters)", .timeLimit(.minutes(2)))
+@testable import SluiceKafka
+
+@Suite(
+    "KafkaConsumer against the embedded cluster (and tansu, for the tests that start theirs with TestClusters)",
+    .timeLimit(.minutes(2)))
 struct KafkaConsumerTests {
     @Test("a group consumer gets every message once, in partition order, and commits to the end")
     func everyMessageOnceInOrder() async throws {
@@ -44,7 +47,8 @@ extension KafkaConsumerTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["many": 4])
         try await TestSupport.produce(cluster, topic: "many", partitions: 4, count: 400)
         let consumer = try KafkaConsumer(
-            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["many"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
@@ -200,7 +204,9 @@ extension KafkaConsumerTests {
                         Task {
                             for await batch in messages {
                                 firstReceived.append(batch)
-                                try? first.storeOffsets([TopicPartitionOffset(topicPartition, offset: batch.last!.offset + 1)])
+                                try? first.storeOffsets([
+                                    TopicPartitionOffset(topicPartition, offset: batch.last!.offset + 1)
+                                ])
                             }
                         }
                     }
@@ -309,7 +315,9 @@ extension KafkaConsumerTests {
         try await waitUntil("all 100") { received.total == 100 }
         cluster.shutdown()
         // Without closeTimeout librdkafka would wait for brokers that never come back.
-        #expect(await TestSupport.returnsFirst(consumer.close, before: .seconds(60)), "close returned with the cluster gone")
+        #expect(
+            await TestSupport.returnsFirst(consumer.close, before: .seconds(60)), "close returned with the cluster gone"
+        )
         await driver.value
     }
 }
@@ -336,8 +344,12 @@ extension KafkaConsumerTests {
         try await waitUntil("all 100") { received.total == 100 }
         try cluster.setRoundTripTime(broker: 2, .seconds(60))
         // The coordinator's answers to the final commit and the leave come a minute late: close must not wait.
-        #expect(await TestSupport.returnsFirst(consumer.close, before: .seconds(45)), "close returned before the coordinator answered")
-        #expect(await TestSupport.returnsFirst({ await driver.value }, before: .seconds(1)), "every sequence had ended when close returned")
+        #expect(
+            await TestSupport.returnsFirst(consumer.close, before: .seconds(45)),
+            "close returned before the coordinator answered")
+        #expect(
+            await TestSupport.returnsFirst({ await driver.value }, before: .seconds(1)),
+            "every sequence had ended when close returned")
     }
 }
 
@@ -347,7 +359,8 @@ extension KafkaConsumerTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["replay": 1])
         try await TestSupport.produce(cluster, topic: "replay", partitions: 1, count: 100)
         let consumer = try KafkaConsumer(
-            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["replay"])
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received, storeOffsets: false) }
@@ -372,11 +385,14 @@ extension KafkaConsumerTests {
         try await TestSupport.produce(cluster, topic: "ledger", partitions: 1, count: 100)
         let partition = TopicPartition("ledger", 0)
         let consumer = try KafkaConsumer(
-            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["ledger"])
         try await waitUntil("assignment") { consumer.assignment.contains(partition) }
         // The next three commits fail; nothing is stored after the last message, so only a retry can commit it.
-        cluster.pushRequestErrors(apiKey: .offsetCommit, errors: Array(repeating: KafkaErrorCode(name: "INVALID_COMMIT_OFFSET_SIZE")!, count: 3))
+        cluster.pushRequestErrors(
+            apiKey: .offsetCommit,
+            errors: Array(repeating: KafkaErrorCode(name: "INVALID_COMMIT_OFFSET_SIZE")!, count: 3))
         let received = ReceivedMessages()
         let driver = Task { await drive(consumer, into: received) }
         try await waitUntil("all 100") { received.total == 100 }
@@ -394,16 +410,21 @@ extension KafkaConsumerTests {
     func commandsAfterClose() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["late": 1])
         let consumer = try KafkaConsumer(
-            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")), logger: TestSupport.logger)
+            configuration: TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g")),
+            logger: TestSupport.logger)
         try await consumer.subscribe(topics: ["late"])
         let partition = TopicPartition("late", 0)
         try await waitUntil("assignment") { consumer.assignment.contains(partition) }
         await consumer.close()
         // Long enough for the owner thread to finish destroying the client and take its last commands.
         try await Task.sleep(for: .seconds(2))
-        #expect(await TestSupport.returnsFirst({ await consumer.setPauseReasons([.operator], for: partition) }, before: .seconds(30)))
-        #expect(await TestSupport.returnsFirst({ _ = try? await consumer.seek(partition, to: 0) }, before: .seconds(30)))
-        #expect(await TestSupport.returnsFirst({ _ = try? await consumer.commit(timeout: .zero) }, before: .seconds(30)))
+        #expect(
+            await TestSupport.returnsFirst(
+                { await consumer.setPauseReasons([.operator], for: partition) }, before: .seconds(30)))
+        #expect(
+            await TestSupport.returnsFirst({ _ = try? await consumer.seek(partition, to: 0) }, before: .seconds(30)))
+        #expect(
+            await TestSupport.returnsFirst({ _ = try? await consumer.commit(timeout: .zero) }, before: .seconds(30)))
         cluster.shutdown()
     }
 }

@@ -6,14 +6,17 @@ struct KafkaProducerTests {
     @Test(
         "a secret's value is never in a property error, mistyped names included; other values are shown",
         arguments: [
-            ("sasl.pasword", false), ("ssl.key.pasword", false), ("sasl.oauthbearer.client.secret.typo", false), ("ssl.keystore.pasword", false),
+            ("sasl.pasword", false), ("ssl.key.pasword", false), ("sasl.oauthbearer.client.secret.typo", false),
+            ("ssl.keystore.pasword", false),
             ("acks", true), ("security.protocol", true),
         ])
     func secretsNotPrinted(name: String, shown: Bool) throws {
         let value = "hunter2-\(UInt32.random(in: 0...UInt32.max))"
         var configuration = KafkaProducerConfiguration(bootstrapServers: "127.0.0.1:1")
         configuration.properties = [name: value]
-        let error = #expect(throws: KafkaError.self) { _ = try KafkaProducer(configuration: configuration, logger: TestSupport.logger) }
+        let error = #expect(throws: KafkaError.self) {
+            _ = try KafkaProducer(configuration: configuration, logger: TestSupport.logger)
+        }
         let text = "\(error.map { String(describing: $0) } ?? "")"
         #expect(text.contains(name), "names the property: \(text)")
         #expect(text.contains(value) == shown, "\(text)")

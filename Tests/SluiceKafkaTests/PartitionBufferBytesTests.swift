@@ -1,5 +1,5 @@
-import Synchronization
 import SluiceTesting
+import Synchronization
 import Testing
 
 @testable import SluiceKafka
@@ -10,7 +10,9 @@ import Testing
 struct PartitionBufferBytesTests {
     static func messages(_ count: Int, size: Int, from offset: Int64 = 0) -> [ConsumedMessage] {
         (0..<count).map { index in
-            ConsumedMessage(topic: "t", partition: 0, offset: offset + Int64(index), value: KafkaBytes([UInt8](repeating: 7, count: size)))
+            ConsumedMessage(
+                topic: "t", partition: 0, offset: offset + Int64(index),
+                value: KafkaBytes([UInt8](repeating: 7, count: size)))
         }
     }
 
@@ -25,7 +27,8 @@ struct PartitionBufferBytesTests {
         #expect(channel.room == 4_000, "nothing known of the sizes yet: the message bound")
         let footprint = (64 << 10) + ConsumedMessage.bookkeepingBytes
         #expect(channel.push(Self.messages(10, size: 64 << 10)) == false)  // 0.63 MiB
-        #expect(channel.room == ((1 << 20) - 10 * footprint) / footprint, "the rest of the share at the average size seen")
+        #expect(
+            channel.room == ((1 << 20) - 10 * footprint) / footprint, "the rest of the share at the average size seen")
         #expect(channel.push(Self.messages(7, size: 64 << 10, from: 10)) == true, "1 MiB and more: full")
         #expect(channel.room == 0)
         #expect(channel.markFlowPaused())
@@ -38,7 +41,8 @@ struct PartitionBufferBytesTests {
     @Test("an empty buffer takes one message larger than the whole share; without a byte budget only counts bound it")
     func oversizedAndUnbounded() async throws {
         let share = PartitionByteShare(total: 100_000)
-        let channel = PartitionChannel(topicPartition: TopicPartition("t", 0), capacity: 4_000, byteShare: share) { _ in }
+        let channel = PartitionChannel(topicPartition: TopicPartition("t", 0), capacity: 4_000, byteShare: share) { _ in
+        }
         #expect(channel.push(Self.messages(1, size: 1 << 20)) == true)
         var iterator = KafkaPartitionMessages(channel: channel).makeAsyncIterator()
         _ = await iterator.next()
@@ -62,15 +66,18 @@ struct PartitionBufferBytesTests {
         #expect(PartitionByteShare(total: nil).perPartition == nil)
     }
 
-    @Test("64 KiB messages through a 256 KiB share per partition: every message once, in order, and no buffer past its share and one batch")
+    @Test(
+        "64 KiB messages through a 256 KiB share per partition: every message once, in order, and no buffer past its share and one batch"
+    )
     func largeMessagesEndToEnd() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["large": 2])
         let size = 64 << 10
         // 60 per partition: the mock keeps 5 MiB of a partition's log and drops older records.
         let value = [UInt8](repeating: 1, count: size)
-        try await cluster.produce((0..<120).map { index in
-            ProducerRecord(topic: "large", partition: Int32(index % 2), key: Array("k\(index)".utf8), value: value)
-        }, logger: TestSupport.logger)
+        try await cluster.produce(
+            (0..<120).map { index in
+                ProducerRecord(topic: "large", partition: Int32(index % 2), key: Array("k\(index)".utf8), value: value)
+            }, logger: TestSupport.logger)
         var configuration = TestSupport.consumerConfiguration(cluster, group: TestSupport.uniqueName("g"))
         configuration.partitionBufferBytes = 512 << 10
         configuration.maxBatchSize = 8
@@ -81,20 +88,29 @@ struct PartitionBufferBytesTests {
         let sawFlowPause = Locked(false)
         // A slow reader: the buffer fills to its share while it sleeps.
         let driver = Task {
-            await drive(consumer, into: received, storeOffsets: false, onBatch: { topicPartition, _ in
-                let buffered = consumer.shared.channels.withLock { $0[topicPartition] }?.buffered.bytes ?? 0
-                mostBuffered.withLock { $0 = max($0, buffered) }
-                if consumer.pauseReasons(for: topicPartition).contains(.flowControl) { sawFlowPause.withLock { $0 = true } }
-                try? await Task.sleep(for: .milliseconds(5))
-            })
+            await drive(
+                consumer, into: received, storeOffsets: false,
+                onBatch: { topicPartition, _ in
+                    let buffered = consumer.shared.channels.withLock { $0[topicPartition] }?.buffered.bytes ?? 0
+                    mostBuffered.withLock { $0 = max($0, buffered) }
+                    if consumer.pauseReasons(for: topicPartition).contains(.flowControl) {
+                        sawFlowPause.withLock { $0 = true }
+                    }
+                    try? await Task.sleep(for: .milliseconds(5))
+                })
         }
         let all = await eventually(timeout: .seconds(60)) { received.total >= 120 }
-        #expect(all, "received \(received.total) of 120; most buffered \(mostBuffered.withLock { $0 }); \(received.byPartition.mapValues { $0.map(\.offset) })")
+        #expect(
+            all,
+            "received \(received.total) of 120; most buffered \(mostBuffered.withLock { $0 }); \(received.byPartition.mapValues { $0.map(\.offset) })"
+        )
         #expect(received.total == 120)
         received.expectEveryOffsetOnceInOrder()
         #expect(sawFlowPause.withLock { $0 }, "the byte share filled and the partition was paused")
         let bound = (256 << 10) + 8 * (size + ConsumedMessage.bookkeepingBytes + 64)
-        #expect(mostBuffered.withLock { $0 } <= bound, "a partition's buffer stayed within its share and one batch (60 messages, 3.8 MiB, were there to take)")
+        #expect(
+            mostBuffered.withLock { $0 } <= bound,
+            "a partition's buffer stayed within its share and one batch (60 messages, 3.8 MiB, were there to take)")
         await consumer.close()
         await driver.value
     }

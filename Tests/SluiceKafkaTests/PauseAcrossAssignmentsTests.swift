@@ -1,8 +1,8 @@
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
 
 @Suite("Pause state across assignments", .timeLimit(.minutes(2)))
 struct PauseAcrossAssignmentsTests {

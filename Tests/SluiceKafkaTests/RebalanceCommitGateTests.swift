@@ -54,12 +54,17 @@ struct RebalanceCommitGateTests {
 
     @Test("librdkafka's join state, read from its CGRPJOINSTATE log line, holds commits exactly while the member joins")
     func joinState() {
-        #expect(RebalanceCommitGate.joinState(inLogLine: "Group \"g\" changed join state steady -> init (state up)") == "init")
-        #expect(RebalanceCommitGate.joinState(inLogLine: "Group \"a -> b\" changed join state init -> wait-join (state up)") == "wait-join")
+        #expect(
+            RebalanceCommitGate.joinState(inLogLine: "Group \"g\" changed join state steady -> init (state up)")
+                == "init")
+        #expect(
+            RebalanceCommitGate.joinState(inLogLine: "Group \"a -> b\" changed join state init -> wait-join (state up)")
+                == "wait-join")
         #expect(RebalanceCommitGate.joinState(inLogLine: "Group \"g\" received op OFFSET_COMMIT") == nil)
         var gate = RebalanceCommitGate(limit: .seconds(30))
         for (state, holds) in [
-            ("init", true), ("wait-metadata", true), ("wait-join", true), ("wait-sync", false), ("wait-assign-call", false),
+            ("init", true), ("wait-metadata", true), ("wait-join", true), ("wait-sync", false),
+            ("wait-assign-call", false),
             ("steady", false),
         ] {
             gate.joinStateChanged(to: state)

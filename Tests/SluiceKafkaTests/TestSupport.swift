@@ -1,7 +1,8 @@
+import Foundation
 import Logging
 import SluiceKafka
-import Synchronization
 import SluiceTesting
+import Synchronization
 import Testing
 
 /// Loggers, clusters and helpers shared by the Kafka layer's tests.
@@ -29,13 +30,16 @@ enum TestSupport {
     /// Produces `count` messages round-robin over `partitions` partitions, value `"<partition>:<n>"` with
     /// n counting up per partition. Returns the per-partition counts.
     @discardableResult
-    static func produce(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32, count: Int) async throws -> [Int32: Int] {
+    static func produce(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32, count: Int) async throws
+        -> [Int32: Int]
+    {
         var sequences: [Int32: Int] = [:]
         let records = (0..<count).map { index in
             let partition = Int32(index) % partitions
             defer { sequences[partition, default: 0] += 1 }
             return ProducerRecord(
-                topic: topic, partition: partition, key: Array("k\(index)".utf8), value: Array("\(partition):\(sequences[partition, default: 0])".utf8))
+                topic: topic, partition: partition, key: Array("k\(index)".utf8),
+                value: Array("\(partition):\(sequences[partition, default: 0])".utf8))
         }
         return try await cluster.produce(records, logger: logger)
     }
@@ -101,7 +105,9 @@ func drive(
                             await onBatch(topicPartition, batch)
                             received.append(batch)
                             if storeOffsets, let last = batch.last {
-                                try? consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: last.offset + 1)])
+                                try? consumer.storeOffsets([
+                                    TopicPartitionOffset(topicPartition, offset: last.offset + 1)
+                                ])
                             }
                         }
                     }
@@ -122,5 +128,4 @@ final class Locked<Value: Sendable>: Sendable {
     func withLock<R: Sendable>(_ body: (inout sending Value) -> sending R) -> R { mutex.withLock(body) }
 }
 
-import Foundation
 enum ProcessInfoDebug { static let value = ProcessInfo.processInfo.environment["SLUICE_TEST_RDKAFKA_DEBUG"] }

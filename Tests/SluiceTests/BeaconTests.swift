@@ -6,12 +6,16 @@ import Testing
 
 @Suite("Beacon waits", .timeLimit(.minutes(1)))
 struct BeaconTests {
-    @Test("a notification wakes a waiter whose condition now holds; a deadline on the wait's clock ends a wait that never holds")
+    @Test(
+        "a notification wakes a waiter whose condition now holds; a deadline on the wait's clock ends a wait that never holds"
+    )
     func notificationOrDeadline() async throws {
         let clock = ManualHostClock()
         let beacon = Beacon()
         let flag = Atomic<Bool>(false)
-        let waiter = Task { await beacon.waitUntil(deadline: clock.now + .seconds(10), on: clock) { flag.load(ordering: .acquiring) } }
+        let waiter = Task {
+            await beacon.waitUntil(deadline: clock.now + .seconds(10), on: clock) { flag.load(ordering: .acquiring) }
+        }
         #expect(await eventually { clock.sleeping == 1 })
         flag.store(true, ordering: .releasing)
         beacon.notify()
@@ -66,7 +70,10 @@ struct BeaconTests {
             for waiter in 0..<20 {
                 group.addTask {
                     var ended = 0
-                    for round in 0..<100 where await beacon.waitUntil(deadline: clock.now + .microseconds((waiter + round) % 50), on: clock, { false }) == false {
+                    for round in 0..<100
+                    where await beacon.waitUntil(
+                        deadline: clock.now + .microseconds((waiter + round) % 50), on: clock, { false }) == false
+                    {
                         ended += 1
                     }
                     return ended

@@ -1,6 +1,6 @@
 import SluiceKafka
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import Sluice
 
@@ -30,7 +30,9 @@ struct CommitMetadataTests {
         #expect((try? CommitMetadata.decode(nil, committed: 5))?.done == [])
         #expect((try? CommitMetadata.decode("", committed: 5))?.done == [])
         #expect((try? CommitMetadata.decode("written by another client", committed: 5))?.done == [])
-        for bad in ["sluice/1 3-1", "sluice/1 x", "sluice/1 1,,2", "sluice/1 -4", "sluice/1 1-2-3", "sluice/1 1-99999999"] {
+        for bad in [
+            "sluice/1 3-1", "sluice/1 x", "sluice/1 1,,2", "sluice/1 -4", "sluice/1 1-2-3", "sluice/1 1-99999999",
+        ] {
             #expect(throws: SluiceError.self, "\(bad)") { try CommitMetadata.decode(bad, committed: 5) }
         }
         do {
@@ -40,7 +42,9 @@ struct CommitMetadataTests {
         }
     }
 
-    @Test("metadata is bounded by what a host can have done: above the commit, below the high watermark, a capped count and length, runs in order")
+    @Test(
+        "metadata is bounded by what a host can have done: above the commit, below the high watermark, a capped count and length, runs in order"
+    )
     func bounded() throws {
         // What once made a host skip every message above a commit of 100, and grow to 1.2 GB over twenty runs.
         for (bad, why) in [
@@ -49,7 +53,11 @@ struct CommitMetadataTests {
             ("sluice/1 5,3", "runs out of order or overlapping at '3'"),
             ("sluice/1 1-5,5", "runs out of order or overlapping at '5'"),
             ("sluice/1 1-4611686018427387904", "bad run '1-4611686018427387904'"),
-            ("sluice/1 " + Array(repeating: "1", count: 2_100).enumerated().map { "\($0.offset * 2 + 1)" }.joined(separator: ","), "longer than 4096 bytes"),
+            (
+                "sluice/1 "
+                    + Array(repeating: "1", count: 2_100).enumerated().map { "\($0.offset * 2 + 1)" }.joined(
+                        separator: ","), "longer than 4096 bytes"
+            ),
         ] {
             do {
                 let decoded = try CommitMetadata.decode(bad, committed: 100, maximumDone: 100_000)
@@ -60,18 +68,22 @@ struct CommitMetadataTests {
         }
         #expect(throws: SluiceError.self) { try CommitMetadata.decode("sluice/1 1", committed: -1) }
         // Offsets at or past the high watermark are no messages yet: left out, counted.
-        let decoded = try CommitMetadata.decode("sluice/1 1-3,7-20", committed: 100, highWatermark: 110, maximumDone: 100)
+        let decoded = try CommitMetadata.decode(
+            "sluice/1 1-3,7-20", committed: 100, highWatermark: 110, maximumDone: 100)
         #expect(decoded.done == [101, 102, 103, 107, 108, 109])
         #expect(decoded.pastHighWatermark == 11)
         #expect(try CommitMetadata.decode("sluice/1 1-3", committed: 100, highWatermark: 100).done.isEmpty)
     }
 
-    @Test("a forged commit (offset 100, metadata 'sluice/1 0-999999', from any client of the group) skips nothing: the host handles every message above the commit, before and after a restart")
+    @Test(
+        "a forged commit (offset 100, metadata 'sluice/1 0-999999', from any client of the group) skips nothing: the host handles every message above the commit, before and after a restart"
+    )
     func forgedCommitSkipsNothing() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
         let partition = TopicPartition("orders", 0)
-        try await cluster.produce(topic: "orders", values: (0..<1_000).map { "m\($0)" }, partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: (0..<1_000).map { "m\($0)" }, partition: 0, logger: HostFixture.logger)
         // The attacker: a client that may commit for the group (the hosts' own credentials can).
         var attacker = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group)
         attacker.sessionTimeout = .seconds(6)
@@ -92,11 +104,14 @@ struct CommitMetadataTests {
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
             host.register("orders", ClosureHandler { message, _ in handled.append(message) })
             let running = Task { try await host.run() }
-            try await waitUntil("every message above the forged commit handled (round \(round))") { handled.distinct == 900 + 100 * round }
+            try await waitUntil("every message above the forged commit handled (round \(round))") {
+                handled.distinct == 900 + 100 * round
+            }
             host.shutdown()
             try await running.value
             if round == 0 {
-                try await cluster.produce(topic: "orders", values: (0..<100).map { "n\($0)" }, partition: 0, logger: HostFixture.logger)
+                try await cluster.produce(
+                    topic: "orders", values: (0..<100).map { "n\($0)" }, partition: 0, logger: HostFixture.logger)
             }
         }
         #expect(Set(handled.all.value.map(\.offset)) == Set(100..<1_100))
@@ -118,10 +133,12 @@ struct CommitMetadataTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         // Offset 0 has a key of its own lane; every other message a key of the other lane.
         let others = (0..<100).map { "k\($0)" }.filter { Self.lane(of: $0) != Self.lane(of: "stuck") }
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        let producer = try KafkaProducer(
+            configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<200 {
             let key = index == 0 ? "stuck" : others[index % others.count]
-            _ = try await producer.send(ProducerRecord(topic: "orders", key: Array(key.utf8), value: Array("\(index)".utf8)))
+            _ = try await producer.send(
+                ProducerRecord(topic: "orders", key: Array(key.utf8), value: Array("\(index)".utf8)))
         }
         await producer.close()
         let group = HostFixture.uniqueGroup()
@@ -137,18 +154,24 @@ struct CommitMetadataTests {
         let hang = Hang()
         let first = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         let handledByFirst = HandledMessages()
-        first.register("orders", ClosureHandler { message, _ in
-            if message.offset == 0 { await hang.wait() }
-            handledByFirst.append(message)
-        })
+        first.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 0 { await hang.wait() }
+                handledByFirst.append(message)
+            })
         let firstRun = Task { try await first.run() }
         defer { hang.release() }
         try await waitUntil("the others done") { handledByFirst.distinct == 199 }
         let reader = try KafkaConsumer(
-            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group), logger: HostFixture.logger)
+            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: group),
+            logger: HostFixture.logger)
         try await waitUntil("a commit carries them") {
-            let committed = try await reader.committedProgress(for: [TopicPartition("orders", 0)])[TopicPartition("orders", 0)]
-            return committed.map { $0.offset == 0 && (try? CommitMetadata.decode($0.metadata, committed: $0.offset).done.count) == 199 } ?? false
+            let committed = try await reader.committedProgress(for: [TopicPartition("orders", 0)])[
+                TopicPartition("orders", 0)]
+            return committed.map {
+                $0.offset == 0 && (try? CommitMetadata.decode($0.metadata, committed: $0.offset).done.count) == 199
+            } ?? false
         }
         await reader.close()
         first.shutdown()
@@ -166,6 +189,7 @@ struct CommitMetadataTests {
         }
         second.shutdown()
         try await secondRun.value
-        #expect(handledBySecond.all.value.map(\.offset) == [0], "nothing the first owner finished is handled a second time")
+        #expect(
+            handledBySecond.all.value.map(\.offset) == [0], "nothing the first owner finished is handled a second time")
     }
 }

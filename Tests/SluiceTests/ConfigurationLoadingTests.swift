@@ -28,7 +28,8 @@ struct ConfigurationLoadingTests {
         """
 
     func write(_ text: String) throws -> String {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml")
+            .path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -45,15 +46,21 @@ struct ConfigurationLoadingTests {
         }
     }
 
-    @Test("the control plane's clients reach the brokers as the consumer does: TLS verification, CA, SASL and OAUTHBEARER settings pass, consuming settings do not")
+    @Test(
+        "the control plane's clients reach the brokers as the consumer does: TLS verification, CA, SASL and OAUTHBEARER settings pass, consuming settings do not"
+    )
     func controlClientsGetConnectionProperties() {
         var configuration = SluiceConfiguration(kafka: .init(bootstrap: "b:9092", group: "g"), topics: [:])
         configuration.kafka.properties = [
-            "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc", "enable.ssl.certificate.verification": "true",
-            "ssl.ca.location": "/ca.pem", "https.ca.location": "/ca.pem", "ssl.endpoint.identification.algorithm": "https", "fetch.min.bytes": "1",
+            "security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "sasl.oauthbearer.method": "oidc",
+            "enable.ssl.certificate.verification": "true",
+            "ssl.ca.location": "/ca.pem", "https.ca.location": "/ca.pem",
+            "ssl.endpoint.identification.algorithm": "https", "fetch.min.bytes": "1",
             "auto.offset.reset": "latest", "client.dns.lookup": "use_all_dns_ips",
         ]
-        #expect(Set(configuration.controlProperties.keys) == Set(configuration.kafka.properties.keys).subtracting(["fetch.min.bytes", "auto.offset.reset"]))
+        #expect(
+            Set(configuration.controlProperties.keys)
+                == Set(configuration.kafka.properties.keys).subtracting(["fetch.min.bytes", "auto.offset.reset"]))
     }
 
     @Test("every key of the example is read")
@@ -67,7 +74,10 @@ struct ConfigurationLoadingTests {
         #expect(orders.ordering == .key)
         #expect(orders.processors == 8)
         #expect(orders.maxInFlight == 2000)
-        #expect(orders.onFailure == .init(retries: 3, backoff: .init(initial: .milliseconds(100), maximum: .seconds(5)), then: .deadLetter))
+        #expect(
+            orders.onFailure
+                == .init(
+                    retries: 3, backoff: .init(initial: .milliseconds(100), maximum: .seconds(5)), then: .deadLetter))
         #expect(orders.deadLetterTopic == "orders.dlq")
         #expect(orders.handlerTimeout == .seconds(2))
         #expect(configuration.topics["payments"]?.batch == .init(size: 100, timeout: .milliseconds(200)))
@@ -104,19 +114,24 @@ struct ConfigurationLoadingTests {
               forever: {breaker: {trip: never}}
               plain: {}
             """
-        let configuration = try await SluiceConfiguration.load(file: try write(yaml), environment: ["SLUICE_FLAGS_FILE": "/etc/sluice/flags.yaml"])
+        let configuration = try await SluiceConfiguration.load(
+            file: try write(yaml), environment: ["SLUICE_FLAGS_FILE": "/etc/sluice/flags.yaml"])
         #expect(configuration.flags.pollInterval == .milliseconds(500))
         #expect(configuration.flags.defaultEnabled)
         #expect(configuration.flags.file == "/etc/sluice/flags.yaml")
         #expect(configuration.topics["latched"]?.breaker == .latched)
-        #expect(configuration.topics["tuned"]?.breaker == BreakerPolicy(
-            restartBackoff: .init(initial: .seconds(2), maximum: .seconds(60)), trip: .init(crashes: 3, within: .seconds(300)),
-            cooldown: .seconds(900), healthyAfter: .seconds(120)))
+        #expect(
+            configuration.topics["tuned"]?.breaker
+                == BreakerPolicy(
+                    restartBackoff: .init(initial: .seconds(2), maximum: .seconds(60)),
+                    trip: .init(crashes: 3, within: .seconds(300)),
+                    cooldown: .seconds(900), healthyAfter: .seconds(120)))
         #expect(configuration.topics["forever"]?.breaker.trip == nil)
         #expect(configuration.topics["plain"]?.breaker == .standard)
         #expect(
             try await loadError("kafka: {bootstrap: b, group: g}\ntopics:\n  t: {breaker: fast}\n")
-                == "FILE:3:16: topics.t.breaker: unknown breaker preset 'fast'; known: backoff, fuse, latched, standard")
+                == "FILE:3:16: topics.t.breaker: unknown breaker preset 'fast'; known: backoff, fuse, latched, standard"
+        )
         #expect(
             try await loadError("kafka: {bootstrap: b, group: g}\nflags: {default: maybe}\n")
                 == "FILE:2:18: flags.default: expected on or off, got 'maybe'")
@@ -133,8 +148,12 @@ struct ConfigurationLoadingTests {
 
     @Test("an unknown key names the file, line, column and key path")
     func unknownKey() async throws {
-        let message = try await loadError(Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
-        #expect(message.hasPrefix("FILE:9:5: topics.orders.procesors: unknown key (known keys here: abandonTimeout, batch, breaker, deadLetterTopic"))
+        let message = try await loadError(
+            Self.example.replacingOccurrences(of: "    processors: 8", with: "    procesors: 8"))
+        #expect(
+            message.hasPrefix(
+                "FILE:9:5: topics.orders.procesors: unknown key (known keys here: abandonTimeout, batch, breaker, deadLetterTopic"
+            ))
     }
 
     @Test("a wrong type, a bad duration, a bad choice each name where and why")
@@ -144,7 +163,8 @@ struct ConfigurationLoadingTests {
                 == "FILE:9:17: topics.orders.processors: expected a whole number, got 'many'")
         #expect(
             try await loadError(Self.example.replacingOccurrences(of: "handlerTimeout: 2s", with: "handlerTimeout: 2"))
-                == "FILE:13:21: topics.orders.handlerTimeout: expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '2'")
+                == "FILE:13:21: topics.orders.handlerTimeout: expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '2'"
+        )
         #expect(
             try await loadError(Self.example.replacingOccurrences(of: "ordering: key", with: "ordering: random"))
                 == "FILE:8:15: topics.orders.ordering: expected one of partition, key, none, got 'random'")
@@ -160,7 +180,8 @@ struct ConfigurationLoadingTests {
     func badEnvironmentValue() async throws {
         #expect(
             try await loadError(Self.example, environment: ["SLUICE_TOPICS_ORDERS_PROCESSORS": "eight"])
-                == "environment variable SLUICE_TOPICS_ORDERS_PROCESSORS: topics.orders.processors: expected a whole number, got 'eight'")
+                == "environment variable SLUICE_TOPICS_ORDERS_PROCESSORS: topics.orders.processors: expected a whole number, got 'eight'"
+        )
     }
 
     @Test("a topic in the file without a registered handler stops the host, naming the file and key")
@@ -169,7 +190,10 @@ struct ConfigurationLoadingTests {
         let host = SluiceHost(configuration: try await SluiceConfiguration.load(file: path, environment: [:]))
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message == "\(path): topics.payments: topic 'payments' is configured but no handler is registered for it (host.register(\"payments\", ...))")
+        #expect(
+            error?.message
+                == "\(path): topics.payments: topic 'payments' is configured but no handler is registered for it (host.register(\"payments\", ...))"
+        )
     }
 
     @Test("maxInFlight defaults to 1,000 or four batches, whichever is more; a value in the file wins")
@@ -193,20 +217,30 @@ struct ConfigurationLoadingTests {
             try await loadError(Self.example.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: ""))
                 == "FILE: topics.orders.deadLetterTopic: is required when onFailure.then is deadLetter")
         #expect(
-            try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
+            try await loadError(
+                Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100 }"))
                 == "FILE:15:12: topics.payments.batch: needs both size and timeout, e.g. {size: 100, timeout: 200ms}")
         #expect(
-            try await loadError(Self.example.replacingOccurrences(of: "{ size: 100, timeout: 200ms }", with: "{ size: 100, timeout: 200ms }\n    maxInFlight: 50"))
-                .hasSuffix("topics.payments.maxInFlight: must be at least batch.size (100), got 50: a batch could never fill"))
+            try await loadError(
+                Self.example.replacingOccurrences(
+                    of: "{ size: 100, timeout: 200ms }", with: "{ size: 100, timeout: 200ms }\n    maxInFlight: 50")
+            )
+            .hasSuffix(
+                "topics.payments.maxInFlight: must be at least batch.size (100), got 50: a batch could never fill"))
         #expect(try await loadError("kafka: [\n").hasPrefix("FILE: not valid YAML"))
-        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\ntelemetry:\n  port: 9\n").hasPrefix("FILE:4:1: telemetry: unknown key"))
-        #expect(try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix("FILE:5:3: metrics.port: unknown key"))
+        #expect(
+            try await loadError("kafka:\n  bootstrap: x\n  group: g\ntelemetry:\n  port: 9\n").hasPrefix(
+                "FILE:4:1: telemetry: unknown key"))
+        #expect(
+            try await loadError("kafka:\n  bootstrap: x\n  group: g\nmetrics:\n  port: 9\n").hasPrefix(
+                "FILE:5:3: metrics.port: unknown key"))
         #expect(
             try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {listen: nowhere}\n")
                 == "FILE:2:17: admin.listen: expected HOST:PORT, e.g. 127.0.0.1:8080, got 'nowhere'")
         #expect(
             try await loadError("kafka: {bootstrap: b, group: g}\nadmin: {token: \"${NO_SUCH_TOKEN_VARIABLE}\"}\n")
-                == "FILE:2:16: admin.token: refers to the environment variable NO_SUCH_TOKEN_VARIABLE, which is not set")
+                == "FILE:2:16: admin.token: refers to the environment variable NO_SUCH_TOKEN_VARIABLE, which is not set"
+        )
     }
 
     @Test("unsafe values are refused with the file, key and reason")
@@ -217,19 +251,26 @@ struct ConfigurationLoadingTests {
                 == "FILE:1:49: kafka.commitInterval: must be at least 10ms (0 makes the consumer thread spin), got 0s")
         #expect(
             try await loadError(base + "topics:\n  orders: {breaker: {preset: fuse, cooldown: 0s}}\n")
-                == "FILE:3:46: topics.orders.breaker.cooldown: must be positive or never (0 probes at once: a hot crash loop), got 0s")
+                == "FILE:3:46: topics.orders.breaker.cooldown: must be positive or never (0 probes at once: a hot crash loop), got 0s"
+        )
         #expect(
             try await loadError(base + "topics:\n  orders: {onFailure: {then: deadLetter}, deadLetterTopic: orders}\n")
-                == "FILE:3:60: topics.orders.deadLetterTopic: 'orders' is a consumed topic: its dead letters would be consumed and fail again, for ever")
+                == "FILE:3:60: topics.orders.deadLetterTopic: 'orders' is a consumed topic: its dead letters would be consumed and fail again, for ever"
+        )
         #expect(
-            try await loadError(base + "topics:\n  orders: {onFailure: {then: deadLetter}, deadLetterTopic: payments}\n  payments: {}\n")
-                == "FILE:3:60: topics.orders.deadLetterTopic: 'payments' is a consumed topic: its dead letters would be consumed and fail again, for ever")
+            try await loadError(
+                base + "topics:\n  orders: {onFailure: {then: deadLetter}, deadLetterTopic: payments}\n  payments: {}\n"
+            )
+                == "FILE:3:60: topics.orders.deadLetterTopic: 'payments' is a consumed topic: its dead letters would be consumed and fail again, for ever"
+        )
         #expect(
             try await loadError(base + "admin: {token: \"\"}\n")
-                == "FILE:2:16: admin.token: is empty, which would leave changes open to anyone; remove the key to run without a token")
+                == "FILE:2:16: admin.token: is empty, which would leave changes open to anyone; remove the key to run without a token"
+        )
         #expect(
             try await loadError(base + "topics:\n  \"bad topic\": {}\n")
-                == "FILE:3:16: topics.bad topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+                == "FILE:3:16: topics.bad topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed"
+        )
         #expect(
             try await loadError(base + "flags: {pollInterval: 0s}\n")
                 == "FILE:2:23: flags.pollInterval: must be at least 10ms, got 0s")
@@ -237,7 +278,8 @@ struct ConfigurationLoadingTests {
 
     @Test("dead-letter producer properties: only the producer gets them, over the shared ones")
     func producerProperties() async throws {
-        let path = try write("""
+        let path = try write(
+            """
             kafka:
               bootstrap: b
               group: g
@@ -245,17 +287,26 @@ struct ConfigurationLoadingTests {
               producerProperties: { message.timeout.ms: "5000", acks: all, socket.timeout.ms: "10000" }
             """)
         let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
-        #expect(configuration.kafka.producerProperties == ["message.timeout.ms": "5000", "acks": "all", "socket.timeout.ms": "10000"])
+        #expect(
+            configuration.kafka.producerProperties == [
+                "message.timeout.ms": "5000", "acks": "all", "socket.timeout.ms": "10000",
+            ])
         let producer = Dictionary(uniqueKeysWithValues: configuration.producerConfiguration().librdkafkaProperties())
         #expect(producer["message.timeout.ms"] == "5000")
         #expect(producer["acks"] == "all")
         #expect(producer["security.protocol"] == "ssl", "shared properties still reach the producer")
-        #expect(producer["enable.ssl.certificate.verification"] == "true", "every connection property reaches it, as it reaches the control plane")
+        #expect(
+            producer["enable.ssl.certificate.verification"] == "true",
+            "every connection property reaches it, as it reaches the control plane")
         #expect(producer["ssl.endpoint.identification.algorithm"] == "https")
-        #expect(configuration.controlProperties.keys.sorted() == producer.keys.filter { configuration.controlProperties[$0] != nil }.sorted())
+        #expect(
+            configuration.controlProperties.keys.sorted()
+                == producer.keys.filter { configuration.controlProperties[$0] != nil }.sorted())
         #expect(producer["socket.timeout.ms"] == "10000", "the producer's own value wins")
         #expect(producer["fetch.wait.max.ms"] == nil, "consumer-only properties do not")
-        #expect(configuration.consumerConfiguration().properties["message.timeout.ms"] == nil, "the consumer does not get them")
+        #expect(
+            configuration.consumerConfiguration().properties["message.timeout.ms"] == nil,
+            "the consumer does not get them")
     }
 
     @Test("control plane settings: read from the file, with the group's default topic; a bad topic is refused")
@@ -271,14 +322,16 @@ struct ConfigurationLoadingTests {
         #expect(configuration.control.loadTimeout == .seconds(5))
         #expect(defaults.control.createTopics && defaults.control.replicationFactor == -1)
         let byHand = try await SluiceConfiguration.load(
-            file: try write(base + "control: {enabled: true, createTopics: off, replicationFactor: 3}\n"), environment: [:])
+            file: try write(base + "control: {enabled: true, createTopics: off, replicationFactor: 3}\n"),
+            environment: [:])
         #expect(!byHand.control.createTopics && byHand.control.replicationFactor == 3)
         #expect(
             try await loadError(base + "control: {replicationFactor: 0}\n")
                 == "FILE:2:30: control.replicationFactor: must be -1 (the brokers' default) or at least 1, got 0")
         #expect(
             try await loadError(base + "control: {topic: \"a b\"}\n")
-                == "FILE:2:18: control.topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+                == "FILE:2:18: control.topic: not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed"
+        )
     }
 
     @Test("handler threads: read from the file, and nonsense refused with the key and reason")
@@ -294,10 +347,12 @@ struct ConfigurationLoadingTests {
                 == "FILE:2:24: host.handlerThreads: must be 1...1024, got 0")
         #expect(
             try await loadError(base + "host: {handlerThreads: 8, maxHandlerThreads: 4}\n")
-                == "FILE:2:46: host.maxHandlerThreads: must be at least host.handlerThreads (8) and at most 4096, got 4")
+                == "FILE:2:46: host.maxHandlerThreads: must be at least host.handlerThreads (8) and at most 4096, got 4"
+        )
         #expect(
             try await loadError(base + "host: {blockedThreadAfter: 10ms}\n")
-                == "FILE:2:28: host.blockedThreadAfter: must be at least 100ms (shorter flags ordinary work as blocking), got 10ms")
+                == "FILE:2:28: host.blockedThreadAfter: must be at least 100ms (shorter flags ordinary work as blocking), got 10ms"
+        )
     }
 
     @Test("crash containment: onCrash and the state directory are read; nonsense is refused with the key and reason")
@@ -305,7 +360,8 @@ struct ConfigurationLoadingTests {
         let base = "kafka: {bootstrap: b, group: g}\n"
         let path = try write(
             base + "metrics: {perPartition: off}\nhost: {stateDirectory: /var/lib/orders, crashJournal: off}\n"
-                + "topics:\n  orders: {onCrash: {after: 2, then: deadLetter}, deadLetterTopic: orders.dlq}\n  payments: {}\n")
+                + "topics:\n  orders: {onCrash: {after: 2, then: deadLetter}, deadLetterTopic: orders.dlq}\n  payments: {}\n"
+        )
         let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
         #expect(configuration.stateDirectory == "/var/lib/orders")
         #expect(configuration.crashJournal == false)
@@ -313,15 +369,20 @@ struct ConfigurationLoadingTests {
         #expect(configuration.topics["orders"]?.onCrash == TopicConfiguration.CrashPolicy(after: 2, then: .deadLetter))
         #expect(configuration.topics["payments"]?.onCrash == TopicConfiguration.CrashPolicy(after: 1, then: .stop))
         #expect(
-            try await loadError(base + "topics:\n  orders: {onCrash: {after: 0}}\n").hasSuffix("topics.orders.onCrash.after: must be at least 1, got 0"))
+            try await loadError(base + "topics:\n  orders: {onCrash: {after: 0}}\n").hasSuffix(
+                "topics.orders.onCrash.after: must be at least 1, got 0"))
         #expect(
             try await loadError(base + "topics:\n  orders: {onCrash: {then: deadLetter}}\n")
                 .hasSuffix("topics.orders.deadLetterTopic: is required when onCrash.then is deadLetter"))
-        #expect(try await loadError(base + "topics:\n  orders: {onCrash: {then: ignore}}\n").contains("expected one of stop, deadLetter, got 'ignore'"))
+        #expect(
+            try await loadError(base + "topics:\n  orders: {onCrash: {then: ignore}}\n").contains(
+                "expected one of stop, deadLetter, got 'ignore'"))
         #expect(try await loadError(base + "host: {stateDirectory: ' '}\n").contains("host.stateDirectory: is empty"))
     }
 
-    @Test("memory budget: sizes with units, off, the default; it sets the buffers' byte budget and librdkafka's queue, a property of the user's own wins; nonsense is refused")
+    @Test(
+        "memory budget: sizes with units, off, the default; it sets the buffers' byte budget and librdkafka's queue, a property of the user's own wins; nonsense is refused"
+    )
     func memoryBudget() async throws {
         let base = "kafka: {bootstrap: b, group: g}\ntopics: {orders: {}}\n"
         let defaults = try await SluiceConfiguration.load(file: try write(base), environment: [:])
@@ -330,25 +391,38 @@ struct ConfigurationLoadingTests {
         #expect(consumer.partitionBufferBytes == 128 << 20)
         #expect(consumer.properties["queued.max.messages.kbytes"] == "16384")
 
-        for (written, bytes) in [("64MiB", 64 << 20), ("1.5GiB", 1536 << 20), ("100MB", 100_000_000), ("33554432", 32 << 20)] {
-            let configuration = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: \(written)}\n"), environment: [:])
+        for (written, bytes) in [
+            ("64MiB", 64 << 20), ("1.5GiB", 1536 << 20), ("100MB", 100_000_000), ("33554432", 32 << 20),
+        ] {
+            let configuration = try await SluiceConfiguration.load(
+                file: try write(base + "host: {memoryBudget: \(written)}\n"), environment: [:])
             #expect(configuration.memoryBudget == bytes, "\(written)")
         }
-        let small = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: 32MiB}\n"), environment: [:])
+        let small = try await SluiceConfiguration.load(
+            file: try write(base + "host: {memoryBudget: 32MiB}\n"), environment: [:])
         #expect(small.consumerConfiguration().partitionBufferBytes == 16 << 20)
         #expect(small.consumerConfiguration().properties["queued.max.messages.kbytes"] == "2048")
 
-        let off = try await SluiceConfiguration.load(file: try write(base + "host: {memoryBudget: off}\n"), environment: [:])
+        let off = try await SluiceConfiguration.load(
+            file: try write(base + "host: {memoryBudget: off}\n"), environment: [:])
         #expect(off.memoryBudget == nil)
         #expect(off.consumerConfiguration().partitionBufferBytes == nil)
         #expect(off.consumerConfiguration().properties["queued.max.messages.kbytes"] == nil)
 
         let own = try await SluiceConfiguration.load(
-            file: try write(base.replacingOccurrences(of: "group: g}", with: "group: g, properties: {queued.max.messages.kbytes: '4096'}}")), environment: [:])
+            file: try write(
+                base.replacingOccurrences(
+                    of: "group: g}", with: "group: g, properties: {queued.max.messages.kbytes: '4096'}}")),
+            environment: [:])
         #expect(own.consumerConfiguration().properties["queued.max.messages.kbytes"] == "4096")
 
-        #expect(try await loadError(base + "host: {memoryBudget: lots}\n").contains("host.memoryBudget: expected a size with a unit"))
-        #expect(try await loadError(base + "host: {memoryBudget: 4MiB}\n").hasSuffix("host.memoryBudget: must be at least 16MiB, got 4MiB"))
-        #expect(try await loadError(base + "host: {memoryBudget: -5MiB}\n").contains("host.memoryBudget: expected a size"))
+        #expect(
+            try await loadError(base + "host: {memoryBudget: lots}\n").contains(
+                "host.memoryBudget: expected a size with a unit"))
+        #expect(
+            try await loadError(base + "host: {memoryBudget: 4MiB}\n").hasSuffix(
+                "host.memoryBudget: must be at least 16MiB, got 4MiB"))
+        #expect(
+            try await loadError(base + "host: {memoryBudget: -5MiB}\n").contains("host.memoryBudget: expected a size"))
     }
 }

@@ -15,9 +15,11 @@ import Testing
 struct ConfiguredHostTests {
     /// Loads `topics` (and other sections) the way a service does, with the cluster's address and a new group.
     static func load(
-        _ cluster: any TestKafkaCluster, group: String, kafka extra: String = "", host hostExtra: String = "", _ sections: String
+        _ cluster: any TestKafkaCluster, group: String, kafka extra: String = "", host hostExtra: String = "",
+        _ sections: String
     ) async throws -> SluiceConfiguration {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-configured-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-configured-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("sluice.yaml").path
         let text = """
@@ -39,9 +41,12 @@ struct ConfiguredHostTests {
     }
 
     /// Produces `count` messages to `topic`'s partition 0, `poison` at `poisonAt`, `ok-N` elsewhere; keys `k0..k7`.
-    static func produce(_ cluster: any TestKafkaCluster, topic: String = "orders", count: Int, poisonAt: Int? = nil) async throws {
+    static func produce(_ cluster: any TestKafkaCluster, topic: String = "orders", count: Int, poisonAt: Int? = nil)
+        async throws
+    {
         let values = (0..<count).map { $0 == poisonAt ? "poison" : "ok-\($0)" }
-        try await cluster.produce(topic: topic, values: values, keys: (0..<8).map { "k\($0)" }, partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: topic, values: values, keys: (0..<8).map { "k\($0)" }, partition: 0, logger: HostFixture.logger)
     }
 
     static func run(_ host: SluiceHost) -> Task<Void, any Error> { Task { try await host.run() } }
@@ -55,11 +60,15 @@ struct ConfiguredHostTests {
         try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1)[0]
     }
 
-    @Test("onFailure { retries, backoff, then: skip }: the failing message is tried retries + 1 times, skipped and committed past; the rest handled")
+    @Test(
+        "onFailure { retries, backoff, then: skip }: the failing message is tried retries + 1 times, skipped and committed past; the rest handled"
+    )
     func onFailureSkip() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 onFailure: { retries: 2, backoff: 1ms..2ms, then: skip }
@@ -69,25 +78,33 @@ struct ConfiguredHostTests {
         let attempts = Locked(0)
         let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") {
-                attempts.withLock { $0 += 1 }
-                throw TestFailure(description: "cannot parse")
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") {
+                    attempts.withLock { $0 += 1 }
+                    throw TestFailure(description: "cannot parse")
+                }
+                handled.append(message)
+            })
         let running = Self.run(host)
-        try await waitUntil("the rest handled and the poison skipped") { handled.count == 9 && host.shards.first?.skipped == 1 }
+        try await waitUntil("the rest handled and the poison skipped") {
+            handled.count == 9 && host.shards.first?.skipped == 1
+        }
         try await waitUntil("committed past the poison") { try await Self.committed(cluster, group: group) == 10 }
         #expect(attempts.value == 3, "one call and two retries")
         try await Self.stop(host, running)
     }
 
-    @Test("onFailure then: deadLetter with deadLetterTopic: the failed message is in the dead-letter topic with its attempts, the offset moves on")
+    @Test(
+        "onFailure then: deadLetter with deadLetterTopic: the failed message is in the dead-letter topic with its attempts, the offset moves on"
+    )
     func onFailureDeadLetter() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 onFailure: { retries: 1, backoff: 1ms..2ms, then: deadLetter }
@@ -95,9 +112,11 @@ struct ConfiguredHostTests {
             """)
         try await Self.produce(cluster, count: 10, poisonAt: 6)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
+            })
         let running = Self.run(host)
         try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 10 }
         try await Self.stop(host, running)
@@ -107,11 +126,15 @@ struct ConfiguredHostTests {
         #expect(letters.first?.error == "cannot parse")
     }
 
-    @Test("onFailure then: stop (the default) with breaker: latched: the shard stops at the failing message, tripped, nothing past it committed")
+    @Test(
+        "onFailure then: stop (the default) with breaker: latched: the shard stops at the failing message, tripped, nothing past it committed"
+    )
     func onFailureStopLatched() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 breaker: latched
@@ -119,9 +142,11 @@ struct ConfiguredHostTests {
         #expect(configuration.topics["orders"]?.onFailure.then == .stop)
         try await Self.produce(cluster, count: 10, poisonAt: 4)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse") }
+            })
         let running = Self.run(host)
         try await waitUntil("tripped at the poison") {
             guard let shard = host.shards.first, case .tripped = shard.state else { return false }
@@ -132,11 +157,15 @@ struct ConfiguredHostTests {
         #expect(try await Self.committed(cluster, group: group) == 4, "nothing past the poison")
     }
 
-    @Test("handlerTimeout: a handler call running longer crashes its shard (latched: it stays down); the message is not committed")
+    @Test(
+        "handlerTimeout: a handler call running longer crashes its shard (latched: it stays down); the message is not committed"
+    )
     func handlerTimeout() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 handlerTimeout: 300ms
@@ -145,9 +174,13 @@ struct ConfiguredHostTests {
         try await Self.produce(cluster, count: 5, poisonAt: 2)
         let release = Locked(false)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            while message.value == KafkaBytes("poison"), !release.value { try? await Task.sleep(for: .milliseconds(5)) }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                while message.value == KafkaBytes("poison"), !release.value {
+                    try? await Task.sleep(for: .milliseconds(5))
+                }
+            })
         let running = Self.run(host)
         try await waitUntil("tripped by the timeout") {
             guard let shard = host.shards.first, case .tripped = shard.state else { return false }
@@ -158,12 +191,16 @@ struct ConfiguredHostTests {
         #expect(try await Self.committed(cluster, group: group) == 2)
     }
 
-    @Test("ordering: key with processors: keys run in parallel, each key in order; ordering: partition: one call at a time, in offset order")
+    @Test(
+        "ordering: key with processors: keys run in parallel, each key in order; ordering: partition: one call at a time, in offset order"
+    )
     func orderingAndProcessors() async throws {
         for (ordering, processors) in [("key", 4), ("partition", 4), ("none", 4)] {
             let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
             let group = HostFixture.uniqueGroup()
-            let configuration = try await Self.load(cluster, group: group, """
+            let configuration = try await Self.load(
+                cluster, group: group,
+                """
                 topics:
                   orders:
                     ordering: \(ordering)
@@ -174,13 +211,18 @@ struct ConfiguredHostTests {
             let perKey = Locked<[String: [Int64]]>([:])
             let order = Locked<[Int64]>([])
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-            host.register("orders", ClosureHandler { message, _ in
-                concurrent.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
-                try await Task.sleep(for: .milliseconds(2))
-                perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
-                order.withLock { $0.append(message.offset) }
-                concurrent.withLock { $0.now -= 1 }
-            })
+            host.register(
+                "orders",
+                ClosureHandler { message, _ in
+                    concurrent.withLock {
+                        $0.now += 1
+                        $0.peak = max($0.peak, $0.now)
+                    }
+                    try await Task.sleep(for: .milliseconds(2))
+                    perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
+                    order.withLock { $0.append(message.offset) }
+                    concurrent.withLock { $0.now -= 1 }
+                })
             let running = Self.run(host)
             try await waitUntil("all 200 handled (\(ordering))") { order.value.count == 200 }
             try await Self.stop(host, running)
@@ -203,7 +245,9 @@ struct ConfiguredHostTests {
     func batches() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 batch: { size: 10, timeout: 50ms }
@@ -211,7 +255,8 @@ struct ConfiguredHostTests {
         try await Self.produce(cluster, count: 95)
         let sizes = Locked<[Int]>([])
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", batchHandler: ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } })
+        host.register(
+            "orders", batchHandler: ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } })
         let running = Self.run(host)
         try await waitUntil("all 95 handled") { sizes.value.reduce(0, +) == 95 }
         try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 95 }
@@ -224,7 +269,9 @@ struct ConfiguredHostTests {
     func maxInFlight() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 maxInFlight: 5
@@ -255,9 +302,12 @@ struct ConfiguredHostTests {
     func flagsFromTheFile() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = HostFixture.uniqueGroup()
-        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "\"orders/1\": on\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             flags:
               default: off
               file: \(flagFile)
@@ -265,8 +315,10 @@ struct ConfiguredHostTests {
             topics:
               orders: {}
             """)
-        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 0, logger: HostFixture.logger)
-        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
         let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -279,11 +331,15 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("breaker fields { restartBackoff, trip { crashes, within } }: a shard that keeps failing restarts, then trips at the second crash")
+    @Test(
+        "breaker fields { restartBackoff, trip { crashes, within } }: a shard that keeps failing restarts, then trips at the second crash"
+    )
     func breakerFields() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 2, within: 10m }, cooldown: never }
@@ -291,12 +347,14 @@ struct ConfiguredHostTests {
         try await Self.produce(cluster, count: 5, poisonAt: 1)
         let calls = Locked(0)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") {
-                calls.withLock { $0 += 1 }
-                throw TestFailure(description: "cannot parse")
-            }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") {
+                    calls.withLock { $0 += 1 }
+                    throw TestFailure(description: "cannot parse")
+                }
+            })
         let running = Self.run(host)
         try await waitUntil("tripped") {
             guard let shard = host.shards.first, case .tripped = shard.state else { return false }
@@ -312,7 +370,9 @@ struct ConfiguredHostTests {
     func breakerPresets(_ preset: String) async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 breaker: { preset: \(preset), restartBackoff: \(preset == "backoff" ? "100ms..200ms" : "10ms..20ms") }
@@ -321,12 +381,14 @@ struct ConfiguredHostTests {
         try await Self.produce(cluster, count: 5, poisonAt: 1)
         let calls = Locked(0)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") {
-                calls.withLock { $0 += 1 }
-                throw TestFailure(description: "cannot parse")
-            }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") {
+                    calls.withLock { $0 += 1 }
+                    throw TestFailure(description: "cannot parse")
+                }
+            })
         let running = Self.run(host)
         // The host is stopped however the waits end: a shard left crash-looping would load every later test
         // (each thrown error in a test process captures a backtrace). The backoff preset never trips, so its
@@ -334,7 +396,9 @@ struct ConfiguredHostTests {
         do {
             if preset == "backoff" {
                 try await waitUntil("restarted past five crashes") { calls.value >= 8 }
-                #expect(host.shards.first.map { if case .tripped = $0.state { false } else { true } } == true, "backoff never trips")
+                #expect(
+                    host.shards.first.map { if case .tripped = $0.state { false } else { true } } == true,
+                    "backoff never trips")
             } else {
                 try await waitUntil("tripped") {
                     guard let shard = host.shards.first, case .tripped = shard.state else { return false }
@@ -349,17 +413,23 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("host.revokeTimeout: revoked shards whose calls hang keep their partitions until revokeTimeout of the host's clock, then the new member gets them")
+    @Test(
+        "host.revokeTimeout: revoked shards whose calls hang keep their partitions until revokeTimeout of the host's clock, then the new member gets them"
+    )
     func revokeTimeoutSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "revokeTimeout: 3s\n  drainTimeout: 10m\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "revokeTimeout: 3s\n  drainTimeout: 10m\n  shutdownTimeout: 10s",
+            """
             topics:
               orders: { handlerTimeout: 10m }
             """)
         #expect(configuration.revokeTimeout == .seconds(3))
         for partition in 0..<2 {
-            try await cluster.produce(topic: "orders", values: (0..<5).map { "ok-\($0)" }, partition: Int32(partition), logger: HostFixture.logger)
+            try await cluster.produce(
+                topic: "orders", values: (0..<5).map { "ok-\($0)" }, partition: Int32(partition),
+                logger: HostFixture.logger)
         }
         let clock = ManualHostClock()
         let hang = HangingHandler()
@@ -379,11 +449,17 @@ struct ConfiguredHostTests {
         // Short of the session timeout: a member that holds its revoked partitions longer is removed from the
         // group by the coordinator (the embedded cluster's rebalance timeout).
         try await clock.tick(first, by: .seconds(2))
-        #expect(first.shards.filter { $0.state == .draining }.map(\.topicPartition) == revoked, "still held 2 s in: \(first.shards.map(\.state))")
+        #expect(
+            first.shards.filter { $0.state == .draining }.map(\.topicPartition) == revoked,
+            "still held 2 s in: \(first.shards.map(\.state))")
         #expect(handled.distinct == 0, "nothing handed to the new member yet")
         try await clock.tick(first, by: .seconds(2))
-        try await waitUntil("past revokeTimeout the partitions are released and the new member handles its share") { handled.distinct >= 5 }
-        #expect(Set(handled.all.value.map(\.partition)) == Set(revoked.map(\.partition)), "the new member handles what was revoked")
+        try await waitUntil("past revokeTimeout the partitions are released and the new member handles its share") {
+            handled.distinct >= 5
+        }
+        #expect(
+            Set(handled.all.value.map(\.partition)) == Set(revoked.map(\.partition)),
+            "the new member handles what was revoked")
         #expect(!hang.released, "released while the first host's calls still hang")
         hang.release()
         try await Self.stop(second, secondRunning)
@@ -394,7 +470,9 @@ struct ConfiguredHostTests {
     func kafkaProperties() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, kafka: "  properties: { auto.offset.reset: latest }", """
+        let configuration = try await Self.load(
+            cluster, group: group, kafka: "  properties: { auto.offset.reset: latest }",
+            """
             topics:
               orders: {}
             """)
@@ -410,7 +488,9 @@ struct ConfiguredHostTests {
             try await cluster.produce(topic: "orders", values: ["late"], partition: 0, logger: HostFixture.logger)
             return handled.count > 0
         }
-        #expect(handled.all.value.allSatisfy { $0.offset >= 10 && $0.value == KafkaBytes("late") }, "the ten there before were skipped")
+        #expect(
+            handled.all.value.allSatisfy { $0.offset >= 10 && $0.value == KafkaBytes("late") },
+            "the ten there before were skipped")
         try await Self.stop(host, running)
     }
 
@@ -418,7 +498,9 @@ struct ConfiguredHostTests {
     func controlTopicFromTheFile() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "ops.control": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             control:
               enabled: true
               topic: ops.control
@@ -426,7 +508,8 @@ struct ConfiguredHostTests {
               orders: {}
             """)
         #expect(configuration.controlTopic == "ops.control")
-        let writer = try ControlPlaneWriter(bootstrapServers: cluster.bootstrapServers, topic: "ops.control", logger: HostFixture.logger)
+        let writer = try ControlPlaneWriter(
+            bootstrapServers: cluster.bootstrapServers, topic: "ops.control", logger: HostFixture.logger)
         let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -444,20 +527,25 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("host { stateDirectory, crashJournal }: the journal is kept in the named directory, and not at all with crashJournal off")
+    @Test(
+        "host { stateDirectory, crashJournal }: the journal is kept in the named directory, and not at all with crashJournal off"
+    )
     func crashJournalSetting() async throws {
         for enabled in [true, false] {
             let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
             let group = HostFixture.uniqueGroup()
-            let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-journal-\(UUID().uuidString)").path
+            let state = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "sluice-journal-\(UUID().uuidString)"
+            ).path
             // A file of its own: the helper's host section names a directory already.
-            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml").path
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-\(UUID().uuidString).yaml")
+                .path
             try """
-                kafka: { bootstrap: "\(cluster.bootstrapServers)", group: \(group), sessionTimeout: 6s }
-                host: { stateDirectory: \(state), crashJournal: \(enabled ? "on" : "off"), shutdownTimeout: 10s }
-                admin: { enabled: off }
-                topics: { orders: {} }
-                """.write(toFile: path, atomically: true, encoding: .utf8)
+            kafka: { bootstrap: "\(cluster.bootstrapServers)", group: \(group), sessionTimeout: 6s }
+            host: { stateDirectory: \(state), crashJournal: \(enabled ? "on" : "off"), shutdownTimeout: 10s }
+            admin: { enabled: off }
+            topics: { orders: {} }
+            """.write(toFile: path, atomically: true, encoding: .utf8)
             let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
             #expect(configuration.stateDirectory == state && configuration.crashJournal == enabled)
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
@@ -470,11 +558,14 @@ struct ConfiguredHostTests {
         }
     }
 
-    @Test("host.handlerThreads: handler code runs on that many of Sluice's handler threads, however many lanes there are")
+    @Test(
+        "host.handlerThreads: handler code runs on that many of Sluice's handler threads, however many lanes there are")
     func handlerThreads() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "handlerThreads: 3\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "handlerThreads: 3\n  shutdownTimeout: 10s",
+            """
             topics:
               orders:
                 ordering: key
@@ -485,12 +576,14 @@ struct ConfiguredHostTests {
         let threads = Locked<Set<String>>([])
         let handled = Locked(0)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { _, _ in
-            threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
-            try await Task.sleep(for: .milliseconds(1))
-            threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
-            handled.withLock { $0 += 1 }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { _, _ in
+                threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
+                try await Task.sleep(for: .milliseconds(1))
+                threads.withLock { _ = $0.insert(RuntimeTests.threadName()) }
+                handled.withLock { $0 += 1 }
+            })
         let running = Self.run(host)
         try await waitUntil("all handled") { handled.value == 400 }
         try await Self.stop(host, running)
@@ -498,13 +591,18 @@ struct ConfiguredHostTests {
         #expect(threads.value.count <= 3, "at most handlerThreads threads: \(threads.value.sorted())")
     }
 
-    @Test("host.drainTimeout: a flag turned off while a handler call hangs stops the shard after drainTimeout, not when the call ends")
+    @Test(
+        "host.drainTimeout: a flag turned off while a handler call hangs stops the shard after drainTimeout, not when the call ends"
+    )
     func drainTimeoutSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml").path
+        let flagFile = FileManager.default.temporaryDirectory.appendingPathComponent("flags-\(UUID().uuidString).yaml")
+            .path
         try "{}\n".write(toFile: flagFile, atomically: true, encoding: .utf8)
-        let configuration = try await Self.load(cluster, group: group, host: "drainTimeout: 200ms\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "drainTimeout: 200ms\n  shutdownTimeout: 10s",
+            """
             flags: { file: \(flagFile), pollInterval: 50ms }
             topics:
               orders: { handlerTimeout: 10m }
@@ -527,7 +625,9 @@ struct ConfiguredHostTests {
     func shutdownTimeoutSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "shutdownTimeout: 300ms\n  drainTimeout: 10m", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "shutdownTimeout: 300ms\n  drainTimeout: 10m",
+            """
             topics:
               orders: { handlerTimeout: 10m }
             """)
@@ -549,7 +649,9 @@ struct ConfiguredHostTests {
     func stallAfterSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "stallAfter: 1s\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "stallAfter: 1s\n  shutdownTimeout: 10s",
+            """
             topics:
               orders: { handlerTimeout: 10m }
             """)
@@ -565,11 +667,15 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("host.lagRefreshInterval: a shard whose flag is off (paused, fetching nothing) still sees its high watermark follow new messages")
+    @Test(
+        "host.lagRefreshInterval: a shard whose flag is off (paused, fetching nothing) still sees its high watermark follow new messages"
+    )
     func lagRefreshIntervalSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "lagRefreshInterval: 200ms\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "lagRefreshInterval: 200ms\n  shutdownTimeout: 10s",
+            """
             flags: { default: off }
             topics:
               orders: {}
@@ -584,11 +690,15 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("topics.maxAbandonedCalls: 0 trips a shard at its first handler call abandoned past handlerTimeout, whatever the breaker says")
+    @Test(
+        "topics.maxAbandonedCalls: 0 trips a shard at its first handler call abandoned past handlerTimeout, whatever the breaker says"
+    )
     func maxAbandonedCallsSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 handlerTimeout: 200ms
@@ -596,7 +706,9 @@ struct ConfiguredHostTests {
                 abandonTimeout: 1s
                 breaker: { restartBackoff: 10ms..20ms, trip: never }
             """)
-        #expect(configuration.topics["orders"]?.maxAbandonedCalls == 0 && configuration.topics["orders"]?.abandonTimeout == .seconds(1))
+        #expect(
+            configuration.topics["orders"]?.maxAbandonedCalls == 0
+                && configuration.topics["orders"]?.abandonTimeout == .seconds(1))
         try await Self.produce(cluster, count: 3)
         let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
@@ -614,7 +726,9 @@ struct ConfiguredHostTests {
     func breakerCooldown() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 breaker: { restartBackoff: 10ms..20ms, trip: { crashes: 1 }, cooldown: 10s }
@@ -623,13 +737,15 @@ struct ConfiguredHostTests {
         let failedOnce = Locked(false)
         let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison"), !failedOnce.value {
-                failedOnce.withLock { $0 = true }
-                throw TestFailure(description: "downstream unavailable")
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison"), !failedOnce.value {
+                    failedOnce.withLock { $0 = true }
+                    throw TestFailure(description: "downstream unavailable")
+                }
+                handled.append(message)
+            })
         let running = Self.run(host)
         // Tripped for the 10 s cooldown: long enough that no poll of a loaded machine misses it.
         try await waitUntil("tripped at the first crash") {
@@ -643,11 +759,15 @@ struct ConfiguredHostTests {
         try await Self.stop(host, running)
     }
 
-    @Test("kafka.producerProperties reach the dead-letter producer: message.max.bytes below a message's size fails its dead-letter write")
+    @Test(
+        "kafka.producerProperties reach the dead-letter producer: message.max.bytes below a message's size fails its dead-letter write"
+    )
     func producerProperties() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1, "orders.dlq": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, kafka: "  producerProperties: { message.max.bytes: \"1000\" }", """
+        let configuration = try await Self.load(
+            cluster, group: group, kafka: "  producerProperties: { message.max.bytes: \"1000\" }",
+            """
             topics:
               orders:
                 onFailure: { then: deadLetter }
@@ -655,7 +775,8 @@ struct ConfiguredHostTests {
                 breaker: latched
             """)
         #expect(configuration.kafka.producerProperties["message.max.bytes"] == "1000")
-        try await cluster.produce(topic: "orders", values: [String(repeating: "x", count: 2_000)], partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: [String(repeating: "x", count: 2_000)], partition: 0, logger: HostFixture.logger)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in throw TestFailure(description: "refused") })
         let running = Self.run(host)
@@ -670,7 +791,9 @@ struct ConfiguredHostTests {
     func healthyAfterSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             topics:
               orders:
                 breaker: { preset: backoff, restartBackoff: 10ms..20ms, healthyAfter: 2s }
@@ -680,27 +803,37 @@ struct ConfiguredHostTests {
         let failedOnce = Locked(false)
         let handled = HandledMessages()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison"), !failedOnce.value {
-                failedOnce.withLock { $0 = true }
-                throw TestFailure(description: "once")
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison"), !failedOnce.value {
+                    failedOnce.withLock { $0 = true }
+                    throw TestFailure(description: "once")
+                }
+                handled.append(message)
+            })
         let running = Self.run(host)
         // The poison is handled only by the pipeline started after the crash: the shard restarted (attempt 1).
-        try await waitUntil("restarted after the crash, every message handled") { failedOnce.value && handled.distinct == 3 }
+        try await waitUntil("restarted after the crash, every message handled") {
+            failedOnce.value && handled.distinct == 3
+        }
         // Not sampled while it lasts (a loaded machine can miss a 2 s window): its end is what healthyAfter promises.
-        try await waitUntil("healthy again: attempt 0") { host.shards.first.map { $0.state == .running && $0.attempt == 0 } == true }
+        try await waitUntil("healthy again: attempt 0") {
+            host.shards.first.map { $0.state == .running && $0.attempt == 0 } == true
+        }
         try await Self.stop(host, running)
     }
 
-    @Test("host { blockedThreadAfter, maxHandlerThreads }: a handler holding its thread that long counts as blocking, and another thread takes its place")
+    @Test(
+        "host { blockedThreadAfter, maxHandlerThreads }: a handler holding its thread that long counts as blocking, and another thread takes its place"
+    )
     func blockedThreadSettings() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let group = HostFixture.uniqueGroup()
         let configuration = try await Self.load(
-            cluster, group: group, host: "handlerThreads: 2\n  maxHandlerThreads: 4\n  blockedThreadAfter: 200ms\n  shutdownTimeout: 10s", """
+            cluster, group: group,
+            host: "handlerThreads: 2\n  maxHandlerThreads: 4\n  blockedThreadAfter: 200ms\n  shutdownTimeout: 10s",
+            """
             topics:
               orders: { handlerTimeout: 10m }
             """)
@@ -709,16 +842,19 @@ struct ConfiguredHostTests {
         let release = Locked(false)
         let handledOther = Locked(0)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("block") {
-                while !release.value { usleep(5_000) }  // holds its thread, never suspends
-            } else {
-                handledOther.withLock { $0 += 1 }
-            }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("block") {
+                    while !release.value { usleep(5_000) }  // holds its thread, never suspends
+                } else {
+                    handledOther.withLock { $0 += 1 }
+                }
+            })
         let running = Self.run(host)
         try await waitUntil("counted as blocking") { host.blockedHandlerThreads == 1 }
-        try await cluster.produce(topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: (0..<20).map { "ok-\($0)" }, partition: 1, logger: HostFixture.logger)
         try await waitUntil("the other partition handled meanwhile") { handledOther.value == 20 }
         release.withLock { $0 = true }
         try await waitUntil("no longer blocking") { host.blockedHandlerThreads == 0 }
@@ -727,15 +863,16 @@ struct ConfiguredHostTests {
 
     @Test("control.loadTimeout: a host that cannot read its control topic within it does not start, and says why")
     func controlLoadTimeoutSetting() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-load-timeout-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-load-timeout-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("sluice.yaml").path
         try """
-            kafka: { bootstrap: "127.0.0.1:1", group: load-timeout, sessionTimeout: 6s }
-            host: { stateDirectory: \(directory.path)/state }
-            control: { enabled: true, loadTimeout: 1s }
-            topics: { orders: {} }
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        kafka: { bootstrap: "127.0.0.1:1", group: load-timeout, sessionTimeout: 6s }
+        host: { stateDirectory: \(directory.path)/state }
+        control: { enabled: true, loadTimeout: 1s }
+        topics: { orders: {} }
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
         #expect(configuration.control.loadTimeout == .seconds(1))
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
@@ -746,17 +883,23 @@ struct ConfiguredHostTests {
 }
 
 extension ConfiguredHostTests {
-    @Test("host.memoryBudget bounds messages in flight by bytes: with 200 KiB messages and a hung handler, far fewer than maxInFlight are taken")
+    @Test(
+        "host.memoryBudget bounds messages in flight by bytes: with 200 KiB messages and a hung handler, far fewer than maxInFlight are taken"
+    )
     func memoryBudgetSetting() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, host: "memoryBudget: 16MiB\n  shutdownTimeout: 10s", """
+        let configuration = try await Self.load(
+            cluster, group: group, host: "memoryBudget: 16MiB\n  shutdownTimeout: 10s",
+            """
             topics:
               orders: { maxInFlight: 1000, handlerTimeout: 10m }
             """)
         #expect(configuration.memoryBudget == 16 << 20)
         // 4 MB in one partition (the mock keeps 5 MiB a partition).
-        try await cluster.produce(topic: "orders", values: (0..<20).map { _ in String(repeating: "x", count: 200 << 10) }, partition: 0, logger: HostFixture.logger)
+        try await cluster.produce(
+            topic: "orders", values: (0..<20).map { _ in String(repeating: "x", count: 200 << 10) }, partition: 0,
+            logger: HostFixture.logger)
         let hang = HangingHandler()
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", hang)
@@ -769,7 +912,9 @@ extension ConfiguredHostTests {
         }
         // A quarter of the budget for messages in flight, 4 MiB, split over the host's 4 partitions: 1 MiB, five
         // messages of 200 KiB (one more while the average size is learned).
-        #expect(seen.allSatisfy { $0 <= 6 } && seen.contains { $0 > 0 }, "in flight bounded by the byte budget, not maxInFlight 1000: \(seen)")
+        #expect(
+            seen.allSatisfy { $0 <= 6 } && seen.contains { $0 > 0 },
+            "in flight bounded by the byte budget, not maxInFlight 1000: \(seen)")
         hang.release()
         try await waitUntil("committed to the end") { try await Self.committed(cluster, group: group) == 20 }
         try await Self.stop(host, running)
@@ -777,11 +922,15 @@ extension ConfiguredHostTests {
 }
 
 extension ConfiguredHostTests {
-    @Test("control { createTopics, replicationFactor } from the file: a starting host creates the control and audit topics, one partition each (on tansu; the mock has no CreateTopics and auto-creates them)")
+    @Test(
+        "control { createTopics, replicationFactor } from the file: a starting host creates the control and audit topics, one partition each (on tansu; the mock has no CreateTopics and auto-creates them)"
+    )
     func controlCreateTopicsSetting() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 1])
         let group = HostFixture.uniqueGroup()
-        let configuration = try await Self.load(cluster, group: group, """
+        let configuration = try await Self.load(
+            cluster, group: group,
+            """
             control: { enabled: true, createTopics: on, replicationFactor: 1 }
             topics:
               orders: {}
@@ -791,9 +940,12 @@ extension ConfiguredHostTests {
         host.register("orders", ClosureHandler { _, _ in })
         let running = Self.run(host)
         try await waitUntil("running", timeout: .seconds(90)) { host.shards.first?.state == .running }
-        for topic in [configuration.controlTopic, ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic)] {
+        for topic in [
+            configuration.controlTopic, ControlPlaneWriter.auditTopic(forControl: configuration.controlTopic),
+        ] {
             let found = try await KafkaTopicAdmin.ensure(
-                .init(name: topic, partitions: 1, replicationFactor: 1), bootstrapServers: cluster.bootstrapServers, timeout: .seconds(30))
+                .init(name: topic, partitions: 1, replicationFactor: 1), bootstrapServers: cluster.bootstrapServers,
+                timeout: .seconds(30))
             if cluster is EmbeddedKafkaCluster {
                 // Auto-created by the host's first read or write, with the mock's default partition count.
                 guard case .existed = found else {

@@ -41,12 +41,15 @@ struct ControlCatchUpTests {
         let control = HeldControl()
         let handlers = try host.startOnce()
         let running = Task {
-            try await host.run(handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil, shardControl: control)
+            try await host.run(
+                handlers: handlers, consumer: consumer, producer: nil, deadLetters: nil, shardControl: control)
         }
         return (host, handled, consumer, control, running)
     }
 
-    @Test("while the control topic is read for a new assignment, the running shards' events are handled; the new shard starts once it was read")
+    @Test(
+        "while the control topic is read for a new assignment, the running shards' events are handled; the new shard starts once it was read"
+    )
     func otherShardsGoOn() async throws {
         let (host, handled, consumer, control, running) = try Self.start()
         let first = TopicPartition("orders", 0)
@@ -64,9 +67,13 @@ struct ControlCatchUpTests {
         // An operator turns the first shard off meanwhile: the loop acts on it at once.
         host.operatorFlags.set(.partition(first), enabled: false)
         await host.flags.refresh()
-        try await waitUntil("the first shard is off while the catch-up waits") { host.shards.first { $0.topicPartition == first }?.state == .off }
+        try await waitUntil("the first shard is off while the catch-up waits") {
+            host.shards.first { $0.topicPartition == first }?.state == .off
+        }
         #expect(!host.shards.contains { $0.topicPartition == second }, "the second shard waits for the control topic")
-        #expect(handled.all.value.allSatisfy { $0.partition == 0 }, "nothing of the second partition handled before the catch-up")
+        #expect(
+            handled.all.value.allSatisfy { $0.partition == 0 },
+            "nothing of the second partition handled before the catch-up")
 
         hang.release()
         try await waitUntil("the second shard starts once the control topic was read") {
@@ -87,7 +94,9 @@ struct ControlCatchUpTests {
         consumer.append(partition, count: 3)
         try await waitUntil("the catch-up started") { control.catchUps.value == 1 }
         consumer.revoke([partition])
-        try await waitUntil("the revocation is released while the catch-up waits") { consumer.releasedPartitions == [partition] }
+        try await waitUntil("the revocation is released while the catch-up waits") {
+            consumer.releasedPartitions == [partition]
+        }
         hang.release()
         // The loop handles its inputs in order: once a later tick is handled, the catch-up's end was too.
         let ticks = host.ticks

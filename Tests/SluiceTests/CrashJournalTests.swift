@@ -27,11 +27,13 @@ struct CrashJournalTests {
         return (fault, slot)
     }
 
-    @Test("a fault is blamed on a lane's message only while that lane's task runs its handler call on Sluice's executor")
+    @Test(
+        "a fault is blamed on a lane's message only while that lane's task runs its handler call on Sluice's executor")
     func attribution() async throws {
         let (journal, _) = try CrashJournal.open(directory: directory(), logger: logger)
         defer { journal.relinquish() }
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 2, maximumThreads: 2, blockedAfter: .seconds(10), clock: SystemHostClock())
+        let executor = ThreadPoolExecutor(
+            name: "test-handlers", threads: 2, maximumThreads: 2, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let slot = try #require(journal.acquire(TopicPartition("orders", 3), generation: 9))
         let seen = await Task(executorPreference: executor) { () -> [(Int32, Int32)] in
@@ -73,7 +75,8 @@ struct CrashJournalTests {
     func findingAfterDeath() async throws {
         let directory = directory()
         let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
+        let executor = ThreadPoolExecutor(
+            name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let bystander = try #require(dead.acquire(TopicPartition("payments", 1), generation: 4))
         bystander.begin(700, count: 50)
@@ -91,14 +94,18 @@ struct CrashJournalTests {
         #expect(findings.count == 1)
         #expect(finding.signalName == "SIGILL")
         #expect(finding.fault == .handler)
-        #expect(finding.culprit == CrashFinding.Call(topicPartition: TopicPartition("orders", 3), offset: 42, count: 1, generation: 5))
+        #expect(
+            finding.culprit
+                == CrashFinding.Call(topicPartition: TopicPartition("orders", 3), offset: 42, count: 1, generation: 5))
         #expect(Set(finding.inFlight.map(\.description)) == ["orders/3@42", "payments/1@700+50"])
         next.relinquish()
         let (_, again) = try CrashJournal.open(directory: directory, logger: logger)
         #expect(again.isEmpty, "a journal is read once")
     }
 
-    @Test("no finding after a clean stop, after a death with no fatal signal (kill -9), or from a journal a live process holds")
+    @Test(
+        "no finding after a clean stop, after a death with no fatal signal (kill -9), or from a journal a live process holds"
+    )
     func nothingToBlame() throws {
         let directory = directory()
         let (clean, _) = try CrashJournal.open(directory: directory, logger: logger)
@@ -122,7 +129,9 @@ struct CrashJournalTests {
         #expect(fourth.map(\.fault) == [.unknown], "a fault on an unknown thread: nobody attributed")
     }
 
-    @Test("an unattributed death while exactly one suspect ran alone names that suspect; with none running alone, all are suspects")
+    @Test(
+        "an unattributed death while exactly one suspect ran alone names that suspect; with none running alone, all are suspects"
+    )
     func elimination() throws {
         let directory = directory()
         let (first, _) = try CrashJournal.open(directory: directory, logger: logger)
@@ -149,7 +158,9 @@ struct CrashJournalTests {
         let (journal, findings) = try CrashJournal.open(directory: directory, logger: logger)
         #expect(findings.isEmpty)
         #expect(journal.path == directory + "/crash-journal-1.bin", "the foreign file is not taken over")
-        #expect(FileManager.default.contents(atPath: directory + "/crash-journal-0.bin") == Data(repeating: 7, count: 8192), "nor overwritten")
+        #expect(
+            FileManager.default.contents(atPath: directory + "/crash-journal-0.bin") == Data(repeating: 7, count: 8192),
+            "nor overwritten")
         journal.relinquish()
         let unwritable = "/proc/sluice-cannot-create-this"
         #expect(throws: SluiceError.self) { _ = try CrashJournal.open(directory: unwritable, logger: logger) }
@@ -160,39 +171,62 @@ struct CrashJournalTests {
 struct StateDirectoryTests {
     let logger = Logger(label: "sluice.test")
 
-    @Test("a symbolic link in place of a journal (to a file, or dangling) is not followed; the directory is 0700 and the journal 0600, allocated, not sparse")
+    @Test(
+        "a symbolic link in place of a journal (to a file, or dangling) is not followed; the directory is 0700 and the journal 0600, allocated, not sparse"
+    )
     func links() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-links-\(UUID().uuidString)/state").path
-        let outside = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-outside-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-links-\(UUID().uuidString)/state"
+        ).path
+        let outside = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-outside-\(UUID().uuidString)"
+        ).path
         try Data(repeating: 1, count: 8192).write(to: URL(fileURLWithPath: outside))
         let (first, _) = try CrashJournal.open(directory: directory, logger: logger)
         first.relinquish()
         try FileManager.default.removeItem(atPath: directory + "/crash-journal-0.bin")
-        try FileManager.default.createSymbolicLink(atPath: directory + "/crash-journal-0.bin", withDestinationPath: outside)
-        try FileManager.default.createSymbolicLink(atPath: directory + "/crash-journal-1.bin", withDestinationPath: outside + "-dangling")
+        try FileManager.default.createSymbolicLink(
+            atPath: directory + "/crash-journal-0.bin", withDestinationPath: outside)
+        try FileManager.default.createSymbolicLink(
+            atPath: directory + "/crash-journal-1.bin", withDestinationPath: outside + "-dangling")
         let (journal, _) = try CrashJournal.open(directory: directory, logger: logger)
         defer { journal.relinquish() }
         #expect(journal.path == directory + "/crash-journal-2.bin")
-        #expect(FileManager.default.contents(atPath: outside) == Data(repeating: 1, count: 8192), "the linked file is untouched")
-        #expect(!FileManager.default.fileExists(atPath: outside + "-dangling"), "a dangling link's target is not created")
+        #expect(
+            FileManager.default.contents(atPath: outside) == Data(repeating: 1, count: 8192),
+            "the linked file is untouched")
+        #expect(
+            !FileManager.default.fileExists(atPath: outside + "-dangling"), "a dangling link's target is not created")
         var status = stat()
         #expect(stat(directory, &status) == 0 && status.st_mode & 0o777 == 0o700)
         #expect(stat(journal.path, &status) == 0 && status.st_mode & 0o777 == 0o600)
-        #expect(Int(status.st_blocks) * 512 >= Int(status.st_size), "allocated: a full disk fails at start, not as a SIGBUS later")
+        #expect(
+            Int(status.st_blocks) * 512 >= Int(status.st_size),
+            "allocated: a full disk fails at start, not as a SIGBUS later")
     }
 
-    @Test("a quarantines.json left by a run against another cluster holds nothing on a new one (every message handled, the file set aside); the same file of this cluster and group holds its partition at the message")
+    @Test(
+        "a quarantines.json left by a run against another cluster holds nothing on a new one (every message handled, the file set aside); the same file of this cluster and group holds its partition at the message"
+    )
     func quarantineFileOfAnotherCluster() async throws {
         for owned in [false, true] {
             let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
             let group = HostFixture.uniqueGroup()
             let configuration = try await ConfiguredHostTests.load(cluster, group: group, "topics:\n  orders: {}\n")
             try await ConfiguredHostTests.produce(cluster, count: 10)
-            let clusterID = owned ? try await KafkaClusterID.query(bootstrapServers: cluster.bootstrapServers, timeout: .seconds(10)) : "an-earlier-cluster"
-            try FileManager.default.createDirectory(atPath: configuration.stateDirectory, withIntermediateDirectories: true)
-            let quarantine = Quarantine(offset: 5, crashes: 3, state: .quarantined, signal: "SIGILL", host: "old-host", atMilliseconds: 1_000)
-            try LocalQuarantineFile(directory: configuration.stateDirectory, owner: StateOwner(cluster: clusterID, group: group), logger: logger)
-                .set(TopicPartition("orders", 0), quarantine)
+            let clusterID =
+                owned
+                ? try await KafkaClusterID.query(bootstrapServers: cluster.bootstrapServers, timeout: .seconds(10))
+                : "an-earlier-cluster"
+            try FileManager.default.createDirectory(
+                atPath: configuration.stateDirectory, withIntermediateDirectories: true)
+            let quarantine = Quarantine(
+                offset: 5, crashes: 3, state: .quarantined, signal: "SIGILL", host: "old-host", atMilliseconds: 1_000)
+            try LocalQuarantineFile(
+                directory: configuration.stateDirectory, owner: StateOwner(cluster: clusterID, group: group),
+                logger: logger
+            )
+            .set(TopicPartition("orders", 0), quarantine)
             let handled = HandledMessages()
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
             host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -206,18 +240,25 @@ struct StateDirectoryTests {
             } else {
                 try await waitUntil("every message handled") { handled.distinct == 10 }
                 let names = try FileManager.default.contentsOfDirectory(atPath: configuration.stateDirectory)
-                #expect(names.contains { $0.hasPrefix("quarantines.json.set-aside-") } && !names.contains("quarantines.json"), "\(names)")
+                #expect(
+                    names.contains { $0.hasPrefix("quarantines.json.set-aside-") }
+                        && !names.contains("quarantines.json"), "\(names)")
             }
             try await ConfiguredHostTests.stop(host, running)
         }
     }
 
-    @Test("a crash report is the dead process's first one after its start: an older report of the same PID (PID 1 in every container) is not used, a slow one is, a later one is not preferred, and a report is used once")
+    @Test(
+        "a crash report is the dead process's first one after its start: an older report of the same PID (PID 1 in every container) is not used, a slow one is, a later one is not preferred, and a report is used once"
+    )
     func crashReportOfThisDeath() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-reports-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-reports-\(UUID().uuidString)"
+        ).path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         func report(_ name: String, _ text: String, at date: Date) throws {
-            let json = #"{"kind":"crashReport","description":"\#(text)","threads":[{"name":"main","crashed":true,"frames":[]}]}"#
+            let json =
+                #"{"kind":"crashReport","description":"\#(text)","threads":[{"name":"main","crashed":true,"frames":[]}]}"#
             try json.write(toFile: "\(directory)/\(name)", atomically: true, encoding: .utf8)
             try FileManager.default.setAttributes([.modificationDate: date], ofItemAtPath: "\(directory)/\(name)")
         }
@@ -225,19 +266,26 @@ struct StateDirectoryTests {
         let died = started.addingTimeInterval(3_600)
         try report("OrderService-1-a.json", "an earlier process's death", at: started.addingTimeInterval(-86_400))
         let finding = CrashFinding(
-            signal: SIGILL, fault: .handler, culprit: nil, inFlight: [], pid: 1, diedAtMilliseconds: Int64(died.timeIntervalSince1970 * 1000),
+            signal: SIGILL, fault: .handler, culprit: nil, inFlight: [], pid: 1,
+            diedAtMilliseconds: Int64(died.timeIntervalSince1970 * 1000),
             startedAtMilliseconds: Int64(started.timeIntervalSince1970 * 1000), journal: "j")
         #expect(CrashReport.find(of: finding, in: directory) == nil, "the earlier PID 1's report is not this death's")
         // Written 90 s after the death was recorded (symbolicating on a loaded machine), and a later PID 1's after it.
         try report("OrderService-1-b.json", "this death", at: died.addingTimeInterval(90))
         try report("OrderService-1-c.json", "a later process's death", at: died.addingTimeInterval(600))
         #expect(CrashReport.find(of: finding, in: directory)?.hasPrefix("this death") == true)
-        #expect(CrashReport.find(of: finding, in: directory)?.hasPrefix("a later process's death") == true, "the first report after the start is this death's; used once")
+        #expect(
+            CrashReport.find(of: finding, in: directory)?.hasPrefix("a later process's death") == true,
+            "the first report after the start is this death's; used once")
     }
 
-    @Test("a journal whose header claims four billion slots, in a sparse 64 GiB file, is read up to the largest journal a host makes")
+    @Test(
+        "a journal whose header claims four billion slots, in a sparse 64 GiB file, is read up to the largest journal a host makes"
+    )
     func hugeCapacity() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-huge-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "sluice-huge-\(UUID().uuidString)"
+        ).path
         let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
         let path = dead.path
         dead.relinquish()
@@ -265,21 +313,28 @@ struct QuarantineTests {
         return logger
     }()
 
-    @Test("the runtime's JSON crash report is summarized: what happened, the crashed thread's frames, at most 2,000 characters")
+    @Test(
+        "the runtime's JSON crash report is summarized: what happened, the crashed thread's frames, at most 2,000 characters"
+    )
     func crashReport() throws {
         let frames = (0..<200).map { index in
             #"{"kind":"returnAddress","description":"frame\#(index) + 12","image":"Service","sourceLocation":{"file":"/src/Handler.swift","line":\#(index)}}"#
         }
-        let report = #"{"kind":"crashReport","description":"Illegal instruction","threads":[{"name":"main","frames":[]},"#
+        let report =
+            #"{"kind":"crashReport","description":"Illegal instruction","threads":[{"name":"main","frames":[]},"#
             + #"{"name":"sluice-handler-1","crashed":true,"frames":["# + frames.joined(separator: ",") + "]}]}"
         let summary = try #require(CrashReport.summarize(Data(report.utf8)))
-        #expect(summary.hasPrefix("Illegal instruction on thread sluice-handler-1\n  frame0 + 12 (Service) Handler.swift:0\n  frame1 + 12"))
+        #expect(
+            summary.hasPrefix(
+                "Illegal instruction on thread sluice-handler-1\n  frame0 + 12 (Service) Handler.swift:0\n  frame1 + 12"
+            ))
         #expect(summary.count <= CrashReport.limit && summary.hasSuffix("…"))
         #expect(CrashReport.summarize(Data(#"{"kind":"somethingElse"}"#.utf8)) == nil)
         #expect(CrashReport.summarize(Data("not json".utf8)) == nil)
     }
 
-    let sample = Quarantine(offset: 42, count: 1, crashes: 2, state: .quarantined, signal: "SIGILL", host: "h1", atMilliseconds: 1_000)
+    let sample = Quarantine(
+        offset: 42, count: 1, crashes: 2, state: .quarantined, signal: "SIGILL", host: "h1", atMilliseconds: 1_000)
 
     @Test("quarantine records round-trip; released is nil; bad ones are refused naming the key and the offset")
     func records() throws {
@@ -297,20 +352,32 @@ struct QuarantineTests {
             ("quarantine/orders/3", #"{"v":2,"state":"quarantined","offset":1}"#, "schema version 2"),
         ]
         for (key, value, says) in bad {
-            let error = #expect(throws: ControlRecordRejected.self) { try ControlRecord.parse(key: key, value: Array(value.utf8), offset: 77) }
-            #expect(error?.description.contains(says) == true && error?.description.contains("offset 77") == true, "\(error?.description ?? "")")
+            let error = #expect(throws: ControlRecordRejected.self) {
+                try ControlRecord.parse(key: key, value: Array(value.utf8), offset: 77)
+            }
+            #expect(
+                error?.description.contains(says) == true && error?.description.contains("offset 77") == true,
+                "\(error?.description ?? "")")
         }
     }
 
-    @Test("an operator's release: retry clears it, skip and deadLetter keep it with who and why; another offset is refused")
+    @Test(
+        "an operator's release: retry clears it, skip and deadLetter keep it with who and why; another offset is refused"
+    )
     func releases() throws {
         let topicPartition = TopicPartition("orders", 3)
-        #expect(try sample.released(.retry, offset: sample.offset, who: "ann", reason: "fixed", of: topicPartition) == nil)
+        #expect(
+            try sample.released(.retry, offset: sample.offset, who: "ann", reason: "fixed", of: topicPartition) == nil)
         for (release, state) in [(Quarantine.Release.skip, Quarantine.State.skip), (.deadLetter, .deadLetter)] {
-            let released = try #require(try sample.released(release, offset: nil, who: "ann", reason: "poison", of: topicPartition))
-            #expect(released.state == state && released.who == "ann" && released.reason == "poison" && released.offset == sample.offset)
+            let released = try #require(
+                try sample.released(release, offset: nil, who: "ann", reason: "poison", of: topicPartition))
+            #expect(
+                released.state == state && released.who == "ann" && released.reason == "poison"
+                    && released.offset == sample.offset)
             let (key, value) = ControlRecord.quarantine(topicPartition, released).encoded
-            #expect(try ControlRecord.parse(key: key, value: value, offset: 1) == .quarantine(topicPartition, released), "\(state) round-trips")
+            #expect(
+                try ControlRecord.parse(key: key, value: value, offset: 1) == .quarantine(topicPartition, released),
+                "\(state) round-trips")
         }
         let error = #expect(throws: SluiceError.self) {
             _ = try sample.released(.deadLetter, offset: sample.offset + 1, who: nil, reason: nil, of: topicPartition)
@@ -320,72 +387,106 @@ struct QuarantineTests {
 
     @Test("the state-directory file keeps quarantines across restarts; a damaged one stops the start, naming it")
     func localFile() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)")
+            .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let owner = StateOwner(cluster: "c1", group: "g")
         let file = try LocalQuarantineFile(directory: directory, owner: owner, logger: logger)
         try file.set(TopicPartition("orders", 3), sample)
-        #expect(try LocalQuarantineFile(directory: directory, owner: owner, logger: logger).all == [TopicPartition("orders", 3): sample])
+        #expect(
+            try LocalQuarantineFile(directory: directory, owner: owner, logger: logger).all == [
+                TopicPartition("orders", 3): sample
+            ])
         try file.set(TopicPartition("orders", 3), nil)
         #expect(try LocalQuarantineFile(directory: directory, owner: owner, logger: logger).all.isEmpty)
-        try Data(#"{"cluster": "c1", "group": "g", "quarantines": {"orders": {}}}"#.utf8).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
-        let error = #expect(throws: SluiceError.self) { _ = try LocalQuarantineFile(directory: directory, owner: owner, logger: logger) }
-        #expect(error?.message.contains("quarantines.json") == true && error?.message.contains("'orders'") == true, "\(error?.message ?? "")")
+        try Data(#"{"cluster": "c1", "group": "g", "quarantines": {"orders": {}}}"#.utf8).write(
+            to: URL(fileURLWithPath: directory + "/quarantines.json"))
+        let error = #expect(throws: SluiceError.self) {
+            _ = try LocalQuarantineFile(directory: directory, owner: owner, logger: logger)
+        }
+        #expect(
+            error?.message.contains("quarantines.json") == true && error?.message.contains("'orders'") == true,
+            "\(error?.message ?? "")")
     }
 
-    @Test("a quarantine file of another cluster, of another group, or naming none (written before files did) is set aside whole: none of it applies, nothing of it is lost")
+    @Test(
+        "a quarantine file of another cluster, of another group, or naming none (written before files did) is set aside whole: none of it applies, nothing of it is lost"
+    )
     func localFileOfAnotherOwner() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)").path
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-q-\(UUID().uuidString)")
+            .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let here = StateOwner(cluster: "new-cluster", group: "g")
-        for other in [StateOwner(cluster: "old-cluster", group: "g"), StateOwner(cluster: "new-cluster", group: "other-group"), nil] as [StateOwner?] {
+        for other in [
+            StateOwner(cluster: "old-cluster", group: "g"), StateOwner(cluster: "new-cluster", group: "other-group"),
+            nil,
+        ] as [StateOwner?] {
             if let other {
-                try LocalQuarantineFile(directory: directory, owner: other, logger: logger).set(TopicPartition("orders", 0), sample)
+                try LocalQuarantineFile(directory: directory, owner: other, logger: logger).set(
+                    TopicPartition("orders", 0), sample)
             } else {
                 // The file as hosts wrote it before it named its owner.
                 let object = ["orders/0": sample.object()]
-                try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: directory + "/quarantines.json"))
+                try JSONSerialization.data(withJSONObject: object).write(
+                    to: URL(fileURLWithPath: directory + "/quarantines.json"))
             }
             let written = try Data(contentsOf: URL(fileURLWithPath: directory + "/quarantines.json"))
             let file = try LocalQuarantineFile(directory: directory, owner: here, logger: logger)
-            #expect(file.all.isEmpty, "the quarantines of \(other.map { "\($0)" } ?? "no named owner") do not apply on \(here)")
+            #expect(
+                file.all.isEmpty,
+                "the quarantines of \(other.map { "\($0)" } ?? "no named owner") do not apply on \(here)")
             #expect(!FileManager.default.fileExists(atPath: directory + "/quarantines.json"))
-            let setAside = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("quarantines.json.set-aside-") }
-            #expect(setAside.count == 1 && (try? Data(contentsOf: URL(fileURLWithPath: directory + "/" + setAside[0]))) == written, "kept as it was")
+            let setAside = try FileManager.default.contentsOfDirectory(atPath: directory).filter {
+                $0.hasPrefix("quarantines.json.set-aside-")
+            }
+            #expect(
+                setAside.count == 1
+                    && (try? Data(contentsOf: URL(fileURLWithPath: directory + "/" + setAside[0]))) == written,
+                "kept as it was")
             for name in setAside { try FileManager.default.removeItem(atPath: directory + "/" + name) }
         }
     }
 
-    @Test("a quarantine of another message at its offset (the topic was deleted and recreated) is set aside: the message there is handled")
+    @Test(
+        "a quarantine of another message at its offset (the topic was deleted and recreated) is set aside: the message there is handled"
+    )
     func otherIncarnation() async throws {
         var quarantine = sample
         quarantine.offset = 4
         // The message that killed the process had this timestamp; the one at offset 4 now has 1_700_000_000_004.
         quarantine.messageTimestamp = 1_600_000_000_004
         let (held, handledHeld, heldPipeline) = await run(quarantine, then: .stop)
-        #expect(held == .sourceEnded(drainTimedOut: false) && handledHeld == Array(0..<10) && heldPipeline.watermark == 10)
+        #expect(
+            held == .sourceEnded(drainTimedOut: false) && handledHeld == Array(0..<10) && heldPipeline.watermark == 10)
         quarantine.state = .skip
         let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
-        #expect(skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == Array(0..<10) && skipPipeline.counters.skipped == 0)
+        #expect(
+            skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == Array(0..<10)
+                && skipPipeline.counters.skipped == 0)
         // The same message: applied.
         quarantine.messageTimestamp = 1_700_000_000_004
         let (same, handledSame, _) = await run(quarantine, then: .stop)
         #expect(same == .sourceEnded(drainTimedOut: false) && handledSame == [0, 1, 2, 3, 5, 6, 7, 8, 9])
     }
 
-    func run(_ quarantine: Quarantine, then: TopicConfiguration.CrashAction, deadLetters: RecordingDeadLetters? = nil) async -> (ShardPipeline.Outcome, [Int64], ShardPipeline) {
+    func run(_ quarantine: Quarantine, then: TopicConfiguration.CrashAction, deadLetters: RecordingDeadLetters? = nil)
+        async -> (ShardPipeline.Outcome, [Int64], ShardPipeline)
+    {
         var configuration = TopicConfiguration()
         configuration.onCrash.then = then
         if then == .deadLetter || deadLetters != nil { configuration.deadLetterTopic = "t.dlq" }
         let handled = Locked<[Int64]>([])
         let pipeline = PipelineFixture.pipeline(
-            configuration, handler: .message(ClosureHandler { message, _ in handled.withLock { $0.append(message.offset) } }),
+            configuration,
+            handler: .message(ClosureHandler { message, _ in handled.withLock { $0.append(message.offset) } }),
             deadLetters: deadLetters, quarantine: quarantine)
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<10)]))
         return (outcome, handled.withLock { $0 }, pipeline)
     }
 
-    @Test("at a quarantined message: stop holds the shard there, deadLetter writes it and goes on, skip commits it, counting calls the handler")
+    @Test(
+        "at a quarantined message: stop holds the shard there, deadLetter writes it and goes on, skip commits it, counting calls the handler"
+    )
     func pipelineAtTheMessage() async throws {
         var quarantine = sample
         quarantine.offset = 4
@@ -401,25 +502,37 @@ struct QuarantineTests {
         let (dead, handledDead, deadPipeline) = await run(quarantine, then: .deadLetter, deadLetters: sink)
         #expect(dead == .sourceEnded(drainTimedOut: false))
         #expect(handledDead == [0, 1, 2, 3, 5, 6, 7, 8, 9])
-        #expect(sink.written.withLock { $0.map(\.0) } == [4] && deadPipeline.watermark == 10 && deadPipeline.counters.deadLettered == 1)
+        #expect(
+            sink.written.withLock { $0.map(\.0) } == [4] && deadPipeline.watermark == 10
+                && deadPipeline.counters.deadLettered == 1)
 
         quarantine.state = .skip
         let (skipped, handledSkipped, skipPipeline) = await run(quarantine, then: .stop)
-        #expect(skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9] && skipPipeline.counters.skipped == 1)
+        #expect(
+            skipped == .sourceEnded(drainTimedOut: false) && handledSkipped == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+                && skipPipeline.counters.skipped == 1)
 
         // Released by an operator to the dead-letter topic: written with its crash report, whatever onCrash.then says.
         quarantine.state = .deadLetter
         let released = RecordingDeadLetters()
-        let (releasedOutcome, handledReleased, releasedPipeline) = await run(quarantine, then: .stop, deadLetters: released)
-        #expect(releasedOutcome == .sourceEnded(drainTimedOut: false) && handledReleased == [0, 1, 2, 3, 5, 6, 7, 8, 9])
-        #expect(released.written.withLock { $0.map(\.0) } == [4] && releasedPipeline.counters.deadLettered == 1 && releasedPipeline.watermark == 10)
+        let (releasedOutcome, handledReleased, releasedPipeline) = await run(
+            quarantine, then: .stop, deadLetters: released)
+        #expect(
+            releasedOutcome == .sourceEnded(drainTimedOut: false) && handledReleased == [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        #expect(
+            released.written.withLock { $0.map(\.0) } == [4] && releasedPipeline.counters.deadLettered == 1
+                && releasedPipeline.watermark == 10)
 
         quarantine.state = .counting
         let (counting, handledCounting, _) = await run(quarantine, then: .stop)
-        #expect(counting == .sourceEnded(drainTimedOut: false) && handledCounting == Array(0..<10), "below onCrash.after the handler is called again")
+        #expect(
+            counting == .sourceEnded(drainTimedOut: false) && handledCounting == Array(0..<10),
+            "below onCrash.after the handler is called again")
     }
 
-    @Test("held at a quarantined message with ordering key: every earlier message of the other lanes is done first, so the commit reaches it")
+    @Test(
+        "held at a quarantined message with ordering key: every earlier message of the other lanes is done first, so the commit reaches it"
+    )
     func heldAfterEarlierLanes() async throws {
         var configuration = TopicConfiguration()
         configuration.ordering = .key
@@ -429,11 +542,13 @@ struct QuarantineTests {
         // the quarantined offset 4 while 1 and 3 are still to do.
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                if message.offset % 2 == 1 { try await Task.sleep(for: .milliseconds(30)) }
-                handled.withLock { _ = $0.insert(message.offset) }
-            }),
-            quarantine: Quarantine(offset: 4, crashes: 1, state: .quarantined, signal: "SIGILL", host: "h", atMilliseconds: 0))
+            handler: .message(
+                ClosureHandler { message, _ in
+                    if message.offset % 2 == 1 { try await Task.sleep(for: .milliseconds(30)) }
+                    handled.withLock { _ = $0.insert(message.offset) }
+                }),
+            quarantine: Quarantine(
+                offset: 4, crashes: 1, state: .quarantined, signal: "SIGILL", host: "h", atMilliseconds: 0))
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<8, keys: 2)]))
         guard case .crashed(let crash) = outcome, case .quarantined = crash.reason else {
             Issue.record("expected the shard held at the quarantine, got \(outcome)")
@@ -452,23 +567,29 @@ struct QuarantineTests {
         let inSuspectCall = Atomic<Int>(0)
         let overlap = Atomic<Bool>(false)
         let handled = Locked<[Int64]>([])
-        let suspects = Quarantine(offset: 10, count: 20, crashes: 1, state: .suspect, signal: "SIGSEGV", host: "h", atMilliseconds: 0)
+        let suspects = Quarantine(
+            offset: 10, count: 20, crashes: 1, state: .suspect, signal: "SIGSEGV", host: "h", atMilliseconds: 0)
         // One host's gate, shared by its shards.
         let gate = CarefulGate(clock: SystemHostClock())
         let pipelines = (0..<2).map { _ in
             PipelineFixture.pipeline(
                 configuration,
-                handler: .message(ClosureHandler { message, _ in
-                    let suspect = suspects.range.contains(message.offset)
-                    if suspect, inSuspectCall.add(1, ordering: .sequentiallyConsistent).newValue > 1 { overlap.store(true, ordering: .relaxed) }
-                    try await Task.sleep(for: .milliseconds(1))
-                    if suspect { inSuspectCall.subtract(1, ordering: .sequentiallyConsistent) }
-                    handled.withLock { $0.append(message.offset) }
-                }), quarantine: suspects, carefulGate: gate)
+                handler: .message(
+                    ClosureHandler { message, _ in
+                        let suspect = suspects.range.contains(message.offset)
+                        if suspect, inSuspectCall.add(1, ordering: .sequentiallyConsistent).newValue > 1 {
+                            overlap.store(true, ordering: .relaxed)
+                        }
+                        try await Task.sleep(for: .milliseconds(1))
+                        if suspect { inSuspectCall.subtract(1, ordering: .sequentiallyConsistent) }
+                        handled.withLock { $0.append(message.offset) }
+                    }), quarantine: suspects, carefulGate: gate)
         }
         await withTaskGroup(of: ShardPipeline.Outcome.self) { group in
             for pipeline in pipelines {
-                group.addTask { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<40, keys: 8)])) }
+                group.addTask {
+                    await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<40, keys: 8)]))
+                }
             }
             for await outcome in group { #expect(outcome == .sourceEnded(drainTimedOut: false)) }
         }
@@ -490,7 +611,8 @@ struct CrashContainmentStartTests {
     /// a thread of the given kind.
     func deadJournal(in directory: String, faultOn thread: String) async throws {
         let (dead, _) = try CrashJournal.open(directory: directory, logger: logger)
-        let executor = ThreadPoolExecutor(name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
+        let executor = ThreadPoolExecutor(
+            name: "test-handlers", threads: 1, maximumThreads: 1, blockedAfter: .seconds(10), clock: SystemHostClock())
         defer { executor.shutdown() }
         let slot = try #require(dead.acquire(TopicPartition("orders", 3), generation: 1))
         switch thread {
@@ -515,20 +637,33 @@ struct CrashContainmentStartTests {
         dead.relinquish()
     }
 
-    @Test("a trap in a handler call quarantines its message; one in Sluice's own code blames nothing; one on an unknown thread makes suspects")
+    @Test(
+        "a trap in a handler call quarantines its message; one in Sluice's own code blames nothing; one on an unknown thread makes suspects"
+    )
     func outcomes() async throws {
-        for (thread, expected) in [("handler", Quarantine.State.quarantined), ("sluice", nil), ("unknown", .suspect)] as [(String, Quarantine.State?)] {
-            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-start-\(UUID().uuidString)").path
+        for (thread, expected) in [("handler", Quarantine.State.quarantined), ("sluice", nil), ("unknown", .suspect)]
+            as [(String, Quarantine.State?)]
+        {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "sluice-start-\(UUID().uuidString)"
+            ).path
             try await deadJournal(in: directory, faultOn: thread)
-            var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: ["orders": TopicConfiguration()])
+            var configuration = SluiceConfiguration(
+                kafka: .init(bootstrap: "unused:1", group: "g"), topics: ["orders": TopicConfiguration()])
             configuration.stateDirectory = directory
-            let containment = try await CrashContainment.start(configuration: configuration, control: nil, host: "h", clusterID: { "c1" }, logger: logger)
+            let containment = try await CrashContainment.start(
+                configuration: configuration, control: nil, host: "h", clusterID: { "c1" }, logger: logger)
             let quarantine = containment.quarantine(for: TopicPartition("orders", 3))
             #expect(quarantine?.state == expected, "fault on a \(thread) thread: \(String(describing: quarantine))")
             if expected != nil { #expect(quarantine?.offset == 42 && quarantine?.signal == "SIGILL") }
-            if expected == .quarantined { #expect(quarantine?.messageTimestamp == 1_700_000_000_042, "the message's timestamp is kept with it") }
-            let kept = try LocalQuarantineFile(directory: directory, owner: StateOwner(cluster: "c1", group: "g"), logger: logger)
-            #expect(kept.all[TopicPartition("orders", 3)]?.state == expected, "kept in the state directory, for this cluster and group")
+            if expected == .quarantined {
+                #expect(quarantine?.messageTimestamp == 1_700_000_000_042, "the message's timestamp is kept with it")
+            }
+            let kept = try LocalQuarantineFile(
+                directory: directory, owner: StateOwner(cluster: "c1", group: "g"), logger: logger)
+            #expect(
+                kept.all[TopicPartition("orders", 3)]?.state == expected,
+                "kept in the state directory, for this cluster and group")
             containment.journal.relinquish()
         }
     }

@@ -9,12 +9,17 @@ import Yams
 /// the first `docker compose up` to surface.
 @Suite("Deploy files", .timeLimit(.minutes(2)))
 struct DeployFilesTests {
-    @Test("docker-compose.yml: KRaft Kafka with a healthcheck, topic creation, two OrderService replicas in one group, traffic")
+    @Test(
+        "docker-compose.yml: KRaft Kafka with a healthcheck, topic creation, two OrderService replicas in one group, traffic"
+    )
     func composeFile() throws {
         let text = try String(contentsOfFile: "docker-compose.yml", encoding: .utf8)
         let root = try #require(try Yams.load(yaml: text) as? [String: Any])
         let services = try #require(root["services"] as? [String: Any])
-        #expect(Set(services.keys) == ["kafka", "create-topics", "order-service-1", "order-service-2", "traffic-orders", "traffic-payments"])
+        #expect(
+            Set(services.keys) == [
+                "kafka", "create-topics", "order-service-1", "order-service-2", "traffic-orders", "traffic-payments",
+            ])
 
         let kafka = try #require(services["kafka"] as? [String: Any])
         #expect((kafka["image"] as? String)?.hasPrefix("apache/kafka:") == true)
@@ -23,13 +28,16 @@ struct DeployFilesTests {
         #expect((kafka["healthcheck"] as? [String: Any])?["test"] != nil)
 
         let topics = try #require(services["create-topics"] as? [String: Any])
-        #expect(((topics["depends_on"] as? [String: Any])?["kafka"] as? [String: Any])?["condition"] as? String == "service_healthy")
+        #expect(
+            ((topics["depends_on"] as? [String: Any])?["kafka"] as? [String: Any])?["condition"] as? String
+                == "service_healthy")
         let script = (topics["command"] as? [String])?.joined() ?? ""
         for topic in ["--topic orders ", "--topic payments ", "--topic orders.dlq "] { #expect(script.contains(topic)) }
 
         for name in ["order-service-1", "order-service-2"] {
             let service = try #require(services[name] as? [String: Any], "\(name) (merge key resolved)")
-            #expect((service["build"] as? [String: Any])?["dockerfile"] as? String == "Examples/OrderService/Dockerfile")
+            #expect(
+                (service["build"] as? [String: Any])?["dockerfile"] as? String == "Examples/OrderService/Dockerfile")
             let environment = try #require(service["environment"] as? [String: Any])
             #expect(environment["SLUICE_KAFKA_BOOTSTRAP"] as? String == "kafka:9092")
             #expect(environment["SLUICE_ADMIN_LISTEN"] as? String == "0.0.0.0:8080")
@@ -44,11 +52,15 @@ struct DeployFilesTests {
         #expect(text.contains("--product OrderService"))
         #expect(text.contains("--product sluice"))
         #expect(text.contains("librdkafka1"))
-        #expect(text.contains("swift-backtrace-static") && text.contains("SWIFT_BACKTRACE=enable=yes,format=json"), "crash reports for quarantines")
+        #expect(
+            text.contains("swift-backtrace-static") && text.contains("SWIFT_BACKTRACE=enable=yes,format=json"),
+            "crash reports for quarantines")
         #expect(text.contains("ENTRYPOINT [\"OrderService\", \"--config\", \"/app/sluice.yaml\""))
     }
 
-    static let kubernetesFiles = ["configmap.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml", "networkpolicy.yaml"]
+    static let kubernetesFiles = [
+        "configmap.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml", "networkpolicy.yaml",
+    ]
 
     @Test("the Kubernetes manifests validate against the Kubernetes schemas (kubernetes-validate, strict)")
     func kubernetesSchemas() async throws {
@@ -58,7 +70,8 @@ struct DeployFilesTests {
         let (installed, validated, said) = try await Self.offThePool { try Self.validateManifests() }
         #expect(installed == 0, "scripts/kubernetes-validate.sh installs the validator")
         #expect(validated == 0, "\(said)")
-        #expect(said.components(separatedBy: " passed for resource ").count - 1 == Self.kubernetesFiles.count, "\(said)")
+        #expect(
+            said.components(separatedBy: " passed for resource ").count - 1 == Self.kubernetesFiles.count, "\(said)")
     }
 
     /// Runs `body` on a thread of its own and waits for it without holding a thread.
@@ -81,17 +94,22 @@ struct DeployFilesTests {
             while child.isRunning { usleep(10_000) }
             return (child.terminationStatus, said)
         }
-        let (installed, path) = try run(FileManager.default.currentDirectoryPath + "/scripts/kubernetes-validate.sh", [])
+        let (installed, path) = try run(
+            FileManager.default.currentDirectoryPath + "/scripts/kubernetes-validate.sh", [])
         guard installed == 0 else { return (installed, -1, "") }
         let validator = path.trimmingCharacters(in: .whitespacesAndNewlines)
         let (validated, said) = try run(validator, ["--strict"] + kubernetesFiles.map { "deploy/kubernetes/\($0)" })
         return (installed, validated, said)
     }
 
-    @Test("the Kubernetes Deployment: probes, grace period above shutdownTimeout, state directory on an emptyDir, token from the Secret; its configuration loads")
+    @Test(
+        "the Kubernetes Deployment: probes, grace period above shutdownTimeout, state directory on an emptyDir, token from the Secret; its configuration loads"
+    )
     func kubernetesShape() async throws {
         func load(_ name: String) throws -> [String: Any] {
-            try #require(try Yams.load(yaml: String(contentsOfFile: "deploy/kubernetes/\(name)", encoding: .utf8)) as? [String: Any])
+            try #require(
+                try Yams.load(yaml: String(contentsOfFile: "deploy/kubernetes/\(name)", encoding: .utf8))
+                    as? [String: Any])
         }
         let kustomization = try load("kustomization.yaml")
         #expect(Set(kustomization["resources"] as? [String] ?? []) == Set(Self.kubernetesFiles))
@@ -105,22 +123,32 @@ struct DeployFilesTests {
         #expect(configuration.control.enabled)
 
         let deployment = try load("deployment.yaml")
-        let pod = try #require(((deployment["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])
+        let pod = try #require(
+            ((deployment["spec"] as? [String: Any])?["template"] as? [String: Any])?["spec"] as? [String: Any])
         let grace = try #require(pod["terminationGracePeriodSeconds"] as? Int)
         // Configuration values, not a measured time: the grace period exceeds shutdownTimeout by a margin.
         let marginAfterDrain = Duration.seconds(grace) - configuration.shutdownTimeout
         #expect(marginAfterDrain >= Duration.seconds(10), "SIGTERM drains within shutdownTimeout, with a margin")
         let container = try #require((pod["containers"] as? [[String: Any]])?.first)
-        #expect(((container["livenessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String == "/healthz")
-        #expect(((container["readinessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String == "/readyz")
-        let environment = Dictionary(uniqueKeysWithValues: (container["env"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "", $0) })
+        #expect(
+            ((container["livenessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String
+                == "/healthz")
+        #expect(
+            ((container["readinessProbe"] as? [String: Any])?["httpGet"] as? [String: Any])?["path"] as? String
+                == "/readyz")
+        let environment = Dictionary(
+            uniqueKeysWithValues: (container["env"] as? [[String: Any]] ?? []).map { ($0["name"] as? String ?? "", $0) }
+        )
         #expect(environment["SLUICE_ADMIN_LISTEN"]?["value"] as? String == "0.0.0.0:8080")
-        let tokenReference = (environment["SLUICE_ADMIN_TOKEN"]?["valueFrom"] as? [String: Any])?["secretKeyRef"] as? [String: Any]
+        let tokenReference =
+            (environment["SLUICE_ADMIN_TOKEN"]?["valueFrom"] as? [String: Any])?["secretKeyRef"] as? [String: Any]
         #expect(tokenReference?["name"] as? String == "order-service-admin")
         let stateDirectory = try #require(environment["SLUICE_HOST_STATE_DIRECTORY"]?["value"] as? String)
         #expect((environment["SWIFT_BACKTRACE"]?["value"] as? String)?.contains("output-to=\(stateDirectory)") == true)
-        let mount = try #require((container["volumeMounts"] as? [[String: Any]])?.first { $0["mountPath"] as? String == stateDirectory })
-        let volume = try #require((pod["volumes"] as? [[String: Any]])?.first { $0["name"] as? String == mount["name"] as? String })
+        let mount = try #require(
+            (container["volumeMounts"] as? [[String: Any]])?.first { $0["mountPath"] as? String == stateDirectory })
+        let volume = try #require(
+            (pod["volumes"] as? [[String: Any]])?.first { $0["name"] as? String == mount["name"] as? String })
         #expect(volume["emptyDir"] != nil, "the state directory survives container restarts")
         #expect((container["resources"] as? [String: Any])?["requests"] != nil)
 
@@ -133,17 +161,23 @@ struct DeployFilesTests {
         #expect((podSecurity["seccompProfile"] as? [String: Any])?["type"] as? String == "RuntimeDefault")
         #expect(pod["automountServiceAccountToken"] as? Bool == false)
         let containerSecurity = try #require(container["securityContext"] as? [String: Any])
-        #expect(containerSecurity["readOnlyRootFilesystem"] as? Bool == true && containerSecurity["allowPrivilegeEscalation"] as? Bool == false)
+        #expect(
+            containerSecurity["readOnlyRootFilesystem"] as? Bool == true
+                && containerSecurity["allowPrivilegeEscalation"] as? Bool == false)
         #expect((containerSecurity["capabilities"] as? [String: Any])?["drop"] as? [String] == ["ALL"])
         let dockerfile = try String(contentsOfFile: "Examples/OrderService/Dockerfile", encoding: .utf8)
-        #expect(dockerfile.contains("USER \(user):\(user)") && dockerfile.contains("--uid \(user)"), "the image's user is the pod's")
+        #expect(
+            dockerfile.contains("USER \(user):\(user)") && dockerfile.contains("--uid \(user)"),
+            "the image's user is the pod's")
         // The admin port only for Prometheus and the service's own pods; no default token anywhere.
         let policy = try load("networkpolicy.yaml")
         let ingress = try #require(((policy["spec"] as? [String: Any])?["ingress"] as? [[String: Any]])?.first)
         #expect((ingress["ports"] as? [[String: Any]])?.map { $0["port"] as? Int } == [8080])
         #expect((ingress["from"] as? [Any])?.count == 2)
         let compose = try String(contentsOfFile: "docker-compose.yml", encoding: .utf8)
-        #expect(!compose.contains("change-me") && compose.contains("${SLUICE_ADMIN_TOKEN:?"), "compose refuses to start without a token")
+        #expect(
+            !compose.contains("change-me") && compose.contains("${SLUICE_ADMIN_TOKEN:?"),
+            "compose refuses to start without a token")
         #expect(!FileManager.default.fileExists(atPath: "deploy/kubernetes/secret.yaml"))
     }
 }

@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import SluiceKafka
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import Sluice
 
@@ -39,14 +39,24 @@ struct FlagTests {
                 return (error as? SluiceError)?.message
             }
         }
-        #expect(reason("orders\u{0}x") == "flag key 'orders\\0x': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
-        #expect(reason(String(repeating: "a", count: 10_000))?.hasSuffix("a topic name has at most 249 characters, got 10000") == true)
+        #expect(
+            reason("orders\u{0}x")
+                == "flag key 'orders\\0x': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(
+            reason(String(repeating: "a", count: 10_000))?.hasSuffix(
+                "a topic name has at most 249 characters, got 10000") == true)
         #expect(reason(String(repeating: "a", count: 10_000))!.count < 200, "a long key is not echoed whole")
-        #expect(reason("orders/2147483648") == "flag key 'orders/2147483648': the partition must be a number in 0...2147483647")
+        #expect(
+            reason("orders/2147483648")
+                == "flag key 'orders/2147483648': the partition must be a number in 0...2147483647")
         #expect(reason("orders/-1") == "flag key 'orders/-1': the partition must be a number in 0...2147483647")
         #expect(reason("..") == "flag key '..': '.' and '..' are not topic names")
-        #expect(reason("or ders") == "flag key 'or ders': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
-        #expect(reason("a/b/3") == "flag key 'a/b/3': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(
+            reason("or ders")
+                == "flag key 'or ders': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
+        #expect(
+            reason("a/b/3")
+                == "flag key 'a/b/3': not a Kafka topic name: only letters, digits, '.', '_' and '-' are allowed")
         #expect(reason(String(repeating: "a", count: 249) + "/2147483647") == nil)
     }
 
@@ -60,7 +70,10 @@ struct FlagTests {
         try "".write(toFile: path, atomically: false, encoding: .utf8)
         #expect(await resolver.refresh() == false)
         #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "the last good flags stay in force")
-        #expect(resolver.lastErrors["file"]?.hasSuffix("the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)") == true)
+        #expect(
+            resolver.lastErrors["file"]?.hasSuffix(
+                "the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)"
+            ) == true)
         try "  \n# only a comment\n".write(toFile: path, atomically: false, encoding: .utf8)
         #expect(await resolver.refresh() == false)
         #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled)
@@ -77,7 +90,9 @@ struct FlagTests {
         admin.set(.topic("orders"), enabled: true)
         admin.set(.partition(TopicPartition("orders", 3)), enabled: false, reason: "incident 42")
         await resolver.refresh()
-        #expect(resolver.setting(for: TopicPartition("orders", 3)) == FlagSetting(enabled: false, source: "admin", reason: "incident 42"))
+        #expect(
+            resolver.setting(for: TopicPartition("orders", 3))
+                == FlagSetting(enabled: false, source: "admin", reason: "incident 42"))
         #expect(resolver.setting(for: TopicPartition("orders", 1)).enabled)
         #expect(!resolver.setting(for: TopicPartition("payments", 0)).enabled)
         admin.unset(.all)
@@ -99,7 +114,9 @@ struct FlagTests {
 
     @Test("the file accepts YAML booleans, quoted partition keys and JSON")
     func fileFormats() async throws {
-        let yaml = try await FileFlagSource(path: try write("orders: off\n\"orders/3\": on\npayments: false\n'*': true\n")).load()
+        let yaml = try await FileFlagSource(
+            path: try write("orders: off\n\"orders/3\": on\npayments: false\n'*': true\n")
+        ).load()
         #expect(yaml[.topic("orders")]?.enabled == false)
         #expect(yaml[.partition(TopicPartition("orders", 3))]?.enabled == true)
         #expect(yaml[.topic("payments")]?.enabled == false)
@@ -107,7 +124,9 @@ struct FlagTests {
         let json = try await FileFlagSource(path: try write("{\"orders\": \"off\", \"orders/1\": true}")).load()
         #expect(json.count == 2)
         let rates = try await FileFlagSource(path: try write("payments: 200/s\n\"orders/3\": 0.5/s\n")).load()
-        #expect(rates[.topic("payments")] == FlagSetting(enabled: true, source: "file", rate: 200), "a rate slows, it does not stop")
+        #expect(
+            rates[.topic("payments")] == FlagSetting(enabled: true, source: "file", rate: 200),
+            "a rate slows, it does not stop")
         #expect(rates[.partition(TopicPartition("orders", 3))]?.rate == 0.5)
     }
 
@@ -122,7 +141,9 @@ struct FlagTests {
         #expect(await resolver.refresh() == false)
         #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "last good flags kept")
         #expect(resolver.failureCounts["file"] == 1)
-        #expect(resolver.lastErrors["file"] == "\(path):2:11: flag 'payments': expected on, off or a rate such as 200/s, got 'maybe'")
+        #expect(
+            resolver.lastErrors["file"]
+                == "\(path):2:11: flag 'payments': expected on, off or a rate such as 200/s, got 'maybe'")
 
         try "orders: [on\n".write(toFile: path, atomically: true, encoding: .utf8)
         await resolver.refresh()
@@ -135,7 +156,8 @@ struct FlagTests {
 
         try FileManager.default.removeItem(atPath: path)
         await resolver.refresh()
-        #expect(!resolver.setting(for: TopicPartition("orders", 0)).enabled, "a missing file keeps the last good flags too")
+        #expect(
+            !resolver.setting(for: TopicPartition("orders", 0)).enabled, "a missing file keeps the last good flags too")
         #expect(resolver.failureCounts["file"] == 4)
 
         try "orders: on\n".write(toFile: path, atomically: true, encoding: .utf8)
@@ -158,7 +180,8 @@ struct FlagTests {
         #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled)
         source.release()
         _ = await older.value
-        #expect(resolver.setting(for: TopicPartition("orders", 0)).enabled, "the older load did not overwrite the newer")
+        #expect(
+            resolver.setting(for: TopicPartition("orders", 0)).enabled, "the older load did not overwrite the newer")
     }
 }
 

@@ -16,7 +16,8 @@ struct FuzzTests {
     static let seed = ProcessInfo.processInfo.environment["SLUICE_FUZZ_SEED"].flatMap(UInt64.init) ?? 0x5eed
 
     static func corpus(_ name: String) throws -> [String] {
-        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("FuzzCorpus/\(name)")
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "FuzzCorpus/\(name)")
         return try String(contentsOf: url, encoding: .utf8).split(separator: "\n").map(String.init)
     }
 
@@ -32,13 +33,18 @@ struct FuzzTests {
         for iteration in 0..<Self.iterations {
             let (key, value) = seeds.randomElement(using: &generator)!
             let mutated = InputMutator.mutate(value, seeds.randomElement(using: &generator)!.1, using: &generator)
-            let mutatedKey = iteration % 10 == 0 ? String(decoding: InputMutator.mutate(Array(key.utf8), [], using: &generator), as: UTF8.self) : key
+            let mutatedKey =
+                iteration % 10 == 0
+                ? String(decoding: InputMutator.mutate(Array(key.utf8), [], using: &generator), as: UTF8.self) : key
             _ = AuditEntry(decoding: mutated)
-            guard let record = try? ControlRecord.parse(key: mutatedKey, value: mutated, offset: Int64(iteration)) else { continue }
+            guard let record = try? ControlRecord.parse(key: mutatedKey, value: mutated, offset: Int64(iteration))
+            else { continue }
             accepted += 1
             switch record {
             case .quarantine(_, let quarantine?):
-                #expect(InputLimits.offsets.contains(quarantine.offset) && InputLimits.quarantineSpan.contains(Int64(quarantine.count)))
+                #expect(
+                    InputLimits.offsets.contains(quarantine.offset)
+                        && InputLimits.quarantineSpan.contains(Int64(quarantine.count)))
                 _ = (quarantine.range, quarantine.summary, quarantine.releaseProblem(over: nil))
             case .host(_, let status?):
                 #expect(InputLimits.epochMilliseconds.contains(status.atMilliseconds))
@@ -57,10 +63,17 @@ struct FuzzTests {
         let seeds = try Self.corpus("metadata.txt").map { Array($0.utf8) }
         var generator = InputMutator.Generator(state: Self.seed)
         for _ in 0..<Self.iterations {
-            let text = String(decoding: InputMutator.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
-            let committed = [Int64(0), 100, InputLimits.offsets.upperBound - 5, -1, .max].randomElement(using: &generator)!
+            let text = String(
+                decoding: InputMutator.mutate(
+                    seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator),
+                as: UTF8.self)
+            let committed = [Int64(0), 100, InputLimits.offsets.upperBound - 5, -1, .max].randomElement(
+                using: &generator)!
             let highWatermark = [nil, Int64(0), 110, 10_000, .max].randomElement(using: &generator)!
-            guard let decoded = try? CommitMetadata.decode(text, committed: committed, highWatermark: highWatermark, maximumDone: 10_000) else { continue }
+            guard
+                let decoded = try? CommitMetadata.decode(
+                    text, committed: committed, highWatermark: highWatermark, maximumDone: 10_000)
+            else { continue }
             #expect(decoded.done.count <= 10_000)
             #expect(decoded.done.allSatisfy { $0 > committed && $0 < (highWatermark ?? .max) }, "\(text)")
         }
@@ -71,7 +84,10 @@ struct FuzzTests {
         let seeds = try Self.corpus("flags.txt").map { Array($0.utf8) }
         var generator = InputMutator.Generator(state: Self.seed)
         for _ in 0..<Self.iterations / 4 {
-            let text = String(decoding: InputMutator.mutate(seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator), as: UTF8.self)
+            let text = String(
+                decoding: InputMutator.mutate(
+                    seeds.randomElement(using: &generator)!, seeds.randomElement(using: &generator)!, using: &generator),
+                as: UTF8.self)
             do {
                 let flags = try FileFlagSource.parse(text, file: "fuzz.yaml")
                 #expect(flags.values.allSatisfy { $0.rate.map { $0 >= 0.001 && $0 <= 1_000_000 } ?? true })

@@ -26,7 +26,8 @@ enum HostFixture {
         kafka.commitInterval = .milliseconds(500)
         if let rdkafkaDebug { kafka.properties["debug"] = rdkafkaDebug }
         var configuration = SluiceConfiguration(kafka: kafka, topics: topics)
-        configuration.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+        configuration.stateDirectory =
+            FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)").path
         configuration.shutdownTimeout = .seconds(10)
         return configuration
     }
@@ -34,23 +35,30 @@ enum HostFixture {
     /// Produces `count` messages with keys `k0..k<keys-1>` and values `<key>:<per-key sequence>`; returns how many
     /// went to each partition.
     @discardableResult
-    static func produce(_ cluster: any TestKafkaCluster, topic: String, count: Int, keys: Int) async throws -> [Int32: Int] {
+    static func produce(_ cluster: any TestKafkaCluster, topic: String, count: Int, keys: Int) async throws -> [Int32:
+        Int]
+    {
         var sequences = [Int](repeating: 0, count: keys)
         let records = (0..<count).map { index in
             let key = index % keys
             defer { sequences[key] += 1 }
-            return ProducerRecord(topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
+            return ProducerRecord(
+                topic: topic, key: Array("k\(key)".utf8), value: Array("k\(key):\(sequences[key])".utf8))
         }
         return try await cluster.produce(records, logger: logger)
     }
 
     /// The group's committed offsets for a topic's partitions.
-    static func committed(_ cluster: any TestKafkaCluster, group: String, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
+    static func committed(_ cluster: any TestKafkaCluster, group: String, topic: String, partitions: Int32) async throws
+        -> [Int32: Int64]
+    {
         try await cluster.committedOffsets(group: group, topic: topic, partitions: Int(partitions), logger: logger)
     }
 
     /// The end offsets of a topic's partitions.
-    static func endOffsets(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32) async throws -> [Int32: Int64] {
+    static func endOffsets(_ cluster: any TestKafkaCluster, topic: String, partitions: Int32) async throws -> [Int32:
+        Int64]
+    {
         try await cluster.endOffsets(topic: topic, partitions: Int(partitions), logger: logger)
     }
 }

@@ -58,12 +58,15 @@ struct OffsetTrackerTests {
         #expect(tracker.inFlight == 0)
     }
 
-    @Test("random begins (with gaps and rewinds) and completions in any order, repeats included, agree with a plain model")
+    @Test(
+        "random begins (with gaps and rewinds) and completions in any order, repeats included, agree with a plain model"
+    )
     func agreesWithModel() async {
         // An operation: begin the next offset after a gap (0-3), begin one already begun (a rewind), or
         // complete the in-flight offset at some position (repeating a completion now and then).
         let operation = Gen.int(in: 0...99)
-        await propertyCheck(count: 300, input: operation.array(of: 1...200), Gen.int(in: 0...1_000).array(of: 200)) { operations, picks in
+        await propertyCheck(count: 300, input: operation.array(of: 1...200), Gen.int(in: 0...1_000).array(of: 200)) {
+            operations, picks in
             var tracker = OffsetTracker()
             var begun: [Int64] = []
             var done: Set<Int64> = []
@@ -92,13 +95,17 @@ struct OffsetTrackerTests {
                     let expected = begun.first { !done.contains($0) } ?? (begun.last! + 1)
                     #expect(tracker.watermark == expected, "after \(operations.prefix(index + 1).count) operations")
                     if wasDone || expected == watermarkBefore {
-                        #expect(moved == nil || moved == watermarkBefore, "a completion that does not move the watermark reports no new one")
+                        #expect(
+                            moved == nil || moved == watermarkBefore,
+                            "a completion that does not move the watermark reports no new one")
                     }
                 }
                 let inFlight = begun.filter { !done.contains($0) }
                 let watermark = tracker.watermark
                 #expect(tracker.inFlight == inFlight.count)
-                #expect(tracker.completedAboveWatermark == Set(begun.filter { done.contains($0) && $0 > (watermark ?? .min) }))
+                #expect(
+                    tracker.completedAboveWatermark
+                        == Set(begun.filter { done.contains($0) && $0 > (watermark ?? .min) }))
                 #expect(tracker.oldestPendingTimestamp == inFlight.first.map { $0 * 10 })
             }
         }

@@ -1,9 +1,9 @@
-import Tracing
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
+import Tracing
 
 @testable import Sluice
 
@@ -73,7 +73,8 @@ enum PipelineFixture {
 
     /// Messages at `offsets`, keyed round-robin over `keys` keys, each with the timestamp `timestampBase` +
     /// its offset.
-    static func messages(_ offsets: Range<Int64>, keys: Int = 1, timestampBase: Int64 = 1_700_000_000_000) -> [Message] {
+    static func messages(_ offsets: Range<Int64>, keys: Int = 1, timestampBase: Int64 = 1_700_000_000_000) -> [Message]
+    {
         offsets.map { offset in
             Message(
                 topic: "t", partition: 0, offset: offset, key: KafkaBytes("k\(offset % Int64(keys))"),
@@ -101,8 +102,10 @@ enum PipelineFixture {
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock, watchdogClock: watchdogClock,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor, quarantine: quarantine,
+            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock,
+            watchdogClock: watchdogClock,
+            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor,
+            quarantine: quarantine,
             carefulGate: carefulGate ?? CarefulGate(clock: watchdogClock),
             tracer: tracer, consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
     }

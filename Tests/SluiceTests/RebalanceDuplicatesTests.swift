@@ -1,22 +1,26 @@
 import Logging
 import SluiceKafka
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
 
 @testable import Sluice
 
 @Suite("Rebalances under load", .timeLimit(.minutes(3)))
 struct RebalanceDuplicatesTests {
     /// Produces about `rate` messages a second over `keys` keys until cancelled; returns how many.
-    static func produceSteadily(_ cluster: any TestKafkaCluster, topic: String, rate: Int, stop: Locked<Bool>) async throws -> Int {
+    static func produceSteadily(_ cluster: any TestKafkaCluster, topic: String, rate: Int, stop: Locked<Bool>)
+        async throws -> Int
+    {
         let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: HostFixture.logger)
         let acknowledged = Locked(0)
         var sent = 0
         while !stop.value {
             for _ in 0..<(rate / 20) {
-                let record = ProducerRecord(topic: topic, key: Array("k\(sent % 97)".utf8), value: Array("\(sent)".utf8))
+                let record = ProducerRecord(
+                    topic: topic, key: Array("k\(sent % 97)".utf8), value: Array("\(sent)".utf8))
                 try producer.enqueue(record) { result in
                     if case .success = result { acknowledged.withLock { $0 += 1 } }
                 }
@@ -29,7 +33,9 @@ struct RebalanceDuplicatesTests {
         return sent
     }
 
-    @Test("a second host joining and leaving gracefully under load: every message handled, nothing lost, duplicates bounded")
+    @Test(
+        "a second host joining and leaving gracefully under load: every message handled, nothing lost, duplicates bounded"
+    )
     func joinAndLeaveWithoutDuplicates() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 8])
         let group = HostFixture.uniqueGroup()
@@ -79,7 +85,9 @@ struct RebalanceDuplicatesTests {
             throw error
         }
         let total = handledA.count + handledB.count
-        print("rebalance duplicates: produced \(produced), handled \(total), duplicates \(total - produced) (A \(handledA.count), B \(handledB.count))")
+        print(
+            "rebalance duplicates: produced \(produced), handled \(total), duplicates \(total - produced) (A \(handledA.count), B \(handledB.count))"
+        )
         #expect(hostA.assignmentsLost == 0 && hostB.assignmentsLost == 0, "revoked, never lost")
         // 0 in most runs, also under load. Under heavy load one run in about ten had its revocation commit
         // refused (REBALANCE_IN_PROGRESS: the group started another round while the first host drained), and

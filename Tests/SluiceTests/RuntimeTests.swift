@@ -1,7 +1,7 @@
 import Foundation
+import SluiceTesting
 import Synchronization
 import Testing
-import SluiceTesting
 
 @testable import Sluice
 
@@ -42,13 +42,18 @@ struct RuntimeTests {
     /// The kernel's name of the calling thread.
     static func threadName() -> String {
         let path = "/proc/thread-self/comm"
-        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            ?? ""
     }
 
-    @Test("a job that holds its thread is reported blocked, another thread runs the queue, and the pool shrinks back after")
+    @Test(
+        "a job that holds its thread is reported blocked, another thread runs the queue, and the pool shrinks back after"
+    )
     func blockedWorkerIsReplaced() async throws {
         let reports = Locked<[ThreadPoolExecutor.Blocking]>([])
-        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 2, blockedAfter: .milliseconds(100), clock: SystemHostClock()) { report in
+        let executor = ThreadPoolExecutor(
+            name: "test-pool", threads: 1, maximumThreads: 2, blockedAfter: .milliseconds(100), clock: SystemHostClock()
+        ) { report in
             reports.withLock { $0.append(report) }
         }
         defer { executor.shutdown() }
@@ -69,7 +74,9 @@ struct RuntimeTests {
     @Test("at the maximum, a blocked worker is reported saturated and the queue waits for a thread to return")
     func saturated() async throws {
         let reports = Locked<[ThreadPoolExecutor.Blocking]>([])
-        let executor = ThreadPoolExecutor(name: "test-pool", threads: 1, maximumThreads: 1, blockedAfter: .milliseconds(100), clock: SystemHostClock()) { report in
+        let executor = ThreadPoolExecutor(
+            name: "test-pool", threads: 1, maximumThreads: 1, blockedAfter: .milliseconds(100), clock: SystemHostClock()
+        ) { report in
             reports.withLock { $0.append(report) }
         }
         defer { executor.shutdown() }

@@ -20,7 +20,12 @@ final class ScriptedConsumer: ShardConsumer {
         var position: Int64?
     }
 
-    private let state = Mutex<(partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int, storedAfterLoss: Int, pauseCalls: Int)>(
+    private let state = Mutex<
+        (
+            partitions: [TopicPartition: Partition], seeks: [TopicPartitionOffset], failSeeks: Int,
+            storedAfterLoss: Int, pauseCalls: Int
+        )
+    >(
         ([:], [], 0, 0, 0))
     private let fatal = Mutex<KafkaError?>(nil)
     private let released = Mutex<[TopicPartition]>([])
@@ -187,14 +192,20 @@ final class ScriptedConsumer: ShardConsumer {
     func cachedWatermarks(for topicPartition: TopicPartition) -> Watermarks? {
         state.withLock { $0.partitions[topicPartition].map { Watermarks(low: 0, high: Int64($0.log.count)) } }
     }
-    func position(of topicPartition: TopicPartition) -> Int64? { state.withLock { $0.partitions[topicPartition]?.position } }
+    func position(of topicPartition: TopicPartition) -> Int64? {
+        state.withLock { $0.partitions[topicPartition]?.position }
+    }
     /// Partitions the supervisor asked to restart the fetcher of.
     let fetcherRestarts = Locked<[TopicPartition]>([])
-    func restartFetcherIfUnstarted(_ topicPartition: TopicPartition) { fetcherRestarts.withLock { $0.append(topicPartition) } }
+    func restartFetcherIfUnstarted(_ topicPartition: TopicPartition) {
+        fetcherRestarts.withLock { $0.append(topicPartition) }
+    }
     /// Partitions the supervisor reported stalled to the consumer.
     let stallReports = Locked<[TopicPartition]>([])
     func reportStall(_ topicPartition: TopicPartition) { stallReports.withLock { $0.append(topicPartition) } }
-    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
+    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition:
+        Int64]
+    {
         await coordinatorAnswers()
         return [:]
     }
@@ -205,11 +216,14 @@ final class ScriptedConsumer: ShardConsumer {
         let committed = committed.value
         return committed.filter { partitions.contains($0.key) }
     }
-    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: TopicPartitionOffset] {
+    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition:
+        TopicPartitionOffset]
+    {
         await coordinatorAnswers()
         return [:]
     }
-    func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64] {
+    func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
+    {
         await coordinatorAnswers()
         return [:]
     }
@@ -221,7 +235,8 @@ final class ScriptedMessages: AsyncSequence, Sendable {
     typealias Element = [Message]
     typealias Failure = Never
 
-    private let state = Mutex<(buffered: [[Message]], waiter: CheckedContinuation<[Message]?, Never>?, finished: Bool)>(([], nil, false))
+    private let state = Mutex<(buffered: [[Message]], waiter: CheckedContinuation<[Message]?, Never>?, finished: Bool)>(
+        ([], nil, false))
 
     func push(_ batch: [Message]) {
         let waiter = state.withLock { state -> CheckedContinuation<[Message]?, Never>? in

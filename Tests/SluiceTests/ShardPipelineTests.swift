@@ -1,7 +1,7 @@
 import Dispatch
 import SluiceKafka
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import Sluice
 
@@ -11,8 +11,10 @@ struct ShardPipelineTests {
     func partitionOrder() async {
         let seen = Locked<[Int64]>([])
         let pipeline = PipelineFixture.pipeline(
-            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
-        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<50), PipelineFixture.messages(50..<100)]))
+            TopicConfiguration(),
+            handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
+        let outcome = await pipeline.run(
+            source: PipelineFixture.source([PipelineFixture.messages(0..<50), PipelineFixture.messages(50..<100)]))
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(seen.value == Array(0..<100))
         #expect(pipeline.watermark == 100)
@@ -28,13 +30,18 @@ struct ShardPipelineTests {
         let concurrent = Locked((now: 0, peak: 0))
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                concurrent.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
-                try await Task.sleep(for: .microseconds(Int.random(in: 0...300)))
-                perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
-                concurrent.withLock { $0.now -= 1 }
-            }))
-        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<2_000, keys: 40)]))
+            handler: .message(
+                ClosureHandler { message, _ in
+                    concurrent.withLock {
+                        $0.now += 1
+                        $0.peak = max($0.peak, $0.now)
+                    }
+                    try await Task.sleep(for: .microseconds(Int.random(in: 0...300)))
+                    perKey.withLock { $0[message.keyString!, default: []].append(message.offset) }
+                    concurrent.withLock { $0.now -= 1 }
+                }))
+        let outcome = await pipeline.run(
+            source: PipelineFixture.source([PipelineFixture.messages(0..<2_000, keys: 40)]))
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 2_000)
         #expect(perKey.value.count == 40)
@@ -42,20 +49,24 @@ struct ShardPipelineTests {
         #expect(concurrent.value.peak > 1, "keys ran in parallel")
     }
 
-    @Test("stop: retries wait out their backoff on the host's clock, then the shard crashes at the failing offset and the watermark never passes it")
+    @Test(
+        "stop: retries wait out their backoff on the host's clock, then the shard crashes at the failing offset and the watermark never passes it"
+    )
     func stopPolicy() async {
         var configuration = TopicConfiguration()
-        configuration.onFailure = .init(retries: 2, backoff: .init(initial: .seconds(1), maximum: .seconds(5)), then: .stop)
+        configuration.onFailure = .init(
+            retries: 2, backoff: .init(initial: .seconds(1), maximum: .seconds(5)), then: .stop)
         let attempts = Locked(0)
         let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, context in
-                if message.offset == 5 {
-                    attempts.withLock { $0 = context.attempt }
-                    throw TestFailure(description: "bad order 5")
-                }
-            }),
+            handler: .message(
+                ClosureHandler { message, context in
+                    if message.offset == 5 {
+                        attempts.withLock { $0 = context.attempt }
+                        throw TestFailure(description: "bad order 5")
+                    }
+                }),
             clock: clock)
         let run = Task { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<20)])) }
         // Each retry waits for its backoff (1 s, then 2 s) and not a moment less.
@@ -63,7 +74,9 @@ struct ShardPipelineTests {
             let waiting = await eventually { attempts.value == attempt && clock.nextDeadline == clock.now + backoff }
             #expect(waiting, "attempt \(attempt) failed and its retry waits \(backoff)")
             clock.advance(by: backoff - .milliseconds(1))
-            #expect(attempts.value == attempt && clock.nextDeadline == clock.now + .milliseconds(1), "no retry before the backoff passed")
+            #expect(
+                attempts.value == attempt && clock.nextDeadline == clock.now + .milliseconds(1),
+                "no retry before the backoff passed")
             clock.advance(by: .milliseconds(1))
         }
         let outcome = await run.value
@@ -80,16 +93,26 @@ struct ShardPipelineTests {
     @Test("retries: a handler that fails twice then succeeds is processed, nothing skipped")
     func retriesSucceed() async {
         var configuration = TopicConfiguration()
-        configuration.onFailure = .init(retries: 3, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(2)), then: .stop)
+        configuration.onFailure = .init(
+            retries: 3, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(2)), then: .stop)
         let failures = Locked(0)
         let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                if message.offset == 2, failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "flaky") }
-            }),
+            handler: .message(
+                ClosureHandler { message, _ in
+                    if message.offset == 2,
+                        failures.withLock({
+                            $0 += 1
+                            return $0
+                        }) <= 2
+                    {
+                        throw TestFailure(description: "flaky")
+                    }
+                }),
             clock: clock)
-        let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<5)]), clock: clock)
+        let outcome = await PipelineFixture.run(
+            pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<5)]), clock: clock)
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 5)
         #expect(pipeline.counters == .init(processed: 5, failed: 2, skipped: 0, deadLettered: 0))
@@ -99,15 +122,19 @@ struct ShardPipelineTests {
     func skipAndDeadLetter() async {
         for action in [TopicConfiguration.FailureAction.skip, .deadLetter] {
             var configuration = TopicConfiguration()
-            configuration.onFailure = .init(retries: 1, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(1)), then: action)
+            configuration.onFailure = .init(
+                retries: 1, backoff: .init(initial: .milliseconds(1), maximum: .milliseconds(1)), then: action)
             configuration.deadLetterTopic = "t.dlq"
             let deadLetters = RecordingDeadLetters()
             let clock = ManualHostClock()
             let pipeline = PipelineFixture.pipeline(
                 configuration,
-                handler: .message(ClosureHandler { message, _ in if message.offset % 4 == 1 { throw TestFailure(description: "no") } }),
+                handler: .message(
+                    ClosureHandler { message, _ in if message.offset % 4 == 1 { throw TestFailure(description: "no") } }
+                ),
                 deadLetters: deadLetters, clock: clock)
-            let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<8)]), clock: clock)
+            let outcome = await PipelineFixture.run(
+                pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<8)]), clock: clock)
             #expect(outcome == .sourceEnded(drainTimedOut: false))
             #expect(pipeline.watermark == 8, "\(action)")
             if action == .deadLetter {
@@ -134,7 +161,8 @@ struct ShardPipelineTests {
             configuration,
             handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(100)) }),
             flowControl: flowControl, clock: clock, backpressureGrace: .milliseconds(10))
-        let outcome = await PipelineFixture.run(pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<12)]), clock: clock)
+        let outcome = await PipelineFixture.run(
+            pipeline, source: PipelineFixture.source([PipelineFixture.messages(0..<12)]), clock: clock)
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         let calls = flowControl.calls.value
         #expect(calls.first == "pause")
@@ -145,26 +173,37 @@ struct ShardPipelineTests {
         #expect(pipeline.watermark == 12)
     }
 
-    @Test("large messages: no more in flight than the shard's byte share holds, far below maxInFlight; every message handled")
+    @Test(
+        "large messages: no more in flight than the shard's byte share holds, far below maxInFlight; every message handled"
+    )
     func inFlightByteShare() async {
         var configuration = TopicConfiguration()
         configuration.ordering = .none
         configuration.processors = 8
         let messages = (0..<40).map { offset in
-            Message(topic: "t", partition: 0, offset: Int64(offset), value: KafkaBytes([UInt8](repeating: 1, count: 64 << 10)))
+            Message(
+                topic: "t", partition: 0, offset: Int64(offset),
+                value: KafkaBytes([UInt8](repeating: 1, count: 64 << 10)))
         }
         let footprint = messages[0].memoryFootprint
         let concurrency = Locked((now: 0, most: 0))
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { _, _ in
-                concurrency.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
-                try await Task.sleep(for: .milliseconds(5))
-                concurrency.withLock { $0.now -= 1 }
-            }),
+            handler: .message(
+                ClosureHandler { _, _ in
+                    concurrency.withLock {
+                        $0.now += 1
+                        $0.most = max($0.most, $0.now)
+                    }
+                    try await Task.sleep(for: .milliseconds(5))
+                    concurrency.withLock { $0.now -= 1 }
+                }),
             inFlightBytes: { 4 * footprint })
         #expect(configuration.maxInFlight == 1_000)
-        #expect(await pipeline.run(source: PipelineFixture.source(stride(from: 0, to: 40, by: 10).map { Array(messages[$0..<$0 + 10]) })) == .sourceEnded(drainTimedOut: false))
+        #expect(
+            await pipeline.run(
+                source: PipelineFixture.source(stride(from: 0, to: 40, by: 10).map { Array(messages[$0..<$0 + 10]) }))
+                == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.watermark == 40)
         #expect(concurrency.value.most <= 4, "at most 4 x 64 KiB in flight; 8 processors would take 8")
         #expect(concurrency.value.most >= 2, "the share is used: more than one at a time")
@@ -180,7 +219,9 @@ struct ShardPipelineTests {
         let pipeline = PipelineFixture.pipeline(
             configuration, handler: .message(ClosureHandler { _, _ in try await Task.sleep(for: .milliseconds(1)) }),
             flowControl: flowControl, backpressureGrace: .seconds(30))
-        #expect(await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)])) == .sourceEnded(drainTimedOut: false))
+        #expect(
+            await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<100)]))
+                == .sourceEnded(drainTimedOut: false))
         #expect(flowControl.calls.value == [], "room freed within the grace every time: no pause")
         #expect(pipeline.watermark == 100)
     }
@@ -192,11 +233,15 @@ struct ShardPipelineTests {
         let sizes = Locked<[Int]>([])
         let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
-            configuration, handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }), clock: clock)
+            configuration,
+            handler: .batch(ClosureBatchHandler { batch, _ in sizes.withLock { $0.append(batch.count) } }), clock: clock
+        )
         let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
         continuation.yield(PipelineFixture.messages(0..<12))
         let run = Task { await pipeline.run(source: source) }
-        #expect(await eventually { sizes.value == [5, 5] && clock.nextDeadline == clock.now + .milliseconds(50) }, "two full batches; two messages wait")
+        #expect(
+            await eventually { sizes.value == [5, 5] && clock.nextDeadline == clock.now + .milliseconds(50) },
+            "two full batches; two messages wait")
         clock.advance(by: .milliseconds(49))
         #expect(sizes.value == [5, 5], "not before the timeout")
         clock.advance(by: .milliseconds(1))
@@ -213,15 +258,16 @@ struct ShardPipelineTests {
         let hung = Locked<CheckedContinuation<Void, Never>?>(nil)
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                if message.offset == 3 {
-                    // Awaits an answer that never comes while the pipeline runs, and ignores cancellation, as a
-                    // call to a hung dependency would (without occupying a thread of the cooperative pool).
-                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                        hung.withLock { $0 = continuation }
+            handler: .message(
+                ClosureHandler { message, _ in
+                    if message.offset == 3 {
+                        // Awaits an answer that never comes while the pipeline runs, and ignores cancellation, as a
+                        // call to a hung dependency would (without occupying a thread of the cooperative pool).
+                        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                            hung.withLock { $0 = continuation }
+                        }
                     }
-                }
-            }))
+                }))
         // Only the watchdog can end this run: the hung call returns after the pipeline did.
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<10)]))
         #expect(outcome == .crashed(ShardCrash(reason: .handlerTimeout(.milliseconds(200)), offset: 3)))
@@ -233,7 +279,8 @@ struct ShardPipelineTests {
     func rewoundSource() async {
         let seen = Locked<[Int64]>([])
         let pipeline = PipelineFixture.pipeline(
-            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
+            TopicConfiguration(),
+            handler: .message(ClosureHandler { message, _ in seen.withLock { $0.append(message.offset) } }))
         let outcome = await pipeline.run(
             source: PipelineFixture.source([PipelineFixture.messages(0..<10), PipelineFixture.messages(5..<15)]))
         #expect(outcome == .sourceEnded(drainTimedOut: false))
@@ -249,10 +296,11 @@ struct ShardPipelineTests {
         let release = Locked(false)
         let pipeline = PipelineFixture.pipeline(
             TopicConfiguration(),
-            handler: .message(ClosureHandler { message, _ in
-                started.withLock { $0.append(message.offset) }
-                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
-            }))
+            handler: .message(
+                ClosureHandler { message, _ in
+                    started.withLock { $0.append(message.offset) }
+                    while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+                }))
         async let outcome = pipeline.run(source: source)
         while started.value.isEmpty { try? await Task.sleep(for: .milliseconds(1)) }
         pipeline.requestStop()
@@ -264,16 +312,20 @@ struct ShardPipelineTests {
         continuation.finish()
     }
 
-    @Test("a source that ends while a handler call cannot finish: once drainTimeout passes on the host's clock, the run says so and nothing past that message is committed")
+    @Test(
+        "a source that ends while a handler call cannot finish: once drainTimeout passes on the host's clock, the run says so and nothing past that message is committed"
+    )
     func sourceEndedDrainTimedOut() async {
         let clock = ManualHostClock()
         let started = Locked<[Int64]>([])
         let release = Locked(false)
         let pipeline = PipelineFixture.pipeline(
-            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in
-                started.withLock { $0.append(message.offset) }
-                while message.offset == 2, !release.value { try? await Task.sleep(for: .milliseconds(1)) }
-            }),
+            TopicConfiguration(),
+            handler: .message(
+                ClosureHandler { message, _ in
+                    started.withLock { $0.append(message.offset) }
+                    while message.offset == 2, !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+                }),
             drainTimeout: .seconds(5), clock: clock)
         let run = Task { await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)])) }
         while !started.value.contains(2) { try? await Task.sleep(for: .milliseconds(1)) }
@@ -294,14 +346,16 @@ struct ShardPipelineTests {
     @Test("requestStop during retries makes no further attempt, and the message stays uncommitted")
     func stopEndsRetries() async {
         var configuration = TopicConfiguration()
-        configuration.onFailure = .init(retries: 5, backoff: .init(initial: .seconds(600), maximum: .seconds(600)), then: .skip)
+        configuration.onFailure = .init(
+            retries: 5, backoff: .init(initial: .seconds(600), maximum: .seconds(600)), then: .skip)
         let attempts = Locked(0)
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { _, _ in
-                attempts.withLock { $0 += 1 }
-                throw TestFailure(description: "always")
-            }))
+            handler: .message(
+                ClosureHandler { _, _ in
+                    attempts.withLock { $0 += 1 }
+                    throw TestFailure(description: "always")
+                }))
         let (source, continuation) = AsyncStream.makeStream(of: [Message].self)
         continuation.yield(PipelineFixture.messages(0..<3))
         async let outcome = pipeline.run(source: source)
@@ -313,7 +367,9 @@ struct ShardPipelineTests {
         continuation.finish()
     }
 
-    @Test("a dead-letter write that hangs is watched like a handler: the shard crashes at handlerTimeout, nothing committed")
+    @Test(
+        "a dead-letter write that hangs is watched like a handler: the shard crashes at handlerTimeout, nothing committed"
+    )
     func hungDeadLetterWrite() async {
         var configuration = TopicConfiguration()
         configuration.handlerTimeout = .milliseconds(200)
@@ -321,9 +377,10 @@ struct ShardPipelineTests {
         configuration.deadLetterTopic = "t.dlq"
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                if message.offset == 2 { throw TestFailure(description: "bad") }
-            }),
+            handler: .message(
+                ClosureHandler { message, _ in
+                    if message.offset == 2 { throw TestFailure(description: "bad") }
+                }),
             deadLetters: HangingDeadLetters())
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<5)]))
         #expect(outcome == .crashed(ShardCrash(reason: .handlerTimeout(.milliseconds(200)), offset: 2)))
@@ -341,12 +398,14 @@ struct DeadLetterBatchTests {
         return configuration
     }
 
-    static let failingBatch = AnyHandler.batch(ClosureBatchHandler { _, _ in throw TestFailure(description: "cannot store the batch") })
+    static let failingBatch = AnyHandler.batch(
+        ClosureBatchHandler { _, _ in throw TestFailure(description: "cannot store the batch") })
 
     @Test("a failed batch is dead-lettered in one write, not one per message")
     func oneWrite() async {
         let deadLetters = RecordingDeadLetters()
-        let pipeline = PipelineFixture.pipeline(Self.configuration(), handler: Self.failingBatch, deadLetters: deadLetters)
+        let pipeline = PipelineFixture.pipeline(
+            Self.configuration(), handler: Self.failingBatch, deadLetters: deadLetters)
         let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<4)]))
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(deadLetters.batchWrites.value == [4])
@@ -354,7 +413,8 @@ struct DeadLetterBatchTests {
         #expect(pipeline.watermark == 4)
     }
 
-    @Test("a batch written in part crashes at the first message not written, and the restart writes only that one again")
+    @Test(
+        "a batch written in part crashes at the first message not written, and the restart writes only that one again")
     func partialFailureNoDoubleWrite() async {
         let first = RecordingDeadLetters(failing: [2])
         let pipeline = PipelineFixture.pipeline(Self.configuration(), handler: Self.failingBatch, deadLetters: first)
@@ -371,8 +431,11 @@ struct DeadLetterBatchTests {
         // The restart reads from the watermark; what was written above it is not written again.
         let second = RecordingDeadLetters()
         let restarted = PipelineFixture.pipeline(
-            Self.configuration(), handler: Self.failingBatch, deadLetters: second, alreadyDone: pipeline.completedAboveWatermark)
-        #expect(await restarted.run(source: PipelineFixture.source([PipelineFixture.messages(2..<4)])) == .sourceEnded(drainTimedOut: false))
+            Self.configuration(), handler: Self.failingBatch, deadLetters: second,
+            alreadyDone: pipeline.completedAboveWatermark)
+        #expect(
+            await restarted.run(source: PipelineFixture.source([PipelineFixture.messages(2..<4)]))
+                == .sourceEnded(drainTimedOut: false))
         #expect(second.written.value.map(\.0) == [2])
         #expect(restarted.watermark == 4)
     }
@@ -407,7 +470,8 @@ struct RateLimitTests {
         let handled = HandledMessages()
         let clock = ManualHostClock()
         let pipeline = PipelineFixture.pipeline(
-            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in handled.append(message) }), clock: clock)
+            TopicConfiguration(), handler: .message(ClosureHandler { message, _ in handled.append(message) }),
+            clock: clock)
         pipeline.setRate(1)  // one message now, the next a second later
         let source = AsyncStream<[Message]>.makeStream()
         source.continuation.yield(PipelineFixture.messages(0..<5))
@@ -436,11 +500,14 @@ extension ShardPipelineTests {
     /// Handlers must run on the host's handler threads (a handler that blocks its thread holds one of Sluice's
     /// threads, not one of Swift's few), also after they awaited something that ran elsewhere; and the lane's
     /// own code between calls must not move to Swift's pool either.
-    @Test("handler calls, and what the handler does after an await elsewhere, run on the lanes' executor", arguments: [
-        TopicConfiguration.Ordering.partition, .key,
-    ])
+    @Test(
+        "handler calls, and what the handler does after an await elsewhere, run on the lanes' executor",
+        arguments: [
+            TopicConfiguration.Ordering.partition, .key,
+        ])
     func handlersStayOnLaneThreads(ordering: TopicConfiguration.Ordering) async {
-        let executor = ThreadPoolExecutor(name: "test-lanes", threads: 2, maximumThreads: 2, blockedAfter: .seconds(60), clock: SystemHostClock())
+        let executor = ThreadPoolExecutor(
+            name: "test-lanes", threads: 2, maximumThreads: 2, blockedAfter: .seconds(60), clock: SystemHostClock())
         defer { executor.shutdown() }
         var configuration = TopicConfiguration()
         configuration.ordering = ordering
@@ -448,22 +515,28 @@ extension ShardPipelineTests {
         let threads = Locked<(handler: Set<String>, visited: Set<String>)>(([], []))
         let pipeline = PipelineFixture.pipeline(
             configuration,
-            handler: .message(ClosureHandler { message, _ in
-                let before = RuntimeTests.threadName()
-                let visited = message.offset % 10 == 0 ? await resumedFromDispatch() : nil
-                if message.offset % 7 == 0 { await Task.yield() }
-                let after = RuntimeTests.threadName()
-                threads.withLock { threads in
-                    threads.handler.formUnion([before, after])
-                    if let visited { threads.visited.insert(visited) }
-                }
-            }),
+            handler: .message(
+                ClosureHandler { message, _ in
+                    let before = RuntimeTests.threadName()
+                    let visited = message.offset % 10 == 0 ? await resumedFromDispatch() : nil
+                    if message.offset % 7 == 0 { await Task.yield() }
+                    let after = RuntimeTests.threadName()
+                    threads.withLock { threads in
+                        threads.handler.formUnion([before, after])
+                        if let visited { threads.visited.insert(visited) }
+                    }
+                }),
             laneExecutor: executor)
-        let outcome = await pipeline.run(source: PipelineFixture.source([PipelineFixture.messages(0..<300, keys: 20), PipelineFixture.messages(300..<600, keys: 20)]))
+        let outcome = await pipeline.run(
+            source: PipelineFixture.source([
+                PipelineFixture.messages(0..<300, keys: 20), PipelineFixture.messages(300..<600, keys: 20),
+            ]))
         #expect(outcome == .sourceEnded(drainTimedOut: false))
         #expect(pipeline.counters.processed == 600)
         #expect(!threads.value.handler.isEmpty)
-        #expect(threads.value.handler.allSatisfy { $0.hasPrefix("test-lanes-") }, "handler ran on \(threads.value.handler.sorted())")
+        #expect(
+            threads.value.handler.allSatisfy { $0.hasPrefix("test-lanes-") },
+            "handler ran on \(threads.value.handler.sorted())")
         // What resumed the handler ran on another thread: the handler really waited on something elsewhere.
         #expect(!threads.value.visited.isEmpty && !threads.value.visited.contains { $0.hasPrefix("test-lanes-") })
     }

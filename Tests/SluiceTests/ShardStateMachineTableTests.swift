@@ -23,7 +23,9 @@ enum Expected {
     case impossible(because: String)
     /// The state after the event, whether it commits, stops the pipeline, starts one (and whether from the
     /// committed offset), and the pause set of the new state.
-    case next(MachineStateName, commit: Bool = false, stopPipeline: Bool = false, start: Bool? = nil, pause: Set<KafkaPauseReason>)
+    case next(
+        MachineStateName, commit: Bool = false, stopPipeline: Bool = false, start: Bool? = nil,
+        pause: Set<KafkaPauseReason>)
 }
 
 @Suite("Shard state machine: every state × event pair", .timeLimit(.minutes(2)))
@@ -42,7 +44,9 @@ struct ShardStateMachineTableTests {
         switch name {
         case .running: break
         case .drainingOff: _ = machine.flagChanged(on: false)
-        case .drainingRestart: _ = machine.flagChanged(on: false); _ = machine.flagChanged(on: true)
+        case .drainingRestart:
+            _ = machine.flagChanged(on: false)
+            _ = machine.flagChanged(on: true)
         case .drainingStop: _ = machine.stop()
         case .backingOff: _ = machine.crashed(now: .at(1), reason: "x", jitter: 0)
         case .tripped:
@@ -53,7 +57,9 @@ struct ShardStateMachineTableTests {
                     _ = machine.started(now: until)
                 }
             }
-        case .stopped: _ = machine.stop(); _ = machine.drained()
+        case .stopped:
+            _ = machine.stop()
+            _ = machine.drained()
         case .created, .starting, .off: break
         }
         return (machine, .at(10))
@@ -244,7 +250,9 @@ struct ShardStateMachineTableTests {
     @Test("every possible pair does what the table says", arguments: MachineStateName.allCases)
     func everyPair(_ stateName: MachineStateName) {
         for event in MachineEventName.allCases {
-            guard case .next(let next, let commit, let stopPipeline, let start, let pause) = Self.table[stateName]![event]!
+            guard
+                case .next(let next, let commit, let stopPipeline, let start, let pause) = Self.table[stateName]![
+                    event]!
             else { continue }
             var (machine, now) = Self.machine(in: stateName)
             let actions = Self.feed(event, to: &machine, at: now)
@@ -353,10 +361,13 @@ struct ShardHarness {
     /// The invariant of docs/architecture.md §5, checked after every event.
     func check(_ history: [MachineEventName]) {
         let reasons = machine.pauseReasons
-        #expect(librdkafka.paused == !reasons.isEmpty, "librdkafka's pause equals the state's set \(reasons) after \(history)")
+        #expect(
+            librdkafka.paused == !reasons.isEmpty,
+            "librdkafka's pause equals the state's set \(reasons) after \(history)")
         #expect(librdkafka.rewinds == 0, "never resumed what librdkafka had not paused, after \(history)")
         if case .running = machine.state {
-            #expect(reasons.isEmpty && !librdkafka.paused && pipelineRunning, "a running shard fetches, after \(history)")
+            #expect(
+                reasons.isEmpty && !librdkafka.paused && pipelineRunning, "a running shard fetches, after \(history)")
         }
         switch machine.state {
         case .created, .starting, .running: break
@@ -411,8 +422,13 @@ struct ShardStateMachinePropertyTests {
                 _ = visited.withLock { $0.insert(ShardStateMachineTableTests.name(of: harness.machine.state)) }
             }
         }
-        let missed = Set(MachineStateName.allCases).subtracting(visited.value).subtracting([.created, .starting, .stopped])
-        #expect(missed.isEmpty, "the sequences reach every state a shard rests in (created, starting and stopped are passed through); missed \(missed)")
+        let missed = Set(MachineStateName.allCases).subtracting(visited.value).subtracting([
+            .created, .starting, .stopped,
+        ])
+        #expect(
+            missed.isEmpty,
+            "the sequences reach every state a shard rests in (created, starting and stopped are passed through); missed \(missed)"
+        )
     }
 
     @Test("a partition paused at revocation and handed back is resumed when nothing wants it paused")

@@ -35,7 +35,8 @@ struct ShardStateMachineTests {
         let start = on.assigned()
         #expect(start.startPipeline?.seekToCommitted == false)
         #expect(on.state == .starting(attempt: 0, probe: false))
-        #expect(on.started(now: .at(0)) == Machine.Actions(wakeAt: .at(30), events: [.started(attempt: 0, probe: false)]))
+        #expect(
+            on.started(now: .at(0)) == Machine.Actions(wakeAt: .at(30), events: [.started(attempt: 0, probe: false)]))
         #expect(on.state == .running(attempt: 0, since: .at(0), probe: false))
 
         var off = Machine(policy: fuse, flagOn: false)

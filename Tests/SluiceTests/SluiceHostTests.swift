@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import SluiceKafka
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import Sluice
 
@@ -13,7 +13,9 @@ struct SluiceHostTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
         try await HostFixture.produce(cluster, topic: "orders", count: 2_000, keys: 50)
         let group = HostFixture.uniqueGroup()
-        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]),
+            logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let running = Task { try await host.run() }
@@ -33,16 +35,23 @@ struct SluiceHostTests {
         var settings = TopicConfiguration()
         settings.ordering = .key
         settings.processors = 8
-        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
         let perKey = Locked<[String: [Int]]>([:])
         let active = Locked((now: 0, peak: 0))
-        host.register("orders", ClosureHandler { message, _ in
-            active.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
-            try await Task.sleep(for: .microseconds(Int.random(in: 0...200)))
-            let text = String(decoding: message.value, as: UTF8.self).split(separator: ":")
-            perKey.withLock { $0[String(text[0]), default: []].append(Int(text[1])!) }
-            active.withLock { $0.now -= 1 }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                active.withLock {
+                    $0.now += 1
+                    $0.peak = max($0.peak, $0.now)
+                }
+                try await Task.sleep(for: .microseconds(Int.random(in: 0...200)))
+                let text = String(decoding: message.value, as: UTF8.self).split(separator: ":")
+                perKey.withLock { $0[String(text[0]), default: []].append(Int(text[1])!) }
+                active.withLock { $0.now -= 1 }
+            })
         let running = Task { try await host.run() }
         try await waitUntil("3,000 handled") { perKey.value.values.reduce(0) { $0 + $1.count } == 3_000 }
         host.shutdown()
@@ -54,21 +63,27 @@ struct SluiceHostTests {
     @Test("stop: a failing message stops its shard there while other partitions commit to the end")
     func stopPolicyCommitsNothingPast() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 3])
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        let producer = try KafkaProducer(
+            configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<300 {
             let value = index == 120 ? "poison" : "ok \(index)"
-            _ = try await producer.send(ProducerRecord(topic: "orders", partition: Int32(index % 3), value: Array(value.utf8)))
+            _ = try await producer.send(
+                ProducerRecord(topic: "orders", partition: Int32(index % 3), value: Array(value.utf8)))
         }
         await producer.close()
         let group = HostFixture.uniqueGroup()
         var settings = TopicConfiguration()
         settings.breaker = .latched
-        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]),
+            logger: HostFixture.logger)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
+                handled.append(message)
+            })
         let running = Task { try await host.run() }
         // Message 120 is partition 0, offset 40.
         try await waitUntil("the poison shard tripped and the others finished") {
@@ -88,21 +103,29 @@ struct SluiceHostTests {
     @Test("deadLetter: the failed message lands in the dead-letter topic with its headers, and the offset moves on")
     func deadLetter() async throws {
         let cluster = try await TestClusters.start(topics: ["orders": 1, "orders.dlq": 1])
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        let producer = try KafkaProducer(
+            configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         for index in 0..<10 {
-            _ = try await producer.send(ProducerRecord(topic: "orders", key: Array("k\(index)".utf8), value: Array((index == 4 ? "poison" : "ok").utf8)))
+            _ = try await producer.send(
+                ProducerRecord(
+                    topic: "orders", key: Array("k\(index)".utf8), value: Array((index == 4 ? "poison" : "ok").utf8)))
         }
         await producer.close()
         var settings = TopicConfiguration()
-        settings.onFailure = .init(retries: 2, backoff: .init(initial: .milliseconds(5), maximum: .milliseconds(10)), then: .deadLetter)
+        settings.onFailure = .init(
+            retries: 2, backoff: .init(initial: .milliseconds(5), maximum: .milliseconds(10)), then: .deadLetter)
         settings.deadLetterTopic = "orders.dlq"
         let group = HostFixture.uniqueGroup()
-        let host = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": settings]),
+            logger: HostFixture.logger)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison") { throw TestFailure(description: "cannot parse order") }
+                handled.append(message)
+            })
         let running = Task { try await host.run() }
         try await waitUntil("9 handled and 1 dead-lettered") {
             handled.count == 9 && host.shards.first?.deadLettered == 1
@@ -111,7 +134,8 @@ struct SluiceHostTests {
         try await running.value
         #expect(try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1) == [0: 10])
 
-        var reader = KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup())
+        var reader = KafkaConsumerConfiguration(
+            bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup())
         reader.sessionTimeout = .seconds(6)
         let consumer = try KafkaConsumer(configuration: reader, logger: HostFixture.logger)
         try await consumer.subscribe(topics: ["orders.dlq"])
@@ -130,7 +154,8 @@ struct SluiceHostTests {
         let message = try #require(letter)
         #expect(message.value == KafkaBytes("poison"))
         #expect(message.key == KafkaBytes("k4"))
-        let headers = Dictionary(uniqueKeysWithValues: message.headers.map { ($0.key, String(decoding: $0.value ?? [], as: UTF8.self)) })
+        let headers = Dictionary(
+            uniqueKeysWithValues: message.headers.map { ($0.key, String(decoding: $0.value ?? [], as: UTF8.self)) })
         #expect(headers["sluice.source.topic"] == "orders")
         #expect(headers["sluice.source.partition"] == "0")
         #expect(headers["sluice.source.offset"] == "4")
@@ -149,7 +174,9 @@ struct SluiceHostTests {
             try await Task.sleep(for: .milliseconds(1))
             handled.append(message)
         }
-        let first = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        let first = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]),
+            logger: HostFixture.logger)
         first.register("orders", slow)
         let firstRun = Task { try await first.run() }
         try await waitUntil("some progress") { handled.count >= 500 }
@@ -158,13 +185,17 @@ struct SluiceHostTests {
         let handledByFirst = handled.count
         #expect(handledByFirst < 4_000, "stopped mid-run")
 
-        let second = SluiceHost(configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]), logger: HostFixture.logger)
+        let second = SluiceHost(
+            configuration: HostFixture.configuration(cluster, group: group, topics: ["orders": TopicConfiguration()]),
+            logger: HostFixture.logger)
         second.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let secondRun = Task { try await second.run() }
         try await waitUntil("everything handled") { handled.distinct == 4_000 }
         second.shutdown()
         try await secondRun.value
-        #expect(handled.count - handled.distinct < 100, "at-least-once: few redeliveries, got \(handled.count - handled.distinct)")
+        #expect(
+            handled.count - handled.distinct < 100,
+            "at-least-once: few redeliveries, got \(handled.count - handled.distinct)")
         let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
         #expect(committed == (try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)))
     }
@@ -186,10 +217,13 @@ struct SluiceHostTests {
         let firstGenerations = Dictionary(uniqueKeysWithValues: hostA.shards.map { ($0.topicPartition, $0.generation) })
         let runB = Task { try await hostB.run() }
         try await waitUntil("both hosts own partitions") {
-            hostA.shards.filter { $0.state == .running }.count == 2 && hostB.shards.filter { $0.state == .running }.count == 2
+            hostA.shards.filter { $0.state == .running }.count == 2
+                && hostB.shards.filter { $0.state == .running }.count == 2
         }
         for shard in hostA.shards where shard.state == .running {
-            #expect(shard.generation == firstGenerations[shard.topicPartition], "\(shard.topicPartition) kept running through the rebalance")
+            #expect(
+                shard.generation == firstGenerations[shard.topicPartition],
+                "\(shard.topicPartition) kept running through the rebalance")
         }
         let first = try await HostFixture.produce(cluster, topic: "orders", count: 800, keys: 80)
         try await waitUntil("both handled their half") { handledA.count + handledB.count == 800 }
@@ -215,11 +249,14 @@ struct SluiceHostTests {
     func missingHandler() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let host = SluiceHost(
-            configuration: HostFixture.configuration(cluster, group: "g", topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()]),
+            configuration: HostFixture.configuration(
+                cluster, group: "g", topics: ["orders": TopicConfiguration(), "payments": TopicConfiguration()]),
             logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message.contains("topics.payments: topic 'payments' is configured but no handler is registered") == true)
+        #expect(
+            error?.message.contains("topics.payments: topic 'payments' is configured but no handler is registered")
+                == true)
     }
 
     @Test("a flag file that cannot be read at start stops the start, naming the file: nothing runs unflagged")
@@ -230,7 +267,9 @@ struct SluiceHostTests {
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message.hasPrefix("flags.file: /nonexistent/sluice-flags.yaml: cannot read the flag file") == true, "\(error?.message ?? "")")
+        #expect(
+            error?.message.hasPrefix("flags.file: /nonexistent/sluice-flags.yaml: cannot read the flag file") == true,
+            "\(error?.message ?? "")")
         #expect(host.shards.isEmpty)
     }
 
@@ -241,7 +280,8 @@ struct SluiceHostTests {
         orders.onFailure.then = .deadLetter
         orders.deadLetterTopic = "orders-dlq"
         let host = SluiceHost(
-            configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
+            configuration: HostFixture.configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
             logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         host.register("orders-dlq", ClosureHandler { _, _ in })
@@ -249,21 +289,28 @@ struct SluiceHostTests {
         #expect(error?.message.contains("topics.orders.deadLetterTopic: 'orders-dlq' is a consumed topic") == true)
     }
 
-    @Test("a dead-letter topic missing from the cluster refuses the start, naming the key and the topic, and creates nothing")
+    @Test(
+        "a dead-letter topic missing from the cluster refuses the start, naming the key and the topic, and creates nothing"
+    )
     func deadLetterTopicMissing() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         var orders = TopicConfiguration()
         orders.onFailure.then = .deadLetter
         orders.deadLetterTopic = "orders.dlq"
         let host = SluiceHost(
-            configuration: HostFixture.configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
+            configuration: HostFixture.configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": orders]),
             logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let error = await #expect(throws: SluiceError.self) { try await host.run() }
-        #expect(error?.message == "topics.orders.deadLetterTopic: topic 'orders.dlq' does not exist in the cluster; create it (Sluice does not create topics)")
+        #expect(
+            error?.message
+                == "topics.orders.deadLetterTopic: topic 'orders.dlq' does not exist in the cluster; create it (Sluice does not create topics)"
+        )
         // Asking did not create it (the embedded cluster creates topics a client asks for with auto-creation on).
         let consumer = try KafkaConsumer(
-            configuration: KafkaConsumerConfiguration(bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup()),
+            configuration: KafkaConsumerConfiguration(
+                bootstrapServers: cluster.bootstrapServers, groupID: HostFixture.uniqueGroup()),
             logger: HostFixture.logger)
         #expect(try await consumer.topicExists("orders.dlq") == false)
         #expect(try await consumer.topicExists("orders"))
@@ -275,13 +322,16 @@ struct SluiceHostTests {
         // Taking a broker of the embedded cluster down can abort the whole process (its listener is re-bound
         // to the same port at once, and librdkafka 2.0.2 asserts if the port was taken meanwhile): run in a
         // process of its own, and again once if the cluster, not the test, failed.
-        guard ProcessInfo.processInfo.environment[BlockingHandlerTests.aloneVariable] == "readinessAfterLostSession" else {
+        guard ProcessInfo.processInfo.environment[BlockingHandlerTests.aloneVariable] == "readinessAfterLostSession"
+        else {
             var (status, output) = try await BlockingHandlerTests.runAlone("readinessAfterLostSession")
             if status != 0, output.contains("Failed to-create mock broker listener") {
                 print("the embedded cluster could not re-bind its broker's port; running the test again")
                 (status, output) = try await BlockingHandlerTests.runAlone("readinessAfterLostSession")
             }
-            #expect(status == 0 && output.contains("Test run with 1 test"), "the test in its own process:\n\(output.suffix(4_000))")
+            #expect(
+                status == 0 && output.contains("Test run with 1 test"),
+                "the test in its own process:\n\(output.suffix(4_000))")
             return
         }
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])

@@ -11,7 +11,8 @@ struct StallDetectorTests {
     func detector() -> Detector { Detector(stallAfter: .seconds(30), unstartedAfter: .seconds(10), now: start) }
 
     func seen(_ done: Int?, expected: Bool = true, fetched: Bool = true, pipeline: UInt64 = 1) -> Detector.Observation {
-        .init(progress: done.map { .init(pipeline: pipeline, done: $0) }, expectedToProgress: expected, fetched: fetched)
+        .init(
+            progress: done.map { .init(pipeline: pipeline, done: $0) }, expectedToProgress: expected, fetched: fetched)
     }
 
     @Test("a shard without lag, or paused, is never stalled however long nothing happens")
@@ -41,7 +42,8 @@ struct StallDetectorTests {
         var detector = detector()
         _ = detector.observe(seen(5, pipeline: 1), now: start)
         #expect(detector.observe(seen(5, pipeline: 2), now: start + .seconds(40)) == .none)
-        #expect(detector.observe(seen(5, pipeline: 2), now: start + .seconds(70)) == .stalled(since: start + .seconds(40)))
+        #expect(
+            detector.observe(seen(5, pipeline: 2), now: start + .seconds(70)) == .stalled(since: start + .seconds(40)))
     }
 
     @Test("nothing fetched since the assignment: the fetcher is restarted once per stall, before the stall is reported")
@@ -54,10 +56,14 @@ struct StallDetectorTests {
         #expect(detector.observe(seen(nil, fetched: false), now: start + .seconds(30)) == .stalled(since: start))
         #expect(detector.observe(seen(1), now: start + .seconds(31)) == .cleared)
         _ = detector.observe(seen(nil, fetched: false), now: start + .seconds(32))
-        #expect(detector.observe(seen(nil, fetched: false), now: start + .seconds(42)) == .restartFetcher, "again in the next stall")
+        #expect(
+            detector.observe(seen(nil, fetched: false), now: start + .seconds(42)) == .restartFetcher,
+            "again in the next stall")
     }
 
-    @Test("random observations: stalled only after stallAfter without progress while expected, once until cleared; cleared only after stalled")
+    @Test(
+        "random observations: stalled only after stallAfter without progress while expected, once until cleared; cleared only after stalled"
+    )
     func randomSequences() async {
         let step = Gen.int(in: 0...99)
         await propertyCheck(count: 500, input: step.array(of: 1...120)) { steps in
@@ -86,7 +92,8 @@ struct StallDetectorTests {
                     #expect(!observation.fetched && sinceProgress.duration(to: now) >= .seconds(10))
                 case .none:
                     if stalled || !expected { break }
-                    #expect(sinceProgress.duration(to: now) < .seconds(30), "not stalled although nothing moved for 30 s")
+                    #expect(
+                        sinceProgress.duration(to: now) < .seconds(30), "not stalled although nothing moved for 30 s")
                 }
                 #expect((detector.stalledSince != nil) == stalled)
             }

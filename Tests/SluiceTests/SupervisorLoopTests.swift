@@ -10,7 +10,8 @@ import Testing
 @Suite("Supervisor loop without a cluster", .timeLimit(.minutes(2)))
 struct SupervisorLoopTests {
     static func host(
-        _ topics: [String: TopicConfiguration] = ["orders": TopicConfiguration()], clock: any HostClock = SystemHostClock(),
+        _ topics: [String: TopicConfiguration] = ["orders": TopicConfiguration()],
+        clock: any HostClock = SystemHostClock(),
         stallAfter: Duration = .seconds(30)
     ) -> SluiceHost {
         var configuration = SluiceConfiguration(kafka: .init(bootstrap: "unused:1", group: "g"), topics: topics)
@@ -31,7 +32,9 @@ struct SupervisorLoopTests {
 
     /// Starts a host whose `orders` flag is off, recording what it handles, on a scripted consumer that has
     /// assigned it nothing yet (the test assigns `orders/0`).
-    static func startWithOrdersOff() async throws -> (SluiceHost, HandledMessages, ScriptedConsumer, Task<Void, any Error>, TopicPartition) {
+    static func startWithOrdersOff() async throws -> (
+        SluiceHost, HandledMessages, ScriptedConsumer, Task<Void, any Error>, TopicPartition
+    ) {
         let host = Self.host()
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -68,13 +71,17 @@ struct SupervisorLoopTests {
         #expect(consumer.stored(partition) == nil, "nothing stored for a pipeline the view does not name yet")
         consumer.pauseHang.withLock { $0 = nil }
         hang.release()
-        try await waitUntil("once the view names it, the pipeline's watermark is stored") { consumer.stored(partition) == 10 }
+        try await waitUntil("once the view names it, the pipeline's watermark is stored") {
+            consumer.stored(partition) == 10
+        }
         host.shutdown()
         consumer.finish()
         try await running.value
     }
 
-    @Test("a flag turned on between the rebalance callback and the supervisor's assignment does not leave the partition paused")
+    @Test(
+        "a flag turned on between the rebalance callback and the supervisor's assignment does not leave the partition paused"
+    )
     func flagOnBetweenCallbackAndAssignment() async throws {
         let (host, handled, consumer, running, partition) = try await Self.startWithOrdersOff()
         // The rebalance callback sees the flag off: the partition is paused before its first fetch.
@@ -94,7 +101,9 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
-    @Test("a shard turned back on is resumed before its seek: the seek wakes librdkafka's broker thread, a resume alone does not")
+    @Test(
+        "a shard turned back on is resumed before its seek: the seek wakes librdkafka's broker thread, a resume alone does not"
+    )
     func resumeBeforeSeek() async throws {
         let host = Self.host()
         let handled = HandledMessages()
@@ -119,7 +128,9 @@ struct SupervisorLoopTests {
         try await running.value
     }
 
-    @Test("a flag for a topic of 500 partitions, and a shutdown, reach the consumer as one pause call each, not one per shard")
+    @Test(
+        "a flag for a topic of 500 partitions, and a shutdown, reach the consumer as one pause call each, not one per shard"
+    )
     func pausesInOneCall() async throws {
         let host = Self.host()
         host.register("orders", ClosureHandler { _, _ in })
@@ -128,24 +139,34 @@ struct SupervisorLoopTests {
         let partitions = (0..<500).map { TopicPartition("orders", Int32($0)) }
         consumer.assign(partitions)
         consumer.deliverAssignment(partitions)
-        try await waitUntil("500 shards running") { host.shards.count == 500 && host.shards.allSatisfy { $0.state == .running } }
+        try await waitUntil("500 shards running") {
+            host.shards.count == 500 && host.shards.allSatisfy { $0.state == .running }
+        }
         let beforeFlag = consumer.pauseCalls
         host.operatorFlags.set(.topic("orders"), enabled: false)
         await host.flags.refresh()
-        try await waitUntil("every partition paused for the flag") { partitions.allSatisfy { consumer.pauseReasons(for: $0) == [.flag] } }
+        try await waitUntil("every partition paused for the flag") {
+            partitions.allSatisfy { consumer.pauseReasons(for: $0) == [.flag] }
+        }
         #expect(consumer.pauseCalls == beforeFlag + 1, "one call for the 500 partitions")
         host.operatorFlags.unset(.topic("orders"))
         await host.flags.refresh()
-        try await waitUntil("every partition fetching again") { partitions.allSatisfy { consumer.pauseReasons(for: $0).isEmpty } }
+        try await waitUntil("every partition fetching again") {
+            partitions.allSatisfy { consumer.pauseReasons(for: $0).isEmpty }
+        }
         let beforeShutdown = consumer.pauseCalls
         host.shutdown()
-        try await waitUntil("every shard stopped and paused") { partitions.allSatisfy { !consumer.pauseReasons(for: $0).isEmpty } }
+        try await waitUntil("every shard stopped and paused") {
+            partitions.allSatisfy { !consumer.pauseReasons(for: $0).isEmpty }
+        }
         #expect(consumer.pauseCalls == beforeShutdown + 1, "one call for the 500 stopping shards")
         consumer.finish()
         try await running.value
     }
 
-    @Test("with a coordinator that answers nothing, restarts, flags and revocations are still handled and the host stays healthy")
+    @Test(
+        "with a coordinator that answers nothing, restarts, flags and revocations are still handled and the host stays healthy"
+    )
     func unansweringCoordinator() async throws {
         var orders = TopicConfiguration()
         orders.breaker = BreakerPolicy(
@@ -154,12 +175,19 @@ struct SupervisorLoopTests {
         let host = Self.host(["orders": orders])
         let failures = Locked(1)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.partition == 0, message.offset == 3, failures.withLock({ $0 -= 1; return $0 >= 0 }) {
-                throw TestFailure(description: "once")
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.partition == 0, message.offset == 3,
+                    failures.withLock({
+                        $0 -= 1
+                        return $0 >= 0
+                    })
+                {
+                    throw TestFailure(description: "once")
+                }
+                handled.append(message)
+            })
         let consumer = ScriptedConsumer()
         let hang = Hang()
         consumer.unanswered.withLock { $0 = hang }
@@ -175,7 +203,9 @@ struct SupervisorLoopTests {
         }
         host.operatorFlags.set(.partition(partitions[1]), enabled: false)
         await host.flags.refresh()
-        try await waitUntil("partition 1 off") { host.shards.first { $0.topicPartition == partitions[1] }?.state == .off }
+        try await waitUntil("partition 1 off") {
+            host.shards.first { $0.topicPartition == partitions[1] }?.state == .off
+        }
         consumer.revoke([partitions[2]])
         try await waitUntil("partition 2 released") { consumer.releasedPartitions == [partitions[2]] }
         #expect(host.health().healthy, "\(host.health().reasons)")
@@ -194,10 +224,19 @@ struct SupervisorLoopTests {
         let host = Self.host(["orders": orders])
         let failures = Locked(1)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.offset == 3, failures.withLock({ $0 -= 1; return $0 >= 0 }) { throw TestFailure(description: "once") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 3,
+                    failures.withLock({
+                        $0 -= 1
+                        return $0 >= 0
+                    })
+                {
+                    throw TestFailure(description: "once")
+                }
+                handled.append(message)
+            })
         let events = EventLog(host)
         let consumer = ScriptedConsumer()
         let running = try Self.start(host, consumer)
@@ -208,7 +247,9 @@ struct SupervisorLoopTests {
         consumer.append(partition, count: 10)
         try await waitUntil("every message handled after the restart") { handled.distinct == 10 }
         // Events reach the log asynchronously: wait for the last start there.
-        try await waitUntil("the events logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 2 }
+        try await waitUntil("the events logged") {
+            events.of(partition).map(\.name).filter { $0 == "started" }.count >= 2
+        }
         let kinds = events.of(partition).map(\.name)
         // started, crashed (the failure), then two restarts whose seek failed (each a crash, no start), then
         // a start after a seek that worked.
@@ -219,14 +260,17 @@ struct SupervisorLoopTests {
             return nil
         }
         #expect(crashes.dropFirst().allSatisfy { $0.hasPrefix("seek before restart failed") }, "\(crashes)")
-        #expect(consumer.seeks == [TopicPartitionOffset(partition, offset: 3)], "one seek worked, to the failed message")
+        #expect(
+            consumer.seeks == [TopicPartitionOffset(partition, offset: 3)], "one seek worked, to the failed message")
         #expect(handled.all.value.map(\.offset).sorted() == Array(0..<10), "the restarted pipeline read from the seek")
         host.shutdown()
         consumer.finish()
         try await running.value
     }
 
-    @Test("a crash while draining toward a restart (flag off, then on, then the in-flight message fails) leaves no flag pause behind")
+    @Test(
+        "a crash while draining toward a restart (flag off, then on, then the in-flight message fails) leaves no flag pause behind"
+    )
     func crashWhileDrainingTowardRestart() async throws {
         var orders = TopicConfiguration()
         orders.breaker = BreakerPolicy(
@@ -237,15 +281,17 @@ struct SupervisorLoopTests {
         let release = Locked(false)
         let failures = Locked(1)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.offset == 0, failures.value > 0 {
-                inCall.withLock { $0 = true }
-                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
-                failures.withLock { $0 -= 1 }
-                throw TestFailure(description: "failed while draining")
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 0, failures.value > 0 {
+                    inCall.withLock { $0 = true }
+                    while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+                    failures.withLock { $0 -= 1 }
+                    throw TestFailure(description: "failed while draining")
+                }
+                handled.append(message)
+            })
         let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 5)
         try await waitUntil("offset 0 is in its handler") { inCall.value }
@@ -256,7 +302,9 @@ struct SupervisorLoopTests {
         release.withLock { $0 = true }
         try await waitUntil("restarted after the crash and handled everything") { handled.distinct == 5 }
         #expect(host.shards.first?.state == .running)
-        #expect(consumer.pauseReasons(for: partition).isEmpty, "no flag (or breaker) pause left: \(consumer.pauseReasons(for: partition))")
+        #expect(
+            consumer.pauseReasons(for: partition).isEmpty,
+            "no flag (or breaker) pause left: \(consumer.pauseReasons(for: partition))")
         host.shutdown()
         consumer.finish()
         try await running.value
@@ -273,10 +321,12 @@ struct SupervisorLoopTests {
         let host = Self.host(["orders": orders], clock: clock)
         let failing = Locked(true)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.offset == 3, failing.value { throw TestFailure(description: "poison") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 3, failing.value { throw TestFailure(description: "poison") }
+                handled.append(message)
+            })
         let events = EventLog(host)
         let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 10)
@@ -297,14 +347,18 @@ struct SupervisorLoopTests {
         failing.withLock { $0 = false }
         #expect(await host.reset(partition))
         try await waitUntil("after a reset everything is handled") { handled.distinct == 10 }
-        try await waitUntil("four starts logged") { events.of(partition).map(\.name).filter { $0 == "started" }.count >= 4 }
+        try await waitUntil("four starts logged") {
+            events.of(partition).map(\.name).filter { $0 == "started" }.count >= 4
+        }
         #expect(events.of(partition).map(\.name).filter { $0 == "started" }.count == 4)
         host.shutdown()
         consumer.finish()
         try await running.value
     }
 
-    @Test("a partition that fetched nothing since its assignment while messages wait gets its fetcher restarted, once per stall")
+    @Test(
+        "a partition that fetched nothing since its assignment while messages wait gets its fetcher restarted, once per stall"
+    )
     func unstartedPartitionRestarted() async throws {
         let clock = ManualHostClock()
         let host = Self.host(clock: clock, stallAfter: .seconds(30))
@@ -320,7 +374,9 @@ struct SupervisorLoopTests {
         consumer.committed.withLock { $0 = [waiting: 0, fetching: 0] }
         consumer.append(waiting, count: 5, deliver: false)
         consumer.append(fetching, count: 3)
-        try await waitUntil("both running") { host.shards.count == 2 && host.shards.allSatisfy { $0.state == .running } }
+        try await waitUntil("both running") {
+            host.shards.count == 2 && host.shards.allSatisfy { $0.state == .running }
+        }
         // Lag is known once the lag refresh (every 5 s of host time) ran.
         var ticks = 0
         while host.shards.first(where: { $0.topicPartition == waiting })?.lag != 5, ticks < 20 {
@@ -333,7 +389,9 @@ struct SupervisorLoopTests {
             #expect(consumer.fetcherRestarts.value.isEmpty, "not before 10 s without progress")
         }
         for _ in 1...4 where consumer.fetcherRestarts.value.isEmpty { try await clock.tick(host) }
-        #expect(consumer.fetcherRestarts.value == [waiting], "the partition with messages waiting and nothing fetched, once")
+        #expect(
+            consumer.fetcherRestarts.value == [waiting], "the partition with messages waiting and nothing fetched, once"
+        )
         for _ in 1...5 { try await clock.tick(host) }
         #expect(consumer.fetcherRestarts.value == [waiting], "asked once per stall")
         host.shutdown()
@@ -351,9 +409,11 @@ struct SupervisorLoopTests {
         orders.handlerTimeout = .seconds(3_600)
         let host = Self.host(["orders": orders], clock: clock, stallAfter: .seconds(30))
         let release = Locked(false)
-        host.register("orders", ClosureHandler { message, _ in
-            while message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(2)) }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                while message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(2)) }
+            })
         let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 5)
         try await waitUntil("running with lag") { host.shards.first?.state == .running && host.shards.first?.lag == 5 }
@@ -361,7 +421,8 @@ struct SupervisorLoopTests {
         let stoppedAt = clock.now
         for _ in 1..<30 {
             try await clock.tick(host)
-            #expect(host.shards.first?.stalledSince == nil, "not stalled \(clock.now - stoppedAt) after progress stopped")
+            #expect(
+                host.shards.first?.stalledSince == nil, "not stalled \(clock.now - stoppedAt) after progress stopped")
         }
         #expect(consumer.stallReports.value.isEmpty)
         try await clock.tick(host)
@@ -410,13 +471,15 @@ struct SupervisorLoopTests {
         let inCall = Locked(false)
         let release = Locked(false)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.offset == 2 {
-                inCall.withLock { $0 = true }
-                while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
-            }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 2 {
+                    inCall.withLock { $0 = true }
+                    while !release.value { try? await Task.sleep(for: .milliseconds(1)) }
+                }
+                handled.append(message)
+            })
         let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 10)
         try await waitUntil("offset 2 is in its handler") { inCall.value }
@@ -428,7 +491,8 @@ struct SupervisorLoopTests {
         release.withLock { $0 = true }
         try await Task.sleep(for: .milliseconds(300))  // give a wrongly running pipeline the chance to go on
         #expect(handled.all.value.map(\.offset) == [0, 1, 2], "nothing after the call in progress")
-        #expect(consumer.storesWithoutAssignment == storesBefore, "nothing stored for a partition another member may own")
+        #expect(
+            consumer.storesWithoutAssignment == storesBefore, "nothing stored for a partition another member may own")
         #expect(!host.readiness.ready, "not ready while the session is lost")
         host.shutdown()
         consumer.finish()
@@ -442,10 +506,14 @@ struct SupervisorLoopTests {
         let consumer = ScriptedConsumer()
         let running = try Self.start(host, consumer)
         try await waitUntil("running") { host.health().healthy }
-        consumer.raiseFatal(KafkaError(code: .librdkafka, message: "Fatal error: Broker: Static consumer fenced by other consumer", isFatal: true))
+        consumer.raiseFatal(
+            KafkaError(
+                code: .librdkafka, message: "Fatal error: Broker: Static consumer fenced by other consumer",
+                isFatal: true))
         let health = host.health()
         #expect(!health.healthy)
-        #expect(health.reasons.contains { $0.hasPrefix("librdkafka raised a fatal error; the consumer must be restarted") })
+        #expect(
+            health.reasons.contains { $0.hasPrefix("librdkafka raised a fatal error; the consumer must be restarted") })
         host.shutdown()
         consumer.finish()
         try await running.value
@@ -460,10 +528,12 @@ struct SupervisorLoopTests {
         orders.breaker = .backoff
         let host = Self.host(["orders": orders], clock: clock)
         let calls = Locked<[Int64: Int]>([:])
-        host.register("orders", ClosureHandler { message, _ in
-            calls.withLock { $0[message.offset, default: 0] += 1 }
-            if message.offset == 3 { throw TestFailure(description: "poison") }
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                calls.withLock { $0[message.offset, default: 0] += 1 }
+                if message.offset == 3 { throw TestFailure(description: "poison") }
+            })
         let (consumer, running, partition) = try Self.startAssigned(host)
         consumer.append(partition, count: 200)
         for restart in 1...10 {

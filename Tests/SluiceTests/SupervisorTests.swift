@@ -1,8 +1,8 @@
 import Foundation
 import Logging
 import SluiceKafka
-import Testing
 import SluiceTesting
+import Testing
 
 @testable import Sluice
 
@@ -103,7 +103,8 @@ struct SupervisorTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 4])
         let flags = try flagFile("\"orders/3\": off\n")
         let host = SluiceHost(
-            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
+            configuration: configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
             logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -133,30 +134,38 @@ struct SupervisorTests {
             restartBackoff: .init(initial: .milliseconds(100), maximum: .milliseconds(200), jitter: 0),
             trip: .init(crashes: 3, within: .seconds(60)), cooldown: nil, healthyAfter: .seconds(60))
         let group = HostFixture.uniqueGroup()
-        let host = SluiceHost(configuration: configuration(cluster, group: group, topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: configuration(cluster, group: group, topics: ["orders": settings]),
+            logger: HostFixture.logger)
         let log = EventLog(host)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.keyString == "k7" { throw TestFailure(description: "cannot price k7") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.keyString == "k7" { throw TestFailure(description: "cannot price k7") }
+                handled.append(message)
+            })
         let running = Task { try await host.run() }
         // Events reach the log asynchronously: wait for the trip there too.
         try await waitUntil("the k7 shard tripped") {
             host.shards.contains { if case .tripped = $0.state { true } else { false } }
                 && log.events.value.contains { if case .tripped = $0.kind { true } else { false } }
         }
-        let poisoned = try #require(host.shards.first { if case .tripped = $0.state { true } else { false } }?.topicPartition)
-        #expect(log.of(poisoned).map(\.name) == [
-            "started", "crashed", "backingOff", "started", "crashed", "backingOff", "started", "crashed", "tripped",
-        ])
+        let poisoned = try #require(
+            host.shards.first { if case .tripped = $0.state { true } else { false } }?.topicPartition)
+        #expect(
+            log.of(poisoned).map(\.name) == [
+                "started", "crashed", "backingOff", "started", "crashed", "backingOff", "started", "crashed", "tripped",
+            ])
         let ends = try await HostFixture.endOffsets(cluster, topic: "orders", partitions: 4)
         try await waitUntil("every other shard reached its end offset") {
             let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
             return (0..<4).filter { $0 != poisoned.partition }.allSatisfy { committed[$0] == ends[$0] }
         }
         for partition in Int32(0)..<4 where partition != poisoned.partition {
-            #expect(log.of(TopicPartition("orders", partition)).map(\.name) == ["started"], "partition \(partition) untouched")
+            #expect(
+                log.of(TopicPartition("orders", partition)).map(\.name) == ["started"],
+                "partition \(partition) untouched")
         }
         let firstPoison = handled.all.value.filter { $0.partition == poisoned.partition }.count
         let committed = try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 4)
@@ -170,17 +179,24 @@ struct SupervisorTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         var settings = TopicConfiguration()
         settings.breaker = .latched
-        let host = SluiceHost(configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]),
+            logger: HostFixture.logger)
         let broken = Locked(true)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if message.value == KafkaBytes("poison"), broken.value { throw TestFailure(description: "poison") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.value == KafkaBytes("poison"), broken.value { throw TestFailure(description: "poison") }
+                handled.append(message)
+            })
         let running = Task { try await host.run() }
         let partition = TopicPartition("orders", 0)
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
-        for value in ["a", "poison", "b"] { _ = try await producer.send(ProducerRecord(topic: "orders", value: Array(value.utf8))) }
+        let producer = try KafkaProducer(
+            configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        for value in ["a", "poison", "b"] {
+            _ = try await producer.send(ProducerRecord(topic: "orders", value: Array(value.utf8)))
+        }
         let isTripped = { host.shards.first.map { if case .tripped = $0.state { true } else { false } } ?? false }
         try await waitUntil("tripped") { isTripped() }
         broken.withLock { $0 = false }
@@ -214,22 +230,33 @@ struct SupervisorTests {
         settings.breaker = BreakerPolicy(
             restartBackoff: .init(initial: .milliseconds(50), maximum: .milliseconds(50), jitter: 0),
             trip: .init(crashes: 1, within: nil), cooldown: .milliseconds(600), healthyAfter: .seconds(60))
-        let host = SluiceHost(configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]), logger: HostFixture.logger)
+        let host = SluiceHost(
+            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": settings]),
+            logger: HostFixture.logger)
         let log = EventLog(host)
         let failures = Locked(0)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            if failures.withLock({ $0 += 1; return $0 }) <= 2 { throw TestFailure(description: "downstream unavailable") }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if failures.withLock({
+                    $0 += 1
+                    return $0
+                }) <= 2 {
+                    throw TestFailure(description: "downstream unavailable")
+                }
+                handled.append(message)
+            })
         let running = Task { try await host.run() }
-        let producer = try KafkaProducer(configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
+        let producer = try KafkaProducer(
+            configuration: .init(bootstrapServers: cluster.bootstrapServers), logger: HostFixture.logger)
         _ = try await producer.send(ProducerRecord(topic: "orders", value: Array("order".utf8)))
         await producer.close()
         let partition = TopicPartition("orders", 0)
         // Events reach the log asynchronously: wait for the last one there too.
         try await waitUntil("handled after two probes") { handled.count == 1 && log.of(partition).count >= 7 }
-        #expect(log.of(partition).map(\.name) == ["started", "crashed", "tripped", "probe", "crashed", "tripped", "probe"])
+        #expect(
+            log.of(partition).map(\.name) == ["started", "crashed", "tripped", "probe", "crashed", "tripped", "probe"])
         let trips = log.events.value.filter { if case .tripped = $0.kind { true } else { false } }
         #expect(trips.count == 2)
         host.shutdown()
@@ -241,7 +268,8 @@ struct SupervisorTests {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         let flags = try flagFile("orders: on\n")
         let host = SluiceHost(
-            configuration: configuration(cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
+            configuration: configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()], flagFile: flags),
             logger: HostFixture.logger)
         let handled = HandledMessages()
         host.register("orders", ClosureHandler { message, _ in handled.append(message) })
@@ -272,7 +300,9 @@ struct SupervisorTests {
         let hostB = SluiceHost(configuration: settings, logger: HostFixture.logger)
         hostB.register("orders", ClosureHandler { message, _ in handled.append(message) })
         let runB = Task { try await hostB.run() }
-        try await waitUntil("one partition each", timeout: .seconds(40)) { hostA.shards.count == 1 && hostB.shards.count == 1 }
+        try await waitUntil("one partition each", timeout: .seconds(40)) {
+            hostA.shards.count == 1 && hostB.shards.count == 1
+        }
         let owner = [hostA, hostB].first { $0.shards.first?.topicPartition.partition == 1 }!
         #expect(owner.shards.first?.state == .off)
         #expect(owner.shards.first?.pauseReasons == [.flag])
@@ -287,7 +317,9 @@ struct SupervisorTests {
         try await runB.value
     }
 
-    @Test("a running shard that makes no progress with messages waiting is reported stalled, idle shards are not; progress clears it")
+    @Test(
+        "a running shard that makes no progress with messages waiting is reported stalled, idle shards are not; progress clears it"
+    )
     func stallDetection() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2])
         var orders = TopicConfiguration()
@@ -298,11 +330,15 @@ struct SupervisorTests {
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         let release = Locked(false)
         let handled = HandledMessages()
-        host.register("orders", ClosureHandler { message, _ in
-            // Partition 0's first message hangs until released.
-            while message.partition == 0, message.offset == 0, !release.value { try await Task.sleep(for: .milliseconds(5)) }
-            handled.append(message)
-        })
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                // Partition 0's first message hangs until released.
+                while message.partition == 0, message.offset == 0, !release.value {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                handled.append(message)
+            })
         let events = EventLog(host)
         let running = Task { try await host.run() }
         try await waitUntil("both shards running") { host.shards.filter { $0.state == .running }.count == 2 }
@@ -326,18 +362,23 @@ struct SupervisorTests {
         #expect(!events.of(idle).map(\.name).contains("stalled"))
         release.withLock { $0 = true }
         try await waitUntil("progress clears the stall") { events.of(stuck).map(\.name).contains("stallCleared") }
-        try await waitUntil("partition 0 done") { handled.all.value.filter { $0.partition == 0 }.count == Int(ends[0]!) }
+        try await waitUntil("partition 0 done") {
+            handled.all.value.filter { $0.partition == 0 }.count == Int(ends[0]!)
+        }
         host.shutdown()
         try await running.value
     }
 
-    @Test("lag of a paused shard follows new messages (queried watermarks), and is known before the shard stored anything")
+    @Test(
+        "lag of a paused shard follows new messages (queried watermarks), and is known before the shard stored anything"
+    )
     func lagOfPausedShards() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
         let flags = try flagFile("orders: off\n")
         let group = HostFixture.uniqueGroup()
         try await HostFixture.produce(cluster, topic: "orders", count: 30, keys: 3)
-        var configuration = configuration(cluster, group: group, topics: ["orders": TopicConfiguration()], flagFile: flags)
+        var configuration = configuration(
+            cluster, group: group, topics: ["orders": TopicConfiguration()], flagFile: flags)
         configuration.lagRefreshInterval = .milliseconds(200)
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })

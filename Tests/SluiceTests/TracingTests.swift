@@ -19,19 +19,22 @@ struct TracingTests {
         }
     }
 
-    @Test("each handled message gets a consumer span whose parent is the producer's span, with the messaging attributes; the handler runs inside it")
+    @Test(
+        "each handled message gets a consumer span whose parent is the producer's span, with the messaging attributes; the handler runs inside it"
+    )
     func spanPerMessage() async throws {
         let tracer = InMemoryTracer()
         let insideTrace = Locked<[String]>([])
         let pipeline = PipelineFixture.pipeline(
             TopicConfiguration(),
-            handler: .message(ClosureHandler { _, _ in
-                // Child spans a handler starts join the trace: the current context is the process span's.
-                var carrier: [KafkaHeader] = []
-                tracer.inject(ServiceContext.current ?? .topLevel, into: &carrier, using: KafkaHeaderInjector())
-                let trace = KafkaHeaderExtractor().extract(key: InMemoryTracer.traceIDKey, from: carrier)
-                insideTrace.withLock { $0.append(trace ?? "-") }
-            }), tracer: tracer)
+            handler: .message(
+                ClosureHandler { _, _ in
+                    // Child spans a handler starts join the trace: the current context is the process span's.
+                    var carrier: [KafkaHeader] = []
+                    tracer.inject(ServiceContext.current ?? .topLevel, into: &carrier, using: KafkaHeaderInjector())
+                    let trace = KafkaHeaderExtractor().extract(key: InMemoryTracer.traceIDKey, from: carrier)
+                    insideTrace.withLock { $0.append(trace ?? "-") }
+                }), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<3), trace: "trace-1", span: "producer-span")
         #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let spans = tracer.finishedSpans
@@ -56,7 +59,8 @@ struct TracingTests {
         configuration.onFailure = .init(retries: 1, backoff: .init(initial: .zero, maximum: .zero), then: .deadLetter)
         configuration.deadLetterTopic = "t.dlq"
         let pipeline = PipelineFixture.pipeline(
-            configuration, handler: .message(ClosureHandler { _, _ in throw Refused() }), deadLetters: RecordingDeadLetters(), tracer: tracer)
+            configuration, handler: .message(ClosureHandler { _, _ in throw Refused() }),
+            deadLetters: RecordingDeadLetters(), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<1), trace: "trace-2", span: "producer-span")
         #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let spans = tracer.finishedSpans
@@ -73,7 +77,8 @@ struct TracingTests {
         let tracer = InMemoryTracer()
         var configuration = TopicConfiguration()
         configuration.batch = .init(size: 3, timeout: .milliseconds(5))
-        let pipeline = PipelineFixture.pipeline(configuration, handler: .batch(ClosureBatchHandler { _, _ in }), tracer: tracer)
+        let pipeline = PipelineFixture.pipeline(
+            configuration, handler: .batch(ClosureBatchHandler { _, _ in }), tracer: tracer)
         let messages = Self.traced(PipelineFixture.messages(0..<3), trace: "trace-3", span: "producer-span")
         #expect(await pipeline.run(source: PipelineFixture.source([messages])) == .sourceEnded(drainTimedOut: false))
         let span = try #require(tracer.finishedSpans.first)

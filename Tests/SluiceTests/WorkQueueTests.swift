@@ -40,7 +40,8 @@ struct WorkQueueTests {
             for waiter in 0..<20 {
                 group.addTask {
                     var empty = 0
-                    for round in 0..<100 where await queue.next(before: clock.now + .microseconds((waiter + round) % 50)) == nil {
+                    for round in 0..<100
+                    where await queue.next(before: clock.now + .microseconds((waiter + round) % 50)) == nil {
                         empty += 1
                     }
                     return empty

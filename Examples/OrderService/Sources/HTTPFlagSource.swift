@@ -2,7 +2,7 @@ import Foundation
 import Sluice
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// A flag source of your own: flags from a flag service your team already runs, polled over HTTP.
@@ -59,7 +59,9 @@ struct HTTPFlagSource: FlagSource {
     /// Reads the flag map; every problem names the URL and the key.
     static func parse(_ data: Data, from url: URL) throws -> [FlagKey: FlagSetting] {
         guard let object = try? JSONSerialization.jsonObject(with: data), let map = object as? [String: Any] else {
-            throw SluiceError(code: .configuration, message: "flag service \(url): expected a JSON object from flag key to on, off or a rate")
+            throw SluiceError(
+                code: .configuration,
+                message: "flag service \(url): expected a JSON object from flag key to on, off or a rate")
         }
         var flags: [FlagKey: FlagSetting] = [:]
         for (keyText, value) in map {
@@ -71,7 +73,10 @@ struct HTTPFlagSource: FlagSource {
             }
             guard let setting = (value as? String).flatMap({ FlagSetting(parsing: $0, source: "http") }) else {
                 throw SluiceError(
-                    code: .configuration, message: "flag service \(url): flag '\(keyText)': expected on, off or a rate such as 200/s, got \(value)")
+                    code: .configuration,
+                    message:
+                        "flag service \(url): flag '\(keyText)': expected on, off or a rate such as 200/s, got \(value)"
+                )
             }
             flags[key] = setting
         }

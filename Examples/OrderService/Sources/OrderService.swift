@@ -32,12 +32,13 @@ struct OrderService: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let store = try PaymentStore(path: database)
         // A flag service of the team's own, polled over HTTP, below the control plane and above the flag file.
-        let flagSources: [any FlagSource] = try ProcessInfo.processInfo.environment["ORDER_SERVICE_FLAGS_URL"].map { text in
-            guard let url = URL(string: text), url.scheme == "http" || url.scheme == "https" else {
-                throw ValidationError("ORDER_SERVICE_FLAGS_URL: expected an http(s) URL, got '\(text)'")
-            }
-            return [HTTPFlagSource(url: url)]
-        } ?? []
+        let flagSources: [any FlagSource] =
+            try ProcessInfo.processInfo.environment["ORDER_SERVICE_FLAGS_URL"].map { text in
+                guard let url = URL(string: text), url.scheme == "http" || url.scheme == "https" else {
+                    throw ValidationError("ORDER_SERVICE_FLAGS_URL: expected an http(s) URL, got '\(text)'")
+                }
+                return [HTTPFlagSource(url: url)]
+            } ?? []
         let host = SluiceHost(configuration: configuration, logger: logger, flagSources: flagSources)
         let orders = OrderHandler()
         host.register("orders", orders)
@@ -59,8 +60,10 @@ struct OrderService: AsyncParsableCommand {
         SecondSignal.exitOnRepeat()
         try await group.run()
         let (handled, violations) = orders.totals
-        FileHandle.standardError.write(Data(
-            "order-service stopped: \(handled) orders, per-customer order violations \(violations), \(store.count) payments stored\n".utf8))
+        FileHandle.standardError.write(
+            Data(
+                "order-service stopped: \(handled) orders, per-customer order violations \(violations), \(store.count) payments stored\n"
+                    .utf8))
     }
 }
 
@@ -89,12 +92,13 @@ final class OrderHandler: MessageHandler {
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
         if poison.contains(order.n) {
-            let where_ = "order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)"
+            let poisonAt =
+                "order \(order.n) at \(context.topicPartition)@\(message.offset) is poison (ORDER_SERVICE_TRAP_ON_ORDER)"
             if trapInChildTask {
-                async let trap: Void = { () async -> Void in fatalError(where_) }()
+                async let trap: Void = { () async -> Void in fatalError(poisonAt) }()
                 await trap
             }
-            fatalError(where_)
+            fatalError(poisonAt)
         }
         state.withLock { state in
             state.handled += 1
@@ -114,7 +118,8 @@ struct PaymentsSink: BatchHandler {
 
     func handle(_ batch: [Message], context: ShardContext) async throws {
         if delay > .zero {
-            context.logger.info("slow payments store: batch write started", metadata: ["sluice.batchSize": "\(batch.count)"])
+            context.logger.info(
+                "slow payments store: batch write started", metadata: ["sluice.batchSize": "\(batch.count)"])
             try await Task.sleep(for: delay)
         }
         try await store.insert(batch)
@@ -140,9 +145,11 @@ struct SummaryPrinter: Service {
                 let lag = own.reduce(Int64(0)) { $0 + ($1.lag ?? 0) }
                 var states: [String: Int] = [:]
                 for shard in own { states[shard.state.name, default: 0] += 1 }
-                let shardStates = states.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                let shardStates = states.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(
+                    separator: ", ")
                 line.append(
-                    "\(topic): \(processed - previous[topic, default: 0]) msg/s, in-flight \(inFlight), lag \(lag) [\(shardStates)]")
+                    "\(topic): \(processed - previous[topic, default: 0]) msg/s, in-flight \(inFlight), lag \(lag) [\(shardStates)]"
+                )
                 previous[topic] = processed
             }
             if !line.isEmpty { print(line.joined(separator: " | ")) }
@@ -159,7 +166,10 @@ enum SecondSignal {
             source.setEventHandler {
                 // Signals that arrive before the handler runs are coalesced into one event: `data` counts them.
                 let signals = max(1, Int(source.data))
-                if seen.withLock({ $0 += signals; return $0 }) >= 2 {
+                if seen.withLock({
+                    $0 += signals
+                    return $0
+                }) >= 2 {
                     FileHandle.standardError.write(Data("order-service: second signal, exiting now\n".utf8))
                     exit(1)
                 }

@@ -18,7 +18,9 @@ final class PaymentStore: Sendable {
 
     init(path: String) throws {
         var handle: OpaquePointer?
-        guard sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil) == SQLITE_OK,
+        guard
+            sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+                == SQLITE_OK,
             let handle
         else {
             throw Failure(description: "cannot open SQLite database \(path)")
@@ -49,7 +51,10 @@ final class PaymentStore: Sendable {
     private func insertNow(_ batch: [Message]) throws {
         try execute("BEGIN")
         var statement: OpaquePointer?
-        guard sqlite3_prepare_v2(database, "INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?)", -1, &statement, nil) == SQLITE_OK else {
+        guard
+            sqlite3_prepare_v2(database, "INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?)", -1, &statement, nil)
+                == SQLITE_OK
+        else {
             // The reason first: the rollback replaces it.
             let reason = String(cString: sqlite3_errmsg(database))
             _ = try? execute("ROLLBACK")
@@ -61,7 +66,11 @@ final class PaymentStore: Sendable {
             sqlite3_reset(statement)
             sqlite3_bind_int(statement, 1, message.partition)
             sqlite3_bind_int64(statement, 2, message.offset)
-            if let key = message.keyString { sqlite3_bind_text(statement, 3, key, -1, transient) } else { sqlite3_bind_null(statement, 3) }
+            if let key = message.keyString {
+                sqlite3_bind_text(statement, 3, key, -1, transient)
+            } else {
+                sqlite3_bind_null(statement, 3)
+            }
             message.value.withUnsafeBytes { bytes in
                 _ = sqlite3_bind_blob(statement, 4, bytes.baseAddress, Int32(bytes.count), transient)
             }

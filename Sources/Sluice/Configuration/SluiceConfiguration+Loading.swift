@@ -4,9 +4,9 @@ import SystemPackage
 import Yams
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 extension SluiceConfiguration {
@@ -28,7 +28,9 @@ extension SluiceConfiguration {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw SluiceError(code: .configuration, message: "\(path): cannot read the configuration file: \(error.localizedDescription)")
+            throw SluiceError(
+                code: .configuration,
+                message: "\(path): cannot read the configuration file: \(error.localizedDescription)")
         }
         let root: Node
         do {
@@ -57,7 +59,8 @@ struct ConfigurationLayout {
         "": ["kafka", "topics", "host", "flags", "admin", "control", "metrics"],
         "metrics": ["perPartition"],
         "control": [
-            "enabled", "topic", "loadTimeout", "createTopics", "replicationFactor", "hostKey", "hostKeyPrevious", "operatorPublicKey",
+            "enabled", "topic", "loadTimeout", "createTopics", "replicationFactor", "hostKey", "hostKeyPrevious",
+            "operatorPublicKey",
             "operatorPublicKeyPrevious", "operatorKey",
         ],
         "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
@@ -65,17 +68,23 @@ struct ConfigurationLayout {
         "kafka.producerProperties": ["*"],
         "topics": ["*"],
         "topics.*": [
-            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout", "abandonTimeout", "maxAbandonedCalls", "breaker",
+            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout",
+            "abandonTimeout", "maxAbandonedCalls", "breaker",
             "onCrash",
         ],
         "topics.*.onCrash": ["after", "then"],
         "topics.*.breaker": ["preset", "restartBackoff", "trip", "cooldown", "healthyAfter"],
         "topics.*.breaker.trip": ["crashes", "within"],
         "flags": ["pollInterval", "default", "file"],
-        "admin": ["enabled", "listen", "token", "stateFile", "maxBodyBytes", "secureCookies", "publicReads", "publicMetrics"],
+        "admin": [
+            "enabled", "listen", "token", "stateFile", "maxBodyBytes", "secureCookies", "publicReads", "publicMetrics",
+        ],
         "topics.*.batch": ["size", "timeout"],
         "topics.*.onFailure": ["retries", "backoff", "then"],
-        "host": ["revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads", "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget"],
+        "host": [
+            "revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads",
+            "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget",
+        ],
     ]
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
@@ -142,8 +151,10 @@ private struct ConfigurationValues {
             bootstrap: try required(["kafka", "bootstrap"]),
             group: try required(["kafka", "group"]))
         kafka.sessionTimeout = try duration(["kafka", "sessionTimeout"]) ?? kafka.sessionTimeout
-        kafka.commitInterval = try duration(
-            ["kafka", "commitInterval"], atLeast: .milliseconds(10), "must be at least 10ms (0 makes the consumer thread spin)")
+        kafka.commitInterval =
+            try duration(
+                ["kafka", "commitInterval"], atLeast: .milliseconds(10),
+                "must be at least 10ms (0 makes the consumer thread spin)")
             ?? kafka.commitInterval
         for property in layout.positionsOfProperties() {
             kafka.properties[property] = try string(["kafka", "properties", property])
@@ -165,27 +176,39 @@ private struct ConfigurationValues {
         configuration.revokeTimeout = try duration(["host", "revokeTimeout"]) ?? configuration.revokeTimeout
         configuration.shutdownTimeout = try duration(["host", "shutdownTimeout"]) ?? configuration.shutdownTimeout
         configuration.drainTimeout = try duration(["host", "drainTimeout"]) ?? configuration.drainTimeout
-        configuration.stallAfter = try duration(["host", "stallAfter"], atLeast: .seconds(1), "must be at least 1s")
+        configuration.stallAfter =
+            try duration(["host", "stallAfter"], atLeast: .seconds(1), "must be at least 1s")
             ?? configuration.stallAfter
-        configuration.lagRefreshInterval = try duration(
-            ["host", "lagRefreshInterval"], atLeast: .milliseconds(100), "must be at least 100ms (each refresh queries the brokers)")
+        configuration.lagRefreshInterval =
+            try duration(
+                ["host", "lagRefreshInterval"], atLeast: .milliseconds(100),
+                "must be at least 100ms (each refresh queries the brokers)")
             ?? configuration.lagRefreshInterval
         if let threads = try integer(["host", "handlerThreads"]) {
-            guard (1...1024).contains(threads) else { throw problem(["host", "handlerThreads"], "must be 1...1024, got \(threads)") }
+            guard (1...1024).contains(threads) else {
+                throw problem(["host", "handlerThreads"], "must be 1...1024, got \(threads)")
+            }
             configuration.handlerThreads = threads
         }
         if let threads = try integer(["host", "maxHandlerThreads"]) {
             guard (configuration.handlerThreads...4096).contains(threads) else {
-                throw problem(["host", "maxHandlerThreads"], "must be at least host.handlerThreads (\(configuration.handlerThreads)) and at most 4096, got \(threads)")
+                throw problem(
+                    ["host", "maxHandlerThreads"],
+                    "must be at least host.handlerThreads (\(configuration.handlerThreads)) and at most 4096, got \(threads)"
+                )
             }
             configuration.maxHandlerThreads = threads
         }
         configuration.maxHandlerThreads = max(configuration.maxHandlerThreads, configuration.handlerThreads)
-        configuration.blockedThreadAfter = try duration(
-            ["host", "blockedThreadAfter"], atLeast: .milliseconds(100), "must be at least 100ms (shorter flags ordinary work as blocking)")
+        configuration.blockedThreadAfter =
+            try duration(
+                ["host", "blockedThreadAfter"], atLeast: .milliseconds(100),
+                "must be at least 100ms (shorter flags ordinary work as blocking)")
             ?? configuration.blockedThreadAfter
         if let directory = try string(["host", "stateDirectory"]) {
-            guard !directory.trimmingWhitespace().isEmpty else { throw problem(["host", "stateDirectory"], "is empty") }
+            guard !directory.trimmingWhitespace().isEmpty else {
+                throw problem(["host", "stateDirectory"], "is empty")
+            }
             configuration.stateDirectory = directory
         }
         configuration.crashJournal = try onOff(["host", "crashJournal"]) ?? configuration.crashJournal
@@ -194,14 +217,20 @@ private struct ConfigurationValues {
                 configuration.memoryBudget = nil
             } else {
                 guard let bytes = ByteSize.parse(text) else {
-                    throw problem(["host", "memoryBudget"], "expected a size with a unit (KiB, MiB, GiB, or KB, MB, GB), e.g. 256MiB, or off, got '\(text)'")
+                    throw problem(
+                        ["host", "memoryBudget"],
+                        "expected a size with a unit (KiB, MiB, GiB, or KB, MB, GB), e.g. 256MiB, or off, got '\(text)'"
+                    )
                 }
-                guard bytes >= 16 << 20 else { throw problem(["host", "memoryBudget"], "must be at least 16MiB, got \(text.trimmingWhitespace())") }
+                guard bytes >= 16 << 20 else {
+                    throw problem(["host", "memoryBudget"], "must be at least 16MiB, got \(text.trimmingWhitespace())")
+                }
                 configuration.memoryBudget = bytes
             }
         }
         configuration.perPartitionMetrics = try onOff(["metrics", "perPartition"]) ?? configuration.perPartitionMetrics
-        configuration.flags.pollInterval = try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
+        configuration.flags.pollInterval =
+            try duration(["flags", "pollInterval"], atLeast: .milliseconds(10), "must be at least 10ms")
             ?? configuration.flags.pollInterval
         configuration.flags.defaultEnabled = try onOff(["flags", "default"]) ?? configuration.flags.defaultEnabled
         configuration.flags.file = try string(["flags", "file"])
@@ -210,12 +239,15 @@ private struct ConfigurationValues {
             if let reason = TopicName.problem(topic) { throw problem(["control", "topic"], reason) }
             configuration.control.topic = topic
         }
-        configuration.control.loadTimeout = try duration(["control", "loadTimeout"], atLeast: .seconds(1), "must be at least 1s")
+        configuration.control.loadTimeout =
+            try duration(["control", "loadTimeout"], atLeast: .seconds(1), "must be at least 1s")
             ?? configuration.control.loadTimeout
-        configuration.control.createTopics = try onOff(["control", "createTopics"]) ?? configuration.control.createTopics
+        configuration.control.createTopics =
+            try onOff(["control", "createTopics"]) ?? configuration.control.createTopics
         if let factor = try integer(["control", "replicationFactor"]) {
             guard factor == -1 || (1...32767).contains(factor) else {
-                throw problem(["control", "replicationFactor"], "must be -1 (the brokers' default) or at least 1, got \(factor)")
+                throw problem(
+                    ["control", "replicationFactor"], "must be -1 (the brokers' default) or at least 1, got \(factor)")
             }
             configuration.control.replicationFactor = factor
         }
@@ -233,7 +265,9 @@ private struct ConfigurationValues {
         configuration.admin.listen = try string(["admin", "listen"]) ?? configuration.admin.listen
         configuration.admin.token = try string(["admin", "token"], isSecret: true)
         if let token = configuration.admin.token, token.trimmingWhitespace().isEmpty {
-            throw problem(["admin", "token"], "is empty, which would leave changes open to anyone; remove the key to run without a token")
+            throw problem(
+                ["admin", "token"],
+                "is empty, which would leave changes open to anyone; remove the key to run without a token")
         }
         configuration.admin.stateFile = try string(["admin", "stateFile"]) ?? configuration.admin.stateFile
         configuration.admin.maxBodyBytes = try integer(["admin", "maxBodyBytes"]) ?? configuration.admin.maxBodyBytes
@@ -242,7 +276,8 @@ private struct ConfigurationValues {
         configuration.admin.publicMetrics = try onOff(["admin", "publicMetrics"]) ?? configuration.admin.publicMetrics
         let listenParts = configuration.admin.listen.split(separator: ":")
         if listenParts.count != 2 || Int(listenParts[1]).map({ !(0...65535).contains($0) }) ?? true {
-            throw problem(["admin", "listen"], "expected HOST:PORT, e.g. 127.0.0.1:8080, got '\(configuration.admin.listen)'")
+            throw problem(
+                ["admin", "listen"], "expected HOST:PORT, e.g. 127.0.0.1:8080, got '\(configuration.admin.listen)'")
         }
         for topic in layout.topics {
             do {
@@ -279,7 +314,8 @@ private struct ConfigurationValues {
         settings.breaker = try breaker(base + ["breaker"])
         if let text = try string(base + ["onFailure", "backoff"]) {
             let parts = text.components(separatedBy: "..")
-            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1]) else {
+            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1])
+            else {
                 throw problem(base + ["onFailure", "backoff"], "expected a range like 100ms..5s, got '\(text)'")
             }
             settings.onFailure.backoff = .init(initial: initial, maximum: maximum)
@@ -291,11 +327,15 @@ private struct ConfigurationValues {
         // `breaker: fuse`, or fields over a preset (default `standard`).
         let presetName = try string(path) ?? string(path + ["preset"]) ?? "standard"
         guard var policy = BreakerPolicy.presets[presetName] else {
-            throw problem(path, "unknown breaker preset '\(presetName)'; known: \(BreakerPolicy.presets.keys.sorted().joined(separator: ", "))")
+            throw problem(
+                path,
+                "unknown breaker preset '\(presetName)'; known: \(BreakerPolicy.presets.keys.sorted().joined(separator: ", "))"
+            )
         }
         if let text = try string(path + ["restartBackoff"]) {
             let parts = text.components(separatedBy: "..")
-            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1]) else {
+            guard parts.count == 2, let initial = Duration.parse(parts[0]), let maximum = Duration.parse(parts[1])
+            else {
                 throw problem(path + ["restartBackoff"], "expected a range like 1s..5m, got '\(text)'")
             }
             policy.restartBackoff = .init(initial: initial, maximum: maximum)
@@ -305,14 +345,16 @@ private struct ConfigurationValues {
         } else if let crashes = try integer(path + ["trip", "crashes"]) {
             policy.trip = .init(crashes: crashes, within: try duration(path + ["trip", "within"]))
         } else if try string(path + ["trip", "within"]) != nil {
-            throw problem(path + ["trip"], "needs crashes (and optionally within), e.g. {crashes: 5, within: 10m}, or never")
+            throw problem(
+                path + ["trip"], "needs crashes (and optionally within), e.g. {crashes: 5, within: 10m}, or never")
         }
         if let text = try string(path + ["cooldown"]) {
             if text.trimmingWhitespace() == "never" {
                 policy.cooldown = nil
             } else {
                 policy.cooldown = try duration(
-                    path + ["cooldown"], atLeast: .milliseconds(1), "must be positive or never (0 probes at once: a hot crash loop)")
+                    path + ["cooldown"], atLeast: .milliseconds(1),
+                    "must be positive or never (0 probes at once: a hot crash loop)")
             }
         }
         policy.healthyAfter = try duration(path + ["healthyAfter"]) ?? policy.healthyAfter
@@ -353,7 +395,9 @@ private struct ConfigurationValues {
 
     private func integer(_ path: [String]) throws -> Int? {
         guard let text = try string(path) else { return nil }
-        guard let value = Int(text.trimmingWhitespace()) else { throw problem(path, "expected a whole number, got '\(text)'") }
+        guard let value = Int(text.trimmingWhitespace()) else {
+            throw problem(path, "expected a whole number, got '\(text)'")
+        }
         return value
     }
 

@@ -1,5 +1,5 @@
-import Logging
 import Foundation
+import Logging
 import SluiceKafka
 
 /// Everything a ``SluiceHost`` needs: the Kafka connection, the topics and their pipelines, timeouts.
@@ -86,10 +86,13 @@ public struct SluiceConfiguration: Sendable {
             guard given.allSatisfy({ $0 }) else {
                 throw SluiceError(
                     code: .configuration,
-                    message: "control.hostKey and control.operatorPublicKey go together: with one and not the other, some records would be accepted unsigned")
+                    message:
+                        "control.hostKey and control.operatorPublicKey go together: with one and not the other, some records would be accepted unsigned"
+                )
             }
             return try ControlKeys(
-                hostKeys: [hostKey, hostKeyPrevious].compactMap { $0 }, operatorPublicKeys: [operatorPublicKey, operatorPublicKeyPrevious].compactMap { $0 },
+                hostKeys: [hostKey, hostKeyPrevious].compactMap { $0 },
+                operatorPublicKeys: [operatorPublicKey, operatorPublicKeyPrevious].compactMap { $0 },
                 operatorPrivateKey: operatorKey)
         }
     }
@@ -143,7 +146,9 @@ public struct SluiceConfiguration: Sendable {
 
     /// A writer of this group's control topic, signing with the configured keys.
     public func controlWriter(logger: Logger) throws -> ControlPlaneWriter {
-        try ControlPlaneWriter(bootstrapServers: kafka.bootstrap, topic: controlTopic, properties: controlProperties, keys: control.keys(), logger: logger)
+        try ControlPlaneWriter(
+            bootstrapServers: kafka.bootstrap, topic: controlTopic, properties: controlProperties, keys: control.keys(),
+            logger: logger)
     }
     /// Runtime flags.
     public var flags = Flags()
@@ -218,7 +223,8 @@ public struct SluiceConfiguration: Sendable {
         if let memoryBudget {
             configuration.partitionBufferBytes = memoryBudget / 2
             if kafka.properties["queued.max.messages.kbytes"] == nil {
-                configuration.properties["queued.max.messages.kbytes"] = "\(Self.librdkafkaQueueKilobytes(memoryBudget: memoryBudget))"
+                configuration.properties["queued.max.messages.kbytes"] =
+                    "\(Self.librdkafkaQueueKilobytes(memoryBudget: memoryBudget))"
             }
         }
         return configuration

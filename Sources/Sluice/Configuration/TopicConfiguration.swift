@@ -90,7 +90,10 @@ public struct TopicConfiguration: Sendable, Hashable {
         public var then: FailureAction
 
         /// Creates a policy.
-        public init(retries: Int = 0, backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5)), then: FailureAction = .stop) {
+        public init(
+            retries: Int = 0, backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5)),
+            then: FailureAction = .stop
+        ) {
             self.retries = retries
             self.backoff = backoff
             self.then = then
@@ -150,13 +153,17 @@ extension TopicConfiguration {
         if let batch {
             if batch.size < 1 { throw fail("batch.size", "must be at least 1, got \(batch.size)") }
             if maxInFlight < batch.size {
-                throw fail("maxInFlight", "must be at least batch.size (\(batch.size)), got \(maxInFlight): a batch could never fill")
+                throw fail(
+                    "maxInFlight",
+                    "must be at least batch.size (\(batch.size)), got \(maxInFlight): a batch could never fill")
             }
             if batch.timeout <= .zero { throw fail("batch.timeout", "must be positive, got \(batch.timeout)") }
         }
         if onFailure.retries < 0 { throw fail("onFailure.retries", "must be 0 or more, got \(onFailure.retries)") }
         if onFailure.backoff.initial <= .zero || onFailure.backoff.maximum < onFailure.backoff.initial {
-            throw fail("onFailure.backoff", "needs 0 < initial <= maximum, got \(onFailure.backoff.initial)..\(onFailure.backoff.maximum)")
+            throw fail(
+                "onFailure.backoff",
+                "needs 0 < initial <= maximum, got \(onFailure.backoff.initial)..\(onFailure.backoff.maximum)")
         }
         if onFailure.then == .deadLetter, (deadLetterTopic ?? "").isEmpty {
             throw fail("deadLetterTopic", "is required when onFailure.then is deadLetter")
@@ -170,12 +177,15 @@ extension TopicConfiguration {
         if maxAbandonedCalls < 0 { throw fail("maxAbandonedCalls", "must be 0 or more, got \(maxAbandonedCalls)") }
         let backoff = breaker.restartBackoff
         if backoff.initial <= .zero || backoff.maximum < backoff.initial {
-            throw fail("breaker.restartBackoff", "needs 0 < initial <= maximum, got \(backoff.initial)..\(backoff.maximum)")
+            throw fail(
+                "breaker.restartBackoff", "needs 0 < initial <= maximum, got \(backoff.initial)..\(backoff.maximum)")
         }
         if let trip = breaker.trip, trip.crashes < 1 {
             throw fail("breaker.trip.crashes", "must be at least 1, got \(trip.crashes)")
         }
-        if breaker.healthyAfter <= .zero { throw fail("breaker.healthyAfter", "must be positive, got \(breaker.healthyAfter)") }
+        if breaker.healthyAfter <= .zero {
+            throw fail("breaker.healthyAfter", "must be positive, got \(breaker.healthyAfter)")
+        }
     }
 }
 

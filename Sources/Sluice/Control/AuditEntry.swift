@@ -23,7 +23,10 @@ public struct AuditEntry: Sendable, Equatable {
     public var signer: ControlSigner?
 
     /// Creates an entry.
-    public init(atMilliseconds: Int64, who: String?, reason: String?, subject: String, before: String?, after: String, controlOffset: Int64) {
+    public init(
+        atMilliseconds: Int64, who: String?, reason: String?, subject: String, before: String?, after: String,
+        controlOffset: Int64
+    ) {
         self.atMilliseconds = atMilliseconds
         self.who = who
         self.reason = reason
@@ -35,12 +38,17 @@ public struct AuditEntry: Sendable, Equatable {
 
     /// The entry's JSON value (`{"v":1,...}`).
     public var encoded: [UInt8] {
-        var object: [String: Any] = ["v": ControlRecord.version, "atMillis": atMilliseconds, "subject": subject, "after": after, "controlOffset": controlOffset]
+        var object: [String: Any] = [
+            "v": ControlRecord.version, "atMillis": atMilliseconds, "subject": subject, "after": after,
+            "controlOffset": controlOffset,
+        ]
         if let who { object["who"] = who }
         if let reason { object["reason"] = reason }
         if let before { object["before"] = before }
         if let signer { object["signer"] = signer.rawValue }
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+        return Array(
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+                ?? Data())
     }
 
     /// Reads an entry; nil when it is not one this version reads.
@@ -53,11 +61,19 @@ public struct AuditEntry: Sendable, Equatable {
             let subject = try? fields.string("subject", maxLength: InputLimits.identityLength),
             let after = try? fields.string("after", maxLength: InputLimits.textLength),
             let offset = try? fields.int64("controlOffset", in: InputLimits.offsets),
-            case .success(let who) = Result(catching: { try fields.string("who", maxLength: InputLimits.identityLength) }),
-            case .success(let reason) = Result(catching: { try fields.string("reason", maxLength: InputLimits.textLength) }),
-            case .success(let before) = Result(catching: { try fields.string("before", maxLength: InputLimits.textLength) })
+            case .success(let who) = Result(catching: {
+                try fields.string("who", maxLength: InputLimits.identityLength)
+            }),
+            case .success(let reason) = Result(catching: {
+                try fields.string("reason", maxLength: InputLimits.textLength)
+            }),
+            case .success(let before) = Result(catching: {
+                try fields.string("before", maxLength: InputLimits.textLength)
+            })
         else { return nil }
-        self.init(atMilliseconds: at, who: who, reason: reason, subject: subject, before: before, after: after, controlOffset: offset)
+        self.init(
+            atMilliseconds: at, who: who, reason: reason, subject: subject, before: before, after: after,
+            controlOffset: offset)
         signer = (try? fields.string("signer", maxLength: 16)).flatMap { $0.flatMap(ControlSigner.init(rawValue:)) }
     }
 }

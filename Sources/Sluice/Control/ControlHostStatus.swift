@@ -48,7 +48,10 @@ public struct ControlHostStatus: Equatable, Sendable {
     public var shardRestarts = 0
 
     /// Creates a host status.
-    public init(applied: Int64, atMilliseconds: Int64, shards: [String: String], details: [String: Shard] = [:], startedAtMilliseconds: Int64? = nil) {
+    public init(
+        applied: Int64, atMilliseconds: Int64, shards: [String: String], details: [String: Shard] = [:],
+        startedAtMilliseconds: Int64? = nil
+    ) {
         self.applied = applied
         self.atMilliseconds = atMilliseconds
         self.shards = shards
@@ -68,7 +71,9 @@ public struct ControlHostStatus: Equatable, Sendable {
     public func ageSeconds(now: Int64) -> Int64 { max(0, now.milliseconds(since: atMilliseconds) / 1000) }
 
     /// Seconds since the host process started, when it said.
-    public func upSeconds(now: Int64) -> Int64? { startedAtMilliseconds.map { max(0, now.milliseconds(since: $0) / 1000) } }
+    public func upSeconds(now: Int64) -> Int64? {
+        startedAtMilliseconds.map { max(0, now.milliseconds(since: $0) / 1000) }
+    }
 
     func object() -> [String: Any] {
         var object: [String: Any] = ["applied": applied, "atMillis": atMilliseconds, "shards": shards]
@@ -78,7 +83,8 @@ public struct ControlHostStatus: Equatable, Sendable {
         if !details.isEmpty {
             object["details"] = details.mapValues { shard -> [String: Any] in
                 var entry: [String: Any] = [
-                    "pauseReasons": shard.pauseReasons, "inFlight": shard.inFlight, "processed": shard.processed, "failed": shard.failed,
+                    "pauseReasons": shard.pauseReasons, "inFlight": shard.inFlight, "processed": shard.processed,
+                    "failed": shard.failed,
                     "deadLettered": shard.deadLettered, "attempt": shard.attempt,
                 ]
                 if let lag = shard.lag { entry["lag"] = lag }
@@ -99,7 +105,9 @@ public struct ControlHostStatus: Equatable, Sendable {
         let at = try fields.requiredInt64("atMillis", in: InputLimits.epochMilliseconds)
         var shards: [String: String] = [:]
         if let table = try fields.object("shards") {
-            guard table.count <= InputLimits.shardsPerHost else { throw bad(.range, "'shards' has more than \(InputLimits.shardsPerHost) entries") }
+            guard table.count <= InputLimits.shardsPerHost else {
+                throw bad(.range, "'shards' has more than \(InputLimits.shardsPerHost) entries")
+            }
             for (key, value) in table {
                 guard key.count <= InputLimits.identityLength, let state = value as? String, state.count <= 32 else {
                     throw bad(.field, "'shards' maps TOPIC/PARTITION to a state name")
@@ -112,7 +120,9 @@ public struct ControlHostStatus: Equatable, Sendable {
         shardCrashes = try fields.int("shardCrashes", in: InputLimits.counts) ?? 0
         shardRestarts = try fields.int("shardRestarts", in: InputLimits.counts) ?? 0
         let details = try fields.object("details") ?? [:]
-        guard details.count <= InputLimits.shardsPerHost else { throw bad(.range, "'details' has more than \(InputLimits.shardsPerHost) entries") }
+        guard details.count <= InputLimits.shardsPerHost else {
+            throw bad(.range, "'details' has more than \(InputLimits.shardsPerHost) entries")
+        }
         for (key, value) in details {
             guard let entry = value as? [String: Any] else { continue }
             let detail = JSONFields(entry) { bad($0, $1) }

@@ -72,43 +72,52 @@ public final class ControlPlaneFlagSource: FlagSource {
                 table.clear()
                 table.recreations.add(1, ordering: .relaxed)
                 continuation.yield()
-            }
-        ) { record in
-            do throws(ControlRecordRejected) {
-                if let keys, ControlSigner.allowed(key: record.key, value: record.value) != nil {
-                    _ = try keys.verify(topic: topic, key: record.key, value: record.value, headers: record.headers, offset: record.offset)
+            },
+            onRecord: { record in
+                do throws(ControlRecordRejected) {
+                    if let keys, ControlSigner.allowed(key: record.key, value: record.value) != nil {
+                        _ = try keys.verify(
+                            topic: topic, key: record.key, value: record.value, headers: record.headers,
+                            offset: record.offset)
+                    }
+                    switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
+                    case .flag(let key, let enabled, let reason, let who, let rate):
+                        table.flags.withLock {
+                            $0[key] = enabled.map {
+                                FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate, who: who)
+                            }
+                        }
+                        continuation.yield()
+                    case .trip(let topicPartition, let trip):
+                        table.trips.withLock { $0[topicPartition] = trip }
+                    case .host(let identity, let status):
+                        table.hosts.withLock { $0[identity] = status }
+                    case .quarantine(let topicPartition, let quarantine):
+                        let problem = table.quarantines.withLock { quarantines -> String? in
+                            if let problem = quarantine?.releaseProblem(over: quarantines[topicPartition]) {
+                                return problem
+                            }
+                            quarantines[topicPartition] = quarantine
+                            return nil
+                        }
+                        if let problem {
+                            throw ControlRecordRejected(
+                                key: record.key, offset: record.offset, reason: .release, detail: problem)
+                        }
+                    case .command(_, let command?):
+                        table.commands.withLock { commands in
+                            commands.append((record.offset, command))
+                            if commands.count > 1_000 { commands.removeFirst(commands.count - 1_000) }
+                        }
+                    case .command(_, nil):
+                        return
+                    case nil:
+                        return
+                    }
+                } catch {
+                    rejections.record(error)
                 }
-                switch try ControlRecord.parse(key: record.key, value: record.value, offset: record.offset) {
-                case .flag(let key, let enabled, let reason, let who, let rate):
-                    table.flags.withLock { $0[key] = enabled.map { FlagSetting(enabled: $0, source: "control", reason: reason, rate: rate, who: who) } }
-                    continuation.yield()
-                case .trip(let topicPartition, let trip):
-                    table.trips.withLock { $0[topicPartition] = trip }
-                case .host(let identity, let status):
-                    table.hosts.withLock { $0[identity] = status }
-                case .quarantine(let topicPartition, let quarantine):
-                    let problem = table.quarantines.withLock { quarantines -> String? in
-                        if let problem = quarantine?.releaseProblem(over: quarantines[topicPartition]) { return problem }
-                        quarantines[topicPartition] = quarantine
-                        return nil
-                    }
-                    if let problem {
-                        throw ControlRecordRejected(key: record.key, offset: record.offset, reason: .release, detail: problem)
-                    }
-                case .command(_, let command?):
-                    table.commands.withLock { commands in
-                        commands.append((record.offset, command))
-                        if commands.count > 1_000 { commands.removeFirst(commands.count - 1_000) }
-                    }
-                case .command(_, nil):
-                    return
-                case nil:
-                    return
-                }
-            } catch {
-                rejections.record(error)
-            }
-        }
+            })
     }
 
     /// Reads the control topic to its end (records written before now all applied). Throws when it cannot
@@ -117,7 +126,10 @@ public final class ControlPlaneFlagSource: FlagSource {
         do {
             try await reader.load(timeout: timeout)
         } catch {
-            throw SluiceError(code: .state, message: "control topic '\(topic)' could not be read: \(error.message); the host does not fetch without it")
+            throw SluiceError(
+                code: .state,
+                message:
+                    "control topic '\(topic)' could not be read: \(error.message); the host does not fetch without it")
         }
     }
 
@@ -163,7 +175,9 @@ public final class ControlPlaneFlagSource: FlagSource {
     }
 
     /// One partition's quarantine, if any (without copying the whole table).
-    func quarantine(for topicPartition: TopicPartition) -> Quarantine? { table.quarantines.withLock { $0[topicPartition] } }
+    func quarantine(for topicPartition: TopicPartition) -> Quarantine? {
+        table.quarantines.withLock { $0[topicPartition] }
+    }
 
     /// The group's quarantined (or counted) messages.
     public var quarantines: [TopicPartition: Quarantine] { table.quarantines.withLock { $0 } }

@@ -25,7 +25,9 @@ public struct ControlPlaneWriter: Sendable {
             KafkaTopicAdmin.NewTopic(
                 name: topic, replicationFactor: replicationFactor,
                 config: ["cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"]),
-            KafkaTopicAdmin.NewTopic(name: auditTopic(forControl: topic), replicationFactor: replicationFactor, config: ["cleanup.policy": "delete"]),
+            KafkaTopicAdmin.NewTopic(
+                name: auditTopic(forControl: topic), replicationFactor: replicationFactor,
+                config: ["cleanup.policy": "delete"]),
         ]
     }
 
@@ -45,28 +47,40 @@ public struct ControlPlaneWriter: Sendable {
     private func write(_ record: (key: String, value: [UInt8]), as signer: ControlSigner) async throws -> Int64 {
         let headers = try keys?.sign(topic: topic, signer: signer, key: record.key, value: record.value) ?? []
         await prepare()
-        return try await producer.send(ProducerRecord(topic: topic, partition: 0, key: Array(record.key.utf8), value: record.value, headers: headers)).offset
+        return try await producer.send(
+            ProducerRecord(
+                topic: topic, partition: 0, key: Array(record.key.utf8), value: record.value, headers: headers)
+        ).offset
     }
 
     /// Writes the audit entry of a change already made; a failure is logged, not thrown (the change stands).
     private func audit(
-        _ subject: String, before: String?, after: String, who: String?, reason: String?, offset: Int64, signer: ControlSigner
+        _ subject: String, before: String?, after: String, who: String?, reason: String?, offset: Int64,
+        signer: ControlSigner
     ) async {
         var entry = AuditEntry(
-            atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), who: who, reason: reason, subject: subject, before: before, after: after,
+            atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), who: who, reason: reason, subject: subject,
+            before: before, after: after,
             controlOffset: offset)
         entry.signer = keys == nil ? nil : signer
         do {
             let headers = (try? keys?.sign(topic: auditTopic, signer: signer, key: subject, value: entry.encoded)) ?? []
-            _ = try await producer.send(ProducerRecord(topic: auditTopic, partition: 0, key: Array(subject.utf8), value: entry.encoded, headers: headers))
+            _ = try await producer.send(
+                ProducerRecord(
+                    topic: auditTopic, partition: 0, key: Array(subject.utf8), value: entry.encoded, headers: headers))
         } catch {
-            logger.warning("the change was made but its audit entry could not be written", metadata: ["sluice.subject": "\(subject)", "error": "\(error)"])
+            logger.warning(
+                "the change was made but its audit entry could not be written",
+                metadata: ["sluice.subject": "\(subject)", "error": "\(error)"])
         }
     }
 
     /// Creates a writer with its own producer; with `keys`, it signs what it writes (and refuses to write a
     /// record of a role it holds no key for).
-    public init(bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil, logger: Logger) throws {
+    public init(
+        bootstrapServers: String, topic: String, properties: [String: String] = [:], keys: ControlKeys? = nil,
+        logger: Logger
+    ) throws {
         self.keys = keys
         var configuration = KafkaProducerConfiguration(bootstrapServers: bootstrapServers)
         configuration.clientID = "sluice-control-writer"
@@ -84,27 +98,42 @@ public struct ControlPlaneWriter: Sendable {
     /// (the CLI writes first and learns the value before while the hosts already apply it).
     @discardableResult
     public func setFlag(
-        _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil, before: FlagSetting?? = .none, audited: Bool = true
+        _ key: FlagKey, enabled: Bool?, reason: String?, who: String?, rate: Double? = nil,
+        before: FlagSetting?? = .none, audited: Bool = true
     ) async throws -> Int64 {
-        let offset = try await write(ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate).encoded, as: .operator)
+        let offset = try await write(
+            ControlRecord.flag(key, enabled: rate != nil ? true : enabled, reason: reason, who: who, rate: rate)
+                .encoded, as: .operator)
         if audited {
-            await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before.map { $0 }, offset: offset, knowsBefore: before != nil)
+            await auditFlag(
+                key, enabled: enabled, rate: rate, reason: reason, who: who, before: before.map { $0 }, offset: offset,
+                knowsBefore: before != nil)
         }
         return offset
     }
 
     /// Writes the audit entry of a flag change made at control offset `offset`; `before` is the flag's
     /// control-plane value before it (nil: unset).
-    public func auditFlag(_ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting?, offset: Int64) async {
-        await auditFlag(key, enabled: enabled, rate: rate, reason: reason, who: who, before: before, offset: offset, knowsBefore: true)
+    public func auditFlag(
+        _ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting?,
+        offset: Int64
+    ) async {
+        await auditFlag(
+            key, enabled: enabled, rate: rate, reason: reason, who: who, before: before, offset: offset,
+            knowsBefore: true)
     }
 
     private func auditFlag(
-        _ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting??, offset: Int64, knowsBefore: Bool
+        _ key: FlagKey, enabled: Bool?, rate: Double?, reason: String?, who: String?, before: FlagSetting??,
+        offset: Int64, knowsBefore: Bool
     ) async {
         let after = rate.map(ControlRecord.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset"
-        let previous = knowsBefore ? (before.flatMap { $0 }.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") } ?? "unset") : nil
-        await audit("flag/\(key)", before: previous, after: after, who: who, reason: reason, offset: offset, signer: .operator)
+        let previous =
+            knowsBefore
+            ? (before.flatMap { $0 }.map { $0.rate.map(ControlRecord.describeRate) ?? ($0.enabled ? "on" : "off") }
+                ?? "unset") : nil
+        await audit(
+            "flag/\(key)", before: previous, after: after, who: who, reason: reason, offset: offset, signer: .operator)
     }
 
     /// Publishes a shard's trip (nil: cleared) for the group.
@@ -116,17 +145,21 @@ public struct ControlPlaneWriter: Sendable {
     /// quarantines and clears its suspects (`signer` host); an operator releases (the default for releases).
     @discardableResult
     public func setQuarantine(
-        _ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil, signer: ControlSigner? = nil
+        _ topicPartition: TopicPartition, _ quarantine: Quarantine?, before: Quarantine? = nil,
+        signer: ControlSigner? = nil
     ) async throws -> Int64 {
         let record = ControlRecord.quarantine(topicPartition, quarantine).encoded
         let recordKey = record.key
         let signer = signer ?? (quarantine?.isRecordedByHost == true ? .host : .operator)
         let offset = try await write(record, as: signer)
         func describe(_ quarantine: Quarantine?) -> String {
-            quarantine.map { "\($0.state.rawValue) at offset \($0.offset) (\($0.crashes) crash\($0.crashes == 1 ? "" : "es"), \($0.signal))" } ?? "released"
+            quarantine.map {
+                "\($0.state.rawValue) at offset \($0.offset) (\($0.crashes) crash\($0.crashes == 1 ? "" : "es"), \($0.signal))"
+            } ?? "released"
         }
         await audit(
-            recordKey, before: before.map(describe), after: describe(quarantine), who: quarantine?.who ?? quarantine?.host, reason: quarantine?.reason,
+            recordKey, before: before.map(describe), after: describe(quarantine),
+            who: quarantine?.who ?? quarantine?.host, reason: quarantine?.reason,
             offset: offset, signer: signer)
         return offset
     }
@@ -137,7 +170,8 @@ public struct ControlPlaneWriter: Sendable {
         let record = ControlRecord.command("\(UInt64.random(in: 0...UInt64.max))", command).encoded
         let offset = try await write(record, as: .operator)
         await audit(
-            record.key, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who, reason: nil, offset: offset,
+            record.key, before: nil, after: "\(command.action.rawValue) \(command.topicPartition)", who: command.who,
+            reason: nil, offset: offset,
             signer: .operator)
         return offset
     }

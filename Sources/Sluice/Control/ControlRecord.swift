@@ -43,7 +43,9 @@ public enum ControlRecord: Equatable, Sendable {
     /// Reads a record; throws naming the key, the offset and what is wrong. Every field is checked against
     /// ``InputLimits`` before anything is computed from it: a record from outside the process is untrusted.
     /// Keys of kinds this version does not act on yet return nil.
-    public static func parse(key: String, value: [UInt8]?, offset: Int64) throws(ControlRecordRejected) -> ControlRecord? {
+    public static func parse(key: String, value: [UInt8]?, offset: Int64) throws(ControlRecordRejected)
+        -> ControlRecord?
+    {
         do {
             return try parseChecked(key: key, value: value, offset: offset)
         } catch let rejected as ControlRecordRejected {
@@ -67,7 +69,8 @@ public enum ControlRecord: Equatable, Sendable {
             switch try object.string("state", maxLength: 16) {
             case "tripped":
                 let reason = try object.string("reason", maxLength: InputLimits.textLength) ?? "tripped"
-                return .trip(topicPartition, Trip(offset: try object.int64("offset", in: InputLimits.offsets), reason: reason))
+                return .trip(
+                    topicPartition, Trip(offset: try object.int64("offset", in: InputLimits.offsets), reason: reason))
             case "clear":
                 return .trip(topicPartition, nil)
             case let other:
@@ -76,12 +79,18 @@ public enum ControlRecord: Equatable, Sendable {
         }
         if key.hasPrefix("command/") {
             let identifier = String(key.dropFirst("command/".count))
-            guard !identifier.isEmpty, identifier.count <= InputLimits.identityLength else { throw bad(.key, "a command key is command/ID") }
+            guard !identifier.isEmpty, identifier.count <= InputLimits.identityLength else {
+                throw bad(.key, "a command key is command/ID")
+            }
             guard let value else { return .command(identifier, nil) }
             let object = try fields(value, keeps: "nothing")
             let action = try object.string("action", maxLength: 16)
-            guard action == "reset" else { throw bad(.field, "action must be reset, got \(action.map { "'\($0)'" } ?? "none")") }
-            guard let shard = try object.string("shard", maxLength: InputLimits.identityLength), let topicPartition = TopicPartition(parsing: shard) else {
+            guard action == "reset" else {
+                throw bad(.field, "action must be reset, got \(action.map { "'\($0)'" } ?? "none")")
+            }
+            guard let shard = try object.string("shard", maxLength: InputLimits.identityLength),
+                let topicPartition = TopicPartition(parsing: shard)
+            else {
                 throw bad(.field, "a reset names its shard as TOPIC/PARTITION")
             }
             let who = try object.string("who", maxLength: InputLimits.identityLength)
@@ -96,7 +105,9 @@ public enum ControlRecord: Equatable, Sendable {
         }
         if key.hasPrefix("host/") {
             let identity = String(key.dropFirst("host/".count))
-            guard !identity.isEmpty, identity.count <= InputLimits.identityLength else { throw bad(.key, "a host key is host/ID") }
+            guard !identity.isEmpty, identity.count <= InputLimits.identityLength else {
+                throw bad(.key, "a host key is host/ID")
+            }
             guard let value else { return .host(identity, nil) }
             let object = try fields(value, keeps: "the host")
             if object.object["state"] as? String == "gone" { return .host(identity, nil) }
@@ -119,7 +130,10 @@ public enum ControlRecord: Equatable, Sendable {
         case "unset": return .flag(flagKey, enabled: nil, reason: reason, who: who)
         case let state? where parseRate(state) != nil:
             return .flag(flagKey, enabled: true, reason: reason, who: who, rate: parseRate(state))
-        case let other: throw bad(.field, "state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")")
+        case let other:
+            throw bad(
+                .field, "state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")"
+            )
         }
     }
 
@@ -133,19 +147,27 @@ public enum ControlRecord: Equatable, Sendable {
         let off = state == "off" || state == "stopped"
         switch (enabled, rate) {
         case (_, let rate?):
-            return (off ? "start, slowed to \(describeRate(rate)), unless another flag keeps it off" : "slow to \(describeRate(rate))", true)
+            return (
+                off
+                    ? "start, slowed to \(describeRate(rate)), unless another flag keeps it off"
+                    : "slow to \(describeRate(rate))", true
+            )
         case (false?, _):
             return off ? ("stay off", false) : ("drain, commit and stop", true)
         case (true?, _):
             return off ? ("start, unless another flag keeps it off", true) : ("keep running", false)
         case (nil, nil):
-            return off ? ("start, unless another layer keeps it off", true) : ("keep running, unless another layer stops it", true)
+            return off
+                ? ("start, unless another layer keeps it off", true)
+                : ("keep running, unless another layer stops it", true)
         }
     }
 
     /// A rate written `N/s` (N from 0.001, one message in about 17 minutes, to a million), in messages a second.
     public static func parseRate(_ text: String) -> Double? {
-        guard text.hasSuffix("/s"), text.count <= 32, let rate = Double(text.dropLast(2)), rate.isFinite, rate >= 0.001, rate <= 1_000_000 else {
+        guard text.hasSuffix("/s"), text.count <= 32, let rate = Double(text.dropLast(2)), rate.isFinite, rate >= 0.001,
+            rate <= 1_000_000
+        else {
             return nil
         }
         return rate
@@ -158,13 +180,19 @@ public enum ControlRecord: Equatable, Sendable {
 
     /// The JSON object of a value in the schema version this host reads.
     private static func versioned(
-        _ value: [UInt8], keeps what: String, bad: @escaping (ControlRecordRejected.Reason, String) -> ControlRecordRejected
+        _ value: [UInt8], keeps what: String,
+        bad: @escaping (ControlRecordRejected.Reason, String) -> ControlRecordRejected
     ) throws -> JSONFields {
         guard let object = JSONFields.object(value) else { throw bad(.format, "the value is not a JSON object") }
         let fields = JSONFields(object) { bad($0, $1) }
-        guard let version = try fields.int64("v", in: 0...Int64(Int32.max)) else { throw bad(.format, "no schema version 'v'") }
+        guard let version = try fields.int64("v", in: 0...Int64(Int32.max)) else {
+            throw bad(.format, "no schema version 'v'")
+        }
         guard version == Self.version else {
-            throw bad(.format, "schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state")
+            throw bad(
+                .format,
+                "schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state"
+            )
         }
         return fields
     }
@@ -174,7 +202,9 @@ public enum ControlRecord: Equatable, Sendable {
         _ key: String, kind: String, bad: (ControlRecordRejected.Reason, String) -> ControlRecordRejected
     ) throws -> TopicPartition {
         let parts = key.dropFirst(kind.count + 1).split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]), partition >= 0 else {
+        guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]),
+            partition >= 0
+        else {
             throw bad(.key, "a \(kind) key is \(kind)/TOPIC/PARTITION")
         }
         return TopicPartition(String(parts[0]), partition)
@@ -186,7 +216,8 @@ public enum ControlRecord: Equatable, Sendable {
         case .command(let identifier, let command):
             guard let command else { return ("command/\(identifier)", []) }
             var object: [String: Any] = [
-                "v": Self.version, "action": command.action.rawValue, "shard": command.topicPartition.description, "at": Date().formatted(.iso8601),
+                "v": Self.version, "action": command.action.rawValue, "shard": command.topicPartition.description,
+                "at": Date().formatted(.iso8601),
             ]
             if let who = command.who { object["who"] = who }
             return ("command/\(identifier)", Array(Self.json(object)))
@@ -204,7 +235,9 @@ public enum ControlRecord: Equatable, Sendable {
             let data = Self.json(object)
             return ("host/\(identity)", Array(data))
         case .trip(let topicPartition, let trip):
-            var object: [String: Any] = ["v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601)]
+            var object: [String: Any] = [
+                "v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601),
+            ]
             if let trip {
                 object["reason"] = trip.reason
                 if let offset = trip.offset { object["offset"] = offset }

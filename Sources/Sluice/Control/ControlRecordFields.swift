@@ -95,7 +95,9 @@ public struct JSONFields {
         guard !Self.isBoolean(value), let number = value as? Int64 else {
             throw reject(.field, "'\(name)' must be an integer, got \(Self.describe(value))")
         }
-        guard range.contains(number) else { throw reject(.range, "'\(name)' must be in \(range.lowerBound)...\(range.upperBound), got \(number)") }
+        guard range.contains(number) else {
+            throw reject(.range, "'\(name)' must be in \(range.lowerBound)...\(range.upperBound), got \(number)")
+        }
         return number
     }
 
@@ -116,14 +118,18 @@ public struct JSONFields {
         guard !Self.isBoolean(value), let number = value as? Double, number.isFinite else {
             throw reject(.field, "'\(name)' must be a number, got \(Self.describe(value))")
         }
-        guard range.contains(number) else { throw reject(.range, "'\(name)' must be in \(range.lowerBound)...\(range.upperBound), got \(number)") }
+        guard range.contains(number) else {
+            throw reject(.range, "'\(name)' must be in \(range.lowerBound)...\(range.upperBound), got \(number)")
+        }
         return number
     }
 
     /// A string field of at most `maxLength` characters; nil when absent.
     public func string(_ name: String, maxLength: Int) throws -> String? {
         guard let value = object[name], !(value is NSNull) else { return nil }
-        guard let text = value as? String else { throw reject(.field, "'\(name)' must be a string, got \(Self.describe(value))") }
+        guard let text = value as? String else {
+            throw reject(.field, "'\(name)' must be a string, got \(Self.describe(value))")
+        }
         guard text.utf8.count <= maxLength * 4, text.count <= maxLength else {
             throw reject(.range, "'\(name)' is longer than \(maxLength) characters")
         }

@@ -17,7 +17,12 @@ final class ControlRejections: Sendable {
         self.logger = logger
         counters = Dictionary(
             uniqueKeysWithValues: ControlRecordRejected.Reason.allCases.map {
-                ($0, Counter(label: "sluice_control_records_rejected_total", dimensions: [("reason", $0.rawValue)], factory: metricsFactory))
+                (
+                    $0,
+                    Counter(
+                        label: "sluice_control_records_rejected_total", dimensions: [("reason", $0.rawValue)],
+                        factory: metricsFactory)
+                )
             })
     }
 

@@ -57,7 +57,11 @@ public struct ControlKeys: Sendable {
         for (index, text) in hostKeys.enumerated() {
             let data = try decode(text, index == 0 ? "control.hostKey" : "control.hostKeyPrevious")
             guard data.count >= 32 else {
-                throw SluiceError(code: .configuration, message: "\(index == 0 ? "control.hostKey" : "control.hostKeyPrevious") must be at least 32 bytes (base64 of 32 random bytes; `sluice keys generate` makes one)")
+                throw SluiceError(
+                    code: .configuration,
+                    message:
+                        "\(index == 0 ? "control.hostKey" : "control.hostKeyPrevious") must be at least 32 bytes (base64 of 32 random bytes; `sluice keys generate` makes one)"
+                )
             }
             hosts.append(SymmetricKey(data: data))
         }
@@ -65,14 +69,22 @@ public struct ControlKeys: Sendable {
         for (index, text) in operatorPublicKeys.enumerated() {
             let what = index == 0 ? "control.operatorPublicKey" : "control.operatorPublicKeyPrevious"
             guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: decode(text, what)) else {
-                throw SluiceError(code: .configuration, message: "\(what) is not an Ed25519 public key (base64 of 32 bytes; `sluice keys generate` makes one)")
+                throw SluiceError(
+                    code: .configuration,
+                    message:
+                        "\(what) is not an Ed25519 public key (base64 of 32 bytes; `sluice keys generate` makes one)")
             }
             operators.append(key)
         }
         var privateKey: Curve25519.Signing.PrivateKey?
         if let operatorPrivateKey {
-            guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: decode(operatorPrivateKey, "the operator key")) else {
-                throw SluiceError(code: .configuration, message: "the operator key is not an Ed25519 private key (base64 of 32 bytes)")
+            guard
+                let key = try? Curve25519.Signing.PrivateKey(
+                    rawRepresentation: decode(operatorPrivateKey, "the operator key"))
+            else {
+                throw SluiceError(
+                    code: .configuration, message: "the operator key is not an Ed25519 private key (base64 of 32 bytes)"
+                )
             }
             privateKey = key
         }
@@ -92,20 +104,26 @@ public struct ControlKeys: Sendable {
     }
 
     /// The headers that sign a record as `signer`. Throws when this process holds no key for that role.
-    public func sign(topic: String, signer: ControlSigner, key: String, value: [UInt8]?) throws(SluiceError) -> [KafkaHeader] {
-        let message = Self.signed(topic: topic, signer: signer, key: key, value: value.flatMap { $0.isEmpty ? nil : $0 })
+    public func sign(topic: String, signer: ControlSigner, key: String, value: [UInt8]?) throws(SluiceError)
+        -> [KafkaHeader]
+    {
+        let message = Self.signed(
+            topic: topic, signer: signer, key: key, value: value.flatMap { $0.isEmpty ? nil : $0 })
         let signature: [UInt8]
         switch signer {
         case .host:
             guard let hostKey = hostKeys.first else {
-                throw SluiceError(code: .configuration, message: "no host key here: host records are signed with control.hostKey")
+                throw SluiceError(
+                    code: .configuration, message: "no host key here: host records are signed with control.hostKey")
             }
             signature = Array(HMAC<SHA256>.authenticationCode(for: message, using: hostKey))
         case .operator:
             guard let operatorPrivateKey else {
                 throw SluiceError(
                     code: .configuration,
-                    message: "no operator key here: flags, commands and releases are signed by an operator (the CLI with SLUICE_CONTROL_OPERATOR_KEY, or a host given control.operatorKey)")
+                    message:
+                        "no operator key here: flags, commands and releases are signed by an operator (the CLI with SLUICE_CONTROL_OPERATOR_KEY, or a host given control.operatorKey)"
+                )
             }
             guard let bytes = try? operatorPrivateKey.signature(for: message) else {
                 throw SluiceError(code: .state, message: "the operator key could not sign")
@@ -120,23 +138,36 @@ public struct ControlKeys: Sendable {
 
     /// Checks a record's signature; returns who signed it. Throws (reason `signature`) when it is unsigned,
     /// signed by a role that may not write it, or the signature does not verify with any of the keys.
-    public func verify(topic: String, key: String, value: [UInt8]?, headers: [KafkaHeader], offset: Int64) throws(ControlRecordRejected) -> ControlSigner {
+    public func verify(topic: String, key: String, value: [UInt8]?, headers: [KafkaHeader], offset: Int64)
+        throws(ControlRecordRejected) -> ControlSigner
+    {
         func rejected(_ detail: String) -> ControlRecordRejected {
             ControlRecordRejected(key: key, offset: offset, reason: .signature, detail: detail)
         }
         let signerText = headers.last { $0.key == Self.signerHeader }?.value.map { String(decoding: $0, as: UTF8.self) }
-        let signatureText = headers.last { $0.key == Self.signatureHeader }?.value.map { String(decoding: $0, as: UTF8.self) }
-        guard let signerText, let signatureText else { throw rejected("unsigned; this group's control records must be signed") }
-        guard let signer = ControlSigner(rawValue: signerText) else { throw rejected("unknown signer '\(signerText.prefix(20))'") }
+        let signatureText = headers.last { $0.key == Self.signatureHeader }?.value.map {
+            String(decoding: $0, as: UTF8.self)
+        }
+        guard let signerText, let signatureText else {
+            throw rejected("unsigned; this group's control records must be signed")
+        }
+        guard let signer = ControlSigner(rawValue: signerText) else {
+            throw rejected("unknown signer '\(signerText.prefix(20))'")
+        }
         guard let allowed = ControlSigner.allowed(key: key, value: value), allowed.contains(signer) else {
             throw rejected("a \(signer.rawValue) may not write this record")
         }
-        guard signatureText.utf8.count <= 200, let signature = Data(base64Encoded: signatureText) else { throw rejected("the signature is not base64") }
-        let message = Self.signed(topic: topic, signer: signer, key: key, value: value.flatMap { $0.isEmpty ? nil : $0 })
+        guard signatureText.utf8.count <= 200, let signature = Data(base64Encoded: signatureText) else {
+            throw rejected("the signature is not base64")
+        }
+        let message = Self.signed(
+            topic: topic, signer: signer, key: key, value: value.flatMap { $0.isEmpty ? nil : $0 })
         let valid: Bool
         switch signer {
         case .host:
-            valid = hostKeys.contains { HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: message, using: $0) }
+            valid = hostKeys.contains {
+                HMAC<SHA256>.isValidAuthenticationCode(signature, authenticating: message, using: $0)
+            }
         case .operator:
             valid = operatorPublicKeys.contains { $0.isValidSignature(signature, for: message) }
         }
@@ -153,7 +184,8 @@ public struct ControlKeys: Sendable {
     public static func fromEnvironment(_ environment: [String: String]) throws(SluiceError) -> ControlKeys? {
         func value(_ name: String) -> String? { environment[name].flatMap { $0.isEmpty ? nil : $0 } }
         let hosts = ["SLUICE_CONTROL_HOST_KEY", "SLUICE_CONTROL_HOST_KEY_PREVIOUS"].compactMap(value)
-        let publics = ["SLUICE_CONTROL_OPERATOR_PUBLIC_KEY", "SLUICE_CONTROL_OPERATOR_PUBLIC_KEY_PREVIOUS"].compactMap(value)
+        let publics = ["SLUICE_CONTROL_OPERATOR_PUBLIC_KEY", "SLUICE_CONTROL_OPERATOR_PUBLIC_KEY_PREVIOUS"].compactMap(
+            value)
         let privateKey = value("SLUICE_CONTROL_OPERATOR_KEY")
         guard !hosts.isEmpty || !publics.isEmpty || privateKey != nil else { return nil }
         return try ControlKeys(hostKeys: hosts, operatorPublicKeys: publics, operatorPrivateKey: privateKey)
@@ -163,6 +195,9 @@ public struct ControlKeys: Sendable {
     public static func generate() -> (hostKey: String, operatorKey: String, operatorPublicKey: String) {
         let host = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0).base64EncodedString() }
         let operatorKey = Curve25519.Signing.PrivateKey()
-        return (host, operatorKey.rawRepresentation.base64EncodedString(), operatorKey.publicKey.rawRepresentation.base64EncodedString())
+        return (
+            host, operatorKey.rawRepresentation.base64EncodedString(),
+            operatorKey.publicKey.rawRepresentation.base64EncodedString()
+        )
     }
 }

@@ -27,7 +27,11 @@ final class CrashContainment: Sendable {
     /// Releases or skips a quarantine on this host's file (the control plane is off).
     func setLocal(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) throws {
         guard let local else {
-            throw SluiceError(code: .state, message: "quarantines live in the control topic here; write them there (sluice shards skip --bootstrap --group)")
+            throw SluiceError(
+                code: .state,
+                message:
+                    "quarantines live in the control topic here; write them there (sluice shards skip --bootstrap --group)"
+            )
         }
         try local.set(topicPartition, quarantine)
     }
@@ -44,25 +48,32 @@ final class CrashContainment: Sendable {
         clusterID: @Sendable () async throws -> String, logger: Logger
     ) async throws -> CrashContainment {
         var owner: StateOwner?
-        if control == nil, (try? FileManager.default.contentsOfDirectory(atPath: configuration.stateDirectory))?.contains(where: {
-            $0 == "quarantines.json" || $0.hasPrefix("crash-journal-")
-        }) == true {
+        if control == nil,
+            (try? FileManager.default.contentsOfDirectory(atPath: configuration.stateDirectory))?.contains(where: {
+                $0 == "quarantines.json" || $0.hasPrefix("crash-journal-")
+            }) == true
+        {
             do {
                 owner = StateOwner(cluster: try await clusterID(), group: configuration.kafka.group)
             } catch {
                 throw SluiceError(
                     code: .state,
-                    message: "crash containment: which Kafka cluster kafka.bootstrap leads to could not be asked (\(error)); quarantines in \(configuration.stateDirectory) are kept per cluster and group, and the host does not start without them")
+                    message:
+                        "crash containment: which Kafka cluster kafka.bootstrap leads to could not be asked (\(error)); quarantines in \(configuration.stateDirectory) are kept per cluster and group, and the host does not start without them"
+                )
             }
         }
         let (journal, findings) = try CrashJournal.open(directory: configuration.stateDirectory, logger: logger)
-        let local = control == nil ? try LocalQuarantineFile(directory: configuration.stateDirectory, owner: owner, logger: logger) : nil
+        let local =
+            control == nil
+            ? try LocalQuarantineFile(directory: configuration.stateDirectory, owner: owner, logger: logger) : nil
         let containment = CrashContainment(journal: journal, control: control, local: local)
         if !findings.isEmpty {
             let writer = try control.map { _ in try configuration.controlWriter(logger: logger) }
             defer { if let writer { Task { await writer.close() } } }
             for finding in findings {
-                try await containment.act(on: finding, configuration: configuration, writer: writer, identity: identity, logger: logger)
+                try await containment.act(
+                    on: finding, configuration: configuration, writer: writer, identity: identity, logger: logger)
             }
         }
         try journal.installSignalHandlers()
@@ -86,18 +97,27 @@ final class CrashContainment: Sendable {
                 continue  // a quarantine decided already stays
             }
             let suspect = Quarantine(
-                offset: lower, count: Int(upper - lower), crashes: 1, state: .suspect, signal: finding.signalName, host: identity,
+                offset: lower, count: Int(upper - lower), crashes: 1, state: .suspect, signal: finding.signalName,
+                host: identity,
                 atMilliseconds: finding.diedAtMilliseconds)
             try await write(topicPartition, suspect, configuration: configuration, writer: writer)
         }
     }
 
     /// Writes a record and, with the control plane, waits until this host applied it.
-    private func write(_ topicPartition: TopicPartition, _ quarantine: Quarantine?, configuration: SluiceConfiguration, writer: ControlPlaneWriter?) async throws {
+    private func write(
+        _ topicPartition: TopicPartition, _ quarantine: Quarantine?, configuration: SluiceConfiguration,
+        writer: ControlPlaneWriter?
+    ) async throws {
         if let writer, let control {
-            let offset = try await writer.setQuarantine(topicPartition, quarantine, before: self.quarantine(for: topicPartition), signer: .host)
+            let offset = try await writer.setQuarantine(
+                topicPartition, quarantine, before: self.quarantine(for: topicPartition), signer: .host)
             if !(await control.waitUntilApplied(offset, timeout: configuration.control.loadTimeout)) {
-                throw SluiceError(code: .state, message: "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it")
+                throw SluiceError(
+                    code: .state,
+                    message:
+                        "control topic '\(control.topic)': the quarantine of \(topicPartition) was written but not read back in time; the host does not fetch without it"
+                )
             }
         } else {
             try setLocal(topicPartition, quarantine)
@@ -113,23 +133,32 @@ final class CrashContainment: Sendable {
             await writer?.close()
             logger.info(
                 "suspects handled one at a time without a death: cleared",
-                metadata: ["kafka.partition": "\(topicPartition)", "sluice.suspects": "\(current.offset)..<\(current.range.upperBound)"])
+                metadata: [
+                    "kafka.partition": "\(topicPartition)",
+                    "sluice.suspects": "\(current.offset)..<\(current.range.upperBound)",
+                ])
         } catch {
-            logger.warning("could not clear a partition's suspects", metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
+            logger.warning(
+                "could not clear a partition's suspects",
+                metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
         }
     }
 
     private func act(
-        on finding: CrashFinding, configuration: SluiceConfiguration, writer: ControlPlaneWriter?, identity: String, logger: Logger
+        on finding: CrashFinding, configuration: SluiceConfiguration, writer: ControlPlaneWriter?, identity: String,
+        logger: Logger
     ) async throws {
         let inFlight = finding.inFlight.map(\.description).joined(separator: ",")
         var metadata: Logger.Metadata = [
-            "sluice.signal": "\(finding.signalName)", "sluice.pid": "\(finding.pid)", "sluice.journal": "\(finding.journal)",
+            "sluice.signal": "\(finding.signalName)", "sluice.pid": "\(finding.pid)",
+            "sluice.journal": "\(finding.journal)",
             "sluice.inFlight": "\(inFlight.isEmpty ? "-" : inFlight)",
         ]
         switch finding.fault {
         case .sluice:
-            logger.error("the last process died of a fatal signal in Sluice's own code; no message is blamed", metadata: metadata)
+            logger.error(
+                "the last process died of a fatal signal in Sluice's own code; no message is blamed", metadata: metadata
+            )
             return
         case .unknown:
             logger.error(
@@ -146,16 +175,22 @@ final class CrashContainment: Sendable {
         let previous = quarantine(for: topicPartition)
         // Found by elimination: the earlier unattributed death counts too. A record of another message at the
         // same offset (of an earlier incarnation of the topic) counts nothing.
-        let sameMessage = previous.map { $0.offset == culprit.offset && $0.state != .suspect && $0.isOfMessage(timestamp: culprit.timestampMilliseconds) } ?? false
+        let sameMessage =
+            previous.map {
+                $0.offset == culprit.offset && $0.state != .suspect
+                    && $0.isOfMessage(timestamp: culprit.timestampMilliseconds)
+            } ?? false
         let crashes = (sameMessage ? previous!.crashes : 0) + (finding.fault == .eliminated ? 2 : 1)
         var quarantine = Quarantine(
-            offset: culprit.offset, count: culprit.count, crashes: crashes, state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
+            offset: culprit.offset, count: culprit.count, crashes: crashes,
+            state: crashes >= policy.after ? Quarantine.State.quarantined : .counting,
             signal: finding.signalName, host: identity, atMilliseconds: finding.diedAtMilliseconds)
         quarantine.messageTimestamp = culprit.timestampMilliseconds
         quarantine.report = CrashReport.find(of: finding, in: configuration.stateDirectory)
         if let report = quarantine.report {
             // One log line: what happened and the first frames (the whole report is in the quarantine).
-            metadata["sluice.crashReport"] = "\(report.split(separator: "\n").prefix(4).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " | "))"
+            metadata["sluice.crashReport"] =
+                "\(report.split(separator: "\n").prefix(4).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " | "))"
         }
         metadata["kafka.topic"] = "\(topicPartition.topic)"
         metadata["kafka.partition"] = "\(topicPartition.partition)"
@@ -164,14 +199,18 @@ final class CrashContainment: Sendable {
         // Applied here before this host fetches: its own pipelines must see it.
         try await write(topicPartition, quarantine, configuration: configuration, writer: writer)
         if finding.fault == .eliminated {
-            logger.critical("the culprit of the earlier unattributed death is found: it was the one suspect running when the process died again", metadata: metadata)
+            logger.critical(
+                "the culprit of the earlier unattributed death is found: it was the one suspect running when the process died again",
+                metadata: metadata)
         }
         if quarantine.state == .quarantined {
             logger.critical(
-                "the last process died in a handler call: message quarantined (onCrash.then: \(policy.then.rawValue))", metadata: metadata)
+                "the last process died in a handler call: message quarantined (onCrash.then: \(policy.then.rawValue))",
+                metadata: metadata)
         } else {
             logger.error(
-                "the last process died in a handler call: its death is counted (quarantined at onCrash.after \(policy.after))", metadata: metadata)
+                "the last process died in a handler call: its death is counted (quarantined at onCrash.after \(policy.after))",
+                metadata: metadata)
         }
     }
 }

@@ -4,9 +4,9 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// What a process that died of a fatal signal was doing, read from its crash journal by a later start
@@ -42,7 +42,9 @@ public struct CrashFinding: Sendable, Equatable {
         /// message from another at the same offset of a deleted and recreated topic.
         public var timestampMilliseconds: Int64? = nil
 
-        public var description: String { count == 1 ? "\(topicPartition)@\(offset)" : "\(topicPartition)@\(offset)+\(count)" }
+        public var description: String {
+            count == 1 ? "\(topicPartition)@\(offset)" : "\(topicPartition)@\(offset)+\(count)"
+        }
     }
 
     /// The fatal signal (SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGFPE or SIGABRT).
@@ -83,7 +85,9 @@ struct JournalSlot: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<sluice_journal_slot>
 
     @inline(__always) func begin(_ offset: Int64, count: Int, careful: Bool = false, timestamp: Int64? = nil) {
-        sluice_journal_begin(pointer, offset, Int32(truncatingIfNeeded: count), careful ? 1 : 0, timestamp == nil ? 0 : 1, timestamp ?? 0)
+        sluice_journal_begin(
+            pointer, offset, Int32(truncatingIfNeeded: count), careful ? 1 : 0, timestamp == nil ? 0 : 1, timestamp ?? 0
+        )
     }
     @inline(__always) func end() { sluice_journal_end(pointer) }
 
@@ -115,11 +119,15 @@ final class CrashJournal: @unchecked Sendable {
     private let logger: Logger
     private let warnedFull = Atomic<Bool>(false)
 
-    private var header: UnsafeMutablePointer<sluice_journal_header> { base.assumingMemoryBound(to: sluice_journal_header.self) }
+    private var header: UnsafeMutablePointer<sluice_journal_header> {
+        base.assumingMemoryBound(to: sluice_journal_header.self)
+    }
 
     /// Opens a journal in `directory` (created when missing): the first file no live process holds, or a new
     /// one. Returns it with what dead processes left in every file it could read.
-    static func open(directory: String, capacity: Int = defaultCapacity, logger: Logger) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
+    static func open(directory: String, capacity: Int = defaultCapacity, logger: Logger) throws(SluiceError) -> (
+        CrashJournal, [CrashFinding]
+    ) {
         try makeDirectory(directory)
         var findings: [CrashFinding] = []
         var mine: (descriptor: Int32, path: String)?
@@ -133,7 +141,9 @@ final class CrashJournal: @unchecked Sendable {
             // Only a regular file of this user's is a journal: a symbolic link (which would make the host write
             // wherever it points), a directory or another user's file is left alone, and the next name is tried.
             if exists, (status.st_mode & S_IFMT) != S_IFREG || status.st_uid != geteuid() {
-                logger.error("crash journal file skipped: not a regular file of this user", metadata: ["sluice.journal": "\(path)"])
+                logger.error(
+                    "crash journal file skipped: not a regular file of this user",
+                    metadata: ["sluice.journal": "\(path)"])
                 if index > 1_000 { throw failure("finding a journal file in \(directory)") }
                 continue
             }
@@ -145,7 +155,9 @@ final class CrashJournal: @unchecked Sendable {
                 continue
             }
             if exists, status.st_size > 0, !isJournal(descriptor) {
-                logger.error("crash journal file skipped: it is not a Sluice journal, and is left as it is", metadata: ["sluice.journal": "\(path)"])
+                logger.error(
+                    "crash journal file skipped: it is not a Sluice journal, and is left as it is",
+                    metadata: ["sluice.journal": "\(path)"])
                 flock(descriptor, LOCK_UN)
                 Glibc.close(descriptor)
                 continue
@@ -159,7 +171,8 @@ final class CrashJournal: @unchecked Sendable {
             }
             if !exists { break }
         }
-        let journal = try CrashJournal(descriptor: mine!.descriptor, path: mine!.path, capacity: capacity, logger: logger)
+        let journal = try CrashJournal(
+            descriptor: mine!.descriptor, path: mine!.path, capacity: capacity, logger: logger)
         return (journal, findings)
     }
 
@@ -179,7 +192,8 @@ final class CrashJournal: @unchecked Sendable {
             errno = allocated
             throw Self.failure("allocating \(size) bytes for \(path)")
         }
-        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED else {
+        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED
+        else {
             throw Self.failure("mapping \(path)")
         }
         base = mapped
@@ -200,7 +214,9 @@ final class CrashJournal: @unchecked Sendable {
     func installSignalHandlers() throws(SluiceError) {
         let error = sluice_crash_register(base)
         guard error == 0 else {
-            throw SluiceError(code: .state, message: "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
+            throw SluiceError(
+                code: .state,
+                message: "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
         }
     }
 
@@ -215,7 +231,8 @@ final class CrashJournal: @unchecked Sendable {
             }
             return nil
         }
-        let pointer = (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self) + Int(index)
+        let pointer =
+            (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self) + Int(index)
         pointer.pointee.in_handler = 0
         pointer.pointee.partition = topicPartition.partition
         pointer.pointee.generation = generation
@@ -232,7 +249,8 @@ final class CrashJournal: @unchecked Sendable {
     func release(_ slot: JournalSlot) {
         slot.pointer.pointee.in_handler = 0
         slot.pointer.pointee.task = 0
-        let index = slot.pointer - (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self)
+        let index =
+            slot.pointer - (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self)
         freeSlots.withLock { $0.append(Int32(index)) }
     }
 
@@ -272,17 +290,23 @@ final class CrashJournal: @unchecked Sendable {
     /// Whether the file starts with a journal's header (its magic number).
     private static func isJournal(_ descriptor: Int32) -> Bool {
         var header = sluice_journal_header()
-        return pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0) == MemoryLayout<sluice_journal_header>.size
+        return pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0)
+            == MemoryLayout<sluice_journal_header>.size
             && header.magic == SLUICE_JOURNAL_MAGIC
     }
 
     private static func read(_ descriptor: Int32, path: String, logger: Logger) -> CrashFinding? {
         var header = sluice_journal_header()
-        guard pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0) == MemoryLayout<sluice_journal_header>.size else {
+        guard
+            pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0)
+                == MemoryLayout<sluice_journal_header>.size
+        else {
             return nil
         }
         guard header.magic == SLUICE_JOURNAL_MAGIC else {
-            if header.magic != 0 { logger.error("crash journal ignored: not a Sluice journal", metadata: ["sluice.journal": "\(path)"]) }
+            if header.magic != 0 {
+                logger.error("crash journal ignored: not a Sluice journal", metadata: ["sluice.journal": "\(path)"])
+            }
             return nil
         }
         guard header.version == UInt32(SLUICE_JOURNAL_VERSION) else {
@@ -294,7 +318,8 @@ final class CrashJournal: @unchecked Sendable {
         guard header.state == SLUICE_JOURNAL_RUNNING else { return nil }
         // Read once: mark it before acting on it.
         var read = SLUICE_JOURNAL_READ
-        _ = pwrite(descriptor, &read, MemoryLayout<Int32>.size, MemoryLayout<sluice_journal_header>.offset(of: \.state)!)
+        _ = pwrite(
+            descriptor, &read, MemoryLayout<Int32>.size, MemoryLayout<sluice_journal_header>.offset(of: \.state)!)
         guard header.signal != 0 else {
             logger.info(
                 "the last process on this crash journal ended without a clean stop and without a fatal signal (killed, or out of memory): no message is blamed",
@@ -306,7 +331,9 @@ final class CrashJournal: @unchecked Sendable {
         var slot = sluice_journal_slot()
         // The slot count comes from the file: bounded by what the file holds and by the largest journal a host makes.
         var status = stat()
-        let held = fstat(descriptor, &status) == 0 ? max(0, (Int(status.st_size) - Int(SLUICE_JOURNAL_HEADER_SIZE)) / slotSize) : 0
+        let held =
+            fstat(descriptor, &status) == 0
+            ? max(0, (Int(status.st_size) - Int(SLUICE_JOURNAL_HEADER_SIZE)) / slotSize) : 0
         for index in 0..<min(Int(header.capacity), held, maximumCapacity) {
             let offset = off_t(Int(SLUICE_JOURNAL_HEADER_SIZE) + index * slotSize)
             guard pread(descriptor, &slot, slotSize, offset) == slotSize else { break }
@@ -314,9 +341,11 @@ final class CrashJournal: @unchecked Sendable {
             let length = Int(max(0, min(slot.topic_length, SLUICE_JOURNAL_TOPIC_CAPACITY)))
             let topic = withUnsafeBytes(of: slot.topic) { String(decoding: $0.prefix(length), as: UTF8.self) }
             let call = CrashFinding.Call(
-                topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset, count: Int(max(1, slot.count)),
+                topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset,
+                count: Int(max(1, slot.count)),
                 generation: slot.generation, careful: slot.careful != 0,
-                timestampMilliseconds: slot.has_timestamp == 1 && InputLimits.epochMilliseconds.contains(slot.timestamp_ms) ? slot.timestamp_ms : nil)
+                timestampMilliseconds: slot.has_timestamp == 1
+                    && InputLimits.epochMilliseconds.contains(slot.timestamp_ms) ? slot.timestamp_ms : nil)
             calls.append(call)
             if header.fault == SLUICE_FAULT_HANDLER, Int(header.attributed_slot) == index { culprit = call }
         }
@@ -342,7 +371,9 @@ final class CrashJournal: @unchecked Sendable {
     private static func makeDirectory(_ directory: String) throws(SluiceError) {
         var path = ""
         for component in directory.split(separator: "/", omittingEmptySubsequences: false) {
-            path += path.isEmpty && directory.hasPrefix("/") ? "/\(component)" : (path.isEmpty ? "\(component)" : "/\(component)")
+            path +=
+                path.isEmpty && directory.hasPrefix("/")
+                ? "/\(component)" : (path.isEmpty ? "\(component)" : "/\(component)")
             if component.isEmpty { continue }
             // The state directory itself is this user's alone (0700): what is in it decides what a host skips.
             let mode: mode_t = path == directory || path == "/" + directory ? 0o700 : 0o755
@@ -353,7 +384,9 @@ final class CrashJournal: @unchecked Sendable {
     private static func failure(_ what: String) -> SluiceError {
         SluiceError(
             code: .state,
-            message: "crash journal: \(what) failed: \(String(cString: strerror(errno))); set host.stateDirectory to a writable directory that survives restarts, or host.crashJournal: off")
+            message:
+                "crash journal: \(what) failed: \(String(cString: strerror(errno))); set host.stateDirectory to a writable directory that survives restarts, or host.crashJournal: off"
+        )
     }
 
     static func nowMilliseconds() -> Int64 {

@@ -22,15 +22,19 @@ enum CrashReport {
     static func find(of finding: CrashFinding, in directory: String) -> String? {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
         let window = Double(finding.startedAtMilliseconds) / 1000...Date().timeIntervalSince1970
-        let candidates = names.filter { $0.hasSuffix(".json") && $0.contains("-\(finding.pid)-") }.compactMap { name -> (String, Date)? in
+        let candidates = names.filter { $0.hasSuffix(".json") && $0.contains("-\(finding.pid)-") }.compactMap {
+            name -> (String, Date)? in
             let path = "\(directory)/\(name)"
-            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), attributes[.type] as? FileAttributeType == .typeRegular,
-                let size = attributes[.size] as? Int, size <= maximumBytes, let modified = attributes[.modificationDate] as? Date,
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                attributes[.type] as? FileAttributeType == .typeRegular,
+                let size = attributes[.size] as? Int, size <= maximumBytes,
+                let modified = attributes[.modificationDate] as? Date,
                 window.contains(modified.timeIntervalSince1970)
             else { return nil }
             return (path, modified)
         }
-        guard let (path, _) = candidates.min(by: { $0.1 < $1.1 }), let data = FileManager.default.contents(atPath: path) else { return nil }
+        guard let (path, _) = candidates.min(by: { $0.1 < $1.1 }), let data = FileManager.default.contents(atPath: path)
+        else { return nil }
         try? FileManager.default.moveItem(atPath: path, toPath: path + ".used")
         return summarize(data)
     }

@@ -101,11 +101,14 @@ public struct Quarantine: Sendable, Hashable {
         _ release: Release, offset: Int64?, who: String?, reason: String?, of topicPartition: TopicPartition
     ) throws(SluiceError) -> Quarantine? {
         if let offset, offset != self.offset {
-            throw SluiceError(code: .invalidInput, message: "the quarantine of \(topicPartition) is at offset \(self.offset), not \(offset)")
+            throw SluiceError(
+                code: .invalidInput,
+                message: "the quarantine of \(topicPartition) is at offset \(self.offset), not \(offset)")
         }
         var released = self
         if isRecordedByHost {
-            released.recorded = Recorded(offset: self.offset, count: count, state: state, host: host, atMilliseconds: atMilliseconds)
+            released.recorded = Recorded(
+                offset: self.offset, count: count, state: state, host: host, atMilliseconds: atMilliseconds)
         }
         switch release {
         case .retry: return nil
@@ -122,16 +125,23 @@ public struct Quarantine: Sendable, Hashable {
     /// it, and, when the host record is still known, be that one.
     public func releaseProblem(over current: Quarantine?) -> String? {
         guard !isRecordedByHost else { return nil }
-        guard let recorded else { return "a \(state.rawValue) release names no quarantine a host recorded; it is applied to no offset" }
-        guard recorded.state != .skip, recorded.state != .deadLetter else { return "a release must name a quarantine a host recorded" }
+        guard let recorded else {
+            return "a \(state.rawValue) release names no quarantine a host recorded; it is applied to no offset"
+        }
+        guard recorded.state != .skip, recorded.state != .deadLetter else {
+            return "a release must name a quarantine a host recorded"
+        }
         let recordedRange = recorded.offset..<recorded.offset.adding(saturating: Int64(max(1, recorded.count)))
         guard offset == recorded.offset, range.upperBound <= recordedRange.upperBound else {
-            return "the release covers offsets \(offset)..<\(range.upperBound), outside the quarantine a host recorded (\(recordedRange.lowerBound)..<\(recordedRange.upperBound))"
+            return
+                "the release covers offsets \(offset)..<\(range.upperBound), outside the quarantine a host recorded (\(recordedRange.lowerBound)..<\(recordedRange.upperBound))"
         }
         if let current, current.isRecordedByHost,
-            current.offset != recorded.offset || current.count != recorded.count || current.host != recorded.host || current.atMilliseconds != recorded.atMilliseconds
+            current.offset != recorded.offset || current.count != recorded.count || current.host != recorded.host
+                || current.atMilliseconds != recorded.atMilliseconds
         {
-            return "the release names a quarantine at offset \(recorded.offset) (host \(recorded.host)), but the partition's quarantine is at offset \(current.offset) (host \(current.host))"
+            return
+                "the release names a quarantine at offset \(recorded.offset) (host \(recorded.host)), but the partition's quarantine is at offset \(current.offset) (host \(current.host))"
         }
         if let current, !current.isRecordedByHost, let currentRecorded = current.recorded, currentRecorded != recorded {
             return "the release names another quarantine than the one already released"
@@ -152,10 +162,12 @@ public struct Quarantine: Sendable, Hashable {
     /// What it says, for logs, status and crash reasons.
     public var summary: String {
         if state == .suspect {
-            return "offsets \(offset)..<\(range.upperBound) were in handler calls when the process died (\(signal), on \(host)) on a thread Sluice could not attribute: handled one at a time until the culprit is found"
+            return
+                "offsets \(offset)..<\(range.upperBound) were in handler calls when the process died (\(signal), on \(host)) on a thread Sluice could not attribute: handled one at a time until the culprit is found"
         }
         let what = count == 1 ? "offset \(offset)" : "offsets \(offset)..<\(range.upperBound)"
-        return "handler call at \(what) killed the process \(crashes) time\(crashes == 1 ? "" : "s") (\(signal), last on \(host))"
+        return
+            "handler call at \(what) killed the process \(crashes) time\(crashes == 1 ? "" : "s") (\(signal), last on \(host))"
     }
 
     func object() -> [String: Any] {
@@ -168,10 +180,12 @@ public struct Quarantine: Sendable, Hashable {
         if let messageTimestamp { object["messageTs"] = messageTimestamp }
         if let report { object["report"] = report }
         if let recorded {
-            object["recorded"] = [
-                "offset": recorded.offset, "count": recorded.count, "state": recorded.state.rawValue, "host": recorded.host,
-                "atMillis": recorded.atMilliseconds,
-            ] as [String: Any]
+            object["recorded"] =
+                [
+                    "offset": recorded.offset, "count": recorded.count, "state": recorded.state.rawValue,
+                    "host": recorded.host,
+                    "atMillis": recorded.atMilliseconds,
+                ] as [String: Any]
         }
         return object
     }
@@ -179,25 +193,33 @@ public struct Quarantine: Sendable, Hashable {
     /// Reads a quarantine's fields, each checked against ``InputLimits`` (a record or file from outside the process).
     init(fields: JSONFields, bad: @escaping (ControlRecordRejected.Reason, String) -> any Error) throws {
         guard let stateText = try fields.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
-            throw bad(.field, "state must be counting, quarantined, skip, deadLetter, suspect or released, got \((fields.object["state"] as? String).map { "'\($0.prefix(32))'" } ?? "none")")
+            throw bad(
+                .field,
+                "state must be counting, quarantined, skip, deadLetter, suspect or released, got \((fields.object["state"] as? String).map { "'\($0.prefix(32))'" } ?? "none")"
+            )
         }
-        guard let offset = try fields.int64("offset", in: InputLimits.offsets) else { throw bad(.field, "a quarantine needs its offset") }
+        guard let offset = try fields.int64("offset", in: InputLimits.offsets) else {
+            throw bad(.field, "a quarantine needs its offset")
+        }
         self.init(
             offset: offset, count: try fields.int("count", in: InputLimits.quarantineSpan) ?? 1,
             crashes: try fields.int("crashes", in: InputLimits.counts) ?? 1, state: state,
             signal: try fields.string("signal", maxLength: InputLimits.identityLength) ?? "?",
             host: try fields.string("host", maxLength: InputLimits.identityLength) ?? "?",
             atMilliseconds: try fields.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0,
-            who: try fields.string("who", maxLength: InputLimits.identityLength), reason: try fields.string("reason", maxLength: InputLimits.textLength))
+            who: try fields.string("who", maxLength: InputLimits.identityLength),
+            reason: try fields.string("reason", maxLength: InputLimits.textLength))
         report = try fields.string("report", maxLength: InputLimits.reportLength)
         messageTimestamp = try fields.int64("messageTs", in: InputLimits.epochMilliseconds)
         if let object = try fields.object("recorded") {
             let nested = JSONFields(object) { bad($0, "recorded: \($1)") }
-            guard let stateText = try nested.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
+            guard let stateText = try nested.string("state", maxLength: 32), let state = State(rawValue: stateText)
+            else {
                 throw bad(.field, "recorded: 'state' must be counting, quarantined or suspect")
             }
             recorded = Recorded(
-                offset: try nested.requiredInt64("offset", in: InputLimits.offsets), count: try nested.int("count", in: InputLimits.quarantineSpan) ?? 1,
+                offset: try nested.requiredInt64("offset", in: InputLimits.offsets),
+                count: try nested.int("count", in: InputLimits.quarantineSpan) ?? 1,
                 state: state, host: try nested.string("host", maxLength: InputLimits.identityLength) ?? "?",
                 atMilliseconds: try nested.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0)
         }
@@ -243,13 +265,17 @@ final class LocalQuarantineFile: Sendable {
         guard let data = FileManager.default.contents(atPath: path),
             let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
         else { throw bad("not a JSON object") }
-        let fileOwner = (object["cluster"] as? String).flatMap { cluster in (object["group"] as? String).map { StateOwner(cluster: cluster, group: $0) } }
+        let fileOwner = (object["cluster"] as? String).flatMap { cluster in
+            (object["group"] as? String).map { StateOwner(cluster: cluster, group: $0) }
+        }
         guard let owner, fileOwner == owner else {
             let setAside = "\(path).set-aside-\(Int64(Date().timeIntervalSince1970 * 1000))"
             do {
                 try FileManager.default.moveItem(atPath: path, toPath: setAside)
             } catch {
-                throw bad("it belongs to \(fileOwner.map { "\($0)" } ?? "no named cluster and group"), not to this host's \(owner.map { "\($0)" } ?? "cluster"), and could not be set aside (\(error))")
+                throw bad(
+                    "it belongs to \(fileOwner.map { "\($0)" } ?? "no named cluster and group"), not to this host's \(owner.map { "\($0)" } ?? "cluster"), and could not be set aside (\(error))"
+                )
             }
             logger.warning(
                 "the quarantine file belongs to another cluster or group: set aside, none of its quarantines applies",
@@ -260,12 +286,18 @@ final class LocalQuarantineFile: Sendable {
             entries = Mutex([:])
             return
         }
-        guard let quarantines = object["quarantines"] as? [String: [String: Any]] else { throw bad("'quarantines' is not an object of TOPIC/PARTITION keys") }
+        guard let quarantines = object["quarantines"] as? [String: [String: Any]] else {
+            throw bad("'quarantines' is not an object of TOPIC/PARTITION keys")
+        }
         var loaded: [TopicPartition: Quarantine] = [:]
         for (key, value) in quarantines {
-            guard let topicPartition = TopicPartition(parsing: key) else { throw bad("'\(key)' is not TOPIC/PARTITION") }
+            guard let topicPartition = TopicPartition(parsing: key) else {
+                throw bad("'\(key)' is not TOPIC/PARTITION")
+            }
             do {
-                loaded[topicPartition] = try Quarantine(fields: JSONFields(value) { _, detail in bad("\(key): \(detail)") }) { _, detail in bad("\(key): \(detail)") }
+                loaded[topicPartition] = try Quarantine(
+                    fields: JSONFields(value) { _, detail in bad("\(key): \(detail)") }
+                ) { _, detail in bad("\(key): \(detail)") }
             } catch let error as SluiceError {
                 throw error
             } catch {
@@ -283,13 +315,16 @@ final class LocalQuarantineFile: Sendable {
     /// Sets one entry (nil removes it) and rewrites the file atomically.
     func set(_ topicPartition: TopicPartition, _ quarantine: Quarantine?) throws {
         guard let owner else {
-            throw SluiceError(code: .state, message: "quarantine file \(path): which cluster it belongs to is not known; nothing is written")
+            throw SluiceError(
+                code: .state,
+                message: "quarantine file \(path): which cluster it belongs to is not known; nothing is written")
         }
         let snapshot = entries.withLock { entries in
             entries[topicPartition] = quarantine
             return entries
         }
-        let quarantines = Dictionary(uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
+        let quarantines = Dictionary(
+            uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
         let object: [String: Any] = ["cluster": owner.cluster, "group": owner.group, "quarantines": quarantines]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
         try data.write(to: URL(fileURLWithPath: path), options: .atomic)
@@ -300,7 +335,9 @@ final class LocalQuarantineFile: Sendable {
 extension TopicPartition {
     /// Parses `topic/partition` (a Kafka topic name, a partition 0 or more).
     public init?(parsing text: String) {
-        guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]), partition >= 0 else { return nil }
+        guard let slash = text.lastIndex(of: "/"), let partition = Int32(text[text.index(after: slash)...]),
+            partition >= 0
+        else { return nil }
         let topic = String(text[..<slash])
         guard TopicName.problem(topic) == nil else { return nil }
         self.init(topic, partition)

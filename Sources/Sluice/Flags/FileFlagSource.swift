@@ -1,9 +1,9 @@
 import Yams
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// Flags from a YAML or JSON file: a top-level map from key to `on` / `off` (or `true` / `false`), e.g.
@@ -32,7 +32,8 @@ public struct FileFlagSource: FlagSource {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw SluiceError(code: .configuration, message: "\(path): cannot read the flag file: \(error.localizedDescription)")
+            throw SluiceError(
+                code: .configuration, message: "\(path): cannot read the flag file: \(error.localizedDescription)")
         }
         return try Self.parse(text, file: path)
     }
@@ -49,10 +50,14 @@ public struct FileFlagSource: FlagSource {
         guard let root else {
             throw SluiceError(
                 code: .configuration,
-                message: "\(file): the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)")
+                message:
+                    "\(file): the flag file is empty (a file being rewritten in place?); write {} for no flags, and replace the file atomically (write a new file, then rename it over)"
+            )
         }
         guard let mapping = root.mapping else {
-            throw SluiceError(code: .configuration, message: "\(location(file, root.mark)): expected a map from flag key to on or off")
+            throw SluiceError(
+                code: .configuration, message: "\(location(file, root.mark)): expected a map from flag key to on or off"
+            )
         }
         var flags: [FlagKey: FlagSetting] = [:]
         for (keyNode, valueNode) in mapping {
@@ -67,7 +72,9 @@ public struct FileFlagSource: FlagSource {
             guard let setting = FlagSetting(parsing: valueNode.scalar?.string ?? "", source: "file") else {
                 throw SluiceError(
                     code: .configuration,
-                    message: "\(location(file, valueNode.mark)): flag '\(keyText)': expected on, off or a rate such as 200/s, got '\(valueNode.scalar?.string ?? "a list or map")'")
+                    message:
+                        "\(location(file, valueNode.mark)): flag '\(keyText)': expected on, off or a rate such as 200/s, got '\(valueNode.scalar?.string ?? "a list or map")'"
+                )
             }
             flags[key] = setting
         }

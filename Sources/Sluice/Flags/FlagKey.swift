@@ -15,7 +15,9 @@ public struct FlagKey: Hashable, Sendable, CustomStringConvertible, Comparable {
     /// One topic.
     public static func topic(_ name: String) -> FlagKey { FlagKey(scope: .topic(name)) }
     /// One partition.
-    public static func partition(_ topicPartition: TopicPartition) -> FlagKey { FlagKey(scope: .partition(topicPartition)) }
+    public static func partition(_ topicPartition: TopicPartition) -> FlagKey {
+        FlagKey(scope: .partition(topicPartition))
+    }
 
     /// Parses `*`, `TOPIC` or `TOPIC/PARTITION`. The topic must be a Kafka topic name (letters, digits, `.`,
     /// `_`, `-`; at most 249 characters; not `.` or `..`) and the partition a number in 0...2147483647.

@@ -44,10 +44,15 @@ public final class FlagResolver: Sendable {
         self.defaultEnabled = defaultEnabled
         self.pollInterval = pollInterval
         self.logger = logger
-        self.state = Mutex(State(lastGood: Array(repeating: [:], count: sources.count), appliedFrom: Array(repeating: 0, count: sources.count)))
+        self.state = Mutex(
+            State(
+                lastGood: Array(repeating: [:], count: sources.count),
+                appliedFrom: Array(repeating: 0, count: sources.count)))
         var counters: [String: Counter] = [:]
         for source in sources {
-            counters[source.name] = Counter(label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)], factory: metricsFactory)
+            counters[source.name] = Counter(
+                label: "sluice_flag_source_errors_total", dimensions: [("source", source.name)], factory: metricsFactory
+            )
         }
         self.errorCounters = counters
     }
@@ -91,7 +96,9 @@ public final class FlagResolver: Sendable {
                     return state.lastErrors[source.name] != message
                 }
                 if firstTime {
-                    logger.error("flag source failed; keeping its last good flags", metadata: ["sluice.flagSource": "\(source.name)", "error": "\(message)"])
+                    logger.error(
+                        "flag source failed; keeping its last good flags",
+                        metadata: ["sluice.flagSource": "\(source.name)", "error": "\(message)"])
                 }
             }
         }
@@ -116,7 +123,10 @@ public final class FlagResolver: Sendable {
     /// each refresh that changed something, this loop's or anyone's (changes that come close together may
     /// be announced once). Returns when the task is cancelled. Call it once per resolver. `clock`: what the
     /// polls are timed on (a host hands in its own; by default a timer thread for this run).
-    public func run(clock: any HostClock = SystemHostClock(name: "sluice-flag-timers"), onChange: @escaping @Sendable () async -> Void) async {
+    public func run(
+        clock: any HostClock = SystemHostClock(name: "sluice-flag-timers"),
+        onChange: @escaping @Sendable () async -> Void
+    ) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await _ in self.changed.stream { await onChange() }

@@ -19,7 +19,9 @@ public final class InMemoryFlagSource: FlagSource {
 
     /// Sets a flag; a `rate` (messages a second per shard) slows the shards it covers instead of stopping them.
     public func set(_ key: FlagKey, enabled: Bool, reason: String? = nil, rate: Double? = nil) {
-        flags.withLock { $0[key] = FlagSetting(enabled: rate != nil ? true : enabled, source: name, reason: reason, rate: rate) }
+        flags.withLock {
+            $0[key] = FlagSetting(enabled: rate != nil ? true : enabled, source: name, reason: reason, rate: rate)
+        }
         continuation.yield()
     }
 

@@ -11,7 +11,8 @@ enum TopicName {
         }
         if name == "." || name == ".." { return "'.' and '..' are not topic names" }
         let allowed = name.utf8.allSatisfy { byte in
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
                 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: ".")
                 || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
         }
@@ -28,7 +29,8 @@ enum TopicName {
             case "\t": result += "\\t"
             case "\r": result += "\\r"
             default:
-                result += scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format
+                result +=
+                    scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format
                     ? "\\u{\(String(scalar.value, radix: 16))}" : String(scalar)
             }
         }

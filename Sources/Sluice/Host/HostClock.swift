@@ -54,7 +54,9 @@ public final class SystemHostClock: HostClock {
 
     public var now: ContinuousClock.Instant { .now }
 
-    public func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void) -> HostClockTimer {
+    public func schedule(at deadline: ContinuousClock.Instant, _ action: @escaping @Sendable () -> Void)
+        -> HostClockTimer
+    {
         HostClockTimer(identifier: thread.schedule(at: deadline, action))
     }
 

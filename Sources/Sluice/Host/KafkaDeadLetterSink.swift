@@ -49,9 +49,13 @@ struct KafkaDeadLetterSink: DeadLetterSink {
             headers.append(KafkaHeader(key: "sluice.crash.signal", value: Array(quarantine.signal.utf8)))
             headers.append(KafkaHeader(key: "sluice.crash.count", value: Array(String(quarantine.crashes).utf8)))
             headers.append(KafkaHeader(key: "sluice.crash.host", value: Array(quarantine.host.utf8)))
-            headers.append(KafkaHeader(key: "sluice.crash.atMillis", value: Array(String(quarantine.atMilliseconds).utf8)))
-            if let report = quarantine.report { headers.append(KafkaHeader(key: "sluice.crash.report", value: Array(report.utf8))) }
+            headers.append(
+                KafkaHeader(key: "sluice.crash.atMillis", value: Array(String(quarantine.atMilliseconds).utf8)))
+            if let report = quarantine.report {
+                headers.append(KafkaHeader(key: "sluice.crash.report", value: Array(report.utf8)))
+            }
         }
-        return ProducerRecord(topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers)
+        return ProducerRecord(
+            topic: topic, key: message.key.map { Array($0) }, value: Array(message.value), headers: headers)
     }
 }

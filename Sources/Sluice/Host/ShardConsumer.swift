@@ -32,10 +32,12 @@ protocol ShardConsumer: Sendable {
     func reportStall(_ topicPartition: TopicPartition)
 
     /// Lag queries (network round trips; never from the supervisor loop).
-    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
+    func queryHighWatermarks(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition:
+        Int64]
     func committedOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
     /// Committed offsets with their commit metadata (what the last owner finished above them).
-    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: TopicPartitionOffset]
+    func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition:
+        TopicPartitionOffset]
     func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
 }
 

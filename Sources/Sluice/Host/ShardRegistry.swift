@@ -3,9 +3,9 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// What a host knows of its shards outside the supervisor loop: each shard's view (its status, the counters of
@@ -59,12 +59,14 @@ final class ShardRegistry: Sendable {
     /// shard's totals, once.
     func update(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
         let named = state.withLock { state -> ShardPipeline? in
-            var view = state.views[supervisor.topicPartition] ?? ShardView(
-                status: ShardStatus(
-                    topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
-                    lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
-                    skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil, position: nil),
-                pipeline: nil)
+            var view =
+                state.views[supervisor.topicPartition]
+                ?? ShardView(
+                    status: ShardStatus(
+                        topicPartition: supervisor.topicPartition, generation: 0, state: supervisor.state, attempt: 0,
+                        lastError: nil, pauseReasons: [], flag: supervisor.flag, inFlight: 0, processed: 0, failed: 0,
+                        skipped: 0, deadLettered: 0, storedOffset: nil, highWatermark: nil, position: nil),
+                    pipeline: nil)
             if let old = view.pipeline, old !== supervisor.pipeline {
                 view.leftoverOldestPending = old.oldestPendingTimestamp
                 let counters = old.counters
@@ -97,7 +99,9 @@ final class ShardRegistry: Sendable {
 
     /// Every shard's status now: its view with its current pipeline's counters, and what `consumer` says of its
     /// partition (positions, pauses, watermarks), at `nowMilliseconds` (for lag in seconds).
-    func snapshot(consumer: (any ShardConsumer)?, quarantines: [TopicPartition: Quarantine], nowMilliseconds: Int64) -> [ShardStatus] {
+    func snapshot(consumer: (any ShardConsumer)?, quarantines: [TopicPartition: Quarantine], nowMilliseconds: Int64)
+        -> [ShardStatus]
+    {
         let views = state.withLock { Array($0.views.values) }
         return views.map { view in
             var status = view.status
@@ -131,7 +135,10 @@ final class ShardRegistry: Sendable {
     /// The partitions shown, and those of them with no stored offset yet (their committed offset is asked for).
     var partitionsForLag: (all: [TopicPartition], withoutStore: [TopicPartition]) {
         state.withLock { state in
-            (Array(state.views.keys), state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition))
+            (
+                Array(state.views.keys),
+                state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition)
+            )
         }
     }
 
@@ -227,7 +234,8 @@ final class ShardRegistry: Sendable {
         do {
             try consumer.storeOffsets([TopicPartitionOffset(topicPartition, offset: watermark, metadata: metadata)])
         } catch {
-            logger.debug("offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
+            logger.debug(
+                "offset not stored", metadata: ["kafka.partition": "\(topicPartition)", "kafka.error": "\(error)"])
         }
         return true
     }

@@ -34,13 +34,17 @@ extension SluiceHost {
         _ topicPartition: TopicPartition, as release: Quarantine.Release, offset: Int64?, who: String?, reason: String?
     ) async throws -> Quarantine? {
         guard let containment = crashContainment else {
-            throw SluiceError(code: .state, message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
+            throw SluiceError(
+                code: .state,
+                message: "the crash journal is off (host.crashJournal) or the host is not running: no quarantines")
         }
         guard let current = containment.quarantine(for: topicPartition) else {
             throw SluiceError(code: .state, message: "no quarantined message on \(topicPartition)")
         }
         if release == .deadLetter, configuration.topics[topicPartition.topic]?.deadLetterTopic == nil {
-            throw SluiceError(code: .invalidInput, message: "topic '\(topicPartition.topic)' has no deadLetterTopic: skip the message, or configure one")
+            throw SluiceError(
+                code: .invalidInput,
+                message: "topic '\(topicPartition.topic)' has no deadLetterTopic: skip the message, or configure one")
         }
         let released = try current.released(release, offset: offset, who: who, reason: reason, of: topicPartition)
         if let control {
@@ -51,14 +55,18 @@ extension SluiceHost {
         } else {
             try containment.setLocal(topicPartition, released)
         }
-        let what: Logger.Message = switch release {
-        case .skip: "quarantined message skipped by an operator"
-        case .deadLetter: "quarantined message released to the dead-letter topic by an operator"
-        case .retry: "quarantine released by an operator; the handler tries the message again"
-        }
+        let what: Logger.Message =
+            switch release {
+            case .skip: "quarantined message skipped by an operator"
+            case .deadLetter: "quarantined message released to the dead-letter topic by an operator"
+            case .retry: "quarantine released by an operator; the handler tries the message again"
+            }
         logger.notice(
             what,
-            metadata: ["kafka.partition": "\(topicPartition)", "kafka.offset": "\(current.offset)", "sluice.who": "\(who ?? "-")", "sluice.reason": "\(reason ?? "-")"])
+            metadata: [
+                "kafka.partition": "\(topicPartition)", "kafka.offset": "\(current.offset)",
+                "sluice.who": "\(who ?? "-")", "sluice.reason": "\(reason ?? "-")",
+            ])
         return released
     }
 }

@@ -14,9 +14,13 @@ extension SluiceHost {
         return StatusCadence.Said(
             applied: applied,
             shards: Dictionary(uniqueKeysWithValues: states.map { ($0.key.description, $0.value) }),
-            reasons: Dictionary(uniqueKeysWithValues: states.keys.map { topicPartition in
-                (topicPartition.description, (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted())
-            }))
+            reasons: Dictionary(
+                uniqueKeysWithValues: states.keys.map { topicPartition in
+                    (
+                        topicPartition.description,
+                        (consumer?.pauseReasons(for: topicPartition) ?? []).map(\.name).sorted()
+                    )
+                }))
     }
 
     /// This host's status record for what was observed, with its shards as the admin API shows them.
@@ -39,7 +43,8 @@ extension SluiceHost {
             details[topicPartition.description] = shard
         }
         var status = ControlHostStatus(
-            applied: said.applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: said.shards, details: details,
+            applied: said.applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: said.shards,
+            details: details,
             startedAtMilliseconds: startedAt)
         (status.shardCrashes, status.shardRestarts) = shardCrashesAndRestarts
         return status

@@ -6,9 +6,9 @@ import Synchronization
 import Tracing
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// Runs a service's Kafka consumers: one Broadway-style pipeline per assigned partition (a *shard*), each
@@ -94,7 +94,8 @@ public final class SluiceHost: Service, Sendable {
     /// The group's control plane, when `control.enabled`.
     public let control: ControlPlaneFlagSource?
     /// How this host names itself in the control topic (`host/IDENTITY`): host name and process id.
-    public let identity = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
+    public let identity =
+        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)-\(UInt16.random(in: 0...UInt16.max))"
 
     /// Lets one suspect of an unattributed death into a handler call at a time, across this host's shards.
     let carefulGate: CarefulGate
@@ -119,11 +120,13 @@ public final class SluiceHost: Service, Sendable {
     ///   - tracer: spans per handler call and dead-letter write; nil: the tracer bootstrapped with
     ///     `InstrumentationSystem`, as it is now (tracing is off while that is a no-op tracer).
     public convenience init(
-        configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"), flagSources: [any FlagSource] = [],
+        configuration: SluiceConfiguration, logger: Logger = Logger(label: "sluice"),
+        flagSources: [any FlagSource] = [],
         metricsFactory: (any MetricsFactory)? = nil, tracer: (any Tracer)? = nil
     ) {
         self.init(
-            configuration: configuration, logger: logger, clock: SystemHostClock(name: "sluice-host-timers"), flagSources: flagSources,
+            configuration: configuration, logger: logger, clock: SystemHostClock(name: "sluice-host-timers"),
+            flagSources: flagSources,
             metricsFactory: metricsFactory, tracer: tracer)
     }
 
@@ -148,9 +151,12 @@ public final class SluiceHost: Service, Sendable {
         if configuration.control.enabled {
             // Read only once the host runs; a bad librdkafka property surfaces when run() loads it.
             // Keys that cannot be read leave no reader: run() then says what is wrong with them.
-            if case .success(let keys) = Result(catching: { () throws(SluiceError) in try configuration.control.keys() }), let control = try? ControlPlaneFlagSource(
-                bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
-                properties: configuration.controlProperties, keys: keys, clock: realTime, metricsFactory: metricsFactory, logger: logger)
+            if case .success(let keys) = Result(catching: { () throws(SluiceError) in try configuration.control.keys() }
+            ),
+                let control = try? ControlPlaneFlagSource(
+                    bootstrapServers: configuration.kafka.bootstrap, topic: configuration.controlTopic,
+                    properties: configuration.controlProperties, keys: keys, clock: realTime,
+                    metricsFactory: metricsFactory, logger: logger)
             {
                 sources.append(control)
                 self.control = control
@@ -226,7 +232,8 @@ public final class SluiceHost: Service, Sendable {
     /// Shard events (started, stopped, crashed, backing off, tripped, reset, flag changed), from now on.
     /// Each call returns a new sequence; it ends when the host stops.
     public func events() -> AsyncStream<ShardEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: ShardEvent.self, bufferingPolicy: .bufferingNewest(10_000))
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: ShardEvent.self, bufferingPolicy: .bufferingNewest(10_000))
         let identifier = state.withLock { state -> UInt64 in
             state.nextSubscriber += 1
             state.subscribers[state.nextSubscriber] = continuation
@@ -261,7 +268,11 @@ public final class SluiceHost: Service, Sendable {
                     metadata: ["kafka.topic": "\(configuration.controlTopic)"])
             }
             guard let control else {
-                throw SluiceError(code: .configuration, message: "control: the control topic reader could not be created (check kafka.bootstrap and kafka.properties)")
+                throw SluiceError(
+                    code: .configuration,
+                    message:
+                        "control: the control topic reader could not be created (check kafka.bootstrap and kafka.properties)"
+                )
             }
             if configuration.control.createTopics { try await ensureControlTopics(control.topic) }
             // Every record written before now applies before any partition of ours fetches.
@@ -273,7 +284,9 @@ public final class SluiceHost: Service, Sendable {
                 await control.close()
                 throw error
             }
-            logger.info("control plane loaded", metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
+            logger.info(
+                "control plane loaded",
+                metadata: ["kafka.topic": "\(control.topic)", "sluice.position": "\(control.appliedPosition)"])
         }
         do {
             if configuration.crashJournal {
@@ -283,7 +296,8 @@ public final class SluiceHost: Service, Sendable {
                     configuration: configuration, control: control, host: identity,
                     clusterID: {
                         try await KafkaClusterID.query(
-                            bootstrapServers: configuration.kafka.bootstrap, properties: configuration.controlProperties,
+                            bootstrapServers: configuration.kafka.bootstrap,
+                            properties: configuration.controlProperties,
                             timeout: configuration.control.loadTimeout)
                     }, logger: logger)
                 state.withLock { $0.crashContainment = containment }
@@ -302,7 +316,8 @@ public final class SluiceHost: Service, Sendable {
         await flags.refresh()
         // A flag file that cannot be read at start would mean every shard runs, whatever it says.
         if configuration.flags.file != nil, let error = flags.lastErrors["file"] {
-            throw SluiceError(code: .configuration, message: "flags.file: \(error); the host does not start without its flags")
+            throw SluiceError(
+                code: .configuration, message: "flags.file: \(error); the host does not start without its flags")
         }
         let flags = self.flags
         let consumer = try KafkaConsumer(
@@ -313,9 +328,12 @@ public final class SluiceHost: Service, Sendable {
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
         // or an operator's release of a quarantined message, whatever its policies say.
         let needsDeadLetters = configuration.topics.values.contains { $0.deadLetterTopic != nil }
-        let producer = needsDeadLetters
+        let producer =
+            needsDeadLetters
             ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
-        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: producer.map { KafkaDeadLetterSink(producer: $0, instrument: tracer) })
+        try await run(
+            handlers: handlers, consumer: consumer, producer: producer,
+            deadLetters: producer.map { KafkaDeadLetterSink(producer: $0, instrument: tracer) })
     }
 
     /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
@@ -337,7 +355,9 @@ public final class SluiceHost: Service, Sendable {
                 await consumer.close()
                 throw SluiceError(
                     code: .configuration,
-                    message: "topics.\(topic).deadLetterTopic: topic '\(deadLetterTopic)' does not exist in the cluster; create it (Sluice does not create topics)")
+                    message:
+                        "topics.\(topic).deadLetterTopic: topic '\(deadLetterTopic)' does not exist in the cluster; create it (Sluice does not create topics)"
+                )
             }
         }
     }
@@ -345,14 +365,17 @@ public final class SluiceHost: Service, Sendable {
     /// Runs the supervisor loop over `consumer` until shutdown: the part of ``run()`` that does not create
     /// Kafka clients, so tests drive it through ``ShardConsumer`` without a cluster.
     func run(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
+        deadLetters: (any DeadLetterSink)?
     ) async throws {
-        try await run(handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, shardControl: control)
+        try await run(
+            handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, shardControl: control)
     }
 
     /// Runs with `shardControl` as what the supervisor loop asks of the control plane (a test's, or ``control``).
     func run(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
+        deadLetters: (any DeadLetterSink)?,
         shardControl: (any ShardControlState)?
     ) async throws {
         // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
@@ -380,7 +403,8 @@ public final class SluiceHost: Service, Sendable {
             name: "sluice-control", threads: 1, maximumThreads: 4, blockedAfter: .seconds(1), clock: realTime
         ) { [logger] report in
             if report.blocked > 0 {
-                logger.error("the supervisor's thread is blocked (a flag source or sink that blocks?); another thread took over",
+                logger.error(
+                    "the supervisor's thread is blocked (a flag source or sink that blocks?); another thread took over",
                     metadata: ["sluice.blockedThreads": "\(report.blocked)"])
             }
         }
@@ -390,13 +414,15 @@ public final class SluiceHost: Service, Sendable {
         }
         try await withTaskExecutorPreference(controlExecutor) {
             try await supervise(
-                handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, handlerExecutor: handlerExecutor,
+                handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters,
+                handlerExecutor: handlerExecutor,
                 shardControl: shardControl)
         }
     }
 
     func supervise(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?, deadLetters: (any DeadLetterSink)?,
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
+        deadLetters: (any DeadLetterSink)?,
         handlerExecutor: ThreadPoolExecutor, shardControl: (any ShardControlState)?
     ) async throws {
         let flags = self.flags
@@ -411,7 +437,9 @@ public final class SluiceHost: Service, Sendable {
         }
         if alreadyShuttingDown { input.yield(.shutdownRequested) }
         try await consumer.subscribe(topics: handlers.keys.sorted())
-        logger.info("host started", metadata: ["kafka.group": "\(configuration.kafka.group)", "kafka.topics": "\(handlers.keys.sorted())"])
+        logger.info(
+            "host started",
+            metadata: ["kafka.group": "\(configuration.kafka.group)", "kafka.topics": "\(handlers.keys.sorted())"])
 
         await withGracefulShutdownHandler {
             // Discarding: a pipeline's task is freed when it ends. A plain task group kept every ended child
@@ -428,16 +456,21 @@ public final class SluiceHost: Service, Sendable {
                     let publisher = HostStatusPublisher(
                         identity: identity, writer: writer,
                         observe: { self.statusObserved(applied: control.loadedPosition) },
-                        record: { [started = Int64(Date().timeIntervalSince1970 * 1000)] said in self.statusRecord(said, startedAt: started) },
+                        record: { [started = Int64(Date().timeIntervalSince1970 * 1000)] said in
+                            self.statusRecord(said, startedAt: started)
+                        },
                         clock: realTime, metricsFactory: metricsFactory, logger: logger)
                     group.addTask { try? await publisher.run() }
-                    let trips = TripPublisher(writer: writer, updates: tripUpdates, metricsFactory: metricsFactory, logger: logger)
+                    let trips = TripPublisher(
+                        writer: writer, updates: tripUpdates, metricsFactory: metricsFactory, logger: logger)
                     group.addTask { try? await trips.run() }
                 }
                 group.addTask { await self.refreshLag(consumer: consumer) }
                 // One task stores the watermarks of the pipelines that progressed, so periodic commits carry progress:
                 // pushed by the pipelines, no look at the shards that did not move (10,000 idle shards cost nothing).
-                group.addTask { [registry, realTime] in await registry.runStorer(consumer: consumer, clock: realTime, interval: .milliseconds(100)) }
+                group.addTask { [registry, realTime] in
+                    await registry.runStorer(consumer: consumer, clock: realTime, interval: .milliseconds(100))
+                }
                 let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
                 group.addTask { try? await tick.run() }
                 var loop = SupervisorLoop(
@@ -485,10 +518,13 @@ public final class SluiceHost: Service, Sendable {
         for topic in configuration.topics.keys.sorted() where handlers[topic] == nil {
             throw SluiceError(
                 code: .registration,
-                message: "\(file)topics.\(topic): topic '\(topic)' is configured but no handler is registered for it (host.register(\"\(topic)\", ...))")
+                message:
+                    "\(file)topics.\(topic): topic '\(topic)' is configured but no handler is registered for it (host.register(\"\(topic)\", ...))"
+            )
         }
         guard !handlers.isEmpty else {
-            throw SluiceError(code: .registration, message: "no handler is registered; register one per topic before run()")
+            throw SluiceError(
+                code: .registration, message: "no handler is registered; register one per topic before run()")
         }
         for (topic, handler) in handlers.sorted(by: { $0.key < $1.key }) {
             let settings = configuration.topics[topic] ?? TopicConfiguration()
@@ -496,13 +532,17 @@ public final class SluiceHost: Service, Sendable {
             if let deadLetterTopic = settings.deadLetterTopic, handlers[deadLetterTopic] != nil {
                 throw SluiceError(
                     code: .configuration,
-                    message: "\(file)topics.\(topic).deadLetterTopic: \(SluiceConfiguration.deadLetterLoop(deadLetterTopic))")
+                    message:
+                        "\(file)topics.\(topic).deadLetterTopic: \(SluiceConfiguration.deadLetterLoop(deadLetterTopic))"
+                )
             }
             switch (handler, settings.batch) {
             case (.batch, nil):
                 throw SluiceError(
                     code: .registration,
-                    message: "topic '\(topic)' has a BatchHandler but no batch settings (topics.\(topic).batch: {size, timeout})")
+                    message:
+                        "topic '\(topic)' has a BatchHandler but no batch settings (topics.\(topic).batch: {size, timeout})"
+                )
             case (.message, .some):
                 throw SluiceError(
                     code: .registration,
@@ -551,13 +591,19 @@ public final class SluiceHost: Service, Sendable {
             try? await clock.sleep(until: clock.now + configuration.lagRefreshInterval)
             let (partitions, withoutStore) = registry.partitionsForLag
             guard !partitions.isEmpty else { continue }
-            let highs = (try? await consumer.queryHighWatermarks(for: partitions, timeout: configuration.lagRefreshInterval)) ?? [:]
-            var committed = withoutStore.isEmpty
-                ? [:] : (try? await consumer.committedOffsets(for: withoutStore, timeout: configuration.lagRefreshInterval)) ?? [:]
+            let highs =
+                (try? await consumer.queryHighWatermarks(for: partitions, timeout: configuration.lagRefreshInterval))
+                ?? [:]
+            var committed =
+                withoutStore.isEmpty
+                ? [:]
+                : (try? await consumer.committedOffsets(for: withoutStore, timeout: configuration.lagRefreshInterval))
+                    ?? [:]
             // With nothing committed, a shard starts where auto.offset.reset points.
             let neverCommitted = withoutStore.filter { committed[$0] == nil }
             if !neverCommitted.isEmpty,
-                let starts = try? await consumer.queryResetOffsets(for: neverCommitted, timeout: configuration.lagRefreshInterval)
+                let starts = try? await consumer.queryResetOffsets(
+                    for: neverCommitted, timeout: configuration.lagRefreshInterval)
             {
                 committed.merge(starts) { current, _ in current }
             }

@@ -20,7 +20,9 @@ extension SupervisorLoop {
             if !(await control.catchUp(timeout: .seconds(5))) {
                 logger.warning(
                     "the control topic could not be read to its end before starting the assigned shards; starting them with what was read",
-                    metadata: ["kafka.partitions": "\(partitions)", "sluice.controlPosition": "\(control.appliedPosition)"])
+                    metadata: [
+                        "kafka.partitions": "\(partitions)", "sluice.controlPosition": "\(control.appliedPosition)",
+                    ])
             }
             input.yield(.desiredStateRead(identifier))
         }
@@ -40,7 +42,9 @@ extension SupervisorLoop {
     /// Partitions revoked or lost before their shards started are not started.
     mutating func forgetAwaiting(_ gone: [TopicPartition]) {
         let gone = Set(gone)
-        for identifier in awaitingDesiredState.keys { awaitingDesiredState[identifier]!.removeAll { gone.contains($0) } }
+        for identifier in awaitingDesiredState.keys {
+            awaitingDesiredState[identifier]!.removeAll { gone.contains($0) }
+        }
     }
 
     mutating func assign(_ topicPartition: TopicPartition, group: inout DiscardingTaskGroup) async {
@@ -61,10 +65,13 @@ extension SupervisorLoop {
             shards[topicPartition]?.lastError = trip.reason
             logger.warning(
                 "shard assigned tripped: the group's control plane holds it",
-                metadata: metadata(topicPartition, ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
+                metadata: metadata(
+                    topicPartition,
+                    ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
             await transition(topicPartition, group: &group) { $0.assignedTripped(now: now, reason: trip.reason) }
             // Held at a quarantined message on its last owner: released here when the quarantine is.
-            if let quarantine = host.crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined {
+            if let quarantine = host.crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined
+            {
                 shards[topicPartition]?.heldByQuarantine = quarantine.offset
             }
             return
@@ -80,15 +87,19 @@ extension SupervisorLoop {
         // Commit metadata is input from outside the process: what it names is bounded by what a host can have
         // done, a hundred times the topic's in-flight limit above the commit, and below the high watermark.
         let maximumDone = Dictionary(
-            uniqueKeysWithValues: progress.keys.map { ($0, Int64(100 * max(1, (host.configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight))) })
+            uniqueKeysWithValues: progress.keys.map {
+                ($0, Int64(100 * max(1, (host.configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight)))
+            })
         group.addTask { [consumer, logger] in
             var committed: [TopicPartition: TopicPartitionOffset] = [:]
             var highWatermarks: [TopicPartition: Int64] = [:]
             do {
                 committed = try await consumer.committedProgress(for: Array(progress.keys), timeout: .seconds(5))
-                let withMetadata = committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(\.key)
+                let withMetadata = committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(
+                    \.key)
                 if !withMetadata.isEmpty {
-                    highWatermarks = (try? await consumer.queryHighWatermarks(for: withMetadata, timeout: .seconds(5))) ?? [:]
+                    highWatermarks =
+                        (try? await consumer.queryHighWatermarks(for: withMetadata, timeout: .seconds(5))) ?? [:]
                 }
             } catch {
                 logger.warning(
@@ -107,7 +118,8 @@ extension SupervisorLoop {
                             logger.warning(
                                 "commit metadata names offsets at or past the high watermark; they are left out",
                                 metadata: [
-                                    "kafka.partition": "\(topicPartition)", "sluice.pastHighWatermark": "\(decoded.pastHighWatermark)",
+                                    "kafka.partition": "\(topicPartition)",
+                                    "sluice.pastHighWatermark": "\(decoded.pastHighWatermark)",
                                     "kafka.highWatermark": "\(highWatermarks[topicPartition].map(String.init) ?? "-")",
                                 ])
                         }
@@ -148,7 +160,9 @@ extension SupervisorLoop {
 
     mutating func forceRevocation(_ identifier: UInt64) {
         guard let entry = revocations[identifier] else { return }
-        logger.warning("revoked shards did not drain in time; releasing them", metadata: ["kafka.partitions": "\(entry.partitions)"])
+        logger.warning(
+            "revoked shards did not drain in time; releasing them",
+            metadata: ["kafka.partitions": "\(entry.partitions)"])
         for topicPartition in entry.partitions { shards[topicPartition]?.pipeline?.requestStop() }
         release(identifier)
     }

@@ -14,7 +14,9 @@ extension SupervisorLoop {
             case .reset:
                 logger.info(
                     "operator reset through the control plane",
-                    metadata: metadata(command.topicPartition, ["sluice.who": "\(command.who ?? "-")", "sluice.controlOffset": "\(offset)"]))
+                    metadata: metadata(
+                        command.topicPartition,
+                        ["sluice.who": "\(command.who ?? "-")", "sluice.controlOffset": "\(offset)"]))
                 let now = clock.now
                 await transition(command.topicPartition, group: &group) { $0.reset(now: now) }
             }
@@ -32,23 +34,31 @@ extension SupervisorLoop {
         clearingSuspects = clearingSuspects.filter { quarantines[$0]?.state == .suspect }
         for (topicPartition, suspect) in quarantines.sorted(by: { $0.key < $1.key }) where suspect.state == .suspect {
             guard let shard = shards[topicPartition] else { continue }
-            guard !clearingSuspects.contains(topicPartition), let watermark = shard.pipeline?.watermark, watermark >= suspect.range.upperBound
+            guard !clearingSuspects.contains(topicPartition), let watermark = shard.pipeline?.watermark,
+                watermark >= suspect.range.upperBound
             else { continue }
             clearingSuspects.insert(topicPartition)
-            group.addTask { [host, logger] in await containment.clearSuspect(topicPartition, configuration: host.configuration, logger: logger) }
+            group.addTask { [host, logger] in
+                await containment.clearSuspect(topicPartition, configuration: host.configuration, logger: logger)
+            }
         }
-        for (topicPartition, shard) in shards.filter({ $0.value.heldByQuarantine != nil }).sorted(by: { $0.key < $1.key }) {
+        for (topicPartition, shard) in shards.filter({ $0.value.heldByQuarantine != nil }).sorted(by: {
+            $0.key < $1.key
+        }) {
             guard let offset = shard.heldByQuarantine else { continue }
             guard shard.machine.state.isTripped else {
                 shards[topicPartition]?.heldByQuarantine = nil
                 continue
             }
             let quarantine = quarantines[topicPartition]
-            guard quarantine == nil || quarantine!.state != .quarantined || quarantine!.offset != offset else { continue }
+            guard quarantine == nil || quarantine!.state != .quarantined || quarantine!.offset != offset else {
+                continue
+            }
             shards[topicPartition]?.heldByQuarantine = nil
             logger.info(
                 "quarantine \(quarantine.map { $0.state == .skip ? "skipped" : $0.state == .deadLetter ? "released to the dead-letter topic" : "released" } ?? "released"); the shard starts again",
-                metadata: metadata(topicPartition, ["kafka.offset": "\(offset)", "sluice.who": "\(quarantine?.who ?? "-")"]))
+                metadata: metadata(
+                    topicPartition, ["kafka.offset": "\(offset)", "sluice.who": "\(quarantine?.who ?? "-")"]))
             let now = clock.now
             await transition(topicPartition, group: &group) { $0.reset(now: now) }
         }
@@ -66,7 +76,9 @@ extension SupervisorLoop {
                 shard.pipeline?.setRate(setting.rate)
                 logger.info(
                     "shard rate changed",
-                    metadata: metadata(topicPartition, ["sluice.rate": "\(setting.rate.map(ControlRecord.describeRate) ?? "unlimited")"]))
+                    metadata: metadata(
+                        topicPartition,
+                        ["sluice.rate": "\(setting.rate.map(ControlRecord.describeRate) ?? "unlimited")"]))
             }
             shard.flag = setting
             shards[topicPartition] = shard
@@ -75,11 +87,14 @@ extension SupervisorLoop {
             guard changed else { continue }
             logger.info(
                 "flag changed",
-                metadata: metadata(topicPartition, [
-                    "sluice.flag": "\(setting.enabled ? "on" : "off")", "sluice.flagSource": "\(setting.source)",
-                    "sluice.flagReason": "\(setting.reason ?? "")",
-                ]))
-            publish(topicPartition, .flagChanged(enabled: setting.enabled, source: setting.source, reason: setting.reason))
+                metadata: metadata(
+                    topicPartition,
+                    [
+                        "sluice.flag": "\(setting.enabled ? "on" : "off")", "sluice.flagSource": "\(setting.source)",
+                        "sluice.flagReason": "\(setting.reason ?? "")",
+                    ]))
+            publish(
+                topicPartition, .flagChanged(enabled: setting.enabled, source: setting.source, reason: setting.reason))
             await transition(topicPartition, group: &group) { $0.flagChanged(on: setting.enabled) }
         }
     }

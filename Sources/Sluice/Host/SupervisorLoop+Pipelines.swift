@@ -5,9 +5,11 @@ import SluiceKafka
 /// Pipelines: started for a shard, and what their end means for it (restart point, abandoned calls, crash or drain).
 extension SupervisorLoop {
     mutating func pipelineEnded(
-        _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome, group: inout DiscardingTaskGroup
+        _ topicPartition: TopicPartition, pipelineID: UInt64, outcome: ShardPipeline.Outcome,
+        group: inout DiscardingTaskGroup
     ) async {
-        guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID else { return }
+        guard var shard = shards[topicPartition], let pipeline = shard.pipeline, pipeline.generation == pipelineID
+        else { return }
         shard.restartOffset = pipeline.restartOffset ?? shard.restartOffset
         // What finished above the restart point is not handled again by the next pipeline.
         let restartFrom = shard.restartOffset ?? 0
@@ -27,14 +29,17 @@ extension SupervisorLoop {
                 shard.heldByQuarantine = crash.offset
             }
             if abandonedCalls > limit {
-                crashReason! += "; \(abandonedCalls) abandoned handler calls still running (maxAbandonedCalls \(limit)): tripped"
+                crashReason! +=
+                    "; \(abandonedCalls) abandoned handler calls still running (maxAbandonedCalls \(limit)): tripped"
             }
             shard.lastError = crashReason
         }
         if abandonedCalls > 0 {
             logger.warning(
                 "handler calls abandoned: Swift cannot stop them; the shard hands out no message they may still complete",
-                metadata: metadata(topicPartition, ["sluice.abandonedCalls": "\(abandonedCalls)", "sluice.maxAbandonedCalls": "\(limit)"]))
+                metadata: metadata(
+                    topicPartition,
+                    ["sluice.abandonedCalls": "\(abandonedCalls)", "sluice.maxAbandonedCalls": "\(limit)"]))
         }
         shards[topicPartition] = shard
         registry.update(shard)
@@ -45,7 +50,9 @@ extension SupervisorLoop {
             let now = clock.now
             let reason = crashReason ?? ""
             await transition(topicPartition, group: &group) {
-                $0.crashed(now: now, reason: reason, jitter: Double.random(in: 0...1), trip: quarantined || abandonedCalls > limit)
+                $0.crashed(
+                    now: now, reason: reason, jitter: Double.random(in: 0...1),
+                    trip: quarantined || abandonedCalls > limit)
             }
         case .stopped, .sourceEnded:
             await transition(topicPartition, group: &group) { $0.drained() }
@@ -62,7 +69,8 @@ extension SupervisorLoop {
             configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-            drainTimeout: host.configuration.drainTimeout, clock: clock, watchdogClock: host.realTime, alreadyDone: shard.doneAboveRestart,
+            drainTimeout: host.configuration.drainTimeout, clock: clock, watchdogClock: host.realTime,
+            alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
             journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),

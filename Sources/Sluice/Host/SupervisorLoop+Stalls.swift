@@ -14,7 +14,8 @@ extension SupervisorLoop {
         guard var shard = shards[topicPartition] else { return }
         let observation = StallDetector<ContinuousClock.Instant>.Observation(
             progress: shard.pipeline.map { .init(pipeline: $0.generation, done: $0.progress) },
-            expectedToProgress: shard.machine.state.isRunning && shard.desiredPauseReasons.isEmpty && (status.lag ?? 0) > 0,
+            expectedToProgress: shard.machine.state.isRunning && shard.desiredPauseReasons.isEmpty
+                && (status.lag ?? 0) > 0,
             fetched: status.position != nil)
         switch shard.stall.observe(observation, now: now) {
         case .none:
@@ -32,10 +33,12 @@ extension SupervisorLoop {
             shard.stalledGauge?.record(1)
             logger.warning(
                 "shard stalled: running and unpaused with messages waiting, but no progress",
-                metadata: metadata(topicPartition, [
-                    "sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - since)",
-                    "sluice.pipeline": "\(shard.pipeline?.stallReport ?? "none")",
-                ]))
+                metadata: metadata(
+                    topicPartition,
+                    [
+                        "sluice.lag": "\(status.lag ?? 0)", "sluice.stalledFor": "\(now - since)",
+                        "sluice.pipeline": "\(shard.pipeline?.stallReport ?? "none")",
+                    ]))
             publish(topicPartition, ShardEvent.Kind.stalled(since: since))
             consumer.reportStall(topicPartition)
         }

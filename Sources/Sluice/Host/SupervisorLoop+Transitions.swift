@@ -8,7 +8,8 @@ extension SupervisorLoop {
     mutating func transition(
         _ topicPartition: TopicPartition,
         group: inout DiscardingTaskGroup,
-        _ event: (inout ShardSupervisor.StateMachine<ContinuousClock.Instant>) -> ShardSupervisor.StateMachine<ContinuousClock.Instant>.Actions
+        _ event: (inout ShardSupervisor.StateMachine<ContinuousClock.Instant>) ->
+            ShardSupervisor.StateMachine<ContinuousClock.Instant>.Actions
     ) async {
         guard shards[topicPartition] != nil else { return }
         let wasTripped = shards[topicPartition]!.machine.state.isTripped
@@ -50,11 +51,14 @@ extension SupervisorLoop {
                     // Starting anyway would read from wherever librdkafka is, and the new watermark could
                     // commit past work the last pipeline dropped: the start fails, and the breaker counts it.
                     let reason = "seek before restart failed: \(seekFailure)"
-                    logger.error("seek before restart failed", metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
+                    logger.error(
+                        "seek before restart failed",
+                        metadata: metadata(topicPartition, ["kafka.error": "\(seekFailure)"]))
                     shard.lastError = reason
                     shard.crashes.increment()
                     registry.countCrash()
-                    pending.append(shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
+                    pending.append(
+                        shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
                 } else {
                     shard.pipeline = startPipeline(shard, group: &group)
                     shard.backpressured = false
@@ -137,24 +141,32 @@ extension SupervisorLoop {
         reconcilePause(topicPartition)
     }
 
-    func publish(_ topicPartition: TopicPartition, _ event: ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event) {
+    func publish(_ topicPartition: TopicPartition, _ event: ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event)
+    {
         let kind: ShardEvent.Kind
         switch event {
         case .started(let attempt, let probe):
             kind = .started(attempt: attempt, probe: probe)
-            logger.info(probe ? "shard started (half-open probe)" : "shard started", metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)"]))
+            logger.info(
+                probe ? "shard started (half-open probe)" : "shard started",
+                metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)"]))
         case .stopped(let reason):
             kind = .stopped(reason)
             logger.info("shard stopped", metadata: metadata(topicPartition, ["sluice.reason": "\(reason.rawValue)"]))
         case .crashed(let reason, let attempt):
             kind = .crashed(reason: reason, attempt: attempt)
-            logger.error("shard crashed", metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)", "error": "\(reason)"]))
+            logger.error(
+                "shard crashed",
+                metadata: metadata(topicPartition, ["sluice.attempt": "\(attempt)", "error": "\(reason)"]))
         case .backingOff(let until):
             kind = .backingOff(until: until)
-            logger.warning("shard backing off", metadata: metadata(topicPartition, ["sluice.restartIn": "\(until - clock.now)"]))
+            logger.warning(
+                "shard backing off", metadata: metadata(topicPartition, ["sluice.restartIn": "\(until - clock.now)"]))
         case .tripped(let reason):
             kind = .tripped(reason: reason)
-            logger.error("shard tripped: stays down until a flag cycle, a reset or a probe", metadata: metadata(topicPartition, ["error": "\(reason)"]))
+            logger.error(
+                "shard tripped: stays down until a flag cycle, a reset or a probe",
+                metadata: metadata(topicPartition, ["error": "\(reason)"]))
         case .reset:
             kind = .reset
         case .healthy:

@@ -29,7 +29,8 @@ struct SupervisorLoop {
     /// Shards whose pause set an event may have changed, handed to the consumer together when it ends.
     var pendingPauses: Set<TopicPartition> = []
     /// Views and events of transitions whose pause sets are still to be handed to the consumer, in order.
-    var pendingPublications: [(topicPartition: TopicPartition, events: [ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event])] = []
+    var pendingPublications:
+        [(topicPartition: TopicPartition, events: [ShardSupervisor.StateMachine<ContinuousClock.Instant>.Event])] = []
     var awaitingPublication: Set<TopicPartition> = []
     var lastStateGauges = ContinuousClock.now - .seconds(1)
     var shuttingDown = false
@@ -51,7 +52,8 @@ struct SupervisorLoop {
     init(
         host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
         deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
-        handlerExecutor: (any TaskExecutor)?, tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
+        handlerExecutor: (any TaskExecutor)?,
+        tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
         control: (any ShardControlState)?, logger: Logger
     ) {
         self.control = control
@@ -70,7 +72,9 @@ struct SupervisorLoop {
         var gauges: [String: Gauge] = [:]
         let factory = host.metricsFactory
         commitFailures = Counter(label: "sluice_commit_failures_total", factory: factory)
-        for name in Self.stateNames { gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)], factory: factory) }
+        for name in Self.stateNames {
+            gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)], factory: factory)
+        }
         self.stateGauges = gauges
     }
 
@@ -89,7 +93,8 @@ struct SupervisorLoop {
             for topicPartition in partitions { lose(topicPartition) }
         case .kafka(.error(let error)):
             // The consumer logged it (a fatal one at error level, which /healthz reports).
-            logger.debug("kafka error event", metadata: ["kafka.error": "\(error.message)", "kafka.fatal": "\(error.isFatal)"])
+            logger.debug(
+                "kafka error event", metadata: ["kafka.error": "\(error.message)", "kafka.fatal": "\(error.isFatal)"])
         case .consumerClosed:
             finished = true
             for shard in shards.values { shard.destroyMetrics() }
@@ -123,8 +128,10 @@ struct SupervisorLoop {
                 commitFailuresRecorded = failures
             }
             let now = clock.now
-            var abandonedByTopic: [String: Int] = Dictionary(uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
-            var lagByTopic: [String: Int64] = Dictionary(uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
+            var abandonedByTopic: [String: Int] = Dictionary(
+                uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
+            var lagByTopic: [String: Int64] = Dictionary(
+                uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
             for status in host.shards {
                 guard let shard = shards[status.topicPartition] else { continue }
                 shards[status.topicPartition]?.abandoned.removeAll { $0.callsInProgress == 0 }
@@ -137,10 +144,14 @@ struct SupervisorLoop {
             await releaseQuarantineHolds(group: &group)
             await carryOutCommands(group: &group)
             for (topic, calls) in abandonedByTopic {
-                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)], factory: host.metricsFactory).record(calls)
+                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)], factory: host.metricsFactory)
+                    .record(calls)
             }
             // The topic's lag over this host's shards: kept when per-partition series are off.
-            for (topic, lag) in lagByTopic { Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)], factory: host.metricsFactory).record(lag) }
+            for (topic, lag) in lagByTopic {
+                Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)], factory: host.metricsFactory).record(
+                    lag)
+            }
             host.noteTick()
         case .shutdownDeadline:
             if !closing {

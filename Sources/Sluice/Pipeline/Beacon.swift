@@ -85,7 +85,9 @@ final class Beacon: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let registered = state.withLock { state -> Bool in
-                    guard state.generation == generation, !Task.isCancelled, state.timedWaits[identifier] != true else { return false }
+                    guard state.generation == generation, !Task.isCancelled, state.timedWaits[identifier] != true else {
+                        return false
+                    }
                     state.waiters[identifier] = continuation
                     return true
                 }

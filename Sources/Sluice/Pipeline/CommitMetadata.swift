@@ -25,7 +25,8 @@ enum CommitMetadata {
         while index < distances.count {
             var end = index
             while end + 1 < distances.count, distances[end + 1] == distances[end] + 1 { end += 1 }
-            let run = distances[index] == distances[end] ? "\(distances[index])" : "\(distances[index])-\(distances[end])"
+            let run =
+                distances[index] == distances[end] ? "\(distances[index])" : "\(distances[index])-\(distances[end])"
             let piece = (text == prefix ? "" : ",") + run
             if text.utf8.count + piece.utf8.count > maximumLength { break }
             text += piece
@@ -54,7 +55,9 @@ enum CommitMetadata {
             SluiceError(code: .invalidInput, message: "commit metadata '\(metadata.prefix(80))': \(what)")
         }
         guard metadata.utf8.count <= maximumAccepted else { throw bad("longer than \(maximumAccepted) bytes") }
-        guard InputLimits.offsets.contains(committed) else { throw bad("committed offset \(committed) is out of range") }
+        guard InputLimits.offsets.contains(committed) else {
+            throw bad("committed offset \(committed) is out of range")
+        }
         let runs = metadata.dropFirst(prefix.count).split(separator: ",", omittingEmptySubsequences: false)
         // Distances are bounded so that committed + distance stays within the offsets' range.
         let farthest = InputLimits.offsets.upperBound - committed
@@ -62,10 +65,13 @@ enum CommitMetadata {
         var total: Int64 = 0
         for run in runs {
             let bounds = run.split(separator: "-", omittingEmptySubsequences: false)
-            guard (1...2).contains(bounds.count), let first = Int64(bounds[0]), let last = Int64(bounds[bounds.count - 1]),
+            guard (1...2).contains(bounds.count), let first = Int64(bounds[0]),
+                let last = Int64(bounds[bounds.count - 1]),
                 first >= 1, first <= last, last <= farthest
             else { throw bad("bad run '\(run.prefix(40))'") }
-            guard parsed.last.map({ $0.upperBound < first }) ?? true else { throw bad("runs out of order or overlapping at '\(run.prefix(40))'") }
+            guard parsed.last.map({ $0.upperBound < first }) ?? true else {
+                throw bad("runs out of order or overlapping at '\(run.prefix(40))'")
+            }
             total += last - first + 1
             guard total <= maximumDone else { throw bad("names more than \(maximumDone) done offsets") }
             parsed.append(first...last)

@@ -33,7 +33,9 @@ struct MessageTracing: Sendable {
             if unit.count == 1, let message = unit.first {
                 span.attributes["messaging.kafka.offset"] = Int(message.offset)
                 // The key only when it is text (binary keys are not for trace backends).
-                if let key = message.key, let text = String(validating: Array(key), as: UTF8.self), text.utf8.count <= 256 {
+                if let key = message.key, let text = String(validating: Array(key), as: UTF8.self),
+                    text.utf8.count <= 256
+                {
                     span.attributes["messaging.kafka.message.key"] = text
                 }
             } else {

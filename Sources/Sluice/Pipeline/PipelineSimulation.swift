@@ -18,14 +18,17 @@ package enum PipelineSimulation {
     /// handed on when the messages end. Handler calls still time out on real time, as in a host.
     package static func run(
         topicPartition: TopicPartition, configuration: TopicConfiguration, messageHandler: (any MessageHandler)?,
-        batchHandler: (any BatchHandler)?, messages: [Message], deadLetters: (any DeadLetterSink)?, clock: any HostClock,
+        batchHandler: (any BatchHandler)?, messages: [Message], deadLetters: (any DeadLetterSink)?,
+        clock: any HostClock,
         logger: Logger
     ) async -> Result {
         let handler: AnyHandler = messageHandler.map { .message($0) } ?? .batch(batchHandler!)
         let realTime = SystemHostClock(name: "sluice-simulation-timers")
         let pipeline = ShardPipeline(
-            topicPartition: topicPartition, generation: 1, configuration: configuration, handler: handler, deadLetters: deadLetters,
-            flowControl: NoFlowControl(), drainTimeout: configuration.handlerTimeout, clock: clock, watchdogClock: realTime,
+            topicPartition: topicPartition, generation: 1, configuration: configuration, handler: handler,
+            deadLetters: deadLetters,
+            flowControl: NoFlowControl(), drainTimeout: configuration.handlerTimeout, clock: clock,
+            watchdogClock: realTime,
             carefulGate: CarefulGate(clock: realTime), logger: logger)
         let source = AsyncStream<[Message]> { continuation in
             continuation.yield(messages)

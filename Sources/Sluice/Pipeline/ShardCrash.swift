@@ -42,7 +42,9 @@ public protocol DeadLetterSink: Sendable {
 
 extension DeadLetterSink {
     /// Writes one message after the other and stops at the first failure (the rest report that failure).
-    public func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
+    public func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(
+        any Error
+    )?] {
         var outcomes: [(any Error)?] = []
         for message in messages {
             if let failure = outcomes.lazy.compactMap({ $0 }).first {

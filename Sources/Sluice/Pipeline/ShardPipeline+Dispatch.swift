@@ -50,13 +50,16 @@ extension ShardPipeline {
                 }
                 if halted { return }
                 if state.withLock({ $0.tracker.inFlight >= limit }) {
-                    let roomOrEnd = { self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil } }
+                    let roomOrEnd = {
+                        self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil }
+                    }
                     // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
                     // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
                     // slack meanwhile, and pauses fetching itself when it fills.
                     dispatcherPhase.store(DispatcherPhase.room.rawValue, ordering: .relaxed)
                     defer { dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed) }
-                    var room = pausedForBackpressure
+                    var room =
+                        pausedForBackpressure
                         ? false : await beacon.waitUntil(deadline: clock.now + backpressureGrace, on: clock, roomOrEnd)
                     if !room {
                         if !pausedForBackpressure {
@@ -130,14 +133,16 @@ extension ShardPipeline {
     func throttle(upTo wanted: Int) async -> Int {
         while true {
             // Without a rate flag (the common case) one lock and no clock read per slice.
-            let (taken, nextAt, limited) = rateLimit.withLock { bucket -> (Int, ContinuousClock.Instant?, TokenBucket?) in
+            let (taken, nextAt, limited) = rateLimit.withLock {
+                bucket -> (Int, ContinuousClock.Instant?, TokenBucket?) in
                 guard bucket != nil else { return (wanted, nil, nil) }
                 let (taken, nextAt) = bucket!.take(wanted, now: clock.now)
                 return (taken, nextAt, bucket)
             }
             if taken > 0 { return taken }
             let stopped = await control.waitUntil(deadline: nextAt ?? clock.now, on: clock) {
-                self.state.withLock { $0.stopRequested || $0.crash != nil } || self.rateLimit.withLock { $0?.rate } != limited?.rate
+                self.state.withLock { $0.stopRequested || $0.crash != nil }
+                    || self.rateLimit.withLock { $0?.rate } != limited?.rate
             }
             if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
         }

@@ -63,15 +63,20 @@ extension ShardPipeline {
     ) async -> (outcome: CallOutcome, endedAt: Int64) {
         let activity = activities[lane]
         let first = input.first
-        activity.begin(first.offset, timestamp: first.timestampMilliseconds, at: startedAt, count: input.count, careful: careful)
+        activity.begin(
+            first.offset, timestamp: first.timestampMilliseconds, at: startedAt, count: input.count, careful: careful)
         var failure: (any Error)?
         do {
             if let tracing {
                 switch input {
                 case .message(let message):
-                    try await tracing.traced(CollectionOfOne(message), attempt: context.attempt) { try await invoke(input, context: context) }
+                    try await tracing.traced(CollectionOfOne(message), attempt: context.attempt) {
+                        try await invoke(input, context: context)
+                    }
                 case .unit(let unit):
-                    try await tracing.traced(unit, attempt: context.attempt) { try await invoke(input, context: context) }
+                    try await tracing.traced(unit, attempt: context.attempt) {
+                        try await invoke(input, context: context)
+                    }
                 }
             } else {
                 try await invoke(input, context: context)

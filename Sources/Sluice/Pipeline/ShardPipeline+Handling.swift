@@ -42,7 +42,8 @@ extension ShardPipeline {
     func processUnit(_ unit: ArraySlice<Message>, lane: Int, careful: Bool = false) async {
         if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
         let input = CallInput(unit)
-        let (outcome, _) = await call(input, lane: lane, context: context(attempt: 1), startedAt: MonotonicNanoseconds.now(), careful: careful)
+        let (outcome, _) = await call(
+            input, lane: lane, context: context(attempt: 1), startedAt: MonotonicNanoseconds.now(), careful: careful)
         switch outcome {
         case .succeeded: flush(activities[lane])
         case .abandoned: return
@@ -62,7 +63,9 @@ extension ShardPipeline {
             metrics.failed.increment()
             logger.warning(
                 "handler failed",
-                metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)"])
+                metadata: [
+                    "kafka.offset": "\(input.first.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)",
+                ])
             switch configuration.onFailure.step(afterFailedAttempt: attempt) {
             case .retry(let delay):
                 // The backoff ends early on a stop or a crash (nothing more is started then).
@@ -72,7 +75,8 @@ extension ShardPipeline {
                 attempt += 1
                 if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
                 let (outcome, _) = await call(
-                    input, lane: lane, context: context(attempt: attempt), startedAt: MonotonicNanoseconds.now(), careful: careful)
+                    input, lane: lane, context: context(attempt: attempt), startedAt: MonotonicNanoseconds.now(),
+                    careful: careful)
                 switch outcome {
                 case .succeeded:
                     flush(activities[lane])
@@ -87,7 +91,9 @@ extension ShardPipeline {
                 return
             case .skip:
                 let unit = input.messages
-                logger.error("message skipped after failures", metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempts": "\(attempt)"])
+                logger.error(
+                    "message skipped after failures",
+                    metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempts": "\(attempt)"])
                 complete(unit) { $0.skipped += unit.count }
                 metrics.skipped.increment(by: unit.count)
                 return
@@ -103,20 +109,25 @@ extension ShardPipeline {
     /// round trip. What was written is done even when another message of the batch was not: it counts (before
     /// the lane shows idle), so a restart does not write it a second time; the first message not written
     /// crashes the shard. Returns the messages counted as written, and whether all were.
-    func deadLetter(_ unit: ArraySlice<Message>, error: any Error, attempts: Int, lane: Int) async -> (counted: Int, all: Bool) {
+    func deadLetter(_ unit: ArraySlice<Message>, error: any Error, attempts: Int, lane: Int) async -> (
+        counted: Int, all: Bool
+    ) {
         guard let deadLetters, let topic = configuration.deadLetterTopic else {
-            crash(ShardCrash(reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: unit.first!.offset))
+            crash(
+                ShardCrash(
+                    reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: unit.first!.offset))
             return (0, false)
         }
         let started = MonotonicNanoseconds.now()
         activities[lane].begin(unit.first!.offset, timestamp: nil, at: started, handler: false)
-        let outcomes = if let tracing {
-            await tracing.tracedDeadLetter(unit, topic: topic) {
+        let outcomes =
+            if let tracing {
+                await tracing.tracedDeadLetter(unit, topic: topic) {
+                    await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
+                }
+            } else {
                 await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
             }
-        } else {
-            await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
-        }
         let inTime = MonotonicNanoseconds.now() - started <= handlerTimeoutNanoseconds
         let written = zip(unit, outcomes).filter { $0.1 == nil }.map(\.0)
         var counted = 0

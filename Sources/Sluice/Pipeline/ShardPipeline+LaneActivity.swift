@@ -30,7 +30,10 @@ extension ShardPipeline {
         func enter(_ phase: Phase) { self.phase.store(phase.rawValue, ordering: .relaxed) }
 
         /// A handler call (or, with `handler: false`, Sluice's own work such as a dead-letter write) begins.
-        func begin(_ offset: Int64, timestamp: Int64?, at nanoseconds: Int64, count: Int = 1, handler: Bool = true, careful: Bool = false) {
+        func begin(
+            _ offset: Int64, timestamp: Int64?, at nanoseconds: Int64, count: Int = 1, handler: Bool = true,
+            careful: Bool = false
+        ) {
             if handler, let journal { journal.begin(offset, count: count, careful: careful, timestamp: timestamp) }
             self.offset.store(offset, ordering: .relaxed)
             since.store(max(1, nanoseconds), ordering: .releasing)

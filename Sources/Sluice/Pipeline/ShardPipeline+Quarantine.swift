@@ -21,7 +21,9 @@ extension ShardPipeline {
             await processUnit(unit[..<index], lane: lane)
             if crashed.load(ordering: .acquiring) || halted { return }
         }
-        if unit[index].offset == quarantine.offset, !quarantine.isOfMessage(timestamp: unit[index].timestampMilliseconds) {
+        if unit[index].offset == quarantine.offset,
+            !quarantine.isOfMessage(timestamp: unit[index].timestampMilliseconds)
+        {
             quarantineSetAside.store(true, ordering: .relaxed)
             logger.warning(
                 "the quarantine names another message than the one at its offset now (the topic was deleted and recreated?): set aside, the message is handled",
@@ -41,8 +43,10 @@ extension ShardPipeline {
         case (.skip, _):
             logger.error(
                 "quarantined message skipped, released by an operator",
-                metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
-                    "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")"])
+                metadata: [
+                    "kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
+                    "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")",
+                ])
             complete(poisoned) { $0.skipped += poisoned.count }
             metrics.skipped.increment(by: poisoned.count)
         case (.quarantined, .stop):
@@ -60,8 +64,10 @@ extension ShardPipeline {
             if counted > 0 {
                 logger.error(
                     "quarantined message dead-lettered: it killed the process",
-                    metadata: ["kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
-                        "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")"])
+                    metadata: [
+                        "kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
+                        "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")",
+                    ])
             }
             if !all { return }
         }

@@ -1,8 +1,8 @@
 import Logging
-import Tracing
 import Metrics
 import SluiceKafka
 import Synchronization
+import Tracing
 
 /// One shard's Broadway-style pipeline: a dispatcher takes message batches from the partition and hands
 /// each message to a lane (one lane for `partition` ordering, one per key hash for `key`, a shared queue
@@ -39,9 +39,11 @@ final class ShardPipeline: Sendable {
             processed = Counter(label: "sluice_messages_processed_total", dimensions: dimensions, factory: factory)
             failed = Counter(label: "sluice_handler_failures_total", dimensions: dimensions, factory: factory)
             skipped = Counter(label: "sluice_messages_skipped_total", dimensions: dimensions, factory: factory)
-            deadLettered = Counter(label: "sluice_messages_dead_lettered_total", dimensions: dimensions, factory: factory)
+            deadLettered = Counter(
+                label: "sluice_messages_dead_lettered_total", dimensions: dimensions, factory: factory)
             handlerDuration = Timer(
-                label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds, factory: factory)
+                label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds,
+                factory: factory)
         }
     }
 
@@ -174,7 +176,8 @@ final class ShardPipeline: Sendable {
         self.journal = journal
         self.quarantine = quarantine
         self.carefulGate = carefulGate
-        self.quarantined = quarantine.map { [.quarantined, .skip, .deadLetter].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
+        self.quarantined =
+            quarantine.map { [.quarantined, .skip, .deadLetter].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
         self.suspects = quarantine.map { $0.state == .suspect ? $0.range : 0..<0 } ?? 0..<0
         self.predecessors = predecessors
         self.groupProgress = groupProgress
@@ -198,7 +201,9 @@ final class ShardPipeline: Sendable {
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
         self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
-        self.activities = (0..<lanes).map { _ in LaneActivity(journal: journal?.acquire(topicPartition, generation: generation)) }
+        self.activities = (0..<lanes).map { _ in
+            LaneActivity(journal: journal?.acquire(topicPartition, generation: generation))
+        }
         self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: clock) }
     }
 
@@ -243,10 +248,13 @@ final class ShardPipeline: Sendable {
         let dispatcher = DispatcherPhase(rawValue: dispatcherPhase.load(ordering: .relaxed)).map { "\($0)" } ?? "?"
         var lanes: [String: Int] = [:]
         for activity in activities {
-            lanes[LaneActivity.Phase(rawValue: activity.phase.load(ordering: .relaxed)).map { "\($0)" } ?? "?", default: 0] += 1
+            lanes[
+                LaneActivity.Phase(rawValue: activity.phase.load(ordering: .relaxed)).map { "\($0)" } ?? "?", default: 0
+            ] += 1
         }
         let depths = queues.map(\.depth)
-        return "dispatcher \(dispatcher); lanes \(lanes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) "
+        return
+            "dispatcher \(dispatcher); lanes \(lanes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) "
             + "(running \(lanesRunning)); queued \(depths.reduce(0) { $0 + $1.queued }), lanes waiting on queues \(depths.reduce(0) { $0 + $1.waiting }); "
             + "in flight \(inFlight) above watermark \(lowest.map(String.init) ?? "-"); progress \(progress); stop \(stop), crashed \(crash)"
     }
@@ -300,7 +308,9 @@ final class ShardPipeline: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.dispatch(source) }
             group.addTask {
-                _ = await self.control.waitUntil(recheckAfter: { self.untilNextTimeout() }, on: self.watchdogClock) { self.stopOrCrash() }
+                _ = await self.control.waitUntil(recheckAfter: { self.untilNextTimeout() }, on: self.watchdogClock) {
+                    self.stopOrCrash()
+                }
             }
             for await _ in group { group.cancelAll() }
         }
@@ -314,7 +324,9 @@ final class ShardPipeline: Sendable {
         _ = await beacon.waitUntil(deadline: nil, recheck: watchdogInterval, on: watchdogClock) {
             _ = self.stopOrCrash()
             let now = MonotonicNanoseconds.now()
-            finished = self.state.withLock { $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now)) }
+            finished = self.state.withLock {
+                $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now))
+            }
             return finished || self.clock.now >= deadline
         }
         clock.cancel(drainTimer)
@@ -329,7 +341,10 @@ final class ShardPipeline: Sendable {
             let (inFlight, watermark) = state.withLock { ($0.tracker.inFlight, $0.tracker.watermark ?? $0.firstTaken) }
             logger.warning(
                 "drainTimeout passed with messages not done: they are not committed, and whoever reads the partition next handles them",
-                metadata: ["sluice.notDone": "\(inFlight)", "sluice.drainTimeout": "\(drainTimeout)", "kafka.offset": "\(watermark.map(String.init) ?? "-")"])
+                metadata: [
+                    "sluice.notDone": "\(inFlight)", "sluice.drainTimeout": "\(drainTimeout)",
+                    "kafka.offset": "\(watermark.map(String.init) ?? "-")",
+                ])
         }
         if stopRequested { return .stopped(drainTimedOut: !finished) }
         return .sourceEnded(drainTimedOut: !finished)
@@ -343,7 +358,9 @@ final class ShardPipeline: Sendable {
         guard abandoned > 0 else { return }
         logger.warning(
             "waiting for handler calls the last pipeline abandoned before handing out messages",
-            metadata: ["sluice.abandonedCalls": "\(abandoned)", "sluice.abandonTimeout": "\(configuration.abandonTimeout)"])
+            metadata: [
+                "sluice.abandonedCalls": "\(abandoned)", "sluice.abandonTimeout": "\(configuration.abandonTimeout)",
+            ])
         // Real time: the abandoned calls run on it.
         let ended = await control.waitUntil(
             deadline: watchdogClock.now + configuration.abandonTimeout, recheck: .milliseconds(50), on: watchdogClock
@@ -377,7 +394,9 @@ final class ShardPipeline: Sendable {
         }
         if timedOutOffset != nil { crashed.store(true, ordering: .releasing) }
         if let timedOutOffset {
-            logger.error("handler timed out; crashing the shard", metadata: ["kafka.offset": "\(timedOutOffset)", "sluice.handlerTimeout": "\(limit)"])
+            logger.error(
+                "handler timed out; crashing the shard",
+                metadata: ["kafka.offset": "\(timedOutOffset)", "sluice.handlerTimeout": "\(limit)"])
         }
         return stopped
     }
@@ -396,7 +415,9 @@ final class ShardPipeline: Sendable {
     /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
     /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
     func noLaneMakingProgress(_ state: State, now: Int64) -> Bool {
-        activities.allSatisfy { activity in activity.running(now: now).map { $0.0 > configuration.handlerTimeout } ?? true }
+        activities.allSatisfy { activity in
+            activity.running(now: now).map { $0.0 > configuration.handlerTimeout } ?? true
+        }
     }
 
     func crash(_ crash: ShardCrash) {

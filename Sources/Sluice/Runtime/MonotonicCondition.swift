@@ -3,11 +3,11 @@ import Crdkafka
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A mutex with one condition variable whose timed waits run on the monotonic clock, so a wall-clock
@@ -22,7 +22,7 @@ final class MonotonicCondition: @unchecked Sendable {
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         #if !canImport(Darwin)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+            pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
         #endif
         pthread_cond_init(condition, &attributes)
         pthread_condattr_destroy(&attributes)
@@ -48,18 +48,18 @@ final class MonotonicCondition: @unchecked Sendable {
             return
         }
         #if canImport(Darwin)
-        var relative = timespec(timeout)
-        pthread_cond_timedwait_relative_np(condition, mutex, &relative)
+            var relative = timespec(timeout)
+            pthread_cond_timedwait_relative_np(condition, mutex, &relative)
         #else
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let (seconds, attoseconds) = timeout.components
-        var nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
-        var wholeSeconds = Int(now.tv_sec) + Int(min(seconds, Int64(Int32.max)))
-        wholeSeconds += nanoseconds / 1_000_000_000
-        nanoseconds %= 1_000_000_000
-        var deadline = timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds)
-        pthread_cond_timedwait(condition, mutex, &deadline)
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let (seconds, attoseconds) = timeout.components
+            var nanoseconds = Int(now.tv_nsec) + Int(attoseconds / 1_000_000_000)
+            var wholeSeconds = Int(now.tv_sec) + Int(min(seconds, Int64(Int32.max)))
+            wholeSeconds += nanoseconds / 1_000_000_000
+            nanoseconds %= 1_000_000_000
+            var deadline = timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds)
+            pthread_cond_timedwait(condition, mutex, &deadline)
         #endif
     }
 
@@ -69,12 +69,12 @@ final class MonotonicCondition: @unchecked Sendable {
 }
 
 #if canImport(Darwin)
-extension timespec {
-    fileprivate init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self.init(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+    extension timespec {
+        fileprivate init(_ duration: Duration) {
+            let (seconds, attoseconds) = duration.components
+            self.init(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        }
     }
-}
 #endif
 
 /// Starts a named thread running `body`. `sluiceCode`: it runs only Sluice's own code, so a fatal signal on

@@ -32,7 +32,8 @@ final class SleepGate: Sendable {
     /// Ends the sleep with `error` (nil: the deadline came). Returns the timer to cancel, if any.
     @discardableResult
     func finish(_ error: (any Error)?) -> HostClockTimer? {
-        let (continuation, timer) = state.withLock { state -> (CheckedContinuation<Void, any Error>?, HostClockTimer?) in
+        let (continuation, timer) = state.withLock {
+            state -> (CheckedContinuation<Void, any Error>?, HostClockTimer?) in
             guard state.outcome == nil else { return (nil, nil) }
             state.outcome = .some(error)
             defer { state.continuation = nil }

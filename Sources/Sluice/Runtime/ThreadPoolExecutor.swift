@@ -81,7 +81,8 @@ final class ThreadPoolExecutor: TaskExecutor, Sendable {
         name: String, threads: Int, maximumThreads: Int, blockedAfter: Duration, runsSluiceCode: Bool = false,
         clock: any HostClock, onBlocking: @escaping @Sendable (Blocking) -> Void = { _ in }
     ) {
-        precondition(threads >= 1 && maximumThreads >= threads, "ThreadPoolExecutor needs 1 <= threads <= maximumThreads")
+        precondition(
+            threads >= 1 && maximumThreads >= threads, "ThreadPoolExecutor needs 1 <= threads <= maximumThreads")
         self.name = name
         self.threads = threads
         self.maximumThreads = maximumThreads

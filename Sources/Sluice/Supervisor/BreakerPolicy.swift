@@ -68,15 +68,19 @@ public struct BreakerPolicy: Sendable, Hashable {
         healthyAfter: .seconds(60))
     /// Like Erlang's fuse: backoff from 1 s to 1 min; 5 crashes within 60 s trip it; a probe after 10 min.
     public static let fuse = BreakerPolicy(
-        restartBackoff: .init(initial: .seconds(1), maximum: .seconds(60)), trip: .init(crashes: 5, within: .seconds(60)),
+        restartBackoff: .init(initial: .seconds(1), maximum: .seconds(60)),
+        trip: .init(crashes: 5, within: .seconds(60)),
         cooldown: .seconds(600), healthyAfter: .seconds(60))
 
     /// The default: restart with backoff from 1 s to 5 min; 5 crashes within 10 min trip it; it stays
     /// tripped until a flag cycle or an operator reset; 60 s without a crash count as healthy.
     public static let standard = BreakerPolicy(
-        restartBackoff: .init(initial: .seconds(1), maximum: .seconds(300)), trip: .init(crashes: 5, within: .seconds(600)),
+        restartBackoff: .init(initial: .seconds(1), maximum: .seconds(300)),
+        trip: .init(crashes: 5, within: .seconds(600)),
         cooldown: nil, healthyAfter: .seconds(60))
 
     /// The presets by name, as the configuration file names them.
-    public static let presets: [String: BreakerPolicy] = ["latched": .latched, "backoff": .backoff, "fuse": .fuse, "standard": .standard]
+    public static let presets: [String: BreakerPolicy] = [
+        "latched": .latched, "backoff": .backoff, "fuse": .fuse, "standard": .standard,
+    ]
 }

@@ -70,8 +70,10 @@ extension ShardSupervisor {
 
             static func == (lhs: Actions, rhs: Actions) -> Bool {
                 lhs.commit == rhs.commit
-                    && lhs.stopPipeline == rhs.stopPipeline && lhs.startPipeline?.seekToCommitted == rhs.startPipeline?.seekToCommitted
-                    && lhs.startPipeline?.probe == rhs.startPipeline?.probe && lhs.wakeAt == rhs.wakeAt && lhs.events == rhs.events
+                    && lhs.stopPipeline == rhs.stopPipeline
+                    && lhs.startPipeline?.seekToCommitted == rhs.startPipeline?.seekToCommitted
+                    && lhs.startPipeline?.probe == rhs.startPipeline?.probe && lhs.wakeAt == rhs.wakeAt
+                    && lhs.events == rhs.events
             }
         }
 
@@ -151,7 +153,8 @@ extension ShardSupervisor {
             switch state {
             case .starting(let attempt, let probe):
                 state = .running(attempt: attempt, since: now, probe: probe)
-                return Actions(wakeAt: now.advanced(by: policy.healthyAfter), events: [.started(attempt: attempt, probe: probe)])
+                return Actions(
+                    wakeAt: now.advanced(by: policy.healthyAfter), events: [.started(attempt: attempt, probe: probe)])
             case .created, .running, .draining, .off, .backingOff, .tripped, .stopped:
                 preconditionFailure("started() in state \(state)")
             }
@@ -169,10 +172,12 @@ extension ShardSupervisor {
                     return crash(now: now, reason: reason, attempt: attempt, probe: false, jitter: jitter, trip: trip)
                 case .off:
                     state = .off
-                    return Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.flag)])
+                    return Actions(
+                        commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.flag)])
                 case .stop:
                     state = .stopped
-                    return Actions(commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.released)])
+                    return Actions(
+                        commit: true, events: [.crashed(reason: reason, attempt: attempt + 1), .stopped(.released)])
                 }
             case .created, .off, .backingOff, .tripped, .stopped:
                 preconditionFailure("crashed() in state \(state)")
@@ -297,7 +302,9 @@ extension ShardSupervisor {
 
         // MARK: Crash handling
 
-        private mutating func crash(now: Instant, reason: String, attempt: Int, probe: Bool, jitter: Double, trip: Bool) -> Actions {
+        private mutating func crash(now: Instant, reason: String, attempt: Int, probe: Bool, jitter: Double, trip: Bool)
+            -> Actions
+        {
             crashTimes.append(now)
             if let within = policy.trip?.within {
                 crashTimes.removeAll { $0.advanced(by: within) < now }
@@ -311,7 +318,8 @@ extension ShardSupervisor {
                 if let cooldown { actions.wakeAt = now.advanced(by: cooldown) }
                 return actions
             }
-            let jittered = policy.restartBackoff.delay(attempt: attempt + 1) * (1 + policy.restartBackoff.jitter * jitter)
+            let jittered =
+                policy.restartBackoff.delay(attempt: attempt + 1) * (1 + policy.restartBackoff.jitter * jitter)
             let delay = Duration.milliseconds(jittered.milliseconds)
             let until = now.advanced(by: delay)
             state = .backingOff(attempt: attempt + 1, until: until)

@@ -47,7 +47,8 @@ struct ShardSupervisor {
     let pipelineMetrics: ShardPipeline.Metrics
 
     init(
-        topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages, now: ContinuousClock.Instant,
+        topicPartition: TopicPartition, policy: BreakerPolicy, flag: FlagSetting, messages: ShardMessages,
+        now: ContinuousClock.Instant,
         stallAfter: Duration, unstartedAfter: Duration, perPartitionMetrics: Bool = true,
         metricsFactory factory: any MetricsFactory = MetricsSystem.factory
     ) {
@@ -61,11 +62,15 @@ struct ShardSupervisor {
         restarts = Counter(label: "sluice_shard_restarts_total", dimensions: topic, factory: factory)
         let shard = topic + [("partition", String(topicPartition.partition))]
         // Per-partition series multiply by partitions: off with `metrics.perPartition: off` (topic totals stay).
-        attemptGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_attempt", dimensions: shard, factory: factory) : nil
+        attemptGauge =
+            perPartitionMetrics ? Gauge(label: "sluice_shard_attempt", dimensions: shard, factory: factory) : nil
         lagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag", dimensions: shard, factory: factory) : nil
-        flagGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_flag_enabled", dimensions: shard, factory: factory) : nil
-        stalledGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_stalled", dimensions: shard, factory: factory) : nil
-        lagSecondsGauge = perPartitionMetrics ? Gauge(label: "sluice_shard_lag_seconds", dimensions: shard, factory: factory) : nil
+        flagGauge =
+            perPartitionMetrics ? Gauge(label: "sluice_shard_flag_enabled", dimensions: shard, factory: factory) : nil
+        stalledGauge =
+            perPartitionMetrics ? Gauge(label: "sluice_shard_stalled", dimensions: shard, factory: factory) : nil
+        lagSecondsGauge =
+            perPartitionMetrics ? Gauge(label: "sluice_shard_lag_seconds", dimensions: shard, factory: factory) : nil
         flagGauge?.record(flag.enabled ? 1 : 0)
         pipelineMetrics = ShardPipeline.Metrics(topic: topicPartition.topic, factory: factory)
     }

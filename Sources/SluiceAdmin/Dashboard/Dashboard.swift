@@ -1,11 +1,11 @@
 import Crypto
+import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import Mustache
 import Sluice
 import SluiceKafka
-import Foundation
-import HTTPTypes
 import Synchronization
 
 /// The operator dashboard served at `/` by the admin server (docs/architecture.md §13): the group's hosts and
@@ -41,7 +41,8 @@ final class Dashboard: Sendable {
         self.logger = logger
         self.loginFailures = LoginThrottle()
         guard let base = Bundle.module.resourceURL else {
-            throw SluiceError(code: .configuration, message: "the dashboard's templates are missing (SluiceAdmin's resource bundle)")
+            throw SluiceError(
+                code: .configuration, message: "the dashboard's templates are missing (SluiceAdmin's resource bundle)")
         }
         var templates: [String: MustacheTemplate] = [:]
         let folder = base.appendingPathComponent("Templates")
@@ -51,8 +52,14 @@ final class Dashboard: Sendable {
         }
         library = MustacheLibrary(templates: templates)
         var statics: [String: (String, String)] = [:]
-        for (name, type) in [("dashboard.js", "text/javascript; charset=utf-8"), ("dashboard.css", "text/css; charset=utf-8")] {
-            statics[name] = (type, try String(contentsOf: base.appendingPathComponent("Static").appendingPathComponent(name), encoding: .utf8))
+        for (name, type) in [
+            ("dashboard.js", "text/javascript; charset=utf-8"), ("dashboard.css", "text/css; charset=utf-8"),
+        ] {
+            statics[name] = (
+                type,
+                try String(
+                    contentsOf: base.appendingPathComponent("Static").appendingPathComponent(name), encoding: .utf8)
+            )
         }
         self.statics = statics
     }
@@ -66,10 +73,16 @@ final class Dashboard: Sendable {
         }
         router.get("shards/:topic/:partition") { request, context in
             if let login = self.loginFirst(request) { return login }
-            guard let topic = context.parameters.get("topic"), let partition = context.parameters.get("partition").flatMap(Int32.init) else {
-                return self.page(request, "message", title: "Not found", status: .notFound) { ["message": "no such shard"] }
+            guard let topic = context.parameters.get("topic"),
+                let partition = context.parameters.get("partition").flatMap(Int32.init)
+            else {
+                return self.page(request, "message", title: "Not found", status: .notFound) {
+                    ["message": "no such shard"]
+                }
             }
-            return self.page(request, "shard", title: "\(topic)/\(partition)") { self.shardPage(TopicPartition(topic, partition)) }
+            return self.page(request, "shard", title: "\(topic)/\(partition)") {
+                self.shardPage(TopicPartition(topic, partition))
+            }
         }
         router.get("audit") { request, _ in
             if let login = self.loginFirst(request) { return login }
@@ -87,7 +100,9 @@ final class Dashboard: Sendable {
         router.post("actions/preview") { request, _ in try await self.action(request, confirm: false) }
         router.post("actions/apply") { request, _ in try await self.action(request, confirm: true) }
         router.get("static/:name") { _, context in
-            guard let name = context.parameters.get("name"), let file = self.statics[name] else { return Response(status: .notFound) }
+            guard let name = context.parameters.get("name"), let file = self.statics[name] else {
+                return Response(status: .notFound)
+            }
             var headers = HTTPFields()
             headers[.contentType] = file.type
             headers[.cacheControl] = "no-cache"
@@ -110,21 +125,26 @@ final class Dashboard: Sendable {
         let topicFilter = request.uri.queryParameters.get("topic").flatMap { $0.isEmpty ? nil : $0 }
         let stateFilter = request.uri.queryParameters.get("state").flatMap { $0.isEmpty ? nil : $0 }
         let shown = view.shards.filter { shard in
-            (topicFilter == nil || shard.topicPartition.topic == topicFilter) && (stateFilter == nil || shard.state == stateFilter)
+            (topicFilter == nil || shard.topicPartition.topic == topicFilter)
+                && (stateFilter == nil || shard.state == stateFilter)
         }
         let topics = Set(view.shards.map(\.topicPartition.topic)).sorted()
         let states = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
         return [
             "hosts": view.hosts.map { host -> [String: Any] in
                 [
-                    "identity": host.identity, "this": host.isThis, "heartbeat": "\(host.heartbeatAgeSeconds) s ago", "shards": host.shardCount,
+                    "identity": host.identity, "this": host.isThis, "heartbeat": "\(host.heartbeatAgeSeconds) s ago",
+                    "shards": host.shardCount,
                     "applied": host.applied.map(String.init) ?? "-", "up": host.upSeconds.map(Self.age) ?? "-",
                     "troubled": host.backingOffOrTripped, "crashes": host.shardCrashes, "restarts": host.shardRestarts,
                 ]
             },
             "controlPlane": host.control != nil,
             "flags": host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
-                ["key": key.description, "value": Self.describe(setting), "source": setting.source, "reason": setting.reason ?? "", "who": setting.who ?? ""]
+                [
+                    "key": key.description, "value": Self.describe(setting), "source": setting.source,
+                    "reason": setting.reason ?? "", "who": setting.who ?? "",
+                ]
             },
             "topics": topics.map { ["name": $0, "selected": $0 == topicFilter] },
             "states": states.map { ["name": $0, "selected": $0 == stateFilter] },
@@ -135,25 +155,30 @@ final class Dashboard: Sendable {
 
     private func row(_ shard: GroupView.Shard) -> [String: Any] {
         var row: [String: Any] = [
-            "shard": shard.topicPartition.description, "topic": shard.topicPartition.topic, "partition": shard.topicPartition.partition,
+            "shard": shard.topicPartition.description, "topic": shard.topicPartition.topic,
+            "partition": shard.topicPartition.partition,
             "owner": shard.owner, "state": shard.state, "paused": !shard.reasons.isEmpty,
             "reasons": shard.reasons.map { ["name": $0.name, "why": $0.why] },
-            "lag": shard.lag.map(String.init) ?? "-", "lagSeconds": shard.lagSeconds.map { String(format: "%.1f s", $0) } ?? "",
+            "lag": shard.lag.map(String.init) ?? "-",
+            "lagSeconds": shard.lagSeconds.map { String(format: "%.1f s", $0) } ?? "",
             "committed": shard.committed.map(String.init) ?? "-", "position": shard.position.map(String.init) ?? "-",
-            "highWatermark": shard.highWatermark.map(String.init) ?? "-", "inFlight": shard.inFlight, "processed": shard.processed,
-            "failed": shard.failed, "deadLettered": shard.deadLettered, "attempt": shard.attempt, "lastError": shard.lastError ?? "",
+            "highWatermark": shard.highWatermark.map(String.init) ?? "-", "inFlight": shard.inFlight,
+            "processed": shard.processed,
+            "failed": shard.failed, "deadLettered": shard.deadLettered, "attempt": shard.attempt,
+            "lastError": shard.lastError ?? "",
         ]
         // Sections test presence: absent keys, never empty strings.
         if let next = shard.nextProbeSeconds { row["nextProbe"] = String(format: "%.0f s", next.rounded(.up)) }
         if let rate = shard.rate { row["rate"] = ControlRecord.describeRate(rate) }
         if let points = history.sparkline(shard.topicPartition) { row["sparkline"] = points }
         if let quarantine = shard.quarantine {
-            row["quarantine"] = [
-                "offset": quarantine.offset, "state": quarantine.state.rawValue, "summary": quarantine.summary,
-                "report": quarantine.report ?? "", "crashes": quarantine.crashes, "signal": quarantine.signal,
-                "releasable": quarantine.state == .quarantined || quarantine.state == .suspect,
-                "deadLetterable": host.configuration.topics[shard.topicPartition.topic]?.deadLetterTopic != nil,
-            ] as [String: Any]
+            row["quarantine"] =
+                [
+                    "offset": quarantine.offset, "state": quarantine.state.rawValue, "summary": quarantine.summary,
+                    "report": quarantine.report ?? "", "crashes": quarantine.crashes, "signal": quarantine.signal,
+                    "releasable": quarantine.state == .quarantined || quarantine.state == .suspect,
+                    "deadLetterable": host.configuration.topics[shard.topicPartition.topic]?.deadLetterTopic != nil,
+                ] as [String: Any]
         }
         if let trip = shard.trip { row["trip"] = trip }
         return row
@@ -171,7 +196,9 @@ final class Dashboard: Sendable {
 
     private func auditPage() async -> [String: Any] {
         var context: [String: Any] = [
-            "sourceErrors": host.flags.lastErrors.sorted { $0.key < $1.key }.map { ["source": $0.key, "error": $0.value] }
+            "sourceErrors": host.flags.lastErrors.sorted { $0.key < $1.key }.map {
+                ["source": $0.key, "error": $0.value]
+            }
         ]
         guard let control = host.control else {
             context["noControlPlane"] = true
@@ -179,7 +206,9 @@ final class Dashboard: Sendable {
         }
         let rejected = control.rejected
         context["rejectedCount"] = rejected.count
-        context["rejected"] = rejected.latest.reversed().map { ["offset": $0.offset, "key": $0.key, "reason": $0.reason.rawValue, "detail": $0.detail] }
+        context["rejected"] = rejected.latest.reversed().map {
+            ["offset": $0.offset, "key": $0.key, "reason": $0.reason.rawValue, "detail": $0.detail]
+        }
         let topic = ControlPlaneWriter.auditTopic(forControl: control.topic)
         let (host, logger) = (self.host, self.logger)
         // One read of the audit topic serves every request within two seconds of it, and requests that come
@@ -188,22 +217,29 @@ final class Dashboard: Sendable {
             let entries = Mutex<[AuditEntry]>([])
             do {
                 let reader = try ControlTopicReader(
-                    bootstrapServers: host.configuration.kafka.bootstrap, topic: topic, properties: host.configuration.controlProperties, logger: logger
+                    bootstrapServers: host.configuration.kafka.bootstrap, topic: topic,
+                    properties: host.configuration.controlProperties, logger: logger
                 ) { record in
-                    if let value = record.value, let entry = AuditEntry(decoding: value) { entries.withLock { $0.append(entry) } }
+                    if let value = record.value, let entry = AuditEntry(decoding: value) {
+                        entries.withLock { $0.append(entry) }
+                    }
                 }
                 try await reader.load(timeout: .seconds(5))
                 await reader.close()
                 return (entries.withLock { Array($0.suffix(500)) }, nil)
             } catch {
-                return (entries.withLock { Array($0.suffix(500)) }, "the audit topic '\(topic)' could not be read: \(error)")
+                return (
+                    entries.withLock { Array($0.suffix(500)) }, "the audit topic '\(topic)' could not be read: \(error)"
+                )
             }
         }
         if let error { context["auditError"] = error }
         context["entries"] = entries.reversed().map { entry -> [String: Any] in
             [
-                "at": Date(timeIntervalSince1970: Double(entry.atMilliseconds) / 1000).formatted(.iso8601), "who": entry.who ?? "-",
-                "subject": entry.subject, "before": entry.before ?? "?", "after": entry.after, "why": entry.reason ?? "",
+                "at": Date(timeIntervalSince1970: Double(entry.atMilliseconds) / 1000).formatted(.iso8601),
+                "who": entry.who ?? "-",
+                "subject": entry.subject, "before": entry.before ?? "?", "after": entry.after,
+                "why": entry.reason ?? "",
             ]
         }
         return context
@@ -224,14 +260,19 @@ final class Dashboard: Sendable {
         let form = try await self.form(request)
         if let refusal = refuseAction(request, form) { return refusal }
         let input = ActionRequest(
-            action: form["action"] ?? "", target: (form["target"] ?? "").trimmingCharacters(in: .whitespaces), value: form["value"] ?? "",
-            offset: form["offset"].flatMap { Int64($0) }, reason: (form["reason"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines))
+            action: form["action"] ?? "", target: (form["target"] ?? "").trimmingCharacters(in: .whitespaces),
+            value: form["value"] ?? "",
+            offset: form["offset"].flatMap { Int64($0) },
+            reason: (form["reason"] ?? "").trimmingCharacters(in: .whitespacesAndNewlines))
         func fail(_ message: String, _ status: HTTPResponse.Status = .badRequest) -> Response {
             page(request, "message", title: "Not done", status: status) { ["message": message, "back": true] }
         }
-        guard !input.reason.isEmpty else { return fail("say why: every change is kept in the audit log with its reason") }
+        guard !input.reason.isEmpty else {
+            return fail("say why: every change is kept in the audit log with its reason")
+        }
         var context: [String: Any] = [
-            "action": input.action, "target": input.target, "value": input.value, "offset": input.offset.map(String.init) ?? "",
+            "action": input.action, "target": input.target, "value": input.value,
+            "offset": input.offset.map(String.init) ?? "",
             "reason": input.reason,
         ]
         let who = "\(session(of: request).name ?? (bearerValid(request) ? "token holder" : "anonymous")) via dashboard"
@@ -251,27 +292,41 @@ final class Dashboard: Sendable {
             context["description"] = "set flag \(key) to \(input.value)"
             guard confirm else {
                 let changes = GroupView(host: host).preview(key, enabled: enabled, rate: rate)
-                context["changes"] = changes.map { ["shard": $0.shard.topicPartition.description, "owner": $0.shard.owner, "state": $0.shard.state, "change": $0.change] }
+                context["changes"] = changes.map {
+                    [
+                        "shard": $0.shard.topicPartition.description, "owner": $0.shard.owner, "state": $0.shard.state,
+                        "change": $0.change,
+                    ]
+                }
                 context["changeCount"] = changes.filter(\.changes).count
                 return page(request, "preview", title: "Confirm") { context }
             }
             do throws(OperatorActions.Refusal) {
-                let offset = try await actions.setFlag(key, enabled: enabled, rate: rate, reason: input.reason, who: who)
+                let offset = try await actions.setFlag(
+                    key, enabled: enabled, rate: rate, reason: input.reason, who: who)
                 return await result(request, context, offset: offset)
             } catch {
                 return fail(error.message, .conflict)
             }
         case "reset", "skip", "deadLetter":
-            guard let topicPartition = TopicPartition(parsing: input.target) else { return fail("a shard is TOPIC/PARTITION, got '\(input.target)'") }
-            context["description"] = [
-                "reset": "reset \(topicPartition) (a quarantined message on it is tried again)",
-                "skip": "skip the quarantined message at offset \(input.offset.map(String.init) ?? "?") of \(topicPartition): committed, never handled",
-                "deadLetter": "dead-letter the quarantined message at offset \(input.offset.map(String.init) ?? "?") of \(topicPartition)",
-            ][input.action]
+            guard let topicPartition = TopicPartition(parsing: input.target) else {
+                return fail("a shard is TOPIC/PARTITION, got '\(input.target)'")
+            }
+            context["description"] =
+                [
+                    "reset": "reset \(topicPartition) (a quarantined message on it is tried again)",
+                    "skip":
+                        "skip the quarantined message at offset \(input.offset.map(String.init) ?? "?") of \(topicPartition): committed, never handled",
+                    "deadLetter":
+                        "dead-letter the quarantined message at offset \(input.offset.map(String.init) ?? "?") of \(topicPartition)",
+                ][input.action]
             guard confirm else {
                 let view = GroupView(host: host)
                 context["changes"] = view.shards.filter { $0.topicPartition == topicPartition }.map {
-                    ["shard": $0.topicPartition.description, "owner": $0.owner, "state": $0.state, "change": input.action == "reset" ? "start again now" : "release the message, then go on"]
+                    [
+                        "shard": $0.topicPartition.description, "owner": $0.owner, "state": $0.state,
+                        "change": input.action == "reset" ? "start again now" : "release the message, then go on",
+                    ]
                 }
                 context["changeCount"] = (context["changes"] as? [Any])?.count ?? 0
                 return page(request, "preview", title: "Confirm") { context }
@@ -282,7 +337,9 @@ final class Dashboard: Sendable {
                     return await result(request, context, offset: offset)
                 }
                 guard let offset = input.offset else { return fail("the quarantined message's offset is missing") }
-                try await actions.release(topicPartition, as: input.action == "skip" ? .skip : .deadLetter, offset: offset, who: who, reason: input.reason)
+                try await actions.release(
+                    topicPartition, as: input.action == "skip" ? .skip : .deadLetter, offset: offset, who: who,
+                    reason: input.reason)
                 return await result(request, context, offset: nil)
             } catch {
                 return fail(error.message, .conflict)
@@ -350,12 +407,16 @@ final class Dashboard: Sendable {
         }
 
         func start(name: String?) -> Session {
-            let session = Session(id: Dashboard.randomToken(), csrf: Dashboard.randomToken(), authenticated: true, name: name, expires: .now + Self.lifetime)
+            let session = Session(
+                id: Dashboard.randomToken(), csrf: Dashboard.randomToken(), authenticated: true, name: name,
+                expires: .now + Self.lifetime)
             table.withLock { table in
                 if table.count >= Self.capacity {
                     let now = ContinuousClock.now
                     table = table.filter { $0.value.expires > now }
-                    while table.count >= Self.capacity, let oldest = table.min(by: { $0.value.expires < $1.value.expires })?.key { table[oldest] = nil }
+                    while table.count >= Self.capacity,
+                        let oldest = table.min(by: { $0.value.expires < $1.value.expires })?.key
+                    { table[oldest] = nil }
                 }
                 table[session.id] = session
             }
@@ -397,7 +458,9 @@ final class Dashboard: Sendable {
                 }
                 let mine = state.byClient[client] ?? []
                 let blocking: ContinuousClock.Instant? =
-                    if mine.count >= perClient { mine.first } else if state.all.count >= overall { state.all.first } else { nil }
+                    if mine.count >= perClient { mine.first } else if state.all.count >= overall {
+                        state.all.first
+                    } else { nil }
                 guard let blocking else { return nil }
                 return Int((blocking + .seconds(60) - now).components.seconds) + 1
             }
@@ -428,10 +491,17 @@ final class Dashboard: Sendable {
     private func session(of request: Request) -> Session {
         let cookie = request.cookies[Self.cookieName]?.value
         if let cookie, let session = sessions.find(cookie) { return session }
-        let isValid = cookie.map { $0.utf8.count == 64 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } } ?? false
+        let isValid =
+            cookie.map {
+                $0.utf8.count == 64 && $0.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+            } ?? false
         let id = isValid ? cookie! : Self.randomToken()
-        let csrf = HMAC<SHA256>.authenticationCode(for: Array(id.utf8), using: csrfKey).map { String(format: "%02x", $0) }.joined()
-        return Session(id: id, csrf: csrf, authenticated: token == nil, name: nil, expires: .now + Sessions.lifetime, isNew: !isValid)
+        let csrf = HMAC<SHA256>.authenticationCode(for: Array(id.utf8), using: csrfKey).map {
+            String(format: "%02x", $0)
+        }.joined()
+        return Session(
+            id: id, csrf: csrf, authenticated: token == nil, name: nil, expires: .now + Sessions.lifetime,
+            isNew: !isValid)
     }
 
     /// The session cookie's header: HttpOnly, SameSite=Strict, and Secure when configured (`admin.secureCookies`)
@@ -472,20 +542,29 @@ final class Dashboard: Sendable {
     private func refuseAction(_ request: Request, _ form: [String: String]) -> Response? {
         if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], !["same-origin", "none"].contains(site) {
             logger.warning("dashboard action refused: cross-site request", metadata: ["sluice.fetchSite": "\(site)"])
-            return page(request, "message", title: "Refused", status: .forbidden) { ["message": "refused: a cross-site request (Sec-Fetch-Site: \(site))"] }
+            return page(request, "message", title: "Refused", status: .forbidden) {
+                ["message": "refused: a cross-site request (Sec-Fetch-Site: \(site))"]
+            }
         }
         // A bearer token is not sent by a browser on its own: no CSRF token needed with it.
         if bearerValid(request) { return nil }
         let session = session(of: request)
         guard csrfMatches(form, session) else {
-            logger.warning("dashboard action refused: missing or wrong CSRF token", metadata: ["sluice.caller": "\(caller(request))"])
+            logger.warning(
+                "dashboard action refused: missing or wrong CSRF token",
+                metadata: ["sluice.caller": "\(caller(request))"])
             return page(request, "message", title: "Refused", status: .forbidden) {
-                ["message": "refused: the form's CSRF token is missing or wrong (reload the page and try again)", "back": true]
+                [
+                    "message": "refused: the form's CSRF token is missing or wrong (reload the page and try again)",
+                    "back": true,
+                ]
             }
         }
         if token != nil, !session.authenticated {
             logger.warning("dashboard action refused: not logged in", metadata: ["sluice.caller": "\(caller(request))"])
-            return page(request, "login", title: "Log in", status: .unauthorized) { ["message": "log in with the admin token to make changes"] }
+            return page(request, "login", title: "Log in", status: .unauthorized) {
+                ["message": "log in with the admin token to make changes"]
+            }
         }
         return nil
     }
@@ -493,10 +572,14 @@ final class Dashboard: Sendable {
     private func login(_ request: Request, client: String) async throws -> Response {
         let form = try await self.form(request)
         guard csrfMatches(form, session(of: request)) else {
-            return page(request, "login", title: "Log in", status: .forbidden) { ["message": "the form expired; try again"] }
+            return page(request, "login", title: "Log in", status: .forbidden) {
+                ["message": "the form expired; try again"]
+            }
         }
         if let wait = loginFailures.wait(client: client) {
-            logger.warning("dashboard login refused: too many failed logins", metadata: ["sluice.caller": "\(caller(request))", "sluice.client": "\(client)"])
+            logger.warning(
+                "dashboard login refused: too many failed logins",
+                metadata: ["sluice.caller": "\(caller(request))", "sluice.client": "\(client)"])
             return page(request, "login", title: "Log in", status: .tooManyRequests) {
                 ["message": "too many failed logins; try again in \(wait) s"]
             }
@@ -521,7 +604,8 @@ final class Dashboard: Sendable {
 
     /// Renders `template` within the layout; starts a session (and its cookie) for a browser that has none.
     private func page(
-        _ request: Request, _ template: String, title: String, status: HTTPResponse.Status = .ok, _ body: () -> [String: Any]
+        _ request: Request, _ template: String, title: String, status: HTTPResponse.Status = .ok,
+        _ body: () -> [String: Any]
     ) -> Response {
         var headers = HTTPFields()
         let session = self.session(of: request)
@@ -536,7 +620,8 @@ final class Dashboard: Sendable {
         let html = library.render(context, withTemplate: template) ?? "template \(template) missing"
         headers[.contentType] = "text/html; charset=utf-8"
         headers[.cacheControl] = "no-store"
-        headers[HTTPField.Name("Content-Security-Policy")!] = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+        headers[HTTPField.Name("Content-Security-Policy")!] =
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'"
         headers[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
         headers[HTTPField.Name("Referrer-Policy")!] = "same-origin"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: html)))
@@ -584,7 +669,9 @@ actor AuditCache {
     /// Reads of the audit topic made.
     private(set) var reads = 0
 
-    func read(maxAge: Duration, _ read: @escaping @Sendable () async -> ([AuditEntry], String?)) async -> ([AuditEntry], String?) {
+    func read(maxAge: Duration, _ read: @escaping @Sendable () async -> ([AuditEntry], String?)) async -> (
+        [AuditEntry], String?
+    ) {
         if let last, ContinuousClock.now - last.at < maxAge { return (last.entries, last.error) }
         if let running { return await running.value }
         reads += 1

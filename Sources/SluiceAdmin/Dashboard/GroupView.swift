@@ -3,9 +3,9 @@ import SluiceKafka
 import Synchronization
 
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// The group as the dashboard shows it: every live host (from the control plane's host records) and every
@@ -64,9 +64,11 @@ struct GroupView {
             switch reason {
             case KafkaPauseReason.flag.name:
                 let setting = host.flags.setting(for: topicPartition)
-                return "flag off (\(setting.source)\(setting.who.map { ", by \($0)" } ?? "")\(setting.reason.map { ": \($0)" } ?? ""))"
+                return
+                    "flag off (\(setting.source)\(setting.who.map { ", by \($0)" } ?? "")\(setting.reason.map { ": \($0)" } ?? ""))"
             case KafkaPauseReason.breaker.name:
-                return trips[topicPartition].map { "tripped: \($0.reason)" } ?? lastError.map { "breaker: \($0)" } ?? "breaker"
+                return trips[topicPartition].map { "tripped: \($0.reason)" } ?? lastError.map { "breaker: \($0)" }
+                    ?? "breaker"
             case KafkaPauseReason.quarantine.name:
                 return quarantines[topicPartition]?.summary ?? "held at a quarantined message"
             case KafkaPauseReason.flowControl.name:
@@ -86,14 +88,21 @@ struct GroupView {
             shards.append(
                 Shard(
                     topicPartition: topicPartition, owner: host.identity, state: status.state.name,
-                    reasons: status.pauseReasons.map(\.name).sorted().map { ($0, explain($0, topicPartition, lastError: status.lastError)) },
-                    lag: status.lag, lagSeconds: status.lagSeconds, committed: status.storedOffset ?? status.committedOffset, position: status.position,
-                    highWatermark: status.highWatermark, inFlight: status.inFlight, processed: status.processed, failed: status.failed,
+                    reasons: status.pauseReasons.map(\.name).sorted().map {
+                        ($0, explain($0, topicPartition, lastError: status.lastError))
+                    },
+                    lag: status.lag, lagSeconds: status.lagSeconds,
+                    committed: status.storedOffset ?? status.committedOffset, position: status.position,
+                    highWatermark: status.highWatermark, inFlight: status.inFlight, processed: status.processed,
+                    failed: status.failed,
                     deadLettered: status.deadLettered, attempt: status.attempt, lastError: status.lastError,
-                    nextProbeSeconds: status.nextProbeSeconds, quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason, rate: setting.rate))
+                    nextProbeSeconds: status.nextProbeSeconds,
+                    quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason,
+                    rate: setting.rate))
         }
         var ownShown = false
-        for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key }) where record.isLive(now: now, window: Self.liveMilliseconds) {
+        for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key })
+        where record.isLive(now: now, window: Self.liveMilliseconds) {
             let isThis = identity == host.identity
             ownShown = ownShown || isThis
             hosts.append(
@@ -111,20 +120,29 @@ struct GroupView {
                 shards.append(
                     Shard(
                         topicPartition: topicPartition, owner: identity, state: state,
-                        reasons: (detail?.pauseReasons ?? []).map { ($0, explain($0, topicPartition, lastError: detail?.lastError)) },
-                        lag: detail?.lag, lagSeconds: nil, committed: detail?.committed, position: nil, highWatermark: detail?.highWatermark,
+                        reasons: (detail?.pauseReasons ?? []).map {
+                            ($0, explain($0, topicPartition, lastError: detail?.lastError))
+                        },
+                        lag: detail?.lag, lagSeconds: nil, committed: detail?.committed, position: nil,
+                        highWatermark: detail?.highWatermark,
                         inFlight: detail?.inFlight ?? 0, processed: detail?.processed ?? 0, failed: detail?.failed ?? 0,
-                        deadLettered: detail?.deadLettered ?? 0, attempt: detail?.attempt ?? 0, lastError: detail?.lastError,
-                        nextProbeSeconds: detail?.nextProbeSeconds, quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason,
+                        deadLettered: detail?.deadLettered ?? 0, attempt: detail?.attempt ?? 0,
+                        lastError: detail?.lastError,
+                        nextProbeSeconds: detail?.nextProbeSeconds, quarantine: quarantines[topicPartition],
+                        trip: trips[topicPartition]?.reason,
                         rate: host.flags.setting(for: topicPartition).rate))
             }
         }
         if !ownShown {
             hosts.insert(
                 Host(
-                    identity: host.identity, isThis: true, heartbeatAgeSeconds: 0, shardCount: own.count, applied: control?.loadedPosition,
-                    upSeconds: nil, backingOffOrTripped: own.filter { $0.state.name == "backingOff" || $0.state.name == "tripped" }.count,
-                    shardCrashes: host.shardCrashesAndRestarts.crashes, shardRestarts: host.shardCrashesAndRestarts.restarts),
+                    identity: host.identity, isThis: true, heartbeatAgeSeconds: 0, shardCount: own.count,
+                    applied: control?.loadedPosition,
+                    upSeconds: nil,
+                    backingOffOrTripped: own.filter { $0.state.name == "backingOff" || $0.state.name == "tripped" }
+                        .count,
+                    shardCrashes: host.shardCrashesAndRestarts.crashes,
+                    shardRestarts: host.shardCrashesAndRestarts.restarts),
                 at: 0)
         }
         shards.sort { ($0.topicPartition, $0.owner) < ($1.topicPartition, $1.owner) }

@@ -17,7 +17,9 @@ import Tracing
 public enum OrderTracing {
     /// Bootstraps the process's tracer: spans of `serviceName` exported over OTLP/HTTP (JSON) to
     /// `endpoint` (a collector's `/v1/traces`), exported every `exportInterval`. Call it once per process.
-    public static func bootstrap(serviceName: String, endpoint: String, exportInterval: Duration = .seconds(5)) throws -> some Service {
+    public static func bootstrap(serviceName: String, endpoint: String, exportInterval: Duration = .seconds(5)) throws
+        -> some Service
+    {
         var configuration = OTel.Configuration.default
         configuration.serviceName = serviceName
         configuration.propagators = [.traceContext]

@@ -52,16 +52,18 @@ final class OTLPCollector: Sendable {
                 for span in scope["spans"] as? [[String: Any]] ?? [] {
                     var attributes: [String: String] = [:]
                     for attribute in span["attributes"] as? [[String: Any]] ?? [] {
-                        guard let key = attribute["key"] as? String, let value = attribute["value"] as? [String: Any] else { continue }
+                        guard let key = attribute["key"] as? String, let value = attribute["value"] as? [String: Any]
+                        else { continue }
                         attributes[key] = value.values.first.map { "\($0)" }
                     }
-                    spans.append(Span(
-                        name: span["name"] as? String ?? "",
-                        kind: (span["kind"] as? Int) ?? 0,
-                        traceID: Self.hex(span["traceId"]),
-                        spanID: Self.hex(span["spanId"]),
-                        parentSpanID: Self.hex(span["parentSpanId"]),
-                        attributes: attributes))
+                    spans.append(
+                        Span(
+                            name: span["name"] as? String ?? "",
+                            kind: (span["kind"] as? Int) ?? 0,
+                            traceID: Self.hex(span["traceId"]),
+                            spanID: Self.hex(span["spanId"]),
+                            parentSpanID: Self.hex(span["parentSpanId"]),
+                            attributes: attributes))
                 }
             }
         }
@@ -95,7 +97,9 @@ private final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "application/json")
             headers.add(name: "content-length", value: "2")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil
+            )
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "{}")))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }

@@ -20,7 +20,8 @@ struct HostStatusPublisher: Service {
     func run() async throws {
         var cadence = StatusCadence()
         var failing = false
-        let failures = Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "host")], factory: metricsFactory)
+        let failures = Counter(
+            label: "sluice_control_publish_errors_total", dimensions: [("record", "host")], factory: metricsFactory)
         while !Task.isCancelled {
             let current = observe()
             if cadence.due(current, now: clock.now) {

@@ -17,7 +17,10 @@ struct TripPublisher: Service {
             do {
                 try await writer.setTrip(topicPartition, trip)
             } catch {
-                Counter(label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")], factory: metricsFactory).increment()
+                Counter(
+                    label: "sluice_control_publish_errors_total", dimensions: [("record", "trip")],
+                    factory: metricsFactory
+                ).increment()
                 logger.error(
                     "could not publish the shard's trip to the control topic; other hosts will not know of it",
                     metadata: ["kafka.partition": "\(topicPartition)", "error": "\(error)"])
