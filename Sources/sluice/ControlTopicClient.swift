@@ -60,18 +60,25 @@ struct ControlOptions: ParsableArguments {
     /// How to reach the brokers: ``KafkaConnectionOptions/librdkafkaProperties()``.
     func librdkafkaProperties() throws -> [String: String] { try connection.librdkafkaProperties() }
 
+    /// The brokers and the control topic a command goes to (nil without `--bootstrap`: the admin API is used),
+    /// and a quiet logger for the clients.
+    private var target: (bootstrap: String, topic: String, logger: Logger)? {
+        guard let bootstrap else { return nil }
+        var logger = Logger(label: "sluice.cli")
+        logger.logLevel = .error
+        return (bootstrap, controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!), logger)
+    }
+
     /// Writes a flag record; prints where it went.
     func write(key: String, enabled: Bool?, reason: String?, rate: Double? = nil) async throws {
-        guard let bootstrap else { return }
+        guard let target else { return }
+        let (bootstrap, topic, logger) = target
         let flagKey: FlagKey
         do {
             flagKey = try FlagKey(parsing: key)
         } catch {
             throw AdminClient.Failure(description: "\((error as? SluiceError)?.message ?? "\(error)")")
         }
-        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
-        var logger = Logger(label: "sluice.cli")
-        logger.logLevel = .error
         if dryRun {
             try await preview(flagKey, enabled: enabled, rate: rate, topic: topic, bootstrap: bootstrap, logger: logger)
             return
@@ -191,10 +198,8 @@ struct ControlOptions: ParsableArguments {
     func releaseQuarantine(
         _ topicPartition: TopicPartition, as release: Quarantine.Release, offset: Int64?, reason: String?
     ) async throws {
-        guard let bootstrap else { return }
-        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
-        var logger = Logger(label: "sluice.cli")
-        logger.logLevel = .error
+        guard let target else { return }
+        let (bootstrap, topic, logger) = target
         let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
         defer { Task { await reader.close() } }
         guard let quarantine = records.quarantines[topicPartition] else {
@@ -230,10 +235,8 @@ struct ControlOptions: ParsableArguments {
     /// Resets a shard for the group: its quarantine, if any, is released (the message is tried again), and the
     /// host that owns it starts it now with a clean history (a `command/ID` record).
     func reset(_ topicPartition: TopicPartition) async throws {
-        guard let bootstrap else { return }
-        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
-        var logger = Logger(label: "sluice.cli")
-        logger.logLevel = .error
+        guard let target else { return }
+        let (bootstrap, topic, logger) = target
         let (records, reader) = try await open(topic: topic, bootstrap: bootstrap, logger: logger)
         defer { Task { await reader.close() } }
         if records.quarantines[topicPartition] != nil {
@@ -263,10 +266,8 @@ struct ControlOptions: ParsableArguments {
     /// Prints every shard of the group as its live hosts last reported it (host records from the last 15 s),
     /// with the group's trips and quarantines.
     func listShards() async throws {
-        guard let bootstrap else { return }
-        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
-        var logger = Logger(label: "sluice.cli")
-        logger.logLevel = .error
+        guard let target else { return }
+        let (bootstrap, topic, logger) = target
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         var owned: [(shard: String, host: String, state: String, detail: ControlHostStatus.Shard?)] = []
@@ -295,10 +296,8 @@ struct ControlOptions: ParsableArguments {
 
     /// Prints the control topic's flags and the group's hosts, read to the topic's end.
     func list() async throws {
-        guard let bootstrap else { return }
-        let topic = controlTopic ?? ControlPlaneFlagSource.defaultTopic(group: group!)
-        var logger = Logger(label: "sluice.cli")
-        logger.logLevel = .error
+        guard let target else { return }
+        let (bootstrap, topic, logger) = target
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         var rows = [["KEY", "VALUE", "REASON", "WHO"]]
         for (key, flag) in records.flags.sorted(by: { $0.key < $1.key }) {
