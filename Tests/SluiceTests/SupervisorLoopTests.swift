@@ -52,10 +52,13 @@ struct SupervisorLoopTests {
     /// Found in a loaded run of ControlPlaneTests.tripFollowsThePartition: a shard that had not run on this host
     /// (assigned tripped) was reset; its pipeline handled every message while the shard's resume was still on
     /// its way back from the consumer, and the host's view named the pipeline only after that. The watermark
-    /// storer looked meanwhile, was refused by the fence, and noted the progress as stored: nothing was stored
-    /// or committed until the pipeline ended (lag 7, reported stalled).
-    @Test("a pipeline that handles its messages before the host's view names it gets its watermark stored once it does")
-    func watermarkStoredOnceTheViewCatchesUp() async throws {
+    /// storer looked meanwhile, was refused by the fence (then the view), and noted the progress as stored:
+    /// nothing was stored or committed until the pipeline ended (lag 7, reported stalled). The fence is now the
+    /// shard's latest pipeline, set when it starts.
+    @Test(
+        "a pipeline that handles its messages while its shard's resume still waits in the consumer gets its watermark stored"
+    )
+    func watermarkStoredBeforeTheViewCatchesUp() async throws {
         let (host, handled, consumer, running, partition) = try await Self.startWithOrdersOff()
         consumer.assign([partition], initialPauseReasons: [.flag])
         consumer.deliverAssignment([partition])
@@ -67,13 +70,49 @@ struct SupervisorLoopTests {
         host.operatorFlags.unset(.topic("orders"))
         await host.flags.refresh()
         try await waitUntil("the pipeline handled every message while its resume waits") { handled.distinct == 10 }
-        host.registry.storeDue(consumer: consumer)  // what the host's storer does meanwhile
-        #expect(consumer.stored(partition) == nil, "nothing stored for a pipeline the view does not name yet")
+        try await waitUntil("its watermark is stored while the resume still waits") { consumer.stored(partition) == 10 }
         consumer.pauseHang.withLock { $0 = nil }
         hang.release()
-        try await waitUntil("once the view names it, the pipeline's watermark is stored") {
-            consumer.stored(partition) == 10
+        host.shutdown()
+        consumer.finish()
+        try await running.value
+    }
+
+    /// The fence that lets only a shard's current pipeline store its watermark was the shard's view, which names a
+    /// pipeline once its resume is applied: a pipeline that ended before that (it crashed, here, while its resume
+    /// waited in the consumer) had its last watermark refused, and the shard, tripped, never stored what it did.
+    @Test("a pipeline that ends before the host's view names it still gets its last watermark stored")
+    func lastWatermarkOfAPipelineNotShownYet() async throws {
+        var orders = TopicConfiguration()
+        orders.breaker = .latched
+        let host = Self.host(["orders": orders])
+        let handled = HandledMessages()
+        host.register(
+            "orders",
+            ClosureHandler { message, _ in
+                if message.offset == 5 { throw TestFailure(description: "poison") }
+                handled.append(message)
+            })
+        host.operatorFlags.set(.topic("orders"), enabled: false)
+        await host.flags.refresh()
+        let consumer = ScriptedConsumer()
+        let running = try Self.start(host, consumer)
+        let partition = TopicPartition("orders", 0)
+        consumer.assign([partition], initialPauseReasons: [.flag])
+        consumer.deliverAssignment([partition])
+        consumer.append(partition, count: 10)
+        try await waitUntil("the shard is off") { host.shards.first?.state == .off }
+        let hang = Hang()
+        consumer.pauseHang.withLock { $0 = hang }
+        host.operatorFlags.unset(.topic("orders"))
+        await host.flags.refresh()
+        try await waitUntil("offsets 0 to 4 handled, then the pipeline crashed at 5 while its resume waits") {
+            handled.distinct == 5 && host.registry.runningPipelines == 0
         }
+        consumer.pauseHang.withLock { $0 = nil }
+        hang.release()
+        try await waitUntil("tripped") { host.shards.first?.state.name == "tripped" }
+        #expect(consumer.stored(partition) == 5, "what the pipeline did is stored: 0 to 4")
         host.shutdown()
         consumer.finish()
         try await running.value

@@ -16,15 +16,12 @@ final class ShardRegistry: Sendable {
     /// What the outside may read about a shard; written by the supervisor loop.
     struct ShardView {
         var status: ShardStatus
-        /// The shard's current pipeline, once its start is shown (its pause set applied): the only one whose
-        /// watermark is stored.
+        /// The shard's current pipeline, once its start is shown (its pause set applied).
         var pipeline: ShardPipeline?
         /// The high watermark the lag refresher last queried (fresh for paused partitions too).
         var queriedHighWatermark: Int64?
         /// The oldest message a finished pipeline took and did not finish, if any (it is read again next).
         var leftoverOldestPending: Int64?
-        /// The commit metadata stored with `status.storedOffset`.
-        var storedMetadata: String?
     }
 
     private struct State {
@@ -33,6 +30,11 @@ final class ShardRegistry: Sendable {
         var running: [UInt64: ShardPipeline] = [:]
         /// Running pipelines whose watermark may have moved since it was last stored.
         var due: Set<UInt64> = []
+        /// The fence: each shard's latest pipeline, the only one whose watermark is stored (set when it starts,
+        /// before it takes a message; gone when the partition is released or lost).
+        var current: [TopicPartition: UInt64] = [:]
+        /// What was stored for each shard of the assignment: the offset and its commit metadata.
+        var stored: [TopicPartition: (offset: Int64, metadata: String?)] = [:]
         /// Shard crashes and restarts since the host started, all shards together.
         var crashes = 0
         var restarts = 0
@@ -57,8 +59,8 @@ final class ShardRegistry: Sendable {
 
     /// Shows the supervisor's state of a shard. A pipeline that is replaced has its counters folded into the
     /// shard's totals, once.
-    func update(_ supervisor: ShardSupervisor, storedOffset: Int64?? = nil) {
-        let named = state.withLock { state -> ShardPipeline? in
+    func update(_ supervisor: ShardSupervisor) {
+        state.withLock { state in
             var view =
                 state.views[supervisor.topicPartition]
                 ?? ShardView(
@@ -76,7 +78,6 @@ final class ShardRegistry: Sendable {
                 view.status.deadLettered += counters.deadLettered
                 view.status.inFlight = 0
             }
-            let named = view.pipeline !== supervisor.pipeline ? supervisor.pipeline : nil
             view.pipeline = supervisor.pipeline
             view.status.generation = supervisor.pipeline?.generation ?? view.status.generation
             view.status.state = supervisor.state
@@ -85,16 +86,17 @@ final class ShardRegistry: Sendable {
             view.status.flag = supervisor.flag
             view.status.stalledSince = supervisor.stalledSince
             view.status.abandonedCalls = supervisor.abandonedCalls
-            if let storedOffset { view.status.storedOffset = storedOffset }
             state.views[supervisor.topicPartition] = view
-            return named
         }
-        // A pipeline the view names now may have progressed while it did not (the fence refused it then).
-        if let named { progressed(named) }
     }
 
+    /// The partition was released or lost: its view goes, and its pipelines store nothing more.
     func remove(_ topicPartition: TopicPartition) {
-        _ = state.withLock { $0.views.removeValue(forKey: topicPartition) }
+        state.withLock { state in
+            state.views.removeValue(forKey: topicPartition)
+            state.current.removeValue(forKey: topicPartition)
+            state.stored.removeValue(forKey: topicPartition)
+        }
     }
 
     /// Every shard's status now: its view with its current pipeline's counters, and what `consumer` says of its
@@ -102,9 +104,10 @@ final class ShardRegistry: Sendable {
     func snapshot(consumer: (any ShardConsumer)?, quarantines: [TopicPartition: Quarantine], nowMilliseconds: Int64)
         -> [ShardStatus]
     {
-        let views = state.withLock { Array($0.views.values) }
+        let (views, stored) = state.withLock { (Array($0.views.values), $0.stored) }
         return views.map { view in
             var status = view.status
+            status.storedOffset = stored[status.topicPartition]?.offset
             var oldestPending = view.leftoverOldestPending
             if let pipeline = view.pipeline {
                 let counters = pipeline.counters
@@ -137,7 +140,7 @@ final class ShardRegistry: Sendable {
         state.withLock { state in
             (
                 Array(state.views.keys),
-                state.views.values.filter { $0.status.storedOffset == nil }.map(\.status.topicPartition)
+                state.views.keys.filter { state.stored[$0] == nil }
             )
         }
     }
@@ -158,9 +161,15 @@ final class ShardRegistry: Sendable {
 
     // MARK: Stored offsets
 
+    /// Pipelines running now.
+    var runningPipelines: Int { state.withLock { $0.running.count } }
+
     /// A pipeline started: its watermark is stored as it advances.
     func pipelineStarted(_ pipeline: ShardPipeline) {
-        state.withLock { $0.running[pipeline.generation] = pipeline }
+        state.withLock { state in
+            state.running[pipeline.generation] = pipeline
+            state.current[pipeline.topicPartition] = pipeline.generation
+        }
     }
 
     /// A pipeline ended: its last watermark is stored, and no more.
@@ -172,8 +181,8 @@ final class ShardRegistry: Sendable {
         storeWatermark(pipeline, consumer: consumer)
     }
 
-    /// A running pipeline's watermark may have moved (the pipeline says so once until it is looked at, and a
-    /// shard's view update says so when it names a pipeline): it is stored at the storer's next turn.
+    /// A running pipeline's watermark may have moved (the pipeline says so once until it is looked at): it is
+    /// stored at the storer's next turn.
     func progressed(_ pipeline: ShardPipeline) {
         let first = state.withLock { state -> Bool in
             guard state.running[pipeline.generation] != nil else { return false }
@@ -184,8 +193,7 @@ final class ShardRegistry: Sendable {
         if first { wakeContinuation.yield() }
     }
 
-    /// Stores the watermarks of the pipelines that progressed since their last store. A pipeline the shard's view
-    /// does not name yet (its start is shown once its pause set is applied) is stored when the view names it.
+    /// Stores the watermarks of the pipelines that progressed since their last store.
     func storeDue(consumer: any ShardConsumer) {
         let due = state.withLock { state -> [ShardPipeline] in
             defer { state.due.removeAll(keepingCapacity: true) }
@@ -208,8 +216,9 @@ final class ShardRegistry: Sendable {
         }
     }
 
-    /// Stores the pipeline's watermark if it advanced and the pipeline is its shard's current one. Returns false
-    /// when the shard's view does not name the pipeline (not yet, or no more).
+    /// Stores the pipeline's watermark if it advanced and the pipeline is its shard's latest one (the fence: an
+    /// older pipeline of the shard, or one of a partition released or lost, stores nothing). Returns false when
+    /// the fence refused it.
     @discardableResult
     func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) -> Bool {
         guard let watermark = pipeline.watermark else { return true }
@@ -219,11 +228,11 @@ final class ShardRegistry: Sendable {
         let metadata = CommitMetadata.encode(done: pipeline.doneAboveWatermark, above: watermark)
         enum Decision { case store, unchanged, notCurrent }
         let decision = state.withLock { state -> Decision in
-            guard var view = state.views[topicPartition], view.pipeline === pipeline else { return .notCurrent }
-            guard view.status.storedOffset != watermark || view.storedMetadata != metadata else { return .unchanged }
-            view.status.storedOffset = watermark
-            view.storedMetadata = metadata
-            state.views[topicPartition] = view
+            guard state.current[topicPartition] == pipeline.generation else { return .notCurrent }
+            if let stored = state.stored[topicPartition], stored.offset == watermark, stored.metadata == metadata {
+                return .unchanged
+            }
+            state.stored[topicPartition] = (watermark, metadata)
             return .store
         }
         switch decision {
