@@ -232,8 +232,13 @@ extension SluiceHost {
                 }
                 let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
                 group.addTask { try? await tick.run() }
+                let environment = SupervisorLoop.Environment(
+                    configuration: configuration, flags: flags, registry: registry, clock: clock,
+                    watchdogClock: realTime,
+                    carefulGate: carefulGate, crashContainment: crashContainment, metricsFactory: metricsFactory,
+                    tracer: tracer)
                 var loop = SupervisorLoop(
-                    host: self, handlers: handlers, consumer: consumer, producer: producer,
+                    host: self, environment: environment, handlers: handlers, consumer: consumer, producer: producer,
                     deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor,
                     tripUpdates: controlWriter == nil ? nil : tripUpdate, control: shardControl, logger: logger)
                 for await item in inputs {

@@ -52,12 +52,12 @@ extension SupervisorLoop {
         guard !shuttingDown, handlers[topicPartition.topic] != nil,
             let messages = consumer.shardMessages(for: topicPartition)
         else { return }
-        let flag = host.flags.setting(for: topicPartition)
-        let policy = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
+        let flag = flags.setting(for: topicPartition)
+        let policy = (configuration.topics[topicPartition.topic] ?? TopicConfiguration()).breaker
         shards[topicPartition] = ShardSupervisor(
             topicPartition: topicPartition, policy: policy, flag: flag, messages: messages, now: clock.now,
-            stallAfter: host.configuration.stallAfter, unstartedAfter: Self.unstartedAfter,
-            perPartitionMetrics: host.configuration.perPartitionMetrics, metricsFactory: host.metricsFactory)
+            stallAfter: configuration.stallAfter, unstartedAfter: Self.unstartedAfter,
+            perPartitionMetrics: configuration.perPartitionMetrics, metricsFactory: metricsFactory)
         // Tripped on whichever host had it before: it stays tripped here (a crash loop does not restart on a
         // new owner); a reset or a flag cycle clears it for the group.
         if let trip = control?.trip(for: topicPartition) {
@@ -70,8 +70,7 @@ extension SupervisorLoop {
                     ["sluice.reason": "\(trip.reason)", "kafka.offset": "\(trip.offset.map(String.init) ?? "-")"]))
             await transition(topicPartition, group: &group) { $0.assignedTripped(now: now, reason: trip.reason) }
             // Held at a quarantined message on its last owner: released here when the quarantine is.
-            if let quarantine = host.crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined
-            {
+            if let quarantine = crashContainment?.quarantine(for: topicPartition), quarantine.state == .quarantined {
                 shards[topicPartition]?.heldByQuarantine = quarantine.offset
             }
             return
@@ -88,7 +87,7 @@ extension SupervisorLoop {
         // done, a hundred times the topic's in-flight limit above the commit, and below the high watermark.
         let maximumDone = Dictionary(
             uniqueKeysWithValues: progress.keys.map {
-                ($0, Int64(100 * max(1, (host.configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight)))
+                ($0, Int64(100 * max(1, (configuration.topics[$0.topic] ?? TopicConfiguration()).maxInFlight)))
             })
         group.addTask { [consumer, logger] in
             var committed: [TopicPartition: TopicPartitionOffset] = [:]
@@ -142,7 +141,7 @@ extension SupervisorLoop {
         for topicPartition in revocation.partitions where shards[topicPartition] != nil {
             await transition(topicPartition, group: &group) { $0.stop() }
         }
-        let deadline = clock.now + host.configuration.revokeTimeout
+        let deadline = clock.now + configuration.revokeTimeout
         group.addTask { [input, clock] in
             try? await clock.sleep(until: deadline)
             if !Task.isCancelled { input.yield(.revocationDeadline(identifier)) }

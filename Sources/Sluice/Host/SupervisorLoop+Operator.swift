@@ -28,7 +28,7 @@ extension SupervisorLoop {
     /// Shards held at a quarantined message start again once it is released or skipped (the control plane
     /// or the state directory says so), looked at every tick.
     mutating func releaseQuarantineHolds(group: inout DiscardingTaskGroup) async {
-        guard let containment = host.crashContainment else { return }
+        guard let containment = crashContainment else { return }
         let quarantines = containment.quarantines
         // Suspects handled past without a death are cleared.
         clearingSuspects = clearingSuspects.filter { quarantines[$0]?.state == .suspect }
@@ -38,8 +38,8 @@ extension SupervisorLoop {
                 watermark >= suspect.range.upperBound
             else { continue }
             clearingSuspects.insert(topicPartition)
-            group.addTask { [host, logger] in
-                await containment.clearSuspect(topicPartition, configuration: host.configuration, logger: logger)
+            group.addTask { [configuration, logger] in
+                await containment.clearSuspect(topicPartition, configuration: configuration, logger: logger)
             }
         }
         for (topicPartition, shard) in shards.filter({ $0.value.heldByQuarantine != nil }).sorted(by: {
@@ -69,7 +69,7 @@ extension SupervisorLoop {
     mutating func flagsChanged(group: inout DiscardingTaskGroup) async {
         for topicPartition in shards.keys.sorted() {
             guard var shard = shards[topicPartition] else { continue }
-            let setting = host.flags.setting(for: topicPartition)
+            let setting = flags.setting(for: topicPartition)
             guard setting != shard.flag else { continue }
             let changed = setting.enabled != shard.flag.enabled
             if setting.rate != shard.flag.rate {

@@ -18,7 +18,7 @@ extension SupervisorLoop {
         shard.backpressured = false
         shard.abandoned = (shard.abandoned + [pipeline]).filter { $0.callsInProgress > 0 }
         let abandonedCalls = shard.abandonedCalls
-        let limit = (host.configuration.topics[topicPartition.topic] ?? TopicConfiguration()).maxAbandonedCalls
+        let limit = (configuration.topics[topicPartition.topic] ?? TopicConfiguration()).maxAbandonedCalls
         var crashReason: String?
         var quarantined = false
         if case .crashed(let crash) = outcome {
@@ -66,16 +66,16 @@ extension SupervisorLoop {
         }
         let pipeline = ShardPipeline(
             topicPartition: topicPartition, generation: registry.nextPipelineID(),
-            configuration: host.configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
+            configuration: configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
             handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
             flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-            drainTimeout: host.configuration.drainTimeout, clock: clock, watchdogClock: host.realTime,
+            drainTimeout: configuration.drainTimeout, clock: clock, watchdogClock: watchdogClock,
             alreadyDone: shard.doneAboveRestart,
             metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
-            journal: host.crashContainment?.journal, quarantine: host.crashContainment?.quarantine(for: topicPartition),
-            carefulGate: host.carefulGate, tracer: host.tracer,
-            consumerGroup: host.configuration.kafka.group,
+            journal: crashContainment?.journal, quarantine: crashContainment?.quarantine(for: topicPartition),
+            carefulGate: carefulGate, tracer: tracer,
+            consumerGroup: configuration.kafka.group,
             inFlightBytes: inFlightBytes, onProgress: { [registry] in registry.progressed($0) }, logger: logger)
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages

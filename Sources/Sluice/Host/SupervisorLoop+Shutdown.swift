@@ -11,7 +11,7 @@ extension SupervisorLoop {
         for topicPartition in shards.keys.sorted() {
             await transition(topicPartition, group: &group) { $0.stop() }
         }
-        let deadline = clock.now + host.configuration.shutdownTimeout
+        let deadline = clock.now + configuration.shutdownTimeout
         group.addTask { [input, clock] in
             try? await clock.sleep(until: deadline)
             if !Task.isCancelled { input.yield(.shutdownDeadline) }

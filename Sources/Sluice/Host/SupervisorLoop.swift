@@ -1,15 +1,24 @@
 import Logging
 import Metrics
 import SluiceKafka
+import Tracing
 
 /// The host's supervisor: one loop that owns every shard's state machine. Each input (a Kafka event, a
 /// pipeline that ended, a timer, a flag change, a reset, a shutdown) is handled to completion before the
 /// next, so shard state needs no locks; long work runs in child tasks of the host's task group, which
 /// report back as inputs.
 struct SupervisorLoop {
-    let host: SluiceHost
+    /// What the loop tells its host (assignment, ticks, events) and reads from it (the shards' statuses).
+    let host: any SupervisorHost
+    let configuration: SluiceConfiguration
+    let flags: FlagResolver
     /// The shards' views, stored offsets and counters, read outside the loop.
     let registry: ShardRegistry
+    let watchdogClock: any HostClock
+    let carefulGate: CarefulGate
+    let crashContainment: CrashContainment?
+    let metricsFactory: any MetricsFactory
+    let tracer: (any Tracer)?
     /// The group's control plane (trips, commands), when on.
     let control: (any ShardControlState)?
     let handlers: [String: AnyHandler]
@@ -50,7 +59,8 @@ struct SupervisorLoop {
     static let stateNames = ["starting", "running", "draining", "off", "backingOff", "tripped", "stopped"]
 
     init(
-        host: SluiceHost, handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
+        host: any SupervisorHost, environment: Environment, handlers: [String: AnyHandler], consumer: any ShardConsumer,
+        producer: KafkaProducer?,
         deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
         handlerExecutor: (any TaskExecutor)?,
         tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
@@ -61,16 +71,23 @@ struct SupervisorLoop {
         self.tripUpdates = tripUpdates
         self.commandPosition = control?.appliedPosition ?? 0
         self.host = host
-        self.registry = host.registry
+        self.configuration = environment.configuration
+        self.flags = environment.flags
+        self.registry = environment.registry
+        self.watchdogClock = environment.watchdogClock
+        self.carefulGate = environment.carefulGate
+        self.crashContainment = environment.crashContainment
+        self.metricsFactory = environment.metricsFactory
+        self.tracer = environment.tracer
         self.handlers = handlers
         self.consumer = consumer
         self.producer = producer
         self.deadLetters = deadLetters
         self.input = input
         self.logger = logger
-        self.clock = host.clock
+        self.clock = environment.clock
         var gauges: [String: Gauge] = [:]
-        let factory = host.metricsFactory
+        let factory = environment.metricsFactory
         commitFailures = Counter(label: "sluice_commit_failures_total", factory: factory)
         for name in Self.stateNames {
             gauges[name] = Gauge(label: "sluice_shards", dimensions: [("state", name)], factory: factory)
@@ -129,9 +146,9 @@ struct SupervisorLoop {
             }
             let now = clock.now
             var abandonedByTopic: [String: Int] = Dictionary(
-                uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
+                uniqueKeysWithValues: configuration.topics.keys.map { ($0, 0) })
             var lagByTopic: [String: Int64] = Dictionary(
-                uniqueKeysWithValues: host.configuration.topics.keys.map { ($0, 0) })
+                uniqueKeysWithValues: configuration.topics.keys.map { ($0, 0) })
             for status in host.shards {
                 guard let shard = shards[status.topicPartition] else { continue }
                 shards[status.topicPartition]?.abandoned.removeAll { $0.callsInProgress == 0 }
@@ -144,12 +161,12 @@ struct SupervisorLoop {
             await releaseQuarantineHolds(group: &group)
             await carryOutCommands(group: &group)
             for (topic, calls) in abandonedByTopic {
-                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)], factory: host.metricsFactory)
+                Gauge(label: "sluice_handler_abandoned", dimensions: [("topic", topic)], factory: metricsFactory)
                     .record(calls)
             }
             // The topic's lag over this host's shards: kept when per-partition series are off.
             for (topic, lag) in lagByTopic {
-                Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)], factory: host.metricsFactory).record(
+                Gauge(label: "sluice_topic_lag", dimensions: [("topic", topic)], factory: metricsFactory).record(
                     lag)
             }
             host.noteTick()
