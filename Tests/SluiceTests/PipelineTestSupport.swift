@@ -102,12 +102,12 @@ enum PipelineFixture {
     ) -> ShardPipeline {
         ShardPipeline(
             topicPartition: TopicPartition("t", 0), generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters, flowControl: flowControl, drainTimeout: drainTimeout, clock: clock,
-            watchdogClock: watchdogClock,
-            backpressureGrace: backpressureGrace, alreadyDone: alreadyDone, laneExecutor: laneExecutor,
-            quarantine: quarantine,
-            carefulGate: carefulGate ?? CarefulGate(clock: watchdogClock),
-            tracer: tracer, consumerGroup: "g", inFlightBytes: inFlightBytes, logger: logger)
+            alreadyDone: alreadyDone, quarantine: quarantine,
+            environment: .init(
+                clock: clock, watchdogClock: watchdogClock, flowControl: flowControl, deadLetters: deadLetters,
+                drainTimeout: drainTimeout, backpressureGrace: backpressureGrace, laneExecutor: laneExecutor,
+                carefulGate: carefulGate ?? CarefulGate(clock: watchdogClock), tracer: tracer, consumerGroup: "g",
+                inFlightBytes: inFlightBytes, logger: logger))
     }
 
     /// Runs `pipeline` over `source` while moving `clock` on to each timer due within `step` of it (retry

@@ -67,16 +67,16 @@ extension SupervisorLoop {
         let pipeline = ShardPipeline(
             topicPartition: topicPartition, generation: registry.nextPipelineID(),
             configuration: configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
-            handler: handlers[topicPartition.topic]!, deadLetters: deadLetters,
-            flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-            drainTimeout: configuration.drainTimeout, clock: clock, watchdogClock: watchdogClock,
-            alreadyDone: shard.doneAboveRestart,
-            metrics: shard.pipelineMetrics, laneExecutor: handlerExecutor,
+            handler: handlers[topicPartition.topic]!, alreadyDone: shard.doneAboveRestart,
             predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
-            journal: crashContainment?.journal, quarantine: crashContainment?.quarantine(for: topicPartition),
-            carefulGate: carefulGate, tracer: tracer,
-            consumerGroup: configuration.kafka.group,
-            inFlightBytes: inFlightBytes, onProgress: { [registry] in registry.progressed($0) }, logger: logger)
+            quarantine: crashContainment?.quarantine(for: topicPartition), metrics: shard.pipelineMetrics,
+            environment: .init(
+                clock: clock, watchdogClock: watchdogClock,
+                flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
+                deadLetters: deadLetters, drainTimeout: configuration.drainTimeout, laneExecutor: handlerExecutor,
+                journal: crashContainment?.journal, carefulGate: carefulGate, tracer: tracer,
+                consumerGroup: configuration.kafka.group, inFlightBytes: inFlightBytes,
+                onProgress: { [registry] in registry.progressed($0) }, logger: logger))
         if let rate = shard.flag.rate { pipeline.setRate(rate) }
         let messages = shard.messages
         registry.pipelineStarted(pipeline)

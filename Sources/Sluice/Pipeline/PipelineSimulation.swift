@@ -26,10 +26,9 @@ package enum PipelineSimulation {
         let realTime = SystemHostClock(name: "sluice-simulation-timers")
         let pipeline = ShardPipeline(
             topicPartition: topicPartition, generation: 1, configuration: configuration, handler: handler,
-            deadLetters: deadLetters,
-            flowControl: NoFlowControl(), drainTimeout: configuration.handlerTimeout, clock: clock,
-            watchdogClock: realTime,
-            carefulGate: CarefulGate(clock: realTime), logger: logger)
+            environment: .init(
+                clock: clock, watchdogClock: realTime, flowControl: NoFlowControl(), deadLetters: deadLetters,
+                drainTimeout: configuration.handlerTimeout, carefulGate: CarefulGate(clock: realTime), logger: logger))
         let source = AsyncStream<[Message]> { continuation in
             continuation.yield(messages)
             continuation.finish()

@@ -145,31 +145,53 @@ final class ShardPipeline: Sendable {
     /// messages anyway (those are then handled at least once).
     static let groupProgressWait = Duration.seconds(5)
 
+    /// What a pipeline works with from its host: time, where handler code runs, where dead letters and
+    /// back-pressure go, the crash journal and careful gate, tracing, and whom to tell of progress.
+    struct Environment: Sendable {
+        /// The host's clock: drain timeout, retry backoffs, batch timeouts, back-pressure grace, rate.
+        var clock: any HostClock
+        /// Real time, for the handler watchdog and abandoned calls.
+        var watchdogClock: any HostClock
+        var flowControl: any ShardFlowControl
+        var deadLetters: (any DeadLetterSink)?
+        var drainTimeout: Duration
+        var backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace
+        /// Where lanes (and so handler code) run; nil for the default executor.
+        var laneExecutor: (any TaskExecutor)? = nil
+        /// Where lanes note the message in their handler, so a trap is blamed on it after the restart.
+        var journal: CrashJournal? = nil
+        var carefulGate: CarefulGate
+        /// Spans per handler call; nil: tracing off.
+        var tracer: (any Tracer)? = MessageTracing.bootstrapped()
+        var consumerGroup: String? = nil
+        /// The bytes the shard may have in flight now; nil: only `maxInFlight` bounds it.
+        var inFlightBytes: (@Sendable () -> Int?)? = nil
+        /// Told when the watermark may have moved.
+        var onProgress: (@Sendable (ShardPipeline) -> Void)? = nil
+        var logger: Logger
+    }
+
+    /// Creates the pipeline of one run of a shard: `alreadyDone` offsets (done by an earlier pipeline of the
+    /// assignment) are completed without a call, `predecessors` with abandoned calls are waited for, the group's
+    /// progress is read from `groupProgress`, and `quarantine` says what a message that killed the process gets.
     init(
-        topicPartition: TopicPartition,
-        generation: UInt64,
-        configuration: TopicConfiguration,
-        handler: AnyHandler,
-        deadLetters: (any DeadLetterSink)?,
-        flowControl: any ShardFlowControl,
-        drainTimeout: Duration,
-        clock: any HostClock,
-        watchdogClock: any HostClock,
-        backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace,
-        alreadyDone: Set<Int64> = [],
-        metrics: Metrics? = nil,
-        laneExecutor: (any TaskExecutor)? = nil,
-        predecessors: [ShardPipeline] = [],
-        groupProgress: GroupProgress? = nil,
-        journal: CrashJournal? = nil,
-        quarantine: Quarantine? = nil,
-        carefulGate: CarefulGate,
-        tracer: (any Tracer)? = MessageTracing.bootstrapped(),
-        consumerGroup: String? = nil,
-        inFlightBytes: (@Sendable () -> Int?)? = nil,
-        onProgress: (@Sendable (ShardPipeline) -> Void)? = nil,
-        logger: Logger
+        topicPartition: TopicPartition, generation: UInt64, configuration: TopicConfiguration, handler: AnyHandler,
+        alreadyDone: Set<Int64> = [], predecessors: [ShardPipeline] = [], groupProgress: GroupProgress? = nil,
+        quarantine: Quarantine? = nil, metrics: Metrics? = nil, environment: Environment
     ) {
+        let deadLetters = environment.deadLetters
+        let flowControl = environment.flowControl
+        let drainTimeout = environment.drainTimeout
+        let clock = environment.clock
+        let watchdogClock = environment.watchdogClock
+        let backpressureGrace = environment.backpressureGrace
+        let laneExecutor = environment.laneExecutor
+        let journal = environment.journal
+        let carefulGate = environment.carefulGate
+        let tracer = environment.tracer
+        let consumerGroup = environment.consumerGroup
+        let inFlightBytes = environment.inFlightBytes
+        let onProgress = environment.onProgress
         self.onProgress = onProgress
         self.inFlightBytes = inFlightBytes
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
@@ -193,7 +215,7 @@ final class ShardPipeline: Sendable {
         self.clock = clock
         self.watchdogClock = watchdogClock
         self.backpressureGrace = backpressureGrace
-        var logger = logger
+        var logger = environment.logger
         logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
         logger[metadataKey: "kafka.partition"] = "\(topicPartition.partition)"
         logger[metadataKey: "sluice.generation"] = "\(generation)"
