@@ -44,11 +44,11 @@ extension ShardPipeline {
             since.store(0, ordering: .releasing)
         }
 
-        /// How long the current call has run (at `now`, ``MonotonicNanoseconds``), or nil while idle.
-        func running(now: Int64) -> (Duration, Int64)? {
+        /// The current handler call (when it started, its first offset), or nil while idle.
+        var call: HandlerWatchdog.Call? {
             let started = since.load(ordering: .acquiring)
             guard started != 0 else { return nil }
-            return (.nanoseconds(now - started), offset.load(ordering: .relaxed))
+            return HandlerWatchdog.Call(started: started, offset: offset.load(ordering: .relaxed))
         }
     }
 }

@@ -74,6 +74,8 @@ final class ShardPipeline: Sendable {
     let configuration: TopicConfiguration
     /// `configuration.handlerTimeout` in nanoseconds, for the per-call check.
     let handlerTimeoutNanoseconds: Int64
+    /// Which running call is past `handlerTimeout`, and when to look again.
+    let watchdog: HandlerWatchdog
     let handler: AnyHandler
     let deadLetters: (any DeadLetterSink)?
     let flowControl: any ShardFlowControl
@@ -223,6 +225,7 @@ final class ShardPipeline: Sendable {
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
         self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
+        self.watchdog = HandlerWatchdog(timeoutNanoseconds: configuration.handlerTimeout.nanoseconds)
         self.activities = (0..<lanes).map { _ in
             LaneActivity(journal: journal?.acquire(topicPartition, generation: generation))
         }
@@ -254,8 +257,7 @@ final class ShardPipeline: Sendable {
     /// Handler calls in progress. After ``run(source:)`` returned, these are calls it abandoned (past
     /// `handlerTimeout`, or past the drain timeout): Swift cannot stop them.
     var callsInProgress: Int {
-        let now = MonotonicNanoseconds.now()
-        return activities.reduce(0) { $0 + ($1.running(now: now) == nil ? 0 : 1) }
+        activities.reduce(0) { $0 + ($1.call == nil ? 0 : 1) }
     }
 
     /// Messages taken from the partition and not yet done.
@@ -404,11 +406,10 @@ final class ShardPipeline: Sendable {
 
     /// True once a stop was requested or the pipeline crashed; crashes a shard whose handler is stuck.
     func stopOrCrash() -> Bool {
-        let now = MonotonicNanoseconds.now()
         let limit = configuration.handlerTimeout
-        let stuck = activities.lazy.compactMap { $0.running(now: now) }.first { $0.0 > limit }
+        let stuck = watchdog.overdue(activities.lazy.compactMap(\.call), now: MonotonicNanoseconds.now())
         let (stopped, timedOutOffset) = state.withLock { state -> (Bool, Int64?) in
-            if state.crash == nil, let (_, offset) = stuck {
+            if state.crash == nil, let offset = stuck?.offset {
                 state.crash = ShardCrash(reason: .handlerTimeout(limit), offset: offset)
                 return (true, offset)
             }
@@ -428,18 +429,13 @@ final class ShardPipeline: Sendable {
     /// notices a timeout when it happens and an idle shard costs a wake-up per `handlerTimeout`, not four a
     /// second (40,000 timer wake-ups a second at 10,000 shards). At most a minute, at least 10 ms.
     func untilNextTimeout() -> Duration {
-        let now = MonotonicNanoseconds.now()
-        let longest = activities.lazy.compactMap { $0.running(now: now)?.0 }.max() ?? .zero
-        let left = configuration.handlerTimeout - longest
-        return min(max(left, .milliseconds(10)), .seconds(60))
+        .nanoseconds(watchdog.recheckAfter(activities.lazy.compactMap(\.call), now: MonotonicNanoseconds.now()))
     }
 
     /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
     /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
     func noLaneMakingProgress(_ state: State, now: Int64) -> Bool {
-        activities.allSatisfy { activity in
-            activity.running(now: now).map { $0.0 > configuration.handlerTimeout } ?? true
-        }
+        activities.allSatisfy { activity in activity.call.map { watchdog.isOverdue($0, now: now) } ?? true }
     }
 
     func crash(_ crash: ShardCrash) {
