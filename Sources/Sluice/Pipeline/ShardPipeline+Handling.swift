@@ -8,15 +8,11 @@ import Tracing
 /// dead-letter), suspects one at a time, the watched dead-letter write.
 extension ShardPipeline {
     func process(_ unit: ArraySlice<Message>, lane: Int) async {
-        if !quarantined.isEmpty, unit.contains(where: { isQuarantined($0.offset) }) {
-            await processQuarantined(unit, lane: lane)
-            return
+        switch quarantineGate.route(unit) {
+        case .quarantined: await processQuarantined(unit, lane: lane)
+        case .suspects: await processCarefully(unit, lane: lane)
+        case .usual: await processUnit(unit, lane: lane)
         }
-        if !suspects.isEmpty, unit.contains(where: { suspects.contains($0.offset) }) {
-            await processCarefully(unit, lane: lane)
-            return
-        }
-        await processUnit(unit, lane: lane)
     }
 
     /// Suspects of an unattributed death one at a time, alone in the process (their journal slot says
@@ -24,11 +20,12 @@ extension ShardPipeline {
     func processCarefully(_ unit: ArraySlice<Message>, lane: Int) async {
         for message in unit {
             if crashed.load(ordering: .acquiring) || halted { return }
-            guard suspects.contains(message.offset) else {
+            guard quarantineGate.isSuspect(message.offset) else {
                 await processUnit([message], lane: lane)
                 continue
             }
             activities[lane].enter(.carefulGate)
+            let carefulGate = quarantineGate.carefulGate
             let acquired = await carefulGate.acquire(holdFor: configuration.handlerTimeout, giveUp: { self.halted })
             activities[lane].enter(.processing)
             guard let turn = acquired else { return }

@@ -88,7 +88,7 @@ extension ShardPipeline {
         var callStarted = MonotonicNanoseconds.now()
         while let message = remaining.first {
             if halted { return LaneRun([]) }
-            if isQuarantined(message.offset) || suspects.contains(message.offset) {
+            if quarantineGate.holds(message.offset) {
                 flush(activity)
                 await process(remaining.prefix(1).slice, lane: lane)
                 return remaining.dropFirst()

@@ -7,24 +7,19 @@ import Tracing
 /// Quarantined messages (docs/architecture.md §12): skipped, dead-lettered or held, per the quarantine and
 /// `onCrash.then`.
 extension ShardPipeline {
-    /// Whether `offset` is under the quarantine (and it was not set aside).
-    func isQuarantined(_ offset: Int64) -> Bool {
-        quarantined.contains(offset) && !quarantineSetAside.load(ordering: .relaxed)
-    }
-
     /// A unit holding a quarantined message (docs/architecture.md §12): the messages before it are handled as usual;
     /// the quarantined ones are skipped (an operator released them), dead-lettered with their crash report,
     /// or hold the shard there (`onCrash.then: stop`); the rest of the unit waits behind them.
     func processQuarantined(_ unit: ArraySlice<Message>, lane: Int) async {
-        guard let quarantine, let index = unit.firstIndex(where: { quarantined.contains($0.offset) }) else { return }
+        let quarantined = quarantineGate.quarantined
+        guard let quarantine = quarantineGate.quarantine,
+            let index = unit.firstIndex(where: { quarantined.contains($0.offset) })
+        else { return }
         if index > unit.startIndex {
             await processUnit(unit[..<index], lane: lane)
             if crashed.load(ordering: .acquiring) || halted { return }
         }
-        if unit[index].offset == quarantine.offset,
-            !quarantine.isOfMessage(timestamp: unit[index].timestampMilliseconds)
-        {
-            quarantineSetAside.store(true, ordering: .relaxed)
+        if quarantineGate.setAsideIfNotItsMessage(unit[index]) {
             logger.warning(
                 "the quarantine names another message than the one at its offset now (the topic was deleted and recreated?): set aside, the message is handled",
                 metadata: [

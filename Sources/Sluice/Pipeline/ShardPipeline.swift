@@ -122,17 +122,8 @@ final class ShardPipeline: Sendable {
     let rateLimit = Mutex<TokenBucket?>(nil)
     /// Where lanes note the message in their handler, so a trap is blamed on it after the restart.
     let journal: CrashJournal?
-    /// A message that killed the process before, and what it gets here.
-    let quarantine: Quarantine?
-    /// The offsets ``quarantine`` covers (empty when there is none, or while its deaths are only counted).
-    let quarantined: Range<Int64>
-    /// Set when the message at the quarantine's offset is not the one it recorded (the topic was deleted and
-    /// recreated): the quarantine is set aside and its offsets are handled as usual.
-    let quarantineSetAside = Atomic<Bool>(false)
-    /// Suspects of an unattributed death: handled one at a time, host-wide.
-    let suspects: Range<Int64>
-    /// The host's gate that lets one suspect at a time into a handler call.
-    let carefulGate: CarefulGate
+    /// A message that killed the process before, what it gets here, and the suspects handled one at a time.
+    let quarantineGate: QuarantineGate
     /// Spans per handler call, when a tracer is bootstrapped (nil: tracing off, nothing per message).
     let tracing: MessageTracing?
     /// The bytes this shard may have in flight now (its share of the host's memory budget, which changes
@@ -198,11 +189,7 @@ final class ShardPipeline: Sendable {
         self.inFlightBytes = inFlightBytes
         self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
         self.journal = journal
-        self.quarantine = quarantine
-        self.carefulGate = carefulGate
-        self.quarantined =
-            quarantine.map { [.quarantined, .skip, .deadLetter].contains($0.state) ? $0.range : 0..<0 } ?? 0..<0
-        self.suspects = quarantine.map { $0.state == .suspect ? $0.range : 0..<0 } ?? 0..<0
+        self.quarantineGate = QuarantineGate(quarantine: quarantine, carefulGate: carefulGate)
         self.predecessors = predecessors
         self.groupProgress = groupProgress
         self.laneExecutor = laneExecutor
