@@ -172,38 +172,27 @@ final class ShardPipeline: Sendable {
         alreadyDone: Set<Int64> = [], predecessors: [ShardPipeline] = [], groupProgress: GroupProgress? = nil,
         quarantine: Quarantine? = nil, metrics: Metrics? = nil, environment: Environment
     ) {
-        let deadLetters = environment.deadLetters
-        let flowControl = environment.flowControl
-        let drainTimeout = environment.drainTimeout
-        let clock = environment.clock
-        let watchdogClock = environment.watchdogClock
-        let backpressureGrace = environment.backpressureGrace
-        let laneExecutor = environment.laneExecutor
-        let journal = environment.journal
-        let carefulGate = environment.carefulGate
-        let tracer = environment.tracer
-        let consumerGroup = environment.consumerGroup
-        let inFlightBytes = environment.inFlightBytes
-        let onProgress = environment.onProgress
-        self.onProgress = onProgress
-        self.inFlightBytes = inFlightBytes
-        self.tracing = tracer.map { MessageTracing(tracer: $0, topicPartition: topicPartition, group: consumerGroup) }
-        self.journal = journal
-        self.quarantineGate = QuarantineGate(quarantine: quarantine, carefulGate: carefulGate)
+        self.onProgress = environment.onProgress
+        self.inFlightBytes = environment.inFlightBytes
+        self.tracing = environment.tracer.map {
+            MessageTracing(tracer: $0, topicPartition: topicPartition, group: environment.consumerGroup)
+        }
+        self.journal = environment.journal
+        self.quarantineGate = QuarantineGate(quarantine: quarantine, carefulGate: environment.carefulGate)
         self.predecessors = predecessors
         self.groupProgress = groupProgress
-        self.laneExecutor = laneExecutor
+        self.laneExecutor = environment.laneExecutor
         self.metrics = metrics ?? Metrics(topic: topicPartition.topic)
         self.topicPartition = topicPartition
         self.generation = generation
         self.configuration = configuration
         self.handler = handler
-        self.deadLetters = deadLetters
-        self.flowControl = flowControl
-        self.drainTimeout = drainTimeout
-        self.clock = clock
-        self.watchdogClock = watchdogClock
-        self.backpressureGrace = backpressureGrace
+        self.deadLetters = environment.deadLetters
+        self.flowControl = environment.flowControl
+        self.drainTimeout = environment.drainTimeout
+        self.clock = environment.clock
+        self.watchdogClock = environment.watchdogClock
+        self.backpressureGrace = environment.backpressureGrace
         var logger = environment.logger
         logger[metadataKey: "kafka.topic"] = "\(topicPartition.topic)"
         logger[metadataKey: "kafka.partition"] = "\(topicPartition.partition)"
@@ -214,9 +203,10 @@ final class ShardPipeline: Sendable {
         self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
         self.watchdog = HandlerWatchdog(timeoutNanoseconds: configuration.handlerTimeout.nanoseconds)
         self.activities = (0..<lanes).map { _ in
-            LaneActivity(journal: journal?.acquire(topicPartition, generation: generation))
+            LaneActivity(journal: environment.journal?.acquire(topicPartition, generation: generation))
         }
-        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: clock) }
+        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: environment.clock)
+        }
     }
 
     /// The offset to commit: everything before it is done. Nil before the first message.
