@@ -87,7 +87,7 @@ extension ShardPipeline {
         let endedAt = MonotonicNanoseconds.now()
         let took = endedAt - startedAt
         metrics.handlerDuration.recordNanoseconds(took)
-        if Task.isCancelled || took > handlerTimeoutNanoseconds {
+        if Task.isCancelled || took > watchdog.timeoutNanoseconds {
             activity.end()
             return (.abandoned, endedAt)
         }

@@ -125,7 +125,7 @@ extension ShardPipeline {
             } else {
                 await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
             }
-        let inTime = MonotonicNanoseconds.now() - started <= handlerTimeoutNanoseconds
+        let inTime = MonotonicNanoseconds.now() - started <= watchdog.timeoutNanoseconds
         let written = zip(unit, outcomes).filter { $0.1 == nil }.map(\.0)
         var counted = 0
         if inTime, !Task.isCancelled, !written.isEmpty {

@@ -72,8 +72,6 @@ final class ShardPipeline: Sendable {
     let topicPartition: TopicPartition
     let generation: UInt64
     let configuration: TopicConfiguration
-    /// `configuration.handlerTimeout` in nanoseconds, for the per-call check.
-    let handlerTimeoutNanoseconds: Int64
     /// Which running call is past `handlerTimeout`, and when to look again.
     let watchdog: HandlerWatchdog
     let handler: AnyHandler
@@ -200,7 +198,6 @@ final class ShardPipeline: Sendable {
         self.logger = logger
         let lanes = configuration.laneCount
         self.state = Mutex(State(alreadyDone: alreadyDone))
-        self.handlerTimeoutNanoseconds = configuration.handlerTimeout.nanoseconds
         self.watchdog = HandlerWatchdog(timeoutNanoseconds: configuration.handlerTimeout.nanoseconds)
         self.activities = (0..<lanes).map { _ in
             LaneActivity(journal: environment.journal?.acquire(topicPartition, generation: generation))
