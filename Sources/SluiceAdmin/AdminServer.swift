@@ -194,28 +194,17 @@ public struct AdminServer: Service {
                 case .success(let parsed): topicPartition = parsed
                 case .failure(let failure): return failure.response
                 }
-                let object: [String: Any]
-                switch await jsonObject(request, like: #"{"offset": 42, "reason": "..."}"#) {
-                case .success(let parsed): object = parsed
+                let body: AdminRequestBodies.Release
+                switch await decodeBody(
+                    AdminRequestBodies.Release.self, request, like: #"{"offset": 42, "reason": "..."}"#)
+                {
+                case .success(let parsed): body = parsed
                 case .failure(let failure): return failure.response
                 }
-                struct Refused: Error { let detail: String }
-                let fields = JSONFields(object) { _, detail in Refused(detail: detail) }
-                let offset: Int64
-                do {
-                    guard let given = try fields.int64("offset", in: InputLimits.offsets) else {
-                        return problem(
-                            .badRequest,
-                            "\"offset\" is required: the quarantined message's offset, as `sluice status` shows it")
-                    }
-                    offset = given
-                } catch {
-                    return problem(.badRequest, (error as? Refused)?.detail ?? "\"offset\" must be an integer")
-                }
+                let offset = body.offset
                 do throws(OperatorActions.Refusal) {
                     try await actions.release(
-                        topicPartition, as: release, offset: offset, who: caller(request),
-                        reason: object["reason"] as? String)
+                        topicPartition, as: release, offset: offset, who: caller(request), reason: body.reason)
                 } catch {
                     return refused(error)
                 }
@@ -234,37 +223,12 @@ public struct AdminServer: Service {
         case .success(let parsed): key = parsed
         case .failure(let failure): return failure.response
         }
-        let object: [String: Any]
-        switch await jsonObject(request, like: #"{"enabled": false, "reason": "..."}"#) {
-        case .success(let parsed): object = parsed
+        let body: AdminRequestBodies.Flag
+        switch await decodeBody(AdminRequestBodies.Flag.self, request, like: #"{"enabled": false, "reason": "..."}"#) {
+        case .success(let parsed): body = parsed
         case .failure(let failure): return failure.response
         }
-        let unknown = Set(object.keys).subtracting(["enabled", "reason", "rate"])
-        guard unknown.isEmpty else {
-            return problem(
-                .badRequest,
-                "unknown field(s) \(unknown.sorted().joined(separator: ", ")); allowed: enabled, reason, rate")
-        }
-        // A rate ("200/s", or 200) slows the shards instead of stopping them.
-        var rate: Double?
-        if let value = object["rate"] {
-            let text = (value as? String) ?? (value as? NSNumber).map { "\($0)/s" } ?? ""
-            guard let parsed = ControlRecord.parseRate(text) else {
-                return problem(
-                    .badRequest, "\"rate\" must be messages a second, from 0.001 to 1000000, as 200 or \"200/s\"")
-            }
-            rate = parsed
-            if object["enabled"] as? Bool == false {
-                return problem(.badRequest, "a rate flag runs the shards it covers: \"enabled\" must be true or absent")
-            }
-        }
-        guard let enabled = rate != nil ? true : object["enabled"] as? Bool,
-            rate != nil || object["enabled"].map(JSONFields.isBoolean) == true
-        else {
-            return problem(.badRequest, "\"enabled\" (true or false) or \"rate\" is required")
-        }
-        let reason = object["reason"] as? String
-        if object["reason"] != nil, reason == nil { return problem(.badRequest, "\"reason\" must be a string") }
+        let (enabled, rate, reason) = (body.enabled, body.rate, body.reason)
         do throws(OperatorActions.Refusal) {
             let offset = try await actions.setFlag(
                 key, enabled: enabled, rate: rate, reason: reason, who: caller(request))
@@ -315,7 +279,9 @@ public struct AdminServer: Service {
 
     /// The request's body as a JSON object, or a 413 (over `admin.maxBodyBytes`) or 400 naming the problem;
     /// `example` shows the shape wanted.
-    private func jsonObject(_ request: Request, like example: String) async -> Result<[String: Any], BadRequest> {
+    private func decodeBody<Body: Decodable>(_ type: Body.Type, _ request: Request, like example: String) async
+        -> Result<Body, BadRequest>
+    {
         var request = request
         let body: ByteBuffer
         do {
@@ -326,15 +292,20 @@ public struct AdminServer: Service {
                     response: problem(
                         .contentTooLarge, "the request body is larger than \(settings.maxBodyBytes) bytes")))
         }
+        let data = Data(buffer: body)
         do {
-            guard let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+            guard try JSONSerialization.jsonObject(with: data) is [String: Any] else {
                 return .failure(
                     BadRequest(response: problem(.badRequest, "the body must be a JSON object like \(example)")))
             }
-            return .success(object)
         } catch {
             return .failure(
                 BadRequest(response: problem(.badRequest, "the body is not valid JSON: \(error.localizedDescription)")))
+        }
+        do {
+            return .success(try CheckedJSON.decode(type, from: data))
+        } catch {
+            return .failure(BadRequest(response: problem(.badRequest, error.detail)))
         }
     }
 
@@ -398,93 +369,14 @@ public struct AdminServer: Service {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
-    /// One shard in `GET /v1/shards`. Encoded with `JSONEncoder`: at 10,000 shards, dictionaries through
-    /// `JSONSerialization` took 2 s a request.
-    struct ShardDocument: Encodable {
-        struct Flag: Encodable {
-            var enabled: Bool
-            var source: String
-        }
-        struct QuarantineDocument: Encodable {
-            var offset: Int64
-            var count: Int
-            var crashes: Int
-            var state: String
-            var signal: String
-            var host: String
-            var atMillis: Int64
-            var summary: String
-            var who: String?
-            var reason: String?
-            var report: String?
-        }
-        var topic: String
-        var partition: Int
-        var state: String
-        var pauseReasons: [String]
-        var attempt: Int
-        var inFlight: Int
-        var processed: Int
-        var failed: Int
-        var skipped: Int
-        var deadLettered: Int
-        var flag: Flag
-        var lastError: String?
-        var committedOffset: Int64?
-        var highWatermark: Int64?
-        var lag: Int64?
-        var lagSeconds: Double?
-        var stalledForSeconds: Double?
-        var abandonedCalls: Int?
-        var quarantine: QuarantineDocument?
-        var rate: Double?
-        var position: Int64?
-        var restartInSeconds: Double?
-        var trippedReason: String?
-
-        init(_ shard: ShardStatus) {
-            topic = shard.topicPartition.topic
-            partition = Int(shard.topicPartition.partition)
-            state = shard.state.name
-            pauseReasons = shard.pauseReasons.map(\.name).sorted()
-            attempt = shard.attempt
-            inFlight = shard.inFlight
-            processed = shard.processed
-            failed = shard.failed
-            skipped = shard.skipped
-            deadLettered = shard.deadLettered
-            flag = Flag(enabled: shard.flag.enabled, source: shard.flag.source)
-            lastError = shard.lastError
-            committedOffset = shard.storedOffset ?? shard.committedOffset
-            highWatermark = shard.highWatermark
-            lag = shard.lag
-            lagSeconds = shard.lagSeconds
-            stalledForSeconds = shard.stalledSince.map { AdminServer.seconds(.now - $0) }
-            abandonedCalls = shard.abandonedCalls > 0 ? shard.abandonedCalls : nil
-            quarantine = shard.quarantine.map { quarantine in
-                QuarantineDocument(
-                    offset: quarantine.offset, count: quarantine.count, crashes: quarantine.crashes,
-                    state: quarantine.state.rawValue,
-                    signal: quarantine.signal, host: quarantine.host, atMillis: quarantine.atMilliseconds,
-                    summary: quarantine.summary,
-                    who: quarantine.who, reason: quarantine.reason, report: quarantine.report)
-            }
-            rate = shard.flag.rate
-            position = shard.position
-            switch shard.state {
-            case .backingOff(_, let until): restartInSeconds = max(0, AdminServer.seconds(until - .now))
-            case .tripped(_, let reason): trippedReason = reason
-            default: break
-            }
-        }
-    }
-
     /// `{"shards": [...]}`, keys sorted.
     static func shardsResponse(_ shards: [ShardStatus]) -> Response {
-        struct Document: Encodable { var shards: [ShardDocument] }
+        // Encoded with `JSONEncoder`: at 10,000 shards, dictionaries through `JSONSerialization` took 2 s a request.
+        struct Document: Encodable { var shards: [ShardReport] }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        guard let data = try? encoder.encode(Document(shards: shards.map(ShardDocument.init))) else {
+        let now = ContinuousClock.now
+        guard let data = try? encoder.encode(Document(shards: shards.map { ShardReport($0, now: now) })) else {
             return problem(.internalServerError, "the shards could not be encoded")
         }
         var headers = HTTPFields()

@@ -31,6 +31,22 @@ struct AdminClient {
     /// Sends a request; returns the decoded JSON object of a 2xx answer, throws a ``Failure`` naming the
     /// host's error otherwise.
     func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> [String: Any] {
+        let data = try await send(method, path, body: body)
+        return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+    }
+
+    /// `GET path`, its answer read as `type` with every field checked (the answer comes from outside the process).
+    func get<T: Decodable>(_ path: String, as type: T.Type) async throws -> T {
+        let data = try await send("GET", path, body: nil)
+        do {
+            return try CheckedJSON.decode(type, from: data)
+        } catch {
+            throw Failure(description: "the host's answer to GET \(path) cannot be read: \(error.detail)")
+        }
+    }
+
+    /// Sends a request; returns the body of a 2xx answer, throws a ``Failure`` naming the host's error otherwise.
+    private func send(_ method: String, _ path: String, body: [String: Any]?) async throws -> Data {
         guard let url = URL(string: options.admin.trimmingCharacters(in: CharacterSet(charactersIn: "/")) + path) else {
             throw Failure(description: "--admin '\(options.admin)' is not a URL")
         }
@@ -57,12 +73,12 @@ struct AdminClient {
                 description: "cannot reach the Sluice admin API at \(options.admin): \(error.localizedDescription)")
         }
         let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
         guard (200..<300).contains(status) else {
-            let message = object["error"] as? String ?? String(decoding: data, as: UTF8.self)
+            let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+            let message = object["error"] as? String ?? String(decoding: data.prefix(4_096), as: UTF8.self)
             throw Failure(description: "the host refused (\(status)): \(message)")
         }
-        return object
+        return data
     }
 }
 

@@ -270,7 +270,7 @@ struct ControlOptions: ParsableArguments {
         let (bootstrap, topic, logger) = target
         let records = try await read(topic: topic, bootstrap: bootstrap, logger: logger)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        var owned: [(shard: String, host: String, state: String, detail: ControlHostStatus.Shard?)] = []
+        var owned: [(shard: String, host: String, state: String, detail: ShardReport?)] = []
         for (identity, status) in records.hosts where status.isLive(now: now, window: 15_000) {
             for (shard, state) in status.shards { owned.append((shard, identity, state, status.details[shard])) }
         }

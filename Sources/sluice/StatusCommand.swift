@@ -25,7 +25,8 @@ struct StatusCommand: AsyncParsableCommand {
                 try await control.listShards()
                 return
             }
-            let answer = try await AdminClient(options: options).call("GET", "/v1/shards")
+            struct Answer: Decodable { var shards: [ShardReport] }
+            let answer = try await AdminClient(options: options).get("/v1/shards", as: Answer.self)
             var rows = [
                 [
                     "SHARD", "STATE", "FLAG", "PAUSED", "ATTEMPT", "COMMITTED", "LAG", "LAG AGE", "PROCESSED", "FAILED",
@@ -33,28 +34,20 @@ struct StatusCommand: AsyncParsableCommand {
                 ]
             ]
             var quarantines: [String] = []
-            for shard in answer["shards"] as? [[String: Any]] ?? [] {
-                let flag = shard["flag"] as? [String: Any] ?? [:]
-                let stalled = (shard["stalledForSeconds"] as? Double).map { " (stalled \(Int($0)) s)" } ?? ""
+            for shard in answer.shards {
+                let stalled = shard.stalledForSeconds.map { " (stalled \(Int($0)) s)" } ?? ""
                 rows.append([
-                    "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0)",
-                    (shard["state"] as? String ?? "") + stalled,
-                    (flag["enabled"] as? Bool ?? true) ? "on" : "off",
-                    (shard["pauseReasons"] as? [String] ?? []).joined(separator: ","),
-                    "\(shard["attempt"] as? Int ?? 0)",
-                    (shard["committedOffset"] as? Int).map(String.init) ?? "-",
-                    (shard["lag"] as? Int).map(String.init) ?? "-",
-                    (shard["lagSeconds"] as? Double).map { String(format: "%.1fs", $0) } ?? "-",
-                    "\(shard["processed"] as? Int ?? 0)",
-                    "\(shard["failed"] as? Int ?? 0)",
-                    String((shard["lastError"] as? String ?? "").prefix(60)),
+                    shard.topicPartition.description, shard.state + stalled,
+                    shard.flag?.enabled ?? true ? "on" : "off",
+                    shard.pauseReasons.joined(separator: ","), "\(shard.attempt)",
+                    shard.committedOffset.map(String.init) ?? "-", shard.lag.map(String.init) ?? "-",
+                    shard.lagSeconds.map { String(format: "%.1fs", $0) } ?? "-",
+                    "\(shard.processed)", "\(shard.failed)", String((shard.lastError ?? "").prefix(60)),
                 ])
-                if let quarantine = shard["quarantine"] as? [String: Any] {
-                    quarantines.append(
-                        "\(shard["topic"] as? String ?? "")/\(shard["partition"] as? Int ?? 0) \(quarantine["state"] as? String ?? ""): "
-                            + (quarantine["summary"] as? String ?? ""))
+                if let quarantine = shard.quarantine {
+                    quarantines.append("\(shard.topicPartition) \(quarantine.state): \(quarantine.summary)")
                     // The crash report's first lines: what happened and where.
-                    if let report = quarantine["report"] as? String {
+                    if let report = quarantine.report {
                         quarantines.append(contentsOf: report.split(separator: "\n").prefix(6).map { "    " + $0 })
                     }
                 }

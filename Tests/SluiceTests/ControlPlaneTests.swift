@@ -101,15 +101,15 @@ struct ControlRecordTests {
         }
 
         // With shard details: pause reasons, lag and counts round-trip; a detail that cannot be read is left out.
-        var stopped = ControlHostStatus.Shard()
+        var stopped = ShardReport(topicPartition: TopicPartition("orders", 1), state: "off")
         stopped.pauseReasons = ["flag"]
         stopped.lag = 40
-        stopped.committed = 100
+        stopped.committedOffset = 100
         stopped.highWatermark = 140
         stopped.processed = 100
         stopped.attempt = 2
         stopped.lastError = "cannot price it"
-        stopped.nextProbeSeconds = 1.5
+        stopped.restartInSeconds = 1.5
         var withCounts = ControlHostStatus(
             applied: 3, atMilliseconds: 2_000, shards: ["orders/1": "off"], details: ["orders/1": stopped],
             startedAtMilliseconds: 1_500)
@@ -125,6 +125,19 @@ struct ControlRecordTests {
             offset: 4)
         #expect(
             odd == .host("pod-3", ControlHostStatus(applied: 1, atMilliseconds: 5, shards: ["orders/0": "running"])))
+        // A detail out of range is left out too, and the others stay.
+        let mixed = try ControlRecord.parse(
+            key: "host/pod-4",
+            value: Self.value(
+                #"{"v":1,"applied":1,"atMillis":5,"shards":{"orders/0":"running","orders/1":"off"},"details":{"orders/0":{"topic":"orders","partition":0,"state":"running","lag":-5},"orders/1":{"topic":"orders","partition":1,"state":"off","lag":7,"processed":3}}}"#
+            ),
+            offset: 5)
+        guard case .host(_, let status?) = mixed else {
+            Issue.record("not read: \(String(describing: mixed))")
+            return
+        }
+        #expect(status.details["orders/0"] == nil)
+        #expect(status.details["orders/1"]?.lag == 7 && status.details["orders/1"]?.processed == 3)
     }
 
     @Test("bad records are refused naming the key, the offset and the problem")

@@ -426,8 +426,7 @@ struct QuarantineTests {
                     TopicPartition("orders", 0), sample)
             } else {
                 // The file as hosts wrote it before it named its owner.
-                let object = ["orders/0": sample.object()]
-                try JSONSerialization.data(withJSONObject: object).write(
+                try JSONEncoder().encode(["orders/0": sample]).write(
                     to: URL(fileURLWithPath: directory + "/quarantines.json"))
             }
             let written = try Data(contentsOf: URL(fileURLWithPath: directory + "/quarantines.json"))

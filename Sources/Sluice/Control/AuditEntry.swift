@@ -5,7 +5,7 @@ import SluiceKafka
 import Synchronization
 
 /// One change to a group's control state, as the audit topic keeps it: who, why, what, before and after.
-public struct AuditEntry: Sendable, Equatable {
+public struct AuditEntry: Codable, Sendable, Equatable {
     /// When, in milliseconds since the epoch.
     public var atMilliseconds: Int64
     /// Who (an operator through the CLI or the admin API, or a host).
@@ -36,44 +36,38 @@ public struct AuditEntry: Sendable, Equatable {
         self.controlOffset = controlOffset
     }
 
-    /// The entry's JSON value (`{"v":1,...}`).
-    public var encoded: [UInt8] {
-        var object: [String: Any] = [
-            "v": ControlRecord.version, "atMillis": atMilliseconds, "subject": subject, "after": after,
-            "controlOffset": controlOffset,
-        ]
-        if let who { object["who"] = who }
-        if let reason { object["reason"] = reason }
-        if let before { object["before"] = before }
-        if let signer { object["signer"] = signer.rawValue }
-        return Array(
-            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
-                ?? Data())
+    enum CodingKeys: String, CodingKey {
+        case who, reason, subject, before, after, controlOffset, signer
+        case atMilliseconds = "atMillis"
     }
+
+    /// The entry's JSON value (`{"v":1,...}`).
+    public var encoded: [UInt8] { CheckedJSON.encode(ControlRecord.Stamped(body: self)) }
 
     /// Reads an entry; nil when it is not one this version reads.
     public init?(decoding value: [UInt8]) {
-        struct Refused: Error {}
-        guard let object = JSONFields.object(value) else { return nil }
-        let fields = JSONFields(object) { _, _ in Refused() }
-        guard (try? fields.int64("v", in: 0...Int64(Int32.max))) == Int64(ControlRecord.version),
-            let at = try? fields.int64("atMillis", in: InputLimits.epochMilliseconds),
-            let subject = try? fields.string("subject", maxLength: InputLimits.identityLength),
-            let after = try? fields.string("after", maxLength: InputLimits.textLength),
-            let offset = try? fields.int64("controlOffset", in: InputLimits.offsets),
-            case .success(let who) = Result(catching: {
-                try fields.string("who", maxLength: InputLimits.identityLength)
-            }),
-            case .success(let reason) = Result(catching: {
-                try fields.string("reason", maxLength: InputLimits.textLength)
-            }),
-            case .success(let before) = Result(catching: {
-                try fields.string("before", maxLength: InputLimits.textLength)
-            })
+        guard
+            (try? CheckedJSON.decode(ControlRecord.Header.self, from: value))?.version == Int64(ControlRecord.version),
+            let entry = try? CheckedJSON.decode(Self.self, from: value)
         else { return nil }
+        self = entry
+    }
+
+    /// Reads an entry's fields, each checked against ``InputLimits``.
+    public init(from decoder: any Decoder) throws {
+        let fields = try decoder.container(keyedBy: CodingKeys.self)
+        func required(_ text: String?, _ name: String) throws(FieldRefused) -> String {
+            guard let text else { throw FieldRefused(.field, "'\(name)' is missing") }
+            return text
+        }
         self.init(
-            atMilliseconds: at, who: who, reason: reason, subject: subject, before: before, after: after,
-            controlOffset: offset)
-        signer = (try? fields.string("signer", maxLength: 16)).flatMap { $0.flatMap(ControlSigner.init(rawValue:)) }
+            atMilliseconds: try fields.requiredInteger(.atMilliseconds, in: InputLimits.epochMilliseconds),
+            who: try fields.text(.who, maxLength: InputLimits.identityLength),
+            reason: try fields.text(.reason, maxLength: InputLimits.textLength),
+            subject: try required(fields.text(.subject, maxLength: InputLimits.identityLength), "subject"),
+            before: try fields.text(.before, maxLength: InputLimits.textLength),
+            after: try required(fields.text(.after, maxLength: InputLimits.textLength), "after"),
+            controlOffset: try fields.requiredInteger(.controlOffset, in: InputLimits.offsets))
+        signer = (try? fields.text(.signer, maxLength: 16)).flatMap { $0.flatMap(ControlSigner.init(rawValue:)) }
     }
 }

@@ -47,98 +47,65 @@ public enum ControlRecord: Equatable, Sendable {
         -> ControlRecord?
     {
         do {
-            return try parseChecked(key: key, value: value, offset: offset)
-        } catch let rejected as ControlRecordRejected {
-            throw rejected
+            return try parseChecked(key: key, value: value)
         } catch {
-            throw ControlRecordRejected(key: key, offset: offset, reason: .format, detail: "\(error)")
+            throw ControlRecordRejected(key: key, offset: offset, reason: error.reason, detail: error.detail)
         }
     }
 
-    private static func parseChecked(key: String, value: [UInt8]?, offset: Int64) throws -> ControlRecord? {
-        func bad(_ reason: ControlRecordRejected.Reason, _ detail: String) -> ControlRecordRejected {
-            ControlRecordRejected(key: key, offset: offset, reason: reason, detail: detail)
-        }
-        func fields(_ value: [UInt8], keeps what: String) throws -> JSONFields {
-            try versioned(value, keeps: what, bad: bad)
-        }
-        if key.hasPrefix("trip/") {
-            let topicPartition = try partitionKey(key, kind: "trip", bad: bad)
-            guard let value else { return .trip(topicPartition, nil) }
-            let object = try fields(value, keeps: "the shard")
-            switch try object.string("state", maxLength: 16) {
-            case "tripped":
-                let reason = try object.string("reason", maxLength: InputLimits.textLength) ?? "tripped"
-                return .trip(
-                    topicPartition, Trip(offset: try object.int64("offset", in: InputLimits.offsets), reason: reason))
-            case "clear":
-                return .trip(topicPartition, nil)
-            case let other:
-                throw bad(.field, "state must be tripped or clear, got \(other.map { "'\($0)'" } ?? "none")")
+    private static func parseChecked(key: String, value: [UInt8]?) throws(FieldRefused) -> ControlRecord? {
+        /// The value's fields as `T`, after its schema version is checked; `what` keeps its state otherwise.
+        func read<T: Decodable>(_ type: T.Type, _ value: [UInt8], keeps what: String) throws(FieldRefused) -> T {
+            let header = try CheckedJSON.decode(Header.self, from: value)
+            guard header.version == Self.version else {
+                throw FieldRefused(
+                    .format,
+                    "schema version \(header.version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state"
+                )
             }
+            return try CheckedJSON.decode(type, from: value)
+        }
+        func state(of value: [UInt8]) -> String? { try? CheckedJSON.decode(Header.self, from: value).state }
+
+        if key.hasPrefix("trip/") {
+            let topicPartition = try partitionKey(key, kind: "trip")
+            guard let value else { return .trip(topicPartition, nil) }
+            return .trip(topicPartition, try read(TripValue.self, value, keeps: "the shard").trip)
         }
         if key.hasPrefix("command/") {
             let identifier = String(key.dropFirst("command/".count))
             guard !identifier.isEmpty, identifier.count <= InputLimits.identityLength else {
-                throw bad(.key, "a command key is command/ID")
+                throw FieldRefused(.key, "a command key is command/ID")
             }
             guard let value else { return .command(identifier, nil) }
-            let object = try fields(value, keeps: "nothing")
-            let action = try object.string("action", maxLength: 16)
-            guard action == "reset" else {
-                throw bad(.field, "action must be reset, got \(action.map { "'\($0)'" } ?? "none")")
-            }
-            guard let shard = try object.string("shard", maxLength: InputLimits.identityLength),
-                let topicPartition = TopicPartition(parsing: shard)
-            else {
-                throw bad(.field, "a reset names its shard as TOPIC/PARTITION")
-            }
-            let who = try object.string("who", maxLength: InputLimits.identityLength)
-            return .command(identifier, ControlCommand(action: .reset, topicPartition: topicPartition, who: who))
+            return .command(identifier, try read(CommandValue.self, value, keeps: "nothing").command)
         }
         if key.hasPrefix("quarantine/") {
-            let topicPartition = try partitionKey(key, kind: "quarantine", bad: bad)
+            let topicPartition = try partitionKey(key, kind: "quarantine")
             guard let value else { return .quarantine(topicPartition, nil) }
-            let object = try fields(value, keeps: "the shard")
-            if object.object["state"] as? String == "released" { return .quarantine(topicPartition, nil) }
-            return .quarantine(topicPartition, try Quarantine(fields: object, bad: bad))
+            _ = try read(Header.self, value, keeps: "the shard")
+            if state(of: value) == "released" { return .quarantine(topicPartition, nil) }
+            return .quarantine(topicPartition, try read(Quarantine.self, value, keeps: "the shard"))
         }
         if key.hasPrefix("host/") {
             let identity = String(key.dropFirst("host/".count))
             guard !identity.isEmpty, identity.count <= InputLimits.identityLength else {
-                throw bad(.key, "a host key is host/ID")
+                throw FieldRefused(.key, "a host key is host/ID")
             }
             guard let value else { return .host(identity, nil) }
-            let object = try fields(value, keeps: "the host")
-            if object.object["state"] as? String == "gone" { return .host(identity, nil) }
-            return .host(identity, try ControlHostStatus(fields: object, bad: bad))
+            _ = try read(Header.self, value, keeps: "the host")
+            if state(of: value) == "gone" { return .host(identity, nil) }
+            return .host(identity, try read(ControlHostStatus.self, value, keeps: "the host"))
         }
         guard key.hasPrefix("flag/") else { return nil }
         let flagKey: FlagKey
         do {
             flagKey = try FlagKey(parsing: String(key.dropFirst("flag/".count)))
         } catch {
-            throw bad(.key, "\((error as? SluiceError)?.message ?? "\(error)")")
+            throw FieldRefused(.key, (error as? SluiceError)?.message ?? "\(error)")
         }
         guard let value else { return .flag(flagKey, enabled: nil, reason: nil, who: nil) }
-        let object = try fields(value, keeps: "the flag")
-        let reason = try object.string("reason", maxLength: InputLimits.textLength)
-        let who = try object.string("who", maxLength: InputLimits.identityLength)
-        switch try object.string("state", maxLength: 32) {
-        case "on": return .flag(flagKey, enabled: true, reason: reason, who: who)
-        case "off": return .flag(flagKey, enabled: false, reason: reason, who: who)
-        case "unset": return .flag(flagKey, enabled: nil, reason: reason, who: who)
-        case let state? where parseRate(state) != nil:
-            return .flag(flagKey, enabled: true, reason: reason, who: who, rate: parseRate(state))
-        case let other:
-            throw bad(
-                .field, "state must be on, off, unset or a rate such as 200/s, got \(other.map { "'\($0)'" } ?? "none")"
-            )
-        }
-    }
-
-    private static func json(_ object: [String: Any]) -> Data {
-        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return try read(FlagValue.self, value, keeps: "the flag").record(flagKey)
     }
 
     /// What a flag change does to a shard in `state` (its state's name), for dry runs: `enabled` nil and
@@ -178,34 +145,13 @@ public enum ControlRecord: Equatable, Sendable {
         rate == rate.rounded() ? "\(Int(rate))/s" : "\(rate)/s"
     }
 
-    /// The JSON object of a value in the schema version this host reads.
-    private static func versioned(
-        _ value: [UInt8], keeps what: String,
-        bad: @escaping (ControlRecordRejected.Reason, String) -> ControlRecordRejected
-    ) throws -> JSONFields {
-        guard let object = JSONFields.object(value) else { throw bad(.format, "the value is not a JSON object") }
-        let fields = JSONFields(object) { bad($0, $1) }
-        guard let version = try fields.int64("v", in: 0...Int64(Int32.max)) else {
-            throw bad(.format, "no schema version 'v'")
-        }
-        guard version == Self.version else {
-            throw bad(
-                .format,
-                "schema version \(version) is not understood (this host reads \(Self.version)); \(what) keeps its previous state"
-            )
-        }
-        return fields
-    }
-
     /// The partition of a `KIND/TOPIC/PARTITION` key.
-    private static func partitionKey(
-        _ key: String, kind: String, bad: (ControlRecordRejected.Reason, String) -> ControlRecordRejected
-    ) throws -> TopicPartition {
+    private static func partitionKey(_ key: String, kind: String) throws(FieldRefused) -> TopicPartition {
         let parts = key.dropFirst(kind.count + 1).split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, TopicName.problem(String(parts[0])) == nil, let partition = Int32(parts[1]),
             partition >= 0
         else {
-            throw bad(.key, "a \(kind) key is \(kind)/TOPIC/PARTITION")
+            throw FieldRefused(.key, "a \(kind) key is \(kind)/TOPIC/PARTITION")
         }
         return TopicPartition(String(parts[0]), partition)
     }
@@ -215,45 +161,26 @@ public enum ControlRecord: Equatable, Sendable {
         switch self {
         case .command(let identifier, let command):
             guard let command else { return ("command/\(identifier)", []) }
-            var object: [String: Any] = [
-                "v": Self.version, "action": command.action.rawValue, "shard": command.topicPartition.description,
-                "at": Date().formatted(.iso8601),
-            ]
-            if let who = command.who { object["who"] = who }
-            return ("command/\(identifier)", Array(Self.json(object)))
+            return ("command/\(identifier)", CheckedJSON.encode(Stamped(body: CommandValue(command), at: Date())))
         case .quarantine(let topicPartition, let quarantine):
-            var object = quarantine?.object() ?? ["v": Self.version, "state": "released"]
-            object["at"] = Date().formatted(.iso8601)
-            return ("quarantine/\(topicPartition.topic)/\(topicPartition.partition)", Array(Self.json(object)))
+            let key = "quarantine/\(topicPartition.topic)/\(topicPartition.partition)"
+            guard let quarantine else {
+                return (key, CheckedJSON.encode(Stamped(body: Ended(state: "released"), at: Date())))
+            }
+            return (key, CheckedJSON.encode(Stamped(body: quarantine, at: Date())))
         case .host(let identity, let status):
-            var object: [String: Any] = ["v": Self.version]
-            if let status {
-                object.merge(status.object()) { _, new in new }
-            } else {
-                object["state"] = "gone"
+            guard let status else {
+                return ("host/\(identity)", CheckedJSON.encode(Stamped(body: Ended(state: "gone"))))
             }
-            let data = Self.json(object)
-            return ("host/\(identity)", Array(data))
+            return ("host/\(identity)", CheckedJSON.encode(Stamped(body: status)))
         case .trip(let topicPartition, let trip):
-            var object: [String: Any] = [
-                "v": Self.version, "state": trip == nil ? "clear" : "tripped", "at": Date().formatted(.iso8601),
-            ]
-            if let trip {
-                object["reason"] = trip.reason
-                if let offset = trip.offset { object["offset"] = offset }
-            }
-            let data = Self.json(object)
-            return ("trip/\(topicPartition.topic)/\(topicPartition.partition)", Array(data))
+            return (
+                "trip/\(topicPartition.topic)/\(topicPartition.partition)",
+                CheckedJSON.encode(Stamped(body: TripValue(trip), at: Date()))
+            )
         case .flag(let flagKey, let enabled, let reason, let who, let rate):
-            var object: [String: Any] = [
-                "v": Self.version,
-                "state": rate.map(Self.describeRate) ?? enabled.map { $0 ? "on" : "off" } ?? "unset",
-                "at": Date().formatted(.iso8601),
-            ]
-            if let reason { object["reason"] = reason }
-            if let who { object["who"] = who }
-            let data = Self.json(object)
-            return ("flag/\(flagKey)", Array(data))
+            let value = FlagValue(enabled: enabled, rate: rate, reason: reason, who: who)
+            return ("flag/\(flagKey)", CheckedJSON.encode(Stamped(body: value, at: Date())))
         }
     }
 }

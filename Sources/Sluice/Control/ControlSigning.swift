@@ -3,7 +3,7 @@ import Foundation
 import SluiceKafka
 
 /// Who may write a control record (docs/architecture.md, "Trust boundaries").
-public enum ControlSigner: String, Sendable, CaseIterable {
+public enum ControlSigner: String, Codable, Sendable, CaseIterable {
     /// Hosts: heartbeats (`host/`), trips (`trip/`), the quarantines they record, and clearing their suspects.
     case host
     /// Operators: flags (`flag/`), commands (`command/`) and releases of quarantines (skip, dead-letter, retry).
@@ -15,7 +15,9 @@ public enum ControlSigner: String, Sendable, CaseIterable {
         if key.hasPrefix("flag/") || key.hasPrefix("command/") { return [.operator] }
         if key.hasPrefix("host/") || key.hasPrefix("trip/") { return [.host] }
         guard key.hasPrefix("quarantine/") else { return nil }
-        guard let value, let state = JSONFields.object(value)?["state"] as? String else { return [.host, .operator] }
+        guard let value, let state = try? CheckedJSON.decode(ControlRecord.Header.self, from: value).state else {
+            return [.host, .operator]
+        }
         switch state {
         case "skip", "deadLetter": return [.operator]
         case "released": return [.host, .operator]

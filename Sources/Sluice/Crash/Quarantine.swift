@@ -6,9 +6,9 @@ import Synchronization
 /// A message whose handler call killed the process (docs/architecture.md §12): its deaths counted and, at its topic's
 /// `onCrash.after`, quarantined. Kept group-wide in the control plane (`quarantine/TOPIC/PARTITION`) so it
 /// follows the partition to any host; in the state directory when the control plane is off.
-public struct Quarantine: Sendable, Hashable {
+public struct Quarantine: Codable, Sendable, Hashable {
     /// What the shard does at the message.
-    public enum State: String, Sendable, Hashable, CaseIterable {
+    public enum State: String, Codable, Sendable, Hashable, CaseIterable {
         /// Deaths are counted; the handler is still called (below `onCrash.after`).
         case counting
         /// The topic's `onCrash.then` applies: the shard is held there, or the message is dead-lettered.
@@ -54,7 +54,7 @@ public struct Quarantine: Sendable, Hashable {
     public var recorded: Recorded?
 
     /// What a host recorded of a message that killed its process: the part of a quarantine a release refers to.
-    public struct Recorded: Sendable, Hashable {
+    public struct Recorded: Codable, Sendable, Hashable {
         /// The first offset and the number of messages the host recorded.
         public var offset: Int64
         public var count: Int
@@ -170,59 +170,55 @@ public struct Quarantine: Sendable, Hashable {
             "handler call at \(what) killed the process \(crashes) time\(crashes == 1 ? "" : "s") (\(signal), last on \(host))"
     }
 
-    func object() -> [String: Any] {
-        var object: [String: Any] = [
-            "v": ControlRecord.version, "state": state.rawValue, "offset": offset, "count": count, "crashes": crashes,
-            "signal": signal, "host": host, "atMillis": atMilliseconds,
-        ]
-        if let who { object["who"] = who }
-        if let reason { object["reason"] = reason }
-        if let messageTimestamp { object["messageTs"] = messageTimestamp }
-        if let report { object["report"] = report }
-        if let recorded {
-            object["recorded"] =
-                [
-                    "offset": recorded.offset, "count": recorded.count, "state": recorded.state.rawValue,
-                    "host": recorded.host,
-                    "atMillis": recorded.atMilliseconds,
-                ] as [String: Any]
-        }
-        return object
+    enum CodingKeys: String, CodingKey {
+        case offset, count, crashes, state, signal, host, who, reason, report, recorded
+        case messageTimestamp = "messageTs"
+        case atMilliseconds = "atMillis"
     }
 
     /// Reads a quarantine's fields, each checked against ``InputLimits`` (a record or file from outside the process).
-    init(fields: JSONFields, bad: @escaping (ControlRecordRejected.Reason, String) -> any Error) throws {
-        guard let stateText = try fields.string("state", maxLength: 32), let state = State(rawValue: stateText) else {
-            throw bad(
+    public init(from decoder: any Decoder) throws {
+        let fields = try decoder.container(keyedBy: CodingKeys.self)
+        let stateText = try fields.text(.state, maxLength: InputLimits.identityLength)
+        guard let state = stateText.flatMap(State.init(rawValue:)) else {
+            throw FieldRefused(
                 .field,
-                "state must be counting, quarantined, skip, deadLetter, suspect or released, got \((fields.object["state"] as? String).map { "'\($0.prefix(32))'" } ?? "none")"
+                "state must be counting, quarantined, skip, deadLetter, suspect or released, got \(stateText.map { "'\($0.prefix(32))'" } ?? "none")"
             )
         }
-        guard let offset = try fields.int64("offset", in: InputLimits.offsets) else {
-            throw bad(.field, "a quarantine needs its offset")
+        guard let offset = try fields.integer(.offset, in: InputLimits.offsets) else {
+            throw FieldRefused(.field, "a quarantine needs its offset")
         }
         self.init(
-            offset: offset, count: try fields.int("count", in: InputLimits.quarantineSpan) ?? 1,
-            crashes: try fields.int("crashes", in: InputLimits.counts) ?? 1, state: state,
-            signal: try fields.string("signal", maxLength: InputLimits.identityLength) ?? "?",
-            host: try fields.string("host", maxLength: InputLimits.identityLength) ?? "?",
-            atMilliseconds: try fields.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0,
-            who: try fields.string("who", maxLength: InputLimits.identityLength),
-            reason: try fields.string("reason", maxLength: InputLimits.textLength))
-        report = try fields.string("report", maxLength: InputLimits.reportLength)
-        messageTimestamp = try fields.int64("messageTs", in: InputLimits.epochMilliseconds)
-        if let object = try fields.object("recorded") {
-            let nested = JSONFields(object) { bad($0, "recorded: \($1)") }
-            guard let stateText = try nested.string("state", maxLength: 32), let state = State(rawValue: stateText)
-            else {
-                throw bad(.field, "recorded: 'state' must be counting, quarantined or suspect")
-            }
-            recorded = Recorded(
-                offset: try nested.requiredInt64("offset", in: InputLimits.offsets),
-                count: try nested.int("count", in: InputLimits.quarantineSpan) ?? 1,
-                state: state, host: try nested.string("host", maxLength: InputLimits.identityLength) ?? "?",
-                atMilliseconds: try nested.int64("atMillis", in: InputLimits.epochMilliseconds) ?? 0)
+            offset: offset, count: try fields.count(.count, in: InputLimits.quarantineSpan) ?? 1,
+            crashes: try fields.count(.crashes, in: InputLimits.counts) ?? 1, state: state,
+            signal: try fields.text(.signal, maxLength: InputLimits.identityLength) ?? "?",
+            host: try fields.text(.host, maxLength: InputLimits.identityLength) ?? "?",
+            atMilliseconds: try fields.integer(.atMilliseconds, in: InputLimits.epochMilliseconds) ?? 0,
+            who: try fields.text(.who, maxLength: InputLimits.identityLength),
+            reason: try fields.text(.reason, maxLength: InputLimits.textLength))
+        report = try fields.text(.report, maxLength: InputLimits.reportLength)
+        messageTimestamp = try fields.integer(.messageTimestamp, in: InputLimits.epochMilliseconds)
+        recorded = try fields.nested(Recorded.self, .recorded)
+    }
+}
+
+extension Quarantine.Recorded {
+    enum CodingKeys: String, CodingKey {
+        case offset, count, state, host
+        case atMilliseconds = "atMillis"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let fields = try decoder.container(keyedBy: CodingKeys.self)
+        guard let state = try fields.text(.state, maxLength: 32).flatMap(Quarantine.State.init(rawValue:)) else {
+            throw FieldRefused(.field, "'state' must be counting, quarantined or suspect")
         }
+        self.init(
+            offset: try fields.requiredInteger(.offset, in: InputLimits.offsets),
+            count: try fields.count(.count, in: InputLimits.quarantineSpan) ?? 1,
+            state: state, host: try fields.text(.host, maxLength: InputLimits.identityLength) ?? "?",
+            atMilliseconds: try fields.integer(.atMilliseconds, in: InputLimits.epochMilliseconds) ?? 0)
     }
 }
 
@@ -263,11 +259,9 @@ final class LocalQuarantineFile: Sendable {
             SluiceError(code: .invalidInput, message: "quarantine file \(path): \(reason); fix or remove it")
         }
         guard let data = FileManager.default.contents(atPath: path),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            let file = try? JSONDecoder().decode(FileHeader.self, from: data)
         else { throw bad("not a JSON object") }
-        let fileOwner = (object["cluster"] as? String).flatMap { cluster in
-            (object["group"] as? String).map { StateOwner(cluster: cluster, group: $0) }
-        }
+        let fileOwner = file.cluster.flatMap { cluster in file.group.map { StateOwner(cluster: cluster, group: $0) } }
         guard let owner, fileOwner == owner else {
             let setAside = "\(path).set-aside-\(Int64(Date().timeIntervalSince1970 * 1000))"
             do {
@@ -286,23 +280,15 @@ final class LocalQuarantineFile: Sendable {
             entries = Mutex([:])
             return
         }
-        guard let quarantines = object["quarantines"] as? [String: [String: Any]] else {
-            throw bad("'quarantines' is not an object of TOPIC/PARTITION keys")
+        let quarantines: [String: Quarantine]
+        do {
+            quarantines = try CheckedJSON.decode(FileContent.self, from: data).quarantines
+        } catch {
+            throw bad(error.detail)
         }
         var loaded: [TopicPartition: Quarantine] = [:]
-        for (key, value) in quarantines {
-            guard let topicPartition = TopicPartition(parsing: key) else {
-                throw bad("'\(key)' is not TOPIC/PARTITION")
-            }
-            do {
-                loaded[topicPartition] = try Quarantine(
-                    fields: JSONFields(value) { _, detail in bad("\(key): \(detail)") }
-                ) { _, detail in bad("\(key): \(detail)") }
-            } catch let error as SluiceError {
-                throw error
-            } catch {
-                throw bad("\(key): \(error)")
-            }
+        for (key, quarantine) in quarantines {
+            if let topicPartition = TopicPartition(parsing: key) { loaded[topicPartition] = quarantine }
         }
         for (topicPartition, quarantine) in loaded {
             if let problem = quarantine.releaseProblem(over: nil) { throw bad("\(topicPartition): \(problem)") }
@@ -323,12 +309,58 @@ final class LocalQuarantineFile: Sendable {
             entries[topicPartition] = quarantine
             return entries
         }
-        let quarantines = Dictionary(
-            uniqueKeysWithValues: snapshot.map { ("\($0.key.topic)/\($0.key.partition)", $0.value.object()) })
-        let object: [String: Any] = ["cluster": owner.cluster, "group": owner.group, "quarantines": quarantines]
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
-        try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        let file = FileContent(
+            cluster: owner.cluster, group: owner.group,
+            quarantines: Dictionary(uniqueKeysWithValues: snapshot.map { ($0.key.description, $0.value) }))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        try encoder.encode(file).write(to: URL(fileURLWithPath: path), options: .atomic)
         try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path)
+    }
+}
+
+extension LocalQuarantineFile {
+    /// Whose file it is, read before anything else: a file of another owner is set aside unread.
+    struct FileHeader: Decodable {
+        var cluster: String?
+        var group: String?
+
+        init(from decoder: any Decoder) throws {
+            let fields = try decoder.container(keyedBy: FieldName.self)
+            cluster = try? fields.text("cluster", maxLength: InputLimits.identityLength)
+            group = try? fields.text("group", maxLength: InputLimits.identityLength)
+        }
+    }
+
+    /// The file: its owner and its quarantines by `TOPIC/PARTITION`, each checked as a control record is.
+    struct FileContent: Codable {
+        var cluster: String
+        var group: String
+        var quarantines: [String: Quarantine]
+
+        init(cluster: String, group: String, quarantines: [String: Quarantine]) {
+            self.cluster = cluster
+            self.group = group
+            self.quarantines = quarantines
+        }
+
+        init(from decoder: any Decoder) throws {
+            let fields = try decoder.container(keyedBy: CodingKeys.self)
+            cluster = try fields.text(.cluster, maxLength: InputLimits.identityLength) ?? ""
+            group = try fields.text(.group, maxLength: InputLimits.identityLength) ?? ""
+            guard fields.contains(.quarantines),
+                let table = try? fields.nestedContainer(keyedBy: FieldName.self, forKey: .quarantines)
+            else {
+                throw FieldRefused(.field, "'quarantines' is not an object of TOPIC/PARTITION keys")
+            }
+            quarantines = [:]
+            for key in table.allKeys {
+                guard TopicPartition(parsing: key.stringValue) != nil else {
+                    throw FieldRefused(.key, "'\(key.stringValue.prefix(200))' is not TOPIC/PARTITION")
+                }
+                quarantines[key.stringValue] = try table.nested(Quarantine.self, key)
+            }
+        }
     }
 }
 

@@ -25,22 +25,12 @@ extension SluiceHost {
 
     /// This host's status record for what was observed, with its shards as the admin API shows them.
     func statusRecord(_ said: StatusCadence.Said, startedAt: Int64) -> ControlHostStatus {
-        var details: [String: ControlHostStatus.Shard] = [:]
+        var details: [String: ShardReport] = [:]
+        let now = ContinuousClock.now
         for status in shards {
-            let topicPartition = status.topicPartition
-            var shard = ControlHostStatus.Shard()
-            shard.pauseReasons = said.reasons[topicPartition.description] ?? []
-            shard.lag = status.lag
-            shard.committed = status.storedOffset ?? status.committedOffset
-            shard.highWatermark = status.highWatermark
-            shard.inFlight = status.inFlight
-            shard.processed = status.processed
-            shard.failed = status.failed
-            shard.deadLettered = status.deadLettered
-            shard.attempt = status.attempt
-            shard.lastError = status.lastError.map { String($0.prefix(200)) }
-            shard.nextProbeSeconds = status.nextProbeSeconds
-            details[topicPartition.description] = shard
+            var report = ShardReport(status, now: now).forHostRecord
+            report.pauseReasons = said.reasons[status.topicPartition.description] ?? []
+            details[status.topicPartition.description] = report
         }
         var status = ControlHostStatus(
             applied: said.applied, atMilliseconds: Int64(Date().timeIntervalSince1970 * 1000), shards: said.shards,

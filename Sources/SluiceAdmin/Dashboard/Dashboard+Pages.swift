@@ -44,22 +44,24 @@ extension Dashboard {
     }
 
     func row(_ shard: GroupView.Shard) -> [String: Any] {
+        let report = shard.report
         var row: [String: Any] = [
             "shard": shard.topicPartition.description, "topic": shard.topicPartition.topic,
             "partition": shard.topicPartition.partition,
             "owner": shard.owner, "state": shard.state, "paused": !shard.reasons.isEmpty,
             "reasons": shard.reasons.map { ["name": $0.name, "why": $0.why] },
-            "lag": shard.lag.map(String.init) ?? "-",
-            "lagSeconds": shard.lagSeconds.map { String(format: "%.1f s", $0) } ?? "",
-            "committed": shard.committed.map(String.init) ?? "-", "position": shard.position.map(String.init) ?? "-",
-            "highWatermark": shard.highWatermark.map(String.init) ?? "-", "inFlight": shard.inFlight,
-            "processed": shard.processed,
-            "failed": shard.failed, "deadLettered": shard.deadLettered, "attempt": shard.attempt,
-            "lastError": shard.lastError ?? "",
+            "lag": report.lag.map(String.init) ?? "-",
+            "lagSeconds": report.lagSeconds.map { String(format: "%.1f s", $0) } ?? "",
+            "committed": report.committedOffset.map(String.init) ?? "-",
+            "position": report.position.map(String.init) ?? "-",
+            "highWatermark": report.highWatermark.map(String.init) ?? "-", "inFlight": report.inFlight,
+            "processed": report.processed,
+            "failed": report.failed, "deadLettered": report.deadLettered, "attempt": report.attempt,
+            "lastError": report.lastError ?? "",
         ]
         // Sections test presence: absent keys, never empty strings.
-        if let next = shard.nextProbeSeconds { row["nextProbe"] = String(format: "%.0f s", next.rounded(.up)) }
-        if let rate = shard.rate { row["rate"] = ControlRecord.describeRate(rate) }
+        if let next = report.restartInSeconds { row["nextProbe"] = String(format: "%.0f s", next.rounded(.up)) }
+        if let rate = report.rate { row["rate"] = ControlRecord.describeRate(rate) }
         if let points = history.sparkline(shard.topicPartition) { row["sparkline"] = points }
         if let quarantine = shard.quarantine {
             row["quarantine"] =

@@ -24,27 +24,19 @@ struct GroupView {
         var shardRestarts: Int
     }
 
+    /// A shard as its owner reports it, with what the group knows of it.
     struct Shard {
-        var topicPartition: TopicPartition
+        var report: ShardReport
         var owner: String
-        var state: String
-        /// Each reason with what is behind it: the flag's source and reason, the trip's error.
+        /// Each pause reason with what is behind it: the flag's source and reason, the trip's error.
         var reasons: [(name: String, why: String)]
-        var lag: Int64?
-        var lagSeconds: Double?
-        var committed: Int64?
-        var position: Int64?
-        var highWatermark: Int64?
-        var inFlight: Int
-        var processed: Int
-        var failed: Int
-        var deadLettered: Int
-        var attempt: Int
-        var lastError: String?
-        var nextProbeSeconds: Double?
+        /// The group's quarantine at the shard (with its crash report and release state).
         var quarantine: Quarantine?
+        /// Why the group's trip record holds it.
         var trip: String?
-        var rate: Double?
+
+        var topicPartition: TopicPartition { report.topicPartition }
+        var state: String { report.state }
     }
 
     var hosts: [Host] = []
@@ -82,23 +74,16 @@ struct GroupView {
             }
         }
 
+        let moment = ContinuousClock.now
         for status in own {
             let topicPartition = status.topicPartition
-            let setting = status.flag
             shards.append(
                 Shard(
-                    topicPartition: topicPartition, owner: host.identity, state: status.state.name,
+                    report: ShardReport(status, now: moment), owner: host.identity,
                     reasons: status.pauseReasons.map(\.name).sorted().map {
                         ($0, explain($0, topicPartition, lastError: status.lastError))
                     },
-                    lag: status.lag, lagSeconds: status.lagSeconds,
-                    committed: status.storedOffset ?? status.committedOffset, position: status.position,
-                    highWatermark: status.highWatermark, inFlight: status.inFlight, processed: status.processed,
-                    failed: status.failed,
-                    deadLettered: status.deadLettered, attempt: status.attempt, lastError: status.lastError,
-                    nextProbeSeconds: status.nextProbeSeconds,
-                    quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason,
-                    rate: setting.rate))
+                    quarantine: quarantines[topicPartition] ?? status.quarantine, trip: trips[topicPartition]?.reason))
         }
         var ownShown = false
         for (identity, record) in (control?.hosts ?? [:]).sorted(by: { $0.key < $1.key })
@@ -116,21 +101,16 @@ struct GroupView {
             guard !isThis else { continue }
             for (key, state) in record.shards {
                 guard let topicPartition = TopicPartition(parsing: key) else { continue }
-                let detail = record.details[key]
+                var report = record.details[key] ?? ShardReport(topicPartition: topicPartition, state: state)
+                report.state = state
+                report.rate = host.flags.setting(for: topicPartition).rate
                 shards.append(
                     Shard(
-                        topicPartition: topicPartition, owner: identity, state: state,
-                        reasons: (detail?.pauseReasons ?? []).map {
-                            ($0, explain($0, topicPartition, lastError: detail?.lastError))
+                        report: report, owner: identity,
+                        reasons: report.pauseReasons.map {
+                            ($0, explain($0, topicPartition, lastError: report.lastError))
                         },
-                        lag: detail?.lag, lagSeconds: nil, committed: detail?.committed, position: nil,
-                        highWatermark: detail?.highWatermark,
-                        inFlight: detail?.inFlight ?? 0, processed: detail?.processed ?? 0, failed: detail?.failed ?? 0,
-                        deadLettered: detail?.deadLettered ?? 0, attempt: detail?.attempt ?? 0,
-                        lastError: detail?.lastError,
-                        nextProbeSeconds: detail?.nextProbeSeconds, quarantine: quarantines[topicPartition],
-                        trip: trips[topicPartition]?.reason,
-                        rate: host.flags.setting(for: topicPartition).rate))
+                        quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason))
             }
         }
         if !ownShown {
@@ -169,7 +149,7 @@ final class LagHistory: Sendable {
             var seen = Set<TopicPartition>()
             for shard in view.shards {
                 seen.insert(shard.topicPartition)
-                samples[shard.topicPartition, default: []].append(shard.lag ?? 0)
+                samples[shard.topicPartition, default: []].append(shard.report.lag ?? 0)
                 if samples[shard.topicPartition]!.count > keep { samples[shard.topicPartition]!.removeFirst() }
             }
             for key in samples.keys where !seen.contains(key) { samples[key] = nil }
