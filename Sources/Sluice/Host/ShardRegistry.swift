@@ -44,12 +44,13 @@ final class ShardRegistry: Sendable {
     private let pipelineIDs = Atomic<UInt64>(0)
     private let logger: Logger
     /// Wakes the watermark storer when the first pipeline became due.
-    private let wake: AsyncStream<Void>
+    /// Says that some pipeline progressed since the last ``storeDue(consumer:)`` (the ``WatermarkStorer`` waits on it).
+    let progress: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
 
     init(logger: Logger) {
         self.logger = logger
-        (wake, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        (progress, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
     // MARK: Views
@@ -203,16 +204,6 @@ final class ShardRegistry: Sendable {
             // Cleared before the watermark is read: progress from now on is told again.
             pipeline.progressPending.store(false, ordering: .releasing)
             storeWatermark(pipeline, consumer: consumer)
-        }
-    }
-
-    /// The watermark storer: stores what progressed, pushed by the pipelines rather than looked for, at most once
-    /// per `interval` (on `clock`) so that thousands of completions a second are a few stores; idle shards cost
-    /// nothing. Runs until cancelled.
-    func runStorer(consumer: any ShardConsumer, clock: any HostClock, interval: Duration) async {
-        for await _ in wake {
-            storeDue(consumer: consumer)
-            try? await clock.sleep(until: clock.now + interval)
         }
     }
 

@@ -224,12 +224,12 @@ extension SluiceHost {
                         writer: writer, updates: tripUpdates, metricsFactory: metricsFactory, logger: logger)
                     group.addTask { try? await trips.run() }
                 }
-                group.addTask { await self.refreshLag(consumer: consumer) }
-                // One task stores the watermarks of the pipelines that progressed, so periodic commits carry progress:
-                // pushed by the pipelines, no look at the shards that did not move (10,000 idle shards cost nothing).
-                group.addTask { [registry, realTime] in
-                    await registry.runStorer(consumer: consumer, clock: realTime, interval: .milliseconds(100))
-                }
+                let lag = LagRefresher(
+                    registry: registry, consumer: consumer, clock: clock, interval: configuration.lagRefreshInterval)
+                group.addTask { try? await lag.run() }
+                let storer = WatermarkStorer(
+                    registry: registry, consumer: consumer, clock: realTime, interval: .milliseconds(100))
+                group.addTask { try? await storer.run() }
                 let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
                 group.addTask { try? await tick.run() }
                 let environment = SupervisorLoop.Environment(

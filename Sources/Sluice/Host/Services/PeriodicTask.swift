@@ -1,7 +1,6 @@
 import ServiceLifecycle
 
-/// Runs `work` every `interval` on `clock` until cancelled: the host's watermark storer (real time, 100 ms:
-/// one timer for the host, not one per shard) and its tick (host time, 1 s).
+/// Runs `work` every `interval` on `clock` until cancelled: the host's tick (host time, 1 s).
 struct PeriodicTask: Service {
     let interval: Duration
     let clock: any HostClock
