@@ -44,14 +44,11 @@ extension ShardPipeline {
             while !remaining.isEmpty {
                 // One lock: note the first offset ever taken (a stop may drop the rest of this batch), and check.
                 let first = remaining.first!.offset
-                let halted = state.withLock { state in
-                    if state.firstTaken == nil { state.firstTaken = first }
-                    return state.stopRequested || state.crash != nil
-                }
+                let halted = state.withLock { $0.arrived(first: first) }
                 if halted { return }
-                if state.withLock({ $0.tracker.inFlight >= limit }) {
+                if state.withLock({ $0.inFlight >= limit }) {
                     let roomOrEnd = {
-                        self.state.withLock { $0.tracker.inFlight <= limit / 2 || $0.stopRequested || $0.crash != nil }
+                        self.state.withLock { $0.hasRoom(under: limit) || $0.halted }
                     }
                     // A pause makes librdkafka drop what it prefetched and fetch it again on resume, so a short
                     // wait (a batch finishing) does not pause: the partition's own bounded buffer takes up the
@@ -68,9 +65,9 @@ extension ShardPipeline {
                         }
                         room = await beacon.waitUntil(roomOrEnd)
                     }
-                    if !room || state.withLock({ $0.stopRequested || $0.crash != nil }) { return }
+                    if !room || state.withLock({ $0.halted }) { return }
                 }
-                if pausedForBackpressure, state.withLock({ $0.tracker.inFlight <= limit / 2 }) {
+                if pausedForBackpressure, state.withLock({ $0.hasRoom(under: limit) }) {
                     pausedForBackpressure = false
                     flowControl.setBackpressure(false, pipeline: generation)
                 }
@@ -80,30 +77,16 @@ extension ShardPipeline {
                 dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
                 if allowed == 0 { return }
                 // Take as many as fit under the limit, and begin them in one lock.
-                let (taken, rejected, rewound) = state.withLock { state -> (Int, [Int64], Bool) in
-                    let room = min(max(limit - state.tracker.inFlight, 1), allowed)
-                    let slice = remaining.prefix(room)
-                    var rejected: [Int64] = []
-                    for message in slice {
-                        if !state.tracker.begin(message.offset, timestamp: message.timestampMilliseconds) {
-                            rejected.append(message.offset)
-                        } else if !state.alreadyDone.isEmpty, state.alreadyDone.contains(message.offset) {
-                            // Done by an earlier pipeline of this assignment: complete it, do not hand it out.
-                            state.tracker.complete(message.offset)
-                            state.redeliveriesSkipped += 1
-                            rejected.append(message.offset)
-                        }
-                    }
-                    return (slice.count, rejected, !rejected.allSatisfy(state.alreadyDone.contains))
-                }
+                let taken = state.withLock { $0.take(remaining, limit: limit, allowed: allowed) }
+                let (rejected, rewound) = (taken.notHandedOut, taken.rewound)
                 // The first messages taken give the pipeline a watermark (stored, so the shard shows its lag at
                 // once); offsets done by an earlier pipeline were completed here: the watermark may have moved.
                 if !rejected.isEmpty || !watermarkTold {
                     watermarkTold = true
                     noteProgress()
                 }
-                let range = remaining.startIndex..<(remaining.startIndex + taken)
-                remaining = remaining.dropFirst(taken)
+                let range = remaining.startIndex..<(remaining.startIndex + taken.count)
+                remaining = remaining.dropFirst(taken.count)
                 if rejected.isEmpty {
                     // The common case: the lanes share the batch, no message is copied.
                     handOut(batch, range)
@@ -141,10 +124,10 @@ extension ShardPipeline {
             }
             if taken > 0 { return taken }
             let stopped = await control.waitUntil(deadline: nextAt ?? clock.now, on: clock) {
-                self.state.withLock { $0.stopRequested || $0.crash != nil }
+                self.state.withLock { $0.halted }
                     || self.rateLimit.withLock { $0?.rate } != limited?.rate
             }
-            if stopped, state.withLock({ $0.stopRequested || $0.crash != nil }) { return 0 }
+            if stopped, state.withLock({ $0.halted }) { return 0 }
         }
     }
 

@@ -125,10 +125,7 @@ extension ShardPipeline {
             return completed
         }
         guard !offsets.isEmpty else { return }
-        state.withLock { state in
-            for offset in offsets { state.tracker.complete(offset) }
-            state.counters.processed += offsets.count
-        }
+        state.withLock { $0.completed(offsets, as: .processed) }
         metrics.processed.increment(by: offsets.count)
         beacon.notify()
         noteProgress()

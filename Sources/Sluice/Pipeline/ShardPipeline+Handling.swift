@@ -5,7 +5,7 @@ import Synchronization
 import Tracing
 
 /// One unit's handling off the fast path: the call with its failure policy (retries, then stop, skip or
-/// dead-letter), suspects one at a time, the watched dead-letter write.
+/// dead-letter), suspects one at a time, and recording what is done.
 extension ShardPipeline {
     func process(_ unit: ArraySlice<Message>, lane: Int) async {
         switch quarantineGate.route(unit) {
@@ -56,7 +56,7 @@ extension ShardPipeline {
         var attempt = 1
         while true {
             if crashed.load(ordering: .acquiring) { return }
-            state.withLock { $0.counters.failed += 1 }
+            state.withLock { $0.failedAttempt() }
             metrics.failed.increment()
             logger.warning(
                 "handler failed",
@@ -91,7 +91,7 @@ extension ShardPipeline {
                 logger.error(
                     "message skipped after failures",
                     metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempts": "\(attempt)"])
-                complete(unit) { $0.skipped += unit.count }
+                complete(unit, as: .skipped)
                 metrics.skipped.increment(by: unit.count)
                 return
             case .deadLetter:
@@ -101,55 +101,8 @@ extension ShardPipeline {
         }
     }
 
-    /// Writes `unit` to the dead-letter topic, watched like a handler call: a write that hangs (a missing topic,
-    /// a broker away) crashes the shard after handlerTimeout instead of holding its lane. A batch goes out in one
-    /// round trip. What was written is done even when another message of the batch was not: it counts (before
-    /// the lane shows idle), so a restart does not write it a second time; the first message not written
-    /// crashes the shard. Returns the messages counted as written, and whether all were.
-    func deadLetter(_ unit: ArraySlice<Message>, error: any Error, attempts: Int, lane: Int) async -> (
-        counted: Int, all: Bool
-    ) {
-        guard let deadLetters, let topic = configuration.deadLetterTopic else {
-            crash(
-                ShardCrash(
-                    reason: .deadLetterFailed(String(describing: DeadLetterUnavailable())), offset: unit.first!.offset))
-            return (0, false)
-        }
-        let started = MonotonicNanoseconds.now()
-        activities[lane].begin(unit.first!.offset, timestamp: nil, at: started, handler: false)
-        let outcomes =
-            if let tracing {
-                await tracing.tracedDeadLetter(unit, topic: topic) {
-                    await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
-                }
-            } else {
-                await deadLetters.deadLetter(Array(unit), error: error, attempts: attempts, topic: topic)
-            }
-        let inTime = MonotonicNanoseconds.now() - started <= watchdog.timeoutNanoseconds
-        let written = zip(unit, outcomes).filter { $0.1 == nil }.map(\.0)
-        var counted = 0
-        if inTime, !Task.isCancelled, !written.isEmpty {
-            complete(written[...]) { $0.deadLettered += written.count }
-            metrics.deadLettered.increment(by: written.count)
-            counted = written.count
-        }
-        activities[lane].end()
-        guard let (message, failure) = zip(unit, outcomes).first(where: { $0.1 != nil }) else { return (counted, true) }
-        if inTime, !Task.isCancelled {
-            crash(ShardCrash(reason: .deadLetterFailed(String(describing: failure!)), offset: message.offset))
-        }
-        return (counted, false)
-    }
-
-    struct DeadLetterUnavailable: Error, CustomStringConvertible {
-        var description: String { "no dead-letter topic configured" }
-    }
-
-    func complete(_ unit: ArraySlice<Message>, count: (inout Counters) -> Void) {
-        state.withLock { state in
-            for message in unit { state.tracker.complete(message.offset) }
-            count(&state.counters)
-        }
+    func complete(_ unit: ArraySlice<Message>, as completion: StateMachine.Completion) {
+        state.withLock { $0.completed(unit.lazy.map(\.offset), as: completion) }
         beacon.notify()
         noteProgress()
     }

@@ -11,7 +11,7 @@ extension ShardPipeline {
 
     func startLanes() -> [Task<Void, Never>] {
         let count = configuration.laneCount
-        state.withLock { $0.lanesRunning = count }
+        state.withLock { $0.lanesStarted(count) }
         return (0..<count).map { index in
             let queue = queues[configuration.ordering == .none ? 0 : index]
             // An owned task, not a group child: see the type's documentation. On the handler threads, so a
@@ -22,7 +22,7 @@ extension ShardPipeline {
                 await self.runLane(index, queue: queue)
                 activity.enter(.ended)
                 if let slot = activity.journal { self.journal?.release(slot) }
-                self.state.withLock { $0.lanesRunning -= 1 }
+                _ = self.state.withLock { $0.laneEnded() }
                 self.beacon.notify()
             }
         }

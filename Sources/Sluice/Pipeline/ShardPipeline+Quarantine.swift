@@ -42,7 +42,7 @@ extension ShardPipeline {
                     "kafka.offset": "\(poisoned.first!.offset)", "sluice.quarantine": "\(quarantine.summary)",
                     "sluice.who": "\(quarantine.who ?? "-")", "sluice.reason": "\(quarantine.reason ?? "-")",
                 ])
-            complete(poisoned) { $0.skipped += poisoned.count }
+            complete(poisoned, as: .skipped)
             metrics.skipped.increment(by: poisoned.count)
         case (.quarantined, .stop):
             // Held here, but only once everything before it is done: other lanes (ordering key or none) may

@@ -55,20 +55,6 @@ final class ShardPipeline: Sendable {
         var deadLettered = 0
     }
 
-    struct State {
-        var tracker = OffsetTracker()
-        var crash: ShardCrash?
-        var stopRequested = false
-        /// The first offset taken from the source, begun or not (a stop can drop the rest of a batch).
-        var firstTaken: Int64?
-        var redeliveriesSkipped = 0
-        /// Offsets done before this pipeline (by an earlier one of the assignment, or by the group's last owner
-        /// per its commit metadata): taken again, they are completed without a handler call.
-        var alreadyDone: Set<Int64>
-        var lanesRunning = 0
-        var counters = Counters()
-    }
-
     let topicPartition: TopicPartition
     let generation: UInt64
     let configuration: TopicConfiguration
@@ -87,7 +73,8 @@ final class ShardPipeline: Sendable {
     let backpressureGrace: Duration
     let metrics: Metrics
     let logger: Logger
-    let state: Mutex<State>
+    /// The bookkeeping; every change is one of its events, made in this lock.
+    let state: Mutex<StateMachine>
     let activities: [LaneActivity]
     /// Mirrors `state.crash != nil` for the lanes' per-message checks.
     let crashed = Atomic<Bool>(false)
@@ -197,7 +184,7 @@ final class ShardPipeline: Sendable {
         logger[metadataKey: "sluice.generation"] = "\(generation)"
         self.logger = logger
         let lanes = configuration.laneCount
-        self.state = Mutex(State(alreadyDone: alreadyDone))
+        self.state = Mutex(StateMachine(alreadyDone: alreadyDone))
         self.watchdog = HandlerWatchdog(timeoutNanoseconds: configuration.handlerTimeout.nanoseconds)
         self.activities = (0..<lanes).map { _ in
             LaneActivity(journal: environment.journal?.acquire(topicPartition, generation: generation))
@@ -207,11 +194,11 @@ final class ShardPipeline: Sendable {
     }
 
     /// The offset to commit: everything before it is done. Nil before the first message.
-    var watermark: Int64? { state.withLock { $0.tracker.watermark } }
+    var watermark: Int64? { state.withLock { $0.watermark } }
 
     /// Where the next pipeline of the shard must read from: the watermark, or the first offset this one took
     /// from its source without beginning it; nil when it took nothing.
-    var restartOffset: Int64? { state.withLock { $0.tracker.watermark ?? $0.firstTaken } }
+    var restartOffset: Int64? { state.withLock { $0.restartOffset } }
 
     /// Offsets finished above the watermark (with `ordering: key` other keys run ahead of a failing one): the
     /// next pipeline after a restart does not hand them to the handler again.
@@ -219,10 +206,7 @@ final class ShardPipeline: Sendable {
 
     /// Offsets done above the watermark, taken or not yet: what a commit's metadata carries to the next owner.
     var doneAboveWatermark: Set<Int64> {
-        state.withLock { state in
-            let watermark = state.tracker.watermark ?? Int64.min
-            return state.tracker.completedAboveWatermark.union(state.alreadyDone.filter { $0 > watermark })
-        }
+        state.withLock { $0.doneAboveWatermark }
     }
 
     /// Messages taken again after a restart and completed without a handler call (they were done before).
@@ -235,13 +219,13 @@ final class ShardPipeline: Sendable {
     }
 
     /// Messages taken from the partition and not yet done.
-    var inFlight: Int { state.withLock { $0.tracker.inFlight } }
+    var inFlight: Int { state.withLock { $0.inFlight } }
 
     /// What the pipeline waits on, for a stall report: the dispatcher's phase, how many lanes are in each
     /// phase, the lane queues' depth, what is in flight, and whether it was asked to stop or crashed.
     var stallReport: String {
         let (inFlight, lowest, stop, crash, lanesRunning) = state.withLock {
-            ($0.tracker.inFlight, $0.tracker.watermark, $0.stopRequested, $0.crash != nil, $0.lanesRunning)
+            ($0.inFlight, $0.watermark, $0.stopRequested, $0.crash != nil, $0.lanesRunning)
         }
         let dispatcher = DispatcherPhase(rawValue: dispatcherPhase.load(ordering: .relaxed)).map { "\($0)" } ?? "?"
         var lanes: [String: Int] = [:]
@@ -262,7 +246,7 @@ final class ShardPipeline: Sendable {
 
     /// A measure of progress that changes whenever a message is done (handled, skipped or dead-lettered).
     var progress: Int {
-        state.withLock { $0.counters.processed + $0.counters.skipped + $0.counters.deadLettered }
+        state.withLock { $0.progress }
     }
 
     /// Processed, failed, skipped and dead-lettered counts so far.
@@ -272,7 +256,7 @@ final class ShardPipeline: Sendable {
     /// uncommitted, and read again by whoever handles the partition next); handler calls already running
     /// finish (up to the drain timeout), then ``run(source:)`` returns.
     func requestStop() {
-        state.withLock { $0.stopRequested = true }
+        state.withLock { $0.stop() }
         stopping.store(true, ordering: .releasing)
         for queue in queues { _ = queue.drain() }
         beacon.notify()
@@ -298,7 +282,7 @@ final class ShardPipeline: Sendable {
             dispatcherPhase.store(DispatcherPhase.groupProgress.rawValue, ordering: .relaxed)
             var done = groupProgress.done
             if done == nil { done = await groupProgress.wait(until: clock.now + Self.groupProgressWait, on: clock) }
-            if let done, !done.isEmpty { state.withLock { $0.alreadyDone.formUnion(done) } }
+            if let done, !done.isEmpty { state.withLock { $0.learnedDone(done) } }
         }
         let lanes = startLanes()
         // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
@@ -323,7 +307,7 @@ final class ShardPipeline: Sendable {
             _ = self.stopOrCrash()
             let now = MonotonicNanoseconds.now()
             finished = self.state.withLock {
-                $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress($0, now: now))
+                $0.lanesRunning == 0 || ($0.crash != nil && self.noLaneMakingProgress(now: now))
             }
             return finished || self.clock.now >= deadline
         }
@@ -336,7 +320,7 @@ final class ShardPipeline: Sendable {
         for activity in activities { flush(activity) }
         if let crash { return .crashed(crash) }
         if !finished {
-            let (inFlight, watermark) = state.withLock { ($0.tracker.inFlight, $0.tracker.watermark ?? $0.firstTaken) }
+            let (inFlight, watermark) = state.withLock { ($0.inFlight, $0.restartOffset) }
             logger.warning(
                 "drainTimeout passed with messages not done: they are not committed, and whoever reads the partition next handles them",
                 metadata: [
@@ -383,11 +367,12 @@ final class ShardPipeline: Sendable {
         let limit = configuration.handlerTimeout
         let stuck = watchdog.overdue(activities.lazy.compactMap(\.call), now: MonotonicNanoseconds.now())
         let (stopped, timedOutOffset) = state.withLock { state -> (Bool, Int64?) in
-            if state.crash == nil, let offset = stuck?.offset {
-                state.crash = ShardCrash(reason: .handlerTimeout(limit), offset: offset)
+            if let offset = stuck?.offset,
+                case .crashNow = state.crashed(ShardCrash(reason: .handlerTimeout(limit), offset: offset))
+            {
                 return (true, offset)
             }
-            return (state.stopRequested || state.crash != nil, nil)
+            return (state.halted, nil)
         }
         if timedOutOffset != nil { crashed.store(true, ordering: .releasing) }
         if let timedOutOffset {
@@ -408,18 +393,14 @@ final class ShardPipeline: Sendable {
 
     /// After a crash, lanes still in a handler call within its time limit may complete offsets below the
     /// crash and are waited for; idle lanes and stuck ones (past the limit) are not.
-    func noLaneMakingProgress(_ state: State, now: Int64) -> Bool {
+    func noLaneMakingProgress(now: Int64) -> Bool {
         activities.allSatisfy { activity in activity.call.map { watchdog.isOverdue($0, now: now) } ?? true }
     }
 
     func crash(_ crash: ShardCrash) {
-        let first = state.withLock { state -> Bool in
-            guard state.crash == nil else { return false }
-            state.crash = crash
-            return true
-        }
+        let action = state.withLock { $0.crashed(crash) }
         crashed.store(true, ordering: .releasing)
-        if first { logger.error("shard crashed", metadata: ["sluice.crash": "\(crash)"]) }
+        if action == .crashNow(crash) { logger.error("shard crashed", metadata: ["sluice.crash": "\(crash)"]) }
         for queue in queues { _ = queue.drain() }
         beacon.notify()
         control.notify()
