@@ -90,12 +90,25 @@ let package = Package(
             ],
             resources: [.copy("Dashboard/Templates"), .copy("Dashboard/Static")]
         ),
+        .target(
+            name: "SluiceBench",
+            dependencies: [
+                "SluiceKafka",
+                "Sluice",
+                "SluiceAdmin",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "sluice",
             dependencies: [
                 "SluiceKafka",
                 "Sluice",
                 "SluiceAdmin",
+                "SluiceBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

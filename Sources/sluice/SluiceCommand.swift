@@ -1,4 +1,5 @@
 import ArgumentParser
+import SluiceBench
 
 @main
 struct SluiceCommand: AsyncParsableCommand {

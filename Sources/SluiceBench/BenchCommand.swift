@@ -13,8 +13,10 @@ import Synchronization
     import FoundationNetworking
 #endif
 
-struct BenchCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `sluice bench`: the host against raw librdkafka in one run. Its own target, as NIO and swift-kafka-client keep
+/// their benchmarks apart; the `sluice` executable lists it as a subcommand (its child processes are `sluice`).
+public struct BenchCommand: AsyncParsableCommand, Sendable {
+    public static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract:
             "Measure the host against raw librdkafka in one run, on the embedded cluster (build with -c release).",
@@ -100,7 +102,7 @@ struct BenchCommand: AsyncParsableCommand {
     )
     var fleet: Int?
 
-    func validate() throws {
+    public func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
         for entry in consumerProperty where entry.split(separator: "=", maxSplits: 1).count != 2 {
@@ -134,7 +136,9 @@ struct BenchCommand: AsyncParsableCommand {
         return factory
     }()
 
-    func run() async throws {
+    public init() {}
+
+    public func run() async throws {
         _ = Self.metrics
         var logger = Logger(label: "sluice.bench")
         logger.logLevel =

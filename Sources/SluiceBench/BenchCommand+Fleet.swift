@@ -48,7 +48,7 @@ extension BenchCommand {
         var acknowledged: [Double] = []
         var fullAcks = 0
         for flip in 1...flips {
-            let started = FleetHostCommand.milliseconds()
+            let started = Int64(Date().timeIntervalSince1970 * 1000)
             let set = try cli([
                 "flags", "set", topic, "off", "--bootstrap", cluster, "--group", group, "--reason",
                 "bench flip \(flip)",
@@ -66,7 +66,7 @@ extension BenchCommand {
             toPaused.append(
                 hosts.compactMap { $0.pausedSince(started) }.max().map { Double($0 - started) } ?? toOff.last!)
             try await Task.sleep(for: .milliseconds(500))
-            let resumed = FleetHostCommand.milliseconds()
+            let resumed = Int64(Date().timeIntervalSince1970 * 1000)
             let unset = try cli([
                 "flags", "unset", topic, "--bootstrap", cluster, "--group", group, "--reason",
                 "bench flip \(flip) over",
