@@ -131,57 +131,8 @@ extension ShardPipeline {
         }
     }
 
-    /// Gives a run of begun messages (`batch[range]`) to the lanes: all to the one lane (`partition`), per
-    /// key hash (`key`), or split evenly over the shared queue (`none`). The lanes share `batch`.
+    /// Gives a run of begun messages (`batch[range]`) to the lanes' queues, as the router says.
     func handOut(_ batch: [Message], _ range: Range<Int>) {
-        guard !range.isEmpty else { return }
-        switch configuration.ordering {
-        case .partition:
-            queues[0].push(LaneRun(batch, range: range))
-        case .key:
-            guard queues.count > 1 else {
-                queues[0].push(LaneRun(batch, range: range))
-                return
-            }
-            // Each lane's positions sized once: appending to empty arrays reallocated each about log2(n / lanes) times.
-            var lanes = [Int32](repeating: 0, count: range.count)
-            var counts = [Int](repeating: 0, count: queues.count)
-            for position in range {
-                let lane = lane(for: batch[position])
-                lanes[position - range.lowerBound] = Int32(lane)
-                counts[lane] += 1
-            }
-            var perLane = counts.map { count -> [Int32] in
-                var positions: [Int32] = []
-                positions.reserveCapacity(count)
-                return positions
-            }
-            for position in range { perLane[Int(lanes[position - range.lowerBound])].append(Int32(position)) }
-            for (index, positions) in perLane.enumerated() where !positions.isEmpty {
-                queues[index].push(LaneRun(batch, positions: positions))
-            }
-        case .none:
-            let lanes = configuration.laneCount
-            let size = max(1, (range.count + lanes - 1) / lanes)
-            var start = range.lowerBound
-            while start < range.upperBound {
-                queues[0].push(LaneRun(batch, range: start..<min(start + size, range.upperBound)))
-                start += size
-            }
-        }
-    }
-
-    func lane(for message: Message) -> Int {
-        guard configuration.ordering == .key, queues.count > 1, let key = message.key else { return 0 }
-        // FNV-1a: stable across processes, unlike Hasher.
-        let hash = key.withUnsafeBytes { bytes in
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            for byte in bytes {
-                hash ^= UInt64(byte)
-                hash &*= 0x0000_0100_0000_01B3
-            }
-            return hash
-        }
-        return Int(hash % UInt64(queues.count))
+        for (queue, run) in router.route(batch, range) { queues[queue].push(run) }
     }
 }

@@ -94,6 +94,8 @@ final class ShardPipeline: Sendable {
     let control = Beacon()
     /// Runs of messages for the lanes, in offset order within each queue.
     let queues: [WorkQueue<LaneRun>]
+    /// Which queue each message goes to.
+    let router: LaneRouter
     /// Offsets an earlier pipeline of this assignment finished above its watermark: taken again after a
     /// restart, they are completed without calling the handler a second time.
     /// Where lanes (and so handler code) run: the host's handler threads; nil for the default executor.
@@ -189,8 +191,8 @@ final class ShardPipeline: Sendable {
         self.activities = (0..<lanes).map { _ in
             LaneActivity(journal: environment.journal?.acquire(topicPartition, generation: generation))
         }
-        self.queues = (0..<(configuration.ordering == .none ? 1 : lanes)).map { _ in WorkQueue(clock: environment.clock)
-        }
+        self.router = LaneRouter(ordering: configuration.ordering, lanes: lanes)
+        self.queues = (0..<router.queueCount).map { _ in WorkQueue(clock: environment.clock) }
     }
 
     /// The offset to commit: everything before it is done. Nil before the first message.
