@@ -115,20 +115,27 @@ public enum KafkaTopicAdmin {
             _ = try handle.partitionCount(topic: topic.name, timeout: timeout)
             return .autoCreated(reason: "librdkafka's mock cluster (\(id)) has no CreateTopics")
         }
-        let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_CREATETOPICS)
-        defer { rd_kafka_AdminOptions_destroy(options) }
-        let milliseconds = Int32(clamping: timeout.milliseconds)
-        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds, &errorText, errorText.count)
-        _ = rd_kafka_AdminOptions_set_operation_timeout(options, milliseconds, &errorText, errorText.count)
-        guard let queue = rd_kafka_queue_new(handle.pointer) else { throw .state("rd_kafka_queue_new failed") }
-        defer { rd_kafka_queue_destroy(queue) }
-        var topics: [OpaquePointer?] = [newTopic]
-        rd_kafka_CreateTopics(handle.pointer, &topics, 1, options, queue)
-        // The result arrives within the request timeout; a little more for the admin request's own queueing.
-        guard let event = rd_kafka_queue_poll(queue, milliseconds + 1000) else {
-            throw KafkaError(code: .timeout, message: "creating topic '\(topic.name)': no answer within \(timeout)")
-        }
-        defer { rd_kafka_event_destroy(event) }
+        return try adminRequest(
+            handle, RD_KAFKA_ADMIN_OP_CREATETOPICS, timeout: timeout, operationTimeout: true,
+            send: { options, queue in
+                var topics: [OpaquePointer?] = [newTopic]
+                rd_kafka_CreateTopics(handle.pointer, &topics, 1, options, queue)
+            },
+            answer: { event throws(KafkaError) in
+                guard let event else {
+                    throw KafkaError(
+                        code: .timeout, message: "creating topic '\(topic.name)': no answer within \(timeout)")
+                }
+                return try created(topic, answer: event, handle: handle, timeout: timeout)
+            })
+    }
+
+    /// What the answer to a CreateTopics request says.
+    private static func created(
+        _ topic: NewTopic, answer event: OpaquePointer, handle: RDKafkaHandle, timeout: Duration
+    )
+        throws(KafkaError) -> Outcome
+    {
         let requestError = rd_kafka_event_error(event)
         if requestError == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE {
             let reason = String(cString: rd_kafka_event_error_string(event))
@@ -190,7 +197,6 @@ extension KafkaTopicAdmin {
     private static func describeBlocking(_ topic: String, handle: RDKafkaHandle, timeout: Duration) throws(KafkaError)
         -> Described
     {
-        let milliseconds = Int32(clamping: timeout.milliseconds)
         if let id = mockClusterID(handle, timeout: timeout) {
             return .unsupported(reason: "librdkafka's mock cluster (\(id)) has no DescribeConfigs")
         }
@@ -198,18 +204,20 @@ extension KafkaTopicAdmin {
             throw .configuration("topic '\(topic)': cannot describe its configuration")
         }
         defer { rd_kafka_ConfigResource_destroy(resource) }
-        var errorText = [CChar](repeating: 0, count: 512)
-        let options = rd_kafka_AdminOptions_new(handle.pointer, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)
-        defer { rd_kafka_AdminOptions_destroy(options) }
-        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds, &errorText, errorText.count)
-        guard let queue = rd_kafka_queue_new(handle.pointer) else { throw .state("rd_kafka_queue_new failed") }
-        defer { rd_kafka_queue_destroy(queue) }
-        var resources: [OpaquePointer?] = [resource]
-        rd_kafka_DescribeConfigs(handle.pointer, &resources, 1, options, queue)
-        guard let event = rd_kafka_queue_poll(queue, milliseconds + 1000) else {
-            return .unknown(reason: "no answer to DescribeConfigs within \(timeout)")
-        }
-        defer { rd_kafka_event_destroy(event) }
+        return try adminRequest(
+            handle, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS, timeout: timeout,
+            send: { options, queue in
+                var resources: [OpaquePointer?] = [resource]
+                rd_kafka_DescribeConfigs(handle.pointer, &resources, 1, options, queue)
+            },
+            answer: { event in
+                guard let event else { return .unknown(reason: "no answer to DescribeConfigs within \(timeout)") }
+                return described(answer: event)
+            })
+    }
+
+    /// What the answer to a DescribeConfigs request of one topic says.
+    private static func described(answer event: OpaquePointer) -> Described {
         let requestError = rd_kafka_event_error(event)
         guard requestError == RD_KAFKA_RESP_ERR_NO_ERROR else {
             return .unknown(reason: String(cString: rd_kafka_event_error_string(event)))
@@ -234,5 +242,30 @@ extension KafkaTopicAdmin {
             }
         }
         return .entries(entries)
+    }
+}
+
+extension KafkaTopicAdmin {
+    /// One admin request: its options with `timeout` (as the operation's timeout too, with `operationTimeout`), a
+    /// queue for its answer, `send` to make it, and `answer` to read the answer's event (nil when none came within
+    /// the timeout and a second more for the request's own queueing); everything freed after.
+    static func adminRequest<Result>(
+        _ handle: RDKafkaHandle, _ operation: rd_kafka_admin_op_t, timeout: Duration, operationTimeout: Bool = false,
+        send: (OpaquePointer?, OpaquePointer) -> Void, answer: (OpaquePointer?) throws(KafkaError) -> Result
+    ) throws(KafkaError) -> Result {
+        var errorText = [CChar](repeating: 0, count: 512)
+        let milliseconds = Int32(clamping: timeout.milliseconds)
+        let options = rd_kafka_AdminOptions_new(handle.pointer, operation)
+        defer { rd_kafka_AdminOptions_destroy(options) }
+        _ = rd_kafka_AdminOptions_set_request_timeout(options, milliseconds, &errorText, errorText.count)
+        if operationTimeout {
+            _ = rd_kafka_AdminOptions_set_operation_timeout(options, milliseconds, &errorText, errorText.count)
+        }
+        guard let queue = rd_kafka_queue_new(handle.pointer) else { throw .state("rd_kafka_queue_new failed") }
+        defer { rd_kafka_queue_destroy(queue) }
+        send(options, queue)
+        let event = rd_kafka_queue_poll(queue, milliseconds + 1000)
+        defer { if let event { rd_kafka_event_destroy(event) } }
+        return try answer(event)
     }
 }
