@@ -16,6 +16,9 @@ public struct KafkaConsumerConfiguration: Sendable {
     public var groupID: String
     /// `client.id`. Default `sluice`.
     public var clientID: String = "sluice"
+    /// `group.instance.id` (KIP-345, static membership): a member that rejoins with the same id within the
+    /// session timeout gets its partitions back without a rebalance of the group. Nil: a dynamic member.
+    public var groupInstanceID: String?
     /// Where to start in a partition with no committed offset. Default ``OffsetReset/earliest``.
     public var autoOffsetReset: OffsetReset = .earliest
     /// `session.timeout.ms`. Default 10 s. The embedded cluster needs more than 3 s.
@@ -110,6 +113,9 @@ public struct KafkaConsumerConfiguration: Sendable {
             ("bootstrap.servers", bootstrapServers),
             ("group.id", groupID),
             ("client.id", clientID),
+        ]
+        if let groupInstanceID { result.append(("group.instance.id", groupInstanceID)) }
+        result += [
             ("auto.offset.reset", autoOffsetReset.rawValue),
             ("session.timeout.ms", String(sessionTimeout.milliseconds)),
         ]

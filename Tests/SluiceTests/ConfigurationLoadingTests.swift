@@ -355,6 +355,27 @@ struct ConfigurationLoadingTests {
         )
     }
 
+    @Test("static membership: read from the file, passed to librdkafka, nonsense refused with the key")
+    func staticMembership() async throws {
+        let base = "kafka: {bootstrap: b, group: g, groupInstanceId: orders-7}\n"
+        let path = try write(base)
+        let configuration = try await SluiceConfiguration.load(file: path, environment: [:])
+        #expect(configuration.kafka.groupInstanceId == "orders-7")
+        let properties = try configuration.consumerConfiguration().librdkafkaProperties()
+        #expect(properties.contains { $0 == ("group.instance.id", "orders-7") })
+        let dynamic = try await SluiceConfiguration.load(
+            file: try write("kafka: {bootstrap: b, group: g}\n"), environment: [:])
+        #expect(dynamic.kafka.groupInstanceId == nil)
+        #expect(
+            try dynamic.consumerConfiguration().librdkafkaProperties().allSatisfy { $0.0 != "group.instance.id" },
+            "no group.instance.id: a dynamic member")
+        let refused = try await loadError("kafka: {bootstrap: b, group: g, groupInstanceId: 'pod 1'}\n")
+        #expect(
+            refused
+                == "FILE:1:50: kafka.groupInstanceId: must be 1 to 245 letters, digits, '.', '_' or '-', got 'pod 1'",
+            "\(refused)")
+    }
+
     @Test("crash containment: onCrash and the state directory are read; nonsense is refused with the key and reason")
     func crashContainment() async throws {
         let base = "kafka: {bootstrap: b, group: g}\n"

@@ -63,7 +63,10 @@ struct ConfigurationLayout {
             "operatorPublicKey",
             "operatorPublicKeyPrevious", "operatorKey",
         ],
-        "kafka": ["bootstrap", "group", "sessionTimeout", "commitInterval", "properties", "producerProperties"],
+        "kafka": [
+            "bootstrap", "group", "groupInstanceId", "sessionTimeout", "commitInterval", "properties",
+            "producerProperties",
+        ],
         "kafka.properties": ["*"],
         "kafka.producerProperties": ["*"],
         "topics": ["*"],
@@ -151,6 +154,16 @@ private struct ConfigurationValues {
             bootstrap: try required(["kafka", "bootstrap"]),
             group: try required(["kafka", "group"]))
         kafka.sessionTimeout = try duration(["kafka", "sessionTimeout"]) ?? kafka.sessionTimeout
+        if let instance = try string(["kafka", "groupInstanceId"]) {
+            // Kafka's rule for group.instance.id is its rule for topic names; "-w63" is added for worker slots.
+            guard TopicName.problem(instance) == nil, instance.utf8.count <= TopicName.maximumLength - 4 else {
+                throw problem(
+                    ["kafka", "groupInstanceId"],
+                    "must be 1 to \(TopicName.maximumLength - 4) letters, digits, '.', '_' or '-', got \(TopicName.quoted(instance))"
+                )
+            }
+            kafka.groupInstanceId = instance
+        }
         kafka.commitInterval =
             try duration(
                 ["kafka", "commitInterval"], atLeast: .milliseconds(10),

@@ -18,6 +18,11 @@ public struct SluiceConfiguration: Sendable {
         public var commitInterval: Duration = .seconds(1)
         /// Raw librdkafka properties for the consumer and producer, validated by librdkafka at start.
         public var properties: [String: String] = [:]
+        /// `group.instance.id` (KIP-345, static membership; `kafka.groupInstanceId`): a host that restarts within
+        /// the session timeout gets its partitions back without a rebalance of the group. Each host needs its
+        /// own: on Kubernetes a StatefulSet's pod name (docs/configuration.md, "Static membership").
+        /// Nil: a dynamic member (every join and leave rebalances the group).
+        public var groupInstanceId: String?
         /// Raw librdkafka properties for the dead-letter producer only (`message.timeout.ms`, `acks`,
         /// `linger.ms`, ...), applied over the shared ones of ``properties``.
         public var producerProperties: [String: String] = [:]
@@ -216,6 +221,7 @@ public struct SluiceConfiguration: Sendable {
     func consumerConfiguration() -> KafkaConsumerConfiguration {
         var configuration = KafkaConsumerConfiguration(bootstrapServers: kafka.bootstrap, groupID: kafka.group)
         configuration.sessionTimeout = kafka.sessionTimeout
+        configuration.groupInstanceID = kafka.groupInstanceId
         configuration.commitInterval = kafka.commitInterval
         // The host releases revoked partitions itself once its shards drained; this is the backstop.
         configuration.revokeTimeout = revokeTimeout + .seconds(2)
