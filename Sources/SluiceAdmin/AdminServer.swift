@@ -77,6 +77,11 @@ public struct AdminServer: Service {
 
     /// Serves until graceful shutdown.
     public func run() async throws {
+        if host.worker != nil {
+            // A worker process leaves the admin API to its supervisor: one port, one host to the outside.
+            try? await gracefulShutdown()
+            return
+        }
         let parts = settings.listen.split(separator: ":")
         let address = BindAddress.hostname(String(parts[0]), port: Int(parts[1]) ?? 8080)
         let app = Application(

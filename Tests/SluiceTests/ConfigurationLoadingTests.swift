@@ -376,6 +376,30 @@ struct ConfigurationLoadingTests {
             "\(refused)")
     }
 
+    @Test("worker processes: host.workers read from the file and the environment; out of range refused with the key")
+    func workers() async throws {
+        let base = "kafka: {bootstrap: b, group: g, groupInstanceId: pod-1}\n"
+        let configuration = try await SluiceConfiguration.load(
+            file: try write(base + "host: {workers: 2}\n"), environment: [:])
+        #expect(configuration.workers == 2)
+        let fromEnvironment = try await SluiceConfiguration.load(
+            file: try write(base), environment: ["SLUICE_HOST_WORKERS": "3"])
+        #expect(fromEnvironment.workers == 3)
+        #expect(
+            try await loadError(base + "host: {workers: 65}\n") == "FILE:2:17: host.workers: must be 0...64, got 65")
+        // What a worker of slot 1 runs with: its own static member id and state directory.
+        let worker = try #require(
+            WorkerEnvironment([WorkerEnvironment.slotVariable: "1", WorkerEnvironment.livenessVariable: "3"]))
+        let adjusted = worker.workerConfiguration(configuration)
+        #expect(adjusted.kafka.groupInstanceId == "pod-1-w1" && adjusted.stateDirectory == ".sluice/w1")
+        for bad in [["1", "2"], ["64", "3"], ["-1", "3"], ["x", "3"], ["1", "x"], ["99999", "3"]] {
+            #expect(
+                WorkerEnvironment([WorkerEnvironment.slotVariable: bad[0], WorkerEnvironment.livenessVariable: bad[1]])
+                    == nil, "not a worker's environment: \(bad)")
+        }
+        #expect(WorkerEnvironment([:]) == nil)
+    }
+
     @Test("crash containment: onCrash and the state directory are read; nonsense is refused with the key and reason")
     func crashContainment() async throws {
         let base = "kafka: {bootstrap: b, group: g}\n"

@@ -29,6 +29,7 @@ final class PaymentStore: Sendable {
         try execute(
             """
             PRAGMA journal_mode=WAL;
+            PRAGMA busy_timeout=5000;
             CREATE TABLE IF NOT EXISTS payments (
                 partition INTEGER NOT NULL, offset INTEGER NOT NULL, key TEXT, payload BLOB NOT NULL,
                 PRIMARY KEY (partition, offset));

@@ -86,7 +86,7 @@ struct ConfigurationLayout {
         "topics.*.onFailure": ["retries", "backoff", "then"],
         "host": [
             "revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads",
-            "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget",
+            "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget", "workers",
         ],
     ]
 
@@ -225,6 +225,12 @@ private struct ConfigurationValues {
             configuration.stateDirectory = directory
         }
         configuration.crashJournal = try onOff(["host", "crashJournal"]) ?? configuration.crashJournal
+        if let workers = try integer(["host", "workers"]) {
+            guard (0...SluiceConfiguration.maximumWorkers).contains(workers) else {
+                throw problem(["host", "workers"], "must be 0...\(SluiceConfiguration.maximumWorkers), got \(workers)")
+            }
+            configuration.workers = workers
+        }
         if let text = try string(["host", "memoryBudget"]) {
             if text.trimmingWhitespace().lowercased() == "off" {
                 configuration.memoryBudget = nil

@@ -200,6 +200,12 @@ public struct SluiceConfiguration: Sendable {
     /// `_attempt`, `_flag_enabled`, `_stalled` with a partition label). They multiply by partitions; topic
     /// totals (`sluice_topic_lag`, the counters) stay when off. Default on.
     public var perPartitionMetrics = true
+    /// Worker processes (`host.workers`, default 0: the host is one process). With N ≥ 1 the process that runs
+    /// the host supervises N worker processes of the same executable, each a member of the group with its own
+    /// partitions; a trap then costs one worker's partitions, not the host (docs/architecture.md §14).
+    public var workers = 0
+    /// The most worker processes a host may have.
+    public static let maximumWorkers = 64
     /// Whether the host keeps a crash journal and contains handlers that trap (`host.crashJournal`,
     /// docs/architecture.md §12). Default on.
     public var crashJournal = true

@@ -20,6 +20,11 @@ extension SluiceHost {
     ///   Kafka client cannot be created (a bad librdkafka property is named).
     public func run() async throws {
         let handlers = try startOnce()
+        if supervisesWorkers {
+            try await superviseWorkers()
+            return
+        }
+        if let worker { startHeartbeat(worker) }
         if configuration.control.enabled {
             if try configuration.control.keys() == nil {
                 logger.warning(

@@ -69,10 +69,15 @@ public final class SluiceHost: Service, Sendable {
         var blockedHandlerThreads = 0
         /// The crash journal and quarantines, once ``run()`` opened them.
         var crashContainment: CrashContainment?
+        /// The worker processes, while a host with `host.workers` runs as their supervisor.
+        var workerSupervisor: WorkerSupervisor?
     }
 
-    /// The configuration the host runs with.
+    /// The configuration the host runs with (a worker's: its own static member id and state directory).
     public let configuration: SluiceConfiguration
+    /// Set when this process is a worker of a supervising host (docs/architecture.md §14): it consumes its
+    /// partitions and leaves the admin API, the dashboard and `/metrics` to its supervisor.
+    public let worker: WorkerEnvironment?
     /// The highest flag layer, for operators (the admin API writes here).
     public let operatorFlags = InMemoryFlagSource(name: "admin")
     /// The layered flags: operator flags, then the flag file, then the default.
@@ -144,7 +149,12 @@ public final class SluiceHost: Service, Sendable {
         let realTime = clock as? SystemHostClock ?? SystemHostClock(name: "sluice-host-timers")
         self.realTime = realTime
         carefulGate = CarefulGate(clock: realTime)
+        let worker = WorkerEnvironment(ProcessInfo.processInfo.environment)
+        self.worker = worker
+        let configuration = worker?.workerConfiguration(configuration) ?? configuration
         self.configuration = configuration
+        var logger = logger
+        if let worker { logger[metadataKey: "sluice.worker"] = "\(worker.slot)" }
         self.logger = logger
         registry = ShardRegistry(logger: logger)
         var sources: [any FlagSource] = [operatorFlags]
@@ -199,7 +209,8 @@ public final class SluiceHost: Service, Sendable {
 
     /// Whether the host is ready for traffic (joined its group, not shutting down), with the reasons when not.
     public var readiness: (ready: Bool, reasons: [String]) {
-        state.withLock { state in
+        if let workers = state.withLock({ $0.workerSupervisor }) { return workersReadiness(workers) }
+        return state.withLock { state in
             var reasons: [String] = []
             if !state.running { reasons.append("the host is not running") }
             if state.running, !state.joined { reasons.append("the consumer has not joined its group yet") }
@@ -214,6 +225,7 @@ public final class SluiceHost: Service, Sendable {
     /// Whether the host's loops make progress: the supervisor loop ticked and the consumer's thread went
     /// round within `limit`.
     public func health(limit: Duration = .seconds(10)) -> (healthy: Bool, reasons: [String]) {
+        if state.withLock({ $0.workerSupervisor }) != nil { return (true, []) }
         let (running, lastTick, consumer) = state.withLock { ($0.running, $0.lastTick, $0.consumer) }
         guard running else { return (false, ["the host is not running"]) }
         var reasons: [String] = []
@@ -248,11 +260,12 @@ public final class SluiceHost: Service, Sendable {
     /// Starts a graceful shutdown: stop fetching, finish in-flight work (up to `shutdownTimeout`), commit,
     /// leave the group; ``run()`` then returns. Graceful shutdown of a service group does the same.
     public func shutdown() {
-        let inputs = state.withLock { state -> AsyncStream<Input>.Continuation? in
+        let (inputs, workers) = state.withLock { state in
             state.shutdownRequested = true
-            return state.inputs
+            return (state.inputs, state.workerSupervisor)
         }
         inputs?.yield(.shutdownRequested)
+        workers?.stop()
     }
 
     // MARK: Used by the supervisor loop

@@ -1,0 +1,73 @@
+import Logging
+import ServiceLifecycle
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+
+/// Worker processes (`host.workers`, docs/architecture.md §14): the host as their supervisor, and a worker's
+/// heartbeat to it.
+extension SluiceHost {
+    /// Whether this process supervises workers instead of consuming itself.
+    var supervisesWorkers: Bool { configuration.workers > 0 && worker == nil }
+
+    /// Runs the worker processes until shutdown: each slot's worker is this executable started again with the
+    /// same arguments, so a user's `main` stays as it is.
+    func superviseWorkers() async throws {
+        if configuration.kafka.groupInstanceId == nil {
+            logger.warning(
+                "host.workers without kafka.groupInstanceId: a worker that restarts rejoins as a new member, and the group rebalances; set kafka.groupInstanceId (unique per host) for static membership"
+            )
+        }
+        let supervisor = WorkerSupervisor(
+            workers: configuration.workers, executable: WorkerProcess.currentExecutable(),
+            arguments: CommandLine.arguments, environment: ProcessInfo.processInfo.environment,
+            drainLimit: configuration.shutdownTimeout + .seconds(10), clock: realTime, metricsFactory: metricsFactory,
+            logger: logger)
+        let stopAtOnce = state.withLock { state in
+            state.workerSupervisor = supervisor
+            state.running = true
+            return state.shutdownRequested
+        }
+        if stopAtOnce { supervisor.stop() }
+        logger.info("host started as the supervisor of \(configuration.workers) worker process(es)")
+        defer { state.withLock { $0.running = false } }
+        try await withGracefulShutdownHandler {
+            try await supervisor.run()
+        } onGracefulShutdown: {
+            supervisor.stop()
+        }
+        logger.info("host stopped: every worker drained")
+    }
+
+    /// A worker's heartbeat: while it starts, and then while its loops turn (``health(limit:)``). A worker whose
+    /// librdkafka client raised a fatal error stops beating too, so its supervisor replaces it.
+    func startHeartbeat(_ worker: WorkerEnvironment) {
+        LivenessBeat.start(
+            descriptor: worker.livenessDescriptor,
+            healthy: { [weak self] in
+                guard let self else { return false }
+                return !self.state.withLock { $0.running } || self.health().healthy
+            },
+            orphaned: { [weak self] in
+                self?.logger.error("the supervisor is gone: this worker drains and exits")
+                self?.shutdown()
+            })
+    }
+
+    /// Ready when every slot has a running worker; each slot that does not is a reason.
+    func workersReadiness(_ supervisor: WorkerSupervisor) -> (ready: Bool, reasons: [String]) {
+        var reasons: [String] = []
+        for slot in supervisor.slots {
+            switch slot.state {
+            case .running: break
+            case .tripped(let reason): reasons.append("worker slot \(slot.index) is tripped: \(reason)")
+            default: reasons.append("worker slot \(slot.index) has no running worker")
+            }
+        }
+        if state.withLock({ $0.shutdownRequested }) { reasons.append("the host is shutting down") }
+        return (reasons.isEmpty, reasons)
+    }
+}

@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A worker process of a supervising host: this executable started again (`posix_spawn`, never `fork` of a
+/// multithreaded process) with the same arguments, the environment plus ``WorkerEnvironment``'s variables,
+/// and a pipe at descriptor 3 for its heartbeats. Two threads of the supervisor watch it: one reads the
+/// heartbeats, one waits for its exit (threads of their own: they block in `read` and `waitpid`); each reports
+/// through `events`.
+struct WorkerProcess: Sendable {
+    /// What a worker's threads report.
+    enum Event: Sendable {
+        case beat(slot: Int, pid: Int32)
+        case exited(slot: Int, pid: Int32, status: String, cleanly: Bool)
+    }
+
+    let slot: Int
+    let pid: Int32
+
+    /// Starts the worker of `slot`; throws naming the call that failed.
+    static func spawn(
+        slot: Int, executable: String, arguments: [String], environment: [String: String],
+        events: AsyncStream<Event>.Continuation
+    ) throws(SluiceError) -> WorkerProcess {
+        var pipeEnds: [Int32] = [-1, -1]
+        guard pipe(&pipeEnds) == 0 else { throw failure("pipe", errno) }
+        let (readEnd, writeEnd) = (pipeEnds[0], pipeEnds[1])
+        // Close-on-exec: no other process this one starts keeps the pipe (pipe2 is not in Glibc's module).
+        for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        // dup2 onto 3 clears close-on-exec there; every other descriptor of ours stays closed in the worker.
+        posix_spawn_file_actions_adddup2(&actions, writeEnd, WorkerEnvironment.livenessDescriptor)
+        var environment = environment
+        environment[WorkerEnvironment.slotVariable] = "\(slot)"
+        environment[WorkerEnvironment.livenessVariable] = "\(WorkerEnvironment.livenessDescriptor)"
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        close(writeEnd)
+        guard result == 0 else {
+            close(readEnd)
+            throw failure("posix_spawn \(executable)", result)
+        }
+        let process = WorkerProcess(slot: slot, pid: pid)
+        process.watch(heartbeats: readEnd, events: events)
+        return process
+    }
+
+    /// Sends `signal` to the worker.
+    func signal(_ signal: Int32) {
+        _ = kill(pid, signal)
+    }
+
+    private func watch(heartbeats descriptor: Int32, events: AsyncStream<Event>.Continuation) {
+        let (slot, pid) = (self.slot, self.pid)
+        startThread(named: "sluice-w\(slot)-beat") {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while true {
+                let count = read(descriptor, &buffer, buffer.count)
+                if count > 0 {
+                    events.yield(.beat(slot: slot, pid: pid))
+                } else if count < 0, errno == EINTR {
+                    continue
+                } else {
+                    break
+                }
+            }
+            close(descriptor)
+        }
+        startThread(named: "sluice-w\(slot)-wait") {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+            let (description, cleanly) = Self.describe(status)
+            events.yield(.exited(slot: slot, pid: pid, status: description, cleanly: cleanly))
+        }
+    }
+
+    /// A wait status as a person reads it (`exit 0`, `signal 4 (SIGILL)`), and whether it is a clean exit.
+    static func describe(_ status: Int32) -> (String, Bool) {
+        let signal = status & 0x7f
+        if signal == 0 {
+            let code = (status >> 8) & 0xff
+            return ("exit \(code)", code == 0)
+        }
+        let names: [Int32: String] = [
+            SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE",
+            SIGSEGV: "SIGSEGV", SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGINT: "SIGINT",
+        ]
+        return ("signal \(signal)\(names[signal].map { " (\($0))" } ?? "")", false)
+    }
+
+    /// The executable of this process, to start it again.
+    static func currentExecutable() -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return CommandLine.arguments[0] }
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    private static func failure(_ call: String, _ code: Int32) -> SluiceError {
+        SluiceError(code: .state, message: "cannot start a worker process: \(call): \(String(cString: strerror(code)))")
+    }
+}
