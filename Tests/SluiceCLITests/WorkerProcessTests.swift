@@ -121,4 +121,75 @@ struct WorkerProcessTests {
         #expect(status == 0, "SIGTERM drains every worker: \(ending.suffix(4_000))")
         await consumer.close()
     }
+
+    /// The log lines of one worker slot that contain `text`.
+    static func lines(_ log: String, worker: Int, _ text: String) -> [Substring] {
+        log.split(separator: "\n").filter { $0.contains("sluice.worker=\(worker) ") && $0.contains(text) }
+    }
+
+    /// The partitions a log line names (`kafka.partitions=orders/0,orders/2`).
+    static func partitions(_ line: Substring) -> Set<String> {
+        guard let range = line.range(of: "kafka.partitions=") else { return [] }
+        return Set(line[range.upperBound...].prefix { !$0.isWhitespace }.split(separator: ",").map(String.init))
+    }
+
+    @Test(
+        "static members (kafka.groupInstanceId): a killed worker's replacement gets its partitions back, and the other worker keeps its own throughout"
+    )
+    func staticMemberReplaced() async throws {
+        let containment = CrashContainmentTests()
+        let cluster = try await TestClusters.start(
+            topics: ["orders": CrashContainmentTests.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
+        let service = try containment.start(
+            cluster, group: group, state: state, poison: 999_999,
+            extra: ["SLUICE_HOST_WORKERS": "2", "SLUICE_KAFKA_GROUP_INSTANCE_ID": "orders-host-1"])
+        func owned(_ log: String, worker: Int) -> Set<String> {
+            Self.lines(log, worker: worker, "partitions assigned").map(Self.partitions)
+                .reduce(into: Set<String>()) { $0.formUnion($1) }
+        }
+        let joined = ContinuousClock.now + .seconds(60)
+        while owned(service.errors.text, worker: 0).union(owned(service.errors.text, worker: 1)).count
+            < CrashContainmentTests.partitions + 2, ContinuousClock.now < joined
+        {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let before = service.errors.text
+        let slotOne = owned(before, worker: 1)
+        #expect(slotOne.union(owned(before, worker: 0)).count == 10, "both workers joined: \(before.suffix(3_000))")
+        let pid = try #require(
+            Self.lines(before, worker: 1, "worker started").first.flatMap { line in
+                line.range(of: "sluice.pid=").flatMap { Int32(line[$0.upperBound...].prefix { $0.isNumber }) }
+            })
+        let linesBefore = before.split(separator: "\n").count
+        let killed = ContinuousClock.now
+        #expect(kill(pid, SIGKILL) == 0)
+        // What the log says after the kill: the replacement of slot 1 has partitions again.
+        var since = ""
+        var back: Set<String> = []
+        let deadline = ContinuousClock.now + .seconds(60)
+        while back.isEmpty, ContinuousClock.now < deadline {
+            since = service.errors.text.split(separator: "\n").dropFirst(linesBefore).joined(separator: "\n") + "\n"
+            back = owned(since, worker: 1)
+            if back.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let resumed = ContinuousClock.now - killed
+        // The other worker revokes nothing and loses nothing (a cooperative round may assign it nothing new).
+        let otherLost =
+            Self.lines(since, worker: 0, "partitions revoked") + Self.lines(since, worker: 0, "partitions lost")
+        #expect(otherLost.isEmpty, "the other worker kept its partitions: \(otherLost)")
+        if cluster is EmbeddedKafkaCluster {
+            // librdkafka's mock reads group.instance.id and ignores it: the replacement is a new member.
+            #expect(!back.isEmpty, "the replacement has partitions again: \(since.suffix(3_000))")
+        } else {
+            #expect(back == slotOne, "the same partitions back: \(back.sorted()) against \(slotOne.sorted())")
+        }
+        print(
+            "static membership (\(type(of: cluster))): slot 1's partitions back after \(resumed); the other worker's assignment lines since the kill: \(Self.lines(since, worker: 0, "partitions "))"
+        )
+        service.process.terminate()
+        #expect(await service.exit() == 0)
+    }
 }
