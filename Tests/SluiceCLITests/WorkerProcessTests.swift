@@ -4,6 +4,10 @@ import SluiceKafka
 import SluiceTesting
 import Testing
 
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
 /// Worker processes (docs/architecture.md §14) as a user meets them: OrderService with `host.workers: 2`, whose
 /// handler traps on one order.
 @Suite("Worker processes: a trap costs one worker, never the host", .timeLimit(.minutes(4)))
@@ -54,6 +58,16 @@ struct WorkerProcessTests {
         #expect(deadLetters.count == 1 && deadLetters.first?.text.contains("\"n\":1234,") == true)
         #expect(log.contains("host started as the supervisor of 2 worker process(es)"))
         #expect(log.components(separatedBy: "admin API listening").count - 1 == 1, "only the supervisor binds the port")
+        // The supervisor's /metrics counts the restart.
+        let address = try #require(CrashContainmentTests.adminURL(in: log))
+        var request = URLRequest(url: URL(string: address + "/metrics")!)
+        request.setValue("Bearer test-token", forHTTPHeaderField: "Authorization")
+        let (body, _) = try await URLSession.shared.data(for: request)
+        let metrics = String(decoding: body, as: UTF8.self)
+        #expect(
+            metrics.contains(#"sluice_worker_restarts_total{slot="0"} 1"#)
+                || metrics.contains(#"sluice_worker_restarts_total{slot="1"} 1"#),
+            "\(metrics.split(separator: "\n").filter { $0.contains("worker") })")
 
         service.process.terminate()
         #expect(await service.exit() == 0, "SIGTERM drains every worker, then the supervisor exits 0")

@@ -57,6 +57,13 @@ extension SluiceHost {
             })
     }
 
+    /// The worker slots while this host supervises workers (empty otherwise): each slot's state, its worker's
+    /// pid, and how often its worker was replaced.
+    public var workerSlots: [WorkerSlotReport] {
+        guard let supervisor = state.withLock({ $0.workerSupervisor }) else { return [] }
+        return supervisor.slots.map(WorkerSlotReport.init)
+    }
+
     /// Ready when every slot has a running worker; each slot that does not is a reason.
     func workersReadiness(_ supervisor: WorkerSupervisor) -> (ready: Bool, reasons: [String]) {
         var reasons: [String] = []
@@ -69,5 +76,36 @@ extension SluiceHost {
         }
         if state.withLock({ $0.shutdownRequested }) { reasons.append("the host is shutting down") }
         return (reasons.isEmpty, reasons)
+    }
+}
+
+/// One worker slot as the dashboard and status show it.
+public struct WorkerSlotReport: Sendable, Equatable {
+    /// The slot (0 up to `host.workers` - 1).
+    public var slot: Int
+    /// `starting`, `running`, `killing`, `backingOff`, `tripped`, `stopping` or `stopped`.
+    public var state: String
+    /// Its worker's process id while one runs.
+    public var pid: Int32?
+    /// Workers started after a death (`sluice_worker_restarts_total{slot}`).
+    public var restarts: Int
+    /// Why the slot tripped, when it did.
+    public var trippedReason: String?
+
+    init(_ slot: WorkerSlot) {
+        self.slot = slot.index
+        pid = slot.pid
+        restarts = slot.restarts
+        switch slot.state {
+        case .idle, .starting: state = "starting"
+        case .running: state = "running"
+        case .killing: state = "killing"
+        case .backingOff: state = "backingOff"
+        case .tripped(let reason):
+            state = "tripped"
+            trippedReason = reason
+        case .stopping: state = "stopping"
+        case .stopped: state = "stopped"
+        }
     }
 }

@@ -30,6 +30,13 @@ extension Dashboard {
                 ]
             },
             "controlPlane": host.control != nil,
+            "hasWorkers": !host.workerSlots.isEmpty,
+            "workers": host.workerSlots.map { slot -> [String: Any] in
+                [
+                    "slot": slot.slot, "state": slot.state, "pid": slot.pid.map(String.init) ?? "-",
+                    "restarts": slot.restarts, "reason": slot.trippedReason ?? "",
+                ]
+            },
             "flags": host.flags.flags.sorted { $0.key < $1.key }.map { key, setting -> [String: Any] in
                 [
                     "key": key.description, "value": Self.describe(setting), "source": setting.source,
