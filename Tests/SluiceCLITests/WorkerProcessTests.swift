@@ -203,6 +203,9 @@ struct WorkerProcessTests {
         print(
             "static membership (\(type(of: cluster))): slot 1's partitions back after \(resumed); the other worker's assignment lines since the kill: \(Self.lines(since, worker: 0, "partitions "))"
         )
+        // How the slot came back, line by line (where the time goes).
+        print(
+            since.split(separator: "\n").filter { $0.contains("sluice.worker=1 ") }.prefix(30).joined(separator: "\n"))
         service.process.terminate()
         #expect(await service.exit() == 0)
     }
