@@ -13,7 +13,7 @@ struct WorkerProcess: Sendable {
     /// What a worker's threads report.
     enum Event: Sendable {
         case beat(slot: Int, pid: Int32)
-        case exited(slot: Int, pid: Int32, status: String, cleanly: Bool)
+        case exited(slot: Int, pid: Int32, status: String, exit: WorkerSlot.Exit)
     }
 
     let slot: Int
@@ -79,23 +79,23 @@ struct WorkerProcess: Sendable {
         startThread(named: "sluice-w\(slot)-wait") {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-            let (description, cleanly) = Self.describe(status)
-            events.yield(.exited(slot: slot, pid: pid, status: description, cleanly: cleanly))
+            let (description, exit) = Self.describe(status)
+            events.yield(.exited(slot: slot, pid: pid, status: description, exit: exit))
         }
     }
 
-    /// A wait status as a person reads it (`exit 0`, `signal 4 (SIGILL)`), and whether it is a clean exit.
-    static func describe(_ status: Int32) -> (String, Bool) {
+    /// A wait status as a person reads it (`exit 0`, `signal 4 (SIGILL)`), and how the process ended.
+    static func describe(_ status: Int32) -> (String, WorkerSlot.Exit) {
         let signal = status & 0x7f
         if signal == 0 {
             let code = (status >> 8) & 0xff
-            return ("exit \(code)", code == 0)
+            return ("exit \(code)", .code(code))
         }
         let names: [Int32: String] = [
             SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE",
             SIGSEGV: "SIGSEGV", SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGINT: "SIGINT",
         ]
-        return ("signal \(signal)\(names[signal].map { " (\($0))" } ?? "")", false)
+        return ("signal \(signal)\(names[signal].map { " (\($0))" } ?? "")", .signal(signal))
     }
 
     /// The executable of this process, to start it again.

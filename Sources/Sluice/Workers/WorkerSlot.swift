@@ -1,7 +1,13 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// One worker slot of a supervising host (docs/architecture.md §14), pure: whether its worker process runs, is
 /// being replaced after a death (at once the first time, then with a growing backoff), is tripped after
 /// too many deaths in a row, or is stopping. Its events (``start(now:)``, ``spawned(pid:now:)``, ``beat(now:)``,
-/// ``exited(pid:cleanly:now:)``, ``tick(now:)``, ``stop()``) return what the supervisor does: start a worker,
+/// ``exited(pid:_:now:)``, ``tick(now:)``, ``stop()``) return what the supervisor does: start a worker,
 /// kill one that stopped answering, ask one to drain. Time comes in as instants; no clock, no process here.
 struct WorkerSlot: Sendable {
     /// How a slot restarts its worker and when it gives up.
@@ -38,9 +44,19 @@ struct WorkerSlot: Sendable {
         case stopped(cleanly: Bool)
     }
 
+    /// How a worker process ended.
+    enum Exit: Sendable, Equatable {
+        /// It exited with this status code.
+        case code(Int32)
+        /// A signal ended it.
+        case signal(Int32)
+        /// It could not be started.
+        case notStarted
+    }
+
     /// What the supervisor does.
     enum Action: Sendable, Equatable {
-        /// Start a worker process for the slot (then ``spawned(pid:now:)``, or ``exited(pid:cleanly:now:)``
+        /// Start a worker process for the slot (then ``spawned(pid:now:)``, or ``exited(pid:_:now:)``
         /// with pid 0 when it could not be started).
         case spawn
         /// Kill the worker at once (SIGKILL): it stopped answering.
@@ -105,18 +121,20 @@ struct WorkerSlot: Sendable {
         if case .running(let pid, let since, _) = state { state = .running(pid: pid, since: since, lastBeat: now) }
     }
 
-    /// Its worker `pid` exited (`cleanly`: status 0 after a stop). Pid 0: the worker could not be started.
-    mutating func exited(pid: Int32, cleanly: Bool, now: ContinuousClock.Instant) -> Action {
+    /// Its worker `pid` ended (pid 0 with ``Exit/notStarted``: none could be started). After a stop it ended
+    /// cleanly when it exited 0, or when the SIGTERM it was sent ended it before it could handle it (a worker
+    /// still starting: its `main` had not installed its signal handling, and it had no partitions to drain).
+    mutating func exited(pid: Int32, _ exit: Exit, now: ContinuousClock.Instant) -> Action {
         switch state {
         case .stopping(let running) where running == pid:
-            state = .stopped(cleanly: cleanly)
+            state = .stopped(cleanly: exit == .code(0) || exit == .signal(SIGTERM))
             return .none
         case .running(let running, let since, _) where running == pid:
             if now - since >= policy.healthyAfter { deathsInARow = 0 }
             return died(now: now, reason: "worker \(pid) of slot \(index) exited")
         case .killing(let running) where running == pid:
             return died(now: now, reason: "worker \(pid) of slot \(index) stopped answering and was killed")
-        case .starting where pid == 0:
+        case .starting where exit == .notStarted:
             return died(now: now, reason: "a worker of slot \(index) could not be started")
         default:
             return .none

@@ -101,7 +101,7 @@ final class WorkerSupervisor: Sendable {
                     act(slots[index].spawned(pid: process.pid, now: clock.now), slot: index)
                 } catch {
                     logger.error("\(error)", metadata: ["sluice.worker": "\(index)"])
-                    act(slots[index].exited(pid: 0, cleanly: false, now: clock.now), slot: index)
+                    act(slots[index].exited(pid: 0, .notStarted, now: clock.now), slot: index)
                 }
             case .kill(let pid):
                 logger.error(
@@ -123,9 +123,9 @@ final class WorkerSupervisor: Sendable {
             switch item {
             case .process(.beat(let index, let pid)):
                 if slots[index].pid == pid { slots[index].beat(now: now) }
-            case .process(.exited(let index, let pid, let status, let cleanly)):
+            case .process(.exited(let index, let pid, let status, let exit)):
                 processes[pid] = nil
-                let action = slots[index].exited(pid: pid, cleanly: cleanly, now: now)
+                let action = slots[index].exited(pid: pid, exit, now: now)
                 if killAt == nil {
                     logger.error(
                         "worker died; its partitions are started again by the next worker of its slot",
