@@ -86,22 +86,11 @@ struct WorkerProcessTests {
     )
     func silentWorkerReplaced() async throws {
         let containment = CrashContainmentTests()
-        let cluster = try await TestClusters.start(
-            topics: ["orders": CrashContainmentTests.partitions, "payments": 2, "orders.dlq": 1])
-        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
-            .path
-        let service = try containment.start(
-            cluster, group: group, state: state, poison: 999_999, extra: ["SLUICE_HOST_WORKERS": "2"])
-        // The pid of slot 1's first worker, from the supervisor's log.
+        let (cluster, group, service) = try await Self.twoWorkers()
         var pid: Int32?
         let started = ContinuousClock.now + .seconds(60)
         while pid == nil, ContinuousClock.now < started {
-            pid = service.errors.text.split(separator: "\n").first {
-                $0.contains("worker started") && $0.contains("sluice.worker=1")
-            }.flatMap { line in
-                line.range(of: "sluice.pid=").flatMap { Int32(line[$0.upperBound...].prefix { $0.isNumber }) }
-            }
+            pid = Self.firstPid(service.errors.text, worker: 1)
             try await Task.sleep(for: .milliseconds(100))
         }
         let stopped = try #require(pid, "worker 1 started: \(service.errors.text.suffix(2_000))")
@@ -136,6 +125,28 @@ struct WorkerProcessTests {
         await consumer.close()
     }
 
+    /// OrderService with two workers (no poison order) on a cluster of its own: the cluster, the group, the service.
+    static func twoWorkers(_ extra: [String: String] = [:]) async throws -> (
+        any TestKafkaCluster, String, SluiceProcess
+    ) {
+        let cluster = try await TestClusters.start(
+            topics: ["orders": CrashContainmentTests.partitions, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
+            .path
+        let service = try CrashContainmentTests().start(
+            cluster, group: group, state: state, poison: 999_999,
+            extra: ["SLUICE_HOST_WORKERS": "2"].merging(extra) { $1 })
+        return (cluster, group, service)
+    }
+
+    /// The process id of a worker slot's first worker, from the supervisor's log.
+    static func firstPid(_ log: String, worker: Int) -> Int32? {
+        lines(log, worker: worker, "worker started").first.flatMap { line in
+            line.range(of: "sluice.pid=").flatMap { Int32(line[$0.upperBound...].prefix { $0.isNumber }) }
+        }
+    }
+
     /// The log lines of one worker slot that contain `text`.
     static func lines(_ log: String, worker: Int, _ text: String) -> [Substring] {
         log.split(separator: "\n").filter { $0.contains("sluice.worker=\(worker) ") && $0.contains(text) }
@@ -151,15 +162,7 @@ struct WorkerProcessTests {
         "static members (kafka.groupInstanceId): a killed worker's replacement gets its partitions back, and the other worker keeps its own throughout"
     )
     func staticMemberReplaced() async throws {
-        let containment = CrashContainmentTests()
-        let cluster = try await TestClusters.start(
-            topics: ["orders": CrashContainmentTests.partitions, "payments": 2, "orders.dlq": 1])
-        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
-        let state = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-state-\(UUID().uuidString)")
-            .path
-        let service = try containment.start(
-            cluster, group: group, state: state, poison: 999_999,
-            extra: ["SLUICE_HOST_WORKERS": "2", "SLUICE_KAFKA_GROUP_INSTANCE_ID": "orders-host-1"])
+        let (cluster, _, service) = try await Self.twoWorkers(["SLUICE_KAFKA_GROUP_INSTANCE_ID": "orders-host-1"])
         func owned(_ log: String, worker: Int) -> Set<String> {
             Self.lines(log, worker: worker, "partitions assigned").map(Self.partitions)
                 .reduce(into: Set<String>()) { $0.formUnion($1) }
@@ -173,10 +176,7 @@ struct WorkerProcessTests {
         let before = service.errors.text
         let slotOne = owned(before, worker: 1)
         #expect(slotOne.union(owned(before, worker: 0)).count == 10, "both workers joined: \(before.suffix(3_000))")
-        let pid = try #require(
-            Self.lines(before, worker: 1, "worker started").first.flatMap { line in
-                line.range(of: "sluice.pid=").flatMap { Int32(line[$0.upperBound...].prefix { $0.isNumber }) }
-            })
+        let pid = try #require(Self.firstPid(before, worker: 1))
         let linesBefore = before.split(separator: "\n").count
         let killed = ContinuousClock.now
         #expect(kill(pid, SIGKILL) == 0)
@@ -190,18 +190,20 @@ struct WorkerProcessTests {
             if back.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
         }
         let resumed = ContinuousClock.now - killed
-        // The other worker revokes nothing and loses nothing (a cooperative round may assign it nothing new).
         let otherLost =
             Self.lines(since, worker: 0, "partitions revoked") + Self.lines(since, worker: 0, "partitions lost")
-        #expect(otherLost.isEmpty, "the other worker kept its partitions: \(otherLost)")
         if cluster is EmbeddedKafkaCluster {
-            // librdkafka's mock reads group.instance.id and ignores it: the replacement is a new member.
+            // librdkafka's mock reads group.instance.id and ignores it: the replacement is a new member, and the
+            // group rebalances (with librdkafka 2.16 the cooperative assignor may move a partition of the other
+            // worker's while the dead member still counts).
             #expect(!back.isEmpty, "the replacement has partitions again: \(since.suffix(3_000))")
         } else {
             #expect(back == slotOne, "the same partitions back: \(back.sorted()) against \(slotOne.sorted())")
+            // The other worker revokes nothing and loses nothing (a cooperative round may assign it nothing new).
+            #expect(otherLost.isEmpty, "the other worker kept its partitions: \(otherLost)")
         }
         print(
-            "static membership (\(type(of: cluster))): slot 1's partitions back after \(resumed); the other worker's assignment lines since the kill: \(Self.lines(since, worker: 0, "partitions "))"
+            "static membership (\(type(of: cluster))): slot 1's partitions back after \(resumed); the other worker's assignment lines since the kill: \(Self.lines(since, worker: 0, "partitions ")); revoked or lost: \(otherLost.count)"
         )
         // How the slot came back, line by line (where the time goes).
         print(
