@@ -66,7 +66,8 @@ final class WorkerSupervisor: Sendable {
     func run() async throws {
         var slots = snapshot.withLock { $0 }
         var processes: [Int32: WorkerProcess] = [:]
-        var killAt: ContinuousClock.Instant?
+        /// Set once a stop came: when workers still running are killed, and whether they were.
+        var stopping: (killAt: ContinuousClock.Instant, killed: Bool)?
         /// Restarts already counted in the metric, per slot.
         var counted = [Int](repeating: 0, count: workers)
         let (events, forward) = AsyncStream.makeStream(of: WorkerProcess.Event.self)
@@ -126,7 +127,7 @@ final class WorkerSupervisor: Sendable {
             case .process(.exited(let index, let pid, let status, let exit)):
                 processes[pid] = nil
                 let action = slots[index].exited(pid: pid, exit, now: now)
-                if killAt == nil {
+                if stopping == nil {
                     logger.error(
                         "worker died; its partitions are started again by the next worker of its slot",
                         metadata: ["sluice.worker": "\(index)", "sluice.pid": "\(pid)", "sluice.status": "\(status)"])
@@ -137,17 +138,17 @@ final class WorkerSupervisor: Sendable {
                 act(action, slot: index)
             case .tick:
                 for index in slots.indices { act(slots[index].tick(now: now), slot: index) }
-                if let deadline = killAt, now >= deadline {
+                if let (killAt, killed) = stopping, !killed, now >= killAt {
                     for process in processes.values {
                         logger.error(
                             "worker did not drain within \(drainLimit): killed",
                             metadata: ["sluice.worker": "\(process.slot)"])
                         process.signal(SIGKILL)
                     }
-                    killAt = now + .seconds(3600)
+                    stopping = (killAt, true)
                 }
             case .stop:
-                if killAt == nil { killAt = now + drainLimit }
+                if stopping == nil { stopping = (now + drainLimit, false) }
                 for index in slots.indices { act(slots[index].stop(), slot: index) }
             }
             for index in slots.indices where slots[index].restarts > counted[index] {
@@ -155,8 +156,8 @@ final class WorkerSupervisor: Sendable {
                 counted[index] = slots[index].restarts
             }
             snapshot.withLock { $0 = slots }
-            if killAt != nil, slots.allSatisfy(\.isFinal), processes.isEmpty { break }
-            if killAt == nil, slots.allSatisfy({ if case .tripped = $0.state { true } else { false } }) {
+            if stopping != nil, slots.allSatisfy(\.isFinal), processes.isEmpty { break }
+            if stopping == nil, slots.allSatisfy({ if case .tripped = $0.state { true } else { false } }) {
                 throw SluiceError(
                     code: .state, message: "every worker slot tripped: the host consumes nothing and must be restarted")
             }
