@@ -136,8 +136,17 @@ struct SummaryPrinter: Service {
         var previous: [String: Int] = [:]
         while !Task.isShuttingDownGracefully {
             try? await Task.sleep(for: .seconds(1))
+            // A supervising host (host.workers) owns no shards: it says how its workers are; each worker prints
+            // its own shards, its slot first.
+            let workers = host.workerSlots
+            if !workers.isEmpty {
+                print(
+                    "workers: "
+                        + workers.map { "w\($0.slot) \($0.state) (restarts \($0.restarts))" }.joined(separator: ", "))
+                continue
+            }
             let shards = host.shards
-            var line: [String] = []
+            var line: [String] = host.worker.map { ["w\($0.slot)"] } ?? []
             for topic in Set(shards.map(\.topicPartition.topic)).sorted() {
                 let own = shards.filter { $0.topicPartition.topic == topic }
                 let processed = own.reduce(0) { $0 + $1.processed }
@@ -152,7 +161,7 @@ struct SummaryPrinter: Service {
                 )
                 previous[topic] = processed
             }
-            if !line.isEmpty { print(line.joined(separator: " | ")) }
+            if line.count > (host.worker == nil ? 0 : 1) { print(line.joined(separator: " | ")) }
         }
     }
 }
