@@ -114,7 +114,7 @@ public struct AdminServer: Service {
             // Stalled shards are a detail, not a failure: restarting the process rarely mends them (a broker
             // outage stalls every shard) and would only add churn.
             let stalled = host.shards.filter { $0.stalledSince != nil }.map { shard -> String in
-                "\(shard.topicPartition) stalled for \(Int(Self.seconds(.now - shard.stalledSince!))) s with lag \(shard.lag ?? 0)"
+                "\(shard.topicPartition) stalled for \(Int((.now - shard.stalledSince!).seconds)) s with lag \(shard.lag ?? 0)"
             }
             return json(
                 health.healthy ? .ok : .serviceUnavailable,
@@ -368,10 +368,6 @@ public struct AdminServer: Service {
             return caller
         }
         return request.headers[.userAgent] ?? "unknown"
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 
     /// `{"shards": [...]}`, keys sorted.

@@ -6,6 +6,9 @@ extension Duration {
     /// Whole nanoseconds, rounded down (atomics holding instants, metrics, handler timeouts); saturating.
     package var nanoseconds: Int64 { wholeUnits(perSecond: 1_000_000_000) }
 
+    /// Seconds as a fraction (rates, ages and delays people read).
+    package var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+
     private func wholeUnits(perSecond: Int64) -> Int64 {
         let (seconds, attoseconds) = components
         let (scaled, overflow) = seconds.multipliedReportingOverflow(by: perSecond)

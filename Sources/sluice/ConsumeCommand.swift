@@ -142,9 +142,7 @@ final class ConsumeStats: Sendable {
     var rate: Double? {
         state.withLock { state in
             guard let first = state.first, let last = state.last, last > first else { return nil }
-            let elapsed = last - first
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            return Double(state.total) / seconds
+            return Double(state.total) / (last - first).seconds
         }
     }
 

@@ -87,8 +87,7 @@ struct ProduceCommand: AsyncParsableCommand {
         }
         await producer.close()
         if let failure = tally.failure { throw failure }
-        let elapsed = clock.now - started
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let seconds = (clock.now - started).seconds
         report(
             "done: \(count) messages to \(topic) in \(String(format: "%.2f", seconds)) s "
                 + "(\(seconds > 0 ? Int(Double(count) / seconds) : count) msg/s)")

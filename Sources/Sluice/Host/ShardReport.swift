@@ -90,13 +90,13 @@ public struct ShardReport: Codable, Sendable, Equatable {
         highWatermark = status.highWatermark
         lag = status.lag
         lagSeconds = status.lagSeconds
-        stalledForSeconds = status.stalledSince.map { Self.seconds(now - $0) }
+        stalledForSeconds = status.stalledSince.map { (now - $0).seconds }
         abandonedCalls = status.abandonedCalls > 0 ? status.abandonedCalls : nil
         quarantine = status.quarantine.map(Quarantined.init)
         rate = status.flag.rate
         position = status.position
         switch status.state {
-        case .backingOff(_, let until): restartInSeconds = max(0, Self.seconds(until - now))
+        case .backingOff(_, let until): restartInSeconds = max(0, (until - now).seconds)
         case .tripped(_, let reason): trippedReason = reason
         default: break
         }
@@ -147,10 +147,6 @@ public struct ShardReport: Codable, Sendable, Equatable {
         position = try fields.integer(.position, in: InputLimits.offsets)
         restartInSeconds = try fields.number(.restartInSeconds, in: InputLimits.seconds)
         trippedReason = try fields.text(.trippedReason, maxLength: InputLimits.textLength)
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
 

@@ -74,8 +74,7 @@ public struct ShardStatus: Sendable, Hashable {
     /// Seconds until a backing-off shard is started again (its breaker's next probe); nil in other states.
     public var nextProbeSeconds: Double? {
         guard case .backingOff(_, let until) = state else { return nil }
-        let left = until - .now
-        return max(0, Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18)
+        return max(0, (until - .now).seconds)
     }
 
     /// Since when the shard is stalled: running, unpaused, messages waiting, no progress for `stallAfter`.

@@ -17,9 +17,7 @@ struct TokenBucket: Sendable, Equatable {
     /// Takes up to `wanted` whole tokens. Returns how many it took; when none, also when the next one is due.
     mutating func take(_ wanted: Int, now: ContinuousClock.Instant) -> (taken: Int, nextAt: ContinuousClock.Instant?) {
         if now > last {
-            let elapsed = now - last
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            tokens = min(capacity, tokens + seconds * rate)
+            tokens = min(capacity, tokens + (now - last).seconds * rate)
             last = now
         }
         let taken = min(wanted, Int(tokens))
