@@ -4,51 +4,65 @@ import SluiceKafka
 import Synchronization
 import Tracing
 
-/// The one way the handler is called. Every mode goes through ``call(_:lane:context:startedAt:careful:)``: one
-/// message at a time (the fast path, retries, suspects, the messages before a quarantined one) and batches.
-/// It marks the lane's activity and journal slot, traces, calls, times the call and checks its timeout.
-extension ShardPipeline {
-    /// What one handler call is given.
-    enum CallInput {
-        /// One message.
-        case message(Message)
-        /// Several: a batch for a ``BatchHandler``, or messages a ``MessageHandler`` gets one after another.
-        case unit(ArraySlice<Message>)
+/// What one handler call is given: one message (the fast path) or several (a batch for a ``BatchHandler``, or
+/// messages a ``MessageHandler`` gets one after another, in order). A protocol rather than an enum: the call
+/// is specialized for each, so the fast path hands its message on without wrapping or copying it.
+protocol HandlerCallInput: Sendable {
+    /// The first message's offset and timestamp.
+    var firstPosition: (offset: Int64, timestamp: Int64?) { get }
+    var count: Int { get }
+    /// The messages, for the failure policy's dead-letter write and skip.
+    var messages: ArraySlice<Message> { get }
+    /// Appends the messages' offsets to `offsets`.
+    func appendOffsets(to offsets: inout [Int64])
+    /// Calls `handler` with the messages.
+    nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws
+    /// Runs `body` in the call's span.
+    func traced(by tracing: MessageTracing, attempt: Int, _ body: () async throws -> Void) async throws
+}
 
-        init(_ unit: ArraySlice<Message>) {
-            self = unit.count == 1 ? .message(unit.first!) : .unit(unit)
-        }
+extension Message: HandlerCallInput {
+    var firstPosition: (offset: Int64, timestamp: Int64?) { (offset, timestampMilliseconds) }
+    var count: Int { 1 }
+    var messages: ArraySlice<Message> { [self] }
 
-        var first: Message {
-            switch self {
-            case .message(let message): message
-            case .unit(let unit): unit.first!
-            }
-        }
+    func appendOffsets(to offsets: inout [Int64]) { offsets.append(offset) }
 
-        /// The first message's offset and timestamp, read without copying the message.
-        var firstPosition: (offset: Int64, timestamp: Int64?) {
-            switch self {
-            case .message(let message): (message.offset, message.timestampMilliseconds)
-            case .unit(let unit): (unit[unit.startIndex].offset, unit[unit.startIndex].timestampMilliseconds)
-            }
-        }
-
-        var count: Int {
-            switch self {
-            case .message: 1
-            case .unit(let unit): unit.count
-            }
-        }
-
-        var messages: ArraySlice<Message> {
-            switch self {
-            case .message(let message): [message]
-            case .unit(let unit): unit
-            }
+    @inline(__always)
+    nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws {
+        switch handler {
+        case .message(let handler): try await handler.handle(self, context: context)
+        case .batch(let handler): try await handler.handle([self], context: context)
         }
     }
 
+    func traced(by tracing: MessageTracing, attempt: Int, _ body: () async throws -> Void) async throws {
+        try await tracing.traced(CollectionOfOne(self), attempt: attempt, body)
+    }
+}
+
+extension ArraySlice<Message>: HandlerCallInput {
+    var firstPosition: (offset: Int64, timestamp: Int64?) {
+        (self[startIndex].offset, self[startIndex].timestampMilliseconds)
+    }
+    var messages: ArraySlice<Message> { self }
+
+    func appendOffsets(to offsets: inout [Int64]) { for message in self { offsets.append(message.offset) } }
+
+    nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws {
+        try await handler.handle(self, context: context)
+    }
+
+    func traced(by tracing: MessageTracing, attempt: Int, _ body: () async throws -> Void) async throws {
+        try await tracing.traced(self, attempt: attempt, body)
+    }
+}
+
+/// The one way the handler is called. Every mode goes through ``call(_:by:lane:context:startedAt:careful:)``: one
+/// message at a time (the fast path) and units of messages (the slow path, retries, suspects, the messages before
+/// a quarantined one, batches). It marks the lane's activity and journal slot, traces, calls, times the call and
+/// checks its timeout.
+extension ShardPipeline {
     /// What a handler call came to.
     enum CallOutcome {
         /// It returned in time. Its offsets are in the lane's completions: the caller's ``flush(_:)`` moves
@@ -72,7 +86,8 @@ extension ShardPipeline {
     /// of its own per message).
     @inline(__always)
     nonisolated(nonsending) func call(
-        _ input: CallInput, lane: Int, context: ShardContext, startedAt: Int64, careful: Bool = false
+        _ input: some HandlerCallInput, by handler: AnyHandler, lane: Int, context: ShardContext, startedAt: Int64,
+        careful: Bool = false
     ) async -> (outcome: CallOutcome, endedAt: Int64) {
         let activity = activities[lane]
         let (firstOffset, firstTimestamp) = input.firstPosition
@@ -80,18 +95,11 @@ extension ShardPipeline {
         var failure: (any Error)?
         do {
             if let tracing {
-                switch input {
-                case .message(let message):
-                    try await tracing.traced(CollectionOfOne(message), attempt: context.attempt) {
-                        try await invoke(input, context: context)
-                    }
-                case .unit(let unit):
-                    try await tracing.traced(unit, attempt: context.attempt) {
-                        try await invoke(input, context: context)
-                    }
+                try await input.traced(by: tracing, attempt: context.attempt) {
+                    try await input.handle(by: handler, context: context)
                 }
             } else {
-                try await invoke(input, context: context)
+                try await input.handle(by: handler, context: context)
             }
         } catch {
             failure = error
@@ -108,27 +116,12 @@ extension ShardPipeline {
             return (.failed(failure), endedAt)
         }
         let pending = activity.completed.withLock { completed in
-            switch input {
-            case .message(let message): completed.append(message.offset)
-            case .unit(let unit): for message in unit { completed.append(message.offset) }
-            }
+            input.appendOffsets(to: &completed)
             return completed.count
         }
         activity.end()
         if pending >= 64 { flush(activity) }
         return (.succeeded, endedAt)
-    }
-
-    @inline(__always)
-    private nonisolated(nonsending) func invoke(_ input: CallInput, context: ShardContext) async throws {
-        switch (input, handler) {
-        case (.message(let message), .message(let handler)):
-            try await handler.handle(message, context: context)
-        case (.message(let message), .batch(let handler)):
-            try await handler.handle([message], context: context)
-        case (.unit(let unit), let handler):
-            try await handler.handle(unit, context: context)
-        }
     }
 
     /// Moves a lane's completed offsets into the watermark.

@@ -38,20 +38,20 @@ extension ShardPipeline {
     /// One call for `unit`, then the failure policy if it failed.
     func processUnit(_ unit: ArraySlice<Message>, lane: Int, careful: Bool = false) async {
         if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
-        let input = CallInput(unit)
         let (outcome, _) = await call(
-            input, lane: lane, context: context(attempt: 1), startedAt: MonotonicNanoseconds.now(), careful: careful)
+            unit, by: handler, lane: lane, context: context(attempt: 1), startedAt: MonotonicNanoseconds.now(),
+            careful: careful)
         switch outcome {
         case .succeeded: flush(activities[lane])
         case .abandoned: return
-        case .failed(let failure): await recover(input, from: failure, lane: lane, careful: careful)
+        case .failed(let failure): await recover(unit, from: failure, lane: lane, careful: careful)
         }
     }
 
     /// After a failed first call of `input`: the topic's failure policy (``TopicConfiguration/FailurePolicy``),
     /// retries with backoff, then stop, skip or dead-letter. The first failure is dealt with even after a
     /// stop; a retry is a new call, not made after a stop or a crash.
-    func recover(_ input: CallInput, from firstFailure: any Error, lane: Int, careful: Bool = false) async {
+    func recover(_ input: some HandlerCallInput, from firstFailure: any Error, lane: Int, careful: Bool = false) async {
         var failure = firstFailure
         var attempt = 1
         while true {
@@ -61,7 +61,8 @@ extension ShardPipeline {
             logger.warning(
                 "handler failed",
                 metadata: [
-                    "kafka.offset": "\(input.first.offset)", "sluice.attempt": "\(attempt)", "error": "\(failure)",
+                    "kafka.offset": "\(input.firstPosition.offset)", "sluice.attempt": "\(attempt)",
+                    "error": "\(failure)",
                 ])
             switch configuration.onFailure.step(afterFailedAttempt: attempt) {
             case .retry(let delay):
@@ -72,7 +73,8 @@ extension ShardPipeline {
                 attempt += 1
                 if Task.isCancelled || crashed.load(ordering: .acquiring) || halted { return }
                 let (outcome, _) = await call(
-                    input, lane: lane, context: context(attempt: attempt), startedAt: MonotonicNanoseconds.now(),
+                    input, by: handler, lane: lane, context: context(attempt: attempt),
+                    startedAt: MonotonicNanoseconds.now(),
                     careful: careful)
                 switch outcome {
                 case .succeeded:
@@ -84,13 +86,14 @@ extension ShardPipeline {
                     failure = next
                 }
             case .stop:
-                crash(ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: input.first.offset))
+                crash(
+                    ShardCrash(reason: .handlerFailed(String(describing: failure)), offset: input.firstPosition.offset))
                 return
             case .skip:
                 let unit = input.messages
                 logger.error(
                     "message skipped after failures",
-                    metadata: ["kafka.offset": "\(input.first.offset)", "sluice.attempts": "\(attempt)"])
+                    metadata: ["kafka.offset": "\(input.firstPosition.offset)", "sluice.attempts": "\(attempt)"])
                 complete(unit, as: .skipped)
                 metrics.skipped.increment(by: unit.count)
                 return

@@ -85,6 +85,7 @@ extension ShardPipeline {
         let activity = activities[lane]
         defer { flush(activity) }
         let context = context(attempt: 1)
+        let handler = self.handler  // read once a run, not copied out of the pipeline for each message
         var callStarted = MonotonicNanoseconds.now()
         while let message = remaining.first {
             if halted { return LaneRun([]) }
@@ -93,7 +94,8 @@ extension ShardPipeline {
                 await process(remaining.prefix(1).slice, lane: lane)
                 return remaining.dropFirst()
             }
-            let (outcome, endedAt) = await call(.message(message), lane: lane, context: context, startedAt: callStarted)
+            let (outcome, endedAt) = await call(
+                message, by: handler, lane: lane, context: context, startedAt: callStarted)
             callStarted = endedAt
             switch outcome {
             case .succeeded:
@@ -103,7 +105,7 @@ extension ShardPipeline {
                 return LaneRun([])
             case .failed(let failure):
                 flush(activity)
-                await recover(.message(message), from: failure, lane: lane)
+                await recover(message, from: failure, lane: lane)
                 return remaining.dropFirst()
             }
         }
