@@ -57,8 +57,15 @@ public final class ChildProcess: Sendable {
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
         }
+        // A process group of its own, as a shell gives a job: ``interruptGroup()`` signals it and what it
+        // started, the way Ctrl-C in a terminal does, and never this process.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setpgroup(&attributes, 0)
         var pid: pid_t = 0
-        let error = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let error = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard error == 0 else {
             throw CocoaError(
                 .fileReadUnknown,
@@ -96,6 +103,10 @@ public final class ChildProcess: Sendable {
 
     /// Sends SIGTERM.
     public func terminate() { kill(processIdentifier, SIGTERM) }
+
+    /// SIGINT to the child's process group: what Ctrl-C in a terminal does to a job (the child and whatever
+    /// it started in its group).
+    public func interruptGroup() { kill(-processIdentifier, SIGINT) }
 
     /// Waits for the exit, polling, without holding a thread.
     public func waitForExit() async {

@@ -125,6 +125,22 @@ struct WorkerProcessTests {
         await consumer.close()
     }
 
+    /// Found running `make demo` with two workers: Ctrl-C reached the workers too (the terminal signals the
+    /// whole job), one drained and exited 0 before the supervisor began to stop, and the supervisor counted a
+    /// death and started another.
+    @Test("Ctrl-C in a terminal stops the supervisor and its workers: no worker counted dead or started again")
+    func interruptFromTerminal() async throws {
+        let (cluster, _, service) = try await Self.twoWorkers()
+        defer { withExtendedLifetime(cluster) {} }  // the embedded cluster stops when its last reference goes
+        #expect(await service.errors.waitFor("partitions assigned", times: 2), "both workers consume")
+        service.process.interruptGroup()
+        #expect(await service.exit() == 0, "the supervisor drains every worker, then exits 0")
+        let log = await service.errors.all()
+        #expect(log.contains("host stopped: every worker drained"), "\(log.suffix(3_000))")
+        #expect(!log.contains("worker died"), "\(log.suffix(3_000))")
+        #expect(log.components(separatedBy: "worker started").count - 1 == 2, "\(log.suffix(3_000))")
+    }
+
     /// OrderService with two workers (no poison order) on a cluster of its own: the cluster, the group, the service.
     static func twoWorkers(_ extra: [String: String] = [:]) async throws -> (
         any TestKafkaCluster, String, SluiceProcess

@@ -43,8 +43,17 @@ struct WorkerProcess: Sendable {
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
         }
+        // A process group of its own: Ctrl-C in a terminal signals the supervisor's group, and the supervisor
+        // alone decides how its workers stop (a worker signalled too would drain before the supervisor knew, or
+        // take the supervisor's SIGTERM as a second signal and exit at once). A worker whose supervisor is gone
+        // notices at its next heartbeat (the pipe is closed) and drains (``LivenessBeat``).
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setpgroup(&attributes, 0)
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         close(writeEnd)
         guard result == 0 else {
             close(readEnd)
