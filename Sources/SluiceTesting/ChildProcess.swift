@@ -33,9 +33,12 @@ public final class ChildProcess: Sendable {
 
     /// Starts `executable` with `arguments` and `environment` (nil: this process's). The child's standard input,
     /// output and error are the given descriptors (nil: /dev/null); this process keeps its own copies.
+    /// `ownProcessGroup`: the child leads a process group of its own, as a shell's job does, for
+    /// ``interruptGroup()``; otherwise it is in this process's group (a Ctrl-C of the test run reaches it).
     public init(
         executable: String, arguments: [String], environment: [String: String]? = nil,
-        standardInput: Int32? = nil, standardOutput: Int32? = nil, standardError: Int32? = nil
+        standardInput: Int32? = nil, standardOutput: Int32? = nil, standardError: Int32? = nil,
+        ownProcessGroup: Bool = false
     ) throws {
         self.executable = executable
         self.arguments = arguments
@@ -57,13 +60,13 @@ public final class ChildProcess: Sendable {
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
         }
-        // A process group of its own, as a shell gives a job: ``interruptGroup()`` signals it and what it
-        // started, the way Ctrl-C in a terminal does, and never this process.
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-        posix_spawnattr_setpgroup(&attributes, 0)
+        if ownProcessGroup {
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
+        }
         var pid: pid_t = 0
         let error = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard error == 0 else {
@@ -104,8 +107,8 @@ public final class ChildProcess: Sendable {
     /// Sends SIGTERM.
     public func terminate() { kill(processIdentifier, SIGTERM) }
 
-    /// SIGINT to the child's process group: what Ctrl-C in a terminal does to a job (the child and whatever
-    /// it started in its group).
+    /// SIGINT to the child's process group (started with `ownProcessGroup`): what Ctrl-C in a terminal does to
+    /// a job (the child and whatever it started in its group).
     public func interruptGroup() { kill(-processIdentifier, SIGINT) }
 
     /// Waits for the exit, polling, without holding a thread.

@@ -64,7 +64,10 @@ struct SluiceProcess {
         return directory.appendingPathComponent(name)
     }
 
-    init(_ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil) throws {
+    init(
+        _ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil,
+        ownProcessGroup: Bool = false
+    ) throws {
         let input = try ChildProcess.pipe()
         let stdout = try ChildProcess.pipe()
         let stderr = try ChildProcess.pipe()
@@ -72,7 +75,7 @@ struct SluiceProcess {
             executable: Self.executable(executable).path, arguments: arguments,
             environment: environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } },
             standardInput: input.read.fileDescriptor, standardOutput: stdout.write.fileDescriptor,
-            standardError: stderr.write.fileDescriptor)
+            standardError: stderr.write.fileDescriptor, ownProcessGroup: ownProcessGroup)
         // The child has its ends now: closing ours lets the readers see the end when it exits.
         try input.read.close()
         try stdout.write.close()

@@ -130,8 +130,11 @@ struct WorkerProcessTests {
     /// death and started another.
     @Test("Ctrl-C in a terminal stops the supervisor and its workers: no worker counted dead or started again")
     func interruptFromTerminal() async throws {
-        let (cluster, _, service) = try await Self.twoWorkers()
-        defer { withExtendedLifetime(cluster) {} }  // the embedded cluster stops when its last reference goes
+        let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        // In a process group of its own, as a shell runs a job: the test sends what a terminal sends.
+        let (service, _) = try OrderServiceTests.startService(
+            cluster, group: group, environment: ["SLUICE_HOST_WORKERS": "2"], ownProcessGroup: true)
         #expect(await service.errors.waitFor("partitions assigned", times: 2), "both workers consume")
         service.process.interruptGroup()
         #expect(await service.exit() == 0, "the supervisor drains every worker, then exits 0")
