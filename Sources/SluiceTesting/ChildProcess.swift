@@ -1,4 +1,5 @@
 import Foundation
+import Sluice
 import Synchronization
 
 #if canImport(Glibc)
@@ -54,35 +55,23 @@ public final class ChildProcess: Sendable {
         }
         if let closeFrom = Self.closeFrom { _ = closeFrom(&actions, 3) }
         let environment = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup($0) } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        if ownProcessGroup {
-            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-            posix_spawnattr_setpgroup(&attributes, 0)
-        }
-        var pid: pid_t = 0
-        let error = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        guard error == 0 else {
+        let pid: pid_t
+        do {
+            pid = try ProcessSpawn.spawn(
+                executable, arguments: [executable] + arguments, environment: environment,
+                ownProcessGroup: ownProcessGroup, actions: &actions)
+        } catch {
             throw CocoaError(
                 .fileReadUnknown,
-                userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(executable): \(String(cString: strerror(error)))"])
+                userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(executable): \(error.description)"])
         }
         processIdentifier = pid
-        let child = pid
         Thread.detachNewThread { [self] in
-            var status: Int32 = 0
-            while waitpid(child, &status, 0) < 0, errno == EINTR {}
-            // WIFEXITED / WTERMSIG spelled out: the macros do not import.
-            let signal = status & 0x7f
             let ended: (Int32, TerminationReason) =
-                signal == 0 ? ((status >> 8) & 0xff, .exit) : (signal, .uncaughtSignal)
+                switch ProcessSpawn.waitForEnding(of: pid) {
+                case .exit(let code): (code, .exit)
+                case .signal(let signal): (signal, .uncaughtSignal)
+                }
             self.ending.withLock { $0 = ended }
         }
     }

@@ -37,28 +37,22 @@ struct WorkerProcess: Sendable {
         var environment = environment
         environment[WorkerEnvironment.slotVariable] = "\(slot)"
         environment[WorkerEnvironment.livenessVariable] = "\(WorkerEnvironment.livenessDescriptor)"
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
         // A process group of its own: Ctrl-C in a terminal signals the supervisor's group, and the supervisor
         // alone decides how its workers stop (a worker signalled too would drain before the supervisor knew, or
         // take the supervisor's SIGTERM as a second signal and exit at once). A worker whose supervisor is gone
         // notices at its next heartbeat (the pipe is closed) and drains (``LivenessBeat``).
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        close(writeEnd)
-        guard result == 0 else {
+        let pid: pid_t
+        do {
+            pid = try ProcessSpawn.spawn(
+                executable, arguments: arguments,
+                environment: environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" },
+                ownProcessGroup: true, actions: &actions)
+        } catch {
+            close(writeEnd)
             close(readEnd)
-            throw failure("posix_spawn \(executable)", result)
+            throw failure("posix_spawn \(executable)", error.number)
         }
+        close(writeEnd)
         let process = WorkerProcess(slot: slot, pid: pid)
         process.watch(heartbeats: readEnd, events: events)
         return process
@@ -86,25 +80,23 @@ struct WorkerProcess: Sendable {
             close(descriptor)
         }
         startThread(named: "sluice-w\(slot)-wait") {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-            let (description, exit) = Self.describe(status)
+            let (description, exit) = Self.describe(ProcessSpawn.waitForEnding(of: pid))
             events.yield(.exited(slot: slot, pid: pid, status: description, exit: exit))
         }
     }
 
-    /// A wait status as a person reads it (`exit 0`, `signal 4 (SIGILL)`), and how the process ended.
-    static func describe(_ status: Int32) -> (String, WorkerSlot.Exit) {
-        let signal = status & 0x7f
-        if signal == 0 {
-            let code = (status >> 8) & 0xff
+    /// How a process ended as a person reads it (`exit 0`, `signal 4 (SIGILL)`), and as the slot takes it.
+    static func describe(_ ending: ProcessSpawn.Ending) -> (String, WorkerSlot.Exit) {
+        switch ending {
+        case .exit(let code):
             return ("exit \(code)", .code(code))
+        case .signal(let signal):
+            let names: [Int32: String] = [
+                SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE",
+                SIGSEGV: "SIGSEGV", SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGINT: "SIGINT",
+            ]
+            return ("signal \(signal)\(names[signal].map { " (\($0))" } ?? "")", .signal(signal))
         }
-        let names: [Int32: String] = [
-            SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE",
-            SIGSEGV: "SIGSEGV", SIGKILL: "SIGKILL", SIGTERM: "SIGTERM", SIGINT: "SIGINT",
-        ]
-        return ("signal \(signal)\(names[signal].map { " (\($0))" } ?? "")", .signal(signal))
     }
 
     /// The executable of this process, to start it again.
