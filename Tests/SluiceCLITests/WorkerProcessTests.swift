@@ -144,6 +144,30 @@ struct WorkerProcessTests {
         #expect(log.components(separatedBy: "worker started").count - 1 == 2, "\(log.suffix(3_000))")
     }
 
+    /// Found measuring assignors: with a property the consumer sets itself in kafka.properties, each worker's
+    /// host refused to start, but the worker's process hung (OrderService's summary loop spun once cancelled)
+    /// and its heartbeat went on, so the supervisor never replaced it and the service hung without a word.
+    @Test(
+        "a worker whose host refuses to start is replaced until its slot trips; with every slot tripped the supervisor exits with an error"
+    )
+    func workerRefusedAtStart() async throws {
+        let cluster = try await TestClusters.start(topics: ["orders": 8, "payments": 2, "orders.dlq": 1])
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        let (service, _) = try OrderServiceTests.startService(
+            cluster, group: group, environment: ["SLUICE_HOST_WORKERS": "2", "SLUICE_CONTROL_ENABLED": "false"],
+            editConfiguration: {
+                $0.replacingOccurrences(
+                    of: "  commitInterval: 1s\n",
+                    with: "  commitInterval: 1s\n  properties:\n    partition.assignment.strategy: range\n")
+            })
+        let status = await service.exit()
+        let log = await service.errors.all()
+        #expect(status != 0, "\(log.suffix(3_000))")
+        #expect(log.contains("every worker slot tripped"), "\(log.suffix(3_000))")
+        #expect(log.contains("partition.assignment.strategy"), "the workers name the property")
+        #expect(!log.contains("no heartbeat"), "each worker exited by itself: \(log.suffix(3_000))")
+    }
+
     /// OrderService with two workers (no poison order) on a cluster of its own: the cluster, the group, the service.
     static func twoWorkers(_ extra: [String: String] = [:]) async throws -> (
         any TestKafkaCluster, String, SluiceProcess

@@ -289,6 +289,33 @@ struct SluiceHostTests {
         #expect(error?.message.contains("topics.orders.deadLetterTopic: 'orders-dlq' is a consumed topic") == true)
     }
 
+    /// Found measuring assignors: OrderService with `partition.assignment.strategy: range` in kafka.properties
+    /// logged "crash journal open" and then hung, without a word, until it was killed (its summary loop spun
+    /// once the host's error cancelled it); as a worker, it kept sending heartbeats and was never replaced.
+    @Test(
+        "a librdkafka property the consumer sets itself (kafka.properties.partition.assignment.strategy) refuses the start, naming it, with or without the crash journal"
+    )
+    func ownedPropertyRefused() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 1])
+        for crashJournal in [false, true] {
+            var configuration = HostFixture.configuration(
+                cluster, group: HostFixture.uniqueGroup(), topics: ["orders": TopicConfiguration()])
+            configuration.kafka.properties["partition.assignment.strategy"] = "range"
+            configuration.crashJournal = crashJournal
+            configuration.stateDirectory =
+                FileManager.default.temporaryDirectory
+                .appendingPathComponent("sluice-state-\(UUID().uuidString)").path
+            let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
+            host.register("orders", ClosureHandler { _, _ in })
+            #expect(host.livenessHealthy, "a worker's host beats while it starts")
+            let error = await #expect(throws: (any Error).self) { try await host.run() }
+            #expect(
+                "\(error.map { "\($0)" } ?? "")".contains("partition.assignment.strategy"),
+                "crash journal \(crashJournal): \(String(describing: error))")
+            #expect(!host.livenessHealthy, "a host whose run ended sends no heartbeat, whatever its process does next")
+        }
+    }
+
     @Test(
         "a dead-letter topic missing from the cluster refuses the start, naming the key and the topic, and creates nothing"
     )

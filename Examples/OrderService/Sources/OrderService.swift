@@ -134,7 +134,9 @@ struct SummaryPrinter: Service {
 
     func run() async throws {
         var previous: [String: Int] = [:]
-        while !Task.isShuttingDownGracefully {
+        // Until a graceful shutdown, or the group cancels it (another service failed): a cancelled sleep
+        // returns at once, and a loop that went on would spin and keep the process from exiting.
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
             // A supervising host (host.workers) owns no shards: it says how its workers are; each worker prints
             // its own shards, its slot first.

@@ -20,6 +20,7 @@ extension SluiceHost {
     ///   Kafka client cannot be created (a bad librdkafka property is named).
     public func run() async throws {
         let handlers = try startOnce()
+        defer { state.withLock { $0.ended = true } }
         if supervisesWorkers {
             try await superviseWorkers()
             return

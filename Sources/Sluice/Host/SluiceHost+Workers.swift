@@ -47,14 +47,19 @@ extension SluiceHost {
     func startHeartbeat(_ worker: WorkerEnvironment) {
         LivenessBeat.start(
             descriptor: worker.livenessDescriptor,
-            healthy: { [weak self] in
-                guard let self else { return false }
-                return !self.state.withLock { $0.running } || self.health().healthy
-            },
+            healthy: { [weak self] in self?.livenessHealthy ?? false },
             orphaned: { [weak self] in
                 self?.logger.error("the supervisor is gone: this worker drains and exits")
                 self?.shutdown()
             })
+    }
+
+    /// Whether a worker's heartbeat goes out: while the host starts (loading the control topic, joining) and
+    /// while its loops turn, never once ``run()`` ended. A worker whose host ended (a bad property refused at
+    /// start, say) but whose process lingers, held by the rest of its `main`, stops beating and is replaced.
+    var livenessHealthy: Bool {
+        let (running, ended) = state.withLock { ($0.running, $0.ended) }
+        return !ended && (!running || health().healthy)
     }
 
     /// The worker slots while this host supervises workers (empty otherwise): each slot's state, its worker's

@@ -62,6 +62,8 @@ public final class SluiceHost: Service, Sendable {
         var assignmentLost = false
         var assignmentsLost = 0
         var running = false
+        /// ``run()`` returned or threw: this host serves nothing any more, whatever its process does next.
+        var ended = false
         var lastTick: ContinuousClock.Instant?
         /// Ticks the supervisor loop handled (tests wait for one after moving a manual clock).
         var ticks = 0
