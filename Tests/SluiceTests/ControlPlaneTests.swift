@@ -365,8 +365,16 @@ struct ControlPlaneTests {
                 if message.partition == 0, message.offset == 3 { throw TestFailure(description: "cannot price it") }
             })
         let firstRun = Task { try await first.run() }
-        try await waitUntil("the first host tripped orders/0 and the group knows") {
-            first.control?.trip(for: poisoned) != nil
+        do {
+            try await waitUntil("the first host tripped orders/0 and the group knows") {
+                first.control?.trip(for: poisoned) != nil
+            }
+        } catch {
+            // Seen once in a full run with librdkafka 2.16 (not again in 9 runs of its suite, 6 of them with the
+            // machine loaded): whether the shard tripped here and the record did not come back, or it never tripped.
+            let shards = first.shards.map { "\($0.topicPartition) \($0.state) \($0.lastError ?? "-")" }
+            print("tripFollowsThePartition, first host: shards \(shards)")
+            throw error
         }
         #expect(first.control?.trip(for: poisoned)?.offset == 3)
         first.shutdown()
