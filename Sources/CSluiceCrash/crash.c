@@ -137,4 +137,4 @@ void sluice_crash_unregister(void *base) {
 }
 
 _Static_assert(sizeof(sluice_journal_header) <= SLUICE_JOURNAL_HEADER_SIZE, "the header fits its page");
-_Static_assert(sizeof(sluice_journal_slot) == 320, "a slot is 320 bytes (the file layout)");
+_Static_assert(sizeof(sluice_journal_slot) == 392, "a slot is 392 bytes (the file layout)");

@@ -122,11 +122,15 @@ extension ConsumerLoop {
         shared.storedProgress.withLock { progress in
             for topicPartition in added { progress[topicPartition] = nil }
         }
-        let list = TopicPartitionList.make(added)
+        let resumed = Dictionary(uniqueKeysWithValues: resumePositions(for: added).map { ($0.topicPartition, $0) })
+        let list = TopicPartitionList.make(
+            added.map { resumed[$0].map { TopicPartitionOffset($0.topicPartition, offset: $0.offset) } ?? $0.unset })
         defer { rd_kafka_topic_partition_list_destroy(list) }
         if let error = rd_kafka_incremental_assign(rk, list) {
             let failure = KafkaError.consuming(error, context: "incremental assign")
             logger.error("incremental assign failed", metadata: ["kafka.error": "\(failure.message)"])
+        } else {
+            storeResumed(Array(resumed.values))
         }
         // Apply pause reasons before any message is taken from the new queues. librdkafka keeps an
         // application pause across unassign and assign, so a partition handed back may arrive paused.
@@ -194,6 +198,9 @@ extension ConsumerLoop {
         }
         shared.storedProgress.withLock { progress in
             for topicPartition in released { progress[topicPartition] = nil }
+        }
+        shared.resumed.withLock { resumed in
+            for topicPartition in released { resumed[topicPartition] = nil }
         }
         logger.debug("partitions released", metadata: ["kafka.partitions": "\(describe(released))"])
     }

@@ -75,6 +75,11 @@ final class ConsumerShared: Sendable {
     /// explicit list, because librdkafka before 2.2 drops the metadata of stored offsets. Cleared when the
     /// partition is released, so nothing is committed for a partition this member no longer has.
     let storedProgress = Mutex<[TopicPartition: TopicPartitionOffset]>([:])
+    /// Where a dead predecessor got to, by cluster id and partition (``KafkaConsumer/resume(from:)``): taken by
+    /// the first assignment, nil from then on.
+    let pendingResume = Mutex<[String: [TopicPartition: TopicPartitionOffset]]?>(nil)
+    /// The positions assigned partitions were started at from ``pendingResume``, until released.
+    let resumed = Mutex<[TopicPartition: TopicPartitionOffset]>([:])
     /// Pause reasons per assigned partition, as the owner last applied them.
     let pauseSnapshot = Mutex<[TopicPartition: Set<KafkaPauseReason>]>([:])
 

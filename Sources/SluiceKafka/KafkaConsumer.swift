@@ -101,6 +101,37 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// Where a process of this group that died got to with its partitions (per partition the offset to start at,
+    /// with commit metadata naming what is done above it), by the id of the Kafka cluster it was connected to; to
+    /// be called before ``subscribe(topics:)``. The partitions of this consumer's first assignment that the
+    /// positions of its own cluster name start there instead of at the group's commit, when it is past the
+    /// commit (and at most at the high watermark), and that position is stored to be committed: what the dead
+    /// process finished is not fetched again. Partitions that come later start from the group's commit, as
+    /// another member may have handled them since.
+    public func resume(from positions: [String: [TopicPartitionOffset]]) {
+        shared.pendingResume.withLock { pending in
+            pending = positions.mapValues { positions in
+                Dictionary(positions.map { ($0.topicPartition, $0) }) { first, second in
+                    first.offset >= second.offset ? first : second
+                }
+            }
+        }
+    }
+
+    /// The id of the Kafka cluster the consumer is connected to, once its metadata says it (no request).
+    public var clusterID: String? {
+        try? shared.withHandle { handle throws(KafkaError) in
+            guard let id = rd_kafka_clusterid(handle.pointer, 0) else { return nil }
+            defer { rd_kafka_mem_free(handle.pointer, id) }
+            return String(cString: id)
+        }
+    }
+
+    /// The position `topicPartition` was started at by ``resume(from:)``, with its metadata, while it is assigned.
+    public func resumedPosition(of topicPartition: TopicPartition) -> TopicPartitionOffset? {
+        shared.resumed.withLock { $0[topicPartition] }
+    }
+
     /// The messages of an assigned partition, or `nil` when it is not assigned to this consumer.
     public func messages(for topicPartition: TopicPartition) -> KafkaPartitionMessages? {
         shared.channels.withLock { $0[topicPartition] }.map { KafkaPartitionMessages(channel: $0) }

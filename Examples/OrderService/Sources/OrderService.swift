@@ -88,6 +88,11 @@ final class OrderHandler: MessageHandler {
             Int($0.trimmingCharacters(in: .whitespaces))
         })
     private let trapInChildTask = ProcessInfo.processInfo.environment["ORDER_SERVICE_TRAP_IN_CHILD_TASK"] == "1"
+    /// `ORDER_SERVICE_HANDLED_LOG=FILE`: each handled order's partition and offset, one line each, appended (by
+    /// every process that handles orders): what a redelivery after a crash repeats is counted from it.
+    private let handledLog: Int32? = ProcessInfo.processInfo.environment["ORDER_SERVICE_HANDLED_LOG"].map {
+        open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+    }
 
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
@@ -105,6 +110,11 @@ final class OrderHandler: MessageHandler {
             // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation.
             if let last = state.last[order.key], order.seq < last { state.violations += 1 }
             state.last[order.key] = max(order.seq, state.last[order.key] ?? 0)
+        }
+        if let handledLog, handledLog >= 0 {
+            // One write per line: O_APPEND keeps lines whole across threads and processes.
+            let line = Array("\(context.topicPartition.partition) \(message.offset)\n".utf8)
+            _ = line.withUnsafeBytes { write(handledLog, $0.baseAddress, $0.count) }
         }
     }
 

@@ -91,6 +91,13 @@ struct JournalSlot: @unchecked Sendable {
     }
     @inline(__always) func end() { sluice_journal_end(pointer) }
 
+    /// Records that the lane completed `offset` (not handed over to the watermark yet): a successor of a process
+    /// that dies now does not handle it again. False when it is outside the slot's window: hand over first.
+    @inline(__always) func completed(_ offset: Int64) -> Bool { sluice_journal_completed(pointer, offset) == 0 }
+
+    /// The lane handed its completions over.
+    @inline(__always) func clearCompleted() { sluice_journal_clear_completed(pointer) }
+
     /// Binds the slot to the task that calls this: a fault while that task runs a handler call is blamed on
     /// its message. Call from the lane's own task.
     func bindToCurrentTask() {
@@ -113,6 +120,13 @@ final class CrashJournal: @unchecked Sendable {
 
     let path: String
     let capacity: Int
+    /// How far this process got with each partition it owns, read by its successor if it dies.
+    let progress: ProgressJournal
+    /// How far each process that ended without a clean stop (a fatal signal, killed, out of memory) got with its
+    /// partitions, read at open from their progress files and their lanes' slots, by the cluster and group it
+    /// was of: per partition the position to start at and commit metadata naming what is done above it, the
+    /// furthest of each partition.
+    let predecessorsProgress: [StateOwner: [TopicPartitionOffset]]
     private let descriptor: Int32
     private let base: UnsafeMutableRawPointer
     private let freeSlots: Mutex<[Int32]>
@@ -124,13 +138,16 @@ final class CrashJournal: @unchecked Sendable {
     }
 
     /// Opens a journal in `directory` (created when missing): the first file no live process holds, or a new
-    /// one. Returns it with what dead processes left in every file it could read.
-    static func open(directory: String, capacity: Int = defaultCapacity, logger: Logger) throws(SluiceError) -> (
-        CrashJournal, [CrashFinding]
-    ) {
+    /// one, with its progress file. Returns it with what dead processes died of in every file it could read
+    /// (how far they got is the journal's ``predecessorsProgress``).
+    static func open(
+        directory: String, capacity: Int = defaultCapacity, progressCapacity: Int = ProgressJournal.defaultCapacity,
+        logger: Logger
+    ) throws(SluiceError) -> (CrashJournal, [CrashFinding]) {
         try makeDirectory(directory)
         var findings: [CrashFinding] = []
-        var mine: (descriptor: Int32, path: String)?
+        var progress: [StateOwner: [TopicPartition: TopicPartitionOffset]] = [:]
+        var mine: (descriptor: Int32, path: String, index: Int)?
         var index = 0
         while true {
             let path = "\(directory)/crash-journal-\(index).bin"
@@ -162,23 +179,45 @@ final class CrashJournal: @unchecked Sendable {
                 Glibc.close(descriptor)
                 continue
             }
-            if exists, let finding = read(descriptor, path: path, logger: logger) { findings.append(finding) }
+            if exists, let left = read(descriptor, path: path, logger: logger) {
+                if let finding = left.finding { findings.append(finding) }
+                // Read before this process empties it, when the file is its own.
+                let (owner, entries) = ProgressJournal.read(path: progressPath(directory, index - 1), logger: logger)
+                if let owner {
+                    for entry in ProgressJournal.merge(entries, completed: left.completed)
+                    where entry.offset > progress[owner]?[entry.topicPartition]?.offset ?? -1 {
+                        progress[owner, default: [:]][entry.topicPartition] = entry
+                    }
+                }
+            }
             if mine == nil {
-                mine = (descriptor, path)
+                mine = (descriptor, path, index - 1)
             } else {
                 flock(descriptor, LOCK_UN)
                 Glibc.close(descriptor)
             }
             if !exists { break }
         }
+        let progressFile = try ProgressJournal(
+            path: progressPath(directory, mine!.index), capacity: progressCapacity, logger: logger)
         let journal = try CrashJournal(
-            descriptor: mine!.descriptor, path: mine!.path, capacity: capacity, logger: logger)
+            descriptor: mine!.descriptor, path: mine!.path, capacity: capacity, progress: progressFile,
+            predecessorsProgress: progress.mapValues { $0.values.sorted { $0.topicPartition < $1.topicPartition } },
+            logger: logger)
         return (journal, findings)
     }
 
-    private init(descriptor: Int32, path: String, capacity: Int, logger: Logger) throws(SluiceError) {
+    /// The progress file beside journal file `index`.
+    static func progressPath(_ directory: String, _ index: Int) -> String { "\(directory)/progress-\(index).bin" }
+
+    private init(
+        descriptor: Int32, path: String, capacity: Int, progress: ProgressJournal,
+        predecessorsProgress: [StateOwner: [TopicPartitionOffset]], logger: Logger
+    ) throws(SluiceError) {
         self.descriptor = descriptor
         self.path = path
+        self.progress = progress
+        self.predecessorsProgress = predecessorsProgress
         self.capacity = capacity
         self.logger = logger
         let size = Int(SLUICE_JOURNAL_HEADER_SIZE) + capacity * Self.slotSize
@@ -234,6 +273,7 @@ final class CrashJournal: @unchecked Sendable {
         let pointer =
             (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self) + Int(index)
         pointer.pointee.in_handler = 0
+        sluice_journal_clear_completed(pointer)
         pointer.pointee.partition = topicPartition.partition
         pointer.pointee.generation = generation
         let topic = Array(topicPartition.topic.utf8.prefix(Int(SLUICE_JOURNAL_TOPIC_CAPACITY)))
@@ -248,6 +288,7 @@ final class CrashJournal: @unchecked Sendable {
     /// Frees a lane's slot (its lane ended).
     func release(_ slot: JournalSlot) {
         slot.pointer.pointee.in_handler = 0
+        slot.clearCompleted()
         slot.pointer.pointee.task = 0
         let index =
             slot.pointer - (base + Int(SLUICE_JOURNAL_HEADER_SIZE)).assumingMemoryBound(to: sluice_journal_slot.self)
@@ -295,7 +336,17 @@ final class CrashJournal: @unchecked Sendable {
             && header.magic == SLUICE_JOURNAL_MAGIC
     }
 
-    private static func read(_ descriptor: Int32, path: String, logger: Logger) -> CrashFinding? {
+    /// What a journal left by a process that ended without a clean stop says.
+    private struct Left {
+        /// What it died of, when a fatal signal was caught.
+        var finding: CrashFinding?
+        /// Offsets its lanes completed and had not handed over to their pipelines' watermarks, per partition.
+        var completed: [TopicPartition: Set<Int64>] = [:]
+    }
+
+    /// What the process that wrote the journal left, nil when it stopped cleanly (or the file is not a journal
+    /// this host reads).
+    private static func read(_ descriptor: Int32, path: String, logger: Logger) -> Left? {
         var header = sluice_journal_header()
         guard
             pread(descriptor, &header, MemoryLayout<sluice_journal_header>.size, 0)
@@ -309,9 +360,14 @@ final class CrashJournal: @unchecked Sendable {
             }
             return nil
         }
-        guard header.version == UInt32(SLUICE_JOURNAL_VERSION) else {
+        // Version 1's slots are a prefix of version 2's, without the lanes' completions.
+        let stride: Int
+        switch header.version {
+        case UInt32(SLUICE_JOURNAL_VERSION): stride = slotSize
+        case 1: stride = Int(SLUICE_JOURNAL_VERSION_1_SLOT_SIZE)
+        default:
             logger.error(
-                "crash journal ignored: layout version \(header.version) is not understood (this host reads \(SLUICE_JOURNAL_VERSION))",
+                "crash journal ignored: layout version \(header.version) is not understood (this host reads 1 and \(SLUICE_JOURNAL_VERSION))",
                 metadata: ["sluice.journal": "\(path)"])
             return nil
         }
@@ -320,34 +376,50 @@ final class CrashJournal: @unchecked Sendable {
         var read = SLUICE_JOURNAL_READ
         _ = pwrite(
             descriptor, &read, MemoryLayout<Int32>.size, MemoryLayout<sluice_journal_header>.offset(of: \.state)!)
-        guard header.signal != 0 else {
-            logger.info(
-                "the last process on this crash journal ended without a clean stop and without a fatal signal (killed, or out of memory): no message is blamed",
-                metadata: ["sluice.journal": "\(path)", "sluice.pid": "\(header.pid)"])
-            return nil
-        }
+        var left = Left()
         var calls: [CrashFinding.Call] = []
         var culprit: CrashFinding.Call?
-        var slot = sluice_journal_slot()
         // The slot count comes from the file: bounded by what the file holds and by the largest journal a host makes.
         var status = stat()
         let held =
             fstat(descriptor, &status) == 0
-            ? max(0, (Int(status.st_size) - Int(SLUICE_JOURNAL_HEADER_SIZE)) / slotSize) : 0
+            ? max(0, (Int(status.st_size) - Int(SLUICE_JOURNAL_HEADER_SIZE)) / stride) : 0
         for index in 0..<min(Int(header.capacity), held, maximumCapacity) {
-            let offset = off_t(Int(SLUICE_JOURNAL_HEADER_SIZE) + index * slotSize)
-            guard pread(descriptor, &slot, slotSize, offset) == slotSize else { break }
-            guard slot.task != 0 || slot.in_handler != 0, slot.in_handler != 0 else { continue }
+            var slot = sluice_journal_slot()
+            slot.completed_base = -1
+            let offset = off_t(Int(SLUICE_JOURNAL_HEADER_SIZE) + index * stride)
+            guard pread(descriptor, &slot, stride, offset) == stride else { break }
+            let inCall = slot.in_handler != 0
+            let completed = slot.completed_base >= 0
+            guard inCall || completed else { continue }
             let length = Int(max(0, min(slot.topic_length, SLUICE_JOURNAL_TOPIC_CAPACITY)))
             let topic = withUnsafeBytes(of: slot.topic) { String(decoding: $0.prefix(length), as: UTF8.self) }
+            let topicPartition = TopicPartition(topic, slot.partition)
+            if completed, TopicName.problem(topic) == nil, slot.partition >= 0,
+                InputLimits.offsets.contains(slot.completed_base)
+            {
+                withUnsafeBytes(of: slot.completed) { words in
+                    for distance in 0..<Int(SLUICE_JOURNAL_COMPLETED_WINDOW)
+                    where words[distance >> 3] & (1 << (distance & 7)) != 0 {
+                        left.completed[topicPartition, default: []].insert(slot.completed_base + Int64(distance))
+                    }
+                }
+            }
+            guard inCall else { continue }
             let call = CrashFinding.Call(
-                topicPartition: TopicPartition(topic, slot.partition), offset: slot.offset,
+                topicPartition: topicPartition, offset: slot.offset,
                 count: Int(max(1, slot.count)),
                 generation: slot.generation, careful: slot.careful != 0,
                 timestampMilliseconds: slot.has_timestamp == 1
                     && InputLimits.epochMilliseconds.contains(slot.timestamp_ms) ? slot.timestamp_ms : nil)
             calls.append(call)
             if header.fault == SLUICE_FAULT_HANDLER, Int(header.attributed_slot) == index { culprit = call }
+        }
+        guard header.signal != 0 else {
+            logger.info(
+                "the last process on this crash journal ended without a clean stop and without a fatal signal (killed, or out of memory): no message is blamed",
+                metadata: ["sluice.journal": "\(path)", "sluice.pid": "\(header.pid)"])
+            return left
         }
         var fault: CrashFinding.Fault =
             switch header.fault {
@@ -361,9 +433,10 @@ final class CrashJournal: @unchecked Sendable {
             culprit = careful[0]
             fault = .eliminated
         }
-        return CrashFinding(
+        left.finding = CrashFinding(
             signal: header.signal, fault: fault, culprit: culprit, inFlight: calls, pid: header.pid,
             diedAtMilliseconds: header.died_ms, startedAtMilliseconds: header.started_ms, journal: path)
+        return left
     }
 
     // MARK: Helpers

@@ -39,6 +39,16 @@ protocol ShardConsumer: Sendable {
     func committedProgress(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition:
         TopicPartitionOffset]
     func queryResetOffsets(for partitions: [TopicPartition], timeout: Duration) async throws -> [TopicPartition: Int64]
+    /// Where the partition was started past the group's commit, from a dead process's progress (see
+    /// ``KafkaConsumer/resume(from:)``), with the metadata naming what is done above it.
+    func resumedPosition(of topicPartition: TopicPartition) -> TopicPartitionOffset?
+    /// The id of the Kafka cluster the consumer is connected to, once known (no request).
+    var clusterID: String? { get }
+}
+
+extension ShardConsumer {
+    func resumedPosition(of topicPartition: TopicPartition) -> TopicPartitionOffset? { nil }
+    var clusterID: String? { nil }
 }
 
 extension KafkaConsumer: ShardConsumer {

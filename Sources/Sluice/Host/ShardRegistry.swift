@@ -35,6 +35,9 @@ final class ShardRegistry: Sendable {
         var current: [TopicPartition: UInt64] = [:]
         /// What was stored for each shard of the assignment: the offset and its commit metadata.
         var stored: [TopicPartition: (offset: Int64, metadata: String?)] = [:]
+        /// Where the pipelines keep their progress for a successor, should this process die (the crash journal's
+        /// progress file), while the host runs with one: a released partition is forgotten there.
+        var progressJournal: ProgressJournal?
         /// Shard crashes and restarts since the host started, all shards together.
         var crashes = 0
         var restarts = 0
@@ -93,11 +96,18 @@ final class ShardRegistry: Sendable {
 
     /// The partition was released or lost: its view goes, and its pipelines store nothing more.
     func remove(_ topicPartition: TopicPartition) {
-        state.withLock { state in
+        let journal = state.withLock { state in
             state.views.removeValue(forKey: topicPartition)
             state.current.removeValue(forKey: topicPartition)
             state.stored.removeValue(forKey: topicPartition)
+            return state.progressJournal
         }
+        journal?.forget(topicPartition)
+    }
+
+    /// From now on a released or lost partition is forgotten in `journal` (nil: no more).
+    func keepProgress(in journal: ProgressJournal?) {
+        state.withLock { $0.progressJournal = journal }
     }
 
     /// Every shard's status now: its view with its current pipeline's counters, and what `consumer` says of its

@@ -66,13 +66,16 @@ extension SluiceHost {
                             timeout: configuration.control.loadTimeout)
                     }, logger: logger)
                 state.withLock { $0.crashContainment = containment }
+                registry.keepProgress(in: containment.journal.progress)
             }
             try await runConsumer(handlers)
         } catch {
+            registry.keepProgress(in: nil)
             crashContainment?.journal.close()
             await control?.close()
             throw error
         }
+        registry.keepProgress(in: nil)
         crashContainment?.journal.close()
         await control?.close()
     }
@@ -89,6 +92,14 @@ extension SluiceHost {
             configuration: configuration.consumerConfiguration(),
             initialPauseReasons: { flags.setting(for: $0).enabled ? [] : [.flag] },
             logger: logger)
+        // What the last process finished and had not committed when it died is not fetched again: progress of this
+        // group, on whichever cluster the consumer turns out to be connected to.
+        let group = configuration.kafka.group
+        if let progress = crashContainment?.journal.predecessorsProgress.filter({ $0.key.group == group }),
+            !progress.isEmpty
+        {
+            consumer.resume(from: Dictionary(progress.map { ($0.key.cluster, $0.value) }) { $1 })
+        }
         try await checkDeadLetterTopics(consumer)
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
         // or an operator's release of a quarantined message, whatever its policies say.

@@ -9,6 +9,11 @@ extension SupervisorLoop {
     /// so it runs beside the loop, which goes on with every other shard's events meanwhile; the shards start when
     /// it is done (``assignRead(_:group:)``). Without a control plane they start at once.
     mutating func assigned(_ partitions: [TopicPartition], group: inout DiscardingTaskGroup) async {
+        // The progress this process keeps for a successor names its cluster and group (known by now), so it is
+        // never used against another.
+        if let progress = crashContainment?.journal.progress, !progress.hasOwner, let cluster = consumer.clusterID {
+            progress.own(by: StateOwner(cluster: cluster, group: configuration.kafka.group))
+        }
         guard let control else {
             await start(partitions, group: &group)
             return
@@ -92,13 +97,19 @@ extension SupervisorLoop {
         group.addTask { [consumer, logger] in
             var committed: [TopicPartition: TopicPartitionOffset] = [:]
             var highWatermarks: [TopicPartition: Int64] = [:]
+            // Started past the group's commit where a dead process got to: its metadata names what it did above.
+            let resumed = Dictionary(
+                uniqueKeysWithValues: progress.keys.compactMap { topicPartition in
+                    consumer.resumedPosition(of: topicPartition).map { (topicPartition, $0) }
+                })
             do {
                 committed = try await consumer.committedProgress(for: Array(progress.keys), timeout: .seconds(5))
-                let withMetadata = committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(
-                    \.key)
+                let withMetadata = Set(
+                    committed.filter { $0.value.metadata?.hasPrefix(CommitMetadata.prefix) == true }.map(\.key)
+                ).union(resumed.filter { $0.value.metadata != nil }.keys)
                 if !withMetadata.isEmpty {
                     highWatermarks =
-                        (try? await consumer.queryHighWatermarks(for: withMetadata, timeout: .seconds(5))) ?? [:]
+                        (try? await consumer.queryHighWatermarks(for: Array(withMetadata), timeout: .seconds(5))) ?? [:]
                 }
             } catch {
                 logger.warning(
@@ -107,12 +118,12 @@ extension SupervisorLoop {
             }
             for (topicPartition, holder) in progress {
                 var done: Set<Int64> = []
-                if let entry = committed[topicPartition] {
+                for entry in [committed[topicPartition], resumed[topicPartition]].compactMap({ $0 }) {
                     do {
                         let decoded = try CommitMetadata.decode(
                             entry.metadata, committed: entry.offset, highWatermark: highWatermarks[topicPartition],
                             maximumDone: maximumDone[topicPartition] ?? 100_000)
-                        done = decoded.done
+                        done.formUnion(decoded.done)
                         if decoded.pastHighWatermark > 0 {
                             logger.warning(
                                 "commit metadata names offsets at or past the high watermark; they are left out",

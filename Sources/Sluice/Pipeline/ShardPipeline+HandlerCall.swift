@@ -15,6 +15,8 @@ protocol HandlerCallInput: Sendable {
     var messages: ArraySlice<Message> { get }
     /// Appends the messages' offsets to `offsets`.
     func appendOffsets(to offsets: inout [Int64])
+    /// Records the messages as completed in the lane's crash journal slot; false when one did not fit its window.
+    func recordCompleted(in journal: JournalSlot) -> Bool
     /// Calls `handler` with the messages.
     nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws
     /// Runs `body` in the call's span.
@@ -27,6 +29,8 @@ extension Message: HandlerCallInput {
     var messages: ArraySlice<Message> { [self] }
 
     func appendOffsets(to offsets: inout [Int64]) { offsets.append(offset) }
+
+    func recordCompleted(in journal: JournalSlot) -> Bool { journal.completed(offset) }
 
     @inline(__always)
     nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws {
@@ -48,6 +52,12 @@ extension ArraySlice<Message>: HandlerCallInput {
     var messages: ArraySlice<Message> { self }
 
     func appendOffsets(to offsets: inout [Int64]) { for message in self { offsets.append(message.offset) } }
+
+    func recordCompleted(in journal: JournalSlot) -> Bool {
+        var recorded = true
+        for message in self where !journal.completed(message.offset) { recorded = false }
+        return recorded
+    }
 
     nonisolated(nonsending) func handle(by handler: AnyHandler, context: ShardContext) async throws {
         try await handler.handle(self, context: context)
@@ -115,10 +125,12 @@ extension ShardPipeline {
             activity.end()
             return (.failed(failure), endedAt)
         }
-        let pending = activity.completed.withLock { completed in
+        var pending = activity.completed.withLock { completed in
             input.appendOffsets(to: &completed)
             return completed.count
         }
+        // In the crash journal too, until handed over: a successor of a process that dies now skips them.
+        if let journal = activity.journal, !input.recordCompleted(in: journal) { pending = .max }
         activity.end()
         if pending >= 64 { flush(activity) }
         return (.succeeded, endedAt)
@@ -131,10 +143,15 @@ extension ShardPipeline {
             return completed
         }
         guard !offsets.isEmpty else { return }
-        state.withLock { $0.completed(offsets, as: .processed) }
+        let watermark = state.withLock { state in
+            state.completed(offsets, as: .processed)
+            return state.watermark
+        }
         metrics.processed.increment(by: offsets.count)
         beacon.notify()
-        noteProgress()
+        noteProgress(watermark, done: offsets)
+        // In the progress file now.
+        activity.journal?.clearCompleted()
     }
 
     func context(attempt: Int) -> ShardContext {

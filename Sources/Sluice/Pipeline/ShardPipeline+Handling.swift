@@ -105,8 +105,11 @@ extension ShardPipeline {
     }
 
     func complete(_ unit: ArraySlice<Message>, as completion: StateMachine.Completion) {
-        state.withLock { $0.completed(unit.lazy.map(\.offset), as: completion) }
+        let watermark = state.withLock { state in
+            state.completed(unit.lazy.map(\.offset), as: completion)
+            return state.watermark
+        }
         beacon.notify()
-        noteProgress()
+        noteProgress(watermark, done: journal == nil ? [] : unit.map(\.offset))
     }
 }

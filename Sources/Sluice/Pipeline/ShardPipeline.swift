@@ -265,8 +265,11 @@ final class ShardPipeline: Sendable {
         control.notify()
     }
 
-    /// Tells ``onProgress`` that the watermark may have moved, unless it was told and has not looked yet.
-    func noteProgress() {
+    /// Tells ``onProgress`` that the watermark may have moved, unless it was told and has not looked yet; and
+    /// the crash journal's progress file where it is now, for a successor should the process die before the
+    /// watermark is stored and committed.
+    func noteProgress(_ watermark: Int64? = nil, done: [Int64] = []) {
+        if let watermark, let journal { journal.progress.advance(topicPartition, to: watermark, done: done) }
         guard let onProgress, !progressPending.exchange(true, ordering: .acquiringAndReleasing) else { return }
         onProgress(self)
     }
