@@ -78,8 +78,12 @@ public struct AdminServer: Service {
     /// Serves until graceful shutdown.
     public func run() async throws {
         if host.worker != nil {
-            // A worker process leaves the admin API to its supervisor: one port, one host to the outside.
-            try? await gracefulShutdown()
+            // A worker process leaves the admin API to its supervisor (one port, one host to the outside), and
+            // writes its metrics each second where the supervisor's `/metrics` reads them.
+            while !Task.isShuttingDownGracefully, !Task.isCancelled {
+                host.reportMetricsToSupervisor(registry.emitToBuffer())
+                try? await Task.sleep(for: .seconds(1))
+            }
             return
         }
         let parts = settings.listen.split(separator: ":")
@@ -131,12 +135,19 @@ public struct AdminServer: Service {
             }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            return Response(
-                status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+            let workers = host.workerMetrics
+            guard !workers.isEmpty else {
+                return Response(
+                    status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+            }
+            // A supervisor's own metrics and its workers', each worker's labelled with its slot.
+            let own = String(decoding: registry.emitToBuffer(), as: UTF8.self)
+            let merged = WorkerMetrics.merge([(nil, own)] + workers.map { ($0.slot, $0.text) })
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: merged)))
         }
         router.get("v1/shards") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
-            return Self.shardsResponse(host.shards)
+            return host.workerSlots.isEmpty ? Self.shardsResponse(host.shards) : Self.shardsResponse(host.workerShards)
         }
         router.get("v1/flags") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
@@ -372,12 +383,17 @@ public struct AdminServer: Service {
 
     /// `{"shards": [...]}`, keys sorted.
     static func shardsResponse(_ shards: [ShardStatus]) -> Response {
+        let now = ContinuousClock.now
+        return shardsResponse(shards.map { ShardReport($0, now: now) })
+    }
+
+    /// `{"shards": [...]}`, keys sorted.
+    static func shardsResponse(_ reports: [ShardReport]) -> Response {
         // Encoded with `JSONEncoder`: at 10,000 shards, dictionaries through `JSONSerialization` took 2 s a request.
         struct Document: Encodable { var shards: [ShardReport] }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        let now = ContinuousClock.now
-        guard let data = try? encoder.encode(Document(shards: shards.map { ShardReport($0, now: now) })) else {
+        guard let data = try? encoder.encode(Document(shards: reports)) else {
             return problem(.internalServerError, "the shards could not be encoded")
         }
         var headers = HTTPFields()

@@ -36,8 +36,10 @@ struct StatusCommand: AsyncParsableCommand {
             var quarantines: [String] = []
             for shard in answer.shards {
                 let stalled = shard.stalledForSeconds.map { " (stalled \(Int($0)) s)" } ?? ""
+                // With worker processes, which worker runs it.
+                let worker = shard.worker.map { " (w\($0))" } ?? ""
                 rows.append([
-                    shard.topicPartition.description, shard.state + stalled,
+                    shard.topicPartition.description + worker, shard.state + stalled,
                     shard.flag?.enabled ?? true ? "on" : "off",
                     shard.pauseReasons.joined(separator: ","), "\(shard.attempt)",
                     shard.committedOffset.map(String.init) ?? "-", shard.lag.map(String.init) ?? "-",

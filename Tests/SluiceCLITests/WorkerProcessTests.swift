@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Sluice
 import SluiceKafka
 import SluiceTesting
 import Testing
@@ -68,6 +69,33 @@ struct WorkerProcessTests {
             metrics.contains(#"sluice_worker_restarts_total{slot="0"} 1"#)
                 || metrics.contains(#"sluice_worker_restarts_total{slot="1"} 1"#),
             "\(metrics.split(separator: "\n").filter { $0.contains("worker") })")
+        // One host to the outside: the supervisor's /metrics has each worker's samples under one family each, and
+        // its /v1/shards and `sluice status` every shard of both workers.
+        let processedFamily = metrics.split(separator: "\n").filter {
+            $0.hasPrefix("# TYPE sluice_messages_processed_total ")
+        }
+        #expect(processedFamily.count == 1, "each family once: \(processedFamily)")
+        for slot in 0..<2 {
+            #expect(
+                metrics.contains("sluice_messages_processed_total{worker=\"\(slot)\","),
+                "worker \(slot)'s samples, labelled: \(metrics.split(separator: "\n").filter { $0.contains("processed") })"
+            )
+        }
+        var shardsRequest = URLRequest(url: URL(string: address + "/v1/shards")!)
+        shardsRequest.setValue("Bearer test-token", forHTTPHeaderField: "Authorization")
+        let (shardsBody, _) = try await URLSession.shared.data(for: shardsRequest)
+        struct Answer: Decodable { var shards: [ShardReport] }
+        let shards = try JSONDecoder().decode(Answer.self, from: shardsBody).shards
+        let orders = shards.filter { $0.topic == "orders" }
+        #expect(
+            Set(orders.map(\.partition)) == Set(0..<Int32(CrashContainmentTests.partitions)),
+            "every orders shard: \(orders.map { "\($0.topicPartition) w\($0.worker ?? -1)" })")
+        #expect(Set(orders.compactMap(\.worker)) == [0, 1], "shards of both workers, each with its slot")
+        #expect(orders.allSatisfy { $0.worker != nil })
+        let status = try SluiceProcess(["status", "--admin", address, "--token", "test-token"])
+        #expect(await status.exit() == 0)
+        let shown = await status.output.all()
+        #expect(shown.contains("(w0)") && shown.contains("(w1)"), "\(shown)")
 
         service.process.terminate()
         #expect(await service.exit() == 0, "SIGTERM drains every worker, then the supervisor exits 0")

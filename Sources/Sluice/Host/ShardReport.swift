@@ -66,6 +66,8 @@ public struct ShardReport: Codable, Sendable, Equatable {
     public var restartInSeconds: Double?
     /// Why its breaker tripped.
     public var trippedReason: String?
+    /// The worker process it runs in (`host.workers`), as the supervisor shows it.
+    public var worker: Int?
 
     /// The shard of `topic` and `partition`, in `state`, with nothing else known.
     public init(topicPartition: TopicPartition, state: String) {
@@ -147,6 +149,7 @@ public struct ShardReport: Codable, Sendable, Equatable {
         position = try fields.integer(.position, in: InputLimits.offsets)
         restartInSeconds = try fields.number(.restartInSeconds, in: InputLimits.seconds)
         trippedReason = try fields.text(.trippedReason, maxLength: InputLimits.textLength)
+        worker = try fields.count(.worker, in: 0...Int64(SluiceConfiguration.maximumWorkers - 1))
     }
 }
 

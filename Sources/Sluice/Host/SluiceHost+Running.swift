@@ -247,6 +247,13 @@ extension SluiceHost {
                 let storer = WatermarkStorer(
                     registry: registry, consumer: consumer, clock: realTime, interval: .milliseconds(100))
                 group.addTask { try? await storer.run() }
+                if worker != nil {
+                    // The supervisor shows this worker's shards from what it writes each second.
+                    let report = PeriodicTask(interval: WorkerReports.interval, clock: realTime) {
+                        self.writeWorkerShards()
+                    }
+                    group.addTask { try? await report.run() }
+                }
                 let tick = PeriodicTask(interval: .seconds(1), clock: clock) { input.yield(.tick) }
                 group.addTask { try? await tick.run() }
                 let environment = SupervisorLoop.Environment(

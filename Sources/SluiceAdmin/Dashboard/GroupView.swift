@@ -113,6 +113,19 @@ struct GroupView {
                         quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason))
             }
         }
+        // A supervisor's workers, from what they report to it (with the control plane on, their host records
+        // above show them too: a shard is listed once per owner).
+        let listed = Set(shards.map(\.topicPartition))
+        for report in host.workerShards where !listed.contains(report.topicPartition) {
+            let topicPartition = report.topicPartition
+            var report = report
+            report.rate = host.flags.setting(for: topicPartition).rate
+            shards.append(
+                Shard(
+                    report: report, owner: "\(host.identity)-w\(report.worker ?? 0)",
+                    reasons: report.pauseReasons.map { ($0, explain($0, topicPartition, lastError: report.lastError)) },
+                    quarantine: quarantines[topicPartition], trip: trips[topicPartition]?.reason))
+        }
         if !ownShown {
             hosts.insert(
                 Host(
