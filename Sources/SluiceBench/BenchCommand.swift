@@ -102,6 +102,13 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
     )
     var fleet: Int?
 
+    @Option(
+        name: .long,
+        help:
+            "Add case w: case b's host as a supervisor of this many worker processes (host.workers), for their cost in CPU per message against case b."
+    )
+    var workers: Int = 0
+
     public func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
@@ -122,10 +129,13 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             )
         }
         for name in only?.split(separator: ",") ?? []
-        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g"].contains(name) {
+        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g", "w"].contains(name) {
             throw ValidationError(
-                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f and g"
+                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f, g and w (with --workers)"
             )
+        }
+        guard (0...SluiceConfiguration.maximumWorkers).contains(workers) else {
+            throw ValidationError("--workers must be 0...\(SluiceConfiguration.maximumWorkers), got \(workers)")
         }
     }
 
@@ -143,6 +153,10 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         var logger = Logger(label: "sluice.bench")
         logger.logLevel =
             ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
+        if Self.isBenchWorker {
+            try await runBenchWorker(logger: logger)
+            return
+        }
         if let scale {
             try await runScale(partitions: scale, logger: logger)
             return
@@ -236,6 +250,12 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
                     cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
             },
         ]
+        if workers > 0 {
+            cases.append(
+                Case(name: "w host, no-op, ordering partition, \(workers) worker processes") {
+                    try await runWorkers(cluster, logger: logger)
+                })
+        }
         let selected = only.map { $0.split(separator: ",").map(String.init) }
         let chosen = cases.indices.filter { index in selected?.contains { cases[index].name.hasPrefix($0) } ?? true }
         // Runs are interleaved (a1 a2 b c d e, a1 a2 b ...) so that a slow patch of a shared machine falls
@@ -366,6 +386,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         func printJournalCost() {
             printCost("crash journal cost (b against b0)", of: "b", against: "b0")
             printCost("Prometheus metrics cost (bm against b)", of: "bm", against: "b")
+            printCost("worker processes cost (w against b)", of: "w", against: "b")
         }
         /// What case `with` costs over case `without`, in CPU per message (steadier than throughput here)
         /// and in median throughput.
