@@ -75,9 +75,14 @@ extension BenchCommand {
     func runBenchWorker(logger: Logger) async throws {
         let environment = ProcessInfo.processInfo.environment
         guard let cluster = environment[Self.workerBootstrapVariable],
-            let group = environment[Self.workerGroupVariable],
-            let state = environment[Self.workerStateVariable], let worker = WorkerEnvironment(environment)
+            let state = environment[Self.workerStateVariable],
+            let worker = WorkerEnvironment(environment)
         else { return }
+        if environment[Self.workerTrapVariable] != nil {
+            try await runTrapWorker(state: state, worker: worker, cluster: cluster, logger: logger)
+            return
+        }
+        guard let group = environment[Self.workerGroupVariable] else { return }
         let configuration = workerConfiguration(cluster, group: group, state: state)
         let host = SluiceHost(configuration: configuration, logger: logger)
         let counter = RateCounter()

@@ -129,9 +129,9 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             )
         }
         for name in only?.split(separator: ",") ?? []
-        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g", "w"].contains(name) {
+        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g", "w", "wt"].contains(name) {
             throw ValidationError(
-                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f, g and w (with --workers)"
+                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
             )
         }
         guard (0...SluiceConfiguration.maximumWorkers).contains(workers) else {
@@ -171,7 +171,8 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         }
         // The broker and the preloading producer run as child processes, so this process's memory is the
         // consumer's alone, as in production.
-        let broker = try ChildBroker(topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"])
+        let broker = try ChildBroker(
+            topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"] + (workers > 0 ? Self.workerTrapTopics : []))
         defer { broker.stop() }
         let cluster = broker.bootstrap
         note(
@@ -348,6 +349,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             if selected?.contains("g") == true {
                 printSlowHandler(try await slowHandler(cluster, logger: logger))
             }
+            if workers > 0, selected?.contains("wt") == true { try await runWorkerTrap(cluster, logger: logger) }
             return
         }
         let reaction = try await flagReaction(cluster, logger: logger)
@@ -380,6 +382,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
                 b / a, medianRate("c")! / a, medianRate("d")! / a, medianRate("e")! / b))
         if let line = cpuRatios() { print(line) }
         printJournalCost()
+        if workers > 0 { try await runWorkerTrap(cluster, logger: logger) }
 
         /// The crash journal's cost: case b with it against b0 without, in CPU per message (steadier than
         /// throughput here) and in median throughput.
