@@ -135,7 +135,7 @@ public struct AdminServer: Service {
             }
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
-            let workers = host.workerMetrics
+            let workers = await host.freshWorkerMetrics()
             guard !workers.isEmpty else {
                 return Response(
                     status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
@@ -147,7 +147,8 @@ public struct AdminServer: Service {
         }
         router.get("v1/shards") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }
-            return host.workerSlots.isEmpty ? Self.shardsResponse(host.shards) : Self.shardsResponse(host.workerShards)
+            return host.workerSlots.isEmpty
+                ? Self.shardsResponse(host.shards) : Self.shardsResponse(await host.freshWorkerShards())
         }
         router.get("v1/flags") { request, _ in
             if let denied = authorizeRead(request, open: settings.publicReads) { return denied }

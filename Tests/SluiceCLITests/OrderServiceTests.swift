@@ -18,7 +18,8 @@ struct OrderServiceTests {
     /// free port; returns the process and its database path.
     static func startService(
         _ cluster: any TestKafkaCluster, group: String, extra: [String] = [], environment: [String: String] = [:],
-        editConfiguration: (String) -> String = { $0 }, ownProcessGroup: Bool = false
+        editConfiguration: (String) -> String = { $0 }, ownProcessGroup: Bool = false,
+        endHeldCrashHandling: Bool = false
     ) throws -> (SluiceProcess, String) {
         let database = FileManager.default.temporaryDirectory.appendingPathComponent(
             "orders-\(UUID().uuidString).sqlite"
@@ -35,7 +36,7 @@ struct OrderServiceTests {
                 "SLUICE_KAFKA_BOOTSTRAP": cluster.bootstrapServers, "SLUICE_ADMIN_TOKEN": "test-token",
                 "SLUICE_ADMIN_LISTEN": "127.0.0.1:0", "SLUICE_ADMIN_STATE_FILE": database + ".flags.json",
                 "SLUICE_HOST_STATE_DIRECTORY": database + ".state",
-            ].merging(environment) { $1 }, ownProcessGroup: ownProcessGroup)
+            ].merging(environment) { $1 }, ownProcessGroup: ownProcessGroup, endHeldCrashHandling: endHeldCrashHandling)
         return (service, database)
     }
 

@@ -64,9 +64,18 @@ struct SluiceProcess {
         return directory.appendingPathComponent(name)
     }
 
+    /// How long a process that began the runtime's crash handling (`*** Signal` on standard error) may stay in it
+    /// before ``init(_:executable:environment:ownProcessGroup:endHeldCrashHandling:)`` kills it.
+    static let crashHandlingLimit = Duration.seconds(30)
+
+    /// `endHeldCrashHandling`: kill the process (SIGKILL) when the Swift runtime's crash handling holds it longer
+    /// than ``crashHandlingLimit``, as an orchestrator's liveness probe would (its unwinder was seen spinning on a
+    /// thread's frame chain for minutes, holding the dying process and its partitions). Its death is in its crash
+    /// journal already: Sluice's signal handler runs before the runtime's. Only for a process that is itself the
+    /// one that traps (a worker's supervisor has its own 10 s limit, and prints its workers' output).
     init(
         _ arguments: [String], executable: String = "sluice", environment: [String: String]? = nil,
-        ownProcessGroup: Bool = false
+        ownProcessGroup: Bool = false, endHeldCrashHandling: Bool = false
     ) throws {
         let input = try ChildProcess.pipe()
         let stdout = try ChildProcess.pipe()
@@ -83,6 +92,39 @@ struct SluiceProcess {
         stdin = input.write
         output = OutputCollector(stdout.read)
         errors = OutputCollector(stderr.read)
+        if endHeldCrashHandling {
+            Task { [process, errors] in
+                while process.isRunning, !errors.text.contains("*** Signal") {
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                let deadline = ContinuousClock.now + Self.crashHandlingLimit
+                while process.isRunning, ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                if process.isRunning {
+                    print(
+                        "test harness: process \(process.processIdentifier) held in crash handling for \(Self.crashHandlingLimit): killed"
+                    )
+                    // The runtime's backtracer (a child of the dying process) first: it would run on as an orphan.
+                    for child in Self.children(of: process.processIdentifier) { kill(child, SIGKILL) }
+                    kill(process.processIdentifier, SIGKILL)
+                }
+            }
+        }
+    }
+
+    /// The processes whose parent is `pid` (from /proc).
+    static func children(of pid: pid_t) -> [pid_t] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> pid_t? in
+            guard let child = pid_t(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            // pid (comm) state ppid ...
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && pid_t(fields[1]) == pid ? child : nil
+        }
     }
 
     /// The first line of standard output, or what came before `timeout`.
