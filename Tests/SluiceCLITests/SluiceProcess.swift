@@ -65,8 +65,10 @@ struct SluiceProcess {
     }
 
     /// How long a process that began the runtime's crash handling (`*** Signal` on standard error) may stay in it
-    /// before ``init(_:executable:environment:ownProcessGroup:endHeldCrashHandling:)`` kills it.
-    static let crashHandlingLimit = Duration.seconds(30)
+    /// before ``init(_:executable:environment:ownProcessGroup:endHeldCrashHandling:)`` kills it. A backtrace of this
+    /// debug build takes about 2 s alone, and took more than 30 s for every death of a full librdkafka 2.16 run
+    /// (five services dying at once on two loaded cores): the limit is for a backtracer that never ends.
+    static let crashHandlingLimit = Duration.seconds(120)
 
     /// `endHeldCrashHandling`: kill the process (SIGKILL) when the Swift runtime's crash handling holds it longer
     /// than ``crashHandlingLimit``, as an orchestrator's liveness probe would (its unwinder was seen spinning on a
