@@ -18,9 +18,9 @@ extension BenchCommand {
     static let trapOffset: Int64 = 250
 
     /// Topics the broker needs for it.
-    static var workerTrapTopics: [String] {
-        ["\(trapTopic):\(trapPartitions)", "__sluice-control-\(trapGroup):1", "__sluice-audit-\(trapGroup):1"]
-    }
+    static let workerTrapTopics = [
+        "\(trapTopic):\(trapPartitions)", "__sluice-control-\(trapGroup):1", "__sluice-audit-\(trapGroup):1",
+    ]
 
     func trapConfiguration(_ cluster: String, state: String) -> SluiceConfiguration {
         var configuration = hostConfiguration(cluster, group: "unused", topics: [Self.trapTopic: TopicConfiguration()])

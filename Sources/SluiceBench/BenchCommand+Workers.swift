@@ -18,7 +18,7 @@ extension BenchCommand {
     static let workerCountFile = "bench-count"
 
     /// Whether this process is a worker of case w's host.
-    static var isBenchWorker: Bool {
+    static func isBenchWorker() -> Bool {
         let environment = ProcessInfo.processInfo.environment
         return WorkerEnvironment(environment) != nil && environment[workerBootstrapVariable] != nil
     }

@@ -153,7 +153,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         var logger = Logger(label: "sluice.bench")
         logger.logLevel =
             ProcessInfo.processInfo.environment["SLUICE_BENCH_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .error
-        if Self.isBenchWorker {
+        if Self.isBenchWorker() {
             try await runBenchWorker(logger: logger)
             return
         }

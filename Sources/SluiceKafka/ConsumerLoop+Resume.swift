@@ -19,7 +19,7 @@ extension ConsumerLoop {
         else { return [] }
         // Only a dead process's progress on this same cluster (a state directory reused against another one
         // names offsets that mean nothing here). Known by the first assignment: the client has its metadata.
-        guard let cluster = clusterID() else {
+        guard let cluster = shared.handle.clusterID(timeout: .seconds(1)) else {
             logger.warning(
                 "the cluster did not say its id: the partitions the last process had resume from the group's commit")
             return []
@@ -44,7 +44,7 @@ extension ConsumerLoop {
         let committed: [TopicPartition: Int64]
         let highs: [TopicPartition: Int64]
         do {
-            committed = try committedOffsets(partitions, timeout: .seconds(5))
+            committed = try shared.handle.committed(partitions, timeout: .seconds(5)).mapValues(\.offset)
             highs = try shared.handle.queryWatermarks(partitions, end: true, timeout: .seconds(5))
         } catch {
             logger.warning(
@@ -95,28 +95,6 @@ extension ConsumerLoop {
         logger.info(
             "partitions resume where the last process got to, past the group's commit",
             metadata: ["kafka.partitions": "\(positions.map(\.description).joined(separator: ","))"])
-    }
-
-    /// The cluster's id from the client's metadata (waiting up to a second for it), nil when not known.
-    private func clusterID() -> String? {
-        guard let id = rd_kafka_clusterid(rk, 1_000) else { return nil }
-        defer { rd_kafka_mem_free(rk, id) }
-        return String(cString: id)
-    }
-
-    /// Blocking: the group's committed offsets of `partitions` (those without one are left out).
-    private func committedOffsets(_ partitions: [TopicPartition], timeout: Duration) throws(KafkaError)
-        -> [TopicPartition: Int64]
-    {
-        let list = TopicPartitionList.make(partitions)
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        let error = rd_kafka_committed(rk, list, Int32(clamping: timeout.milliseconds))
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw .rdkafka(error, context: "reading committed offsets")
-        }
-        var result: [TopicPartition: Int64] = [:]
-        for item in TopicPartitionList.read(list) where item.offset >= 0 { result[item.topicPartition] = item.offset }
-        return result
     }
 }
 

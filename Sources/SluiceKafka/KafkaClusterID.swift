@@ -13,13 +13,12 @@ public enum KafkaClusterID {
             bootstrapServers: bootstrapServers, properties: properties, clientID: "sluice-cluster-id"
         ) {
             handle throws(KafkaError) in
-            guard let id = rd_kafka_clusterid(handle.pointer, Int32(clamping: timeout.milliseconds)) else {
+            guard let id = handle.clusterID(timeout: timeout) else {
                 throw KafkaError(
                     code: .timeout,
                     message: "the cluster at \(bootstrapServers) did not say its cluster id within \(timeout)")
             }
-            defer { rd_kafka_mem_free(handle.pointer, id) }
-            return String(cString: id)
+            return id
         }
     }
 }

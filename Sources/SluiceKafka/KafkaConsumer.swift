@@ -120,11 +120,7 @@ public final class KafkaConsumer: Sendable {
 
     /// The id of the Kafka cluster the consumer is connected to, once its metadata says it (no request).
     public var clusterID: String? {
-        try? shared.withHandle { handle throws(KafkaError) in
-            guard let id = rd_kafka_clusterid(handle.pointer, 0) else { return nil }
-            defer { rd_kafka_mem_free(handle.pointer, id) }
-            return String(cString: id)
-        }
+        try? shared.withHandle { handle throws(KafkaError) in handle.clusterID(timeout: .zero) }
     }
 
     /// The position `topicPartition` was started at by ``resume(from:)``, with its metadata, while it is assigned.
@@ -275,19 +271,7 @@ public final class KafkaConsumer: Sendable {
         for partitions: [TopicPartition],
         timeout: Duration = .seconds(10)
     ) async throws -> [TopicPartition: TopicPartitionOffset] {
-        try await shared.blocking { handle throws(KafkaError) in
-            let list = TopicPartitionList.make(partitions)
-            defer { rd_kafka_topic_partition_list_destroy(list) }
-            let error = rd_kafka_committed(handle.pointer, list, Int32(clamping: timeout.milliseconds))
-            if error != RD_KAFKA_RESP_ERR_NO_ERROR {
-                throw KafkaError.rdkafka(error, context: "reading committed offsets")
-            }
-            var result: [TopicPartition: TopicPartitionOffset] = [:]
-            for item in TopicPartitionList.read(list) where item.offset >= 0 {
-                result[item.topicPartition] = item
-            }
-            return result
-        }
+        try await shared.blocking { handle throws(KafkaError) in try handle.committed(partitions, timeout: timeout) }
     }
 
     /// The partition's fetch position: the offset of the next message librdkafka hands out, if known.

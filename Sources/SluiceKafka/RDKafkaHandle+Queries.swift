@@ -14,6 +14,28 @@ extension RDKafkaHandle {
         return Watermarks(low: low, high: high)
     }
 
+    /// The cluster's id from the client's metadata, waiting up to `timeout` for it (zero: no request); nil when not
+    /// known by then.
+    func clusterID(timeout: Duration) -> String? {
+        guard let id = rd_kafka_clusterid(pointer, Int32(clamping: timeout.milliseconds)) else { return nil }
+        defer { rd_kafka_mem_free(pointer, id) }
+        return String(cString: id)
+    }
+
+    /// Blocking: the group's committed offsets of `partitions` with their commit metadata (one round trip to the
+    /// coordinator). Partitions without a committed offset are left out.
+    func committed(_ partitions: [TopicPartition], timeout: Duration) throws(KafkaError) -> [TopicPartition:
+        TopicPartitionOffset]
+    {
+        let list = TopicPartitionList.make(partitions)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let error = rd_kafka_committed(pointer, list, Int32(clamping: timeout.milliseconds))
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw .rdkafka(error, context: "reading committed offsets") }
+        var result: [TopicPartition: TopicPartitionOffset] = [:]
+        for item in TopicPartitionList.read(list) where item.offset >= 0 { result[item.topicPartition] = item }
+        return result
+    }
+
     /// Blocking: the high (`end`) or low watermarks of many partitions in one ListOffsets round trip per
     /// leader (`rd_kafka_offsets_for_times` with a logical timestamp). Partitions that failed are left out.
     func queryWatermarks(_ partitions: [TopicPartition], end: Bool, timeout: Duration) throws(KafkaError)

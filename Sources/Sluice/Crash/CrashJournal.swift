@@ -220,21 +220,9 @@ final class CrashJournal: @unchecked Sendable {
         self.predecessorsProgress = predecessorsProgress
         self.capacity = capacity
         self.logger = logger
+        // Emptied first, so every slot is free.
         let size = Int(SLUICE_JOURNAL_HEADER_SIZE) + capacity * Self.slotSize
-        // Truncating to 0 first gives zeroed pages: every slot free. Then the blocks are allocated, so a full disk
-        // fails here, at start, and not as a SIGBUS when a lane first writes its slot.
-        guard ftruncate(descriptor, 0) == 0, ftruncate(descriptor, off_t(size)) == 0 else {
-            throw Self.failure("sizing \(path)")
-        }
-        let allocated = posix_fallocate(descriptor, 0, off_t(size))
-        guard allocated == 0 || allocated == EOPNOTSUPP || allocated == EINVAL else {
-            errno = allocated
-            throw Self.failure("allocating \(size) bytes for \(path)")
-        }
-        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED
-        else {
-            throw Self.failure("mapping \(path)")
-        }
+        let mapped = try MappedFile.mapEmpty(descriptor, size: size, path: path, failure: Self.failure)
         base = mapped
         freeSlots = Mutex((0..<Int32(capacity)).reversed())
         let header = base.assumingMemoryBound(to: sluice_journal_header.self)

@@ -43,21 +43,13 @@ final class ProgressJournal: @unchecked Sendable {
         guard descriptor >= 0 else { throw Self.failure("opening \(path)") }
         self.descriptor = descriptor
         let size = Int(SLUICE_PROGRESS_HEADER_SIZE) + capacity * Self.entrySize
-        // Zeroed pages (every entry free), allocated now: a full disk fails at start, not as a SIGBUS on a write.
-        guard ftruncate(descriptor, 0) == 0, ftruncate(descriptor, off_t(size)) == 0 else {
+        let mapped: UnsafeMutableRawPointer
+        do {
+            // Emptied first, so every entry is free.
+            mapped = try MappedFile.mapEmpty(descriptor, size: size, path: path, failure: Self.failure)
+        } catch {
             Glibc.close(descriptor)
-            throw Self.failure("sizing \(path)")
-        }
-        let allocated = posix_fallocate(descriptor, 0, off_t(size))
-        guard allocated == 0 || allocated == EOPNOTSUPP || allocated == EINVAL else {
-            Glibc.close(descriptor)
-            errno = allocated
-            throw Self.failure("allocating \(size) bytes for \(path)")
-        }
-        guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED
-        else {
-            Glibc.close(descriptor)
-            throw Self.failure("mapping \(path)")
+            throw error
         }
         base = mapped
         entries = Mutex(([:], Array((0..<capacity).reversed())))
