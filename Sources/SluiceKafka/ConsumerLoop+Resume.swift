@@ -33,10 +33,11 @@ extension ConsumerLoop {
         }
         let wanted = added.compactMap { pending[$0] }
         if wanted.count < pending.count {
+            let assigned = Set(added)
             logger.info(
                 "partitions the last process had are not in this first assignment: they resume from the group's commit",
                 metadata: [
-                    "kafka.partitions": "\(describe(pending.keys.filter { !added.contains($0) }.sorted()))"
+                    "kafka.partitions": "\(describe(pending.keys.filter { !assigned.contains($0) }.sorted()))"
                 ])
         }
         guard !wanted.isEmpty else { return [] }
