@@ -63,6 +63,13 @@ struct WorkerProcess: Sendable {
         _ = kill(pid, signal)
     }
 
+    /// Kills the worker and everything in its process group: a worker killed while the Swift runtime's crash
+    /// handling holds it leaves its backtracer (a child of its own, in its group) otherwise, asleep for ever and
+    /// holding its memory (seen: 115 MB each).
+    func killGroup() {
+        if kill(-pid, SIGKILL) != 0 { _ = kill(pid, SIGKILL) }
+    }
+
     private func watch(heartbeats descriptor: Int32, events: AsyncStream<Event>.Continuation) {
         let (slot, pid) = (self.slot, self.pid)
         startThread(named: "sluice-w\(slot)-beat") {

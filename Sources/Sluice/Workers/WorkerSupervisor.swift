@@ -108,7 +108,7 @@ final class WorkerSupervisor: Sendable {
                 logger.error(
                     "worker sent no heartbeat for \(policy.heartbeatTimeout): killed, and replaced once it exited",
                     metadata: ["sluice.worker": "\(index)", "sluice.pid": "\(pid)"])
-                processes[pid]?.signal(SIGKILL)
+                processes[pid]?.killGroup()
             case .terminate(let pid):
                 processes[pid]?.signal(SIGTERM)
             case .tripped(let reason):
@@ -143,7 +143,7 @@ final class WorkerSupervisor: Sendable {
                         logger.error(
                             "worker did not drain within \(drainLimit): killed",
                             metadata: ["sluice.worker": "\(process.slot)"])
-                        process.signal(SIGKILL)
+                        process.killGroup()
                     }
                     stopping = (killAt, true)
                 }
