@@ -9,23 +9,22 @@ struct WorkerProcessKillTests {
         "a killed worker's child (as the runtime's backtracer is of a worker held in crash handling) ends with it instead of living on as an orphan"
     )
     func killTakesTheGroup() async throws {
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-child-\(UUID().uuidString)")
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-child-\(UUID().uuidString)")
             .path
+        let (lock, ready) = (base + ".lock", base + ".ready")
+        _ = FileManager.default.createFile(atPath: lock, contents: nil)
         let (events, continuation) = AsyncStream.makeStream(of: WorkerProcess.Event.self)
         // A "worker" that starts a child of its own and waits, as a process in crash handling waits for its
-        // backtracer.
+        // backtracer. The child holds a lock on a file while it lives: whether it ended is told by the lock, not
+        // by its process id, which this busy machine reuses within seconds.
         let worker = try WorkerProcess.spawn(
-            slot: 0, executable: "/bin/sh", arguments: ["sh", "-c", "sleep 300 & echo $! > \(file); wait"],
+            slot: 0, executable: "/bin/sh",
+            arguments: ["sh", "-c", "flock \(lock) sh -c 'echo held > \(ready); exec sleep 300' & wait"],
             environment: [:], events: continuation)
-        var child: pid_t?
-        while child == nil {
-            child = (try? String(contentsOfFile: file, encoding: .utf8)).flatMap {
-                pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        let grandchild = try #require(child)
-        #expect(kill(grandchild, 0) == 0, "the child runs")
+        while !FileManager.default.fileExists(atPath: ready) { try await Task.sleep(for: .milliseconds(10)) }
+        let descriptor = open(lock, O_RDONLY | O_CLOEXEC)
+        defer { close(descriptor) }
+        #expect(flock(descriptor, LOCK_EX | LOCK_NB) != 0, "the child holds the lock")
         worker.killGroup()
         for await event in events {
             if case .exited(_, let pid, _, let exit) = event, pid == worker.pid {
@@ -33,20 +32,12 @@ struct WorkerProcessKillTests {
                 break
             }
         }
-        // The child was killed too: once its new parent reaps it, it is gone (a sleeping orphan would stay).
-        var alive = true
-        for _ in 0..<500 where alive {
-            alive = kill(grandchild, 0) == 0 && !Self.isZombie(grandchild)
-            if alive { try await Task.sleep(for: .milliseconds(10)) }
+        // The child was killed too: its lock goes with it (an orphan would hold it for ever).
+        var released = false
+        for _ in 0..<500 where !released {
+            released = flock(descriptor, LOCK_EX | LOCK_NB) == 0
+            if !released { try await Task.sleep(for: .milliseconds(10)) }
         }
-        #expect(!alive, "the worker's child \(grandchild) ended with it")
-    }
-
-    /// Whether `pid` is a zombie (killed, not reaped yet by its new parent).
-    static func isZombie(_ pid: pid_t) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        return stat[stat.index(after: close)...].split(separator: " ").first == "Z"
+        #expect(released, "the worker's child ended with it")
     }
 }
