@@ -13,7 +13,7 @@ build: deps
 # SluiceTesting's TestClusters): group consumption and commits, two host processes joining and leaving, the
 # control plane (flags, trips, acks, audit, CreateTopics of its topics), crash containment with two hosts, dead
 # letters, the fleet.
-TANSU_TESTS = TestBrokerTests|LinkedLibrdkafkaTests|everyMessageOnceInOrder|onlyStoredOffsetsAreCommitted|handBackAfterFlagCycle|controlPlaneFlagAcrossProcesses|fleetUnderFlips|trapWithTwoHosts|deathRedoesNoFinishedWork|trapInOneWorker|staticMemberReplaced|flagReachesTheGroup|tripFollowsThePartition|SluiceHostTests/deadLetter\(\)|twoHostsShareTheGroup|controlCreateTopicsSetting|forgedRecordsRefused|signedGroup|forgedCommitSkipsNothing|controlTopicOfTwoPartitions|missingControlTopic|controlTopicNotCompacted|everyClientOverTLS|forgedRecordsAgainstServiceProcesses|signedGroupOfServiceProcesses
+TANSU_TESTS = TestBrokerTests|LinkedLibrdkafkaTests|everyMessageOnceInOrder|onlyStoredOffsetsAreCommitted|handBackAfterFlagCycle|controlPlaneFlagAcrossProcesses|fleetUnderFlips|trapWithTwoHosts|deathRedoesNoFinishedWork|trapInOneWorker|staticMemberReplaced|flagReachesTheGroup|tripFollowsThePartition|SluiceHostTests/deadLetter\(\)|twoHostsShareTheGroup|controlCreateTopicsSetting|forgedRecordsRefused|signedGroup|forgedCommitSkipsNothing|controlTopicOfTwoPartitions|missingControlTopic|controlTopicNotCompacted|everyClientOverTLS|forgedRecordsAgainstServiceProcesses|signedGroupOfServiceProcesses|everyInputHasItsOutput|missingTopicIsNamed
 
 # The suite runs three times: against the system's librdkafka (Debian's 2.0.2), then with librdkafka 2.16 swapped
 # in at run time, so Sluice is known to work on the librdkafka users of other platforms have; then the tests that

@@ -25,6 +25,8 @@ public struct ShardContext: Sendable {
     public let attempt: Int
     /// A logger with the shard's metadata.
     public let logger: Logger
+    /// Where ``send(_:)`` writes (the host's producer).
+    let output: (any OutputSink)?
 }
 
 /// A registered handler of either kind.

@@ -11,6 +11,8 @@ public struct SluiceError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let state = Code(name: "state")
         /// Data read from outside (commit metadata, a control record) is malformed.
         public static let invalidInput = Code(name: "invalidInput")
+        /// A handler's output (``ShardContext/send(_:)``) could not be written.
+        public static let output = Code(name: "output")
         public var description: String { name }
     }
 

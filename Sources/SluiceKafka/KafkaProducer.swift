@@ -85,6 +85,37 @@ public final class KafkaProducer: Sendable {
         }
     }
 
+    /// Sends `records` at once (they go out together, one round trip per leader) and returns each one's outcome,
+    /// in order, once every one is known. Waits while librdkafka's local queue is full; a record that cannot be
+    /// enqueued for another reason reports that error.
+    public func sendAll(_ records: [ProducerRecord]) async -> [Result<DeliveryReport, KafkaError>] {
+        guard !records.isEmpty else { return [] }
+        let unprepared = preparedTopics.withLock { prepared in
+            Set(records.map(\.topic).filter { !prepared.contains($0) })
+        }
+        if !unprepared.isEmpty { await prepare(topics: unprepared.sorted()) }
+        let outcomes = DeliveryOutcomes(count: records.count)
+        await enqueueAll(records, outcomes: outcomes)
+        await withCheckedContinuation { outcomes.setContinuation($0) }
+        return outcomes.results()
+    }
+
+    private func enqueueAll(_ records: [ProducerRecord], outcomes: DeliveryOutcomes) async {
+        for (index, record) in records.enumerated() {
+            while true {
+                do {
+                    try enqueue(record) { outcomes.complete(index, $0) }
+                    break
+                } catch let error where error.code == .queueFull {
+                    try? await Task.sleep(for: .milliseconds(5))
+                } catch {
+                    outcomes.complete(index, .failure(error))
+                    break
+                }
+            }
+        }
+    }
+
     /// Enqueues a record without waiting; `onDelivery` runs on the producer's thread with the outcome.
     ///
     /// - Throws: ``KafkaError/Code/queueFull`` when librdkafka's queue is full (try again later), or
@@ -186,6 +217,13 @@ public final class KafkaProducer: Sendable {
         for topic in asked { _ = try? await partitionCount(topic: topic, timeout: timeout) }
     }
 
+    /// Whether the cluster has `topic`, from the metadata of all its topics (asking for the topic alone may create
+    /// it, where the broker creates topics on request).
+    public func topicExists(_ topic: String, timeout: Duration = .seconds(10)) async throws -> Bool {
+        let handle = self.handle
+        return try await loop.blocking { () throws(KafkaError) in try handle.topicExists(topic, timeout: timeout) }
+    }
+
     /// The number of partitions of `topic`, from the cluster's metadata.
     public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
         let handle = self.handle
@@ -200,6 +238,44 @@ public final class KafkaProducer: Sendable {
         await withCheckedContinuation { continuation in
             loop.requestClose(continuation)
         }
+    }
+}
+
+/// The outcomes of one ``KafkaProducer/sendAll(_:)``: resumes its caller once every record's is in.
+private final class DeliveryOutcomes: Sendable {
+    private struct State {
+        var results: [Result<DeliveryReport, KafkaError>?]
+        var remaining: Int
+        var continuation: CheckedContinuation<Void, Never>?
+    }
+
+    private let state: Mutex<State>
+
+    init(count: Int) { state = Mutex(State(results: Array(repeating: nil, count: count), remaining: count)) }
+
+    func setContinuation(_ continuation: CheckedContinuation<Void, Never>) {
+        let done = state.withLock { state in
+            if state.remaining == 0 { return true }
+            state.continuation = continuation
+            return false
+        }
+        if done { continuation.resume() }
+    }
+
+    func complete(_ index: Int, _ result: Result<DeliveryReport, KafkaError>) {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard state.results[index] == nil else { return nil }
+            state.results[index] = result
+            state.remaining -= 1
+            guard state.remaining == 0 else { return nil }
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume()
+    }
+
+    func results() -> [Result<DeliveryReport, KafkaError>] {
+        state.withLock { state in state.results.map { $0 ?? .failure(KafkaError.closedError) } }
     }
 }
 

@@ -137,55 +137,73 @@ extension TestKafkaCluster {
         logger: Logger = Logger(label: "sluice.testing")
     ) async throws -> [ConsumedMessage] {
         let all = (0..<partitions).map { TopicPartition(topic, Int32($0)) }
+        let ends = try await queryEnds(all, logger: logger)
+        let wanted = ends.values.reduce(0, +)
+        guard wanted > 0 else { return [] }
+        let before: @Sendable (ConsumedMessage) -> Bool = { $0.offset < ends[TopicPartition(topic, $0.partition)] ?? 0 }
+        return try await records(topic: topic, partitions: partitions, timeout: timeout, logger: logger) { read in
+            read.count(where: before) >= wanted
+        }.filter(before)
+    }
+
+    private func queryEnds(_ partitions: [TopicPartition], logger: Logger) async throws -> [TopicPartition: Int64] {
+        var configuration = KafkaConsumerConfiguration(
+            bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
+        configuration.properties.merge(clientProperties) { _, client in client }
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
+        do {
+            let ends = try await consumer.queryHighWatermarks(for: partitions)
+            await consumer.close()
+            return ends
+        } catch {
+            await consumer.close()
+            throw error
+        }
+    }
+
+    /// Records of `topic` (partitions `0..<partitions`), read by a consumer of its own (a fresh group, from the
+    /// earliest offset) until what was read satisfies `enough`, in partition and offset order. For a topic whose end
+    /// the broker misreports (tansu reports the high watermark one short after a batch), where ``records(topic:partitions:timeout:logger:)``
+    /// would stop early.
+    public func records(
+        topic: String, partitions: Int = 1, timeout: Duration = .seconds(60),
+        logger: Logger = Logger(label: "sluice.testing"), until enough: @escaping @Sendable ([ConsumedMessage]) -> Bool
+    ) async throws -> [ConsumedMessage] {
         var configuration = KafkaConsumerConfiguration(
             bootstrapServers: bootstrapServers, groupID: "sluice-testing-reader-\(UInt64.random(in: 0...UInt64.max))")
         configuration.properties.merge(clientProperties) { _, client in client }
         configuration.autoOffsetReset = .earliest
         configuration.sessionTimeout = .seconds(6)
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger)
-        let ends: [TopicPartition: Int64]
-        do {
-            ends = try await consumer.queryHighWatermarks(for: all)
-        } catch {
-            await consumer.close()
-            throw error
-        }
-        let wanted = ends.values.reduce(0, +)
         let collected = RecordCollector()
-        if wanted > 0 {
-            try await consumer.subscribe(topics: [topic])
-            let reading = Task {
-                await withTaskGroup(of: Void.self) { group in
-                    for await event in consumer.events {
-                        switch event {
-                        case .assigned(let partitions):
-                            for topicPartition in partitions {
-                                guard let messages = consumer.messages(for: topicPartition) else { continue }
-                                let end = ends[topicPartition] ?? 0
-                                group.addTask {
-                                    for await batch in messages { collected.add(batch.filter { $0.offset < end }) }
-                                }
-                            }
-                        case .revoked(let revocation):
-                            revocation.done()
-                        case .lost, .error:
-                            break
+        try await consumer.subscribe(topics: [topic])
+        let reading = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for await event in consumer.events {
+                    switch event {
+                    case .assigned(let assigned):
+                        for topicPartition in assigned where topicPartition.partition < partitions {
+                            guard let messages = consumer.messages(for: topicPartition) else { continue }
+                            group.addTask { for await batch in messages { collected.add(batch) } }
                         }
+                    case .revoked(let revocation):
+                        revocation.done()
+                    case .lost, .error:
+                        break
                     }
                 }
             }
-            let found = await eventually(timeout: timeout) { collected.count >= wanted }
-            await consumer.close()
-            await reading.value
-            guard found else {
-                throw KafkaError(
-                    code: .timeout,
-                    message: "topic '\(topic)': read \(collected.count) of \(wanted) records in \(timeout)")
-            }
-        } else {
-            await consumer.close()
         }
-        return collected.all.sorted { ($0.partition, $0.offset) < ($1.partition, $1.offset) }
+        let found = await eventually(timeout: timeout) { enough(collected.all) }
+        await consumer.close()
+        await reading.value
+        let all = collected.all.sorted { ($0.partition, $0.offset) < ($1.partition, $1.offset) }
+        guard found else {
+            throw KafkaError(
+                code: .timeout,
+                message: "topic '\(topic)': \(all.count) records read in \(timeout), not what was wanted")
+        }
+        return all
     }
 
     /// What a dead-letter topic holds: every record, with the headers Sluice's dead-letter sink writes.

@@ -52,6 +52,9 @@ public struct HandlerHarness: Sendable {
         public var crash: ShardCrash?
         /// Dead-lettered messages with the error they carry (`sluice.error`).
         public var deadLetters: [(message: Message, error: String)]
+        /// What the handler wrote with `context.send`, in order, from every call (a retried call's records are
+        /// here once per call, as a host writes them: at least once).
+        public var output: [ProducerRecord]
 
         /// The fate of the message at `offset`.
         public subscript(offset: Int64) -> Fate? { fates[offset] }
@@ -87,17 +90,24 @@ public struct HandlerHarness: Sendable {
     }
 
     /// Runs `messages` (of this harness's partition, in offset order) and reports their fates.
-    public func run(_ messages: [Message], logger: Logger = Logger(label: "sluice.testing")) async -> Run {
+    ///
+    /// The handler's `context.send` goes to `output` (records it accepted are in ``Run/output``): nil accepts every
+    /// record; a test's own sink can fail some, to see what the topic's `onFailure` makes of a failed write.
+    public func run(
+        _ messages: [Message], output: (any OutputSink)? = nil, logger: Logger = Logger(label: "sluice.testing")
+    ) async -> Run {
         let calls = Calls()
         var configuration = configuration
         // The harness's clock stands still: retries follow at once.
         configuration.onFailure.backoff = .init(initial: .zero, maximum: .zero)
         let deadLetters = RecordingDeadLetters()
+        let recordedOutput = RecordingOutput(inner: output)
         let result = await PipelineSimulation.run(
             topicPartition: topicPartition, configuration: configuration,
             messageHandler: messageHandler.map { CountingMessageHandler(inner: $0, calls: calls) },
             batchHandler: batchHandler.map { CountingBatchHandler(inner: $0, calls: calls) },
-            messages: messages, deadLetters: deadLetters, clock: ManualHostClock(), logger: logger)
+            messages: messages, deadLetters: deadLetters, output: recordedOutput, clock: ManualHostClock(),
+            logger: logger)
         let written = deadLetters.written.withLock { $0 }
         let deadLettered = Set(written.map(\.message.offset))
         let (attempts, succeeded) = calls.state.withLock { ($0.attempts, $0.succeeded) }
@@ -115,7 +125,9 @@ public struct HandlerHarness: Sendable {
                 fates[offset] = .notCommitted
             }
         }
-        return Run(fates: fates, committedOffset: result.committedOffset, crash: result.crash, deadLetters: written)
+        return Run(
+            fates: fates, committedOffset: result.committedOffset, crash: result.crash, deadLetters: written,
+            output: recordedOutput.written.withLock { $0 })
     }
 }
 
@@ -177,6 +189,18 @@ private struct CountingBatchHandler: BatchHandler {
             calls.record(batch.map(\.offset), succeeded: false)
             throw error
         }
+    }
+}
+
+private final class RecordingOutput: OutputSink {
+    let inner: (any OutputSink)?
+    let written = Mutex<[ProducerRecord]>([])
+
+    init(inner: (any OutputSink)?) { self.inner = inner }
+
+    func send(_ records: [ProducerRecord]) async throws {
+        try await inner?.send(records)
+        written.withLock { $0 += records }
     }
 }
 

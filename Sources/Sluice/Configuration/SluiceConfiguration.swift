@@ -247,7 +247,7 @@ public struct SluiceConfiguration: Sendable {
 
     func producerConfiguration() -> KafkaProducerConfiguration {
         var configuration = KafkaProducerConfiguration(bootstrapServers: kafka.bootstrap)
-        configuration.clientID = "sluice-dead-letters"
+        configuration.clientID = "sluice-producer"
         // Consumer-only properties would be rejected by a producer; pass through how to reach the brokers (as
         // every client Sluice creates) and what any client understands.
         configuration.properties = kafka.properties.filter { entry in

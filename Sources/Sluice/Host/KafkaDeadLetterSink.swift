@@ -5,32 +5,27 @@ import SluiceKafka
 /// `sluice.error`, `sluice.source.topic`, `sluice.source.partition`, `sluice.source.offset` and
 /// `sluice.attempts`. Returns once the broker acknowledged the write.
 struct KafkaDeadLetterSink: DeadLetterSink {
-    let producer: KafkaProducer
+    let producer: SharedProducer
     /// Puts the dead-letter write's trace context into the records' headers (nil: tracing off).
     let instrument: (any Instrument)?
 
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
-        _ = try await producer.send(record(message, error: error, attempts: attempts, topic: topic))
+        _ = try await producer.producer().send(record(message, error: error, attempts: attempts, topic: topic))
     }
 
     /// Enqueues the whole batch before waiting, so it goes out in one round trip (per leader), not one per
     /// message; each message's acknowledgement is reported on its own.
     func deadLetter(_ messages: [Message], error: any Error, attempts: Int, topic: String) async -> [(any Error)?] {
+        let producer: KafkaProducer
+        do {
+            producer = try self.producer.producer()
+        } catch {
+            return Array(repeating: error, count: messages.count)
+        }
         let records = messages.map { record($0, error: error, attempts: attempts, topic: topic) }
-        return await withTaskGroup(of: (Int, (any Error)?).self) { group in
-            for (index, record) in records.enumerated() {
-                group.addTask {
-                    do {
-                        _ = try await producer.send(record)
-                        return (index, nil)
-                    } catch {
-                        return (index, error)
-                    }
-                }
-            }
-            var outcomes = [(any Error)?](repeating: nil, count: records.count)
-            for await (index, outcome) in group { outcomes[index] = outcome }
-            return outcomes
+        return await producer.sendAll(records).map { outcome -> (any Error)? in
+            if case .failure(let error) = outcome { return error }
+            return nil
         }
     }
 

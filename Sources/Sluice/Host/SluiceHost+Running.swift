@@ -103,13 +103,13 @@ extension SluiceHost {
         try await checkDeadLetterTopics(consumer)
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
         // or an operator's release of a quarantined message, whatever its policies say.
+        // One producer for both, and for handlers' output: connected at its first use.
         let needsDeadLetters = configuration.topics.values.contains { $0.deadLetterTopic != nil }
-        let producer =
-            needsDeadLetters
-            ? try KafkaProducer(configuration: configuration.producerConfiguration(), logger: logger) : nil
+        let producer = SharedProducer(configuration: configuration.producerConfiguration(), logger: logger)
         try await run(
             handlers: handlers, consumer: consumer, producer: producer,
-            deadLetters: producer.map { KafkaDeadLetterSink(producer: $0, instrument: tracer) })
+            deadLetters: needsDeadLetters ? KafkaDeadLetterSink(producer: producer, instrument: tracer) : nil,
+            output: KafkaOutputSink(producer: producer, instrument: tracer, metricsFactory: metricsFactory))
     }
 
     /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
@@ -141,17 +141,18 @@ extension SluiceHost {
     /// Runs the supervisor loop over `consumer` until shutdown: the part of ``run()`` that does not create
     /// Kafka clients, so tests drive it through ``ShardConsumer`` without a cluster.
     func run(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
-        deadLetters: (any DeadLetterSink)?
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil
     ) async throws {
         try await run(
-            handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, shardControl: control)
+            handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, output: output,
+            shardControl: control)
     }
 
     /// Runs with `shardControl` as what the supervisor loop asks of the control plane (a test's, or ``control``).
     func run(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
-        deadLetters: (any DeadLetterSink)?,
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil,
         shardControl: (any ShardControlState)?
     ) async throws {
         // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
@@ -190,15 +191,15 @@ extension SluiceHost {
         }
         try await withTaskExecutorPreference(controlExecutor) {
             try await supervise(
-                handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters,
+                handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, output: output,
                 handlerExecutor: handlerExecutor,
                 shardControl: shardControl)
         }
     }
 
     func supervise(
-        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: KafkaProducer?,
-        deadLetters: (any DeadLetterSink)?,
+        handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)?,
         handlerExecutor: ThreadPoolExecutor, shardControl: (any ShardControlState)?
     ) async throws {
         let flags = self.flags
@@ -263,7 +264,7 @@ extension SluiceHost {
                     tracer: tracer)
                 var loop = SupervisorLoop(
                     host: self, environment: environment, handlers: handlers, consumer: consumer, producer: producer,
-                    deadLetters: deadLetters, input: input, handlerExecutor: handlerExecutor,
+                    deadLetters: deadLetters, output: output, input: input, handlerExecutor: handlerExecutor,
                     tripUpdates: controlWriter == nil ? nil : tripUpdate, control: shardControl, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)

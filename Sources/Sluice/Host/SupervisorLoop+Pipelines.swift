@@ -73,7 +73,8 @@ extension SupervisorLoop {
             environment: .init(
                 clock: clock, watchdogClock: watchdogClock,
                 flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-                deadLetters: deadLetters, drainTimeout: configuration.drainTimeout, laneExecutor: handlerExecutor,
+                deadLetters: deadLetters, output: output, drainTimeout: configuration.drainTimeout,
+                laneExecutor: handlerExecutor,
                 journal: crashContainment?.journal, carefulGate: carefulGate, tracer: tracer,
                 consumerGroup: configuration.kafka.group, inFlightBytes: inFlightBytes,
                 onProgress: { [registry] in registry.progressed($0) }, logger: logger))

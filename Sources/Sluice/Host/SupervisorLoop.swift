@@ -23,8 +23,9 @@ struct SupervisorLoop {
     let control: (any ShardControlState)?
     let handlers: [String: AnyHandler]
     let consumer: any ShardConsumer
-    let producer: KafkaProducer?
+    let producer: SharedProducer?
     let deadLetters: (any DeadLetterSink)?
+    let output: (any OutputSink)?
     let input: AsyncStream<SluiceHost.Input>.Continuation
     let logger: Logger
     /// Where pipelines run handler code (the host's handler threads).
@@ -60,8 +61,9 @@ struct SupervisorLoop {
 
     init(
         host: any SupervisorHost, environment: Environment, handlers: [String: AnyHandler], consumer: any ShardConsumer,
-        producer: KafkaProducer?,
-        deadLetters: (any DeadLetterSink)?, input: AsyncStream<SluiceHost.Input>.Continuation,
+        producer: SharedProducer?,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil,
+        input: AsyncStream<SluiceHost.Input>.Continuation,
         handlerExecutor: (any TaskExecutor)?,
         tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
         control: (any ShardControlState)?, logger: Logger
@@ -83,6 +85,7 @@ struct SupervisorLoop {
         self.consumer = consumer
         self.producer = producer
         self.deadLetters = deadLetters
+        self.output = output
         self.input = input
         self.logger = logger
         self.clock = environment.clock

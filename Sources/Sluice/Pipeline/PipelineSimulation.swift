@@ -19,7 +19,7 @@ package enum PipelineSimulation {
     package static func run(
         topicPartition: TopicPartition, configuration: TopicConfiguration, messageHandler: (any MessageHandler)?,
         batchHandler: (any BatchHandler)?, messages: [Message], deadLetters: (any DeadLetterSink)?,
-        clock: any HostClock,
+        output: (any OutputSink)? = nil, clock: any HostClock,
         logger: Logger
     ) async -> Result {
         let handler: AnyHandler = messageHandler.map { .message($0) } ?? .batch(batchHandler!)
@@ -28,6 +28,7 @@ package enum PipelineSimulation {
             topicPartition: topicPartition, generation: 1, configuration: configuration, handler: handler,
             environment: .init(
                 clock: clock, watchdogClock: realTime, flowControl: NoFlowControl(), deadLetters: deadLetters,
+                output: output,
                 drainTimeout: configuration.handlerTimeout, carefulGate: CarefulGate(clock: realTime), logger: logger))
         let source = AsyncStream<[Message]> { continuation in
             continuation.yield(messages)

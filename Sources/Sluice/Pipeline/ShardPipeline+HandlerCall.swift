@@ -155,6 +155,7 @@ extension ShardPipeline {
     }
 
     func context(attempt: Int) -> ShardContext {
-        ShardContext(topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger)
+        ShardContext(
+            topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger, output: output)
     }
 }

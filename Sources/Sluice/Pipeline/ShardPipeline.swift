@@ -62,6 +62,8 @@ final class ShardPipeline: Sendable {
     let watchdog: HandlerWatchdog
     let handler: AnyHandler
     let deadLetters: (any DeadLetterSink)?
+    /// Where handlers' ``ShardContext/send(_:)`` writes.
+    let output: (any OutputSink)?
     let flowControl: any ShardFlowControl
     let drainTimeout: Duration
     /// The clock `drainTimeout` runs on (the host's: tests drive a manual one). The handler watchdog stays on
@@ -134,6 +136,8 @@ final class ShardPipeline: Sendable {
         var watchdogClock: any HostClock
         var flowControl: any ShardFlowControl
         var deadLetters: (any DeadLetterSink)?
+        /// Where handlers' ``ShardContext/send(_:)`` writes; nil: sending fails.
+        var output: (any OutputSink)? = nil
         var drainTimeout: Duration
         var backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace
         /// Where lanes (and so handler code) run; nil for the default executor.
@@ -175,6 +179,7 @@ final class ShardPipeline: Sendable {
         self.configuration = configuration
         self.handler = handler
         self.deadLetters = environment.deadLetters
+        self.output = environment.output
         self.flowControl = environment.flowControl
         self.drainTimeout = environment.drainTimeout
         self.clock = environment.clock

@@ -1,0 +1,108 @@
+import Instrumentation
+import Metrics
+import SluiceKafka
+import Synchronization
+
+/// Writes handlers' output with the host's shared producer (at least once, see ``OutputSink``).
+///
+/// Before a topic's first record it checks the topic's name and that the cluster has it: a record for a topic that
+/// does not exist would otherwise wait in librdkafka until its message timeout, far past `handlerTimeout` (or create
+/// the topic with the broker's defaults, where the broker creates topics on request: Sluice creates none). With
+/// tracing on, each record carries the handler call's trace context.
+final class KafkaOutputSink: OutputSink {
+    let producer: SharedProducer
+    /// Puts the handler call's trace context into the records' headers (nil: tracing off).
+    let instrument: (any Instrument)?
+    let metrics: OutputMetrics
+    /// Topics the cluster was seen to have.
+    private let knownTopics = Mutex<Set<String>>([])
+
+    init(producer: SharedProducer, instrument: (any Instrument)?, metricsFactory: any MetricsFactory) {
+        self.producer = producer
+        self.instrument = instrument
+        self.metrics = OutputMetrics(factory: metricsFactory)
+    }
+
+    func send(_ records: [ProducerRecord]) async throws {
+        let producer = try producer.producer()
+        try await checkTopics(of: records, producer: producer)
+        var records = records
+        if let instrument {
+            for index in records.indices { MessageTracing.inject(into: &records[index].headers, with: instrument) }
+        }
+        let outcomes = await producer.sendAll(records)
+        var firstFailure: (topic: String, error: KafkaError)?
+        for (record, outcome) in zip(records, outcomes) {
+            switch outcome {
+            case .success: metrics.written(to: record.topic)
+            case .failure(let error):
+                metrics.failed(to: record.topic)
+                if firstFailure == nil { firstFailure = (record.topic, error) }
+            }
+        }
+        if let (topic, error) = firstFailure {
+            let failures = outcomes.count { if case .failure = $0 { true } else { false } }
+            throw SluiceError(
+                code: .output,
+                message:
+                    "context.send: \(failures) of \(records.count) record(s) not written; the first, to topic '\(topic)': \(error)"
+            )
+        }
+    }
+
+    private func checkTopics(of records: [ProducerRecord], producer: KafkaProducer) async throws {
+        let unknown = knownTopics.withLock { known in Set(records.map(\.topic).filter { !known.contains($0) }) }
+        for topic in unknown.sorted() {
+            if let problem = TopicName.problem(topic) {
+                throw SluiceError(code: .output, message: "context.send: topic \(TopicName.quoted(topic)): \(problem)")
+            }
+            let exists: Bool
+            do {
+                exists = try await producer.topicExists(topic, timeout: .seconds(5))
+            } catch {
+                throw SluiceError(
+                    code: .output,
+                    message: "context.send: topic '\(topic)': the cluster's topics cannot be read: \(error)")
+            }
+            guard exists else {
+                throw SluiceError(
+                    code: .output,
+                    message:
+                        "context.send: topic '\(topic)' does not exist in the cluster; create it (Sluice does not create topics)"
+                )
+            }
+            knownTopics.withLock { _ = $0.insert(topic) }
+        }
+    }
+}
+
+/// `sluice_output_records_total` and `sluice_output_failures_total` by output topic, for at most
+/// ``maximumTopics`` topics (the rest count as `topic="other"`: a handler that names topics after its input
+/// cannot grow the metrics without bound).
+final class OutputMetrics: Sendable {
+    static let maximumTopics = 256
+
+    private let factory: any MetricsFactory
+    private let counters = Mutex<[String: (written: Counter, failed: Counter)]>([:])
+
+    init(factory: any MetricsFactory) { self.factory = factory }
+
+    func written(to topic: String) { self.counters(for: topic).written.increment() }
+
+    func failed(to topic: String) { self.counters(for: topic).failed.increment() }
+
+    private func counters(for topic: String) -> (written: Counter, failed: Counter) {
+        counters.withLock { counters in
+            if let existing = counters[topic] { return existing }
+            let label = counters.count < Self.maximumTopics ? topic : "other"
+            if let existing = counters[label] { return existing }
+            let created = (
+                written: Counter(
+                    label: "sluice_output_records_total", dimensions: [("topic", label)], factory: factory),
+                failed: Counter(label: "sluice_output_failures_total", dimensions: [("topic", label)], factory: factory)
+            )
+            counters[label] = created
+            return created
+        }
+    }
+}
