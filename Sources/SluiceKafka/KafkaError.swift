@@ -46,6 +46,9 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
     public let isRetriable: Bool
     /// Whether librdkafka said the client instance is unusable.
     public let isFatal: Bool
+    /// Whether librdkafka said the current transaction must be aborted (an abortable transaction error): abort it,
+    /// then begin a new one.
+    public let requiresAbort: Bool
     /// Where the error was raised.
     public let file: String
     /// Where the error was raised.
@@ -58,6 +61,7 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
         librdkafkaCode: Int32? = nil,
         isRetriable: Bool = false,
         isFatal: Bool = false,
+        requiresAbort: Bool = false,
         file: String = #fileID,
         line: UInt = #line
     ) {
@@ -66,6 +70,7 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
         self.librdkafkaCode = librdkafkaCode
         self.isRetriable = isRetriable
         self.isFatal = isFatal
+        self.requiresAbort = requiresAbort
         self.file = file
         self.line = line
     }
@@ -124,11 +129,12 @@ extension KafkaError {
     ) -> KafkaError {
         defer { rd_kafka_error_destroy(error) }
         return KafkaError(
-            code: .librdkafka,
+            code: rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__TIMED_OUT ? .timeout : .librdkafka,
             message: "\(context): \(String(cString: rd_kafka_error_string(error)))",
             librdkafkaCode: rd_kafka_error_code(error).rawValue,
             isRetriable: rd_kafka_error_is_retriable(error) != 0,
             isFatal: rd_kafka_error_is_fatal(error) != 0,
+            requiresAbort: rd_kafka_error_txn_requires_abort(error) != 0,
             file: file,
             line: line
         )

@@ -43,8 +43,8 @@ public struct DeliveryReport: Sendable, Hashable {
 public final class KafkaProducer: Sendable {
     typealias Completion = @Sendable (Result<DeliveryReport, KafkaError>) -> Void
 
-    private let handle: RDKafkaHandle
-    private let loop: ProducerLoop
+    let handle: RDKafkaHandle
+    let loop: ProducerLoop
     /// The topics whose metadata this producer asked for (``prepare(topics:timeout:)``).
     private let preparedTopics = Mutex<Set<String>>([])
 
@@ -298,7 +298,7 @@ final class ProducerLoop: @unchecked Sendable {
         var activeBlocking = 0
     }
 
-    private let handle: RDKafkaHandle
+    let handle: RDKafkaHandle
     private let flushTimeout: Duration
     private let logger: Logger
     private let waker = Waker()

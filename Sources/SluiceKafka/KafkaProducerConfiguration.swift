@@ -13,6 +13,12 @@ public struct KafkaProducerConfiguration: Sendable {
     public var idempotent: Bool = true
     /// How long ``KafkaProducer/close()`` waits for outstanding deliveries. Default 10 s.
     public var flushTimeout: Duration = .seconds(10)
+    /// `transactional.id`: makes the producer transactional (``KafkaProducer/initTransactions(timeout:)``). A new
+    /// producer with the same id fences the old one: its transaction is aborted and its calls fail. Default nil.
+    public var transactionalID: String?
+    /// `transaction.timeout.ms`: how long the broker lets a transaction stay open before it aborts it (a producer
+    /// that died leaves it open until then, or until a producer with its id starts). Default 60 s.
+    public var transactionTimeout: Duration = .seconds(60)
     /// Raw librdkafka properties, applied after the typed fields.
     public var properties: [String: String] = [:]
 
@@ -26,8 +32,14 @@ public struct KafkaProducerConfiguration: Sendable {
             ("bootstrap.servers", bootstrapServers),
             ("client.id", clientID),
             ("linger.ms", String(linger.milliseconds)),
-            ("enable.idempotence", idempotent ? "true" : "false"),
+            ("enable.idempotence", idempotent || transactionalID != nil ? "true" : "false"),
         ]
+        if let transactionalID {
+            result += [
+                ("transactional.id", transactionalID),
+                ("transaction.timeout.ms", String(transactionTimeout.milliseconds)),
+            ]
+        }
         result += properties.sorted { $0.key < $1.key }
         return result
     }
