@@ -112,6 +112,9 @@ extension TestKafkaCluster {
 public struct DeadLetterRecord: Sendable {
     /// The record as read (key, value and every header).
     public let message: ConsumedMessage
+
+    /// The record `message` of a dead-letter topic.
+    public init(message: ConsumedMessage) { self.message = message }
     /// `sluice.error`: why the handler gave up on it.
     public var error: String? { header("sluice.error") }
     /// `sluice.source.topic`, `.partition` and `.offset`: where it came from.
@@ -131,7 +134,8 @@ public struct DeadLetterRecord: Sendable {
 
 extension TestKafkaCluster {
     /// Every record of `topic` (partitions `0..<partitions`) up to its end as of the call, in partition and
-    /// offset order, read by a consumer of its own (a fresh group, from the earliest offset).
+    /// offset order, read by a consumer of its own (a fresh group, from the earliest offset). Not for a topic written
+    /// in transactions: their commit markers take offsets no reader is given.
     public func records(
         topic: String, partitions: Int = 1, timeout: Duration = .seconds(60),
         logger: Logger = Logger(label: "sluice.testing")

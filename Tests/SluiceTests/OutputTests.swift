@@ -14,6 +14,8 @@ struct OutputTests {
     /// `failOnce` throws after its send, once.
     struct Forwarding: MessageHandler {
         var failOnce: Int64? = nil
+        /// Fails every call of this message, after its send.
+        var failAlways: Position? = nil
         /// Calls per input position.
         let calls = Locked<[Position: Int]>([:])
 
@@ -27,6 +29,7 @@ struct OutputTests {
                 topic: "orders.out", key: message.key.map { Array($0) }, value: Array(message.value),
                 headers: OutputTests.position(of: message))
             if message.offset == failOnce, call == 1 { throw TestFailure(description: "after the send") }
+            if position == failAlways { throw TestFailure(description: "always, after the send") }
         }
     }
 

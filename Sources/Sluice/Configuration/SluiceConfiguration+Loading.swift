@@ -71,7 +71,8 @@ struct ConfigurationLayout {
         "kafka.producerProperties": ["*"],
         "topics": ["*"],
         "topics.*": [
-            "ordering", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic", "handlerTimeout",
+            "ordering", "output", "processors", "batch", "maxInFlight", "onFailure", "deadLetterTopic",
+            "handlerTimeout",
             "abandonTimeout", "maxAbandonedCalls", "breaker",
             "onCrash",
         ],
@@ -312,6 +313,7 @@ private struct ConfigurationValues {
         let base = ["topics", topic]
         var settings = TopicConfiguration()
         settings.ordering = try choice(base + ["ordering"]) ?? settings.ordering
+        settings.output = try choice(base + ["output"]) ?? settings.output
         settings.processors = try integer(base + ["processors"]) ?? settings.processors
         if let maxInFlight = try integer(base + ["maxInFlight"]) { settings.maxInFlight = maxInFlight }
         settings.handlerTimeout = try duration(base + ["handlerTimeout"]) ?? settings.handlerTimeout

@@ -44,6 +44,17 @@ public struct TopicConfiguration: Sendable, Hashable {
         case skip
     }
 
+    /// What handlers' output (``ShardContext/send(_:)``) and the shard's offsets promise together.
+    public enum OutputGuarantee: String, Sendable, Hashable, CaseIterable {
+        /// Each record is acknowledged before its message counts as done; a message handled again after a crash
+        /// writes its output again.
+        case atLeastOnce
+        /// A shard's output, its dead letters and its offsets are committed in one Kafka transaction (a
+        /// transactional producer per shard), every `kafka.commitInterval`: `read_committed` readers see a
+        /// message's output exactly when its offset is committed, whatever crashes, traps or rebalances happen.
+        case exactlyOnce
+    }
+
     /// Batching into a ``BatchHandler``.
     public struct Batching: Sendable, Hashable {
         /// Most messages per batch.
@@ -100,6 +111,8 @@ public struct TopicConfiguration: Sendable, Hashable {
         }
     }
 
+    /// What output and offsets promise together. Default ``OutputGuarantee/atLeastOnce``.
+    public var output: OutputGuarantee = .atLeastOnce
     /// Message order. Default ``Ordering/partition``.
     public var ordering: Ordering = .partition
     /// Parallel lanes per shard for `key` and `none` ordering. Default 1.

@@ -10,7 +10,8 @@ struct KafkaDeadLetterSink: DeadLetterSink {
     let instrument: (any Instrument)?
 
     func deadLetter(_ message: Message, error: any Error, attempts: Int, topic: String) async throws {
-        _ = try await producer.producer().send(record(message, error: error, attempts: attempts, topic: topic))
+        _ = try await producer.producer().send(
+            Self.record(message, error: error, attempts: attempts, topic: topic, instrument: instrument))
     }
 
     /// Enqueues the whole batch before waiting, so it goes out in one round trip (per leader), not one per
@@ -22,14 +23,19 @@ struct KafkaDeadLetterSink: DeadLetterSink {
         } catch {
             return Array(repeating: error, count: messages.count)
         }
-        let records = messages.map { record($0, error: error, attempts: attempts, topic: topic) }
+        let records = messages.map {
+            Self.record($0, error: error, attempts: attempts, topic: topic, instrument: instrument)
+        }
         return await producer.sendAll(records).map { outcome -> (any Error)? in
             if case .failure(let error) = outcome { return error }
             return nil
         }
     }
 
-    private func record(_ message: Message, error: any Error, attempts: Int, topic: String) -> ProducerRecord {
+    /// The dead-letter record of `message`: its key, value and headers, plus what went wrong.
+    static func record(
+        _ message: Message, error: any Error, attempts: Int, topic: String, instrument: (any Instrument)?
+    ) -> ProducerRecord {
         var headers = message.headers
         headers.append(KafkaHeader(key: "sluice.error", value: Array(String(describing: error).utf8)))
         headers.append(KafkaHeader(key: "sluice.source.topic", value: Array(message.topic.utf8)))

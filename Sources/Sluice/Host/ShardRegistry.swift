@@ -222,7 +222,8 @@ final class ShardRegistry: Sendable {
     /// the fence refused it.
     @discardableResult
     func storeWatermark(_ pipeline: ShardPipeline, consumer: any ShardConsumer) -> Bool {
-        guard let watermark = pipeline.watermark else { return true }
+        // Exactly once: the pipeline's transaction commits its offsets, with its output.
+        guard pipeline.transaction == nil, let watermark = pipeline.watermark else { return true }
         let topicPartition = pipeline.topicPartition
         // With the offsets done above it, so whoever reads on from the watermark skips them; stored again when
         // either changes (with one key stuck, the watermark stays while the others finish).

@@ -95,10 +95,14 @@ extension SluiceHost {
         // What the last process finished and had not committed when it died is not fetched again: progress of this
         // group, on whichever cluster the consumer turns out to be connected to.
         let group = configuration.kafka.group
+        // Not for exactly-once topics: what was done there and not committed in a transaction has no output.
+        let atLeastOnce: (TopicPartitionOffset) -> Bool = {
+            self.configuration.topics[$0.topicPartition.topic]?.output != .exactlyOnce
+        }
         if let progress = crashContainment?.journal.predecessorsProgress.filter({ $0.key.group == group }),
             !progress.isEmpty
         {
-            consumer.resume(from: Dictionary(progress.map { ($0.key.cluster, $0.value) }) { $1 })
+            consumer.resume(from: Dictionary(progress.map { ($0.key.cluster, $0.value.filter(atLeastOnce)) }) { $1 })
         }
         try await checkDeadLetterTopics(consumer)
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
@@ -106,10 +110,19 @@ extension SluiceHost {
         // One producer for both, and for handlers' output: connected at its first use.
         let needsDeadLetters = configuration.topics.values.contains { $0.deadLetterTopic != nil }
         let producer = SharedProducer(configuration: configuration.producerConfiguration(), logger: logger)
+        let output = KafkaOutputSink(producer: producer, instrument: tracer, metricsFactory: metricsFactory)
+        let transactions = ShardTransaction.Factory(
+            producerConfiguration: configuration.producerConfiguration(), group: group,
+            groupMetadata: { try consumer.groupMetadata() }, interval: configuration.kafka.commitInterval,
+            logger: logger)
         try await run(
             handlers: handlers, consumer: consumer, producer: producer,
             deadLetters: needsDeadLetters ? KafkaDeadLetterSink(producer: producer, instrument: tracer) : nil,
-            output: KafkaOutputSink(producer: producer, instrument: tracer, metricsFactory: metricsFactory))
+            output: output,
+            exactlyOnce: ExactlyOnceOutput(
+                transactions: transactions,
+                sink: TransactionalOutputSink(producer: producer, topics: output.topics, instrument: tracer),
+                instrument: tracer))
     }
 
     /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
@@ -142,17 +155,17 @@ extension SluiceHost {
     /// Kafka clients, so tests drive it through ``ShardConsumer`` without a cluster.
     func run(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
-        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil, exactlyOnce: ExactlyOnceOutput? = nil
     ) async throws {
         try await run(
             handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, output: output,
-            shardControl: control)
+            exactlyOnce: exactlyOnce, shardControl: control)
     }
 
     /// Runs with `shardControl` as what the supervisor loop asks of the control plane (a test's, or ``control``).
     func run(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
-        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil, exactlyOnce: ExactlyOnceOutput? = nil,
         shardControl: (any ShardControlState)?
     ) async throws {
         // Handler code runs on threads of its own, which grow past a blocked one; the supervisor loop, its
@@ -192,14 +205,14 @@ extension SluiceHost {
         try await withTaskExecutorPreference(controlExecutor) {
             try await supervise(
                 handlers: handlers, consumer: consumer, producer: producer, deadLetters: deadLetters, output: output,
-                handlerExecutor: handlerExecutor,
+                exactlyOnce: exactlyOnce, handlerExecutor: handlerExecutor,
                 shardControl: shardControl)
         }
     }
 
     func supervise(
         handlers: [String: AnyHandler], consumer: any ShardConsumer, producer: SharedProducer?,
-        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)?,
+        deadLetters: (any DeadLetterSink)?, output: (any OutputSink)?, exactlyOnce: ExactlyOnceOutput?,
         handlerExecutor: ThreadPoolExecutor, shardControl: (any ShardControlState)?
     ) async throws {
         let flags = self.flags
@@ -264,7 +277,8 @@ extension SluiceHost {
                     tracer: tracer)
                 var loop = SupervisorLoop(
                     host: self, environment: environment, handlers: handlers, consumer: consumer, producer: producer,
-                    deadLetters: deadLetters, output: output, input: input, handlerExecutor: handlerExecutor,
+                    deadLetters: deadLetters, output: output, exactlyOnce: exactlyOnce, input: input,
+                    handlerExecutor: handlerExecutor,
                     tripUpdates: controlWriter == nil ? nil : tripUpdate, control: shardControl, logger: logger)
                 for await item in inputs {
                     await loop.handle(item, group: &group)

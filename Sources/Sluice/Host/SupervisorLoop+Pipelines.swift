@@ -64,16 +64,25 @@ extension SupervisorLoop {
         let inFlightBytes: (@Sendable () -> Int?)? = (shard.messages as? KafkaPartitionMessages).map { messages in
             { @Sendable in messages.bufferByteShare.map { $0 / SluiceConfiguration.bufferToInFlightRatio } }
         }
+        let settings = configuration.topics[topicPartition.topic] ?? TopicConfiguration()
+        // Exactly once: what an earlier pipeline or owner did and did not commit in a transaction has no output in
+        // Kafka, so it is handled again (nothing is skipped as done).
+        let exactlyOnce = settings.output == .exactlyOnce
+        let transaction = exactlyOnce ? self.exactlyOnce?.transactions.make(for: topicPartition) : nil
         let pipeline = ShardPipeline(
-            topicPartition: topicPartition, generation: registry.nextPipelineID(),
-            configuration: configuration.topics[topicPartition.topic] ?? TopicConfiguration(),
-            handler: handlers[topicPartition.topic]!, alreadyDone: shard.doneAboveRestart,
-            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 }, groupProgress: shard.groupProgress,
+            topicPartition: topicPartition, generation: registry.nextPipelineID(), configuration: settings,
+            handler: handlers[topicPartition.topic]!, alreadyDone: exactlyOnce ? [] : shard.doneAboveRestart,
+            predecessors: shard.abandoned.filter { $0.callsInProgress > 0 },
+            groupProgress: exactlyOnce ? nil : shard.groupProgress,
             quarantine: crashContainment?.quarantine(for: topicPartition), metrics: shard.pipelineMetrics,
             environment: .init(
                 clock: clock, watchdogClock: watchdogClock,
                 flowControl: SupervisorFlowControl(input: input, topicPartition: topicPartition),
-                deadLetters: deadLetters, output: output, drainTimeout: configuration.drainTimeout,
+                deadLetters: transaction.map {
+                    TransactionalDeadLetterSink(transaction: $0, instrument: self.exactlyOnce?.instrument)
+                } ?? deadLetters,
+                output: exactlyOnce ? self.exactlyOnce?.sink : output, transaction: transaction,
+                drainTimeout: configuration.drainTimeout,
                 laneExecutor: handlerExecutor,
                 journal: crashContainment?.journal, carefulGate: carefulGate, tracer: tracer,
                 consumerGroup: configuration.kafka.group, inFlightBytes: inFlightBytes,

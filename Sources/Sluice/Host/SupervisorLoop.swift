@@ -26,6 +26,8 @@ struct SupervisorLoop {
     let producer: SharedProducer?
     let deadLetters: (any DeadLetterSink)?
     let output: (any OutputSink)?
+    /// Transactions for topics with `output: exactlyOnce` (nil without a Kafka consumer: their sends fail).
+    let exactlyOnce: ExactlyOnceOutput?
     let input: AsyncStream<SluiceHost.Input>.Continuation
     let logger: Logger
     /// Where pipelines run handler code (the host's handler threads).
@@ -63,7 +65,7 @@ struct SupervisorLoop {
         host: any SupervisorHost, environment: Environment, handlers: [String: AnyHandler], consumer: any ShardConsumer,
         producer: SharedProducer?,
         deadLetters: (any DeadLetterSink)?, output: (any OutputSink)? = nil,
-        input: AsyncStream<SluiceHost.Input>.Continuation,
+        exactlyOnce: ExactlyOnceOutput? = nil, input: AsyncStream<SluiceHost.Input>.Continuation,
         handlerExecutor: (any TaskExecutor)?,
         tripUpdates: AsyncStream<(TopicPartition, ControlRecord.Trip?)>.Continuation? = nil,
         control: (any ShardControlState)?, logger: Logger
@@ -86,6 +88,7 @@ struct SupervisorLoop {
         self.producer = producer
         self.deadLetters = deadLetters
         self.output = output
+        self.exactlyOnce = exactlyOnce
         self.input = input
         self.logger = logger
         self.clock = environment.clock

@@ -14,8 +14,7 @@ final class KafkaOutputSink: OutputSink {
     /// Puts the handler call's trace context into the records' headers (nil: tracing off).
     let instrument: (any Instrument)?
     let metrics: OutputMetrics
-    /// Topics the cluster was seen to have.
-    private let knownTopics = Mutex<Set<String>>([])
+    let topics = OutputTopics()
 
     init(producer: SharedProducer, instrument: (any Instrument)?, metricsFactory: any MetricsFactory) {
         self.producer = producer
@@ -25,11 +24,9 @@ final class KafkaOutputSink: OutputSink {
 
     func send(_ records: [ProducerRecord]) async throws {
         let producer = try producer.producer()
-        try await checkTopics(of: records, producer: producer)
+        try await topics.check(records, producer: producer)
         var records = records
-        if let instrument {
-            for index in records.indices { MessageTracing.inject(into: &records[index].headers, with: instrument) }
-        }
+        OutputTopics.injectTrace(into: &records, with: instrument)
         let outcomes = await producer.sendAll(records)
         var firstFailure: (topic: String, error: KafkaError)?
         for (record, outcome) in zip(records, outcomes) {
@@ -49,9 +46,17 @@ final class KafkaOutputSink: OutputSink {
             )
         }
     }
+}
 
-    private func checkTopics(of records: [ProducerRecord], producer: KafkaProducer) async throws {
-        let unknown = knownTopics.withLock { known in Set(records.map(\.topic).filter { !known.contains($0) }) }
+/// The topics handlers write to: each checked once (its name, and that the cluster has it) before its first record.
+final class OutputTopics: Sendable {
+    /// Topics the cluster was seen to have.
+    private let known = Mutex<Set<String>>([])
+
+    /// Throws ``SluiceError`` (code ``SluiceError/Code/output``) naming the first of `records`' topics that is not
+    /// a topic name or that the cluster does not have.
+    func check(_ records: [ProducerRecord], producer: KafkaProducer) async throws {
+        let unknown = known.withLock { known in Set(records.map(\.topic).filter { !known.contains($0) }) }
         for topic in unknown.sorted() {
             if let problem = TopicName.problem(topic) {
                 throw SluiceError(code: .output, message: "context.send: topic \(TopicName.quoted(topic)): \(problem)")
@@ -71,8 +76,15 @@ final class KafkaOutputSink: OutputSink {
                         "context.send: topic '\(topic)' does not exist in the cluster; create it (Sluice does not create topics)"
                 )
             }
-            knownTopics.withLock { _ = $0.insert(topic) }
+            known.withLock { _ = $0.insert(topic) }
         }
+    }
+
+    /// Puts the handler call's trace context (the current one) into each record's headers; nothing without an
+    /// instrument (tracing off).
+    static func injectTrace(into records: inout [ProducerRecord], with instrument: (any Instrument)?) {
+        guard let instrument else { return }
+        for index in records.indices { MessageTracing.inject(into: &records[index].headers, with: instrument) }
     }
 }
 

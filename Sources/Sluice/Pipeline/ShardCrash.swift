@@ -11,6 +11,9 @@ public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
         /// The message killed the process (a trap in its handler) and is quarantined with `onCrash.then:
         /// stop`: the shard is held at it.
         case quarantined(String)
+        /// The shard's transaction (`output: exactlyOnce`) failed and was aborted: its output and offsets since
+        /// the last commit are discarded, and the shard handles those messages again.
+        case transactionFailed(String)
     }
 
     /// What happened.
@@ -24,6 +27,7 @@ public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
         case .handlerTimeout(let limit): "handler ran longer than \(limit) at offset \(offset)"
         case .deadLetterFailed(let error): "dead-letter write failed at offset \(offset): \(error)"
         case .quarantined(let summary): "quarantined at offset \(offset): \(summary)"
+        case .transactionFailed(let error): "transaction aborted; handled again from offset \(offset): \(error)"
         }
     }
 }

@@ -11,6 +11,8 @@ protocol HandlerCallInput: Sendable {
     /// The first message's offset and timestamp.
     var firstPosition: (offset: Int64, timestamp: Int64?) { get }
     var count: Int { get }
+    /// The last message's offset.
+    var lastOffset: Int64 { get }
     /// The messages, for the failure policy's dead-letter write and skip.
     var messages: ArraySlice<Message> { get }
     /// Appends the messages' offsets to `offsets`.
@@ -26,6 +28,7 @@ protocol HandlerCallInput: Sendable {
 extension Message: HandlerCallInput {
     var firstPosition: (offset: Int64, timestamp: Int64?) { (offset, timestampMilliseconds) }
     var count: Int { 1 }
+    var lastOffset: Int64 { offset }
     var messages: ArraySlice<Message> { [self] }
 
     func appendOffsets(to offsets: inout [Int64]) { offsets.append(offset) }
@@ -50,6 +53,7 @@ extension ArraySlice<Message>: HandlerCallInput {
         (self[startIndex].offset, self[startIndex].timestampMilliseconds)
     }
     var messages: ArraySlice<Message> { self }
+    var lastOffset: Int64 { self[index(before: endIndex)].offset }
 
     func appendOffsets(to offsets: inout [Int64]) { for message in self { offsets.append(message.offset) } }
 
@@ -103,13 +107,15 @@ extension ShardPipeline {
         let (firstOffset, firstTimestamp) = input.firstPosition
         activity.begin(firstOffset, timestamp: firstTimestamp, at: startedAt, count: input.count, careful: careful)
         var failure: (any Error)?
+        // Exactly-once output: the call's records, kept if it succeeds in time.
+        let callOutput = transaction == nil ? nil : CallOutput()
         do {
-            if let tracing {
-                try await input.traced(by: tracing, attempt: context.attempt) {
-                    try await input.handle(by: handler, context: context)
+            if let callOutput {
+                try await CallOutput.$current.withValue(callOutput) {
+                    try await invoke(input, by: handler, context: context)
                 }
             } else {
-                try await input.handle(by: handler, context: context)
+                try await invoke(input, by: handler, context: context)
             }
         } catch {
             failure = error
@@ -125,6 +131,8 @@ extension ShardPipeline {
             activity.end()
             return (.failed(failure), endedAt)
         }
+        // Held before the offsets count as done: a commit whose watermark passes them takes their records.
+        if let callOutput { transaction?.hold(callOutput.take(), through: input.lastOffset) }
         var pending = activity.completed.withLock { completed in
             input.appendOffsets(to: &completed)
             return completed.count
@@ -134,6 +142,20 @@ extension ShardPipeline {
         activity.end()
         if pending >= 64 { flush(activity) }
         return (.succeeded, endedAt)
+    }
+
+    /// The handler call itself, traced when tracing is on.
+    @inline(__always)
+    nonisolated(nonsending) func invoke(_ input: some HandlerCallInput, by handler: AnyHandler, context: ShardContext)
+        async throws
+    {
+        if let tracing {
+            try await input.traced(by: tracing, attempt: context.attempt) {
+                try await input.handle(by: handler, context: context)
+            }
+        } else {
+            try await input.handle(by: handler, context: context)
+        }
     }
 
     /// Moves a lane's completed offsets into the watermark.

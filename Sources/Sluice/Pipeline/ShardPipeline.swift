@@ -64,6 +64,9 @@ final class ShardPipeline: Sendable {
     let deadLetters: (any DeadLetterSink)?
     /// Where handlers' ``ShardContext/send(_:)`` writes.
     let output: (any OutputSink)?
+    /// The shard's transaction, for `output: exactlyOnce`: output and offsets are committed in it (nothing is
+    /// stored with the consumer).
+    let transaction: ShardTransaction?
     let flowControl: any ShardFlowControl
     let drainTimeout: Duration
     /// The clock `drainTimeout` runs on (the host's: tests drive a manual one). The handler watchdog stays on
@@ -138,6 +141,9 @@ final class ShardPipeline: Sendable {
         var deadLetters: (any DeadLetterSink)?
         /// Where handlers' ``ShardContext/send(_:)`` writes; nil: sending fails.
         var output: (any OutputSink)? = nil
+        /// The pipeline's transaction, for `output: exactlyOnce` (then `output` and `deadLetters` hold their
+        /// records for it).
+        var transaction: ShardTransaction? = nil
         var drainTimeout: Duration
         var backpressureGrace: Duration = ShardPipeline.defaultBackpressureGrace
         /// Where lanes (and so handler code) run; nil for the default executor.
@@ -180,6 +186,7 @@ final class ShardPipeline: Sendable {
         self.handler = handler
         self.deadLetters = environment.deadLetters
         self.output = environment.output
+        self.transaction = environment.transaction
         self.flowControl = environment.flowControl
         self.drainTimeout = environment.drainTimeout
         self.clock = environment.clock
@@ -205,15 +212,26 @@ final class ShardPipeline: Sendable {
 
     /// Where the next pipeline of the shard must read from: the watermark, or the first offset this one took
     /// from its source without beginning it; nil when it took nothing.
-    var restartOffset: Int64? { state.withLock { $0.restartOffset } }
+    ///
+    /// With a transaction: the offset its last commit gave the group (everything after it is aborted, output and
+    /// offsets), or the first offset this pipeline took when it committed nothing.
+    var restartOffset: Int64? {
+        if let transaction {
+            let committed = transaction.committedOffset
+            return state.withLock { committed ?? $0.firstTaken }
+        }
+        return state.withLock { $0.restartOffset }
+    }
 
     /// Offsets finished above the watermark (with `ordering: key` other keys run ahead of a failing one): the
     /// next pipeline after a restart does not hand them to the handler again.
     var completedAboveWatermark: Set<Int64> { state.withLock { $0.tracker.completedAboveWatermark } }
 
     /// Offsets done above the watermark, taken or not yet: what a commit's metadata carries to the next owner.
+    /// With a transaction none: what is done above the last commit has no output in Kafka and is handled again.
     var doneAboveWatermark: Set<Int64> {
-        state.withLock { $0.doneAboveWatermark }
+        if transaction != nil { return [] }
+        return state.withLock { $0.doneAboveWatermark }
     }
 
     /// Messages taken again after a restart and completed without a handler call (they were done before).
@@ -294,11 +312,13 @@ final class ShardPipeline: Sendable {
             if done == nil { done = await groupProgress.wait(until: clock.now + Self.groupProgressWait, on: clock) }
             if let done, !done.isEmpty { state.withLock { $0.learnedDone(done) } }
         }
+        if let transaction, let failure = await startTransaction(transaction) { return .crashed(failure) }
         let lanes = startLanes()
         // Phase 1: dispatch until the source ends, a stop is requested or a lane crashes. The watchdog runs
         // beside the dispatcher, so a stuck handler is noticed even while the dispatcher waits for input.
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.dispatch(source) }
+            if let transaction { group.addTask { await self.commitTransactions(transaction) } }
             group.addTask {
                 _ = await self.control.waitUntil(recheckAfter: { self.untilNextTimeout() }, on: self.watchdogClock) {
                     self.stopOrCrash()
@@ -328,6 +348,9 @@ final class ShardPipeline: Sendable {
         }
         // Completions a lane recorded but did not flush (it was stopped or is stuck in a later call).
         for activity in activities { flush(activity) }
+        if let transaction {
+            if let ended = await endTransaction(transaction, crashed: crash != nil) { return .crashed(ended) }
+        }
         if let crash { return .crashed(crash) }
         if !finished {
             let (inFlight, watermark) = state.withLock { ($0.inFlight, $0.restartOffset) }
