@@ -94,6 +94,10 @@ final class OrderHandler: MessageHandler {
         open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     }
 
+    /// `ORDER_SERVICE_OUTPUT=TOPIC`: each handled order is written to TOPIC (consume-transform-produce), keyed by
+    /// customer, its headers naming the order's partition and offset (`input.partition`, `input.offset`).
+    private let outputTopic = ProcessInfo.processInfo.environment["ORDER_SERVICE_OUTPUT"]
+
     func handle(_ message: Message, context: ShardContext) async throws {
         let order = try JSONDecoder().decode(Order.self, from: Data(message.value))
         if poison.contains(order.n) {
@@ -110,6 +114,14 @@ final class OrderHandler: MessageHandler {
             // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation.
             if let last = state.last[order.key], order.seq < last { state.violations += 1 }
             state.last[order.key] = max(order.seq, state.last[order.key] ?? 0)
+        }
+        if let outputTopic {
+            try await context.send(
+                topic: outputTopic, key: Array(order.key.utf8), value: Array("{\"accepted\":\(order.n)}".utf8),
+                headers: [
+                    KafkaHeader(key: "input.partition", value: Array("\(context.topicPartition.partition)".utf8)),
+                    KafkaHeader(key: "input.offset", value: Array("\(message.offset)".utf8)),
+                ])
         }
         if let handledLog, handledLog >= 0 {
             // One write per line: O_APPEND keeps lines whole across threads and processes.

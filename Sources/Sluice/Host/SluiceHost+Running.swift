@@ -99,10 +99,9 @@ extension SluiceHost {
         let atLeastOnce: (TopicPartitionOffset) -> Bool = {
             self.configuration.topics[$0.topicPartition.topic]?.output != .exactlyOnce
         }
-        if let progress = crashContainment?.journal.predecessorsProgress.filter({ $0.key.group == group }),
-            !progress.isEmpty
-        {
-            consumer.resume(from: Dictionary(progress.map { ($0.key.cluster, $0.value.filter(atLeastOnce)) }) { $1 })
+        if let progress = crashContainment?.journal.predecessorsProgress.filter({ $0.key.group == group }) {
+            let usable = progress.map { ($0.key.cluster, $0.value.filter(atLeastOnce)) }.filter { !$0.1.isEmpty }
+            if !usable.isEmpty { consumer.resume(from: Dictionary(usable) { $1 }) }
         }
         try await checkDeadLetterTopics(consumer)
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)

@@ -26,12 +26,17 @@ final class ShardTransaction: Sendable {
         var interval: Duration
         /// How long one transactional call may take before it counts as failed.
         var callTimeout: Duration = .seconds(30)
+        /// `transaction.timeout.ms` of the shards' producers.
+        var transactionTimeout: Duration = .seconds(10)
         var logger: Logger
 
         func make(for topicPartition: TopicPartition) -> ShardTransaction {
             var configuration = producerConfiguration
             configuration.transactionalID = ShardTransaction.transactionalID(group: group, topicPartition)
             configuration.clientID = "sluice-transactions"
+            // An owner that died leaves its transaction open until the partition's next owner starts (which aborts
+            // it) or this passes: a broker that waits for it (tansu) holds the next owner that long.
+            configuration.transactionTimeout = transactionTimeout
             return ShardTransaction(
                 topicPartition: topicPartition, configuration: configuration, groupMetadata: groupMetadata,
                 interval: interval, callTimeout: callTimeout, logger: logger)
