@@ -167,4 +167,66 @@ struct ExactlyOnceProcessTests {
             "exactly once under kill -9: \(kills) kills, \(total) inputs, \(lines.count) output records read (tansu shows aborted ones too: \(lines.count - distinct.count) repeated)"
         )
     }
+
+    @Test(
+        "a zombie (paused past its session, then resumed) is fenced: its transactions fail and its shards exit; every input's output once",
+        .enabled(if: TestClusters.isTansu, "librdkafka's mock fences no producer"))
+    func zombieIsFenced() async throws {
+        let cluster = try await TestClusters.start(
+            topics: ["orders": Self.partitions, "orders.out": 2, "orders.dlq": 1, "payments": 2])
+        let trafficEnded = Flag()
+        let producing = Task {
+            defer { trafficEnded.value.store(true, ordering: .releasing) }
+            return try await Self.produceOrders(cluster, chunks: 400)
+        }
+        defer { producing.cancel() }
+        let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
+        func committed() async throws -> [Int32: Int64] {
+            try await cluster.committedOffsets(group: group, topic: "orders", partitions: Self.partitions)
+        }
+        /// Waits until every partition's committed offset passed what it was.
+        func everyPartitionAdvances(_ what: String) async throws {
+            let before = try await committed()
+            try await waitUntil(what, timeout: .seconds(90), poll: .milliseconds(200)) {
+                let now = try await committed()
+                return (0..<Int32(Self.partitions)).allSatisfy { (now[$0] ?? 0) > (before[$0] ?? 0) }
+            }
+        }
+        let zombie = try startService(cluster, group: group, state: NSTemporaryDirectory() + "sluice-\(UUID())")
+        try await everyPartitionAdvances("the first service commits on every partition")
+        let other = try startService(cluster, group: group, state: NSTemporaryDirectory() + "sluice-\(UUID())")
+        try await Task.sleep(for: .seconds(10))
+        kill(zombie.process.processIdentifier, SIGSTOP)
+        // Past its 6 s session: the other service owns every partition and its producers fence the zombie's.
+        try await everyPartitionAdvances("the other service commits on every partition while the zombie sleeps")
+        kill(zombie.process.processIdentifier, SIGCONT)
+        let fenced = await zombie.errors.waitFor("fenced by a newer instance", timeout: .seconds(60))
+        #expect(fenced, "the zombie's transaction is refused: \(zombie.errors.text.suffix(3_000))")
+        #expect(zombie.errors.text.contains("transaction failed"), "and its shard exits")
+
+        let produced = try await producing.value
+        let expected = produced.mapValues { Int64($0) }
+        let done = await eventually(timeout: .seconds(120), poll: .milliseconds(250)) {
+            (try? await committed()) == expected
+        }
+        let final = (try? await committed()) ?? [:]
+        #expect(done, "committed to the end: \(final) of \(expected)")
+        for service in [zombie, other] {
+            service.process.terminate()
+            let status = await service.exit()
+            #expect(status == 0, "exit \(String(describing: status)): \(service.errors.text.suffix(2_000))")
+        }
+        let total = produced.values.reduce(0, +)
+        let lines = try Self.readCommitted(cluster, until: total, idle: 3)
+        let distinct = Set(lines)
+        let missing = produced.flatMap { partition, count in
+            (0..<count).map { "\(partition) \($0)" }.filter { !distinct.contains($0) }
+        }
+        #expect(missing.isEmpty, "inputs without committed output: \(missing.count), first \(missing.prefix(5))")
+        let zombieSaid = zombie.errors.text.split(separator: "\n").filter { $0.contains("fenced") }.prefix(2)
+        print("the zombie said: \(zombieSaid.joined(separator: "\n"))")
+        print(
+            "zombie fenced: \(total) inputs, \(lines.count) output records read (\(lines.count - distinct.count) repeated: aborted ones, which tansu shows)"
+        )
+    }
 }
