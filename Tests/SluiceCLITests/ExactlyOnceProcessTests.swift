@@ -15,13 +15,15 @@ struct ExactlyOnceProcessTests {
     static let partitions = 4
 
     /// OrderService writing every order to `orders.out` in its shard's transaction.
-    func startService(_ cluster: any TestKafkaCluster, group: String, state: String) throws -> SluiceProcess {
+    func startService(
+        _ cluster: any TestKafkaCluster, group: String, state: String, commitInterval: String = "200ms"
+    ) throws -> SluiceProcess {
         try OrderServiceTests.startService(
             cluster, group: group,
             environment: ["ORDER_SERVICE_OUTPUT": "orders.out", "SLUICE_HOST_STATE_DIRECTORY": state],
             editConfiguration: {
                 $0.replacingOccurrences(of: "    processors: 8\n", with: "    processors: 8\n    output: exactlyOnce\n")
-                    .replacingOccurrences(of: "commitInterval: 1s", with: "commitInterval: 200ms")
+                    .replacingOccurrences(of: "commitInterval: 1s", with: "commitInterval: \(commitInterval)")
             }
         ).0
     }
@@ -192,17 +194,29 @@ struct ExactlyOnceProcessTests {
                 return (0..<Int32(Self.partitions)).allSatisfy { (now[$0] ?? 0) > (before[$0] ?? 0) }
             }
         }
-        let zombie = try startService(cluster, group: group, state: NSTemporaryDirectory() + "sluice-\(UUID())")
-        try await everyPartitionAdvances("the first service commits on every partition")
         let other = try startService(cluster, group: group, state: NSTemporaryDirectory() + "sluice-\(UUID())")
-        try await Task.sleep(for: .seconds(10))
+        try await everyPartitionAdvances("the first service commits on every partition")
+        // The zombie commits only when its shards end: whatever it handled is in its open transactions when it is
+        // paused, so it has something to commit when it resumes.
+        let zombie = try startService(
+            cluster, group: group, state: NSTemporaryDirectory() + "sluice-\(UUID())",
+            commitInterval: "1h")
+        try await waitUntil("the zombie handles orders", timeout: .seconds(90)) {
+            zombie.errors.text.contains("kafka.topic=orders sluice.attempt=0 [Sluice] shard started")
+        }
+        try await Task.sleep(for: .seconds(3))
         kill(zombie.process.processIdentifier, SIGSTOP)
         // Past its 6 s session: the other service owns every partition and its producers fence the zombie's.
         try await everyPartitionAdvances("the other service commits on every partition while the zombie sleeps")
         kill(zombie.process.processIdentifier, SIGCONT)
         let fenced = await zombie.errors.waitFor("fenced by a newer instance", timeout: .seconds(60))
         #expect(fenced, "the zombie's transaction is refused: \(zombie.errors.text.suffix(3_000))")
-        #expect(zombie.errors.text.contains("transaction failed"), "and its shard exits")
+        let exited = await zombie.errors.waitFor("transaction failed; aborting it", timeout: .seconds(60))
+        #expect(exited, "and its shard exits")
+        // Its part is played: it leaves (a clean stop), and the other service finishes the traffic.
+        zombie.process.terminate()
+        let zombieStatus = await zombie.exit()
+        #expect(zombieStatus == 0, "exit \(String(describing: zombieStatus)): \(zombie.errors.text.suffix(2_000))")
 
         let produced = try await producing.value
         let expected = produced.mapValues { Int64($0) }
@@ -211,11 +225,9 @@ struct ExactlyOnceProcessTests {
         }
         let final = (try? await committed()) ?? [:]
         #expect(done, "committed to the end: \(final) of \(expected)")
-        for service in [zombie, other] {
-            service.process.terminate()
-            let status = await service.exit()
-            #expect(status == 0, "exit \(String(describing: status)): \(service.errors.text.suffix(2_000))")
-        }
+        other.process.terminate()
+        let status = await other.exit()
+        #expect(status == 0, "exit \(String(describing: status)): \(other.errors.text.suffix(2_000))")
         let total = produced.values.reduce(0, +)
         let lines = try Self.readCommitted(cluster, until: total, idle: 3)
         let distinct = Set(lines)

@@ -169,6 +169,9 @@ struct ConfigurationLoadingTests {
             try await loadError(Self.example.replacingOccurrences(of: "ordering: key", with: "ordering: random"))
                 == "FILE:8:15: topics.orders.ordering: expected one of partition, key, none, got 'random'")
         #expect(
+            try await loadError(Self.example.replacingOccurrences(of: "ordering: key", with: "output: twice"))
+                == "FILE:8:13: topics.orders.output: expected one of atLeastOnce, exactlyOnce, got 'twice'")
+        #expect(
             try await loadError(Self.example.replacingOccurrences(of: "backoff: 100ms..5s", with: "backoff: 100ms"))
                 == "FILE:11:39: topics.orders.onFailure.backoff: expected a range like 100ms..5s, got '100ms'")
         #expect(
@@ -469,5 +472,18 @@ struct ConfigurationLoadingTests {
                 "host.memoryBudget: must be at least 16MiB, got 4MiB"))
         #expect(
             try await loadError(base + "host: {memoryBudget: -5MiB}\n").contains("host.memoryBudget: expected a size"))
+    }
+
+    @Test("topics.T.output: at least once by default, exactly once from the file or the environment")
+    func outputGuarantee() async throws {
+        let plain = try await SluiceConfiguration.load(file: try write(Self.example), environment: [:])
+        #expect(plain.topics["orders"]?.output == .atLeastOnce)
+        let fromFile = try await SluiceConfiguration.load(
+            file: try write(Self.example.replacingOccurrences(of: "ordering: key", with: "output: exactlyOnce")),
+            environment: [:])
+        #expect(fromFile.topics["orders"]?.output == .exactlyOnce)
+        let fromEnvironment = try await SluiceConfiguration.load(
+            file: try write(Self.example), environment: ["SLUICE_TOPICS_ORDERS_OUTPUT": "exactlyOnce"])
+        #expect(fromEnvironment.topics["orders"]?.output == .exactlyOnce)
     }
 }
