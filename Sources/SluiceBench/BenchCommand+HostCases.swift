@@ -15,7 +15,7 @@ import Synchronization
 
 /// Cases b to e: a host on the preloaded topic with a no-op, batch or crash-looping handler.
 extension BenchCommand {
-    enum HandlerKind { case message, batch, crashPartitionZero }
+    enum HandlerKind { case message, batch, crashPartitionZero, output }
 
     func runHost(
         _ cluster: String, settings: TopicConfiguration, handler: HandlerKind, expected: Int? = nil,
@@ -34,6 +34,7 @@ extension BenchCommand {
         case .message: host.register("bench", CountingHandler(counter: counter))
         case .batch: host.register("bench", batchHandler: CountingBatchHandler(counter: counter))
         case .crashPartitionZero: host.register("bench", CrashingHandler(counter: counter))
+        case .output: host.register("bench", ForwardingHandler(counter: counter))
         }
         let running = Task { try await host.run() }
         let deadline = ContinuousClock.now + .seconds(180)

@@ -65,7 +65,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
     @Option(
         name: .long,
         help:
-            "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, d, d50, e), e.g. to profile one or compare a2,b."
+            "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, o, x, d, d50, e), e.g. to profile one or compare a2,b."
     )
     var only: String?
     @Option(
@@ -131,7 +131,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         for name in only?.split(separator: ",") ?? []
         where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g", "w", "wt"].contains(name) {
             throw ValidationError(
-                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
+                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, o, x, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
             )
         }
         guard (0...SluiceConfiguration.maximumWorkers).contains(workers) else {
@@ -172,7 +172,8 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         // The broker and the preloading producer run as child processes, so this process's memory is the
         // consumer's alone, as in production.
         let broker = try ChildBroker(
-            topics: ["bench:\(partitions)", "flagbench:1", "slowbench:1"] + (workers > 0 ? Self.workerTrapTopics : []))
+            topics: ["bench:\(partitions)", "bench.out:\(partitions)", "flagbench:1", "slowbench:1"]
+                + (workers > 0 ? Self.workerTrapTopics : []))
         defer { broker.stop() }
         let cluster = broker.bootstrap
         note(
@@ -240,6 +241,14 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             Case(name: "c host, no-op, ordering key x8") {
                 try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
             },
+            Case(name: "o host, ordering key x8, a record out per message, at least once") {
+                try await runHost(cluster, settings: keyOrdering, handler: .output, logger: logger)
+            },
+            Case(name: "x host, ordering key x8, a record out per message, exactly once") {
+                var exactlyOnce = keyOrdering
+                exactlyOnce.output = .exactlyOnce
+                return try await runHost(cluster, settings: exactlyOnce, handler: .output, logger: logger)
+            },
             Case(name: "d host, batch handler (500, timeout \(batchTimeoutMs) ms)") {
                 try await runHost(cluster, settings: batching, handler: .batch, logger: logger)
             },
@@ -298,7 +307,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         /// machine); lower is better. Against the cheaper of the two raw loops.
         func cpuRatios() -> String? {
             guard let a = [medianCPU("a1"), medianCPU("a2")].compactMap({ $0 }).min() else { return nil }
-            let parts = ["b", "c", "d"].compactMap { name in
+            let parts = ["b", "c", "o", "x", "d"].compactMap { name in
                 medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" }
             }
             guard !parts.isEmpty else { return nil }
@@ -317,7 +326,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             let a2 = runs("a2")
             let raw = a1.isEmpty ? a2 : a2.isEmpty ? a1 : zip(a1, a2).map { min($0, $1) }
             guard raw.count > 1 else { return nil }
-            let parts = ["b", "c", "d"].compactMap { name -> String? in
+            let parts = ["b", "c", "o", "x", "d"].compactMap { name -> String? in
                 let pairs = zip(runs(name), raw).map { $0 / $1 }.sorted()
                 guard !pairs.isEmpty else { return nil }
                 return

@@ -70,6 +70,15 @@ struct CountingHandler: MessageHandler {
     func handle(_ message: Message, context: ShardContext) async throws { counter.add(1) }
 }
 
+/// Writes each message to `bench.out` (same key and value), then counts it.
+struct ForwardingHandler: MessageHandler {
+    let counter: RateCounter
+    func handle(_ message: Message, context: ShardContext) async throws {
+        try await context.send(topic: "bench.out", key: message.key.map { Array($0) }, value: Array(message.value))
+        counter.add(1)
+    }
+}
+
 struct CountingBatchHandler: BatchHandler {
     let counter: RateCounter
     func handle(_ batch: [Message], context: ShardContext) async throws { counter.add(batch.count) }

@@ -479,10 +479,14 @@ struct CrashContainmentTests {
             "a death redoes no finished work: \(handledBeforeDeath) orders handled before the death, none committed; handled again after it: \(duplicates)"
         )
         #expect(handledBeforeDeath > 500, "the first process got far before the poison")
-        // What is handled again: the calls in flight on other lanes at the death (a few at this rate), and on tansu,
-        // which reports high watermarks one short, a partition's last message when its progress is at its end.
+        // What may be handled again: the calls in flight at the death, at most one per lane (OrderService runs 8 per
+        // partition), and on tansu, which reports high watermarks one short, a partition's last message when its
+        // progress is at its end. How many of the lanes are mid-call depends on the machine's load: a few when the
+        // test runs alone, 34 once beside the exactly-once process tests; before the progress file, every one of
+        // the 1,600 handled orders.
+        let lanes = Self.partitions * 8
         #expect(
-            duplicates <= 8,
+            duplicates <= lanes + (TestClusters.isTansu ? Self.partitions : 0),
             "handled again: \(duplicates) of \(handledBeforeDeath); \(service.errors.text.split(separator: "\n").filter { $0.contains("resume") })"
         )
         service.process.terminate()

@@ -68,6 +68,22 @@ struct ExactlyOnceProcessTests {
         let description: String
     }
 
+    /// Reads `orders.out` as an independent `read_committed` reader and records an issue for each input of `produced`
+    /// (orders per partition) without output; returns the records read and how many of them repeat an input.
+    static func expectEveryInputHasOutput(
+        _ cluster: any TestKafkaCluster, _ produced: [Int32: Int], sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> (read: Int, repeated: Int) {
+        let lines = try readCommitted(cluster, until: produced.values.reduce(0, +), idle: 3)
+        let distinct = Set(lines)
+        let missing = produced.sorted { $0.key < $1.key }.flatMap { partition, count in
+            (0..<count).map { "\(partition) \($0)" }.filter { !distinct.contains($0) }
+        }
+        #expect(
+            missing.isEmpty, "inputs without committed output: \(missing.count), first \(missing.prefix(5))",
+            sourceLocation: sourceLocation)
+        return (lines.count, lines.count - distinct.count)
+    }
+
     /// Produces `chunks` chunks of 100 orders as `sluice produce` writes them (200 customers), one chunk every 100
     /// ms: steady traffic. Returns how many went to each partition.
     static func produceOrders(_ cluster: any TestKafkaCluster, chunks: Int) async throws -> [Int32: Int] {
@@ -151,22 +167,17 @@ struct ExactlyOnceProcessTests {
             (try? await committed()) == expected
         }
         let final = (try? await committed()) ?? [:]
-        #expect(done, "committed to the end: \(final) of \(expected)")
+        let said = service.errors.text.split(separator: "\n").filter {
+            $0.contains("transaction") || $0.contains("crashed") || $0.contains("tripped")
+        }
+        #expect(done, "committed to the end: \(final) of \(expected); \(said.suffix(30).joined(separator: "\n"))")
         service.process.terminate()
         let status = await service.exit()
         #expect(status == 0, "exit \(String(describing: status)): \(service.errors.text.suffix(3_000))")
 
-        let lines = try Self.readCommitted(cluster, until: total, idle: 3)
-        let distinct = Set(lines)
-        var missing: [String] = []
-        for (partition, count) in produced.sorted(by: { $0.key < $1.key }) {
-            for offset in 0..<count where !distinct.contains("\(partition) \(offset)") {
-                missing.append("\(partition) \(offset)")
-            }
-        }
-        #expect(missing.isEmpty, "inputs without committed output: \(missing.count), first \(missing.prefix(5))")
+        let (read, repeated) = try Self.expectEveryInputHasOutput(cluster, produced)
         print(
-            "exactly once under kill -9: \(kills) kills, \(total) inputs, \(lines.count) output records read (tansu shows aborted ones too: \(lines.count - distinct.count) repeated)"
+            "exactly once under kill -9: \(kills) kills, \(total) inputs, \(read) output records read (tansu shows aborted ones too: \(repeated) repeated)"
         )
     }
 
@@ -176,11 +187,7 @@ struct ExactlyOnceProcessTests {
     func zombieIsFenced() async throws {
         let cluster = try await TestClusters.start(
             topics: ["orders": Self.partitions, "orders.out": 2, "orders.dlq": 1, "payments": 2])
-        let trafficEnded = Flag()
-        let producing = Task {
-            defer { trafficEnded.value.store(true, ordering: .releasing) }
-            return try await Self.produceOrders(cluster, chunks: 400)
-        }
+        let producing = Task { try await Self.produceOrders(cluster, chunks: 400) }
         defer { producing.cancel() }
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
         func committed() async throws -> [Int32: Int64] {
@@ -229,16 +236,11 @@ struct ExactlyOnceProcessTests {
         let status = await other.exit()
         #expect(status == 0, "exit \(String(describing: status)): \(other.errors.text.suffix(2_000))")
         let total = produced.values.reduce(0, +)
-        let lines = try Self.readCommitted(cluster, until: total, idle: 3)
-        let distinct = Set(lines)
-        let missing = produced.flatMap { partition, count in
-            (0..<count).map { "\(partition) \($0)" }.filter { !distinct.contains($0) }
-        }
-        #expect(missing.isEmpty, "inputs without committed output: \(missing.count), first \(missing.prefix(5))")
+        let (read, repeated) = try Self.expectEveryInputHasOutput(cluster, produced)
         let zombieSaid = zombie.errors.text.split(separator: "\n").filter { $0.contains("fenced") }.prefix(2)
         print("the zombie said: \(zombieSaid.joined(separator: "\n"))")
         print(
-            "zombie fenced: \(total) inputs, \(lines.count) output records read (\(lines.count - distinct.count) repeated: aborted ones, which tansu shows)"
+            "zombie fenced: \(total) inputs, \(read) output records read (\(repeated) repeated: aborted ones, which tansu shows)"
         )
     }
 }
