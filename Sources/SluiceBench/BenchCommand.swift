@@ -129,7 +129,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             )
         }
         for name in only?.split(separator: ",") ?? []
-        where !["a", "a1", "a2", "b", "b0", "bm", "c", "d", "d50", "e", "f", "g", "w", "wt"].contains(name) {
+        where !["a", "a1", "a2", "b", "b0", "bm", "c", "o", "x", "d", "d50", "e", "f", "g", "w", "wt"].contains(name) {
             throw ValidationError(
                 "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, o, x, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
             )
