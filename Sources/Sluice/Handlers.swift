@@ -27,6 +27,12 @@ public struct ShardContext: Sendable {
     public let logger: Logger
     /// Where ``send(_:)`` writes (the host's producer).
     let output: (any OutputSink)?
+
+    /// This context with its sends going to `output`.
+    func with(output: any OutputSink) -> ShardContext {
+        ShardContext(
+            topicPartition: topicPartition, generation: generation, attempt: attempt, logger: logger, output: output)
+    }
 }
 
 /// A registered handler of either kind.

@@ -2,45 +2,64 @@ import Instrumentation
 import SluiceKafka
 import Synchronization
 
-/// The records of the handler call running in this task, for a topic with `output: exactlyOnce`: the call keeps
-/// them once it succeeded (held for the shard's transaction) and drops them when it failed, timed out or was
-/// abandoned, so a retried call's output is written once.
+/// The records of one handler call of a topic with `output: exactlyOnce`: the call keeps them once it succeeded
+/// (held for the shard's transaction) and drops them when it failed, timed out or was abandoned, so a retried call's
+/// output is written once.
 final class CallOutput: Sendable {
-    @TaskLocal static var current: CallOutput?
+    private let state = Mutex<(records: [ProducerRecord], ended: Bool)>(([], false))
 
-    private let records = Mutex<[ProducerRecord]>([])
+    /// Adds `more`, unless the call already ended (a task the handler left running sends after it returned).
+    func append(_ more: [ProducerRecord]) throws {
+        let ended = state.withLock { state in
+            if !state.ended { state.records += more }
+            return state.ended
+        }
+        if ended {
+            throw SluiceError(
+                code: .output,
+                message:
+                    "context.send after its handler call ended (from a task the handler left running?): exactly-once output belongs to the call of its message"
+            )
+        }
+    }
 
-    func append(_ more: [ProducerRecord]) { records.withLock { $0 += more } }
-
-    /// The records, and no more from now on (an abandoned task that sends later adds to nothing anyone reads).
+    /// The records; the call has ended, and later sends fail.
     func take() -> [ProducerRecord] {
-        records.withLock { records in
-            defer { records.removeAll() }
-            return records
+        state.withLock { state in
+            defer {
+                state.records.removeAll()
+                state.ended = true
+            }
+            return state.records
         }
     }
 }
 
-/// `context.send` of a topic with `output: exactlyOnce`: the records join the call's ``CallOutput`` (after the
-/// checks every send makes) and reach Kafka in the shard's transaction with the message's offset.
+/// `context.send` of a topic with `output: exactlyOnce`: the checks every send makes, then the records join the
+/// call's ``CallOutput`` and reach Kafka in the shard's transaction with the message's offset. The host's has no
+/// call; each handler call gets one bound to its own (``bound(to:)``).
 struct TransactionalOutputSink: OutputSink {
     /// The host's producer, asked which topics exist.
     let producer: SharedProducer
     let topics: OutputTopics
     let instrument: (any Instrument)?
+    var call: CallOutput? = nil
+
+    /// This sink for one handler call.
+    func bound(to call: CallOutput) -> TransactionalOutputSink {
+        var bound = self
+        bound.call = call
+        return bound
+    }
 
     func send(_ records: [ProducerRecord]) async throws {
-        guard let call = CallOutput.current else {
-            throw SluiceError(
-                code: .output,
-                message:
-                    "context.send outside a handler call (in a detached task?): exactly-once output belongs to the call of its message"
-            )
+        guard let call else {
+            throw SluiceError(code: .output, message: "context.send outside a handler call")
         }
         try await topics.check(records, producer: producer.producer())
         var records = records
         OutputTopics.injectTrace(into: &records, with: instrument)
-        call.append(records)
+        try call.append(records)
     }
 }
 

@@ -108,12 +108,11 @@ extension ShardPipeline {
         activity.begin(firstOffset, timestamp: firstTimestamp, at: startedAt, count: input.count, careful: careful)
         var failure: (any Error)?
         // Exactly-once output: the call's records, kept if it succeeds in time.
-        let callOutput = transaction == nil ? nil : CallOutput()
+        let callOutput = transactionalOutput == nil ? nil : CallOutput()
         do {
-            if let callOutput {
-                try await CallOutput.$current.withValue(callOutput) {
-                    try await invoke(input, by: handler, context: context)
-                }
+            if let callOutput, let transactionalOutput {
+                try await invoke(
+                    input, by: handler, context: context.with(output: transactionalOutput.bound(to: callOutput)))
             } else {
                 try await invoke(input, by: handler, context: context)
             }

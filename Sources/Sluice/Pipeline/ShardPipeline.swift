@@ -67,6 +67,8 @@ final class ShardPipeline: Sendable {
     /// The shard's transaction, for `output: exactlyOnce`: output and offsets are committed in it (nothing is
     /// stored with the consumer).
     let transaction: ShardTransaction?
+    /// With a transaction: the sink each handler call's context gets, bound to the call's records.
+    let transactionalOutput: TransactionalOutputSink?
     let flowControl: any ShardFlowControl
     let drainTimeout: Duration
     /// The clock `drainTimeout` runs on (the host's: tests drive a manual one). The handler watchdog stays on
@@ -187,6 +189,8 @@ final class ShardPipeline: Sendable {
         self.deadLetters = environment.deadLetters
         self.output = environment.output
         self.transaction = environment.transaction
+        self.transactionalOutput =
+            environment.transaction == nil ? nil : environment.output as? TransactionalOutputSink
         self.flowControl = environment.flowControl
         self.drainTimeout = environment.drainTimeout
         self.clock = environment.clock
