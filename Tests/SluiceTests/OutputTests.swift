@@ -1,4 +1,5 @@
 import Foundation
+import MetricsTestKit
 import SluiceKafka
 import SluiceTesting
 import Synchronization
@@ -144,6 +145,19 @@ struct OutputTests {
             seen.first?.hasPrefix("output: context.send: topic 'no.such.topic' does not exist in the cluster") == true)
         #expect(seen.last?.hasPrefix("output: context.send: topic 'bad topic!': not a Kafka topic name") == true)
         #expect(try await HostFixture.committed(cluster, group: group, topic: "orders", partitions: 1) == [0: 2])
+    }
+
+    @Test("output is counted per output topic; at most 256 topics are named, the rest count as other")
+    func outputMetrics() {
+        let metrics = TestMetrics()
+        let output = OutputMetrics(factory: metrics)
+        for index in 0..<300 { output.written(to: "t\(index)") }
+        output.written(to: "t0")
+        output.failed(to: "t0")
+        #expect(metrics.counterTotal(label: "sluice_output_records_total", dimensions: [("topic", "t0")]) == 2)
+        #expect(metrics.counterTotal(label: "sluice_output_records_total", dimensions: [("topic", "t255")]) == 1)
+        #expect(metrics.counterTotal(label: "sluice_output_records_total", dimensions: [("topic", "other")]) == 44)
+        #expect(metrics.counterTotal(label: "sluice_output_failures_total", dimensions: [("topic", "t0")]) == 1)
     }
 
     struct Position: Hashable {

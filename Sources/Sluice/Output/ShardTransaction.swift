@@ -82,9 +82,6 @@ final class ShardTransaction: Sendable {
     /// The offset the last transaction of this pipeline committed for the group, nil before the first.
     var committedOffset: Int64? { state.withLock { $0.committed } }
 
-    /// Records held and not yet in a transaction.
-    var heldRecords: Int { state.withLock { $0.held.reduce(0) { $0 + $1.records.count } } }
-
     /// Creates the producer, fences earlier ones with the id (their open transaction is aborted) and begins the
     /// first transaction.
     func start() async throws {
