@@ -28,6 +28,12 @@ struct ExactlyOnceProcessTests {
         ).0
     }
 
+    /// A tansu cluster with OrderService's topics and its output topic.
+    static func startCluster() async throws -> any TestKafkaCluster {
+        try await TestClusters.start(
+            topics: ["orders": partitions, "orders.out": 2, "orders.dlq": 1, "payments": 2])
+    }
+
     /// What an independent `read_committed` reader (confluent-kafka) reads of `orders.out`: the input positions its
     /// records name, once per record.
     static func readCommitted(_ cluster: any TestKafkaCluster, until: Int, idle: Double) throws -> [String] {
@@ -113,8 +119,7 @@ struct ExactlyOnceProcessTests {
         "kill -9 ten times in exactly-once traffic: offsets only from committed transactions, to the end; every input's output committed; nothing visible before its commit",
         .enabled(if: TestClusters.isTansu, "librdkafka's mock stores no offset a transaction commits"))
     func killNineInExactlyOnceTraffic() async throws {
-        let cluster = try await TestClusters.start(
-            topics: ["orders": Self.partitions, "orders.out": 2, "orders.dlq": 1, "payments": 2])
+        let cluster = try await Self.startCluster()
         // About two minutes of traffic (1,200 chunks of 100 orders), the kills within it (a restart takes a session
         // timeout or so: the dead member holds its partitions until then).
         let trafficEnded = Flag()
@@ -185,8 +190,7 @@ struct ExactlyOnceProcessTests {
         "a zombie (paused past its session, then resumed) is fenced: its transactions fail and its shards exit; every input's output once",
         .enabled(if: TestClusters.isTansu, "librdkafka's mock fences no producer"))
     func zombieIsFenced() async throws {
-        let cluster = try await TestClusters.start(
-            topics: ["orders": Self.partitions, "orders.out": 2, "orders.dlq": 1, "payments": 2])
+        let cluster = try await Self.startCluster()
         let producing = Task { try await Self.produceOrders(cluster, chunks: 400) }
         defer { producing.cancel() }
         let group = "order-service-\(UInt32.random(in: 0...UInt32.max))"
