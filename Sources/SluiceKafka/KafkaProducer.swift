@@ -91,9 +91,13 @@ public final class KafkaProducer: Sendable {
     public func sendAll(_ records: [ProducerRecord]) async -> [Result<DeliveryReport, KafkaError>] {
         guard !records.isEmpty else { return [] }
         let unprepared = preparedTopics.withLock { prepared in
-            Set(records.map(\.topic).filter { !prepared.contains($0) })
+            var unprepared: [String] = []
+            for record in records where !prepared.contains(record.topic) && !unprepared.contains(record.topic) {
+                unprepared.append(record.topic)
+            }
+            return unprepared
         }
-        if !unprepared.isEmpty { await prepare(topics: unprepared.sorted()) }
+        if !unprepared.isEmpty { await prepare(topics: unprepared) }
         let outcomes = DeliveryOutcomes(count: records.count)
         await enqueueAll(records, outcomes: outcomes)
         await withCheckedContinuation { outcomes.setContinuation($0) }

@@ -56,7 +56,14 @@ final class OutputTopics: Sendable {
     /// Throws ``SluiceError`` (code ``SluiceError/Code/output``) naming the first of `records`' topics that is not
     /// a topic name or that the cluster does not have.
     func check(_ records: [ProducerRecord], producer: KafkaProducer) async throws {
-        let unknown = known.withLock { known in Set(records.map(\.topic).filter { !known.contains($0) }) }
+        // Per send: no allocation once every topic is known (an empty array allocates nothing).
+        let unknown = known.withLock { known in
+            var unknown: [String] = []
+            for record in records where !known.contains(record.topic) && !unknown.contains(record.topic) {
+                unknown.append(record.topic)
+            }
+            return unknown
+        }
         for topic in unknown.sorted() {
             if let problem = TopicName.problem(topic) {
                 throw SluiceError(code: .output, message: "context.send: topic \(TopicName.quoted(topic)): \(problem)")
