@@ -14,16 +14,21 @@ public struct ProducerRecord: Sendable, Hashable {
     public var value: [UInt8]
     /// Headers, in order.
     public var headers: [KafkaHeader]
+    /// The record's timestamp in milliseconds since the Unix epoch (an event's time, carried on), or `nil` for
+    /// the time it is produced. Topics with `message.timestamp.type=LogAppendTime` replace it.
+    public var timestampMilliseconds: Int64?
 
     /// Creates a record.
     public init(
-        topic: String, partition: Int32? = nil, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = []
+        topic: String, partition: Int32? = nil, key: [UInt8]? = nil, value: [UInt8], headers: [KafkaHeader] = [],
+        timestampMilliseconds: Int64? = nil
     ) {
         self.topic = topic
         self.partition = partition
         self.key = key
         self.value = value
         self.headers = headers
+        self.timestampMilliseconds = timestampMilliseconds
     }
 }
 
@@ -162,6 +167,12 @@ public final class KafkaProducer: Sendable {
                         item = rd_kafka_vu_t()
                         item.vtype = RD_KAFKA_VTYPE_PARTITION
                         item.u.i32 = partition
+                        values.append(item)
+                    }
+                    if let timestamp = record.timestampMilliseconds {
+                        item = rd_kafka_vu_t()
+                        item.vtype = RD_KAFKA_VTYPE_TIMESTAMP
+                        item.u.i64 = timestamp
                         values.append(item)
                     }
                     item = rd_kafka_vu_t()

@@ -1,4 +1,5 @@
 import SluiceKafka
+import SluiceTesting
 import Testing
 
 @Suite("KafkaProducer and configuration errors", .timeLimit(.minutes(1)))
@@ -40,6 +41,21 @@ struct KafkaProducerTests {
         #expect(offsets == [0, 1, 2, 3, 4])
         #expect(try await producer.partitionCount(topic: "events") == 3)
         await producer.close()
+    }
+
+    @Test("a record's timestamp is the one given (an event's time carried on), else the time it was produced")
+    func timestamps() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["events": 1])
+        let producer = try KafkaProducer(
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: TestSupport.logger)
+        _ = try await producer.send(ProducerRecord(topic: "events", value: [1], timestampMilliseconds: 1_234_567))
+        _ = try await producer.send(ProducerRecord(topic: "events", value: [2]))
+        await producer.close()
+        let records = try await cluster.records(topic: "events")
+        #expect(records.count == 2)
+        #expect(records.first?.timestampMilliseconds == 1_234_567)
+        #expect((records.last?.timestampMilliseconds ?? 0) > 1_700_000_000_000)
     }
 
     @Test("a send to a partition that does not exist fails with a clear error")
