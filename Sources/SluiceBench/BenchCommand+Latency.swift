@@ -20,7 +20,10 @@ extension BenchCommand {
     /// its handler starts (raw librdkafka: when the poll returns it). One fresh topic per case, the consumer
     /// joined before the producer starts. Timestamps are whole milliseconds: figures are within 1 ms.
     func runLatency(rate requested: Int, logger: Logger) async throws {
-        let topics = ["latency-raw", "latency-partition", "latency-key", "latency-max"]
+        let topics = [
+            "latency-raw", "latency-partition", "latency-key", "latency-max", "latency-o", "latency-o.out", "latency-x",
+            "latency-x.out",
+        ]
         let broker = try ChildBroker(topics: topics.map { "\($0):8" })
         defer { broker.stop() }
         let cluster = broker.bootstrap
@@ -65,8 +68,36 @@ extension BenchCommand {
             try await running.value
             rows.append((name, held, recorder.values))
         }
+        // Output: the handler writes each message to TOPIC.out with the message's timestamp; a raw loop reading
+        // TOPIC.out (read_committed, librdkafka's default) notes when each record became readable.
+        for (topic, name, guarantee) in [
+            ("latency-o", "output at least once, to readable", TopicConfiguration.OutputGuarantee.atLeastOnce),
+            ("latency-x", "output exactly once, to readable", .exactlyOnce),
+        ] {
+            var settings = TopicConfiguration()
+            settings.ordering = .key
+            settings.processors = 8
+            settings.output = guarantee
+            let configuration = hostConfiguration(cluster, group: "latency", topics: [topic: settings])
+            let reader = try await startRawLoop(
+                cluster, topic: topic + ".out", count: count, timeout: .seconds(Int64(latencySeconds) + 60),
+                latencies: true)
+            let host = SluiceHost(configuration: configuration, logger: logger)
+            host.register(topic, StampForwardingHandler(topic: topic + ".out"))
+            let running = Task { try await host.run() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: .seconds(2))
+            let held = try produceSteadily(cluster, topic: topic, rate: rate, count: count)
+            let latencies = try await reader.value.latencies
+            host.shutdown()
+            try await running.value
+            rows.append((name, held, latencies))
+        }
         print(
-            "latency from produce to handler start, \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):"
+            "latency from produce to handler start (output cases: to the output record readable, read_committed, kafka.commitInterval 1 s), \(rate) msg/s for \(latencySeconds) s over 8 partitions (ms, timestamps in whole ms):"
         )
         print("case                             messages  producer held msg/s       p50       p99     p99.9       max")
         for (name, held, values) in rows {

@@ -70,6 +70,19 @@ struct CountingHandler: MessageHandler {
     func handle(_ message: Message, context: ShardContext) async throws { counter.add(1) }
 }
 
+/// Writes each message to `topic` with the message's key, value and timestamp (so a reader of `topic` sees how
+/// long ago the input was produced).
+struct StampForwardingHandler: MessageHandler {
+    let topic: String
+    func handle(_ message: Message, context: ShardContext) async throws {
+        try await context.send([
+            ProducerRecord(
+                topic: topic, key: message.key.map { Array($0) }, value: Array(message.value),
+                timestampMilliseconds: message.timestampMilliseconds)
+        ])
+    }
+}
+
 /// Writes each message to `bench.out` (same key and value), then counts it.
 struct ForwardingHandler: MessageHandler {
     let counter: RateCounter
