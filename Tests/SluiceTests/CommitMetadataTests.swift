@@ -104,7 +104,9 @@ struct CommitMetadataTests {
             let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
             host.register("orders", ClosureHandler { message, _ in handled.append(message) })
             let running = Task { try await host.run() }
-            try await waitUntil("every message above the forged commit handled (round \(round))") {
+            try await HostFixture.waitUntil(
+                "every message above the forged commit handled (round \(round))", showing: ["host": host]
+            ) {
                 handled.distinct == 900 + 100 * round
             }
             host.shutdown()

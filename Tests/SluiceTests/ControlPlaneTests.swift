@@ -466,7 +466,9 @@ struct ControlPlaneTests {
         let host = SluiceHost(configuration: configuration, logger: HostFixture.logger)
         host.register("orders", ClosureHandler { _, _ in })
         let run = Task { try await host.run() }
-        try await waitUntil("the shard is off") { host.shards.first?.state == .off }
+        try await HostFixture.waitUntil("the shard is off", showing: ["host": host]) {
+            host.shards.first?.state == .off
+        }
         #expect((host.control?.appliedPosition ?? 0) >= 3, "all three records read")
         #expect(host.flags.setting(for: TopicPartition("orders", 0)).enabled == false)
         await writer.close()

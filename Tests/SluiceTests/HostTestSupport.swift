@@ -18,6 +18,24 @@ enum HostFixture {
 
     static func uniqueGroup() -> String { "host-\(UInt64.random(in: 0...UInt64.max))" }
 
+    /// ``waitUntil(_:timeout:poll:_:)`` whose failure also says what each host was doing: joined or not, its
+    /// loop's ticks, and each shard's state and pause reasons.
+    static func waitUntil(
+        _ what: String, showing hosts: [String: SluiceHost], _ condition: () async throws -> Bool
+    ) async throws {
+        do {
+            try await SluiceTesting.waitUntil(what, condition)
+        } catch let notReached as NotReached {
+            let states = hosts.sorted { $0.key < $1.key }.map { name, host in
+                let (joined, ticks, running) = host.state.withLock { ($0.joined, $0.ticks, $0.running) }
+                let shards = host.shards.map { "\($0.topicPartition) \($0.state) \($0.pauseReasons.map(\.name))" }
+                return "\(name): joined \(joined), running \(running), ticks \(ticks), shards \(shards)"
+            }
+            Issue.record("\(notReached); \(states.joined(separator: "; "))")
+            throw notReached
+        }
+    }
+
     static func configuration(
         _ cluster: any TestKafkaCluster, group: String, topics: [String: TopicConfiguration]
     ) -> SluiceConfiguration {

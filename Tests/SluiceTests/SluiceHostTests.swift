@@ -216,7 +216,7 @@ struct SluiceHostTests {
         try await waitUntil("A runs all four partitions") { hostA.shards.filter { $0.state == .running }.count == 4 }
         let firstGenerations = Dictionary(uniqueKeysWithValues: hostA.shards.map { ($0.topicPartition, $0.generation) })
         let runB = Task { try await hostB.run() }
-        try await waitUntil("both hosts own partitions") {
+        try await HostFixture.waitUntil("both hosts own partitions", showing: ["A": hostA, "B": hostB]) {
             hostA.shards.filter { $0.state == .running }.count == 2
                 && hostB.shards.filter { $0.state == .running }.count == 2
         }
