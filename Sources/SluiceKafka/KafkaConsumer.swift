@@ -335,6 +335,11 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
+    /// Every topic of the cluster and its partition count (asking creates nothing).
+    public func topics(timeout: Duration = .seconds(10)) async throws -> [String: Int] {
+        try await shared.blocking { handle throws(KafkaError) in try handle.topics(timeout: timeout) }
+    }
+
     /// The number of partitions of `topic`, from the cluster's metadata.
     public func partitionCount(topic: String, timeout: Duration = .seconds(10)) async throws -> Int {
         try await shared.blocking { handle throws(KafkaError) in

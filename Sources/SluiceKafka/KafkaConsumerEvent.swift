@@ -46,6 +46,8 @@ public struct KafkaPauseReason: Hashable, Sendable, CustomStringConvertible {
     public static let breaker = KafkaPauseReason("breaker")
     /// Too much work is in flight in the shard's pipeline.
     public static let backpressure = KafkaPauseReason("backpressure")
+    /// A retry topic's partition waits until its next message is due (`onFailure.then: retryLater`).
+    public static let retryDelay = KafkaPauseReason("retryDelay")
     /// The shard is draining before it stops.
     public static let draining = KafkaPauseReason("draining")
     /// The shard is held at a message that crashed its handler or the process.

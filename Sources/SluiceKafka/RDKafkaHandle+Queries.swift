@@ -62,16 +62,26 @@ extension RDKafkaHandle {
     /// creates none (asking for one by name may: older protocol versions, which the embedded cluster speaks,
     /// let the broker auto-create it).
     func topicExists(_ topic: String, timeout: Duration) throws(KafkaError) -> Bool {
+        try topics(timeout: timeout)[topic] != nil
+    }
+
+    /// Blocking: every topic of the cluster and its partition count, from the metadata of every topic (which
+    /// creates none).
+    func topics(timeout: Duration) throws(KafkaError) -> [String: Int] {
         var metadata: UnsafePointer<rd_kafka_metadata>?
         let error = rd_kafka_metadata(pointer, 1, nil, &metadata, Int32(clamping: timeout.milliseconds))
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
             throw .rdkafka(error, context: "reading the cluster's topics")
         }
         defer { rd_kafka_metadata_destroy(metadata) }
-        return (0..<Int(metadata.pointee.topic_cnt)).contains { index in
+        var topics: [String: Int] = [:]
+        for index in 0..<Int(metadata.pointee.topic_cnt) {
             let entry = metadata.pointee.topics[index]
-            return entry.err == RD_KAFKA_RESP_ERR_NO_ERROR && String(cString: entry.topic) == topic
+            if entry.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                topics[String(cString: entry.topic)] = Int(entry.partition_cnt)
+            }
         }
+        return topics
     }
 
     /// Blocking: the partition count of `topic` from the cluster's metadata.

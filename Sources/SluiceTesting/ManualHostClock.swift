@@ -22,12 +22,25 @@ public final class ManualHostClock: HostClock {
     }
 
     private let state: Mutex<(now: ContinuousClock.Instant, timers: [UInt64: Timer], next: UInt64)>
+    private let start: ContinuousClock.Instant
+    private let wallStart: Int64
 
-    /// A clock that starts at `start` and moves only when told.
-    public init(start: ContinuousClock.Instant = .now) { state = Mutex((start, [:], 0)) }
+    /// A clock that starts at `start` and moves only when told; its wall-clock time starts at the system's
+    /// real time now (`wallStart`, in milliseconds since the Unix epoch, when given) and moves with it.
+    public init(start: ContinuousClock.Instant = .now, wallStart: Int64? = nil) {
+        state = Mutex((start, [:], 0))
+        self.start = start
+        self.wallStart = wallStart ?? SystemHostClock.wallMilliseconds
+    }
 
     /// The clock's time.
     public var now: ContinuousClock.Instant { state.withLock { $0.now } }
+
+    /// The wall-clock time: where it started, plus how far the clock was moved.
+    public var wallMilliseconds: Int64 {
+        let moved = now - start
+        return wallStart + moved.components.seconds * 1000 + moved.components.attoseconds / 1_000_000_000_000_000
+    }
 
     /// How many timers are waiting (sleeps, timed waits, deadlines).
     public var sleeping: Int { state.withLock { $0.timers.count } }

@@ -486,4 +486,87 @@ struct ConfigurationLoadingTests {
             file: try write(Self.example), environment: ["SLUICE_TOPICS_ORDERS_OUTPUT": "exactlyOnce"])
         #expect(fromEnvironment.topics["orders"]?.output == .exactlyOnce)
     }
+
+    @Test("a duration past what Duration holds (1e20s) is refused with the key, not a trap")
+    func hugeDurationRefused() async throws {
+        #expect(
+            try await loadError(
+                Self.example.replacingOccurrences(of: "handlerTimeout: 2s", with: "handlerTimeout: 1e20s"))
+                == "FILE:13:21: topics.orders.handlerTimeout: expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '1e20s'"
+        )
+        #expect(
+            try await loadError(
+                Self.example.replacingOccurrences(of: "backoff: 100ms..5s", with: "backoff: 1ms..1e300h"))
+                == "FILE:11:39: topics.orders.onFailure.backoff: expected a range like 100ms..5s, got '1ms..1e300h'")
+    }
+
+    @Test("onFailure retryLater: delays from a list in the file or the environment; nonsense refused with the key")
+    func retryLaterDelays() async throws {
+        let retrying = Self.example.replacingOccurrences(
+            of: "then: deadLetter }", with: "then: retryLater, delays: [30s, 5m, 1h] }")
+        let loaded = try await SluiceConfiguration.load(file: try write(retrying), environment: [:])
+        #expect(loaded.topics["orders"]?.onFailure.then == .retryLater)
+        #expect(loaded.topics["orders"]?.onFailure.delays == [.seconds(30), .seconds(300), .seconds(3600)])
+        #expect(loaded.topics["orders"]?.onFailure.createTopics == true)
+        let fromEnvironment = try await SluiceConfiguration.load(
+            file: try write(retrying),
+            environment: [
+                "SLUICE_TOPICS_ORDERS_ON_FAILURE_DELAYS": "1500ms,2m",
+                "SLUICE_TOPICS_ORDERS_ON_FAILURE_CREATE_TOPICS": "off",
+            ])
+        #expect(fromEnvironment.topics["orders"]?.onFailure.delays == [.milliseconds(1500), .seconds(120)])
+        #expect(fromEnvironment.topics["orders"]?.onFailure.createTopics == false)
+        let single = try await SluiceConfiguration.load(
+            file: try write(retrying.replacingOccurrences(of: "[30s, 5m, 1h]", with: "10s")), environment: [:])
+        #expect(single.topics["orders"]?.onFailure.delays == [.seconds(10)])
+        // The host's retry topics: one per delay, named by it, with the topic's settings.
+        let expanded = loaded.withRetryTopics()
+        #expect(
+            expanded.topics.keys.sorted() == [
+                "orders", "orders.retry.1h", "orders.retry.30s", "orders.retry.5m", "payments",
+            ])
+        #expect(
+            expanded.topics["orders.retry.5m"]?.retryStage == .init(topic: "orders", index: 1, delay: .seconds(300)))
+        #expect(expanded.topics["orders.retry.5m"]?.processors == 8)
+        #expect(TopicConfiguration.retryTopic(of: "orders", delay: .milliseconds(1500)) == "orders.retry.1500ms")
+        #expect(loaded.retryTopicClashes.isEmpty && expanded.retryTopicClashes.isEmpty)
+        var clashing = loaded
+        clashing.topics["orders.retry.5m"] = TopicConfiguration()
+        #expect(clashing.withRetryTopics().retryTopicClashes.map(\.retryTopic) == ["orders.retry.5m"])
+
+        for (replacement, why) in [
+            (
+                "then: retryLater }",
+                "FILE: topics.orders.onFailure.delays: needs at least one delay with onFailure.then: retryLater, e.g. [30s, 5m]"
+            ),
+            ("then: retryLater, delays: [30s, 30000ms] }", "FILE: topics.orders.onFailure.delays: lists 30s twice"),
+            (
+                "then: retryLater, delays: [2d] }",
+                "FILE:11:76: topics.orders.onFailure.delays: expected durations with a unit (ms, s, m, h), e.g. [30s, 5m], got '2d'"
+            ),
+            (
+                "then: retryLater, delays: [25h] }",
+                "FILE: topics.orders.onFailure.delays: each delay must be a whole number of milliseconds from 1ms to 24h, got 90000.0 seconds"
+            ),
+            (
+                "then: skip, delays: [1s] }",
+                "FILE: topics.orders.onFailure.delays: is only used with onFailure.then: retryLater, got then: skip"
+            ),
+            (
+                "then: retryLater, delays: [[1s]] }",
+                "FILE:11:77: topics.orders.onFailure.delays: expected a list of single values"
+            ),
+        ] {
+            let message = try await loadError(
+                Self.example.replacingOccurrences(of: "then: deadLetter }", with: replacement))
+            #expect(message == why)
+        }
+        #expect(
+            try await loadError(
+                retrying.replacingOccurrences(of: "    deadLetterTopic: orders.dlq\n", with: "")
+            )
+            .hasSuffix(
+                "topics.orders.deadLetterTopic: is required when onFailure.then is retryLater (a message failing after its last delay goes there)"
+            ))
+    }
 }

@@ -15,10 +15,13 @@ final class Locked<Value: Sendable>: Sendable {
     var value: Value { mutex.withLock { $0 } }
 }
 
-/// Records the pipeline's back-pressure calls.
+/// Records the pipeline's pause calls: "pause"/"resume" for back-pressure, "pause retryDelay" for another reason.
 final class RecordingFlowControl: ShardFlowControl {
     let calls = Locked<[String]>([])
-    func setBackpressure(_ on: Bool, pipeline: UInt64) { calls.withLock { $0.append(on ? "pause" : "resume") } }
+    func setPaused(_ reason: KafkaPauseReason, _ on: Bool, pipeline: UInt64) {
+        let call = (on ? "pause" : "resume") + (reason == .backpressure ? "" : " \(reason)")
+        calls.withLock { $0.append(call) }
+    }
 }
 
 /// A handler built from a closure.

@@ -84,7 +84,7 @@ struct ConfigurationLayout {
             "enabled", "listen", "token", "stateFile", "maxBodyBytes", "secureCookies", "publicReads", "publicMetrics",
         ],
         "topics.*.batch": ["size", "timeout"],
-        "topics.*.onFailure": ["retries", "backoff", "then"],
+        "topics.*.onFailure": ["retries", "backoff", "then", "delays", "createTopics"],
         "host": [
             "revokeTimeout", "shutdownTimeout", "drainTimeout", "stallAfter", "lagRefreshInterval", "handlerThreads",
             "maxHandlerThreads", "blockedThreadAfter", "stateDirectory", "crashJournal", "memoryBudget", "workers",
@@ -93,6 +93,9 @@ struct ConfigurationLayout {
 
     /// Keys that may hold either a single value or a mapping (`breaker: fuse`, `trip: never`).
     static let scalarOrMapping: Set<String> = ["topics.*.breaker", "topics.*.breaker.trip"]
+
+    /// Keys that may hold a list of single values (`delays: [30s, 5m]`) as well as one value.
+    static let lists: Set<String> = ["topics.*.onFailure.delays"]
 
     let file: String
     /// Where each key path is, as `line:column`.
@@ -126,6 +129,10 @@ struct ConfigurationLayout {
             if Self.schema[childSchema] != nil {
                 if value.scalar != nil, Self.scalarOrMapping.contains(childSchema) { continue }
                 try walk(value, path: childPath, schemaPath: childSchema)
+            } else if Self.lists.contains(childSchema), let items = value.sequence {
+                if let item = items.first(where: { $0.scalar == nil }) {
+                    throw error(at: item.mark, path: childPath, "expected a list of single values")
+                }
             } else if value.scalar == nil {
                 throw error(at: value.mark, path: childPath, "expected a single value, not a list or mapping")
             }
@@ -330,6 +337,9 @@ private struct ConfigurationValues {
         }
         settings.onFailure.retries = try integer(base + ["onFailure", "retries"]) ?? settings.onFailure.retries
         settings.onFailure.then = try choice(base + ["onFailure", "then"]) ?? settings.onFailure.then
+        settings.onFailure.delays = try durations(base + ["onFailure", "delays"]) ?? settings.onFailure.delays
+        settings.onFailure.createTopics =
+            try onOff(base + ["onFailure", "createTopics"]) ?? settings.onFailure.createTopics
         settings.onCrash.after = try integer(base + ["onCrash", "after"]) ?? settings.onCrash.after
         settings.onCrash.then = try choice(base + ["onCrash", "then"]) ?? settings.onCrash.then
         settings.breaker = try breaker(base + ["breaker"])
@@ -428,6 +438,25 @@ private struct ConfigurationValues {
             throw problem(path, "expected a duration with a unit (ms, s, m, h), e.g. 200ms or 1.5s, got '\(text)'")
         }
         return value
+    }
+
+    /// A list of durations: a list in the file (`[30s, 5m]`), or one text of them separated by commas (the
+    /// environment's `30s,5m`).
+    private func durations(_ path: [String]) throws -> [Duration]? {
+        let texts: [String]
+        if let list = reader.stringArray(forKey: ConfigKey(path)) {
+            texts = list
+        } else if let text = try string(path) {
+            texts = text.split(separator: ",").map(String.init)
+        } else {
+            return nil
+        }
+        return try texts.map { text in
+            guard let value = Duration.parse(text) else {
+                throw problem(path, "expected durations with a unit (ms, s, m, h), e.g. [30s, 5m], got '\(text)'")
+            }
+            return value
+        }
     }
 
     /// A duration of at least `minimum`; a smaller one is refused with `refusal` and the value as written.

@@ -42,6 +42,11 @@ public struct TopicConfiguration: Sendable, Hashable {
         case deadLetter
         /// The message is logged, counted and committed.
         case skip
+        /// The message is written to the topic's first retry topic (`T.retry.<delay>`, one per
+        /// ``FailurePolicy/delays``) and committed, so the partition goes on at once. The host consumes the retry
+        /// topics with the topic's handler and hands each message to it again once its delay passed; a message
+        /// failing there goes to the next retry topic, and after the last one to the dead-letter topic.
+        case retryLater
     }
 
     /// What handlers' output (``ShardContext/send(_:)``) and the shard's offsets promise together.
@@ -99,16 +104,36 @@ public struct TopicConfiguration: Sendable, Hashable {
         public var backoff: Backoff
         /// What to do when the retries are used up.
         public var then: FailureAction
+        /// With ``FailureAction/retryLater``: how long a message waits in each retry topic, in order (at least
+        /// one; each a whole number of milliseconds, at most a day, no two alike). `[30s, 5m]` makes the topics
+        /// `T.retry.30s` and `T.retry.5m`.
+        public var delays: [Duration]
+        /// With ``FailureAction/retryLater``: whether a host creates missing retry topics at start (with the
+        /// topic's partition count and 7 days' retention). Off: a missing one refuses the start. Default on.
+        public var createTopics: Bool
 
         /// Creates a policy.
         public init(
             retries: Int = 0, backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5)),
-            then: FailureAction = .stop
+            then: FailureAction = .stop, delays: [Duration] = [], createTopics: Bool = true
         ) {
             self.retries = retries
             self.backoff = backoff
             self.then = then
+            self.delays = delays
+            self.createTopics = createTopics
         }
+    }
+
+    /// What a retry topic's configuration says about it: the host makes one per delay of a topic whose
+    /// `onFailure.then` is ``FailureAction/retryLater``, from that topic's settings.
+    public struct RetryStage: Sendable, Hashable {
+        /// The topic whose failed messages it holds.
+        public let topic: String
+        /// Its place among the topic's delays (0 for the first).
+        public let index: Int
+        /// How long a message waits in it.
+        public let delay: Duration
     }
 
     /// What output and offsets promise together. Default ``OutputGuarantee/atLeastOnce``.
@@ -130,8 +155,10 @@ public struct TopicConfiguration: Sendable, Hashable {
     private var explicitMaxInFlight: Int?
     /// The failure policy. Default: no retries, then ``FailureAction/stop``.
     public var onFailure = FailurePolicy()
-    /// The dead-letter topic, required when `onFailure.then` is `deadLetter`.
+    /// The dead-letter topic, required when `onFailure.then` is `deadLetter` or `retryLater`.
     public var deadLetterTopic: String?
+    /// Set on a retry topic's configuration (see ``RetryStage``); nil for a topic of the service's own.
+    public internal(set) var retryStage: RetryStage?
     /// A handler call running longer than this crashes its shard. Default 30 s.
     public var handlerTimeout: Duration = .seconds(30)
     /// How long a restarted shard waits for handler calls its last pipelines abandoned (past
@@ -178,9 +205,15 @@ extension TopicConfiguration {
                 "onFailure.backoff",
                 "needs 0 < initial <= maximum, got \(onFailure.backoff.initial)..\(onFailure.backoff.maximum)")
         }
-        if onFailure.then == .deadLetter, (deadLetterTopic ?? "").isEmpty {
-            throw fail("deadLetterTopic", "is required when onFailure.then is deadLetter")
+        if onFailure.then == .deadLetter || onFailure.then == .retryLater, (deadLetterTopic ?? "").isEmpty {
+            throw fail(
+                "deadLetterTopic",
+                onFailure.then == .deadLetter
+                    ? "is required when onFailure.then is deadLetter"
+                    : "is required when onFailure.then is retryLater (a message failing after its last delay goes there)"
+            )
         }
+        try validateDelays(topic: topic, fail)
         if handlerTimeout <= .zero { throw fail("handlerTimeout", "must be positive, got \(handlerTimeout)") }
         if abandonTimeout < .zero { throw fail("abandonTimeout", "must be 0 or more, got \(abandonTimeout)") }
         if onCrash.after < 1 { throw fail("onCrash.after", "must be at least 1, got \(onCrash.after)") }

@@ -27,6 +27,9 @@ public final class FlagResolver: Sendable {
     public let defaultEnabled: Bool
     /// How often polled sources are read.
     public let pollInterval: Duration
+    /// Topics whose flags also gate others': a retry topic (`orders.retry.30s`) follows its topic's flag
+    /// (`orders`) unless a flag of its own is set.
+    public let parentTopics: [String: String]
     private let logger: Logger
     private let state: Mutex<State>
     private let errorCounters: [String: Counter]
@@ -38,8 +41,10 @@ public final class FlagResolver: Sendable {
     /// Errors of each source are counted as `sluice_flag_source_errors_total{source}` through `metricsFactory`.
     public init(
         sources: [any FlagSource], defaultEnabled: Bool = true, pollInterval: Duration = .seconds(1),
-        metricsFactory: any MetricsFactory = MetricsSystem.factory, logger: Logger
+        metricsFactory: any MetricsFactory = MetricsSystem.factory, parentTopics: [String: String] = [:],
+        logger: Logger
     ) {
+        self.parentTopics = parentTopics
         self.sources = sources
         self.defaultEnabled = defaultEnabled
         self.pollInterval = pollInterval
@@ -57,11 +62,17 @@ public final class FlagResolver: Sendable {
         self.errorCounters = counters
     }
 
-    /// The flag of a partition and where it came from.
+    /// The flag of a partition and where it came from: the partition's, its topic's, the parent topic's (for a
+    /// retry topic), all topics', or the default, whichever is set first.
     public func setting(for topicPartition: TopicPartition) -> FlagSetting {
         let merged = state.withLock { $0.merged }
         for key in FlagKey.keys(for: topicPartition) {
             if let setting = merged[key] { return setting }
+            if key == .topic(topicPartition.topic), let parent = parentTopics[topicPartition.topic],
+                let setting = merged[.topic(parent)]
+            {
+                return setting
+            }
         }
         return FlagSetting(enabled: defaultEnabled, source: "default")
     }

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// The time the host's timed logic runs on: restart backoffs, healthy-after, cooldown probes, revocation and
 /// shutdown deadlines, the tick (stall detection, gauges), and in each shard's pipeline retry backoffs, batch
 /// timeouts, the backpressure grace, rate limits and the drain deadline. Production uses the continuous clock;
@@ -8,6 +14,9 @@
 public protocol HostClock: Sendable {
     /// The current time.
     var now: ContinuousClock.Instant { get }
+    /// The wall-clock time in milliseconds since the Unix epoch, for times written into records that other
+    /// processes read (when a retried message is due). The system's real-time clock unless a test drives it.
+    var wallMilliseconds: Int64 { get }
     /// Runs `action` once the clock reaches `deadline`, unless ``cancel(_:)`` comes first. Actions must be
     /// short (resume a continuation, flip a flag) and must not wait for a thread of Swift's cooperative pool:
     /// they are what wakes timed waits when handler code blocks that pool.
@@ -26,6 +35,9 @@ public struct HostClockTimer: Hashable, Sendable {
 }
 
 extension HostClock {
+    /// The system's real-time clock.
+    public var wallMilliseconds: Int64 { SystemHostClock.wallMilliseconds }
+
     /// Suspends until the clock reaches `deadline`. Throws `CancellationError` when the task is cancelled first.
     public func sleep(until deadline: ContinuousClock.Instant) async throws {
         let gate = SleepGate()
@@ -62,4 +74,13 @@ public final class SystemHostClock: HostClock {
 
     @discardableResult
     public func cancel(_ timer: HostClockTimer) -> Bool { thread.cancel(timer.identifier) }
+}
+
+extension SystemHostClock {
+    /// The system's real-time clock (`CLOCK_REALTIME`) in milliseconds since the Unix epoch.
+    public static var wallMilliseconds: Int64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Int64(time.tv_sec) * 1000 + Int64(time.tv_nsec) / 1_000_000
+    }
 }

@@ -75,11 +75,7 @@ final class ShardRegistry: Sendable {
                     pipeline: nil)
             if let old = view.pipeline, old !== supervisor.pipeline {
                 view.leftoverOldestPending = old.oldestPendingTimestamp
-                let counters = old.counters
-                view.status.processed += counters.processed
-                view.status.failed += counters.failed
-                view.status.skipped += counters.skipped
-                view.status.deadLettered += counters.deadLettered
+                view.status.add(old.counters)
                 view.status.inFlight = 0
             }
             view.pipeline = supervisor.pipeline
@@ -121,12 +117,8 @@ final class ShardRegistry: Sendable {
             status.storedOffset = stored[status.topicPartition]?.offset
             var oldestPending = view.leftoverOldestPending
             if let pipeline = view.pipeline {
-                let counters = pipeline.counters
                 status.inFlight = pipeline.inFlight
-                status.processed += counters.processed
-                status.failed += counters.failed
-                status.skipped += counters.skipped
-                status.deadLettered += counters.deadLettered
+                status.add(pipeline.counters)
                 oldestPending = pipeline.oldestPendingTimestamp
             }
             let cached = consumer?.cachedWatermarks(for: status.topicPartition)?.high

@@ -42,6 +42,8 @@ public struct ShardReport: Codable, Sendable, Equatable {
     public var failed = 0
     public var skipped = 0
     public var deadLettered = 0
+    /// Messages written to a retry topic (`onFailure: retryLater`); nil for none.
+    public var retriedLater: Int?
     /// Its flag, on the host that owns it (left out of host records: flags are group-wide).
     public var flag: Flag?
     /// The last error, when there was one.
@@ -86,6 +88,7 @@ public struct ShardReport: Codable, Sendable, Equatable {
         failed = status.failed
         skipped = status.skipped
         deadLettered = status.deadLettered
+        retriedLater = status.retriedLater > 0 ? status.retriedLater : nil
         flag = Flag(enabled: status.flag.enabled, source: status.flag.source)
         lastError = status.lastError
         committedOffset = status.storedOffset ?? status.committedOffset
@@ -136,6 +139,7 @@ public struct ShardReport: Codable, Sendable, Equatable {
         failed = try fields.count(.failed, in: InputLimits.counts) ?? 0
         skipped = try fields.count(.skipped, in: InputLimits.counts) ?? 0
         deadLettered = try fields.count(.deadLettered, in: InputLimits.counts) ?? 0
+        retriedLater = try fields.count(.retriedLater, in: InputLimits.counts)
         flag = try fields.nested(Flag.self, .flag)
         lastError = try fields.text(.lastError, maxLength: InputLimits.textLength)
         committedOffset = try fields.integer(.committedOffset, in: InputLimits.offsets)

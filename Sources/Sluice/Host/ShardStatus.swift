@@ -59,6 +59,8 @@ public struct ShardStatus: Sendable, Hashable {
     public var skipped: Int
     /// Messages written to the dead-letter topic.
     public var deadLettered: Int
+    /// Messages written to a retry topic (`onFailure: retryLater`).
+    public var retriedLater = 0
     /// The last offset stored for commit (the next offset to consume), if any.
     public var storedOffset: Int64?
     /// The partition's high watermark as of the last fetch, if known.
@@ -89,5 +91,16 @@ public struct ShardStatus: Sendable, Hashable {
     public var lag: Int64? {
         guard let highWatermark, let done = storedOffset ?? committedOffset else { return nil }
         return max(0, highWatermark - done)
+    }
+}
+
+extension ShardStatus {
+    /// Adds a pipeline's counts to the shard's.
+    mutating func add(_ counters: ShardPipeline.Counters) {
+        processed += counters.processed
+        failed += counters.failed
+        skipped += counters.skipped
+        deadLettered += counters.deadLettered
+        retriedLater += counters.retriedLater
     }
 }

@@ -104,6 +104,7 @@ extension SluiceHost {
             if !usable.isEmpty { consumer.resume(from: Dictionary(usable) { $1 }) }
         }
         try await checkDeadLetterTopics(consumer)
+        try await ensureRetryTopics(consumer)
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
         // or an operator's release of a quarantined message, whatever its policies say.
         // One producer for both, and for handlers' output: connected at its first use.
@@ -305,10 +306,14 @@ extension SluiceHost {
     }
 
     func startOnce() throws -> [String: AnyHandler] {
-        let handlers = try state.withLock { state -> [String: AnyHandler] in
+        var handlers = try state.withLock { state -> [String: AnyHandler] in
             guard !state.started else { throw SluiceError(code: .state, message: "a SluiceHost runs once") }
             state.started = true
             return state.handlers
+        }
+        // A retry topic's messages go to its topic's handler.
+        for (topic, settings) in configuration.topics where handlers[topic] == nil {
+            if let stage = settings.retryStage, let handler = handlers[stage.topic] { handlers[topic] = handler }
         }
         try validate(handlers)
         return handlers
@@ -317,6 +322,13 @@ extension SluiceHost {
     /// Checks that handlers and topic settings fit together.
     func validate(_ handlers: [String: AnyHandler]) throws {
         let file = configuration.sourceFile.map { "\($0): " } ?? ""
+        if let clash = configuration.retryTopicClashes.first {
+            throw SluiceError(
+                code: .configuration,
+                message:
+                    "\(file)topics.\(clash.topic).onFailure.delays: its retry topic '\(clash.retryTopic)' is also configured as a topic of its own; rename one"
+            )
+        }
         for topic in configuration.topics.keys.sorted() where handlers[topic] == nil {
             throw SluiceError(
                 code: .registration,

@@ -39,7 +39,8 @@ public final class SluiceHost: Service, Sendable {
         case timer(TopicPartition, token: UInt64)
         case flagsChanged
         case reset(TopicPartition, CheckedContinuation<Bool, Never>)
-        case backpressure(TopicPartition, pipeline: UInt64, Bool)
+        /// The current pipeline of a shard wants its partition paused for a reason of its own, or no longer.
+        case pipelinePause(TopicPartition, pipeline: UInt64, KafkaPauseReason, Bool)
         case revocationDeadline(UInt64)
         /// The control topic was read to its end for the assignment with this identifier.
         case desiredStateRead(UInt64)
@@ -153,7 +154,8 @@ public final class SluiceHost: Service, Sendable {
         carefulGate = CarefulGate(clock: realTime)
         let worker = WorkerEnvironment(ProcessInfo.processInfo.environment)
         self.worker = worker
-        let configuration = worker?.workerConfiguration(configuration) ?? configuration
+        // With a topic entry for each retry topic (onFailure: retryLater), consumed like the topics.
+        let configuration = (worker?.workerConfiguration(configuration) ?? configuration).withRetryTopics()
         self.configuration = configuration
         var logger = logger
         if let worker { logger[metadataKey: "sluice.worker"] = "\(worker.slot)" }
@@ -182,7 +184,8 @@ public final class SluiceHost: Service, Sendable {
         if let file = configuration.flags.file { sources.append(FileFlagSource(path: file)) }
         self.flags = FlagResolver(
             sources: sources, defaultEnabled: configuration.flags.defaultEnabled,
-            pollInterval: configuration.flags.pollInterval, metricsFactory: metricsFactory, logger: logger)
+            pollInterval: configuration.flags.pollInterval, metricsFactory: metricsFactory,
+            parentTopics: configuration.topics.compactMapValues { $0.retryStage?.topic }, logger: logger)
     }
 
     /// Registers the handler of a topic's messages, one message at a time.

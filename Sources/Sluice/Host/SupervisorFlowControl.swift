@@ -6,7 +6,7 @@ struct SupervisorFlowControl: ShardFlowControl {
     let input: AsyncStream<SluiceHost.Input>.Continuation
     let topicPartition: TopicPartition
 
-    func setBackpressure(_ on: Bool, pipeline: UInt64) {
-        input.yield(.backpressure(topicPartition, pipeline: pipeline, on))
+    func setPaused(_ reason: KafkaPauseReason, _ on: Bool, pipeline: UInt64) {
+        input.yield(.pipelinePause(topicPartition, pipeline: pipeline, reason, on))
     }
 }

@@ -15,7 +15,7 @@ extension SupervisorLoop {
         let restartFrom = shard.restartOffset ?? 0
         shard.doneAboveRestart = shard.doneAboveRestart.union(pipeline.doneAboveWatermark).filter { $0 >= restartFrom }
         shard.pipeline = nil
-        shard.backpressured = false
+        shard.pipelinePauses = []
         shard.abandoned = (shard.abandoned + [pipeline]).filter { $0.callsInProgress > 0 }
         let abandonedCalls = shard.abandonedCalls
         let limit = (configuration.topics[topicPartition.topic] ?? TopicConfiguration()).maxAbandonedCalls

@@ -61,7 +61,7 @@ extension SupervisorLoop {
                         shard.machine.crashed(now: clock.now, reason: reason, jitter: Double.random(in: 0...1)))
                 } else {
                     shard.pipeline = startPipeline(shard, group: &group)
-                    shard.backpressured = false
+                    shard.pipelinePauses = []
                     shard.hasRun = true
                     pending.append(shard.machine.started(now: clock.now))
                 }
@@ -134,10 +134,17 @@ extension SupervisorLoop {
         }
     }
 
-    /// The current pipeline of a shard asked for back-pressure, or said it has room again.
-    mutating func backpressure(_ topicPartition: TopicPartition, pipelineID: UInt64, _ on: Bool) async {
+    /// The current pipeline of a shard asked for its partition to be paused (back-pressure, a retry not due
+    /// yet), or said the reason is gone.
+    mutating func pipelinePause(
+        _ topicPartition: TopicPartition, pipelineID: UInt64, _ reason: KafkaPauseReason, _ on: Bool
+    ) {
         guard let pipeline = shards[topicPartition]?.pipeline, pipeline.generation == pipelineID else { return }
-        shards[topicPartition]!.backpressured = on
+        if on {
+            shards[topicPartition]!.pipelinePauses.insert(reason)
+        } else {
+            shards[topicPartition]!.pipelinePauses.remove(reason)
+        }
         reconcilePause(topicPartition)
     }
 

@@ -138,8 +138,8 @@ struct SupervisorLoop {
             let now = clock.now
             await transition(topicPartition, group: &group) { $0.reset(now: now) }
             reply.resume(returning: true)
-        case .backpressure(let topicPartition, let pipelineID, let on):
-            await backpressure(topicPartition, pipelineID: pipelineID, on)
+        case .pipelinePause(let topicPartition, let pipelineID, let reason, let on):
+            pipelinePause(topicPartition, pipelineID: pipelineID, reason, on)
         case .revocationDeadline(let identifier):
             forceRevocation(identifier)
         case .shutdownRequested:

@@ -40,6 +40,6 @@ package enum PipelineSimulation {
     }
 
     private struct NoFlowControl: ShardFlowControl {
-        func setBackpressure(_ on: Bool, pipeline: UInt64) {}
+        func setPaused(_ reason: KafkaPauseReason, _ on: Bool, pipeline: UInt64) {}
     }
 }

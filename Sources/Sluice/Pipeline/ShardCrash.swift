@@ -1,3 +1,5 @@
+import SluiceKafka
+
 /// Why a shard's pipeline crashed: the shard stops at ``offset`` and commits nothing past it.
 public struct ShardCrash: Error, Sendable, Hashable, CustomStringConvertible {
     /// What kind of crash.
@@ -66,9 +68,9 @@ extension DeadLetterSink {
     }
 }
 
-/// Where a pipeline says whether it wants its partition paused for back-pressure. It states a level, not a
-/// delta: the supervisor folds it into the shard's desired pause set while that pipeline is current, and
-/// drops it when the pipeline ends.
+/// Where a pipeline says whether it wants its partition paused, and why: back-pressure, or a retry topic's head
+/// not due yet. It states a level per reason, not a delta: the supervisor folds it into the shard's desired
+/// pause set while that pipeline is current, and drops it when the pipeline ends.
 protocol ShardFlowControl: Sendable {
-    func setBackpressure(_ on: Bool, pipeline: UInt64)
+    func setPaused(_ reason: KafkaPauseReason, _ on: Bool, pipeline: UInt64)
 }

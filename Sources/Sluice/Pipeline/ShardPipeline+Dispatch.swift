@@ -61,7 +61,7 @@ extension ShardPipeline {
                     if !room {
                         if !pausedForBackpressure {
                             pausedForBackpressure = true
-                            flowControl.setBackpressure(true, pipeline: generation)
+                            flowControl.setPaused(.backpressure, true, pipeline: generation)
                         }
                         room = await beacon.waitUntil(roomOrEnd)
                     }
@@ -69,11 +69,18 @@ extension ShardPipeline {
                 }
                 if pausedForBackpressure, state.withLock({ $0.hasRoom(under: limit) }) {
                     pausedForBackpressure = false
-                    flowControl.setBackpressure(false, pipeline: generation)
+                    flowControl.setPaused(.backpressure, false, pipeline: generation)
+                }
+                // A retry topic: only what is due (waiting for the head ends on a stop or a crash).
+                var due = remaining.count
+                if let stage = configuration.retryStage {
+                    dispatcherPhase.store(DispatcherPhase.retryDue.rawValue, ordering: .relaxed)
+                    due = await waitUntilDue(remaining, delay: stage.delay)
+                    if due == 0 { return }
                 }
                 // A rate flag: no more than the bucket allows (waiting for a token ends on a stop or a crash).
                 dispatcherPhase.store(DispatcherPhase.throttle.rawValue, ordering: .relaxed)
-                let allowed = await throttle(upTo: remaining.count)
+                let allowed = await throttle(upTo: due)
                 dispatcherPhase.store(DispatcherPhase.source.rawValue, ordering: .relaxed)
                 if allowed == 0 { return }
                 // Take as many as fit under the limit, and begin them in one lock.
@@ -129,6 +136,37 @@ extension ShardPipeline {
             }
             if stopped, state.withLock({ $0.halted }) { return 0 }
         }
+    }
+
+    /// For a retry topic of `delay`: how many messages at the head of `messages` are due, once the first one is
+    /// (0 only when a stop or a crash came first). Until then the partition is paused (`retryDelay`), so the
+    /// retry partition holds nothing but what it fetched while other partitions go on.
+    func waitUntilDue(_ messages: ArraySlice<Message>, delay: Duration) async -> Int {
+        var paused = false
+        defer { if paused { flowControl.setPaused(.retryDelay, false, pipeline: generation) } }
+        while true {
+            let (wait, problem) = RetryHeaders.wait(for: messages.first!, delay: delay, now: clock.wallMilliseconds)
+            if let problem {
+                logger.warning(
+                    "retry record without a usable due time; handled \(wait == .zero ? "now" : "after its delay from its timestamp")",
+                    metadata: ["kafka.offset": "\(messages.first!.offset)", "reason": "\(problem)"])
+                metrics.badRetryRecords.increment()
+            }
+            if wait == .zero { break }
+            if !paused {
+                paused = true
+                flowControl.setPaused(.retryDelay, true, pipeline: generation)
+            }
+            _ = await control.waitUntil(deadline: clock.now + wait, on: clock) { self.state.withLock { $0.halted } }
+            if state.withLock({ $0.halted }) { return 0 }
+        }
+        let now = clock.wallMilliseconds
+        var due = 1
+        for message in messages.dropFirst() {
+            guard RetryHeaders.wait(for: message, delay: delay, now: now).wait == .zero else { break }
+            due += 1
+        }
+        return due
     }
 
     /// Gives a run of begun messages (`batch[range]`) to the lanes' queues, as the router says.

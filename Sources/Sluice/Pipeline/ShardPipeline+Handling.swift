@@ -49,7 +49,7 @@ extension ShardPipeline {
     }
 
     /// After a failed first call of `input`: the topic's failure policy (``TopicConfiguration/FailurePolicy``),
-    /// retries with backoff, then stop, skip or dead-letter. The first failure is dealt with even after a
+    /// retries with backoff, then stop, skip, dead-letter or a retry topic. The first failure is dealt with even after a
     /// stop; a retry is a new call, not made after a stop or a crash.
     func recover(_ input: some HandlerCallInput, from firstFailure: any Error, lane: Int, careful: Bool = false) async {
         var failure = firstFailure
@@ -64,7 +64,7 @@ extension ShardPipeline {
                     "kafka.offset": "\(input.firstPosition.offset)", "sluice.attempt": "\(attempt)",
                     "error": "\(failure)",
                 ])
-            switch configuration.onFailure.step(afterFailedAttempt: attempt) {
+            switch configuration.onFailure.step(afterFailedAttempt: attempt, stage: configuration.retryStage) {
             case .retry(let delay):
                 // The backoff ends early on a stop or a crash (nothing more is started then).
                 activities[lane].enter(.backoff)
@@ -99,6 +99,9 @@ extension ShardPipeline {
                 return
             case .deadLetter:
                 _ = await deadLetter(input.messages, error: failure, attempts: attempt, lane: lane)
+                return
+            case .retryLater(let stage):
+                _ = await park(input.messages, in: .retry(stage: stage), error: failure, attempts: attempt, lane: lane)
                 return
             }
         }

@@ -20,7 +20,7 @@ extension ShardPipeline {
 
         /// How a message came to be done.
         enum Completion: Equatable {
-            case processed, skipped, deadLettered
+            case processed, skipped, deadLettered, retriedLater
         }
 
         /// What the pipeline does about a crash.
@@ -67,7 +67,7 @@ extension ShardPipeline {
         }
 
         /// A measure of progress that changes whenever a message is done.
-        var progress: Int { counters.processed + counters.skipped + counters.deadLettered }
+        var progress: Int { counters.processed + counters.skipped + counters.deadLettered + counters.retriedLater }
 
         /// Whether the dispatcher may take more under `limit` messages in flight (it waits for half).
         func hasRoom(under limit: Int) -> Bool { tracker.inFlight <= limit / 2 }
@@ -118,6 +118,7 @@ extension ShardPipeline {
             case .processed: counters.processed += count
             case .skipped: counters.skipped += count
             case .deadLettered: counters.deadLettered += count
+            case .retriedLater: counters.retriedLater += count
             }
         }
 

@@ -32,6 +32,9 @@ final class ShardPipeline: Sendable {
         let failed: Counter
         let skipped: Counter
         let deadLettered: Counter
+        let retriedLater: Counter
+        /// Records of a retry topic whose due time could not be read (handled without waiting for it).
+        let badRetryRecords: Counter
         let handlerDuration: Timer
 
         init(topic: String, factory: any MetricsFactory = MetricsSystem.factory) {
@@ -41,6 +44,10 @@ final class ShardPipeline: Sendable {
             skipped = Counter(label: "sluice_messages_skipped_total", dimensions: dimensions, factory: factory)
             deadLettered = Counter(
                 label: "sluice_messages_dead_lettered_total", dimensions: dimensions, factory: factory)
+            retriedLater = Counter(
+                label: "sluice_messages_retried_later_total", dimensions: dimensions, factory: factory)
+            badRetryRecords = Counter(
+                label: "sluice_retry_records_rejected_total", dimensions: dimensions, factory: factory)
             handlerDuration = Timer(
                 label: "sluice_handler_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds,
                 factory: factory)
@@ -53,6 +60,8 @@ final class ShardPipeline: Sendable {
         var failed = 0
         var skipped = 0
         var deadLettered = 0
+        /// Written to a retry topic (`onFailure: retryLater`).
+        var retriedLater = 0
     }
 
     let topicPartition: TopicPartition
@@ -89,7 +98,7 @@ final class ShardPipeline: Sendable {
     let dispatcherPhase = Atomic<UInt8>(DispatcherPhase.predecessors.rawValue)
 
     enum DispatcherPhase: UInt8, CaseIterable {
-        case predecessors, groupProgress, source, room, throttle, ended
+        case predecessors, groupProgress, source, room, retryDue, throttle, ended
     }
     /// Mirrors `state.stopRequested`: lanes start no new handler call once it is set.
     let stopping = Atomic<Bool>(false)

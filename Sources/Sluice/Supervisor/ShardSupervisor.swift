@@ -24,8 +24,9 @@ struct ShardSupervisor {
     /// Abandoned handler calls still running.
     var abandonedCalls: Int { abandoned.reduce(0) { $0 + $1.callsInProgress } }
     var flag: FlagSetting
-    /// Whether the current pipeline asked to pause for back-pressure (false between pipelines).
-    var backpressured = false
+    /// Why the current pipeline asked for its partition to be paused (back-pressure, a retry not due yet);
+    /// empty between pipelines.
+    var pipelinePauses: Set<KafkaPauseReason> = []
     /// Whether the shard is stalled (running, unpaused, with lag, and no progress).
     var stall: StallDetector<ContinuousClock.Instant>
     /// Since when the shard is reported stalled.
@@ -81,12 +82,10 @@ struct ShardSupervisor {
         for gauge in [attemptGauge, lagGauge, flagGauge, stalledGauge, lagSecondsGauge] { gauge?.destroy() }
     }
 
-    /// The whole set of reasons the partition must be paused for now: the state's, plus back-pressure
-    /// while a pipeline runs and asks for it.
+    /// The whole set of reasons the partition must be paused for now: the state's, plus what the running
+    /// pipeline asks for.
     var desiredPauseReasons: Set<KafkaPauseReason> {
-        var reasons = machine.pauseReasons
-        if backpressured, pipeline != nil { reasons.insert(.backpressure) }
-        return reasons
+        pipeline == nil ? machine.pauseReasons : machine.pauseReasons.union(pipelinePauses)
     }
 
     /// The public view of the machine's state.
