@@ -94,6 +94,15 @@ final class OrderHandler: MessageHandler {
         open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
     }
 
+    /// `ORDER_SERVICE_FAIL_YOUNGER_THAN=3s`: every tenth order (`n` a multiple of 10) fails while its record is
+    /// younger than that, as with a downstream that sees new orders late: with `onFailure: { then: retryLater,
+    /// delays: [5s] }` it waits in `orders.retry.5s` and succeeds from there (Sluice's Delayed retries article).
+    private let failYoungerThan: Int64? = ProcessInfo.processInfo.environment["ORDER_SERVICE_FAIL_YOUNGER_THAN"]
+        .flatMap { text in
+            text.hasSuffix("ms")
+                ? Int64(text.dropLast(2)) : text.hasSuffix("s") ? Int64(text.dropLast()).map { $0 * 1000 } : nil
+        }
+
     /// `ORDER_SERVICE_OUTPUT=TOPIC`: each handled order is written to TOPIC (consume-transform-produce), keyed by
     /// customer, its headers naming the order's partition and offset (`input.partition`, `input.offset`).
     private let outputTopic = ProcessInfo.processInfo.environment["ORDER_SERVICE_OUTPUT"]
@@ -109,10 +118,21 @@ final class OrderHandler: MessageHandler {
             }
             fatalError(poisonAt)
         }
+        if let failYoungerThan, order.n % 10 == 0, let timestamp = message.timestampMilliseconds,
+            Int64(Date().timeIntervalSince1970 * 1000) - timestamp < failYoungerThan
+        {
+            throw OrderNotReady(n: order.n)
+        }
+        // Where the order was first read: a retried one's headers say (`sluice.retry.origin.*`).
+        let origin = { (key: String) in
+            message.headers.last { $0.key == key }.map { String(decoding: $0.value ?? [], as: UTF8.self) }
+        }
+        let retried = origin("sluice.retry.attempt") != nil
         state.withLock { state in
             state.handled += 1
-            // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation.
-            if let last = state.last[order.key], order.seq < last { state.violations += 1 }
+            // A redelivery after a restart repeats a sequence number; going backwards otherwise is a violation
+            // (but for a retried order, which gave up its place: the later orders of its customer went on).
+            if !retried, let last = state.last[order.key], order.seq < last { state.violations += 1 }
             state.last[order.key] = max(order.seq, state.last[order.key] ?? 0)
         }
         if let outputTopic {
@@ -125,12 +145,20 @@ final class OrderHandler: MessageHandler {
         }
         if let handledLog, handledLog >= 0 {
             // One write per line: O_APPEND keeps lines whole across threads and processes.
-            let line = Array("\(context.topicPartition.partition) \(message.offset)\n".utf8)
+            let partition = origin("sluice.retry.origin.partition") ?? "\(context.topicPartition.partition)"
+            let offset = origin("sluice.retry.origin.offset") ?? "\(message.offset)"
+            let line = Array("\(partition) \(offset)\n".utf8)
             _ = line.withUnsafeBytes { write(handledLog, $0.baseAddress, $0.count) }
         }
     }
 
     var totals: (Int, Int) { state.withLock { ($0.handled, $0.violations) } }
+}
+
+/// `ORDER_SERVICE_FAIL_YOUNGER_THAN`: the order came too soon for the downstream.
+struct OrderNotReady: Error, CustomStringConvertible {
+    let n: Int
+    var description: String { "order \(n) is not ready downstream yet" }
 }
 
 /// Writes payments to SQLite, one transaction per batch.

@@ -143,10 +143,12 @@ extension ShardPipeline {
     /// retry partition holds nothing but what it fetched while other partitions go on.
     func waitUntilDue(_ messages: ArraySlice<Message>, delay: Duration) async -> Int {
         var paused = false
+        var reported = false
         defer { if paused { flowControl.setPaused(.retryDelay, false, pipeline: generation) } }
         while true {
             let (wait, problem) = RetryHeaders.wait(for: messages.first!, delay: delay, now: clock.wallMilliseconds)
-            if let problem {
+            if let problem, !reported {
+                reported = true
                 logger.warning(
                     "retry record without a usable due time; handled \(wait == .zero ? "now" : "after its delay from its timestamp")",
                     metadata: ["kafka.offset": "\(messages.first!.offset)", "reason": "\(problem)"])
