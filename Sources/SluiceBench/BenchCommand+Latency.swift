@@ -53,14 +53,7 @@ extension BenchCommand {
             let host = SluiceHost(configuration: configuration, logger: logger)
             let recorder = LatencyRecorder(capacity: count)
             host.register(topic, LatencyHandler(recorder: recorder))
-            let running = Task { try await host.run() }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            // A shard runs once assigned; librdkafka fetches its committed offset and starts fetching
-            // after that (about 100 ms here). The raw loop had seconds to get there; so does the host.
-            try await Task.sleep(for: .seconds(2))
+            let running = try await startFetching(host)
             let held = try produceSteadily(cluster, topic: topic, rate: rate, count: count)
             let done = ContinuousClock.now + .seconds(60)
             while recorder.count < count, ContinuousClock.now < done { try await Task.sleep(for: .milliseconds(20)) }
@@ -84,12 +77,7 @@ extension BenchCommand {
                 latencies: true)
             let host = SluiceHost(configuration: configuration, logger: logger)
             host.register(topic, StampForwardingHandler(topic: topic + ".out"))
-            let running = Task { try await host.run() }
-            let deadline = ContinuousClock.now + .seconds(60)
-            while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            try await Task.sleep(for: .seconds(2))
+            let running = try await startFetching(host)
             let held = try produceSteadily(cluster, topic: topic, rate: rate, count: count)
             let latencies = try await reader.value.latencies
             host.shutdown()
@@ -115,6 +103,19 @@ extension BenchCommand {
                     ]
                     .map { String(repeating: " ", count: max(0, 10 - $0.count)) + $0 }.joined())
         }
+    }
+
+    /// Runs `host` until its eight shards run and have had two seconds to start fetching: a shard runs once
+    /// assigned, and librdkafka fetches its committed offset and starts fetching after that (about 100 ms here).
+    /// The raw loop had seconds to get there; so does the host.
+    func startFetching(_ host: SluiceHost) async throws -> Task<Void, any Error> {
+        let running = Task { try await host.run() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while host.shards.filter({ $0.state == .running }).count < 8, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try await Task.sleep(for: .seconds(2))
+        return running
     }
 
     /// The highest rate this machine carries from a producer to a consumer: `sluice produce` flat out (no
