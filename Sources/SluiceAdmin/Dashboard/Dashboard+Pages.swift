@@ -67,6 +67,7 @@ extension Dashboard {
             "lastError": report.lastError ?? "",
         ]
         // Sections test presence: absent keys, never empty strings.
+        if let retried = report.retriedLater { row["retriedLater"] = retried }
         if let next = report.restartInSeconds { row["nextProbe"] = String(format: "%.0f s", next.rounded(.up)) }
         if let rate = report.rate { row["rate"] = ControlRecord.describeRate(rate) }
         if let points = history.sparkline(shard.topicPartition) { row["sparkline"] = points }
