@@ -77,6 +77,10 @@ extension BenchCommand {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
             configuration.kafka.properties[parts[0]] = parts[1]
         }
+        for entry in producerProperty {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            configuration.kafka.producerProperties[parts[0]] = parts[1]
+        }
         return configuration
     }
 

@@ -94,6 +94,12 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             "A librdkafka consumer property for the hosts (kafka.properties), as key=value; repeatable. E.g. queued.min.messages=5000, to measure its effect."
     )
     var consumerProperty: [String] = []
+    @Option(
+        name: .long,
+        help:
+            "A librdkafka producer property for the hosts' producer (kafka.producerProperties: output, dead letters), as key=value; repeatable. E.g. linger.ms=0."
+    )
+    var producerProperty: [String] = []
 
     @Option(
         name: .long,
@@ -112,8 +118,11 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
     public func validate() throws {
         guard batchTimeoutMs >= 1 else { throw ValidationError("--batch-timeout-ms must be at least 1") }
         guard partitions >= 2 else { throw ValidationError("--partitions must be at least 2") }
-        for entry in consumerProperty where entry.split(separator: "=", maxSplits: 1).count != 2 {
-            throw ValidationError("--consumer-property: expected key=value, got '\(entry)'")
+        for (option, entries) in [("--consumer-property", consumerProperty), ("--producer-property", producerProperty)]
+        {
+            for entry in entries where entry.split(separator: "=", maxSplits: 1).count != 2 {
+                throw ValidationError("\(option): expected key=value, got '\(entry)'")
+            }
         }
         if let latency, latency < 0 {
             throw ValidationError(
