@@ -100,6 +100,29 @@ struct FlagTests {
         #expect(resolver.setting(for: TopicPartition("payments", 0)) == FlagSetting(enabled: true, source: "default"))
     }
 
+    @Test("a retry topic follows its topic's flag, unless a flag of its own or of its partition is set")
+    func retryTopicFollowsItsTopic() async throws {
+        let admin = InMemoryFlagSource()
+        let resolver = FlagResolver(
+            sources: [admin], parentTopics: ["orders.retry.30s": "orders"], logger: logger)
+        admin.set(.topic("orders"), enabled: false, reason: "incident 7")
+        await resolver.refresh()
+        #expect(
+            resolver.setting(for: TopicPartition("orders.retry.30s", 2))
+                == FlagSetting(enabled: false, source: "admin", reason: "incident 7"))
+        admin.set(.topic("orders.retry.30s"), enabled: true)
+        admin.set(.partition(TopicPartition("orders.retry.30s", 1)), enabled: false)
+        await resolver.refresh()
+        #expect(resolver.setting(for: TopicPartition("orders.retry.30s", 2)).enabled)
+        #expect(!resolver.setting(for: TopicPartition("orders.retry.30s", 1)).enabled)
+        admin.set(.all, enabled: false)
+        admin.unset(.topic("orders"))
+        admin.unset(.topic("orders.retry.30s"))
+        await resolver.refresh()
+        #expect(!resolver.setting(for: TopicPartition("orders.retry.30s", 0)).enabled, "then *")
+        #expect(!resolver.setting(for: TopicPartition("payments.retry.30s", 0)).enabled)
+    }
+
     @Test("layers: an admin override beats the file for the same key")
     func layers() async throws {
         let admin = InMemoryFlagSource()
