@@ -28,6 +28,25 @@ struct CrashJournalTests {
     }
 
     @Test(
+        "hundreds of hosts in one process (a test run starts that many) each register their journal; none is refused for room"
+    )
+    func manyJournalsRegister() throws {
+        let base = directory()
+        var journals: [CrashJournal] = []
+        defer {
+            for journal in journals { journal.close() }
+            try? FileManager.default.removeItem(atPath: base)
+        }
+        for index in 0..<300 {
+            let (journal, _) = try CrashJournal.open(
+                directory: "\(base)/\(index)", capacity: 1, progressCapacity: 1, logger: logger)
+            journals.append(journal)
+            try journal.installSignalHandlers()
+        }
+        #expect(journals.count == 300)
+    }
+
+    @Test(
         "a fault is blamed on a lane's message only while that lane's task runs its handler call on Sluice's executor")
     func attribution() async throws {
         let (journal, _) = try CrashJournal.open(directory: directory(), logger: logger)

@@ -27,9 +27,12 @@ enum HostFixture {
             try await SluiceTesting.waitUntil(what, condition)
         } catch let notReached as NotReached {
             let states = hosts.sorted { $0.key < $1.key }.map { name, host in
-                let (joined, ticks, running) = host.state.withLock { ($0.joined, $0.ticks, $0.running) }
+                let (joined, ticks, running, ended) = host.state.withLock {
+                    ($0.joined, $0.ticks, $0.running, $0.ended)
+                }
                 let shards = host.shards.map { "\($0.topicPartition) \($0.state) \($0.pauseReasons.map(\.name))" }
-                return "\(name): joined \(joined), running \(running), ticks \(ticks), shards \(shards)"
+                return
+                    "\(name): joined \(joined), running \(running), run ended \(ended), ticks \(ticks), shards \(shards)"
             }
             Issue.record("\(notReached); \(states.joined(separator: "; "))")
             throw notReached

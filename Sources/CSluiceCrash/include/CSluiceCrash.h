@@ -84,8 +84,10 @@ void sluice_crash_set_current_job(const void *job);
 /// Marks the calling thread as Sluice's own: a fault on it is never blamed on a message.
 void sluice_crash_mark_sluice_thread(void);
 
-/// How many journals a process can register at once (one per host in it; tests run several hosts).
-#define SLUICE_CRASH_MAX_JOURNALS 64
+/// How many journals a process can register at once: one per host in it. A service runs one host; a test run starts
+/// hundreds in one process, and at 64 the 65th host's start failed while the other tests held theirs. The fatal-signal
+/// handler scans the table (4096 pointers, 32 KB) only when the process is dying.
+#define SLUICE_CRASH_MAX_JOURNALS 4096
 
 /// Registers the journal mapped at `base` with the process's fatal-signal handlers (SIGILL, SIGTRAP, SIGSEGV,
 /// SIGBUS, SIGFPE, SIGABRT), installing them with the first registration. On a fatal signal they record the

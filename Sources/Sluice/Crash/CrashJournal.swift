@@ -243,7 +243,9 @@ final class CrashJournal: @unchecked Sendable {
         guard error == 0 else {
             throw SluiceError(
                 code: .state,
-                message: "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
+                message: error == ENOSPC
+                    ? "installing the fatal-signal handlers failed: \(SLUICE_CRASH_MAX_JOURNALS) hosts of this process already have a crash journal (host.crashJournal: off for more)"
+                    : "installing the fatal-signal handlers failed: \(String(cString: strerror(error)))")
         }
     }
 
