@@ -23,12 +23,17 @@ struct KafkaProducerTests {
         #expect(text.contains(value) == shown, "\(text)")
     }
 
+    /// A producer of `cluster` with the default settings.
+    static func producer(_ cluster: EmbeddedKafkaCluster) throws -> KafkaProducer {
+        try KafkaProducer(
+            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
+            logger: TestSupport.logger)
+    }
+
     @Test("send returns the delivery report with the partition and consecutive offsets")
     func deliveryReports() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["events": 3])
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
-            logger: TestSupport.logger)
+        let producer = try Self.producer(cluster)
         var offsets: [Int64] = []
         for index in 0..<5 {
             let report = try await producer.send(
@@ -46,9 +51,7 @@ struct KafkaProducerTests {
     @Test("a record's timestamp is the one given (an event's time carried on), else the time it was produced")
     func timestamps() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["events": 1])
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
-            logger: TestSupport.logger)
+        let producer = try Self.producer(cluster)
         _ = try await producer.send(ProducerRecord(topic: "events", value: [1], timestampMilliseconds: 1_234_567))
         _ = try await producer.send(ProducerRecord(topic: "events", value: [2]))
         await producer.close()
@@ -61,9 +64,7 @@ struct KafkaProducerTests {
     @Test("a send to a partition that does not exist fails with a clear error")
     func unknownPartition() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["events": 1])
-        let producer = try KafkaProducer(
-            configuration: KafkaProducerConfiguration(bootstrapServers: cluster.bootstrapServers),
-            logger: TestSupport.logger)
+        let producer = try Self.producer(cluster)
         let error = await #expect(throws: KafkaError.self) {
             _ = try await producer.send(ProducerRecord(topic: "events", partition: 7, value: Array("x".utf8)))
         }
