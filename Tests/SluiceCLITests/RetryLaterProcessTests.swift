@@ -25,6 +25,10 @@ struct RetryLaterProcessTests {
         let services = try (0..<2).map { _ in
             try OrderServiceTests.startService(cluster, group: group, environment: environment).0
         }
+        // A failed step ends the test early: its services must not outlive it.
+        defer {
+            for service in services where service.process.isRunning { kill(service.process.processIdentifier, SIGKILL) }
+        }
         // Steady traffic: 2,000 orders over 4 s.
         let produced = 2_000
         let producer = try SluiceProcess([
