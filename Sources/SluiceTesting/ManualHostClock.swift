@@ -1,4 +1,6 @@
+import Foundation
 import Sluice
+import SluiceKafka
 import Synchronization
 
 /// A `HostClock` a test moves by hand: sleepers wake when ``advance(by:)`` passes their deadline (or
@@ -30,7 +32,7 @@ public final class ManualHostClock: HostClock {
     public init(start: ContinuousClock.Instant = .now, wallStart: Int64? = nil) {
         state = Mutex((start, [:], 0))
         self.start = start
-        self.wallStart = wallStart ?? SystemHostClock.wallMilliseconds
+        self.wallStart = wallStart ?? Int64((Date().timeIntervalSince1970 * 1000).rounded(.down))
     }
 
     /// The clock's time.
@@ -38,8 +40,7 @@ public final class ManualHostClock: HostClock {
 
     /// The wall-clock time: where it started, plus how far the clock was moved.
     public var wallMilliseconds: Int64 {
-        let moved = now - start
-        return wallStart + moved.components.seconds * 1000 + moved.components.attoseconds / 1_000_000_000_000_000
+        wallStart + (now - start).milliseconds
     }
 
     /// How many timers are waiting (sleeps, timed waits, deadlines).

@@ -35,8 +35,12 @@ public struct HostClockTimer: Hashable, Sendable {
 }
 
 extension HostClock {
-    /// The system's real-time clock.
-    public var wallMilliseconds: Int64 { SystemHostClock.wallMilliseconds }
+    /// The system's real-time clock (`CLOCK_REALTIME`).
+    public var wallMilliseconds: Int64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return Int64(time.tv_sec) * 1000 + Int64(time.tv_nsec) / 1_000_000
+    }
 
     /// Suspends until the clock reaches `deadline`. Throws `CancellationError` when the task is cancelled first.
     public func sleep(until deadline: ContinuousClock.Instant) async throws {
@@ -74,13 +78,4 @@ public final class SystemHostClock: HostClock {
 
     @discardableResult
     public func cancel(_ timer: HostClockTimer) -> Bool { thread.cancel(timer.identifier) }
-}
-
-extension SystemHostClock {
-    /// The system's real-time clock (`CLOCK_REALTIME`) in milliseconds since the Unix epoch.
-    public static var wallMilliseconds: Int64 {
-        var time = timespec()
-        clock_gettime(CLOCK_REALTIME, &time)
-        return Int64(time.tv_sec) * 1000 + Int64(time.tv_nsec) / 1_000_000
-    }
 }
