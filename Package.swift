@@ -41,6 +41,7 @@ let package = Package(
             providers: [.apt(["librdkafka-dev"]), .brew(["librdkafka"])]
         ),
         .target(name: "CSluiceCrash"),
+        .target(name: "CCallgrind"),
         .target(
             name: "SluiceKafka",
             dependencies: [
@@ -93,6 +94,7 @@ let package = Package(
         .target(
             name: "SluiceBench",
             dependencies: [
+                "CCallgrind",
                 "SluiceKafka",
                 "Sluice",
                 "SluiceAdmin",
@@ -187,6 +189,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        .testTarget(name: "SluiceBenchTests", dependencies: ["SluiceBench"]),
         .testTarget(
             name: "SluiceKafkaTests",
             dependencies: [

@@ -25,11 +25,14 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             interleaved: \
             (a) a plain librdkafka consume loop, (b) the host with a no-op handler and ordering: partition \
             (b0 without the crash journal, bm with Prometheus metrics as a service runs them), \
-            (c) ordering: key with 8 processors, (d) a batch handler (batches of 500; d50 with a 50 ms batch \
+            (c) ordering: key with 8 processors, (p) production defaults (c with per-partition Prometheus metrics, \
+            the crash journal, the control plane and the handler timeout), (o, x) a record out per message at \
+            least once and exactly once, (d) a batch handler (batches of 500; d50 with a 50 ms batch \
             timeout), (e) the host with one \
             shard crash-looping (healthy shards' rate against b), (f) flag reaction through the flag file, \
             (g) a handler slower than its topic on one partition (how busy flow control keeps it). \
-            Prints a table and, last, `ratios: b/a=X c/a=X d/a=X e/b=X`.
+            Prints a table and, last, `ratios: b/a=X c/a=X d/a=X e/b=X`. With --instructions: instructions per \
+            message under valgrind's callgrind instead (deterministic where CPU time is not).
             """
     )
 
@@ -65,7 +68,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
     @Option(
         name: .long,
         help:
-            "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, o, x, d, d50, e), e.g. to profile one or compare a2,b."
+            "Run only these throughput cases, comma-separated name prefixes (a1, a2, a, b, b0, bm, c, p, o, x, d, d50, e), e.g. to profile one or compare a2,b."
     )
     var only: String?
     @Option(
@@ -100,6 +103,24 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             "A librdkafka producer property for the hosts' producer (kafka.producerProperties: output, dead letters), as key=value; repeatable. E.g. linger.ms=0."
     )
     var producerProperty: [String] = []
+
+    @Flag(
+        name: .long,
+        help:
+            "Instead of CPU time: instructions per message, each case (--only; default a1,b,c,d,p) --runs times under valgrind's callgrind, counted from the case's first message to its last, by object (Sluice, librdkafka, the Swift runtime, libc), with ratios against raw librdkafka. Deterministic where CPU time is not. Needs valgrind, objcopy and a C compiler (cc) on the PATH."
+    )
+    var instructions = false
+    @Option(
+        name: .long,
+        help:
+            "With --instructions: keep each run's callgrind output in this directory (callgrind_annotate reads them)."
+    )
+    var callgrindOutput: String?
+    /// A child of --instructions: runs this one case under valgrind against `--bootstrap`'s preloaded topic.
+    @Option(name: .long, help: .hidden)
+    var instructionCase: String?
+    @Option(name: .long, help: .hidden)
+    var bootstrap: String?
 
     @Option(
         name: .long,
@@ -138,9 +159,11 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             )
         }
         for name in only?.split(separator: ",") ?? []
-        where !["a", "a1", "a2", "b", "b0", "bm", "c", "o", "x", "d", "d50", "e", "f", "g", "w", "wt"].contains(name) {
+        where !["a", "a1", "a2", "b", "b0", "bm", "c", "p", "o", "x", "d", "d50", "e", "f", "g", "w", "wt"].contains(
+            name)
+        {
             throw ValidationError(
-                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, o, x, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
+                "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, p, o, x, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
             )
         }
         guard (0...SluiceConfiguration.maximumWorkers).contains(workers) else {
@@ -166,6 +189,14 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             try await runBenchWorker(logger: logger)
             return
         }
+        if let instructionCase {
+            try await runInstructionCase(instructionCase, logger: logger)
+            return
+        }
+        if instructions {
+            try await runInstructions(logger: logger)
+            return
+        }
         if let scale {
             try await runScale(partitions: scale, logger: logger)
             return
@@ -180,9 +211,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         }
         // The broker and the preloading producer run as child processes, so this process's memory is the
         // consumer's alone, as in production.
-        let broker = try ChildBroker(
-            topics: ["bench:\(partitions)", "bench.out:\(partitions)", "flagbench:1", "slowbench:1"]
-                + (workers > 0 ? Self.workerTrapTopics : []))
+        let broker = try ChildBroker(topics: caseTopics + (workers > 0 ? Self.workerTrapTopics : []))
         defer { broker.stop() }
         let cluster = broker.bootstrap
         note(
@@ -194,84 +223,11 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         let perPartition = try await partitionCounts(bootstrap: cluster, logger: logger)
         let baselineMegabytes = residentMegabytes()
 
-        struct Case {
-            let name: String
-            let body: () async throws -> (count: Int, seconds: Double, cpu: Double)
-            var rates: [Double] = []
-            /// CPU seconds per million messages, per run.
-            var cpuPerMillion: [Double] = []
-            var peak = 0
-        }
-        var partitionOrdering = TopicConfiguration()
-        partitionOrdering.ordering = .partition
-        var keyOrdering = TopicConfiguration()
-        keyOrdering.ordering = .key
-        keyOrdering.processors = 8
-        var batching = TopicConfiguration()
-        batching.batch = .init(size: 500, timeout: .milliseconds(batchTimeoutMs))
-        var batchingSlow = TopicConfiguration()
-        batchingSlow.batch = .init(size: 500, timeout: .milliseconds(50))
-        var crashing = TopicConfiguration()
-        crashing.breaker = .backoff  // restarts forever, 1 s .. 5 min apart
         let healthy = messages - perPartition[0, default: 0]
-        var stock = consumerConfiguration(cluster, group: "raw")
-        stock.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
-        let stockSettings = stock
-        var cases = [
-            Case(name: "a1 raw librdkafka loop, Sluice's settings") {
-                let configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
-                let result = try await onThread {
-                    try RawConsumeLoop.run(
-                        configuration: configuration, topic: "bench", count: messages, timeout: .seconds(120))
-                }
-                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
-            },
-            Case(name: "a2 raw librdkafka loop, stock queue settings") {
-                var configuration = stockSettings
-                configuration.groupID = "raw-\(UUID())"
-                let settings = configuration
-                let result = try await onThread {
-                    try RawConsumeLoop.run(
-                        configuration: settings, topic: "bench", count: messages, timeout: .seconds(120))
-                }
-                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
-            },
-            Case(name: "b host, no-op, ordering partition") {
-                try await runHost(cluster, settings: partitionOrdering, handler: .message, logger: logger)
-            },
-            Case(name: "b0 host, no-op, ordering partition, no crash journal") {
-                try await runHost(
-                    cluster, settings: partitionOrdering, handler: .message, crashJournal: false, logger: logger)
-            },
-            Case(name: "bm host, no-op, ordering partition, Prometheus metrics") {
-                try await runHost(
-                    cluster, settings: partitionOrdering, handler: .message, prometheus: true, logger: logger)
-            },
-            Case(name: "c host, no-op, ordering key x8") {
-                try await runHost(cluster, settings: keyOrdering, handler: .message, logger: logger)
-            },
-            Case(name: "o host, ordering key x8, a record out per message, at least once") {
-                try await runHost(cluster, settings: keyOrdering, handler: .output, logger: logger)
-            },
-            Case(name: "x host, ordering key x8, a record out per message, exactly once") {
-                var exactlyOnce = keyOrdering
-                exactlyOnce.output = .exactlyOnce
-                return try await runHost(cluster, settings: exactlyOnce, handler: .output, logger: logger)
-            },
-            Case(name: "d host, batch handler (500, timeout \(batchTimeoutMs) ms)") {
-                try await runHost(cluster, settings: batching, handler: .batch, logger: logger)
-            },
-            Case(name: "d50 host, batch handler (500, timeout 50 ms)") {
-                try await runHost(cluster, settings: batchingSlow, handler: .batch, logger: logger)
-            },
-            Case(name: "e host, partition 0 crash-looping (healthy shards)") {
-                try await runHost(
-                    cluster, settings: crashing, handler: .crashPartitionZero, expected: healthy, logger: logger)
-            },
-        ]
+        var cases = throughputCases(cluster, healthy: healthy, logger: logger)
         if workers > 0 {
             cases.append(
-                Case(name: "w host, no-op, ordering partition, \(workers) worker processes") {
+                BenchCase(name: "w host, no-op, ordering partition, \(workers) worker processes") {
                     try await runWorkers(cluster, logger: logger)
                 })
         }
@@ -300,7 +256,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         func medianRate(_ prefix: String) -> Double? {
             cases.first { $0.name.hasPrefix(prefix + " ") && !$0.rates.isEmpty }.map { median($0.rates.sorted()) }
         }
-        func cpuPerMillion(_ item: Case) -> Double {
+        func cpuPerMillion(_ item: BenchCase) -> Double {
             item.cpuPerMillion.isEmpty ? 0 : median(item.cpuPerMillion.sorted())
         }
         /// The spread of a case's runs: (max - min) / median, in percent.
@@ -316,7 +272,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
         /// machine); lower is better. Against the cheaper of the two raw loops.
         func cpuRatios() -> String? {
             guard let a = [medianCPU("a1"), medianCPU("a2")].compactMap({ $0 }).min() else { return nil }
-            let parts = ["b", "c", "o", "x", "d"].compactMap { name in
+            let parts = ["b", "c", "p", "o", "x", "d"].compactMap { name in
                 medianCPU(name).map { "\(name)/a=\(String(format: "%.2f", $0 / a))" }
             }
             guard !parts.isEmpty else { return nil }
@@ -335,7 +291,7 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
             let a2 = runs("a2")
             let raw = a1.isEmpty ? a2 : a2.isEmpty ? a1 : zip(a1, a2).map { min($0, $1) }
             guard raw.count > 1 else { return nil }
-            let parts = ["b", "c", "o", "x", "d"].compactMap { name -> String? in
+            let parts = ["b", "c", "p", "o", "x", "d"].compactMap { name -> String? in
                 let pairs = zip(runs(name), raw).map { $0 / $1 }.sorted()
                 guard !pairs.isEmpty else { return nil }
                 return

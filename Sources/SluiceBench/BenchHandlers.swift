@@ -13,21 +13,35 @@ import Synchronization
     import FoundationNetworking
 #endif
 
-/// Counts handled messages and the time from the first to the latest.
+/// Counts handled messages and the time from the first to the latest; tells `window` when the first arrives
+/// and when `target` have been counted.
 final class RateCounter: Sendable {
     private let state = Mutex<
         (count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?, cpuAtFirst: Double)
     >((0, nil, nil, 0))
+    private let target: Int
+    private let window: MeasurementWindow
+
+    init(target: Int = .max, window: MeasurementWindow = .none) {
+        self.target = target
+        self.window = window
+    }
+
     func add(_ count: Int) {
         let now = ContinuousClock.now
-        state.withLock { state in
-            if state.first == nil {
+        let (opened, closed) = state.withLock { state in
+            let opened = state.first == nil
+            if opened {
                 state.first = now
                 state.cpuAtFirst = RawConsumeLoop.processCPUSeconds()
             }
+            let before = state.count
             state.count += count
             state.last = now
+            return (opened, before < target && state.count >= target)
         }
+        if opened { window.opened() }
+        if closed { window.closed() }
     }
     var count: Int { state.withLock { $0.count } }
     /// The process's CPU seconds since the first message (0 before it).

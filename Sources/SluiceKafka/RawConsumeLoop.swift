@@ -25,19 +25,21 @@ public enum RawConsumeLoop {
     }
 
     /// Joins `configuration.groupID`, subscribes to `topic` and reads until `count` messages arrived or
-    /// `timeout` passed.
+    /// `timeout` passed. `window` is told when the first message arrives and when the `count`th has been read
+    /// (a benchmark counts what happens between the two).
     public static func run(
         configuration: KafkaConsumerConfiguration, topic: String, count: Int, timeout: Duration,
-        latencies measureLatency: Bool = false
+        latencies measureLatency: Bool = false, window: MeasurementWindow = .none
     ) throws -> Result {
         try run(
-            configuration: configuration, topics: [topic], count: count, timeout: timeout, latencies: measureLatency)
+            configuration: configuration, topics: [topic], count: count, timeout: timeout, latencies: measureLatency,
+            window: window)
     }
 
     /// The same, subscribed to several topics.
     public static func run(
         configuration: KafkaConsumerConfiguration, topics: [String], count: Int, timeout: Duration,
-        latencies measureLatency: Bool = false
+        latencies measureLatency: Bool = false, window: MeasurementWindow = .none
     ) throws -> Result {
         let handle = try RDKafkaHandle(
             type: RD_KAFKA_CONSUMER, properties: try configuration.librdkafkaProperties(), events: 0,
@@ -63,10 +65,12 @@ public enum RawConsumeLoop {
             guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if first == nil {
+                    window.opened()
                     first = .now
                     cpuAtFirst = Self.processCPUSeconds()
                 }
                 messages += 1
+                if messages == count { window.closed() }
                 bytes += message.pointee.len
                 last = .now
                 if measureLatency {
