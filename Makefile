@@ -25,6 +25,7 @@ TEST_TMPDIR = $(CURDIR)/.build/test-tmp
 # matter most against tansu (with 2.16: 2.0.2 fails tansu's ApiVersions reply), so they do not rest on one broker.
 test: deps lint
 	scripts/ensure-chromium.sh
+	scripts/ensure-valgrind.sh
 	scripts/kubernetes-validate.sh >/dev/null
 	scripts/ensure-tansu.sh >/dev/null
 	$(SWIFT) build --build-tests -Xswiftc -warnings-as-errors
