@@ -69,7 +69,7 @@ extension BenchCommand {
         let broker = try ChildBroker(topics: caseTopics)
         defer { broker.stop() }
         note("preloading \(messages) messages of \(messageBytes) bytes over \(partitions) partitions")
-        try preload(bootstrap: broker.bootstrap)
+        try preload(bootstrap: broker.bootstrap, fixedBatches: true)
 
         var results: [String: [InstructionRun]] = [:]
         for run in 1...runs {

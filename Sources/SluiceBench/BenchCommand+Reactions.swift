@@ -78,7 +78,7 @@ extension BenchCommand {
         await producer.close()
         let configuration = hostConfiguration(cluster, group: "slow", topics: ["slowbench": TopicConfiguration()])
         let host = SluiceHost(configuration: configuration, logger: logger)
-        let counter = RateCounter()
+        let counter = RateCounter(target: count)
         host.register("slowbench", SpinningHandler(counter: counter, spin: .microseconds(200)))
         let running = Task { try await host.run() }
         let deadline = ContinuousClock.now + .seconds(120)

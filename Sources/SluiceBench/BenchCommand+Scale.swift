@@ -51,7 +51,7 @@ extension BenchCommand {
         let host = SluiceHost(configuration: configuration, logger: logger)
         let admin = try AdminServer(host: host, registry: registry, logger: logger)
         let serving = Task { try await admin.run() }
-        let counter = RateCounter()
+        let counter = RateCounter(target: produced)
         for topic in topics { host.register(topic, CountingHandler(counter: counter)) }
         let started = ContinuousClock.now
         let running = Task { try await host.run() }

@@ -32,14 +32,21 @@ extension BenchCommand {
         return process
     }
 
-    /// Preloads the topic with `sluice produce` (this executable) in a child process.
-    func preload(bootstrap: String) throws {
+    /// Preloads the topic with `sluice produce` (this executable) in a child process. `fixedBatches`: every
+    /// produce request carries 500 messages of a partition (the last of each partition fewer), however fast
+    /// the machine is, so the consumers of every run read the same record batches (`batch.num.messages` 500,
+    /// `linger.ms` 1 s, far longer than a partition takes to gather 500 here); otherwise librdkafka's defaults, whose
+    /// batches are what arrived within `linger.ms` (5 ms) and so follow the load of the machine.
+    func preload(bootstrap: String, fixedBatches: Bool = false) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = [
-            "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000",
-            "--size", "\(messageBytes)",
-        ]
+        process.arguments =
+            [
+                "produce", "--bootstrap", bootstrap, "--topic", "bench", "--count", "\(messages)", "--keys", "10000",
+                "--size", "\(messageBytes)",
+            ]
+            + (fixedBatches
+                ? ["--property", "batch.num.messages=500", "--property", "linger.ms=1000"] : [])
         process.standardError = FileHandle.nullDevice
         try process.run()
         process.waitUntilExit()
