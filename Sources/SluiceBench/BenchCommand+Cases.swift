@@ -37,31 +37,29 @@ extension BenchCommand {
         batchingSlow.batch = .init(size: 500, timeout: .milliseconds(50))
         var crashing = TopicConfiguration()
         crashing.breaker = .backoff  // restarts forever, 1 s .. 5 min apart
-        var stock = consumerConfiguration(cluster, group: "raw")
-        stock.properties = ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]
-        let stockSettings = stock
+        let timeout = caseTimeout
         let messages = messages
+        /// The raw loop with `properties` over Sluice's consumer settings, in a fresh group.
+        func raw(_ name: String, properties: [String: String] = [:]) -> BenchCase {
+            var configuration = consumerConfiguration(cluster, group: "raw")
+            configuration.properties = properties
+            let settings = configuration
+            return BenchCase(name: name) {
+                var fresh = settings
+                fresh.groupID = "raw-\(UUID())"
+                let run = fresh
+                let result = try await onThread {
+                    try RawConsumeLoop.run(
+                        configuration: run, topic: "bench", count: messages, timeout: timeout, window: window)
+                }
+                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
+            }
+        }
         return [
-            BenchCase(name: "a1 raw librdkafka loop, Sluice's settings") {
-                let configuration = consumerConfiguration(cluster, group: "raw-\(UUID())")
-                let result = try await onThread {
-                    try RawConsumeLoop.run(
-                        configuration: configuration, topic: "bench", count: messages, timeout: caseTimeout,
-                        window: window)
-                }
-                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
-            },
-            BenchCase(name: "a2 raw librdkafka loop, stock queue settings") {
-                var configuration = stockSettings
-                configuration.groupID = "raw-\(UUID())"
-                let settings = configuration
-                let result = try await onThread {
-                    try RawConsumeLoop.run(
-                        configuration: settings, topic: "bench", count: messages, timeout: caseTimeout,
-                        window: window)
-                }
-                return (result.messages, result.elapsed.seconds, result.cpuSeconds)
-            },
+            raw("a1 raw librdkafka loop, Sluice's settings"),
+            raw(
+                "a2 raw librdkafka loop, stock queue settings",
+                properties: ["queued.min.messages": "100000", "queued.max.messages.kbytes": "65536"]),
             BenchCase(name: "b host, no-op, ordering partition") {
                 try await runHost(
                     cluster, settings: partitionOrdering, handler: .message, window: window, logger: logger)

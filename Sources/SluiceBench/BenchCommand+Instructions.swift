@@ -144,9 +144,11 @@ extension BenchCommand {
         else {
             let log = (try? String(contentsOfFile: "\(output).log", encoding: .utf8)) ?? ""
             let valgrindLog = (try? String(contentsOfFile: "\(output).valgrind.log", encoding: .utf8)) ?? ""
+            let tails: [Substring] =
+                Array(log.split(separator: "\n").suffix(12)) + ["(valgrind:)"]
+                + Array(valgrindLog.split(separator: "\n").suffix(4))
             throw BenchError(
-                "case \(key) under callgrind exited \(process.terminationStatus): "
-                    + (log + valgrindLog).split(separator: "\n").suffix(12).joined(separator: "\n"))
+                "case \(key) under callgrind exited \(process.terminationStatus): " + tails.joined(separator: "\n"))
         }
         return count
     }
