@@ -103,8 +103,12 @@ extension SluiceHost {
             let usable = progress.map { ($0.key.cluster, $0.value.filter(atLeastOnce)) }.filter { !$0.1.isEmpty }
             if !usable.isEmpty { consumer.resume(from: Dictionary(usable) { $1 }) }
         }
-        try await checkDeadLetterTopics(consumer)
-        try await ensureRetryTopics(consumer)
+        do {
+            try await checkTopics(consumer)
+        } catch {
+            await consumer.close()
+            throw error
+        }
         // A topic with a dead-letter topic writes to it on a failure (`onFailure.then`), a crash (`onCrash.then`)
         // or an operator's release of a quarantined message, whatever its policies say.
         // One producer for both, and for handlers' output: connected at its first use.
@@ -123,32 +127,6 @@ extension SluiceHost {
                 transactions: transactions,
                 sink: TransactionalOutputSink(producer: producer, topics: output.topics, instrument: tracer),
                 instrument: tracer))
-    }
-
-    /// Refuses to start when a dead-letter topic does not exist: the first failure would otherwise hang in
-    /// the producer (or create the topic with broker defaults). Asked through the consumer, which never
-    /// creates topics by asking. A cluster that cannot be reached is not a refusal: the consumer waits for it.
-    func checkDeadLetterTopics(_ consumer: KafkaConsumer) async throws {
-        for (topic, settings) in configuration.topics.sorted(by: { $0.key < $1.key }) {
-            guard let deadLetterTopic = settings.deadLetterTopic else { continue }
-            let exists: Bool
-            do {
-                exists = try await consumer.topicExists(deadLetterTopic, timeout: .seconds(10))
-            } catch {
-                logger.warning(
-                    "could not check the dead-letter topic; starting anyway",
-                    metadata: ["kafka.topic": "\(deadLetterTopic)", "kafka.error": "\(error)"])
-                continue
-            }
-            if !exists {
-                await consumer.close()
-                throw SluiceError(
-                    code: .configuration,
-                    message:
-                        "topics.\(topic).deadLetterTopic: topic '\(deadLetterTopic)' does not exist in the cluster; create it (Sluice does not create topics)"
-                )
-            }
-        }
     }
 
     /// Runs the supervisor loop over `consumer` until shutdown: the part of ``run()`` that does not create
