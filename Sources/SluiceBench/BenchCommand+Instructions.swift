@@ -4,10 +4,6 @@ import Logging
 import Sluice
 import SluiceKafka
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// `sluice bench --instructions`: instructions per message under valgrind's callgrind, a figure that does not move
 /// with the load of a shared machine the way CPU time does (issue "Performance you can trust").
 ///
@@ -62,7 +58,7 @@ extension BenchCommand {
             .path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { if callgrindOutput == nil { try? FileManager.default.removeItem(atPath: directory) } }
-        let program = try tools.copyWithoutDebugInformation(of: Self.ownExecutable(), into: directory)
+        let program = try tools.copyWithoutDebugInformation(of: ProcessSpawn.currentExecutable(), into: directory)
         let shim = try tools.sigsuspendShim(in: directory)
         let names = try instructionCaseKeys()
 
@@ -151,14 +147,6 @@ extension BenchCommand {
                 "case \(key) under callgrind exited \(process.terminationStatus): " + tails.joined(separator: "\n"))
         }
         return count
-    }
-
-    /// This process's executable, as the kernel knows it.
-    static func ownExecutable() -> String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard count > 0 else { return CommandLine.arguments[0] }
-        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -22,7 +22,7 @@ extension SluiceHost {
             )
         }
         let supervisor = WorkerSupervisor(
-            workers: configuration.workers, executable: WorkerProcess.currentExecutable(),
+            workers: configuration.workers, executable: ProcessSpawn.currentExecutable(),
             arguments: CommandLine.arguments, environment: ProcessInfo.processInfo.environment,
             drainLimit: configuration.shutdownTimeout + .seconds(10), clock: realTime, metricsFactory: metricsFactory,
             logger: logger)

@@ -7,6 +7,14 @@
 /// Starting a child process with `posix_spawn` (never `fork` of a multithreaded process) and reading how it
 /// ended: what the host's worker processes and SluiceTesting's child processes share.
 package enum ProcessSpawn {
+    /// The executable of this process, to start it again (as a worker, or under valgrind).
+    package static func currentExecutable() -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return CommandLine.arguments[0] }
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// `posix_spawn` refused: its error number.
     package struct Failure: Error {
         package let number: Int32

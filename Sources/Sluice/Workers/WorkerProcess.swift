@@ -106,14 +106,6 @@ struct WorkerProcess: Sendable {
         }
     }
 
-    /// The executable of this process, to start it again.
-    static func currentExecutable() -> String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard count > 0 else { return CommandLine.arguments[0] }
-        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
     private static func failure(_ call: String, _ code: Int32) -> SluiceError {
         SluiceError(code: .state, message: "cannot start a worker process: \(call): \(String(cString: strerror(code)))")
     }
