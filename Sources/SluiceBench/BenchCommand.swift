@@ -158,10 +158,10 @@ public struct BenchCommand: AsyncParsableCommand, Sendable {
                 "--messages: at most \(messagesPerPartitionThatFit) \(messageBytes)-byte messages per partition fit the mock's 5 MiB per partition"
             )
         }
-        for name in only?.split(separator: ",") ?? []
-        where !["a", "a1", "a2", "b", "b0", "bm", "c", "p", "o", "x", "d", "d50", "e", "f", "g", "w", "wt"].contains(
-            name)
-        {
+        // The throughput cases' keys, a (both raw loops), and the cases that run after them.
+        let known =
+            throughputCases("", healthy: 0, logger: Logger(label: "unused")).map(\.key) + ["a", "f", "g", "w", "wt"]
+        for name in only?.split(separator: ",") ?? [] where !known.contains(String(name)) {
             throw ValidationError(
                 "--only: unknown case '\(name)'; the cases are a1, a2 (or a for both), b (b, b0 and bm), b0, bm, c, p, o, x, d (d and d50), d50, e, f, g, and with --workers w and wt (a trap in one worker)"
             )
