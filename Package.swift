@@ -194,6 +194,7 @@ let package = Package(
             name: "SluiceKafkaTests",
             dependencies: [
                 "SluiceKafka",
+                "Crdkafka",
                 "SluiceTesting",
                 .product(name: "Logging", package: "swift-log"),
             ]
