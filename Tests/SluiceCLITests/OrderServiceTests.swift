@@ -85,6 +85,17 @@ struct OrderServiceTests {
         await checker.close()
     }
 
+    /// A SIGTERM as soon as the service says it is starting (before its services run) is a stop: status 0, not a
+    /// death by the signal (an exactly-once process test, stopping a service just restarted, saw status 15).
+    @Test("a SIGTERM while it starts stops it with status 0")
+    func stopWhileStarting() async throws {
+        let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2, "payments": 1, "orders.dlq": 1])
+        let (service, _) = try startService(cluster, group: "order-service-\(UInt32.random(in: 0...UInt32.max))")
+        #expect(await service.errors.waitFor("order-service: starting"))
+        kill(service.process.processIdentifier, SIGTERM)
+        #expect(await service.exit() == 0, "\(service.errors.text.suffix(2_000))")
+    }
+
     @Test("a second signal during the graceful shutdown exits at once with status 1")
     func secondSignalForcesExit() async throws {
         let cluster = try EmbeddedKafkaCluster(topics: ["orders": 2, "payments": 1, "orders.dlq": 1])

@@ -25,6 +25,9 @@ struct OrderService: AsyncParsableCommand {
     var paymentDelayMs: Int = 0
 
     func run() async throws {
+        // First: a stop that comes while the service is still starting is a stop, not a death by SIGTERM.
+        let signals = ShutdownSignals()
+        FileHandle.standardError.write(Data("order-service: starting\n".utf8))
         var logger = Logger(label: "order-service")
         logger.logLevel = .info
         let configuration = try await SluiceConfiguration.load(file: config)
@@ -52,12 +55,9 @@ struct OrderService: AsyncParsableCommand {
         if configuration.admin.enabled {
             services.append(.init(service: try AdminServer(host: host, registry: registry, logger: logger)))
         }
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: services,
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        SecondSignal.exitOnRepeat()
+        // SIGTERM and SIGINT are ShutdownSignals', which starts the group's graceful shutdown.
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(services: services, logger: logger))
+        signals.attach(group)
         try await group.run()
         let (handled, violations) = orders.totals
         FileHandle.standardError.write(
@@ -218,24 +218,39 @@ struct SummaryPrinter: Service {
     }
 }
 
-/// Exits at once on a second SIGTERM or SIGINT, while a graceful shutdown is running.
-enum SecondSignal {
-    static func exitOnRepeat() {
-        let seen = Mutex(0)
+/// SIGTERM and SIGINT from the first line of `run()`. Before the service group is there, the first ends the process
+/// at once with status 0: nothing was started, and a stop during a slow start (loading, opening the store,
+/// creating the host) is a stop, not a death by the signal's default action (a test that stopped a service right
+/// after its restart saw exit status 15). Then the first starts the group's graceful shutdown, and a second exits at
+/// once with status 1.
+final class ShutdownSignals: Sendable {
+    private let state = Mutex<(signals: Int, group: ServiceGroup?)>((0, nil))
+
+    init() {
         for number in [SIGTERM, SIGINT] {
+            // Ignored, so that only the source sees it (libdispatch's signal sources need the default action off).
+            signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
+            source.setEventHandler { [self] in
                 // Signals that arrive before the handler runs are coalesced into one event: `data` counts them.
-                let signals = max(1, Int(source.data))
-                if seen.withLock({
-                    $0 += signals
-                    return $0
-                }) >= 2 {
+                let (signals, group) = state.withLock {
+                    $0.signals += max(1, Int(source.data))
+                    return ($0.signals, $0.group)
+                }
+                guard let group else {
+                    FileHandle.standardError.write(Data("order-service: stopped before it started\n".utf8))
+                    exit(0)
+                }
+                if signals >= 2 {
                     FileHandle.standardError.write(Data("order-service: second signal, exiting now\n".utf8))
                     exit(1)
                 }
+                Task { await group.triggerGracefulShutdown() }
             }
             source.resume()
         }
     }
+
+    /// From now on a signal stops `group` gracefully (also before its `run()` begins: the group remembers it).
+    func attach(_ group: ServiceGroup) { state.withLock { $0.group = group } }
 }
